@@ -1,0 +1,90 @@
+"""Runs libnftables JSON transactions; the one place that talks to the nft kernel API.
+
+Every change is one ``nft_run_cmd_from_buffer`` call, which libnftables sends as one
+netlink batch: the kernel applies all of it or none of it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from typing import Any
+
+from ..errors import BackendError, EnvironmentProblem
+
+_LIB = "libnftables.so.1"
+
+
+class Nft:
+    """A libnftables context in the calling process's network namespace."""
+
+    def __init__(self) -> None:
+        try:
+            import nftables  # the pip-nftables binding
+            self._nft = nftables.Nftables(sofile=_LIB)
+            self._lib = ctypes.CDLL(_LIB)
+        except (ImportError, OSError) as exc:
+            raise EnvironmentProblem(
+                f"libnftables is not usable ({exc}); install Debian's libnftables1 and the pip-nftables package"
+            ) from None
+        self._lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+        self._nft.set_json_output(True)
+        self._nft.set_handle_output(True)
+
+    def _set_dry_run(self, on: bool) -> None:
+        # The binding wraps no dry-run setter; the C API has one (nft -c).
+        self._lib.nft_ctx_set_dry_run(self._nft._Nftables__ctx, on)
+
+    def run(self, transaction: dict, *, dry_run: bool = False, what: str = "transaction") -> None:
+        """Send one transaction; with ``dry_run`` the kernel checks it and commits nothing."""
+        self._set_dry_run(dry_run)
+        try:
+            rc, _out, err = self._nft.cmd(json.dumps(transaction))
+        finally:
+            self._set_dry_run(False)
+        if rc != 0:
+            raise BackendError(what, _first_error(err))
+
+    def list(self, what: str) -> list[dict]:
+        """``nft -j list <what>`` as a list of objects; missing objects give []."""
+        rc, out, err = self._nft.cmd(f"list {what}")
+        if rc != 0:
+            if "No such file or directory" in err:
+                return []
+            raise BackendError(f"list {what}", _first_error(err))
+        return json.loads(out)["nftables"] if out else []
+
+
+    def text(self, what: str) -> str:
+        """``nft list <what>`` as nft prints it (no handles), for people."""
+        self._nft.set_json_output(False)
+        self._nft.set_handle_output(False)
+        try:
+            rc, out, err = self._nft.cmd(f"list {what}")
+        finally:
+            self._nft.set_json_output(True)
+            self._nft.set_handle_output(True)
+        if rc != 0:
+            raise BackendError(f"list {what}", _first_error(err))
+        return out
+
+
+def _first_error(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    return lines[0].replace("internal:0:0-0: ", "") if lines else "unknown error"
+
+
+def require_net_admin() -> None:
+    """CAP_NET_ADMIN is needed to read and write the ruleset."""
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        caps = -1 if os.geteuid() == 0 else 0
+    if not caps & (1 << 12):
+        raise EnvironmentProblem("needs CAP_NET_ADMIN: run as root (or with CAP_NET_ADMIN)")
+
+
+def objects(listing: list[dict], kind: str) -> list[dict[str, Any]]:
+    return [o[kind] for o in listing if kind in o]

@@ -1,0 +1,120 @@
+"""``nodeguard`` verbs. Each error becomes one line on stderr and an exit code:
+0 ok, 1 runtime failure, 2 bad input or cannot run here (the kernel is untouched in both).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from . import status as status_mod
+from .apply import apply_plan, make_plan, uninstall
+from .backend.nft import Nft, require_net_admin
+from .errors import NodeguardError, PolicyError
+from .policy import load_policy
+from .scratch import kernel_text
+
+
+def _common(func: Callable) -> Callable:
+    @click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=None,
+                  help="Policy YAML (default: /etc/nodeguard/config.yaml if it exists, else the built-in default).")
+    @click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def _kernel() -> Nft:
+    require_net_admin()
+    return Nft()
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else text, nl=not text.endswith("\n"))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nodeguard")
+def cli() -> None:
+    """Host-level DoS protection for Kubernetes nodes."""
+
+
+@cli.command()
+@_common
+def check(config: str | None, as_json: bool) -> None:
+    """Validate and render the policy; change nothing. Prints the ruleset it would load."""
+    policy, source = load_policy(config)
+    try:
+        nft = _kernel()
+    except NodeguardError:
+        nft = None  # not privileged: render with default priorities, skip the kernel check
+    plan = make_plan(policy, nft)
+    if as_json:
+        _emit(plan.transaction, True, "")
+        return
+    try:
+        text = kernel_text(plan.transaction)
+        head = f"# {source}: valid; checked by the kernel in a scratch network namespace\n"
+    except PermissionError:
+        text = json.dumps(plan.transaction, indent=2) + "\n"
+        head = f"# {source}: valid; not root, so not checked by the kernel (libnftables JSON follows)\n"
+    for note in plan.priorities.notes:
+        head += f"# {note}\n"
+    click.echo(head + text, nl=False)
+
+
+@cli.command()
+@_common
+@click.option("--dry-run", is_flag=True, help="Have the kernel check the transaction without committing it.")
+def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
+    """Install or replace nodeguard's table in one atomic transaction."""
+    policy, source = load_policy(config)
+    nft = _kernel()
+    plan = make_plan(policy, nft)
+    apply_plan(plan, nft, dry_run=dry_run)
+    hooks = {c.name: c.priority for c in plan.ruleset.base_chains}
+    data = {"applied": not dry_run, "dry_run": dry_run, "policy": source, "hooks": hooks,
+            "interfaces": list(plan.ruleset.interfaces), "notes": list(plan.priorities.notes)}
+    verb = "would apply (dry run, kernel accepted it)" if dry_run else "applied"
+    text = (f"{verb} {source}: " + ", ".join(f"{k} at priority {v}" for k, v in hooks.items())
+            + f"; interfaces {', '.join(plan.ruleset.interfaces)}\n"
+            + "".join(f"note: {n}\n" for n in plan.priorities.notes))
+    _emit(data, as_json, text)
+
+
+@cli.command()
+@_common
+def status(config: str | None, as_json: bool) -> None:
+    """Installed or not, hooks next to foreign chains, counters per rule, meter fill."""
+    policy, _source = load_policy(config)
+    nft = _kernel()
+    st = status_mod.collect(nft, make_plan(policy, nft))
+    _emit(st, as_json, status_mod.format_text(st))
+
+
+@cli.command(name="uninstall")
+@click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
+def uninstall_cmd(as_json: bool) -> None:
+    """Remove nodeguard's table and nothing else."""
+    was = uninstall(_kernel())
+    _emit({"removed": was}, as_json, "removed table inet nodeguard\n" if was else "nodeguard was not installed\n")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except NodeguardError as exc:
+        click.echo(str(exc) if isinstance(exc, PolicyError) else f"nodeguard: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,266 @@
+"""YAML → validated, frozen Policy. Every default lives here; rules/default.yaml spells them out.
+
+Validation is pydantic's (types, unknown keys, ranges); we only add the parsers for
+rates, CIDRs and interface names, and map pydantic's error location back to the
+YAML line so the operator gets ``FILE:LINE: field.path: message``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import PolicyError
+from .yamlsource import load_document
+
+DEFAULT_CONFIG = Path("/etc/nodeguard/config.yaml")
+_UNITS = {"second": 1, "minute": 60, "hour": 3600}
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*(?:burst\s+(\d+)\s*)?$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``count`` packets per ``unit``; ``burst`` packets may pass at once (None = backend default)."""
+
+    count: int
+    unit: str
+    burst: int | None = None
+
+    @property
+    def per_s(self) -> float:
+        return self.count / _UNITS[self.unit]
+
+    def with_burst(self, burst: int | None) -> "Rate":
+        return Rate(self.count, self.unit, burst if burst is not None else self.burst)
+
+    def burst_or(self, factor: int) -> int:
+        """The burst, or ``factor`` units' worth of packets when none was given."""
+        return self.burst if self.burst is not None else max(1, self.count * factor)
+
+    def scaled(self, factor: int) -> "Rate":
+        return Rate(self.count * factor, self.unit, None)
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.unit}" + (f" burst {self.burst}" if self.burst is not None else "")
+
+
+def parse_rate(value: Any) -> Rate:
+    if isinstance(value, Rate):
+        return value
+    m = _RATE_RE.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"rate must look like 'N/second', 'N/minute' or 'N/hour' (optionally 'burst M'), got {value!r}")
+    count, unit, burst = int(m[1]), m[2], m[3]
+    if count <= 0:
+        raise ValueError("rate must be greater than zero")
+    if burst is not None and int(burst) <= 0:
+        raise ValueError("burst must be greater than zero")
+    return Rate(count, unit, int(burst) if burst is not None else None)
+
+
+RateField = Annotated[Rate, pydantic.BeforeValidator(parse_rate)]
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+def _check_cidr(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a CIDR ({exc})") from None
+    return text
+
+
+def _check_ifname(name: str) -> str:
+    if not _IFNAME_RE.match(name):
+        raise ValueError(f"{name!r} is not an interface name")
+    if name == "lo":
+        raise ValueError("loopback is never limited; remove 'lo'")
+    return name
+
+
+def _check_interfaces(value: Any) -> Any:
+    if value == "auto" or isinstance(value, (list, tuple)):
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError("list at least one interface, or say 'auto'")
+        return value
+    raise ValueError(f"must be 'auto' or a list of interface names, got {value!r}")
+
+
+Cidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(_check_cidr)]
+IfName = Annotated[str, Field(strict=True), pydantic.AfterValidator(_check_ifname)]
+
+
+class Allow(_Section):
+    cidrs: tuple[Cidr, ...] = ()
+
+    def networks(self, version: int) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The CIDRs of one IP version, overlaps merged (nft interval sets refuse overlaps)."""
+        nets = [ipaddress.ip_network(c) for c in self.cidrs]
+        return list(ipaddress.collapse_addresses(n for n in nets if n.version == version))
+
+
+class Icmp(_Section):
+    """Echo-request only; all other ICMP types are never limited."""
+
+    rate: RateField = parse_rate("100/second")
+    burst: PositiveInt | None = 200
+    per_source: RateField = parse_rate("10/second")
+    per_source_burst: PositiveInt | None = None
+
+    def global_rate(self) -> Rate:
+        return self.rate.with_burst(self.burst)
+
+    def source_rate(self) -> Rate:
+        return self.per_source.with_burst(self.per_source_burst)
+
+
+class Syn(_Section):
+    """New TCP connections. ``rate`` is a high safety valve; ``per_source`` is the main defence."""
+
+    rate: RateField = parse_rate("5000/second")
+    burst: PositiveInt | None = None
+    per_source: RateField = parse_rate("200/second")
+    per_source_burst: PositiveInt | None = None
+
+    global_rate = Icmp.global_rate
+    source_rate = Icmp.source_rate
+
+
+class Limit(_Section):
+    """A hashlimit-style per-source packet limit, with a global backstop for when its meter is full."""
+
+    name: str
+    protocol: Literal["tcp", "udp", "icmp", "all"]
+    ports: tuple[Port, ...] = ()
+    except_ports: tuple[Port, ...] = ()
+    per_source: RateField
+    burst: PositiveInt | None = None
+    rate: RateField | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("must be 1-20 characters of a-z, 0-9 and '-', starting with a letter")
+        return v
+
+    @model_validator(mode="after")
+    def _ports_need_l4(self) -> "Limit":
+        if (self.ports or self.except_ports) and self.protocol not in ("tcp", "udp"):
+            raise ValueError(f"ports and except_ports need protocol tcp or udp, not {self.protocol}")
+        if self.ports and self.except_ports:
+            raise ValueError("give ports or except_ports, not both")
+        return self
+
+    def source_rate(self) -> Rate:
+        return self.per_source.with_burst(self.burst)
+
+    def global_rate(self) -> Rate:
+        """The backstop: ``rate`` if given, else 100 sources' worth of ``per_source``."""
+        return self.rate if self.rate is not None else self.per_source.scaled(100)
+
+
+class ConnLimit(_Section):
+    """Concurrent TCP connections per source (IPv6: per /64) to ``ports`` (empty = all)."""
+
+    name: str | None = None
+    ports: tuple[Port, ...] = ()
+    per_source: PositiveInt
+
+
+class Meter(_Section):
+    """Size and idle timeout of every per-source meter (nft dynamic set / hashlimit table)."""
+
+    size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 65536
+    timeout_s: Annotated[int, Field(ge=1, le=86400, strict=True)] = 60
+
+
+_DEFAULT_LIMITS = (
+    Limit(
+        name="udp-per-source",
+        protocol="udp",
+        except_ports=(4789, 6081, 8472, 51820, 51821),
+        per_source=parse_rate("2000/second"),
+        burst=4000,
+    ),
+)
+_DEFAULT_CONNLIMIT = (ConnLimit(ports=(80, 443), per_source=256),)
+
+
+class Policy(_Section):
+    backend: Literal["nft", "iptables"] = "nft"
+    interfaces: Annotated[Literal["auto"] | tuple[IfName, ...], pydantic.BeforeValidator(_check_interfaces)] = "auto"
+    allow: Allow = Allow()
+    icmp: Icmp = Icmp()
+    syn: Syn = Syn()
+    limits: tuple[Limit, ...] = _DEFAULT_LIMITS
+    connlimit: tuple[ConnLimit, ...] = _DEFAULT_CONNLIMIT
+    meter: Meter = Meter()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Policy":
+        names = [lim.name for lim in self.limits]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"limits: name {name!r} is used twice")
+        return self
+
+
+def load_policy(path: str | Path | None = None) -> tuple[Policy, str]:
+    """Read the policy from ``path``, else /etc/nodeguard/config.yaml, else the built-in default.
+
+    Returns the policy and the name of the file it came from.
+    """
+    if path is None:
+        path = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+    if path is None:
+        text = resources.files("guard.rules").joinpath("default.yaml").read_text()
+        return parse_policy(text, "<built-in rules/default.yaml>"), "<built-in rules/default.yaml>"
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise PolicyError(str(path), None, "", exc.strerror or str(exc)) from None
+    return parse_policy(text, str(path)), str(path)
+
+
+def parse_policy(text: str, file: str) -> Policy:
+    doc = load_document(text, file)
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "the policy must be a mapping of keys to values")
+    try:
+        return Policy.model_validate(doc.data)
+    except pydantic.ValidationError as exc:
+        located = [(tuple(p for p in e["loc"] if not _is_union_tag(p)), e) for e in exc.errors()]
+        loc, err = max(located, key=lambda pair: len(pair[0]))  # a union's most specific complaint
+        raise doc.error(loc, _message(err)) from None
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic puts the tried union member in the location ('literal[...]', 'tuple[...]')."""
+    return isinstance(part, str) and ("[" in part or part in ("function-before", "function-after"))
+
+
+def _message(err: dict) -> str:
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return msg

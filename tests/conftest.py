@@ -1,0 +1,59 @@
+"""Kernel tests need root, network namespaces and the packet tools.
+
+Under CI=true a missing requirement fails the test (CI must never pass by skipping);
+elsewhere the test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import netlab
+
+TOOLS = ("ip", "nft", "iptables-nft-restore", "iptables-legacy-restore", "hping3", "conntrack", "ping")
+
+
+def _kernel_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "kernel tests need root (network namespaces, CAP_NET_ADMIN)"
+    missing = [t for t in TOOLS if not shutil.which(t)]
+    if missing:
+        return f"missing tools: {', '.join(missing)} (apt-get install nftables iptables hping3 conntrack iputils-ping iproute2)"
+    if not netlab.FIXTURES.is_dir():
+        return f"fixtures not found at {netlab.FIXTURES}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def kernel() -> None:
+    problem = _kernel_problem()
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and {problem}", pytrace=False)
+        pytest.skip(problem)
+
+
+@pytest.fixture
+def ns(kernel):
+    with netlab.namespace() as n:
+        yield n
+
+
+@pytest.fixture
+def lab(kernel):
+    with netlab.lab() as pair:
+        yield pair
+
+
+@pytest.fixture
+def write_policy(tmp_path: Path):
+    def write(text: str, name: str = "policy.yaml") -> str:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return str(path)
+    return write

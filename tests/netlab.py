@@ -1,0 +1,166 @@
+"""Throwaway network namespaces for kernel tests: a victim and an attacker on a veth pair.
+
+Nothing here touches the root namespace's ruleset: every command runs under
+``ip netns exec``. Namespaces are always deleted, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "kube-rulesets"
+HELPERS = Path(__file__).resolve().parent / "helpers"
+_ids = itertools.count()
+
+VICTIM4, ATTACKER4, LEGIT4, TRUSTED4 = "10.77.0.1", "10.77.0.2", "10.77.0.3", "10.77.0.4"
+VICTIM6, ATTACKER6, LEGIT6 = "fd77::1", "fd77::2", "fd77::3"
+VICTIM_IF, ATTACKER_IF = "ngv0", "nga0"
+
+
+def sh(cmd: str | list[str], check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    args = cmd if isinstance(cmd, list) else shlex.split(cmd)
+    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} -> {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr}")
+    return res
+
+
+class Netns:
+    def __init__(self, name: str):
+        self.name = name
+
+    def argv(self, cmd: str | list[str]) -> list[str]:
+        args = cmd if isinstance(cmd, list) else shlex.split(cmd)
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def run(self, cmd: str | list[str], check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+        return sh(self.argv(cmd), check=check, timeout=timeout, **kw)
+
+    def popen(self, cmd: str | list[str], **kw) -> subprocess.Popen:
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(self.argv(cmd), text=True, **kw)
+
+    def nodeguard(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run([sys.executable, "-m", "guard", *args], check=check)
+
+    def nft_json(self, what: str = "ruleset") -> list[dict]:
+        return json.loads(self.run(f"nft -j list {what}").stdout or '{"nftables": []}')["nftables"]
+
+    def conntrack_count(self) -> int:
+        return int(self.run("conntrack -C").stdout.strip() or 0)
+
+    # --- nodeguard's rules, found by their comment --------------------------------------
+    def counters(self) -> dict[str, int]:
+        """label → packets for every nodeguard rule (labels are unique within the table)."""
+        out = {}
+        for o in self.nft_json("table inet nodeguard"):
+            rule = o.get("rule")
+            if rule and rule.get("comment", "").startswith("nodeguard:"):
+                label = rule["comment"].split(" ", 1)[1]
+                pk = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+                out[f"{rule['chain']}: {label}"] = pk
+        return out
+
+
+@contextmanager
+def namespace(prefix: str = "ng"):
+    ns = Netns(f"{prefix}-{os.getpid()}-{next(_ids)}")
+    sh(["ip", "netns", "add", ns.name])
+    try:
+        ns.run("ip link set lo up")
+        yield ns
+    finally:
+        sh(["ip", "netns", "del", ns.name], check=False)
+
+
+@contextmanager
+def lab():
+    """victim (10.77.0.1, fd77::1) <-veth-> attacker (10.77.0.2-4, fd77::2-3).
+
+    The victim's default routes point at the veth, so ``interfaces: auto`` picks it.
+    """
+    with namespace("ngv") as victim, namespace("nga") as attacker:
+        sh(["ip", "link", "add", VICTIM_IF, "netns", victim.name, "type", "veth",
+            "peer", "name", ATTACKER_IF, "netns", attacker.name])
+        for ns, ifname, addrs in ((victim, VICTIM_IF, [VICTIM4]), (attacker, ATTACKER_IF, [ATTACKER4, LEGIT4, TRUSTED4])):
+            for a in addrs:
+                ns.run(f"ip addr add {a}/24 dev {ifname}")
+            ns.run(f"ip link set {ifname} up")
+        victim.run(f"ip -6 addr add {VICTIM6}/64 dev {VICTIM_IF} nodad")
+        for a in (ATTACKER6, LEGIT6):
+            attacker.run(f"ip -6 addr add {a}/64 dev {ATTACKER_IF} nodad")
+        victim.run(f"ip route add default via {ATTACKER4}")
+        victim.run(f"ip -6 route add default via {ATTACKER6}")
+        victim.run("sysctl -qw net.ipv4.tcp_syncookies=1")
+        _wait_reachable(attacker, VICTIM4)
+        yield victim, attacker
+
+
+def add_uplink(ns: Netns, ifname: str = "ngu0") -> None:
+    """A veth end with an address and the default route, for tests that need no peer."""
+    ns.run(["ip", "link", "add", ifname, "type", "veth", "peer", "name", ifname + "p"])
+    ns.run(f"ip addr add 192.0.2.1/24 dev {ifname}")
+    ns.run(f"ip link set {ifname} up")
+    ns.run(f"ip link set {ifname}p up")
+    ns.run("ip route add default via 192.0.2.254")
+
+
+def _wait_reachable(ns: Netns, addr: str) -> None:
+    for _ in range(50):
+        if ns.run(f"ping -c1 -W1 {addr}", check=False).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{addr} unreachable from {ns.name}")
+
+
+# --- Kubernetes fixtures ---------------------------------------------------------------
+FIXTURE_FILES = sorted(p.name for p in FIXTURES.glob("*") if p.suffix in (".rules", ".nft"))
+
+
+def fixture_loaders(name: str) -> list[str]:
+    """How a fixture can be loaded: iptables dumps in both flavours, nft files with nft."""
+    return ["nft"] if name.endswith(".nft") else ["iptables-nft", "iptables-legacy"]
+
+
+def load_fixture(ns: Netns, name: str, loader: str) -> None:
+    path = FIXTURES / name
+    cmd = {"nft": ["nft", "-f", str(path)],
+           "iptables-nft": ["iptables-nft-restore", str(path)],
+           "iptables-legacy": ["iptables-legacy-restore", str(path)]}[loader]
+    ns.run(cmd)
+
+
+_COUNTER = re.compile(r"\[\d+:\d+\]")
+
+
+def foreign_snapshot(ns: Netns) -> dict[str, str]:
+    """Every table nodeguard does not own, as text, with counters and timestamps removed."""
+    snap: dict[str, str] = {}
+    for o in ns.nft_json("tables"):
+        t = o.get("table")
+        if t and not (t["family"] == "inet" and t["name"] == "nodeguard"):
+            key = f"nft {t['family']} {t['name']}"
+            snap[key] = ns.run(["nft", "-s", "list", "table", t["family"], t["name"]]).stdout
+            snap[key + " json"] = _strip_counters_json(ns.run(["nft", "-s", "-j", "list", "table", t["family"], t["name"]]).stdout)
+    for tool in ("iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"):
+        res = ns.run(tool)
+        snap[tool] = "\n".join(_COUNTER.sub("[0:0]", ln) for ln in res.stdout.splitlines() if not ln.startswith("#"))
+        snap[tool + " stderr"] = res.stderr
+    return snap
+
+
+def _strip_counters_json(text: str) -> str:
+    data = json.loads(text)["nftables"]
+    data = [o for o in data if "metainfo" not in o]
+    return json.dumps(data, sort_keys=True, indent=1)
