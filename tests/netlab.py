@@ -164,3 +164,34 @@ def _strip_counters_json(text: str) -> str:
     data = json.loads(text)["nftables"]
     data = [o for o in data if "metainfo" not in o]
     return json.dumps(data, sort_keys=True, indent=1)
+
+
+# --- traffic -----------------------------------------------------------------------------
+@contextmanager
+def tcp_server(ns: Netns, addr: str, port: int, hold: bool = False):
+    proc = ns.popen([sys.executable, str(HELPERS / "tcp_server.py"), addr, str(port), *(["--hold"] if hold else [])])
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def tcp_clients(ns: Netns, src: str, dst: str, port: int, count: int, *extra: str) -> dict:
+    res = ns.run([sys.executable, str(HELPERS / "tcp_clients.py"), src, dst, str(port), str(count), *extra])
+    return json.loads(res.stdout.splitlines()[0])
+
+
+def flood(ns: Netns, seconds: float, *hping_args: str) -> subprocess.Popen:
+    """hping3 in flood mode for ``seconds`` (SIGINT at the end, so it prints its statistics)."""
+    return ns.popen(["timeout", "-s", "INT", str(seconds), "hping3", "--flood", "-q", *hping_args])
+
+
+_PING_STATS = re.compile(r"(\d+) packets transmitted, (\d+) received")
+
+
+def ping_stats(output: str) -> tuple[int, int]:
+    m = _PING_STATS.search(output)
+    assert m, output
+    return int(m[1]), int(m[2])

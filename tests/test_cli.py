@@ -1,0 +1,88 @@
+"""CLI contract: bad input exits 2 with one line and leaves the kernel exactly as it was."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import netlab
+
+BAD = "icmp:\n  rate: 100/second\n  per_source: lots\n"
+
+
+def _ruleset(ns) -> str:
+    return ns.run("nft -s -j list ruleset").stdout  # -s: without counters, which traffic moves
+
+
+def test_bad_policy_exits_2_with_one_line_and_changes_nothing(ns, write_policy):
+    netlab.add_uplink(ns)
+    ns.nodeguard("apply")
+    before = _ruleset(ns)
+    bad = write_policy(BAD)
+    for verb in (["apply"], ["apply", "--dry-run"], ["status"], ["check"]):
+        res = ns.nodeguard(*verb, "-c", bad, check=False)
+        assert res.returncode == 2, (verb, res)
+        assert res.stderr == f"{bad}:3: icmp.per_source: rate must look like 'N/second', 'N/minute' or " \
+                             f"'N/hour' (optionally 'burst M'), got 'lots'\n", res.stderr
+        assert res.stdout == ""
+    assert _ruleset(ns) == before
+
+
+def test_bad_policy_on_a_clean_node_installs_nothing(ns, write_policy):
+    netlab.add_uplink(ns)
+    res = ns.nodeguard("apply", "-c", write_policy("syn: {rate: fast}\n"), check=False)
+    assert res.returncode == 2 and ": syn.rate: rate must look like" in res.stderr
+    assert json.loads(_ruleset(ns))["nftables"][1:] == []
+
+
+def test_dry_run_checks_with_the_kernel_but_commits_nothing(ns):
+    netlab.add_uplink(ns)
+    res = ns.nodeguard("apply", "--dry-run", "--json")
+    assert json.loads(res.stdout)["applied"] is False
+    assert json.loads(_ruleset(ns))["nftables"][1:] == []
+
+
+def test_not_root_is_refused_with_exit_2_and_one_line(ns):
+    netlab.add_uplink(ns)
+    res = ns.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                  sys.executable, "-m", "guard", "apply"], check=False)
+    assert res.returncode == 2, res
+    assert res.stderr == "nodeguard: needs CAP_NET_ADMIN: run as root (or with CAP_NET_ADMIN)\n"
+    assert json.loads(_ruleset(ns))["nftables"][1:] == []
+
+
+def test_uninstall_removes_only_our_table_and_is_idempotent(ns):
+    netlab.add_uplink(ns)
+    ns.run(["nft", "add table ip other; add chain ip other c { type filter hook input priority 0; }"])
+    ns.nodeguard("apply")
+    assert json.loads(ns.nodeguard("uninstall", "--json").stdout) == {"removed": True}
+    assert json.loads(ns.nodeguard("uninstall", "--json").stdout) == {"removed": False}
+    tables = [o["table"]["name"] for o in json.loads(_ruleset(ns))["nftables"] if "table" in o]
+    assert tables == ["other"]
+
+
+def test_status_reports_hooks_foreign_chains_counters_and_meters(ns):
+    netlab.add_uplink(ns)
+    ns.run(["nft", "add table ip kube; add chain ip kube nat-pre { type nat hook prerouting priority -100; }"])
+    ns.nodeguard("apply")
+    st = json.loads(ns.nodeguard("status", "--json").stdout)
+    assert st["installed"] and st["in_sync"]
+    assert {h["chain"]: h["priority"] for h in st["hooks"]} == {"filter-prerouting": -350, "filter-conntrack": -190}
+    assert {"family": "ip", "table": "kube", "chain": "nat-pre", "hook": "prerouting", "priority": -100} \
+        in st["foreign_chains"]
+    assert any(r["label"] == "syn-flood backstop" for r in st["rules"])
+    assert {"set": "syn-src-v4", "elements": 0, "size": 65536} in st["meters"]
+    text = ns.nodeguard("status").stdout
+    assert "in sync with the policy" in text and "ip kube nat-pre" in text
+
+    ns.run("nft flush chain inet nodeguard syn-flood")
+    assert json.loads(ns.nodeguard("status", "--json").stdout)["in_sync"] is False
+
+
+def test_check_prints_the_kernel_text_and_changes_nothing(ns):
+    netlab.add_uplink(ns)
+    res = ns.nodeguard("check")
+    assert res.stdout.startswith("# <built-in rules/default.yaml>: valid; checked by the kernel")
+    assert "table inet nodeguard {" in res.stdout and "synproxy" not in res.stdout
+    assert json.loads(_ruleset(ns))["nftables"][1:] == []

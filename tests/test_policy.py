@@ -1,0 +1,70 @@
+"""Policy parsing: defaults, and one precise line for every kind of bad input (no kernel needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from guard.errors import PolicyError
+from guard.policy import Policy, load_policy, parse_policy
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_built_in_default_is_rules_default_yaml_and_equals_the_code_defaults():
+    policy, source = load_policy(None) if not Path("/etc/nodeguard/config.yaml").exists() else (None, None)
+    shipped = parse_policy((ROOT / "rules" / "default.yaml").read_text(), "rules/default.yaml")
+    assert shipped == Policy() == parse_policy("{}", "empty.yaml")
+    if policy is not None:
+        assert policy == shipped and "default.yaml" in source
+
+
+def test_every_shipped_policy_is_valid():
+    files = sorted((ROOT / "rules").glob("*.yaml"))
+    assert files
+    for f in files:
+        parse_policy(f.read_text(), str(f))
+
+
+def test_rates_bursts_and_ipv6_cidrs_parse():
+    p = parse_policy("""
+icmp:
+  rate: 3/minute burst 7
+syn:
+  per_source: 10/hour
+allow:
+  cidrs: [10.0.0.0/8, "2001:db8::/32", 10.1.0.0/16]
+""", "f.yaml")
+    assert (p.icmp.rate.count, p.icmp.rate.unit, p.icmp.rate.burst) == (3, "minute", 7)
+    assert p.syn.per_source.per_s == pytest.approx(10 / 3600)
+    assert [str(n) for n in p.allow.networks(4)] == ["10.0.0.0/8"]  # overlaps merged
+    assert [str(n) for n in p.allow.networks(6)] == ["2001:db8::/32"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("icmp:\n  rate: 10/sec\n", "f.yaml:2: icmp.rate: rate must look like"),
+    ("icmp:\n  rate: 0/second\n", "f.yaml:2: icmp.rate: rate must be greater than zero"),
+    ("icmp:\n  burst: -5\n", "f.yaml:2: icmp.burst: Input should be greater than 0"),
+    ("colour: blue\n", "f.yaml:1: colour: unknown key"),
+    ("syn:\n  per_source: 1/second\n  typo: 1\n", "f.yaml:3: syn.typo: unknown key"),
+    ("allow:\n  cidrs:\n    - 10.0.0.0/8\n    - 10.0.0.1/8\n", "f.yaml:4: allow.cidrs[1]: '10.0.0.1/8' is not a CIDR"),
+    ("allow:\n  cidrs: [fd00::zz/64]\n", "f.yaml:2: allow.cidrs[0]: 'fd00::zz/64' is not a CIDR"),
+    ("interfaces: [eth0, lo]\n", "f.yaml:1: interfaces[1]: loopback is never limited"),
+    ("interfaces: eth0\n", "f.yaml:1: interfaces: must be 'auto' or a list of interface names"),
+    ("meter:\n  size: 0\n", "f.yaml:2: meter.size: Input should be greater than or equal to 16"),
+    ("limits:\n  - name: a\n    protocol: udp\n", "f.yaml:2: limits[0].per_source: required key is missing"),
+    ("limits:\n  - name: a\n    protocol: sctp\n    per_source: 1/second\n", "f.yaml:3: limits[0].protocol:"),
+    ("connlimit:\n  - ports: [70000]\n    per_source: 1\n", "f.yaml:2: connlimit[0].ports[0]:"),
+    ("connlimit:\n  - per_source: '5'\n", "f.yaml:2: connlimit[0].per_source: Input should be a valid integer"),
+    ("icmp:\n  burst: 1\n  burst: 2\n", "f.yaml:3: icmp.burst: duplicate key"),
+    ("icmp: [\n", "f.yaml:2: invalid YAML"),
+    ("- just a list\n", "f.yaml:1: the policy must be a mapping"),
+    ("backend: pf\n", "f.yaml:1: backend: Input should be 'nft' or 'iptables'"),
+])
+def test_bad_input_names_file_line_and_field(text, expected):
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(text, "f.yaml")
+    line = str(exc.value)
+    assert line.startswith(expected), line
+    assert "\n" not in line

@@ -1,0 +1,174 @@
+"""Real packets from an attacker namespace against a victim protected by nodeguard (nft backend)."""
+
+from __future__ import annotations
+
+import time
+
+import netlab
+from netlab import ATTACKER4, LEGIT4, LEGIT6, TRUSTED4, VICTIM4, VICTIM6, ping_stats
+
+PORT = 8080
+
+
+def _passed_to_host(c: dict, v: int) -> int:
+    """Echo requests that entered icmp-flood and were not dropped there."""
+    return (c[f"filter-prerouting: echo-request v{v} to icmp-flood"]
+            - c[f"icmp-flood: icmp-flood per-source v{v}"] - c["icmp-flood: icmp-flood backstop"])
+
+
+# ping -f sends at least 100/s, more while replies keep up; lost echoes stay "in flight", so
+# against a limiter it settles near 100/s: the limits under test sit well below that.
+def test_ping_flood_is_cut_to_the_per_source_rate_and_a_normal_ping_still_works(lab, write_policy):
+    victim, attacker = lab
+    victim.nodeguard("apply", "-c", write_policy("""
+        icmp:
+          rate: 5000/second
+          per_source: 20/second
+          per_source_burst: 20
+    """))
+    seconds = 5
+    sent, received = ping_stats(attacker.run(f"ping -f -i 0.0002 -q -w {seconds} {VICTIM4}", check=False).stdout)
+    counters = victim.counters()
+
+    expected = 20 * seconds + 20
+    assert sent > 3 * expected, f"not a flood: {sent} sent"
+    assert 0.7 * expected <= received <= 1.3 * expected, (sent, received, expected)
+    assert abs(_passed_to_host(counters, 4) - received) <= 3, (counters, received)
+    assert counters["icmp-flood: icmp-flood per-source v4"] >= sent - received - 3
+
+    time.sleep(1.0)  # the bucket refills
+    _sent, received = ping_stats(attacker.run(f"ping -c 3 -i 0.2 -W 1 {VICTIM4}").stdout)
+    assert received == 3
+
+
+def test_ipv6_ping_flood_is_limited_while_neighbour_discovery_keeps_working(lab, write_policy):
+    victim, attacker = lab
+    victim.nodeguard("apply", "-c", write_policy("""
+        icmp:
+          per_source: 20/second
+          per_source_burst: 20
+    """))
+    for ns in (victim, attacker):
+        ns.run("ip -6 neigh flush all")
+    sent, received = ping_stats(attacker.run(f"ping -6 -f -i 0.0002 -q -w 3 {VICTIM6}", check=False).stdout)
+    counters = victim.counters()
+    assert sent > 250 and 20 * 3 <= received <= 20 * 3 + 20 + 10, (sent, received)
+    assert counters["icmp-flood: icmp-flood per-source v6"] > 0
+    assert counters["filter-prerouting: essential icmpv6 (RFC 4890)"] > 0  # NS/NA went through
+
+    for ns in (victim, attacker):
+        ns.run("ip -6 neigh flush all")
+    time.sleep(1.0)
+    _sent, received = ping_stats(attacker.run(f"ping -6 -c 3 -i 0.2 -W 1 {VICTIM6}").stdout)
+    assert received == 3
+
+
+def test_single_source_syn_flood_is_cut_per_source_while_another_client_connects(lab, write_policy):
+    victim, attacker = lab
+    victim.nodeguard("apply", "-c", write_policy("""
+        syn:
+          per_source: 100/second
+    """))
+    with netlab.tcp_server(victim, VICTIM4, PORT):
+        flood = netlab.flood(attacker, 6, "-S", "-p", str(PORT), "-a", ATTACKER4, VICTIM4)
+        time.sleep(1.0)
+        legit = netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 30, "--interval", "0.05")
+        flood.wait()
+    counters = victim.counters()
+    assert legit == {"ok": 30, "failed": 0}
+    assert counters["syn-flood: syn-flood per-source v4"] > 20_000, counters
+    assert counters["syn-flood: syn-flood backstop"] == 0, "one source must never reach the global cap"
+
+
+def test_spoofed_syn_flood_is_cut_by_the_backstop_and_conntrack_grows_only_with_what_it_lets_through(
+        lab, write_policy):
+    victim, attacker = lab
+    netlab.load_fixture(victim, "kube-proxy-iptables-tracepacket.rules", "iptables-nft")  # NAT: conntrack on
+    seconds, backstop = 3, 1000
+    policy = write_policy(f"""
+        syn:
+          rate: {backstop}/second
+          burst: {backstop}
+    """)
+    with netlab.tcp_server(victim, VICTIM4, PORT):
+        netlab.flood(attacker, seconds, "-S", "-p", str(PORT), "--rand-source", VICTIM4).wait()
+        unprotected = victim.conntrack_count()
+        victim.run("conntrack -F", check=False)
+        time.sleep(0.5)
+
+        victim.nodeguard("apply", "-c", policy)
+        netlab.flood(attacker, seconds, "-S", "-p", str(PORT), "--rand-source", VICTIM4).wait()
+        protected = victim.conntrack_count()
+    counters = victim.counters()
+
+    bound = backstop * (seconds + 1) + backstop  # rate x (time + slack for hping3 start/stop) + burst
+    assert protected <= bound, (protected, bound)
+    assert unprotected >= 3 * protected, (unprotected, protected)
+    assert counters["syn-flood: syn-flood backstop"] > 5 * protected, counters
+
+
+def test_allowlisted_source_is_never_limited(lab, write_policy):
+    victim, attacker = lab
+    victim.nodeguard("apply", "-c", write_policy(f"""
+        allow:
+          cidrs: [{TRUSTED4}/32, "fd77::dead/128"]
+        icmp:
+          per_source: 10/second
+    """))
+    sent, received = ping_stats(attacker.run(f"ping -f -i 0.0002 -q -w 2 -I {TRUSTED4} {VICTIM4}", check=False).stdout)
+    counters = victim.counters()
+    assert sent > 1000 and received >= sent - 2, (sent, received)
+    assert counters["filter-prerouting: allowlisted v4"] >= sent
+    assert counters["icmp-flood: icmp-flood per-source v4"] == 0
+
+
+def test_bogus_tcp_flag_combinations_are_dropped(lab, write_policy):
+    victim, attacker = lab
+    victim.nodeguard("apply")
+    cases = {"null": [], "xmas": ["-F", "-P", "-U"], "syn+fin": ["-S", "-F"], "syn+rst": ["-S", "-R"],
+             "fin without ack": ["-F"]}
+    for flags in cases.values():
+        attacker.run(["hping3", "-q", "-c", "5", "-i", "u2000", "-p", str(PORT), *flags, VICTIM4], check=False)
+    counters = victim.counters()
+    for label in cases:
+        assert counters[f"bogus-flags: bogus flags {label}"] == 5, (label, counters)
+
+
+def test_concurrent_connections_per_source_are_capped(lab, write_policy):
+    victim, attacker = lab
+    victim.nodeguard("apply", "-c", write_policy(f"""
+        connlimit:
+          - ports: [{PORT}]
+            per_source: 5
+    """))
+    with netlab.tcp_server(victim, VICTIM4, PORT, hold=True):
+        held = attacker.popen(["python3", str(netlab.HELPERS / "tcp_clients.py"), ATTACKER4, VICTIM4, str(PORT),
+                               "10", "--concurrent", "--timeout", "1.5", "--hold", "5"])
+        first = held.stdout.readline()
+        other = netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 3, "--concurrent", "--timeout", "2")
+        held.kill()
+        held.wait()
+    import json
+    assert json.loads(first) == {"ok": 5, "failed": 5}
+    assert other == {"ok": 3, "failed": 0}, "another source has its own budget"
+    assert victim.counters()["filter-conntrack: conn-0 over 5 connections v4"] >= 5
+
+
+def test_returning_client_keeps_connecting_at_full_speed_during_a_spoofed_syn_flood(lab):
+    """The default policy must not serve a legitimate client worse than no protection does."""
+    victim, attacker = lab
+    netlab.load_fixture(victim, "kube-proxy-iptables-tracepacket.rules", "iptables-nft")
+    victim.nodeguard("apply")  # the built-in default: backstop 5000/s
+    with netlab.tcp_server(victim, VICTIM4, PORT):
+        assert netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 1) == {"ok": 1, "failed": 0}
+        flood = netlab.flood(attacker, 8, "-S", "-p", str(PORT), "--rand-source", VICTIM4)
+        time.sleep(1.0)
+        started = time.monotonic()
+        legit = netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 30, "--interval", "0.05", "--timeout", "0.9")
+        elapsed = time.monotonic() - started
+        flood.wait()
+    counters = victim.counters()
+    assert legit == {"ok": 30, "failed": 0}, "a SYN retransmit (1 s) would have failed the 0.9 s timeout"
+    assert elapsed < 30 * 0.05 + 3.0
+    assert counters["syn-flood: syn-flood backstop"] > 50_000, "the flood did reach the backstop"
+    assert counters["syn-flood: trusted v4 skips backstop"] >= 30
