@@ -79,6 +79,25 @@ class CtStateNew:
 
 
 @dataclass(frozen=True)
+class Assured:
+    """Conntrack saw this TCP connection complete its handshake (original direction only)."""
+
+
+@dataclass(frozen=True)
+class SourceNotInSet:
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
+class RememberSource:
+    """Add the source to a timed set (a statement that always matches)."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
 class SourceRateOver:
     """Per-source token bucket in meter ``meter``; matches packets over the rate."""
 
@@ -103,7 +122,7 @@ class SourceConnsOver:
 
 
 Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, CtStateNew,
-              SourceRateOver, RateOver, SourceConnsOver]
+              Assured, SourceNotInSet, RememberSource, SourceRateOver, RateOver, SourceConnsOver]
 
 
 # --- verdicts -------------------------------------------------------------------------
@@ -136,7 +155,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class AddrSet:
-    """``kind``: allow (static prefixes), meter (per-source rate) or conns (per-source ct count)."""
+    """``kind``: allow (static prefixes), meter (per-source rate), trusted (timed
+    membership) or conns (per-source ct count)."""
 
     name: str
     version: int
@@ -195,7 +215,8 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     ]
     chains: list[Chain] = []
 
-    def flood_chain(name: str, meter_name: str, per_source: Rate, backstop: Rate) -> Jump:
+    def flood_chain(name: str, meter_name: str, per_source: Rate, backstop: Rate,
+                    exempt_from_backstop: tuple[Rule, ...] = ()) -> Jump:
         """A chain that drops per-source excess, then global excess; returns nothing else."""
         per_source, backstop = _with_default_burst(per_source), _with_default_burst(backstop)
         rules = []
@@ -204,6 +225,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             sets.append(AddrSet(set_name, version, "meter", size=meter.size, timeout_s=meter.timeout_s))
             rules.append(Rule((Family(version), SourceRateOver(set_name, version, per_source)), DROP,
                               f"{name} per-source v{version}"))
+        rules += exempt_from_backstop
         rules.append(Rule((RateOver(f"{name}-backstop", backstop),), DROP, f"{name} backstop"))
         chains.append(Chain(name, tuple(rules)))
         return Jump(name)
@@ -218,7 +240,16 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
         pre.append(Rule((IcmpTypes(version, (echo,)),), to_icmp, f"echo-request v{version} to icmp-flood"))
 
     syn = policy.syn
-    to_syn = flood_chain("syn-flood", "syn-src", syn.source_rate(), syn.global_rate())
+    trusted: list[Rule] = []
+    remember: list[Rule] = []
+    if syn.trusted_after_handshake_s:
+        for version in (4, 6):
+            set_name = f"trusted-v{version}"
+            sets.append(AddrSet(set_name, version, "trusted", size=meter.size, timeout_s=syn.trusted_after_handshake_s))
+            trusted.append(Rule((SourceInSet(set_name, version),), RETURN, f"trusted v{version} skips backstop"))
+            remember.append(Rule((Family(version), Proto("tcp"), Assured(), SourceNotInSet(set_name, version),
+                                  RememberSource(set_name, version)), RETURN, f"remember handshake v{version}"))
+    to_syn = flood_chain("syn-flood", "syn-src", syn.source_rate(), syn.global_rate(), tuple(trusted))
     pre.append(Rule((TcpFlags(("fin", "syn", "rst", "ack"), ("syn",)),), to_syn, "syn to syn-flood"))
 
     for lim in policy.limits:
@@ -228,7 +259,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
 
     chains.insert(0, Chain(STATELESS_CHAIN, tuple(pre), "prerouting", priorities.stateless, "stateless"))
 
-    conn_rules: list[Rule] = []
+    conn_rules: list[Rule] = list(remember)
     for i, cl in enumerate(policy.connlimit):
         name = cl.name or f"conn-{i}"
         for version in (4, 6):

@@ -129,12 +129,18 @@ class Icmp(_Section):
 
 
 class Syn(_Section):
-    """New TCP connections. ``rate`` is a high safety valve; ``per_source`` is the main defence."""
+    """New TCP connections. ``rate`` is a high safety valve; ``per_source`` is the main defence.
+
+    ``trusted_after_handshake_s``: a source that completed a TCP handshake (conntrack
+    "assured", which a blind spoofer cannot reach) is exempt from the global ``rate``
+    for this long, so returning clients keep connecting during a spoofed flood. 0 = off.
+    """
 
     rate: RateField = parse_rate("5000/second")
     burst: PositiveInt | None = None
     per_source: RateField = parse_rate("200/second")
     per_source_burst: PositiveInt | None = None
+    trusted_after_handshake_s: Annotated[int, Field(ge=0, le=86400, strict=True)] = 3600
 
     global_rate = Icmp.global_rate
     source_rate = Icmp.source_rate

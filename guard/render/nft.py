@@ -52,7 +52,11 @@ def delete_table(table: str = m.TABLE) -> dict:
 
 
 def render_rule_expr(rule: m.Rule) -> list[dict]:
-    return [*(_match(x) for x in rule.matches), {"counter": {"packets": 0, "bytes": 0}}, _verdict(rule.verdict)]
+    exprs: list[dict] = []
+    for x in rule.matches:
+        r = _match(x)
+        exprs += r if isinstance(r, list) else [r]
+    return [*exprs, {"counter": {"packets": 0, "bytes": 0}}, _verdict(rule.verdict)]
 
 
 def _set(table: str, s: m.AddrSet) -> dict:
@@ -62,7 +66,7 @@ def _set(table: str, s: m.AddrSet) -> dict:
         obj["flags"] = ["interval"]
         if s.elements:
             obj["elem"] = [{"prefix": {"addr": str(n.network_address), "len": n.prefixlen}} for n in s.elements]
-    elif s.kind == "meter":
+    elif s.kind in ("meter", "trusted"):
         obj.update(size=s.size, flags=["timeout"], timeout=s.timeout_s)
     else:  # conns: ct count needs a dynamic set without timeout
         obj.update(size=s.size)
@@ -92,10 +96,13 @@ def _one_or_set(values: tuple) -> Any:
     return values[0] if len(values) == 1 else {"set": list(values)}
 
 
+def _saddr(version: int) -> dict:
+    return _payload("ip" if version == 4 else "ip6", "saddr")
+
+
 def _source_key(version: int) -> dict:
-    if version == 4:
-        return _payload("ip", "saddr")
-    return {"&": [_payload("ip6", "saddr"), _V6_MASK]}
+    """Meters key IPv6 sources on their /64: one host owns at least that much."""
+    return _saddr(4) if version == 4 else {"&": [_saddr(6), _V6_MASK]}
 
 
 def _limit(rate: Any) -> dict:
@@ -140,12 +147,27 @@ def _(x: m.DstPorts) -> dict:
 
 @_match.register
 def _(x: m.SourceInSet) -> dict:
-    return _eq(_payload("ip" if x.version == 4 else "ip6", "saddr"), f"@{x.set}")
+    return _eq(_saddr(x.version), f"@{x.set}")
 
 
 @_match.register
 def _(x: m.CtStateNew) -> dict:
     return _eq({"ct": {"key": "state"}}, "new", "in")
+
+
+@_match.register
+def _(x: m.Assured) -> list[dict]:
+    return [_eq({"ct": {"key": "status"}}, "assured", "in"), _eq({"ct": {"key": "direction"}}, "original")]
+
+
+@_match.register
+def _(x: m.SourceNotInSet) -> dict:
+    return _eq(_saddr(x.version), f"@{x.set}", "!=")
+
+
+@_match.register
+def _(x: m.RememberSource) -> dict:
+    return {"set": {"op": "add", "elem": _saddr(x.version), "set": f"@{x.set}"}}
 
 
 @_match.register
