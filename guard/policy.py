@@ -76,12 +76,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
-def _check_cidr(text: str) -> str:
+def _to_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
-        ipaddress.ip_network(text, strict=True)
+        return ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not a CIDR ({exc})") from None
-    return text
 
 
 def _check_ifname(name: str) -> str:
@@ -100,17 +99,19 @@ def _check_interfaces(value: Any) -> Any:
     raise ValueError(f"must be 'auto' or a list of interface names, got {value!r}")
 
 
-Cidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(_check_cidr)]
+Cidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(_to_network)]
 IfName = Annotated[str, Field(strict=True), pydantic.AfterValidator(_check_ifname)]
 
 
 class Allow(_Section):
-    cidrs: tuple[Cidr, ...] = ()
+    cidrs: tuple[Cidr, ...] = ()  # parsed once into ip_network objects
+    _merged: dict = pydantic.PrivateAttr(default_factory=dict)
 
     def networks(self, version: int) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """The CIDRs of one IP version, overlaps merged (nft interval sets refuse overlaps)."""
-        nets = [ipaddress.ip_network(c) for c in self.cidrs]
-        return list(ipaddress.collapse_addresses(n for n in nets if n.version == version))
+        if version not in self._merged:
+            self._merged[version] = list(ipaddress.collapse_addresses(n for n in self.cidrs if n.version == version))
+        return self._merged[version]
 
 
 class Icmp(_Section):

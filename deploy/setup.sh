@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what nodeguard needs on Debian/Ubuntu (as root) and creates the venv.
+#   deploy/setup.sh           runtime only, venv at /opt/nodeguard (for nodes)
+#   deploy/setup.sh --dev     runtime + test tools, venv at ./.venv (for the test suite)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dev=0; [ "${1:-}" = "--dev" ] && dev=1
+
+runtime_pkgs=(nftables libnftables1 iptables python3 python3-venv python3-pip)
+test_pkgs=(hping3 conntrack iputils-ping iproute2 util-linux procps)
+pkgs=("${runtime_pkgs[@]}"); [ $dev = 1 ] && pkgs+=("${test_pkgs[@]}")
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${pkgs[@]}" >/dev/null
+
+if [ $dev = 1 ]; then venv=.venv; else venv=/opt/nodeguard; fi
+python3 -m venv "$venv"
+"$venv/bin/pip" install -q --upgrade pip >/dev/null
+if [ $dev = 1 ]; then "$venv/bin/pip" install -q -e '.[test]'; else "$venv/bin/pip" install -q .; fi
+echo "nodeguard installed in $venv"
