@@ -17,6 +17,7 @@ from .backend.nft import Nft, require_net_admin
 from .errors import NodeguardError, PolicyError
 from .policy import load_policy
 from .scratch import kernel_text
+from .watcher import Watcher, read_state
 
 
 def _common(func: Callable) -> Callable:
@@ -93,7 +94,7 @@ def status(config: str | None, as_json: bool) -> None:
     """Installed or not, hooks next to foreign chains, counters per rule, meter fill."""
     policy, _source = load_policy(config)
     nft = _kernel()
-    st = status_mod.collect(nft, make_plan(policy, nft))
+    st = status_mod.collect(nft, make_plan(policy, nft), read_state(policy.watcher.state_file))
     _emit(st, as_json, status_mod.format_text(st))
 
 
@@ -103,6 +104,36 @@ def uninstall_cmd(as_json: bool) -> None:
     """Remove nodeguard's table and nothing else."""
     was = uninstall(_kernel())
     _emit({"removed": was}, as_json, "removed table inet nodeguard\n" if was else "nodeguard was not installed\n")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise _Stop()
+
+
+@cli.command()
+@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="Policy YAML (default: /etc/nodeguard/config.yaml if it exists, else the built-in default).")
+@click.option("-v", "--verbose", is_flag=True, help="Also log each check.")
+def watch(config: str | None, verbose: bool) -> None:
+    """Keep the table installed and first in line: repair flushes, deletions, reorders and
+    lower-priority rivals at once, with damping against insert wars. Stopping leaves the rules."""
+    import logging
+    import signal
+
+    policy, source = load_policy(config)
+    nft = _kernel()
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s nodeguard watch: %(message)s")
+    logging.getLogger("nodeguard.watch").info("watching with %s", source)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        Watcher(policy, nft).run(lambda: False)
+    except (_Stop, KeyboardInterrupt):
+        logging.getLogger("nodeguard.watch").info("stopped; the rules stay in place")
 
 
 def main() -> None:

@@ -196,6 +196,16 @@ class Meter(_Section):
     timeout_s: Annotated[int, Field(ge=1, le=86400, strict=True)] = 60
 
 
+class Watcher(_Section):
+    """``nodeguard watch``: how fast it verifies, and how it damps insert wars."""
+
+    verify_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    legacy_poll_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    max_repairs_per_minute: Annotated[int, Field(ge=1, le=1000, strict=True)] = 10
+    backoff_max_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    state_file: str = "/run/nodeguard/watch.json"
+
+
 _DEFAULT_LIMITS = (
     Limit(
         name="udp-per-source",
@@ -217,6 +227,7 @@ class Policy(_Section):
     limits: tuple[Limit, ...] = _DEFAULT_LIMITS
     connlimit: tuple[ConnLimit, ...] = _DEFAULT_CONNLIMIT
     meter: Meter = Meter()
+    watcher: Watcher = Watcher()
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Policy":

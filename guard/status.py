@@ -7,39 +7,21 @@ from typing import Any
 from . import model
 from .apply import Plan
 from .backend.nft import Nft, objects
+from .drift import diff_live, read_live
 from .render.ids import id_from_comment
-from .render.nft import FAMILY, render_chain_rules
+from .render.nft import FAMILY
 
 
-def live_table(nft: Nft) -> list[dict]:
-    return nft.list(f"table {FAMILY} {model.TABLE}")
-
-
-def expected_ids(ruleset: model.RuleSet) -> dict[str, list[str]]:
-    """chain → rule IDs in order, straight from the renderer (what drift is measured against)."""
-    return {
-        c.name: [id_from_comment(r["comment"]) for r in render_chain_rules(ruleset.table, c)]
-        for c in ruleset.chains
-    }
-
-
-def live_ids(listing: list[dict]) -> dict[str, list[str | None]]:
-    out: dict[str, list[str | None]] = {c["name"]: [] for c in objects(listing, "chain")}
-    for r in objects(listing, "rule"):
-        out.setdefault(r["chain"], []).append(id_from_comment(r.get("comment")))
-    return out
-
-
-def collect(nft: Nft, plan: Plan) -> dict[str, Any]:
-    listing = live_table(nft)
+def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str, Any]:
+    drift = diff_live(plan, *read_live(nft))
+    listing = nft.list(f"table {FAMILY} {model.TABLE}")  # with meter elements, for fill levels
     chains = objects(listing, "chain")
     sets = objects(listing, "set")
-    live_prio = {c["name"]: c.get("prio") for c in chains if c.get("hook")}
-    want_prio = {c.name: c.priority for c in plan.ruleset.base_chains}
-    in_sync = bool(listing) and live_ids(listing) == expected_ids(plan.ruleset) and live_prio == want_prio
     return {
         "installed": bool(listing),
-        "in_sync": in_sync,
+        "in_sync": bool(listing) and drift is None,
+        "drift": str(drift) if drift else None,
+        "watcher": watcher_state,
         "interfaces": list(plan.ruleset.interfaces),
         "hooks": [
             {"chain": c["name"], "hook": c["hook"], "priority": c["prio"]} for c in chains if c.get("hook")
@@ -73,8 +55,17 @@ def _rule(r: dict) -> dict:
 def format_text(st: dict[str, Any]) -> str:
     if not st["installed"]:
         return "nodeguard: not installed (table inet nodeguard absent)\n"
-    lines = [f"nodeguard: installed, {'in sync with the policy' if st['in_sync'] else 'DIFFERS from the policy'}",
-             f"protected interfaces: {', '.join(st['interfaces'])}", "", "prerouting hook, in order:"]
+    lines = [f"nodeguard: installed, {'in sync with the policy' if st['in_sync'] else 'DIFFERS from the policy'}"]
+    if st["drift"]:
+        lines.append(f"  drift: {st['drift']}")
+    w = st.get("watcher")
+    if w:
+        alive = "running" if w.get("alive") else "not running"
+        lines.append(f"watcher: {alive} (pid {w.get('pid')}), {w.get('repairs', 0)} repairs, "
+                     f"last: {w.get('last_reason') or '-'}")
+        if w.get("contested_by"):
+            lines.append(f"  CONTESTED by {w['contested_by']}: repairs damped, next in {w.get('backoff_s', 0):.0f} s")
+    lines += [f"protected interfaces: {', '.join(st['interfaces'])}", "", "prerouting hook, in order:"]
     hooks = [(h["priority"], f"inet nodeguard {h['chain']}", "nodeguard") for h in st["hooks"]]
     hooks += [(f["priority"], f"{f['family']} {f['table']} {f['chain']}", "foreign") for f in st["foreign_chains"]]
     for prio, name, owner in sorted(hooks):

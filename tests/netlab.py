@@ -57,6 +57,11 @@ class Netns:
     def nft_json(self, what: str = "ruleset") -> list[dict]:
         return json.loads(self.run(f"nft -j list {what}").stdout or '{"nftables": []}')["nftables"]
 
+    def our_priorities(self) -> dict[str, int]:
+        """nodeguard's base chains and their priorities, as the kernel has them."""
+        return {c["chain"]["name"]: c["chain"]["prio"] for c in self.nft_json("chains")
+                if c.get("chain", {}).get("table") == "nodeguard" and "prio" in c["chain"]}
+
     def conntrack_count(self) -> int:
         return int(self.run("conntrack -C").stdout.strip() or 0)
 
@@ -195,3 +200,31 @@ def ping_stats(output: str) -> tuple[int, int]:
     m = _PING_STATS.search(output)
     assert m, output
     return int(m[1]), int(m[2])
+
+
+def wait_until(pred, timeout: float = 5.0, interval: float = 0.005) -> float:
+    """Seconds until ``pred()`` was true; AssertionError after ``timeout``."""
+    start = time.monotonic()
+    while not pred():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def watcher(ns: Netns, policy_path: str, state_path: str):
+    """``nodeguard watch`` in ``ns``; yields the process once it has adopted or installed."""
+    proc = ns.popen([sys.executable, "-m", "guard", "watch", "-c", policy_path], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: Path(state_path).exists() or proc.poll() is not None, timeout=10)
+        assert proc.poll() is None, proc.stderr.read()
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()

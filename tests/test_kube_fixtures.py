@@ -73,6 +73,5 @@ def test_priorities_move_below_a_foreign_chain_that_sits_lower(ns):
     ns.run(["nft", "add table ip early; add chain ip early pre { type filter hook prerouting priority -360; }; "
                    "add chain ip early post { type filter hook prerouting priority -195; }"])
     out = ns.nodeguard("apply").stdout
-    chains = {c["name"]: c["prio"] for c in _prerouting_chains(ns) if c["table"] == "nodeguard"}
-    assert chains == {"filter-prerouting": -361, "filter-conntrack": -196}, chains
+    assert ns.our_priorities() == {"filter-prerouting": -361, "filter-conntrack": -196}
     assert "below ip early pre" in out

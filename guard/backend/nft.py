@@ -46,9 +46,16 @@ class Nft:
         if rc != 0:
             raise BackendError(what, _first_error(err))
 
-    def list(self, what: str) -> list[dict]:
-        """``nft -j list <what>`` as a list of objects; missing objects give []."""
-        rc, out, err = self._nft.cmd(f"list {what}")
+    def list(self, what: str, *, terse: bool = False) -> list[dict]:
+        """``nft -j list <what>`` as a list of objects; missing objects give [].
+
+        ``terse`` leaves out set elements (nft -t): meters can hold millions.
+        """
+        self._nft.set_terse_output(terse)
+        try:
+            rc, out, err = self._nft.cmd(f"list {what}")
+        finally:
+            self._nft.set_terse_output(False)
         if rc != 0:
             if "No such file or directory" in err:
                 return []

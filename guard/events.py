@@ -1,0 +1,75 @@
+"""Ruleset change notifications from the kernel (nft tables, which include iptables-nft).
+
+We only need to know *that* something changed, and who did it: the drift check then
+reads the ruleset. Of each message only the NEWGEN trailer of a transaction is parsed,
+for the writer's pid and process name. iptables-legacy sends no events.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NFT_MSG_NEWGEN = (10 << 8) | 15  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN
+NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 2, 3
+
+
+def writers(buf: bytes) -> list[tuple[int, str]]:
+    """(pid, process name) of every committed transaction in a netlink datagram."""
+    out = []
+    off = 0
+    while off + 16 <= len(buf):
+        length, mtype = struct.unpack_from("=IH", buf, off)
+        if length < 16:
+            break
+        if mtype == NFT_MSG_NEWGEN:
+            pid, name = 0, ""
+            a = off + 20  # nlmsghdr (16) + nfgenmsg (4)
+            while a + 4 <= off + length:
+                alen, atype = struct.unpack_from("=HH", buf, a)
+                if alen < 4:
+                    break
+                payload = buf[a + 4:a + alen]
+                if atype == NFTA_GEN_PROC_PID and len(payload) == 4:
+                    pid = struct.unpack(">I", payload)[0]
+                elif atype == NFTA_GEN_PROC_NAME:
+                    name = payload.split(b"\0", 1)[0].decode("ascii", "replace")
+                    name = "".join(c if c.isprintable() else "?" for c in name)
+                a += (alen + 3) & ~3
+            out.append((pid, name))
+        off += (length + 3) & ~3
+    return out
+
+
+class NftEvents:
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self.sock.bind((0, 0))
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self) -> tuple[int, list[tuple[int, str]]]:
+        """Read every pending message: (how many, writers seen). An overrun counts as one."""
+        n, seen = 0, []
+        while True:
+            try:
+                seen += writers(self.sock.recv(65536))
+                n += 1
+            except BlockingIOError:
+                return n, seen
+            except OSError as exc:  # ENOBUFS: we fell behind a large resync; something changed
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                n += 1
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,135 @@
+"""The watcher restores protection after every kind of disturbance, at once, without a war."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import netlab
+from netlab import ATTACKER4, VICTIM4, wait_until
+
+
+@pytest.fixture
+def watched(lab, tmp_path):
+    victim, attacker = lab
+    state = tmp_path / "watch.json"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"""
+icmp:
+  per_source: 20/second
+  per_source_burst: 20
+watcher:
+  state_file: {state}
+  max_repairs_per_minute: 5
+  backoff_max_s: 8
+""")
+    with netlab.watcher(victim, str(policy), str(state)) as proc:
+        yield victim, attacker, proc, state, str(policy)
+
+
+def _in_sync(ns, policy) -> bool:
+    return json.loads(ns.nodeguard("status", "--json", "-c", policy).stdout)["in_sync"]
+
+
+def _protected(ns) -> bool:
+    """The per-source ICMP rule is live (cheap enough to poll)."""
+    res = ns.run("nft list chain inet nodeguard icmp-flood", check=False)
+    return res.returncode == 0 and "icmp-flood per-source v4" in res.stdout
+
+
+def _flood_is_limited(victim, attacker) -> bool:
+    before = victim.counters().get("icmp-flood: icmp-flood per-source v4", 0)
+    attacker.run(f"ping -f -i 0.0002 -q -w 1 {VICTIM4}", check=False)
+    return victim.counters()["icmp-flood: icmp-flood per-source v4"] > before + 50
+
+
+def _delete_one_rule(ns) -> None:
+    listing = ns.nft_json("chain inet nodeguard icmp-flood")
+    handle = [o["rule"]["handle"] for o in listing if "rule" in o][0]
+    ns.run(f"nft delete rule inet nodeguard icmp-flood handle {handle}")
+
+
+DISRUPTIONS = {
+    "nft flush ruleset": lambda ns: ns.run("nft flush ruleset"),
+    "delete our table": lambda ns: ns.run("nft delete table inet nodeguard"),
+    "delete one rule": _delete_one_rule,
+    "flush one chain": lambda ns: ns.run("nft flush chain inet nodeguard icmp-flood"),
+    "foreign chain at -360": lambda ns: ns.run(
+        ["nft", "add table ip rival; add chain ip rival pre { type filter hook prerouting priority -360; }"]),
+}
+
+
+@pytest.mark.parametrize("what", list(DISRUPTIONS))
+def test_disruption_is_repaired_at_once_and_the_flood_is_limited_again(watched, what):
+    victim, attacker, _proc, state, policy = watched
+    DISRUPTIONS[what](victim)
+    took = wait_until(lambda: _in_sync(victim, policy), timeout=3)
+    assert took < 3
+    assert _protected(victim)
+    assert _flood_is_limited(victim, attacker)
+    st = json.loads(state.read_text())
+    assert st["repairs"] >= 1 and st["last_repair_ms"] < 100, st
+    if what == "foreign chain at -360":
+        assert victim.our_priorities()["filter-prerouting"] == -361
+
+
+def test_kube_proxy_full_restore_without_noflush_leaves_protection_alone(watched):
+    victim, attacker, _proc, state, policy = watched
+    for _ in range(3):
+        netlab.load_fixture(victim, "kube-proxy-iptables-tracepacket.rules", "iptables-nft")
+    time.sleep(0.3)
+    assert _in_sync(victim, policy)
+    assert json.loads(state.read_text())["repairs"] == 0  # nothing of ours was touched
+    assert _flood_is_limited(victim, attacker)
+
+
+def test_kill_9_leaves_the_rules_and_a_restart_adopts_them_without_reapplying(watched):
+    victim, attacker, proc, state, policy = watched
+    assert _flood_is_limited(victim, attacker)
+    counted = victim.counters()["icmp-flood: icmp-flood per-source v4"]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _in_sync(victim, policy) and victim.counters()["icmp-flood: icmp-flood per-source v4"] == counted
+    state.unlink()
+    with netlab.watcher(victim, policy, str(state)):
+        wait_until(lambda: json.loads(state.read_text()).get("adopted") is not None)
+        st = json.loads(state.read_text())
+        assert st["adopted"] is True and st["repairs"] == 0
+        assert victim.counters()["icmp-flood: icmp-flood per-source v4"] == counted, "no re-apply, no reset"
+
+
+def test_a_rival_that_keeps_undercutting_our_priority_is_followed_down_to_minus_399_then_left(watched):
+    victim, _attacker, _proc, state, policy = watched
+    for prio in range(-351, -402, -1):  # the rival always goes just below us
+        victim.run(["nft", f"add table ip rival; add chain ip rival c{-prio} "
+                           f"{{ type filter hook prerouting priority {prio}; }}"])
+        time.sleep(0.01)
+    wait_until(lambda: _in_sync(victim, policy), timeout=5)
+    assert victim.our_priorities()["filter-prerouting"] == -399  # never before defrag
+    status = victim.nodeguard("status", "-c", policy).stdout
+    assert "cannot go below ip rival c401" in status
+
+
+def test_a_flush_war_is_damped_named_and_cheap(watched):
+    victim, _attacker, proc, state, policy = watched
+    cpu_before, started = netlab.cpu_seconds(proc.pid), time.monotonic()
+    war_s, every_s = 12.0, 0.2
+    flushes = 0
+    while time.monotonic() - started < war_s:
+        victim.run("nft flush chain inet nodeguard icmp-flood")
+        flushes += 1
+        time.sleep(every_s)
+    cpu = (netlab.cpu_seconds(proc.pid) - cpu_before) / (time.monotonic() - started)
+    st = json.loads(state.read_text())
+
+    # 5 repairs at once, then one each 1, 2, 4, 8 s (backoff_max_s 8): at most 5 + 4 in 12 s
+    assert flushes >= 50
+    assert 5 <= st["repairs"] <= 9, st
+    assert st["contested"] and st["contested_by"].startswith("nft (pid"), st
+    assert cpu < 0.05, f"watcher used {cpu:.1%} of a core during the war"
+    assert "CONTESTED by nft (pid" in victim.nodeguard("status", "-c", policy).stdout
