@@ -1,15 +1,25 @@
-"""policy → probe → model → render → one transaction. The only write path."""
+"""policy → probe → model → render → one transaction per backend. The only write path.
+
+Backends: ``nft`` (table inet nodeguard, one libnftables transaction) and ``iptables-nft`` /
+``iptables-legacy`` (own chains plus jumps, one ``*-restore --noflush`` per family, after the
+ipsets). After a successful apply, the objects of the other backends are removed, so switching
+``backend:`` in the policy never leaves two sets of rules, and never a moment with none.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import model, probe
-from .backend.nft import Nft
-from .errors import NodeguardError
+from .backend.ipt import Ipset, Ipt, detect_flavour
+from .backend.nft import Nft, objects
 from .interfaces import resolve_interfaces
 from .policy import Policy
-from .render import nft as render
+from .render import ipt as render_ipt
+from .render import nft as render_nft
+
+IPT_FLAVOURS = ("nft", "legacy")
 
 
 @dataclass(frozen=True)
@@ -17,25 +27,110 @@ class Plan:
     ruleset: model.RuleSet
     priorities: model.Priorities
     foreign: tuple[probe.ForeignChain, ...]
-    transaction: dict
+    backend: str  # "nft", "iptables-nft" or "iptables-legacy"
+    backend_reason: str
+    transaction: dict | None = None  # nft
+    ipt: dict[int, render_ipt.Render] | None = None  # iptables, per IP version
+
+    @property
+    def flavour(self) -> str | None:
+        return self.backend.split("-", 1)[1] if self.backend.startswith("iptables-") else None
 
 
 def make_plan(policy: Policy, nft: Nft | None) -> Plan:
     """Render the policy for this host. Without ``nft`` (no privileges) the default priorities are used."""
-    if policy.backend != "nft":
-        raise NodeguardError(f"backend {policy.backend!r} is not available in this version; use backend: nft")
     foreign = tuple(probe.foreign_base_chains(nft)) if nft else ()
     priorities = probe.choose_priorities(list(foreign))
     ruleset = model.build_ruleset(policy, resolve_interfaces(policy.interfaces), priorities)
-    return Plan(ruleset, priorities, foreign, render.replace_table(ruleset))
+    if policy.backend == "nft":
+        return Plan(ruleset, priorities, foreign, "nft", "backend: nft", transaction=render_nft.replace_table(ruleset))
+    flavour, reason = ((policy.iptables.flavour, "iptables.flavour in the policy")
+                       if policy.iptables.flavour != "auto" else detect_flavour() if nft else ("nft", "not probed"))
+    renders = {v: render_ipt.render_ipt(ruleset, v) for v in (4, 6)}
+    return Plan(ruleset, priorities, foreign, f"iptables-{flavour}", reason, ipt=renders)
 
 
 def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False) -> None:
-    nft.run(plan.transaction, dry_run=dry_run, what="apply --dry-run" if dry_run else "apply")
+    if plan.transaction is not None:
+        nft.run(plan.transaction, dry_run=dry_run, what="apply --dry-run" if dry_run else "apply")
+    else:
+        ipt = Ipt(plan.flavour)
+        if dry_run:  # the tool checks a fresh install of our chains; ipsets cannot be dry-run
+            for version, render in plan.ipt.items():
+                ipt.restore(version, _without_sets(render_ipt.restore_text(render, {})), test=True)
+            return
+        Ipset.restore(render_ipt.ipset_script(plan.ruleset, Ipset.names()))
+        for version, render in plan.ipt.items():
+            ipt.restore(version, render_ipt.restore_text(render, ipt.live(version)))
+    if not dry_run:
+        remove_other_backends(plan.backend, nft)
+
+
+def rendered_text(plan: Plan) -> str:
+    """What apply would load, as text: nft's JSON, or the ipset + iptables-restore scripts."""
+    if plan.transaction is not None:
+        import json
+        return json.dumps(plan.transaction, indent=2) + "\n"
+    out = "# ipset restore\n" + render_ipt.ipset_script(plan.ruleset, set())
+    for version, render in plan.ipt.items():
+        out += f"# {'ip' if version == 4 else 'ip6'}tables-{plan.flavour}-restore --noflush\n"
+        out += render_ipt.restore_text(render, {})
+    return out
+
+
+def load_into_this_netns(plan: Plan) -> str:
+    """For a scratch netns: apply the plan for real, return the kernel's own text of it."""
+    nft = Nft()
+    apply_plan(plan, nft)
+    if plan.transaction is not None:
+        return nft.text(f"table {render_nft.FAMILY} {model.TABLE}")
+    return rendered_text(plan)
+
+
+def _without_sets(text: str) -> str:
+    """--test still asks the kernel about ipset names; a dry run must not need them to exist."""
+    return "\n".join(ln for ln in text.splitlines() if "--match-set" not in ln and "--add-set" not in ln) + "\n"
+
+
+def remove_other_backends(keep: str, nft: Nft) -> list[str]:
+    """Remove nodeguard's objects from every backend but ``keep``; cheap when there are none."""
+    removed = []
+    if keep != "nft" and _nft_installed(nft):
+        nft.run(render_nft.delete_table(), what="remove nft backend")
+        removed.append("nft")
+    for flavour in IPT_FLAVOURS:
+        if keep == f"iptables-{flavour}" or not _may_hold_ipt(flavour, nft):
+            continue
+        ipt = Ipt(flavour)
+        for version in (4, 6):
+            live = ipt.live(version)
+            if live:
+                ipt.restore(version, render_ipt.restore_text(None, live))
+                removed.append(f"iptables-{flavour} v{version}")
+    if not keep.startswith("iptables-") and Path("/sys/module/ip_set").exists():
+        stale = Ipset.names()
+        if stale:
+            Ipset.destroy(stale)
+            removed.append("ipsets")
+    return removed
+
+
+def _may_hold_ipt(flavour: str, nft: Nft) -> bool:
+    """iptables-nft chains are nft chains (one in-process listing); legacy needs legacy tables."""
+    if flavour == "legacy":
+        return any(Path(f"/proc/net/{f}").exists() and Path(f"/proc/net/{f}").read_text().split()
+                   for f in ("ip_tables_names", "ip6_tables_names"))
+    return any(c["name"].startswith(render_ipt.PREFIX + "-") for c in objects(nft.list("chains"), "chain")
+               if c["family"] in ("ip", "ip6"))
+
+
+def _nft_installed(nft: Nft) -> bool:
+    return any(t["family"] == render_nft.FAMILY and t["name"] == model.TABLE
+               for t in objects(nft.list("tables"), "table"))
 
 
 def uninstall(nft: Nft, *, dry_run: bool = False) -> bool:
-    """Delete nodeguard's table, and nothing else. Returns whether it was installed."""
-    installed = bool(nft.list(f"table {render.FAMILY} {model.TABLE}"))
-    nft.run(render.delete_table(), dry_run=dry_run, what="uninstall")
-    return installed
+    """Delete nodeguard's objects in every backend, and nothing else. Returns whether any existed."""
+    if dry_run:
+        return _nft_installed(nft) or any(Ipt(f).live(v) for f in IPT_FLAVOURS for v in (4, 6))
+    return bool(remove_other_backends("none", nft))

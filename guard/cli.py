@@ -12,11 +12,12 @@ from typing import Any, Callable
 import click
 
 from . import status as status_mod
-from .apply import apply_plan, make_plan, uninstall
+from .apply import apply_plan, load_into_this_netns, make_plan, rendered_text, uninstall
 from .backend.nft import Nft, require_net_admin
 from .errors import NodeguardError, PolicyError
 from .policy import load_policy
-from .scratch import kernel_text
+from .render import ipt as render_ipt
+from .scratch import in_scratch_netns
 from .watcher import Watcher, read_state
 
 
@@ -56,14 +57,17 @@ def check(config: str | None, as_json: bool) -> None:
         nft = None  # not privileged: render with default priorities, skip the kernel check
     plan = make_plan(policy, nft)
     if as_json:
-        _emit(plan.transaction, True, "")
+        data = plan.transaction if plan.transaction is not None else {
+            "backend": plan.backend, "ipset": render_ipt.ipset_script(plan.ruleset, set()),
+            "restore": {f"v{v}": render_ipt.restore_text(r, {}) for v, r in plan.ipt.items()}}
+        _emit(data, True, "")
         return
     try:
-        text = kernel_text(plan.transaction)
-        head = f"# {source}: valid; checked by the kernel in a scratch network namespace\n"
+        text = in_scratch_netns(lambda: load_into_this_netns(plan))
+        head = f"# {source}: valid; checked by the kernel in a scratch network namespace ({plan.backend})\n"
     except PermissionError:
-        text = json.dumps(plan.transaction, indent=2) + "\n"
-        head = f"# {source}: valid; not root, so not checked by the kernel (libnftables JSON follows)\n"
+        text = rendered_text(plan)
+        head = f"# {source}: valid; not root, so not checked by the kernel ({plan.backend})\n"
     for note in plan.priorities.notes:
         head += f"# {note}\n"
     click.echo(head + text, nl=False)
@@ -78,12 +82,17 @@ def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
     nft = _kernel()
     plan = make_plan(policy, nft)
     apply_plan(plan, nft, dry_run=dry_run)
-    hooks = {c.name: c.priority for c in plan.ruleset.base_chains}
-    data = {"applied": not dry_run, "dry_run": dry_run, "policy": source, "hooks": hooks,
+    if plan.transaction is not None:
+        hooks = {c.name: c.priority for c in plan.ruleset.base_chains}
+        where = ", ".join(f"{k} at priority {v}" for k, v in hooks.items())
+    else:
+        hooks = {f"{t.name} {b}": 1 for r in plan.ipt.values() for t in r.tables.values() for b, _ in t.jumps}
+        where = "jumps at position 1 of " + ", ".join(hooks) + f" ({plan.backend_reason})"
+    data = {"applied": not dry_run, "dry_run": dry_run, "policy": source, "backend": plan.backend,
+            "backend_reason": plan.backend_reason, "hooks": hooks,
             "interfaces": list(plan.ruleset.interfaces), "notes": list(plan.priorities.notes)}
-    verb = "would apply (dry run, kernel accepted it)" if dry_run else "applied"
-    text = (f"{verb} {source}: " + ", ".join(f"{k} at priority {v}" for k, v in hooks.items())
-            + f"; interfaces {', '.join(plan.ruleset.interfaces)}\n"
+    verb = "would apply (dry run, accepted)" if dry_run else "applied"
+    text = (f"{verb} {source} with {plan.backend}: {where}; interfaces {', '.join(plan.ruleset.interfaces)}\n"
             + "".join(f"note: {n}\n" for n in plan.priorities.notes))
     _emit(data, as_json, text)
 

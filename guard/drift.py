@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from . import model
 from .apply import Plan
+from .backend.ipt import Ipset, Ipt
 from .backend.nft import Nft, objects
+from .render.ipt import ipset_name
 from .render.ids import id_from_comment
 from .render.nft import FAMILY, render_chain_rules
 
@@ -90,3 +92,54 @@ def _networks(elems: list) -> set:
             lo, hi = (ipaddress.ip_address(a) for a in e["range"])
             out.update(ipaddress.summarize_address_range(lo, hi))
     return out
+
+
+def diff_plan(plan: Plan, nft: Nft) -> Drift | None:
+    """The drift of whichever backend the plan is for."""
+    if plan.transaction is not None:
+        return diff_live(plan, *read_live(nft))
+    return diff_ipt(plan)
+
+
+def diff_ipt(plan: Plan) -> Drift | None:
+    """Our chains hold exactly the rendered rule IDs, and each jump is rule 1 of its built-in chain."""
+    ipt = Ipt(plan.flavour)
+    reasons: list[str] = []
+    culprit = None
+    for version, render in plan.ipt.items():
+        for tname, table in render.tables.items():
+            chains, rules = ipt.rules(version, tname)
+            have: dict[str, list[str | None]] = {}
+            for r in rules:
+                have.setdefault(r.chain, []).append(r.rule_id)
+            want = render.rule_ids()
+            for chain in table.chains:
+                where = f"v{version} {tname} {chain}"
+                if chain not in chains:
+                    reasons.append(f"{where} is missing")
+                elif have.get(chain, []) != want[chain]:
+                    kept = sum(1 for i in have.get(chain, []) if i in want[chain])
+                    reasons.append(f"{where}: {kept} of {len(want[chain])} rules intact")
+            for builtin, spec in table.jumps:
+                jid = spec.split("nodeguard:", 1)[1].split(" ", 1)[0]
+                in_builtin = [r for r in rules if r.chain == builtin]
+                positions = [r.position for r in in_builtin if r.rule_id == jid]
+                where = f"v{version} {tname} {builtin}"
+                if not positions:
+                    reasons.append(f"jump in {where} is missing")
+                elif positions != [1]:
+                    reasons.append(f"jump in {where} is at position {positions[0]}, must be 1"
+                                   + (f" ({len(positions)} copies)" if len(positions) > 1 else ""))
+                    if in_builtin[0].rule_id != jid:
+                        culprit = culprit or f"{_target(in_builtin[0].line)} in {where}"
+    missing_sets = {ipset_name(s.name) for s in plan.ruleset.sets if s.kind in ("allow", "trusted")} - Ipset.names()
+    reasons += [f"ipset {n} is missing" for n in sorted(missing_sets)]
+    return Drift(tuple(reasons), culprit) if reasons else None
+
+
+def _target(save_line: str) -> str:
+    """What a competing rule does: its jump target, else its comment, else the rule itself."""
+    parts = save_line.split()
+    if "-j" in parts:
+        return parts[parts.index("-j") + 1]
+    return save_line[:60]

@@ -137,12 +137,17 @@ class Return:
 
 
 @dataclass(frozen=True)
+class Continue:
+    """No verdict: the rule only acts (e.g. remembers a source) and evaluation goes on."""
+
+
+@dataclass(frozen=True)
 class Jump:
     chain: str
 
 
-Verdict = Union[Drop, Return, Jump]
-DROP, RETURN = Drop(), Return()
+Verdict = Union[Drop, Return, Continue, Jump]
+DROP, RETURN, CONTINUE = Drop(), Return(), Continue()
 
 
 # --- containers -----------------------------------------------------------------------
@@ -248,7 +253,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             sets.append(AddrSet(set_name, version, "trusted", size=meter.size, timeout_s=syn.trusted_after_handshake_s))
             trusted.append(Rule((SourceInSet(set_name, version),), RETURN, f"trusted v{version} skips backstop"))
             remember.append(Rule((Family(version), Proto("tcp"), Assured(), SourceNotInSet(set_name, version),
-                                  RememberSource(set_name, version)), RETURN, f"remember handshake v{version}"))
+                                  RememberSource(set_name, version)), CONTINUE, f"remember handshake v{version}"))
     to_syn = flood_chain("syn-flood", "syn-src", syn.source_rate(), syn.global_rate(), tuple(trusted))
     pre.append(Rule((TcpFlags(("fin", "syn", "rst", "ack"), ("syn",)),), to_syn, "syn to syn-flood"))
 

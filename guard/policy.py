@@ -70,6 +70,7 @@ def parse_rate(value: Any) -> Rate:
 RateField = Annotated[Rate, pydantic.BeforeValidator(parse_rate)]
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+PortList = Annotated[tuple[Port, ...], Field(max_length=15)]  # iptables multiport's limit, for portability
 
 
 class _Section(BaseModel):
@@ -152,8 +153,8 @@ class Limit(_Section):
 
     name: str
     protocol: Literal["tcp", "udp", "icmp", "all"]
-    ports: tuple[Port, ...] = ()
-    except_ports: tuple[Port, ...] = ()
+    ports: PortList = ()
+    except_ports: PortList = ()
     per_source: RateField
     burst: PositiveInt | None = None
     rate: RateField | None = None
@@ -185,7 +186,7 @@ class ConnLimit(_Section):
     """Concurrent TCP connections per source (IPv6: per /64) to ``ports`` (empty = all)."""
 
     name: str | None = None
-    ports: tuple[Port, ...] = ()
+    ports: PortList = ()
     per_source: PositiveInt
 
 
@@ -204,6 +205,12 @@ class Watcher(_Section):
     max_repairs_per_minute: Annotated[int, Field(ge=1, le=1000, strict=True)] = 10
     backoff_max_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     state_file: str = "/run/nodeguard/watch.json"
+
+
+class Iptables(_Section):
+    """``backend: iptables``: which flavour; auto = the one the node's Kubernetes components use."""
+
+    flavour: Literal["auto", "nft", "legacy"] = "auto"
 
 
 _DEFAULT_LIMITS = (
@@ -227,6 +234,7 @@ class Policy(_Section):
     limits: tuple[Limit, ...] = _DEFAULT_LIMITS
     connlimit: tuple[ConnLimit, ...] = _DEFAULT_CONNLIMIT
     meter: Meter = Meter()
+    iptables: Iptables = Iptables()
     watcher: Watcher = Watcher()
 
     @model_validator(mode="after")
@@ -236,6 +244,7 @@ class Policy(_Section):
             if names.count(name) > 1:
                 raise ValueError(f"limits: name {name!r} is used twice")
         return self
+
 
 
 def load_policy(path: str | Path | None = None) -> tuple[Policy, str]:

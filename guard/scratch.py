@@ -1,45 +1,40 @@
-"""Load a transaction into a throwaway network namespace and read back nft's own text.
+"""Run a load in a throwaway network namespace and read back what the kernel made of it.
 
-``nodeguard check`` uses it to print exactly what the kernel would hold, and to have
-the kernel validate it, without touching the host's ruleset.
+``nodeguard check`` uses it to have the kernel validate the render, and to print nft's
+own text of it, without touching the host's ruleset.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from typing import Callable
 
-from .backend.nft import Nft
 from .errors import BackendError
-from .model import TABLE
-from .render.nft import FAMILY
 
 CLONE_NEWNET = 0x40000000
 
 
-def kernel_text(transaction: dict) -> str:
-    """nft's text for our table after loading ``transaction`` in a private netns.
+def in_scratch_netns(load: Callable[[], str]) -> str:
+    """``load()`` run in a child in a private netns; returns its text.
 
     Raises PermissionError where namespaces cannot be created (not root), and
-    BackendError (from the child) when the kernel rejects the transaction.
+    BackendError when the kernel (or a tool) rejected the load.
     """
     read_fd, write_fd = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: new netns, load, print, exit
+    if pid == 0:  # child: new netns, load, report, exit
         os.close(read_fd)
-        status = 0
         try:
             if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:
                 raise PermissionError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
-            nft = Nft()
-            nft.run(transaction, what="check")
-            payload = "ok\n" + nft.text(f"table {FAMILY} {TABLE}")
+            payload = "ok\n" + load()
         except PermissionError as exc:
-            payload, status = f"perm\n{exc}", 0
+            payload = f"perm\n{exc}"
         except Exception as exc:  # reported to the parent, which raises it
             payload = f"error\n{exc}"
         os.write(write_fd, payload.encode())
-        os._exit(status)
+        os._exit(0)
     os.close(write_fd)
     with os.fdopen(read_fd) as f:
         kind, _, body = f.read().partition("\n")

@@ -2,60 +2,96 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from . import model
 from .apply import Plan
+from .backend.ipt import Ipt
 from .backend.nft import Nft, objects
-from .drift import diff_live, read_live
-from .render.ids import id_from_comment
+from .drift import diff_plan
+from .render.ipt import hashlimit_name
 from .render.nft import FAMILY
 
 
 def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str, Any]:
-    drift = diff_live(plan, *read_live(nft))
-    listing = nft.list(f"table {FAMILY} {model.TABLE}")  # with meter elements, for fill levels
-    chains = objects(listing, "chain")
-    sets = objects(listing, "set")
-    return {
-        "installed": bool(listing),
-        "in_sync": bool(listing) and drift is None,
+    drift = diff_plan(plan, nft)
+    st: dict[str, Any] = {
+        "backend": plan.backend,
+        "backend_reason": plan.backend_reason,
         "drift": str(drift) if drift else None,
         "watcher": watcher_state,
         "interfaces": list(plan.ruleset.interfaces),
-        "hooks": [
-            {"chain": c["name"], "hook": c["hook"], "priority": c["prio"]} for c in chains if c.get("hook")
-        ],
         "planned_priorities": {"stateless": plan.priorities.stateless, "stateful": plan.priorities.stateful,
                                "notes": list(plan.priorities.notes)},
         "foreign_chains": [
             {"family": f.family, "table": f.table, "chain": f.chain, "hook": f.hook, "priority": f.priority}
             for f in plan.foreign
         ],
-        "rules": [_rule(r) for r in objects(listing, "rule")],
-        "meters": [
-            {"set": s["name"], "elements": len(s.get("elem", [])), "size": s["size"]}
-            for s in sets if "size" in s
-        ],
     }
+    st.update(_nft_part(nft) if plan.transaction is not None else _ipt_part(plan))
+    st["in_sync"] = st["installed"] and drift is None
+    return st
 
 
-def _rule(r: dict) -> dict:
-    counter = next((e["counter"] for e in r["expr"] if "counter" in e), {"packets": 0, "bytes": 0})
-    comment = r.get("comment") or ""
+def _nft_part(nft: Nft) -> dict[str, Any]:
+    listing = nft.list(f"table {FAMILY} {model.TABLE}")  # with meter elements, for fill levels
     return {
-        "chain": r["chain"],
-        "id": id_from_comment(comment),
-        "label": comment.split(" ", 1)[1] if " " in comment else comment,
-        "packets": counter["packets"],
-        "bytes": counter["bytes"],
+        "installed": bool(listing),
+        "hooks": [{"chain": c["name"], "hook": c["hook"], "priority": c["prio"]}
+                  for c in objects(listing, "chain") if c.get("hook")],
+        "rules": [_nft_rule(r) for r in objects(listing, "rule")],
+        "meters": [{"set": s["name"], "elements": len(s.get("elem", [])), "size": s["size"]}
+                   for s in objects(listing, "set") if "size" in s],
     }
+
+
+def _nft_rule(r: dict) -> dict:
+    counter = next((e["counter"] for e in r["expr"] if "counter" in e), {"packets": 0, "bytes": 0})
+    return {"chain": r["chain"], **_label(r.get("comment")), **counter}
+
+
+def _label(comment: str | None) -> dict:
+    text = comment or ""
+    rule_id = text[len("nodeguard:"):].split(" ", 1)[0] if text.startswith("nodeguard:") else None
+    return {"id": rule_id, "label": text.split(" ", 1)[1] if " " in text else text}
+
+
+def _ipt_part(plan: Plan) -> dict[str, Any]:
+    ipt = Ipt(plan.flavour)
+    jumps, rules, installed = [], [], False
+    for version, render in plan.ipt.items():
+        for tname, table in render.tables.items():
+            chains, saved = ipt.rules(version, tname)
+            installed = installed or any(c in chains for c in table.chains)
+            for builtin, _spec in table.jumps:
+                in_builtin = [r for r in saved if r.chain == builtin]
+                mine = [r for r in in_builtin if r.rule_id and "-j NODEGUARD-" in r.line]
+                pos = mine[0].position if mine else None
+                jumps.append({"family": f"v{version}", "table": tname, "chain": builtin, "position": pos,
+                              "above": [r.line for r in in_builtin[: (pos or 1) - 1]]})
+            for r in saved:
+                if r.chain in table.chains:
+                    comment = r.line.split('--comment "', 1)[1].split('"', 1)[0] if "--comment" in r.line else ""
+                    rules.append({"chain": f"v{version} {tname} {r.chain}", **_label(comment),
+                                  "packets": r.packets, "bytes": r.bytes})
+    meters = []
+    for s in plan.ruleset.sets:
+        if s.kind == "meter":
+            proc = Path(f"/proc/net/{'ipt' if s.version == 4 else 'ip6t'}_hashlimit/{hashlimit_name(s.name)}")
+            try:
+                entries = len(proc.read_text().splitlines())
+            except OSError:
+                entries = 0
+            meters.append({"set": s.name, "elements": entries, "size": s.size})
+    return {"installed": installed, "jumps": jumps, "rules": rules, "meters": meters}
 
 
 def format_text(st: dict[str, Any]) -> str:
     if not st["installed"]:
-        return "nodeguard: not installed (table inet nodeguard absent)\n"
-    lines = [f"nodeguard: installed, {'in sync with the policy' if st['in_sync'] else 'DIFFERS from the policy'}"]
+        return f"nodeguard: not installed ({st['backend']} backend)\n"
+    lines = [f"nodeguard: installed ({st['backend']}: {st['backend_reason']}), "
+             f"{'in sync with the policy' if st['in_sync'] else 'DIFFERS from the policy'}"]
     if st["drift"]:
         lines.append(f"  drift: {st['drift']}")
     w = st.get("watcher")
@@ -65,16 +101,20 @@ def format_text(st: dict[str, Any]) -> str:
                      f"last: {w.get('last_reason') or '-'}")
         if w.get("contested_by"):
             lines.append(f"  CONTESTED by {w['contested_by']}: repairs damped, next in {w.get('backoff_s', 0):.0f} s")
-    lines += [f"protected interfaces: {', '.join(st['interfaces'])}", "", "prerouting hook, in order:"]
-    hooks = [(h["priority"], f"inet nodeguard {h['chain']}", "nodeguard") for h in st["hooks"]]
-    hooks += [(f["priority"], f"{f['family']} {f['table']} {f['chain']}", "foreign") for f in st["foreign_chains"]]
-    for prio, name, owner in sorted(hooks):
-        lines.append(f"  {prio:>6}  {name:<50} {owner}")
-    for note in st["planned_priorities"]["notes"]:
-        lines.append(f"  note: {note}")
+    lines += [f"protected interfaces: {', '.join(st['interfaces'])}", ""]
+    if "hooks" in st:
+        lines.append("prerouting hook, in order:")
+        hooks = [(h["priority"], f"inet nodeguard {h['chain']}", "nodeguard") for h in st["hooks"]]
+        hooks += [(f["priority"], f"{f['family']} {f['table']} {f['chain']}", "foreign") for f in st["foreign_chains"]]
+        lines += [f"  {prio:>6}  {name:<50} {owner}" for prio, name, owner in sorted(hooks)]
+        lines += [f"  note: {note}" for note in st["planned_priorities"]["notes"]]
+    else:
+        lines.append("jumps (must be rule 1 of each built-in chain):")
+        for j in st["jumps"]:
+            lines.append(f"  {j['family']} {j['table']} {j['chain']}: position {j['position'] or 'MISSING'}")
+            lines += [f"      above it: {line}" for line in j["above"]]
     lines += ["", f"{'packets':>12} {'bytes':>14}  chain / rule"]
-    for r in st["rules"]:
-        lines.append(f"{r['packets']:>12} {r['bytes']:>14}  {r['chain']}: {r['label']}")
+    lines += [f"{r['packets']:>12} {r['bytes']:>14}  {r['chain']}: {r['label']}" for r in st["rules"]]
     lines += ["", "meters (per-source state):"]
     for m in st["meters"]:
         pct = 100.0 * m["elements"] / m["size"] if m["size"] else 0.0

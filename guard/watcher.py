@@ -19,7 +19,8 @@ from typing import Callable
 from .apply import Plan, apply_plan, make_plan
 from .backend.nft import Nft
 from .damper import Damper
-from .drift import Drift, diff_live, read_live
+from .backend.ipt import OWN_PIDS
+from .drift import Drift, diff_plan
 from .events import NftEvents
 from .policy import Policy
 
@@ -37,17 +38,20 @@ class Watcher:
         self.state = {"pid": os.getpid(), "repairs": 0, "checks": 0, "last_reason": None, "last_repair_ms": None,
                       "contested_by": None, "backoff_s": 0.0, "adopted": None, "last_writer": None}
         self._pending: Drift | None = None
+        self._backend = "nft"
         self._repair_at = 0.0
 
     # --- one step each ---------------------------------------------------------------
     def check(self) -> tuple[Plan, Drift | None]:
         self.state["checks"] += 1
         plan = make_plan(self.policy, self.nft)
-        return plan, diff_live(plan, *read_live(self.nft))
+        return plan, diff_plan(plan, self.nft)
 
     def start(self) -> None:
         """Adopt a correct table as it is (no gap, counters kept); otherwise apply."""
         plan, drift = self.check()
+        self._backend = plan.backend
+        self.state["backend"] = plan.backend
         self.state["adopted"] = drift is None
         if drift is None:
             log.info("adopted the installed table: it matches the policy")
@@ -95,6 +99,8 @@ class Watcher:
         try:
             self.start()
             verify_every = self.policy.watcher.verify_interval_s
+            if self._backend == "iptables-legacy":  # legacy sends no events: poll
+                verify_every = min(verify_every, self.policy.watcher.legacy_poll_s)
             next_verify = self.clock() + verify_every
             while not should_stop():
                 now = self.clock()
@@ -105,7 +111,7 @@ class Watcher:
                 if ready:
                     n, seen = events.drain()
                     changed = n > 0
-                    others = [(pid, name) for pid, name in seen if pid != os.getpid()]
+                    others = [(pid, name) for pid, name in seen if pid != os.getpid() and pid not in OWN_PIDS]
                     if others:
                         self.state["last_writer"] = f"{others[-1][1]} (pid {others[-1][0]})"
                     elif seen:  # only our own transactions: nothing to check

@@ -66,15 +66,29 @@ class Netns:
         return int(self.run("conntrack -C").stdout.strip() or 0)
 
     # --- nodeguard's rules, found by their comment --------------------------------------
-    def counters(self) -> dict[str, int]:
-        """label → packets for every nodeguard rule (labels are unique within the table)."""
-        out = {}
-        for o in self.nft_json("table inet nodeguard"):
-            rule = o.get("rule")
-            if rule and rule.get("comment", "").startswith("nodeguard:"):
-                label = rule["comment"].split(" ", 1)[1]
-                pk = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
-                out[f"{rule['chain']}: {label}"] = pk
+    def counters(self, backend: str = "nft") -> dict[str, int]:
+        """"<model chain>: <label>" → packets, for every nodeguard rule of ``backend``.
+
+        iptables renders one rule per family and per ICMP type: those are summed, so the
+        keys are the same for every backend.
+        """
+        out: dict[str, int] = {}
+        if backend == "nft":
+            for o in self.nft_json("table inet nodeguard"):
+                rule = o.get("rule")
+                if rule and rule.get("comment", "").startswith("nodeguard:"):
+                    label = rule["comment"].split(" ", 1)[1]
+                    pk = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+                    out[f"{rule['chain']}: {label}"] = pk
+            return out
+        flavour = backend.split("-", 1)[1]
+        for tool in (f"iptables-{flavour}-save", f"ip6tables-{flavour}-save"):
+            for line in self.run([tool, "-c"]).stdout.splitlines():
+                m = _IPT_RULE.match(line)
+                if m and m["chain"] in IPT_CHAINS:
+                    label = re.sub(r" type \d+$", "", m["label"])
+                    key = f"{IPT_CHAINS[m['chain']]}: {label}"
+                    out[key] = out.get(key, 0) + int(m["packets"])
         return out
 
 
@@ -147,6 +161,22 @@ def load_fixture(ns: Netns, name: str, loader: str) -> None:
 
 
 _COUNTER = re.compile(r"\[\d+:\d+\]")
+_IPT_RULE = re.compile(r'^\[(?P<packets>\d+):\d+\] -A (?P<chain>\S+) .*--comment "nodeguard:[0-9a-f]+ (?P<label>[^"]*)"')
+IPT_CHAINS = {"NODEGUARD-PRE-UPLINK": "filter-prerouting", "NODEGUARD-CONN-UPLINK": "filter-conntrack",
+              "NODEGUARD-BOGUS": "bogus-flags", "NODEGUARD-ICMP": "icmp-flood", "NODEGUARD-SYN": "syn-flood"}
+BACKENDS = ("nft", "iptables-nft", "iptables-legacy")
+
+
+def backend_policy(backend: str, text: str = "") -> str:
+    """A policy text for ``backend``: the YAML ``text`` plus the backend keys."""
+    import textwrap
+    head = "" if backend == "nft" else f"backend: iptables\niptables:\n  flavour: {backend.split('-', 1)[1]}\n"
+    return head + textwrap.dedent(text)
+
+
+def kube_loader(backend: str) -> str:
+    """Load kube fixtures with the flavour the backend uses (nft tables for the nft backend)."""
+    return "iptables-legacy" if backend == "iptables-legacy" else "iptables-nft"
 
 
 def foreign_snapshot(ns: Netns) -> dict[str, str]:
@@ -228,3 +258,40 @@ def watcher(ns: Netns, policy_path: str, state_path: str):
     finally:
         proc.kill()
         proc.wait()
+
+
+IPT_TABLE_NAMES = ("raw", "mangle", "nat", "filter", "security")
+
+
+def without_nodeguard(snap: dict[str, str]) -> dict[str, str]:
+    """A snapshot with nodeguard's iptables lines and the empty tables they needed taken out.
+
+    For the iptables backend: our chains and jumps live inside foreign tables, so what must
+    stay identical is every other line. iptables-nft tables are compared through *-save
+    (their nft listings hold our chains too); a built-in table left with no rule at all
+    (iptables-legacy cannot unregister one) is dropped, and so is iptables-nft-save's notice
+    that legacy tables exist, which the legacy backend must create to protect a family.
+    """
+    out = {}
+    for key, text in snap.items():
+        if key.endswith("stderr"):
+            text = "".join(ln for ln in text.splitlines(True) if "legacy tables present" not in ln)
+        parts = key.split()
+        if parts[0] == "nft" and parts[1] in ("ip", "ip6") and parts[2] in IPT_TABLE_NAMES:
+            continue
+        if key.endswith("-save"):
+            text = _drop_empty_tables("\n".join(ln for ln in text.splitlines() if "NODEGUARD" not in ln))
+        out[key] = text
+    return out
+
+
+def _drop_empty_tables(text: str) -> str:
+    blocks, current = [], []
+    for line in text.splitlines():
+        current.append(line)
+        if line == "COMMIT":
+            blocks.append(current)
+            current = []
+    keep = [b for b in blocks if any(ln.startswith("-A ") for ln in b)
+            or any(ln.startswith(":") and " - [" in ln for ln in b)]
+    return "\n".join(ln for b in keep for ln in b) + ("\n".join(current) if current else "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import netlab
@@ -75,3 +77,63 @@ def test_priorities_move_below_a_foreign_chain_that_sits_lower(ns):
     out = ns.nodeguard("apply").stdout
     assert ns.our_priorities() == {"filter-prerouting": -361, "filter-conntrack": -196}
     assert "below ip early pre" in out
+
+
+IPT_CASES = [(name, loader, "nft" if loader == "nft" else loader.split("-")[1])
+             for name, loader in CASES]
+
+
+def _assert_jumps_first(ns, flavour: str) -> None:
+    """Our jump is rule 1 of raw PREROUTING and filter INPUT/FORWARD, in both families."""
+    for tool in (f"iptables-{flavour}-save", f"ip6tables-{flavour}-save"):
+        for table, builtin in (("raw", "PREROUTING"), ("filter", "INPUT"), ("filter", "FORWARD")):
+            rules = [ln for ln in ns.run([tool, "-t", table]).stdout.splitlines() if ln.startswith(f"-A {builtin} ")]
+            assert rules and "-j NODEGUARD-" in rules[0], (tool, table, builtin, rules[:3])
+            assert sum("-j NODEGUARD-" in ln for ln in rules) == 1, (tool, table, builtin)
+
+
+@pytest.mark.parametrize("name,loader,flavour", IPT_CASES, ids=[f"{n}-{l}" for n, l, _ in IPT_CASES])
+def test_iptables_backend_changes_only_its_own_lines_through_apply_reapply_and_uninstall(
+        ns, write_policy, name, loader, flavour):
+    netlab.add_uplink(ns)
+    load_fixture(ns, name, loader)
+    before = foreign_snapshot(ns)
+    head = f"backend: iptables\niptables:\n  flavour: {flavour}\n"
+
+    ns.nodeguard("apply", "-c", write_policy(head))
+    assert netlab.without_nodeguard(foreign_snapshot(ns)) == netlab.without_nodeguard(before)
+    _assert_jumps_first(ns, flavour)
+    assert json.loads(ns.nodeguard("status", "--json", "-c", write_policy(head)).stdout)["in_sync"]
+
+    ns.nodeguard("apply", "-c", write_policy(head + CHANGED))
+    assert netlab.without_nodeguard(foreign_snapshot(ns)) == netlab.without_nodeguard(before)
+    _assert_jumps_first(ns, flavour)
+
+    ns.nodeguard("uninstall")
+    after = foreign_snapshot(ns)
+    assert "NODEGUARD" not in "".join(after.values())
+    assert netlab.without_nodeguard(after) == netlab.without_nodeguard(before)
+    assert ns.run("ipset list -n").stdout.strip() == ""
+
+
+def test_switching_backend_removes_the_other_backends_objects(ns, write_policy):
+    netlab.add_uplink(ns)
+    ns.nodeguard("apply")
+    ns.nodeguard("apply", "-c", write_policy("backend: iptables\niptables:\n  flavour: legacy\n"))
+    assert not any(o.get("table", {}).get("name") == "nodeguard" for o in ns.nft_json("tables"))
+    assert "NODEGUARD-PRE" in ns.run("iptables-legacy-save").stdout
+    ns.nodeguard("apply", "-c", write_policy("backend: iptables\niptables:\n  flavour: nft\n"))
+    assert "NODEGUARD" not in ns.run("iptables-legacy-save").stdout
+    assert "NODEGUARD-PRE" in ns.run("iptables-nft-save").stdout
+    ns.nodeguard("apply")
+    assert "NODEGUARD" not in ns.run("iptables-nft-save").stdout + ns.run("iptables-legacy-save").stdout
+    assert ns.run("ipset list -n").stdout.strip() == ""
+    assert any(o.get("table", {}).get("name") == "nodeguard" for o in ns.nft_json("tables"))
+
+
+def test_flavour_auto_follows_the_kubelet_canary(ns, write_policy):
+    netlab.add_uplink(ns)
+    load_fixture(ns, "kubelet-docker-iptables-nft-2021-filter.rules", "iptables-legacy")
+    out = json.loads(ns.nodeguard("apply", "--json", "-c", write_policy("backend: iptables\n")).stdout)
+    assert out["backend"] == "iptables-legacy"
+    assert "KUBE-KUBELET-CANARY found in iptables-legacy" in out["backend_reason"]

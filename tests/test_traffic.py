@@ -1,13 +1,42 @@
-"""Real packets from an attacker namespace against a victim protected by nodeguard (nft backend)."""
+"""Real packets from an attacker namespace against a victim protected by nodeguard.
+
+One scenario list, run against every backend: nft, iptables-nft and iptables-legacy.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 
+import pytest
+
 import netlab
-from netlab import ATTACKER4, LEGIT4, LEGIT6, TRUSTED4, VICTIM4, VICTIM6, ping_stats
+from netlab import ATTACKER4, LEGIT4, TRUSTED4, VICTIM4, VICTIM6, ping_stats
 
 PORT = 8080
+
+
+class Guarded:
+    """The victim namespace with nodeguard applied through one backend."""
+
+    def __init__(self, victim, backend, write_policy):
+        self.victim, self.backend, self._write = victim, backend, write_policy
+
+    def apply(self, policy_yaml: str = "") -> None:
+        self.victim.nodeguard("apply", "-c", self._write(netlab.backend_policy(self.backend, policy_yaml)))
+
+    def counters(self) -> dict[str, int]:
+        return self.victim.counters(self.backend)
+
+    def load_kube_nat_fixture(self) -> None:
+        """kube-proxy's NAT rules: conntrack is on, as on a real node."""
+        netlab.load_fixture(self.victim, "kube-proxy-iptables-tracepacket.rules", netlab.kube_loader(self.backend))
+
+
+@pytest.fixture(params=netlab.BACKENDS)
+def guarded(request, lab, write_policy):
+    victim, attacker = lab
+    return Guarded(victim, request.param, write_policy), attacker
 
 
 def _passed_to_host(c: dict, v: int) -> int:
@@ -18,17 +47,17 @@ def _passed_to_host(c: dict, v: int) -> int:
 
 # ping -f sends at least 100/s, more while replies keep up; lost echoes stay "in flight", so
 # against a limiter it settles near 100/s: the limits under test sit well below that.
-def test_ping_flood_is_cut_to_the_per_source_rate_and_a_normal_ping_still_works(lab, write_policy):
-    victim, attacker = lab
-    victim.nodeguard("apply", "-c", write_policy("""
+def test_ping_flood_is_cut_to_the_per_source_rate_and_a_normal_ping_still_works(guarded):
+    guard, attacker = guarded
+    guard.apply("""
         icmp:
           rate: 5000/second
           per_source: 20/second
           per_source_burst: 20
-    """))
+    """)
     seconds = 5
     sent, received = ping_stats(attacker.run(f"ping -f -i 0.0002 -q -w {seconds} {VICTIM4}", check=False).stdout)
-    counters = victim.counters()
+    counters = guard.counters()
 
     expected = 20 * seconds + 20
     assert sent > 3 * expected, f"not a flood: {sent} sent"
@@ -41,17 +70,18 @@ def test_ping_flood_is_cut_to_the_per_source_rate_and_a_normal_ping_still_works(
     assert received == 3
 
 
-def test_ipv6_ping_flood_is_limited_while_neighbour_discovery_keeps_working(lab, write_policy):
-    victim, attacker = lab
-    victim.nodeguard("apply", "-c", write_policy("""
+def test_ipv6_ping_flood_is_limited_while_neighbour_discovery_keeps_working(guarded):
+    guard, attacker = guarded
+    victim = guard.victim
+    guard.apply("""
         icmp:
           per_source: 20/second
           per_source_burst: 20
-    """))
+    """)
     for ns in (victim, attacker):
         ns.run("ip -6 neigh flush all")
     sent, received = ping_stats(attacker.run(f"ping -6 -f -i 0.0002 -q -w 3 {VICTIM6}", check=False).stdout)
-    counters = victim.counters()
+    counters = guard.counters()
     assert sent > 250 and 20 * 3 <= received <= 20 * 3 + 20 + 10, (sent, received)
     assert counters["icmp-flood: icmp-flood per-source v6"] > 0
     assert counters["filter-prerouting: essential icmpv6 (RFC 4890)"] > 0  # NS/NA went through
@@ -63,43 +93,44 @@ def test_ipv6_ping_flood_is_limited_while_neighbour_discovery_keeps_working(lab,
     assert received == 3
 
 
-def test_single_source_syn_flood_is_cut_per_source_while_another_client_connects(lab, write_policy):
-    victim, attacker = lab
-    victim.nodeguard("apply", "-c", write_policy("""
+def test_single_source_syn_flood_is_cut_per_source_while_another_client_connects(guarded):
+    guard, attacker = guarded
+    victim = guard.victim
+    guard.apply("""
         syn:
           per_source: 100/second
-    """))
+    """)
     with netlab.tcp_server(victim, VICTIM4, PORT):
         flood = netlab.flood(attacker, 6, "-S", "-p", str(PORT), "-a", ATTACKER4, VICTIM4)
         time.sleep(1.0)
         legit = netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 30, "--interval", "0.05")
         flood.wait()
-    counters = victim.counters()
+    counters = guard.counters()
     assert legit == {"ok": 30, "failed": 0}
     assert counters["syn-flood: syn-flood per-source v4"] > 20_000, counters
     assert counters["syn-flood: syn-flood backstop"] == 0, "one source must never reach the global cap"
 
 
-def test_spoofed_syn_flood_is_cut_by_the_backstop_and_conntrack_grows_only_with_what_it_lets_through(
-        lab, write_policy):
-    victim, attacker = lab
-    netlab.load_fixture(victim, "kube-proxy-iptables-tracepacket.rules", "iptables-nft")  # NAT: conntrack on
+def test_spoofed_syn_flood_is_cut_by_the_backstop_and_conntrack_grows_only_with_what_it_lets_through(guarded):
+    guard, attacker = guarded
+    victim = guard.victim
+    guard.load_kube_nat_fixture()
     seconds, backstop = 3, 1000
-    policy = write_policy(f"""
+    policy = f"""
         syn:
           rate: {backstop}/second
           burst: {backstop}
-    """)
+    """
     with netlab.tcp_server(victim, VICTIM4, PORT):
         netlab.flood(attacker, seconds, "-S", "-p", str(PORT), "--rand-source", VICTIM4).wait()
         unprotected = victim.conntrack_count()
         victim.run("conntrack -F", check=False)
         time.sleep(0.5)
 
-        victim.nodeguard("apply", "-c", policy)
+        guard.apply(policy)
         netlab.flood(attacker, seconds, "-S", "-p", str(PORT), "--rand-source", VICTIM4).wait()
         protected = victim.conntrack_count()
-    counters = victim.counters()
+    counters = guard.counters()
 
     bound = backstop * (seconds + 1) + backstop  # rate x (time + slack for hping3 start/stop) + burst
     assert protected <= bound, (protected, bound)
@@ -107,40 +138,41 @@ def test_spoofed_syn_flood_is_cut_by_the_backstop_and_conntrack_grows_only_with_
     assert counters["syn-flood: syn-flood backstop"] > 5 * protected, counters
 
 
-def test_allowlisted_source_is_never_limited(lab, write_policy):
-    victim, attacker = lab
-    victim.nodeguard("apply", "-c", write_policy(f"""
+def test_allowlisted_source_is_never_limited(guarded):
+    guard, attacker = guarded
+    guard.apply(f"""
         allow:
           cidrs: [{TRUSTED4}/32, "fd77::dead/128"]
         icmp:
           per_source: 10/second
-    """))
+    """)
     sent, received = ping_stats(attacker.run(f"ping -f -i 0.0002 -q -w 2 -I {TRUSTED4} {VICTIM4}", check=False).stdout)
-    counters = victim.counters()
+    counters = guard.counters()
     assert sent > 1000 and received >= sent - 2, (sent, received)
     assert counters["filter-prerouting: allowlisted v4"] >= sent
     assert counters["icmp-flood: icmp-flood per-source v4"] == 0
 
 
-def test_bogus_tcp_flag_combinations_are_dropped(lab, write_policy):
-    victim, attacker = lab
-    victim.nodeguard("apply")
+def test_bogus_tcp_flag_combinations_are_dropped(guarded):
+    guard, attacker = guarded
+    guard.apply()
     cases = {"null": [], "xmas": ["-F", "-P", "-U"], "syn+fin": ["-S", "-F"], "syn+rst": ["-S", "-R"],
              "fin without ack": ["-F"]}
     for flags in cases.values():
         attacker.run(["hping3", "-q", "-c", "5", "-i", "u2000", "-p", str(PORT), *flags, VICTIM4], check=False)
-    counters = victim.counters()
+    counters = guard.counters()
     for label in cases:
         assert counters[f"bogus-flags: bogus flags {label}"] == 5, (label, counters)
 
 
-def test_concurrent_connections_per_source_are_capped(lab, write_policy):
-    victim, attacker = lab
-    victim.nodeguard("apply", "-c", write_policy(f"""
+def test_concurrent_connections_per_source_are_capped(guarded):
+    guard, attacker = guarded
+    victim = guard.victim
+    guard.apply(f"""
         connlimit:
           - ports: [{PORT}]
             per_source: 5
-    """))
+    """)
     with netlab.tcp_server(victim, VICTIM4, PORT, hold=True):
         held = attacker.popen(["python3", str(netlab.HELPERS / "tcp_clients.py"), ATTACKER4, VICTIM4, str(PORT),
                                "10", "--concurrent", "--timeout", "1.5", "--hold", "5"])
@@ -148,17 +180,17 @@ def test_concurrent_connections_per_source_are_capped(lab, write_policy):
         other = netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 3, "--concurrent", "--timeout", "2")
         held.kill()
         held.wait()
-    import json
     assert json.loads(first) == {"ok": 5, "failed": 5}
     assert other == {"ok": 3, "failed": 0}, "another source has its own budget"
-    assert victim.counters()["filter-conntrack: conn-0 over 5 connections v4"] >= 5
+    assert guard.counters()["filter-conntrack: conn-0 over 5 connections v4"] >= 5
 
 
-def test_returning_client_keeps_connecting_at_full_speed_during_a_spoofed_syn_flood(lab):
+def test_returning_client_keeps_connecting_at_full_speed_during_a_spoofed_syn_flood(guarded):
     """The default policy must not serve a legitimate client worse than no protection does."""
-    victim, attacker = lab
-    netlab.load_fixture(victim, "kube-proxy-iptables-tracepacket.rules", "iptables-nft")
-    victim.nodeguard("apply")  # the built-in default: backstop 5000/s
+    guard, attacker = guarded
+    victim = guard.victim
+    guard.load_kube_nat_fixture()
+    guard.apply()  # the built-in default thresholds: backstop 5000/s
     with netlab.tcp_server(victim, VICTIM4, PORT):
         assert netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 1) == {"ok": 1, "failed": 0}
         flood = netlab.flood(attacker, 8, "-S", "-p", str(PORT), "--rand-source", VICTIM4)
@@ -167,7 +199,7 @@ def test_returning_client_keeps_connecting_at_full_speed_during_a_spoofed_syn_fl
         legit = netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 30, "--interval", "0.05", "--timeout", "0.9")
         elapsed = time.monotonic() - started
         flood.wait()
-    counters = victim.counters()
+    counters = guard.counters()
     assert legit == {"ok": 30, "failed": 0}, "a SYN retransmit (1 s) would have failed the 0.9 s timeout"
     assert elapsed < 30 * 0.05 + 3.0
     assert counters["syn-flood: syn-flood backstop"] > 50_000, "the flood did reach the backstop"

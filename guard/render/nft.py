@@ -56,7 +56,8 @@ def render_rule_expr(rule: m.Rule) -> list[dict]:
     for x in rule.matches:
         r = _match(x)
         exprs += r if isinstance(r, list) else [r]
-    return [*exprs, {"counter": {"packets": 0, "bytes": 0}}, _verdict(rule.verdict)]
+    exprs.append({"counter": {"packets": 0, "bytes": 0}})
+    return exprs if isinstance(rule.verdict, m.Continue) else [*exprs, _verdict(rule.verdict)]
 
 
 def _set(table: str, s: m.AddrSet) -> dict:
