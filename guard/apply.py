@@ -37,32 +37,54 @@ class Plan:
         return self.backend.split("-", 1)[1] if self.backend.startswith("iptables-") else None
 
 
-def make_plan(policy: Policy, nft: Nft | None) -> Plan:
-    """Render the policy for this host. Without ``nft`` (no privileges) the default priorities are used."""
+def choose_flavour(policy: Policy, nft: Nft | None) -> tuple[str, str]:
+    if policy.iptables.flavour != "auto":
+        return policy.iptables.flavour, "iptables.flavour in the policy"
+    return detect_flavour() if nft else ("nft", "not probed (no privileges)")
+
+
+def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | None = None,
+              cache: dict | None = None) -> Plan:
+    """Render the policy for this host. Without ``nft`` (no privileges) the default priorities are used.
+
+    The watcher passes the ``flavour`` it decided once and a ``cache``: the render is reused
+    while its inputs (interfaces, foreign chains) stay the same.
+    """
     foreign = tuple(probe.foreign_base_chains(nft)) if nft else ()
+    interfaces = resolve_interfaces(policy.interfaces)
+    if policy.backend != "nft" and flavour is None:
+        flavour = choose_flavour(policy, nft)
+    key = (interfaces, foreign, flavour)
+    if cache is not None and key in cache:
+        return cache[key]
     priorities = probe.choose_priorities(list(foreign))
-    ruleset = model.build_ruleset(policy, resolve_interfaces(policy.interfaces), priorities)
+    ruleset = model.build_ruleset(policy, interfaces, priorities)
     if policy.backend == "nft":
-        return Plan(ruleset, priorities, foreign, "nft", "backend: nft", transaction=render_nft.replace_table(ruleset))
-    flavour, reason = ((policy.iptables.flavour, "iptables.flavour in the policy")
-                       if policy.iptables.flavour != "auto" else detect_flavour() if nft else ("nft", "not probed"))
-    renders = {v: render_ipt.render_ipt(ruleset, v) for v in (4, 6)}
-    return Plan(ruleset, priorities, foreign, f"iptables-{flavour}", reason, ipt=renders)
+        plan = Plan(ruleset, priorities, foreign, "nft", "backend: nft", transaction=render_nft.replace_table(ruleset))
+    else:
+        renders = {v: render_ipt.render_ipt(ruleset, v) for v in (4, 6)}
+        plan = Plan(ruleset, priorities, foreign, f"iptables-{flavour[0]}", flavour[1], ipt=renders)
+    if cache is not None:
+        cache.clear()  # only the latest inputs are worth keeping
+        cache[key] = plan
+    return plan
 
 
-def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False) -> None:
+def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families=(4, 6), repair: bool = False) -> None:
+    """Install the plan. ``repair`` (the watcher) skips the other-backend cleanup and, for
+    iptables, restores only ``families``: a restore costs ~35 ms per family."""
     if plan.transaction is not None:
         nft.run(plan.transaction, dry_run=dry_run, what="apply --dry-run" if dry_run else "apply")
     else:
         ipt = Ipt(plan.flavour)
         if dry_run:  # the tool checks a fresh install of our chains; ipsets cannot be dry-run
-            for version, render in plan.ipt.items():
-                ipt.restore(version, _without_sets(render_ipt.restore_text(render, {})), test=True)
+            ipt.restore_families({v: _without_sets(render_ipt.restore_text(r, {})) for v, r in plan.ipt.items()},
+                                 test=True)
             return
         Ipset.restore(render_ipt.ipset_script(plan.ruleset, Ipset.names()))
-        for version, render in plan.ipt.items():
-            ipt.restore(version, render_ipt.restore_text(render, ipt.live(version)))
-    if not dry_run:
+        ipt.restore_families({v: render_ipt.restore_text(r, ipt.live(v)) for v, r in plan.ipt.items()
+                              if v in families})
+    if not dry_run and not repair:
         remove_other_backends(plan.backend, nft)
 
 
@@ -102,12 +124,12 @@ def remove_other_backends(keep: str, nft: Nft) -> list[str]:
         if keep == f"iptables-{flavour}" or not _may_hold_ipt(flavour, nft):
             continue
         ipt = Ipt(flavour)
-        for version in (4, 6):
-            live = ipt.live(version)
-            if live:
-                ipt.restore(version, render_ipt.restore_text(None, live))
-                removed.append(f"iptables-{flavour} v{version}")
-    if not keep.startswith("iptables-") and Path("/sys/module/ip_set").exists():
+        scripts = {v: render_ipt.restore_text(None, ipt.live(v)) for v in (4, 6)}
+        ipt.restore_families(scripts)
+        removed += [f"iptables-{flavour} v{v}" for v, text in scripts.items() if text]
+    # ipsets exist only for the iptables backend: look (one process) after removing it, or on uninstall
+    ipt_gone = any(r.startswith("iptables-") for r in removed) or keep == "none"
+    if not keep.startswith("iptables-") and ipt_gone and Path("/sys/module/ip_set").exists():
         stale = Ipset.names()
         if stale:
             Ipset.destroy(stale)

@@ -23,6 +23,7 @@ from .render.nft import FAMILY, render_chain_rules
 class Drift:
     reasons: tuple[str, ...]
     culprit: str | None = None  # a foreign chain that out-prioritised us, when that is the cause
+    families: frozenset[int] = frozenset({4, 6})  # iptables: which families need a restore
 
     def __str__(self) -> str:
         return "; ".join(self.reasons)
@@ -106,9 +107,12 @@ def diff_ipt(plan: Plan) -> Drift | None:
     ipt = Ipt(plan.flavour)
     reasons: list[str] = []
     culprit = None
+    families: set[int] = set()
     for version, render in plan.ipt.items():
+        live = ipt.tables(version)
+        before = len(reasons)
         for tname, table in render.tables.items():
-            chains, rules = ipt.rules(version, tname)
+            chains, rules = live.get(tname, ([], []))
             have: dict[str, list[str | None]] = {}
             for r in rules:
                 have.setdefault(r.chain, []).append(r.rule_id)
@@ -132,9 +136,13 @@ def diff_ipt(plan: Plan) -> Drift | None:
                                    + (f" ({len(positions)} copies)" if len(positions) > 1 else ""))
                     if in_builtin[0].rule_id != jid:
                         culprit = culprit or f"{_target(in_builtin[0].line)} in {where}"
+        if len(reasons) > before:
+            families.add(version)
     missing_sets = {ipset_name(s.name) for s in plan.ruleset.sets if s.kind in ("allow", "trusted")} - Ipset.names()
-    reasons += [f"ipset {n} is missing" for n in sorted(missing_sets)]
-    return Drift(tuple(reasons), culprit) if reasons else None
+    if missing_sets:
+        reasons += [f"ipset {n} is missing" for n in sorted(missing_sets)]
+        families = {4, 6}  # the restore re-creates the sets; rules referencing them need them back
+    return Drift(tuple(reasons), culprit, frozenset(families)) if reasons else None
 
 
 def _target(save_line: str) -> str:

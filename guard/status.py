@@ -61,8 +61,9 @@ def _ipt_part(plan: Plan) -> dict[str, Any]:
     ipt = Ipt(plan.flavour)
     jumps, rules, installed = [], [], False
     for version, render in plan.ipt.items():
+        live = ipt.tables(version)
         for tname, table in render.tables.items():
-            chains, saved = ipt.rules(version, tname)
+            chains, saved = live.get(tname, ([], []))
             installed = installed or any(c in chains for c in table.chains)
             for builtin, _spec in table.jumps:
                 in_builtin = [r for r in saved if r.chain == builtin]

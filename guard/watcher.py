@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .apply import Plan, apply_plan, make_plan
+from .apply import Plan, apply_plan, choose_flavour, make_plan
 from .backend.nft import Nft
 from .damper import Damper
 from .backend.ipt import OWN_PIDS
@@ -39,12 +39,16 @@ class Watcher:
                       "contested_by": None, "backoff_s": 0.0, "adopted": None, "last_writer": None}
         self._pending: Drift | None = None
         self._backend = "nft"
+        self._flavour: tuple[str, str] | None = None
+        self._plans: dict = {}
         self._repair_at = 0.0
 
     # --- one step each ---------------------------------------------------------------
     def check(self) -> tuple[Plan, Drift | None]:
         self.state["checks"] += 1
-        plan = make_plan(self.policy, self.nft)
+        if self._flavour is None and self.policy.backend != "nft":
+            self._flavour = choose_flavour(self.policy, self.nft)  # decided once per run
+        plan = make_plan(self.policy, self.nft, flavour=self._flavour, cache=self._plans)
         return plan, diff_plan(plan, self.nft)
 
     def start(self) -> None:
@@ -79,7 +83,7 @@ class Watcher:
             self.state["contested_by"] = self._blame(drift)
             self.state["backoff_s"] = self.damper.backoff_s()
             return
-        apply_plan(plan, self.nft)
+        apply_plan(plan, self.nft, families=drift.families, repair=True)
         done = self.clock()
         self.damper.record_repair(done)
         self._pending = None

@@ -34,18 +34,26 @@ class SavedRule:
 OWN_PIDS: deque[int] = deque(maxlen=256)  # our tool processes: the watcher must not blame them
 
 
-def _run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+def _start(args: list[str]) -> subprocess.Popen:
     try:
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except FileNotFoundError:
         raise EnvironmentProblem(f"{args[0]} not found: install Debian's iptables (and ipset)") from None
     OWN_PIDS.append(proc.pid)
+    return proc
+
+
+def _finish(proc: subprocess.Popen, stdin: str | None = None) -> subprocess.CompletedProcess:
     try:
         out, err = proc.communicate(stdin, timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    return _finish(_start(args), stdin)
 
 
 class Ipt:
@@ -57,46 +65,68 @@ class Ipt:
     def _tool(self, version: int, kind: str) -> str:
         return f"{'ip' if version == 4 else 'ip6'}tables-{self.flavour}-{kind}"
 
-    def save(self, version: int, table: str, counters: bool = False) -> str:
-        if self.flavour == "legacy" and table not in _legacy_tables(version):
-            return ""  # never make the kernel instantiate a legacy table just by looking
-        res = _run([self._tool(version, "save"), "-t", table, *(["-c"] if counters else [])])
-        if res.returncode != 0:
-            if "does not exist" in res.stderr or "Table does not exist" in res.stderr:
+    def save(self, version: int, table: str | None = None, counters: bool = False) -> str:
+        """``*-save`` of one table, or of every table the kernel has (one process either way)."""
+        if self.flavour == "legacy":  # never make the kernel instantiate a legacy table just by looking
+            present = _legacy_tables(version)
+            if not present or (table and table not in present):
                 return ""
-            raise BackendError(f"{self._tool(version, 'save')} -t {table}", res.stderr)
+        args = [self._tool(version, "save"), *(["-t", table] if table else []), *(["-c"] if counters else [])]
+        res = _run(args)
+        if res.returncode != 0:
+            if "does not exist" in res.stderr:
+                return ""
+            raise BackendError(" ".join(args), res.stderr)
         return res.stdout
 
     def restore(self, version: int, text: str, *, test: bool = False) -> None:
-        if not text:
-            return
-        tool = self._tool(version, "restore")
-        res = _run([tool, "--noflush", *(["--test"] if test else [])], stdin=text)
-        if res.returncode != 0:
-            raise BackendError(f"{tool} --noflush{' --test' if test else ''}", res.stderr or res.stdout)
+        self.restore_families({version: text}, test=test)
 
-    def rules(self, version: int, table: str) -> tuple[list[str], list[SavedRule]]:
-        """(chain names, every rule in save order with its position and nodeguard id)."""
-        chains, rules, pos = [], [], {}
-        for line in self.save(version, table, counters=True).splitlines():
-            if line.startswith(":"):
+    def restore_families(self, texts: dict[int, str], *, test: bool = False) -> None:
+        """One ``*-restore --noflush`` per family, run side by side (IPv4 and IPv6 tables are separate)."""
+        procs = []
+        for version, text in texts.items():
+            if not text:
+                continue
+            tool = self._tool(version, "restore")
+            procs.append((tool, _start([tool, "--noflush", *(["--test"] if test else [])]), text))
+        errors = []
+        for tool, proc, text in procs:
+            res = _finish(proc, text)
+            if res.returncode != 0:
+                errors.append(f"{tool} --noflush{' --test' if test else ''}: {(res.stderr or res.stdout).strip()}")
+        if errors:
+            raise BackendError("restore", "; ".join(errors))
+
+    def tables(self, version: int) -> dict[str, tuple[list[str], list[SavedRule]]]:
+        """Every table: (chain names, every rule in save order with its position and nodeguard id)."""
+        out: dict[str, tuple[list[str], list[SavedRule]]] = {}
+        chains: list[str] = []
+        rules: list[SavedRule] = []
+        pos: dict[str, int] = {}
+        for line in self.save(version, counters=True).splitlines():
+            if line.startswith("*"):
+                chains, rules, pos = [], [], {}
+                out[line[1:]] = (chains, rules)
+            elif line.startswith(":"):
                 chains.append(line[1:].split()[0])
-                continue
-            m = _COUNTERS.match(line)
-            body = line[m.end():] if m else line
-            if not body.startswith("-A "):
-                continue
-            chain = body.split()[1]
-            pos[chain] = pos.get(chain, 0) + 1
-            idm = _COMMENT_ID.search(body)
-            rules.append(SavedRule(chain, pos[chain], idm[1] if idm else None, body,
-                                   int(m[1]) if m else 0, int(m[2]) if m else 0))
-        return chains, rules
+            else:
+                m = _COUNTERS.match(line)
+                body = line[m.end():] if m else line
+                if not body.startswith("-A "):
+                    continue
+                chain = body.split()[1]
+                pos[chain] = pos.get(chain, 0) + 1
+                idm = _COMMENT_ID.search(body)
+                rules.append(SavedRule(chain, pos[chain], idm[1] if idm else None, body,
+                                       int(m[1]) if m else 0, int(m[2]) if m else 0))
+        return out
 
-    def live(self, version: int) -> dict[str, LiveTable]:
+    def live(self, version: int, tables: dict | None = None) -> dict[str, LiveTable]:
         out = {}
-        for table in TABLES:
-            chains, rules = self.rules(version, table)
+        for table, (chains, rules) in (tables if tables is not None else self.tables(version)).items():
+            if table not in TABLES:
+                continue
             ours = [c for c in chains if c.startswith(PREFIX + "-")]
             jumps = [r.line for r in rules if not r.chain.startswith(PREFIX + "-") and r.rule_id
                      and f"-j {PREFIX}-" in r.line]
@@ -121,8 +151,7 @@ def detect_flavour() -> tuple[str, str]:
     counts, hints = {}, {}
     for flavour in ("nft", "legacy"):
         ipt = Ipt(flavour)
-        text = "".join(ipt.save(4, t) for t in ("mangle", "nat", "filter", "raw")) + \
-            "".join(ipt.save(6, t) for t in ("mangle", "nat", "filter", "raw"))
+        text = ipt.save(4) + ipt.save(6)
         hints[flavour] = "KUBE-IPTABLES-HINT" in text or "KUBE-KUBELET-CANARY" in text
         counts[flavour] = sum(1 for ln in text.splitlines() if ln.startswith("-A "))
     for flavour in ("nft", "legacy"):
