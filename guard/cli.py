@@ -132,17 +132,40 @@ def watch(config: str | None, verbose: bool) -> None:
     lower-priority rivals at once, with damping against insert wars. Stopping leaves the rules."""
     import logging
     import signal
+    import socket
 
     policy, source = load_policy(config)
     nft = _kernel()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s nodeguard watch: %(message)s")
-    logging.getLogger("nodeguard.watch").info("watching with %s", source)
+    log = logging.getLogger("nodeguard.watch")
+    log.info("watching with %s", source)
+    watcher = Watcher(policy, nft)
+    reload_requested = []
+    wake_r, wake_w = socket.socketpair()
+    for s in (wake_r, wake_w):
+        s.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno())  # a signal wakes the watcher's select at once
+    signal.signal(signal.SIGHUP, lambda *_: reload_requested.append(True))
     signal.signal(signal.SIGTERM, _raise_stop)
+
+    def on_wakeup() -> bool:
+        if not reload_requested:
+            return False
+        reload_requested.clear()
+        try:
+            new, where = load_policy(config)
+        except NodeguardError as exc:  # a bad edit must not drop the protection in place
+            log.error("SIGHUP: keeping the current policy: %s", exc)
+            return False
+        watcher.set_policy(new)
+        log.info("SIGHUP: reloaded %s", where)
+        return True
+
     try:
-        Watcher(policy, nft).run(lambda: False)
+        watcher.run(lambda: False, wakeup=wake_r, on_wakeup=on_wakeup)
     except (_Stop, KeyboardInterrupt):
-        logging.getLogger("nodeguard.watch").info("stopped; the rules stay in place")
+        log.info("stopped; the rules stay in place")
 
 
 def main() -> None:

@@ -94,11 +94,20 @@ class Watcher:
         log.info("repaired in %.1f ms: %s (last writer: %s)", (done - detected_at) * 1000, drift,
                  self.state["last_writer"] or "unknown")
 
+    def set_policy(self, policy: Policy) -> None:
+        """A reloaded policy: the next check renders it, and the repair installs it."""
+        self.policy = policy
+        self._plans.clear()
+        self._flavour = None
+        self.damper = Damper(policy.watcher.max_repairs_per_minute, policy.watcher.backoff_max_s)
+
     def _blame(self, drift: Drift) -> str:
         return drift.culprit or self.state["last_writer"] or "unknown writer"
 
     # --- the loop --------------------------------------------------------------------
-    def run(self, should_stop: Callable[[], bool]) -> None:
+    def run(self, should_stop: Callable[[], bool], wakeup=None, on_wakeup: Callable[[], bool] | None = None) -> None:
+        """Loop until ``should_stop()``. ``wakeup`` (a socket that signals write to) makes the loop
+        call ``on_wakeup()`` at once; when it returns True (a new policy), the state is checked."""
         events = NftEvents()
         try:
             self.start()
@@ -109,16 +118,24 @@ class Watcher:
             while not should_stop():
                 now = self.clock()
                 deadline = min(next_verify, self._repair_at) if self._pending else next_verify
-                ready, _, _ = select.select([events], [], [], max(0.0, deadline - now))
+                fds = [events] + ([wakeup] if wakeup is not None else [])
+                ready, _, _ = select.select(fds, [], [], max(0.0, deadline - now))
                 detected = self.clock()
                 changed = False
-                if ready:
+                if wakeup is not None and wakeup in ready:
+                    while True:
+                        try:
+                            wakeup.recv(64)
+                        except BlockingIOError:
+                            break
+                    changed = bool(on_wakeup and on_wakeup())
+                if events in ready:
                     n, seen = events.drain()
                     changed = n > 0
                     others = [(pid, name) for pid, name in seen if pid != os.getpid() and pid not in OWN_PIDS]
                     if others:
                         self.state["last_writer"] = f"{others[-1][1]} (pid {others[-1][0]})"
-                    elif seen:  # only our own transactions: nothing to check
+                    elif seen and not changed:  # only our own transactions: nothing to check
                         changed = False
                 due_verify = detected >= next_verify
                 due_repair = self._pending is not None and detected >= self._repair_at

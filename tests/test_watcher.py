@@ -214,3 +214,18 @@ def test_insert_war_with_a_kube_router_style_competitor_is_damped_and_protection
     assert st["contested_by"].startswith("KUBE-ROUTER-INPUT"), st
     assert cpu < 0.05, f"watcher used {cpu:.1%} of a core during the war"
     assert "CONTESTED by KUBE-ROUTER-INPUT" in victim.nodeguard("status", "-c", policy).stdout
+
+
+def test_sighup_reloads_the_policy_and_a_bad_edit_keeps_the_current_rules(watched):
+    victim, _attacker, proc, state, policy = watched
+    text = Path(policy).read_text()
+    Path(policy).write_text(text.replace("per_source: 20/second", "per_source: 7/second"))
+    os.kill(proc.pid, signal.SIGHUP)
+    wait_until(lambda: "7/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout, timeout=3)
+    assert _in_sync(victim, policy)
+
+    Path(policy).write_text(text.replace("per_source: 20/second", "per_source: lots"))
+    os.kill(proc.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    assert proc.poll() is None, "a bad edit must not kill the watcher"
+    assert "7/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout
