@@ -14,6 +14,7 @@ from pathlib import Path
 from . import model, probe
 from .backend.ipt import Ipset, Ipt, detect_flavour
 from .backend.nft import Nft, objects
+from .errors import BackendError
 from .interfaces import resolve_interfaces
 from .policy import Policy
 from .render import ipt as render_ipt
@@ -29,6 +30,8 @@ class Plan:
     foreign: tuple[probe.ForeignChain, ...]
     backend: str  # "nft", "iptables-nft" or "iptables-legacy"
     backend_reason: str
+    sampling: model.Sampling | None
+    sampling_reason: str
     transaction: dict | None = None  # nft
     ipt: dict[int, render_ipt.Render] | None = None  # iptables, per IP version
 
@@ -41,6 +44,43 @@ def choose_flavour(policy: Policy, nft: Nft | None) -> tuple[str, str]:
     if policy.iptables.flavour != "auto":
         return policy.iptables.flavour, "iptables.flavour in the policy"
     return detect_flavour() if nft else ("nft", "not probed (no privileges)")
+
+
+_QUEUE_PROBE: dict[str, bool] = {}
+
+
+def nft_queue_supported(nft: Nft) -> bool:
+    """Does this kernel have the nft ``queue`` expression (CONFIG_NFT_QUEUE)? One check-mode transaction."""
+    if "nft" not in _QUEUE_PROBE:
+        t = {"family": "inet", "name": "nodeguard-probe"}
+        probe_tx = {"nftables": [
+            {"add": {"table": t}},
+            {"add": {"chain": {**t, "table": t["name"], "name": "c"}}},
+            {"add": {"rule": {"family": "inet", "table": t["name"], "chain": "c", "expr": [{"queue": {"num": 0}}]}}},
+        ]}
+        try:
+            nft.run(probe_tx, dry_run=True, what="probe nft queue")
+            _QUEUE_PROBE["nft"] = True
+        except BackendError:
+            _QUEUE_PROBE["nft"] = False
+    return _QUEUE_PROBE["nft"]
+
+
+def choose_sampling(policy: Policy, nft: Nft | None) -> tuple[model.Sampling | None, str]:
+    cfg = policy.sampler
+    if not cfg.enabled:
+        return None, "sampler.enabled is false"
+    transport, reason = cfg.transport, "sampler.transport in the policy"
+    if transport == "auto":
+        if policy.backend == "iptables":
+            transport, reason = "nfqueue", "auto: the iptables backend uses xt NFQUEUE"
+        elif nft is not None and nft_queue_supported(nft):
+            transport, reason = "nfqueue", "auto: this kernel has the nft queue expression"
+        elif nft is not None:
+            transport, reason = "nflog", "auto: this kernel lacks the nft queue expression (CONFIG_NFT_QUEUE)"
+        else:
+            transport, reason = "nflog", "auto: not probed (no privileges)"
+    return model.Sampling(transport, cfg.rate, cfg.global_rate, cfg.nflog_group, cfg.queue_base, cfg.snaplen), reason
 
 
 def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | None = None,
@@ -58,12 +98,15 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     if cache is not None and key in cache:
         return cache[key]
     priorities = probe.choose_priorities(list(foreign))
-    ruleset = model.build_ruleset(policy, interfaces, priorities)
+    sampling, sampling_reason = choose_sampling(policy, nft)
+    ruleset = model.build_ruleset(policy, interfaces, priorities, sampling)
+    common = (ruleset, priorities, foreign)
     if policy.backend == "nft":
-        plan = Plan(ruleset, priorities, foreign, "nft", "backend: nft", transaction=render_nft.replace_table(ruleset))
+        plan = Plan(*common, "nft", "backend: nft", sampling, sampling_reason,
+                    transaction=render_nft.replace_table(ruleset))
     else:
         renders = {v: render_ipt.render_ipt(ruleset, v) for v in (4, 6)}
-        plan = Plan(ruleset, priorities, foreign, f"iptables-{flavour[0]}", flavour[1], ipt=renders)
+        plan = Plan(*common, f"iptables-{flavour[0]}", flavour[1], sampling, sampling_reason, ipt=renders)
     if cache is not None:
         cache.clear()  # only the latest inputs are worth keeping
         cache[key] = plan

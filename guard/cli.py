@@ -168,6 +168,57 @@ def watch(config: str | None, verbose: bool) -> None:
         log.info("stopped; the rules stay in place")
 
 
+@cli.command()
+@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="Policy YAML (default: /etc/nodeguard/config.yaml if it exists, else the built-in default).")
+def sample(config: str | None) -> None:
+    """Foreground sampler: condemned packets → per-flow attack log (and pcap). Never a bottleneck:
+    the kernel has already decided; a dead sampler only loses samples."""
+    import logging
+    import signal
+
+    from .sampler import Sampler
+
+    policy, source = load_policy(config)
+    nft = _kernel()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s nodeguard sample: %(message)s")
+    plan = make_plan(policy, nft)
+    if plan.sampling is None:
+        raise NodeguardError("sampling is off in this policy (sampler.enabled: false)")
+    signal.signal(signal.SIGTERM, _raise_stop)
+    sampler = Sampler(policy, plan, nft)
+    try:
+        sampler.run(lambda: False)
+    except (_Stop, KeyboardInterrupt):
+        logging.getLogger("nodeguard.sample").info("stopped after %d samples", sampler.samples)
+
+
+@cli.command()
+@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="Policy whose sampler.log to read (default as for the other verbs).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None, help="Attack log to read.")
+@click.option("--since", default=None, help="'15m', '1h', '2d' ago, or an ISO 8601 time.")
+@click.option("--until", default=None, help="As --since.")
+@click.option("--rule", default=None, help="Only this rule group (e.g. syn-flood).")
+@click.option("--top", default=10, show_default=True, help="Sources per rule.")
+@click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
+def report(config, log_path, since, until, rule, top, as_json) -> None:
+    """Attack episodes, top sources per rule and a per-minute timeline from the attack log."""
+    import time as _time
+
+    from . import report as report_mod
+    from .attacklog import read_records
+
+    path = log_path or load_policy(config)[0].sampler.log
+    now = _time.time()
+    try:
+        bounds = report_mod.parse_when(since, now), report_mod.parse_when(until, now)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    rep = report_mod.build(read_records(path), *bounds, rule, top)
+    _emit(rep, as_json, report_mod.format_text(rep))
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

@@ -121,8 +121,35 @@ class SourceConnsOver:
     limit: int
 
 
+@dataclass(frozen=True)
+class RateUnder:
+    """A token bucket of its own; matches packets under the rate."""
+
+    name: str
+    rate: Rate
+
+
+@dataclass(frozen=True)
+class SharedRateUnder:
+    """The named bucket shared by every rule that names it (nft limit object; hashlimit by name)."""
+
+    name: str
+    rate: Rate
+
+
+@dataclass(frozen=True)
+class ToUserspace:
+    """Hand the packet to the sampler: NFLOG (then continue) or NFQUEUE (terminal, no bypass)."""
+
+    transport: str  # "nflog" or "nfqueue"
+    group: str  # the rule group, e.g. "syn-flood"
+    number: int  # NFLOG group, or NFQUEUE queue number
+    snaplen: int
+
+
 Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, CtStateNew,
-              Assured, SourceNotInSet, RememberSource, SourceRateOver, RateOver, SourceConnsOver]
+              Assured, SourceNotInSet, RememberSource, SourceRateOver, RateOver, SourceConnsOver,
+              RateUnder, SharedRateUnder, ToUserspace]
 
 
 # --- verdicts -------------------------------------------------------------------------
@@ -146,7 +173,14 @@ class Jump:
     chain: str
 
 
-Verdict = Union[Drop, Return, Continue, Jump]
+@dataclass(frozen=True)
+class Goto:
+    """Continue in ``chain`` and never come back here (condemned packets go to their sample chain)."""
+
+    chain: str
+
+
+Verdict = Union[Drop, Return, Continue, Jump, Goto]
 DROP, RETURN, CONTINUE = Drop(), Return(), Continue()
 
 
@@ -185,11 +219,24 @@ class Chain:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How condemned packets are sampled (policy ``sampler`` plus the transport the kernel allows)."""
+
+    transport: str  # "nflog" or "nfqueue"
+    rate: Rate
+    global_rate: Rate
+    nflog_group: int
+    queue_base: int
+    snaplen: int
+
+
+@dataclass(frozen=True)
 class RuleSet:
     chains: tuple[Chain, ...]
     sets: tuple[AddrSet, ...]
     interfaces: tuple[str, ...]
     table: str = TABLE
+    sample_groups: tuple[str, ...] = ()  # index i: NFQUEUE queue_base + i; NFLOG prefix "ng:<group>"
 
     def chain(self, name: str) -> Chain:
         return next(c for c in self.chains if c.name == name)
@@ -212,13 +259,40 @@ STATELESS_CHAIN = "filter-prerouting"
 STATEFUL_CHAIN = "filter-conntrack"
 
 
-def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Priorities) -> RuleSet:
+SAMPLE_ALL = "sample-all"
+
+
+def sample_groups(policy: Policy) -> tuple[str, ...]:
+    """Every rule group that condemns packets, in a fixed order (it numbers the NFQUEUE queues)."""
+    return ("bogus-flags", "icmp-flood", "syn-flood", *(f"limit-{lim.name}" for lim in policy.limits),
+            *(("conn-limit",) if policy.connlimit else ()))
+
+
+def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Priorities,
+                  sampling: Sampling | None = None) -> RuleSet:
     meter = policy.meter
     sets: list[AddrSet] = [
         AddrSet("allow-v4", 4, "allow", tuple(policy.allow.networks(4))),
         AddrSet("allow-v6", 6, "allow", tuple(policy.allow.networks(6))),
     ]
     chains: list[Chain] = []
+    groups = sample_groups(policy) if sampling else ()
+    sample_chains: list[Chain] = []
+
+    def condemn(group: str) -> Verdict:
+        """Drop, or, when sampling, go to the group's sample chain (which drops too)."""
+        if not sampling:
+            return DROP
+        name = f"sample-{group}"
+        if not any(c.name == name for c in sample_chains):
+            number = sampling.nflog_group if sampling.transport == "nflog" else sampling.queue_base + groups.index(group)
+            to_user = ToUserspace(sampling.transport, group, number, sampling.snaplen)
+            sample_chains.append(Chain(name, (
+                Rule((RateUnder(name, sampling.rate), SharedRateUnder(SAMPLE_ALL, sampling.global_rate), to_user),
+                     CONTINUE, f"sample {group} via {sampling.transport}"),
+                Rule((), DROP, f"drop {group}"),
+            )))
+        return Goto(name)
 
     def flood_chain(name: str, meter_name: str, per_source: Rate, backstop: Rate,
                     exempt_from_backstop: tuple[Rule, ...] = ()) -> Jump:
@@ -228,16 +302,16 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
         for version in (4, 6):
             set_name = f"{meter_name}-v{version}"
             sets.append(AddrSet(set_name, version, "meter", size=meter.size, timeout_s=meter.timeout_s))
-            rules.append(Rule((Family(version), SourceRateOver(set_name, version, per_source)), DROP,
+            rules.append(Rule((Family(version), SourceRateOver(set_name, version, per_source)), condemn(name),
                               f"{name} per-source v{version}"))
         rules += exempt_from_backstop
-        rules.append(Rule((RateOver(f"{name}-backstop", backstop),), DROP, f"{name} backstop"))
+        rules.append(Rule((RateOver(f"{name}-backstop", backstop),), condemn(name), f"{name} backstop"))
         chains.append(Chain(name, tuple(rules)))
         return Jump(name)
 
     pre: list[Rule] = [*_never_limited(interfaces), *_essential_icmp()]
     pre.append(Rule((Proto("tcp"),), Jump("bogus-flags"), "to bogus-flags"))
-    chains.append(Chain("bogus-flags", _bogus_flag_rules()))
+    chains.append(Chain("bogus-flags", _bogus_flag_rules(condemn("bogus-flags"))))
 
     icmp = policy.icmp
     to_icmp = flood_chain("icmp-flood", "icmp-src", icmp.source_rate(), icmp.global_rate())
@@ -273,11 +347,11 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             ports = (DstPorts("tcp", cl.ports),) if cl.ports else ()
             conn_rules.append(Rule(
                 (Family(version), Proto("tcp"), *ports, CtStateNew(), SourceConnsOver(set_name, version, cl.per_source)),
-                DROP, f"{name} over {cl.per_source} connections v{version}"))
+                condemn("conn-limit"), f"{name} over {cl.per_source} connections v{version}"))
     if conn_rules:
         chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules),
                                "prerouting", priorities.stateful, "stateful"))
-    return RuleSet(tuple(chains), tuple(sets), tuple(interfaces))
+    return RuleSet(tuple(chains + sample_chains), tuple(sets), tuple(interfaces), sample_groups=groups)
 
 
 def _with_default_burst(rate: Rate) -> Rate:
@@ -300,7 +374,7 @@ def _essential_icmp() -> list[Rule]:
     ]
 
 
-def _bogus_flag_rules() -> tuple[Rule, ...]:
+def _bogus_flag_rules(verdict: Verdict) -> tuple[Rule, ...]:
     all6 = ("fin", "syn", "rst", "psh", "ack", "urg")
     combos = [
         ("null", all6, ()),
@@ -309,7 +383,7 @@ def _bogus_flag_rules() -> tuple[Rule, ...]:
         ("syn+rst", ("syn", "rst"), ("syn", "rst")),
         ("fin without ack", ("fin", "ack"), ("fin",)),
     ]
-    return tuple(Rule((TcpFlags(mask, comp),), DROP, f"bogus flags {label}") for label, mask, comp in combos)
+    return tuple(Rule((TcpFlags(mask, comp),), verdict, f"bogus flags {label}") for label, mask, comp in combos)
 
 
 def _limit_selectors(protocol: str, ports: tuple[int, ...], except_ports: tuple[int, ...]) -> list[tuple[Match, ...]]:

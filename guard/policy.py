@@ -207,6 +207,32 @@ class Watcher(_Section):
     state_file: str = "/run/nodeguard/watch.json"
 
 
+class Rotate(_Section):
+    max_bytes: Annotated[int, Field(ge=4096, strict=True)] = 20 * 1024 * 1024
+    keep: Annotated[int, Field(ge=1, le=100, strict=True)] = 5  # rotated files kept: disk <= max_bytes x (keep+1)
+
+
+class Sampler(_Section):
+    """A capped sample of condemned packets goes to userspace for the attack log; the rest is dropped.
+
+    transport: nfqueue (the packet is queued and dropped there) or nflog (logged, then dropped);
+    auto = nfqueue where the kernel supports it (nft: probed once; iptables: xt NFQUEUE).
+    """
+
+    enabled: bool = True
+    transport: Literal["auto", "nfqueue", "nflog"] = "auto"
+    rate: RateField = parse_rate("200/second")  # per rule group
+    global_rate: RateField = parse_rate("1000/second")  # all groups together
+    nflog_group: Annotated[int, Field(ge=1, le=65535, strict=True)] = 4714
+    queue_base: Annotated[int, Field(ge=0, le=65000, strict=True)] = 4714  # group i uses queue_base + i
+    snaplen: Annotated[int, Field(ge=40, le=1500, strict=True)] = 128
+    window_s: Annotated[int, Field(ge=1, le=3600, strict=True)] = 10
+    max_flows: Annotated[int, Field(ge=10, le=1_000_000, strict=True)] = 10_000  # per window; the rest: "other"
+    log: str = "/var/log/nodeguard/attacks.jsonl"
+    rotate: Rotate = Rotate()
+    pcap: str | None = None
+
+
 class Iptables(_Section):
     """``backend: iptables``: which flavour; auto = the one the node's Kubernetes components use."""
 
@@ -236,6 +262,7 @@ class Policy(_Section):
     meter: Meter = Meter()
     iptables: Iptables = Iptables()
     watcher: Watcher = Watcher()
+    sampler: Sampler = Sampler()
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Policy":

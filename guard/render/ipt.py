@@ -122,7 +122,7 @@ def _table_of_chains(rs: m.RuleSet) -> dict[str, str]:
         while todo:
             name = todo.pop()
             owner.setdefault(name, _HOOKS[base.stage][0])
-            todo += [r.verdict.chain for r in rs.chain(name).rules if isinstance(r.verdict, m.Jump)]
+            todo += [r.verdict.chain for r in rs.chain(name).rules if isinstance(r.verdict, (m.Jump, m.Goto))]
     return owner
 
 
@@ -198,6 +198,11 @@ def _match(x: object, version: int, sets: dict[str, m.AddrSet]) -> list[str]:
     if isinstance(x, m.RateOver):
         return [f"-m hashlimit --hashlimit-above {_rate(x.rate)} --hashlimit-burst {x.rate.burst} "
                 f"--hashlimit-name {hashlimit_name(x.name)}"]
+    if isinstance(x, (m.RateUnder, m.SharedRateUnder)):  # same name: one bucket (per family)
+        return [f"-m hashlimit --hashlimit-upto {_rate(x.rate)} --hashlimit-burst {x.rate.burst_or(1)} "
+                f"--hashlimit-name {hashlimit_name(x.name)}"]
+    if isinstance(x, m.ToUserspace):
+        return []  # it is the rule's target
     if isinstance(x, m.SourceConnsOver):
         mask = 32 if version == 4 else m.V6_SOURCE_PREFIX
         return [f"-m connlimit --connlimit-above {x.limit} --connlimit-mask {mask} --connlimit-saddr"]
@@ -208,9 +213,17 @@ def _target(rule: m.Rule) -> str:
     remember = [x for x in rule.matches if isinstance(x, m.RememberSource)]
     if remember:
         return f"-j SET --add-set {ipset_name(remember[0].set)} src --exist"
+    to_user = [x for x in rule.matches if isinstance(x, m.ToUserspace)]
+    if to_user:
+        u = to_user[0]
+        if u.transport == "nfqueue":
+            return f"-j NFQUEUE --queue-num {u.number}"
+        return f'-j NFLOG --nflog-group {u.number} --nflog-prefix "ng:{u.group}" --nflog-size {u.snaplen}'
     v = rule.verdict
     if isinstance(v, m.Jump):
         return f"-j {chain_name(v.chain)}"
+    if isinstance(v, m.Goto):
+        return f"-g {chain_name(v.chain)}"
     return {m.Drop: "-j DROP", m.Return: "-j RETURN", m.Continue: ""}[type(v)]
 
 

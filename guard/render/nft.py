@@ -25,6 +25,9 @@ def render_nft(rs: m.RuleSet) -> list[dict]:
     """Every object of the table as ``{"add": {...}}`` commands: sets, chains, then rules."""
     out: list[dict] = [{"add": {"table": table_ref(rs.table)}}]
     out += [{"add": {"set": _set(rs.table, s)}} for s in rs.sets]
+    out += [{"add": {"limit": {"family": FAMILY, "table": rs.table, "name": name, "rate": rate.count,
+                               "per": rate.unit, "burst": rate.burst_or(1)}}}
+            for name, rate in shared_limits(rs).items()]
     out += [{"add": {"chain": _chain(rs.table, c)}} for c in rs.chains]
     for chain in rs.chains:
         out += [{"add": {"rule": rule}} for rule in render_chain_rules(rs.table, chain)]
@@ -38,6 +41,11 @@ def render_chain_rules(table: str, chain: m.Chain) -> list[dict]:
         {"family": FAMILY, "table": table, "chain": chain.name, "expr": expr, "comment": comment(rid, rule.label)}
         for rule, expr, rid in zip(chain.rules, bodies, chained_ids(chain.name, bodies))
     ]
+
+
+def shared_limits(rs: m.RuleSet) -> dict[str, m.Rate]:
+    """The named buckets the rules share (nft limit objects)."""
+    return {x.name: x.rate for c in rs.chains for r in c.rules for x in r.matches if isinstance(x, m.SharedRateUnder)}
 
 
 def replace_table(rs: m.RuleSet) -> dict:
@@ -183,6 +191,23 @@ def _(x: m.RateOver) -> dict:
 
 
 @_match.register
+def _(x: m.RateUnder) -> dict:
+    return {"limit": {"rate": x.rate.count, "per": x.rate.unit, "burst": x.rate.burst_or(1)}}
+
+
+@_match.register
+def _(x: m.SharedRateUnder) -> dict:
+    return {"limit": x.name}
+
+
+@_match.register
+def _(x: m.ToUserspace) -> dict:
+    if x.transport == "nfqueue":  # no bypass: these packets are condemned either way
+        return {"queue": {"num": x.number}}
+    return {"log": {"prefix": f"ng:{x.group} ", "group": x.number, "snaplen": x.snaplen}}
+
+
+@_match.register
 def _(x: m.SourceConnsOver) -> dict:
     return {"set": {"op": "add", "elem": _source_key(x.version), "set": f"@{x.meter}",
                     "stmt": [{"ct count": {"val": x.limit, "inv": True}}]}}
@@ -191,4 +216,6 @@ def _(x: m.SourceConnsOver) -> dict:
 def _verdict(v: m.Verdict) -> dict:
     if isinstance(v, m.Jump):
         return {"jump": {"target": v.chain}}
+    if isinstance(v, m.Goto):
+        return {"goto": {"target": v.chain}}
     return {"drop": None} if isinstance(v, m.Drop) else {"return": None}

@@ -1,0 +1,113 @@
+"""Per-flow aggregation of sampled packets over windows, with bounded memory, and attack episodes.
+
+A flow is (rule group, source, destination, protocol, destination port, input interface).
+At most ``max_flows`` flows are kept per window; samples of further flows are counted in one
+"other" bucket per rule, so a spoofed flood with millions of sources cannot grow memory.
+Totals are estimated from the kernel's own counters of condemned packets: a flow's share of
+its group's samples times the group's condemned packets in the window.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .packet import Packet
+
+_SAFE = set("abcdefghijklmnopqrstuvwxyz0123456789-_.:")
+
+
+def safe(text: str, limit: int = 64) -> str:
+    """Packet- or kernel-derived text made harmless for logs and terminals."""
+    return "".join(c if c.lower() in _SAFE else "?" for c in text[:limit])
+
+
+@dataclass
+class Flow:
+    sampled: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    flags: Counter = field(default_factory=Counter)
+    size: list = field(default_factory=lambda: [None, None])
+    ttl: list = field(default_factory=lambda: [None, None])
+
+    def add(self, pkt: Packet, ts: float) -> None:
+        if not self.sampled:
+            self.first = ts
+        self.sampled += 1
+        self.last = ts
+        if pkt.tcp_flags and len(self.flags) < 16:
+            self.flags[pkt.tcp_flags] += 1
+        for rng, v in ((self.size, pkt.length), (self.ttl, pkt.ttl)):
+            if v is not None:
+                rng[0] = v if rng[0] is None else min(rng[0], v)
+                rng[1] = v if rng[1] is None else max(rng[1], v)
+
+
+class Window:
+    def __init__(self, start: float, max_flows: int):
+        self.start = start
+        self.max_flows = max_flows
+        self.flows: dict[tuple, Flow] = {}
+        self.other: dict[str, Flow] = {}
+        self.other_keys: Counter = Counter()  # flows not kept, per rule (an estimate of distinct flows)
+        self.sampled: Counter = Counter()
+        self.malformed = 0
+
+    def add(self, group: str, pkt: Packet, iface: str, ts: float) -> None:
+        group = safe(group) or "unknown"
+        self.sampled[group] += 1
+        if pkt.note:
+            self.malformed += 1
+        key = (group, pkt.src, pkt.dst, pkt.proto, pkt.dport, safe(iface, 16))
+        flow = self.flows.get(key)
+        if flow is None:
+            if len(self.flows) >= self.max_flows:
+                self.other_keys[group] += 1
+                self.other.setdefault(group, Flow()).add(pkt, ts)
+                return
+            flow = self.flows[key] = Flow()
+        flow.add(pkt, ts)
+
+    def records(self, end: float, condemned: dict[str, int]) -> list[dict]:
+        """JSON-ready records for this window; ``condemned`` = kernel drops per group in it."""
+        def estimate(group: str, sampled: int) -> int:
+            total = self.sampled[group]
+            return round(sampled / total * condemned.get(group, 0)) if total else 0
+
+        out = [{"type": "window", "start": self.start, "end": end, "condemned": dict(condemned),
+                "sampled": dict(self.sampled), "flows": len(self.flows), "malformed": self.malformed}]
+        for (group, src, dst, proto, dport, iface), f in sorted(self.flows.items(), key=lambda kv: -kv[1].sampled):
+            out.append({"type": "flow", "start": self.start, "end": end, "rule": group, "src": src, "dst": dst,
+                        "proto": proto, "dport": dport, "iface": iface, "sampled": f.sampled,
+                        "estimated": estimate(group, f.sampled), "first": f.first, "last": f.last,
+                        "tcp_flags": dict(f.flags), "size": f.size, "ttl": f.ttl})
+        for group, f in self.other.items():
+            out.append({"type": "other", "start": self.start, "end": end, "rule": group, "sampled": f.sampled,
+                        "estimated": estimate(group, f.sampled), "samples_beyond_max_flows": self.other_keys[group]})
+        return out
+
+
+class Episodes:
+    """Per rule group: an attack starts with the first window with drops, ends with the first without."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, dict] = {}
+
+    def update(self, start: float, end: float, condemned: dict[str, int]) -> list[dict]:
+        out = []
+        span = max(end - start, 1e-6)
+        for group, n in condemned.items():
+            ep = self.active.get(group)
+            if n > 0 and ep is None:
+                ep = self.active[group] = {"rule": group, "start": start, "condemned": 0, "peak_pps": 0.0}
+                out.append({"type": "episode_start", "rule": group, "ts": start})
+            if n > 0:
+                ep["condemned"] += n
+                ep["peak_pps"] = max(ep["peak_pps"], round(n / span, 1))
+                ep["last"] = end
+            elif ep is not None:
+                del self.active[group]
+                out.append({"type": "episode_end", "rule": group, "start": ep["start"], "end": ep["last"],
+                            "condemned": ep["condemned"], "peak_pps": ep["peak_pps"]})
+        return out
