@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .packet import Packet
 
 _SAFE = set("abcdefghijklmnopqrstuvwxyz0123456789-_.:")
 
 
+@lru_cache(maxsize=4096)
 def safe(text: str, limit: int = 64) -> str:
-    """Packet- or kernel-derived text made harmless for logs and terminals."""
+    """Packet- or kernel-derived text made harmless for logs and terminals (cached: few distinct values)."""
     return "".join(c if c.lower() in _SAFE else "?" for c in text[:limit])
 
 

@@ -6,7 +6,7 @@ Never raises: anything malformed yields a ``Packet`` with what could be read and
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -49,7 +49,7 @@ def _ipv4(data: bytes) -> Packet:
         return Packet(4, length=len(data), note="truncated IPv4 header")
     ihl = (data[0] & 0x0F) * 4
     total, frag, ttl, proto = struct.unpack_from("!H2xHBB", data, 2)
-    src, dst = str(ipaddress.IPv4Address(data[12:16])), str(ipaddress.IPv4Address(data[16:20]))
+    src, dst = socket.inet_ntop(socket.AF_INET, data[12:16]), socket.inet_ntop(socket.AF_INET, data[16:20])
     base = dict(version=4, src=src, dst=dst, proto=PROTO_NAMES.get(proto, str(proto)), ttl=ttl, length=total)
     if ihl < 20 or ihl > len(data):
         return Packet(**base, note=f"bad IHL {ihl}")
@@ -63,7 +63,7 @@ def _ipv6(data: bytes) -> Packet:
     if len(data) < 40:
         return Packet(6, length=len(data), note="truncated IPv6 header")
     payload_len, nxt, hop = struct.unpack_from("!HBB", data, 4)
-    src, dst = str(ipaddress.IPv6Address(data[8:24])), str(ipaddress.IPv6Address(data[24:40]))
+    src, dst = socket.inet_ntop(socket.AF_INET6, data[8:24]), socket.inet_ntop(socket.AF_INET6, data[24:40])
     base = dict(version=6, src=src, dst=dst, ttl=hop, length=payload_len + 40)
     off, fragment = 40, False
     for _ in range(8):  # a bounded walk over extension headers

@@ -21,6 +21,8 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
         "backend_reason": plan.backend_reason,
         "drift": str(drift) if drift else None,
         "watcher": watcher_state,
+        "sampler": {"transport": plan.sampling.transport if plan.sampling else None,
+                    "reason": plan.sampling_reason},
         "interfaces": list(plan.ruleset.interfaces),
         "planned_priorities": {"stateless": plan.priorities.stateless, "stateful": plan.priorities.stateful,
                                "notes": list(plan.priorities.notes)},
@@ -102,6 +104,8 @@ def format_text(st: dict[str, Any]) -> str:
                      f"last: {w.get('last_reason') or '-'}")
         if w.get("contested_by"):
             lines.append(f"  CONTESTED by {w['contested_by']}: repairs damped, next in {w.get('backoff_s', 0):.0f} s")
+    smp = st["sampler"]
+    lines.append(f"sampling: {smp['transport'] or 'off'} ({smp['reason']})")
     lines += [f"protected interfaces: {', '.join(st['interfaces'])}", ""]
     if "hooks" in st:
         lines.append("prerouting hook, in order:")
