@@ -202,7 +202,8 @@ def sample(config: str | None) -> None:
 @click.option("--rule", default=None, help="Only this rule group (e.g. syn-flood).")
 @click.option("--top", default=10, show_default=True, help="Sources per rule.")
 @click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
-def report(config, log_path, since, until, rule, top, as_json) -> None:
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Also draw the timeline to FILE.svg.")
+def report(config, log_path, since, until, rule, top, as_json, plot) -> None:
     """Attack episodes, top sources per rule and a per-minute timeline from the attack log."""
     import time as _time
 
@@ -215,7 +216,12 @@ def report(config, log_path, since, until, rule, top, as_json) -> None:
         bounds = report_mod.parse_when(since, now), report_mod.parse_when(until, now)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if plot and not plot.endswith(".svg"):
+        raise click.BadParameter("only .svg is supported (no plotting library is required)", param_hint="--plot")
     rep = report_mod.build(read_records(path), *bounds, rule, top)
+    if plot:
+        with open(plot, "w") as f:
+            f.write(report_mod.timeline_svg(rep))
     _emit(rep, as_json, report_mod.format_text(rep))
 
 

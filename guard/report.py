@@ -89,3 +89,37 @@ def format_text(rep: dict[str, Any]) -> str:
         parts = ", ".join(f"{safe(g)} {n}" for g, n in sorted(row["condemned"].items()) if n)
         lines.append(f"  {_t(row['minute'])[:16]}  {parts or '-'}")
     return "\n".join(lines) + "\n"
+
+
+_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def timeline_svg(rep: dict[str, Any], width: int = 900, height: int = 320) -> str:
+    """The per-minute timeline as a small SVG line chart, one line per rule group."""
+    rows = rep["timeline"]
+    groups = sorted({g for r in rows for g in r["condemned"]})
+    left, right, top, bottom = 70, 180, 20, 40
+    w, h = width - left - right, height - top - bottom
+    peak = max((n for r in rows for n in r["condemned"].values()), default=0) or 1
+    t0, t1 = (rows[0]["minute"], rows[-1]["minute"]) if rows else (0, 60)
+    span = max(t1 - t0, 60)
+
+    def xy(minute: float, n: float) -> str:
+        return f"{left + (minute - t0) / span * w:.1f},{top + h - n / peak * h:.1f}"
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
+           f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="black"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="black"/>',
+           f'<text x="{left - 5}" y="{top + 10}" text-anchor="end">{peak}</text>',
+           f'<text x="{left - 5}" y="{top + h}" text-anchor="end">0</text>',
+           f'<text x="{left}" y="{height - 10}">{_t(t0)[:16]} UTC</text>',
+           f'<text x="{left + w}" y="{height - 10}" text-anchor="end">{_t(t1)[:16]}</text>',
+           f'<text x="{left + w / 2}" y="{top - 5}" text-anchor="middle">condemned packets per minute</text>']
+    for i, g in enumerate(groups):
+        colour = _COLOURS[i % len(_COLOURS)]
+        points = " ".join(xy(r["minute"], r["condemned"].get(g, 0)) for r in rows)
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
+        out.append(f'<text x="{left + w + 10}" y="{top + 15 + 16 * i}" fill="{colour}">{safe(g)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

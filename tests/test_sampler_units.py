@@ -119,3 +119,31 @@ def test_nft_queue_renders_without_bypass_for_kernels_that_have_it():
     limits = [c["add"]["limit"] for c in render_nft(rs) if "limit" in c.get("add", {})]
     assert limits == [{"family": "inet", "table": "nodeguard", "name": "sample-all", "rate": 1000,
                        "per": "second", "burst": 1000}]
+
+
+def test_report_filters_by_time_and_rule_and_draws_the_timeline(tmp_path):
+    from click.testing import CliRunner
+
+    from guard.cli import cli
+
+    path = tmp_path / "attacks.jsonl"
+    log = AttackLog(path, 1 << 20, 2)
+    for start, group, src, n in ((1000.0, "syn-flood", "192.0.2.7", 5000), (1000.0, "icmp-flood", "192.0.2.8", 700),
+                                 (9000.0, "syn-flood", "192.0.2.9", 300)):
+        w = Window(start, 100)
+        for _ in range(10):
+            w.add(group, parse(raw(IP(src=src, dst="10.0.0.1") / TCP(dport=443, flags="S"))), "eth0", start + 1)
+        for rec in w.records(start + 10, {group: n}):
+            log.write(rec)
+    log.close()
+    runner = CliRunner()
+    res = runner.invoke(cli, ["report", "--log", str(path), "--json", "--rule", "syn-flood",
+                              "--until", "1970-01-01T00:30:00", "--plot", str(tmp_path / "t.svg")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output)
+    assert [s["src"] for s in rep["top_sources"]["syn-flood"]] == ["192.0.2.7"]
+    assert rep["top_sources"]["syn-flood"][0]["estimated"] == 5000 and "icmp-flood" not in rep["top_sources"]
+    svg = (tmp_path / "t.svg").read_text()
+    assert svg.startswith("<svg") and "syn-flood" in svg and "polyline" in svg
+    text = runner.invoke(cli, ["report", "--log", str(path)]).output
+    assert "192.0.2.9" in text and "timeline" in text
