@@ -69,17 +69,18 @@ def choose_priorities(foreign: list[ForeignChain]) -> Priorities:
     chains before conntrack (raw) cannot see connection state and are not its rivals.
     """
     notes: list[str] = []
-    stateless = STATELESS_DEFAULT
-    if foreign and foreign[0].priority <= stateless:
-        stateless = max(foreign[0].priority - 1, DEFRAG + 1)
-        notes.append(f"stateless chain moved to {stateless}, below {foreign[0]}")
-        if stateless >= foreign[0].priority:
-            notes.append(f"cannot go below {foreign[0]} without running before defrag")
+    stateless = _below(foreign, STATELESS_DEFAULT, DEFRAG + 1, "stateless", "without running before defrag", notes)
     after_ct = [c for c in foreign if c.priority > CONNTRACK]
-    stateful = STATEFUL_DEFAULT
-    if after_ct and after_ct[0].priority <= stateful:
-        stateful = max(after_ct[0].priority - 1, CONNTRACK + 1)
-        notes.append(f"stateful chain moved to {stateful}, below {after_ct[0]}")
-        if stateful >= after_ct[0].priority:
-            notes.append(f"cannot go below {after_ct[0]} and still run after conntrack")
+    stateful = _below(after_ct, STATEFUL_DEFAULT, CONNTRACK + 1, "stateful", "and still run after conntrack", notes)
     return Priorities(stateless, stateful, tuple(notes))
+
+
+def _below(rivals: list[ForeignChain], default: int, floor: int, which: str, limit: str, notes: list[str]) -> int:
+    """``default``, or one below the lowest rival at or under it, but never under ``floor``."""
+    if not rivals or rivals[0].priority > default:
+        return default
+    prio = max(rivals[0].priority - 1, floor)
+    notes.append(f"{which} chain moved to {prio}, below {rivals[0]}")
+    if prio >= rivals[0].priority:
+        notes.append(f"cannot go below {rivals[0]} {limit}")
+    return prio
