@@ -61,7 +61,7 @@ def main() -> None:
     goals = {"default policy": 50, "10,000 allowlist CIDRs": 500}
     print(f"{'case':<24} {'nodeguard apply':>16} {'nft -j -f (baseline)':>21} {'ratio':>6} {'goal':>7}")
     for name, policy in cases.items():
-        ours = median_ms(lambda: apply_plan(make_plan(policy, nft), nft), args.runs)
+        ours = median_ms(lambda p=policy: apply_plan(make_plan(p, nft), nft), args.runs)
         with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
             json.dump(make_plan(policy, nft).transaction, f)
             f.flush()

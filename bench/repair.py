@@ -122,7 +122,7 @@ def run_backend(backend: str, nft: Nft, n: int, idle_s: float, tmp: Path) -> dic
         time.sleep(0.5)
         res = {"floor": floor, "flush": [], "reorder": []}
         jitter = random.Random(7)  # disrupt at every phase of a legacy poll, not just after one
-        for i in range(n):
+        for _ in range(n):
             time.sleep(jitter.random() if backend == "iptables-legacy" else 0)
             restored = case.flush()
             t0 = time.perf_counter()

@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import struct
-import subprocess
 import sys
 import tempfile
 import time

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import netlab
-from netlab import ATTACKER4, VICTIM4, wait_until
+from netlab import VICTIM4, wait_until
 
 
 @pytest.fixture
