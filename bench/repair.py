@@ -4,6 +4,7 @@ Per backend (nft, iptables-nft, iptables-legacy), two disruptions:
   flush    - our ICMP chain is flushed
   reorder  - nft: a rival base chain appears just below ours on prerouting;
              iptables: a rival rule is inserted at position 1 of filter INPUT, above our jump
+CPU counts the watcher and the tools it runs (iptables-*-save, ipset).
 Latency = from the moment the disrupting command has returned until our rule is back
 (polled every 0.5 ms in-process for nft tables, which include iptables-nft chains; with
 `iptables-legacy -S` for legacy). Baseline, same run: one in-process `apply` transaction, the
@@ -41,7 +42,7 @@ def pct(xs: list[float], p: float) -> float:
 
 def cpu_s(pid: int) -> float:
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")  # utime, stime and waited-for children's
 
 
 def wait(pred, timeout=5.0) -> float:

@@ -113,9 +113,10 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     return plan
 
 
-def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families=(4, 6), repair: bool = False) -> None:
+def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families=(4, 6), sets: bool = True,
+               repair: bool = False) -> None:
     """Install the plan. ``repair`` (the watcher) skips the other-backend cleanup and, for
-    iptables, restores only ``families``: a restore costs ~35 ms per family."""
+    iptables, restores only ``families`` (a restore costs ~35 ms each) and the ipsets only if ``sets``."""
     if plan.transaction is not None:
         nft.run(plan.transaction, dry_run=dry_run, what="apply --dry-run" if dry_run else "apply")
     else:
@@ -124,7 +125,8 @@ def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families=(4, 6), 
             ipt.restore_families({v: _without_sets(render_ipt.restore_text(r, {})) for v, r in plan.ipt.items()},
                                  test=True)
             return
-        Ipset.restore(render_ipt.ipset_script(plan.ruleset, Ipset.names()))
+        if sets:
+            Ipset.restore(render_ipt.ipset_script(plan.ruleset, Ipset.names()))
         ipt.restore_families({v: render_ipt.restore_text(r, ipt.live(v)) for v, r in plan.ipt.items()
                               if v in families})
     if not dry_run and not repair:

@@ -24,6 +24,7 @@ class Drift:
     reasons: tuple[str, ...]
     culprit: str | None = None  # a foreign chain that out-prioritised us, when that is the cause
     families: frozenset[int] = frozenset({4, 6})  # iptables: which families need a restore
+    sets_missing: bool = True  # iptables: whether the ipsets must be re-created too
 
     def __str__(self) -> str:
         return "; ".join(self.reasons)
@@ -142,7 +143,7 @@ def diff_ipt(plan: Plan) -> Drift | None:
     if missing_sets:
         reasons += [f"ipset {n} is missing" for n in sorted(missing_sets)]
         families = {4, 6}  # the restore re-creates the sets; rules referencing them need them back
-    return Drift(tuple(reasons), culprit, frozenset(families)) if reasons else None
+    return Drift(tuple(reasons), culprit, frozenset(families), bool(missing_sets)) if reasons else None
 
 
 def _target(save_line: str) -> str:

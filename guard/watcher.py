@@ -19,7 +19,7 @@ from typing import Callable
 from .apply import Plan, apply_plan, choose_flavour, make_plan
 from .backend.nft import Nft
 from .damper import Damper
-from .backend.ipt import OWN_PIDS
+from .backend.ipt import OWN_PIDS, legacy_fingerprint
 from .drift import Drift, diff_plan
 from .events import NftEvents
 from .policy import Policy
@@ -41,6 +41,7 @@ class Watcher:
         self._backend = "nft"
         self._flavour: tuple[str, str] | None = None
         self._plans: dict = {}
+        self._legacy_seen: tuple = ()
         self._repair_at = 0.0
 
     # --- one step each ---------------------------------------------------------------
@@ -83,7 +84,7 @@ class Watcher:
             self.state["contested_by"] = self._blame(drift)
             self.state["backoff_s"] = self.damper.backoff_s()
             return
-        apply_plan(plan, self.nft, families=drift.families, repair=True)
+        apply_plan(plan, self.nft, families=drift.families, sets=drift.sets_missing, repair=True)
         done = self.clock()
         self.damper.record_repair(done)
         self._pending = None
@@ -112,8 +113,10 @@ class Watcher:
         try:
             self.start()
             verify_every = self.policy.watcher.verify_interval_s
-            if self._backend == "iptables-legacy":  # legacy sends no events: poll
+            next_full = self.clock() + verify_every
+            if self._backend == "iptables-legacy":  # legacy sends no events: poll a cheap fingerprint
                 verify_every = min(verify_every, self.policy.watcher.legacy_poll_s)
+                self._legacy_seen = legacy_fingerprint()
             next_verify = self.clock() + verify_every
             while not should_stop():
                 now = self.clock()
@@ -139,9 +142,18 @@ class Watcher:
                         changed = False
                 due_verify = detected >= next_verify
                 due_repair = self._pending is not None and detected >= self._repair_at
+                if due_verify and not changed and self._backend == "iptables-legacy" and not due_repair:
+                    fingerprint = legacy_fingerprint()  # a few syscalls; the full check spawns tools
+                    if fingerprint == self._legacy_seen and detected < next_full:
+                        next_verify = detected + verify_every
+                        continue
+                    self._legacy_seen = fingerprint
+                    next_full = detected + self.policy.watcher.verify_interval_s
                 if changed or due_verify or due_repair:
                     self.handle(detected)
                     self._write_state()
+                    if self._backend == "iptables-legacy":  # our repair changed the tables too
+                        self._legacy_seen = legacy_fingerprint()
                 if due_verify:
                     next_verify = detected + verify_every
         finally:

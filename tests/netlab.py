@@ -244,7 +244,7 @@ def wait_until(pred, timeout: float = 5.0, interval: float = 0.005) -> float:
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # own and children's (the tools it ran)
 
 
 @contextmanager
