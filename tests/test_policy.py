@@ -68,3 +68,14 @@ def test_bad_input_names_file_line_and_field(text, expected):
     line = str(exc.value)
     assert line.startswith(expected), line
     assert "\n" not in line
+
+
+def test_a_missing_libnftables_is_one_clear_line_with_exit_2(monkeypatch):
+    from guard.backend import nft
+    from guard.errors import EnvironmentProblem
+
+    monkeypatch.setattr(nft, "_LIB", "libnftables-that-is-not-installed.so.9")
+    with pytest.raises(EnvironmentProblem) as exc:
+        nft.Nft()
+    assert exc.value.exit_code == 2
+    assert "install Debian's libnftables1" in str(exc.value) and "\n" not in str(exc.value)
