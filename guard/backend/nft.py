@@ -20,14 +20,16 @@ class Nft:
     """A libnftables context in the calling process's network namespace."""
 
     def __init__(self) -> None:
+        # Load the library before the binding: a binding object whose __init__ failed half-way
+        # raises again from its __del__ later, far from here.
         try:
             import nftables  # the pip-nftables binding
-            self._nft = nftables.Nftables(sofile=_LIB)
             self._lib = ctypes.CDLL(_LIB)
         except (ImportError, OSError) as exc:
             raise EnvironmentProblem(
                 f"libnftables is not usable ({exc}); install Debian's libnftables1 and the pip-nftables package"
             ) from None
+        self._nft = nftables.Nftables(sofile=_LIB)
         self._lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
         self._nft.set_json_output(True)
         self._nft.set_handle_output(True)
