@@ -110,7 +110,7 @@ def render_ipt(rs: m.RuleSet, version: int) -> Render:
 def _add_chain(table: Table, name: str, rules: list[tuple[str, str]]) -> None:
     table.chains.append(name)
     bodies = [body for body, _label in rules]
-    for (body, label), rid in zip(rules, chained_ids(name, bodies)):
+    for (body, label), rid in zip(rules, chained_ids(name, bodies), strict=True):
         table.rules.append((name, f'-m comment --comment "{comment(rid, label)}" {body}'.rstrip()))
 
 

@@ -39,7 +39,7 @@ def render_chain_rules(table: str, chain: m.Chain) -> list[dict]:
     bodies = [render_rule_expr(rule) for rule in chain.rules]
     return [
         {"family": FAMILY, "table": table, "chain": chain.name, "expr": expr, "comment": comment(rid, rule.label)}
-        for rule, expr, rid in zip(chain.rules, bodies, chained_ids(chain.name, bodies))
+        for rule, expr, rid in zip(chain.rules, bodies, chained_ids(chain.name, bodies), strict=True)
     ]
 
 
