@@ -83,9 +83,6 @@ class Ipt:
             raise BackendError(" ".join(args), res.stderr)
         return res.stdout
 
-    def restore(self, version: int, text: str, *, test: bool = False) -> None:
-        self.restore_families({version: text}, test=test)
-
     def restore_families(self, texts: dict[int, str], *, test: bool = False) -> None:
         """One ``*-restore --noflush`` per family, run side by side (IPv4 and IPv6 tables are separate)."""
         procs = []
