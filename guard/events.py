@@ -57,19 +57,22 @@ class NftEvents:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def drain(self) -> tuple[int, list[tuple[int, str]]]:
-        """Read every pending message: (how many, writers seen). An overrun counts as one."""
-        n, seen = 0, []
+    def drain(self) -> tuple[int, list[tuple[int, str]], bool]:
+        """Read every pending datagram: (how many, writers of the transactions committed, overrun).
+
+        After an overrun (ENOBUFS: we fell behind a large resync) writers may be missing.
+        """
+        n, seen, overrun = 0, [], False
         while True:
             try:
                 seen += writers(self.sock.recv(65536))
                 n += 1
             except BlockingIOError:
-                return n, seen
-            except OSError as exc:  # ENOBUFS: we fell behind a large resync; something changed
+                return n, seen, overrun
+            except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                n += 1
+                overrun = True
 
     def close(self) -> None:
         self.sock.close()

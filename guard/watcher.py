@@ -133,13 +133,15 @@ class Watcher:
                             break
                     changed = bool(on_wakeup and on_wakeup())
                 if events in ready:
-                    n, seen = events.drain()
-                    changed = n > 0
+                    n, seen, overrun = events.drain()
                     others = [(pid, name) for pid, name in seen if pid != os.getpid() and pid not in OWN_PIDS]
                     if others:
                         self.state["last_writer"] = f"{others[-1][1]} (pid {others[-1][0]})"
-                    elif seen and not changed:  # only our own transactions: nothing to check
-                        changed = False
+                    # Every transaction ends with a NEWGEN naming its writer: when all of them are
+                    # ours and nothing was lost, there is nothing to check. Messages without a NEWGEN
+                    # yet (a transaction still arriving) are checked now; its NEWGEN follows.
+                    ours_only = bool(seen) and not others and not overrun
+                    changed = changed or overrun or (n > 0 and not ours_only)
                 due_verify = detected >= next_verify
                 due_repair = self._pending is not None and detected >= self._repair_at
                 if due_verify and not changed and self._backend == "iptables-legacy" and not due_repair:
