@@ -8,6 +8,7 @@ ipsets). After a successful apply, the objects of the other backends are removed
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,7 +137,6 @@ def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families=(4, 6), 
 def rendered_text(plan: Plan) -> str:
     """What apply would load, as text: nft's JSON, or the ipset + iptables-restore scripts."""
     if plan.transaction is not None:
-        import json
         return json.dumps(plan.transaction, indent=2) + "\n"
     out = "# ipset restore\n" + render_ipt.ipset_script(plan.ruleset, set())
     for version, render in plan.ipt.items():
@@ -196,8 +196,6 @@ def _nft_installed(nft: Nft) -> bool:
                for t in objects(nft.list("tables"), "table"))
 
 
-def uninstall(nft: Nft, *, dry_run: bool = False) -> bool:
+def uninstall(nft: Nft) -> bool:
     """Delete nodeguard's objects in every backend, and nothing else. Returns whether any existed."""
-    if dry_run:
-        return _nft_installed(nft) or any(Ipt(f).live(v) for f in IPT_FLAVOURS for v in (4, 6))
     return bool(remove_other_backends("none", nft))

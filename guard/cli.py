@@ -21,9 +21,13 @@ from .scratch import in_scratch_netns
 from .watcher import Watcher, read_state
 
 
+config_option = click.option(
+    "-c", "--config", "config", type=click.Path(dir_okay=False), default=None,
+    help="Policy YAML (default: /etc/nodeguard/config.yaml if it exists, else the built-in default).")
+
+
 def _common(func: Callable) -> Callable:
-    @click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=None,
-                  help="Policy YAML (default: /etc/nodeguard/config.yaml if it exists, else the built-in default).")
+    @config_option
     @click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -124,8 +128,7 @@ def _raise_stop(signum: int, frame: Any) -> None:
 
 
 @cli.command()
-@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=None,
-              help="Policy YAML (default: /etc/nodeguard/config.yaml if it exists, else the built-in default).")
+@config_option
 @click.option("-v", "--verbose", is_flag=True, help="Also log each check.")
 def watch(config: str | None, verbose: bool) -> None:
     """Keep the table installed and first in line: repair flushes, deletions, reorders and
@@ -169,8 +172,7 @@ def watch(config: str | None, verbose: bool) -> None:
 
 
 @cli.command()
-@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=None,
-              help="Policy YAML (default: /etc/nodeguard/config.yaml if it exists, else the built-in default).")
+@config_option
 def sample(config: str | None) -> None:
     """Foreground sampler: condemned packets → per-flow attack log (and pcap). Never a bottleneck:
     the kernel has already decided; a dead sampler only loses samples."""
@@ -194,8 +196,7 @@ def sample(config: str | None) -> None:
 
 
 @cli.command()
-@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=None,
-              help="Policy whose sampler.log to read (default as for the other verbs).")
+@config_option
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None, help="Attack log to read.")
 @click.option("--since", default=None, help="'15m', '1h', '2d' ago, or an ISO 8601 time.")
 @click.option("--until", default=None, help="As --since.")

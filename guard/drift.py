@@ -14,7 +14,7 @@ from . import model
 from .apply import Plan
 from .backend.ipt import Ipset, Ipt
 from .backend.nft import Nft, objects
-from .render.ipt import ipset_name
+from .render.ipt import ipset_name, spec_id
 from .render.ids import id_from_comment
 from .render.nft import FAMILY, render_chain_rules
 
@@ -126,7 +126,7 @@ def diff_ipt(plan: Plan) -> Drift | None:
                     kept = sum(1 for i in have.get(chain, []) if i in want[chain])
                     reasons.append(f"{where}: {kept} of {len(want[chain])} rules intact")
             for builtin, spec in table.jumps:
-                jid = spec.split("nodeguard:", 1)[1].split(" ", 1)[0]
+                jid = spec_id(spec)
                 in_builtin = [r for r in rules if r.chain == builtin]
                 positions = [r.position for r in in_builtin if r.rule_id == jid]
                 where = f"v{version} {tname} {builtin}"

@@ -10,6 +10,7 @@ from .apply import Plan
 from .backend.ipt import Ipt
 from .backend.nft import Nft, objects
 from .drift import diff_plan
+from .render.ids import id_from_comment
 from .render.ipt import hashlimit_name
 from .render.nft import FAMILY
 
@@ -55,8 +56,7 @@ def _nft_rule(r: dict) -> dict:
 
 def _label(comment: str | None) -> dict:
     text = comment or ""
-    rule_id = text[len("nodeguard:"):].split(" ", 1)[0] if text.startswith("nodeguard:") else None
-    return {"id": rule_id, "label": text.split(" ", 1)[1] if " " in text else text}
+    return {"id": id_from_comment(text), "label": text.split(" ", 1)[1] if " " in text else text}
 
 
 def _ipt_part(plan: Plan) -> dict[str, Any]:

@@ -71,13 +71,14 @@ class Render:
             for chain in t.chains:
                 out[chain] = []
             for chain, spec in t.rules:
-                out[chain].append(_id_of(spec))
+                out[chain].append(spec_id(spec))
             for builtin, spec in t.jumps:
-                out.setdefault(f"{t.name}/{builtin}", []).append(_id_of(spec))
+                out.setdefault(f"{t.name}/{builtin}", []).append(spec_id(spec))
         return out
 
 
-def _id_of(spec: str) -> str:
+def spec_id(spec: str) -> str:
+    """The nodeguard id in a rendered rule spec."""
     return spec.split('--comment "nodeguard:', 1)[1].split(" ", 1)[0]
 
 
