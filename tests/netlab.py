@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "kube-rulesets"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kube-rulesets"  # copied from shared/, SOURCES.md kept
 HELPERS = Path(__file__).resolve().parent / "helpers"
 _ids = itertools.count()
 
