@@ -42,9 +42,13 @@ def dotted(path: Path) -> str:
     return out
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster on big allowlists
+_STR = "tag:yaml.org,2002:str"
+
+
 def load_document(text: str, file: str) -> Document:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -52,34 +56,33 @@ def load_document(text: str, file: str) -> Document:
     except yaml.YAMLError as exc:
         raise PolicyError(file, None, "", f"invalid YAML: {exc}") from None
     lines: dict[Path, int] = {}
-    data = _convert(node, (), lines, file) if node is not None else {}
+    data = _convert(node, (), lines, file, yaml.constructor.SafeConstructor()) if node is not None else {}
     return Document(file, data, lines)
 
 
-def _convert(node: yaml.Node, path: Path, lines: dict[Path, int], file: str) -> Any:
+def _convert(node: yaml.Node, path: Path, lines: dict[Path, int], file: str,
+             constructor: yaml.constructor.SafeConstructor) -> Any:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _scalar(key_node)
+            key = _scalar(key_node, constructor)
             if not isinstance(key, str):
                 raise PolicyError(file, key_node.start_mark.line + 1, dotted(path), f"key {key!r} is not a string")
             if key in out:
                 raise PolicyError(file, key_node.start_mark.line + 1, dotted(path + (key,)), "duplicate key")
-            out[key] = _convert(value_node, path + (key,), lines, file)
+            out[key] = _convert(value_node, path + (key,), lines, file, constructor)
             lines[path + (key,)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, path + (i,), lines, file) for i, item in enumerate(node.value)]
-    return _scalar(node)
+        return [_convert(item, path + (i,), lines, file, constructor) for i, item in enumerate(node.value)]
+    return _scalar(node, constructor)
 
 
-def _scalar(node: yaml.Node) -> Any:
+def _scalar(node: yaml.Node, constructor: yaml.constructor.SafeConstructor) -> Any:
     """A scalar's value with YAML's safe type rules (int, bool, null, str ...)."""
     if not isinstance(node, yaml.ScalarNode):
         return None
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_object(node, deep=True)
-    finally:
-        loader.dispose()
+    if node.tag == _STR:
+        return node.value  # most scalars (CIDRs, names): no constructor needed
+    return constructor.construct_object(node, deep=True)
