@@ -1,4 +1,4 @@
-"""Policy → RuleSet: backend-neutral chains, rules and sets. No syntax here.
+"""Policy → RuleSet: backend-neutral chains, rules, sets and named limits. No syntax here.
 
 Layout (both backends render exactly this):
 
@@ -9,15 +9,22 @@ Layout (both backends render exactly this):
   spoofed floods that fill the meter (a full meter stops matching: it fails open).
 * ``filter-conntrack``, just after conntrack: concurrent-connection limits.
 
-Verdicts are drop, return and jump only: an accept would not stop later base chains anyway.
+Every stateful object (meter, trusted set, connection counter, named limit) carries its whole
+definition, and its kernel name ends in a digest of it: a changed rate, size or timeout gives a
+new object (the kernel keeps an object's parameters for as long as the name lives), an unchanged
+one keeps its name and so its state across re-applies and repairs.
+
+Verdicts are drop, return, jump, goto and queue: an accept would not stop later base chains anyway.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
-from typing import Union
+from typing import Literal, Union
 
+from .placement import PLACEMENTS, Stage
 from .policy import Policy, Rate
 
 TABLE = "nodeguard"
@@ -28,6 +35,11 @@ ICMP6_ESSENTIAL = (1, 2, 3, 4, 130, 131, 132, 133, 134, 135, 136, 137, 143)
 ICMP4_ECHO_REQUEST = 8
 ICMP6_ECHO_REQUEST = 128
 V6_SOURCE_PREFIX = 64  # per-source limits group an IPv6 host's whole /64
+DIGEST_LEN = 6
+
+
+def digest(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:DIGEST_LEN]
 
 
 # --- matches --------------------------------------------------------------------------
@@ -43,7 +55,7 @@ class Family:
 
 @dataclass(frozen=True)
 class Proto:
-    name: str  # tcp, udp, icmp, icmpv6
+    name: Literal["tcp", "udp", "icmp", "icmpv6"]
 
 
 @dataclass(frozen=True)
@@ -62,13 +74,19 @@ class TcpFlags:
 
 @dataclass(frozen=True)
 class DstPorts:
-    proto: str
+    proto: Literal["tcp", "udp"]
     ports: tuple[int, ...]
     negate: bool = False
 
 
 @dataclass(frozen=True)
 class SourceInSet:
+    set: str  # an AddrSet name
+    version: int
+
+
+@dataclass(frozen=True)
+class SourceNotInSet:
     set: str
     version: int
 
@@ -84,14 +102,8 @@ class Assured:
 
 
 @dataclass(frozen=True)
-class SourceNotInSet:
-    set: str
-    version: int
-
-
-@dataclass(frozen=True)
 class RememberSource:
-    """Add the source to a timed set (a statement that always matches)."""
+    """Add the source to a timed set (a statement that always matches; a full set adds nothing)."""
 
     set: str
     version: int
@@ -99,57 +111,46 @@ class RememberSource:
 
 @dataclass(frozen=True)
 class SourceRateOver:
-    """Per-source token bucket in meter ``meter``; matches packets over the rate."""
+    """The source's token bucket in meter ``set`` (rate: the set's); matches packets over it.
+    A full meter matches nothing: it fails open, and the backstop after it decides."""
 
-    meter: str
+    set: str
     version: int
-    rate: Rate
-
-
-@dataclass(frozen=True)
-class RateOver:
-    """One token bucket for all sources; matches packets over the rate."""
-
-    name: str
-    rate: Rate
 
 
 @dataclass(frozen=True)
 class SourceConnsOver:
-    meter: str
+    """The source has more connections than its ``conns`` set allows (conntrack count)."""
+
+    set: str
     version: int
-    limit: int
 
 
 @dataclass(frozen=True)
-class RateUnder:
-    """A token bucket of its own; matches packets under the rate."""
+class OverLimit:
+    """The named bucket ``limit`` (shared by every rule naming it) is exhausted."""
 
-    name: str
-    rate: Rate
-
-
-@dataclass(frozen=True)
-class SharedRateUnder:
-    """The named bucket shared by every rule that names it (nft limit object; hashlimit by name)."""
-
-    name: str
-    rate: Rate
+    limit: str
 
 
 @dataclass(frozen=True)
-class ToUserspace:
-    """Hand the packet to the sampler: NFLOG (then continue) or NFQUEUE (terminal, no bypass)."""
+class UnderLimit:
+    """The named bucket ``limit`` has a token: matches packets under its rate."""
 
-    transport: str  # "nflog" or "nfqueue"
-    group: str  # the rule group, e.g. "syn-flood"
-    number: int  # NFLOG group, or NFQUEUE queue number
+    limit: str
+
+
+@dataclass(frozen=True)
+class Log:
+    """Copy the packet's head to userspace over NFLOG (a statement; evaluation goes on)."""
+
+    group: str  # the rule group, e.g. "syn-flood": the NFLOG prefix "ng:<group>"
+    nflog_group: int
     snaplen: int
 
 
-Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, CtStateNew,
-              Assured, SourceNotInSet, RememberSource, SourceRateOver, RateOver, SourceConnsOver,
-              RateUnder, SharedRateUnder, ToUserspace]
+Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, SourceNotInSet,
+              CtStateNew, Assured, RememberSource, SourceRateOver, SourceConnsOver, OverLimit, UnderLimit, Log]
 
 
 # --- verdicts -------------------------------------------------------------------------
@@ -165,7 +166,7 @@ class Return:
 
 @dataclass(frozen=True)
 class Continue:
-    """No verdict: the rule only acts (e.g. remembers a source) and evaluation goes on."""
+    """No verdict: the rule only acts (remembers a source, logs) and evaluation goes on."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,15 @@ class Goto:
     chain: str
 
 
-Verdict = Union[Drop, Return, Continue, Jump, Goto]
+@dataclass(frozen=True)
+class Queue:
+    """Hand the packet to NFQUEUE ``number`` (terminal; no bypass: it was condemned anyway)."""
+
+    number: int
+    group: str
+
+
+Verdict = Union[Drop, Return, Continue, Jump, Goto, Queue]
 DROP, RETURN, CONTINUE = Drop(), Return(), Continue()
 
 
@@ -190,39 +199,97 @@ class Rule:
     matches: tuple[Match, ...]
     verdict: Verdict
     label: str  # short, human: shown in status and in the rule comment
+    counter: bool = True
+
+
+SetKind = Literal["allow", "meter", "trusted", "conns"]
 
 
 @dataclass(frozen=True)
 class AddrSet:
-    """``kind``: allow (static prefixes), meter (per-source rate), trusted (timed
-    membership) or conns (per-source ct count)."""
+    """A set of source addresses. ``allow``: static prefixes; ``meter``: a token bucket of
+    ``rate`` per source; ``trusted``: timed membership; ``conns``: ``limit`` connections per source."""
 
-    name: str
+    base: str  # e.g. "syn-src-v4"; the kernel name adds the digest (allow sets keep their base name)
     version: int
-    kind: str
+    kind: SetKind
     elements: tuple[Union[IPv4Network, IPv6Network], ...] = ()
     size: int = 0
     timeout_s: int = 0
+    rate: Rate | None = None  # meter
+    limit: int = 0  # conns
+
+    def __post_init__(self) -> None:
+        if self.version not in (4, 6):
+            raise ValueError(f"set {self.base}: version must be 4 or 6")
+        if self.kind not in ("allow", "meter", "trusted", "conns"):
+            raise ValueError(f"set {self.base}: unknown kind {self.kind!r}")
+        if (self.kind == "meter") != (self.rate is not None and self.rate.burst is not None):
+            raise ValueError(f"set {self.base}: a meter, and only a meter, has a rate with a burst")
+        if self.kind != "allow" and self.size <= 0:
+            raise ValueError(f"set {self.base}: needs a size")
+        if self.kind in ("meter", "trusted") and self.timeout_s <= 0:
+            raise ValueError(f"set {self.base}: needs a timeout")
+        if self.kind == "conns" and self.limit <= 0:
+            raise ValueError(f"set {self.base}: needs a connection limit")
+        if self.elements and self.kind != "allow":
+            raise ValueError(f"set {self.base}: only allowlists have static elements")
 
     @property
     def prefix_len(self) -> int:
+        """How much of a source address identifies one source."""
         return 32 if self.version == 4 else V6_SOURCE_PREFIX
+
+    @property
+    def definition(self) -> str:
+        """Everything but the contents: what makes two sets interchangeable."""
+        return digest(self.kind, self.version, self.size, self.timeout_s, self.rate, self.limit, self.prefix_len)
+
+    @property
+    def name(self) -> str:
+        return self.base if self.kind == "allow" else f"{self.base}-{self.definition}"
+
+
+@dataclass(frozen=True)
+class NamedLimit:
+    """A token bucket shared by every rule that names it; ``over`` buckets match excess packets."""
+
+    base: str
+    rate: Rate
+    over: bool
+
+    def __post_init__(self) -> None:
+        if self.rate.burst is None:
+            raise ValueError(f"limit {self.base}: needs an explicit burst")
+
+    @property
+    def name(self) -> str:
+        return f"{self.base}-{digest(self.rate, self.over)}"
 
 
 @dataclass(frozen=True)
 class Chain:
     name: str
     rules: tuple[Rule, ...]
-    hook: str | None = None  # base chains only
+    stage: Stage | None = None  # base chains only: where it hooks (placement.PLACEMENTS)
     priority: int | None = None
-    stage: str | None = None  # "stateless" (before conntrack) or "stateful" (after it)
+
+    def __post_init__(self) -> None:
+        if (self.stage is None) != (self.priority is None):
+            raise ValueError(f"chain {self.name}: a base chain has a stage and a priority, a regular chain neither")
+        if self.stage is not None and self.stage not in PLACEMENTS:
+            raise ValueError(f"chain {self.name}: unknown stage {self.stage!r}")
+
+    @property
+    def hook(self) -> str | None:
+        return PLACEMENTS[self.stage].nft_hook if self.stage else None
 
 
 @dataclass(frozen=True)
 class Sampling:
     """How condemned packets are sampled (policy ``sampler`` plus the transport the kernel allows)."""
 
-    transport: str  # "nflog" or "nfqueue"
+    transport: Literal["nflog", "nfqueue"]
     rate: Rate
     global_rate: Rate
     nflog_group: int
@@ -234,31 +301,59 @@ class Sampling:
 class RuleSet:
     chains: tuple[Chain, ...]
     sets: tuple[AddrSet, ...]
+    limits: tuple[NamedLimit, ...]
     interfaces: tuple[str, ...]
     table: str = TABLE
     sample_groups: tuple[str, ...] = ()  # index i: NFQUEUE queue_base + i; NFLOG prefix "ng:<group>"
 
+    def __post_init__(self) -> None:
+        """Refuse a ruleset no kernel could load: every name unique, every reference defined."""
+        for what, names in (("chain", [c.name for c in self.chains]), ("set", [s.name for s in self.sets]),
+                            ("limit", [lim.name for lim in self.limits])):
+            dupes = {n for n in names if names.count(n) > 1}
+            if dupes:
+                raise ValueError(f"{what} names used twice: {sorted(dupes)}")
+        chains, sets, limits = {c.name for c in self.chains}, {s.name for s in self.sets}, {x.name for x in self.limits}
+        for c in self.chains:
+            for r in c.rules:
+                if isinstance(r.verdict, (Jump, Goto)) and r.verdict.chain not in chains:
+                    raise ValueError(f"chain {c.name}: jump to undefined chain {r.verdict.chain}")
+                for x in r.matches:
+                    ref = getattr(x, "set", None)
+                    if ref is not None and ref not in sets:
+                        raise ValueError(f"chain {c.name}: undefined set {ref}")
+                    ref = getattr(x, "limit", None)
+                    if isinstance(x, (OverLimit, UnderLimit)) and ref not in limits:
+                        raise ValueError(f"chain {c.name}: undefined limit {ref}")
+
     def chain(self, name: str) -> Chain:
         return next(c for c in self.chains if c.name == name)
 
+    def set(self, name: str) -> AddrSet:
+        return next(s for s in self.sets if s.name == name)
+
+    def limit(self, name: str) -> NamedLimit:
+        return next(x for x in self.limits if x.name == name)
+
     @property
     def base_chains(self) -> tuple[Chain, ...]:
-        return tuple(c for c in self.chains if c.hook)
+        return tuple(c for c in self.chains if c.stage)
 
 
 @dataclass(frozen=True)
 class Priorities:
-    """Where the two base chains sit on the prerouting hook (see probe.choose_priorities)."""
+    """Where the base chains sit on their hook (see probe.choose_priorities)."""
 
-    stateless: int = -350
-    stateful: int = -190
+    stateless: int = PLACEMENTS["stateless"].default_priority
+    stateful: int = PLACEMENTS["stateful"].default_priority
     notes: tuple[str, ...] = field(default=())
+
+    def of(self, stage: Stage) -> int:
+        return self.stateless if stage == "stateless" else self.stateful
 
 
 STATELESS_CHAIN = "filter-prerouting"
 STATEFUL_CHAIN = "filter-conntrack"
-
-
 SAMPLE_ALL = "sample-all"
 
 
@@ -268,53 +363,72 @@ def sample_groups(policy: Policy) -> tuple[str, ...]:
             *(("conn-limit",) if policy.connlimit else ()))
 
 
-def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Priorities,
-                  sampling: Sampling | None = None) -> RuleSet:
-    meter = policy.meter
-    sets: list[AddrSet] = [
-        AddrSet("allow-v4", 4, "allow", tuple(policy.allow.networks(4))),
-        AddrSet("allow-v6", 6, "allow", tuple(policy.allow.networks(6))),
-    ]
-    chains: list[Chain] = []
-    groups = sample_groups(policy) if sampling else ()
-    sample_chains: list[Chain] = []
+class _Builder:
+    """Collects the objects while build_ruleset walks the policy."""
 
-    def condemn(group: str) -> Verdict:
+    def __init__(self, policy: Policy, sampling: Sampling | None):
+        self.policy, self.sampling = policy, sampling
+        self.sets: list[AddrSet] = []
+        self.limits: dict[str, NamedLimit] = {}
+        self.chains: list[Chain] = []
+        self.sample_chains: dict[str, Chain] = {}
+        self.groups = sample_groups(policy) if sampling else ()
+
+    def add_set(self, s: AddrSet) -> AddrSet:
+        self.sets.append(s)
+        return s
+
+    def add_limit(self, base: str, rate: Rate, over: bool) -> str:
+        lim = NamedLimit(base, _with_default_burst(rate), over)
+        self.limits[lim.name] = lim
+        return lim.name
+
+    def condemn(self, group: str) -> Verdict:
         """Drop, or, when sampling, go to the group's sample chain (which drops too)."""
-        if not sampling:
+        if not self.sampling:
             return DROP
         name = f"sample-{group}"
-        if not any(c.name == name for c in sample_chains):
-            number = sampling.nflog_group if sampling.transport == "nflog" else sampling.queue_base + groups.index(group)
-            to_user = ToUserspace(sampling.transport, group, number, sampling.snaplen)
-            sample_chains.append(Chain(name, (
-                Rule((RateUnder(name, sampling.rate), SharedRateUnder(SAMPLE_ALL, sampling.global_rate), to_user),
-                     CONTINUE, f"sample {group} via {sampling.transport}"),
-                Rule((), DROP, f"drop {group}"),
-            )))
+        if name not in self.sample_chains:
+            s = self.sampling
+            caps = (UnderLimit(self.add_limit(name, s.rate, over=False)),
+                    UnderLimit(self.add_limit(SAMPLE_ALL, s.global_rate, over=False)))
+            if s.transport == "nfqueue":
+                first = Rule(caps, Queue(s.queue_base + self.groups.index(group), group),
+                             f"sample {group} via nfqueue")
+            else:
+                first = Rule((*caps, Log(group, s.nflog_group, s.snaplen)), CONTINUE, f"sample {group} via nflog")
+            self.sample_chains[name] = Chain(name, (first, Rule((), DROP, f"drop {group}")))
         return Goto(name)
 
-    def flood_chain(name: str, meter_name: str, per_source: Rate, backstop: Rate,
+    def flood_chain(self, name: str, meter_base: str, per_source: Rate, backstop: Rate,
                     exempt_from_backstop: tuple[Rule, ...] = ()) -> Jump:
         """A chain that drops per-source excess, then global excess; returns nothing else."""
-        per_source, backstop = _with_default_burst(per_source), _with_default_burst(backstop)
+        meter = self.policy.meter
         rules = []
         for version in (4, 6):
-            set_name = f"{meter_name}-v{version}"
-            sets.append(AddrSet(set_name, version, "meter", size=meter.size, timeout_s=meter.timeout_s))
-            rules.append(Rule((Family(version), SourceRateOver(set_name, version, per_source)), condemn(name),
+            s = self.add_set(AddrSet(f"{meter_base}-v{version}", version, "meter", size=meter.size,
+                                     timeout_s=meter.timeout_s, rate=_with_default_burst(per_source)))
+            rules.append(Rule((Family(version), SourceRateOver(s.name, version)), self.condemn(name),
                               f"{name} per-source v{version}"))
         rules += exempt_from_backstop
-        rules.append(Rule((RateOver(f"{name}-backstop", backstop),), condemn(name), f"{name} backstop"))
-        chains.append(Chain(name, tuple(rules)))
+        rules.append(Rule((OverLimit(self.add_limit(f"{name}-backstop", backstop, over=True)),),
+                          self.condemn(name), f"{name} backstop"))
+        self.chains.append(Chain(name, tuple(rules)))
         return Jump(name)
+
+
+def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Priorities,
+                  sampling: Sampling | None = None) -> RuleSet:
+    b = _Builder(policy, sampling)
+    for version in (4, 6):
+        b.add_set(AddrSet(f"allow-v{version}", version, "allow", tuple(policy.allow.networks(version))))
 
     pre: list[Rule] = [*_never_limited(interfaces), *_essential_icmp()]
     pre.append(Rule((Proto("tcp"),), Jump("bogus-flags"), "to bogus-flags"))
-    chains.append(Chain("bogus-flags", _bogus_flag_rules(condemn("bogus-flags"))))
+    b.chains.append(Chain("bogus-flags", _bogus_flag_rules(b.condemn("bogus-flags"))))
 
     icmp = policy.icmp
-    to_icmp = flood_chain("icmp-flood", "icmp-src", icmp.source_rate(), icmp.global_rate())
+    to_icmp = b.flood_chain("icmp-flood", "icmp-src", icmp.source_rate(), icmp.global_rate())
     for version, echo in ((4, ICMP4_ECHO_REQUEST), (6, ICMP6_ECHO_REQUEST)):
         pre.append(Rule((IcmpTypes(version, (echo,)),), to_icmp, f"echo-request v{version} to icmp-flood"))
 
@@ -323,35 +437,36 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     remember: list[Rule] = []
     if syn.trusted_after_handshake_s:
         for version in (4, 6):
-            set_name = f"trusted-v{version}"
-            sets.append(AddrSet(set_name, version, "trusted", size=meter.size, timeout_s=syn.trusted_after_handshake_s))
-            trusted.append(Rule((SourceInSet(set_name, version),), RETURN, f"trusted v{version} skips backstop"))
-            remember.append(Rule((Family(version), Proto("tcp"), Assured(), SourceNotInSet(set_name, version),
-                                  RememberSource(set_name, version)), CONTINUE, f"remember handshake v{version}"))
-    to_syn = flood_chain("syn-flood", "syn-src", syn.source_rate(), syn.global_rate(), tuple(trusted))
+            s = b.add_set(AddrSet(f"trusted-v{version}", version, "trusted", size=policy.meter.size,
+                                  timeout_s=syn.trusted_after_handshake_s))
+            trusted.append(Rule((SourceInSet(s.name, version),), RETURN, f"trusted v{version} skips backstop"))
+            remember.append(Rule((Family(version), Proto("tcp"), Assured(), SourceNotInSet(s.name, version),
+                                  RememberSource(s.name, version)), CONTINUE, f"remember handshake v{version}"))
+    to_syn = b.flood_chain("syn-flood", "syn-src", syn.source_rate(), syn.global_rate(), tuple(trusted))
     pre.append(Rule((TcpFlags(("fin", "syn", "rst", "ack"), ("syn",)),), to_syn, "syn to syn-flood"))
 
     for lim in policy.limits:
-        to_limit = flood_chain(f"limit-{lim.name}", lim.name, lim.source_rate(), lim.global_rate())
+        to_limit = b.flood_chain(f"limit-{lim.name}", f"limit-{lim.name}", lim.source_rate(), lim.global_rate())
         for matches in _limit_selectors(lim.protocol, lim.ports, lim.except_ports):
             pre.append(Rule(matches, to_limit, f"{lim.protocol} to limit-{lim.name}"))
 
-    chains.insert(0, Chain(STATELESS_CHAIN, tuple(pre), "prerouting", priorities.stateless, "stateless"))
+    b.chains.insert(0, Chain(STATELESS_CHAIN, tuple(pre), "stateless", priorities.stateless))
 
     conn_rules: list[Rule] = list(remember)
     for i, cl in enumerate(policy.connlimit):
-        name = cl.name or f"conn-{i}"
+        name = policy.connlimit_name(i)
         for version in (4, 6):
-            set_name = f"{name}-v{version}"
-            sets.append(AddrSet(set_name, version, "conns", size=meter.size))
+            s = b.add_set(AddrSet(f"conn-{name}-v{version}", version, "conns", size=policy.meter.size,
+                                  limit=cl.per_source))
             ports = (DstPorts("tcp", cl.ports),) if cl.ports else ()
             conn_rules.append(Rule(
-                (Family(version), Proto("tcp"), *ports, CtStateNew(), SourceConnsOver(set_name, version, cl.per_source)),
-                condemn("conn-limit"), f"{name} over {cl.per_source} connections v{version}"))
+                (Family(version), Proto("tcp"), *ports, CtStateNew(), SourceConnsOver(s.name, version)),
+                b.condemn("conn-limit"), f"{name} over {cl.per_source} connections v{version}"))
     if conn_rules:
-        chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules),
-                               "prerouting", priorities.stateful, "stateful"))
-    return RuleSet(tuple(chains + sample_chains), tuple(sets), tuple(interfaces), sample_groups=groups)
+        b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules),
+                                 "stateful", priorities.stateful))
+    return RuleSet(tuple(b.chains) + tuple(b.sample_chains.values()), tuple(b.sets), tuple(b.limits.values()),
+                   tuple(interfaces), sample_groups=b.groups)
 
 
 def _with_default_burst(rate: Rate) -> Rate:

@@ -13,12 +13,9 @@ from pathlib import Path
 
 from .backend.nft import Nft, objects
 from .model import TABLE, Priorities
+from .placement import PLACEMENTS
 
 HOOK = "prerouting"
-DEFRAG = -400  # NF_IP_PRI_CONNTRACK_DEFRAG: nothing may run before reassembly
-CONNTRACK = -200  # NF_IP_PRI_CONNTRACK
-STATELESS_DEFAULT = -350  # after defrag, before raw (-300) and conntrack: floods create no state
-STATEFUL_DEFAULT = -190  # just after conntrack (ct count needs it), before mangle (-150), kube-proxy (-110)
 # iptables-legacy tables hooked on prerouting, with their fixed priorities
 _LEGACY_PREROUTING = {"raw": -300, "mangle": -150, "nat": -100}
 _PRIORITY_FAMILIES = ("ip", "ip6", "inet")
@@ -62,17 +59,17 @@ def legacy_chains(hook: str = HOOK, proc: Path = Path("/proc/net")) -> list[Fore
 
 
 def choose_priorities(foreign: list[ForeignChain]) -> Priorities:
-    """Strictly below every foreign chain that can see the same packets first.
-
-    Stateless: below all foreign prerouting chains, but never before defrag.
-    Stateful: after conntrack and below every foreign chain that runs after it;
-    chains before conntrack (raw) cannot see connection state and are not its rivals.
+    """Each base chain strictly below every foreign chain that can see the same packets first,
+    never below its floor (placement.py: defrag for the stateless chain, conntrack for the stateful
+    one; chains before conntrack cannot see connection state and are not the stateful chain's rivals).
     """
     notes: list[str] = []
-    stateless = _below(foreign, STATELESS_DEFAULT, DEFRAG + 1, "stateless", "without running before defrag", notes)
-    after_ct = [c for c in foreign if c.priority > CONNTRACK]
-    stateful = _below(after_ct, STATEFUL_DEFAULT, CONNTRACK + 1, "stateful", "and still run after conntrack", notes)
-    return Priorities(stateless, stateful, tuple(notes))
+    chosen = {}
+    for stage, p in PLACEMENTS.items():
+        rivals = [c for c in foreign if c.hook == p.nft_hook and (p.rivals_after is None or c.priority > p.rivals_after)]
+        limit = "without running before defrag" if p.rivals_after is None else "and still run after conntrack"
+        chosen[stage] = _below(rivals, p.default_priority, p.floor, stage, limit, notes)
+    return Priorities(chosen["stateless"], chosen["stateful"], tuple(notes))
 
 
 def _below(rivals: list[ForeignChain], default: int, floor: int, which: str, limit: str, notes: list[str]) -> int:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Iterable, Iterator
 
 PREFIX = "nodeguard:"
 ID_LEN = 16
+_UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:/+=()<>-]")  # nothing a shell, a restore file or a terminal treats specially
 
 
 def chained_ids(chain: str, bodies: Iterable[Any]) -> Iterator[str]:
@@ -24,9 +26,14 @@ def chained_ids(chain: str, bodies: Iterable[Any]) -> Iterator[str]:
         yield previous
 
 
+def safe_label(label: str) -> str:
+    """Labels are built from code and validated names; this is the second lock on the door."""
+    return _UNSAFE.sub("?", label)
+
+
 def comment(rule_id: str, label: str) -> str:
-    """The rule comment: the ID first (what tools match on), then a label for people."""
-    return f"{PREFIX}{rule_id} {label}"[:128]
+    """The rule comment: the ID first (what tools match on), then a label for people (escaped)."""
+    return f"{PREFIX}{rule_id} {safe_label(label)}"[:128]
 
 
 def id_from_comment(text: str | None) -> str | None:

@@ -1,17 +1,25 @@
-"""RuleSet → iptables-restore ``--noflush`` text (IPv4 and IPv6) and an ``ipset restore`` script. Pure.
+"""RuleSet → what the iptables backend installs, per IP family: our chains' rules and our jumps,
+plus the ipsets they use. Pure; ``sync/ipt.py`` turns it into restore text against the live state.
 
-Placement: the stateless chain goes to the **raw** table, jumped to from the top of
-raw PREROUTING (before conntrack); the stateful chain goes to **filter**, jumped to
-from the top of INPUT and FORWARD. Only nodeguard's own chains and its jump rules
-are ever written; every line carries ``nodeguard:<id> <label>``.
+Placement (placement.py): the stateless chain goes to **raw** PREROUTING (before conntrack), the
+stateful one to **mangle** PREROUTING (after conntrack, before nat's DNAT, as nft's -190). Only
+nodeguard's own chains and its jump rules are ever written; every line carries ``nodeguard:<id> <label>``.
 
 Where iptables cannot say what the model says:
-* ``iifname != {a, b} return`` becomes a dispatcher: the base chain holds
-  ``-i a -g <base>-UPLINK`` per interface, and the rest of the rules live in ``<base>-UPLINK``;
-* "rate over" is ``-m hashlimit --hashlimit-above`` (without ``--hashlimit-mode`` it is one
-  global bucket: ``-m limit`` can only match *under* a rate);
-* allowlists and trusted sources are ipsets (``hash:net``, ``hash:ip timeout``): per-rule CIDRs
-  would cost a rule per CIDR per packet.
+* ``iifname != {a, b} return`` becomes a dispatcher: the base chain holds ``-i a -g <base>-UPLINK``
+  per interface, and the rest of the rules live in ``<base>-UPLINK``;
+* "rate over" is ``-m hashlimit --hashlimit-above`` (without ``--hashlimit-mode`` it is one global
+  bucket: ``-m limit`` can only match *under* a rate); its table name hashes every parameter, since
+  the kernel keeps a table's parameters for as long as a rule uses its name;
+* a per-source meter must never drop because it is full. xt_hashlimit does exactly that when its
+  table reaches ``--hashlimit-htable-max`` (the packet is hot-dropped), so a source enters the
+  hashlimit table only once it is in an **admission ipset** of ``meter.size`` entries, which
+  ``-j SET`` fills and which, when full, admits nobody and drops nothing. The hashlimit table
+  can then hold at most the sources admitted within one expiry period: with the ipset timeout at
+  least the hashlimit expiry plus its garbage-collection interval, that is at most
+  2 × ``meter.size`` (every member at the start of the period, plus one newcomer for each member
+  that timed out during it); ``--hashlimit-htable-max`` is set to 3 × ``meter.size``;
+* allowlists and trusted sources are ipsets (``hash:net``, ``hash:ip timeout``).
 """
 
 from __future__ import annotations
@@ -20,33 +28,61 @@ import hashlib
 from dataclasses import dataclass, field
 
 from .. import model as m
+from ..placement import PLACEMENTS
 from .ids import chained_ids, comment
 
 PREFIX = "NODEGUARD"
 MAX_CHAIN = 28  # Felix's MaxChainNameLength: safe for both flavours
+MAX_IPSET = 31  # IPSET_MAXNAMELEN - 1
+HASHLIMIT_GC_S = 1  # xt_hashlimit's default --hashlimit-htable-gcinterval
+METER_TABLE_FACTOR = 3  # hashlimit entries per admission-set entry (at most 2 are ever needed)
 _BASE_NAMES = {m.STATELESS_CHAIN: "NODEGUARD-PRE", m.STATEFUL_CHAIN: "NODEGUARD-CONN"}
-_HOOKS = {"stateless": ("raw", ("PREROUTING",)), "stateful": ("filter", ("INPUT", "FORWARD"))}
 _UNITS = {"second": "sec", "minute": "min", "hour": "hour"}
 _PROTO = {("icmp", 4): "icmp", ("icmpv6", 6): "ipv6-icmp"}
+
+
+def _short(name: str, limit: int) -> str:
+    """``name`` if it fits, else a prefix and a digest (stable, unique)."""
+    if len(name) <= limit:
+        return name
+    return f"{name[:limit - 7]}-{hashlib.sha1(name.encode()).hexdigest()[:6].upper()}"
 
 
 def chain_name(name: str) -> str:
     if name in _BASE_NAMES:
         return _BASE_NAMES[name]
     short = {"bogus-flags": "BOGUS", "icmp-flood": "ICMP", "syn-flood": "SYN"}.get(name, name.upper())
-    full = f"{PREFIX}-{short}"
-    if len(full) <= MAX_CHAIN:
-        return full
-    return f"{full[:MAX_CHAIN - 7]}-{hashlib.sha1(name.encode()).hexdigest()[:6].upper()}"
+    return _short(f"{PREFIX}-{short}", MAX_CHAIN)
 
 
-def ipset_name(set_name: str) -> str:
-    return f"{PREFIX}-{set_name.upper()}"
+def ipset_name(s: m.AddrSet) -> str:
+    """Stable across definition changes (the sync swaps a changed set in): rules keep referring to it."""
+    return _short(f"{PREFIX}-{s.base.upper()}", MAX_IPSET)
 
 
-def hashlimit_name(meter: str) -> str:
-    """xt_hashlimit names are at most 15 characters; a hash keeps them unique and stable."""
-    return "ng-" + hashlib.sha1(meter.encode()).hexdigest()[:10]
+def hashlimit_name(key: str) -> str:
+    """xt_hashlimit names are at most 15 characters. ``key`` is a set or limit name, which
+    already ends in a digest of every parameter, so a changed rate gives a fresh table."""
+    return "ng-" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Ipset:
+    """One ipset as ``ipset create`` sees it (the definition) plus, for allowlists, its members."""
+
+    name: str
+    type: str  # hash:net or hash:ip
+    family: str  # inet or inet6
+    maxelem: int
+    timeout: int | None = None
+    netmask: int | None = None
+    members: tuple[str, ...] | None = None  # None: contents are state, not configuration
+
+    def create_args(self) -> str:
+        out = f"{self.type} family {self.family} maxelem {self.maxelem}"
+        if self.netmask is not None:
+            out += f" netmask {self.netmask}"
+        return out + (f" timeout {self.timeout}" if self.timeout is not None else "")
 
 
 @dataclass
@@ -65,7 +101,7 @@ class Render:
     tables: dict[str, Table]
 
     def rule_ids(self) -> dict[str, list[str]]:
-        """chain → rule IDs in order (jumps under the built-in chain's name)."""
+        """chain → rule IDs in order (jumps under ``<table>/<built-in chain>``)."""
         out: dict[str, list[str]] = {}
         for t in self.tables.values():
             for chain in t.chains:
@@ -82,26 +118,48 @@ def spec_id(spec: str) -> str:
     return spec.split('--comment "nodeguard:', 1)[1].split(" ", 1)[0]
 
 
+def ipsets(rs: m.RuleSet) -> list[Ipset]:
+    """Every ipset the render uses (conns sets are connlimit matches, not ipsets)."""
+    out = []
+    for s in rs.sets:
+        fam = "inet" if s.version == 4 else "inet6"
+        if s.kind == "allow":
+            out.append(Ipset(ipset_name(s), "hash:net", fam, max(65536, 2 * len(s.elements)),
+                             members=tuple(str(n) for n in s.elements)))
+        elif s.kind == "trusted":
+            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s))
+        elif s.kind == "meter":
+            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, admission_timeout_s(s),
+                             m.V6_SOURCE_PREFIX if s.version == 6 else None))
+    return out
+
+
+def admission_timeout_s(s: m.AddrSet) -> int:
+    """At least the hashlimit expiry plus its GC interval: bounds the hashlimit table (see above)."""
+    return s.timeout_s + HASHLIMIT_GC_S + 1
+
+
 # --- the model, rendered ------------------------------------------------------------------
 def render_ipt(rs: m.RuleSet, version: int) -> Render:
     rs = expand_icmp(rs)
     sets = {s.name: s for s in rs.sets}
+    limits = {x.name: x for x in rs.limits}
     tables: dict[str, Table] = {}
     owner = _table_of_chains(rs)
     for chain in rs.chains:
         table = tables.setdefault(owner[chain.name], Table(owner[chain.name]))
         rules = [r for r in chain.rules if _applies(r, version)]
         name = chain_name(chain.name)
-        if chain.hook and rules and isinstance(rules[0].matches[0], m.InterfaceNotIn):
+        lines = lambda rs_: [line for r in rs_ for line in _rule(r, version, sets, limits)]  # noqa: E731
+        if chain.stage and rules and isinstance(rules[0].matches[0], m.InterfaceNotIn):
             uplink = f"{name}-UPLINK"
             dispatch = [(f"-i {ifname} -g {uplink}", f"uplink {ifname}") for ifname in rules[0].matches[0].names]
             _add_chain(table, name, dispatch)
-            _add_chain(table, uplink, [_rule(r, version, sets) for r in rules[1:]])
+            _add_chain(table, uplink, lines(rules[1:]))
         else:
-            _add_chain(table, name, [_rule(r, version, sets) for r in rules])
-        if chain.hook:
-            _, builtins = _HOOKS[chain.stage]
-            for builtin in builtins:
+            _add_chain(table, name, lines(rules))
+        if chain.stage:
+            for builtin in PLACEMENTS[chain.stage].ipt_builtins:
                 body = f"-j {name}"
                 (jid,) = chained_ids(f"{table.name}/{builtin}", [body])
                 table.jumps.append((builtin, f'-m comment --comment "{comment(jid, "jump to " + name)}" {body}'))
@@ -122,7 +180,7 @@ def _table_of_chains(rs: m.RuleSet) -> dict[str, str]:
         todo = [base.name]
         while todo:
             name = todo.pop()
-            owner.setdefault(name, _HOOKS[base.stage][0])
+            owner.setdefault(name, PLACEMENTS[base.stage].ipt_table)
             todo += [r.verdict.chain for r in rs.chain(name).rules if isinstance(r.verdict, (m.Jump, m.Goto))]
     return owner
 
@@ -138,13 +196,21 @@ def _applies(rule: m.Rule, version: int) -> bool:
     return all(version in _versions(x) for x in rule.matches)
 
 
-def _rule(rule: m.Rule, version: int, sets: dict[str, m.AddrSet]) -> tuple[str, str]:
+def _rule(rule: m.Rule, version: int, sets: dict[str, m.AddrSet], limits: dict[str, m.NamedLimit]
+          ) -> list[tuple[str, str]]:
+    """One model rule as iptables lines (a per-source meter needs its admission line first)."""
     proto = _proto(rule, version)
     parts = [f"-p {proto}"] if proto else []
+    out = []
     for x in rule.matches:
-        parts += _match(x, version, sets)
-    parts.append(_target(rule))
-    return " ".join(p for p in parts if p), rule.label
+        if isinstance(x, m.SourceRateOver):
+            name = ipset_name(sets[x.set])
+            admit = [*parts, f"-m set ! --match-set {name} src", f"-j SET --add-set {name} src"]
+            out.append((" ".join(admit), f"{rule.label} admission"))
+            parts.append(f"-m set --match-set {name} src")
+        parts += _match(x, version, sets, limits)
+    parts.append(_target(rule, sets))
+    return [*out, (" ".join(p for p in parts if p), rule.label)]
 
 
 def _proto(rule: m.Rule, version: int) -> str | None:
@@ -160,11 +226,11 @@ def _proto(rule: m.Rule, version: int) -> str | None:
     return None
 
 
-def _rate(r) -> str:
+def _rate(r: m.Rate) -> str:
     return f"{r.count}/{_UNITS[r.unit]}"
 
 
-def _match(x: object, version: int, sets: dict[str, m.AddrSet]) -> list[str]:
+def _match(x: object, version: int, sets: dict[str, m.AddrSet], limits: dict[str, m.NamedLimit]) -> list[str]:
     if isinstance(x, (m.Family, m.Proto)):
         return []  # the family is the tool (iptables / ip6tables); the protocol went first
     if isinstance(x, m.IcmpTypes):  # one type per rule: see expand_icmp
@@ -180,51 +246,46 @@ def _match(x: object, version: int, sets: dict[str, m.AddrSet]) -> list[str]:
             return [f"{neg}--dport {x.ports[0]}"]
         return [f"-m multiport {neg}--dports {','.join(map(str, x.ports))}"]
     if isinstance(x, m.SourceInSet):
-        return [f"-m set --match-set {ipset_name(x.set)} src"]
+        return [f"-m set --match-set {ipset_name(sets[x.set])} src"]
     if isinstance(x, m.SourceNotInSet):
-        return [f"-m set ! --match-set {ipset_name(x.set)} src"]
+        return [f"-m set ! --match-set {ipset_name(sets[x.set])} src"]
     if isinstance(x, m.CtStateNew):
         return ["-m conntrack --ctstate NEW"]
     if isinstance(x, m.Assured):
         return ["-m conntrack --ctstatus ASSURED --ctdir ORIGINAL"]
-    if isinstance(x, m.RememberSource):
+    if isinstance(x, (m.RememberSource, m.Log)):
         return []  # it is the rule's target
     if isinstance(x, m.SourceRateOver):
-        s = sets[x.meter]
+        s = sets[x.set]
         mask = f" --hashlimit-srcmask {m.V6_SOURCE_PREFIX}" if version == 6 else ""
-        return [f"-m hashlimit --hashlimit-above {_rate(x.rate)} --hashlimit-burst {x.rate.burst} "
-                f"--hashlimit-mode srcip{mask} --hashlimit-name {hashlimit_name(x.meter)} "
-                f"--hashlimit-htable-size {s.size} --hashlimit-htable-max {s.size} "
+        return [f"-m hashlimit --hashlimit-above {_rate(s.rate)} --hashlimit-burst {s.rate.burst} "
+                f"--hashlimit-mode srcip{mask} --hashlimit-name {hashlimit_name(s.name)} "
+                f"--hashlimit-htable-size {s.size} --hashlimit-htable-max {METER_TABLE_FACTOR * s.size} "
                 f"--hashlimit-htable-expire {s.timeout_s * 1000}"]
-    if isinstance(x, m.RateOver):
-        return [f"-m hashlimit --hashlimit-above {_rate(x.rate)} --hashlimit-burst {x.rate.burst} "
-                f"--hashlimit-name {hashlimit_name(x.name)}"]
-    if isinstance(x, (m.RateUnder, m.SharedRateUnder)):  # same name: one bucket (per family)
-        return [f"-m hashlimit --hashlimit-upto {_rate(x.rate)} --hashlimit-burst {x.rate.burst_or(1)} "
-                f"--hashlimit-name {hashlimit_name(x.name)}"]
-    if isinstance(x, m.ToUserspace):
-        return []  # it is the rule's target
+    if isinstance(x, (m.OverLimit, m.UnderLimit)):  # same name: one bucket (per family)
+        lim = limits[x.limit]
+        way = "above" if lim.over else "upto"
+        return [f"-m hashlimit --hashlimit-{way} {_rate(lim.rate)} --hashlimit-burst {lim.rate.burst} "
+                f"--hashlimit-name {hashlimit_name(lim.name)}"]
     if isinstance(x, m.SourceConnsOver):
         mask = 32 if version == 4 else m.V6_SOURCE_PREFIX
-        return [f"-m connlimit --connlimit-above {x.limit} --connlimit-mask {mask} --connlimit-saddr"]
+        return [f"-m connlimit --connlimit-above {sets[x.set].limit} --connlimit-mask {mask} --connlimit-saddr"]
     raise TypeError(f"no iptables rendering for {x!r}")
 
 
-def _target(rule: m.Rule) -> str:
-    remember = [x for x in rule.matches if isinstance(x, m.RememberSource)]
-    if remember:
-        return f"-j SET --add-set {ipset_name(remember[0].set)} src --exist"
-    to_user = [x for x in rule.matches if isinstance(x, m.ToUserspace)]
-    if to_user:
-        u = to_user[0]
-        if u.transport == "nfqueue":
-            return f"-j NFQUEUE --queue-num {u.number}"
-        return f'-j NFLOG --nflog-group {u.number} --nflog-prefix "ng:{u.group}" --nflog-size {u.snaplen}'
+def _target(rule: m.Rule, sets: dict[str, m.AddrSet]) -> str:
+    for x in rule.matches:
+        if isinstance(x, m.RememberSource):
+            return f"-j SET --add-set {ipset_name(sets[x.set])} src --exist"
+        if isinstance(x, m.Log):
+            return f'-j NFLOG --nflog-group {x.nflog_group} --nflog-prefix "ng:{x.group}" --nflog-size {x.snaplen}'
     v = rule.verdict
     if isinstance(v, m.Jump):
         return f"-j {chain_name(v.chain)}"
     if isinstance(v, m.Goto):
         return f"-g {chain_name(v.chain)}"
+    if isinstance(v, m.Queue):
+        return f"-j NFQUEUE --queue-num {v.number}"
     return {m.Drop: "-j DROP", m.Return: "-j RETURN", m.Continue: ""}[type(v)]
 
 
@@ -240,64 +301,6 @@ def expand_icmp(rs: m.RuleSet) -> m.RuleSet:
                 continue
             for t in icmp[0].types:
                 matches = tuple(m.IcmpTypes(x.version, (t,)) if x is icmp[0] else x for x in r.matches)
-                rules.append(m.Rule(matches, r.verdict, f"{r.label} type {t}"))
-        chains.append(m.Chain(c.name, tuple(rules), c.hook, c.priority, c.stage))
-    return m.RuleSet(tuple(chains), rs.sets, rs.interfaces, rs.table)
-
-
-# --- text for the tools --------------------------------------------------------------------
-@dataclass
-class LiveTable:
-    """What the kernel holds of ours in one table: chain names and our jump lines (save format)."""
-
-    chains: list[str] = field(default_factory=list)
-    jump_lines: list[str] = field(default_factory=list)  # "-A PREROUTING ... -j NODEGUARD-PRE"
-
-
-def restore_text(render: Render | None, live: dict[str, LiveTable]) -> str:
-    """An iptables-restore --noflush script: remove our old jumps and stale chains, write ours.
-
-    ``render`` None writes nothing new: the uninstall script. One COMMIT per table; empty
-    tables are skipped.
-    """
-    out: list[str] = []
-    names = sorted(set(live) | (set(render.tables) if render else set()))
-    for tname in names:
-        want = render.tables.get(tname) if render else None
-        have = live.get(tname, LiveTable())
-        if not want and not have.chains and not have.jump_lines:
-            continue
-        lines = [f"*{tname}"]
-        new_chains = want.chains if want else []
-        stale = [c for c in have.chains if c not in new_chains]
-        lines += [f":{c} - [0:0]" for c in new_chains + stale]  # declaring a chain flushes it
-        lines += ["-D" + line[2:] for line in have.jump_lines]
-        if want:
-            lines += [f"-I {builtin} 1 {spec}" for builtin, spec in reversed(want.jumps)]
-            lines += [f"-A {chain} {spec}" for chain, spec in want.rules]
-        lines += [f"-X {c}" for c in stale]
-        out += [*lines, "COMMIT"]
-    return "\n".join(out) + "\n" if out else ""
-
-
-def ipset_script(rs: m.RuleSet, existing: set[str], *, replace_allow: bool = True) -> str:
-    """``ipset restore`` input: create our sets; swap the allowlists' contents in atomically."""
-    lines = []
-    for s in rs.sets:
-        if s.kind not in ("allow", "trusted"):
-            continue
-        name, fam = ipset_name(s.name), "inet" if s.version == 4 else "inet6"
-        if s.kind == "trusted":
-            lines.append(f"create {name} hash:ip family {fam} timeout {s.timeout_s} maxelem {s.size} -exist")
-            continue
-        maxelem = max(65536, 2 * len(s.elements))
-        if name not in existing or not replace_allow:
-            lines.append(f"create {name} hash:net family {fam} maxelem {maxelem} -exist")
-            lines += [f"add {name} {n} -exist" for n in s.elements]
-            continue
-        tmp = f"{name[:25]}-NEW"
-        lines.append(f"create {tmp} hash:net family {fam} maxelem {maxelem} -exist")
-        lines.append(f"flush {tmp}")
-        lines += [f"add {tmp} {n} -exist" for n in s.elements]
-        lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
-    return "\n".join(lines) + "\n" if lines else ""
+                rules.append(m.Rule(matches, r.verdict, f"{r.label} type {t}", r.counter))
+        chains.append(m.Chain(c.name, tuple(rules), c.stage, c.priority))
+    return m.RuleSet(tuple(chains), rs.sets, rs.limits, rs.interfaces, rs.table, rs.sample_groups)
