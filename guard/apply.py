@@ -1,27 +1,32 @@
-"""policy → probe → model → render → one transaction per backend. The only write path.
+"""policy → probe → model → render → live state → one transaction per backend. The only write path.
 
 Backends: ``nft`` (table inet nodeguard, one libnftables transaction) and ``iptables-nft`` /
-``iptables-legacy`` (own chains plus jumps, one ``*-restore --noflush`` per family, after the
-ipsets). After a successful apply, the objects of the other backends are removed, so switching
-``backend:`` in the policy never leaves two sets of rules, and never a moment with none.
+``iptables-legacy`` (own chains plus jumps, ipsets, one ``*-restore --noflush`` per family). The
+transaction is always built from what the kernel holds now (sync/), so a re-apply keeps every
+meter, trusted set and bucket whose definition did not change; ``--dry-run`` prints and checks
+that very transaction. After a successful apply, the objects of the other backends are removed,
+so switching ``backend:`` never leaves two sets of rules, and never a moment with none.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import model, probe
+from .backend import ipt as ipt_backend
 from .backend.ipt import Ipset, Ipt, detect_flavour
-from .backend.nft import Nft, objects
+from .backend.nft import Nft, NftLive, objects, read_live
 from .errors import BackendError
 from .interfaces import resolve_interfaces
 from .policy import Policy
 from .render import ipt as render_ipt
 from .render import nft as render_nft
+from .scratch import in_scratch_netns
+from .sync import ipt as sync_ipt
+from .sync import nft as sync_nft
 
 IPT_FLAVOURS = ("nft", "legacy")
+Transaction = sync_nft.NftTransaction | sync_ipt.IptTransaction
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,17 @@ class Plan:
     backend_reason: str
     sampling: model.Sampling | None
     sampling_reason: str
-    transaction: dict | None = None  # nft
+    nft: render_nft.NftObjects | None = None
     ipt: dict[int, render_ipt.Render] | None = None  # iptables, per IP version
+    ipsets: tuple[render_ipt.Ipset, ...] = ()
 
     @property
     def flavour(self) -> str | None:
         return self.backend.split("-", 1)[1] if self.backend.startswith("iptables-") else None
+
+    @property
+    def allow_ipsets(self) -> list[str]:
+        return [s.name for s in self.ipsets if s.members is not None]
 
 
 def choose_flavour(policy: Policy, nft: Nft | None) -> tuple[str, str]:
@@ -85,14 +95,16 @@ def choose_sampling(policy: Policy, nft: Nft | None) -> tuple[model.Sampling | N
 
 
 def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | None = None,
-              cache: dict | None = None) -> Plan:
+              cache: dict | None = None, interfaces: tuple[str, ...] | None = None) -> Plan:
     """Render the policy for this host. Without ``nft`` (no privileges) the default priorities are used.
 
-    The watcher passes the ``flavour`` it decided once and a ``cache``: the render is reused
-    while its inputs (interfaces, foreign chains) stay the same.
+    The watcher passes the ``flavour`` it decided once, the ``interfaces`` it resolved (so a
+    vanished default route does not leave the node unprotected) and a ``cache``: the render is
+    reused while its inputs (interfaces, foreign chains) stay the same.
     """
     foreign = tuple(probe.foreign_base_chains(nft)) if nft else ()
-    interfaces = resolve_interfaces(policy.interfaces)
+    if interfaces is None:
+        interfaces = resolve_interfaces(policy.interfaces)
     if policy.backend != "nft" and flavour is None:
         flavour = choose_flavour(policy, nft)
     key = (interfaces, foreign, flavour)
@@ -103,78 +115,121 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     ruleset = model.build_ruleset(policy, interfaces, priorities, sampling)
     common = (ruleset, priorities, foreign)
     if policy.backend == "nft":
-        plan = Plan(*common, "nft", "backend: nft", sampling, sampling_reason,
-                    transaction=render_nft.replace_table(ruleset))
+        plan = Plan(*common, "nft", "backend: nft", sampling, sampling_reason, nft=render_nft.render_nft(ruleset))
     else:
         renders = {v: render_ipt.render_ipt(ruleset, v) for v in (4, 6)}
-        plan = Plan(*common, f"iptables-{flavour[0]}", flavour[1], sampling, sampling_reason, ipt=renders)
+        plan = Plan(*common, f"iptables-{flavour[0]}", flavour[1], sampling, sampling_reason, ipt=renders,
+                    ipsets=tuple(render_ipt.ipsets(ruleset)))
     if cache is not None:
         cache.clear()  # only the latest inputs are worth keeping
         cache[key] = plan
     return plan
 
 
-def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families=(4, 6), sets: bool = True,
-               repair: bool = False) -> None:
-    """Install the plan. ``repair`` (the watcher) skips the other-backend cleanup and, for
-    iptables, restores only ``families`` (a restore costs ~35 ms each) and the ipsets only if ``sets``."""
-    if plan.transaction is not None:
-        nft.run(plan.transaction, dry_run=dry_run, what="apply --dry-run" if dry_run else "apply")
+Live = NftLive | ipt_backend.IptLive
+
+
+def read_state(plan: Plan, nft: Nft | None, families: tuple[int, ...] = (4, 6)) -> Live:
+    """What the kernel holds of the plan's backend now (nft None: nothing, for a fresh render)."""
+    if plan.nft is not None:
+        return read_live(nft, render_nft.FAMILY, model.TABLE) if nft else NftLive()
+    if nft is None:
+        return ipt_backend.IptLive({}, {}, {}, {})
+    return ipt_backend.read_live(plan.flavour, plan.allow_ipsets, families)
+
+
+def transaction(plan: Plan, live: Live, families: tuple[int, ...] = (4, 6)) -> Transaction:
+    """The transaction that takes the kernel from ``live`` to the plan."""
+    if plan.nft is not None:
+        return sync_nft.build(plan.nft, live)
+    return sync_ipt.build(plan.flavour, plan.ipt, list(plan.ipsets), live.tables, live.ipsets, live.members,
+                          families)
+
+
+def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families: tuple[int, ...] = (4, 6),
+               repair: bool = False, live: Live | None = None) -> Transaction:
+    """Install the plan; returns the transaction sent (or, with ``dry_run``, checked and not sent).
+    ``repair`` (the watcher) skips the other-backend cleanup and, for iptables, restores only
+    ``families`` (a restore costs ~35 ms each). ``live``: the state just read, if the caller has it."""
+    tx = transaction(plan, live if live is not None else read_state(plan, nft, families), families)
+    if dry_run:
+        check(tx, nft)
+        return tx
+    if isinstance(tx, sync_nft.NftTransaction):
+        nft.run(tx.json(), what="apply")
     else:
-        ipt = Ipt(plan.flavour)
-        if dry_run:  # the tool checks a fresh install of our chains; ipsets cannot be dry-run
-            ipt.restore_families({v: _without_sets(render_ipt.restore_text(r, {})) for v, r in plan.ipt.items()},
-                                 test=True)
-            return
-        if sets:
-            Ipset.restore(render_ipt.ipset_script(plan.ruleset, Ipset.names()))
-        ipt.restore_families({v: render_ipt.restore_text(r, ipt.live(v)) for v, r in plan.ipt.items()
-                              if v in families})
-    if not dry_run and not repair:
+        send_ipt(tx)
+    if not repair:
         remove_other_backends(plan.backend, nft)
+    return tx
 
 
-def rendered_text(plan: Plan) -> str:
-    """What apply would load, as text: nft's JSON, or the ipset + iptables-restore scripts."""
-    if plan.transaction is not None:
-        return json.dumps(plan.transaction, indent=2) + "\n"
-    out = "# ipset restore\n" + render_ipt.ipset_script(plan.ruleset, set())
-    for version, render in plan.ipt.items():
-        out += f"# {'ip' if version == 4 else 'ip6'}tables-{plan.flavour}-restore --noflush\n"
-        out += render_ipt.restore_text(render, {})
-    return out
+def check(tx: Transaction, nft: Nft) -> str:
+    """Have the kernel check ``tx`` without committing it; returns how it was checked."""
+    if isinstance(tx, sync_nft.NftTransaction):
+        nft.run(tx.json(), dry_run=True, what="apply --dry-run")
+        return "checked by the kernel (libnftables check mode)"
+    return check_ipt(tx)
+
+
+def send_ipt(tx: sync_ipt.IptTransaction) -> None:
+    Ipset.restore(tx.ipset_prepare)
+    Ipt(tx.flavour).restore_families(tx.restore)
+    Ipset.restore(tx.ipset_cleanup)
+
+
+def _creates(tx: sync_ipt.IptTransaction) -> list[str]:
+    """Sets the transaction creates for the rules to use (not the temporary ones it swaps in)."""
+    return [ln.split()[1] for ln in tx.ipset_prepare.splitlines()
+            if ln.startswith("create ") and not ln.split()[1].endswith("-NEW")]
+
+
+def check_ipt(tx: sync_ipt.IptTransaction) -> str:
+    """Have the kernel check the transaction without changing this namespace. ``*-restore --test``
+    needs every set a rule names to exist; when the transaction creates sets, the check runs in a
+    scratch network namespace instead (where our old jumps, which the transaction deletes, do not
+    exist: those ``-D`` lines are left out there). Returns how it was checked."""
+    if not _creates(tx):
+        Ipt(tx.flavour).restore_families(tx.restore, test=True)
+        return "checked by *-restore --test"
+
+    def load() -> str:
+        Ipset.restore(tx.ipset_prepare)
+        Ipt(tx.flavour).restore_families({v: "".join(ln + "\n" for ln in t.splitlines() if not ln.startswith("-D "))
+                                          for v, t in tx.restore.items()})
+        return "ok"
+    try:
+        in_scratch_netns(load)
+    except PermissionError:
+        return "not checked by the kernel: it creates ipsets, and no scratch namespace can be made here"
+    return "checked in a scratch network namespace (new ipsets)"
 
 
 def load_into_this_netns(plan: Plan) -> str:
     """For a scratch netns: apply the plan for real, return the kernel's own text of it."""
     nft = Nft()
-    apply_plan(plan, nft)
-    if plan.transaction is not None:
+    tx = apply_plan(plan, nft)
+    if plan.nft is not None:
         return nft.text(f"table {render_nft.FAMILY} {model.TABLE}")
-    return rendered_text(plan)
-
-
-def _without_sets(text: str) -> str:
-    """--test still asks the kernel about ipset names; a dry run must not need them to exist."""
-    return "\n".join(ln for ln in text.splitlines() if "--match-set" not in ln and "--add-set" not in ln) + "\n"
+    return tx.text()
 
 
 def remove_other_backends(keep: str, nft: Nft) -> list[str]:
     """Remove nodeguard's objects from every backend but ``keep``; cheap when there are none."""
     removed = []
     if keep != "nft" and _nft_installed(nft):
-        nft.run(render_nft.delete_table(), what="remove nft backend")
+        nft.run(sync_nft.delete_table(render_nft.table_ref()).json(), what="remove nft backend")
         removed.append("nft")
     for flavour in IPT_FLAVOURS:
         if keep == f"iptables-{flavour}" or not _may_hold_ipt(flavour, nft):
             continue
         ipt = Ipt(flavour)
-        scripts = {v: render_ipt.restore_text(None, ipt.live(v)) for v in (4, 6)}
-        ipt.restore_families(scripts)
-        removed += [f"iptables-{flavour} v{v}" for v, text in scripts.items() if text]
+        tx = sync_ipt.uninstall(flavour, {v: ipt.live(v) for v in (4, 6)})
+        ipt.restore_families(tx.restore)
+        removed += [f"iptables-{flavour} v{v}" for v, text in tx.restore.items() if text]
     # ipsets exist only for the iptables backend: look (one process) after removing it, or on uninstall
     ipt_gone = any(r.startswith("iptables-") for r in removed) or keep == "none"
-    if not keep.startswith("iptables-") and ipt_gone and Path("/sys/module/ip_set").exists():
+    if not keep.startswith("iptables-") and ipt_gone:
         stale = Ipset.names()
         if stale:
             Ipset.destroy(stale)
@@ -185,8 +240,7 @@ def remove_other_backends(keep: str, nft: Nft) -> list[str]:
 def _may_hold_ipt(flavour: str, nft: Nft) -> bool:
     """iptables-nft chains are nft chains (one in-process listing); legacy needs legacy tables."""
     if flavour == "legacy":
-        return any(Path(f"/proc/net/{f}").exists() and Path(f"/proc/net/{f}").read_text().split()
-                   for f in ("ip_tables_names", "ip6_tables_names"))
+        return any(ipt_backend._legacy_tables(v) for v in (4, 6))
     return any(c["name"].startswith(render_ipt.PREFIX + "-") for c in objects(nft.list("chains"), "chain")
                if c["family"] in ("ip", "ip6"))
 
@@ -196,6 +250,6 @@ def _nft_installed(nft: Nft) -> bool:
                for t in objects(nft.list("tables"), "table"))
 
 
-def uninstall(nft: Nft) -> bool:
-    """Delete nodeguard's objects in every backend, and nothing else. Returns whether any existed."""
-    return bool(remove_other_backends("none", nft))
+def uninstall(nft: Nft) -> list[str]:
+    """Delete nodeguard's objects in every backend, and nothing else. Returns what was removed."""
+    return remove_other_backends("none", nft)

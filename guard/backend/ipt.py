@@ -12,15 +12,15 @@ import re
 import shutil
 import socket
 import struct
-from collections import deque
 import subprocess
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BackendError, EnvironmentProblem
-from ..render.ipt import PREFIX, LiveTable
+from ..render.ipt import PREFIX
 
-TABLES = ("raw", "filter")
+TABLES = ("raw", "mangle", "filter")  # where nodeguard's chains live, or lived in earlier versions
 _COMMENT_ID = re.compile(r'--comment "?nodeguard:([0-9a-f]+)')
 _COUNTERS = re.compile(r"^\[(\d+):(\d+)\] ")
 
@@ -35,7 +35,42 @@ class SavedRule:
     bytes: int
 
 
-OWN_PIDS: deque[int] = deque(maxlen=256)  # our tool processes: the watcher must not blame them
+@dataclass(frozen=True)
+class LiveTable:
+    """What the kernel holds of ours in one table: chain names and our jump lines (save format)."""
+
+    chains: list[str] = field(default_factory=list)
+    jump_lines: list[str] = field(default_factory=list)  # "-A PREROUTING ... -j NODEGUARD-PRE"
+
+
+class OwnPids:
+    """Pids of the tools we ran, so the watcher does not blame our own transactions on someone else.
+
+    The kernel names the writer in the event that arrives just after the tool exits; a pid is kept
+    for ``grace_s`` after its process ended, then forgotten, since the kernel may give it to a
+    foreign writer next."""
+
+    def __init__(self, grace_s: float = 5.0, clock=time.monotonic):
+        self.grace_s = grace_s
+        self.clock = clock
+        self._running: set[int] = set()
+        self._ended: dict[int, float] = {}
+
+    def started(self, pid: int) -> None:
+        self._running.add(pid)
+
+    def ended(self, pid: int) -> None:
+        self._running.discard(pid)
+        self._ended[pid] = self.clock()
+
+    def __contains__(self, pid: int) -> bool:
+        now = self.clock()
+        for old in [p for p, t in self._ended.items() if now - t > self.grace_s]:
+            del self._ended[old]
+        return pid in self._running or pid in self._ended
+
+
+OWN_PIDS = OwnPids()
 
 
 def _start(args: list[str]) -> subprocess.Popen:
@@ -43,7 +78,7 @@ def _start(args: list[str]) -> subprocess.Popen:
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except FileNotFoundError:
         raise EnvironmentProblem(f"{args[0]} not found: install Debian's iptables (and ipset)") from None
-    OWN_PIDS.append(proc.pid)
+    OWN_PIDS.started(proc.pid)
     return proc
 
 
@@ -53,6 +88,7 @@ def _finish(proc: subprocess.Popen, stdin: str | None = None) -> subprocess.Comp
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
+    OWN_PIDS.ended(proc.pid)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -163,17 +199,57 @@ def detect_flavour() -> tuple[str, str]:
     return "nft", f"iptables-nft holds {counts['nft']} rules, iptables-legacy {counts['legacy']} (nft on a tie)"
 
 
+@dataclass(frozen=True)
+class LiveIpset:
+    """One of our ipsets as ``ipset list -t`` shows it."""
+
+    name: str
+    type: str
+    header: dict[str, str]  # family, maxelem, timeout, netmask, ...
+    entries: int
+
+    def matches(self, want) -> bool:
+        """Same definition as ``want`` (render.ipt.Ipset): the sync keeps it, contents and all."""
+        h = self.header
+        return (self.type == want.type and h.get("family") == want.family and h.get("maxelem") == str(want.maxelem)
+                and h.get("timeout") == (str(want.timeout) if want.timeout is not None else None)
+                and h.get("netmask") == (str(want.netmask) if want.netmask is not None else None))
+
+
 class Ipset:
     @staticmethod
     def available() -> bool:
         return shutil.which("ipset") is not None
 
     @staticmethod
+    def live() -> dict[str, LiveIpset]:
+        """Our ipsets and their definitions: one process, no members listed."""
+        if not Ipset.available() or not Path("/sys/module/ip_set").exists():
+            return {}
+        res = _run(["ipset", "list", "-t"])
+        if res.returncode != 0:
+            raise BackendError("ipset list -t", res.stderr)
+        out: dict[str, LiveIpset] = {}
+        for block in res.stdout.split("\n\n"):
+            fields = dict(line.split(": ", 1) for line in block.strip().splitlines() if ": " in line)
+            name = fields.get("Name", "")
+            if not name.startswith(PREFIX + "-"):
+                continue
+            words = fields.get("Header", "").split()
+            header = dict(zip(words[::2], words[1::2]))
+            out[name] = LiveIpset(name, fields.get("Type", ""), header, int(fields.get("Number of entries", 0)))
+        return out
+
+    @staticmethod
+    def members(name: str) -> list[str]:
+        res = _run(["ipset", "list", "-o", "save", name])
+        if res.returncode != 0:
+            return []
+        return [ln.split()[2] for ln in res.stdout.splitlines() if ln.startswith("add ")]
+
+    @staticmethod
     def names() -> set[str]:
-        if not Ipset.available():
-            return set()
-        res = _run(["ipset", "list", "-n"])
-        return {n for n in res.stdout.split() if n.startswith(PREFIX + "-")} if res.returncode == 0 else set()
+        return set(Ipset.live())
 
     @staticmethod
     def restore(script: str) -> None:
@@ -265,3 +341,21 @@ def legacy_fingerprint() -> tuple:
                 out.append((version, name, tuple(info.hook_entry), tuple(info.underflow),
                             hashlib.sha256(bytes(blob)).hexdigest()))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class IptLive:
+    """What the kernel holds of ours for one flavour: chains and jumps per family, and our ipsets."""
+
+    tables: dict[int, dict[str, LiveTable]]
+    saved: dict[int, dict]  # version -> Ipt.tables() output (rules with positions and ids), for drift
+    ipsets: dict[str, LiveIpset]
+    members: dict[str, list[str]]  # allowlists' members (configuration, unlike meters' contents)
+
+
+def read_live(flavour: str, allow_sets: list[str], families: tuple[int, ...] = (4, 6)) -> IptLive:
+    ipt = Ipt(flavour)
+    saved = {v: ipt.tables(v) for v in families}
+    sets = Ipset.live()
+    return IptLive({v: ipt.live(v, saved[v]) for v in families}, saved, sets,
+                   {n: Ipset.members(n) for n in allow_sets if n in sets})

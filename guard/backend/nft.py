@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BackendError, EnvironmentProblem
@@ -97,3 +98,30 @@ def require_net_admin() -> None:
 
 def objects(listing: list[dict], kind: str) -> list[dict[str, Any]]:
     return [o[kind] for o in listing if kind in o]
+
+
+@dataclass(frozen=True)
+class NftLive:
+    """What the kernel holds of one table now: objects by name (set elements left out, but
+    the allowlists' elements, which are configuration, not state)."""
+
+    exists: bool = False
+    chains: dict[str, dict] = field(default_factory=dict)
+    sets: dict[str, dict] = field(default_factory=dict)
+    limits: dict[str, dict] = field(default_factory=dict)
+    rules: tuple[dict, ...] = ()
+    allow_elements: dict[str, list] = field(default_factory=dict)
+
+
+def read_live(nft: Nft, family: str, table: str, allow_prefix: str = "allow-") -> NftLive:
+    listing = nft.list(f"table {family} {table}", terse=True)  # meters can hold millions of elements
+    if not listing:
+        return NftLive()
+    sets = {s["name"]: s for s in objects(listing, "set")}
+    allow = {}
+    for name in sets:
+        if name.startswith(allow_prefix):
+            full = objects(nft.list(f"set {family} {table} {name}"), "set")
+            allow[name] = full[0].get("elem", []) if full else []
+    return NftLive(True, {c["name"]: c for c in objects(listing, "chain")}, sets,
+                   {x["name"]: x for x in objects(listing, "limit")}, tuple(objects(listing, "rule")), allow)

@@ -1,0 +1,104 @@
+"""The iptables transaction: what ``apply`` sends and ``--dry-run`` prints, built from the live state.
+
+Three steps, each atomic on its own, in an order that never leaves a rule pointing at nothing:
+1. ``ipset restore``: create the sets the render adds; a set whose definition changed, and an
+   allowlist whose contents changed, is built under a temporary name and swapped in (the rules
+   keep their set names); an unchanged set keeps its contents (trusted sources, admitted sources).
+2. one ``*-restore --noflush`` per family: declare (flush) our chains and refill them, move our
+   jumps to rule 1, delete chains the render no longer has. hashlimit tables whose parameters are
+   unchanged keep their names, so the kernel keeps their buckets.
+3. ``ipset restore`` again: destroy our sets no rule refers to any more.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..backend.ipt import LiveIpset, LiveTable
+from ..render.ipt import MAX_IPSET, Ipset, Render
+
+# Every line we hand to a restore tool is built from validated names; this is the second lock.
+_SAFE_LINE = re.compile(r'^[-A-Za-z0-9 _.,:/+=()<>!*"\[\]]*$')
+
+
+@dataclass(frozen=True)
+class IptTransaction:
+    flavour: str
+    ipset_prepare: str
+    restore: dict[int, str]  # IP version -> *-restore --noflush input
+    ipset_cleanup: str
+
+    def text(self) -> str:
+        out = "# 1. ipset restore\n" + (self.ipset_prepare or "# (nothing)\n")
+        for version, text in self.restore.items():
+            out += f"# 2. {'ip' if version == 4 else 'ip6'}tables-{self.flavour}-restore --noflush\n"
+            out += text or "# (nothing)\n"
+        return out + "# 3. ipset restore\n" + (self.ipset_cleanup or "# (nothing)\n")
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ipset_prepare or any(self.restore.values()) or self.ipset_cleanup)
+
+
+def _checked(lines: list[str]) -> str:
+    for line in lines:
+        if not _SAFE_LINE.match(line) or line.count('"') % 2:
+            raise ValueError(f"refusing to send an unsafe line to a restore tool: {line!r}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def restore_text(render: Render | None, live: dict[str, LiveTable]) -> str:
+    """Remove our old jumps and stale chains, write ours. ``render`` None: the uninstall script.
+    One COMMIT per table; tables with nothing of ours to do are skipped."""
+    out: list[str] = []
+    names = sorted(set(live) | (set(render.tables) if render else set()))
+    for tname in names:
+        want = render.tables.get(tname) if render else None
+        have = live.get(tname, LiveTable())
+        if not want and not have.chains and not have.jump_lines:
+            continue
+        lines = [f"*{tname}"]
+        new_chains = want.chains if want else []
+        stale = [c for c in have.chains if c not in new_chains]
+        lines += [f":{c} - [0:0]" for c in new_chains + stale]  # declaring a chain flushes it
+        lines += ["-D" + line[2:] for line in have.jump_lines]
+        if want:
+            lines += [f"-I {builtin} 1 {spec}" for builtin, spec in reversed(want.jumps)]
+            lines += [f"-A {chain} {spec}" for chain, spec in want.rules]
+        lines += [f"-X {c}" for c in stale]
+        out += [*lines, "COMMIT"]
+    return _checked(out)
+
+
+def ipset_scripts(want: list[Ipset], live: dict[str, LiveIpset], live_members: dict[str, list[str]]
+                  ) -> tuple[str, str]:
+    """(prepare, cleanup) ``ipset restore`` scripts."""
+    prepare: list[str] = []
+    for s in want:
+        have = live.get(s.name)
+        members_differ = s.members is not None and (have is None or set(live_members.get(s.name, [])) !=
+                                                    set(s.members))
+        if have is None:
+            prepare.append(f"create {s.name} {s.create_args()}")
+            prepare += [f"add {s.name} {n}" for n in s.members or ()]
+        elif not have.matches(s) or members_differ:
+            tmp = f"{s.name[:MAX_IPSET - 4]}-NEW"
+            prepare += [f"create {tmp} {s.create_args()} -exist", f"flush {tmp}"]
+            prepare += [f"add {tmp} {n}" for n in s.members or ()]
+            prepare += [f"swap {tmp} {s.name}", f"destroy {tmp}"]
+    wanted = {s.name for s in want}
+    cleanup = [f"destroy {name}" for name in sorted(live) if name not in wanted]
+    return _checked(prepare), _checked(cleanup)
+
+
+def build(flavour: str, renders: dict[int, Render], want_sets: list[Ipset], live_tables: dict[int, dict],
+          live_sets: dict[str, LiveIpset], live_members: dict[str, list[str]],
+          families: tuple[int, ...] = (4, 6)) -> IptTransaction:
+    prepare, cleanup = ipset_scripts(want_sets, live_sets, live_members)
+    restore = {v: restore_text(renders[v], live_tables.get(v, {})) for v in families}
+    return IptTransaction(flavour, prepare, restore, cleanup)
+
+
+def uninstall(flavour: str, live_tables: dict[int, dict]) -> IptTransaction:
+    return IptTransaction(flavour, "", {v: restore_text(None, t) for v, t in live_tables.items()}, "")
