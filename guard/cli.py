@@ -12,13 +12,14 @@ from typing import Any, Callable
 import click
 
 from . import status as status_mod
-from .apply import apply_plan, load_into_this_netns, make_plan, rendered_text, uninstall
+from .apply import apply_plan, load_into_this_netns, make_plan, read_state, transaction, uninstall
 from .backend.nft import Nft, require_net_admin
-from .errors import NodeguardError, PolicyError
-from .policy import load_policy
-from .render import ipt as render_ipt
+from .errors import EnvironmentProblem, NodeguardError, PolicyError
+from . import lastgood
+from .policy import load_policy, read_policy
 from .scratch import in_scratch_netns
-from .watcher import Watcher, read_state
+from .watcher import Watcher
+from .watcher import read_state as read_watcher_state
 
 
 config_option = click.option(
@@ -60,17 +61,16 @@ def check(config: str | None, as_json: bool) -> None:
     except NodeguardError:
         nft = None  # not privileged: render with default priorities, skip the kernel check
     plan = make_plan(policy, nft)
+    fresh = transaction(plan, read_state(plan, None))  # a fresh install: what a scratch namespace gets
     if as_json:
-        data = plan.transaction if plan.transaction is not None else {
-            "backend": plan.backend, "ipset": render_ipt.ipset_script(plan.ruleset, set()),
-            "restore": {f"v{v}": render_ipt.restore_text(r, {}) for v, r in plan.ipt.items()}}
-        _emit(data, True, "")
+        _emit(fresh.json() if plan.nft is not None else {"backend": plan.backend, "transaction": fresh.text()},
+              True, "")
         return
     try:
         text = in_scratch_netns(lambda: load_into_this_netns(plan))
         head = f"# {source}: valid; checked by the kernel in a scratch network namespace ({plan.backend})\n"
     except PermissionError:
-        text = rendered_text(plan)
+        text = fresh.text()
         head = f"# {source}: valid; not root, so not checked by the kernel ({plan.backend})\n"
     for note in plan.priorities.notes:
         head += f"# {note}\n"
@@ -79,24 +79,34 @@ def check(config: str | None, as_json: bool) -> None:
 
 @cli.command()
 @_common
-@click.option("--dry-run", is_flag=True, help="Have the kernel check the transaction without committing it.")
+@click.option("--dry-run", is_flag=True, help="Print the transaction and have the kernel check it; commit nothing.")
 def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
-    """Install or replace nodeguard's table in one atomic transaction."""
+    """Install or update nodeguard's rules in one transaction that keeps meters and trusted sets."""
+    from .apply import check as check_tx
+
     policy, source = load_policy(config)
     nft = _kernel()
     plan = make_plan(policy, nft)
-    apply_plan(plan, nft, dry_run=dry_run)
-    if plan.transaction is not None:
+    if dry_run:
+        tx = transaction(plan, read_state(plan, nft))
+        how = check_tx(tx, nft)
+    else:
+        tx = apply_plan(plan, nft)
+        how = "applied"
+    if plan.nft is not None:
         hooks = {c.name: c.priority for c in plan.ruleset.base_chains}
         where = ", ".join(f"{k} at priority {v}" for k, v in hooks.items())
     else:
         hooks = {f"{t.name} {b}": 1 for r in plan.ipt.values() for t in r.tables.values() for b, _ in t.jumps}
         where = "jumps at position 1 of " + ", ".join(hooks) + f" ({plan.backend_reason})"
     data = {"applied": not dry_run, "dry_run": dry_run, "policy": source, "backend": plan.backend,
-            "backend_reason": plan.backend_reason, "hooks": hooks,
+            "backend_reason": plan.backend_reason, "hooks": hooks, "checked": how,
             "interfaces": list(plan.ruleset.interfaces), "notes": list(plan.priorities.notes)}
-    verb = "would apply (dry run, accepted)" if dry_run else "applied"
-    text = (f"{verb} {source} with {plan.backend}: {where}; interfaces {', '.join(plan.ruleset.interfaces)}\n"
+    if dry_run:
+        data["transaction"] = tx.json() if plan.nft is not None else tx.text()
+    verb = f"would apply (dry run, {how})" if dry_run else "applied"
+    text = ((tx.text() if dry_run else "")
+            + f"{verb} {source} with {plan.backend}: {where}; interfaces {', '.join(plan.ruleset.interfaces)}\n"
             + "".join(f"note: {n}\n" for n in plan.priorities.notes))
     _emit(data, as_json, text)
 
@@ -107,43 +117,62 @@ def status(config: str | None, as_json: bool) -> None:
     """Installed or not, hooks next to foreign chains, counters per rule, meter fill."""
     policy, _source = load_policy(config)
     nft = _kernel()
-    st = status_mod.collect(nft, make_plan(policy, nft), read_state(policy.watcher.state_file))
+    watcher = read_watcher_state(policy.watcher.state_file)
+    try:
+        plan = make_plan(policy, nft)
+    except EnvironmentProblem:  # no default route for now: show what the watcher keeps protected
+        if not (watcher and watcher.get("alive") and watcher.get("interfaces")):
+            raise
+        plan = make_plan(policy, nft, interfaces=tuple(watcher["interfaces"]))
+    st = status_mod.collect(nft, plan, watcher)
     _emit(st, as_json, status_mod.format_text(st))
 
 
 @cli.command(name="uninstall")
 @click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
 def uninstall_cmd(as_json: bool) -> None:
-    """Remove nodeguard's table and nothing else."""
-    was = uninstall(_kernel())
-    _emit({"removed": was}, as_json, "removed table inet nodeguard\n" if was else "nodeguard was not installed\n")
+    """Remove nodeguard's rules and sets from every backend, and nothing else."""
+    removed = uninstall(_kernel())
+    text = f"removed nodeguard from: {', '.join(removed)}\n" if removed else "nodeguard was not installed\n"
+    _emit({"removed": removed}, as_json, text)
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """SIGTERM: not an error, so the watcher's per-iteration error handling lets it through."""
 
 
 def _raise_stop(signum: int, frame: Any) -> None:
     raise _Stop()
 
 
+last_good_option = click.option(
+    "--last-good", "last_good", type=click.Path(dir_okay=False), default=str(lastgood.DEFAULT), show_default=True,
+    help="Where the last policy the kernel accepted is kept, to start with when the configured one is unusable.")
+
+
 @cli.command()
 @config_option
+@last_good_option
 @click.option("-v", "--verbose", is_flag=True, help="Also log each check.")
-def watch(config: str | None, verbose: bool) -> None:
-    """Keep the table installed and first in line: repair flushes, deletions, reorders and
+def watch(config: str | None, last_good: str, verbose: bool) -> None:
+    """Keep the rules installed and first in line: repair flushes, deletions, reorders and
     lower-priority rivals at once, with damping against insert wars. Stopping leaves the rules."""
     import logging
     import signal
     import socket
+    from pathlib import Path
 
-    policy, source = load_policy(config)
-    nft = _kernel()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s nodeguard watch: %(message)s")
     log = logging.getLogger("nodeguard.watch")
+    nft = _kernel()
+    good_path = Path(last_good)
+    policy, source, text, why = lastgood.startup_policy(config, nft, log, good_path)
+    texts = {id(policy): text}
     log.info("watching with %s", source)
-    watcher = Watcher(policy, nft)
+    watcher = Watcher(policy, nft, on_good=lambda p: texts.get(id(p)) and lastgood.save(texts[id(p)], good_path))
+    if why:
+        watcher.state["notes"] = [f"running the last good policy: the configured one is unusable: {why}"]
     reload_requested = []
     wake_r, wake_w = socket.socketpair()
     for s in (wake_r, wake_w):
@@ -157,12 +186,15 @@ def watch(config: str | None, verbose: bool) -> None:
             return False
         reload_requested.clear()
         try:
-            new, where = load_policy(config)
+            new, where, new_text = read_policy(config)
         except NodeguardError as exc:  # a bad edit must not drop the protection in place
-            log.error("SIGHUP: keeping the current policy: %s", exc)
+            watcher.state["reloads_failed"] += 1
+            log.error("reload: keeping the current policy: %s", exc)
             return False
-        watcher.set_policy(new)
-        log.info("SIGHUP: reloaded %s", where)
+        texts[id(new)] = new_text
+        if not watcher.reload(new, where):
+            return False
+        watcher.state["notes"] = [n for n in watcher.state["notes"] if not n.startswith("running the last good")]
         return True
 
     try:

@@ -13,7 +13,7 @@ from .render.nft import FAMILY
 def condemned_by_group(plan: Plan, nft: Nft) -> dict[str, int]:
     groups = {f"sample-{g}": g for g in plan.ruleset.sample_groups}
     out = {g: 0 for g in plan.ruleset.sample_groups}
-    if plan.transaction is not None:
+    if plan.nft is not None:
         for r in objects(nft.list(f"table {FAMILY} {TABLE}", terse=True), "rule"):
             target = next((e["goto"]["target"] for e in r["expr"] if "goto" in e), None)
             if target in groups:

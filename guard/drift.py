@@ -1,8 +1,10 @@
-"""Live table vs the render of the policy: what differs, and who is to blame.
+"""Live state vs the render of the policy: what differs, and who is to blame.
 
-Rules are compared by the IDs in their comments (taken from the renderer), base
-chains by priority (re-chosen by the probe against the live foreign chains), the
-allowlists by content. Meter contents are state, not configuration, and are ignored.
+Rules are compared by the IDs in their comments (taken from the renderer), base chains by
+hook and priority (re-chosen by the probe against the live foreign chains), sets and limit
+objects by name and definition (a name ends in a digest of the definition, so a changed size,
+timeout or rate is a different name), allowlists by content. Meter contents are state, not
+configuration, and are ignored.
 """
 
 from __future__ import annotations
@@ -10,77 +12,66 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from . import model
-from .apply import Plan
-from .backend.ipt import Ipset, Ipt
-from .backend.nft import Nft, objects
-from .render.ipt import ipset_name, spec_id
+from .apply import Live, Plan, read_state
+from .backend.ipt import IptLive
+from .backend.nft import Nft, NftLive
 from .render.ids import id_from_comment
-from .render.nft import FAMILY, render_chain_rules
+from .render.ipt import spec_id
+from .sync.nft import same_limit, same_set
 
 
 @dataclass(frozen=True)
 class Drift:
     reasons: tuple[str, ...]
-    culprit: str | None = None  # a foreign chain that out-prioritised us, when that is the cause
+    culprit: str | None = None  # a foreign chain or rule that out-prioritised us, when that is the cause
     families: frozenset[int] = frozenset({4, 6})  # iptables: which families need a restore
-    sets_missing: bool = True  # iptables: whether the ipsets must be re-created too
 
     def __str__(self) -> str:
         return "; ".join(self.reasons)
 
 
-def expected_ids(ruleset: model.RuleSet) -> dict[str, list[str | None]]:
-    """chain → rule IDs in order, straight from the renderer."""
-    return {c.name: [id_from_comment(r["comment"]) for r in render_chain_rules(ruleset.table, c)]
-            for c in ruleset.chains}
+def diff_plan(plan: Plan, nft: Nft, live: Live | None = None) -> Drift | None:
+    """The drift of whichever backend the plan is for (reads the live state unless given)."""
+    live = live if live is not None else read_state(plan, nft)
+    return diff_nft(plan, live) if plan.nft is not None else diff_ipt(plan, live)
 
 
-def live_ids(listing: list[dict]) -> dict[str, list[str | None]]:
-    out: dict[str, list[str | None]] = {c["name"]: [] for c in objects(listing, "chain")}
-    for r in objects(listing, "rule"):
-        out.setdefault(r["chain"], []).append(id_from_comment(r.get("comment")))
-    return out
-
-
-def read_live(nft: Nft) -> tuple[list[dict], dict[str, list[dict]]]:
-    """Our table without set elements (meters can hold millions), plus the allowlists' elements."""
-    listing = nft.list(f"table {FAMILY} {model.TABLE}", terse=True)
-    allow = {}
-    for s in objects(listing, "set"):
-        if s["name"].startswith("allow-"):
-            full = objects(nft.list(f"set {FAMILY} {model.TABLE} {s['name']}"), "set")
-            allow[s["name"]] = full[0].get("elem", []) if full else []
-    return listing, allow
-
-
-def diff_live(plan: Plan, listing: list[dict], allow_elems: dict[str, list]) -> Drift | None:
-    if not listing:
+def diff_nft(plan: Plan, live: NftLive) -> Drift | None:
+    if not live.exists:
         return Drift(("table inet nodeguard is missing",))
     reasons: list[str] = []
     culprit = None
-    live_chains = {c["name"]: c for c in objects(listing, "chain")}
     for chain in plan.ruleset.base_chains:
-        live = live_chains.get(chain.name)
-        if live and live.get("prio") != chain.priority:
-            reasons.append(f"{chain.name} at priority {live.get('prio')}, must be {chain.priority}")
-            rivals = [f for f in plan.foreign if f.priority <= live.get("prio", 0)]
+        have = live.chains.get(chain.name)
+        if have and (have.get("prio"), have.get("hook")) != (chain.priority, chain.hook):
+            reasons.append(f"{chain.name} at priority {have.get('prio')}, must be {chain.priority}")
+            rivals = [f for f in plan.foreign if f.priority <= have.get("prio", 0)]
             culprit = culprit or (str(rivals[0]) if rivals else None)
-    want, have = expected_ids(plan.ruleset), live_ids(listing)
+    want: dict[str, list] = {c["name"]: [] for c in plan.nft.chains}
+    for r in plan.nft.rules:
+        want[r["chain"]].append(id_from_comment(r["comment"]))
+    have_ids: dict[str, list] = {name: [] for name in live.chains}
+    for r in live.rules:
+        have_ids.setdefault(r["chain"], []).append(id_from_comment(r.get("comment")))
     for name, ids in want.items():
-        if name not in have:
+        if name not in have_ids:
             reasons.append(f"chain {name} is missing")
-        elif have[name] != ids:
-            kept = sum(1 for i in have[name] if i in ids)
-            reasons.append(f"chain {name}: {kept} of {len(ids)} rules intact, {len(have[name])} present")
-    reasons += [f"unexpected chain {n}" for n in have if n not in want]
-    live_sets = {s["name"] for s in objects(listing, "set")}
+        elif have_ids[name] != ids:
+            kept = sum(1 for i in have_ids[name] if i in ids)
+            reasons.append(f"chain {name}: {kept} of {len(ids)} rules intact, {len(have_ids[name])} present")
+    reasons += [f"unexpected chain {n}" for n in have_ids if n not in want]
+    reasons += _objects("set", {s["name"]: s for s in plan.nft.sets}, live.sets, same_set)
+    reasons += _objects("limit", {x["name"]: x for x in plan.nft.limits}, live.limits, same_limit)
     for s in plan.ruleset.sets:
-        if s.name not in live_sets:
-            reasons.append(f"set {s.name} is missing")
-        elif s.kind == "allow" and _networks(allow_elems.get(s.name, [])) != set(s.elements):
+        if s.kind == "allow" and s.name in live.sets and _networks(live.allow_elements.get(s.name, [])) != set(s.elements):
             reasons.append(f"set {s.name} elements differ")
     return Drift(tuple(reasons), culprit) if reasons else None
+
+
+def _objects(kind: str, want: dict[str, dict], have: dict[str, dict], same) -> list[str]:
+    out = [f"{kind} {n} is missing" for n in want if n not in have]
+    out += [f"{kind} {n} has another definition" for n in want if n in have and not same(have[n], want[n])]
+    return out + [f"unexpected {kind} {n}" for n in have if n not in want]
 
 
 def _networks(elems: list) -> set:
@@ -96,28 +87,21 @@ def _networks(elems: list) -> set:
     return out
 
 
-def diff_plan(plan: Plan, nft: Nft) -> Drift | None:
-    """The drift of whichever backend the plan is for."""
-    if plan.transaction is not None:
-        return diff_live(plan, *read_live(nft))
-    return diff_ipt(plan)
-
-
-def diff_ipt(plan: Plan) -> Drift | None:
-    """Our chains hold exactly the rendered rule IDs, and each jump is rule 1 of its built-in chain."""
-    ipt = Ipt(plan.flavour)
+def diff_ipt(plan: Plan, live: IptLive) -> Drift | None:
+    """Our chains hold exactly the rendered rule IDs, each jump is rule 1 of its built-in chain,
+    and our ipsets have the rendered definitions (allowlists: members)."""
     reasons: list[str] = []
     culprit = None
     families: set[int] = set()
     for version, render in plan.ipt.items():
-        live = ipt.tables(version)
+        saved = live.saved.get(version, {})
         before = len(reasons)
+        want = render.rule_ids()
         for tname, table in render.tables.items():
-            chains, rules = live.get(tname, ([], []))
+            chains, rules = saved.get(tname, ([], []))
             have: dict[str, list[str | None]] = {}
             for r in rules:
                 have.setdefault(r.chain, []).append(r.rule_id)
-            want = render.rule_ids()
             for chain in table.chains:
                 where = f"v{version} {tname} {chain}"
                 if chain not in chains:
@@ -137,13 +121,21 @@ def diff_ipt(plan: Plan) -> Drift | None:
                                    + (f" ({len(positions)} copies)" if len(positions) > 1 else ""))
                     if in_builtin[0].rule_id != jid:
                         culprit = culprit or f"{_target(in_builtin[0].line)} in {where}"
+        stale = {t: lt for t, lt in live.tables.get(version, {}).items()
+                 if t not in render.tables or set(lt.chains) - set(render.tables[t].chains)}
+        reasons += [f"v{version} {t}: stale nodeguard chains or jumps" for t in stale]
         if len(reasons) > before:
             families.add(version)
-    missing_sets = {ipset_name(s.name) for s in plan.ruleset.sets if s.kind in ("allow", "trusted")} - Ipset.names()
-    if missing_sets:
-        reasons += [f"ipset {n} is missing" for n in sorted(missing_sets)]
-        families = {4, 6}  # the restore re-creates the sets; rules referencing them need them back
-    return Drift(tuple(reasons), culprit, frozenset(families), bool(missing_sets)) if reasons else None
+    for s in plan.ipsets:
+        have_set = live.ipsets.get(s.name)
+        if have_set is None:
+            reasons.append(f"ipset {s.name} is missing")
+        elif not have_set.matches(s):
+            reasons.append(f"ipset {s.name} has another definition")
+        elif s.members is not None and set(live.members.get(s.name, [])) != set(s.members):
+            reasons.append(f"ipset {s.name} members differ")
+    reasons += [f"unexpected ipset {n}" for n in live.ipsets if n not in {s.name for s in plan.ipsets}]
+    return Drift(tuple(reasons), culprit, frozenset(families)) if reasons else None
 
 
 def _target(save_line: str) -> str:

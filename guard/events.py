@@ -30,9 +30,10 @@ def writers(buf: bytes) -> list[tuple[int, str]]:
         if mtype == NFT_MSG_NEWGEN:
             pid, name = 0, ""
             a = off + 20  # nlmsghdr (16) + nfgenmsg (4)
-            while a + 4 <= off + length:
+            end = min(off + length, len(buf))  # a truncated datagram must not make us read past it
+            while a + 4 <= end:
                 alen, atype = struct.unpack_from("=HH", buf, a)
-                if alen < 4:
+                if alen < 4 or a + alen > end:
                     break
                 payload = buf[a + 4:a + alen]
                 if atype == NFTA_GEN_PROC_PID and len(payload) == 4:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from . import model
-from .apply import Plan
-from .backend.ipt import Ipt
+from .apply import Plan, read_state
 from .backend.nft import Nft, objects
 from .drift import diff_plan
 from .render.ids import id_from_comment
-from .render.ipt import hashlimit_name
+from .render.ipt import ipset_name
 from .render.nft import FAMILY
 
 
 def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str, Any]:
-    drift = diff_plan(plan, nft)
+    live = read_state(plan, nft)
+    drift = diff_plan(plan, nft, live)
     st: dict[str, Any] = {
         "backend": plan.backend,
         "backend_reason": plan.backend_reason,
@@ -32,20 +31,26 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
             for f in plan.foreign
         ],
     }
-    st.update(_nft_part(nft) if plan.transaction is not None else _ipt_part(plan))
+    st.update(_nft_part(nft, plan) if plan.nft is not None else _ipt_part(plan, live))
     st["in_sync"] = st["installed"] and drift is None
     return st
 
 
-def _nft_part(nft: Nft) -> dict[str, Any]:
+def _meter_sets(plan: Plan) -> list[model.AddrSet]:
+    return [s for s in plan.ruleset.sets if s.kind != "allow"]
+
+
+def _nft_part(nft: Nft, plan: Plan) -> dict[str, Any]:
     listing = nft.list(f"table {FAMILY} {model.TABLE}")  # with meter elements, for fill levels
+    live = {s["name"]: s for s in objects(listing, "set")}
     return {
         "installed": bool(listing),
         "hooks": [{"chain": c["name"], "hook": c["hook"], "priority": c["prio"]}
                   for c in objects(listing, "chain") if c.get("hook")],
         "rules": [_nft_rule(r) for r in objects(listing, "rule")],
-        "meters": [{"set": s["name"], "elements": len(s.get("elem", [])), "size": s["size"]}
-                   for s in objects(listing, "set") if "size" in s],
+        "meters": [{"set": s.base, "kind": s.kind, "kernel_name": s.name,
+                    "elements": len(live.get(s.name, {}).get("elem", [])), "size": s.size}
+                   for s in _meter_sets(plan)],
     }
 
 
@@ -59,11 +64,10 @@ def _label(comment: str | None) -> dict:
     return {"id": id_from_comment(text), "label": text.split(" ", 1)[1] if " " in text else text}
 
 
-def _ipt_part(plan: Plan) -> dict[str, Any]:
-    ipt = Ipt(plan.flavour)
+def _ipt_part(plan: Plan, live_state) -> dict[str, Any]:
     jumps, rules, installed = [], [], False
     for version, render in plan.ipt.items():
-        live = ipt.tables(version)
+        live = live_state.saved.get(version, {})
         for tname, table in render.tables.items():
             chains, saved = live.get(tname, ([], []))
             installed = installed or any(c in chains for c in table.chains)
@@ -78,15 +82,11 @@ def _ipt_part(plan: Plan) -> dict[str, Any]:
                     comment = r.line.split('--comment "', 1)[1].split('"', 1)[0] if "--comment" in r.line else ""
                     rules.append({"chain": f"v{version} {tname} {r.chain}", **_label(comment),
                                   "packets": r.packets, "bytes": r.bytes})
-    meters = []
-    for s in plan.ruleset.sets:
-        if s.kind == "meter":
-            proc = Path(f"/proc/net/{'ipt' if s.version == 4 else 'ip6t'}_hashlimit/{hashlimit_name(s.name)}")
-            try:
-                entries = len(proc.read_text().splitlines())
-            except OSError:
-                entries = 0
-            meters.append({"set": s.name, "elements": entries, "size": s.size})
+    # a meter's capacity is its admission ipset (see render/ipt.py); connection limits have no set
+    sets = live_state.ipsets
+    meters = [{"set": s.base, "kind": s.kind, "kernel_name": ipset_name(s),
+               "elements": sets[ipset_name(s)].entries if ipset_name(s) in sets else 0, "size": s.size}
+              for s in _meter_sets(plan) if s.kind != "conns"]
     return {"installed": installed, "jumps": jumps, "rules": rules, "meters": meters}
 
 
@@ -98,12 +98,17 @@ def format_text(st: dict[str, Any]) -> str:
     if st["drift"]:
         lines.append(f"  drift: {st['drift']}")
     w = st.get("watcher")
-    if w:
-        alive = "running" if w.get("alive") else "not running"
-        lines.append(f"watcher: {alive} (pid {w.get('pid')}), {w.get('repairs', 0)} repairs, "
+    if w and w.get("alive"):
+        lines.append(f"watcher: running (pid {w.get('pid')}), {w.get('repairs', 0)} repairs, "
                      f"last: {w.get('last_reason') or '-'}")
         if w.get("contested_by"):
             lines.append(f"  CONTESTED by {w['contested_by']}: repairs damped, next in {w.get('backoff_s', 0):.0f} s")
+        for note in w.get("notes") or []:
+            lines.append(f"  note: {note}")
+    elif w:
+        lines.append(f"watcher: NOT RUNNING (last seen pid {w.get('pid')}; its last state is history, not news)")
+    else:
+        lines.append("watcher: not running")
     smp = st["sampler"]
     lines.append(f"sampling: {smp['transport'] or 'off'} ({smp['reason']})")
     lines += [f"protected interfaces: {', '.join(st['interfaces'])}", ""]

@@ -1,9 +1,15 @@
-"""``nodeguard watch``: notice anything that disturbs our table or out-prioritises it, repair at once.
+"""``nodeguard watch``: notice anything that disturbs our rules or out-prioritises them, repair at once.
 
-Event-driven (nftables netlink notifications) with a periodic full verification as a
-safety net. Every check re-renders the policy and compares (drift.py), so our own
-transactions, which also raise events, are recognised as in sync and never repaired.
-Repairs are one atomic table replace each, damped when a competitor keeps undoing them.
+Event-driven (nftables netlink notifications; a cheap fingerprint poll for iptables-legacy) with a
+periodic full verification as a safety net. Every check re-renders the policy and compares
+(drift.py), so our own transactions, which also raise events, are recognised as in sync and never
+repaired. Repairs are the same state-keeping transaction ``apply`` sends, damped when a competitor
+keeps undoing them.
+
+The loop never dies of an error: each iteration catches what went wrong, logs one line, and tries
+again with backoff, from the last policy the kernel accepted. A policy the kernel rejects is never
+installed in place of one it accepted; with ``interfaces: auto`` and no default route for a moment
+(a DHCP or BGP flap), the last known interfaces stay protected.
 """
 
 from __future__ import annotations
@@ -16,151 +22,265 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .apply import Plan, apply_plan, choose_flavour, make_plan
+from .apply import Plan, apply_plan, check, choose_flavour, make_plan, transaction
+from .apply import read_state as read_live_state
+from .backend.ipt import OWN_PIDS, legacy_fingerprint
 from .backend.nft import Nft
 from .damper import Damper
-from .backend.ipt import OWN_PIDS, legacy_fingerprint
 from .drift import Drift, diff_plan
+from .errors import EnvironmentProblem, NodeguardError
 from .events import NftEvents
+from .interfaces import resolve_interfaces
 from .policy import Policy
 
 log = logging.getLogger("nodeguard.watch")
+RETRY_MAX_S = 30.0
 
 
 class Watcher:
-    def __init__(self, policy: Policy, nft: Nft, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, policy: Policy, nft: Nft, clock: Callable[[], float] = time.monotonic,
+                 on_good: Callable[[Policy], None] | None = None):
         self.policy = policy
+        self.on_good = on_good  # told of every policy the kernel accepted (to keep it for the next boot)
+        self.good_policy: Policy | None = None  # the last policy the kernel accepted
         self.nft = nft
         self.clock = clock
-        cfg = policy.watcher
-        self.damper = Damper(cfg.max_repairs_per_minute, cfg.backoff_max_s)
-        self.state_file = Path(cfg.state_file)
+        self.damper = Damper(policy.watcher.max_repairs_per_minute, policy.watcher.backoff_max_s)
         self.state = {"pid": os.getpid(), "repairs": 0, "checks": 0, "last_reason": None, "last_repair_ms": None,
-                      "contested_by": None, "backoff_s": 0.0, "adopted": None, "last_writer": None}
+                      "contested_by": None, "backoff_s": 0.0, "adopted": None, "last_writer": None,
+                      "errors": 0, "last_error": None, "reloads_ok": 0, "reloads_failed": 0,
+                      "last_apply": None, "notes": []}
         self._pending: Drift | None = None
-        self._backend = "nft"
+        self._backend: str | None = None  # what is installed (None: not yet)
         self._flavour: tuple[str, str] | None = None
         self._plans: dict = {}
+        self._interfaces: tuple[str, ...] | None = None
         self._legacy_seen: tuple = ()
         self._repair_at = 0.0
+        self._retry_at: float | None = None
+        self._failures = 0
+
+    @property
+    def state_file(self) -> Path:
+        return Path(self.policy.watcher.state_file)
 
     # --- one step each ---------------------------------------------------------------
-    def check(self) -> tuple[Plan, Drift | None]:
+    def interfaces(self, policy: Policy) -> tuple[str, ...]:
+        """The policy's interfaces; with ``auto`` and no default route, the last known ones."""
+        try:
+            found = resolve_interfaces(policy.interfaces)
+        except EnvironmentProblem as exc:
+            if self._interfaces is None:
+                raise
+            self._note(f"{exc}: keeping the last known interfaces {', '.join(self._interfaces)}")
+            return self._interfaces
+        self._interfaces = found
+        self.state["interfaces"] = list(found)
+        self.state["notes"] = [n for n in self.state["notes"] if "last known interfaces" not in n]
+        return found
+
+    def plan(self, policy: Policy | None = None) -> Plan:
+        policy = policy or self.policy
+        if self._flavour is None and policy.backend != "nft":
+            self._flavour = choose_flavour(policy, self.nft)  # decided once per policy
+        return make_plan(policy, self.nft, flavour=self._flavour if policy.backend != "nft" else None,
+                         cache=self._plans if policy is self.policy else None, interfaces=self.interfaces(policy))
+
+    def check(self) -> tuple[Plan, object, Drift | None]:
         self.state["checks"] += 1
-        if self._flavour is None and self.policy.backend != "nft":
-            self._flavour = choose_flavour(self.policy, self.nft)  # decided once per run
-        plan = make_plan(self.policy, self.nft, flavour=self._flavour, cache=self._plans)
-        return plan, diff_plan(plan, self.nft)
+        plan = self.plan()
+        live = read_live_state(plan, self.nft)
+        return plan, live, diff_plan(plan, self.nft, live)
 
     def start(self) -> None:
-        """Adopt a correct table as it is (no gap, counters kept); otherwise apply."""
-        plan, drift = self.check()
-        self._backend = plan.backend
+        """Adopt a correct installation as it is (no gap, counters kept); otherwise apply."""
+        plan, live, drift = self.check()
         self.state["backend"] = plan.backend
         self.state["adopted"] = drift is None
         if drift is None:
-            log.info("adopted the installed table: it matches the policy")
+            log.info("adopted the installed rules: they match the policy")
         else:
             log.info("installing: %s", drift)
-            apply_plan(plan, self.nft)
-        self._write_state()
+            apply_plan(plan, self.nft, live=live)
+            self.state["last_apply"] = time.time()
+        self._backend = plan.backend
+        self._accepted()
+
+    def _accepted(self) -> None:
+        if self.good_policy is not self.policy and self.on_good:
+            self.on_good(self.policy)
+        self.good_policy = self.policy
 
     def handle(self, detected_at: float) -> None:
         """Check now; repair at once, or schedule the repair if damped."""
-        plan, drift = self.check()
+        plan, live, drift = self.check()
         now = self.clock()
         if drift is None:
             self._pending = None
+            self._accepted()  # the kernel holds exactly this policy
             if self.damper.contested and now - self.damper.last_drift >= 60.0:
                 self.state["contested_by"] = None
             return
-        self.damper.saw_drift(now)
-        self._repair_at = self.damper.next_repair_at(now)
-        if self._repair_at > now:
-            if self._pending is None:
-                log.warning("repair damped for %.1f s (contested by %s): %s",
-                            self._repair_at - now, self._blame(drift), drift)
-            self._pending = drift
-            self.state["contested_by"] = self._blame(drift)
-            self.state["backoff_s"] = self.damper.backoff_s()
-            return
-        apply_plan(plan, self.nft, families=drift.families, sets=drift.sets_missing, repair=True)
+        switching = plan.backend != self._backend
+        if not switching:
+            self.damper.saw_drift(now)
+            self._repair_at = self.damper.next_repair_at(now)
+            if self._repair_at > now:
+                if self._pending is None:
+                    log.warning("repair damped for %.1f s (contested by %s): %s",
+                                self._repair_at - now, self._blame(drift), drift)
+                self._pending = drift
+                self.state["contested_by"] = self._blame(drift)
+                self.state["backoff_s"] = self.damper.backoff_s()
+                return
+        families = (4, 6) if switching else tuple(sorted(drift.families))
+        apply_plan(plan, self.nft, families=families, repair=not switching, live=live)
         done = self.clock()
+        self._backend = plan.backend
+        self.state["backend"] = plan.backend
+        self._accepted()
+        if switching:
+            log.info("switched to the %s backend; the other backends' rules are removed", plan.backend)
+            return
         self.damper.record_repair(done)
         self._pending = None
         self.state.update(repairs=self.state["repairs"] + 1, last_reason=str(drift),
-                          last_repair_ms=round((done - detected_at) * 1000, 2), backoff_s=self.damper.backoff_s())
+                          last_repair_ms=round((done - detected_at) * 1000, 2), backoff_s=self.damper.backoff_s(),
+                          last_apply=time.time())
         if self.damper.contested:
             self.state["contested_by"] = self._blame(drift)
         log.info("repaired in %.1f ms: %s (last writer: %s)", (done - detected_at) * 1000, drift,
                  self.state["last_writer"] or "unknown")
 
-    def set_policy(self, policy: Policy) -> None:
-        """A reloaded policy: the next check renders it, and the repair installs it."""
+    def reload(self, policy: Policy, source: str) -> bool:
+        """A new policy (SIGHUP): kernel-checked before it replaces the one in place. Returns
+        whether it was taken; the next check installs it, in one state-keeping transaction."""
+        try:
+            saved_flavour = self._flavour
+            self._flavour = None
+            plan = self.plan(policy)
+            check(transaction(plan, read_live_state(plan, self.nft)), self.nft)
+        except NodeguardError as exc:
+            self._flavour = saved_flavour
+            self.state["reloads_failed"] += 1
+            log.error("reload: keeping the current policy: %s: %s", source, exc)
+            return False
         self.policy = policy
         self._plans.clear()
-        self._flavour = None
         self.damper = Damper(policy.watcher.max_repairs_per_minute, policy.watcher.backoff_max_s)
+        self.state["reloads_ok"] += 1
+        log.info("reload: %s accepted by the kernel; installing it", source)
+        return True
 
     def _blame(self, drift: Drift) -> str:
         return drift.culprit or self.state["last_writer"] or "unknown writer"
 
+    def _note(self, note: str) -> None:
+        if note not in self.state["notes"]:
+            log.warning("%s", note)
+            self.state["notes"] = [*self.state["notes"], note][-5:]
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        """One line, then a retry with backoff; a rejected new policy gives way to the last good one."""
+        self._failures += 1
+        exc = exc if str(exc) else type(exc).__name__
+        delay = min(RETRY_MAX_S, 0.5 * 2 ** (self._failures - 1))
+        self._retry_at = self.clock() + delay
+        self.state.update(errors=self.state["errors"] + 1, last_error=f"{what}: {exc}")
+        log.error("%s failed (%s); retrying in %.1f s", what, exc, delay)
+        if self.good_policy is not None and self.policy is not self.good_policy:
+            log.error("going back to the last policy the kernel accepted")
+            self.policy = self.good_policy
+            self._plans.clear()
+            self._flavour = None
+
     # --- the loop --------------------------------------------------------------------
-    def run(self, should_stop: Callable[[], bool], wakeup=None, on_wakeup: Callable[[], bool] | None = None) -> None:
-        """Loop until ``should_stop()``. ``wakeup`` (a socket that signals write to) makes the loop
-        call ``on_wakeup()`` at once; when it returns True (a new policy), the state is checked."""
+    def run(self, should_stop: Callable[[], bool], wakeup=None, on_wakeup: Callable[[], bool] | None = None,
+            heartbeat: Callable[[], None] | None = None) -> None:
+        """Loop until ``should_stop()``. ``wakeup`` (a socket that signal handlers write to) makes the
+        loop call ``on_wakeup()`` at once; when it returns True (a new policy), the state is checked.
+        ``heartbeat`` is called once per iteration (the systemd watchdog)."""
         events = NftEvents()
+        next_verify = next_full = self.clock()
+        started = False
         try:
-            self.start()
-            verify_every = self.policy.watcher.verify_interval_s
-            next_full = self.clock() + verify_every
-            if self._backend == "iptables-legacy":  # legacy sends no events: poll a cheap fingerprint
-                verify_every = min(verify_every, self.policy.watcher.legacy_poll_s)
-                self._legacy_seen = legacy_fingerprint()
-            next_verify = self.clock() + verify_every
             while not should_stop():
+                if heartbeat:
+                    heartbeat()
+                cfg = self.policy.watcher
+                legacy = self._backend == "iptables-legacy"
+                verify_every = self._verify_every()
                 now = self.clock()
-                deadline = min(next_verify, self._repair_at) if self._pending else next_verify
+                deadlines = [next_verify] + ([self._repair_at] if self._pending else []) + \
+                    ([self._retry_at] if self._retry_at is not None else [])
+                timeout = max(0.0, min(min(deadlines) - now, 1.0 if heartbeat else 3600.0))
                 fds = [events] + ([wakeup] if wakeup is not None else [])
-                ready, _, _ = select.select(fds, [], [], max(0.0, deadline - now))
-                detected = self.clock()
-                changed = False
-                if wakeup is not None and wakeup in ready:
-                    while True:
-                        try:
-                            wakeup.recv(64)
-                        except BlockingIOError:
-                            break
-                    changed = bool(on_wakeup and on_wakeup())
-                if events in ready:
-                    n, seen, overrun = events.drain()
-                    others = [(pid, name) for pid, name in seen if pid != os.getpid() and pid not in OWN_PIDS]
-                    if others:
-                        self.state["last_writer"] = f"{others[-1][1]} (pid {others[-1][0]})"
-                    # Every transaction ends with a NEWGEN naming its writer: when all of them are
-                    # ours and nothing was lost, there is nothing to check. Messages without a NEWGEN
-                    # yet (a transaction still arriving) are checked now; its NEWGEN follows.
-                    ours_only = bool(seen) and not others and not overrun
-                    changed = changed or overrun or (n > 0 and not ours_only)
-                due_verify = detected >= next_verify
-                due_repair = self._pending is not None and detected >= self._repair_at
-                if due_verify and not changed and self._backend == "iptables-legacy" and not due_repair:
-                    fingerprint = legacy_fingerprint()  # a few syscalls; the full check spawns tools
-                    if fingerprint == self._legacy_seen and detected < next_full:
-                        next_verify = detected + verify_every
+                try:
+                    ready, _, _ = select.select(fds, [], [], timeout)
+                    detected = self.clock()
+                    if not started:
+                        self.start()
+                        started = True
+                        self._succeeded()
+                        next_verify = next_full = detected + self._verify_every()
+                        if self._backend == "iptables-legacy":
+                            self._legacy_seen = legacy_fingerprint()
                         continue
-                    self._legacy_seen = fingerprint
-                    next_full = detected + self.policy.watcher.verify_interval_s
-                if changed or due_verify or due_repair:
-                    self.handle(detected)
+                    changed = False
+                    if wakeup is not None and wakeup in ready:
+                        _drain_socket(wakeup)
+                        changed = bool(on_wakeup and on_wakeup())
+                    if events in ready:
+                        changed = self._events(events) or changed
+                    due_verify = detected >= next_verify
+                    due_repair = self._pending is not None and detected >= self._repair_at
+                    due_retry = self._retry_at is not None and detected >= self._retry_at
+                    if due_verify and not (changed or due_repair or due_retry) and legacy:
+                        fingerprint = legacy_fingerprint()  # a few syscalls; the full check spawns tools
+                        if fingerprint == self._legacy_seen and detected < next_full:
+                            next_verify = detected + verify_every
+                            continue
+                        self._legacy_seen = fingerprint
+                        next_full = detected + cfg.verify_interval_s
+                    if changed or due_verify or due_repair or due_retry:
+                        self.handle(detected)
+                        self._succeeded()
+                        if self._backend == "iptables-legacy":  # our repair changed the tables too
+                            self._legacy_seen = legacy_fingerprint()
+                    if due_verify:
+                        next_verify = detected + verify_every
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the watcher must outlive any single failure
+                    self._failed("start" if not started else "check/repair", exc)
+                    if not started and self._retry_at is not None:
+                        next_verify = self._retry_at
+                finally:
                     self._write_state()
-                    if self._backend == "iptables-legacy":  # our repair changed the tables too
-                        self._legacy_seen = legacy_fingerprint()
-                if due_verify:
-                    next_verify = detected + verify_every
         finally:
             events.close()
             self._write_state(alive=False)
+
+    def _verify_every(self) -> float:
+        """iptables-legacy sends no events: poll its cheap fingerprint this often instead."""
+        cfg = self.policy.watcher
+        return min(cfg.verify_interval_s, cfg.legacy_poll_s) if self._backend == "iptables-legacy" \
+            else cfg.verify_interval_s
+
+    def _succeeded(self) -> None:
+        self._failures = 0
+        self._retry_at = None
+
+    def _events(self, events: NftEvents) -> bool:
+        n, seen, overrun = events.drain()
+        others = [(pid, name) for pid, name in seen if pid != os.getpid() and pid not in OWN_PIDS]
+        if others:
+            self.state["last_writer"] = f"{others[-1][1]} (pid {others[-1][0]})"
+        # Every transaction ends with a NEWGEN naming its writer: when all of them are ours and
+        # nothing was lost, there is nothing to check. Messages without a NEWGEN yet (a transaction
+        # still arriving) are checked now; its NEWGEN follows.
+        ours_only = bool(seen) and not others and not overrun
+        return overrun or (n > 0 and not ours_only)
 
     def _write_state(self, alive: bool = True) -> None:
         data = dict(self.state, alive=alive, contested=self.damper.contested, updated=time.time())
@@ -171,6 +291,15 @@ class Watcher:
             os.replace(tmp, self.state_file)
         except OSError as exc:
             log.debug("cannot write %s: %s", self.state_file, exc)
+
+
+def _drain_socket(sock) -> None:
+    while True:
+        try:
+            if not sock.recv(64):
+                return
+        except BlockingIOError:
+            return
 
 
 def read_state(path: str) -> dict | None:

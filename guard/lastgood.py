@@ -1,0 +1,55 @@
+"""The last policy the kernel accepted, kept across restarts.
+
+A node must not boot unprotected because someone saved a typo in the policy: when the configured
+policy is unusable (bad YAML, or the kernel refuses it), the daemon runs the last good one, says
+so loudly (log, status, metrics), and keeps retrying the configured one on every reload.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import PolicyError
+from .policy import Policy, parse_policy
+
+DEFAULT = Path("/var/lib/nodeguard/last-good.yaml")
+
+
+def save(text: str, path: Path = DEFAULT) -> None:
+    """Atomically, readable by root only (it describes the firewall)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load(path: Path = DEFAULT) -> tuple[Policy, str, str] | None:
+    """(policy, source, text), or None when there is none (or it no longer parses)."""
+    try:
+        text = path.read_text()
+        return parse_policy(text, str(path)), str(path), text
+    except (OSError, PolicyError):
+        return None
+
+
+def startup_policy(config: str | None, nft, log, path: Path = DEFAULT) -> tuple[Policy, str, str, str | None]:
+    """The policy to start with: the configured one if it parses and the kernel accepts it, else the
+    last good one. Returns (policy, source, text, why the configured one was not used)."""
+    from .apply import check, make_plan, read_state, transaction
+    from .errors import BackendError
+    from .policy import read_policy
+
+    try:
+        policy, source, text = read_policy(config)
+        plan = make_plan(policy, nft)
+        check(transaction(plan, read_state(plan, nft)), nft)
+        return policy, source, text, None
+    except (PolicyError, BackendError) as exc:
+        fallback = load(path)
+        if fallback is None:
+            raise
+        log.error("the configured policy is unusable (%s); running the last good one from %s", exc, path)
+        return (*fallback, str(exc))
