@@ -41,6 +41,9 @@ def kernel() -> None:
 def exclusive(kernel):
     """One kernel test at a time on this machine: floods and CPU figures from two test runs
     (two developers, or a bench beside CI) would distort each other on 2 cores."""
+    if os.environ.get("NODEGUARD_TEST_LOCK") == "off":  # a developer who accepts noisy neighbours
+        yield
+        return
     with open("/tmp/nodeguard-kernel-tests.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield

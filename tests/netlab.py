@@ -23,6 +23,7 @@ HELPERS = Path(__file__).resolve().parent / "helpers"
 _ids = itertools.count()
 
 VICTIM4, ATTACKER4, LEGIT4, TRUSTED4 = "10.77.0.1", "10.77.0.2", "10.77.0.3", "10.77.0.4"
+FRESH4 = ("10.77.0.5", "10.77.0.6", "10.77.0.7")  # sources a test keeps unused until its "brand-new client" step
 VICTIM6, ATTACKER6, LEGIT6 = "fd77::1", "fd77::2", "fd77::3"
 VICTIM_IF, ATTACKER_IF = "ngv0", "nga0"
 
@@ -112,7 +113,7 @@ def lab():
     with namespace("ngv") as victim, namespace("nga") as attacker:
         sh(["ip", "link", "add", VICTIM_IF, "netns", victim.name, "type", "veth",
             "peer", "name", ATTACKER_IF, "netns", attacker.name])
-        for ns, ifname, addrs in ((victim, VICTIM_IF, [VICTIM4]), (attacker, ATTACKER_IF, [ATTACKER4, LEGIT4, TRUSTED4])):
+        for ns, ifname, addrs in ((victim, VICTIM_IF, [VICTIM4]), (attacker, ATTACKER_IF, [ATTACKER4, LEGIT4, TRUSTED4, *FRESH4])):
             for a in addrs:
                 ns.run(f"ip addr add {a}/24 dev {ifname}")
             ns.run(f"ip link set {ifname} up")
@@ -124,6 +125,12 @@ def lab():
         victim.run("sysctl -qw net.ipv4.tcp_syncookies=1")
         _wait_reachable(attacker, VICTIM4)
         yield victim, attacker
+
+
+def nft_queue_supported(ns: Netns) -> bool:
+    """Does this kernel have nft ``queue`` (CONFIG_NFT_QUEUE)? Asked in check mode, nothing changes."""
+    return ns.run(["nft", "-c", "add table inet q; add chain inet q c; add rule inet q c queue num 0"],
+                  check=False).returncode == 0
 
 
 def add_uplink(ns: Netns, ifname: str = "ngu0") -> None:
@@ -203,14 +210,28 @@ def _strip_counters_json(text: str) -> str:
 
 # --- traffic -----------------------------------------------------------------------------
 @contextmanager
-def tcp_server(ns: Netns, addr: str, port: int, hold: bool = False):
-    proc = ns.popen([sys.executable, str(HELPERS / "tcp_server.py"), addr, str(port), *(["--hold"] if hold else [])])
+def _server(ns: Netns, script: str, *args: str):
+    """A helper server from tests/helpers in ``ns``; yields once it printed "ready"."""
+    proc = ns.popen([sys.executable, str(HELPERS / script), *args])
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         yield proc
     finally:
         proc.kill()
         proc.wait()
+
+
+def tcp_server(ns: Netns, addr: str, port: int, hold: bool = False):
+    return _server(ns, "tcp_server.py", addr, str(port), *(["--hold"] if hold else []))
+
+
+def udp_echo(ns: Netns, addr: str, port: int):
+    return _server(ns, "udp_echo.py", addr, str(port))
+
+
+def udp_clients(ns: Netns, src: str, dst: str, port: int, count: int, *extra: str) -> dict:
+    res = ns.run([sys.executable, str(HELPERS / "udp_clients.py"), src, dst, str(port), str(count), *extra])
+    return json.loads(res.stdout.splitlines()[0])
 
 
 def tcp_clients(ns: Netns, src: str, dst: str, port: int, count: int, *extra: str) -> dict:

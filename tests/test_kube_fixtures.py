@@ -84,9 +84,9 @@ IPT_CASES = [(name, loader, "nft" if loader == "nft" else loader.split("-")[1])
 
 
 def _assert_jumps_first(ns, flavour: str) -> None:
-    """Our jump is rule 1 of raw PREROUTING and filter INPUT/FORWARD, in both families."""
+    """Our jump is rule 1 of raw PREROUTING and mangle PREROUTING, in both families."""
     for tool in (f"iptables-{flavour}-save", f"ip6tables-{flavour}-save"):
-        for table, builtin in (("raw", "PREROUTING"), ("filter", "INPUT"), ("filter", "FORWARD")):
+        for table, builtin in (("raw", "PREROUTING"), ("mangle", "PREROUTING")):
             rules = [ln for ln in ns.run([tool, "-t", table]).stdout.splitlines() if ln.startswith(f"-A {builtin} ")]
             assert rules and "-j NODEGUARD-" in rules[0], (tool, table, builtin, rules[:3])
             assert sum("-j NODEGUARD-" in ln for ln in rules) == 1, (tool, table, builtin)

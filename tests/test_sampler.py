@@ -40,7 +40,8 @@ def _start_sampler(victim, policy: str) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("backend", ["nft", "iptables-nft"])
-def test_two_attackers_are_named_with_their_rules_and_totals_within_20_percent(lab, write_policy, tmp_path, backend):
+def test_two_attackers_are_named_with_their_rules_a_lone_source_within_20_percent_and_group_totals_exact(
+        lab, write_policy, tmp_path, backend):
     victim, attacker = lab
     policy = _policy(write_policy, backend, tmp_path)
     victim.nodeguard("apply", "-c", policy)

@@ -14,11 +14,8 @@ from scapy.all import ICMP, IP, TCP, UDP, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrRo
 
 from guard.aggregate import Window, safe
 from guard.attacklog import AttackLog, log_files, read_records
-from guard.model import Priorities, Sampling, build_ruleset
 from guard.nflog import parse_messages
 from guard.packet import parse
-from guard.policy import Policy, parse_rate
-from guard.render.nft import render_nft
 
 VALID = [raw(p) for p in (IP(src="1.2.3.4") / TCP(dport=80, flags="S"), IP() / UDP(dport=53) / (b"x" * 50),
                           IP() / ICMP(), IPv6() / IPv6ExtHdrRouting() / TCP(flags="FPU"),
@@ -107,18 +104,6 @@ def test_the_log_rotates_and_never_uses_more_than_its_cap(tmp_path):
     assert sum(f.stat().st_size for f in files) <= 10_000 * 4
     seen = [r["i"] for r in read_records(path)]
     assert seen == sorted(seen) and seen[-1] == 4_999, "oldest first, newest kept"
-
-
-def test_nft_queue_renders_without_bypass_for_kernels_that_have_it():
-    sampling = Sampling("nfqueue", parse_rate("200/second"), parse_rate("1000/second"), 4714, 4714, 128)
-    rs = build_ruleset(Policy(), ("eth0",), Priorities(), sampling)
-    rules = [c["add"]["rule"] for c in render_nft(rs) if "rule" in c.get("add", {})]
-    queued = {r["chain"]: e["queue"] for r in rules for e in r["expr"] if "queue" in e}
-    assert queued == {f"sample-{g}": {"num": 4714 + i} for i, g in enumerate(rs.sample_groups)}
-    assert rs.sample_groups[:3] == ("bogus-flags", "icmp-flood", "syn-flood")
-    limits = [c["add"]["limit"] for c in render_nft(rs) if "limit" in c.get("add", {})]
-    assert limits == [{"family": "inet", "table": "nodeguard", "name": "sample-all", "rate": 1000,
-                       "per": "second", "burst": 1000}]
 
 
 def test_report_filters_by_time_and_rule_and_draws_the_timeline(tmp_path):

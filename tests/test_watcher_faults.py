@@ -1,0 +1,140 @@
+"""The watcher outlives every failure it meets and repairs once it can.
+
+Real faults, not mocks: the kernel refusing our transactions (another process owns the table name),
+a reloaded policy the kernel rejects, the default route vanishing and coming back, garbage and
+truncated netlink messages, a foreign writer that gets one of our old pids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import netlab
+from guard.backend.ipt import OwnPids
+from guard.events import NFT_MSG_NEWGEN, writers
+from netlab import VICTIM4, wait_until
+
+
+def _watched_policy(tmp_path: Path, extra: str = "") -> tuple[str, Path]:
+    state = tmp_path / "watch.json"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"icmp:\n  per_source: 20/second\n  per_source_burst: 20\nwatcher:\n  state_file: {state}\n"
+                      f"  verify_interval_s: 0.5\n{extra}")
+    return str(policy), state
+
+
+def _state(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _flood_is_limited(victim, attacker) -> bool:
+    before = victim.counters().get("icmp-flood: icmp-flood per-source v4", 0)
+    attacker.run(f"ping -f -i 0.0002 -q -w 1 {VICTIM4}", check=False)
+    return victim.counters().get("icmp-flood: icmp-flood per-source v4", 0) > before + 50
+
+
+def test_the_kernel_refusing_every_repair_does_not_stop_the_watcher(lab, tmp_path):
+    victim, attacker = lab
+    policy, state = _watched_policy(tmp_path)
+    with netlab.watcher(victim, policy, str(state)) as proc:
+        # another process takes the table name with the "owner" flag: the kernel now refuses our
+        # every transaction (EPERM) for as long as that process lives
+        squatter = victim.popen(["nft", "-i"], stdin=subprocess.PIPE)
+        squatter.stdin.write("delete table inet nodeguard; add table inet nodeguard { flags owner; }\n")
+        squatter.stdin.flush()
+        wait_until(lambda: _state(state)["errors"] >= 2, timeout=10, interval=0.1)
+        assert proc.poll() is None, "the watcher died"
+        assert "check/repair" in _state(state)["last_error"]
+        squatter.stdin.close()  # the owner goes away, and the kernel removes its table
+        squatter.wait()
+        wait_until(lambda: _state(state)["repairs"] >= 1 and json.loads(
+            victim.nodeguard("status", "--json", "-c", policy).stdout)["in_sync"], timeout=20, interval=0.2)
+        assert proc.poll() is None
+        assert _flood_is_limited(victim, attacker)
+
+
+def test_sighup_with_a_policy_the_kernel_rejects_keeps_the_rules_and_counts_it(lab, tmp_path):
+    victim, attacker = lab
+    if netlab.nft_queue_supported(victim):
+        pytest.skip("this kernel has nft queue, so the nfqueue policy used here is not rejected")
+    policy, state = _watched_policy(tmp_path)
+    with netlab.watcher(victim, policy, str(state)) as proc:
+        before = victim.run("nft -s list table inet nodeguard").stdout
+        text = Path(policy).read_text()
+        Path(policy).write_text(text.replace("per_source: 20/second", "per_source: 7/second")
+                                + "sampler:\n  transport: nfqueue\n")  # this kernel lacks nft queue
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: _state(state)["reloads_failed"] == 1, timeout=5, interval=0.05)
+        time.sleep(1.0)  # a few verify cycles
+        assert proc.poll() is None
+        assert victim.run("nft -s list table inet nodeguard").stdout == before, "the running rules stay"
+        assert _state(state)["reloads_ok"] == 0
+        Path(policy).write_text(text.replace("per_source: 20/second", "per_source: 7/second"))
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: "7/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout, timeout=5)
+        assert _state(state)["reloads_ok"] == 1
+
+
+def test_a_vanished_default_route_keeps_the_last_interfaces_protected(lab, tmp_path):
+    victim, attacker = lab
+    policy, state = _watched_policy(tmp_path)
+    with netlab.watcher(victim, policy, str(state)) as proc:
+        victim.run("ip route del default")
+        victim.run("ip -6 route del default")
+        wait_until(lambda: any("last known interfaces" in n for n in _state(state)["notes"]), timeout=5, interval=0.1)
+        assert proc.poll() is None
+        assert _flood_is_limited(victim, attacker), "still protected without a default route"
+        status = victim.nodeguard("status", "-c", policy).stdout
+        assert "keeping the last known interfaces ngv0" in status, status
+        victim.run(f"ip route add default via {netlab.ATTACKER4}")
+        victim.run(f"ip -6 route add default via {netlab.ATTACKER6}")
+        wait_until(lambda: not _state(state)["notes"], timeout=5, interval=0.1)
+        assert _state(state)["errors"] == 0
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_garbage_netlink_datagrams_never_raise(data):
+    writers(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 120), st.integers(0, 2**32 - 1), st.binary(max_size=40))
+def test_truncated_newgen_messages_never_raise(cut, pid, name):
+    attrs = struct.pack("=HH", 8, 2) + struct.pack(">I", pid) + struct.pack("=HH", 4 + len(name), 3) + name
+    attrs += b"\0" * (-len(attrs) % 4)
+    msg = struct.pack("=IHHII", 20 + len(attrs), NFT_MSG_NEWGEN, 0, 0, 0) + b"\0" * 4 + attrs
+    out = writers(msg[:cut])
+    if cut >= len(msg):
+        assert out and out[0][0] == pid
+
+
+def test_a_pid_of_ours_is_forgotten_once_its_process_has_ended_for_a_while():
+    clock = [100.0]
+    pids = OwnPids(grace_s=2.0, clock=lambda: clock[0])
+    pids.started(4242)
+    assert 4242 in pids
+    pids.ended(4242)
+    clock[0] += 1.0
+    assert 4242 in pids, "the event of our own last transaction arrives just after the tool exits"
+    clock[0] += 1.5
+    assert 4242 not in pids, "a foreign writer that gets this pid later is someone else"
+
+
+def test_our_tools_pids_are_recorded_and_released(kernel):
+    from guard.backend import ipt
+
+    res = ipt._run(["true"])
+    assert res.returncode == 0
+    pid = max(ipt.OWN_PIDS._ended)
+    assert pid in ipt.OWN_PIDS and pid not in ipt.OWN_PIDS._running
