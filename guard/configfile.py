@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -58,8 +59,9 @@ def check_config_file(path: str | Path) -> Path:
     return real
 
 
-def _inside(path: Path, roots: Iterable[str | Path]) -> bool:
-    return any(path == Path(r) or Path(r) in path.parents for r in roots)
+def _root_of(directory: Path, roots: list[Path]) -> Path | None:
+    """The allowed directory that ``directory`` is, or is below."""
+    return next((r for r in roots if directory == r or r in directory.parents), None)
 
 
 def _make_dirs(directory: Path) -> None:
@@ -85,10 +87,10 @@ def open_private(path: str | Path, mode: str = "a", *, allowed_dirs: Iterable[st
     base = mode.replace("b", "")
     if base not in _FLAGS:
         raise ValueError(f"mode must be r, w or a (optionally with b), not {mode!r}")
-    if not _inside(path.parent, roots):
+    root = _root_of(path.parent, roots)
+    if root is None:
         raise UnsafePathError(f"{path}: refusing to write outside {', '.join(map(str, roots))}")
     if base != "r":
-        root = next(r for r in roots if path.parent == r or r in path.parent.parents)
         if root.exists() and root.resolve() != root:
             raise UnsafePathError(f"{path}: refusing: {root} is a symlink")
         _make_dirs(path.parent)
@@ -97,7 +99,7 @@ def open_private(path: str | Path, mode: str = "a", *, allowed_dirs: Iterable[st
     try:
         fd = os.open(path, _FLAGS[base] | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, FILE_MODE)
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP: the last component is a symlink
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
             raise UnsafePathError(f"{path}: refusing to follow a symlink") from None
         raise UnsafePathError(f"{path}: {exc.strerror}") from None
     try:

@@ -42,13 +42,20 @@ _REASON_RE = re.compile(r"[^a-z0-9_]+")
 class Snapshot(TypedDict, total=False):
     """What the provider returns: ``status.collect()``'s dict (``backend``, ``in_sync``, ``meters``
     are used from it) plus the daemon's own counters. Every key is optional; a missing one is left
-    out of the scrape (or counts as zero where a series must always exist)."""
+    out of the scrape (or counts as zero where a series must always exist).
+
+    ``drops`` is keyed by ``model.sample_groups(policy)`` and read from rules the *model* marks as
+    condemning for a group: today ``counters.condemned_by_group`` does this for packets via the
+    gotos to ``sample-<group>``; it needs bytes too, and the plain DROP rules when sampling is off
+    (a ``group`` field on ``model.Rule``, set by ``condemn()``, would make both one lookup)."""
 
     backend: str                        # "nft", "iptables-nft", "iptables-legacy"
     in_sync: bool                       # the live rules match the policy
     drops: dict[str, dict[str, int]]    # group -> {"packets", "bytes"}: kernel counters of condemned packets
     sampled: dict[str, int]             # group -> samples received by the sampler since the daemon started
     sampler: dict[str, Any]             # {"transport": "nflog"|"nfqueue"|None, "nflog_enobufs": int, "queues": [int]}
+                                        # nflog_enobufs: NflogReader.dropped (overruns; each lost >= 1 sample);
+                                        # queues: the NFQUEUE numbers in use (queue_base + group index)
     meters: list[dict[str, Any]]        # [{"set": name, "elements": n, "size": n}] as in status.collect()
     repairs: dict[str, int]             # reason kind (a short fixed word) -> repairs since start
     contested: bool                     # repairs are being damped (an insert war)

@@ -83,7 +83,6 @@ def manager(ns):
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and {problem}", pytrace=False)
         pytest.skip(problem)
-    ns.run("ip link set lo up")
     m = sdharness.UserManager()
     try:
         yield m
