@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 dev=0; [ "${1:-}" = "--dev" ] && dev=1
 
 runtime_pkgs=(nftables libnftables1 iptables ipset python3 python3-venv python3-pip python3-dev gcc libnetfilter-queue-dev)
-test_pkgs=(hping3 conntrack iputils-ping iproute2 util-linux procps)
+test_pkgs=(hping3 conntrack iputils-ping iproute2 util-linux procps systemd)  # systemd: tests run the unit under systemd --user
 pkgs=("${runtime_pkgs[@]}"); [ $dev = 1 ] && pkgs+=("${test_pkgs[@]}")
 
 export DEBIAN_FRONTEND=noninteractive
@@ -18,4 +18,8 @@ if [ $dev = 1 ]; then venv=.venv; else venv=/opt/nodeguard; fi
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip >/dev/null
 if [ $dev = 1 ]; then "$venv/bin/pip" install -q -e '.[test]'; else "$venv/bin/pip" install -q .; fi
+if [ $dev = 0 ]; then
+  # The unit may set nf_conntrack_tcp_loose: the module must be loaded before its sandbox is built.
+  echo nf_conntrack > /etc/modules-load.d/nodeguard.conf
+fi
 echo "nodeguard installed in $venv"

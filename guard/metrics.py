@@ -1,0 +1,321 @@
+"""Prometheus metrics and the liveness endpoint, served on 127.0.0.1:9632 by default.
+
+Every scrape asks a *provider* (a callable the daemon passes in) for one snapshot and turns it
+into metrics; nothing is cached between scrapes, so a value is never staler than the scrape.
+The snapshot is the ``status.collect()`` dict plus a few daemon keys (see ``Snapshot``). A
+provider that raises gives ``nodeguard_up 0`` and a log line, never a failed scrape.
+
+Rule groups are named by the provider (``drops``/``sampled`` keys: ``model.sample_groups()``,
+e.g. ``bogus-flags``, ``icmp-flood``, ``syn-flood``, ``limit-<name>``, ``conn-limit``), never
+derived here from rule labels, which are wording for people and may change.
+
+Kernel-wide readings that need no provider come from /proc of the daemon's network namespace:
+conntrack fill (``nf_conntrack_count``/``_max``) and NFQUEUE losses
+(``/proc/net/netfilter/nfnetlink_queue``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypedDict
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from . import __version__
+
+log = logging.getLogger("nodeguard.metrics")
+
+DEFAULT_LISTEN = "127.0.0.1:9632"
+MAX_REASONS = 32  # distinct repair reasons exported; more fold into "other" (bounded cardinality)
+_REASON_RE = re.compile(r"[^a-z0-9_]+")
+
+
+class Snapshot(TypedDict, total=False):
+    """What the provider returns: ``status.collect()``'s dict (``backend``, ``in_sync``, ``meters``
+    are used from it) plus the daemon's own counters. Every key is optional; a missing one is left
+    out of the scrape (or counts as zero where a series must always exist).
+
+    ``drops`` is keyed by ``model.sample_groups(policy)`` and read from rules the *model* marks as
+    condemning for a group: today ``counters.condemned_by_group`` does this for packets via the
+    gotos to ``sample-<group>``; it needs bytes too, and the plain DROP rules when sampling is off
+    (a ``group`` field on ``model.Rule``, set by ``condemn()``, would make both one lookup)."""
+
+    backend: str                        # "nft", "iptables-nft", "iptables-legacy"
+    in_sync: bool                       # the live rules match the policy
+    drops: dict[str, dict[str, int]]    # group -> {"packets", "bytes"}: kernel counters of condemned packets
+    sampled: dict[str, int]             # group -> samples received by the sampler since the daemon started
+    sampler: dict[str, Any]             # {"transport": "nflog"|"nfqueue"|None, "nflog_enobufs": int, "queues": [int]}
+                                        # nflog_enobufs: NflogReader.dropped (overruns; each lost >= 1 sample);
+                                        # queues: the NFQUEUE numbers in use (queue_base + group index)
+    meters: list[dict[str, Any]]        # [{"set": name, "elements": n, "size": n}] as in status.collect()
+    repairs: dict[str, int]             # reason kind (a short fixed word) -> repairs since start
+    contested: bool                     # repairs are being damped (an insert war)
+    reloads: dict[str, int]             # {"ok": n, "failed": n} policy reloads since start
+    last_apply: float | None            # unix time of the last transaction that installed our rules
+
+
+Provider = Callable[[], Snapshot]
+
+
+# --- kernel readings -----------------------------------------------------------------------
+def read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def nfqueue_dropped(queues: list[int], proc_net: Path = Path("/proc/net")) -> int | None:
+    """Packets the kernel dropped from our queues: queue full (``queue_dropped``) plus netlink
+    send failures (``user_dropped``), from nfnetlink_queue(7)'s proc file. These were condemned
+    packets anyway; what is lost is their sample. None when no queue of ours is bound."""
+    try:
+        lines = (proc_net / "netfilter" / "nfnetlink_queue").read_text().splitlines()
+    except OSError:
+        return None
+    wanted, total, seen = set(queues), 0, False
+    for line in lines:
+        f = line.split()
+        # queue_number peer_portid queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1
+        if len(f) >= 7 and f[0].isdigit() and int(f[0]) in wanted:
+            total += int(f[5]) + int(f[6])
+            seen = True
+    return total if seen else None
+
+
+# --- the collector -------------------------------------------------------------------------
+def _reason(kind: str) -> str:
+    return _REASON_RE.sub("_", str(kind).lower()).strip("_")[:40] or "unknown"
+
+
+class NodeguardCollector:
+    """A prometheus_client custom collector: one provider call per scrape."""
+
+    def __init__(self, provider: Provider, proc_net: Path = Path("/proc/net"),
+                 proc_sys: Path = Path("/proc/sys")):
+        self.provider = provider
+        self.proc_net, self.proc_sys = proc_net, proc_sys
+
+    def describe(self) -> list[Metric]:
+        return []  # no scrape at registration time
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            snap = self.provider()
+            if not isinstance(snap, dict):
+                raise TypeError(f"provider returned {type(snap).__name__}, not a dict")
+            metrics = list(self._from_snapshot(snap))
+        except Exception:  # a scrape never fails: say so in the metric and the log
+            log.exception("metrics provider failed")
+            metrics, up = [], 0
+        else:
+            up = 1
+        yield GaugeMetricFamily("nodeguard_up", "1 if the daemon answered this scrape with its state", value=up)
+        yield from metrics
+        yield from self._conntrack()
+
+    def _from_snapshot(self, s: Snapshot) -> Iterator[Metric]:
+        info = InfoMetricFamily("nodeguard", "version and backend in use")
+        info.add_metric([], {"version": __version__, "backend": str(s.get("backend") or ""),
+                             "sampler_transport": str((s.get("sampler") or {}).get("transport") or "")})
+        yield info
+        if "in_sync" in s:
+            yield GaugeMetricFamily("nodeguard_in_sync", "1 if the live rules match the policy", value=int(bool(s["in_sync"])))
+        if "contested" in s:
+            yield GaugeMetricFamily("nodeguard_contested", "1 while repairs are damped (another writer keeps "
+                                    "undoing nodeguard's rules)", value=int(bool(s["contested"])))
+
+        drops = s.get("drops") or {}
+        pk = CounterMetricFamily("nodeguard_dropped_packets", "Packets condemned by each rule group "
+                                 "(kernel counters; reset when the table is replaced)", labels=["group"])
+        by = CounterMetricFamily("nodeguard_dropped_bytes", "Bytes condemned by each rule group", labels=["group"])
+        for group, c in sorted(drops.items()):
+            pk.add_metric([group], int(c.get("packets", 0)))
+            by.add_metric([group], int(c.get("bytes", 0)))
+        yield pk
+        yield by
+
+        sampled = CounterMetricFamily("nodeguard_sampled_packets", "Condemned packets the sampler received, "
+                                      "per rule group", labels=["group"])
+        for group in sorted(set(s.get("sampled") or {}) | set(drops)):
+            sampled.add_metric([group], int((s.get("sampled") or {}).get(group, 0)))
+        yield sampled
+
+        smp = s.get("sampler") or {}
+        lost = CounterMetricFamily("nodeguard_sampler_lost", "Samples lost before the sampler read them "
+                                   "(the packets were dropped all the same)", labels=["reason"])
+        lost.add_metric(["nflog_enobufs"], int(smp.get("nflog_enobufs", 0)))
+        queued = nfqueue_dropped(list(smp.get("queues") or ()), self.proc_net)
+        lost.add_metric(["nfqueue_dropped"], queued or 0)
+        yield lost
+
+        entries = GaugeMetricFamily("nodeguard_meter_entries", "Sources held in a per-source meter", labels=["meter"])
+        size = GaugeMetricFamily("nodeguard_meter_size", "Capacity of a per-source meter (a full meter stops "
+                                 "matching new sources)", labels=["meter"])
+        for m in s.get("meters") or ():
+            entries.add_metric([str(m["set"])], int(m["elements"]))
+            size.add_metric([str(m["set"])], int(m["size"]))
+        yield entries
+        yield size
+
+        repairs = CounterMetricFamily("nodeguard_repairs", "Repairs of nodeguard's rules, by reason kind", labels=["reason"])
+        folded: dict[str, int] = {}
+        for kind, n in sorted((s.get("repairs") or {}).items()):
+            key = _reason(kind) if len(folded) < MAX_REASONS else "other"
+            folded[key] = folded.get(key, 0) + int(n)
+        for key, n in folded.items():
+            repairs.add_metric([key], n)
+        yield repairs
+
+        reloads = CounterMetricFamily("nodeguard_reloads", "Policy reloads (SIGHUP or a changed config file)",
+                                      labels=["result"])
+        for result in ("ok", "failed"):
+            reloads.add_metric([result], int((s.get("reloads") or {}).get(result, 0)))
+        yield reloads
+
+        if s.get("last_apply") is not None:
+            yield GaugeMetricFamily("nodeguard_last_apply_timestamp_seconds",
+                                    "Unix time of the last transaction that installed the rules",
+                                    value=float(s["last_apply"]))
+
+    def _conntrack(self) -> Iterator[Metric]:
+        for name, fname, doc in (("nodeguard_conntrack_entries", "nf_conntrack_count", "Conntrack entries in use"),
+                                 ("nodeguard_conntrack_max", "nf_conntrack_max", "Conntrack table capacity")):
+            value = read_int(self.proc_sys / "net" / "netfilter" / fname)
+            if value is not None:  # conntrack not loaded: no series rather than a false zero
+                yield GaugeMetricFamily(name, doc + " (this network namespace)", value=value)
+
+
+def registry(provider: Provider, **kw: Any) -> CollectorRegistry:
+    """Our collector plus process_* (CPU, resident memory, open fds) for the daemon itself."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(NodeguardCollector(provider, **kw))
+    ProcessCollector(registry=reg)
+    return reg
+
+
+# --- where to listen -----------------------------------------------------------------------
+def parse_listen(value: str, allow_remote: bool = False) -> tuple[str, int]:
+    """``metrics.listen`` (``HOST:PORT``, ``[V6]:PORT``) → (host, port). HOST must be an IP
+    literal (no name lookups at start). A non-loopback address is refused unless
+    ``metrics.allow_remote: true``: these metrics describe attacks and defences, and the port
+    would sit on the very uplinks nodeguard protects. Raises ValueError with one line."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", value.strip()) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"must be IP:PORT or [IPv6]:PORT, got {value!r}")
+    host, port = (m[1], m[2]) if m[1] else (m[3], m[4])
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    if not addr.is_loopback and not allow_remote:
+        raise ValueError(f"{host} is not a loopback address; set metrics.allow_remote: true to serve metrics "
+                         "beyond this node")
+    return str(addr), int(port)
+
+
+# --- liveness ------------------------------------------------------------------------------
+class Heartbeat:
+    """The daemon's main loop calls ``beat()`` each turn (where it sends WATCHDOG=1);
+    ``/healthz`` answers 200 while the last beat is younger than ``max_age_s``."""
+
+    def __init__(self, max_age_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.max_age_s, self.clock = max_age_s, clock
+        self.last: float | None = None
+
+    def beat(self) -> None:
+        self.last = self.clock()
+
+    def age(self) -> float | None:
+        return None if self.last is None else self.clock() - self.last
+
+    def alive(self) -> bool:
+        age = self.age()
+        return age is not None and age < self.max_age_s
+
+
+# --- the server ----------------------------------------------------------------------------
+class _Handler(BaseHTTPRequestHandler):
+    server: "MetricsServer"
+    timeout = 10  # a stalled client cannot hold a thread for long
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
+            self._reply(200, ctype, encoder(self.server.registry))
+        elif path == "/healthz":
+            age = self.server.heartbeat.age()
+            ok = self.server.heartbeat.alive()
+            text = f"{'ok' if ok else 'stale'}: last loop {'never' if age is None else f'{age:.1f} s ago'}\n"
+            self._reply(200 if ok else 503, "text/plain; charset=utf-8", text.encode())
+        else:
+            self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+    def _reply(self, code: int, ctype: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """HTTP on one address, a thread per request, at most ``max_clients`` at once (the unit's
+    TasksMax= is shared with the iptables tools the daemon must always be able to spawn)."""
+
+    daemon_threads = True
+
+    def __init__(self, listen: tuple[str, int], provider: Provider, heartbeat: Heartbeat, max_clients: int = 4, **kw: Any):
+        self.address_family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+        self.registry = registry(provider, **kw)
+        self.heartbeat = heartbeat
+        self._slots = threading.BoundedSemaphore(max_clients)
+        super().__init__(listen, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # busy: close at once rather than queue threads
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def start(self) -> threading.Thread:
+        t = threading.Thread(target=self.serve_forever, name="nodeguard-metrics", daemon=True)
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def serve(listen: str, provider: Provider, heartbeat: Heartbeat, allow_remote: bool = False, **kw: Any) -> MetricsServer:
+    """Validate ``listen``, bind, and serve in a background thread. Raises ValueError (bad or
+    refused address) or OSError (port taken)."""
+    server = MetricsServer(parse_listen(listen, allow_remote), provider, heartbeat, **kw)
+    server.start()
+    return server
