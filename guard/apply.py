@@ -143,7 +143,7 @@ def transaction(plan: Plan, live: Live, families: tuple[int, ...] = (4, 6)) -> T
     if plan.nft is not None:
         return sync_nft.build(plan.nft, live)
     return sync_ipt.build(plan.flavour, plan.ipt, list(plan.ipsets), live.tables, live.ipsets, live.members,
-                          families)
+                          families, live.saved)
 
 
 def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families: tuple[int, ...] = (4, 6),

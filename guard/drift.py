@@ -9,7 +9,6 @@ configuration, and are ignored.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from .apply import Live, Plan, read_state
@@ -17,7 +16,7 @@ from .backend.ipt import IptLive
 from .backend.nft import Nft, NftLive
 from .render.ids import id_from_comment
 from .render.ipt import spec_id
-from .sync.nft import same_limit, same_set
+from .sync.nft import live_rule_ids, networks, same_limit, same_set
 
 
 @dataclass(frozen=True)
@@ -50,9 +49,7 @@ def diff_nft(plan: Plan, live: NftLive) -> Drift | None:
     want: dict[str, list] = {c["name"]: [] for c in plan.nft.chains}
     for r in plan.nft.rules:
         want[r["chain"]].append(id_from_comment(r["comment"]))
-    have_ids: dict[str, list] = {name: [] for name in live.chains}
-    for r in live.rules:
-        have_ids.setdefault(r["chain"], []).append(id_from_comment(r.get("comment")))
+    have_ids = live_rule_ids(live)
     for name, ids in want.items():
         if name not in have_ids:
             reasons.append(f"chain {name} is missing")
@@ -63,7 +60,7 @@ def diff_nft(plan: Plan, live: NftLive) -> Drift | None:
     reasons += _objects("set", {s["name"]: s for s in plan.nft.sets}, live.sets, same_set)
     reasons += _objects("limit", {x["name"]: x for x in plan.nft.limits}, live.limits, same_limit)
     for s in plan.ruleset.sets:
-        if s.kind == "allow" and s.name in live.sets and _networks(live.allow_elements.get(s.name, [])) != set(s.elements):
+        if s.kind == "allow" and s.name in live.sets and networks(live.allow_elements.get(s.name, [])) != set(s.elements):
             reasons.append(f"set {s.name} elements differ")
     return Drift(tuple(reasons), culprit) if reasons else None
 
@@ -72,19 +69,6 @@ def _objects(kind: str, want: dict[str, dict], have: dict[str, dict], same) -> l
     out = [f"{kind} {n} is missing" for n in want if n not in have]
     out += [f"{kind} {n} has another definition" for n in want if n in have and not same(have[n], want[n])]
     return out + [f"unexpected {kind} {n}" for n in have if n not in want]
-
-
-def _networks(elems: list) -> set:
-    out: set = set()
-    for e in elems:
-        if isinstance(e, str):
-            out.add(ipaddress.ip_network(e))
-        elif "prefix" in e:
-            out.add(ipaddress.ip_network(f"{e['prefix']['addr']}/{e['prefix']['len']}"))
-        elif "range" in e:
-            lo, hi = (ipaddress.ip_address(a) for a in e["range"])
-            out.update(ipaddress.summarize_address_range(lo, hi))
-    return out
 
 
 def diff_ipt(plan: Plan, live: IptLive) -> Drift | None:

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from ..backend.ipt import LiveIpset, LiveTable
-from ..render.ipt import MAX_IPSET, Ipset, Render
+from ..render.ipt import MAX_IPSET, Ipset, Render, spec_id
 
 # Every line we hand to a restore tool is built from validated names; this is the second lock.
 _SAFE_LINE = re.compile(r'^[-A-Za-z0-9 _.,:/+=()<>!*"\[\]]*$')
@@ -48,27 +48,52 @@ def _checked(lines: list[str]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def restore_text(render: Render | None, live: dict[str, LiveTable]) -> str:
+def restore_text(render: Render | None, live: dict[str, LiveTable], saved: dict | None = None) -> str:
     """Remove our old jumps and stale chains, write ours. ``render`` None: the uninstall script.
+
+    With ``saved`` (``Ipt.tables()`` of this family), a chain that already holds exactly the
+    rendered rule ids is left alone (its counters too), and so is a jump already at rule 1.
     One COMMIT per table; tables with nothing of ours to do are skipped."""
     out: list[str] = []
+    saved = saved or {}
     names = sorted(set(live) | (set(render.tables) if render else set()))
     for tname in names:
         want = render.tables.get(tname) if render else None
         have = live.get(tname, LiveTable())
         if not want and not have.chains and not have.jump_lines:
             continue
-        lines = [f"*{tname}"]
+        have_ids, firsts = _live_ids(saved.get(tname, ([], []))[1])
+        want_ids = render.rule_ids() if want else {}
         new_chains = want.chains if want else []
         stale = [c for c in have.chains if c not in new_chains]
-        lines += [f":{c} - [0:0]" for c in new_chains + stale]  # declaring a chain flushes it
-        lines += ["-D" + line[2:] for line in have.jump_lines]
+        changed = [c for c in new_chains if c not in have.chains or have_ids.get(c, []) != want_ids[c]]
+        jumps = [(b, spec) for b, spec in (want.jumps if want else [])
+                 if firsts.get(b) != spec_id(spec) or sum(1 for ln in have.jump_lines if _builtin(ln) == b) != 1]
+        redo = {b for b, _ in jumps} | {_builtin(ln) for ln in have.jump_lines if not want}
+        lines = [f":{c} - [0:0]" for c in changed + stale]  # declaring a chain flushes it
+        lines += ["-D" + line[2:] for line in have.jump_lines if _builtin(line) in redo]
+        lines += [f"-I {builtin} 1 {spec}" for builtin, spec in reversed(jumps)]
         if want:
-            lines += [f"-I {builtin} 1 {spec}" for builtin, spec in reversed(want.jumps)]
-            lines += [f"-A {chain} {spec}" for chain, spec in want.rules]
+            lines += [f"-A {chain} {spec}" for chain, spec in want.rules if chain in changed]
         lines += [f"-X {c}" for c in stale]
-        out += [*lines, "COMMIT"]
+        if lines:
+            out += [f"*{tname}", *lines, "COMMIT"]
     return _checked(out)
+
+
+def _builtin(save_line: str) -> str:
+    return save_line.split()[1]
+
+
+def _live_ids(rules: list) -> tuple[dict[str, list], dict[str, str | None]]:
+    """chain -> rule ids in order, and built-in chain -> the id of its rule 1."""
+    ids: dict[str, list] = {}
+    firsts: dict[str, str | None] = {}
+    for r in rules:
+        ids.setdefault(r.chain, []).append(r.rule_id)
+        if r.position == 1:
+            firsts[r.chain] = r.rule_id
+    return ids, firsts
 
 
 def ipset_scripts(want: list[Ipset], live: dict[str, LiveIpset], live_members: dict[str, list[str]]
@@ -94,9 +119,9 @@ def ipset_scripts(want: list[Ipset], live: dict[str, LiveIpset], live_members: d
 
 def build(flavour: str, renders: dict[int, Render], want_sets: list[Ipset], live_tables: dict[int, dict],
           live_sets: dict[str, LiveIpset], live_members: dict[str, list[str]],
-          families: tuple[int, ...] = (4, 6)) -> IptTransaction:
+          families: tuple[int, ...] = (4, 6), saved: dict[int, dict] | None = None) -> IptTransaction:
     prepare, cleanup = ipset_scripts(want_sets, live_sets, live_members)
-    restore = {v: restore_text(renders[v], live_tables.get(v, {})) for v in families}
+    restore = {v: restore_text(renders[v], live_tables.get(v, {}), (saved or {}).get(v)) for v in families}
     return IptTransaction(flavour, prepare, restore, cleanup)
 
 

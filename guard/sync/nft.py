@@ -1,6 +1,6 @@
 """The one nft transaction that takes table ``inet nodeguard`` from what the kernel holds to the render.
 
-The kube-proxy nftables proxier pattern: flush every chain and refill it, keep every set and
+The kube-proxy nftables proxier pattern: flush every changed chain and refill it, keep every set and
 limit object whose definition did not change (their names end in a digest of the definition, see
 model.py), delete only what the render no longer has. Meters, trusted sources and backstop buckets
 therefore keep their state across re-applies and repairs, and since the whole batch is applied by
@@ -9,10 +9,12 @@ the kernel at once, no packet ever sees a half-built table or none.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 
 from ..backend.nft import NftLive
+from ..render.ids import id_from_comment
 from ..render.nft import FAMILY, NftObjects
 
 
@@ -52,30 +54,69 @@ def build(objs: NftObjects, live: NftLive) -> NftTransaction:
     want_chains = {c["name"]: c for c in objs.chains}
     want_sets = {s["name"]: s for s in objs.sets}
     want_limits = {x["name"]: x for x in objs.limits}
-    cmds: list[dict] = [{"add": {"table": objs.table}}]
-    # 1. empty every chain first: nothing then refers to what goes away below
-    cmds += [{"flush": {"chain": _ref(table, name)}} for name in live.chains]
-    # 2. chains no longer wanted, and base chains whose hook or priority changed (nft cannot move one)
-    cmds += [{"delete": {"chain": _ref(table, name)}} for name, c in live.chains.items()
-             if name not in want_chains or _hook(c) != _hook(want_chains[name])]
-    # 3. sets and limits no longer wanted, or not what their name promises (someone replaced them)
+    want_rules: dict[str, list[dict]] = {name: [] for name in want_chains}
+    for r in objs.rules:
+        want_rules[r["chain"]].append(r)
     kept_sets = {n for n, s in live.sets.items() if n in want_sets and same_set(s, want_sets[n])}
     kept_limits = {n for n, x in live.limits.items() if n in want_limits and same_limit(x, want_limits[n])}
+    tampered = any(n in want_sets for n in set(live.sets) - kept_sets) or \
+        any(n in want_limits for n in set(live.limits) - kept_limits)
+    # A chain whose rules are exactly the render's keeps them (and their counters); a tampered set
+    # or limit must be deleted and re-added, which needs every chain emptied first.
+    have_ids = live_rule_ids(live)
+    moved = {n for n, c in live.chains.items() if n in want_chains and _hook(c) != _hook(want_chains[n])}
+    intact = set() if tampered else {
+        n for n in want_chains if n in live.chains and n not in moved
+        and have_ids.get(n) == [id_from_comment(r["comment"]) for r in want_rules[n]]}
+    cmds: list[dict] = [{"add": {"table": objs.table}}]
+    # 1. empty every other chain first: nothing then refers to what goes away below
+    cmds += [{"flush": {"chain": _ref(table, name)}} for name in live.chains if name not in intact]
+    # 2. chains no longer wanted, and base chains whose hook or priority changed (nft cannot move one)
+    cmds += [{"delete": {"chain": _ref(table, name)}} for name in live.chains
+             if name not in want_chains or name in moved]
+    # 3. sets and limits no longer wanted, or not what their name promises (someone replaced them)
     cmds += [{"delete": {"set": _ref(table, name)}} for name in live.sets if name not in kept_sets]
     cmds += [{"delete": {"limit": _ref(table, name)}} for name in live.limits if name not in kept_limits]
     # 4. everything the render has. Kept sets and limits are left alone, state and all (an "add" of
     # a dynamic set the kernel flagged "dynamic" itself would even fail with EEXIST)
     for s in objs.sets:
-        if s["name"] not in kept_sets:
+        name = s["name"]
+        if name not in kept_sets:
             cmds.append({"add": {"set": s}})
-        if s["name"] in objs.elements:  # allowlists are configuration: refilled every time
-            cmds.append({"flush": {"set": _ref(table, s["name"])}})
-            if objs.elements[s["name"]]:
-                cmds.append({"add": {"element": {**_ref(table, s["name"]), "elem": objs.elements[s["name"]]}}})
+        if name in objs.elements and (name not in kept_sets or not same_elements(live.allow_elements.get(name, []),
+                                                                                  objs.elements[name])):
+            cmds.append({"flush": {"set": _ref(table, name)}})  # allowlists are configuration: refilled
+            if objs.elements[name]:
+                cmds.append({"add": {"element": {**_ref(table, name), "elem": objs.elements[name]}}})
     cmds += [{"add": {"limit": x}} for x in objs.limits if x["name"] not in kept_limits]
-    cmds += [{"add": {"chain": c}} for c in objs.chains]
-    cmds += [{"add": {"rule": r}} for r in objs.rules]
+    cmds += [{"add": {"chain": c}} for c in objs.chains if c["name"] not in intact]
+    cmds += [{"add": {"rule": r}} for r in objs.rules if r["chain"] not in intact]
     return NftTransaction(tuple(cmds))
+
+
+def live_rule_ids(live: NftLive) -> dict[str, list[str | None]]:
+    out: dict[str, list[str | None]] = {name: [] for name in live.chains}
+    for r in live.rules:
+        out.setdefault(r["chain"], []).append(id_from_comment(r.get("comment")))
+    return out
+
+
+def same_elements(live: list, want: list[dict]) -> bool:
+    """The allowlist holds exactly the rendered prefixes (what nft lists back, normalised)."""
+    return networks(live) == networks(want)
+
+
+def networks(elems: list) -> set:
+    out: set = set()
+    for e in elems:
+        if isinstance(e, str):
+            out.add(ipaddress.ip_network(e))
+        elif "prefix" in e:
+            out.add(ipaddress.ip_network(f"{e['prefix']['addr']}/{e['prefix']['len']}"))
+        elif "range" in e:
+            lo, hi = (ipaddress.ip_address(a) for a in e["range"])
+            out.update(ipaddress.summarize_address_range(lo, hi))
+    return out
 
 
 def delete_table(family_table: dict) -> NftTransaction:
