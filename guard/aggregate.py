@@ -56,8 +56,8 @@ class Window:
         self.sampled: Counter = Counter()
         self.malformed = 0
 
-    def add(self, group: str, pkt: Packet, iface: str, ts: float) -> None:
-        group = safe(group) or "unknown"
+    def add(self, group: str, pkt: Packet, iface: str, ts: float, mode: str = "enforce") -> None:
+        group = (safe(group) or "unknown", "monitor" if mode == "monitor" else "enforce")
         self.sampled[group] += 1
         if pkt.note:
             self.malformed += 1
@@ -71,23 +71,30 @@ class Window:
             flow = self.flows[key] = Flow()
         flow.add(pkt, ts)
 
-    def records(self, end: float, condemned: dict[str, int]) -> list[dict]:
-        """JSON-ready records for this window; ``condemned`` = kernel drops per group in it."""
-        def estimate(group: str, sampled: int) -> int:
+    def records(self, end: float, condemned: dict[tuple[str, str], int]) -> list[dict]:
+        """JSON-ready records for this window; ``condemned`` = kernel counts per (group, mode) in it.
+        Counts and samples keyed "<group>" are drops; "<group>/monitor" would-be drops."""
+        def estimate(group: tuple[str, str], sampled: int) -> int:
             total = self.sampled[group]
             return round(sampled / total * condemned.get(group, 0)) if total else 0
 
-        out = [{"type": "window", "start": self.start, "end": end, "condemned": dict(condemned),
-                "sampled": dict(self.sampled), "flows": len(self.flows), "malformed": self.malformed}]
-        for (group, src, dst, proto, dport, iface), f in sorted(self.flows.items(), key=lambda kv: -kv[1].sampled):
-            out.append({"type": "flow", "start": self.start, "end": end, "rule": group, "src": src, "dst": dst,
-                        "proto": proto, "dport": dport, "iface": iface, "sampled": f.sampled,
-                        "estimated": estimate(group, f.sampled), "first": f.first, "last": f.last,
+        out = [{"type": "window", "start": self.start, "end": end, "condemned": _by_key(condemned),
+                "sampled": _by_key(self.sampled), "flows": len(self.flows), "malformed": self.malformed}]
+        for ((group, mode), src, dst, proto, dport, iface), f in sorted(self.flows.items(),
+                                                                       key=lambda kv: -kv[1].sampled):
+            out.append({"type": "flow", "start": self.start, "end": end, "rule": group, "mode": mode, "src": src,
+                        "dst": dst, "proto": proto, "dport": dport, "iface": iface, "sampled": f.sampled,
+                        "estimated": estimate((group, mode), f.sampled), "first": f.first, "last": f.last,
                         "tcp_flags": dict(f.flags), "size": f.size, "ttl": f.ttl})
-        for group, f in self.other.items():
-            out.append({"type": "other", "start": self.start, "end": end, "rule": group, "sampled": f.sampled,
-                        "estimated": estimate(group, f.sampled), "samples_beyond_max_flows": self.other_keys[group]})
+        for (group, mode), f in self.other.items():
+            out.append({"type": "other", "start": self.start, "end": end, "rule": group, "mode": mode,
+                        "sampled": f.sampled, "estimated": estimate((group, mode), f.sampled),
+                        "samples_beyond_max_flows": self.other_keys[(group, mode)]})
         return out
+
+
+def _by_key(counts: dict[tuple[str, str], int]) -> dict[str, int]:
+    return {(g if m == "enforce" else f"{g}/monitor"): n for (g, m), n in counts.items()}
 
 
 class Episodes:
@@ -96,20 +103,21 @@ class Episodes:
     def __init__(self) -> None:
         self.active: dict[str, dict] = {}
 
-    def update(self, start: float, end: float, condemned: dict[str, int]) -> list[dict]:
+    def update(self, start: float, end: float, condemned: dict[tuple[str, str], int]) -> list[dict]:
         out = []
         span = max(end - start, 1e-6)
-        for group, n in condemned.items():
-            ep = self.active.get(group)
+        for (group, mode), n in condemned.items():
+            key = (group, mode)
+            ep = self.active.get(key)
             if n > 0 and ep is None:
-                ep = self.active[group] = {"rule": group, "start": start, "condemned": 0, "peak_pps": 0.0}
-                out.append({"type": "episode_start", "rule": group, "ts": start})
+                ep = self.active[key] = {"rule": group, "mode": mode, "start": start, "condemned": 0, "peak_pps": 0.0}
+                out.append({"type": "episode_start", "rule": group, "mode": mode, "ts": start})
             if n > 0:
                 ep["condemned"] += n
                 ep["peak_pps"] = max(ep["peak_pps"], round(n / span, 1))
                 ep["last"] = end
             elif ep is not None:
-                del self.active[group]
-                out.append({"type": "episode_end", "rule": group, "start": ep["start"], "end": ep["last"],
+                del self.active[key]
+                out.append({"type": "episode_end", "rule": group, "mode": mode, "start": ep["start"], "end": ep["last"],
                             "condemned": ep["condemned"], "peak_pps": ep["peak_pps"]})
         return out

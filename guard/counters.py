@@ -1,31 +1,51 @@
-"""The kernel's count of condemned packets per rule group: the rules that send to a sample chain."""
+"""The kernel's count of condemned packets and bytes per rule group and mode, read from the live
+state the caller already has: the counters of the rules that condemn (model.Rule.group), found by
+their ``nodeguard:<id>`` comments. Enforce counts are drops; monitor counts are would-be drops."""
 
 from __future__ import annotations
 
-from .apply import Plan
-from .backend.ipt import Ipt
-from .backend.nft import Nft, objects
-from .model import TABLE
-from .render.ipt import chain_name
-from .render.nft import FAMILY
+from .apply import Live, Plan, read_state
+from .backend.nft import Nft
+from .render.ids import id_from_comment
+from .render.nft import render_chain_rules
+
+Key = tuple[str, str]  # (group, mode)
 
 
-def condemned_by_group(plan: Plan, nft: Nft) -> dict[str, int]:
-    groups = {f"sample-{g}": g for g in plan.ruleset.sample_groups}
-    out = {g: 0 for g in plan.ruleset.sample_groups}
+def drops_by_group(plan: Plan, live: Live) -> dict[Key, list[int]]:
+    """(group, mode) -> [packets, bytes]."""
+    ids = _condemning_ids(plan)
+    out: dict[Key, list[int]] = {key: [0, 0] for key in set(ids.values())}
     if plan.nft is not None:
-        for r in objects(nft.list(f"table {FAMILY} {TABLE}", terse=True), "rule"):
-            target = next((e["goto"]["target"] for e in r["expr"] if "goto" in e), None)
-            if target in groups:
-                out[groups[target]] += next((e["counter"]["packets"] for e in r["expr"] if "counter" in e), 0)
+        for r in live.rules:
+            key = ids.get(id_from_comment(r.get("comment")))
+            counter = next((e["counter"] for e in r["expr"] if "counter" in e), None)
+            if key and counter:
+                out[key][0] += counter["packets"]
+                out[key][1] += counter["bytes"]
         return out
-    by_chain = {chain_name(name): g for name, g in groups.items()}
-    ipt = Ipt(plan.flavour)
-    for version in plan.ipt:
-        for _chains, rules in ipt.tables(version).values():
+    for tables in live.saved.values():
+        for _chains, rules in tables.values():
             for r in rules:
-                if " -g " in r.line:
-                    target = r.line.split(" -g ", 1)[1].split()[0]
-                    if target in by_chain:
-                        out[by_chain[target]] += r.packets
+                key = ids.get(r.rule_id)
+                if key:
+                    out[key][0] += r.packets
+                    out[key][1] += r.bytes
     return out
+
+
+def condemned_by_group(plan: Plan, nft: Nft) -> dict[Key, int]:
+    """(group, mode) -> packets, read from the kernel now."""
+    return {k: v[0] for k, v in drops_by_group(plan, read_state(plan, nft)).items()}
+
+
+def _condemning_ids(plan: Plan) -> dict[str, Key]:
+    if plan.nft is not None:
+        sets = {s.name: s for s in plan.ruleset.sets}
+        out: dict[str, Key] = {}
+        for chain in plan.ruleset.chains:
+            for rule, rendered in zip(chain.rules, render_chain_rules(plan.ruleset.table, chain, sets), strict=True):
+                if rule.group:
+                    out[id_from_comment(rendered["comment"])] = (rule.group, rule.mode)
+        return out
+    return {rid: key for render in plan.ipt.values() for rid, key in render.condemning.items()}

@@ -144,9 +144,14 @@ class UnderLimit:
 class Log:
     """Copy the packet's head to userspace over NFLOG (a statement; evaluation goes on)."""
 
-    group: str  # the rule group, e.g. "syn-flood": the NFLOG prefix "ng:<group>"
+    group: str  # the rule group, e.g. "syn-flood": the NFLOG prefix "ng:<group>" ("ngm:" in monitor mode)
     nflog_group: int
     snaplen: int
+    monitor: bool = False
+
+    @property
+    def prefix(self) -> str:
+        return f"{'ngm' if self.monitor else 'ng'}:{self.group}"
 
 
 Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, SourceNotInSet,
@@ -194,12 +199,21 @@ DROP, RETURN, CONTINUE = Drop(), Return(), Continue()
 
 
 # --- containers -----------------------------------------------------------------------
+Mode = Literal["enforce", "monitor"]
+
+
 @dataclass(frozen=True)
 class Rule:
     matches: tuple[Match, ...]
     verdict: Verdict
     label: str  # short, human: shown in status and in the rule comment
     counter: bool = True
+    group: str | None = None  # set on the rules that condemn: their counters are the drops of this group
+    mode: Mode | None = None  # of a condemning rule: enforce (drops) or monitor (would drop)
+
+    def __post_init__(self) -> None:
+        if (self.group is None) != (self.mode is None):
+            raise ValueError(f"rule {self.label!r}: a condemning rule has a group and a mode, others neither")
 
 
 SetKind = Literal["allow", "meter", "trusted", "conns"]
@@ -383,36 +397,44 @@ class _Builder:
         self.limits[lim.name] = lim
         return lim.name
 
-    def condemn(self, group: str) -> Verdict:
-        """Drop, or, when sampling, go to the group's sample chain (which drops too)."""
-        if not self.sampling:
-            return DROP
-        name = f"sample-{group}"
+    def condemn(self, matches: tuple[Match, ...], group: str, mode: Mode, label: str) -> Rule:
+        """A rule that condemns what ``matches``: enforce drops it (through the group's sample chain
+        when sampling); monitor counts, samples and lets it go on (``monitor-<group>`` returns)."""
+        if not self.sampling and mode == "enforce":
+            return Rule(matches, DROP, label, group=group, mode=mode)
+        name = f"{'sample' if mode == 'enforce' else 'monitor'}-{group}"
         if name not in self.sample_chains:
-            s = self.sampling
-            caps = (UnderLimit(self.add_limit(name, s.rate, over=False)),
-                    UnderLimit(self.add_limit(SAMPLE_ALL, s.global_rate, over=False)))
-            if s.transport == "nfqueue":
-                first = Rule(caps, Queue(s.queue_base + self.groups.index(group), group),
-                             f"sample {group} via nfqueue")
-            else:
-                first = Rule((*caps, Log(group, s.nflog_group, s.snaplen)), CONTINUE, f"sample {group} via nflog")
-            self.sample_chains[name] = Chain(name, (first, Rule((), DROP, f"drop {group}")))
-        return Goto(name)
+            self.sample_chains[name] = Chain(name, self._sample_rules(group, mode))
+        return Rule(matches, Goto(name), label, group=group, mode=mode)
 
-    def flood_chain(self, name: str, meter_base: str, per_source: Rate, backstop: Rate,
+    def _sample_rules(self, group: str, mode: Mode) -> tuple[Rule, ...]:
+        last = Rule((), DROP, f"drop {group}") if mode == "enforce" else Rule((), RETURN, f"would drop {group}")
+        s = self.sampling
+        if not s:
+            return (last,)
+        caps = (UnderLimit(self.add_limit(f"sample-{group}", s.rate, over=False)),
+                UnderLimit(self.add_limit(SAMPLE_ALL, s.global_rate, over=False)))
+        if s.transport == "nfqueue" and mode == "enforce":
+            return (Rule(caps, Queue(s.queue_base + self.groups.index(group), group), f"sample {group} via nfqueue"),
+                    last)
+        # NFLOG never holds a packet: monitor mode samples through it whatever the transport, so a
+        # missing sampler can never turn "would drop" into "dropped"
+        log = Log(group, s.nflog_group, s.snaplen, monitor=mode == "monitor")
+        return Rule((*caps, log), CONTINUE, f"sample {group} via nflog"), last
+
+    def flood_chain(self, name: str, mode: Mode, meter_base: str, per_source: Rate, backstop: Rate,
                     exempt_from_backstop: tuple[Rule, ...] = ()) -> Jump:
-        """A chain that drops per-source excess, then global excess; returns nothing else."""
+        """A chain that condemns per-source excess, then global excess; returns nothing else."""
         meter = self.policy.meter
         rules = []
         for version in (4, 6):
             s = self.add_set(AddrSet(f"{meter_base}-v{version}", version, "meter", size=meter.size,
                                      timeout_s=meter.timeout_s, rate=_with_default_burst(per_source)))
-            rules.append(Rule((Family(version), SourceRateOver(s.name, version)), self.condemn(name),
-                              f"{name} per-source v{version}"))
+            rules.append(self.condemn((Family(version), SourceRateOver(s.name, version)), name, mode,
+                                      f"{name} per-source v{version}"))
         rules += exempt_from_backstop
-        rules.append(Rule((OverLimit(self.add_limit(f"{name}-backstop", backstop, over=True)),),
-                          self.condemn(name), f"{name} backstop"))
+        rules.append(self.condemn((OverLimit(self.add_limit(f"{name}-backstop", backstop, over=True)),), name, mode,
+                                  f"{name} backstop"))
         self.chains.append(Chain(name, tuple(rules)))
         return Jump(name)
 
@@ -425,10 +447,10 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
 
     pre: list[Rule] = [*_never_limited(interfaces), *_essential_icmp()]
     pre.append(Rule((Proto("tcp"),), Jump("bogus-flags"), "to bogus-flags"))
-    b.chains.append(Chain("bogus-flags", _bogus_flag_rules(b.condemn("bogus-flags"))))
+    b.chains.append(Chain("bogus-flags", _bogus_flag_rules(b, policy.mode)))
 
     icmp = policy.icmp
-    to_icmp = b.flood_chain("icmp-flood", "icmp-src", icmp.source_rate(), icmp.global_rate())
+    to_icmp = b.flood_chain("icmp-flood", policy.mode_of(icmp), "icmp-src", icmp.source_rate(), icmp.global_rate())
     for version, echo in ((4, ICMP4_ECHO_REQUEST), (6, ICMP6_ECHO_REQUEST)):
         pre.append(Rule((IcmpTypes(version, (echo,)),), to_icmp, f"echo-request v{version} to icmp-flood"))
 
@@ -442,11 +464,13 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             trusted.append(Rule((SourceInSet(s.name, version),), RETURN, f"trusted v{version} skips backstop"))
             remember.append(Rule((Family(version), Proto("tcp"), Assured(), SourceNotInSet(s.name, version),
                                   RememberSource(s.name, version)), CONTINUE, f"remember handshake v{version}"))
-    to_syn = b.flood_chain("syn-flood", "syn-src", syn.source_rate(), syn.global_rate(), tuple(trusted))
+    to_syn = b.flood_chain("syn-flood", policy.mode_of(syn), "syn-src", syn.source_rate(), syn.global_rate(),
+                           tuple(trusted))
     pre.append(Rule((TcpFlags(("fin", "syn", "rst", "ack"), ("syn",)),), to_syn, "syn to syn-flood"))
 
     for lim in policy.limits:
-        to_limit = b.flood_chain(f"limit-{lim.name}", f"limit-{lim.name}", lim.source_rate(), lim.global_rate())
+        to_limit = b.flood_chain(f"limit-{lim.name}", policy.mode_of(lim), f"limit-{lim.name}", lim.source_rate(),
+                                 lim.global_rate())
         for matches in _limit_selectors(lim.protocol, lim.ports, lim.except_ports):
             pre.append(Rule(matches, to_limit, f"{lim.protocol} to limit-{lim.name}"))
 
@@ -459,9 +483,9 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             s = b.add_set(AddrSet(f"conn-{name}-v{version}", version, "conns", size=policy.meter.size,
                                   limit=cl.per_source))
             ports = (DstPorts("tcp", cl.ports),) if cl.ports else ()
-            conn_rules.append(Rule(
+            conn_rules.append(b.condemn(
                 (Family(version), Proto("tcp"), *ports, CtStateNew(), SourceConnsOver(s.name, version)),
-                b.condemn("conn-limit"), f"{name} over {cl.per_source} connections v{version}"))
+                "conn-limit", policy.mode_of(cl), f"{name} over {cl.per_source} connections v{version}"))
     if conn_rules:
         b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules),
                                  "stateful", priorities.stateful))
@@ -489,7 +513,7 @@ def _essential_icmp() -> list[Rule]:
     ]
 
 
-def _bogus_flag_rules(verdict: Verdict) -> tuple[Rule, ...]:
+def _bogus_flag_rules(b: _Builder, mode: Mode) -> tuple[Rule, ...]:
     all6 = ("fin", "syn", "rst", "psh", "ack", "urg")
     combos = [
         ("null", all6, ()),
@@ -498,7 +522,8 @@ def _bogus_flag_rules(verdict: Verdict) -> tuple[Rule, ...]:
         ("syn+rst", ("syn", "rst"), ("syn", "rst")),
         ("fin without ack", ("fin", "ack"), ("fin",)),
     ]
-    return tuple(Rule((TcpFlags(mask, comp),), verdict, f"bogus flags {label}") for label, mask, comp in combos)
+    return tuple(b.condemn((TcpFlags(mask, comp),), "bogus-flags", mode, f"bogus flags {label}")
+                 for label, mask, comp in combos)
 
 
 def _limit_selectors(protocol: str, ports: tuple[int, ...], except_ports: tuple[int, ...]) -> list[tuple[Match, ...]]:

@@ -149,9 +149,13 @@ def _one_burst(rate_field: str):
     return check
 
 
+Mode = Literal["enforce", "monitor"]  # monitor: meter, count and sample what would be dropped; drop nothing
+
+
 class Icmp(_Section):
     """Echo-request only; all other ICMP types are never limited."""
 
+    mode: Mode | None = None  # None: the policy's ``mode``
     rate: RateField = parse_rate("100/second burst 200")
     burst: Burst | None = None
     per_source: RateField = parse_rate("10/second")
@@ -175,6 +179,7 @@ class Syn(_Section):
     for this long, so returning clients keep connecting during a spoofed flood. 0 = off.
     """
 
+    mode: Mode | None = None
     rate: RateField = parse_rate("5000/second")
     burst: Burst | None = None
     per_source: RateField = parse_rate("200/second")
@@ -191,6 +196,7 @@ class Limit(_Section):
     """A hashlimit-style per-source packet limit, with a global backstop for when its meter is full."""
 
     name: str
+    mode: Mode | None = None
     protocol: Literal["tcp", "udp", "icmp", "all"]
     ports: PortList = ()
     except_ports: PortList = ()
@@ -221,6 +227,7 @@ class ConnLimit(_Section):
     """Concurrent TCP connections per source (IPv6: per /64) to ``ports`` (empty = all)."""
 
     name: str | None = None
+    mode: Mode | None = None
     ports: PortList = ()
     per_source: PositiveInt
 
@@ -289,6 +296,7 @@ _DEFAULT_CONNLIMIT = (ConnLimit(ports=(80, 443), per_source=256),)
 
 
 class Policy(_Section):
+    mode: Mode = "enforce"
     backend: Literal["nft", "iptables"] = "nft"
     interfaces: Annotated[Literal["auto"] | tuple[IfName, ...], pydantic.BeforeValidator(_check_interfaces)] = "auto"
     allow: Allow = Allow()
@@ -314,6 +322,11 @@ class Policy(_Section):
                                      "and connlimit)")
                 seen.add(name)
         return connlimit
+
+    def mode_of(self, section: "Icmp | Syn | Limit | ConnLimit | None") -> str:
+        """A threat's own ``mode``, else the policy's."""
+        own = getattr(section, "mode", None)
+        return own if own is not None else self.mode
 
     def connlimit_name(self, index: int) -> str:
         cl = self.connlimit[index]

@@ -43,12 +43,14 @@ class Sampler:
         self.log = AttackLog(cfg.log, cfg.rotate.max_bytes, cfg.rotate.keep)
         self.pcap = PcapLog(cfg.pcap, cfg.rotate.max_bytes, cfg.rotate.keep) if cfg.pcap else None
         s = plan.sampling
-        if s.transport == "nflog":
-            self.nflog, self.nfq = NflogReader(s.nflog_group, s.snaplen), None
-        else:
+        # NFLOG carries the nflog transport and every monitor-mode group (whatever the transport)
+        monitored = any(c.name.startswith("monitor-") for c in plan.ruleset.chains)
+        self.nflog = NflogReader(s.nflog_group, s.snaplen) if s.transport == "nflog" or monitored else None
+        self.nfq = None
+        if s.transport == "nfqueue":
             from .nfqueue import NfqueueReader
             queues = {s.queue_base + i: g for i, g in enumerate(plan.ruleset.sample_groups)}
-            self.nflog, self.nfq = None, NfqueueReader(queues, s.snaplen)
+            self.nfq = NfqueueReader(queues, s.snaplen)
         self.episodes = Episodes()
         self.ifnames: dict[int, str] = {}
         self.samples = 0
@@ -58,7 +60,7 @@ class Sampler:
     def handle(self, samples: list[Sample]) -> None:
         for smp in samples:
             pkt = parse(smp.payload)
-            self.window.add(smp.group, pkt, _ifname(smp.ifindex, self.ifnames), smp.ts)
+            self.window.add(smp.group, pkt, _ifname(smp.ifindex, self.ifnames), smp.ts, smp.mode)
             if self.pcap:
                 self.pcap.write(smp.payload, smp.ts, pkt.length)
         self.samples += len(samples)
@@ -80,19 +82,23 @@ class Sampler:
         self.window = Window(now, self.cfg.max_flows)
 
     def run(self, should_stop: Callable[[], bool]) -> None:
-        fds = [self.nflog.fileno()] if self.nflog else self.nfq.filenos()
+        fds = ([self.nflog.fileno()] if self.nflog else []) + (self.nfq.filenos() if self.nfq else [])
         log.info("sampling via %s (%s); log %s", self.plan.sampling.transport, self.plan.sampling_reason, self.cfg.log)
         try:
             while not should_stop():
                 deadline = self.window.start + self.cfg.window_s
                 ready, _, _ = select.select(fds, [], [], max(0.0, deadline - self.clock()))
-                if ready:
-                    self.handle(self.nflog.read() if self.nflog else self.nfq.read(ready))
+                if self.nflog and self.nflog.fileno() in ready:
+                    self.handle(self.nflog.read())
+                if self.nfq and ready:
+                    self.handle(self.nfq.read(ready))
                 if self.clock() >= deadline:
                     self.close_window()
         finally:
             self.close_window()
-            (self.nflog or self.nfq).close()
+            for reader in (self.nflog, self.nfq):
+                if reader:
+                    reader.close()
             self.log.close()
             if self.pcap:
                 self.pcap.close()

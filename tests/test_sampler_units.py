@@ -34,7 +34,7 @@ def test_random_bytes_never_raise_and_never_emit_control_characters(data):
     assert _printable_json(pkt)
     w = Window(0, 5)
     w.add("syn-flood", pkt, "eth0", 1.0)
-    assert all(32 <= ord(c) < 127 for c in json.dumps(w.records(2.0, {"syn-flood": 3}), ensure_ascii=True))
+    assert all(32 <= ord(c) < 127 for c in json.dumps(w.records(2.0, {("syn-flood", "enforce"): 3}), ensure_ascii=True))
 
 
 @settings(max_examples=2000, deadline=None)
@@ -78,8 +78,8 @@ for i in range(1_000_000):
     template[12:16] = struct.pack("!I", 0x0B000000 + i)
     window.add("syn-flood", parse(bytes(template)), "eth0", 1.0)
 peak = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())[1])
-records = window.records(10.0, {"syn-flood": 5_000_000})
-print(json.dumps({"flows": len(window.flows), "other": window.other["syn-flood"].sampled, "grew_kb": peak - before,
+records = window.records(10.0, {("syn-flood", "enforce"): 5_000_000})
+print(json.dumps({"flows": len(window.flows), "other": window.other[("syn-flood", "enforce")].sampled, "grew_kb": peak - before,
                   "estimated": sum(r["estimated"] for r in records if r["type"] in ("flow", "other"))}))
 """
 
@@ -118,7 +118,7 @@ def test_report_filters_by_time_and_rule_and_draws_the_timeline(tmp_path):
         w = Window(start, 100)
         for _ in range(10):
             w.add(group, parse(raw(IP(src=src, dst="10.0.0.1") / TCP(dport=443, flags="S"))), "eth0", start + 1)
-        for rec in w.records(start + 10, {group: n}):
+        for rec in w.records(start + 10, {(group, "enforce"): n}):
             log.write(rec)
     log.close()
     runner = CliRunner()

@@ -99,6 +99,7 @@ class Table:
 class Render:
     version: int
     tables: dict[str, Table]
+    condemning: dict[str, tuple[str, str]] = field(default_factory=dict)  # rule id -> (group, mode)
 
     def rule_ids(self) -> dict[str, list[str]]:
         """chain → rule IDs in order (jumps under ``<table>/<built-in chain>``)."""
@@ -145,6 +146,7 @@ def render_ipt(rs: m.RuleSet, version: int) -> Render:
     sets = {s.name: s for s in rs.sets}
     limits = {x.name: x for x in rs.limits}
     tables: dict[str, Table] = {}
+    condemning: dict[str, tuple[str, str]] = {}
     owner = _table_of_chains(rs)
     for chain in rs.chains:
         table = tables.setdefault(owner[chain.name], Table(owner[chain.name]))
@@ -153,24 +155,27 @@ def render_ipt(rs: m.RuleSet, version: int) -> Render:
         lines = lambda rs_: [line for r in rs_ for line in _rule(r, version, sets, limits)]  # noqa: E731
         if chain.stage and rules and isinstance(rules[0].matches[0], m.InterfaceNotIn):
             uplink = f"{name}-UPLINK"
-            dispatch = [(f"-i {ifname} -g {uplink}", f"uplink {ifname}") for ifname in rules[0].matches[0].names]
-            _add_chain(table, name, dispatch)
-            _add_chain(table, uplink, lines(rules[1:]))
+            dispatch = [(f"-i {ifname} -g {uplink}", f"uplink {ifname}", None) for ifname in rules[0].matches[0].names]
+            _add_chain(table, name, dispatch, condemning)
+            _add_chain(table, uplink, lines(rules[1:]), condemning)
         else:
-            _add_chain(table, name, lines(rules))
+            _add_chain(table, name, lines(rules), condemning)
         if chain.stage:
             for builtin in PLACEMENTS[chain.stage].ipt_builtins:
                 body = f"-j {name}"
                 (jid,) = chained_ids(f"{table.name}/{builtin}", [body])
                 table.jumps.append((builtin, f'-m comment --comment "{comment(jid, "jump to " + name)}" {body}'))
-    return Render(version, tables)
+    return Render(version, tables, condemning)
 
 
-def _add_chain(table: Table, name: str, rules: list[tuple[str, str]]) -> None:
+def _add_chain(table: Table, name: str, rules: list[tuple[str, str, tuple | None]],
+               condemning: dict[str, tuple[str, str]]) -> None:
     table.chains.append(name)
-    bodies = [body for body, _label in rules]
-    for (body, label), rid in zip(rules, chained_ids(name, bodies), strict=True):
+    bodies = [body for body, _label, _group in rules]
+    for (body, label, group), rid in zip(rules, chained_ids(name, bodies), strict=True):
         table.rules.append((name, f'-m comment --comment "{comment(rid, label)}" {body}'.rstrip()))
+        if group:
+            condemning[rid] = group
 
 
 def _table_of_chains(rs: m.RuleSet) -> dict[str, str]:
@@ -197,8 +202,9 @@ def _applies(rule: m.Rule, version: int) -> bool:
 
 
 def _rule(rule: m.Rule, version: int, sets: dict[str, m.AddrSet], limits: dict[str, m.NamedLimit]
-          ) -> list[tuple[str, str]]:
-    """One model rule as iptables lines (a per-source meter needs its admission line first)."""
+          ) -> list[tuple[str, str, tuple | None]]:
+    """One model rule as iptables lines (a per-source meter needs its admission line first), each
+    with the (group, mode) whose drops its counter counts, if it condemns."""
     proto = _proto(rule, version)
     parts = [f"-p {proto}"] if proto else []
     out = []
@@ -206,11 +212,12 @@ def _rule(rule: m.Rule, version: int, sets: dict[str, m.AddrSet], limits: dict[s
         if isinstance(x, m.SourceRateOver):
             name = ipset_name(sets[x.set])
             admit = [*parts, f"-m set ! --match-set {name} src", f"-j SET --add-set {name} src"]
-            out.append((" ".join(admit), f"{rule.label} admission"))
+            out.append((" ".join(admit), f"{rule.label} admission", None))
             parts.append(f"-m set --match-set {name} src")
         parts += _match(x, version, sets, limits)
     parts.append(_target(rule, sets))
-    return [*out, (" ".join(p for p in parts if p), rule.label)]
+    group = (rule.group, rule.mode) if rule.group else None
+    return [*out, (" ".join(p for p in parts if p), rule.label, group)]
 
 
 def _proto(rule: m.Rule, version: int) -> str | None:
@@ -278,7 +285,7 @@ def _target(rule: m.Rule, sets: dict[str, m.AddrSet]) -> str:
         if isinstance(x, m.RememberSource):
             return f"-j SET --add-set {ipset_name(sets[x.set])} src --exist"
         if isinstance(x, m.Log):
-            return f'-j NFLOG --nflog-group {x.nflog_group} --nflog-prefix "ng:{x.group}" --nflog-size {x.snaplen}'
+            return f'-j NFLOG --nflog-group {x.nflog_group} --nflog-prefix "{x.prefix}" --nflog-size {x.snaplen}'
     v = rule.verdict
     if isinstance(v, m.Jump):
         return f"-j {chain_name(v.chain)}"

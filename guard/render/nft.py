@@ -206,7 +206,7 @@ def _(x: m.UnderLimit, sets: dict) -> dict:
 
 @_match.register
 def _(x: m.Log, sets: dict) -> dict:
-    return {"log": {"prefix": f"ng:{x.group} ", "group": x.nflog_group, "snaplen": x.snaplen}}
+    return {"log": {"prefix": f"{x.prefix} ", "group": x.nflog_group, "snaplen": x.snaplen}}
 
 
 def _verdict(v: m.Verdict) -> dict:
