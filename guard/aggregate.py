@@ -9,6 +9,7 @@ its group's samples times the group's condemned packets in the window.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -71,12 +72,31 @@ class Window:
             flow = self.flows[key] = Flow()
         flow.add(pkt, ts)
 
-    def records(self, end: float, condemned: dict[tuple[str, str], int]) -> list[dict]:
+    def records(self, end: float, condemned: dict[tuple[str, str], int],
+                exact: dict[tuple[str, str], dict[str, int]] | None = None) -> list[dict]:
         """JSON-ready records for this window; ``condemned`` = kernel counts per (group, mode) in it.
-        Counts and samples keyed "<group>" are drops; "<group>/monitor" would-be drops."""
-        def estimate(group: tuple[str, str], sampled: int) -> int:
-            total = self.sampled[group]
-            return round(sampled / total * condemned.get(group, 0)) if total else 0
+        Counts and samples keyed "<group>" are drops; "<group>/monitor" would-be drops.
+
+        ``exact``: per (group, mode), the kernel's own count per source (IPv6: per /64) for the
+        sources it counts. Those sources get their exact count (split over their flows by samples);
+        the rest share what remains of the group's count by their share of the remaining samples."""
+        exact = exact or {}
+        by_source: Counter = Counter()  # samples per (group, mode, source key)
+        for (group, src, *_rest), f in self.flows.items():
+            by_source[(group, source_key(src))] += f.sampled
+        rest_samples: Counter = Counter()
+        for (group, src, *_rest), f in self.flows.items():
+            if source_key(src) not in exact.get(group, {}):
+                rest_samples[group] += f.sampled
+        for group, f in self.other.items():
+            rest_samples[group] += f.sampled
+
+        def estimate(group: tuple[str, str], src: str | None, sampled: int) -> int:
+            counted = exact.get(group, {})
+            if src is not None and source_key(src) in counted:
+                return round(counted[source_key(src)] * sampled / by_source[(group, source_key(src))])
+            remainder = max(0, condemned.get(group, 0) - sum(counted.values()))
+            return round(sampled / rest_samples[group] * remainder) if rest_samples[group] else 0
 
         out = [{"type": "window", "start": self.start, "end": end, "condemned": _by_key(condemned),
                 "sampled": _by_key(self.sampled), "flows": len(self.flows), "malformed": self.malformed}]
@@ -84,13 +104,31 @@ class Window:
                                                                        key=lambda kv: -kv[1].sampled):
             out.append({"type": "flow", "start": self.start, "end": end, "rule": group, "mode": mode, "src": src,
                         "dst": dst, "proto": proto, "dport": dport, "iface": iface, "sampled": f.sampled,
-                        "estimated": estimate((group, mode), f.sampled), "first": f.first, "last": f.last,
+                        "estimated": estimate((group, mode), src, f.sampled), "first": f.first, "last": f.last,
                         "tcp_flags": dict(f.flags), "size": f.size, "ttl": f.ttl})
+        for (group, mode), counted in exact.items():  # counted by the kernel, but not in this window's sample
+            for key, n in counted.items():
+                if n and not by_source[((group, mode), key)]:
+                    out.append({"type": "flow", "start": self.start, "end": end, "rule": group, "mode": mode,
+                                "src": safe(key), "dst": None, "proto": None, "dport": None, "iface": None,
+                                "sampled": 0, "estimated": n, "first": None, "last": None, "tcp_flags": {},
+                                "size": [None, None], "ttl": [None, None]})
         for (group, mode), f in self.other.items():
             out.append({"type": "other", "start": self.start, "end": end, "rule": group, "mode": mode,
-                        "sampled": f.sampled, "estimated": estimate((group, mode), f.sampled),
+                        "sampled": f.sampled, "estimated": estimate((group, mode), None, f.sampled),
                         "samples_beyond_max_flows": self.other_keys[(group, mode)]})
         return out
+
+
+@lru_cache(maxsize=65536)
+def source_key(src: str) -> str:
+    """How the kernel counts a source: an IPv4 address, or an IPv6 address's /64."""
+    if ":" not in src:
+        return src
+    try:
+        return str(ipaddress.ip_network(f"{src}/64", strict=False).network_address)
+    except ValueError:
+        return src
 
 
 def _by_key(counts: dict[tuple[str, str], int]) -> dict[str, int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import model, probe
+from . import model, probe, sampling_odds
 from .backend import ipt as ipt_backend
 from .backend.ipt import Ipset, Ipt, detect_flavour
 from .backend.nft import Nft, NftLive, objects, read_live
@@ -91,7 +91,13 @@ def choose_sampling(policy: Policy, nft: Nft | None) -> tuple[model.Sampling | N
             transport, reason = "nflog", "auto: this kernel lacks the nft queue expression (CONFIG_NFT_QUEUE)"
         else:
             transport, reason = "nflog", "auto: not probed (no privileges)"
-    return model.Sampling(transport, cfg.rate, cfg.global_rate, cfg.nflog_group, cfg.queue_base, cfg.snaplen), reason
+    return sampling_settings(policy, transport, sampling_odds.load(sampling_odds.path_for(policy))), reason
+
+
+def sampling_settings(policy: Policy, transport: str, odds: dict[str, int] | None = None) -> model.Sampling:
+    cfg = policy.sampler
+    return model.Sampling(transport, cfg.rate, cfg.global_rate, cfg.nflog_group, cfg.queue_base, cfg.snaplen,
+                          tuple(sorted((odds or {}).items())), cfg.count_sources, 2 * cfg.window_s + 10)
 
 
 def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | None = None,
@@ -107,11 +113,11 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
         interfaces = resolve_interfaces(policy.interfaces)
     if policy.backend != "nft" and flavour is None:
         flavour = choose_flavour(policy, nft)
-    key = (interfaces, foreign, flavour)
+    sampling, sampling_reason = choose_sampling(policy, nft)
+    key = (interfaces, foreign, flavour, sampling)
     if cache is not None and key in cache:
         return cache[key]
     priorities = probe.choose_priorities(list(foreign))
-    sampling, sampling_reason = choose_sampling(policy, nft)
     ruleset = model.build_ruleset(policy, interfaces, priorities, sampling)
     common = (ruleset, priorities, foreign)
     if policy.backend == "nft":

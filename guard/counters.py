@@ -5,9 +5,12 @@ their ``nodeguard:<id>`` comments. Enforce counts are drops; monitor counts are 
 from __future__ import annotations
 
 from .apply import Live, Plan, read_state
-from .backend.nft import Nft
+from .backend.ipt import Ipset
+from .backend.nft import Nft, objects
+from .model import TABLE
 from .render.ids import id_from_comment
-from .render.nft import render_chain_rules
+from .render.ipt import ipset_name
+from .render.nft import FAMILY, render_chain_rules
 
 Key = tuple[str, str]  # (group, mode)
 
@@ -49,3 +52,38 @@ def _condemning_ids(plan: Plan) -> dict[str, Key]:
                     out[id_from_comment(rendered["comment"])] = (rule.group, rule.mode)
         return out
     return {rid: key for render in plan.ipt.values() for rid, key in render.condemning.items()}
+
+
+def source_counts(plan: Plan, nft: Nft) -> dict[tuple[str, str, str], int]:
+    """(group, mode, source) -> packets the kernel counted for that source, for the sources in the
+    sampler's ``counts`` sets (IPv6 sources are /64 prefixes). Read one set at a time: small sets."""
+    out: dict[tuple[str, str, str], int] = {}
+    for (group, mode, _version), s in _count_sets(plan).items():
+        if plan.nft is not None:
+            listing = objects(nft.list(f"set {FAMILY} {TABLE} {s.name}"), "set")
+            for e in listing[0].get("elem", []) if listing else []:
+                elem = e.get("elem", {}) if isinstance(e, dict) else {}
+                if "counter" in elem and isinstance(elem.get("val"), str):
+                    out[(group, mode, elem["val"])] = elem["counter"]["packets"]
+        else:
+            for addr, (packets, _bytes) in Ipset.counts(ipset_name(s)).items():
+                out[(group, mode, addr.split("/")[0])] = packets
+    return out
+
+
+def forget_sources(plan: Plan, keys: list[tuple[str, str, str]]) -> None:
+    """Remove quiet sources from the iptables backend's ``counts`` ipsets (one ``ipset restore``)."""
+    names = {key: ipset_name(s) for key, s in _count_sets(plan).items()}
+    lines = [f"del {names[(g, m, 6 if ':' in src else 4)]} {src} -exist" for g, m, src in keys
+             if (g, m, 6 if ":" in src else 4) in names]
+    Ipset.restore("\n".join(lines) + "\n" if lines else "")
+
+
+def _count_sets(plan: Plan) -> dict:
+    """(group, mode, IP version) -> the ``counts`` set (its base is "count-<mode>-<group>-v<version>")."""
+    out = {}
+    for s in plan.ruleset.sets:
+        if s.kind == "counts":
+            _count, mode, rest = s.base.split("-", 2)
+            out[(rest.rsplit("-v", 1)[0], mode, s.version)] = s
+    return out

@@ -141,6 +141,22 @@ class UnderLimit:
 
 
 @dataclass(frozen=True)
+class CountSource:
+    """Count this packet against its source in the ``counts`` set (a statement; a full set counts
+    nothing more, and evaluation goes on either way)."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
+class OneIn:
+    """Matches a packet at random with probability 1/``n`` (n a power of two): uniform per packet."""
+
+    n: int
+
+
+@dataclass(frozen=True)
 class Log:
     """Copy the packet's head to userspace over NFLOG (a statement; evaluation goes on)."""
 
@@ -155,7 +171,8 @@ class Log:
 
 
 Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, SourceNotInSet,
-              CtStateNew, Assured, RememberSource, SourceRateOver, SourceConnsOver, OverLimit, UnderLimit, Log]
+              CtStateNew, Assured, RememberSource, SourceRateOver, SourceConnsOver, OverLimit, UnderLimit, CountSource,
+              OneIn, Log]
 
 
 # --- verdicts -------------------------------------------------------------------------
@@ -216,13 +233,14 @@ class Rule:
             raise ValueError(f"rule {self.label!r}: a condemning rule has a group and a mode, others neither")
 
 
-SetKind = Literal["allow", "meter", "trusted", "conns"]
+SetKind = Literal["allow", "meter", "trusted", "conns", "counts"]
 
 
 @dataclass(frozen=True)
 class AddrSet:
     """A set of source addresses. ``allow``: static prefixes; ``meter``: a token bucket of
-    ``rate`` per source; ``trusted``: timed membership; ``conns``: ``limit`` connections per source."""
+    ``rate`` per source; ``trusted``: timed membership; ``conns``: ``limit`` connections per source;
+    ``counts``: packets and bytes per source (the sampler's exact per-source totals)."""
 
     base: str  # e.g. "syn-src-v4"; the kernel name adds the digest (allow sets keep their base name)
     version: int
@@ -236,13 +254,13 @@ class AddrSet:
     def __post_init__(self) -> None:
         if self.version not in (4, 6):
             raise ValueError(f"set {self.base}: version must be 4 or 6")
-        if self.kind not in ("allow", "meter", "trusted", "conns"):
+        if self.kind not in ("allow", "meter", "trusted", "conns", "counts"):
             raise ValueError(f"set {self.base}: unknown kind {self.kind!r}")
         if (self.kind == "meter") != (self.rate is not None and self.rate.burst is not None):
             raise ValueError(f"set {self.base}: a meter, and only a meter, has a rate with a burst")
         if self.kind != "allow" and self.size <= 0:
             raise ValueError(f"set {self.base}: needs a size")
-        if self.kind in ("meter", "trusted") and self.timeout_s <= 0:
+        if self.kind in ("meter", "trusted", "counts") and self.timeout_s <= 0:
             raise ValueError(f"set {self.base}: needs a timeout")
         if self.kind == "conns" and self.limit <= 0:
             raise ValueError(f"set {self.base}: needs a connection limit")
@@ -309,6 +327,12 @@ class Sampling:
     nflog_group: int
     queue_base: int
     snaplen: int
+    exponents: tuple[tuple[str, int], ...] = ()  # (group, k): sample 1 in 2**k (sampling_odds.py)
+    count_sources: int = 0  # per group and family: sources counted exactly by the kernel
+    count_timeout_s: int = 30  # > 2 windows: the sampler reads each count before it can expire
+
+    def one_in(self, group: str) -> int:
+        return 2 ** dict(self.exponents).get(group, 0)
 
 
 @dataclass(frozen=True)
@@ -412,15 +436,22 @@ class _Builder:
         s = self.sampling
         if not s:
             return (last,)
-        caps = (UnderLimit(self.add_limit(f"sample-{group}", s.rate, over=False)),
+        counts = []
+        for version in (4, 6) if s.count_sources else ():
+            cs = self.add_set(AddrSet(f"count-{mode}-{group}-v{version}", version, "counts", size=s.count_sources,
+                                      timeout_s=s.count_timeout_s))
+            counts.append(Rule((Family(version), CountSource(cs.name, version)), CONTINUE,
+                               f"count {group} per source v{version}", counter=False))
+        odds = (OneIn(s.one_in(group)),) if s.one_in(group) > 1 else ()
+        caps = (*odds, UnderLimit(self.add_limit(f"sample-{group}", s.rate, over=False)),
                 UnderLimit(self.add_limit(SAMPLE_ALL, s.global_rate, over=False)))
         if s.transport == "nfqueue" and mode == "enforce":
-            return (Rule(caps, Queue(s.queue_base + self.groups.index(group), group), f"sample {group} via nfqueue"),
-                    last)
+            return (*counts, Rule(caps, Queue(s.queue_base + self.groups.index(group), group),
+                                  f"sample {group} via nfqueue"), last)
         # NFLOG never holds a packet: monitor mode samples through it whatever the transport, so a
         # missing sampler can never turn "would drop" into "dropped"
         log = Log(group, s.nflog_group, s.snaplen, monitor=mode == "monitor")
-        return Rule((*caps, log), CONTINUE, f"sample {group} via nflog"), last
+        return *counts, Rule((*caps, log), CONTINUE, f"sample {group} via nflog"), last
 
     def flood_chain(self, name: str, mode: Mode, meter_base: str, per_source: Rate, backstop: Rate,
                     exempt_from_backstop: tuple[Rule, ...] = ()) -> Jump:

@@ -272,6 +272,8 @@ class Sampler(_Section):
     snaplen: Annotated[int, Field(ge=40, le=1500, strict=True)] = 128
     window_s: Annotated[int, Field(ge=1, le=3600, strict=True)] = 10
     max_flows: Annotated[int, Field(ge=10, le=1_000_000, strict=True)] = 10_000  # per window; the rest: "other"
+    # sources per rule group (and family) whose condemned packets the kernel counts exactly; 0 = none
+    count_sources: Annotated[int, Field(ge=0, le=65536, strict=True)] = 1024
     log: str = "/var/log/nodeguard/attacks.jsonl"
     rotate: Rotate = Rotate()
     pcap: str | None = None

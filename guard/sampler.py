@@ -14,10 +14,12 @@ import time
 from typing import Callable
 
 from .aggregate import Episodes, Window
-from .apply import Plan
+from . import sampling_odds
+from .apply import Plan, apply_plan, make_plan
+from .errors import NodeguardError
 from .attacklog import AttackLog, PcapLog
 from .backend.nft import Nft
-from .counters import condemned_by_group
+from .counters import condemned_by_group, forget_sources, source_counts
 from .nflog import NflogReader, Sample
 from .packet import parse
 from .policy import Policy
@@ -39,7 +41,7 @@ class Sampler:
         if plan.sampling is None:
             raise ValueError("sampling is off in this policy (sampler.enabled: false)")
         cfg = policy.sampler
-        self.cfg, self.plan, self.nft, self.clock = cfg, plan, nft, clock
+        self.policy, self.cfg, self.plan, self.nft, self.clock = policy, cfg, plan, nft, clock
         self.log = AttackLog(cfg.log, cfg.rotate.max_bytes, cfg.rotate.keep)
         self.pcap = PcapLog(cfg.pcap, cfg.rotate.max_bytes, cfg.rotate.keep) if cfg.pcap else None
         s = plan.sampling
@@ -55,6 +57,7 @@ class Sampler:
         self.ifnames: dict[int, str] = {}
         self.samples = 0
         self._last_counts = condemned_by_group(plan, nft)
+        self._last_sources = source_counts(plan, nft)
         self.window = Window(self.clock(), cfg.max_flows)
 
     def handle(self, samples: list[Sample]) -> None:
@@ -72,7 +75,8 @@ class Sampler:
         delta = {g: (n - self._last_counts.get(g, 0)) if n >= self._last_counts.get(g, 0) else n
                  for g, n in counts.items()}
         self._last_counts = counts
-        records = self.window.records(now, delta) + self.episodes.update(self.window.start, now, delta)
+        records = self.window.records(now, delta, self._exact()) + self.episodes.update(self.window.start, now, delta)
+        self._adapt_odds(delta, max(now - self.window.start, 1e-3))
         for rec in records:
             if rec["type"] != "window" or any(delta.values()) or rec["sampled"]:
                 self.log.write(rec)
@@ -80,6 +84,54 @@ class Sampler:
         if self.pcap:
             self.pcap.flush()
         self.window = Window(now, self.cfg.max_flows)
+
+    def _exact(self) -> dict[tuple[str, str], dict[str, int]]:
+        """The kernel's per-source counts in this window (deltas; a count that went down is new)."""
+        now = source_counts(self.plan, self.nft)
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        quiet = []
+        for (group, mode, src), n in now.items():
+            before = self._last_sources.get((group, mode, src))
+            out.setdefault((group, mode), {})[src] = n - (before or 0) if n >= (before or 0) else n
+            if before is not None and n == before:
+                quiet.append((group, mode, src))
+        if quiet and self.plan.nft is None:
+            forget_sources(self.plan, quiet)  # ipsets cannot refresh a timeout without zeroing the count
+            now = {k: v for k, v in now.items() if k not in set(quiet)}
+        self._last_sources = now
+        return out
+
+    def set_plan(self, plan: Plan, rebase: bool = True) -> None:
+        """The rules changed (a reload): count and adapt against the new ones from now on.
+        ``rebase`` False: only the sample chains changed; every counter we read lives on."""
+        self.plan = plan
+        if rebase:
+            self._last_counts = condemned_by_group(plan, self.nft)
+            self._last_sources = source_counts(plan, self.nft)
+
+    def _adapt_odds(self, delta: dict[tuple[str, str], int], seconds: float) -> None:
+        """Keep each group's samples near half its cap with the odds 1 in 2**k (sampling_odds.py);
+        a change is one state-keeping transaction that rewrites the sample chains only."""
+        s = self.plan.sampling
+        current = dict(s.exponents)
+        cap = self.cfg.rate.per_s
+        wanted = {}
+        for group in self.plan.ruleset.sample_groups:
+            rate = sum(n for (g, _mode), n in delta.items() if g == group) / seconds
+            wanted[group] = sampling_odds.next_exponent(current.get(group, 0), rate, cap)
+        if {g: k for g, k in wanted.items() if k} == {g: k for g, k in current.items() if k}:
+            return
+        sampling_odds.save(sampling_odds.path_for(self.policy), wanted)
+        try:
+            flavour = (self.plan.flavour, self.plan.backend_reason) if self.plan.flavour else None
+            plan = make_plan(self.policy, self.nft, flavour=flavour, interfaces=self.plan.ruleset.interfaces)
+            apply_plan(plan, self.nft, repair=True)
+        except NodeguardError as exc:
+            log.warning("could not change the sampling odds (%s); keeping them", exc)
+            return
+        log.info("sampling odds now %s", ", ".join(f"{g} 1 in {2 ** k}" for g, k in sorted(wanted.items()) if k)
+                 or "every condemned packet (under the caps)")
+        self.set_plan(plan, rebase=False)
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         fds = ([self.nflog.fileno()] if self.nflog else []) + (self.nfq.filenos() if self.nfq else [])

@@ -79,8 +79,9 @@ class Netns:
                 rule = o.get("rule")
                 if rule and rule.get("comment", "").startswith("nodeguard:"):
                     label = rule["comment"].split(" ", 1)[1]
-                    pk = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
-                    out[f"{rule['chain']}: {label}"] = pk
+                    pk = next((e["counter"]["packets"] for e in rule["expr"] if "counter" in e), None)
+                    if pk is not None:  # rules nobody reads carry no counter
+                        out[f"{rule['chain']}: {label}"] = pk
             return out
         flavour = backend.split("-", 1)[1]
         for tool in (f"iptables-{flavour}-save", f"ip6tables-{flavour}-save"):

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guard import model
+from guard.apply import sampling_settings
 from guard.backend.nft import NftLive
 from guard.policy import Policy, parse_policy
 from guard.render import ipt as render_ipt
@@ -31,8 +32,7 @@ TERMINAL = {"queue", "drop", "accept", "reject", "goto", "jump", "return"}
 
 
 def _ruleset(policy: Policy, transport: str) -> model.RuleSet:
-    s = policy.sampler
-    sampling = model.Sampling(transport, s.rate, s.global_rate, s.nflog_group, s.queue_base, s.snaplen)
+    sampling = sampling_settings(policy, transport)
     return model.build_ruleset(policy, tuple(policy.interfaces), model.Priorities(), sampling)
 
 

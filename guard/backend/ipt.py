@@ -213,7 +213,25 @@ class LiveIpset:
         h = self.header
         return (self.type == want.type and h.get("family") == want.family and h.get("maxelem") == str(want.maxelem)
                 and h.get("timeout") == (str(want.timeout) if want.timeout is not None else None)
-                and h.get("netmask") == (str(want.netmask) if want.netmask is not None else None))
+                and h.get("netmask") == (str(want.netmask) if want.netmask is not None else None)
+                and ("counters" in h) == want.counters)
+
+
+_IPSET_FLAGS = {"counters", "comment", "skbinfo", "forceadd"}  # header words that take no value
+
+
+def _header(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    words = text.split()
+    i = 0
+    while i < len(words):
+        if words[i] in _IPSET_FLAGS:
+            out[words[i]] = "yes"
+            i += 1
+        else:
+            out[words[i]] = words[i + 1] if i + 1 < len(words) else ""
+            i += 2
+    return out
 
 
 class Ipset:
@@ -235,9 +253,19 @@ class Ipset:
             name = fields.get("Name", "")
             if not name.startswith(PREFIX + "-"):
                 continue
-            words = fields.get("Header", "").split()
-            header = dict(zip(words[::2], words[1::2]))
+            header = _header(fields.get("Header", ""))
             out[name] = LiveIpset(name, fields.get("Type", ""), header, int(fields.get("Number of entries", 0)))
+        return out
+
+    @staticmethod
+    def counts(name: str) -> dict[str, tuple[int, int]]:
+        """Per member of a ``counters`` set: (packets, bytes)."""
+        res = _run(["ipset", "list", "-o", "save", name])
+        out = {}
+        for line in res.stdout.splitlines() if res.returncode == 0 else []:
+            words = line.split()
+            if words[:1] == ["add"] and "packets" in words and "bytes" in words:
+                out[words[2]] = (int(words[words.index("packets") + 1]), int(words[words.index("bytes") + 1]))
         return out
 
     @staticmethod

@@ -77,12 +77,14 @@ class Ipset:
     timeout: int | None = None
     netmask: int | None = None
     members: tuple[str, ...] | None = None  # None: contents are state, not configuration
+    counters: bool = False
 
     def create_args(self) -> str:
         out = f"{self.type} family {self.family} maxelem {self.maxelem}"
         if self.netmask is not None:
             out += f" netmask {self.netmask}"
-        return out + (f" timeout {self.timeout}" if self.timeout is not None else "")
+        out += f" timeout {self.timeout}" if self.timeout is not None else ""
+        return out + (" counters" if self.counters else "")
 
 
 @dataclass
@@ -132,6 +134,10 @@ def ipsets(rs: m.RuleSet) -> list[Ipset]:
         elif s.kind == "meter":
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, admission_timeout_s(s),
                              m.V6_SOURCE_PREFIX if s.version == 6 else None))
+        elif s.kind == "counts":  # no timeout: a re-add (the only refresh) would zero the counters; the
+            # sampler removes sources that went quiet instead (a sampler that is down only stops counting)
+            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, None,
+                             m.V6_SOURCE_PREFIX if s.version == 6 else None, counters=True))
     return out
 
 
@@ -209,11 +215,13 @@ def _rule(rule: m.Rule, version: int, sets: dict[str, m.AddrSet], limits: dict[s
     parts = [f"-p {proto}"] if proto else []
     out = []
     for x in rule.matches:
-        if isinstance(x, m.SourceRateOver):
+        if isinstance(x, (m.SourceRateOver, m.CountSource)):
             name = ipset_name(sets[x.set])
-            admit = [*parts, f"-m set ! --match-set {name} src", f"-j SET --add-set {name} src"]
+            # the membership test of the admission line must not count (ipset counts every match it makes)
+            quiet = " ! --update-counters" if isinstance(x, m.CountSource) else ""
+            admit = [*parts, f"-m set ! --match-set {name} src{quiet}", f"-j SET --add-set {name} src"]
             out.append((" ".join(admit), f"{rule.label} admission", None))
-            parts.append(f"-m set --match-set {name} src")
+            parts.append(f"-m set --match-set {name} src")  # a CountSource rule ends here: the match counts
         parts += _match(x, version, sets, limits)
     parts.append(_target(rule, sets))
     group = (rule.group, rule.mode) if rule.group else None
@@ -260,8 +268,10 @@ def _match(x: object, version: int, sets: dict[str, m.AddrSet], limits: dict[str
         return ["-m conntrack --ctstate NEW"]
     if isinstance(x, m.Assured):
         return ["-m conntrack --ctstatus ASSURED --ctdir ORIGINAL"]
-    if isinstance(x, (m.RememberSource, m.Log)):
-        return []  # it is the rule's target
+    if isinstance(x, (m.RememberSource, m.Log, m.CountSource)):
+        return []  # the rule's target, or (CountSource) the set match added above, which counts
+    if isinstance(x, m.OneIn):
+        return [f"-m statistic --mode random --probability {1 / x.n:.10f}"]
     if isinstance(x, m.SourceRateOver):
         s = sets[x.set]
         mask = f" --hashlimit-srcmask {m.V6_SOURCE_PREFIX}" if version == 6 else ""

@@ -75,7 +75,7 @@ def _set(table: str, s: m.AddrSet) -> dict:
                            "type": "ipv4_addr" if s.version == 4 else "ipv6_addr"}
     if s.kind == "allow":
         obj["flags"] = ["interval"]
-    elif s.kind in ("meter", "trusted"):
+    elif s.kind in ("meter", "trusted", "counts"):
         obj.update(size=s.size, flags=["timeout"], timeout=s.timeout_s)
     else:  # conns: ct count needs a dynamic set without timeout (nft adds "dynamic" itself)
         obj.update(size=s.size)
@@ -202,6 +202,16 @@ def _(x: m.OverLimit, sets: dict) -> dict:
 @_match.register
 def _(x: m.UnderLimit, sets: dict) -> dict:
     return {"limit": x.limit}
+
+
+@_match.register
+def _(x: m.CountSource, sets: dict) -> dict:
+    return {"set": {"op": "update", "elem": _source_key(x.version), "set": f"@{x.set}", "stmt": [{"counter": None}]}}
+
+
+@_match.register
+def _(x: m.OneIn, sets: dict) -> dict:
+    return _eq({"numgen": {"mode": "random", "mod": x.n, "offset": 0}}, 0)
 
 
 @_match.register

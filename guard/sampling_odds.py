@@ -1,0 +1,51 @@
+"""The odds at which each rule group's condemned packets are sampled: 1 in 2**k, k per group.
+
+The kernel samples every condemned packet with the same probability (nft ``numgen random``, xt
+``statistic --mode random``), so each source's share of the samples is its share of the packets;
+token buckets alone sample uniformly in *time*, which skewed per-source estimates by up to ±21 %.
+The sampler sets k at each window's end from the group's condemned rate, so that the samples stay
+under half the group's cap (the buckets remain as a hard ceiling). k lives in a small file beside
+the watcher's state: the watcher renders with it too, so it never "repairs" the sampler's odds away.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+MAX_EXPONENT = 24  # 1 in 16.7 M
+
+
+def path_for(policy) -> Path:
+    return Path(policy.watcher.state_file).parent / "sampling.json"
+
+
+def load(path: Path) -> dict[str, int]:
+    try:
+        data = json.loads(path.read_text())
+        return {str(g): int(k) for g, k in data.items() if 0 < int(k) <= MAX_EXPONENT}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def save(path: Path, exponents: dict[str, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({g: k for g, k in sorted(exponents.items()) if k > 0}))
+    os.replace(tmp, path)
+
+
+def next_exponent(current: int, condemned_per_s: float, cap_per_s: float) -> int:
+    """k for the next window: samples near half the cap; halve the odds at once when over it, and
+    double them only when a quarter of the cap would still not be reached (no flapping)."""
+    target = cap_per_s / 2
+    if condemned_per_s <= 0:
+        return 0
+    wanted = max(0, min(MAX_EXPONENT, math.ceil(math.log2(max(condemned_per_s / target, 1e-9)))))
+    if wanted > current:
+        return wanted
+    if condemned_per_s / 2 ** current < target / 4:
+        return wanted
+    return current

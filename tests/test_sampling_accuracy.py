@@ -1,0 +1,82 @@
+"""Per-source estimates from packet-uniform sampling, against what really arrived.
+
+Sources of unequal rates share one rule group. The truth per source is counted at netdev ingress
+(before any of our rules). The kernel samples each condemned packet at the same odds, which the
+sampler adapts to the flood rate; a source's estimate is its share of the samples times the
+group's exact kernel count.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import pytest
+
+import netlab
+from guard.attacklog import read_records
+from netlab import FRESH4, VICTIM4
+
+TWO = {"10.77.0.2": "u100", FRESH4[0]: "u1000"}  # ~10,000/s and ~1,000/s: 1:10
+TEN = {f"10.77.1.{i}": f"u{100 * i}" for i in range(1, 11)}  # ~10,000/s down to ~1,000/s
+
+
+def _truth_table(victim, sources: dict) -> None:
+    rules = "; ".join(f"add rule netdev truth in ip saddr {a} icmp type echo-request counter" for a in sources)
+    victim.run(["nft", "add table netdev truth; add chain netdev truth in { type filter hook ingress "
+                       f"device {netlab.VICTIM_IF} priority 0; }}; {rules}"])
+
+
+def _truth(victim) -> dict[str, int]:
+    out = {}
+    for o in victim.nft_json("table netdev truth"):
+        r = o.get("rule")
+        if r:
+            addr = next(e["match"]["right"] for e in r["expr"] if "match" in e and
+                        e["match"]["left"].get("payload", {}).get("field") == "saddr")
+            out[addr] = next(e["counter"]["packets"] for e in r["expr"] if "counter" in e)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables-nft"])
+@pytest.mark.parametrize("sources", [TWO, TEN], ids=["two sources", "ten sources"])
+def test_sources_sharing_a_group_are_each_estimated_within_5_percent(lab, write_policy, tmp_path, backend, sources):
+    victim, attacker = lab
+    policy = write_policy(netlab.backend_policy(backend, f"""
+        icmp:
+          rate: 1/second burst 1
+          per_source: 1/second burst 1
+        sampler:
+          window_s: 2
+          log: {tmp_path}/attacks.jsonl
+        watcher:
+          state_file: {tmp_path}/watch.json
+    """))
+    victim.nodeguard("apply", "-c", policy)
+    _truth_table(victim, sources)
+    sampler = victim.popen([sys.executable, "-m", "guard", "sample", "-c", policy])
+    deadline = time.monotonic() + 10
+    while "sampling via" not in (line := sampler.stderr.readline()):
+        assert line and time.monotonic() < deadline, "sampler did not start"
+    floods = [attacker.popen(["timeout", "-s", "INT", "14", "hping3", "-q", "--icmp", "-a", a, "-i", gap, VICTIM4])
+              for a, gap in sources.items()]
+    for f in floods:
+        f.wait()
+    time.sleep(2.5)
+    sampler.send_signal(signal.SIGTERM)
+    _out, err = sampler.communicate(timeout=10)
+    arrived = _truth(victim)
+    estimated = {a: 0 for a in sources}
+    sampled = {a: 0 for a in sources}
+    for r in read_records(tmp_path / "attacks.jsonl"):
+        if r["type"] == "flow" and r["src"] in estimated:
+            estimated[r["src"]] += r["estimated"]
+            sampled[r["src"]] += r["sampled"]
+    errors = {a: (estimated[a] - arrived[a]) / arrived[a] for a in sources}
+    print(f"\n{backend}: " + "; ".join(f"{a}: estimated {estimated[a]} of {arrived[a]} arrived "
+                                      f"({errors[a]:+.1%}, {sampled[a]} samples)" for a in sources))
+    print("\n".join(ln for ln in err.splitlines() if "odds" in ln))
+    assert "sampling odds now" in err, "the odds were adapted to the flood"
+    for a in sources:
+        assert abs(errors[a]) <= 0.05, (a, estimated[a], arrived[a])
