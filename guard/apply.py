@@ -97,7 +97,7 @@ def choose_sampling(policy: Policy, nft: Nft | None) -> tuple[model.Sampling | N
 def sampling_settings(policy: Policy, transport: str, odds: dict[str, int] | None = None) -> model.Sampling:
     cfg = policy.sampler
     return model.Sampling(transport, cfg.rate, cfg.global_rate, cfg.nflog_group, cfg.queue_base, cfg.snaplen,
-                          tuple(sorted((odds or {}).items())), cfg.count_sources, 2 * cfg.window_s + 10)
+                          tuple(sorted((odds or {}).items())), cfg.count_sources, 2 * cfg.window_s + 10, cfg.observe)
 
 
 def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | None = None,

@@ -258,6 +258,32 @@ def report(config, log_path, since, until, rule, top, as_json, plot) -> None:
     _emit(rep, as_json, report_mod.format_text(rep))
 
 
+@cli.command()
+@_common
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None, help="Attack log to read.")
+@click.option("--since", default="24h", show_default=True, help="'15m', '1h', '2d' ago, or an ISO 8601 time.")
+@click.option("--until", default=None, help="As --since.")
+@click.option("--margin", default=2.0, show_default=True, type=click.FloatRange(min=1.0),
+              help="Headroom over the busiest legitimate source.")
+def tune(config, as_json, log_path, since, until, margin) -> None:
+    """Propose per-source thresholds from what this node observed (monitor mode); writes nothing."""
+    import time as _time
+
+    from . import report as report_mod
+    from . import tune as tune_mod
+    from .attacklog import read_records
+
+    policy, _source = load_policy(config)
+    now = _time.time()
+    try:
+        bounds = report_mod.parse_when(since, now), report_mod.parse_when(until, now)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    found = tune_mod.analyse(policy, read_records(log_path or policy.sampler.log), *bounds)
+    prop = tune_mod.proposal(policy, found, margin)
+    _emit(prop, as_json, tune_mod.format_text(prop))
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

@@ -80,10 +80,29 @@ def forget_sources(plan: Plan, keys: list[tuple[str, str, str]]) -> None:
 
 
 def _count_sets(plan: Plan) -> dict:
-    """(group, mode, IP version) -> the ``counts`` set (its base is "count-<mode>-<group>-v<version>")."""
+    """(group, mode, IP version) -> the ``counts`` set. Bases: "count-<mode>-<group>-v<version>" (condemned
+    packets per source), "seen-<group>-v<version>" (every packet per source: mode "observed")."""
     out = {}
     for s in plan.ruleset.sets:
         if s.kind == "counts":
-            _count, mode, rest = s.base.split("-", 2)
+            kind, rest = s.base.split("-", 1)
+            mode, rest = rest.split("-", 1) if kind == "count" else ("observed", rest)
             out[(rest.rsplit("-v", 1)[0], mode, s.version)] = s
+    return out
+
+
+def trusted_sources(plan: Plan, nft: Nft) -> set[str]:
+    """Sources that completed a TCP handshake within ``syn.trusted_after_handshake_s`` (the trusted sets)."""
+    out: set[str] = set()
+    for s in plan.ruleset.sets:
+        if s.kind != "trusted":
+            continue
+        if plan.nft is not None:
+            listing = objects(nft.list(f"set {FAMILY} {TABLE} {s.name}"), "set")
+            for e in listing[0].get("elem", []) if listing else []:
+                val = e.get("elem", {}).get("val") if isinstance(e, dict) else e
+                if isinstance(val, str):
+                    out.add(val)
+        else:
+            out.update(a.split("/")[0] for a in Ipset.members(ipset_name(s)))
     return out

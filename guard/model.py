@@ -330,6 +330,7 @@ class Sampling:
     exponents: tuple[tuple[str, int], ...] = ()  # (group, k): sample 1 in 2**k (sampling_odds.py)
     count_sources: int = 0  # per group and family: sources counted exactly by the kernel
     count_timeout_s: int = 30  # > 2 windows: the sampler reads each count before it can expire
+    observe: Literal["monitor", "always", "never"] = "never"  # count every packet per source, for tune
 
     def one_in(self, group: str) -> int:
         return 2 ** dict(self.exponents).get(group, 0)
@@ -458,6 +459,13 @@ class _Builder:
         """A chain that condemns per-source excess, then global excess; returns nothing else."""
         meter = self.policy.meter
         rules = []
+        observe = self.sampling and (self.sampling.observe == "always" or
+                                     (self.sampling.observe == "monitor" and mode == "monitor"))
+        for version in (4, 6) if observe else ():  # every packet of the threat, per source: what tune reads
+            seen = self.add_set(AddrSet(f"seen-{name}-v{version}", version, "counts", size=meter.size,
+                                        timeout_s=self.sampling.count_timeout_s))
+            rules.append(Rule((Family(version), CountSource(seen.name, version)), CONTINUE,
+                              f"observe {name} v{version}", counter=False))
         for version in (4, 6):
             s = self.add_set(AddrSet(f"{meter_base}-v{version}", version, "meter", size=meter.size,
                                      timeout_s=meter.timeout_s, rate=_with_default_burst(per_source)))

@@ -274,6 +274,9 @@ class Sampler(_Section):
     max_flows: Annotated[int, Field(ge=10, le=1_000_000, strict=True)] = 10_000  # per window; the rest: "other"
     # sources per rule group (and family) whose condemned packets the kernel counts exactly; 0 = none
     count_sources: Annotated[int, Field(ge=0, le=65536, strict=True)] = 1024
+    # per-source rates of *all* traffic of a threat, for `nodeguard tune` (one counting set update per
+    # packet of that threat): in monitor mode only, always, or never
+    observe: Literal["monitor", "always", "never"] = "monitor"
     log: str = "/var/log/nodeguard/attacks.jsonl"
     rotate: Rotate = Rotate()
     pcap: str | None = None

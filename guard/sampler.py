@@ -13,13 +13,13 @@ import socket
 import time
 from typing import Callable
 
-from .aggregate import Episodes, Window
+from .aggregate import Episodes, Window, safe, source_key
 from . import sampling_odds
 from .apply import Plan, apply_plan, make_plan
 from .errors import NodeguardError
 from .attacklog import AttackLog, PcapLog
 from .backend.nft import Nft
-from .counters import condemned_by_group, forget_sources, source_counts
+from .counters import condemned_by_group, forget_sources, source_counts, trusted_sources
 from .nflog import NflogReader, Sample
 from .packet import parse
 from .policy import Policy
@@ -34,6 +34,23 @@ def _ifname(index: int, cache: dict[int, str]) -> str:
         except OSError:
             cache[index] = str(index)
     return cache[index]
+
+
+OBSERVED_TOP = 100  # sources per rule group and window kept in the log for `nodeguard tune`
+
+
+def observed_records(start: float, end: float, observed: dict[tuple[str, str], dict[str, int]],
+                     trusted: set[str]) -> list[dict]:
+    """The busiest sources of every observed threat in this window, with their packet rate, and
+    whether each had completed a TCP handshake (the trusted sets: what a blind spoofer cannot do)."""
+    seconds = max(end - start, 1e-3)
+    out = []
+    for (group, _mode), counts in observed.items():
+        for src, n in sorted(counts.items(), key=lambda kv: -kv[1])[:OBSERVED_TOP]:
+            if n:
+                out.append({"type": "observed", "start": start, "end": end, "rule": group, "src": safe(src),
+                            "packets": n, "pps": round(n / seconds, 1), "handshake": src in trusted})
+    return out
 
 
 class Sampler:
@@ -75,8 +92,13 @@ class Sampler:
         delta = {g: (n - self._last_counts.get(g, 0)) if n >= self._last_counts.get(g, 0) else n
                  for g, n in counts.items()}
         self._last_counts = counts
-        records = self.window.records(now, delta, self._exact()) + self.episodes.update(self.window.start, now, delta)
-        self._adapt_odds(delta, max(now - self.window.start, 1e-3))
+        seconds = max(now - self.window.start, 1e-3)
+        exact = self._exact()
+        observed = {k: exact.pop(k) for k in [k for k in exact if k[1] == "observed"]}
+        records = (self.window.records(now, delta, exact) + self.episodes.update(self.window.start, now, delta)
+                   + observed_records(self.window.start, now, observed,
+                                      {source_key(a) for a in trusted_sources(self.plan, self.nft)} if observed else set()))
+        self._adapt_odds(delta, seconds)
         for rec in records:
             if rec["type"] != "window" or any(delta.values()) or rec["sampled"]:
                 self.log.write(rec)
