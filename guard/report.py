@@ -23,6 +23,7 @@ _AGO = re.compile(r"^(\d+)([smhd])$")
 # a botnet in one hosting range or a scanner walking a subnet is one line, not a screenful.
 SHARED_NETWORK_MIN = 3
 V4_PREFIX, V6_PREFIX = 24, 48
+SPREAD_MIN_SOURCES, SPREAD_MAX_SHARE = 50, 0.05
 _EPS = 1e-6
 _SHOWN = set("abcdefghijklmnopqrstuvwxyz0123456789-_.:/ ")
 
@@ -110,6 +111,8 @@ def episode_sources(episode: dict, flows: Iterable[dict], top: int) -> dict:
     A row: ``source`` (an address, or "N sources"), ``network``, ``addresses`` (how many), ``estimated``,
     ``sampled``, ``first``/``last`` seen, ``peak_pps`` (highest per-window estimate ÷ window length),
     ``rule``, ``protos``, ``dports``. Samples beyond the sampler's flow cap are one row, source "other".
+    ``spread``: more than SPREAD_MIN_SOURCES sources and none over SPREAD_MAX_SHARE of the episode
+    (what a --rand-source flood looks like).
     """
     start, end = episode["start"], episode["end"]
     per_src: dict[str, dict] = {}
@@ -156,7 +159,10 @@ def episode_sources(episode: dict, flows: Iterable[dict], top: int) -> dict:
             })
     rows.sort(key=lambda r: (-r["estimated"], r["source"]))
     distinct = sum(1 for s in per_src if s != "other")
-    return {"sources": rows[:top], "distinct_sources": distinct, "more": max(0, len(rows) - top)}
+    total = sum(r["estimated"] for r in rows)
+    # Many sources, none with a real share: random (spoofed) source addresses, not a list to act on.
+    spread = distinct > SPREAD_MIN_SOURCES and bool(rows) and rows[0]["estimated"] < SPREAD_MAX_SHARE * total
+    return {"sources": rows[:top], "distinct_sources": distinct, "more": max(0, len(rows) - top), "spread": spread}
 
 
 def _t(ts: float | None) -> str:
@@ -173,7 +179,11 @@ def format_text(rep: dict[str, Any]) -> str:
     for e in rep["episodes"]:
         if not e.get("sources"):
             continue
-        lines += ["", f"episode {safe(e['rule'])} from {_t(e['start'])}: {e['distinct_sources']} distinct sources"]
+        n = e["distinct_sources"]
+        lines += ["", f"episode {safe(e['rule'])} from {_t(e['start'])}: {n} distinct source{'s' if n != 1 else ''}"]
+        if e.get("spread"):
+            lines.append(f"  none of them sent over {100 * SPREAD_MAX_SHARE:.0f} % of it: random (spoofed) source "
+                         "addresses; blocking sources will not help, the global limits do the work")
         lines.append(f"  {'source':<26} {'network':<22} {'estimated':>10} {'peak pps':>9}  "
                      f"{'first seen':<8} {'last seen':<8}  protocols/ports")
         for s in e["sources"]:

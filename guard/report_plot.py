@@ -60,20 +60,22 @@ def bin_seconds(rep: dict[str, Any]) -> int:
 
 
 def segments(rep: dict[str, Any], bin_s: int) -> dict[str, list[tuple[float, float, int]]]:
-    """rule -> [(start, end, condemned)] in time order: one per sampler window when ``bin_s`` is the
-    window length (the windows' real edges), else per ``bin_s`` bin, a window counted in the bin of its
-    middle."""
+    """rule -> [(start, end, condemned)] in time order, only where it condemned something: one per
+    sampler window when ``bin_s`` is the window length (the windows' real edges), else per ``bin_s``
+    bin, a window counted in the bin of its middle. Gaps are drawn as zero."""
     wins = rep.get("windows") or []
     out: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
     if bin_s != 60 or not wins:
         for w in wins:
             for g, n in w["condemned"].items():
-                out[g].append((w["start"], w["end"], n))
+                if n > 0:
+                    out[g].append((w["start"], w["end"], n))
         return {g: sorted(v) for g, v in out.items()}
     bins: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for w in wins:
         for g, n in w["condemned"].items():
-            bins[g][int((w["start"] + w["end"]) / 2 // bin_s * bin_s)] += n
+            if n > 0:
+                bins[g][int((w["start"] + w["end"]) / 2 // bin_s * bin_s)] += n
     return {g: [(k, k + bin_s, n) for k, n in sorted(b.items())] for g, b in bins.items()}
 
 
@@ -102,7 +104,7 @@ def episode_label(e: dict[str, Any]) -> str:
         return head + "no sampled source"
     top = rows[0]
     share = f" {100 * top['estimated'] / total:.0f} %" if total else ""
-    if e.get("distinct_sources", 0) > 50 and total and top["estimated"] < 0.05 * total:
+    if e.get("spread"):
         return head + f"{e['distinct_sources']:,} sources, none over 5 % (spoofed?)"
     return head + f"{_clean(top['source'])} ({_clean(top['network'])}){share}"
 

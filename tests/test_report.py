@@ -154,3 +154,17 @@ def test_short_reports_are_binned_per_window_and_long_ones_per_minute():
     short = report.build(_records()[:12], None, None, None, 10)
     assert bin_seconds(short) == 10
     assert bin_seconds(report.build(_records(), None, None, None, 10)) == 60  # 1000 .. 2010 s spans > 10 min
+
+
+def test_a_flood_from_random_sources_is_called_spread_not_listed_as_culprits():
+    recs = [{"type": "episode_start", "rule": "syn-flood", "ts": 0.0}, _window(0.0, 10.0, {"syn-flood": 20_000})]
+    recs += [_flow("syn-flood", f"{i % 200 + 1}.{i % 7}.{i}.1", 0.0, 10.0, 100, sampled=1) for i in range(200)]
+    recs.append({"type": "episode_end", "rule": "syn-flood", "start": 0.0, "end": 10.0, "condemned": 20_000,
+                 "peak_pps": 2000.0})
+    rep = report.build(recs, None, None, None, 5)
+    ep = rep["episodes"][0]
+    assert ep["spread"] and ep["distinct_sources"] == 200 and ep["more"] == 195
+    assert "random (spoofed) source addresses" in report.format_text(rep)
+    from guard.report_plot import episode_label
+    assert episode_label(ep) == "syn-flood: 200 sources, none over 5 % (spoofed?)"
+    assert not report.build(_records(), None, None, None, 5)["episodes"][0]["spread"]

@@ -1,0 +1,199 @@
+"""Throwaway network namespaces for the demo and the flood bench; never the host's ruleset.
+
+Every namespace is named ``<prefix>-<owner pid>-<role>``, so leftovers of a run that was killed
+with SIGKILL (which no process can clean up after itself) are recognised and removed by the next
+run, or by ``nodeguard demo --cleanup``. Processes are started by ``Lab`` and ended by their pid.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+LOCK_PATH = "/tmp/nodeguard-kernel-tests.lock"  # one flood at a time on this machine (tests, benches, demo)
+PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent.parent)
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM/SIGHUP during a run: unwinds through every ``finally`` (cleanup)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise(signum: int, _frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def signals_unwind() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` in the main thread, so cleanup runs."""
+    old = {s: signal.signal(s, _raise) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def no_signals() -> Iterator[None]:
+    """Cleanup must not itself be interrupted by a second Ctrl-C."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def machine_lock(say=lambda msg: None) -> Iterator[float]:
+    """The machine-wide flood lock the kernel tests take; yields the seconds waited for it."""
+    with open(LOCK_PATH, "a") as f:
+        start = time.monotonic()
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for {LOCK_PATH}: another flood test or bench is running on this machine")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield time.monotonic() - start
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def sh(args: list[str], check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} -> exit {res.returncode}: {(res.stderr or res.stdout).strip()[:400]}")
+    return res
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def namespaces(prefix: str) -> list[str]:
+    out = sh(["ip", "netns", "list"], check=False).stdout
+    return [ln.split()[0] for ln in out.splitlines() if ln.startswith(prefix + "-")]
+
+
+def remove_namespace(name: str) -> None:
+    """End every process inside ``name`` (by pid), then delete it (its veths go with it)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [int(p) for p in sh(["ip", "netns", "pids", name], check=False).stdout.split() if p.isdigit()]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 2
+        while pids and any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    sh(["ip", "netns", "del", name], check=False)
+
+
+def remove_stale(prefix: str) -> list[str]:
+    """Remove ``<prefix>-<pid>-*`` namespaces whose owner process is gone (a run killed by SIGKILL)."""
+    removed = []
+    for name in namespaces(prefix):
+        m = re.match(rf"^{re.escape(prefix)}-(\d+)-", name)
+        if m and not _alive(int(m[1])):
+            remove_namespace(name)
+            removed.append(name)
+    return removed
+
+
+class Netns:
+    def __init__(self, name: str):
+        self.name = name
+
+    def argv(self, args: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def run(self, *args: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+        return sh(self.argv(list(args)), check=check, timeout=timeout, **kw)
+
+    def sysctl(self, key: str, value: str) -> None:
+        self.run("sysctl", "-qw", f"{key}={value}")
+
+
+class Lab:
+    """Namespaces and processes of one run; ``close()`` removes all of them."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.netns: list[Netns] = []
+        self.procs: list[subprocess.Popen] = []
+
+    def ns(self, role: str) -> Netns:
+        ns = Netns(f"{self.prefix}-{os.getpid()}-{role}")
+        self.netns.append(ns)  # before creating it: a failure half-way still cleans up
+        sh(["ip", "netns", "add", ns.name])
+        ns.run("ip", "link", "set", "lo", "up")
+        return ns
+
+    def veth(self, a: Netns, a_if: str, b: Netns, b_if: str) -> None:
+        sh(["ip", "link", "add", a_if, "netns", a.name, "type", "veth", "peer", "name", b_if, "netns", b.name])
+        a.run("ip", "link", "set", a_if, "up")
+        b.run("ip", "link", "set", b_if, "up")
+
+    def spawn(self, ns: Netns, args: list[str], python: bool = False, **kw) -> subprocess.Popen:
+        """Start a process in ``ns`` (its own session: a terminal's Ctrl-C reaches only us, and we end it)."""
+        if python:
+            args = [sys.executable, *args]
+            kw.setdefault("env", python_env())
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        proc = subprocess.Popen(ns.argv(args), text=True, start_new_session=True, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 3.0) -> None:
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, sig)
+                proc.wait(timeout)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc, timeout=1.0)
+        for ns in reversed(self.netns):
+            remove_namespace(ns.name)
+        self.netns.clear()
+        self.procs.clear()
+
+
+def python_env() -> dict[str, str]:
+    """The environment for a Python child that must import this very ``guard`` package."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [PACKAGE_PARENT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
+
+
+def nodeguard(ns: Netns, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``nodeguard ARGS`` inside ``ns``, through the CLI only."""
+    return ns.run(sys.executable, "-m", "guard", *args, check=check, timeout=timeout, env=python_env())
