@@ -34,11 +34,10 @@ import yaml
 from . import lab as labmod
 from .lab import Interrupted, Lab, Netns, nodeguard
 
+from .lab import HOST_TCP, NODE, NODEPORT, POD, UDP_PORT, UPLINK, GATEWAY
+
 PREFIX = "ngd"
-NODE, GATEWAY, ATTACKER, CLIENT = "10.66.0.1", "10.66.0.254", "10.66.0.66", "10.66.0.20"
-POD, POD_GW = "10.180.0.3", "10.180.0.254"
-HOST_TCP, NODEPORT, UDP_PORT = 8080, 3003, 5353
-UPLINK = "up0"
+COUNTER_TABLE = "ngd_demo"
 PROBES = {"tcp-host": f"{NODE}:{HOST_TCP}", "tcp-nodeport": f"{NODE}:{NODEPORT}", "ping": NODE,
           "udp": f"{NODE}:{UDP_PORT}"}
 PROBE_INTERVAL, PROBE_TIMEOUT = 0.1, 1.0
@@ -165,49 +164,15 @@ class Demo:
 
     # --- set-up ---------------------------------------------------------------------------
     def build(self) -> None:
-        lab = self.lab
-        lan, node, pod = lab.ns("lan"), lab.ns("node"), lab.ns("pod")
-        atk, cli = lab.ns("attacker"), lab.ns("client")
-        self.node, self.atk, self.cli = node, atk, cli
-        lan.run("ip", "link", "add", "br0", "type", "bridge")
-        lan.run("ip", "addr", "add", f"{GATEWAY}/24", "dev", "br0")
-        lan.run("ip", "link", "set", "br0", "up")
-        lan.sysctl("net.ipv4.ip_forward", "1")
-        lan.run("ip", "route", "add", "blackhole", "default")  # replies to spoofed sources end here, silently
-        for ns, ifname, port, addr in ((node, UPLINK, "p-node", NODE), (atk, "eth0", "p-atk", ATTACKER),
-                                       (cli, "eth0", "p-cli", CLIENT)):
-            lab.veth(ns, ifname, lan, port)
-            lan.run("ip", "link", "set", port, "master", "br0")
-            ns.run("ip", "addr", "add", f"{addr}/24", "dev", ifname)
-            ns.run("ip", "route", "add", "default", "via", GATEWAY)
-        lab.veth(node, "pod0", pod, "eth0")
-        node.run("ip", "addr", "add", f"{POD_GW}/24", "dev", "pod0")
-        pod.run("ip", "addr", "add", f"{POD}/24", "dev", "eth0")
-        pod.run("ip", "route", "add", "default", "via", POD_GW)
-        node.sysctl("net.ipv4.ip_forward", "1")
-        node.sysctl("net.ipv4.tcp_syncookies", "1")
-        self.say(f"namespaces: {', '.join(ns.name for ns in lab.netns)} (node uplink {UPLINK} {NODE}, "
+        counters = {th.key: th.ingress for th in self.threats}
+        topo = labmod.build_node_lab(self.lab, counters, COUNTER_TABLE)
+        self.node, self.atk, self.cli = topo.node, topo.attacker, topo.client
+        self.say(f"namespaces: {', '.join(ns.name for ns in self.lab.netns)} (node uplink {UPLINK} {NODE}, "
                  f"default route via {GATEWAY})")
-
-        rules = importlib.resources.files("guard.demo").joinpath("kube-proxy-iptables-tracepacket.rules")
-        with importlib.resources.as_file(rules) as path:
-            node.run("iptables-nft-restore", str(path))
-        n = sum(1 for ln in node.run("iptables-nft-save").stdout.splitlines() if ln.startswith("-A "))
-        self.say(f"kube-proxy ruleset loaded in the node (iptables-nft, {n} rules): "
+        self.say(f"kube-proxy ruleset loaded in the node (iptables-nft, {topo.kube_rules} rules): "
                  f"NodePort {NODEPORT} -> pod {POD}:80 by DNAT")
-
-        counters = "; ".join(f"add counter netdev ngd_demo in_{th.key}" for th in self.threats)
-        rules_ = "; ".join(f"add rule netdev ngd_demo in {th.ingress} counter name in_{th.key}" for th in self.threats)
-        node.run("nft", f"add table netdev ngd_demo; {counters}; add chain netdev ngd_demo in "
-                        f"{{ type filter hook ingress device {UPLINK} priority -500; }}; {rules_}")
-        self.say(f"demo counters: netdev ingress on {UPLINK} (table netdev ngd_demo, the demo's, not nodeguard's)")
-
-        lab.spawn(node, ["-m", "guard.demo.services", NODE, f"tcp:{HOST_TCP}", f"udp:{UDP_PORT}"], python=True,
-                  stderr=subprocess_devnull())
-        lab.spawn(pod, ["-m", "guard.demo.services", POD, "tcp:80"], python=True, stderr=subprocess_devnull())
-        for p in lab.procs[-2:]:
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError("an echo service did not start")
+        self.say(f"demo counters: netdev ingress on {UPLINK} (table netdev {COUNTER_TABLE}, the demo's, "
+                 "not nodeguard's)")
         self.say(f"services: node echo tcp/{HOST_TCP} udp/{UDP_PORT}; pod echo tcp/80")
 
     def install(self) -> None:
@@ -246,7 +211,7 @@ class Demo:
     def _poll_counters(self) -> None:
         while not self.stop_polling.wait(0.25):
             try:
-                res = self.node.run("nft", "-j", "list", "counters", "table", "netdev", "ngd_demo", timeout=5)
+                res = self.node.run("nft", "-j", "list", "counters", "table", "netdev", COUNTER_TABLE, timeout=5)
                 vals = _ingress(res.stdout)
             except Exception as exc:  # noqa: BLE001 - a failed poll is shown, never fatal
                 self.tel.errors.append(f"ingress counters: {exc}")
@@ -309,7 +274,7 @@ class Demo:
 
     def _snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
         """The latest ingress counters and drop counters, fresh from the kernel."""
-        res = self.node.run("nft", "-j", "list", "counters", "table", "netdev", "ngd_demo")
+        res = self.node.run("nft", "-j", "list", "counters", "table", "netdev", COUNTER_TABLE)
         arrived = _ingress(res.stdout)
         st = json.loads(nodeguard(self.node, "status", "--json", "-c", str(self.policy)).stdout)
         return arrived, drops_by_threat(st, self.threats)
@@ -375,8 +340,7 @@ class Demo:
 
 def _ingress(nft_json: str) -> dict[str, int]:
     """threat key -> packets, from ``nft -j list counters table netdev ngd_demo``."""
-    return {o["counter"]["name"].removeprefix("in_"): o["counter"]["packets"]
-            for o in json.loads(nft_json)["nftables"] if "counter" in o}
+    return labmod.parse_counters(nft_json)
 
 
 def subprocess_devnull():

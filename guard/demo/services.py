@@ -1,7 +1,8 @@
-"""Echo services for the demo and the bench: ``python -m guard.demo.services ADDR tcp:PORT [udp:PORT ...]``.
+"""Echo services for the demo and the bench: ``python -m guard.demo.services ADDR tcp:PORT [udp:PORT] [sink:PORT]``.
 
-TCP: one message per connection echoed; UDP: every datagram echoed. One thread, a selector.
-Prints "ready" once every socket listens.
+TCP: one message per connection echoed, then closed; ``rr``: echo every message until the peer
+closes; UDP: every datagram echoed; sink: read and discard until the peer closes (bulk throughput).
+One thread, a selector. Prints "ready" once every socket listens.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ def main(argv: list[str]) -> None:
     sel = selectors.DefaultSelector()
     for spec in specs:
         proto, port = spec.split(":")
-        if proto == "tcp":
+        if proto in ("tcp", "sink", "rr"):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((addr, int(port)))
@@ -31,10 +32,17 @@ def main(argv: list[str]) -> None:
         for key, _ in sel.select():
             s, kind = key.fileobj, key.data
             try:
-                if kind == "tcp":
+                if kind in ("tcp", "sink", "rr"):
                     conn, _ = s.accept()
                     conn.setblocking(False)
-                    sel.register(conn, selectors.EVENT_READ, "conn")
+                    sel.register(conn, selectors.EVENT_READ, {"tcp": "conn", "sink": "drain", "rr": "echo"}[kind])
+                elif kind in ("drain", "echo"):
+                    data = s.recv(1 << 20)
+                    if not data:
+                        sel.unregister(s)
+                        s.close()
+                    elif kind == "echo":
+                        s.sendall(data)
                 elif kind == "udp":
                     for _ in range(64):
                         data, peer = s.recvfrom(2048)
@@ -48,7 +56,7 @@ def main(argv: list[str]) -> None:
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
-                if kind == "conn":
+                if kind in ("conn", "drain", "echo"):
                     sel.unregister(s)
                     s.close()
 
