@@ -133,8 +133,12 @@ def timeline_png(rep: dict[str, Any], path: str) -> None:
                 continue
             xs, ys = _steps(data[g])  # zero before, between and after: the shape of an attack
             ax.plot([dt(x) for x in xs], ys, drawstyle="steps-post", color=colour[g], linewidth=2, label=safe(g))
+        labels = min(len(rep["episodes"]), 8)
         if values and max(values) / max(min(values), 1) > 50:
             ax.set_yscale("symlog", linthresh=max(1, min(values)))
+            ax.set_ylim(0, max(values) * 10 ** (0.4 + 0.35 * labels))  # room above the data for the labels
+        elif values:
+            ax.set_ylim(0, max(values) * (1.1 + 0.09 * labels))
         trans = blended_transform_factory(ax.transData, ax.transAxes)
         spans = []
         for e in rep["episodes"]:
@@ -160,7 +164,7 @@ def timeline_png(rep: dict[str, Any], path: str) -> None:
         else:
             ax.text(0.5, 0.5, "no condemned packets in this period", transform=ax.transAxes, ha="center")
         if not values:
-            ax.set_ylim(bottom=0)
+            ax.set_ylim(0, 1)
         fig.subplots_adjust(left=0.08, right=0.82, top=0.92, bottom=0.12)
         fig.savefig(path, format="png", dpi=100)
     finally:
