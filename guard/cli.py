@@ -233,11 +233,15 @@ def sample(config: str | None) -> None:
 @click.option("--since", default=None, help="'15m', '1h', '2d' ago, or an ISO 8601 time.")
 @click.option("--until", default=None, help="As --since.")
 @click.option("--rule", default=None, help="Only this rule group (e.g. syn-flood).")
-@click.option("--top", default=10, show_default=True, help="Sources per rule.")
-@click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Also draw the timeline to FILE.svg.")
-def report(config, log_path, since, until, rule, top, as_json, plot) -> None:
-    """Attack episodes, top sources per rule and a per-minute timeline from the attack log."""
+@click.option("--top", default=10, show_default=True, help="Sources per rule and per episode.")
+@click.option("--json", "as_json", is_flag=True, help="Print data as JSON (same as --format json).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
+              help="csv: one row per source (or shared /24, /48) per episode, for spreadsheets.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Also draw the timeline to FILE.png (matplotlib) or FILE.svg.")
+def report(config, log_path, since, until, rule, top, as_json, fmt, plot) -> None:
+    """Attack episodes, the sources behind each (with their networks), top sources per rule and a
+    per-minute timeline from the attack log."""
     import time as _time
 
     from . import report as report_mod
@@ -249,13 +253,20 @@ def report(config, log_path, since, until, rule, top, as_json, plot) -> None:
         bounds = report_mod.parse_when(since, now), report_mod.parse_when(until, now)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    if plot and not plot.endswith(".svg"):
-        raise click.BadParameter("only .svg is supported (no plotting library is required)", param_hint="--plot")
+    if plot and not plot.endswith((".svg", ".png")):
+        raise click.BadParameter("the picture is FILE.png or FILE.svg", param_hint="--plot")
     rep = report_mod.build(read_records(path), *bounds, rule, top)
     if plot:
-        with open(plot, "w") as f:
-            f.write(report_mod.timeline_svg(rep))
-    _emit(rep, as_json, report_mod.format_text(rep))
+        from . import report_plot
+        if plot.endswith(".png"):
+            report_plot.timeline_png(rep, plot)
+        else:
+            with open(plot, "w") as f:
+                f.write(report_plot.timeline_svg(rep))
+    if fmt == "csv":
+        click.echo(report_mod.format_csv(rep), nl=False)
+    else:
+        _emit(rep, as_json or fmt == "json", report_mod.format_text(rep))
 
 
 @cli.command()
@@ -297,3 +308,19 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="Short floods (the whole demo in under a minute; what CI runs).")
+@click.option("--plot", type=click.Path(dir_okay=False), default="nodeguard-demo-timeline.png", show_default=True,
+              help="Where to write the attack timeline picture (PNG).")
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="Keep the attack log and the policy in this directory (default: a temporary one, removed).")
+@click.option("--cleanup", "cleanup_only", is_flag=True,
+              help="Only remove namespaces left by a demo that was killed (kill -9), then exit.")
+def demo(quick: bool, plot: str, keep: str | None, cleanup_only: bool) -> None:
+    """Floods against a Kubernetes-like node protected by the default policy, in throwaway network
+    namespaces (the host's ruleset is never touched), shown live; then the attack report."""
+    from .demo.run import main as demo_main
+
+    sys.exit(demo_main(quick, plot, cleanup_only, keep))

@@ -1,7 +1,14 @@
-"""``nodeguard report``: attack episodes, top sources per rule and a per-minute timeline from the log."""
+"""``nodeguard report``: attack episodes, the sources behind each, and a per-minute timeline, from the log.
+
+Builds one JSON-ready report from the attack log's records and formats it for people (text) or
+for spreadsheets (CSV). Pictures of it are drawn by ``report_plot``.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import ipaddress
 import re
 import time
 from collections import defaultdict
@@ -11,6 +18,19 @@ from typing import Any, Iterable
 from .aggregate import safe
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
+
+# Sources that share one IPv4 /24 or IPv6 /48 are shown as that network when at least this many do:
+# a botnet in one hosting range or a scanner walking a subnet is one line, not a screenful.
+SHARED_NETWORK_MIN = 3
+V4_PREFIX, V6_PREFIX = 24, 48
+SPREAD_MIN_SOURCES, SPREAD_MAX_SHARE = 50, 0.05
+_EPS = 1e-6
+_SHOWN = set("abcdefghijklmnopqrstuvwxyz0123456789-_.:/ ")
+
+
+def _clean(text: Any, limit: int = 64) -> str:
+    """``safe`` that also keeps '/' and spaces (networks, "12 sources"): log text is untrusted."""
+    return "".join(c if c.lower() in _SHOWN else "?" for c in str(text)[:limit])
 
 
 def parse_when(text: str | None, now: float) -> float | None:
@@ -24,10 +44,22 @@ def parse_when(text: str | None, now: float) -> float | None:
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
 
 
+def network_of(src: str) -> str:
+    """The /24 (IPv4) or /48 (IPv6) holding ``src``; the text itself when it is not an address."""
+    try:
+        addr = ipaddress.ip_address(src)
+    except ValueError:
+        return src
+    prefix = V4_PREFIX if addr.version == 4 else V6_PREFIX
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
 def build(records: Iterable[dict], since: float | None, until: float | None, rule: str | None, top: int) -> dict:
     episodes: dict[tuple, dict] = {}
     sources: dict[str, dict[str, dict]] = defaultdict(dict)
     timeline: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    windows: list[dict] = []
+    flows: list[dict] = []
     for rec in records:
         ts = rec.get("ts", rec.get("start", 0))
         end = rec.get("end", ts)
@@ -41,7 +73,10 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
                                                            "condemned": None, "peak_pps": None})
         elif kind == "episode_end":
             episodes[(rec["rule"], rec["start"])] = {k: rec[k] for k in ("rule", "start", "end", "condemned", "peak_pps")}
-        elif kind == "flow":
+        elif kind in ("flow", "other"):
+            flows.append(rec)
+            if kind == "other":
+                continue
             s = sources[rec["rule"]].setdefault(rec["src"], {"src": rec["src"], "estimated": 0, "sampled": 0,
                                                               "first": rec["first"], "last": rec["last"],
                                                               "dports": set(), "protos": set()})
@@ -52,16 +87,82 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
                 s["dports"].add(rec["dport"])
             s["protos"].add(rec.get("proto", ""))
         elif kind == "window":
-            for group, n in rec.get("condemned", {}).items():
-                if not rule or group == rule:
-                    timeline[int(rec["end"] // 60 * 60)][group] += n
+            condemned = {g: n for g, n in rec.get("condemned", {}).items() if not rule or g == rule}
+            windows.append({"start": rec["start"], "end": rec["end"], "condemned": condemned})
+            for group, n in condemned.items():
+                timeline[int(rec["end"] // 60 * 60)][group] += n
     top_sources = {
         r: [dict(v, dports=sorted(v["dports"]), protos=sorted(v["protos"]))
             for v in sorted(srcs.values(), key=lambda v: -v["estimated"])[:top]]
         for r, srcs in sorted(sources.items())
     }
-    return {"episodes": sorted(episodes.values(), key=lambda e: e["start"]), "top_sources": top_sources,
-            "timeline": [{"minute": m, "condemned": dict(g)} for m, g in sorted(timeline.items())]}
+    eps = sorted(episodes.values(), key=lambda e: e["start"])
+    for e in eps:
+        e.update(episode_sources(e, flows, top))
+    return {"episodes": eps, "top_sources": top_sources,
+            "timeline": [{"minute": m, "condemned": dict(g)} for m, g in sorted(timeline.items())],
+            "windows": sorted(windows, key=lambda w: w["start"])}
+
+
+def episode_sources(episode: dict, flows: Iterable[dict], top: int) -> dict:
+    """The sources behind one episode, sources sharing a /24 or /48 merged into it when there are
+    at least ``SHARED_NETWORK_MIN`` of them: ``{"sources": [rows], "distinct_sources": n, "more": n}``.
+
+    A row: ``source`` (an address, or "N sources"), ``network``, ``addresses`` (how many), ``estimated``,
+    ``sampled``, ``first``/``last`` seen, ``peak_pps`` (highest per-window estimate ÷ window length),
+    ``rule``, ``protos``, ``dports``. Samples beyond the sampler's flow cap are one row, source "other".
+    ``spread``: more than SPREAD_MIN_SOURCES sources and none over SPREAD_MAX_SHARE of the episode
+    (what a --rand-source flood looks like).
+    """
+    start, end = episode["start"], episode["end"]
+    per_src: dict[str, dict] = {}
+    per_window: dict[tuple[str, float, float], int] = defaultdict(int)  # (src, start, end) -> estimated
+    for f in flows:
+        if f.get("rule") != episode["rule"] or f["start"] < start - _EPS or (end is not None and f["end"] > end + _EPS):
+            continue
+        src = f.get("src", "other") if f.get("type") == "flow" else "other"
+        s = per_src.setdefault(src, {"estimated": 0, "sampled": 0, "first": f.get("first", f["start"]),
+                                     "last": f.get("last", f["end"]), "protos": set(), "dports": set()})
+        s["estimated"] += f.get("estimated", 0)
+        s["sampled"] += f.get("sampled", 0)
+        s["first"] = min(s["first"], f.get("first", f["start"]))
+        s["last"] = max(s["last"], f.get("last", f["end"]))
+        if f.get("proto"):
+            s["protos"].add(f["proto"])
+        if f.get("dport") is not None and len(s["dports"]) < 10:
+            s["dports"].add(f["dport"])
+        per_window[(src, f["start"], f["end"])] += f.get("estimated", 0)
+
+    members: dict[str, list[str]] = defaultdict(list)
+    for src in per_src:
+        members["other" if src == "other" else network_of(src)].append(src)
+    rows = []
+    for net, srcs in members.items():
+        groups = [srcs] if len(srcs) >= SHARED_NETWORK_MIN or net == "other" else [[s] for s in srcs]
+        for group in groups:
+            peak: dict[tuple[float, float], int] = defaultdict(int)
+            for (src, ws, we), n in per_window.items():
+                if src in group:
+                    peak[(ws, we)] += n
+            rows.append({
+                "rule": episode["rule"],
+                "source": group[0] if len(group) == 1 else f"{len(group)} sources",
+                "network": net,
+                "addresses": len(group),
+                "estimated": sum(per_src[s]["estimated"] for s in group),
+                "sampled": sum(per_src[s]["sampled"] for s in group),
+                "first": min(per_src[s]["first"] for s in group),
+                "last": max(per_src[s]["last"] for s in group),
+                "peak_pps": round(max((n / max(we - ws, _EPS) for (ws, we), n in peak.items()), default=0.0), 1),
+                "protos": sorted({p for s in group for p in per_src[s]["protos"]}),
+                "dports": sorted({p for s in group for p in per_src[s]["dports"]})[:10],
+            })
+    rows.sort(key=lambda r: (-r["estimated"], r["source"]))
+    distinct = sum(1 for s in per_src if s != "other")
+    total = sum(r["estimated"] for r in rows)
+    # Many sources, none with a real share: random (spoofed) source addresses, not a list to act on.
+    spread = distinct > SPREAD_MIN_SOURCES and bool(rows) and rows[0]["estimated"] < SPREAD_MAX_SHARE * total
+    return {"sources": rows[:top], "distinct_sources": distinct, "more": max(0, len(rows) - top), "spread": spread}
 
 
 def _t(ts: float | None) -> str:
@@ -75,6 +176,23 @@ def format_text(rep: dict[str, Any]) -> str:
     for e in rep["episodes"]:
         extra = f"{e['condemned']:>10} condemned, peak {e['peak_pps']:.0f} pps" if e["end"] else ""
         lines.append(f"  {safe(e['rule']):<24} {_t(e['start'])} -> {_t(e['end']):<19}  {extra}")
+    for e in rep["episodes"]:
+        if not e.get("sources"):
+            continue
+        n = e["distinct_sources"]
+        lines += ["", f"episode {safe(e['rule'])} from {_t(e['start'])}: {n} distinct source{'s' if n != 1 else ''}"]
+        if e.get("spread"):
+            lines.append(f"  none of them sent over {100 * SPREAD_MAX_SHARE:.0f} % of it: random (spoofed) source "
+                         "addresses; blocking sources will not help, the global limits do the work")
+        lines.append(f"  {'source':<26} {'network':<22} {'estimated':>10} {'peak pps':>9}  "
+                     f"{'first seen':<8} {'last seen':<8}  protocols/ports")
+        for s in e["sources"]:
+            ports = _clean(",".join(str(p) for p in s["dports"]))
+            lines.append(f"  {_clean(s['source'], 45):<26} {_clean(s['network'], 45):<22} {s['estimated']:>10} "
+                         f"{s['peak_pps']:>9.0f}  {_t(s['first'])[11:]:<8} {_t(s['last'])[11:]:<8}  "
+                         f"{'/'.join(safe(p) for p in s['protos'])} {ports}".rstrip())
+        if e["more"]:
+            lines.append(f"  ... and {e['more']} more rows (--top)")
     lines.append("")
     for r, srcs in rep["top_sources"].items():
         lines.append(f"top sources: {safe(r)}")
@@ -91,35 +209,37 @@ def format_text(rep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+CSV_COLUMNS = ("episode_rule", "episode_start", "episode_end", "episode_condemned", "episode_peak_pps",
+               "source", "network", "addresses", "estimated", "sampled", "first_seen", "last_seen",
+               "peak_pps", "protocols", "ports")
 
 
-def timeline_svg(rep: dict[str, Any], width: int = 900, height: int = 320) -> str:
-    """The per-minute timeline as a small SVG line chart, one line per rule group."""
-    rows = rep["timeline"]
-    groups = sorted({g for r in rows for g in r["condemned"]})
-    left, right, top, bottom = 70, 180, 20, 40
-    w, h = width - left - right, height - top - bottom
-    peak = max((n for r in rows for n in r["condemned"].values()), default=0) or 1
-    t0, t1 = (rows[0]["minute"], rows[-1]["minute"]) if rows else (0, 60)
-    span = max(t1 - t0, 60)
+def _iso(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ts else ""
 
-    def xy(minute: float, n: float) -> str:
-        return f"{left + (minute - t0) / span * w:.1f},{top + h - n / peak * h:.1f}"
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-           f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
-           f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="black"/>',
-           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="black"/>',
-           f'<text x="{left - 5}" y="{top + 10}" text-anchor="end">{peak}</text>',
-           f'<text x="{left - 5}" y="{top + h}" text-anchor="end">0</text>',
-           f'<text x="{left}" y="{height - 10}">{_t(t0)[:16]} UTC</text>',
-           f'<text x="{left + w}" y="{height - 10}" text-anchor="end">{_t(t1)[:16]}</text>',
-           f'<text x="{left + w / 2}" y="{top - 5}" text-anchor="middle">condemned packets per minute</text>']
-    for i, g in enumerate(groups):
-        colour = _COLOURS[i % len(_COLOURS)]
-        points = " ".join(xy(r["minute"], r["condemned"].get(g, 0)) for r in rows)
-        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
-        out.append(f'<text x="{left + w + 10}" y="{top + 15 + 16 * i}" fill="{colour}">{safe(g)}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+def _cell(value: Any) -> Any:
+    """A value safe to open in a spreadsheet: text is reduced to the safe alphabet and never starts
+    like a formula (=, +, -, @)."""
+    if isinstance(value, (int, float)) or value is None:
+        return "" if value is None else value
+    text = _clean(value, 80)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+def format_csv(rep: dict[str, Any]) -> str:
+    """One row per source (or shared network) per episode, with the episode's figures repeated, for
+    spreadsheets. An episode with no sampled source is one row with the source columns empty."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for e in rep["episodes"]:
+        head = [_cell(e["rule"]), _iso(e["start"]), _iso(e["end"]), _cell(e["condemned"]), _cell(e["peak_pps"])]
+        for s in e.get("sources") or [None]:
+            if s is None:
+                w.writerow(head + [""] * (len(CSV_COLUMNS) - len(head)))
+                continue
+            w.writerow(head + [_cell(s["source"]), _cell(s["network"]), s["addresses"], s["estimated"], s["sampled"],
+                               _iso(s["first"]), _iso(s["last"]), s["peak_pps"],
+                               _cell(" ".join(s["protos"])), _cell(" ".join(str(p) for p in s["dports"]))])
+    return out.getvalue()

@@ -1,0 +1,425 @@
+"""``nodeguard demo``: three floods against a node protected by the default policy, shown live.
+
+Topology (all in network namespaces named ``ngd-<pid>-<role>``; the host's ruleset is never touched)::
+
+    attacker 10.66.0.66 ─┐
+    client   10.66.0.20 ─┼─ lan (bridge, gateway 10.66.0.254, blackholes replies to spoofed sources)
+    node     10.66.0.1  ─┘  uplink up0 (default route: what nodeguard protects)
+      │ kube-proxy's iptables ruleset (NodePort 3003 -> 10.180.0.3:80), host echo service tcp/8080, udp/5353
+      └─ pod0 ── pod 10.180.0.3 (echo on tcp/80)
+
+The node runs ``nodeguard apply`` and ``nodeguard sample`` with the shipped default policy (only the
+sampler's log and window, and the watcher's state file, moved to a temporary directory). The demo's own
+netdev ingress counters on up0 count what arrives; ``nodeguard status --json`` gives what was dropped;
+the client tries the host service, the NodePort, a ping and a UDP echo every 100 ms.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import lab as labmod
+from .lab import Interrupted, Lab, Netns, nodeguard
+
+from .lab import HOST_TCP, NODE, NODEPORT, POD, UDP_PORT, UPLINK, GATEWAY
+
+PREFIX = "ngd"
+COUNTER_TABLE = "ngd_demo"
+PROBES = {"tcp-host": f"{NODE}:{HOST_TCP}", "tcp-nodeport": f"{NODE}:{NODEPORT}", "ping": NODE,
+          "udp": f"{NODE}:{UDP_PORT}"}
+PROBE_INTERVAL, PROBE_TIMEOUT = 0.1, 1.0
+MIN_CLIENT_OK = 0.80      # "sane": the protected client keeps >= 80 % of its attempts during every flood
+MIN_ARRIVED_PPS = 5_000   # below this the "flood" did not happen and nothing was shown
+MIN_DROPPED_SHARE = 0.5   # nodeguard must have dropped at least half of what arrived
+
+
+@dataclass
+class Threat:
+    key: str
+    title: str
+    hping: list[str]
+    ingress: str           # nft match for the demo's netdev counter
+    groups: tuple[str, ...]  # nodeguard rule groups whose drops count for it (prefixes)
+    started: float | None = None
+    ended: float | None = None
+    arrived: int = 0
+    dropped: int = 0
+    hping_out: str = ""
+
+
+def threats() -> list[Threat]:
+    return [
+        Threat("icmp", "ICMP echo flood (one source)", ["--icmp", NODE], "icmp type echo-request", ("icmp-flood",)),
+        Threat("udp", f"UDP flood to port {UDP_PORT} (one source)", ["--udp", "-p", str(UDP_PORT), NODE],
+               f"udp dport {UDP_PORT}", ("limit-",)),
+        Threat("syn", f"spoofed SYN flood to NodePort {NODEPORT}",
+               ["-S", "--rand-source", "-p", str(NODEPORT), NODE], "tcp flags & (fin|syn|rst|ack) == syn",
+               ("syn-flood",)),
+    ]
+
+
+@dataclass
+class Timing:
+    warm: float
+    flood: float
+    gap: float
+    cool: float
+
+
+QUICK, FULL = Timing(2.0, 5.0, 2.5, 2.5), Timing(3.0, 15.0, 4.0, 4.0)
+
+
+@dataclass
+class Telemetry:
+    """What the poller thread and the probe reader collect; read by the display."""
+    arrived: list[tuple[float, dict[str, int]]] = field(default_factory=list)   # (t, counter per threat)
+    dropped: list[tuple[float, dict[str, int]]] = field(default_factory=list)   # (t, drops per threat)
+    attempts: list[dict] = field(default_factory=list)                          # probe lines
+    errors: list[str] = field(default_factory=list)
+    status_took: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @staticmethod
+    def _rate(series: list[tuple[float, dict[str, int]]], key: str, span: float = 1.0) -> float:
+        if len(series) < 2:
+            return 0.0
+        t1, last = series[-1]
+        older = [s for s in series if s[0] <= t1 - span] or series[:1]
+        t0, first = older[-1]
+        return (last.get(key, 0) - first.get(key, 0)) / (t1 - t0) if t1 > t0 else 0.0
+
+    def arriving_pps(self, key: str) -> float:
+        with self.lock:
+            return self._rate(self.arrived, key)
+
+    def dropped_pps(self, key: str) -> float:
+        with self.lock:
+            return self._rate(self.dropped, key, 1.5)
+
+    def dropped_age(self) -> float:
+        """Seconds since the newest ``status`` sample."""
+        with self.lock:
+            return time.time() - self.dropped[-1][0] if self.dropped else float("inf")
+
+    def client(self, since: float, until: float | None = None) -> tuple[int, int, dict[str, tuple[int, int]], list[float]]:
+        """ok, total, per kind (ok, total), latencies (ms) of successes, for attempts started in [since, until)."""
+        with self.lock:
+            rows = [a for a in self.attempts if a["t"] >= since and (until is None or a["t"] < until)]
+        kinds: dict[str, tuple[int, int]] = {}
+        for a in rows:
+            ok, total = kinds.get(a["k"], (0, 0))
+            kinds[a["k"]] = (ok + a["ok"], total + 1)
+        return (sum(a["ok"] for a in rows), len(rows), kinds, [a["ms"] for a in rows if a["ok"]])
+
+
+def drops_by_threat(status: dict, ths: list[Threat]) -> dict[str, int]:
+    """Condemned packets per threat from ``status --json``: the ``drop <group>`` rule of each group's
+    sample chain (every condemned packet passes it); without a sampler, the limit rules themselves."""
+    out = {}
+    for th in ths:
+        total, found = 0, False
+        for r in status.get("rules", []):
+            chain, label = r.get("chain", ""), r.get("label", "")
+            if any(chain == f"sample-{g}" or (g.endswith("-") and chain.startswith(f"sample-{g}")) for g in th.groups) \
+                    and label.startswith("drop"):
+                total += r.get("packets", 0)
+                found = True
+        if not found:
+            for r in status.get("rules", []):
+                chain, label = r.get("chain", ""), r.get("label", "")
+                if any(chain == g or (g.endswith("-") and chain.startswith(g)) for g in th.groups) \
+                        and ("per-source" in label or label.endswith("backstop")):
+                    total += r.get("packets", 0)
+        out[th.key] = total
+    return out
+
+
+class Demo:
+    def __init__(self, quick: bool, plot: str, out=print, keep: str | None = None):
+        self.quick, self.plot, self.say, self.keep = quick, plot, out, keep
+        self.timing = QUICK if quick else FULL
+        self.lab = Lab(PREFIX)
+        self.threats = threats()
+        self.tel = Telemetry()
+        self.stop_polling = threading.Event()
+        self.tmp = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="nodeguard-demo-"))
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.policy = self.tmp / "policy.yaml"
+        self.failures: list[str] = []
+        self.t0 = time.monotonic()
+        self.node: Netns | None = None
+
+    # --- set-up ---------------------------------------------------------------------------
+    def build(self) -> None:
+        counters = {th.key: th.ingress for th in self.threats}
+        topo = labmod.build_node_lab(self.lab, counters, COUNTER_TABLE)
+        self.node, self.atk, self.cli = topo.node, topo.attacker, topo.client
+        self.say(f"namespaces: {', '.join(ns.name for ns in self.lab.netns)} (node uplink {UPLINK} {NODE}, "
+                 f"default route via {GATEWAY})")
+        self.say(f"kube-proxy ruleset loaded in the node (iptables-nft, {topo.kube_rules} rules): "
+                 f"NodePort {NODEPORT} -> pod {POD}:80 by DNAT")
+        self.say(f"demo counters: netdev ingress on {UPLINK} (table netdev {COUNTER_TABLE}, the demo's, "
+                 "not nodeguard's)")
+        self.say(f"services: node echo tcp/{HOST_TCP} udp/{UDP_PORT}; pod echo tcp/80")
+
+    def install(self) -> None:
+        default = importlib.resources.files("guard.rules").joinpath("default.yaml").read_text()
+        policy = yaml.safe_load(default)
+        policy["sampler"]["log"] = str(self.tmp / "attacks.jsonl")
+        policy["sampler"]["window_s"] = 1
+        policy["watcher"]["state_file"] = str(self.tmp / "watch.json")
+        self.policy.write_text("# nodeguard demo: the shipped rules/default.yaml; only the sampler's log and window\n"
+                               "# and the watcher's state file differ (a temporary directory, 1 s windows)\n"
+                               + yaml.safe_dump(policy, sort_keys=False))
+        out = nodeguard(self.node, "apply", "-c", str(self.policy)).stdout.strip()
+        self.say(f"nodeguard apply (default policy): {out.splitlines()[0] if out else '?'}")
+        self.sampler = self.lab.spawn(self.node, ["-m", "guard", "sample", "-c", str(self.policy)], python=True,
+                                      stdout=subprocess_devnull())
+        self.say(f"nodeguard sample: running in the node, attack log {self.tmp / 'attacks.jsonl'}")
+
+    # --- telemetry --------------------------------------------------------------------------
+    def start_telemetry(self) -> None:
+        args = ["-m", "guard.demo.probe", str(PROBE_INTERVAL), str(PROBE_TIMEOUT),
+                *(f"{k}={v}" for k, v in PROBES.items())]
+        self.probe = self.lab.spawn(self.cli, args, python=True, stderr=subprocess_devnull())
+        threading.Thread(target=self._read_probe, daemon=True).start()
+        threading.Thread(target=self._poll_counters, daemon=True).start()
+        threading.Thread(target=self._poll_status, daemon=True).start()
+
+    def _read_probe(self) -> None:
+        for line in self.probe.stdout:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            with self.tel.lock:
+                self.tel.attempts.append(rec)
+
+    def _poll_counters(self) -> None:
+        while not self.stop_polling.wait(0.25):
+            try:
+                res = self.node.run("nft", "-j", "list", "counters", "table", "netdev", COUNTER_TABLE, timeout=5)
+                vals = _ingress(res.stdout)
+            except Exception as exc:  # noqa: BLE001 - a failed poll is shown, never fatal
+                self.tel.errors.append(f"ingress counters: {exc}")
+                continue
+            with self.tel.lock:
+                self.tel.arrived.append((time.time(), vals))
+
+    def _poll_status(self) -> None:
+        while not self.stop_polling.is_set():
+            started, wall = time.monotonic(), time.time()
+            try:
+                st = json.loads(nodeguard(self.node, "status", "--json", "-c", str(self.policy), timeout=20).stdout)
+                vals = drops_by_threat(st, self.threats)
+                with self.tel.lock:  # stamped mid-call: with a full meter, status takes seconds
+                    self.tel.dropped.append(((wall + time.time()) / 2, vals))
+            except Exception as exc:  # noqa: BLE001
+                self.tel.errors.append(f"nodeguard status: {exc}")
+            took = time.monotonic() - started
+            self.tel.status_took = took
+            # status lists every meter element: with a meter filled by a spoofed flood it takes seconds;
+            # polling back to back would take a core from the client and the node
+            self.stop_polling.wait(max(1.0 - took, took))
+
+    # --- the run ------------------------------------------------------------------------------
+    def wait(self, seconds: float, display) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(0.25, left))
+            display.update()
+
+    def run_floods(self, display) -> None:
+        t = self.timing
+        self.baseline_start = time.time()
+        self.wait(t.warm, display)
+        ok, total, kinds, _ = self.tel.client(self.baseline_start)
+        bad = [k for k, (o, n) in kinds.items() if o < n or n == 0]
+        if total == 0 or bad or set(kinds) != set(PROBES):
+            raise RuntimeError(f"the client cannot reach the node before any flood ({ok}/{total} ok; failing: "
+                               f"{', '.join(bad) or 'no attempt finished'})")
+        self.say(f"before the floods: client {ok}/{total} ok (host service, NodePort via DNAT, ping, UDP)")
+        for i, th in enumerate(self.threats):
+            before = self._snapshot()
+            th.started = time.time()
+            proc = self.lab.spawn(self.atk, ["hping3", "--flood", "-q", *th.hping], stdout=subprocess_pipe())
+            display.event(f"{th.title}: started (hping3 --flood {' '.join(th.hping)})")
+            self.wait(t.flood, display)
+            os.kill(proc.pid, signal.SIGINT)  # hping3 prints its statistics on SIGINT
+            try:
+                out, err = proc.communicate(timeout=5)
+            except Exception:  # noqa: BLE001
+                self.lab.stop(proc)
+                out, err = "", ""
+            th.hping_out = " ".join((out + err).split())[-200:]
+            th.ended = time.time()
+            self.wait(t.gap if i < len(self.threats) - 1 else t.cool, display)
+            after = self._snapshot()
+            th.arrived = after[0].get(th.key, 0) - before[0].get(th.key, 0)
+            th.dropped = after[1].get(th.key, 0) - before[1].get(th.key, 0)
+            display.event(f"{th.title}: stopped")
+
+    def _snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
+        """The latest ingress counters and drop counters, fresh from the kernel."""
+        res = self.node.run("nft", "-j", "list", "counters", "table", "netdev", COUNTER_TABLE)
+        arrived = _ingress(res.stdout)
+        st = json.loads(nodeguard(self.node, "status", "--json", "-c", str(self.policy)).stdout)
+        return arrived, drops_by_threat(st, self.threats)
+
+    def summary(self) -> None:
+        self.say("")
+        self.say("summary (client = the legitimate client's attempts started during the flood):")
+        for th in self.threats:
+            secs = max(th.ended - th.started, 1e-3)
+            ok, total, kinds, lat = self.tel.client(th.started, th.ended)
+            share = ok / total if total else 0.0
+            p50 = f"{statistics.median(lat):.1f} ms" if lat else "-"
+            per_kind = ", ".join(f"{k} {o}/{n}" for k, (o, n) in sorted(kinds.items()))
+            drop_share = th.dropped / th.arrived if th.arrived else 0.0
+            self.say(f"  {th.title:<36} arrived {th.arrived:>10,} ({th.arrived / secs:>9,.0f} pps)  dropped "
+                     f"{th.dropped:>10,} ({100 * drop_share:5.1f} %)  client {ok}/{total} ok ({100 * share:.0f} %), "
+                     f"p50 {p50}")
+            self.say(f"  {'':<36} {per_kind}")
+            if th.arrived / secs < MIN_ARRIVED_PPS:
+                self.failures.append(f"{th.key}: only {th.arrived / secs:,.0f} pps arrived (hping3: {th.hping_out})")
+            if drop_share < MIN_DROPPED_SHARE:
+                self.failures.append(f"{th.key}: nodeguard dropped {100 * drop_share:.0f} % of the flood")
+            if share < MIN_CLIENT_OK:
+                self.failures.append(f"{th.key}: the client got {100 * share:.0f} % of its attempts through "
+                                     f"(< {100 * MIN_CLIENT_OK:.0f} %)")
+
+    def report(self) -> None:
+        self.lab.stop(self.sampler, signal.SIGTERM, timeout=10)  # closes its last window
+        log = str(self.tmp / "attacks.jsonl")
+        res = labmod.sh([sys.executable, "-m", "guard", "report", "--log", log, "--top", "5", "--plot", self.plot],
+                        check=False, env=labmod.python_env())
+        self.say("")
+        self.say("nodeguard report (the sampler's attack log of this run):")
+        self.say(res.stdout.rstrip())
+        if res.returncode != 0:
+            self.failures.append(f"nodeguard report failed: {res.stderr.strip()}")
+            return
+        rep = json.loads(labmod.sh([sys.executable, "-m", "guard", "report", "--log", log, "--json"],
+                                   env=labmod.python_env()).stdout)
+        rules = {e["rule"] for e in rep["episodes"]}
+        for need in ("icmp-flood", "syn-flood"):
+            if need not in rules:
+                self.failures.append(f"the attack log has no {need} episode")
+        if not any(r.startswith("limit-") for r in rules):
+            self.failures.append("the attack log has no UDP limit episode")
+        self.say(f"timeline picture: {self.plot}")
+
+    def cleanup(self) -> None:
+        self.stop_polling.set()
+        if self.node is not None:
+            res = nodeguard(self.node, "uninstall", check=False)
+            self.say(f"nodeguard uninstall: {res.stdout.strip() or res.stderr.strip()}")
+        names = [ns.name for ns in self.lab.netns]
+        self.lab.close()
+        if self.keep:
+            self.say(f"kept: the attack log and the policy in {self.tmp} (nodeguard report --log "
+                     f"{self.tmp / 'attacks.jsonl'})")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        left = [n for n in names if n in labmod.namespaces(PREFIX)]
+        self.say(f"cleanup: removed {len(names) - len(left)} namespaces" + (f"; LEFT: {left}" if left else ""))
+
+
+def _ingress(nft_json: str) -> dict[str, int]:
+    """threat key -> packets, from ``nft -j list counters table netdev ngd_demo``."""
+    return labmod.parse_counters(nft_json)
+
+
+def subprocess_devnull():
+    import subprocess
+    return subprocess.DEVNULL
+
+
+def subprocess_pipe():
+    import subprocess
+    return subprocess.PIPE
+
+
+def main(quick: bool, plot: str, cleanup_only: bool = False, keep: str | None = None) -> int:
+    """Run the demo; the exit code: 0 ok, 1 a step failed or the results were not sane, 2 cannot run
+    here, 128 + signal when interrupted (everything is removed in every case)."""
+    from .live import Display
+
+    if cleanup_only:
+        removed = labmod.remove_stale(PREFIX)
+        print(f"removed {len(removed)} namespaces left by demos that no longer run" +
+              (f": {', '.join(removed)}" if removed else ""))
+        return 0
+    problem = _cannot_run()
+    if problem:
+        print(f"nodeguard demo: {problem}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    with labmod.signals_unwind():
+        try:
+            with labmod.machine_lock(print) as waited:
+                if waited > 0.5:
+                    print(f"waited {waited:.1f} s for the machine-wide flood lock")
+                started = time.monotonic()
+                stale = labmod.remove_stale(PREFIX)
+                if stale:
+                    print(f"removed namespaces left by a killed demo: {', '.join(stale)}")
+                return _run(quick, plot, started, Display, keep)
+        except Interrupted as exc:
+            name = signal.Signals(exc.signum).name
+            print(f"demo interrupted by {name}; everything was removed", flush=True)
+            return 128 + exc.signum
+
+
+def _run(quick: bool, plot: str, started: float, display_cls, keep: str | None) -> int:
+    demo = Demo(quick, plot, keep=keep)
+    display = display_cls(demo)
+    demo.say = display.say
+    try:
+        try:
+            demo.say(f"nodeguard demo{' --quick' if quick else ''}: floods {demo.timing.flood:.0f} s each; "
+                     f"the host's ruleset is never touched")
+            demo.build()
+            demo.install()
+            demo.start_telemetry()
+            with display:
+                demo.run_floods(display)
+            demo.summary()
+            demo.report()
+        except Interrupted:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is one line, and cleanup still runs
+            demo.failures.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        with labmod.no_signals():
+            demo.cleanup()
+    took = time.monotonic() - started
+    if demo.failures:
+        for f in demo.failures:
+            demo.say(f"FAILED: {f}")
+        demo.say(f"demo FAILED in {took:.1f} s")
+        return 1
+    demo.say(f"demo OK in {took:.1f} s")
+    return 0
+
+
+def _cannot_run() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, CAP_NET_ADMIN)"
+    missing = [t for t in ("ip", "nft", "iptables-nft-restore", "hping3") if not shutil.which(t)]
+    if missing:
+        return f"missing tools: {', '.join(missing)} (apt-get install iproute2 nftables iptables hping3)"
+    return None

@@ -1,0 +1,170 @@
+"""``nodeguard report``: per-episode sources with shared networks, CSV, and the PNG timeline (no root)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+
+from click.testing import CliRunner
+
+from guard import report
+from guard.attacklog import AttackLog
+from guard.cli import cli
+
+
+def _window(start, end, condemned):
+    return {"type": "window", "start": start, "end": end, "condemned": condemned, "sampled": {}, "flows": 0}
+
+
+def _flow(rule, src, start, end, estimated, sampled=10, proto="tcp", dport=80):
+    return {"type": "flow", "start": start, "end": end, "rule": rule, "src": src, "dst": "10.66.0.1",
+            "proto": proto, "dport": dport, "iface": "eth0", "sampled": sampled, "estimated": estimated,
+            "first": start + 0.5, "last": end - 0.5}
+
+
+def _records():
+    """One SYN episode (1000-1020 s): a botnet of 5 sources in 198.51.100.0/24, two loners in another
+    /24, one IPv6 /48 with 3 sources; then an ICMP episode (2000-2010 s) from one source."""
+    recs = [{"type": "episode_start", "rule": "syn-flood", "ts": 1000.0}]
+    for start in (1000.0, 1010.0):
+        recs.append(_window(start, start + 10, {"syn-flood": 7000}))
+        for i in range(5):
+            recs.append(_flow("syn-flood", f"198.51.100.{10 + i}", start, start + 10, 1000))
+        recs.append(_flow("syn-flood", "203.0.113.7", start, start + 10, 900 if start == 1000 else 100))
+        recs.append(_flow("syn-flood", "203.0.113.9", start, start + 10, 50))
+        for i in range(3):
+            recs.append(_flow("syn-flood", f"2001:db8:1:{i}::1", start, start + 10, 10))
+    recs.append({"type": "other", "start": 1010.0, "end": 1020.0, "rule": "syn-flood", "sampled": 3,
+                 "estimated": 20, "samples_beyond_max_flows": 3})
+    recs.append({"type": "episode_end", "rule": "syn-flood", "start": 1000.0, "end": 1020.0,
+                 "condemned": 14000, "peak_pps": 700.0})
+    recs.append({"type": "episode_start", "rule": "icmp-flood", "ts": 2000.0})
+    recs.append(_window(2000.0, 2010.0, {"icmp-flood": 5000}))
+    recs.append(_flow("icmp-flood", "192.0.2.66", 2000.0, 2010.0, 5000, proto="icmp", dport=8))
+    recs.append({"type": "episode_end", "rule": "icmp-flood", "start": 2000.0, "end": 2010.0,
+                 "condemned": 5000, "peak_pps": 500.0})
+    return recs
+
+
+def test_network_of_takes_the_24_and_the_48():
+    assert report.network_of("198.51.100.77") == "198.51.100.0/24"
+    assert report.network_of("2001:db8:1:2::1") == "2001:db8:1::/48"
+    assert report.network_of("not-an-address") == "not-an-address"
+
+
+def test_sources_sharing_a_network_are_merged_and_loners_stay_addresses():
+    rep = report.build(_records(), None, None, None, 10)
+    syn, icmp = rep["episodes"]
+    rows = {r["source"]: r for r in syn["sources"]}
+    assert syn["distinct_sources"] == 5 + 2 + 3
+    botnet = rows["5 sources"]
+    assert botnet["network"] == "198.51.100.0/24" and botnet["addresses"] == 5
+    assert botnet["estimated"] == 10_000 and botnet["peak_pps"] == 500.0  # 5 x 1000 per 10 s window
+    assert botnet["first"] == 1000.5 and botnet["last"] == 1019.5
+    loner = rows["203.0.113.7"]
+    assert loner["network"] == "203.0.113.0/24" and loner["addresses"] == 1
+    assert loner["estimated"] == 1000 and loner["peak_pps"] == 90.0  # its busiest window: 900 in 10 s
+    assert rows["3 sources"]["network"] == "2001:db8:1::/48"
+    assert rows["other"]["estimated"] == 20
+    assert [r["source"] for r in syn["sources"]][:2] == ["5 sources", "203.0.113.7"]  # biggest first
+    assert icmp["sources"] == [{"rule": "icmp-flood", "source": "192.0.2.66", "network": "192.0.2.0/24",
+                                "addresses": 1, "estimated": 5000, "sampled": 10, "first": 2000.5,
+                                "last": 2009.5, "peak_pps": 500.0, "protos": ["icmp"], "dports": [8]}]
+
+
+def test_top_cuts_the_rows_and_says_how_many_more():
+    syn = report.build(_records(), None, None, "syn-flood", 2)["episodes"][0]
+    assert len(syn["sources"]) == 2 and syn["more"] == 3  # 203.0.113.9, the /48, other
+
+
+def test_text_names_the_network_and_the_rule_of_each_episode():
+    text = report.format_text(report.build(_records(), None, None, None, 10))
+    assert "episode syn-flood from 1970-01-01 00:16:40: 10 distinct sources" in text
+    line = next(ln for ln in text.splitlines() if "5 sources" in ln)
+    assert "198.51.100.0/24" in line and "10000" in line and "00:16:40" in line and "00:16:59" in line
+
+
+def test_csv_has_a_row_per_source_per_episode_and_is_spreadsheet_safe():
+    recs = _records()
+    recs.insert(1, _flow("syn-flood", "=HYPERLINK(1)", 1000.0, 1010.0, 1))  # a hostile log line
+    out = report.format_csv(report.build(recs, None, None, None, 20))
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert tuple(rows[0]) == report.CSV_COLUMNS
+    syn = [r for r in rows if r["episode_rule"] == "syn-flood"]
+    assert len(syn) == 6 and len(rows) == 7  # 5-source /24, 2 loners, /48, other, hostile
+    bot = next(r for r in syn if r["network"] == "198.51.100.0/24")
+    assert bot["source"] == "5 sources" and bot["estimated"] == "10000" and bot["addresses"] == "5"
+    assert bot["episode_start"] == "1970-01-01T00:16:40Z" and bot["episode_end"] == "1970-01-01T00:17:00Z"
+    assert bot["first_seen"] == "1970-01-01T00:16:40Z" and bot["peak_pps"] == "500.0" and bot["ports"] == "80"
+    assert all(not r[c].startswith(("=", "+", "-", "@")) for r in rows for c in report.CSV_COLUMNS)
+    assert any(r["source"] == "?HYPERLINK?1?" for r in rows)
+    assert report._cell("-1+2") == "'-1?2" and report._cell(7) == 7
+
+
+def test_csv_and_json_through_the_cli(tmp_path):
+    path = tmp_path / "attacks.jsonl"
+    log = AttackLog(path, 1 << 20, 2)
+    for rec in _records():
+        log.write(rec)
+    log.close()
+    runner = CliRunner()
+    res = runner.invoke(cli, ["report", "--log", str(path), "--format", "csv", "--rule", "icmp-flood"])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[1].startswith("icmp-flood,1970-01-01T00:33:20Z,")
+    rep = json.loads(runner.invoke(cli, ["report", "--log", str(path), "--format", "json"]).output)
+    assert rep["episodes"][0]["sources"][0]["network"] == "198.51.100.0/24"
+    bad = runner.invoke(cli, ["report", "--log", str(path), "--plot", str(tmp_path / "t.gif")])
+    assert bad.exit_code == 2 and "FILE.png" in bad.output
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "PNG signature"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_png_is_a_valid_png_of_the_expected_size(tmp_path):
+    from guard.report_plot import PNG_SIZE
+    path = tmp_path / "attacks.jsonl"
+    log = AttackLog(path, 1 << 20, 2)
+    for rec in _records():
+        log.write(rec)
+    log.close()
+    png = tmp_path / "timeline.png"
+    res = CliRunner().invoke(cli, ["report", "--log", str(path), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    data = png.read_bytes()
+    assert _png_size(data) == PNG_SIZE
+    assert data.endswith(b"IEND\xaeB`\x82") and len(data) > 10_000
+
+
+def test_plot_png_of_an_empty_log_says_so(tmp_path):
+    from guard.report_plot import PNG_SIZE
+    png = tmp_path / "empty.png"
+    res = CliRunner().invoke(cli, ["report", "--log", str(tmp_path / "none.jsonl"), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert _png_size(png.read_bytes()) == PNG_SIZE
+
+
+def test_short_reports_are_binned_per_window_and_long_ones_per_minute():
+    from guard.report_plot import bin_seconds
+    short = report.build(_records()[:12], None, None, None, 10)
+    assert bin_seconds(short) == 10
+    assert bin_seconds(report.build(_records(), None, None, None, 10)) == 60  # 1000 .. 2010 s spans > 10 min
+
+
+def test_a_flood_from_random_sources_is_called_spread_not_listed_as_culprits():
+    recs = [{"type": "episode_start", "rule": "syn-flood", "ts": 0.0}, _window(0.0, 10.0, {"syn-flood": 20_000})]
+    recs += [_flow("syn-flood", f"{i % 200 + 1}.{i % 7}.{i}.1", 0.0, 10.0, 100, sampled=1) for i in range(200)]
+    recs.append({"type": "episode_end", "rule": "syn-flood", "start": 0.0, "end": 10.0, "condemned": 20_000,
+                 "peak_pps": 2000.0})
+    rep = report.build(recs, None, None, None, 5)
+    ep = rep["episodes"][0]
+    assert ep["spread"] and ep["distinct_sources"] == 200 and ep["more"] == 195
+    assert "random (spoofed) source addresses" in report.format_text(rep)
+    from guard.report_plot import episode_label
+    assert episode_label(ep) == "syn-flood: 200 sources, none over 5 % (spoofed?)"
+    assert not report.build(_records(), None, None, None, 5)["episodes"][0]["spread"]
