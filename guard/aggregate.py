@@ -111,7 +111,7 @@ class Window:
                 if n and not by_source[((group, mode), key)]:
                     out.append({"type": "flow", "start": self.start, "end": end, "rule": group, "mode": mode,
                                 "src": safe(key), "dst": None, "proto": None, "dport": None, "iface": None,
-                                "sampled": 0, "estimated": n, "first": None, "last": None, "tcp_flags": {},
+                                "sampled": 0, "estimated": n, "first": self.start, "last": end, "tcp_flags": {},
                                 "size": [None, None], "ttl": [None, None]})
         for (group, mode), f in self.other.items():
             out.append({"type": "other", "start": self.start, "end": end, "rule": group, "mode": mode,

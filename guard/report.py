@@ -65,7 +65,9 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
         end = rec.get("end", ts)
         if (since is not None and end < since) or (until is not None and ts > until):
             continue
-        if rule and rec.get("rule") not in (None, rule):
+        if rec.get("mode") == "monitor":  # would-be drops are their own line: "<group>/monitor"
+            rec = dict(rec, rule=f"{rec['rule']}/monitor")
+        if rule and rec.get("rule") not in (None, rule, f"{rule}/monitor"):
             continue
         kind = rec.get("type")
         if kind == "episode_start":
@@ -87,7 +89,8 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
                 s["dports"].add(rec["dport"])
             s["protos"].add(rec.get("proto", ""))
         elif kind == "window":
-            condemned = {g: n for g, n in rec.get("condemned", {}).items() if not rule or g == rule}
+            condemned = {g: n for g, n in rec.get("condemned", {}).items()
+                         if not rule or g in (rule, f"{rule}/monitor")}
             windows.append({"start": rec["start"], "end": rec["end"], "condemned": condemned})
             for group, n in condemned.items():
                 timeline[int(rec["end"] // 60 * 60)][group] += n

@@ -168,3 +168,18 @@ def test_a_flood_from_random_sources_is_called_spread_not_listed_as_culprits():
     from guard.report_plot import episode_label
     assert episode_label(ep) == "syn-flood: 200 sources, none over 5 % (spoofed?)"
     assert not report.build(_records(), None, None, None, 5)["episodes"][0]["spread"]
+
+
+def test_would_be_drops_of_monitor_mode_are_reported_apart_from_drops():
+    recs = [{"type": "episode_start", "rule": "syn-flood", "mode": "monitor", "ts": 100.0},
+            _window(100.0, 110.0, {"syn-flood/monitor": 3000, "icmp-flood": 400}),
+            dict(_flow("syn-flood", "198.51.100.1", 100.0, 110.0, 3000), mode="monitor"),
+            dict(_flow("icmp-flood", "198.51.100.2", 100.0, 110.0, 400, proto="icmp", dport=8), mode="enforce"),
+            {"type": "episode_end", "rule": "syn-flood", "mode": "monitor", "start": 100.0, "end": 110.0,
+             "condemned": 3000, "peak_pps": 300.0}]
+    rep = report.build(recs, None, None, None, 10)
+    assert [e["rule"] for e in rep["episodes"]] == ["syn-flood/monitor"]
+    assert set(rep["top_sources"]) == {"syn-flood/monitor", "icmp-flood"}
+    assert rep["timeline"][0]["condemned"] == {"syn-flood/monitor": 3000, "icmp-flood": 400}
+    only = report.build(recs, None, None, "syn-flood", 10)
+    assert set(only["top_sources"]) == {"syn-flood/monitor"}
