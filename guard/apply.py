@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import model, probe, sampling_odds
+from . import listeners, model, probe, sampling_odds, sysctls
 from .backend import ipt as ipt_backend
 from .backend.ipt import Ipset, Ipt, detect_flavour
 from .backend.nft import Nft, NftLive, objects, read_live
@@ -41,6 +41,8 @@ class Plan:
     nft: render_nft.NftObjects | None = None
     ipt: dict[int, render_ipt.Render] | None = None  # iptables, per IP version
     ipsets: tuple[render_ipt.Ipset, ...] = ()
+    synproxy: model.SynproxyPlan | None = None
+    set_sysctls: bool = False  # syn.synproxy.set_sysctls: write what the SYN defence needs (sysctls.py)
 
     @property
     def flavour(self) -> str | None:
@@ -100,6 +102,26 @@ def sampling_settings(policy: Policy, transport: str, odds: dict[str, int] | Non
                           tuple(sorted((odds or {}).items())), cfg.count_sources, 2 * cfg.window_s + 10, cfg.observe)
 
 
+def synproxy_plan(policy: Policy, interfaces: tuple[str, ...]) -> model.SynproxyPlan | None:
+    """``syn.synproxy`` for this host: the ports (``auto``: the listeners, read now), the MSS of the
+    uplinks and the window scale the node's TCP announces. None when there is nothing to proxy."""
+    cfg = policy.syn.synproxy
+    exclude = {p for low, high in cfg.exclude_ports for p in range(low, high + 1)}
+    if cfg.ports == "auto":
+        found = listeners.auto_ports(interfaces, exclude)
+        v4, v6 = set(found[4]), set(found[6])
+    else:
+        v4 = v6 = set(cfg.ports)
+    if cfg.forwarded:
+        nodeports = {p for low, high in cfg.forwarded_ports for p in range(low, high + 1)}
+        v4, v6 = v4 | nodeports, v6 | nodeports
+    if not v4 and not v6:
+        return None
+    mss4, mss6 = listeners.uplink_mss(interfaces)
+    return model.SynproxyPlan(tuple(sorted(v4)), tuple(sorted(v6)), mss4, mss6, listeners.server_wscale(),
+                              cfg.forwarded)
+
+
 def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | None = None,
               cache: dict | None = None, interfaces: tuple[str, ...] | None = None) -> Plan:
     """Render the policy for this host. Without ``nft`` (no privileges) the default priorities are used.
@@ -114,18 +136,22 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     if policy.backend != "nft" and flavour is None:
         flavour = choose_flavour(policy, nft)
     sampling, sampling_reason = choose_sampling(policy, nft)
-    key = (interfaces, foreign, flavour, sampling)
+    synproxy = synproxy_plan(policy, interfaces)
+    key = (interfaces, foreign, flavour, sampling, synproxy)
     if cache is not None and key in cache:
         return cache[key]
     priorities = probe.choose_priorities(list(foreign))
-    ruleset = model.build_ruleset(policy, interfaces, priorities, sampling)
+    ruleset = model.build_ruleset(policy, interfaces, priorities, sampling, synproxy)
     common = (ruleset, priorities, foreign)
+    proxied = synproxy if any(c.name == model.SYNPROXY_CHAIN for c in ruleset.chains) else None
+    extra = {"synproxy": proxied, "set_sysctls": policy.syn.synproxy.set_sysctls}
     if policy.backend == "nft":
-        plan = Plan(*common, "nft", "backend: nft", sampling, sampling_reason, nft=render_nft.render_nft(ruleset))
+        plan = Plan(*common, "nft", "backend: nft", sampling, sampling_reason, nft=render_nft.render_nft(ruleset),
+                    **extra)
     else:
         renders = {v: render_ipt.render_ipt(ruleset, v) for v in (4, 6)}
         plan = Plan(*common, f"iptables-{flavour[0]}", flavour[1], sampling, sampling_reason, ipt=renders,
-                    ipsets=tuple(render_ipt.ipsets(ruleset)))
+                    ipsets=tuple(render_ipt.ipsets(ruleset)), **extra)
     if cache is not None:
         cache.clear()  # only the latest inputs are worth keeping
         cache[key] = plan
@@ -165,6 +191,8 @@ def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families: tuple[i
         nft.run(tx.json(), what="apply")
     else:
         send_ipt(tx)
+    if plan.set_sysctls:
+        sysctls.enforce(plan.synproxy)
     if not repair:
         remove_other_backends(plan.backend, nft)
     return tx

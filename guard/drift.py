@@ -16,7 +16,7 @@ from .backend.ipt import IptLive
 from .backend.nft import Nft, NftLive
 from .render.ids import id_from_comment
 from .render.ipt import spec_id
-from .sync.nft import live_rule_ids, networks, same_limit, same_set
+from .sync.nft import live_rule_ids, same_elements, same_limit, same_set
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ def diff_nft(plan: Plan, live: NftLive) -> Drift | None:
     reasons += _objects("set", {s["name"]: s for s in plan.nft.sets}, live.sets, same_set)
     reasons += _objects("limit", {x["name"]: x for x in plan.nft.limits}, live.limits, same_limit)
     for s in plan.ruleset.sets:
-        if s.kind == "allow" and s.name in live.sets and networks(live.allow_elements.get(s.name, [])) != set(s.elements):
+        if s.static and s.name in live.sets and not same_elements(live.static_elements.get(s.name, []),
+                                                                  plan.nft.elements[s.name]):
             reasons.append(f"set {s.name} elements differ")
     return Drift(tuple(reasons), culprit) if reasons else None
 

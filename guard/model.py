@@ -141,6 +141,27 @@ class UnderLimit:
 
 
 @dataclass(frozen=True)
+class FibLocal:
+    """The destination is one of the node's own addresses (not a pod, not a forwarded service IP)."""
+
+
+@dataclass(frozen=True)
+class DstPortInSet:
+    set: str  # a ``ports`` set
+    version: int
+
+
+@dataclass(frozen=True)
+class CtState:
+    states: tuple[Literal["invalid", "untracked", "new", "established", "related"], ...]
+
+
+@dataclass(frozen=True)
+class NoTrack:
+    """Give the packet no conntrack entry (a statement; evaluation goes on)."""
+
+
+@dataclass(frozen=True)
 class CountSource:
     """Count this packet against its source in the ``counts`` set (a statement; a full set counts
     nothing more, and evaluation goes on either way)."""
@@ -172,7 +193,7 @@ class Log:
 
 Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, SourceNotInSet,
               CtStateNew, Assured, RememberSource, SourceRateOver, SourceConnsOver, OverLimit, UnderLimit, CountSource,
-              OneIn, Log]
+              OneIn, Log, FibLocal, DstPortInSet, CtState, NoTrack]
 
 
 # --- verdicts -------------------------------------------------------------------------
@@ -211,7 +232,16 @@ class Queue:
     group: str
 
 
-Verdict = Union[Drop, Return, Continue, Jump, Goto, Queue]
+@dataclass(frozen=True)
+class Synproxy:
+    """Answer the SYN with a cookie and build the connection to the server only for a valid ACK
+    (terminal). ``wscale`` must be the server's own: SYNPROXY never rewrites windows."""
+
+    mss: int
+    wscale: int
+
+
+Verdict = Union[Drop, Return, Continue, Jump, Goto, Queue, Synproxy]
 DROP, RETURN, CONTINUE = Drop(), Return(), Continue()
 
 
@@ -233,19 +263,20 @@ class Rule:
             raise ValueError(f"rule {self.label!r}: a condemning rule has a group and a mode, others neither")
 
 
-SetKind = Literal["allow", "meter", "trusted", "conns", "counts"]
+SetKind = Literal["allow", "meter", "trusted", "conns", "counts", "ports"]
 
 
 @dataclass(frozen=True)
 class AddrSet:
     """A set of source addresses. ``allow``: static prefixes; ``meter``: a token bucket of
     ``rate`` per source; ``trusted``: timed membership; ``conns``: ``limit`` connections per source;
-    ``counts``: packets and bytes per source (the sampler's exact per-source totals)."""
+    ``counts``: packets and bytes per source (the sampler's exact per-source totals); ``ports``: static
+    destination ports (the SYNPROXY'd ones), not addresses."""
 
     base: str  # e.g. "syn-src-v4"; the kernel name adds the digest (allow sets keep their base name)
     version: int
     kind: SetKind
-    elements: tuple[Union[IPv4Network, IPv6Network], ...] = ()
+    elements: tuple[Union[IPv4Network, IPv6Network, int], ...] = ()
     size: int = 0
     timeout_s: int = 0
     rate: Rate | None = None  # meter
@@ -254,18 +285,23 @@ class AddrSet:
     def __post_init__(self) -> None:
         if self.version not in (4, 6):
             raise ValueError(f"set {self.base}: version must be 4 or 6")
-        if self.kind not in ("allow", "meter", "trusted", "conns", "counts"):
+        if self.kind not in ("allow", "meter", "trusted", "conns", "counts", "ports"):
             raise ValueError(f"set {self.base}: unknown kind {self.kind!r}")
         if (self.kind == "meter") != (self.rate is not None and self.rate.burst is not None):
             raise ValueError(f"set {self.base}: a meter, and only a meter, has a rate with a burst")
-        if self.kind != "allow" and self.size <= 0:
+        if self.kind not in ("allow", "ports") and self.size <= 0:
             raise ValueError(f"set {self.base}: needs a size")
         if self.kind in ("meter", "trusted", "counts") and self.timeout_s <= 0:
             raise ValueError(f"set {self.base}: needs a timeout")
         if self.kind == "conns" and self.limit <= 0:
             raise ValueError(f"set {self.base}: needs a connection limit")
-        if self.elements and self.kind != "allow":
-            raise ValueError(f"set {self.base}: only allowlists have static elements")
+        if self.elements and self.kind not in ("allow", "ports"):
+            raise ValueError(f"set {self.base}: only allowlists and port sets have static elements")
+
+    @property
+    def static(self) -> bool:
+        """Its contents are configuration (refilled to match the render), not state."""
+        return self.kind in ("allow", "ports")
 
     @property
     def prefix_len(self) -> int:
@@ -279,7 +315,7 @@ class AddrSet:
 
     @property
     def name(self) -> str:
-        return self.base if self.kind == "allow" else f"{self.base}-{self.definition}"
+        return self.base if self.static else f"{self.base}-{self.definition}"
 
 
 @dataclass(frozen=True)
@@ -337,6 +373,24 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class SynproxyPlan:
+    """The host's side of ``syn.synproxy``: which ports per family, and what to announce."""
+
+    ports_v4: tuple[int, ...]
+    ports_v6: tuple[int, ...]
+    mss_v4: int
+    mss_v6: int
+    wscale: int  # the server's own (listeners.server_wscale)
+    forwarded: bool = False  # NodePorts too: the node runs with nf_conntrack_tcp_loose=0
+
+    @property
+    def states(self) -> tuple:
+        """With loose=1 conntrack picks the third ACK up as "new" (host ports); with loose=0 it stays
+        invalid, which also keeps kube-proxy's DNAT from seeing it before SYNPROXY does."""
+        return ("invalid", "untracked") if self.forwarded else ("invalid", "untracked", "new")
+
+
+@dataclass(frozen=True)
 class RuleSet:
     chains: tuple[Chain, ...]
     sets: tuple[AddrSet, ...]
@@ -386,13 +440,16 @@ class Priorities:
     stateless: int = PLACEMENTS["stateless"].default_priority
     stateful: int = PLACEMENTS["stateful"].default_priority
     notes: tuple[str, ...] = field(default=())
+    synproxy: int = PLACEMENTS["synproxy"].default_priority
 
     def of(self, stage: Stage) -> int:
-        return self.stateless if stage == "stateless" else self.stateful
+        return {"stateless": self.stateless, "stateful": self.stateful, "synproxy": self.synproxy}[stage]
 
 
 STATELESS_CHAIN = "filter-prerouting"
 STATEFUL_CHAIN = "filter-conntrack"
+SYNPROXY_CHAIN = "synproxy-input"
+SYN_ONLY = TcpFlags(("fin", "syn", "rst", "ack"), ("syn",))
 SAMPLE_ALL = "sample-all"
 
 
@@ -479,7 +536,7 @@ class _Builder:
 
 
 def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Priorities,
-                  sampling: Sampling | None = None) -> RuleSet:
+                  sampling: Sampling | None = None, synproxy: SynproxyPlan | None = None) -> RuleSet:
     b = _Builder(policy, sampling)
     for version in (4, 6):
         b.add_set(AddrSet(f"allow-v{version}", version, "allow", tuple(policy.allow.networks(version))))
@@ -503,9 +560,13 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             trusted.append(Rule((SourceInSet(s.name, version),), RETURN, f"trusted v{version} skips backstop"))
             remember.append(Rule((Family(version), Proto("tcp"), Assured(), SourceNotInSet(s.name, version),
                                   RememberSource(s.name, version)), CONTINUE, f"remember handshake v{version}"))
+    proxied = synproxy if synproxy and policy.mode_of(syn) == "enforce" else None  # monitor never diverts
+    if proxied:
+        pre += _synproxy_notrack(b, proxied)
+        trusted.append(Rule((CtState(("untracked",)),), RETURN, "synproxied syn skips backstop"))
     to_syn = b.flood_chain("syn-flood", policy.mode_of(syn), "syn-src", syn.source_rate(), syn.global_rate(),
                            tuple(trusted))
-    pre.append(Rule((TcpFlags(("fin", "syn", "rst", "ack"), ("syn",)),), to_syn, "syn to syn-flood"))
+    pre.append(Rule((SYN_ONLY,), to_syn, "syn to syn-flood"))
 
     for lim in policy.limits:
         to_limit = b.flood_chain(f"limit-{lim.name}", policy.mode_of(lim), f"limit-{lim.name}", lim.source_rate(),
@@ -528,8 +589,34 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     if conn_rules:
         b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules),
                                  "stateful", priorities.stateful))
+    if proxied:
+        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(interfaces), *_synproxy_rules(proxied)),
+                              "synproxy", priorities.synproxy))
     return RuleSet(tuple(b.chains) + tuple(b.sample_chains.values()), tuple(b.sets), tuple(b.limits.values()),
                    tuple(interfaces), sample_groups=b.groups)
+
+
+def _synproxy_notrack(b: _Builder, sp: SynproxyPlan) -> list[Rule]:
+    """Before conntrack: a SYN to a proxied port of the node's own gets no conntrack entry."""
+    out = []
+    for version, ports in ((4, sp.ports_v4), (6, sp.ports_v6)):
+        s = b.add_set(AddrSet(f"synproxy-ports-v{version}", version, "ports", tuple(ports)))
+        out.append(Rule((Family(version), FibLocal(), SYN_ONLY, DstPortInSet(s.name, version), NoTrack()), CONTINUE,
+                        f"synproxy: syn not tracked v{version}"))
+    return out
+
+
+def _synproxy_rules(sp: SynproxyPlan) -> list[Rule]:
+    """After conntrack, on input: SYNPROXY answers the untracked SYN and checks the third ACK; an
+    invalid packet to a proxied port that SYNPROXY did not take (a bad cookie, a stray ACK) is dropped."""
+    out = []
+    for version, mss in ((4, sp.mss_v4), (6, sp.mss_v6)):
+        port = DstPortInSet(f"synproxy-ports-v{version}", version)
+        out.append(Rule((Family(version), Proto("tcp"), port, CtState(sp.states)), Synproxy(mss, sp.wscale),
+                        f"synproxy v{version}"))
+        out.append(Rule((Family(version), Proto("tcp"), port, CtState(("invalid",))), DROP,
+                        f"synproxy: stray ack or bad cookie v{version}"))
+    return out
 
 
 def _with_default_burst(rate: Rate) -> Rate:

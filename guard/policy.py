@@ -152,6 +152,44 @@ def _one_burst(rate_field: str):
 Mode = Literal["enforce", "monitor"]  # monitor: meter, count and sample what would be dropped; drop nothing
 
 
+def _port_ranges(value: Any) -> tuple[tuple[int, int], ...]:
+    """A list of ports and "low-high" ranges."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"must be a list of ports or 'low-high' ranges, got {value!r}")
+    out = []
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool):
+            low = high = item
+        elif isinstance(item, str) and re.fullmatch(r"\d{1,5}-\d{1,5}", item.strip()):
+            low, high = (int(x) for x in item.strip().split("-"))
+        else:
+            raise ValueError(f"{item!r} is not a port or a 'low-high' range")
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"{item!r} is not within 1-65535, low to high")
+        out.append((low, high))
+    return tuple(out)
+
+
+PortRanges = Annotated[tuple[tuple[int, int], ...], pydantic.BeforeValidator(_port_ranges)]
+
+
+class Synproxy(_Section):
+    """SYNs to the node's own listeners are answered by SYNPROXY before conntrack sees them (no state
+    for a spoofed SYN; the server only ever sees completed handshakes). See README, "SYN floods".
+
+    ports: auto = every TCP port with a listener reachable from a protected interface (refreshed by
+    the watcher), minus ``exclude_ports``; or a list; [] turns it off. ``forwarded``: also NodePorts
+    (``forwarded_ports``), DNAT'd to pods: needs ``net.netfilter.nf_conntrack_tcp_loose=0`` node-wide,
+    which nodeguard sets only with ``set_sysctls`` (else ``status`` reports it).
+    """
+
+    ports: Literal["auto"] | tuple[Port, ...] = "auto"
+    exclude_ports: PortRanges = ((30000, 32767),)  # the NodePort range: DNAT'd, not served by the node
+    forwarded: bool = False
+    forwarded_ports: PortRanges = ((30000, 32767),)
+    set_sysctls: bool = False
+
+
 class Icmp(_Section):
     """Echo-request only; all other ICMP types are never limited."""
 
@@ -185,6 +223,7 @@ class Syn(_Section):
     per_source: RateField = parse_rate("200/second")
     per_source_burst: Burst | None = None
     trusted_after_handshake_s: Annotated[int, Field(ge=0, le=86400, strict=True)] = 3600
+    synproxy: Synproxy = Synproxy()
 
     _burst = field_validator("burst")(classmethod(_one_burst("rate")))
     _per_source_burst = field_validator("per_source_burst")(classmethod(_one_burst("per_source")))

@@ -15,9 +15,10 @@ from .backend.nft import Nft, objects
 from .model import TABLE, Priorities
 from .placement import PLACEMENTS
 
-HOOK = "prerouting"
-# iptables-legacy tables hooked on prerouting, with their fixed priorities
-_LEGACY_PREROUTING = {"raw": -300, "mangle": -150, "nat": -100}
+HOOKS = ("prerouting", "input")  # where nodeguard's base chains hook (placement.py)
+# iptables-legacy tables per hook, with their fixed priorities
+_LEGACY = {"prerouting": {"raw": -300, "mangle": -150, "nat": -100},
+           "input": {"mangle": -150, "filter": 0, "security": 50, "nat": 100}}
 _PRIORITY_FAMILIES = ("ip", "ip6", "inet")
 
 
@@ -33,28 +34,27 @@ class ForeignChain:
         return f"{self.family} {self.table} {self.chain} (priority {self.priority})"
 
 
-def foreign_base_chains(nft: Nft, hook: str = HOOK, table: str = TABLE) -> list[ForeignChain]:
+def foreign_base_chains(nft: Nft, table: str = TABLE) -> list[ForeignChain]:
+    """Every foreign base chain on the hooks nodeguard uses, lowest priority first."""
     out = [
         ForeignChain(c["family"], c["table"], c["name"], c["hook"], int(c["prio"]))
         for c in objects(nft.list("chains"), "chain")
-        if c.get("hook") == hook and c["family"] in _PRIORITY_FAMILIES
+        if c.get("hook") in HOOKS and c["family"] in _PRIORITY_FAMILIES
         and not (c["family"] == "inet" and c["table"] == table)
     ]
-    out += legacy_chains(hook)
+    out += legacy_chains()
     return sorted(out, key=lambda c: (c.priority, c.family, c.table, c.chain))
 
 
-def legacy_chains(hook: str = HOOK, proc: Path = Path("/proc/net")) -> list[ForeignChain]:
-    if hook != HOOK:
-        return []
+def legacy_chains(proc: Path = Path("/proc/net")) -> list[ForeignChain]:
     out = []
     for family, fname in (("ip", "ip_tables_names"), ("ip6", "ip6_tables_names")):
         try:
             tables = (proc / fname).read_text().split()
         except OSError:
             continue
-        out += [ForeignChain(f"{family} (legacy)", t, "PREROUTING", hook, _LEGACY_PREROUTING[t])
-                for t in tables if t in _LEGACY_PREROUTING]
+        for hook, prios in _LEGACY.items():
+            out += [ForeignChain(f"{family} (legacy)", t, hook.upper(), hook, prios[t]) for t in tables if t in prios]
     return out
 
 
@@ -65,11 +65,11 @@ def choose_priorities(foreign: list[ForeignChain]) -> Priorities:
     """
     notes: list[str] = []
     chosen = {}
-    for stage, p in PLACEMENTS.items():
+    for stage, p in PLACEMENTS.items():  # rivals: chains on the same hook
         rivals = [c for c in foreign if c.hook == p.nft_hook and (p.rivals_after is None or c.priority > p.rivals_after)]
         limit = "without running before defrag" if p.rivals_after is None else "and still run after conntrack"
         chosen[stage] = _below(rivals, p.default_priority, p.floor, stage, limit, notes)
-    return Priorities(chosen["stateless"], chosen["stateful"], tuple(notes))
+    return Priorities(chosen["stateless"], chosen["stateful"], tuple(notes), chosen["synproxy"])
 
 
 def _below(rivals: list[ForeignChain], default: int, floor: int, which: str, limit: str, notes: list[str]) -> int:

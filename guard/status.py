@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import model
+from . import model, sysctls
 from .apply import Plan, read_state
 from .backend.nft import Nft, objects
 from .drift import diff_plan
@@ -26,6 +26,10 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
         "interfaces": list(plan.ruleset.interfaces),
         "planned_priorities": {"stateless": plan.priorities.stateless, "stateful": plan.priorities.stateful,
                                "notes": list(plan.priorities.notes)},
+        "synproxy": ({"ports_v4": list(plan.synproxy.ports_v4), "ports_v6": list(plan.synproxy.ports_v6),
+                      "wscale": plan.synproxy.wscale, "mss": [plan.synproxy.mss_v4, plan.synproxy.mss_v6],
+                      "forwarded": plan.synproxy.forwarded} if plan.synproxy else None),
+        "sysctls": sysctls.check(plan.synproxy),
         "foreign_chains": [
             {"family": f.family, "table": f.table, "chain": f.chain, "hook": f.hook, "priority": f.priority}
             for f in plan.foreign
@@ -90,6 +94,10 @@ def _ipt_part(plan: Plan, live_state) -> dict[str, Any]:
     return {"installed": installed, "jumps": jumps, "rules": rules, "meters": meters}
 
 
+def _ports(ports: list[int]) -> str:
+    return (", ".join(map(str, ports[:12])) + (f" (+{len(ports) - 12} more)" if len(ports) > 12 else "")) or "none"
+
+
 def format_text(st: dict[str, Any]) -> str:
     if not st["installed"]:
         return f"nodeguard: not installed ({st['backend']} backend)\n"
@@ -109,6 +117,14 @@ def format_text(st: dict[str, Any]) -> str:
         lines.append(f"watcher: NOT RUNNING (last seen pid {w.get('pid')}; its last state is history, not news)")
     else:
         lines.append("watcher: not running")
+    sp = st.get("synproxy")
+    if sp:
+        lines.append(f"synproxy: ports v4 {_ports(sp['ports_v4'])}, v6 {_ports(sp['ports_v6'])}; window scale "
+                     f"{sp['wscale']}, mss {sp['mss'][0]}/{sp['mss'][1]}" + ("; NodePorts too" if sp["forwarded"] else ""))
+    for sc in st.get("sysctls", []):
+        if not sc["ok"]:
+            lines.append(f"  WRONG SYSCTL {sc['name']} = {sc['value']} (want {sc['want']}): {sc['why']}; nodeguard "
+                         "changes it only with syn.synproxy.set_sysctls: true")
     smp = st["sampler"]
     lines.append(f"sampling: {smp['transport'] or 'off'} ({smp['reason']})")
     lines += [f"protected interfaces: {', '.join(st['interfaces'])}", ""]

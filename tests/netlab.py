@@ -134,6 +134,24 @@ def nft_queue_supported(ns: Netns) -> bool:
                   check=False).returncode == 0
 
 
+POD4 = "10.180.0.3"  # kube-proxy-iptables-tracepacket.rules: NodePort 3003 -> DNAT 10.180.0.3:80
+
+
+@contextmanager
+def pod(node: Netns):
+    """A pod namespace behind the node (10.180.0.3, the fixture's NodePort 3003 endpoint)."""
+    with namespace("ngp") as p:
+        sh(["ip", "link", "add", "ngpod0", "netns", node.name, "type", "veth", "peer", "name", "eth0",
+            "netns", p.name])
+        node.run("ip addr add 10.180.0.1/24 dev ngpod0")
+        node.run("ip link set ngpod0 up")
+        node.run("sysctl -qw net.ipv4.ip_forward=1")
+        p.run(f"ip addr add {POD4}/24 dev eth0")
+        p.run("ip link set eth0 up")
+        p.run("ip route add default via 10.180.0.1")
+        yield p
+
+
 def add_uplink(ns: Netns, ifname: str = "ngu0") -> None:
     """A veth end with an address and the default route, for tests that need no peer."""
     ns.run(["ip", "link", "add", ifname, "type", "veth", "peer", "name", ifname + "p"])

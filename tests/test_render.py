@@ -31,9 +31,12 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 TERMINAL = {"queue", "drop", "accept", "reject", "goto", "jump", "return"}
 
 
-def _ruleset(policy: Policy, transport: str) -> model.RuleSet:
+SYNPROXY = model.SynproxyPlan((22, 6443, 10250), (22, 10250), 1460, 1440, 7)  # what a node's listeners give
+
+
+def _ruleset(policy: Policy, transport: str, synproxy: model.SynproxyPlan | None = SYNPROXY) -> model.RuleSet:
     sampling = sampling_settings(policy, transport)
-    return model.build_ruleset(policy, tuple(policy.interfaces), model.Priorities(), sampling)
+    return model.build_ruleset(policy, tuple(policy.interfaces), model.Priorities(), sampling, synproxy)
 
 
 def _nft_fresh(rs: model.RuleSet) -> dict:
@@ -133,10 +136,16 @@ def _ipt_invariants(rs: model.RuleSet, text: str) -> None:
             assert all(re.fullmatch(r"[A-Za-z0-9 _.,:/+=()<>?-]*", q) for q in line.split('"')[1::2]), line
 
 
+synproxies = st.one_of(st.none(), st.builds(
+    model.SynproxyPlan, st.lists(st.integers(1, 65535), max_size=20, unique=True).map(tuple),
+    st.lists(st.integers(1, 65535), max_size=20, unique=True).map(tuple), st.integers(536, 9000),
+    st.integers(1220, 9000), st.integers(0, 14), st.booleans()))
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(policy=policies(), transport=st.sampled_from(["nflog", "nfqueue"]))
-def test_every_generated_policy_renders_to_valid_unique_escaped_objects(policy, transport):
-    rs = _ruleset(policy, transport)  # RuleSet itself refuses duplicate names and dangling references
+@given(policy=policies(), transport=st.sampled_from(["nflog", "nfqueue"]), synproxy=synproxies)
+def test_every_generated_policy_renders_to_valid_unique_escaped_objects(policy, transport, synproxy):
+    rs = _ruleset(policy, transport, synproxy)  # RuleSet itself refuses duplicate names and dangling references
     _nft_invariants(_nft_fresh(rs))
     _ipt_invariants(rs, _ipt_fresh(rs))
 

@@ -110,17 +110,20 @@ class NftLive:
     sets: dict[str, dict] = field(default_factory=dict)
     limits: dict[str, dict] = field(default_factory=dict)
     rules: tuple[dict, ...] = ()
-    allow_elements: dict[str, list] = field(default_factory=dict)
+    static_elements: dict[str, list] = field(default_factory=dict)
 
 
-def read_live(nft: Nft, family: str, table: str, allow_prefix: str = "allow-") -> NftLive:
+STATIC_SET_PREFIXES = ("allow-", "synproxy-ports-")  # sets whose elements are configuration
+
+
+def read_live(nft: Nft, family: str, table: str) -> NftLive:
     listing = nft.list(f"table {family} {table}", terse=True)  # meters can hold millions of elements
     if not listing:
         return NftLive()
     sets = {s["name"]: s for s in objects(listing, "set")}
     allow = {}
     for name in sets:
-        if name.startswith(allow_prefix):
+        if name.startswith(STATIC_SET_PREFIXES):
             full = objects(nft.list(f"set {family} {table} {name}"), "set")
             allow[name] = full[0].get("elem", []) if full else []
     return NftLive(True, {c["name"]: c for c in objects(listing, "chain")}, sets,

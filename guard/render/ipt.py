@@ -36,7 +36,8 @@ MAX_CHAIN = 28  # Felix's MaxChainNameLength: safe for both flavours
 MAX_IPSET = 31  # IPSET_MAXNAMELEN - 1
 HASHLIMIT_GC_S = 1  # xt_hashlimit's default --hashlimit-htable-gcinterval
 METER_TABLE_FACTOR = 3  # hashlimit entries per admission-set entry (at most 2 are ever needed)
-_BASE_NAMES = {m.STATELESS_CHAIN: "NODEGUARD-PRE", m.STATEFUL_CHAIN: "NODEGUARD-CONN"}
+_BASE_NAMES = {m.STATELESS_CHAIN: "NODEGUARD-PRE", m.STATEFUL_CHAIN: "NODEGUARD-CONN",
+               m.SYNPROXY_CHAIN: "NODEGUARD-SYNPROXY"}
 _UNITS = {"second": "sec", "minute": "min", "hour": "hour"}
 _PROTO = {("icmp", 4): "icmp", ("icmpv6", 6): "ipv6-icmp"}
 
@@ -71,8 +72,8 @@ class Ipset:
     """One ipset as ``ipset create`` sees it (the definition) plus, for allowlists, its members."""
 
     name: str
-    type: str  # hash:net or hash:ip
-    family: str  # inet or inet6
+    type: str  # hash:net, hash:ip or bitmap:port
+    family: str  # inet or inet6 (bitmap:port has none: one set per family keeps v4 and v6 apart)
     maxelem: int
     timeout: int | None = None
     netmask: int | None = None
@@ -80,6 +81,8 @@ class Ipset:
     counters: bool = False
 
     def create_args(self) -> str:
+        if self.type == "bitmap:port":
+            return f"{self.type} range 0-65535"
         out = f"{self.type} family {self.family} maxelem {self.maxelem}"
         if self.netmask is not None:
             out += f" netmask {self.netmask}"
@@ -134,6 +137,8 @@ def ipsets(rs: m.RuleSet) -> list[Ipset]:
         elif s.kind == "meter":
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, admission_timeout_s(s),
                              m.V6_SOURCE_PREFIX if s.version == 6 else None))
+        elif s.kind == "ports":
+            out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, members=tuple(str(p) for p in s.elements)))
         elif s.kind == "counts":  # no timeout: a re-add (the only refresh) would zero the counters; the
             # sampler removes sources that went quiet instead (a sampler that is down only stops counting)
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, None,
@@ -268,8 +273,14 @@ def _match(x: object, version: int, sets: dict[str, m.AddrSet], limits: dict[str
         return ["-m conntrack --ctstate NEW"]
     if isinstance(x, m.Assured):
         return ["-m conntrack --ctstatus ASSURED --ctdir ORIGINAL"]
-    if isinstance(x, (m.RememberSource, m.Log, m.CountSource)):
+    if isinstance(x, (m.RememberSource, m.Log, m.CountSource, m.NoTrack)):
         return []  # the rule's target, or (CountSource) the set match added above, which counts
+    if isinstance(x, m.FibLocal):
+        return ["-m addrtype --dst-type LOCAL"]
+    if isinstance(x, m.DstPortInSet):
+        return [f"-m set --match-set {ipset_name(sets[x.set])} dst"]
+    if isinstance(x, m.CtState):
+        return [f"-m conntrack --ctstate {','.join(st.upper() for st in x.states)}"]
     if isinstance(x, m.OneIn):
         return [f"-m statistic --mode random --probability {1 / x.n:.10f}"]
     if isinstance(x, m.SourceRateOver):
@@ -294,6 +305,8 @@ def _target(rule: m.Rule, sets: dict[str, m.AddrSet]) -> str:
     for x in rule.matches:
         if isinstance(x, m.RememberSource):
             return f"-j SET --add-set {ipset_name(sets[x.set])} src --exist"
+        if isinstance(x, m.NoTrack):
+            return "-j CT --notrack"
         if isinstance(x, m.Log):
             return f'-j NFLOG --nflog-group {x.nflog_group} --nflog-prefix "{x.prefix}" --nflog-size {x.snaplen}'
     v = rule.verdict
@@ -303,6 +316,8 @@ def _target(rule: m.Rule, sets: dict[str, m.AddrSet]) -> str:
         return f"-g {chain_name(v.chain)}"
     if isinstance(v, m.Queue):
         return f"-j NFQUEUE --queue-num {v.number}"
+    if isinstance(v, m.Synproxy):
+        return f"-j SYNPROXY --sack-perm --timestamp --wscale {v.wscale} --mss {v.mss}"
     return {m.Drop: "-j DROP", m.Return: "-j RETURN", m.Continue: ""}[type(v)]
 
 

@@ -38,7 +38,7 @@ def render_nft(rs: m.RuleSet) -> NftObjects:
     return NftObjects(
         table=table_ref(rs.table),
         sets=tuple(_set(rs.table, s) for s in rs.sets),
-        elements={s.name: [_prefix(n) for n in s.elements] for s in rs.sets if s.kind == "allow"},
+        elements={s.name: [_prefix(n) if s.kind == "allow" else n for n in s.elements] for s in rs.sets if s.static},
         limits=tuple(_limit_object(rs.table, lim) for lim in rs.limits),
         chains=tuple(_chain(rs.table, c) for c in rs.chains),
         rules=tuple(r for c in rs.chains for r in render_chain_rules(rs.table, c, sets)),
@@ -73,7 +73,9 @@ def _prefix(n) -> dict:
 def _set(table: str, s: m.AddrSet) -> dict:
     obj: dict[str, Any] = {"family": FAMILY, "table": table, "name": s.name,
                            "type": "ipv4_addr" if s.version == 4 else "ipv6_addr"}
-    if s.kind == "allow":
+    if s.kind == "ports":
+        obj["type"] = "inet_service"
+    elif s.kind == "allow":
         obj["flags"] = ["interval"]
     elif s.kind in ("meter", "trusted", "counts"):
         obj.update(size=s.size, flags=["timeout"], timeout=s.timeout_s)
@@ -205,6 +207,26 @@ def _(x: m.UnderLimit, sets: dict) -> dict:
 
 
 @_match.register
+def _(x: m.FibLocal, sets: dict) -> dict:
+    return _eq({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+
+
+@_match.register
+def _(x: m.DstPortInSet, sets: dict) -> dict:
+    return _eq(_payload("tcp", "dport"), f"@{x.set}")
+
+
+@_match.register
+def _(x: m.CtState, sets: dict) -> dict:
+    return _eq({"ct": {"key": "state"}}, list(x.states) if len(x.states) > 1 else x.states[0], "in")
+
+
+@_match.register
+def _(x: m.NoTrack, sets: dict) -> dict:
+    return {"notrack": None}
+
+
+@_match.register
 def _(x: m.CountSource, sets: dict) -> dict:
     return {"set": {"op": "update", "elem": _source_key(x.version), "set": f"@{x.set}", "stmt": [{"counter": None}]}}
 
@@ -226,4 +248,6 @@ def _verdict(v: m.Verdict) -> dict:
         return {"goto": {"target": v.chain}}
     if isinstance(v, m.Queue):  # no bypass: these packets are condemned either way
         return {"queue": {"num": v.number}}
+    if isinstance(v, m.Synproxy):
+        return {"synproxy": {"mss": v.mss, "wscale": v.wscale, "flags": ["timestamp", "sack-perm"]}}
     return {"drop": None} if isinstance(v, m.Drop) else {"return": None}

@@ -83,7 +83,7 @@ def build(objs: NftObjects, live: NftLive) -> NftTransaction:
         name = s["name"]
         if name not in kept_sets:
             cmds.append({"add": {"set": s}})
-        if name in objs.elements and (name not in kept_sets or not same_elements(live.allow_elements.get(name, []),
+        if name in objs.elements and (name not in kept_sets or not same_elements(live.static_elements.get(name, []),
                                                                                   objs.elements[name])):
             cmds.append({"flush": {"set": _ref(table, name)}})  # allowlists are configuration: refilled
             if objs.elements[name]:
@@ -101,8 +101,10 @@ def live_rule_ids(live: NftLive) -> dict[str, list[str | None]]:
     return out
 
 
-def same_elements(live: list, want: list[dict]) -> bool:
-    """The allowlist holds exactly the rendered prefixes (what nft lists back, normalised)."""
+def same_elements(live: list, want: list) -> bool:
+    """The set holds exactly the rendered elements (prefixes as nft lists them back, normalised; ports)."""
+    if all(isinstance(e, int) for e in want) and all(isinstance(e, int) for e in live):
+        return set(live) == set(want)
     return networks(live) == networks(want)
 
 

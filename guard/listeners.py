@@ -1,0 +1,232 @@
+"""``syn.synproxy.ports: auto``: the TCP ports the node itself serves on its protected uplinks.
+
+Read from the kernel: NETLINK_SOCK_DIAG (one dump per family, filtered to listeners by the kernel,
+with v6only and the receive buffer), /proc/net/tcp{,6} as the fallback; addresses from an
+RTM_GETADDR dump. No process is spawned: the watcher refreshes this every verification cycle.
+A port qualifies per family (SYNPROXY completes the handshake before the server is asked, so a
+port without a listener of that family would turn a clean RST into "connected, then reset").
+Measured: 36 ms for 10,000 listeners (sock_diag), a few ms for the tens a node has.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+NETLINK_ROUTE, NETLINK_SOCK_DIAG = 0, 4
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+TCP_LISTEN = 10
+INET_DIAG_SKV6ONLY = 11
+INET_DIAG_SKMEMINFO = 7  # u32[]: index 1 is SK_MEMINFO_RCVBUF
+
+
+@dataclass(frozen=True)
+class Listener:
+    family: int  # 4 or 6
+    addr: str
+    port: int
+    ifindex: int = 0  # SO_BINDTODEVICE, 0 = any
+    v6only: bool | None = None  # IPv6 only; None = unknown (the /proc reader)
+    rcvbuf: int | None = None  # sk_rcvbuf (sock_diag only): differs from tcp_rmem[1] when SO_RCVBUF locked it
+
+
+def read_listeners_diag() -> list[Listener]:
+    out: list[Listener] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as s:
+        s.bind((0, 0))
+        for fam, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+            # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (sport, dport,
+            # src[16], dst[16], if, cookie[2]) left zero for a dump. No ext needed: the kernel adds
+            # INET_DIAG_SKV6ONLY to every AF_INET6 listener by itself.
+            ext = 1 << (INET_DIAG_SKMEMINFO - 1)
+            req = struct.pack("=BBBxI", fam, socket.IPPROTO_TCP, ext, 1 << TCP_LISTEN) + b"\0" * 48
+            hdr = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, version, 0)
+            s.send(hdr + req)
+            done = False
+            while not done:
+                data = s.recv(1 << 20)
+                off = 0
+                while off + 16 <= len(data):
+                    ln, typ, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
+                    if typ == NLMSG_DONE:
+                        done = True
+                        break
+                    if typ == NLMSG_ERROR:
+                        err = -struct.unpack_from("=i", data, off + 16)[0]
+                        raise OSError(err, os.strerror(err))
+                    if typ == SOCK_DIAG_BY_FAMILY:
+                        out.append(_parse_diag(data[off + 16:off + ln], version))
+                    off += (ln + 3) & ~3
+    return out
+
+
+def _parse_diag(msg: bytes, version: int) -> Listener:
+    # inet_diag_msg: family, state, timer, retrans (4 B), then inet_diag_sockid (48 B), expires, rqueue,
+    # wqueue, uid, inode (20 B) = 72 B, then attributes
+    sport = struct.unpack_from("!H", msg, 4)[0]
+    raw = msg[8:8 + (4 if version == 4 else 16)]
+    ifindex = struct.unpack_from("=I", msg, 40)[0]
+    addr = socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6, raw)
+    v6only = rcvbuf = None
+    off = 72
+    while off + 4 <= len(msg):
+        alen, atype = struct.unpack_from("=HH", msg, off)
+        if alen < 4:
+            break
+        if atype == INET_DIAG_SKV6ONLY:
+            v6only = bool(msg[off + 4])
+        elif atype == INET_DIAG_SKMEMINFO and alen >= 12:
+            rcvbuf = struct.unpack_from("=I", msg, off + 8)[0]
+        off += (alen + 3) & ~3
+    return Listener(version, addr, sport, ifindex, v6only, rcvbuf)
+
+
+def read_listeners_proc() -> list[Listener]:
+    out = []
+    for version, path in ((4, "/proc/net/tcp"), (6, "/proc/net/tcp6")):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] != "0A":
+                        continue
+                    hexaddr, hexport = parts[1].split(":")
+                    raw = bytes.fromhex(hexaddr)
+                    # the kernel prints each 32-bit word in host byte order
+                    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)) if socket.htonl(1) != 1 else raw
+                    out.append(Listener(version, socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6, raw),
+                                        int(hexport, 16)))
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def _is_loopback(addr: str) -> bool:
+    return addr.startswith(("127.", "::ffff:127.")) or addr == "::1"
+
+
+def synproxy_ports(listeners: list[Listener], local_addrs: set[str], protected_ifindexes: set[int],
+                   exclude: set[int] = frozenset(), default_rcvbuf: int | None = None) -> dict[int, list[int]]:
+    """{4: ports, 6: ports} that SYNPROXY may answer for on the protected uplinks.
+
+    ``local_addrs``: the namespace's addresses as inet_ntop prints them; ``exclude``: ports never to
+    proxy (policy). ``default_rcvbuf`` (net.ipv4.tcp_rmem[1]): a listener whose receive buffer differs
+    was locked by SO_RCVBUF and announces a smaller window scale than SYNPROXY would: its port is left
+    out (for both families: the sets are per port). Blind spot: SO_RCVBUF of exactly tcp_rmem[1] / 2
+    gives the default value (the kernel doubles it), and TCP_WINDOW_CLAMP is not visible. Strings, not ipaddress objects: 10,000 listeners
+    are classified in a few ms.
+    """
+    ports: dict[int, set[int]] = {4: set(), 6: set()}
+    locked = {li.port for li in listeners
+              if default_rcvbuf and li.rcvbuf is not None and li.rcvbuf != default_rcvbuf}
+    dual = None
+    for li in listeners:
+        a = li.addr
+        if _is_loopback(a) or li.port in exclude or li.port in locked:
+            continue
+        if li.ifindex and li.ifindex not in protected_ifindexes:
+            continue
+        wildcard = a in ("0.0.0.0", "::")
+        if not wildcard and a not in local_addrs:
+            if a.startswith("::ffff:") and a[7:] in local_addrs:  # v4-mapped bind on a dual-stack socket
+                ports[4].add(li.port)
+            continue  # bound to an address the node does not have (IP_FREEBIND/transparent): skip
+        if li.family == 4:
+            ports[4].add(li.port)
+            continue
+        ports[6].add(li.port)
+        if wildcard:
+            if li.v6only is None:  # /proc cannot tell: the namespace default decides
+                if dual is None:
+                    dual = _bindv6only() == 0
+                if dual:
+                    ports[4].add(li.port)
+            elif not li.v6only:  # a dual-stack [::] listener takes IPv4 too
+                ports[4].add(li.port)
+    return {v: sorted(p) for v, p in ports.items()}
+
+
+def _bindv6only() -> int:
+    try:
+        with open("/proc/sys/net/ipv6/bindv6only") as f:
+            return int(f.read())
+    except OSError:
+        return 0
+
+
+def local_addresses() -> tuple[set[str], dict[str, int]]:
+    """Every address of this namespace (as inet_ntop prints it) and the interface indexes by name."""
+    addrs: set[str] = set()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) as s:
+        s.bind((0, 0))
+        req = struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)  # struct ifaddrmsg
+        s.send(struct.pack("=IHHII", 16 + len(req), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req)
+        done = False
+        while not done:
+            data = s.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(data):
+                ln, typ, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
+                if ln < 16 or typ == NLMSG_DONE:
+                    done = True
+                    break
+                if typ == RTM_NEWADDR:
+                    family = data[off + 16]
+                    a = off + 24  # nlmsghdr + ifaddrmsg (8)
+                    while a + 4 <= off + ln:
+                        alen, atype = struct.unpack_from("=HH", data, a)
+                        if alen < 4:
+                            break
+                        if atype in (IFA_ADDRESS, IFA_LOCAL) and alen - 4 in (4, 16):
+                            addrs.add(socket.inet_ntop(family, data[a + 4:a + alen]))
+                        a += (alen + 3) & ~3
+                off += (ln + 3) & ~3
+    return addrs, {name: index for index, name in socket.if_nameindex()}
+
+
+def auto_ports(protected: tuple[str, ...], exclude: set[int]) -> dict[int, list[int]]:
+    """``ports: auto``: {4: ports, 6: ports} the node listens on, reachable from ``protected``."""
+    try:
+        listeners = read_listeners_diag()
+    except OSError:
+        listeners = read_listeners_proc()
+    addrs, index = local_addresses()
+    try:
+        rmem_default = int(open("/proc/sys/net/ipv4/tcp_rmem").read().split()[1])
+    except (OSError, ValueError, IndexError):
+        rmem_default = None
+    return synproxy_ports(listeners, addrs, {index[n] for n in protected if n in index}, exclude, rmem_default)
+
+
+def server_wscale(proc: Path = Path("/proc/sys/net")) -> int:
+    """The window scale this node's TCP announces, as tcp_select_initial_window computes it: SYNPROXY
+    announces it in the server's name and never rewrites windows, so it must be exactly this."""
+    try:
+        space = max(int((proc / "ipv4/tcp_rmem").read_text().split()[2]), int((proc / "core/rmem_max").read_text()))
+    except (OSError, ValueError, IndexError):
+        return 7  # the kernel's default tcp_rmem max (6 MiB) gives 7
+    wscale = 0
+    while space > 65535 and wscale < 14:
+        space >>= 1
+        wscale += 1
+    return wscale
+
+
+def uplink_mss(interfaces: tuple[str, ...], sys_net: Path = Path("/sys/class/net")) -> tuple[int, int]:
+    """(IPv4, IPv6) MSS for the smallest MTU among ``interfaces`` (1460/1440 at 1500)."""
+    mtus = []
+    for name in interfaces:
+        try:
+            mtus.append(int((sys_net / name / "mtu").read_text()))
+        except (OSError, ValueError):
+            pass
+    mtu = min(mtus) if mtus else 1500
+    return mtu - 40, mtu - 60
