@@ -15,6 +15,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 NETLINK_ROUTE, NETLINK_SOCK_DIAG = 0, 4
 RTM_NEWADDR, RTM_GETADDR = 20, 22
@@ -37,33 +38,44 @@ class Listener:
     rcvbuf: int | None = None  # sk_rcvbuf (sock_diag only): differs from tcp_rmem[1] when SO_RCVBUF locked it
 
 
+def _dump(protocol: int, msg_type: int, request: bytes) -> Iterator[bytes]:
+    """Send one netlink dump request; yield each answer's payload (after its nlmsghdr) until DONE."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol) as s:
+        s.bind((0, 0))
+        s.send(struct.pack("=IHHII", 16 + len(request), msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + request)
+        while True:
+            data = s.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(data):
+                ln, typ, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
+                if ln < 16 or typ == NLMSG_DONE:
+                    return
+                if typ == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + 16)[0]
+                    raise OSError(err, os.strerror(err))
+                if typ != NLMSG_DONE:
+                    yield data[off + 16:off + ln]
+                off += (ln + 3) & ~3
+
+
+def _attrs(msg: bytes, off: int) -> Iterator[tuple[int, bytes]]:
+    while off + 4 <= len(msg):
+        alen, atype = struct.unpack_from("=HH", msg, off)
+        if alen < 4 or off + alen > len(msg):
+            return
+        yield atype, msg[off + 4:off + alen]
+        off += (alen + 3) & ~3
+
+
 def read_listeners_diag() -> list[Listener]:
     out: list[Listener] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as s:
-        s.bind((0, 0))
-        for fam, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
-            # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (sport, dport,
-            # src[16], dst[16], if, cookie[2]) left zero for a dump. No ext needed: the kernel adds
-            # INET_DIAG_SKV6ONLY to every AF_INET6 listener by itself.
-            ext = 1 << (INET_DIAG_SKMEMINFO - 1)
-            req = struct.pack("=BBBxI", fam, socket.IPPROTO_TCP, ext, 1 << TCP_LISTEN) + b"\0" * 48
-            hdr = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, version, 0)
-            s.send(hdr + req)
-            done = False
-            while not done:
-                data = s.recv(1 << 20)
-                off = 0
-                while off + 16 <= len(data):
-                    ln, typ, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
-                    if typ == NLMSG_DONE:
-                        done = True
-                        break
-                    if typ == NLMSG_ERROR:
-                        err = -struct.unpack_from("=i", data, off + 16)[0]
-                        raise OSError(err, os.strerror(err))
-                    if typ == SOCK_DIAG_BY_FAMILY:
-                        out.append(_parse_diag(data[off + 16:off + ln], version))
-                    off += (ln + 3) & ~3
+    for fam, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+        # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (sport, dport,
+        # src[16], dst[16], if, cookie[2]) left zero for a dump. The kernel adds INET_DIAG_SKV6ONLY to
+        # every AF_INET6 listener by itself; SKMEMINFO is asked for (the receive buffer).
+        ext = 1 << (INET_DIAG_SKMEMINFO - 1)
+        req = struct.pack("=BBBxI", fam, socket.IPPROTO_TCP, ext, 1 << TCP_LISTEN) + b"\0" * 48
+        out += [_parse_diag(msg, version) for msg in _dump(NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, req)]
     return out
 
 
@@ -75,16 +87,11 @@ def _parse_diag(msg: bytes, version: int) -> Listener:
     ifindex = struct.unpack_from("=I", msg, 40)[0]
     addr = socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6, raw)
     v6only = rcvbuf = None
-    off = 72
-    while off + 4 <= len(msg):
-        alen, atype = struct.unpack_from("=HH", msg, off)
-        if alen < 4:
-            break
-        if atype == INET_DIAG_SKV6ONLY:
-            v6only = bool(msg[off + 4])
-        elif atype == INET_DIAG_SKMEMINFO and alen >= 12:
-            rcvbuf = struct.unpack_from("=I", msg, off + 8)[0]
-        off += (alen + 3) & ~3
+    for atype, payload in _attrs(msg, 72):
+        if atype == INET_DIAG_SKV6ONLY and payload:
+            v6only = bool(payload[0])
+        elif atype == INET_DIAG_SKMEMINFO and len(payload) >= 8:
+            rcvbuf = struct.unpack_from("=I", payload, 4)[0]
     return Listener(version, addr, sport, ifindex, v6only, rcvbuf)
 
 
@@ -165,30 +172,12 @@ def _bindv6only() -> int:
 def local_addresses() -> tuple[set[str], dict[str, int]]:
     """Every address of this namespace (as inet_ntop prints it) and the interface indexes by name."""
     addrs: set[str] = set()
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) as s:
-        s.bind((0, 0))
-        req = struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)  # struct ifaddrmsg
-        s.send(struct.pack("=IHHII", 16 + len(req), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req)
-        done = False
-        while not done:
-            data = s.recv(1 << 20)
-            off = 0
-            while off + 16 <= len(data):
-                ln, typ, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
-                if ln < 16 or typ == NLMSG_DONE:
-                    done = True
-                    break
-                if typ == RTM_NEWADDR:
-                    family = data[off + 16]
-                    a = off + 24  # nlmsghdr + ifaddrmsg (8)
-                    while a + 4 <= off + ln:
-                        alen, atype = struct.unpack_from("=HH", data, a)
-                        if alen < 4:
-                            break
-                        if atype in (IFA_ADDRESS, IFA_LOCAL) and alen - 4 in (4, 16):
-                            addrs.add(socket.inet_ntop(family, data[a + 4:a + alen]))
-                        a += (alen + 3) & ~3
-                off += (ln + 3) & ~3
+    req = struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)  # struct ifaddrmsg
+    for msg in _dump(NETLINK_ROUTE, RTM_GETADDR, req):
+        family = msg[0]
+        for atype, payload in _attrs(msg, 8):  # after the ifaddrmsg
+            if atype in (IFA_ADDRESS, IFA_LOCAL) and len(payload) in (4, 16):
+                addrs.add(socket.inet_ntop(family, payload))
     return addrs, {name: index for index, name in socket.if_nameindex()}
 
 
