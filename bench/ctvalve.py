@@ -7,8 +7,10 @@ every ``--interval`` seconds and adds or deletes that one element. Rules, rule i
 change, so the watcher sees no drift.
 
   engage    when count >= on x max
-  disengage when count <  off x max and the valve dropped nothing for ``--hold`` seconds
-            (the attack is over, not just held back)
+  disengage when count has stayed below off x max for ``--hold`` seconds
+(Reading the valve's drop counter to tell "attack over" from "held back" would need a netlink
+GETOBJ of its own: libnftables' ``list counter`` fetches the whole cache, 65,536-element meters
+included, and took 441 ms here, against 1.9 ms for ``add element``.)
 
 ``--monitor-only`` only samples the count. On SIGINT it prints one JSON line:
 {"ct_max": highest count seen, "engaged_s": seconds engaged, "toggles": n, "polls": n}.
@@ -73,7 +75,7 @@ def main() -> None:
     fd = os.open(COUNT, os.O_RDONLY)
     sw = None if a.monitor_only else NftSwitch(a.table, a.set, a.counter)
     engaged, since, toggles, polls, peak, engaged_s = False, 0.0, 0, 0, 0, 0.0
-    last_drops, last_drop_change = 0, 0.0
+    last_high = 0.0
     print("ready", flush=True)
     while not stop:
         now = time.monotonic()
@@ -84,12 +86,11 @@ def main() -> None:
             if not engaged and count >= a.on * ct_max:
                 sw.set_engaged(True)
                 engaged, since, toggles = True, now, toggles + 1
-                last_drops, last_drop_change = sw.drops(), now
+                last_high = now
             elif engaged:
-                d = sw.drops()
-                if d != last_drops:
-                    last_drops, last_drop_change = d, now
-                if count < a.off * ct_max and now - last_drop_change >= a.hold:
+                if count >= a.off * ct_max:
+                    last_high = now
+                if now - last_high >= a.hold:
                     sw.set_engaged(False)
                     engaged, toggles = False, toggles + 1
                     engaged_s += now - since

@@ -179,6 +179,14 @@ class Lab:
         # replies goes to the gateway. The net namespace does not forward: replies to spoofed sources die there.
         n.sysctl(net__ipv4__ip_forward=1, net__ipv4__tcp_syncookies=1, net__ipv6__conf__all__forwarding=1)
         t.sysctl(net__ipv4__ip_forward=0)
+        # Replies to spoofed sources would leave a real node through its NIC: drop them at the first
+        # possible point on arrival here, so their cost in this namespace stays near zero.
+        t.nft("""table netdev ngs-sink {
+  chain in { type filter hook ingress device "ngs-upp" priority -500; policy accept;
+    meta protocol ip ip daddr != 10.88.0.0/16 drop
+    meta protocol ip6 ip6 daddr != { fd88::/64, fe80::/10, ff00::/8 } drop
+  }
+}""")
         n.run(["iptables-nft-restore"], input=FIXTURE.read_text())
         n.run(["ip6tables-nft-restore"], input=KUBE_NAT6)
         self.node_mac = json.loads(n.run(f"ip -j link show {UPLINK}").stdout)[0]["address"]
