@@ -97,7 +97,8 @@ def main() -> int:
             ("none", None),
             (f"synproxy wscale {ws} timestamp", synproxy(ws, True)),
             (f"synproxy wscale {ws} no timestamp", synproxy(ws, False)),
-            (f"synproxy wscale 7 timestamp (mismatch)", synproxy(7, True)),
+            (f"synproxy wscale 7 timestamp (server {ws}: too small)", synproxy(7, True)),
+            (f"synproxy wscale 14 timestamp (server {ws}: too big)", synproxy(14, True)),
             (f"synproxy wscale {ws} timestamp, loose=1 + ct state new", synproxy(ws, True, "invalid, untracked, new")),
         ]
         results: dict[tuple[str, str], list[float]] = {}
