@@ -91,6 +91,9 @@ def main() -> int:
     ap.add_argument("--parts", default="mech,policy,ctvalve")
     ap.add_argument("--seconds", type=float, default=9.0)
     ap.add_argument("--pps6", type=int, default=150000, help="IPv6 generator rate")
+    ap.add_argument("--tool4", choices=("hping3", "gen"), default="hping3",
+                    help="IPv4 flood tool; gen = bench/synflood_gen.c at --pps4 (same tool as IPv6)")
+    ap.add_argument("--pps4", type=int, default=150000)
     ap.add_argument("--valve-on", type=float, default=0.15, help="ct-aware valve: engage at this fill of nf_conntrack_max")
     ap.add_argument("--valve-rate", type=int, default=500,
                     help="ct-aware valve: SYN/s while engaged; rate x syn_recv timeout (60 s) must fit the headroom")
@@ -117,7 +120,9 @@ def main() -> int:
                     try:
                         monitor = CtMonitor(lab, mon) if mon else CtMonitor(lab)
                         r = run_flood(lab, family=fam, target=target, client=client, defence=label,
-                                      seconds=args.seconds, pps=0 if fam == 4 else args.pps6,
+                                      seconds=args.seconds,
+                                      pps=(args.pps4 if args.tool4 == "gen" else 0) if fam == 4 else args.pps6,
+                                      tool=args.tool4 if fam == 4 else "gen",
                                       count=count, spacing=spacing, monitor=monitor)
                     finally:
                         d.remove(lab)
@@ -134,11 +139,17 @@ def main() -> int:
 
 
 def print_table(results) -> None:
+    """Medians [min-max] over the runs; rows measured while someone else's flood ran are left out."""
+    dirty = sum(1 for rows in results.values() for r in rows if r.get("foreign_floods"))
+    results = {k: [r for r in rows if not r.get("foreign_floods")] or rows for k, rows in results.items()}
+    if dirty:
+        print(f"# {dirty} result(s) measured while a flood outside this lab ran were left out "
+              "(kept only where no clean run exists)")
     base = {}
     for (label, fam, target, client), rows in results.items():
         if label.endswith("handmade"):
             base[(label.split()[0], fam, target, client)] = statistics.median(r["us_per_pkt"] for r in rows if r["us_per_pkt"])
-    hdr = f"{'scenario':34} {'fam':3} {'target':8} {'client':9} {'ok/of':14} {'p50 ms':12} {'p99 ms':12} " \
+    hdr = f"{'scenario':34} {'n':2} {'fam':3} {'target':8} {'client':9} {'ok/of':14} {'p50 ms':12} {'p99 ms':12} " \
           f"{'ct end':22} {'ct peak':22} {'kpps':18} {'us/pkt':18} {'vs hand':6}"
     print("\n" + hdr + "\n" + "-" * len(hdr))
     for (label, fam, target, client), rows in results.items():
@@ -147,7 +158,7 @@ def print_table(results) -> None:
         ratio = f"{statistics.median([u for u in us if u]) / b:.2f}" if b and any(us) else "-"
         oks = [r["ok"] for r in rows]
         ok = f"{statistics.median(oks):g}/{rows[0]['of']}" + (f" [{min(oks)}-{max(oks)}]" if len(rows) > 1 else "")
-        print(f"{label:34} v{fam:<2} {target:8} {client:9} {ok:14} "
+        print(f"{label:34} {len(rows):<2} v{fam:<2} {target:8} {client:9} {ok:14} "
               f"{median_spread([r['p50_ms'] for r in rows]):12} {median_spread([r['p99_ms'] for r in rows]):12} "
               f"{median_spread([r['ct_end'] for r in rows]):22} {median_spread([r['ct_max'] for r in rows]):22} "
               f"{median_spread([r['kpps'] for r in rows]):18} {median_spread(us):18} {ratio:6}")

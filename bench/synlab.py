@@ -275,6 +275,51 @@ def flood_cmd(lab: Lab, family: int, port: int, seconds: float, pps: int = 0, to
             str(seconds), str(pps)]
 
 
+FLOOD_COMMS = ("hping3", "ngs-synflood-ge", "synflood_gen", "iperf3", "trafgen", "pktgen")
+
+
+class ForeignFloods:
+    """Samples, every 0.5 s, the flood tools running in network namespaces that are not this lab's.
+
+    The softirq figure is machine-wide: a flood of someone who did not take the lock distorts it.
+    ``peak`` is the largest number of such processes seen at once; rows with peak > 0 are flagged.
+    """
+
+    def __init__(self, lab: Lab):
+        import threading
+        self.mine = {os.stat(f"/run/netns/{ns.name}").st_ino for ns in (lab.node, lab.net, lab.pod)}
+        self.peak, self._stop = 0, threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def count(self) -> int:
+        n = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    comm = f.read().strip()
+                if comm.startswith(FLOOD_COMMS) and os.stat(f"/proc/{pid}/ns/net").st_ino not in self.mine:
+                    n += 1
+            except OSError:
+                pass
+        return n
+
+    def _loop(self):
+        while not self._stop.wait(0.5):
+            self.peak = max(self.peak, self.count())
+
+    def __enter__(self):
+        self.peak = self.count()
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.count())
+
+
 def run_flood(lab: Lab, *, family: int, target: str, client: str, defence: str, seconds: float = 9.0,
               pps: int = 0, tool: str = "auto", count: int = 50, spacing: float = 0.14, timeout: float = 1.0,
               monitor=None) -> Result:
@@ -293,12 +338,14 @@ def run_flood(lab: Lab, *, family: int, target: str, client: str, defence: str, 
         res.extra["pre_ok"] = pre["ok"]
     if monitor:
         monitor.start()
-    a0, s0, t0 = lab.arrived(), softirq_ticks(), time.monotonic()
-    flood = lab.net.popen(flood_cmd(lab, family, port, seconds, pps, tool))
-    time.sleep(1.0)
-    cl = lab.connect(src, dst, port, count=count, spacing=spacing, timeout=timeout, popen=True)
-    flood.wait()
-    s1, t1, a1 = softirq_ticks(), time.monotonic(), lab.arrived()
+    with ForeignFloods(lab) as foreign:
+        a0, s0, t0 = lab.arrived(), softirq_ticks(), time.monotonic()
+        flood = lab.net.popen(flood_cmd(lab, family, port, seconds, pps, tool))
+        time.sleep(1.0)
+        cl = lab.connect(src, dst, port, count=count, spacing=spacing, timeout=timeout, popen=True)
+        flood.wait()
+        s1, t1, a1 = softirq_ticks(), time.monotonic(), lab.arrived()
+    res.extra["foreign_floods"] = foreign.peak
     res.ct_end = lab.ct_count()
     out = json.loads(cl.communicate()[0])
     res.ok, res.failed, res.lat_ms = out["ok"], out["failed"], out["lat_ms"]
