@@ -84,7 +84,14 @@ def scenarios(args, lab: Lab):
     return out
 
 
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    import signal
+    signal.signal(signal.SIGINT, _interrupt)  # also when started in the background (SIGINT ignored there)
+    signal.signal(signal.SIGTERM, _interrupt)  # the lab's namespaces are deleted on the way out
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one run, IPv4, fewer defences, 6 s floods (< 2 min)")
     ap.add_argument("--runs", type=int, default=1)

@@ -43,7 +43,14 @@ def synproxy(wscale: int | None, timestamp: bool, states="invalid, untracked") -
 }}"""
 
 
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    import signal
+    signal.signal(signal.SIGINT, _interrupt)  # also when started in the background (SIGINT ignored there)
+    signal.signal(signal.SIGTERM, _interrupt)  # the lab's namespaces are deleted on the way out
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
