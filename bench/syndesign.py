@@ -33,12 +33,17 @@ from synlab import ROOT, UPLINK, Lab
 from syndefs import Defence
 
 
-def render_nodeguard(interfaces=(UPLINK,)) -> list[dict]:
+def render_nodeguard(interfaces=(UPLINK,), extra_yaml: str = "") -> list[dict]:
     from guard import model
     from guard.policy import parse_policy
     from guard.render import nft as render_nft
 
     text = (ROOT / "rules" / "default.yaml").read_text()
+    if extra_yaml:  # replace top-level keys of the default policy
+        import yaml
+        data = yaml.safe_load(text)
+        data.update(yaml.safe_load(extra_yaml))
+        text = yaml.safe_dump(data)
     policy = parse_policy(text, "default.yaml")
     cfg = policy.sampler
     sampling = model.Sampling("nflog", cfg.rate, cfg.global_rate, cfg.nflog_group, cfg.queue_base, cfg.snaplen)
@@ -68,7 +73,7 @@ class Nodeguard(Defence):
     name = "valve"
 
     def apply(self, lab):
-        tx = render_nodeguard()
+        tx = render_nodeguard(extra_yaml=self.kw.get("policy", ""))
         self.load(lab, tx)
 
     def load(self, lab, tx):
@@ -113,6 +118,10 @@ class Design(Nodeguard):
             out += [
                 f"add chain {t} synproxy-input {{ type filter hook input priority -160; policy accept; }}",
                 f"add rule {t} synproxy-input iifname != {{ \"{UPLINK}\" }} return",
+                *([f"add rule {t} synproxy-input meta nfproto ipv4 tcp dport {{ {', '.join(map(str, cl[0]))} }} "
+                   f"tcp flags & (fin | syn | rst | ack) == ack ct state invalid add @conn-0-v4 {{ ip saddr ct count over {cl[1]} }} "
+                   f"counter drop comment \"connlimit before SYNPROXY (loose=0)\""]
+                  if (cl := self.kw.get("connlimit_input")) else []),
                 f"add rule {t} synproxy-input meta nfproto ipv4 tcp dport @synproxy-ports ct state {states} counter "
                 f"synproxy mss 1460 wscale {ws}{ts} sack-perm",
                 f"add rule {t} synproxy-input meta nfproto ipv6 tcp dport @synproxy-ports ct state {states} counter "
@@ -132,7 +141,7 @@ class Design(Nodeguard):
         return "\n".join(out) + "\n"
 
     def apply(self, lab):
-        tx = render_nodeguard()
+        tx = render_nodeguard(extra_yaml=self.kw.get("policy", ""))
         self.load(lab, tx)
         cmds = self.commands(lab, tx)
         if "BACKSTOP" in cmds:
