@@ -92,6 +92,12 @@ def softirq_ticks() -> int:
         return int(f.readline().split()[7])
 
 
+def softnet_drops() -> int:
+    """Packets dropped because a CPU's input backlog was full (/proc/net/softnet_stat, column 2, all CPUs)."""
+    with open("/proc/net/softnet_stat") as f:
+        return sum(int(line.split()[1], 16) for line in f)
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -339,13 +345,14 @@ def run_flood(lab: Lab, *, family: int, target: str, client: str, defence: str, 
     if monitor:
         monitor.start()
     with ForeignFloods(lab) as foreign:
-        a0, s0, t0 = lab.arrived(), softirq_ticks(), time.monotonic()
+        a0, s0, t0, d0 = lab.arrived(), softirq_ticks(), time.monotonic(), softnet_drops()
         flood = lab.net.popen(flood_cmd(lab, family, port, seconds, pps, tool))
         time.sleep(1.0)
         cl = lab.connect(src, dst, port, count=count, spacing=spacing, timeout=timeout, popen=True)
         flood.wait()
         s1, t1, a1 = softirq_ticks(), time.monotonic(), lab.arrived()
     res.extra["foreign_floods"] = foreign.peak
+    res.extra["backlog_drops"] = softnet_drops() - d0
     res.ct_end = lab.ct_count()
     out = json.loads(cl.communicate()[0])
     res.ok, res.failed, res.lat_ms = out["ok"], out["failed"], out["lat_ms"]
