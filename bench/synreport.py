@@ -33,14 +33,14 @@ def main(paths: list[str]) -> None:
     parts = defaultdict(list)
     for key, rows in groups.items():
         parts[key[0]].append((key, rows))
+    base = {}  # hand-made chains, same family/target/client, any part of the same run(s)
+    for (pt, label, fam, target, client), rows in groups.items():
+        if label.endswith("handmade"):
+            clean = [r for r in rows if not r.get("foreign_floods")] or rows
+            base.setdefault((fam, target, client), statistics.median(r["us_per_pkt"] for r in clean))
     for part, items in parts.items():
-        base = {}
-        for (pt, label, fam, target, client), rows in items:
-            if label.endswith("handmade"):
-                clean = [r for r in rows if not r.get("foreign_floods")] or rows
-                base[(fam, target, client)] = statistics.median(r["us_per_pkt"] for r in clean)
         print(f"\n#### {part}\n")
-        print("| defence | fam | target | client | runs | new-client ok (of 50) | p50 ms | p99 ms | conntrack at end | "
+        print("| defence | fam | target | client | runs | client ok (of 50) | p50 ms | p99 ms | conntrack at end | "
               "conntrack peak | attack kpps arrived | softirq µs / attack pkt | vs hand-made |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for (pt, label, fam, target, client), rows in items:
@@ -48,9 +48,11 @@ def main(paths: list[str]) -> None:
             star = "" if clean else "*"
             rows = clean or rows
             us = [r["us_per_pkt"] for r in rows]
-            b = base.get((fam, target, client)) or base.get((fam, target, "new"))
+            b = base.get((fam, target, client))
             ratio = f"{statistics.median(us) / b:.2f}" if b else "–"
-            print(f"| {label.split(' ', 1)[1]} | v{fam} | {target} | {client} | {len(rows)}{star} | "
+            eng = (f" (engaged {spread([r['engaged_s'] for r in rows], '{:.1f}')} s of the flood)"
+                   if any(r.get("toggles") for r in rows) else "")
+            print(f"| {label.split(' ', 1)[1]}{eng} | v{fam} | {target} | {client} | {len(rows)}{star} | "
                   f"{spread([r['ok'] for r in rows], '{:g}')} | {spread([r['p50_ms'] for r in rows])} | "
                   f"{spread([r['p99_ms'] for r in rows])} | {spread([r['ct_end'] for r in rows], '{:,.0f}')} | "
                   f"{spread([r['ct_max'] for r in rows], '{:,.0f}')} | {spread([r['kpps'] for r in rows], '{:.0f}')} | "
