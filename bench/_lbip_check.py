@@ -1,8 +1,15 @@
-import sys, time; sys.path.insert(0, "/work/wt-syn/bench")
-from synlab import *
-from syndefs import *
+"""SYNPROXY in the forward hook for a non-local service IP (the fixture's externalIP 192.168.99.33:80,
+DNAT'd by kube-proxy to 10.180.0.4/.5:80 and masqueraded). Functional check, no flood.
+
+    PYTHONPATH=. .venv/bin/python bench/_lbip_check.py
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synlab import NODE4, Lab  # noqa: E402
 LB = "192.168.99.33"
-with Lab("t11") as lab:
+with Lab() as lab:
     lab.start_servers(); lab.install_counter()
     for a in ("10.180.0.4", "10.180.0.5"):
         lab.pod.run(f"ip addr add {a}/24 dev eth0")
