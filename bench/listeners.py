@@ -33,6 +33,7 @@ NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 TCP_LISTEN = 10
 INET_DIAG_SKV6ONLY = 11
+INET_DIAG_SKMEMINFO = 7  # u32[]: index 1 is SK_MEMINFO_RCVBUF
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Listener:
     port: int
     ifindex: int = 0  # SO_BINDTODEVICE, 0 = any
     v6only: bool | None = None  # IPv6 only; None = unknown (the /proc reader)
+    rcvbuf: int | None = None  # sk_rcvbuf (sock_diag only): differs from tcp_rmem[1] when SO_RCVBUF locked it
 
 
 def read_listeners_diag() -> list[Listener]:
@@ -52,7 +54,8 @@ def read_listeners_diag() -> list[Listener]:
             # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (sport, dport,
             # src[16], dst[16], if, cookie[2]) left zero for a dump. No ext needed: the kernel adds
             # INET_DIAG_SKV6ONLY to every AF_INET6 listener by itself.
-            req = struct.pack("=BBBxI", fam, socket.IPPROTO_TCP, 0, 1 << TCP_LISTEN) + b"\0" * 48
+            ext = 1 << (INET_DIAG_SKMEMINFO - 1)
+            req = struct.pack("=BBBxI", fam, socket.IPPROTO_TCP, ext, 1 << TCP_LISTEN) + b"\0" * 48
             hdr = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, version, 0)
             s.send(hdr + req)
             done = False
@@ -80,7 +83,7 @@ def _parse_diag(msg: bytes, version: int) -> Listener:
     raw = msg[8:8 + (4 if version == 4 else 16)]
     ifindex = struct.unpack_from("=I", msg, 40)[0]
     addr = socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6, raw)
-    v6only = None
+    v6only = rcvbuf = None
     off = 72
     while off + 4 <= len(msg):
         alen, atype = struct.unpack_from("=HH", msg, off)
@@ -88,8 +91,10 @@ def _parse_diag(msg: bytes, version: int) -> Listener:
             break
         if atype == INET_DIAG_SKV6ONLY:
             v6only = bool(msg[off + 4])
+        elif atype == INET_DIAG_SKMEMINFO and alen >= 12:
+            rcvbuf = struct.unpack_from("=I", msg, off + 8)[0]
         off += (alen + 3) & ~3
-    return Listener(version, addr, sport, ifindex, v6only)
+    return Listener(version, addr, sport, ifindex, v6only, rcvbuf)
 
 
 def read_listeners_proc() -> list[Listener]:
@@ -118,17 +123,23 @@ def _is_loopback(addr: str) -> bool:
 
 
 def synproxy_ports(listeners: list[Listener], local_addrs: set[str], protected_ifindexes: set[int],
-                   exclude: set[int] = frozenset()) -> dict[int, list[int]]:
+                   exclude: set[int] = frozenset(), default_rcvbuf: int | None = None) -> dict[int, list[int]]:
     """{4: ports, 6: ports} that SYNPROXY may answer for on the protected uplinks.
 
     ``local_addrs``: the namespace's addresses as inet_ntop prints them; ``exclude``: ports never to
-    proxy (policy). Strings, not ipaddress objects: 10,000 listeners are classified in a few ms.
+    proxy (policy). ``default_rcvbuf`` (net.ipv4.tcp_rmem[1]): a listener whose receive buffer differs
+    was locked by SO_RCVBUF and announces a smaller window scale than SYNPROXY would: its port is left
+    out (for both families: the sets are per port). Blind spot: SO_RCVBUF of exactly tcp_rmem[1] / 2
+    gives the default value (the kernel doubles it), and TCP_WINDOW_CLAMP is not visible. Strings, not ipaddress objects: 10,000 listeners
+    are classified in a few ms.
     """
     ports: dict[int, set[int]] = {4: set(), 6: set()}
+    locked = {li.port for li in listeners
+              if default_rcvbuf and li.rcvbuf is not None and li.rcvbuf != default_rcvbuf}
     dual = None
     for li in listeners:
         a = li.addr
-        if _is_loopback(a) or li.port in exclude:
+        if _is_loopback(a) or li.port in exclude or li.port in locked:
             continue
         if li.ifindex and li.ifindex not in protected_ifindexes:
             continue

@@ -19,8 +19,10 @@ CHILD = r"""
 import json, socket, sys
 sys.path.insert(0, sys.argv[1])
 import listeners as L
-def listen(fam, addr, port, v6only=None, dev=None):
+def listen(fam, addr, port, v6only=None, dev=None, rcvbuf=None):
     s = socket.socket(fam, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     if v6only is not None:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
     if dev:
@@ -39,12 +41,15 @@ keep = [
     listen(A4, "10.97.0.1", 1009),             # another local interface's address: weak host, reachable
     listen(A4, "0.0.0.0", 1010, dev="ngt1"),   # SO_BINDTODEVICE to a non-protected device: never
     listen(A4, "0.0.0.0", 1011, dev="ngt0"),   # SO_BINDTODEVICE to the uplink
+    listen(A4, "0.0.0.0", 1012, rcvbuf=262144),  # SO_RCVBUF: smaller window scale, left to kernel syncookies
 ]
 c = socket.create_connection(("127.0.0.1", 1001)); keep.append(c)  # an established pair: not a listener
 addrs, idx = L.local_addresses()
 diag, proc = L.read_listeners_diag(), L.read_listeners_proc()
+rmem1 = int(open("/proc/sys/net/ipv4/tcp_rmem").read().split()[1])
 print(json.dumps({
-    "diag": L.synproxy_ports(diag, addrs, {idx["ngt0"]}),
+    "diag": L.synproxy_ports(diag, addrs, {idx["ngt0"]}, default_rcvbuf=rmem1),
+    "diag_any_rcvbuf": L.synproxy_ports(diag, addrs, {idx["ngt0"]}),
     "proc": L.synproxy_ports(proc, addrs, {idx["ngt0"]}),
     "diag_ports": sorted((x.family, x.addr, x.port, x.v6only) for x in diag),
     "proc_ports": sorted((x.family, x.addr, x.port) for x in proc),
@@ -74,10 +79,11 @@ def test_auto_ports_are_the_listeners_reachable_from_the_uplink_per_family(netns
     out = json.loads(subprocess.run(netns + [sys.executable, "-c", CHILD, str(HERE)], capture_output=True,
                                     text=True, check=True).stdout)
     assert out["diag"] == {"4": [1001, 1003, 1007, 1009, 1011], "6": [1002, 1003, 1008]}
+    assert out["diag_any_rcvbuf"]["4"] == [1001, 1003, 1007, 1009, 1011, 1012], "1012 only left out for its SO_RCVBUF"
     # /proc shows neither v6only nor SO_BINDTODEVICE: [::]:1002 counts for IPv4 too (bindv6only=0) and
     # 1010 is kept: the fallback may proxy a port too many (that port then answers "connected, reset"
     # instead of RST on IPv4), never one too few
-    assert out["proc"] == {"4": [1001, 1002, 1003, 1007, 1009, 1010, 1011], "6": [1002, 1003, 1008]}
+    assert out["proc"] == {"4": [1001, 1002, 1003, 1007, 1009, 1010, 1011, 1012], "6": [1002, 1003, 1008]}
     assert [p[:3] for p in out["diag_ports"]] == [list(p) for p in out["proc_ports"]], "both readers see the same listeners"
-    assert out["excluded"] == {"4": [1007, 1009, 1011], "6": [1002, 1008]}
+    assert out["excluded"] == {"4": [1007, 1009, 1011, 1012], "6": [1002, 1008]}
     assert all(p[3] in (True, False) for p in out["diag_ports"] if p[0] == 6), "sock_diag reports v6only"
