@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synlab import HOST_PORT, NODE4, Lab, settle  # noqa: E402
-from syndesign import Design, Nodeguard  # noqa: E402
+from syndesign import Design, Nodeguard
+from synlab import HOST_PORT, NODE4, Lab, settle
 
 POLICY = "connlimit:\n  - ports: [8080]\n    per_source: 5\n"
 with Lab() as lab:

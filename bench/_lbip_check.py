@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synlab import NODE4, Lab  # noqa: E402
+from synlab import NODE4, Lab
+
 LB = "192.168.99.33"
 with Lab() as lab:
     lab.start_servers(); lab.install_counter()

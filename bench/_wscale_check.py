@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synlab import NODE4, PY, Lab  # noqa: E402
+from synlab import NODE4, PY, Lab
 
 SERVER = r"""
 import socket, sys, time

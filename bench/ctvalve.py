@@ -71,7 +71,8 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    ct_max = a.max or int(open(MAX).read())
+    with open(MAX) as f:
+        ct_max = a.max or int(f.read())
     fd = os.open(COUNT, os.O_RDONLY)
     sw = None if a.monitor_only else NftSwitch(a.table, a.set, a.counter)
     engaged, since, toggles, polls, peak, engaged_s = False, 0.0, 0, 0, 0, 0.0

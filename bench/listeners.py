@@ -119,7 +119,7 @@ def read_listeners_proc() -> list[Listener]:
 
 
 def _is_loopback(addr: str) -> bool:
-    return addr.startswith("127.") or addr == "::1" or addr.startswith("::ffff:127.")
+    return addr.startswith(("127.", "::ffff:127.")) or addr == "::1"
 
 
 def synproxy_ports(listeners: list[Listener], local_addrs: set[str], protected_ifindexes: set[int],

@@ -15,8 +15,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from synlab import HOST_PORT, NODE4, NODE6, NODE_PORT, Lab, flood_cmd, kernel_lock, settle  # noqa: E402
-from syndefs import SynproxyNft  # noqa: E402
+from syndefs import SynproxyNft
+from synlab import (
+    HOST_PORT,
+    NODE4,
+    NODE6,
+    NODE_PORT,
+    Lab,
+    flood_cmd,
+    kernel_lock,
+    settle,
+)
 
 SYN = "tcp flags & (fin | syn | rst | ack) == syn"
 

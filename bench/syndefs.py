@@ -14,6 +14,8 @@ The design (nodeguard table + splices) lives in bench/syndesign.py.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from synlab import UPLINK, Lab
 
 SYN = "tcp flags & (fin | syn | rst | ack) == syn"
@@ -30,7 +32,7 @@ def synproxy_stmt(family: int, wscale: int, timestamp: bool) -> str:
 
 class Defence:
     name = "none"
-    sysctls: dict = {}
+    sysctls: ClassVar[dict] = {}
 
     def __init__(self, **kw):
         self.kw = kw
@@ -68,7 +70,7 @@ table inet ngs-mech {{
 
 class SynproxyNft(Defence):
     name = "synproxy-nft"
-    sysctls = {"net.netfilter.nf_conntrack_tcp_loose": 0}
+    sysctls: ClassVar[dict] = {"net.netfilter.nf_conntrack_tcp_loose": 0}
 
     def apply(self, lab):
         ports = ports_set(self.kw.get("ports", [8080]))
@@ -91,7 +93,7 @@ table inet ngs-mech {{
 
 class SynproxyIpt(Defence):
     name = "synproxy-ipt"
-    sysctls = {"net.netfilter.nf_conntrack_tcp_loose": 0}
+    sysctls: ClassVar[dict] = {"net.netfilter.nf_conntrack_tcp_loose": 0}
 
     def rules(self):
         ports = ",".join(str(p) for p in self.kw.get("ports", [8080]))

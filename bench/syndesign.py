@@ -28,9 +28,8 @@ import math
 import tempfile
 from pathlib import Path
 
-from synlab import ROOT, UPLINK, Lab
-
 from syndefs import Defence
+from synlab import ROOT, UPLINK, Lab
 
 
 def render_nodeguard(interfaces=(UPLINK,), extra_yaml: str = "") -> list[dict]:
@@ -118,14 +117,14 @@ class Design(Nodeguard):
             out += [
                 f"add chain {t} synproxy-input {{ type filter hook input priority -160; policy accept; }}",
                 f"add rule {t} synproxy-input iifname != {{ \"{UPLINK}\" }} return",
-                *([f"add rule {t} synproxy-input meta nfproto ipv4 tcp dport {{ {', '.join(map(str, cl[0]))} }} "
-                   f"tcp flags & (fin | syn | rst | ack) == ack ct state invalid add @conn-0-v4 {{ ip saddr ct count over {cl[1]} }} "
-                   f"counter drop comment \"connlimit before SYNPROXY (loose=0)\""]
+                *([(f"add rule {t} synproxy-input meta nfproto ipv4 tcp dport {{ {', '.join(map(str, cl[0]))} }} "
+                    f"tcp flags & (fin | syn | rst | ack) == ack ct state invalid add @conn-0-v4 {{ ip saddr ct count over {cl[1]} }} "
+                    f"counter drop comment \"connlimit before SYNPROXY (loose=0)\"")]
                   if (cl := self.kw.get("connlimit_input")) else []),
-                f"add rule {t} synproxy-input meta nfproto ipv4 tcp dport @synproxy-ports ct state {states} counter "
-                f"synproxy mss 1460 wscale {ws}{ts} sack-perm",
-                f"add rule {t} synproxy-input meta nfproto ipv6 tcp dport @synproxy-ports ct state {states} counter "
-                f"synproxy mss 1440 wscale {ws}{ts} sack-perm",
+                (f"add rule {t} synproxy-input meta nfproto ipv4 tcp dport @synproxy-ports ct state {states} counter "
+                 f"synproxy mss 1460 wscale {ws}{ts} sack-perm"),
+                (f"add rule {t} synproxy-input meta nfproto ipv6 tcp dport @synproxy-ports ct state {states} counter "
+                 f"synproxy mss 1440 wscale {ws}{ts} sack-perm"),
                 f"add rule {t} synproxy-input tcp dport @synproxy-ports ct state invalid counter drop",
             ]
         if self.kw.get("ctvalve"):
@@ -135,8 +134,8 @@ class Design(Nodeguard):
                 f"add set {t} syn-valve-on {{ type inet_proto; }}",
                 f"add counter {t} syn-valve-drops",
                 # replace the always-on backstop: same position, consults the switch first
-                f"replace rule {t} syn-flood handle BACKSTOP meta l4proto @syn-valve-on limit rate over {rate}/second "
-                f"burst {rate} packets counter name syn-valve-drops goto sample-syn-flood",
+                (f"replace rule {t} syn-flood handle BACKSTOP meta l4proto @syn-valve-on limit rate over {rate}/second "
+                 f"burst {rate} packets counter name syn-valve-drops goto sample-syn-flood"),
             ]
         return "\n".join(out) + "\n"
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from synlab import CtMonitor, Lab, kernel_lock, median_spread, run_flood, settle  # noqa: E402
-from syndefs import Defence, Handmade, SyncookieNft, SynproxyIpt, SynproxyNft  # noqa: E402
-from syndesign import Design, Nodeguard, server_wscale  # noqa: E402
+from syndefs import Defence, Handmade, SyncookieNft, SynproxyIpt, SynproxyNft
+from syndesign import Design, Nodeguard, server_wscale
+from synlab import CtMonitor, Lab, kernel_lock, median_spread, run_flood, settle
 
 
 def scenarios(args, lab: Lab):

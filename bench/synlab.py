@@ -54,7 +54,7 @@ COMMIT
 
 def sh(args, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
     args = shlex.split(args) if isinstance(args, str) else args
-    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, **kw)
     if check and res.returncode:
         raise RuntimeError(f"{' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
     return res
@@ -411,4 +411,4 @@ def median_spread(values: list[float]) -> str:
 
 
 def nft_tables(ns: Ns) -> list[str]:
-    return re.findall(r"^table (\S+ \S+)", ns.run("nft list tables").stdout, re.M)
+    return re.findall(r"^table (\S+ \S+)", ns.run("nft list tables").stdout, re.MULTILINE)

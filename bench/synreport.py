@@ -27,9 +27,10 @@ def spread(values, fmt="{:.2f}") -> str:
 def main(paths: list[str]) -> None:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for p in paths:
-        for line in open(p):
-            r = json.loads(line)
-            groups[(r["defence"].split()[0], r["defence"], r["family"], r["target"], r["client"])].append(r)
+        with open(p) as f:
+            for line in f:
+                r = json.loads(line)
+                groups[(r["defence"].split()[0], r["defence"], r["family"], r["target"], r["client"])].append(r)
     parts = defaultdict(list)
     for key, rows in groups.items():
         parts[key[0]].append((key, rows))

@@ -11,17 +11,17 @@ SECONDS`` upload (client -> server) and download (-R); the figure is iperf3's re
 from __future__ import annotations
 
 import argparse
-from contextlib import nullcontext
 import json
 import os
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from synlab import BENCH, FIXTURE, PY, Ns, kernel_lock, sh  # noqa: E402
+from synlab import BENCH, FIXTURE, PY, Ns, kernel_lock, sh
 
 SYN = "tcp flags & (fin | syn | rst | ack) == syn"
 CLI, RC, RN, NODE = "10.89.1.2", "10.89.1.1", "10.89.2.1", "10.89.2.2"
