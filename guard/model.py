@@ -200,6 +200,7 @@ class Rule:
     verdict: Verdict
     label: str  # short, human: shown in status and in the rule comment
     counter: bool = True
+    group: str | None = None  # set by the builder's condemn(): the rule group whose packets this rule condemns
 
 
 SetKind = Literal["allow", "meter", "trusted", "conns"]
@@ -383,8 +384,13 @@ class _Builder:
         self.limits[lim.name] = lim
         return lim.name
 
-    def condemn(self, group: str) -> Verdict:
-        """Drop, or, when sampling, go to the group's sample chain (which drops too)."""
+    def condemn(self, group: str, matches: tuple[Match, ...], label: str) -> Rule:
+        """A rule that condemns what ``matches`` for ``group``: drop, or, when sampling, go to the
+        group's sample chain (which drops too). Its ``group`` field names the group, so the kernel
+        counters of exactly these rules are the group's drops, sampling on or off."""
+        return Rule(matches, self._condemn_verdict(group), label, group=group)
+
+    def _condemn_verdict(self, group: str) -> Verdict:
         if not self.sampling:
             return DROP
         name = f"sample-{group}"
@@ -408,11 +414,11 @@ class _Builder:
         for version in (4, 6):
             s = self.add_set(AddrSet(f"{meter_base}-v{version}", version, "meter", size=meter.size,
                                      timeout_s=meter.timeout_s, rate=_with_default_burst(per_source)))
-            rules.append(Rule((Family(version), SourceRateOver(s.name, version)), self.condemn(name),
-                              f"{name} per-source v{version}"))
+            rules.append(self.condemn(name, (Family(version), SourceRateOver(s.name, version)),
+                                      f"{name} per-source v{version}"))
         rules += exempt_from_backstop
-        rules.append(Rule((OverLimit(self.add_limit(f"{name}-backstop", backstop, over=True)),),
-                          self.condemn(name), f"{name} backstop"))
+        rules.append(self.condemn(name, (OverLimit(self.add_limit(f"{name}-backstop", backstop, over=True)),),
+                                  f"{name} backstop"))
         self.chains.append(Chain(name, tuple(rules)))
         return Jump(name)
 
@@ -425,7 +431,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
 
     pre: list[Rule] = [*_never_limited(interfaces), *_essential_icmp()]
     pre.append(Rule((Proto("tcp"),), Jump("bogus-flags"), "to bogus-flags"))
-    b.chains.append(Chain("bogus-flags", _bogus_flag_rules(b.condemn("bogus-flags"))))
+    b.chains.append(Chain("bogus-flags", _bogus_flag_rules(b)))
 
     icmp = policy.icmp
     to_icmp = b.flood_chain("icmp-flood", "icmp-src", icmp.source_rate(), icmp.global_rate())
@@ -459,9 +465,9 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             s = b.add_set(AddrSet(f"conn-{name}-v{version}", version, "conns", size=policy.meter.size,
                                   limit=cl.per_source))
             ports = (DstPorts("tcp", cl.ports),) if cl.ports else ()
-            conn_rules.append(Rule(
-                (Family(version), Proto("tcp"), *ports, CtStateNew(), SourceConnsOver(s.name, version)),
-                b.condemn("conn-limit"), f"{name} over {cl.per_source} connections v{version}"))
+            conn_rules.append(b.condemn(
+                "conn-limit", (Family(version), Proto("tcp"), *ports, CtStateNew(), SourceConnsOver(s.name, version)),
+                f"{name} over {cl.per_source} connections v{version}"))
     if conn_rules:
         b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules),
                                  "stateful", priorities.stateful))
@@ -489,7 +495,7 @@ def _essential_icmp() -> list[Rule]:
     ]
 
 
-def _bogus_flag_rules(verdict: Verdict) -> tuple[Rule, ...]:
+def _bogus_flag_rules(b: _Builder) -> tuple[Rule, ...]:
     all6 = ("fin", "syn", "rst", "psh", "ack", "urg")
     combos = [
         ("null", all6, ()),
@@ -498,7 +504,8 @@ def _bogus_flag_rules(verdict: Verdict) -> tuple[Rule, ...]:
         ("syn+rst", ("syn", "rst"), ("syn", "rst")),
         ("fin without ack", ("fin", "ack"), ("fin",)),
     ]
-    return tuple(Rule((TcpFlags(mask, comp),), verdict, f"bogus flags {label}") for label, mask, comp in combos)
+    return tuple(b.condemn("bogus-flags", (TcpFlags(mask, comp),), f"bogus flags {label}")
+                 for label, mask, comp in combos)
 
 
 def _limit_selectors(protocol: str, ports: tuple[int, ...], except_ports: tuple[int, ...]) -> list[tuple[Match, ...]]:
