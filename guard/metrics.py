@@ -61,6 +61,8 @@ class Snapshot(TypedDict, total=False):
     contested: bool                     # repairs are being damped (an insert war)
     reloads: dict[str, int]             # {"ok": n, "failed": n} policy reloads since start
     last_apply: float | None            # unix time of the last transaction that installed our rules
+    components: dict[str, dict[str, Any]]  # "sampler"/"metrics" -> {"up": bool, "restarts": n}: parts the
+                                        # daemon restarts with backoff when they fail
 
 
 Provider = Callable[[], Snapshot]
@@ -181,6 +183,16 @@ class NodeguardCollector:
         for result in ("ok", "failed"):
             reloads.add_metric([result], int((s.get("reloads") or {}).get(result, 0)))
         yield reloads
+
+        up = GaugeMetricFamily("nodeguard_component_up", "1 while a part of the daemon runs (it is restarted "
+                               "with backoff when it fails; the watcher goes on regardless)", labels=["component"])
+        restarts = CounterMetricFamily("nodeguard_component_restarts", "Failures of a part of the daemon, each "
+                                       "followed by a restart", labels=["component"])
+        for name, c in sorted((s.get("components") or {}).items()):
+            up.add_metric([name], int(bool(c["up"])))
+            restarts.add_metric([name], int(c["restarts"]))
+        yield up
+        yield restarts
 
         if s.get("last_apply") is not None:
             yield GaugeMetricFamily("nodeguard_last_apply_timestamp_seconds",
