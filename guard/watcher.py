@@ -209,6 +209,7 @@ class Watcher:
         events = NftEvents()
         next_verify = next_full = self.clock()
         started = False
+        woken = False  # a wakeup that came before the first successful start: handled after it
         try:
             while not should_stop():
                 if heartbeat:
@@ -225,6 +226,15 @@ class Watcher:
                     ready, _, _ = select.select(fds, [], [], timeout)
                     detected = self.clock()
                     if not started:
+                        # Until the first start succeeds, neither a signal nor a foreign transaction may
+                        # bring the retry forward (read them, or select would return at once, forever).
+                        if wakeup is not None and wakeup in ready:
+                            _drain_socket(wakeup)
+                            woken = True
+                        if events in ready:
+                            events.drain()
+                        if detected < next_verify:
+                            continue
                         self.start()
                         started = True
                         self._succeeded()
@@ -233,8 +243,9 @@ class Watcher:
                             self._legacy_seen = legacy_fingerprint()
                         continue
                     changed = False
-                    if wakeup is not None and wakeup in ready:
+                    if wakeup is not None and (wakeup in ready or woken):
                         _drain_socket(wakeup)
+                        woken = False
                         changed = bool(on_wakeup and on_wakeup())
                     if events in ready:
                         changed = self._events(events) or changed
