@@ -148,7 +148,7 @@ def parse_rules(buf: bytes) -> tuple[list[tuple[str, str | None, int, int]], boo
         if mtype == NLMSG_DONE:
             done = True
         elif mtype == NLMSG_ERROR:
-            code = struct.unpack_from("=i", buf, off + _NLMSG.size)[0]
+            code = struct.unpack_from("=i", buf, off + _NLMSG.size)[0] if length >= _NLMSG.size + 4 else 0
             if code:
                 return out, True, -code
         elif mtype & 0xFF == NFT_MSG_GETRULE - 1:  # NFT_MSG_NEWRULE
@@ -169,7 +169,7 @@ def parse_rules(buf: bytes) -> tuple[list[tuple[str, str | None, int, int]], boo
                 if NFTA_EXPR_NAME in ea and buf[slice(*ea[NFTA_EXPR_NAME])].startswith(b"counter\0") \
                         and NFTA_EXPR_DATA in ea:
                     ca = _attrs(buf, *ea[NFTA_EXPR_DATA])
-                    if NFTA_COUNTER_PACKETS in ca and NFTA_COUNTER_BYTES in ca:
+                    if all(k in ca and ca[k][1] - ca[k][0] >= 8 for k in (NFTA_COUNTER_PACKETS, NFTA_COUNTER_BYTES)):
                         packets = struct.unpack_from(">Q", buf, ca[NFTA_COUNTER_PACKETS][0])[0]
                         nbytes = struct.unpack_from(">Q", buf, ca[NFTA_COUNTER_BYTES][0])[0]
             out.append((chain, comment, packets, nbytes))
@@ -215,7 +215,7 @@ def count_elements(buf: bytes) -> tuple[int, bool, int]:
         if mtype == NLMSG_DONE:
             done = True
         elif mtype == NLMSG_ERROR:
-            code = struct.unpack_from("=i", buf, off + _NLMSG.size)[0]
+            code = struct.unpack_from("=i", buf, off + _NLMSG.size)[0] if length >= _NLMSG.size + 4 else 0
             if code:
                 return count, True, -code
         else:

@@ -517,3 +517,54 @@ def test_a_remote_metrics_address_needs_allow_remote(ns, tmp_path):
     res = ns.nodeguard("run", "-c", ok, "--metrics-listen", "192.0.2.1:9632", check=False)
     assert res.returncode == 2 and len(res.stderr.splitlines()) == 1 and "--metrics-allow-remote" in res.stderr
     assert "nodeguard" not in ns.run("nft list tables").stdout
+
+
+def test_the_last_good_policy_runs_when_the_configured_one_is_broken_and_a_fix_takes_over(lab, tmp_path, runs):
+    victim, attacker = lab
+    policy = write(tmp_path / "policy.yaml", policy_text(tmp_path))
+    run = runs(victim, tmp_path, policy)
+    run.wait_ready()
+    assert run.stop() == 0
+    assert (tmp_path / "last-good.yaml").read_text() == Path(policy).read_text()
+    write(tmp_path / "policy.yaml", policy_text(tmp_path) + "icmp: twice\n")
+    run2 = runs(victim, tmp_path, policy, name="run2")
+    run2.wait_ready()
+    assert "RUNNING THE LAST GOOD POLICY" in run2.manager.lines("STATUS=")[0]
+    assert "the configured policy is unusable" in run2.log and "policy.yaml:9: icmp: duplicate key" in run2.log
+    write(tmp_path / "policy.yaml", policy_text(tmp_path, per_source="30/second burst 10"))
+    os.kill(run2.proc.pid, signal.SIGHUP)
+    wait_until(lambda: len(run2.manager.times("READY=1")) == 2, timeout=5)
+    assert "RUNNING THE LAST GOOD POLICY" not in run2.manager.lines("STATUS=")[-1]
+    assert "30/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout
+    assert run2.stop() == 0
+
+
+# --- pieces, without a kernel ---------------------------------------------------------------
+def test_repair_reasons_map_to_a_few_fixed_kinds():
+    from guard.daemon import reason_kind
+
+    assert reason_kind("table inet nodeguard is missing") == "table_missing"
+    assert reason_kind("chain icmp-flood: 0 of 3 rules intact, 0 present") == "rules_changed"
+    assert reason_kind("v4 raw NODEGUARD-PRE: 3 of 4 rules intact") == "rules_changed"
+    assert reason_kind("chain syn-flood is missing; set x is missing") == "chain_missing"
+    assert reason_kind("v4 raw NODEGUARD-ICMP is missing") == "chain_missing"
+    assert reason_kind("set icmp-src-v4-abc123 is missing") == "object_missing"
+    assert reason_kind("filter-prerouting at priority -360, must be -370") == "priority"
+    assert reason_kind("jump in v4 raw PREROUTING is at position 2, must be 1") == "jump"
+    assert reason_kind("unexpected chain evil") == "unexpected_objects"
+    assert reason_kind("set allow-v4 elements differ") == "allowlist"
+    assert reason_kind("something new") == "other" and reason_kind(None) == "other"
+
+
+def test_netlink_dumps_of_garbage_never_raise():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from guard.counters import count_elements, parse_rules
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=400))
+    def check(data):
+        parse_rules(data)
+        count_elements(data)
+    check()
