@@ -568,3 +568,25 @@ def test_netlink_dumps_of_garbage_never_raise():
         parse_rules(data)
         count_elements(data)
     check()
+
+
+def test_the_attack_log_and_pcap_are_private_files_that_never_follow_a_symlink(tmp_path):
+    import stat
+
+    from guard.attacklog import AttackLog, PcapLog
+    from guard.configfile import UnsafePathError
+
+    logdir = tmp_path / "log" / "nodeguard"
+    log = AttackLog(logdir / "attacks.jsonl", 1 << 20, 2)
+    pcap = PcapLog(logdir / "sample.pcap", 1 << 20, 2)
+    log.close()
+    pcap.close()
+    for f in ("attacks.jsonl", "sample.pcap"):
+        assert stat.S_IMODE(os.stat(logdir / f).st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(logdir).st_mode) == 0o750
+    (tmp_path / "elsewhere").write_text("precious\n")
+    os.unlink(logdir / "attacks.jsonl")
+    os.symlink(tmp_path / "elsewhere", logdir / "attacks.jsonl")
+    with pytest.raises(UnsafePathError, match="refusing to follow a symlink"):
+        AttackLog(logdir / "attacks.jsonl", 1 << 20, 2)
+    assert (tmp_path / "elsewhere").read_text() == "precious\n"
