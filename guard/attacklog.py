@@ -11,17 +11,23 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+from .configfile import open_private
 
 
 class RotatingFile:
-    def __init__(self, path: str | Path, max_bytes: int, keep: int, mode: str = "a"):
+    """Opened with ``configfile.open_private`` (no symlinks, no hard links or FIFOs, 0640 in 0750
+    directories), only under ``allowed_dirs``: by default the directory the policy names."""
+
+    def __init__(self, path: str | Path, max_bytes: int, keep: int, mode: str = "a",
+                 allowed_dirs: Iterable[str | Path] | None = None):
         self.path, self.max_bytes, self.keep, self.mode = Path(path), max_bytes, keep, mode
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.allowed_dirs = list(allowed_dirs) if allowed_dirs is not None else [self.path.parent]
         self._open()
 
     def _open(self) -> None:
-        self.f = open(self.path, self.mode + "b")
+        self.f = open_private(self.path, self.mode + "b", allowed_dirs=self.allowed_dirs)
         self.size = self.f.tell() if self.mode == "a" else 0
         self.on_open()
 

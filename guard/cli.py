@@ -205,6 +205,37 @@ def watch(config: str | None, last_good: str, verbose: bool) -> None:
 
 @cli.command()
 @config_option
+@last_good_option
+@click.option("--remove-on-exit", is_flag=True, help="Uninstall nodeguard's rules when the daemon stops "
+              "(by default they stay in the kernel).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="One line per event on stderr: text (journald priorities under systemd) or JSON.")
+@click.option("--metrics-listen", default=None, metavar="ADDR:PORT",
+              help="Serve /metrics and /healthz here (overrides metrics.listen; [V6]:PORT for IPv6).")
+@click.option("--metrics-allow-remote", is_flag=True, help="Allow a non-loopback --metrics-listen "
+              "(as metrics.allow_remote: true).")
+@click.option("--config-poll", "config_poll_s", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
+              help="Seconds between looks at the policy file (a changed file reloads, as SIGHUP).")
+@click.option("-v", "--verbose", is_flag=True, help="Also log debug events.")
+def run(config: str | None, last_good: str, remove_on_exit: bool, log_format: str, metrics_listen: str | None,
+        metrics_allow_remote: bool, config_poll_s: float, verbose: bool) -> None:
+    """The daemon: apply (or adopt) the policy, keep it in place, sample condemned packets, serve
+    metrics, reload on SIGHUP or a changed policy file; systemd notify protocol and watchdog.
+    SIGTERM leaves the rules in place."""
+    import logging
+
+    from .daemon import Daemon, RunOptions
+    from .logs import setup_logging
+
+    setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
+    opts = RunOptions(config=config, last_good=last_good, remove_on_exit=remove_on_exit,
+                      metrics_listen=metrics_listen, metrics_allow_remote=metrics_allow_remote,
+                      config_poll_s=config_poll_s)
+    sys.exit(Daemon(opts).run())
+
+
+@cli.command()
+@config_option
 def sample(config: str | None) -> None:
     """Foreground sampler: condemned packets → per-flow attack log (and pcap). Never a bottleneck:
     the kernel has already decided; a dead sampler only loses samples."""

@@ -61,6 +61,8 @@ class Snapshot(TypedDict, total=False):
     contested: bool                     # repairs are being damped (an insert war)
     reloads: dict[str, int]             # {"ok": n, "failed": n} policy reloads since start
     last_apply: float | None            # unix time of the last transaction that installed our rules
+    components: dict[str, dict[str, Any]]  # "sampler"/"metrics" -> {"up": bool, "restarts": n}: parts the
+                                        # daemon restarts with backoff when they fail
 
 
 Provider = Callable[[], Snapshot]
@@ -135,18 +137,22 @@ class NodeguardCollector:
                                     "undoing nodeguard's rules)", value=int(bool(s["contested"])))
 
         drops = s.get("drops") or {}
-        pk = CounterMetricFamily("nodeguard_dropped_packets", "Packets condemned by each rule group "
-                                 "(kernel counters; reset when the table is replaced)", labels=["group"])
-        by = CounterMetricFamily("nodeguard_dropped_bytes", "Bytes condemned by each rule group", labels=["group"])
-        for group, c in sorted(drops.items()):
-            pk.add_metric([group], int(c.get("packets", 0)))
-            by.add_metric([group], int(c.get("bytes", 0)))
+        pk = CounterMetricFamily("nodeguard_dropped_packets", "Packets condemned by each rule group; mode "
+                                 "\"monitor\": would have been dropped, and were not (kernel counters)",
+                                 labels=["group", "mode"])
+        by = CounterMetricFamily("nodeguard_dropped_bytes", "Bytes condemned by each rule group",
+                                 labels=["group", "mode"])
+        for key, c in sorted(drops.items()):
+            group, mode = key if isinstance(key, tuple) else (key, "enforce")
+            pk.add_metric([group, mode], int(c.get("packets", 0)))
+            by.add_metric([group, mode], int(c.get("bytes", 0)))
         yield pk
         yield by
 
         sampled = CounterMetricFamily("nodeguard_sampled_packets", "Condemned packets the sampler received, "
                                       "per rule group", labels=["group"])
-        for group in sorted(set(s.get("sampled") or {}) | set(drops)):
+        groups = {k[0] if isinstance(k, tuple) else k for k in drops}
+        for group in sorted(set(s.get("sampled") or {}) | groups):
             sampled.add_metric([group], int((s.get("sampled") or {}).get(group, 0)))
         yield sampled
 
@@ -181,6 +187,16 @@ class NodeguardCollector:
         for result in ("ok", "failed"):
             reloads.add_metric([result], int((s.get("reloads") or {}).get(result, 0)))
         yield reloads
+
+        up = GaugeMetricFamily("nodeguard_component_up", "1 while a part of the daemon runs (it is restarted "
+                               "with backoff when it fails; the watcher goes on regardless)", labels=["component"])
+        restarts = CounterMetricFamily("nodeguard_component_restarts", "Failures of a part of the daemon, each "
+                                       "followed by a restart", labels=["component"])
+        for name, c in sorted((s.get("components") or {}).items()):
+            up.add_metric([name], int(bool(c["up"])))
+            restarts.add_metric([name], int(c["restarts"]))
+        yield up
+        yield restarts
 
         if s.get("last_apply") is not None:
             yield GaugeMetricFamily("nodeguard_last_apply_timestamp_seconds",

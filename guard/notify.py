@@ -7,8 +7,8 @@ variable (run by hand, in a container, under another supervisor) every call is a
 Hand-written, because the protocol is one ``sendto`` and both ready-made options cost more
 than they give: the PyPI ``sdnotify`` package is unmaintained (last release 2017, no
 abstract-socket or reload support), and ``systemd-python`` is a C extension that needs the
-libsystemd headers and a compiler on every node. Sending never raises: a supervisor that has
-gone away must not take the firewall daemon down with it.
+libsystemd headers and a compiler on every node. Sending never raises and never blocks: a
+supervisor that has gone away, or stopped reading, must not take the firewall daemon down with it.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ class Notifier:
             return False
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # non-blocking: a manager that does not read (a full receive queue) loses a message,
+                # it never stalls the main loop that sends WATCHDOG=1
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto("\n".join(assignments).encode(), self.address)
             return True
         except OSError as exc:  # manager restarting or gone: say so once per failure, carry on

@@ -321,6 +321,22 @@ class Sampler(_Section):
     pcap: str | None = None
 
 
+class Metrics(_Section):
+    """The daemon's Prometheus endpoint (``/metrics``, ``/healthz``). ``allow_remote`` comes first:
+    ``listen`` is checked against it (a non-loopback address needs it)."""
+
+    allow_remote: bool = False
+    listen: str = "127.0.0.1:9632"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        from .metrics import parse_listen  # imports prometheus_client: only when the key is given
+
+        parse_listen(value, bool(info.data.get("allow_remote", False)))
+        return value
+
+
 class Iptables(_Section):
     """``backend: iptables``: which flavour; auto = the one the node's Kubernetes components use."""
 
@@ -352,6 +368,7 @@ class Policy(_Section):
     iptables: Iptables = Iptables()
     watcher: Watcher = Watcher()
     sampler: Sampler = Sampler()
+    metrics: Metrics = Metrics()
 
     @field_validator("connlimit")
     @classmethod

@@ -59,23 +59,33 @@ class Sampler:
             raise ValueError("sampling is off in this policy (sampler.enabled: false)")
         cfg = policy.sampler
         self.policy, self.cfg, self.plan, self.nft, self.clock = policy, cfg, plan, nft, clock
+        self.nflog = self.nfq = self.pcap = None
         self.log = AttackLog(cfg.log, cfg.rotate.max_bytes, cfg.rotate.keep)
-        self.pcap = PcapLog(cfg.pcap, cfg.rotate.max_bytes, cfg.rotate.keep) if cfg.pcap else None
-        s = plan.sampling
-        # NFLOG carries the nflog transport and every monitor-mode group (whatever the transport)
-        monitored = any(c.name.startswith("monitor-") for c in plan.ruleset.chains)
-        self.nflog = NflogReader(s.nflog_group, s.snaplen) if s.transport == "nflog" or monitored else None
-        self.nfq = None
-        if s.transport == "nfqueue":
-            from .nfqueue import NfqueueReader
-            queues = {s.queue_base + i: g for i, g in enumerate(plan.ruleset.sample_groups)}
-            self.nfq = NfqueueReader(queues, s.snaplen)
-        self.episodes = Episodes()
-        self.ifnames: dict[int, str] = {}
-        self.samples = 0
-        self._last_counts = condemned_by_group(plan, nft)
-        self._last_sources = source_counts(plan, nft)
-        self.window = Window(self.clock(), cfg.max_flows)
+        try:
+            self.pcap = PcapLog(cfg.pcap, cfg.rotate.max_bytes, cfg.rotate.keep) if cfg.pcap else None
+            s = plan.sampling
+            # NFLOG carries the nflog transport and every monitor-mode group (whatever the transport)
+            monitored = any(c.name.startswith("monitor-") for c in plan.ruleset.chains)
+            if s.transport == "nflog" or monitored:
+                self.nflog = NflogReader(s.nflog_group, s.snaplen)
+            if s.transport == "nfqueue":
+                from .nfqueue import NfqueueReader
+                queues = {s.queue_base + i: g for i, g in enumerate(plan.ruleset.sample_groups)}
+                self.nfq = NfqueueReader(queues, s.snaplen)
+            self.episodes = Episodes()
+            self.ifnames: dict[int, str] = {}
+            self.samples = 0
+            self.sampled: dict[str, int] = {}  # samples received per rule group
+            self._last_counts = condemned_by_group(plan, nft)
+            self._last_sources = source_counts(plan, nft)
+            self.window = Window(self.clock(), cfg.max_flows)
+        except BaseException:
+            self._close()  # a half-built sampler must not keep the NFLOG group or queues bound
+            raise
+
+    @property
+    def nflog_enobufs(self) -> int:
+        return self.nflog.dropped if self.nflog else 0
 
     def handle(self, samples: list[Sample]) -> None:
         for smp in samples:
@@ -83,6 +93,7 @@ class Sampler:
             self.window.add(smp.group, pkt, _ifname(smp.ifindex, self.ifnames), smp.ts, smp.mode)
             if self.pcap:
                 self.pcap.write(smp.payload, smp.ts, pkt.length)
+            self.sampled[smp.group] = self.sampled.get(smp.group, 0) + 1
         self.samples += len(samples)
 
     def close_window(self) -> None:
@@ -155,13 +166,19 @@ class Sampler:
                  or "every condemned packet (under the caps)")
         self.set_plan(plan, rebase=False)
 
-    def run(self, should_stop: Callable[[], bool]) -> None:
+    def run(self, should_stop: Callable[[], bool], wake: socket.socket | None = None) -> None:
+        """Until ``should_stop()``; a byte on ``wake`` makes the loop look at once (the daemon
+        stopping or restarting it)."""
         fds = ([self.nflog.fileno()] if self.nflog else []) + (self.nfq.filenos() if self.nfq else [])
+        waits = fds + ([wake] if wake is not None else [])
         log.info("sampling via %s (%s); log %s", self.plan.sampling.transport, self.plan.sampling_reason, self.cfg.log)
         try:
             while not should_stop():
                 deadline = self.window.start + self.cfg.window_s
-                ready, _, _ = select.select(fds, [], [], max(0.0, deadline - self.clock()))
+                ready, _, _ = select.select(waits, [], [], max(0.0, deadline - self.clock()))
+                if wake is not None and wake in ready:
+                    _drain(wake)
+                    ready = [fd for fd in ready if fd is not wake]
                 if self.nflog and self.nflog.fileno() in ready:
                     self.handle(self.nflog.read())
                 if self.nfq and ready:
@@ -169,10 +186,25 @@ class Sampler:
                 if self.clock() >= deadline:
                     self.close_window()
         finally:
-            self.close_window()
-            for reader in (self.nflog, self.nfq):
-                if reader:
-                    reader.close()
-            self.log.close()
-            if self.pcap:
-                self.pcap.close()
+            try:
+                self.close_window()
+            finally:
+                self._close()
+
+    def _close(self) -> None:
+        """Release the kernel side first (the group or queues can then be bound again), then the files."""
+        for thing in (self.nflog, self.nfq, self.log, self.pcap):
+            if thing is None:
+                continue
+            try:
+                thing.close()
+            except OSError as exc:  # e.g. the last flush of a full disk: the fd is closed anyway
+                log.warning("closing %s: %s", type(thing).__name__, exc)
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(64):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass

@@ -51,6 +51,7 @@ class Watcher:
                       "errors": 0, "last_error": None, "reloads_ok": 0, "reloads_failed": 0,
                       "last_apply": None, "notes": []}
         self._pending: Drift | None = None
+        self.last_plan: Plan | None = None  # the render of the last check (the daemon's metrics read it)
         self._backend: str | None = None  # what is installed (None: not yet)
         self._flavour: tuple[str, str] | None = None
         self._plans: dict = {}
@@ -90,7 +91,10 @@ class Watcher:
         self.state["checks"] += 1
         plan = self.plan()
         live = read_live_state(plan, self.nft)
-        return plan, live, diff_plan(plan, self.nft, live)
+        drift = diff_plan(plan, self.nft, live)
+        self.last_plan = plan
+        self.state["in_sync"] = drift is None
+        return plan, live, drift
 
     def start(self) -> None:
         """Adopt a correct installation as it is (no gap, counters kept); otherwise apply."""
@@ -102,7 +106,7 @@ class Watcher:
         else:
             log.info("installing: %s", drift)
             apply_plan(plan, self.nft, live=live)
-            self.state["last_apply"] = time.time()
+            self.state.update(last_apply=time.time(), in_sync=True)
         self._backend = plan.backend
         self._accepted()
 
@@ -136,6 +140,7 @@ class Watcher:
         families = (4, 6) if switching else tuple(sorted(drift.families))
         apply_plan(plan, self.nft, families=families, repair=not switching, live=live)
         done = self.clock()
+        self.state["in_sync"] = True
         self._backend = plan.backend
         self.state["backend"] = plan.backend
         self._accepted()
@@ -196,13 +201,15 @@ class Watcher:
 
     # --- the loop --------------------------------------------------------------------
     def run(self, should_stop: Callable[[], bool], wakeup=None, on_wakeup: Callable[[], bool] | None = None,
-            heartbeat: Callable[[], None] | None = None) -> None:
+            heartbeat: Callable[[], None] | None = None, tick_s: float = 1.0) -> None:
         """Loop until ``should_stop()``. ``wakeup`` (a socket that signal handlers write to) makes the
         loop call ``on_wakeup()`` at once; when it returns True (a new policy), the state is checked.
-        ``heartbeat`` is called once per iteration (the systemd watchdog)."""
+        ``heartbeat`` is called once per iteration, and with it the loop turns at least every
+        ``tick_s`` (the systemd watchdog is pinged from here, so a hung loop stops the pings)."""
         events = NftEvents()
         next_verify = next_full = self.clock()
         started = False
+        woken = False  # a wakeup that came before the first successful start: handled after it
         try:
             while not should_stop():
                 if heartbeat:
@@ -213,12 +220,21 @@ class Watcher:
                 now = self.clock()
                 deadlines = [next_verify] + ([self._repair_at] if self._pending else []) + \
                     ([self._retry_at] if self._retry_at is not None else [])
-                timeout = max(0.0, min(min(deadlines) - now, 1.0 if heartbeat else 3600.0))
+                timeout = max(0.0, min(min(deadlines) - now, tick_s if heartbeat else 3600.0))
                 fds = [events] + ([wakeup] if wakeup is not None else [])
                 try:
                     ready, _, _ = select.select(fds, [], [], timeout)
                     detected = self.clock()
                     if not started:
+                        # Until the first start succeeds, neither a signal nor a foreign transaction may
+                        # bring the retry forward (read them, or select would return at once, forever).
+                        if wakeup is not None and wakeup in ready:
+                            _drain_socket(wakeup)
+                            woken = True
+                        if events in ready:
+                            events.drain()
+                        if detected < next_verify:
+                            continue
                         self.start()
                         started = True
                         self._succeeded()
@@ -227,8 +243,9 @@ class Watcher:
                             self._legacy_seen = legacy_fingerprint()
                         continue
                     changed = False
-                    if wakeup is not None and wakeup in ready:
+                    if wakeup is not None and (wakeup in ready or woken):
                         _drain_socket(wakeup)
+                        woken = False
                         changed = bool(on_wakeup and on_wakeup())
                     if events in ready:
                         changed = self._events(events) or changed

@@ -92,3 +92,15 @@ def test_watchdog_interval():
     assert watchdog_interval({}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
+
+
+def test_a_manager_that_stops_reading_never_blocks_the_sender(tmp_path):
+    """A full receive queue (a stalled manager) loses messages; the main loop must not hang on it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    n = Notifier(env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    start = time.monotonic()
+    results = [n.watchdog() for _ in range(5000)]  # far more than any datagram queue holds
+    assert time.monotonic() - start < 5
+    assert results[0] is True and results[-1] is False
+    sock.close()

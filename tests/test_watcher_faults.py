@@ -82,7 +82,8 @@ def test_sighup_with_a_policy_the_kernel_rejects_keeps_the_rules_and_counts_it(l
         Path(policy).write_text(text.replace("per_source: 20/second", "per_source: 7/second"))
         os.kill(proc.pid, signal.SIGHUP)
         wait_until(lambda: "7/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout, timeout=5)
-        assert _state(state)["reloads_ok"] == 1
+        # the state file is written at the end of the loop's turn, just after the transaction
+        wait_until(lambda: _state(state)["reloads_ok"] == 1, timeout=2, interval=0.02)
 
 
 def test_a_vanished_default_route_keeps_the_last_interfaces_protected(lab, tmp_path):
