@@ -34,7 +34,7 @@ from .render.nft import FAMILY, render_chain_rules
 Key = tuple[str, str]  # (group, mode)
 
 
-def _condemning_ids(plan: Plan) -> dict[str, Key]:
+def condemning_ids(plan: Plan) -> dict[str, Key]:
     """rule id -> (group, mode), for every condemning rule of the plan."""
     if plan.nft is not None:
         sets = {s.name: s for s in plan.ruleset.sets}
@@ -50,7 +50,7 @@ def _condemning_ids(plan: Plan) -> dict[str, Key]:
 def drops_by_group(plan: Plan, nft: Nft | None = None, live: Live | None = None) -> dict[Key, dict[str, int]]:
     """(group, mode) -> {"packets", "bytes"} condemned, from the kernel counters of the condemning
     rules (``live``: the state the caller already read; else one cheap read)."""
-    ids = _condemning_ids(plan)
+    ids = condemning_ids(plan)
     out = {key: {"packets": 0, "bytes": 0} for key in dict.fromkeys(ids.values())}
 
     def add(key: Key | None, packets: int, nbytes: int) -> None:

@@ -23,6 +23,8 @@ daemon and leave the rules (``--remove-on-exit`` uninstalls them).
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import signal
@@ -142,11 +144,13 @@ class SamplerPart:
     def tick(self, policy: Policy, plan) -> None:
         """From the main loop: reap, restart, or start for a new plan."""
         want = plan is not None and plan.sampling is not None
-        key = (plan.sampling, plan.ruleset.sample_groups, plan.backend, policy.sampler) if want else None
+        # the sampler changes its own odds (sampling_odds.py): a new render, not a new sampler
+        key = (dataclasses.replace(plan.sampling, exponents=()), plan.ruleset.sample_groups, plan.backend,
+               policy.sampler) if want else None
         if self.thread is not None and self.thread.is_alive():
             if key == self.key:
                 if self.sampler is not None and self.sampler.plan is not plan:
-                    self.sampler.plan = plan  # same sampling, new render (a reload): count its rules
+                    self.sampler.set_plan(plan)  # same sampling, new render (a reload): count its rules
                 if self.backoff.failures and self.clock() - self.started_at >= HEALTHY_AFTER_S:
                     self.backoff.failures = 0
                 return

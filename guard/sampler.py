@@ -19,7 +19,7 @@ from .apply import Plan, apply_plan, make_plan
 from .errors import NodeguardError
 from .attacklog import AttackLog, PcapLog
 from .backend.nft import Nft
-from .counters import condemned_by_group, forget_sources, source_counts, trusted_sources
+from .counters import condemning_ids, condemned_by_group, forget_sources, source_counts, trusted_sources
 from .nflog import NflogReader, Sample
 from .packet import parse
 from .policy import Policy
@@ -96,7 +96,7 @@ class Sampler:
             self.sampled[smp.group] = self.sampled.get(smp.group, 0) + 1
         self.samples += len(samples)
 
-    def close_window(self) -> None:
+    def close_window(self, adapt: bool = True) -> None:
         now = self.clock()
         counts = condemned_by_group(self.plan, self.nft)
         # a counter that went down was reset by a re-apply: count from zero
@@ -109,7 +109,8 @@ class Sampler:
         records = (self.window.records(now, delta, exact) + self.episodes.update(self.window.start, now, delta)
                    + observed_records(self.window.start, now, observed,
                                       {source_key(a) for a in trusted_sources(self.plan, self.nft)} if observed else set()))
-        self._adapt_odds(delta, seconds)
+        if adapt:
+            self._adapt_odds(delta, seconds)
         for rec in records:
             if rec["type"] != "window" or any(delta.values()) or rec["sampled"]:
                 self.log.write(rec)
@@ -134,10 +135,15 @@ class Sampler:
         self._last_sources = now
         return out
 
-    def set_plan(self, plan: Plan, rebase: bool = True) -> None:
-        """The rules changed (a reload): count and adapt against the new ones from now on.
-        ``rebase`` False: only the sample chains changed; every counter we read lives on."""
-        self.plan = plan
+    def set_plan(self, plan: Plan, rebase: bool | None = None) -> None:
+        """The rules changed (a reload): count and adapt against the new ones from now on. The
+        counters are read afresh only when the rules or sets they live in changed (``rebase`` None:
+        find out), else packets between the last read and now would go uncounted."""
+        old, self.plan = self.plan, plan
+        if rebase is None:
+            rebase = (condemning_ids(old) != condemning_ids(plan)
+                      or {s.name for s in old.ruleset.sets if s.kind == "counts"}
+                      != {s.name for s in plan.ruleset.sets if s.kind == "counts"})
         if rebase:
             self._last_counts = condemned_by_group(plan, self.nft)
             self._last_sources = source_counts(plan, self.nft)
@@ -187,7 +193,7 @@ class Sampler:
                     self.close_window()
         finally:
             try:
-                self.close_window()
+                self.close_window(adapt=False)  # stopping: log what we have, change nothing in the kernel
             finally:
                 self._close()
 

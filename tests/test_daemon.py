@@ -163,7 +163,7 @@ def metrics(ns) -> dict[tuple, float]:
 
 
 def dropped(m: dict, group: str, what: str = "packets") -> float:
-    return m[(f"nodeguard_dropped_{what}_total", (("group", group),))]
+    return m[(f"nodeguard_dropped_{what}_total", (("group", group), ("mode", "enforce")))]
 
 
 def status_json(ns, policy: str) -> dict:
@@ -417,7 +417,7 @@ def test_kill_9_then_restart_adopts_the_table_without_a_counter_reset(lab, tmp_p
     assert packets > 100
     run2 = runs(victim, tmp_path, policy, name="run2")
     run2.wait_ready()
-    assert state(tmp_path)["adopted"] is True and "adopted the installed rules" in run2.log
+    assert state(tmp_path)["adopted"] is True and "adopted the installed rules" in run2.log, run2.log
     time.sleep(0.3)
     assert icmp_flood_counts(status_json(victim, policy))[0] >= packets, "the counters were reset"
     assert dropped(metrics(victim), "icmp-flood") >= packets

@@ -73,10 +73,10 @@ def test_a_scrape_reports_every_metric_from_the_provider(serve):
     s = samples(text)
     assert s[("nodeguard_up", ())] == 1
     assert s[("nodeguard_in_sync", ())] == 1 and s[("nodeguard_contested", ())] == 0
-    assert s[("nodeguard_dropped_packets_total", (("group", "syn-flood"),))] == 1200
-    assert s[("nodeguard_dropped_bytes_total", (("group", "syn-flood"),))] == 72000
-    assert s[("nodeguard_dropped_packets_total", (("group", "limit-udp-per-source"),))] == 7
-    assert s[("nodeguard_dropped_packets_total", (("group", "bogus-flags"),))] == 0  # series exist before attacks
+    assert s[("nodeguard_dropped_packets_total", (("group", "syn-flood"), ("mode", "enforce")))] == 1200
+    assert s[("nodeguard_dropped_bytes_total", (("group", "syn-flood"), ("mode", "enforce")))] == 72000
+    assert s[("nodeguard_dropped_packets_total", (("group", "limit-udp-per-source"), ("mode", "enforce")))] == 7
+    assert s[("nodeguard_dropped_packets_total", (("group", "bogus-flags"), ("mode", "enforce")))] == 0  # series exist before attacks
     assert s[("nodeguard_sampled_packets_total", (("group", "syn-flood"),))] == 200
     assert s[("nodeguard_sampled_packets_total", (("group", "icmp-flood"),))] == 0
     assert s[("nodeguard_sampler_lost_total", (("reason", "nflog_enobufs"),))] == 3
