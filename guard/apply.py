@@ -10,6 +10,7 @@ so switching ``backend:`` never leaves two sets of rules, and never a moment wit
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from . import listeners, model, probe, sampling_odds, sysctls
@@ -26,6 +27,7 @@ from .sync import ipt as sync_ipt
 from .sync import nft as sync_nft
 
 IPT_FLAVOURS = ("nft", "legacy")
+log = logging.getLogger("nodeguard.apply")
 Transaction = sync_nft.NftTransaction | sync_ipt.IptTransaction
 
 
@@ -146,7 +148,7 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     proxied = synproxy if any(c.name == model.SYNPROXY_CHAIN for c in ruleset.chains) else None
     extra = {"synproxy": proxied, "set_sysctls": policy.syn.synproxy.set_sysctls}
     if policy.backend == "nft":
-        plan = Plan(*common, "nft", "backend: nft", sampling, sampling_reason, nft=render_nft.render_nft(ruleset),
+        plan = Plan(*common, "nft", "the policy says backend: nft", sampling, sampling_reason, nft=render_nft.render_nft(ruleset),
                     **extra)
     else:
         renders = {v: render_ipt.render_ipt(ruleset, v) for v in (4, 6)}
@@ -170,20 +172,23 @@ def read_state(plan: Plan, nft: Nft | None, families: tuple[int, ...] = (4, 6)) 
     return ipt_backend.read_live(plan.flavour, plan.allow_ipsets, families)
 
 
-def transaction(plan: Plan, live: Live, families: tuple[int, ...] = (4, 6)) -> Transaction:
-    """The transaction that takes the kernel from ``live`` to the plan."""
+def transaction(plan: Plan, live: Live, families: tuple[int, ...] = (4, 6),
+                fingerprints: dict[str, str] | None = None) -> Transaction:
+    """The transaction that takes the kernel from ``live`` to the plan. ``fingerprints``: see sync/."""
     if plan.nft is not None:
-        return sync_nft.build(plan.nft, live)
+        return sync_nft.build(plan.nft, live, fingerprints)
     return sync_ipt.build(plan.flavour, plan.ipt, list(plan.ipsets), live.tables, live.ipsets, live.members,
-                          families, live.saved)
+                          families, live.saved, fingerprints)
 
 
 def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families: tuple[int, ...] = (4, 6),
-               repair: bool = False, live: Live | None = None) -> Transaction:
+               repair: bool = False, live: Live | None = None, fingerprints: dict[str, str] | None = None
+               ) -> Transaction:
     """Install the plan; returns the transaction sent (or, with ``dry_run``, checked and not sent).
     ``repair`` (the watcher) skips the other-backend cleanup and, for iptables, restores only
-    ``families`` (a restore costs ~35 ms each). ``live``: the state just read, if the caller has it."""
-    tx = transaction(plan, live if live is not None else read_state(plan, nft, families), families)
+    ``families`` (a restore costs ~35 ms each). ``live``: the state just read, if the caller has it;
+    ``fingerprints``: the watcher's record of our rules' bodies (chains that match are left alone)."""
+    tx = transaction(plan, live if live is not None else read_state(plan, nft, families), families, fingerprints)
     if dry_run:
         check(tx, nft)
         return tx
@@ -194,7 +199,9 @@ def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families: tuple[i
     if plan.set_sysctls:
         sysctls.enforce(plan.synproxy)
     if not repair:
-        remove_other_backends(plan.backend, nft)
+        plan_removed = remove_other_backends(plan.backend, nft)
+        if plan_removed:
+            log.info("removed nodeguard's rules from the other backends: %s", ", ".join(plan_removed))
     return tx
 
 
@@ -248,25 +255,29 @@ def load_into_this_netns(plan: Plan) -> str:
     return tx.text()
 
 
-def remove_other_backends(keep: str, nft: Nft) -> list[str]:
-    """Remove nodeguard's objects from every backend but ``keep``; cheap when there are none."""
+def remove_other_backends(keep: str, nft: Nft, dry_run: bool = False) -> list[str]:
+    """Remove nodeguard's objects from every backend but ``keep``; cheap when there are none.
+    Returns what was removed (``dry_run``: what would be, changing nothing)."""
     removed = []
     if keep != "nft" and _nft_installed(nft):
-        nft.run(sync_nft.delete_table(render_nft.table_ref()).json(), what="remove nft backend")
+        if not dry_run:
+            nft.run(sync_nft.delete_table(render_nft.table_ref()).json(), what="remove nft backend")
         removed.append("nft")
     for flavour in IPT_FLAVOURS:
         if keep == f"iptables-{flavour}" or not _may_hold_ipt(flavour, nft):
             continue
         ipt = Ipt(flavour)
         tx = sync_ipt.uninstall(flavour, {v: ipt.live(v) for v in (4, 6)})
-        ipt.restore_families(tx.restore)
+        if not dry_run:
+            ipt.restore_families(tx.restore)
         removed += [f"iptables-{flavour} v{v}" for v, text in tx.restore.items() if text]
     # ipsets exist only for the iptables backend: look (one process) after removing it, or on uninstall
     ipt_gone = any(r.startswith("iptables-") for r in removed) or keep == "none"
     if not keep.startswith("iptables-") and ipt_gone:
         stale = Ipset.names()
         if stale:
-            Ipset.destroy(stale)
+            if not dry_run:
+                Ipset.destroy(stale)
             removed.append("ipsets")
     return removed
 

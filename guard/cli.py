@@ -36,6 +36,18 @@ def _common(func: Callable) -> Callable:
     return wrapper
 
 
+def _trusted_config(config: str | None) -> str | None:
+    """The policy file a verb that writes the firewall will use, refused when not root's alone
+    (configfile.check_config_file); None: the built-in default."""
+    from .configfile import check_config_file
+    from .policy import DEFAULT_CONFIG
+
+    path = config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None)
+    if path is not None:
+        check_config_file(path)
+    return path
+
+
 def _kernel() -> Nft:
     require_net_admin()
     return Nft()
@@ -84,9 +96,12 @@ def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
     """Install or update nodeguard's rules in one transaction that keeps meters and trusted sets."""
     from .apply import check as check_tx
 
-    policy, source = load_policy(config)
+    policy, source = load_policy(_trusted_config(config))
     nft = _kernel()
     plan = make_plan(policy, nft)
+    from .apply import remove_other_backends
+
+    others = remove_other_backends(plan.backend, nft, dry_run=True)  # a backend switch also removes these
     if dry_run:
         tx = transaction(plan, read_state(plan, nft))
         how = check_tx(tx, nft)
@@ -100,13 +115,15 @@ def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
         hooks = {f"{t.name} {b}": 1 for r in plan.ipt.values() for t in r.tables.values() for b, _ in t.jumps}
         where = "jumps at position 1 of " + ", ".join(hooks) + f" ({plan.backend_reason})"
     data = {"applied": not dry_run, "dry_run": dry_run, "policy": source, "backend": plan.backend,
-            "backend_reason": plan.backend_reason, "hooks": hooks, "checked": how,
+            "backend_reason": plan.backend_reason, "hooks": hooks, "checked": how, "other_backends_removed": others,
             "interfaces": list(plan.ruleset.interfaces), "notes": list(plan.priorities.notes)}
     if dry_run:
         data["transaction"] = tx.json() if plan.nft is not None else tx.text()
     verb = f"would apply (dry run, {how})" if dry_run else "applied"
     text = ((tx.text() if dry_run else "")
             + f"{verb} {source} with {plan.backend}: {where}; interfaces {', '.join(plan.ruleset.interfaces)}\n"
+            + (f"{'would also remove' if dry_run else 'also removed'} nodeguard's rules from: {', '.join(others)}\n"
+               if others else "")
             + "".join(f"note: {n}\n" for n in plan.priorities.notes))
     _emit(data, as_json, text)
 
@@ -165,6 +182,7 @@ def watch(config: str | None, last_good: str, verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s nodeguard watch: %(message)s")
     log = logging.getLogger("nodeguard.watch")
+    config = _trusted_config(config)
     nft = _kernel()
     good_path = Path(last_good)
     policy, source, text, why = lastgood.startup_policy(config, nft, log, good_path)

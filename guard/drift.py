@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .apply import Live, Plan, read_state
 from .backend.ipt import IptLive
 from .backend.nft import Nft, NftLive
+from .fingerprints import Fingerprints, of_live
 from .render.ids import id_from_comment
 from .render.ipt import spec_id
 from .sync.nft import live_rule_ids, same_elements, same_limit, same_set
@@ -29,10 +30,24 @@ class Drift:
         return "; ".join(self.reasons)
 
 
-def diff_plan(plan: Plan, nft: Nft, live: Live | None = None) -> Drift | None:
-    """The drift of whichever backend the plan is for (reads the live state unless given)."""
+def diff_plan(plan: Plan, nft: Nft, live: Live | None = None, fingerprints: Fingerprints | None = None
+              ) -> Drift | None:
+    """The drift of whichever backend the plan is for (reads the live state unless given).
+    ``fingerprints`` (fingerprints.py): our rules' bodies as installed; a rule rewritten under our
+    comment is drift too."""
     live = live if live is not None else read_state(plan, nft)
-    return diff_nft(plan, live) if plan.nft is not None else diff_ipt(plan, live)
+    drift = diff_nft(plan, live) if plan.nft is not None else diff_ipt(plan, live)
+    rewritten = _rewritten(of_live(live), fingerprints) if fingerprints else []
+    if not rewritten:
+        return drift
+    reason = f"{len(rewritten)} rule(s) rewritten under nodeguard's comments"
+    if drift is None:
+        return Drift((reason,))
+    return Drift((*drift.reasons, reason), drift.culprit, drift.families or frozenset({4, 6}))
+
+
+def _rewritten(now: Fingerprints, installed: Fingerprints) -> list[str]:
+    return [rid for rid, body in now.items() if rid in installed and installed[rid] != body]
 
 
 def diff_nft(plan: Plan, live: NftLive) -> Drift | None:

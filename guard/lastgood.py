@@ -37,19 +37,32 @@ def load(path: Path = DEFAULT) -> tuple[Policy, str, str] | None:
 
 def startup_policy(config: str | None, nft, log, path: Path = DEFAULT) -> tuple[Policy, str, str, str | None]:
     """The policy to start with: the configured one if it parses and the kernel accepts it, else the
-    last good one. Returns (policy, source, text, why the configured one was not used)."""
+    last good one. Returns (policy, source, text, why the configured one was not used).
+
+    Only a policy that does not parse, with no last good one to fall back to, is fatal (exit 2): a
+    kernel that refuses a valid policy right now (another process owns the table name, the default
+    route is away for a moment) is the watcher's to retry, not a reason to leave the node unguarded."""
     from .apply import check, make_plan, read_state, transaction
-    from .errors import BackendError
+    from .errors import BackendError, EnvironmentProblem
     from .policy import read_policy
 
     try:
         policy, source, text = read_policy(config)
-        plan = make_plan(policy, nft)
-        check(transaction(plan, read_state(plan, nft)), nft)
-        return policy, source, text, None
-    except (PolicyError, BackendError) as exc:
+    except PolicyError as exc:
         fallback = load(path)
         if fallback is None:
             raise
         log.error("the configured policy is unusable (%s); running the last good one from %s", exc, path)
         return (*fallback, str(exc))
+    try:
+        plan = make_plan(policy, nft)
+        check(transaction(plan, read_state(plan, nft)), nft)
+        return policy, source, text, None
+    except (BackendError, EnvironmentProblem) as exc:
+        fallback = load(path)
+        if fallback is not None and isinstance(exc, BackendError):
+            log.error("the kernel refused the configured policy (%s); running the last good one from %s",
+                      exc, path)
+            return (*fallback, str(exc))
+        log.error("cannot install %s yet (%s); the watcher keeps trying", source, exc)
+        return policy, source, text, None

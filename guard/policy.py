@@ -25,9 +25,9 @@ BUILT_IN = "<built-in rules/default.yaml>"
 _UNITS = {"second": 1, "minute": 60, "hour": 3600}
 MAX_RATE_PER_S = 1_000_000  # xt_hashlimit's ceiling (XT_HASHLIMIT_SCALE_v2): every policy fits both backends
 MAX_BURST = 1_000_000  # xt_hashlimit's burst ceiling
-_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*(?:burst\s+(\d+)\s*)?$")
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
-_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+_RATE_RE = re.compile(r"[ ]*([0-9]+)[ ]*/[ ]*(second|minute|hour)[ ]*(?:burst[ ]+([0-9]+)[ ]*)?", re.ASCII)
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}", re.ASCII)  # always fullmatch: "$" would let "eth0\n" in
+_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,19}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Rate:
 def parse_rate(value: Any) -> Rate:
     if isinstance(value, Rate):
         return value
-    m = _RATE_RE.match(value) if isinstance(value, str) else None
+    m = _RATE_RE.fullmatch(value) if isinstance(value, str) else None
     if not m:
         raise ValueError(f"rate must look like 'N/second', 'N/minute' or 'N/hour' (optionally 'burst M'), got {value!r}")
     count, unit, burst = int(m[1]), m[2], m[3]
@@ -87,21 +87,26 @@ class _Section(BaseModel):
 
 
 def _to_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not text.isascii() or "%" in text:  # no zone ids (fe80::%eth0/64), no non-ASCII digits
+        raise ValueError(f"{text!r} is not a CIDR (plain IPv4 or IPv6 prefixes only)")
     try:
-        return ipaddress.ip_network(text, strict=True)
+        net = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not a CIDR ({exc})") from None
+    if net.prefixlen == 0:
+        raise ValueError(f"{text!r} would allow every source: nodeguard would protect nothing")
+    return net
 
 
 def _check_name(name: str) -> str:
     """Names become chain, set and comment text in both backends: a small alphabet, nothing to escape."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ValueError("must be 1-20 characters of a-z, 0-9 and '-', starting with a letter")
     return name
 
 
 def _check_ifname(name: str) -> str:
-    if not _IFNAME_RE.match(name):
+    if not _IFNAME_RE.fullmatch(name):
         raise ValueError(f"{name!r} is not an interface name")
     if name == "lo":
         raise ValueError("loopback is never limited; remove 'lo'")

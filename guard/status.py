@@ -15,7 +15,9 @@ from .render.nft import FAMILY
 
 def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str, Any]:
     live = read_state(plan, nft)
-    drift = diff_plan(plan, nft, live)
+    # the running watcher's record of our rules' bodies catches a rule rewritten under our comment
+    drift = diff_plan(plan, nft, live, (watcher_state or {}).get("fingerprints") if (watcher_state or {}).get("alive")
+                      else None)
     st: dict[str, Any] = {
         "backend": plan.backend,
         "backend_reason": plan.backend_reason,
@@ -101,7 +103,7 @@ def _ports(ports: list[int]) -> str:
 def format_text(st: dict[str, Any]) -> str:
     if not st["installed"]:
         return f"nodeguard: not installed ({st['backend']} backend)\n"
-    lines = [f"nodeguard: installed ({st['backend']}: {st['backend_reason']}), "
+    lines = [f"nodeguard: installed ({st['backend']}; {st['backend_reason']}), "
              f"{'in sync with the policy' if st['in_sync'] else 'DIFFERS from the policy'}"]
     if st["drift"]:
         lines.append(f"  drift: {st['drift']}")
@@ -113,6 +115,9 @@ def format_text(st: dict[str, Any]) -> str:
             lines.append(f"  CONTESTED by {w['contested_by']}: repairs damped, next in {w.get('backoff_s', 0):.0f} s")
         for note in w.get("notes") or []:
             lines.append(f"  note: {note}")
+        if w.get("errors") or w.get("reloads_failed"):
+            lines.append(f"  {w.get('errors', 0)} errors (last: {w.get('last_error') or '-'}); "
+                         f"reloads ok {w.get('reloads_ok', 0)}, failed {w.get('reloads_failed', 0)}")
     elif w:
         lines.append(f"watcher: NOT RUNNING (last seen pid {w.get('pid')}; its last state is history, not news)")
     else:

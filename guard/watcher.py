@@ -30,6 +30,7 @@ from .damper import Damper
 from .drift import Drift, diff_plan
 from .errors import EnvironmentProblem, NodeguardError
 from .events import NftEvents
+from .fingerprints import of_live
 from .interfaces import resolve_interfaces
 from .policy import Policy
 
@@ -60,6 +61,7 @@ class Watcher:
         self._repair_at = 0.0
         self._retry_at: float | None = None
         self._failures = 0
+        self.fingerprints: dict[str, str] | None = None  # our rules' bodies as the kernel listed them
 
     @property
     def state_file(self) -> Path:
@@ -91,10 +93,14 @@ class Watcher:
         self.state["checks"] += 1
         plan = self.plan()
         live = read_live_state(plan, self.nft)
-        drift = diff_plan(plan, self.nft, live)
+        drift = diff_plan(plan, self.nft, live, self.fingerprints)
         self.last_plan = plan
         self.state["in_sync"] = drift is None
         return plan, live, drift
+
+    def _record(self, plan: Plan, live=None) -> None:
+        """Remember our rules' bodies as the kernel lists them now (after our own transaction)."""
+        self.fingerprints = of_live(live if live is not None else read_live_state(plan, self.nft))
 
     def start(self) -> None:
         """Adopt a correct installation as it is (no gap, counters kept); otherwise apply."""
@@ -103,9 +109,11 @@ class Watcher:
         self.state["adopted"] = drift is None
         if drift is None:
             log.info("adopted the installed rules: they match the policy")
+            self._record(plan, live)
         else:
             log.info("installing: %s", drift)
             apply_plan(plan, self.nft, live=live)
+            self._record(plan)
             self.state.update(last_apply=time.time(), in_sync=True)
         self._backend = plan.backend
         self._accepted()
@@ -138,7 +146,9 @@ class Watcher:
                 self.state["backoff_s"] = self.damper.backoff_s()
                 return
         families = (4, 6) if switching else tuple(sorted(drift.families))
-        apply_plan(plan, self.nft, families=families, repair=not switching, live=live)
+        apply_plan(plan, self.nft, families=families, repair=not switching, live=live,
+                   fingerprints=None if switching else self.fingerprints)
+        self._record(plan)
         done = self.clock()
         self.state["in_sync"] = True
         self._backend = plan.backend
@@ -189,7 +199,7 @@ class Watcher:
         """One line, then a retry with backoff; a rejected new policy gives way to the last good one."""
         self._failures += 1
         exc = exc if str(exc) else type(exc).__name__
-        delay = min(RETRY_MAX_S, 0.5 * 2 ** (self._failures - 1))
+        delay = min(RETRY_MAX_S, 0.5 * 2 ** min(self._failures - 1, 16))
         self._retry_at = self.clock() + delay
         self.state.update(errors=self.state["errors"] + 1, last_error=f"{what}: {exc}")
         log.error("%s failed (%s); retrying in %.1f s", what, exc, delay)
@@ -270,8 +280,8 @@ class Watcher:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the watcher must outlive any single failure
                     self._failed("start" if not started else "check/repair", exc)
-                    if not started and self._retry_at is not None:
-                        next_verify = self._retry_at
+                    # the next look is the retry: not at once (a failing check would spin), and no later
+                    next_verify = self._retry_at if self._retry_at is not None else self.clock() + 1.0
                 finally:
                     self._write_state()
         finally:
@@ -300,11 +310,15 @@ class Watcher:
         return overrun or (n > 0 and not ours_only)
 
     def _write_state(self, alive: bool = True) -> None:
-        data = dict(self.state, alive=alive, contested=self.damper.contested, updated=time.time())
+        data = dict(self.state, alive=alive, contested=self.damper.contested, updated=time.time(),
+                    fingerprints=self.fingerprints)
         try:
-            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            self.state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
             tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data))
+            # never through a symlink someone planted (the state file's directory may be shared)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(data))
             os.replace(tmp, self.state_file)
         except OSError as exc:
             log.debug("cannot write %s: %s", self.state_file, exc)

@@ -56,33 +56,50 @@ def load_document(text: str, file: str) -> Document:
     except yaml.YAMLError as exc:
         raise PolicyError(file, None, "", f"invalid YAML: {exc}") from None
     lines: dict[Path, int] = {}
-    data = _convert(node, (), lines, file, yaml.constructor.SafeConstructor()) if node is not None else {}
+    budget = [MAX_NODES]
+    data = _convert(node, (), lines, file, yaml.constructor.SafeConstructor(), budget) if node is not None else {}
     return Document(file, data, lines)
 
 
+MAX_NODES = 1_000_000  # values after aliases are expanded: a nested-alias bomb is refused, not built
+_MERGE = "tag:yaml.org,2002:merge"
+_PLAIN = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 def _convert(node: yaml.Node, path: Path, lines: dict[Path, int], file: str,
-             constructor: yaml.constructor.SafeConstructor) -> Any:
-    lines[path] = node.start_mark.line + 1
+             constructor: yaml.constructor.SafeConstructor, budget: list[int]) -> Any:
+    line = node.start_mark.line + 1
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise PolicyError(file, line, dotted(path), f"more than {MAX_NODES} values once aliases are expanded")
+    lines[path] = line
+    if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN:
+        raise PolicyError(file, line, dotted(path), f"the tag {node.tag[:40]!r} is not allowed")
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _scalar(key_node, constructor)
+            if key_node.tag == _MERGE:
+                raise PolicyError(file, key_node.start_mark.line + 1, dotted(path), "merge keys (<<) are not supported")
+            key = _scalar(key_node, constructor, file)
             if not isinstance(key, str):
                 raise PolicyError(file, key_node.start_mark.line + 1, dotted(path), f"key {key!r} is not a string")
             if key in out:
                 raise PolicyError(file, key_node.start_mark.line + 1, dotted(path + (key,)), "duplicate key")
-            out[key] = _convert(value_node, path + (key,), lines, file, constructor)
+            out[key] = _convert(value_node, path + (key,), lines, file, constructor, budget)
             lines[path + (key,)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, path + (i,), lines, file, constructor) for i, item in enumerate(node.value)]
-    return _scalar(node, constructor)
+        return [_convert(item, path + (i,), lines, file, constructor, budget) for i, item in enumerate(node.value)]
+    return _scalar(node, constructor, file)
 
 
-def _scalar(node: yaml.Node, constructor: yaml.constructor.SafeConstructor) -> Any:
+def _scalar(node: yaml.Node, constructor: yaml.constructor.SafeConstructor, file: str) -> Any:
     """A scalar's value with YAML's safe type rules (int, bool, null, str ...)."""
     if not isinstance(node, yaml.ScalarNode):
         return None
     if node.tag == _STR:
         return node.value  # most scalars (CIDRs, names): no constructor needed
-    return constructor.construct_object(node, deep=True)
+    try:
+        return constructor.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:  # an unknown tag (!!python/...), a malformed timestamp ...
+        raise PolicyError(file, node.start_mark.line + 1, "", f"invalid YAML value: {getattr(exc, 'problem', exc)}") from None

@@ -86,3 +86,23 @@ def test_check_prints_the_kernel_text_and_changes_nothing(ns):
     assert res.stdout.startswith("# <built-in rules/default.yaml>: valid; checked by the kernel")
     assert "table inet nodeguard {" in res.stdout and "chain filter-prerouting {" in res.stdout
     assert json.loads(_ruleset(ns))["nftables"][1:] == []
+
+
+def test_a_policy_file_others_could_write_is_refused_by_every_verb_that_writes_the_firewall(ns, tmp_path):
+    import os
+    netlab.add_uplink(ns)
+    path = tmp_path / "shared.yaml"
+    path.write_text("icmp:\n  per_source: 5/second\n")
+    os.chmod(path, 0o666)
+    for verb in (["apply"], ["apply", "--dry-run"]):
+        res = ns.nodeguard(*verb, "-c", str(path), check=False)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and "refusing" in res.stderr, res
+    assert json.loads(_ruleset(ns))["nftables"][1:] == []
+
+
+def test_dry_run_of_a_backend_switch_says_what_else_it_removes(ns, write_policy):
+    netlab.add_uplink(ns)
+    ns.nodeguard("apply")
+    out = ns.nodeguard("apply", "--dry-run", "-c", write_policy("backend: iptables\niptables:\n  flavour: nft\n")).stdout
+    assert "would also remove nodeguard's rules from: nft" in out, out
+    assert any(o.get("table", {}).get("name") == "nodeguard" for o in json.loads(_ruleset(ns))["nftables"])

@@ -61,6 +61,15 @@ allow:
     ("icmp: [\n", "f.yaml:2: invalid YAML"),
     ("- just a list\n", "f.yaml:1: the policy must be a mapping"),
     ("backend: pf\n", "f.yaml:1: backend: Input should be 'nft' or 'iptables'"),
+    # found by the adversarial review of the real-node fixes:
+    ("icmp:\n  rate: \"\u0661\u0660/second\"\n", "f.yaml:2: icmp.rate: rate must look like"),
+    ("icmp:\n  rate: \"10/second\\n\"\n", "f.yaml:2: icmp.rate: rate must look like"),
+    ("interfaces: [\"eth0\\n\"]\n", "f.yaml:1: interfaces[0]: 'eth0\\n' is not an interface name"),
+    ("allow:\n  cidrs: [\"fe80::%eth0/64\"]\n", "f.yaml:2: allow.cidrs[0]: 'fe80::%eth0/64' is not a CIDR"),
+    ("allow:\n  cidrs: [0.0.0.0/0]\n", "f.yaml:2: allow.cidrs[0]: '0.0.0.0/0' would allow every source"),
+    ("a: &a {rate: 1/second}\nicmp:\n  <<: *a\n", "f.yaml:3: icmp: merge keys (<<) are not supported"),
+    ("icmp: !!python/object:os.system {}\n", "f.yaml:1: icmp: the tag"),
+    ("icmp:\n  rate: !!binary aGVsbG8=\n", "f.yaml:2: icmp.rate: rate must look like"),
 ])
 def test_bad_input_names_file_line_and_field(text, expected):
     with pytest.raises(PolicyError) as exc:
@@ -79,3 +88,15 @@ def test_a_missing_libnftables_is_one_clear_line_with_exit_2(monkeypatch):
         nft.Nft()
     assert exc.value.exit_code == 2
     assert "install Debian's libnftables1" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_nested_alias_bomb_is_refused_at_once_not_built():
+    import time
+    levels = ["a: &a [" + ",".join(['"x"'] * 9) + "]"]
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        levels.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    started = time.monotonic()
+    with pytest.raises(PolicyError) as exc:
+        parse_policy("\n".join(levels) + "\n", "bomb.yaml")
+    assert "values once aliases are expanded" in str(exc.value)
+    assert time.monotonic() - started < 10

@@ -12,6 +12,7 @@ import os
 import signal
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -139,3 +140,75 @@ def test_our_tools_pids_are_recorded_and_released(kernel):
     assert res.returncode == 0
     pid = max(ipt.OWN_PIDS._ended)
     assert pid in ipt.OWN_PIDS and pid not in ipt.OWN_PIDS._running
+
+
+def test_a_renamed_chain_is_repaired_and_the_watcher_neither_spins_nor_dies(lab, tmp_path):
+    victim, attacker = lab
+    policy, state = _watched_policy(tmp_path)
+    with netlab.watcher(victim, policy, str(state)) as proc:
+        cpu_before, started = netlab.cpu_seconds(proc.pid), time.monotonic()
+        victim.run("nft rename chain inet nodeguard icmp-flood zzz")
+        wait_until(lambda: _state(state)["repairs"] >= 1, timeout=10, interval=0.1)
+        time.sleep(2.0)
+        cpu = (netlab.cpu_seconds(proc.pid) - cpu_before) / (time.monotonic() - started)
+        assert proc.poll() is None
+        assert "zzz" not in victim.run("nft list table inet nodeguard").stdout
+        assert _state(state)["errors"] == 0, _state(state)["last_error"]
+        assert cpu < 0.1, f"the watcher used {cpu:.0%} of a core"
+        assert _flood_is_limited(victim, attacker)
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables-nft"])
+def test_a_rule_rewritten_under_our_comment_is_seen_and_repaired(lab, tmp_path, backend):
+    victim, attacker = lab
+    policy, state = _watched_policy(tmp_path, netlab.backend_policy(backend))
+    with netlab.watcher(victim, policy, str(state)):
+        if backend == "nft":
+            rule = next(o["rule"] for o in victim.nft_json("chain inet nodeguard icmp-flood")
+                        if "rule" in o and "per-source v4" in o["rule"].get("comment", ""))
+            victim.run(["nft", "replace", "rule", "inet", "nodeguard", "icmp-flood", "handle", str(rule["handle"]),
+                        "counter", "return", "comment", f'"{rule["comment"]}"'])
+        else:
+            line = next(ln for ln in victim.run("iptables-nft -t raw -S NODEGUARD-ICMP").stdout.splitlines()
+                        if "per-source v4\"" in ln)
+            pos = [ln for ln in victim.run("iptables-nft -t raw -S NODEGUARD-ICMP").stdout.splitlines()
+                   if ln.startswith("-A")].index(line) + 1
+            comment = line.split('--comment "', 1)[1].split('"', 1)[0]
+            victim.run(["iptables-nft", "-t", "raw", "-R", "NODEGUARD-ICMP", str(pos), "-m", "comment",
+                        "--comment", comment, "-j", "RETURN"])
+        wait_until(lambda: _state(state)["repairs"] >= 1, timeout=12, interval=0.1)
+        assert "rewritten under nodeguard's comments" in _state(state)["last_reason"]
+    sent, received = netlab.ping_stats(attacker.run(f"ping -f -i 0.0002 -q -w 3 {VICTIM4}", check=False).stdout)
+    assert sent > 200 and received <= 1.3 * (20 * 3 + 20), (sent, received)  # the per-source limit is back
+
+
+def test_the_watcher_starts_without_a_default_route_and_protects_once_one_appears(lab, tmp_path):
+    victim, attacker = lab
+    victim.run("ip route del default")
+    victim.run("ip -6 route del default")
+    policy, state = _watched_policy(tmp_path)
+    proc = victim.popen([sys.executable, "-m", "guard", "watch", "-c", policy, "--last-good",
+                         str(tmp_path / "lg.yaml")], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: state.exists() and _state(state)["errors"] >= 1, timeout=10, interval=0.1)
+        assert proc.poll() is None, proc.stderr.read()
+        victim.run(f"ip route add default via {netlab.ATTACKER4}")
+        wait_until(lambda: victim.run("nft list table inet nodeguard", check=False).returncode == 0,
+                   timeout=40, interval=0.2)
+        assert _flood_is_limited(victim, attacker)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_state_file_is_never_written_through_a_planted_symlink(tmp_path):
+    from guard.policy import parse_policy
+    from guard.watcher import Watcher
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    state = tmp_path / "watch.json"
+    (tmp_path / "watch.tmp").symlink_to(victim)
+    w = Watcher(parse_policy(f"watcher:\n  state_file: {state}\n", "p.yaml"), nft=None)
+    w._write_state()
+    assert victim.read_text() == "precious\n"

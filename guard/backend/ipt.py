@@ -84,7 +84,7 @@ def _start(args: list[str]) -> subprocess.Popen:
 
 def _finish(proc: subprocess.Popen, stdin: str | None = None) -> subprocess.CompletedProcess:
     try:
-        out, err = proc.communicate(stdin, timeout=60)
+        out, err = proc.communicate(stdin, timeout=20)  # under the unit's 30 s watchdog: a held xtables lock is a retry, not a hang
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()

@@ -18,7 +18,8 @@ Where iptables cannot say what the model says:
   can then hold at most the sources admitted within one expiry period: with the ipset timeout at
   least the hashlimit expiry plus its garbage-collection interval, that is at most
   2 × ``meter.size`` (every member at the start of the period, plus one newcomer for each member
-  that timed out during it); ``--hashlimit-htable-max`` is set to 3 × ``meter.size``;
+  that timed out during it), plus what concurrent adds overshoot ``maxelem`` by;
+  ``--hashlimit-htable-max`` is set to 3 × ``meter.size`` + 4096;
 * allowlists and trusted sources are ipsets (``hash:net``, ``hash:ip timeout``).
 """
 
@@ -35,7 +36,9 @@ PREFIX = "NODEGUARD"
 MAX_CHAIN = 28  # Felix's MaxChainNameLength: safe for both flavours
 MAX_IPSET = 31  # IPSET_MAXNAMELEN - 1
 HASHLIMIT_GC_S = 1  # xt_hashlimit's default --hashlimit-htable-gcinterval
-METER_TABLE_FACTOR = 3  # hashlimit entries per admission-set entry (at most 2 are ever needed)
+METER_TABLE_FACTOR = 3  # hashlimit entries per admission-set entry (at most 2 are ever needed) ...
+METER_TABLE_SLACK = 4096  # ... plus what concurrent -j SET adds past maxelem (ipset counts per region,
+#                           racily: 39 members were seen in a set of 16 under a 90 kpps flood on 2 CPUs)
 _BASE_NAMES = {m.STATELESS_CHAIN: "NODEGUARD-PRE", m.STATEFUL_CHAIN: "NODEGUARD-CONN",
                m.SYNPROXY_CHAIN: "NODEGUARD-SYNPROXY"}
 _UNITS = {"second": "sec", "minute": "min", "hour": "hour"}
@@ -288,7 +291,7 @@ def _match(x: object, version: int, sets: dict[str, m.AddrSet], limits: dict[str
         mask = f" --hashlimit-srcmask {m.V6_SOURCE_PREFIX}" if version == 6 else ""
         return [f"-m hashlimit --hashlimit-above {_rate(s.rate)} --hashlimit-burst {s.rate.burst} "
                 f"--hashlimit-mode srcip{mask} --hashlimit-name {hashlimit_name(s.name)} "
-                f"--hashlimit-htable-size {s.size} --hashlimit-htable-max {METER_TABLE_FACTOR * s.size} "
+                f"--hashlimit-htable-size {s.size} --hashlimit-htable-max {METER_TABLE_FACTOR * s.size + METER_TABLE_SLACK} "
                 f"--hashlimit-htable-expire {s.timeout_s * 1000}"]
     if isinstance(x, (m.OverLimit, m.UnderLimit)):  # same name: one bucket (per family)
         lim = limits[x.limit]

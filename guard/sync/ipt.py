@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from ..backend.ipt import LiveIpset, LiveTable
+from ..fingerprints import ipt_body
 from ..render.ipt import MAX_IPSET, Ipset, Render, spec_id
 
 # Every line we hand to a restore tool is built from validated names; this is the second lock.
@@ -48,27 +49,38 @@ def _checked(lines: list[str]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def restore_text(render: Render | None, live: dict[str, LiveTable], saved: dict | None = None) -> str:
+def restore_text(render: Render | None, live: dict[str, LiveTable], saved: dict | None = None,
+                 fingerprints: dict[str, str] | None = None, version: int = 4) -> str:
     """Remove our old jumps and stale chains, write ours. ``render`` None: the uninstall script.
 
-    With ``saved`` (``Ipt.tables()`` of this family), a chain that already holds exactly the
-    rendered rule ids is left alone (its counters too), and so is a jump already at rule 1.
-    One COMMIT per table; tables with nothing of ours to do are skipped."""
+    With ``saved`` (``Ipt.tables()`` of this family) and ``fingerprints`` (the watcher's), a chain
+    that holds exactly the rendered rule ids with the bodies we installed is left alone (its
+    counters too), and so is such a jump already at rule 1; without fingerprints everything of ours
+    is rewritten. One COMMIT per table; tables with nothing of ours to do are skipped."""
     out: list[str] = []
     saved = saved or {}
+
+    def same(rules) -> bool:
+        return fingerprints is not None and all(fingerprints.get(r.rule_id) == ipt_body(version, r.line) for r in rules)
     names = sorted(set(live) | (set(render.tables) if render else set()))
     for tname in names:
         want = render.tables.get(tname) if render else None
         have = live.get(tname, LiveTable())
         if not want and not have.chains and not have.jump_lines:
             continue
-        have_ids, firsts = _live_ids(saved.get(tname, ([], []))[1])
+        live_rules = saved.get(tname, ([], []))[1]
+        have_ids, firsts = _live_ids(live_rules)
+        by_chain: dict[str, list] = {}
+        for r in live_rules:
+            by_chain.setdefault(r.chain, []).append(r)
         want_ids = render.rule_ids() if want else {}
         new_chains = want.chains if want else []
         stale = [c for c in have.chains if c not in new_chains]
-        changed = [c for c in new_chains if c not in have.chains or have_ids.get(c, []) != want_ids[c]]
+        changed = [c for c in new_chains if c not in have.chains or have_ids.get(c, []) != want_ids[c]
+                   or stale or not same(by_chain.get(c, []))]
         jumps = [(b, spec) for b, spec in (want.jumps if want else [])
-                 if firsts.get(b) != spec_id(spec) or sum(1 for ln in have.jump_lines if _builtin(ln) == b) != 1]
+                 if firsts.get(b) != spec_id(spec) or sum(1 for ln in have.jump_lines if _builtin(ln) == b) != 1
+                 or not same([r for r in by_chain.get(b, []) if r.rule_id == spec_id(spec)])]
         redo = {b for b, _ in jumps} | {_builtin(ln) for ln in have.jump_lines if not want}
         lines = [f":{c} - [0:0]" for c in changed + stale]  # declaring a chain flushes it
         lines += ["-D" + line[2:] for line in have.jump_lines if _builtin(line) in redo]
@@ -119,9 +131,11 @@ def ipset_scripts(want: list[Ipset], live: dict[str, LiveIpset], live_members: d
 
 def build(flavour: str, renders: dict[int, Render], want_sets: list[Ipset], live_tables: dict[int, dict],
           live_sets: dict[str, LiveIpset], live_members: dict[str, list[str]],
-          families: tuple[int, ...] = (4, 6), saved: dict[int, dict] | None = None) -> IptTransaction:
+          families: tuple[int, ...] = (4, 6), saved: dict[int, dict] | None = None,
+          fingerprints: dict[str, str] | None = None) -> IptTransaction:
     prepare, cleanup = ipset_scripts(want_sets, live_sets, live_members)
-    restore = {v: restore_text(renders[v], live_tables.get(v, {}), (saved or {}).get(v)) for v in families}
+    restore = {v: restore_text(renders[v], live_tables.get(v, {}), (saved or {}).get(v), fingerprints, v)
+               for v in families}
     return IptTransaction(flavour, prepare, restore, cleanup)
 
 

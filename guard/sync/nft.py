@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 
 from ..backend.nft import NftLive
+from ..fingerprints import nft_body
 from ..render.ids import id_from_comment
 from ..render.nft import FAMILY, NftObjects
 
@@ -49,7 +50,10 @@ def same_limit(live: dict, want: dict) -> bool:
         bool(live.get("inv")) == bool(want.get("inv"))
 
 
-def build(objs: NftObjects, live: NftLive) -> NftTransaction:
+def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None = None) -> NftTransaction:
+    """``fingerprints`` (the watcher's, fingerprints.py): a chain whose rules carry the rendered ids
+    and still the bodies we installed is left alone. Without them every chain is refilled: ids alone
+    cannot tell a rule someone rewrote under our comment."""
     table = objs.table["name"]
     want_chains = {c["name"]: c for c in objs.chains}
     want_sets = {s["name"]: s for s in objs.sets}
@@ -65,9 +69,14 @@ def build(objs: NftObjects, live: NftLive) -> NftTransaction:
     # or limit must be deleted and re-added, which needs every chain emptied first.
     have_ids = live_rule_ids(live)
     moved = {n for n, c in live.chains.items() if n in want_chains and _hook(c) != _hook(want_chains[n])}
-    intact = set() if tampered else {
+    stale = [n for n in live.chains if n not in want_chains]  # a kept chain might still jump to one
+    bodies: dict[str, list[str]] = {}
+    for r in live.rules:
+        bodies.setdefault(r["chain"], []).append(nft_body(r))
+    intact = set() if tampered or stale or fingerprints is None else {
         n for n in want_chains if n in live.chains and n not in moved
-        and have_ids.get(n) == [id_from_comment(r["comment"]) for r in want_rules[n]]}
+        and have_ids.get(n) == (ids := [id_from_comment(r["comment"]) for r in want_rules[n]])
+        and bodies.get(n, []) == [fingerprints.get(i) for i in ids]}
     cmds: list[dict] = [{"add": {"table": objs.table}}]
     # 1. empty every other chain first: nothing then refers to what goes away below
     cmds += [{"flush": {"chain": _ref(table, name)}} for name in live.chains if name not in intact]
