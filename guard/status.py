@@ -7,6 +7,7 @@ from typing import Any
 from . import model, sysctls
 from .apply import Plan, read_state
 from .backend.nft import Nft, objects
+from .counters import drops_by_group
 from .drift import diff_plan
 from .render.ids import id_from_comment
 from .render.ipt import ipset_name
@@ -38,6 +39,9 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
         ],
     }
     st.update(_nft_part(nft, plan) if plan.nft is not None else _ipt_part(plan, live))
+    # condemned per rule group ("<group>/monitor": would-be drops), from the condemning rules' counters
+    st["drops"] = {(g if m == "enforce" else f"{g}/monitor"): c
+                   for (g, m), c in drops_by_group(plan, nft, live).items()}
     st["in_sync"] = st["installed"] and drift is None
     return st
 
