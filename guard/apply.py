@@ -121,7 +121,7 @@ def synproxy_plan(policy: Policy, interfaces: tuple[str, ...]) -> model.Synproxy
         return None
     mss4, mss6 = listeners.uplink_mss(interfaces)
     return model.SynproxyPlan(tuple(sorted(v4)), tuple(sorted(v6)), mss4, mss6, listeners.server_wscale(),
-                              cfg.forwarded)
+                              cfg.forwarded, cfg.engage_over, cfg.hold_s)
 
 
 def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | None = None,

@@ -299,16 +299,26 @@ def _count_sets(plan: Plan) -> dict:
 
 def trusted_sources(plan: Plan, nft: Nft) -> set[str]:
     """Sources that completed a TCP handshake within ``syn.trusted_after_handshake_s`` (the trusted sets)."""
+    return set_members(plan, nft, "trusted")
+
+
+def engaged_ports(plan: Plan, nft: Nft) -> list[int]:
+    """The ports SYNPROXY is engaged on now (a SYN flood to them within ``syn.synproxy.hold_s``)."""
+    return sorted({int(p) for p in set_members(plan, nft, "engaged")})
+
+
+def set_members(plan: Plan, nft: Nft, kind: str) -> set[str]:
+    """The members of every set of ``kind`` (both families), as the backend lists them."""
     out: set[str] = set()
     for s in plan.ruleset.sets:
-        if s.kind != "trusted":
+        if s.kind != kind:
             continue
         if plan.nft is not None:
             listing = objects(nft.list(f"set {FAMILY} {TABLE} {s.name}"), "set")
             for e in listing[0].get("elem", []) if listing else []:
                 val = e.get("elem", {}).get("val") if isinstance(e, dict) else e
-                if isinstance(val, str):
-                    out.add(val)
+                if isinstance(val, (str, int)):
+                    out.add(str(val))
         else:
             out.update(a.split("/")[0] for a in Ipset.members(ipset_name(s)))
     return out

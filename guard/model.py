@@ -152,6 +152,15 @@ class DstPortInSet:
 
 
 @dataclass(frozen=True)
+class EngagePort:
+    """Add the packet's TCP destination port to the timed ``engaged`` set, or refresh its timeout
+    (a statement; evaluation goes on)."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
 class CtState:
     states: tuple[Literal["invalid", "untracked", "new", "established", "related"], ...]
 
@@ -193,7 +202,7 @@ class Log:
 
 Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, SourceNotInSet,
               CtStateNew, Assured, RememberSource, SourceRateOver, SourceConnsOver, OverLimit, UnderLimit, CountSource,
-              OneIn, Log, FibLocal, DstPortInSet, CtState, NoTrack]
+              OneIn, Log, FibLocal, DstPortInSet, CtState, NoTrack, EngagePort]
 
 
 # --- verdicts -------------------------------------------------------------------------
@@ -263,7 +272,7 @@ class Rule:
             raise ValueError(f"rule {self.label!r}: a condemning rule has a group and a mode, others neither")
 
 
-SetKind = Literal["allow", "meter", "trusted", "conns", "counts", "ports"]
+SetKind = Literal["allow", "meter", "trusted", "conns", "counts", "ports", "engaged"]
 
 
 @dataclass(frozen=True)
@@ -271,7 +280,8 @@ class AddrSet:
     """A set of source addresses. ``allow``: static prefixes; ``meter``: a token bucket of
     ``rate`` per source; ``trusted``: timed membership; ``conns``: ``limit`` connections per source;
     ``counts``: packets and bytes per source (the sampler's exact per-source totals); ``ports``: static
-    destination ports (the SYNPROXY'd ones), not addresses."""
+    destination ports (the SYNPROXY'd ones), not addresses; ``engaged``: timed destination ports (those
+    SYNPROXY is engaged on)."""
 
     base: str  # e.g. "syn-src-v4"; the kernel name adds the digest (allow sets keep their base name)
     version: int
@@ -285,13 +295,13 @@ class AddrSet:
     def __post_init__(self) -> None:
         if self.version not in (4, 6):
             raise ValueError(f"set {self.base}: version must be 4 or 6")
-        if self.kind not in ("allow", "meter", "trusted", "conns", "counts", "ports"):
+        if self.kind not in ("allow", "meter", "trusted", "conns", "counts", "ports", "engaged"):
             raise ValueError(f"set {self.base}: unknown kind {self.kind!r}")
         if (self.kind == "meter") != (self.rate is not None and self.rate.burst is not None):
             raise ValueError(f"set {self.base}: a meter, and only a meter, has a rate with a burst")
         if self.kind not in ("allow", "ports") and self.size <= 0:
             raise ValueError(f"set {self.base}: needs a size")
-        if self.kind in ("meter", "trusted", "counts") and self.timeout_s <= 0:
+        if self.kind in ("meter", "trusted", "counts", "engaged") and self.timeout_s <= 0:
             raise ValueError(f"set {self.base}: needs a timeout")
         if self.kind == "conns" and self.limit <= 0:
             raise ValueError(f"set {self.base}: needs a connection limit")
@@ -382,6 +392,8 @@ class SynproxyPlan:
     mss_v6: int
     wscale: int  # the server's own (listeners.server_wscale)
     forwarded: bool = False  # NodePorts too: the node runs with nf_conntrack_tcp_loose=0
+    engage_over: Rate = Rate(1000, "second", 2000)  # SYNs to proxied ports per second that engage it
+    hold_s: int = 60  # engaged this long after the last SYN over that rate
 
     @property
     def states(self) -> tuple:
@@ -590,34 +602,46 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
         b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules),
                                  "stateful", priorities.stateful))
     if proxied:
-        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(interfaces), *_synproxy_rules(proxied)),
+        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(interfaces), *_synproxy_rules(b, proxied)),
                               "synproxy", priorities.synproxy))
     return RuleSet(tuple(b.chains) + tuple(b.sample_chains.values()), tuple(b.sets), tuple(b.limits.values()),
                    tuple(interfaces), sample_groups=b.groups)
 
 
 def _synproxy_notrack(b: _Builder, sp: SynproxyPlan) -> list[Rule]:
-    """Before conntrack: a SYN to a proxied port of the node's own gets no conntrack entry."""
+    """Before conntrack: SYNPROXY engages on a proxied port of the node's own when SYNs to proxied
+    ports exceed ``engage_over`` (a SYN flood), and stays engaged ``hold_s`` after the last SYN over it;
+    while engaged, a SYN to that port gets no conntrack entry (SYNPROXY answers it on input).
+
+    Not always on: SYNPROXY itself costs 1-2 % of connections (a client reusing a 4-tuple still in
+    TIME_WAIT meets the old entry, the untracked SYN never replaced it; a server may reject SYNPROXY's
+    ACK and resend its SYN/ACK a second later), which would serve clients worse than no protection."""
     out = []
+    engage = b.add_limit("synproxy-engage", sp.engage_over, over=True)
     for version, ports in ((4, sp.ports_v4), (6, sp.ports_v6)):
         s = b.add_set(AddrSet(f"synproxy-ports-v{version}", version, "ports", tuple(ports)))
-        out.append(Rule((Family(version), FibLocal(), SYN_ONLY, DstPortInSet(s.name, version), NoTrack()), CONTINUE,
+        on = b.add_set(AddrSet(f"synproxy-engaged-v{version}", version, "engaged", size=65536, timeout_s=sp.hold_s))
+        syn_to_port = (Family(version), FibLocal(), SYN_ONLY, DstPortInSet(s.name, version))
+        out.append(Rule((*syn_to_port, OverLimit(engage), EngagePort(on.name, version)), CONTINUE,
+                        f"synproxy: engage on a syn flood v{version}"))
+        out.append(Rule((*syn_to_port, DstPortInSet(on.name, version), NoTrack()), CONTINUE,
                         f"synproxy: syn not tracked v{version}"))
     return out
 
 
-def _synproxy_rules(sp: SynproxyPlan) -> list[Rule]:
-    """After conntrack, on input: SYNPROXY answers the untracked SYN and checks the third ACK; an
-    invalid packet to a proxied port that SYNPROXY did not take (a bad cookie, a stray ACK) is dropped."""
+def _synproxy_rules(b: _Builder, sp: SynproxyPlan) -> list[Rule]:
+    """After conntrack, on input, only on engaged ports: SYNPROXY answers the untracked SYN and checks
+    the third ACK; an invalid packet that SYNPROXY did not take (a bad cookie, a stray ACK) is dropped.
+    A port that is not engaged sees none of this: its SYNs were tracked, its handshakes are the server's."""
     out = []
     for version, mss in ((4, sp.mss_v4), (6, sp.mss_v6)):
-        port = DstPortInSet(f"synproxy-ports-v{version}", version)
+        port = DstPortInSet(next(s.name for s in b.sets if s.base == f"synproxy-engaged-v{version}"), version)
         # Only the SYN and the bare third ACK: SYNPROXY takes any ACK it is shown as a handshake's end,
         # so a client's first data segment, arriving while the server's answer is still on its way
         # (its conntrack entry then says invalid), would be swallowed and a second SYN sent (data lost:
         # measured as a few failed connects in a hundred). Such a segment is dropped below, and resent.
-        for flags, what in ((("syn",), "syn"), (("ack",), "ack")):
-            out.append(Rule((Family(version), Proto("tcp"), port, CtState(sp.states),
+        for flags, what, states in ((("syn",), "syn", ("untracked",)), (("ack",), "ack", sp.states)):
+            out.append(Rule((Family(version), Proto("tcp"), port, CtState(states),
                              TcpFlags(("fin", "syn", "rst", "psh", "ack"), flags)), Synproxy(mss, sp.wscale),
                             f"synproxy {what} v{version}"))
         out.append(Rule((Family(version), Proto("tcp"), port, CtState(("invalid",))), DROP,

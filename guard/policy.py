@@ -186,9 +186,15 @@ class Synproxy(_Section):
     the watcher), minus ``exclude_ports``; or a list; [] turns it off. ``forwarded``: also NodePorts
     (``forwarded_ports``), DNAT'd to pods: needs ``net.netfilter.nf_conntrack_tcp_loose=0`` node-wide,
     which nodeguard sets only with ``set_sysctls`` (else ``status`` reports it).
+
+    ``engage_over``: SYNPROXY engages on a port only while SYNs to proxied ports exceed this rate
+    (all ports together), and stays engaged ``hold_s`` after the last SYN over it. In peacetime every
+    connection takes the normal path: always-on SYNPROXY failed or delayed 1-2 % of connections.
     """
 
     ports: Literal["auto"] | tuple[Port, ...] = "auto"
+    engage_over: RateField = parse_rate("1000/second burst 2000")
+    hold_s: Annotated[int, Field(ge=1, le=86400, strict=True)] = 60
     exclude_ports: PortRanges = ((30000, 32767),)  # the NodePort range: DNAT'd, not served by the node
     forwarded: bool = False
     forwarded_ports: PortRanges = ((30000, 32767),)

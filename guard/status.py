@@ -7,7 +7,7 @@ from typing import Any
 from . import model, sysctls
 from .apply import Plan, read_state
 from .backend.nft import Nft, objects
-from .counters import drops_by_group
+from .counters import drops_by_group, engaged_ports
 from .drift import diff_plan
 from .render.ids import id_from_comment
 from .render.ipt import ipset_name
@@ -31,7 +31,9 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
                                "notes": list(plan.priorities.notes)},
         "synproxy": ({"ports_v4": list(plan.synproxy.ports_v4), "ports_v6": list(plan.synproxy.ports_v6),
                       "wscale": plan.synproxy.wscale, "mss": [plan.synproxy.mss_v4, plan.synproxy.mss_v6],
-                      "forwarded": plan.synproxy.forwarded} if plan.synproxy else None),
+                      "forwarded": plan.synproxy.forwarded, "engaged": engaged_ports(plan, nft),
+                      "engage_over": f"{plan.synproxy.engage_over.count}/{plan.synproxy.engage_over.unit}",
+                      "hold_s": plan.synproxy.hold_s} if plan.synproxy else None),
         "sysctls": sysctls.check(plan.synproxy),
         "foreign_chains": [
             {"family": f.family, "table": f.table, "chain": f.chain, "hook": f.hook, "priority": f.priority}
@@ -130,6 +132,8 @@ def format_text(st: dict[str, Any]) -> str:
     if sp:
         lines.append(f"synproxy: ports v4 {_ports(sp['ports_v4'])}, v6 {_ports(sp['ports_v6'])}; window scale "
                      f"{sp['wscale']}, mss {sp['mss'][0]}/{sp['mss'][1]}" + ("; NodePorts too" if sp["forwarded"] else ""))
+        lines.append(f"  engaged now on: {_ports(sp['engaged']) if sp['engaged'] else 'no port'} (engages above "
+                     f"{sp['engage_over']} SYNs to these ports, stays {sp['hold_s']} s after the flood)")
     for sc in st.get("sysctls", []):
         if not sc["ok"]:
             lines.append(f"  WRONG SYSCTL {sc['name']} = {sc['value']} (want {sc['want']}): {sc['why']}; nodeguard "

@@ -66,9 +66,13 @@ def test_a_brand_new_client_connects_to_a_host_port_during_a_spoofed_syn_flood(l
     print(f"\n{backend}: brand-new client, host port, spoofed flood: nodeguard {guarded['ok']}/100 "
           f"(conntrack peak {guarded['conntrack_peak']}), no protection {none['ok']}/50 "
           f"(conntrack peak {none['conntrack_peak']}); SYNs answered by SYNPROXY {proxied}")
-    assert guarded["ok"] >= 99, guarded
-    assert guarded["ok"] / 100 >= none["ok"] / 50 - 0.02, (guarded, none)
-    assert guarded["conntrack_peak"] < 1000, guarded
+    # while engaged, 1-2 % of handshakes meet a kernel race (the client's first data segment reaches
+    # SYNPROXY before the server's SYN/ACK did, is taken for a resent cookie ACK and swallowed: resent
+    # after the client's RTO); README, "SYN floods" has the figures
+    assert guarded["ok"] >= 97, guarded
+    assert guarded["ok"] / 100 >= none["ok"] / 50 - 0.03, (guarded, none)
+    # the SYNs before SYNPROXY engaged (the engage_over burst, 2000) are tracked; nothing after them
+    assert guarded["conntrack_peak"] < 4000, guarded
     assert proxied > 50_000, "the flood reached SYNPROXY"
 
 
@@ -90,7 +94,8 @@ def test_nodeports_are_proxied_too_when_asked(lab, write_policy):
         guarded = _round(victim, attacker, VICTIM4, 3003, FRESH4[1], 50)
     print(f"\nNodePort, spoofed flood, brand-new client: nodeguard {guarded['ok']}/50 (conntrack peak "
           f"{guarded['conntrack_peak']}), no protection {none['ok']}/30 (conntrack peak {none['conntrack_peak']})")
-    assert guarded["ok"] >= 48 and guarded["ok"] / 50 >= none["ok"] / 30, (guarded, none)
+    # the handshake race (see above) costs more through DNAT: 47-50/50 measured, against 4-30/30 unprotected
+    assert guarded["ok"] >= 45 and guarded["ok"] / 50 >= none["ok"] / 30, (guarded, none)
     assert guarded["conntrack_peak"] < 0.5 * 262_144
 
 
@@ -127,11 +132,51 @@ def test_status_reports_wrong_sysctls_and_changes_nothing_unless_asked(lab, writ
     assert victim.run("sysctl -n net.ipv4.tcp_timestamps").stdout.strip() == "1"
 
 
-def test_ipv6_clients_connect_through_synproxy_and_carry_data(lab):
+def test_in_peacetime_synproxy_stays_out_of_the_way(lab, write_policy):
+    """Always-on SYNPROXY failed or delayed 1-2 % of connections with no flood at all (a reused 4-tuple
+    meets its old TIME_WAIT entry; the server resends its SYN/ACK after rejecting SYNPROXY's ACK). Below
+    ``engage_over`` nothing is proxied: every SYN is tracked and every connect is quick."""
+    victim, attacker = lab
+    with netlab.tcp_server(victim, "0.0.0.0", PORT):
+        victim.nodeguard("apply", "-c", write_policy("{}"))
+        res = netlab.tcp_clients(attacker, FRESH4[0], VICTIM4, PORT, 400, "--timeout", "0.5", "--interval", "0.002")
+    c = victim.counters()
+    engaged = victim.run("nft list set inet nodeguard " + _set_name(victim, "synproxy-engaged-v4")).stdout
+    print(f"\npeacetime, 400 connects at ~400/s: {res}; SYNs not tracked {c['filter-prerouting: synproxy: syn not tracked v4']}")
+    assert res == {"ok": 400, "failed": 0}, res
+    assert c["filter-prerouting: synproxy: syn not tracked v4"] == 0 and c["synproxy-input: synproxy syn v4"] == 0, c
+    assert "elements" not in engaged, engaged
+
+
+def test_a_flood_engages_synproxy_on_its_port_only_and_it_disengages_after_hold(lab, write_policy):
+    victim, attacker = lab
+    policy = write_policy("syn:\n  synproxy:\n    hold_s: 3\n")
+    with netlab.tcp_server(victim, "0.0.0.0", PORT), netlab.tcp_server(victim, "0.0.0.0", 9191):
+        victim.nodeguard("apply", "-c", policy)
+        name = _set_name(victim, "synproxy-engaged-v4")
+        netlab.flood(attacker, 2, "-S", "-p", str(PORT), "--rand-source", VICTIM4).wait()
+        engaged = victim.run(f"nft list set inet nodeguard {name}").stdout
+        assert f"{PORT} " in engaged and "9191" not in engaged, engaged
+        assert netlab.tcp_clients(attacker, FRESH4[0], VICTIM4, 9191, 20) == {"ok": 20, "failed": 0}
+        took = wait_until(lambda: "elements" not in victim.run(f"nft list set inet nodeguard {name}").stdout,
+                          timeout=8, interval=0.1)
+        before = victim.counters()["filter-prerouting: synproxy: syn not tracked v4"]
+        assert netlab.tcp_clients(attacker, FRESH4[1], VICTIM4, PORT, 20) == {"ok": 20, "failed": 0}
+        assert victim.counters()["filter-prerouting: synproxy: syn not tracked v4"] == before
+    print(f"\nengaged on {PORT} only; disengaged {took:.1f} s after the flood (hold_s 3)")
+
+
+def _set_name(ns, base: str) -> str:
+    sets = ns.run("nft -j list sets inet").stdout
+    return next(o["set"]["name"] for o in json.loads(sets)["nftables"]
+                if "set" in o and o["set"]["name"].startswith(base + "-"))
+
+
+def test_ipv6_clients_connect_through_synproxy_and_carry_data(lab, write_policy):
     victim, attacker = lab
     with netlab.tcp_server(victim, "::", PORT):
-        victim.nodeguard("apply")
+        victim.nodeguard("apply", "-c", write_policy("syn:\n  synproxy:\n    engage_over: 1/second burst 1\n"))
         assert netlab.tcp_clients(attacker, netlab.LEGIT6, netlab.VICTIM6, PORT, 10) == {"ok": 10, "failed": 0}
     c = victim.counters()
-    assert c["synproxy-input: synproxy syn v6"] >= 10 and c["synproxy-input: synproxy ack v6"] >= 10, c
-    assert c["filter-prerouting: synproxy: syn not tracked v6"] >= 10, c
+    assert c["synproxy-input: synproxy syn v6"] >= 8 and c["synproxy-input: synproxy ack v6"] >= 8, c
+    assert c["filter-prerouting: synproxy: syn not tracked v6"] >= 8, c

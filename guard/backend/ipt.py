@@ -212,7 +212,8 @@ class LiveIpset:
         """Same definition as ``want`` (render.ipt.Ipset): the sync keeps it, contents and all."""
         h = self.header
         if want.type == "bitmap:port":
-            return self.type == want.type and h.get("range") == "0-65535"
+            return (self.type == want.type and h.get("range") == "0-65535"
+                    and h.get("timeout") == (str(want.timeout) if want.timeout is not None else None))
         return (self.type == want.type and h.get("family") == want.family and h.get("maxelem") == str(want.maxelem)
                 and h.get("timeout") == (str(want.timeout) if want.timeout is not None else None)
                 and h.get("netmask") == (str(want.netmask) if want.netmask is not None else None)

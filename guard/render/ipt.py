@@ -85,7 +85,7 @@ class Ipset:
 
     def create_args(self) -> str:
         if self.type == "bitmap:port":
-            return f"{self.type} range 0-65535"
+            return f"{self.type} range 0-65535" + (f" timeout {self.timeout}" if self.timeout is not None else "")
         out = f"{self.type} family {self.family} maxelem {self.maxelem}"
         if self.netmask is not None:
             out += f" netmask {self.netmask}"
@@ -142,6 +142,8 @@ def ipsets(rs: m.RuleSet) -> list[Ipset]:
                              m.V6_SOURCE_PREFIX if s.version == 6 else None))
         elif s.kind == "ports":
             out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, members=tuple(str(p) for p in s.elements)))
+        elif s.kind == "engaged":
+            out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, s.timeout_s))
         elif s.kind == "counts":  # no timeout: a re-add (the only refresh) would zero the counters; the
             # sampler removes sources that went quiet instead (a sampler that is down only stops counting)
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, None,
@@ -276,7 +278,7 @@ def _match(x: object, version: int, sets: dict[str, m.AddrSet], limits: dict[str
         return ["-m conntrack --ctstate NEW"]
     if isinstance(x, m.Assured):
         return ["-m conntrack --ctstatus ASSURED --ctdir ORIGINAL"]
-    if isinstance(x, (m.RememberSource, m.Log, m.CountSource, m.NoTrack)):
+    if isinstance(x, (m.RememberSource, m.Log, m.CountSource, m.NoTrack, m.EngagePort)):
         return []  # the rule's target, or (CountSource) the set match added above, which counts
     if isinstance(x, m.FibLocal):
         return ["-m addrtype --dst-type LOCAL"]
@@ -310,6 +312,8 @@ def _target(rule: m.Rule, sets: dict[str, m.AddrSet]) -> str:
             return f"-j SET --add-set {ipset_name(sets[x.set])} src --exist"
         if isinstance(x, m.NoTrack):
             return "-j CT --notrack"
+        if isinstance(x, m.EngagePort):  # --exist: adding a member again restarts its timeout
+            return f"-j SET --add-set {ipset_name(sets[x.set])} dst --exist"
         if isinstance(x, m.Log):
             return f'-j NFLOG --nflog-group {x.nflog_group} --nflog-prefix "{x.prefix}" --nflog-size {x.snaplen}'
     v = rule.verdict

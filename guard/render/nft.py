@@ -75,6 +75,8 @@ def _set(table: str, s: m.AddrSet) -> dict:
                            "type": "ipv4_addr" if s.version == 4 else "ipv6_addr"}
     if s.kind == "ports":
         obj["type"] = "inet_service"
+    elif s.kind == "engaged":
+        obj.update(type="inet_service", size=s.size, flags=["timeout"], timeout=s.timeout_s)
     elif s.kind == "allow":
         obj["flags"] = ["interval"]
     elif s.kind in ("meter", "trusted", "counts"):
@@ -214,6 +216,11 @@ def _(x: m.FibLocal, sets: dict) -> dict:
 @_match.register
 def _(x: m.DstPortInSet, sets: dict) -> dict:
     return _eq(_payload("tcp", "dport"), f"@{x.set}")
+
+
+@_match.register
+def _(x: m.EngagePort, sets: dict) -> dict:  # update (not add): each SYN over the rate refreshes the timeout
+    return {"set": {"op": "update", "elem": _payload("tcp", "dport"), "set": f"@{x.set}"}}
 
 
 @_match.register
