@@ -573,11 +573,11 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             remember.append(Rule((Family(version), Proto("tcp"), Assured(), SourceNotInSet(s.name, version),
                                   RememberSource(s.name, version)), CONTINUE, f"remember handshake v{version}"))
     proxied = synproxy if synproxy and policy.mode_of(syn) == "enforce" else None  # monitor never diverts
+    proxy = _synproxy_notrack(b, proxied) if proxied else []
     if proxied:
-        pre += _synproxy_notrack(b, proxied)
         trusted.append(Rule((CtState(("untracked",)),), RETURN, "synproxied syn skips backstop"))
     to_syn = b.flood_chain("syn-flood", policy.mode_of(syn), "syn-src", syn.source_rate(), syn.global_rate(),
-                           tuple(trusted))
+                           (*proxy, *trusted))
     pre.append(Rule((SYN_ONLY,), to_syn, "syn to syn-flood"))
 
     for lim in policy.limits:
@@ -609,9 +609,11 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
 
 
 def _synproxy_notrack(b: _Builder, sp: SynproxyPlan) -> list[Rule]:
-    """Before conntrack: SYNPROXY engages on a proxied port of the node's own when SYNs to proxied
-    ports exceed ``engage_over`` (a SYN flood), and stays engaged ``hold_s`` after the last SYN over it;
-    while engaged, a SYN to that port gets no conntrack entry (SYNPROXY answers it on input).
+    """In ``syn-flood``, before conntrack and after the per-source meters: SYNPROXY engages on a
+    proxied port of the node's own when the SYNs to proxied ports that the meters let through exceed
+    ``engage_over`` (a spoofed or distributed flood; one source's flood is the meter's), and stays
+    engaged ``hold_s`` after the last SYN over it; while engaged, a SYN to that port gets no conntrack
+    entry (SYNPROXY answers it on input).
 
     Not always on: SYNPROXY itself costs 1-2 % of connections (a client reusing a 4-tuple still in
     TIME_WAIT meets the old entry, the untracked SYN never replaced it; a server may reject SYNPROXY's
@@ -621,7 +623,7 @@ def _synproxy_notrack(b: _Builder, sp: SynproxyPlan) -> list[Rule]:
     for version, ports in ((4, sp.ports_v4), (6, sp.ports_v6)):
         s = b.add_set(AddrSet(f"synproxy-ports-v{version}", version, "ports", tuple(ports)))
         on = b.add_set(AddrSet(f"synproxy-engaged-v{version}", version, "engaged", size=65536, timeout_s=sp.hold_s))
-        syn_to_port = (Family(version), FibLocal(), SYN_ONLY, DstPortInSet(s.name, version))
+        syn_to_port = (Family(version), Proto("tcp"), FibLocal(), DstPortInSet(s.name, version))  # only SYNs come here
         out.append(Rule((*syn_to_port, OverLimit(engage), EngagePort(on.name, version)), CONTINUE,
                         f"synproxy: engage on a syn flood v{version}"))
         out.append(Rule((*syn_to_port, DstPortInSet(on.name, version), NoTrack()), CONTINUE,

@@ -142,9 +142,9 @@ def test_in_peacetime_synproxy_stays_out_of_the_way(lab, write_policy):
         res = netlab.tcp_clients(attacker, FRESH4[0], VICTIM4, PORT, 400, "--timeout", "0.5", "--interval", "0.002")
     c = victim.counters()
     engaged = victim.run("nft list set inet nodeguard " + _set_name(victim, "synproxy-engaged-v4")).stdout
-    print(f"\npeacetime, 400 connects at ~400/s: {res}; SYNs not tracked {c['filter-prerouting: synproxy: syn not tracked v4']}")
+    print(f"\npeacetime, 400 connects at ~400/s: {res}; SYNs not tracked {c['syn-flood: synproxy: syn not tracked v4']}")
     assert res == {"ok": 400, "failed": 0}, res
-    assert c["filter-prerouting: synproxy: syn not tracked v4"] == 0 and c["synproxy-input: synproxy syn v4"] == 0, c
+    assert c["syn-flood: synproxy: syn not tracked v4"] == 0 and c["synproxy-input: synproxy syn v4"] == 0, c
     assert "elements" not in engaged, engaged
 
 
@@ -160,9 +160,9 @@ def test_a_flood_engages_synproxy_on_its_port_only_and_it_disengages_after_hold(
         assert netlab.tcp_clients(attacker, FRESH4[0], VICTIM4, 9191, 20) == {"ok": 20, "failed": 0}
         took = wait_until(lambda: "elements" not in victim.run(f"nft list set inet nodeguard {name}").stdout,
                           timeout=8, interval=0.1)
-        before = victim.counters()["filter-prerouting: synproxy: syn not tracked v4"]
+        before = victim.counters()["syn-flood: synproxy: syn not tracked v4"]
         assert netlab.tcp_clients(attacker, FRESH4[1], VICTIM4, PORT, 20) == {"ok": 20, "failed": 0}
-        assert victim.counters()["filter-prerouting: synproxy: syn not tracked v4"] == before
+        assert victim.counters()["syn-flood: synproxy: syn not tracked v4"] == before
     print(f"\nengaged on {PORT} only; disengaged {took:.1f} s after the flood (hold_s 3)")
 
 
@@ -179,4 +179,4 @@ def test_ipv6_clients_connect_through_synproxy_and_carry_data(lab, write_policy)
         assert netlab.tcp_clients(attacker, netlab.LEGIT6, netlab.VICTIM6, PORT, 10) == {"ok": 10, "failed": 0}
     c = victim.counters()
     assert c["synproxy-input: synproxy syn v6"] >= 8 and c["synproxy-input: synproxy ack v6"] >= 8, c
-    assert c["filter-prerouting: synproxy: syn not tracked v6"] >= 8, c
+    assert c["syn-flood: synproxy: syn not tracked v6"] >= 8, c
