@@ -112,8 +112,12 @@ def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
         hooks = {c.name: c.priority for c in plan.ruleset.base_chains}
         where = ", ".join(f"{k} at priority {v}" for k, v in hooks.items())
     else:
-        hooks = {f"{t.name} {b}": 1 for r in plan.ipt.values() for t in r.tables.values() for b, _ in t.jumps}
-        where = "jumps at position 1 of " + ", ".join(hooks) + f" ({plan.backend_reason})"
+        hooks = {}  # built-in chain -> how many of its first rules are our jumps
+        for t in next(iter(plan.ipt.values())).tables.values():
+            for b, _spec in t.jumps:
+                hooks[f"{t.name} {b}"] = hooks.get(f"{t.name} {b}", 0) + 1
+        where = "jumps first in " + ", ".join(f"{k}" + (f" (rules 1-{n})" if n > 1 else "") for k, n in hooks.items()) \
+            + f" ({plan.backend_reason})"
     data = {"applied": not dry_run, "dry_run": dry_run, "policy": source, "backend": plan.backend,
             "backend_reason": plan.backend_reason, "hooks": hooks, "checked": how, "other_backends_removed": others,
             "interfaces": list(plan.ruleset.interfaces), "notes": list(plan.priorities.notes)}
