@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from . import model
 from .backend.ipt import Ipset
@@ -124,9 +124,9 @@ def reasons(records: Iterable[dict]) -> dict[str, dict]:
     """source (as shown: IPv6 as /64) -> its latest ``ban`` record."""
     out: dict[str, dict] = {}
     for rec in records:
-        if rec.get("type") == "ban" and isinstance(rec.get("src"), str):
-            if rec["src"] not in out or rec.get("ts", 0) >= out[rec["src"]].get("ts", 0):
-                out[rec["src"]] = rec
+        if rec.get("type") == "ban" and isinstance(rec.get("src"), str) and (
+                rec["src"] not in out or rec.get("ts", 0) >= out[rec["src"]].get("ts", 0)):
+            out[rec["src"]] = rec
     return out
 
 
@@ -151,7 +151,7 @@ def ban_records(before: dict[str, int | None], now: dict[str, int | None], exact
     removed (``nodeguard unban``, or a changed ban set definition)."""
     out = []
     for src in sorted(set(now) - set(before)):
-        key = src[:-3] if src.endswith("/64") else src
+        key = src.removesuffix("/64")
         groups = sorted(g for (g, mode), counts in exact.items() if mode == "enforce" and key in counts)
         left = now[src]
         out.append({"type": "ban", "ts": ts, "src": src, "groups": groups, "after_s": after_s,
