@@ -17,6 +17,7 @@ from .backend.nft import Nft, NftLive
 from .fingerprints import Fingerprints, of_live
 from .render.ids import id_from_comment
 from .render.ipt import spec_id
+from .sync.ipt import same_members
 from .sync.nft import live_rule_ids, same_elements, same_limit, same_set
 
 
@@ -135,7 +136,7 @@ def diff_ipt(plan: Plan, live: IptLive) -> Drift | None:
             reasons.append(f"ipset {s.name} is missing")
         elif not have_set.matches(s):
             reasons.append(f"ipset {s.name} has another definition")
-        elif s.members is not None and set(live.members.get(s.name, [])) != set(s.members):
+        elif s.members is not None and not same_members(live.members.get(s.name, []), s.members):
             reasons.append(f"ipset {s.name} members differ")
     reasons += [f"unexpected ipset {n}" for n in live.ipsets if n not in {s.name for s in plan.ipsets}]
     return Drift(tuple(reasons), culprit, frozenset(families)) if reasons else None

@@ -13,6 +13,7 @@ Three steps, each atomic on its own, in an order that never leaves a rule pointi
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -113,14 +114,24 @@ def _live_ids(rules: list) -> dict[str, list]:
     return ids
 
 
+def same_members(live: list[str], want: tuple[str, ...]) -> bool:
+    """ipset lists a /32 (/128) member of a hash:net set as the bare address; compare networks."""
+    def norm(x: str):
+        try:
+            return ipaddress.ip_network(x, strict=False)
+        except ValueError:
+            return x  # ports
+    return {norm(x) for x in live} == {norm(x) for x in want}
+
+
 def ipset_scripts(want: list[Ipset], live: dict[str, LiveIpset], live_members: dict[str, list[str]]
                   ) -> tuple[str, str]:
     """(prepare, cleanup) ``ipset restore`` scripts."""
     prepare: list[str] = []
     for s in want:
         have = live.get(s.name)
-        members_differ = s.members is not None and (have is None or set(live_members.get(s.name, [])) !=
-                                                    set(s.members))
+        members_differ = s.members is not None and (have is None or not same_members(live_members.get(s.name, []),
+                                                                                      s.members))
         if have is None:
             prepare.append(f"create {s.name} {s.create_args()}")
             prepare += [f"add {s.name} {n}" for n in s.members or ()]
