@@ -29,7 +29,8 @@ def main() -> None:
     iface, dmac, *specs = sys.argv[1:]
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((iface, 0))
-    smac = open(f"/sys/class/net/{iface}/address").read().strip()
+    with open(f"/sys/class/net/{iface}/address") as f:
+        smac = f.read().strip()
     streams = []
     for spec in specs:
         kind, src, dst, rate, pattern = spec.split(",")
