@@ -13,15 +13,19 @@ measures for each defence:
 * without attack: TCP connect/request/response/close rate (200 client addresses, so no
   per-source limit is hit), ping-pong rate on one connection, and bulk throughput.
 
-Defences: floor (one drop in a netdev ingress chain), one drop at prerouting -350, the
-hand-made filter-table chains, nodeguard today (`python -m guard apply` of /work/main),
-the lean prototype (bench/lean_table.py), the lean prototype with escalation measured after
-the attacker is banned, and the iptables prototype (raw PREROUTING ipset ban) after the ban.
+Defences (default): floor (one drop in a netdev ingress chain), one drop at prerouting -350, the
+hand-made filter-table chains, ``main``: nodeguard before escalation (``python -m guard apply`` of
+branch main as committed, exported with ``git archive``; NODEGUARD_MAIN=DIR takes a tree instead),
+and ``nodeguard``: ``python -m guard apply`` of this checkout (escalation on, as by default), whose
+single-source floods are measured after the attacker is banned. Both with the default policy plus
+``interfaces: [nghn0]`` and an allowlist the attacker is not in. The research prototypes stay
+available with --only: the lean nft table (bench/lean_table.py) with and without escalation, and
+the iptables prototype (bench/ipt_proto.py); ``today`` is ``main``'s old name.
 
-Every flood/measurement holds /tmp/nodeguard-kernel-tests.lock (flock) for its duration only.
+The series holds /tmp/nodeguard-kernel-tests.lock (flock) from the first flood to the last.
 
 usage: sudo PYTHONPATH=. /work/main/.venv/bin/python bench/hotpath.py [--quick] [--runs N]
-       [--only CONFIG,...] [--json FILE]
+       [--only CONFIG,...] [--modes flood,fixed] [--no-traffic] [--json FILE] [--out FILE]
 """
 
 from __future__ import annotations
@@ -47,9 +51,9 @@ sys.path.insert(0, str(HERE))
 import lean_table  # noqa: E402
 import ipt_proto  # noqa: E402
 
-# "today": the guard package of this checkout (main as committed; this branch never changes guard/).
-# NODEGUARD_MAIN=/work/main measures a live working tree instead.
-MAIN = Path(os.environ.get("NODEGUARD_MAIN", str(ROOT)))
+# "main": the guard package of branch main as committed (exported at start; NODEGUARD_MAIN=DIR: that tree);
+# "nodeguard": the guard package of this checkout.
+MAIN_TREE = os.environ.get("NODEGUARD_MAIN", "")
 VENV_PY = Path(os.environ.get("NODEGUARD_PY", "/work/main/.venv/bin/python"))
 FIXTURE = ROOT / "tests" / "fixtures" / "kube-rulesets" / "kube-proxy-iptables-tracepacket.rules"
 LOCK = "/tmp/nodeguard-kernel-tests.lock"
@@ -68,8 +72,8 @@ FLOODS = {  # name: hping3 arguments (node address appended)
     "spoofed-syn": ["-S", "-p", "80", "--rand-source"],
 }
 MODES = {"flood": ["--flood"], "fixed": ["-i", "u10"]}
-ESCALATING = ("lean+esc", "lean-concat+esc", "lean-ingress+esc", "lean-ingress-concat+esc", "ipt+esc")
-TRAFFIC_DEFENCES = ("none", "today", "lean", "lean+esc", "lean-ingress+esc")
+ESCALATING = ("lean+esc", "lean-concat+esc", "lean-ingress+esc", "lean-ingress-concat+esc", "ipt+esc", "nodeguard")
+TRAFFIC_DEFENCES = ("none", "main", "nodeguard", "lean", "lean+esc", "lean-ingress+esc")
 LEAN_VARIANTS = tuple(f"lean{where}{gate}{extra}" for where in ("", "-ingress") for gate in ("", "-concat")
                       for extra in ("", "+esc", "-allcounters"))  # gate: "simple" unless -concat
 
@@ -190,9 +194,23 @@ class Lab:
         out = self.node.run("nft -j list counter netdev ngh-meter rx").stdout
         return next(o["counter"]["packets"] for o in json.loads(out)["nftables"] if "counter" in o)
 
-    def guard(self, *args: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(MAIN)}
-        self.node.run([str(VENV_PY), "-m", "guard", *args], env=env)
+    def guard(self, *args: str, tree: Path = ROOT) -> None:
+        """``python -m guard`` of ``tree`` (run from there: -m puts the working directory first on sys.path)."""
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        self.node.run([str(VENV_PY), "-m", "guard", *args], env=env, cwd=str(tree))
+
+    @property
+    def main_tree(self) -> Path:
+        """Branch main's guard/ as committed, exported once (or NODEGUARD_MAIN)."""
+        if MAIN_TREE:
+            return Path(MAIN_TREE)
+        tree = self.tmp / "main"
+        if not tree.exists():
+            tree.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", "main", "guard"], capture_output=True,
+                                     check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        return tree
 
 
 FLOOD_CPU, CONTROL_CPU = 1, 0  # floods (and their receive softirq) on one CPU, everything else on the other
@@ -238,6 +256,10 @@ class Defence:
     def __init__(self, name: str, lab: Lab):
         self.name, self.lab = name, lab
 
+    @property
+    def tree(self) -> Path:
+        return ROOT if self.name == "nodeguard" else self.lab.main_tree
+
     def apply(self) -> None:
         n, tmp = self.lab.node, self.lab.tmp
         if self.name == "floor":
@@ -246,10 +268,10 @@ class Defence:
             n.nft("table inet ngh-pre {\n chain c {\n  type filter hook prerouting priority -350; policy accept;\n  drop\n }\n}\n")
         elif self.name == "handmade":
             n.run(["iptables-nft-restore", "--noflush"], input=HANDMADE)
-        elif self.name == "today":
+        elif self.name in ("today", "main", "nodeguard"):
             pol = tmp / "policy.yaml"
             pol.write_text(policy_text())
-            self.lab.guard("apply", "-c", str(pol))
+            self.lab.guard("apply", "-c", str(pol), tree=self.tree)
         elif self.name in LEAN_VARIANTS:
             kw = {"escalate": self.name.endswith("+esc"), "gate": "concat" if "concat" in self.name else "simple",
                   "all_counters": "allcounters" in self.name,
@@ -268,8 +290,8 @@ class Defence:
             n.run("nft delete table inet ngh-pre")
         elif self.name == "handmade":
             n.run(["iptables-nft-restore", str(FIXTURE)])  # back to the fixture alone
-        elif self.name == "today":
-            self.lab.guard("uninstall")
+        elif self.name in ("today", "main", "nodeguard"):
+            self.lab.guard("uninstall", tree=self.tree)
         elif self.name.startswith("lean"):
             n.run("nft delete table inet nodeguard")
         elif self.name == "ipt+esc":
@@ -358,6 +380,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated defences (default: all)")
     ap.add_argument("--no-traffic", action="store_true", help="skip the no-attack measurements")
+    ap.add_argument("--modes", default="", help="flood,fixed (default: both; --quick: flood)")
     ap.add_argument("--json", default="")
     ap.add_argument("--out", default="", help="also write the table here after every run")
     ap.add_argument("--report-json", default="", help="only re-print the table of a saved --json file")
@@ -378,14 +401,12 @@ def main() -> None:
     for tool in ("hping3", "nft", "iptables-nft-restore", "ipset", "conntrack", "cc"):
         if not shutil.which(tool):
             sys.exit(f"missing tool: {tool}")
-    defences = ["floor", "drop-350", "handmade", "today", "lean-concat", "lean", "lean+esc", "lean-ingress+esc", "ipt+esc"]
-    if a.quick:  # the defences the issue asks for, plus the recommended layout: ~2 min with the lock
-        defences = ["floor", "drop-350", "handmade", "today", "lean", "lean+esc", "lean-ingress+esc"]
+    defences = ["floor", "drop-350", "handmade", "main", "nodeguard"]
     if a.only:
         defences = [d for d in a.only.split(",") if d]
     runs = 1 if a.quick else a.runs
     window, warm = (0.8, 0.5) if a.quick else (2.0, 0.8)
-    modes = ["flood"] if a.quick else ["flood", "fixed"]
+    modes = a.modes.split(",") if a.modes else (["flood"] if a.quick else ["flood", "fixed"])
     traffic_secs = 1.0 if a.quick else 3.0
     started = time.monotonic()
 

@@ -44,6 +44,7 @@ PROBE_INTERVAL, PROBE_TIMEOUT = 0.1, 1.0
 MIN_CLIENT_OK = 0.80      # "sane": the protected client keeps >= 80 % of its attempts during every flood
 MIN_ARRIVED_PPS = 5_000   # below this the "flood" did not happen and nothing was shown
 MIN_DROPPED_SHARE = 0.5   # nodeguard must have dropped at least half of what arrived
+BANNED = "banned"  # model.BANNED: the group of the ingress drops of banned sources
 
 
 @dataclass
@@ -62,9 +63,11 @@ class Threat:
 
 def threats() -> list[Threat]:
     return [
-        Threat("icmp", "ICMP echo flood (one source)", ["--icmp", NODE], "icmp type echo-request", ("icmp-flood",)),
+        # one source: banned by escalation once over its limit for escalate.after_s, then dropped at ingress
+        Threat("icmp", "ICMP echo flood (one source)", ["--icmp", NODE], "icmp type echo-request",
+               ("icmp-flood", BANNED)),
         Threat("udp", f"UDP flood to port {UDP_PORT} (one source)", ["--udp", "-p", str(UDP_PORT), NODE],
-               f"udp dport {UDP_PORT}", ("limit-",)),
+               f"udp dport {UDP_PORT}", ("limit-", BANNED)),
         Threat("syn", f"spoofed SYN flood to NodePort {NODEPORT}",
                ["-S", "--rand-source", "-p", str(NODEPORT), NODE], "tcp flags & (fin|syn|rst|ack) == syn",
                ("syn-flood",)),
@@ -127,10 +130,15 @@ class Telemetry:
 
 def drops_by_threat(status: dict, ths: list[Threat]) -> dict[str, int]:
     """Condemned packets per threat from ``status --json``: the ``drop <group>`` rule of each group's
-    sample chain (every condemned packet passes it); without a sampler, the limit rules themselves."""
+    sample chain (every condemned packet passes it); without a sampler, the limit rules themselves.
+    Threats with the group ``banned`` also count the ingress drops of banned sources (the floods run one
+    after another, so a flood's share of them is what they grew by while it ran)."""
     out = {}
     for th in ths:
         total, found = 0, False
+        if BANNED in th.groups:
+            total += sum(r.get("packets", 0) for r in status.get("rules", [])
+                         if r.get("chain", "").startswith("ingress-") and r.get("label", "").startswith("banned"))
         for r in status.get("rules", []):
             chain, label = r.get("chain", ""), r.get("label", "")
             if any(chain == f"sample-{g}" or (g.endswith("-") and chain.startswith(f"sample-{g}")) for g in th.groups) \
