@@ -92,7 +92,8 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
             s["first"], s["last"] = min(s["first"], rec["first"]), max(s["last"], rec["last"])
             if rec.get("dport") is not None and len(s["dports"]) < 10:
                 s["dports"].add(rec["dport"])
-            s["protos"].add(rec.get("proto", ""))
+            if rec.get("proto"):  # a flow counted by the kernel but not sampled has none
+                s["protos"].add(rec["proto"])
         elif kind == "window":
             condemned = {g: n for g, n in rec.get("condemned", {}).items()
                          if not rule or g in (rule, f"{rule}/monitor")}
