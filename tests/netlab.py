@@ -195,6 +195,10 @@ IPT_CHAINS = {"NODEGUARD-PRE-UPLINK": "filter-prerouting", "NODEGUARD-CONN-UPLIN
               "NODEGUARD-BAN-UPLINK": f"ingress-{VICTIM_IF}",
               **{_ipt_chain_name(c): c for c in ("limit-udp-per-source",)}}  # the default limit's chain
 BACKENDS = ("nft", "iptables-nft", "iptables-legacy")
+# A source over a per-source limit for escalate.after_s (3 s) is banned (tests/test_escalation.py).
+# Tests that measure what the per-source limits, the sampler or the counters do during a longer flood
+# from one source turn escalation off with this section.
+NO_ESCALATION = "escalate:\n  enabled: false\n"
 
 
 def backend_policy(backend: str, text: str = "") -> str:
