@@ -140,7 +140,13 @@ FLOODS = {"nft": (["--icmp"], "icmp-flood", 20 + 10 * (AFTER_S + 1)),
           "iptables-legacy": (["--udp", "-p", "9999"], "limit-udp-per-source", 4000 + 2000 * (AFTER_S + 1))}
 
 
-def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tmp_path):
+def _reaped(request, proc: subprocess.Popen) -> subprocess.Popen:
+    """Killed at the end of the test whatever happens (a failed assertion must not leave it running)."""
+    request.addfinalizer(lambda: (proc.kill(), proc.wait()))
+    return proc
+
+
+def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tmp_path, request):
     victim, attacker, backend, policy = node
     hping_args, group, passes = FLOODS[backend]
     trusted_flood, trusted_group = ((["--icmp"], "icmp-flood") if group == "syn-flood"
@@ -157,8 +163,9 @@ def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tm
         test = ["nft", "get", "element", "inet", "nodeguard", trusted, f"{{ {TRUSTED4} }}"] if backend == "nft" \
             else ["ipset", "test", trusted, TRUSTED4]
         wait_until(lambda: victim.run(test, check=False).returncode == 0, timeout=3, interval=0.1)
-        sampler = victim.popen([sys.executable, "-m", "guard", "sample", "-c", p1], stdout=subprocess.DEVNULL)
-        poll = victim.popen([sys.executable, str(HELPERS / "ban_poll.py"), backend, "11", "0.02"])
+        sampler = _reaped(request, victim.popen([sys.executable, "-m", "guard", "sample", "-c", p1],
+                                                stdout=subprocess.DEVNULL))
+        poll = _reaped(request, victim.popen([sys.executable, str(HELPERS / "ban_poll.py"), backend, "11", "0.02"]))
         assert poll.stdout.readline().strip() == "ready"
         floods = [netlab.flood(attacker, 10, *hping_args, "-a", ATTACKER4, VICTIM4),
                   _hping(attacker, 10, *trusted_flood, "-i", "u1000", "-a", TRUSTED4, VICTIM4),
