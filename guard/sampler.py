@@ -15,7 +15,8 @@ from typing import Callable
 
 from .aggregate import Episodes, Window, safe, source_key
 from . import bans, sampling_odds
-from .apply import Plan, apply_plan, make_plan
+from .apply import Plan, apply_plan, make_plan, read_state
+from .fingerprints import of_live
 from .errors import NodeguardError
 from .attacklog import AttackLog, PcapLog
 from .backend.nft import Nft
@@ -176,7 +177,10 @@ class Sampler:
         try:
             flavour = (self.plan.flavour, self.plan.backend_reason) if self.plan.flavour else None
             plan = make_plan(self.policy, self.nft, flavour=flavour, interfaces=self.plan.ruleset.interfaces)
-            apply_plan(plan, self.nft, repair=True)
+            live = read_state(plan, self.nft)
+            # the live bodies as the reference: only the sample chains (their odds) are rewritten, every
+            # other chain keeps its rules and counters (the drops per group this sampler reads)
+            apply_plan(plan, self.nft, repair=True, live=live, fingerprints=of_live(live))
         except NodeguardError as exc:
             log.warning("could not change the sampling odds (%s); keeping them", exc)
             return

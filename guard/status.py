@@ -39,12 +39,15 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
         ],
     }
     st.update(_nft_part(nft, plan) if plan.nft is not None else _ipt_part(plan, live))
+    # condemned per rule group ("<group>/monitor": would-be drops), from the condemning rules' counters
+    drops = drops_by_group(plan, nft, live)
+    st["drops"] = {(g if m == "enforce" else f"{g}/monitor"): c for (g, m), c in drops.items()}
     st["in_sync"] = st["installed"] and drift is None
-    st["escalation"] = _escalation(plan, live, st["meters"])
+    st["escalation"] = _escalation(plan, live, st["meters"], drops)
     return st
 
 
-def _escalation(plan: Plan, live, meters: list[dict]) -> dict[str, Any] | None:
+def _escalation(plan: Plan, live, meters: list[dict], drops: dict) -> dict[str, Any] | None:
     """Bans now, bans counted and packets of banned sources dropped; None when nothing escalates."""
     banned = [m for m in meters if m["kind"] == "escalation" and m["set"].startswith("banned-")]
     if not banned:
@@ -54,7 +57,7 @@ def _escalation(plan: Plan, live, meters: list[dict]) -> dict[str, Any] | None:
             "banned_v4": sum(m["elements"] for m in banned if m["set"].endswith("v4")),
             "banned_v6": sum(m["elements"] for m in banned if m["set"].endswith("v6")),
             "bans": bans_counted(plan, live),
-            "banned_drops": drops_by_group(plan, live=live).get((model.BANNED, "enforce"), {}).get("packets", 0),
+            "banned_drops": drops.get((model.BANNED, "enforce"), {}).get("packets", 0),
             "after_s": by_base["episode-v4"].timeout_s, "gap_s": by_base["over-v4"].timeout_s,
             "ban_s": by_base["banned-v4"].timeout_s}
 

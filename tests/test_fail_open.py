@@ -65,7 +65,8 @@ def test_a_brand_new_client_is_served_as_without_protection_while_every_meter_is
           f"UDP {guarded['udp']}/20; same run without protection: TCP {none['tcp']}/20, UDP {none['udp']}/20; "
           f"meters {guarded['meters']}")
 
-    assert guarded["meters"]["syn-src-v4"] == METER and guarded["meters"]["limit-udp-per-source-v4"] == METER, \
+    # full: concurrent adds may even overshoot an ipset's maxelem a little (see render/ipt.py)
+    assert guarded["meters"]["syn-src-v4"] >= METER and guarded["meters"]["limit-udp-per-source-v4"] >= METER, \
         "the flood did fill the meters"
     assert guarded["tcp"] >= min(none["tcp"], 20) - 1, (guarded, none)
     assert guarded["udp"] >= min(none["udp"], 20) - 1, (guarded, none)

@@ -129,30 +129,14 @@ class Telemetry:
 
 
 def drops_by_threat(status: dict, ths: list[Threat]) -> dict[str, int]:
-    """Condemned packets per threat from ``status --json``: the ``drop <group>`` rule of each group's
-    sample chain (every condemned packet passes it); without a sampler, the limit rules themselves.
-    Threats with the group ``banned`` also count the ingress drops of banned sources (the floods run one
-    after another, so a flood's share of them is what they grew by while it ran)."""
-    out = {}
-    for th in ths:
-        total, found = 0, False
-        if BANNED in th.groups:
-            total += sum(r.get("packets", 0) for r in status.get("rules", [])
-                         if r.get("chain", "").startswith("ingress-") and r.get("label", "").startswith("banned"))
-        for r in status.get("rules", []):
-            chain, label = r.get("chain", ""), r.get("label", "")
-            if any(chain == f"sample-{g}" or (g.endswith("-") and chain.startswith(f"sample-{g}")) for g in th.groups) \
-                    and label.startswith("drop"):
-                total += r.get("packets", 0)
-                found = True
-        if not found:
-            for r in status.get("rules", []):
-                chain, label = r.get("chain", ""), r.get("label", "")
-                if any(chain == g or (g.endswith("-") and chain.startswith(g)) for g in th.groups) \
-                        and ("per-source" in label or label.endswith("backstop")):
-                    total += r.get("packets", 0)
-        out[th.key] = total
-    return out
+    """Condemned packets per threat from ``status --json``'s ``drops`` per rule group (the counters of
+    the rules that condemn: every condemned packet passes exactly one). Threats with the group
+    ``banned`` also count the ingress drops of banned sources (the floods run one after another, so a
+    flood's share of them is what they grew by while it ran)."""
+    drops = status.get("drops", {})
+    return {th.key: sum(c.get("packets", 0) for group, c in drops.items()
+                        if any(group == g or (g.endswith("-") and group.startswith(g)) for g in th.groups))
+            for th in ths}
 
 
 class Demo:
