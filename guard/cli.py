@@ -112,8 +112,12 @@ def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
         hooks = {c.name: c.priority for c in plan.ruleset.base_chains}
         where = ", ".join(f"{k} at priority {v}" for k, v in hooks.items())
     else:
-        hooks = {f"{t.name} {b}": 1 for r in plan.ipt.values() for t in r.tables.values() for b, _ in t.jumps}
-        where = "jumps at position 1 of " + ", ".join(hooks) + f" ({plan.backend_reason})"
+        hooks = {}  # built-in chain -> how many of its first rules are our jumps
+        for t in next(iter(plan.ipt.values())).tables.values():
+            for b, _spec in t.jumps:
+                hooks[f"{t.name} {b}"] = hooks.get(f"{t.name} {b}", 0) + 1
+        where = "jumps first in " + ", ".join(f"{k}" + (f" (rules 1-{n})" if n > 1 else "") for k, n in hooks.items()) \
+            + f" ({plan.backend_reason})"
     data = {"applied": not dry_run, "dry_run": dry_run, "policy": source, "backend": plan.backend,
             "backend_reason": plan.backend_reason, "hooks": hooks, "checked": how, "other_backends_removed": others,
             "interfaces": list(plan.ruleset.interfaces), "notes": list(plan.priorities.notes)}
@@ -143,6 +147,70 @@ def status(config: str | None, as_json: bool) -> None:
         plan = make_plan(policy, nft, interfaces=tuple(watcher["interfaces"]))
     st = status_mod.collect(nft, plan, watcher)
     _emit(st, as_json, status_mod.format_text(st))
+
+
+def _reading_plan(policy, nft: Nft):
+    """The plan, for reading state: with ``interfaces: auto`` and no default route for now, the set
+    names (which do not depend on the interfaces) still come out right."""
+    try:
+        return make_plan(policy, nft)
+    except EnvironmentProblem:
+        return make_plan(policy, nft, interfaces=("none",))
+
+
+@cli.command()
+@_common
+def bans(config: str | None, as_json: bool) -> None:
+    """Sources banned by escalation (IPv6: their /64), when each ban expires, and why."""
+    import time as _time
+
+    from . import bans as bans_mod
+    from .attacklog import read_records
+
+    policy, _source = load_policy(config)
+    nft = _kernel()
+    plan = _reading_plan(policy, nft)
+    found = bans_mod.banned(plan, nft)
+    try:
+        why = bans_mod.reasons(read_records(policy.sampler.log)) if found else {}
+    except OSError:
+        why = {}
+    now = _time.time()
+    rows = [{"source": b.shown, "family": f"ipv{b.version}", "expires_in_s": b.expires_s,
+             "expires_at": now + b.expires_s if b.expires_s is not None else None,
+             "reason": bans_mod.describe(why.get(b.shown)), "groups": (why.get(b.shown) or {}).get("groups", []),
+             "banned_at": (why.get(b.shown) or {}).get("ts")} for b in found]
+    if not bans_mod.escalation_sets(plan):
+        text = "nothing escalates in this policy (escalate.enabled: false, or no per-source limit in enforce mode)\n"
+    elif not rows:
+        text = "no banned sources\n"
+    else:
+        text = f"{len(rows)} banned source{'s' if len(rows) != 1 else ''}:\n" + "".join(
+            f"  {r['source']:<24} expires in {r['expires_in_s'] if r['expires_in_s'] is not None else '?':>6} s  "
+            f"{r['reason']}\n" for r in rows)
+    _emit({"bans": rows, "escalation": bool(bans_mod.escalation_sets(plan))}, as_json, text)
+
+
+@cli.command()
+@_common
+@click.argument("address", required=False)
+@click.option("--all", "everyone", is_flag=True, help="Unban every source.")
+def unban(config: str | None, as_json: bool, address: str | None, everyone: bool) -> None:
+    """Lift the ban of ADDRESS (IPv6: its /64), or of every source with --all; it starts from a clean
+    slate (its over-limit episode is forgotten too)."""
+    from . import bans as bans_mod
+
+    if bool(address) == everyone:
+        raise bans_mod.BadAddress("unban: give one address, or --all")
+    keys = None if everyone else [bans_mod.key_of(address)]  # a bad address: one line, exit 2, kernel untouched
+    policy, _source = load_policy(config)
+    nft = _kernel()
+    gone = bans_mod.unban(_reading_plan(policy, nft), nft, keys)
+    if gone:
+        text = f"unbanned {', '.join(gone)}\n"
+    else:
+        text = "no banned sources\n" if everyone else f"{address} was not banned\n"
+    _emit({"unbanned": gone}, as_json, text)
 
 
 @cli.command(name="uninstall")

@@ -26,7 +26,7 @@ import struct
 from .apply import Live, Plan
 from .backend.ipt import Ipset, Ipt
 from .backend.nft import Nft, objects
-from .model import TABLE
+from .model import TABLE, BanSource
 from .render.ids import id_from_comment
 from .render.ipt import ipset_name
 from .render.nft import FAMILY, render_chain_rules
@@ -45,6 +45,26 @@ def condemning_ids(plan: Plan) -> dict[str, Key]:
                     out[id_from_comment(rendered["comment"])] = (rule.group, rule.mode)
         return out
     return {rid: key for render in plan.ipt.values() for rid, key in render.condemning.items()}
+
+
+def _ban_ids(plan: Plan) -> set[str]:
+    """Ids of the rules whose counters count bans (escalation; see model._escalation)."""
+    if plan.nft is not None:
+        sets = {s.name: s for s in plan.ruleset.sets}
+        return {id_from_comment(rendered["comment"]) for chain in plan.ruleset.chains
+                for rule, rendered in zip(chain.rules, render_chain_rules(plan.ruleset.table, chain, sets), strict=True)
+                if any(isinstance(x, BanSource) for x in rule.matches)}
+    return {rid for render in plan.ipt.values() for rid in render.bans}
+
+
+def bans_counted(plan: Plan, live: Live) -> int:
+    """Sources banned since the rules were installed (or their counters reset), from ``live``."""
+    ids = _ban_ids(plan)
+    if plan.nft is not None:
+        return sum(next((e["counter"]["packets"] for e in r["expr"] if "counter" in e), 0)
+                   for r in live.rules if id_from_comment(r.get("comment")) in ids)
+    return sum(r.packets for tables in live.saved.values() for _chains, rules in tables.values() for r in rules
+               if r.rule_id in ids)
 
 
 def drops_by_group(plan: Plan, nft: Nft | None = None, live: Live | None = None) -> dict[Key, dict[str, int]]:

@@ -17,6 +17,7 @@ from .backend.nft import Nft, NftLive
 from .fingerprints import Fingerprints, of_live
 from .render.ids import id_from_comment
 from .render.ipt import spec_id
+from .sync.ipt import same_members
 from .sync.nft import live_rule_ids, same_elements, same_limit, same_set
 
 
@@ -88,8 +89,8 @@ def _objects(kind: str, want: dict[str, dict], have: dict[str, dict], same) -> l
 
 
 def diff_ipt(plan: Plan, live: IptLive) -> Drift | None:
-    """Our chains hold exactly the rendered rule IDs, each jump is rule 1 of its built-in chain,
-    and our ipsets have the rendered definitions (allowlists: members)."""
+    """Our chains hold exactly the rendered rule IDs, our jumps are rules 1..k of their built-in
+    chain in render order, and our ipsets have the rendered definitions (allowlists: members)."""
     reasons: list[str] = []
     culprit = None
     families: set[int] = set()
@@ -109,18 +110,21 @@ def diff_ipt(plan: Plan, live: IptLive) -> Drift | None:
                 elif have.get(chain, []) != want[chain]:
                     kept = sum(1 for i in have.get(chain, []) if i in want[chain])
                     reasons.append(f"{where}: {kept} of {len(want[chain])} rules intact")
+            order: dict[str, int] = {}
             for builtin, spec in table.jumps:
+                must = order[builtin] = order.get(builtin, 0) + 1  # our jumps are rules 1..k, in order
                 jid = spec_id(spec)
                 in_builtin = [r for r in rules if r.chain == builtin]
                 positions = [r.position for r in in_builtin if r.rule_id == jid]
                 where = f"v{version} {tname} {builtin}"
                 if not positions:
-                    reasons.append(f"jump in {where} is missing")
-                elif positions != [1]:
-                    reasons.append(f"jump in {where} is at position {positions[0]}, must be 1"
+                    reasons.append(f"jump in {where} to {_target(spec)} is missing")
+                elif positions != [must]:
+                    reasons.append(f"jump in {where} to {_target(spec)} is at position {positions[0]}, must be {must}"
                                    + (f" ({len(positions)} copies)" if len(positions) > 1 else ""))
-                    if in_builtin[0].rule_id != jid:
-                        culprit = culprit or f"{_target(in_builtin[0].line)} in {where}"
+                    ahead = next((r for r in in_builtin[:positions[0] - 1] if r.rule_id is None), None)
+                    if ahead is not None:
+                        culprit = culprit or f"{_target(ahead.line)} in {where}"
         stale = {t: lt for t, lt in live.tables.get(version, {}).items()
                  if t not in render.tables or set(lt.chains) - set(render.tables[t].chains)}
         reasons += [f"v{version} {t}: stale nodeguard chains or jumps" for t in stale]
@@ -132,7 +136,7 @@ def diff_ipt(plan: Plan, live: IptLive) -> Drift | None:
             reasons.append(f"ipset {s.name} is missing")
         elif not have_set.matches(s):
             reasons.append(f"ipset {s.name} has another definition")
-        elif s.members is not None and set(live.members.get(s.name, [])) != set(s.members):
+        elif s.members is not None and not same_members(live.members.get(s.name, []), s.members):
             reasons.append(f"ipset {s.name} members differ")
     reasons += [f"unexpected ipset {n}" for n in live.ipsets if n not in {s.name for s in plan.ipsets}]
     return Drift(tuple(reasons), culprit, frozenset(families)) if reasons else None

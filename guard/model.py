@@ -8,6 +8,10 @@ Layout (both backends render exactly this):
   (IPv6 keyed on the /64), then what exceeds the global backstop, which catches the
   spoofed floods that fill the meter (a full meter stops matching: it fails open).
 * ``filter-conntrack``, just after conntrack: concurrent-connection limits.
+* escalation (``escalate``, enforce mode only): a per-source drop goes through
+  ``escalate-<group>-v<n>`` on its way to the sample chain, which bans a source that has been over
+  a per-source limit without a pause for ``after_s``; ``ingress-<device>``, one base chain per
+  protected device on the ingress hook, drops banned sources before anything else runs.
 
 Every stateful object (meter, trusted set, connection counter, named limit) carries its whole
 definition, and its kernel name ends in a digest of it: a changed rate, size or timeout gives a
@@ -110,6 +114,24 @@ class RememberSource:
 
 
 @dataclass(frozen=True)
+class UpdateSource:
+    """Add the source to a timed set, or restart its timeout when it is there already (a statement;
+    a full set adds nothing, and evaluation goes on either way)."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
+class BanSource:
+    """Add the source to the ban set; one already there keeps its expiry. Matches only when the source
+    is in the set afterwards: a full set adds nothing and the rule stops there (fails open)."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
 class SourceRateOver:
     """The source's token bucket in meter ``set`` (rate: the set's); matches packets over it.
     A full meter matches nothing: it fails open, and the backstop after it decides."""
@@ -201,8 +223,8 @@ class Log:
 
 
 Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, SourceNotInSet,
-              CtStateNew, Assured, RememberSource, SourceRateOver, SourceConnsOver, OverLimit, UnderLimit, CountSource,
-              OneIn, Log, FibLocal, DstPortInSet, CtState, NoTrack, EngagePort]
+              CtStateNew, Assured, RememberSource, UpdateSource, BanSource, SourceRateOver, SourceConnsOver, OverLimit,
+              UnderLimit, CountSource, OneIn, Log, FibLocal, DstPortInSet, CtState, NoTrack, EngagePort]
 
 
 # --- verdicts -------------------------------------------------------------------------
@@ -272,7 +294,8 @@ class Rule:
             raise ValueError(f"rule {self.label!r}: a condemning rule has a group and a mode, others neither")
 
 
-SetKind = Literal["allow", "meter", "trusted", "conns", "counts", "ports", "engaged"]
+SET_KINDS = ("allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation")
+SetKind = Literal["allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation"]
 
 
 @dataclass(frozen=True)
@@ -281,7 +304,8 @@ class AddrSet:
     ``rate`` per source; ``trusted``: timed membership; ``conns``: ``limit`` connections per source;
     ``counts``: packets and bytes per source (the sampler's exact per-source totals); ``ports``: static
     destination ports (the SYNPROXY'd ones), not addresses; ``engaged``: timed destination ports (those
-    SYNPROXY is engaged on)."""
+    SYNPROXY is engaged on); ``escalation``: timed membership keyed like a meter (IPv6: the /64):
+    ``over-*``, ``episode-*`` and ``banned-*``."""
 
     base: str  # e.g. "syn-src-v4"; the kernel name adds the digest (allow sets keep their base name)
     version: int
@@ -295,13 +319,13 @@ class AddrSet:
     def __post_init__(self) -> None:
         if self.version not in (4, 6):
             raise ValueError(f"set {self.base}: version must be 4 or 6")
-        if self.kind not in ("allow", "meter", "trusted", "conns", "counts", "ports", "engaged"):
+        if self.kind not in SET_KINDS:
             raise ValueError(f"set {self.base}: unknown kind {self.kind!r}")
         if (self.kind == "meter") != (self.rate is not None and self.rate.burst is not None):
             raise ValueError(f"set {self.base}: a meter, and only a meter, has a rate with a burst")
         if self.kind not in ("allow", "ports") and self.size <= 0:
             raise ValueError(f"set {self.base}: needs a size")
-        if self.kind in ("meter", "trusted", "counts", "engaged") and self.timeout_s <= 0:
+        if self.kind in ("meter", "trusted", "counts", "engaged", "escalation") and self.timeout_s <= 0:
             raise ValueError(f"set {self.base}: needs a timeout")
         if self.kind == "conns" and self.limit <= 0:
             raise ValueError(f"set {self.base}: needs a connection limit")
@@ -312,6 +336,11 @@ class AddrSet:
     def static(self) -> bool:
         """Its contents are configuration (refilled to match the render), not state."""
         return self.kind in ("allow", "ports")
+
+    @property
+    def keyed_by_prefix(self) -> bool:
+        """An IPv6 source is its /64 in this set (allowlists hold prefixes; trusted sets addresses)."""
+        return self.kind in ("meter", "conns", "counts", "escalation")
 
     @property
     def prefix_len(self) -> int:
@@ -351,12 +380,15 @@ class Chain:
     rules: tuple[Rule, ...]
     stage: Stage | None = None  # base chains only: where it hooks (placement.PLACEMENTS)
     priority: int | None = None
+    device: str | None = None  # ingress chains only: the device whose ingress hook it is on
 
     def __post_init__(self) -> None:
         if (self.stage is None) != (self.priority is None):
             raise ValueError(f"chain {self.name}: a base chain has a stage and a priority, a regular chain neither")
         if self.stage is not None and self.stage not in PLACEMENTS:
             raise ValueError(f"chain {self.name}: unknown stage {self.stage!r}")
+        if (self.stage == "ingress") != (self.device is not None):
+            raise ValueError(f"chain {self.name}: an ingress chain, and only an ingress chain, has a device")
 
     @property
     def hook(self) -> str | None:
@@ -453,14 +485,18 @@ class Priorities:
     stateful: int = PLACEMENTS["stateful"].default_priority
     notes: tuple[str, ...] = field(default=())
     synproxy: int = PLACEMENTS["synproxy"].default_priority
+    ingress: int = PLACEMENTS["ingress"].default_priority
 
     def of(self, stage: Stage) -> int:
-        return {"stateless": self.stateless, "stateful": self.stateful, "synproxy": self.synproxy}[stage]
+        return {"stateless": self.stateless, "stateful": self.stateful, "synproxy": self.synproxy,
+                "ingress": self.ingress}[stage]
 
 
 STATELESS_CHAIN = "filter-prerouting"
 STATEFUL_CHAIN = "filter-conntrack"
 SYNPROXY_CHAIN = "synproxy-input"
+INGRESS_CHAIN = "ingress-"  # + the device: one per protected device
+BANNED = "banned"  # the rule group of the ingress drops (their counters are the drops of banned sources)
 SYN_ONLY = TcpFlags(("fin", "syn", "rst", "ack"), ("syn",))
 SAMPLE_ALL = "sample-all"
 
@@ -481,6 +517,7 @@ class _Builder:
         self.chains: list[Chain] = []
         self.sample_chains: dict[str, Chain] = {}
         self.groups = sample_groups(policy) if sampling else ()
+        self.escalated: list[tuple[str, int]] = []  # (group, IP version) whose per-source drops escalate
 
     def add_set(self, s: AddrSet) -> AddrSet:
         self.sets.append(s)
@@ -494,12 +531,27 @@ class _Builder:
     def condemn(self, matches: tuple[Match, ...], group: str, mode: Mode, label: str) -> Rule:
         """A rule that condemns what ``matches``: enforce drops it (through the group's sample chain
         when sampling); monitor counts, samples and lets it go on (``monitor-<group>`` returns)."""
+        return Rule(matches, self.condemned(group, mode), label, group=group, mode=mode)
+
+    def condemned(self, group: str, mode: Mode) -> Verdict:
+        """Where a packet condemned by ``group`` goes: its sample (or monitor) chain, or DROP."""
         if not self.sampling and mode == "enforce":
-            return Rule(matches, DROP, label, group=group, mode=mode)
+            return DROP
         name = f"{'sample' if mode == 'enforce' else 'monitor'}-{group}"
         if name not in self.sample_chains:
             self.sample_chains[name] = Chain(name, self._sample_rules(group, mode))
-        return Rule(matches, Goto(name), label, group=group, mode=mode)
+        return Goto(name)
+
+    def condemn_per_source(self, matches: tuple[Match, ...], group: str, mode: Mode, label: str) -> Rule:
+        """A per-source limit's rule: as ``condemn``, but in enforce mode with ``escalate`` on, by way
+        of the escalation chain (which then goes where ``condemned`` says; this rule's counter stays the
+        group's drops)."""
+        if mode != "enforce" or not self.policy.escalate.enabled:
+            return self.condemn(matches, group, mode, label)
+        self.condemned(group, mode)  # the sample chain (and its sets) come first, as without escalation
+        version = next(x.version for x in matches if isinstance(x, SourceRateOver))
+        self.escalated.append((group, version))
+        return Rule(matches, Goto(escalation_chain(group, version)), label, group=group, mode=mode)
 
     def _sample_rules(self, group: str, mode: Mode) -> tuple[Rule, ...]:
         last = Rule((), DROP, f"drop {group}") if mode == "enforce" else Rule((), RETURN, f"would drop {group}")
@@ -538,8 +590,8 @@ class _Builder:
         for version in (4, 6):
             s = self.add_set(AddrSet(f"{meter_base}-v{version}", version, "meter", size=meter.size,
                                      timeout_s=meter.timeout_s, rate=_with_default_burst(per_source)))
-            rules.append(self.condemn((Family(version), SourceRateOver(s.name, version)), name, mode,
-                                      f"{name} per-source v{version}"))
+            rules.append(self.condemn_per_source((Family(version), SourceRateOver(s.name, version)), name, mode,
+                                                 f"{name} per-source v{version}"))
         rules += exempt_from_backstop
         rules.append(self.condemn((OverLimit(self.add_limit(f"{name}-backstop", backstop, over=True)),), name, mode,
                                   f"{name} backstop"))
@@ -604,8 +656,55 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     if proxied:
         b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(interfaces), *_synproxy_rules(b, proxied)),
                               "synproxy", priorities.synproxy))
-    return RuleSet(tuple(b.chains) + tuple(b.sample_chains.values()), tuple(b.sets), tuple(b.limits.values()),
-                   tuple(interfaces), sample_groups=b.groups)
+    ingress, escalation = _escalation(b, interfaces, priorities, {s.version: s.name for s in b.sets
+                                                                   if s.kind == "trusted"})
+    return RuleSet((*ingress, *b.chains, *escalation, *b.sample_chains.values()), tuple(b.sets),
+                   tuple(b.limits.values()), tuple(interfaces), sample_groups=b.groups)
+
+
+def escalation_chain(group: str, version: int) -> str:
+    return f"escalate-{group}-v{version}"
+
+
+def _escalation(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities, trusted: dict[int, str]
+                ) -> tuple[list[Chain], list[Chain]]:
+    """The ban check (one ingress chain per protected device) and one escalation chain per group and
+    family whose per-source drops escalate; nothing when none do (escalate off, monitor mode).
+
+    Shared timed sets per family, keyed like the meters (IPv6: the /64): ``over`` (timeout gap_s: the
+    source had a per-source drop within gap_s), ``episode`` (timeout after_s: started when a source
+    goes over after a pause) and ``banned`` (timeout ban_s). A source still in ``over`` whose
+    ``episode`` has run out has been over for after_s without a pause of gap_s: it is banned. A short
+    burst never lasts after_s; a source hovering at its limit leaves ``over`` between its drops."""
+    if not b.escalated:
+        return [], []
+    esc, meter = b.policy.escalate, b.policy.meter
+    sets: dict[tuple[str, int], str] = {}
+    for version in (4, 6):
+        for what, timeout, size in (("over", esc.gap_s, meter.size), ("episode", esc.after_s, meter.size),
+                                    ("banned", esc.ban_s, esc.size)):
+            sets[(what, version)] = b.add_set(AddrSet(f"{what}-v{version}", version, "escalation", size=size,
+                                                      timeout_s=timeout)).name
+    chains = []
+    for group, version in b.escalated:
+        over, episode, banned = (sets[(w, version)] for w in ("over", "episode", "banned"))
+        not_trusted = (SourceNotInSet(trusted[version], version),) if version in trusted else ()
+        chains.append(Chain(escalation_chain(group, version), (
+            Rule((SourceInSet(over, version), SourceNotInSet(episode, version), *not_trusted,
+                  BanSource(banned, version)), CONTINUE, f"ban v{version}: over its limit for after_s without a pause"),
+            Rule((SourceNotInSet(over, version), UpdateSource(episode, version)), CONTINUE,
+                 f"new episode v{version}", counter=False),
+            Rule((UpdateSource(over, version),), CONTINUE, f"over now v{version}", counter=False),
+            Rule((), b.condemned(group, "enforce"), f"condemned by {group}", counter=False),
+        )))
+    rules = (
+        Rule((SourceInSet("allow-v4", 4),), RETURN, "allowlisted v4"),
+        Rule((SourceInSet("allow-v6", 6),), RETURN, "allowlisted v6"),
+        Rule((SourceInSet(sets[("banned", 4)], 4),), DROP, "banned v4 source", group=BANNED, mode="enforce"),
+        Rule((SourceInSet(sets[("banned", 6)], 6),), DROP, "banned v6 /64", group=BANNED, mode="enforce"),
+    )
+    ingress = [Chain(f"{INGRESS_CHAIN}{dev}", rules, "ingress", priorities.ingress, device=dev) for dev in interfaces]
+    return ingress, chains
 
 
 def _synproxy_notrack(b: _Builder, sp: SynproxyPlan) -> list[Rule]:

@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Stage = Literal["stateless", "stateful", "synproxy"]
+Stage = Literal["ingress", "stateless", "stateful", "synproxy"]
 
 DEFRAG = -400  # NF_IP_PRI_CONNTRACK_DEFRAG: nothing may run before reassembly
 CONNTRACK = -200  # NF_IP_PRI_CONNTRACK
+TAPS = -1000  # ingress: chains at or below this are taps (capture, truth counters) that see every packet first
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,19 @@ class Placement:
     floor: int  # the lowest priority it may move to when a foreign chain undercuts it
     rivals_after: int | None  # only foreign chains above this priority compete (None: all of them)
     ipt_table: str
-    ipt_builtins: tuple[str, ...]  # our jump is rule 1 of each
+    ipt_builtins: tuple[str, ...]  # our jumps are rules 1..k of each, in render order
     why: str
 
 
 PLACEMENTS: dict[str, Placement] = {
+    "ingress": Placement(
+        "ingress", "ingress", -500, TAPS + 1, TAPS, "raw", ("PREROUTING",),
+        "the ban check: one base chain per protected device on the inet ingress hook, before ip_rcv and "
+        "defrag, so a banned source costs one lookup. nft's listing does not say which device a foreign "
+        "ingress chain (netdev or inet) hooks, so every foreign ingress chain above -1000 counts as a rival "
+        "of every protected device; chains at -1000 and below are left in front (taps: capture, truth "
+        "counters). iptables has no ingress hook: the ban chain is jumped to from rule 1 of raw PREROUTING, "
+        "before the stateless chain's jump (rule 2)"),
     "stateless": Placement(
         "stateless", "prerouting", -350, DEFRAG + 1, None, "raw", ("PREROUTING",),
         "after defrag (-400), before raw (-300) and conntrack (-200): floods are dropped before they "

@@ -348,6 +348,30 @@ class Metrics(_Section):
         return value
 
 
+class Escalate(_Section):
+    """In-kernel escalation: a source that stays over a per-source limit (enforce mode) for ``after_s``
+    seconds, with no pause in its per-source drops longer than ``gap_s``, is banned for ``ban_s``: its
+    packets are dropped at the very start of the receive path (nft ingress hook; iptables raw PREROUTING
+    rule 1). Never for allowlisted sources or sources that completed a TCP handshake (trusted); never
+    from the global backstops, which spoofed floods reach. IPv6: the /64 is banned. A full ban set
+    (``size``) bans nobody more (fails open)."""
+
+    enabled: bool = True
+    after_s: Annotated[int, Field(ge=1, le=3600, strict=True)] = 3
+    gap_s: Annotated[int, Field(ge=1, le=3600, strict=True)] = 1
+    ban_s: Annotated[int, Field(ge=1, le=604800, strict=True)] = 300
+    size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 65536
+
+    @field_validator("gap_s")
+    @classmethod
+    def _gap_shorter(cls, gap_s: int, info: pydantic.ValidationInfo) -> int:
+        after_s = info.data.get("after_s")
+        if isinstance(after_s, int) and gap_s >= after_s:
+            raise ValueError(f"must be shorter than after_s ({after_s}): a pause of gap_s ends an episode, "
+                             "so two drops after_s apart would otherwise ban")
+        return gap_s
+
+
 class Iptables(_Section):
     """``backend: iptables``: which flavour; auto = the one the node's Kubernetes components use."""
 
@@ -376,6 +400,7 @@ class Policy(_Section):
     limits: tuple[Limit, ...] = _DEFAULT_LIMITS
     connlimit: tuple[ConnLimit, ...] = Field(default=_DEFAULT_CONNLIMIT, validate_default=True)
     meter: Meter = Meter()
+    escalate: Escalate = Escalate()
     iptables: Iptables = Iptables()
     watcher: Watcher = Watcher()
     sampler: Sampler = Sampler()

@@ -15,11 +15,11 @@ from .backend.nft import Nft, objects
 from .model import TABLE, Priorities
 from .placement import PLACEMENTS
 
-HOOKS = ("prerouting", "input")  # where nodeguard's base chains hook (placement.py)
+HOOKS = ("ingress", "prerouting", "input")  # where nodeguard's base chains hook (placement.py)
 # iptables-legacy tables per hook, with their fixed priorities
 _LEGACY = {"prerouting": {"raw": -300, "mangle": -150, "nat": -100},
            "input": {"mangle": -150, "filter": 0, "security": 50, "nat": 100}}
-_PRIORITY_FAMILIES = ("ip", "ip6", "inet")
+_PRIORITY_FAMILIES = ("ip", "ip6", "inet", "netdev")  # netdev: ingress only
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,10 @@ def choose_priorities(foreign: list[ForeignChain]) -> Priorities:
     chosen = {}
     for stage, p in PLACEMENTS.items():  # rivals: chains on the same hook
         rivals = [c for c in foreign if c.hook == p.nft_hook and (p.rivals_after is None or c.priority > p.rivals_after)]
-        limit = "without running before defrag" if p.rivals_after is None else "and still run after conntrack"
+        limit = {"stateless": "without running before defrag", "ingress": "without going under the taps at -1000"
+                 }.get(stage, "and still run after conntrack")
         chosen[stage] = _below(rivals, p.default_priority, p.floor, stage, limit, notes)
-    return Priorities(chosen["stateless"], chosen["stateful"], tuple(notes), chosen["synproxy"])
+    return Priorities(chosen["stateless"], chosen["stateful"], tuple(notes), chosen["synproxy"], chosen["ingress"])
 
 
 def _below(rivals: list[ForeignChain], default: int, floor: int, which: str, limit: str, notes: list[str]) -> int:

@@ -60,6 +60,7 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
     timeline: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     windows: list[dict] = []
     flows: list[dict] = []
+    bans: list[dict] = []  # ban/unban records (escalation), in log order
     for rec in records:
         ts = rec.get("ts", rec.get("start", 0))
         end = rec.get("end", ts)
@@ -70,6 +71,10 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
         if rule and rec.get("rule") not in (None, rule, f"{rule}/monitor"):
             continue
         kind = rec.get("type")
+        if kind in ("ban", "unban"):
+            if not rule or kind == "unban" or rule in (rec.get("groups") or []):
+                bans.append({k: rec.get(k) for k in ("type", "ts", "src", "groups", "expires", "why") if k in rec})
+            continue
         if kind == "episode_start":
             episodes.setdefault((rec["rule"], rec["ts"]), {"rule": rec["rule"], "start": rec["ts"], "end": None,
                                                            "condemned": None, "peak_pps": None})
@@ -87,7 +92,8 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
             s["first"], s["last"] = min(s["first"], rec["first"]), max(s["last"], rec["last"])
             if rec.get("dport") is not None and len(s["dports"]) < 10:
                 s["dports"].add(rec["dport"])
-            s["protos"].add(rec.get("proto", ""))
+            if rec.get("proto"):  # a flow counted by the kernel but not sampled has none
+                s["protos"].add(rec["proto"])
         elif kind == "window":
             condemned = {g: n for g, n in rec.get("condemned", {}).items()
                          if not rule or g in (rule, f"{rule}/monitor")}
@@ -104,7 +110,7 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
         e.update(episode_sources(e, flows, top))
     return {"episodes": eps, "top_sources": top_sources,
             "timeline": [{"minute": m, "condemned": dict(g)} for m, g in sorted(timeline.items())],
-            "windows": sorted(windows, key=lambda w: w["start"])}
+            "windows": sorted(windows, key=lambda w: w["start"]), "bans": bans}
 
 
 def episode_sources(episode: dict, flows: Iterable[dict], top: int) -> dict:
@@ -196,6 +202,12 @@ def format_text(rep: dict[str, Any]) -> str:
                          f"{'/'.join(safe(p) for p in s['protos'])} {ports}".rstrip())
         if e["more"]:
             lines.append(f"  ... and {e['more']} more rows (--top)")
+    if rep.get("bans"):
+        lines += ["", "bans (escalation, UTC):"]
+        for b in rep["bans"]:
+            what = (f"over {', '.join(safe(str(g)) for g in b.get('groups') or []) or 'a per-source limit'}, until "
+                    f"{_t(b.get('expires'))[11:]}") if b["type"] == "ban" else safe(str(b.get("why", "")))
+            lines.append(f"  {_t(b.get('ts'))}  {b['type']:<5}  {_clean(b.get('src'), 45):<26} {what}")
     lines.append("")
     for r, srcs in rep["top_sources"].items():
         lines.append(f"top sources: {safe(r)}")

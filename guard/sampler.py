@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 from .aggregate import Episodes, Window, safe, source_key
-from . import sampling_odds
+from . import bans, sampling_odds
 from .apply import Plan, apply_plan, make_plan, read_state
 from .fingerprints import of_live
 from .errors import NodeguardError
@@ -79,6 +79,7 @@ class Sampler:
             self.sampled: dict[str, int] = {}  # samples received per rule group
             self._last_counts = condemned_by_group(plan, nft)
             self._last_sources = source_counts(plan, nft)
+            self._bans, self._bans_at = self._read_bans(), self.clock()  # bans from before we ran: not logged
             self.window = Window(self.clock(), cfg.max_flows)
         except BaseException:
             self._close()  # a half-built sampler must not keep the NFLOG group or queues bound
@@ -110,6 +111,7 @@ class Sampler:
         records = (self.window.records(now, delta, exact) + self.episodes.update(self.window.start, now, delta)
                    + observed_records(self.window.start, now, observed,
                                       {source_key(a) for a in trusted_sources(self.plan, self.nft)} if observed else set()))
+        records += self._ban_records(now, exact)
         if adapt:
             self._adapt_odds(delta, seconds)
         for rec in records:
@@ -119,6 +121,16 @@ class Sampler:
         if self.pcap:
             self.pcap.flush()
         self.window = Window(now, self.cfg.max_flows)
+
+    def _read_bans(self) -> dict[str, int | None]:
+        return {b.shown: b.expires_s for b in bans.banned(self.plan, self.nft)}
+
+    def _ban_records(self, now: float, exact: dict) -> list[dict]:
+        """``ban``/``unban`` records: the ban sets against the last window's (escalation, bans.py)."""
+        current = self._read_bans()
+        out = bans.ban_records(self._bans, current, exact, now, now - self._bans_at, self.policy.escalate.after_s)
+        self._bans, self._bans_at = current, now
+        return out
 
     def _exact(self) -> dict[tuple[str, str], dict[str, int]]:
         """The kernel's per-source counts in this window (deltas; a count that went down is new)."""

@@ -7,10 +7,10 @@ from typing import Any
 from . import model, sysctls
 from .apply import Plan, read_state
 from .backend.nft import Nft, objects
-from .counters import drops_by_group, engaged_ports
+from .counters import bans_counted, drops_by_group, engaged_ports
 from .drift import diff_plan
 from .render.ids import id_from_comment
-from .render.ipt import ipset_name
+from .render.ipt import ipset_name, spec_id
 from .render.nft import FAMILY
 
 
@@ -28,7 +28,7 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
                     "reason": plan.sampling_reason},
         "interfaces": list(plan.ruleset.interfaces),
         "planned_priorities": {"stateless": plan.priorities.stateless, "stateful": plan.priorities.stateful,
-                               "notes": list(plan.priorities.notes)},
+                               "ingress": plan.priorities.ingress, "notes": list(plan.priorities.notes)},
         "synproxy": ({"ports_v4": list(plan.synproxy.ports_v4), "ports_v6": list(plan.synproxy.ports_v6),
                       "wscale": plan.synproxy.wscale, "mss": [plan.synproxy.mss_v4, plan.synproxy.mss_v6],
                       "forwarded": plan.synproxy.forwarded, "engaged": engaged_ports(plan, nft),
@@ -42,10 +42,26 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
     }
     st.update(_nft_part(nft, plan) if plan.nft is not None else _ipt_part(plan, live))
     # condemned per rule group ("<group>/monitor": would-be drops), from the condemning rules' counters
-    st["drops"] = {(g if m == "enforce" else f"{g}/monitor"): c
-                   for (g, m), c in drops_by_group(plan, nft, live).items()}
+    drops = drops_by_group(plan, nft, live)
+    st["drops"] = {(g if m == "enforce" else f"{g}/monitor"): c for (g, m), c in drops.items()}
     st["in_sync"] = st["installed"] and drift is None
+    st["escalation"] = _escalation(plan, live, st["meters"], drops)
     return st
+
+
+def _escalation(plan: Plan, live, meters: list[dict], drops: dict) -> dict[str, Any] | None:
+    """Bans now, bans counted and packets of banned sources dropped; None when nothing escalates."""
+    banned = [m for m in meters if m["kind"] == "escalation" and m["set"].startswith("banned-")]
+    if not banned:
+        return None
+    by_base = {s.base: s for s in plan.ruleset.sets if s.kind == "escalation"}  # the policy's numbers
+    return {"banned": sum(m["elements"] for m in banned), "size": banned[0]["size"],
+            "banned_v4": sum(m["elements"] for m in banned if m["set"].endswith("v4")),
+            "banned_v6": sum(m["elements"] for m in banned if m["set"].endswith("v6")),
+            "bans": bans_counted(plan, live),
+            "banned_drops": drops.get((model.BANNED, "enforce"), {}).get("packets", 0),
+            "after_s": by_base["episode-v4"].timeout_s, "gap_s": by_base["over-v4"].timeout_s,
+            "ban_s": by_base["banned-v4"].timeout_s}
 
 
 def _meter_sets(plan: Plan) -> list[model.AddrSet]:
@@ -83,12 +99,14 @@ def _ipt_part(plan: Plan, live_state) -> dict[str, Any]:
         for tname, table in render.tables.items():
             chains, saved = live.get(tname, ([], []))
             installed = installed or any(c in chains for c in table.chains)
-            for builtin, _spec in table.jumps:
+            must: dict[str, int] = {}
+            for builtin, spec in table.jumps:
+                must[builtin] = must.get(builtin, 0) + 1  # our jumps are rules 1..k, in render order
                 in_builtin = [r for r in saved if r.chain == builtin]
-                mine = [r for r in in_builtin if r.rule_id and "-j NODEGUARD-" in r.line]
-                pos = mine[0].position if mine else None
+                pos = next((r.position for r in in_builtin if r.rule_id == spec_id(spec)), None)
                 jumps.append({"family": f"v{version}", "table": tname, "chain": builtin, "position": pos,
-                              "above": [r.line for r in in_builtin[: (pos or 1) - 1]]})
+                              "must": must[builtin], "target": spec.rsplit(" ", 1)[1],
+                              "above": [r.line for r in in_builtin[: (pos or 1) - 1] if r.rule_id is None]})
             for r in saved:
                 if r.chain in table.chains:
                     comment = r.line.split('--comment "', 1)[1].split('"', 1)[0] if "--comment" in r.line else ""
@@ -141,16 +159,29 @@ def format_text(st: dict[str, Any]) -> str:
     smp = st["sampler"]
     lines.append(f"sampling: {smp['transport'] or 'off'} ({smp['reason']})")
     lines += [f"protected interfaces: {', '.join(st['interfaces'])}", ""]
+    esc = st.get("escalation")
+    if esc:
+        lines.append(f"escalation: {esc['banned']} sources banned now (v4 {esc['banned_v4']}, v6 /64s "
+                     f"{esc['banned_v6']}; room for {esc['size']}), {esc['bans']} bans and {esc['banned_drops']} "
+                     f"packets of banned sources dropped since the rules were installed; a source over a per-source "
+                     f"limit for {esc['after_s']} s (no pause of {esc['gap_s']} s) is banned for {esc['ban_s']} s")
     if "hooks" in st:
-        lines.append("prerouting hook, in order:")
-        hooks = [(h["priority"], f"inet nodeguard {h['chain']}", "nodeguard") for h in st["hooks"]]
-        hooks += [(f["priority"], f"{f['family']} {f['table']} {f['chain']}", "foreign") for f in st["foreign_chains"]]
-        lines += [f"  {prio:>6}  {name:<50} {owner}" for prio, name, owner in sorted(hooks)]
+        for hook in ("ingress", "prerouting", "input"):
+            hooks = [(h["priority"], f"inet nodeguard {h['chain']}", "nodeguard") for h in st["hooks"]
+                     if h["hook"] == hook]
+            if not hooks:
+                continue
+            lines.append(f"{hook} hook, in order" + (" (foreign chains: any device)" if hook == "ingress" else "") + ":")
+            hooks += [(f["priority"], f"{f['family']} {f['table']} {f['chain']}", "foreign")
+                      for f in st["foreign_chains"] if f["hook"] == hook]
+            lines += [f"  {prio:>6}  {name:<50} {owner}" for prio, name, owner in sorted(hooks)]
         lines += [f"  note: {note}" for note in st["planned_priorities"]["notes"]]
     else:
-        lines.append("jumps (must be rule 1 of each built-in chain):")
+        lines.append("jumps (ours must be the first rules of each built-in chain, in this order):")
         for j in st["jumps"]:
-            lines.append(f"  {j['family']} {j['table']} {j['chain']}: position {j['position'] or 'MISSING'}")
+            where = "MISSING" if j["position"] is None else f"position {j['position']}" + \
+                ("" if j["position"] == j["must"] else f", MUST BE {j['must']}")
+            lines.append(f"  {j['family']} {j['table']} {j['chain']} -> {j['target']}: {where}")
             lines += [f"      above it: {line}" for line in j["above"]]
     lines += ["", f"{'packets':>12} {'bytes':>14}  chain / rule"]
     lines += [f"{r['packets']:>12} {r['bytes']:>14}  {r['chain']}: {r['label']}" for r in st["rules"]]

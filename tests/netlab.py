@@ -17,6 +17,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from guard.render.ipt import chain_name as _ipt_chain_name
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kube-rulesets"  # copied from shared/, SOURCES.md kept
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -189,8 +191,14 @@ def load_fixture(ns: Netns, name: str, loader: str) -> None:
 _COUNTER = re.compile(r"\[\d+:\d+\]")
 _IPT_RULE = re.compile(r'^\[(?P<packets>\d+):\d+\] -A (?P<chain>\S+) .*--comment "nodeguard:[0-9a-f]+ (?P<label>[^"]*)"')
 IPT_CHAINS = {"NODEGUARD-PRE-UPLINK": "filter-prerouting", "NODEGUARD-CONN-UPLINK": "filter-conntrack",
-              "NODEGUARD-BOGUS": "bogus-flags", "NODEGUARD-ICMP": "icmp-flood", "NODEGUARD-SYN": "syn-flood"}
+              "NODEGUARD-BOGUS": "bogus-flags", "NODEGUARD-ICMP": "icmp-flood", "NODEGUARD-SYN": "syn-flood",
+              "NODEGUARD-BAN-UPLINK": f"ingress-{VICTIM_IF}",
+              **{_ipt_chain_name(c): c for c in ("limit-udp-per-source",)}}  # the default limit's chain
 BACKENDS = ("nft", "iptables-nft", "iptables-legacy")
+# A source over a per-source limit for escalate.after_s (3 s) is banned (tests/test_escalation.py).
+# Tests that measure what the per-source limits, the sampler or the counters do during a longer flood
+# from one source turn escalation off with this section.
+NO_ESCALATION = "escalate:\n  enabled: false\n"
 
 
 def backend_policy(backend: str, text: str = "") -> str:

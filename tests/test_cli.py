@@ -67,7 +67,8 @@ def test_status_reports_hooks_foreign_chains_counters_and_meters(ns):
     ns.nodeguard("apply")
     st = json.loads(ns.nodeguard("status", "--json").stdout)
     assert st["installed"] and st["in_sync"]
-    assert {h["chain"]: h["priority"] for h in st["hooks"]} == {"filter-prerouting": -350, "filter-conntrack": -190}
+    assert {h["chain"]: h["priority"] for h in st["hooks"]} == {"ingress-ngu0": -500, "filter-prerouting": -350,
+                                                                "filter-conntrack": -190}
     assert {"family": "ip", "table": "kube", "chain": "nat-pre", "hook": "prerouting", "priority": -100} \
         in st["foreign_chains"]
     assert any(r["label"] == "syn-flood backstop" for r in st["rules"])

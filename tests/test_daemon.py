@@ -133,7 +133,8 @@ def policy_text(tmp_path: Path, extra: str = "", per_source: str = "10/second bu
     """A test policy; ``watcher``/``sampler``: more lines for those sections; ``extra``: more sections."""
     def lines(text: str) -> str:
         return "".join(f"  {line}\n" for line in text.splitlines())
-    return (f"icmp:\n  rate: 100000/second\n  per_source: {per_source}\n"
+    # the daemon's floods outlast escalate.after_s: no bans, the per-source limit is what they measure
+    return (netlab.NO_ESCALATION + f"icmp:\n  rate: 100000/second\n  per_source: {per_source}\n"
             f"watcher:\n  state_file: {tmp_path}/watch.json\n{lines(watcher)}"
             f"sampler:\n  log: {tmp_path}/log/attacks.jsonl\n{lines(sampler)}" + textwrap.dedent(extra))
 

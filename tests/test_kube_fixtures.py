@@ -74,9 +74,13 @@ def test_priorities_move_below_a_foreign_chain_that_sits_lower(ns):
     netlab.add_uplink(ns)
     ns.run(["nft", "add table ip early; add chain ip early pre { type filter hook prerouting priority -360; }; "
                    "add chain ip early post { type filter hook prerouting priority -195; }"])
+    # ingress: a foreign chain above -1000 is a rival (on any device: the listing does not say which);
+    # at -1000 and below it is a tap that sees every packet first, and stays in front
+    ns.run(["nft", "add table netdev early; add chain netdev early rival { type filter hook ingress device ngu0 "
+                   "priority -600; }; add chain netdev early tap { type filter hook ingress device ngu0 priority -1000; }"])
     out = ns.nodeguard("apply").stdout
-    assert ns.our_priorities() == {"filter-prerouting": -361, "filter-conntrack": -196}
-    assert "below ip early pre" in out
+    assert ns.our_priorities() == {"ingress-ngu0": -601, "filter-prerouting": -361, "filter-conntrack": -196}
+    assert "below ip early pre" in out and "below netdev early rival" in out
 
 
 IPT_CASES = [(name, loader, "nft" if loader == "nft" else loader.split("-")[1])
@@ -84,12 +88,14 @@ IPT_CASES = [(name, loader, "nft" if loader == "nft" else loader.split("-")[1])
 
 
 def _assert_jumps_first(ns, flavour: str) -> None:
-    """Our jump is rule 1 of raw PREROUTING and mangle PREROUTING, in both families."""
+    """Our jumps are the first rules of raw PREROUTING (the ban check, then the stateless chain) and of
+    mangle PREROUTING, in both families."""
     for tool in (f"iptables-{flavour}-save", f"ip6tables-{flavour}-save"):
-        for table, builtin in (("raw", "PREROUTING"), ("mangle", "PREROUTING")):
+        for table, builtin, ours in (("raw", "PREROUTING", ["NODEGUARD-BAN", "NODEGUARD-PRE"]),
+                                     ("mangle", "PREROUTING", ["NODEGUARD-CONN"])):
             rules = [ln for ln in ns.run([tool, "-t", table]).stdout.splitlines() if ln.startswith(f"-A {builtin} ")]
-            assert rules and "-j NODEGUARD-" in rules[0], (tool, table, builtin, rules[:3])
-            assert sum("-j NODEGUARD-" in ln for ln in rules) == 1, (tool, table, builtin)
+            assert [ln.rsplit(" ", 1)[1] for ln in rules[:len(ours)]] == ours, (tool, table, builtin, rules[:3])
+            assert sum("-j NODEGUARD-" in ln for ln in rules) == len(ours), (tool, table, builtin)
 
 
 @pytest.mark.parametrize("name,loader,flavour", IPT_CASES, ids=[f"{n}-{l}" for n, l, _ in IPT_CASES])

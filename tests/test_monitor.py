@@ -67,7 +67,7 @@ def test_monitor_mode_drops_nothing_and_counts_what_enforce_then_drops(lab, writ
             sampler:
               window_s: 2
               log: {tmp_path}/{mode}.jsonl
-        """), f"{mode}.yaml")
+        """) + netlab.NO_ESCALATION, f"{mode}.yaml")  # enforce drops what monitor counted, without bans
 
     with netlab.tcp_server(victim, VICTIM4, PORT):
         monitor = _run(victim, attacker, policy("monitor"), backend, tmp_path, "monitor")

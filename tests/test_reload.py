@@ -26,8 +26,8 @@ def node(request, lab, write_policy):
     victim, attacker = lab
     backend = request.param
 
-    def policy(text: str, name: str = "policy.yaml") -> str:
-        return write_policy(netlab.backend_policy(backend, text), name)
+    def policy(text: str, name: str = "policy.yaml") -> str:  # the limits themselves, without bans
+        return write_policy(netlab.backend_policy(backend, text) + "\n" + netlab.NO_ESCALATION, name)
     return victim, attacker, backend, policy
 
 

@@ -92,13 +92,17 @@ def policies(draw) -> Policy:
     doc = {
         "interfaces": draw(st.lists(st.from_regex(r"[a-z][a-z0-9]{0,7}", fullmatch=True).filter(lambda x: x != "lo"),
                                     min_size=1, max_size=3, unique=True)),
-        "icmp": {"rate": draw(rates), "per_source": draw(rates)},
+        "icmp": {"rate": draw(rates), "per_source": draw(rates), "mode": draw(st.sampled_from([None, "monitor"]))},
         "syn": {"rate": draw(rates), "per_source": draw(rates),
                 "trusted_after_handshake_s": draw(st.integers(0, 86400))},
         "limits": limits,
         "connlimit": [{"name": n, "ports": draw(ports), "per_source": draw(st.integers(1, 10**5))} for n in conn_names],
         "meter": {"size": draw(st.integers(16, 4_194_304)), "timeout_s": draw(st.integers(1, 86400))},
+        "mode": draw(st.sampled_from(["enforce", "enforce", "monitor"])),
     }
+    gap = draw(st.integers(1, 3599))
+    doc["escalate"] = {"enabled": draw(st.booleans()), "gap_s": gap, "after_s": draw(st.integers(gap + 1, 3600)),
+                       "ban_s": draw(st.integers(1, 604800)), "size": draw(st.integers(16, 4_194_304))}
     return Policy.model_validate(doc)
 
 
@@ -142,12 +146,40 @@ synproxies = st.one_of(st.none(), st.builds(
     st.integers(1220, 9000), st.integers(0, 14), st.booleans()))
 
 
+def _escalation_invariants(policy: Policy, rs: model.RuleSet) -> None:
+    """Only enforce-mode per-source rules escalate (never a backstop, monitor mode, bogus flags or
+    connlimit); an escalation chain's last rule is its group's condemned path and carries no group;
+    one ingress chain per interface, first in line, only when something escalates."""
+    escalating = []
+    for c in rs.chains:
+        for r in c.rules:
+            if isinstance(r.verdict, model.Goto) and r.verdict.chain.startswith("escalate-"):
+                assert r.mode == "enforce" and any(isinstance(x, model.SourceRateOver) for x in r.matches), r
+                assert r.group and r.verdict.chain.startswith(f"escalate-{r.group}-v"), r
+                escalating.append(r)
+    esc_chains = [c for c in rs.chains if c.name.startswith("escalate-")]
+    ingress = [c for c in rs.chains if c.stage == "ingress"]
+    if not policy.escalate.enabled or not escalating:
+        assert not esc_chains and not ingress and not any(s.kind == "escalation" for s in rs.sets)
+        return
+    assert len(esc_chains) == len(escalating)
+    for c in esc_chains:
+        *acts, last = c.rules
+        assert all(isinstance(r.verdict, model.Continue) and r.group is None for r in acts)
+        assert last.group is None and not last.matches and isinstance(last.verdict, (model.Goto, model.Drop))
+    assert [c.device for c in ingress] == list(rs.interfaces) and rs.chains[:len(ingress)] == tuple(ingress)
+    assert [r.group for c in ingress for r in c.rules if isinstance(r.verdict, model.Drop)] == ["banned"] * 2 * len(ingress)
+    banned = [s for s in rs.sets if s.base.startswith("banned-")]
+    assert {(s.size, s.timeout_s) for s in banned} == {(policy.escalate.size, policy.escalate.ban_s)}
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policy=policies(), transport=st.sampled_from(["nflog", "nfqueue"]), synproxy=synproxies)
 def test_every_generated_policy_renders_to_valid_unique_escaped_objects(policy, transport, synproxy):
     rs = _ruleset(policy, transport, synproxy)  # RuleSet itself refuses duplicate names and dangling references
     _nft_invariants(_nft_fresh(rs))
     _ipt_invariants(rs, _ipt_fresh(rs))
+    _escalation_invariants(policy, rs)
 
 
 def test_every_parameter_of_a_stateful_object_is_in_its_name():
@@ -163,6 +195,10 @@ def test_every_parameter_of_a_stateful_object_is_in_its_name():
         "backstop rate": "syn:\n  rate: 6000/second\n",
         "connection limit": "connlimit:\n  - name: web\n    ports: [80, 443]\n    per_source: 100\n",
         "sample cap": "sampler:\n  global_rate: 10/second\n",
+        "escalation episode": "escalate:\n  after_s: 5\n",
+        "escalation gap": "escalate:\n  gap_s: 2\n",
+        "ban time": "escalate:\n  ban_s: 60\n",
+        "ban set size": "escalate:\n  size: 1024\n",
     }
 
     def stateful(p: Policy) -> set[str]:

@@ -183,3 +183,25 @@ def test_would_be_drops_of_monitor_mode_are_reported_apart_from_drops():
     assert rep["timeline"][0]["condemned"] == {"syn-flood/monitor": 3000, "icmp-flood": 400}
     only = report.build(recs, None, None, "syn-flood", 10)
     assert set(only["top_sources"]) == {"syn-flood/monitor"}
+
+
+def test_bans_are_listed_and_a_flow_without_samples_next_to_sampled_ones_is_fine():
+    """A source banned by escalation: its last window can hold kernel-counted drops that were not
+    sampled (proto None) next to its sampled flows; ban/unban records are listed, filtered by rule."""
+    recs = [_window(3000.0, 3010.0, {"icmp-flood": 900}),
+            _flow("icmp-flood", "192.0.2.7", 3000.0, 3010.0, 800, proto="icmp", dport=8),
+            _window(3010.0, 3020.0, {"icmp-flood": 5, "banned": 90000}),
+            _flow("icmp-flood", "192.0.2.7", 3010.0, 3020.0, 5, sampled=0, proto=None, dport=None),
+            {"type": "ban", "ts": 3010.0, "src": "192.0.2.7", "groups": ["icmp-flood"], "after_s": 3,
+             "expires": 3310.0},
+            {"type": "ban", "ts": 3011.0, "src": "2001:db8::/64", "groups": ["limit-udp"], "after_s": 3,
+             "expires": 3311.0},
+            {"type": "unban", "ts": 3320.0, "src": "192.0.2.7", "why": "expired"}]
+    rep = report.build(recs, None, None, None, 10)
+    assert rep["top_sources"]["icmp-flood"][0]["protos"] == ["icmp"]
+    assert [(b["type"], b["src"]) for b in rep["bans"]] == [("ban", "192.0.2.7"), ("ban", "2001:db8::/64"),
+                                                            ("unban", "192.0.2.7")]
+    text = report.format_text(rep)
+    assert "bans (escalation, UTC):" in text and "over icmp-flood, until" in text and "expired" in text
+    only = report.build(recs, None, None, "icmp-flood", 10)
+    assert [b["src"] for b in only["bans"] if b["type"] == "ban"] == ["192.0.2.7"]

@@ -23,7 +23,9 @@ class Guarded:
         self.victim, self.backend, self._write = victim, backend, write_policy
 
     def apply(self, policy_yaml: str = "") -> None:
-        self.victim.nodeguard("apply", "-c", self._write(netlab.backend_policy(self.backend, policy_yaml)))
+        """These tests measure the per-source limits themselves: no escalation to bans."""
+        text = netlab.backend_policy(self.backend, policy_yaml) + "\n" + netlab.NO_ESCALATION
+        self.victim.nodeguard("apply", "-c", self._write(text))
 
     def counters(self) -> dict[str, int]:
         return self.victim.counters(self.backend)

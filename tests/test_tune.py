@@ -69,8 +69,8 @@ def test_tune_spares_every_legitimate_client_and_still_limits_the_flood(lab, wri
         assert 2 * max(CLIENTS.values()) * 0.8 <= proposed <= 2 * max(CLIENTS.values()) * 1.5, syn
         assert syn["proposed_would_drop"]["sources"] == 1 and syn["proposed_would_drop"]["packets"] > 5000, syn
 
-        enforce = write_policy(f"syn:\n  per_source: {syn['proposed']}\nsampler:\n  window_s: 2\n"
-                               f"  log: {tmp_path}/enforce.jsonl\n", "enforce.yaml")
+        enforce = write_policy(f"syn:\n  per_source: {syn['proposed']}\nsampler:\n  window_s: 2\n"  # the proposal, not bans
+                               f"  log: {tmp_path}/enforce.jsonl\n" + netlab.NO_ESCALATION, "enforce.yaml")
         victim.nodeguard("apply", "-c", enforce)
         after = _traffic(victim, attacker, enforce)
     condemned = _condemned_per_source(tmp_path, "enforce.jsonl")

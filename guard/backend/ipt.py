@@ -272,6 +272,17 @@ class Ipset:
         return out
 
     @staticmethod
+    def timeouts(name: str) -> dict[str, int | None]:
+        """Per member of a set: the seconds its timeout has left (None: the set has no timeouts)."""
+        res = _run(["ipset", "list", "-o", "save", name])
+        out: dict[str, int | None] = {}
+        for line in res.stdout.splitlines() if res.returncode == 0 else []:
+            words = line.split()
+            if words[:1] == ["add"] and len(words) > 2:
+                out[words[2]] = int(words[words.index("timeout") + 1]) if "timeout" in words else None
+        return out
+
+    @staticmethod
     def members(name: str) -> list[str]:
         res = _run(["ipset", "list", "-o", "save", name])
         if res.returncode != 0:

@@ -274,7 +274,7 @@ def build_node_lab(lab: Lab, counters: dict[str, str], counter_table: str) -> No
     decl = "; ".join(f"add counter netdev {counter_table} in_{k}" for k in counters)
     rules_ = "; ".join(f"add rule netdev {counter_table} in {m} counter name in_{k}" for k, m in counters.items())
     node.run("nft", f"add table netdev {counter_table}; {decl}; add chain netdev {counter_table} in "
-                    f"{{ type filter hook ingress device {UPLINK} priority -500; }}; {rules_}")
+                    f"{{ type filter hook ingress device {UPLINK} priority -1000; }}; {rules_}")  # a tap: first
 
     services = [lab.spawn(node, ["-m", "guard.demo.services", NODE, f"tcp:{HOST_TCP}", f"udp:{UDP_PORT}",
                                  f"sink:{HOST_SINK}", f"rr:{HOST_RR}"], python=True, stderr=subprocess.DEVNULL),

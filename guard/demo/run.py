@@ -44,6 +44,7 @@ PROBE_INTERVAL, PROBE_TIMEOUT = 0.1, 1.0
 MIN_CLIENT_OK = 0.80      # "sane": the protected client keeps >= 80 % of its attempts during every flood
 MIN_ARRIVED_PPS = 5_000   # below this the "flood" did not happen and nothing was shown
 MIN_DROPPED_SHARE = 0.5   # nodeguard must have dropped at least half of what arrived
+BANNED = "banned"  # model.BANNED: the group of the ingress drops of banned sources
 
 
 @dataclass
@@ -62,9 +63,11 @@ class Threat:
 
 def threats() -> list[Threat]:
     return [
-        Threat("icmp", "ICMP echo flood (one source)", ["--icmp", NODE], "icmp type echo-request", ("icmp-flood",)),
+        # one source: banned by escalation once over its limit for escalate.after_s, then dropped at ingress
+        Threat("icmp", "ICMP echo flood (one source)", ["--icmp", NODE], "icmp type echo-request",
+               ("icmp-flood", BANNED)),
         Threat("udp", f"UDP flood to port {UDP_PORT} (one source)", ["--udp", "-p", str(UDP_PORT), NODE],
-               f"udp dport {UDP_PORT}", ("limit-",)),
+               f"udp dport {UDP_PORT}", ("limit-", BANNED)),
         Threat("syn", f"spoofed SYN flood to NodePort {NODEPORT}",
                ["-S", "--rand-source", "-p", str(NODEPORT), NODE], "tcp flags & (fin|syn|rst|ack) == syn",
                ("syn-flood",)),
@@ -127,7 +130,9 @@ class Telemetry:
 
 def drops_by_threat(status: dict, ths: list[Threat]) -> dict[str, int]:
     """Condemned packets per threat from ``status --json``'s ``drops`` per rule group (the counters of
-    the rules that condemn: every condemned packet passes exactly one)."""
+    the rules that condemn: every condemned packet passes exactly one). Threats with the group
+    ``banned`` also count the ingress drops of banned sources (the floods run one after another, so a
+    flood's share of them is what they grew by while it ran)."""
     drops = status.get("drops", {})
     return {th.key: sum(c.get("packets", 0) for group, c in drops.items()
                         if any(group == g or (g.endswith("-") and group.startswith(g)) for g in th.groups))

@@ -4,6 +4,9 @@ plus the ipsets they use. Pure; ``sync/ipt.py`` turns it into restore text again
 Placement (placement.py): the stateless chain goes to **raw** PREROUTING (before conntrack), the
 stateful one to **mangle** PREROUTING (after conntrack, before nat's DNAT, as nft's -190). Only
 nodeguard's own chains and its jump rules are ever written; every line carries ``nodeguard:<id> <label>``.
+Our jumps are the first rules of each built-in chain, in render order: in raw PREROUTING the ban
+check (``NODEGUARD-BAN``: iptables has no ingress hook, so this is as early as it gets) is rule 1 and
+the stateless chain's jump rule 2.
 
 Where iptables cannot say what the model says:
 * ``iifname != {a, b} return`` becomes a dispatcher: the base chain holds ``-i a -g <base>-UPLINK``
@@ -20,7 +23,13 @@ Where iptables cannot say what the model says:
   2 × ``meter.size`` (every member at the start of the period, plus one newcomer for each member
   that timed out during it), plus what concurrent adds overshoot ``maxelem`` by;
   ``--hashlimit-htable-max`` is set to 3 × ``meter.size`` + 4096;
-* allowlists and trusted sources are ipsets (``hash:net``, ``hash:ip timeout``).
+* allowlists and trusted sources are ipsets (``hash:net``, ``hash:ip timeout``);
+* the ingress chains (one per protected device in the model) become one ``NODEGUARD-BAN`` dispatcher
+  (``-i <device> -g NODEGUARD-BAN-UPLINK``) with their rules once in ``NODEGUARD-BAN-UPLINK``;
+* escalation's timed sets are ``hash:ip timeout`` ipsets (IPv6: ``netmask 64``); "update" is
+  ``-j SET --add-set X src --exist`` (a re-add restarts the timeout); a ban is an add without
+  ``--exist``, and since ``SET`` never fails a rule, the ban's counter sits on a line of its own after
+  it that matches only when the source is in the ban set then (a full set takes nobody in).
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ METER_TABLE_SLACK = 4096  # ... plus what concurrent -j SET adds past maxelem (i
 #                           racily: 39 members were seen in a set of 16 under a 90 kpps flood on 2 CPUs)
 _BASE_NAMES = {m.STATELESS_CHAIN: "NODEGUARD-PRE", m.STATEFUL_CHAIN: "NODEGUARD-CONN",
                m.SYNPROXY_CHAIN: "NODEGUARD-SYNPROXY"}
+BAN_CHAIN = "NODEGUARD-BAN"  # every ingress chain of the model
+BAN_TAG = "ban"  # what _rule tags the line that counts bans with (condemning lines: their (group, mode))
 _UNITS = {"second": "sec", "minute": "min", "hour": "hour"}
 _PROTO = {("icmp", 4): "icmp", ("icmpv6", 6): "ipv6-icmp"}
 
@@ -52,11 +63,18 @@ def _short(name: str, limit: int) -> str:
     return f"{name[:limit - 7]}-{hashlib.sha1(name.encode()).hexdigest()[:6].upper()}"
 
 
+_SHORT = {"bogus-flags": "BOGUS", "icmp-flood": "ICMP", "syn-flood": "SYN"}
+
+
 def chain_name(name: str) -> str:
     if name in _BASE_NAMES:
         return _BASE_NAMES[name]
-    short = {"bogus-flags": "BOGUS", "icmp-flood": "ICMP", "syn-flood": "SYN"}.get(name, name.upper())
-    return _short(f"{PREFIX}-{short}", MAX_CHAIN)
+    if name.startswith(m.INGRESS_CHAIN):
+        return BAN_CHAIN
+    if name.startswith("escalate-"):
+        group, version = name[len("escalate-"):].rsplit("-v", 1)
+        return _short(f"{PREFIX}-ESC-{_SHORT.get(group, group.upper())}-V{version}", MAX_CHAIN)
+    return _short(f"{PREFIX}-{_SHORT.get(name, name.upper())}", MAX_CHAIN)
 
 
 def ipset_name(s: m.AddrSet) -> str:
@@ -100,7 +118,7 @@ class Table:
     name: str
     chains: list[str] = field(default_factory=list)
     rules: list[tuple[str, str]] = field(default_factory=list)  # (chain, spec with comment)
-    jumps: list[tuple[str, str]] = field(default_factory=list)  # (built-in chain, spec), inserted at 1
+    jumps: list[tuple[str, str]] = field(default_factory=list)  # (built-in chain, spec): rules 1..k, in order
 
 
 @dataclass
@@ -108,6 +126,7 @@ class Render:
     version: int
     tables: dict[str, Table]
     condemning: dict[str, tuple[str, str]] = field(default_factory=dict)  # rule id -> (group, mode)
+    bans: set[str] = field(default_factory=set)  # ids of the lines whose counters count bans
 
     def rule_ids(self) -> dict[str, list[str]]:
         """chain → rule IDs in order (jumps under ``<table>/<built-in chain>``)."""
@@ -137,6 +156,9 @@ def ipsets(rs: m.RuleSet) -> list[Ipset]:
                              members=tuple(str(n) for n in s.elements)))
         elif s.kind == "trusted":
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s))
+        elif s.kind == "escalation":
+            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s,
+                             m.V6_SOURCE_PREFIX if s.version == 6 else None))
         elif s.kind == "meter":
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, admission_timeout_s(s),
                              m.V6_SOURCE_PREFIX if s.version == 6 else None))
@@ -162,14 +184,25 @@ def render_ipt(rs: m.RuleSet, version: int) -> Render:
     sets = {s.name: s for s in rs.sets}
     limits = {x.name: x for x in rs.limits}
     tables: dict[str, Table] = {}
-    condemning: dict[str, tuple[str, str]] = {}
+    condemning: dict[str, tuple[str, str] | str] = {}
     owner = _table_of_chains(rs)
+    lines = lambda rs_: [line for r in rs_ for line in _rule(r, version, sets, limits)]  # noqa: E731
+    ingress = [c for c in rs.chains if c.stage == "ingress"]
     for chain in rs.chains:
         table = tables.setdefault(owner[chain.name], Table(owner[chain.name]))
         rules = [r for r in chain.rules if _applies(r, version)]
         name = chain_name(chain.name)
-        lines = lambda rs_: [line for r in rs_ for line in _rule(r, version, sets, limits)]  # noqa: E731
-        if chain.stage and rules and isinstance(rules[0].matches[0], m.InterfaceNotIn):
+        if chain.name.startswith("escalate-") and not chain.name.endswith(f"-v{version}"):
+            continue  # the other family's escalation chain: nothing in this family goes there
+        if chain.stage == "ingress":  # one dispatcher for every device, their (identical) rules once
+            if chain is not ingress[0]:
+                continue
+            assert all(c.rules == chain.rules for c in ingress), "ingress chains differ"
+            uplink = f"{name}-UPLINK"
+            _add_chain(table, name, [(f"-i {c.device} -g {uplink}", f"uplink {c.device}", None) for c in ingress],
+                       condemning)
+            _add_chain(table, uplink, lines(rules), condemning)
+        elif chain.stage and rules and isinstance(rules[0].matches[0], m.InterfaceNotIn):
             uplink = f"{name}-UPLINK"
             dispatch = [(f"-i {ifname} -g {uplink}", f"uplink {ifname}", None) for ifname in rules[0].matches[0].names]
             _add_chain(table, name, dispatch, condemning)
@@ -181,7 +214,8 @@ def render_ipt(rs: m.RuleSet, version: int) -> Render:
                 body = f"-j {name}"
                 (jid,) = chained_ids(f"{table.name}/{builtin}", [body])
                 table.jumps.append((builtin, f'-m comment --comment "{comment(jid, "jump to " + name)}" {body}'))
-    return Render(version, tables, condemning)
+    return Render(version, tables, {k: v for k, v in condemning.items() if v != BAN_TAG},
+                  {k for k, v in condemning.items() if v == BAN_TAG})
 
 
 def _add_chain(table: Table, name: str, rules: list[tuple[str, str, tuple | None]],
@@ -224,6 +258,12 @@ def _rule(rule: m.Rule, version: int, sets: dict[str, m.AddrSet], limits: dict[s
     proto = _proto(rule, version)
     parts = [f"-p {proto}"] if proto else []
     out = []
+    ban = next((x for x in rule.matches if isinstance(x, m.BanSource)), None)
+    if ban is not None:  # SET cannot fail the rule: count on a line that sees whether the add took
+        before = [p for x in rule.matches if x is not ban for p in _match(x, version, sets, limits)]
+        name = ipset_name(sets[ban.set])
+        out.append((" ".join([*parts, *before, f"-j SET --add-set {name} src"]), f"{rule.label} (add)", None))
+        return [*out, (" ".join([*parts, *before, f"-m set --match-set {name} src"]), rule.label, BAN_TAG)]
     for x in rule.matches:
         if isinstance(x, (m.SourceRateOver, m.CountSource)):
             name = ipset_name(sets[x.set])
@@ -278,7 +318,7 @@ def _match(x: object, version: int, sets: dict[str, m.AddrSet], limits: dict[str
         return ["-m conntrack --ctstate NEW"]
     if isinstance(x, m.Assured):
         return ["-m conntrack --ctstatus ASSURED --ctdir ORIGINAL"]
-    if isinstance(x, (m.RememberSource, m.Log, m.CountSource, m.NoTrack, m.EngagePort)):
+    if isinstance(x, (m.RememberSource, m.UpdateSource, m.Log, m.CountSource, m.NoTrack, m.EngagePort)):
         return []  # the rule's target, or (CountSource) the set match added above, which counts
     if isinstance(x, m.FibLocal):
         return ["-m addrtype --dst-type LOCAL"]
@@ -308,7 +348,7 @@ def _match(x: object, version: int, sets: dict[str, m.AddrSet], limits: dict[str
 
 def _target(rule: m.Rule, sets: dict[str, m.AddrSet]) -> str:
     for x in rule.matches:
-        if isinstance(x, m.RememberSource):
+        if isinstance(x, (m.RememberSource, m.UpdateSource)):  # --exist: a re-add restarts the timeout
             return f"-j SET --add-set {ipset_name(sets[x.set])} src --exist"
         if isinstance(x, m.NoTrack):
             return "-j CT --notrack"
@@ -341,5 +381,5 @@ def expand_icmp(rs: m.RuleSet) -> m.RuleSet:
             for t in icmp[0].types:
                 matches = tuple(m.IcmpTypes(x.version, (t,)) if x is icmp[0] else x for x in r.matches)
                 rules.append(m.Rule(matches, r.verdict, f"{r.label} type {t}", r.counter))
-        chains.append(m.Chain(c.name, tuple(rules), c.stage, c.priority))
+        chains.append(m.Chain(c.name, tuple(rules), c.stage, c.priority, c.device))
     return m.RuleSet(tuple(chains), rs.sets, rs.limits, rs.interfaces, rs.table, rs.sample_groups)

@@ -79,7 +79,7 @@ def _set(table: str, s: m.AddrSet) -> dict:
         obj.update(type="inet_service", size=s.size, flags=["timeout"], timeout=s.timeout_s)
     elif s.kind == "allow":
         obj["flags"] = ["interval"]
-    elif s.kind in ("meter", "trusted", "counts"):
+    elif s.kind in ("meter", "trusted", "counts", "escalation"):
         obj.update(size=s.size, flags=["timeout"], timeout=s.timeout_s)
     else:  # conns: ct count needs a dynamic set without timeout (nft adds "dynamic" itself)
         obj.update(size=s.size)
@@ -95,6 +95,8 @@ def _chain(table: str, c: m.Chain) -> dict:
     obj: dict[str, Any] = {"family": FAMILY, "table": table, "name": c.name}
     if c.stage:
         obj.update(type="filter", hook=c.hook, prio=c.priority, policy="accept")
+    if c.device:  # nft 1.0.6's JSON takes one device as a string (a list fails) and never lists it back
+        obj["dev"] = c.device
     return obj
 
 
@@ -121,6 +123,11 @@ def _saddr(version: int) -> dict:
 def _source_key(version: int) -> dict:
     """Meters key IPv6 sources on their /64: one host owns at least that much."""
     return _saddr(4) if version == 4 else {"&": [_saddr(6), _V6_MASK]}
+
+
+def _key_for(s: m.AddrSet | None, version: int) -> dict:
+    """How a source is looked up in set ``s``: its /64 where the set keys on that, else the address."""
+    return _source_key(version) if s is not None and s.keyed_by_prefix else _saddr(version)
 
 
 @singledispatch
@@ -161,12 +168,12 @@ def _(x: m.DstPorts, sets: dict) -> dict:
 
 @_match.register
 def _(x: m.SourceInSet, sets: dict) -> dict:
-    return _eq(_saddr(x.version), f"@{x.set}")
+    return _eq(_key_for(sets.get(x.set), x.version), f"@{x.set}")
 
 
 @_match.register
 def _(x: m.SourceNotInSet, sets: dict) -> dict:
-    return _eq(_saddr(x.version), f"@{x.set}", "!=")
+    return _eq(_key_for(sets.get(x.set), x.version), f"@{x.set}", "!=")
 
 
 @_match.register
@@ -182,6 +189,17 @@ def _(x: m.Assured, sets: dict) -> list[dict]:
 @_match.register
 def _(x: m.RememberSource, sets: dict) -> dict:
     return {"set": {"op": "add", "elem": _saddr(x.version), "set": f"@{x.set}"}}
+
+
+@_match.register
+def _(x: m.UpdateSource, sets: dict) -> dict:
+    return {"set": {"op": "update", "elem": _key_for(sets[x.set], x.version), "set": f"@{x.set}"}}
+
+
+@_match.register
+def _(x: m.BanSource, sets: dict) -> dict:
+    # add (not update): a ban is never extended; on a full set the add fails and the rule stops here
+    return {"set": {"op": "add", "elem": _key_for(sets[x.set], x.version), "set": f"@{x.set}"}}
 
 
 @_match.register

@@ -4,14 +4,16 @@ Three steps, each atomic on its own, in an order that never leaves a rule pointi
 1. ``ipset restore``: create the sets the render adds; a set whose definition changed, and an
    allowlist whose contents changed, is built under a temporary name and swapped in (the rules
    keep their set names); an unchanged set keeps its contents (trusted sources, admitted sources).
-2. one ``*-restore --noflush`` per family: declare (flush) our chains and refill them, move our
-   jumps to rule 1, delete chains the render no longer has. hashlimit tables whose parameters are
+2. one ``*-restore --noflush`` per family: declare (flush) our chains and refill them, put our
+   jumps at rules 1..k of their built-in chain (in render order: in raw PREROUTING the ban check,
+   then the stateless chain), delete chains the render no longer has. hashlimit tables whose parameters are
    unchanged keep their names, so the kernel keeps their buckets.
 3. ``ipset restore`` again: destroy our sets no rule refers to any more.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -55,8 +57,10 @@ def restore_text(render: Render | None, live: dict[str, LiveTable], saved: dict 
 
     With ``saved`` (``Ipt.tables()`` of this family) and ``fingerprints`` (the watcher's), a chain
     that holds exactly the rendered rule ids with the bodies we installed is left alone (its
-    counters too), and so is such a jump already at rule 1; without fingerprints everything of ours
-    is rewritten. One COMMIT per table; tables with nothing of ours to do are skipped."""
+    counters too), and so are a built-in chain's jumps when they already are its rules 1..k in render
+    order with the bodies we installed and nothing else of ours is in it; otherwise all our jumps in
+    that built-in chain are deleted and inserted again at 1..k. Without fingerprints everything of
+    ours is rewritten. One COMMIT per table; tables with nothing of ours to do are skipped."""
     out: list[str] = []
     saved = saved or {}
 
@@ -69,7 +73,7 @@ def restore_text(render: Render | None, live: dict[str, LiveTable], saved: dict 
         if not want and not have.chains and not have.jump_lines:
             continue
         live_rules = saved.get(tname, ([], []))[1]
-        have_ids, firsts = _live_ids(live_rules)
+        have_ids = _live_ids(live_rules)
         by_chain: dict[str, list] = {}
         for r in live_rules:
             by_chain.setdefault(r.chain, []).append(r)
@@ -78,13 +82,18 @@ def restore_text(render: Render | None, live: dict[str, LiveTable], saved: dict 
         stale = [c for c in have.chains if c not in new_chains]
         changed = [c for c in new_chains if c not in have.chains or have_ids.get(c, []) != want_ids[c]
                    or stale or not same(by_chain.get(c, []))]
-        jumps = [(b, spec) for b, spec in (want.jumps if want else [])
-                 if firsts.get(b) != spec_id(spec) or sum(1 for ln in have.jump_lines if _builtin(ln) == b) != 1
-                 or not same([r for r in by_chain.get(b, []) if r.rule_id == spec_id(spec)])]
-        redo = {b for b, _ in jumps} | {_builtin(ln) for ln in have.jump_lines if not want}
+        by_builtin: dict[str, list[str]] = {}  # our jumps: rules 1..k of their built-in chain, in render order
+        for b, spec in want.jumps if want else []:
+            by_builtin.setdefault(b, []).append(spec)
+        redo = {b for b, specs in by_builtin.items()
+                if have_ids.get(b, [])[:len(specs)] != [spec_id(x) for x in specs]
+                or sum(1 for ln in have.jump_lines if _builtin(ln) == b) != len(specs)
+                or not same([r for r in by_chain.get(b, []) if r.rule_id in {spec_id(x) for x in specs}])}
+        redo |= {_builtin(ln) for ln in have.jump_lines if _builtin(ln) not in by_builtin}
         lines = [f":{c} - [0:0]" for c in changed + stale]  # declaring a chain flushes it
         lines += ["-D" + line[2:] for line in have.jump_lines if _builtin(line) in redo]
-        lines += [f"-I {builtin} 1 {spec}" for builtin, spec in reversed(jumps)]
+        lines += [f"-I {b} {i} {spec}" for b, specs in by_builtin.items() if b in redo
+                  for i, spec in enumerate(specs, 1)]
         if want:
             lines += [f"-A {chain} {spec}" for chain, spec in want.rules if chain in changed]
         lines += [f"-X {c}" for c in stale]
@@ -97,15 +106,22 @@ def _builtin(save_line: str) -> str:
     return save_line.split()[1]
 
 
-def _live_ids(rules: list) -> tuple[dict[str, list], dict[str, str | None]]:
-    """chain -> rule ids in order, and built-in chain -> the id of its rule 1."""
+def _live_ids(rules: list) -> dict[str, list]:
+    """chain -> rule ids in order (foreign rules: None), built-in chains included."""
     ids: dict[str, list] = {}
-    firsts: dict[str, str | None] = {}
     for r in rules:
         ids.setdefault(r.chain, []).append(r.rule_id)
-        if r.position == 1:
-            firsts[r.chain] = r.rule_id
-    return ids, firsts
+    return ids
+
+
+def same_members(live: list[str], want: tuple[str, ...]) -> bool:
+    """ipset lists a /32 (/128) member of a hash:net set as the bare address; compare networks."""
+    def norm(x: str):
+        try:
+            return ipaddress.ip_network(x, strict=False)
+        except ValueError:
+            return x  # ports
+    return {norm(x) for x in live} == {norm(x) for x in want}
 
 
 def ipset_scripts(want: list[Ipset], live: dict[str, LiveIpset], live_members: dict[str, list[str]]
@@ -114,8 +130,8 @@ def ipset_scripts(want: list[Ipset], live: dict[str, LiveIpset], live_members: d
     prepare: list[str] = []
     for s in want:
         have = live.get(s.name)
-        members_differ = s.members is not None and (have is None or set(live_members.get(s.name, [])) !=
-                                                    set(s.members))
+        members_differ = s.members is not None and (have is None or not same_members(live_members.get(s.name, []),
+                                                                                      s.members))
         if have is None:
             prepare.append(f"create {s.name} {s.create_args()}")
             prepare += [f"add {s.name} {n}" for n in s.members or ()]

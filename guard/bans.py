@@ -1,0 +1,163 @@
+"""Banned sources (escalation, model._escalation): read them, remove them, and say why they were banned.
+
+The kernel decides and bans; this module only reads the ``banned-*`` sets and, for ``nodeguard
+unban``, deletes elements from them (and from ``over-*``/``episode-*``, so an unbanned source that
+is still flooding starts a new episode instead of being banned again by its very next drop). IPv6
+sources are their /64, as the kernel keys them. Reasons come from the attack log: the sampler writes
+a ``ban`` record when a source appears in a ban set (with the rule groups whose per-source counts held
+it) and an ``unban`` record when it leaves.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from . import model
+from .backend.ipt import Ipset
+from .backend.nft import Nft, objects
+from .errors import BackendError, NodeguardError
+from .render.ipt import ipset_name
+from .render.nft import FAMILY
+
+
+class BadAddress(NodeguardError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Ban:
+    source: str  # as the kernel keys it: an IPv4 address, or an IPv6 /64's network address
+    version: int
+    expires_s: int | None  # seconds left, as the kernel says
+
+    @property
+    def shown(self) -> str:
+        return self.source if self.version == 4 else f"{self.source}/64"
+
+
+def escalation_sets(plan) -> dict[tuple[str, int], model.AddrSet]:
+    """("banned" | "over" | "episode", IP version) -> the set; empty when nothing escalates."""
+    return {(s.base.split("-", 1)[0], s.version): s for s in plan.ruleset.sets if s.kind == "escalation"}
+
+
+def key_of(text: str) -> tuple[str, int]:
+    """An address as the ban sets key it: IPv4 as is, IPv6 its /64 (``fd00::5``, ``fd00::/64`` or
+    ``fd00::5/64``). Anything else is one line and exit 2."""
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        net = None
+    if net is None or net.prefixlen not in ((32,) if net.version == 4 else (64, 128)):
+        raise BadAddress(f"{text!r} is not an address (IPv4, or IPv6 whose /64 is what gets banned)")
+    if net.version == 6:
+        net = ipaddress.ip_network(f"{net.network_address}/64", strict=False)
+    return str(net.network_address), net.version
+
+
+def banned(plan, nft: Nft) -> list[Ban]:
+    """Every banned source with the seconds its ban has left."""
+    out: list[Ban] = []
+    for (what, version), s in sorted(escalation_sets(plan).items(), key=lambda kv: kv[0][1]):
+        if what != "banned":
+            continue
+        if plan.nft is not None:
+            listing = objects(nft.list(f"set {FAMILY} {model.TABLE} {s.name}"), "set")
+            for e in listing[0].get("elem", []) if listing else []:
+                elem = e.get("elem", {}) if isinstance(e, dict) else {"val": e}
+                if isinstance(elem.get("val"), str):
+                    out.append(Ban(elem["val"], version, elem.get("expires")))
+        else:
+            out += [Ban(addr.split("/")[0], version, left) for addr, left in Ipset.timeouts(ipset_name(s)).items()]
+    return out
+
+
+def unban(plan, nft: Nft, keys: Iterable[tuple[str, int]] | None) -> list[str]:
+    """Remove ``keys`` (from key_of) from the ban sets and from over/episode; None: every source.
+    Returns the sources that were banned and are not now."""
+    sets = escalation_sets(plan)
+    if not sets:
+        return []
+    before = banned(plan, nft)
+    if keys is None:
+        targets = None
+        gone = [b.shown for b in before]
+    else:
+        targets = list(keys)
+        gone = [b.shown for b in before if (b.source, b.version) in set(targets)]
+    if plan.nft is not None:
+        _unban_nft(nft, sets, targets)
+    else:
+        lines = []
+        for (_what, version), s in sets.items():
+            name = ipset_name(s)
+            if targets is None:
+                lines.append(f"flush {name}")
+            else:
+                lines += [f"del {name} {src} -exist" for src, v in targets if v == version]
+        Ipset.restore("\n".join(lines) + "\n" if lines else "")
+    return gone
+
+
+def _unban_nft(nft: Nft, sets: dict, targets: list[tuple[str, int]] | None) -> None:
+    ref = {"family": FAMILY, "table": model.TABLE}
+    if targets is None:
+        nft.run({"nftables": [{"flush": {"set": {**ref, "name": s.name}}} for s in sets.values()]}, what="unban")
+        return
+    # one element per transaction: deleting one that is not there fails the whole transaction, and
+    # listing the over/episode sets to look first can cost more than a failed delete
+    for (_what, version), s in sets.items():
+        for src, v in targets:
+            if v != version:
+                continue
+            try:
+                nft.run({"nftables": [{"delete": {"element": {**ref, "name": s.name, "elem": [src]}}}]}, what="unban")
+            except BackendError as exc:
+                if "No such file or directory" not in str(exc):
+                    raise
+
+
+# --- reasons, from the attack log --------------------------------------------------------------
+def reasons(records: Iterable[dict]) -> dict[str, dict]:
+    """source (as shown: IPv6 as /64) -> its latest ``ban`` record."""
+    out: dict[str, dict] = {}
+    for rec in records:
+        if rec.get("type") == "ban" and isinstance(rec.get("src"), str) and (
+                rec["src"] not in out or rec.get("ts", 0) >= out[rec["src"]].get("ts", 0)):
+            out[rec["src"]] = rec
+    return out
+
+
+def describe(rec: dict | None) -> str:
+    if rec is None:
+        return "not in the attack log (the sampler logs bans once per window; is it running?)"
+    groups = [g for g in rec.get("groups") or [] if isinstance(g, str)]
+    what = f"over the per-source limit of {', '.join(groups)}" if groups else "over a per-source limit"
+    return f"{what} without a pause for {rec.get('after_s', '?')} s (banned at {_t(rec.get('ts'))})"
+
+
+def _t(ts) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if isinstance(ts, (int, float)) else "?"
+
+
+def ban_records(before: dict[str, int | None], now: dict[str, int | None], exact: dict, ts: float,
+                elapsed: float, after_s: int) -> list[dict]:
+    """The sampler's ``ban``/``unban`` records for one window: sources (as shown) that entered or left
+    the ban sets since the last look ``elapsed`` seconds ago (values: seconds their ban had left), each
+    ban with the groups whose per-source counts (``exact``: (group, mode) -> {source key: packets})
+    held that source. A source that left with no more time left than had elapsed expired; else it was
+    removed (``nodeguard unban``, or a changed ban set definition)."""
+    out = []
+    for src in sorted(set(now) - set(before)):
+        key = src.removesuffix("/64")
+        groups = sorted(g for (g, mode), counts in exact.items() if mode == "enforce" and key in counts)
+        left = now[src]
+        out.append({"type": "ban", "ts": ts, "src": src, "groups": groups, "after_s": after_s,
+                    "expires": ts + left if isinstance(left, (int, float)) else None})
+    for src in sorted(set(before) - set(now)):
+        left = before[src]
+        expired = isinstance(left, (int, float)) and left <= elapsed + 1
+        out.append({"type": "unban", "ts": ts, "src": src, "why": "expired" if expired else "removed"})
+    return out

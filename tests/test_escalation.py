@@ -1,0 +1,344 @@
+"""Escalation to an ingress ban, with real packets on every backend (docs/hotpath.md, section 2).
+
+A source that stays over a per-source limit for ``escalate.after_s`` (no pause in its drops longer
+than ``gap_s``) is banned: its packets are dropped by the first rule of the receive path (nft: an
+ingress chain per protected device; iptables: rule 1 of raw PREROUTING). What must hold:
+
+* bursts never ban (2 s at 2x and at 10x a limit, 10x with a pause longer than gap_s); a flood is
+  banned within after_s + 1 s of its first packet, timed against a netdev ingress truth counter at
+  priority -1000; after the ban, the ban rule drops exactly what arrives from it;
+* a legitimate client keeps connecting; allowlisted and trusted (handshake-proven) sources are never
+  banned, however hard they flood; an allowlist edit frees a banned source at once;
+* IPv6: the /64 is banned (another address of it is dropped at ingress too);
+* a full ban set bans nobody more and drops nothing extra (fails open);
+* bans survive an unrelated re-apply and a watcher repair; ``bans`` and ``unban`` work;
+* ingress chains follow the protected interfaces when the default route moves.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import netlab
+import pytest
+from netlab import (
+    ATTACKER4,
+    ATTACKER6,
+    ATTACKER_IF,
+    FRESH4,
+    HELPERS,
+    LEGIT4,
+    LEGIT6,
+    TRUSTED4,
+    VICTIM4,
+    VICTIM6,
+    VICTIM_IF,
+    wait_until,
+)
+
+PORT = 8080
+AFTER_S = 3  # the default escalate.after_s
+ALLOWED4 = FRESH4[2]
+INGRESS = f"ingress-{VICTIM_IF}"  # netlab.counters keys (iptables' NODEGUARD-BAN-UPLINK maps to it)
+
+
+def _node(request, lab, write_policy, tmp_path):
+    victim, attacker = lab
+    backend = request.param
+
+    def policy(text: str = "", name: str = "policy.yaml") -> str:
+        base = (f"allow:\n  cidrs: [{ALLOWED4}/32]\nsampler:\n  log: {tmp_path}/attacks.jsonl\n  window_s: 2\n"
+                f"watcher:\n  state_file: {tmp_path}/watch.json\n  verify_interval_s: 0.5\n")
+        return write_policy(netlab.backend_policy(backend, base + text), name)
+    return victim, attacker, backend, policy
+
+
+@pytest.fixture(params=netlab.BACKENDS)
+def node(request, lab, write_policy, tmp_path):
+    return _node(request, lab, write_policy, tmp_path)
+
+
+@pytest.fixture(params=("nft", "iptables-nft"))
+def node2(request, lab, write_policy, tmp_path):
+    """nft and iptables-nft only: iptables-legacy shares the iptables rendering (and test_escalation's
+    full flood scenario runs on it)."""
+    return _node(request, lab, write_policy, tmp_path)
+
+
+def _bans(victim, policy: str) -> list[str]:
+    return sorted(b["source"] for b in json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"])
+
+
+def _replies(attacker, src: str, dst: str = VICTIM4, count: int = 2) -> int:
+    return netlab.ping_stats(attacker.run(["ping", "-6" if ":" in dst else "-4", "-c", str(count), "-i", "0.3",
+                                           "-W", "1", "-I", src, dst], check=False).stdout)[1]
+
+
+def _mac(ns, ifname: str) -> str:
+    return ns.run(["cat", f"/sys/class/net/{ifname}/address"]).stdout.strip()
+
+
+def _pace(victim, attacker, *streams: str) -> subprocess.Popen:
+    """tests/helpers/pace.py in the attacker's namespace; returns once its frames are built."""
+    proc = attacker.popen([sys.executable, str(HELPERS / "pace.py"), netlab.ATTACKER_IF, _mac(victim, VICTIM_IF),
+                           *streams])
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    return proc
+
+
+def _truth(victim, *sources: str) -> None:
+    """Per-source arrival counters at netdev ingress priority -1000, before anything of ours."""
+    rules = "".join(f"add rule netdev truth in ip saddr {s} counter; " for s in sources)
+    victim.run(["nft", (f"add table netdev truth; add chain netdev truth in {{ type filter hook ingress device "
+                        f"{VICTIM_IF} priority -1000; }}; {rules}")])
+
+
+def _truth_counts(victim) -> list[int]:
+    return [next(e["counter"]["packets"] for e in o["rule"]["expr"] if "counter" in e)
+            for o in victim.nft_json("table netdev truth") if "rule" in o]
+
+
+def _hping(attacker, seconds: float, *args: str) -> subprocess.Popen:
+    return attacker.popen(["timeout", "-s", "INT", str(seconds), "hping3", "-q", *args], stdout=subprocess.DEVNULL)
+
+
+def test_bursts_are_never_banned_and_an_ipv6_flood_bans_its_64(node2):
+    victim, attacker, backend, policy = node2
+    p = policy()
+    victim.nodeguard("apply", "-c", p)
+    victim_mac = _mac(victim, VICTIM_IF)
+    for addr in (VICTIM4, VICTIM6):  # no neighbour discovery needed by the attacker's side
+        attacker.run(["ip", "neigh", "replace", addr, "lladdr", victim_mac, "dev", ATTACKER_IF, "nud", "permanent"])
+    pace = _pace(victim, attacker,
+                 f"syn,{FRESH4[0]},{VICTIM4},400,2",  # 2 s at 2x the SYN limit (a NAT gateway reconnecting)
+                 f"icmp,{FRESH4[1]},{VICTIM4},100,2",  # 2 s at 10x the ICMP limit: dropped, never banned
+                 f"icmp,10.77.0.8,{VICTIM4},100,1.5/1.2/1.5",  # 10x, a pause longer than gap_s, 10x again
+                 f"icmp,{ATTACKER6},{VICTIM6},100,5")  # 5 s at 10x: over for more than after_s
+    sent = json.loads(pace.communicate(timeout=30)[0].splitlines()[-1])
+    time.sleep(0.3)
+    c = victim.counters(backend)
+    print(f"\n{backend}: sent {sent}; icmp per-source drops v4 {c['icmp-flood: icmp-flood per-source v4']}, "
+          f"v6 {c['icmp-flood: icmp-flood per-source v6']}")
+    assert c["icmp-flood: icmp-flood per-source v4"] > 2 * 150, "the 10x bursts were over their limit"
+    assert _bans(victim, p) == ["fd77::/64"], "only the IPv6 source that stayed over for after_s"
+
+    # another address of the banned /64 is dropped at ingress too
+    before = victim.counters(backend)[f"{INGRESS}: banned v6 /64"]
+    assert _replies(attacker, LEGIT6, VICTIM6, 3) == 0
+    assert victim.counters(backend)[f"{INGRESS}: banned v6 /64"] - before >= 3
+    assert _replies(attacker, LEGIT4) == 2, "IPv4 from the same host is another source"
+
+
+# per backend, one of the three escalating groups (their chains are rendered alike): hping3 arguments, the
+# group, and what passes under its per-source limit until the ban (burst + rate x (after_s + 1 s))
+FLOODS = {"nft": (["--icmp"], "icmp-flood", 20 + 10 * (AFTER_S + 1)),
+          "iptables-nft": (["-S", "-p", "80"], "syn-flood", 400 + 200 * (AFTER_S + 1)),
+          "iptables-legacy": (["--udp", "-p", "9999"], "limit-udp-per-source", 4000 + 2000 * (AFTER_S + 1))}
+
+
+def _reaped(request, proc: subprocess.Popen) -> subprocess.Popen:
+    """Killed at the end of the test whatever happens (a failed assertion must not leave it running)."""
+    request.addfinalizer(lambda: (proc.kill(), proc.wait()))
+    return proc
+
+
+def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tmp_path, request):
+    victim, attacker, backend, policy = node
+    hping_args, group, passes = FLOODS[backend]
+    trusted_flood, trusted_group = ((["--icmp"], "icmp-flood") if group == "syn-flood"
+                                    else (["-S", "-p", str(PORT + 1)], "syn-flood"))
+    p1 = policy()
+    _truth(victim, ATTACKER4)
+    with netlab.tcp_server(victim, VICTIM4, PORT):
+        # applied with the server listening: a later render (the sampler's odds) has the same SYNPROXY ports,
+        # so it rewrites no flood chain and no counter read below restarts
+        victim.nodeguard("apply", "-c", p1)
+        assert netlab.tcp_clients(attacker, TRUSTED4, VICTIM4, PORT, 1) == {"ok": 1, "failed": 0}
+        trusted = next(m["kernel_name"] for m in json.loads(victim.nodeguard("status", "--json", "-c", p1).stdout)
+                       ["meters"] if m["set"] == "trusted-v4")
+        test = ["nft", "get", "element", "inet", "nodeguard", trusted, f"{{ {TRUSTED4} }}"] if backend == "nft" \
+            else ["ipset", "test", trusted, TRUSTED4]
+        wait_until(lambda: victim.run(test, check=False).returncode == 0, timeout=3, interval=0.1)
+        sampler = _reaped(request, victim.popen([sys.executable, "-m", "guard", "sample", "-c", p1],
+                                                stdout=subprocess.DEVNULL))
+        poll = _reaped(request, victim.popen([sys.executable, str(HELPERS / "ban_poll.py"), backend, "11", "0.02"]))
+        assert poll.stdout.readline().strip() == "ready"
+        floods = [netlab.flood(attacker, 10, *hping_args, "-a", ATTACKER4, VICTIM4),
+                  _hping(attacker, 10, *trusted_flood, "-i", "u1000", "-a", TRUSTED4, VICTIM4),
+                  _hping(attacker, 10, "--icmp", "-i", "u1000", "-a", ALLOWED4, VICTIM4)]
+        time.sleep(AFTER_S + 2.0)
+        during = netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 20)
+        for f in floods:
+            f.wait()
+    samples = json.loads(poll.communicate(timeout=20)[0].splitlines()[-1])
+    time.sleep(0.5)
+    (arrived,) = _truth_counts(victim)
+    c = victim.counters(backend)
+    banned_drops, per_source = c[f"{INGRESS}: banned v4 source"], c[f"{group}: {group} per-source v4"]
+
+    first = next(i for i, s in enumerate(samples) if s[1] > 0)
+    t0 = samples[max(first - 1, 0)][0]  # the first packet arrived after this sample
+    t_ban = next(s[0] for s in samples if s[2] > 0)
+    print(f"\n{backend}, {group}: first ingress drop {t_ban - t0:.2f} s after the flood's first packet (polled every "
+          f"20 ms); arrived {arrived}, dropped at ingress {banned_drops}, per-source drops before the ban "
+          f"{per_source}; client during the flood {during}")
+    assert t_ban - t0 <= AFTER_S + 1.0
+    assert t_ban - t0 >= AFTER_S - 0.1, "banned before after_s"
+    # every packet that arrived was dropped by the ban, or before it by the per-source limit, or passed
+    # under that limit (its burst plus its rate until the ban)
+    assert 0 <= arrived - banned_drops - per_source <= passes
+    assert banned_drops > 0.5 * arrived
+    assert during == {"ok": 20, "failed": 0}
+    assert c[f"{trusted_group}: {trusted_group} per-source v4"] > 1000, "the trusted source was over its limit"
+    assert _bans(victim, p1) == [ATTACKER4], "allowlisted and trusted sources are never banned"
+    time.sleep(2.5)  # a sampler window closes: the ban is in the attack log
+    sampler.terminate()
+    sampler.wait(timeout=10)
+
+    # an unrelated re-apply keeps the ban
+    p2 = policy("syn:\n  per_source: 300/second\n", "p2.yaml")
+    victim.nodeguard("apply", "-c", p2)
+    (row,) = json.loads(victim.nodeguard("bans", "--json", "-c", p2).stdout)["bans"]
+    assert row["source"] == ATTACKER4 and row["groups"] == [group] and 0 < row["expires_in_s"] <= 300, row
+    assert f"over the per-source limit of {group}" in victim.nodeguard("bans", "-c", p2).stdout
+    assert _replies(attacker, ATTACKER4) == 0
+
+    # a watcher repair keeps it too: the ban check itself is disturbed and restored
+    with netlab.watcher(victim, p2, str(tmp_path / "watch.json")):
+        if backend == "nft":
+            victim.run(f"nft flush chain inet nodeguard {INGRESS}")
+        else:
+            victim.run(f"iptables-{backend.split('-')[1]} -t raw -D PREROUTING 1")  # the ban check's jump
+        wait_until(lambda: json.loads((tmp_path / "watch.json").read_text())["repairs"] >= 1, timeout=5,
+                   interval=0.05)
+        st = json.loads(victim.nodeguard("status", "--json", "-c", p2).stdout)
+    assert st["in_sync"] and st["escalation"]["banned"] == 1, st["escalation"]
+    if backend != "nft":
+        assert [(j["target"], j["position"]) for j in st["jumps"] if (j["family"], j["table"]) == ("v4", "raw")] \
+            == [("NODEGUARD-BAN", 1), ("NODEGUARD-PRE", 2)]
+    assert _bans(victim, p2) == [ATTACKER4]
+    assert _replies(attacker, ATTACKER4) == 0
+
+    # an allowlist edit frees it at once (it stays in the set until it expires or is unbanned)
+    p3 = Path(policy("syn:\n  per_source: 300/second\n", "p3.yaml"))
+    p3.write_text(p3.read_text().replace(f"[{ALLOWED4}/32]", f"[{ALLOWED4}/32, {ATTACKER4}/32]"))
+    victim.nodeguard("apply", "-c", p3)
+    assert _replies(attacker, ATTACKER4) == 2
+    assert _bans(victim, p3) == [ATTACKER4]
+
+    # unban
+    assert victim.nodeguard("unban", "-c", p2, ATTACKER4).stdout == f"unbanned {ATTACKER4}\n"
+    assert _bans(victim, p2) == []
+    assert victim.nodeguard("unban", "-c", p2, ATTACKER4).stdout == f"{ATTACKER4} was not banned\n"
+    assert json.loads(victim.nodeguard("unban", "--json", "-c", p2, "--all").stdout) == {"unbanned": []}
+
+
+def test_a_full_ban_set_bans_nobody_more_and_drops_nothing_extra(node2):
+    victim, attacker, backend, policy = node2
+    p = policy("escalate:\n  size: 16\n")
+    victim.nodeguard("apply", "-c", p)
+    sources = [f"10.77.0.{100 + i}" for i in range(20)]
+    attacker.run(["ip", "-batch", "-"], input="".join(f"addr add {s}/24 dev {ATTACKER_IF}\n" for s in sources))
+    victim.run(["ip", "neigh", "replace", ATTACKER4, "lladdr", _mac(attacker, ATTACKER_IF), "dev", VICTIM_IF])
+    # 20 real sources, each at 5x the ICMP limit for after_s + 2 s: every one stays over its limit
+    pace = _pace(victim, attacker, *(f"icmp,{s},{VICTIM4},50,{AFTER_S + 2}" for s in sources))
+    pace.communicate(timeout=30)
+    banned = _bans(victim, p)
+    st = json.loads(victim.nodeguard("status", "--json", "-c", p).stdout)["escalation"]
+    print(f"\n{backend}: 20 sources over their limit, ban set of 16: {len(banned)} banned, bans counted {st['bans']}")
+    assert len(banned) == 16 and set(banned) < set(sources)
+    assert st["bans"] == 16 and st["banned"] == 16
+    time.sleep(1.0)  # the unbanned sources' per-source buckets refill
+    drops = victim.counters(backend)[f"{INGRESS}: banned v4 source"]
+    for s in sorted(set(sources) - set(banned)):
+        assert _replies(attacker, s) == 2, f"{s} is not banned and under its limit now"
+    assert _replies(attacker, LEGIT4) == 2
+    assert victim.counters(backend)[f"{INGRESS}: banned v4 source"] == drops, "no extra ingress drops"
+    assert _replies(attacker, banned[0]) == 0
+
+
+def test_ingress_chains_follow_the_default_route(node2):
+    victim, _attacker, backend, policy = node2
+    p = policy()
+    state = str(Path(p).parent / "watch.json")
+
+    def ban_devices() -> list[str]:
+        if backend == "nft":
+            return sorted(c["chain"]["name"] for c in victim.nft_json("chains")
+                          if c.get("chain", {}).get("hook") == "ingress" and c["chain"]["table"] == "nodeguard")
+        save = victim.run(f"iptables-{backend.split('-')[1]}-save -t raw").stdout
+        return sorted(f"ingress-{ln.split(' -i ')[1].split()[0]}" for ln in save.splitlines()
+                      if ln.startswith("-A NODEGUARD-BAN ") and " -i " in ln)
+
+    with netlab.watcher(victim, p, state):
+        wait_until(lambda: ban_devices() == [INGRESS], timeout=5, interval=0.1)
+        victim.run("ip route del default")
+        victim.run("ip -6 route del default")
+        netlab.add_uplink(victim)  # ngu0 with the IPv4 default route
+        wait_until(lambda: ban_devices() == ["ingress-ngu0"], timeout=5, interval=0.1)
+        try:
+            wait_until(lambda: json.loads(victim.nodeguard("status", "--json", "-c", p).stdout)["in_sync"],
+                       timeout=5, interval=0.2)
+        except AssertionError:
+            raise AssertionError(json.loads(victim.nodeguard("status", "--json", "-c", p).stdout)["drift"]) from None
+
+
+# --- no kernel -----------------------------------------------------------------------------------
+def test_escalation_off_renders_none_of_it():
+    from guard import model
+    from guard.apply import sampling_settings
+    from guard.policy import parse_policy
+    from guard.render import ipt as render_ipt
+
+    for text in ("interfaces: [eth0]\nescalate:\n  enabled: false\n", "interfaces: [eth0]\nmode: monitor\n"):
+        pol = parse_policy(text, "f.yaml")
+        rs = model.build_ruleset(pol, ("eth0",), model.Priorities(), sampling_settings(pol, "nflog"))
+        assert not [c for c in rs.chains if c.stage == "ingress" or c.name.startswith("escalate-")]
+        assert not [s for s in rs.sets if s.kind == "escalation"]
+        raw = render_ipt.render_ipt(rs, 4).tables["raw"]
+        assert [spec.rsplit(" ", 1)[1] for _b, spec in raw.jumps] == ["NODEGUARD-PRE"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("escalate:\n  gap_s: 3\n", "f.yaml:2: escalate.gap_s: must be shorter than after_s (3)"),
+    ("escalate:\n  size: 8\n", "f.yaml:2: escalate.size: Input should be greater than or equal to 16"),
+    ("escalate:\n  enabled: true\n  ban_s: 0\n", "f.yaml:3: escalate.ban_s: Input should be greater than or equal to 1"),
+    ("escalate:\n  after: 3\n", "f.yaml:2: escalate.after: unknown key"),
+])
+def test_bad_escalate_settings_name_file_line_and_field(text, expected):
+    from guard.errors import PolicyError
+    from guard.policy import parse_policy
+
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(text, "f.yaml")
+    assert str(exc.value).startswith(expected) and "\n" not in str(exc.value), str(exc.value)
+
+
+@pytest.mark.parametrize("args", [["10.0.0.0/24"], ["fd00::/48"], ["nonsense"], [], ["10.0.0.1", "--all"]])
+def test_unban_refuses_a_bad_address_in_one_line_before_touching_anything(args):
+    res = subprocess.run([sys.executable, "-m", "guard", "unban", *args], capture_output=True, text=True,
+                         cwd=netlab.ROOT, check=False)
+    assert res.returncode == 2 and res.stdout == "" and res.stderr.count("\n") == 1, res
+
+
+def test_the_sampler_logs_bans_with_the_groups_that_counted_the_source_and_why_they_ended():
+    from guard.bans import ban_records, describe, key_of, reasons
+
+    exact = {("icmp-flood", "enforce"): {"10.0.0.2": 900, "fd00::": 5}, ("syn-flood", "enforce"): {"10.0.0.2": 0},
+             ("icmp-flood", "monitor"): {"10.0.0.9": 3}}
+    recs = ban_records({"10.0.0.8": 2, "10.0.0.9": 200}, {"10.0.0.2": 297, "fd00::/64": 299, "10.0.0.9": 190},
+                       exact, 1000.0, 10.0, 3)
+    assert recs == [
+        {"type": "ban", "ts": 1000.0, "src": "10.0.0.2", "groups": ["icmp-flood", "syn-flood"], "after_s": 3,
+         "expires": 1297.0},
+        {"type": "ban", "ts": 1000.0, "src": "fd00::/64", "groups": ["icmp-flood"], "after_s": 3, "expires": 1299.0},
+        {"type": "unban", "ts": 1000.0, "src": "10.0.0.8", "why": "expired"}]
+    assert ban_records({"10.0.0.9": 200}, {}, {}, 1010.0, 10.0, 3)[0]["why"] == "removed"
+    why = reasons([*recs, {"type": "ban", "ts": 900.0, "src": "10.0.0.2", "groups": ["udp"]}])
+    assert why["10.0.0.2"]["ts"] == 1000.0 and "icmp-flood, syn-flood without a pause for 3 s" in describe(why["10.0.0.2"])
+    assert key_of("fd00::5") == key_of("fd00::/64") == key_of("fd00::5/64") == ("fd00::", 6)
+    assert key_of(" 10.0.0.2 ") == key_of("10.0.0.2/32") == ("10.0.0.2", 4)
