@@ -128,6 +128,11 @@ def runs():
         r.close()
 
 
+def _next_line(text: str) -> int:
+    """The line number of what is appended to ``text``."""
+    return len(text.splitlines()) + 1
+
+
 def policy_text(tmp_path: Path, extra: str = "", per_source: str = "10/second burst 10", watcher: str = "",
                 sampler: str = "window_s: 1") -> str:
     """A test policy; ``watcher``/``sampler``: more lines for those sections; ``extra``: more sections."""
@@ -339,7 +344,8 @@ def test_sighup_bad_policy_keeps_rules_good_one_takes_effect_without_an_unprotec
     wait_until(lambda: state(tmp_path)["reloads_failed"] == 1, timeout=5, interval=0.05)
     assert victim.run("nft -s list table inet nodeguard").stdout == before, "the running rules stay"
     line = next(ln for ln in run.log.splitlines() if "reload failed" in ln)
-    assert line.endswith(f"reload failed: {policy}:9: icmp: duplicate key; the rules in place stay"), line
+    dup = _next_line(policy_text(tmp_path))
+    assert line.endswith(f"reload failed: {policy}:{dup}: icmp: duplicate key; the rules in place stay"), line
     time.sleep(2.1)
     m = metrics(victim)
     assert m[("nodeguard_reloads_total", (("result", "failed"),))] == 1
@@ -512,7 +518,8 @@ def test_a_remote_metrics_address_needs_allow_remote(ns, tmp_path):
     policy = write(tmp_path / "policy.yaml", policy_text(tmp_path, "metrics:\n  listen: 192.0.2.1:9632\n"))
     res = ns.nodeguard("run", "-c", policy, "--last-good", str(tmp_path / "lg.yaml"), check=False)
     assert res.returncode == 2 and res.stderr.strip() == (
-        f"{policy}:10: metrics.listen: 192.0.2.1 is not a loopback address; set metrics.allow_remote: true "
+        f"{policy}:{_next_line(policy_text(tmp_path)) + 1}: metrics.listen: 192.0.2.1 is not a loopback address; "
+        "set metrics.allow_remote: true "
         "to serve metrics beyond this node"), res.stderr
     ok = write(tmp_path / "ok.yaml", policy_text(tmp_path))
     res = ns.nodeguard("run", "-c", ok, "--metrics-listen", "192.0.2.1:9632", check=False)
@@ -531,7 +538,8 @@ def test_the_last_good_policy_runs_when_the_configured_one_is_broken_and_a_fix_t
     run2 = runs(victim, tmp_path, policy, name="run2")
     run2.wait_ready()
     assert "RUNNING THE LAST GOOD POLICY" in run2.manager.lines("STATUS=")[0]
-    assert "the configured policy is unusable" in run2.log and "policy.yaml:9: icmp: duplicate key" in run2.log
+    dup = _next_line(policy_text(tmp_path))
+    assert "the configured policy is unusable" in run2.log and f"policy.yaml:{dup}: icmp: duplicate key" in run2.log
     write(tmp_path / "policy.yaml", policy_text(tmp_path, per_source="30/second burst 10"))
     os.kill(run2.proc.pid, signal.SIGHUP)
     wait_until(lambda: len(run2.manager.times("READY=1")) == 2, timeout=5)

@@ -263,6 +263,10 @@ class Demo:
             th.arrived = after[0].get(th.key, 0) - before[0].get(th.key, 0)
             th.dropped = after[1].get(th.key, 0) - before[1].get(th.key, 0)
             display.event(f"{th.title}: stopped")
+            if i < len(self.threats) - 1:  # the floods share one attacker: the next one meets its own limit
+                res = nodeguard(self.node, "unban", "--all", "-c", str(self.policy), check=False)
+                if res.stdout.strip() not in ("", "no banned sources"):
+                    display.event(f"nodeguard unban --all: {res.stdout.strip()} (so the next flood meets its own limit)")
 
     def _snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
         """The latest ingress counters and drop counters, fresh from the kernel."""
