@@ -145,7 +145,7 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     priorities = probe.choose_priorities(list(foreign))
     ruleset = model.build_ruleset(policy, interfaces, priorities, sampling, synproxy)
     common = (ruleset, priorities, foreign)
-    proxied = synproxy if any(c.name == model.SYNPROXY_CHAIN for c in ruleset.chains) else None
+    proxied = synproxy if any(s.kind == "engaged" for s in ruleset.sets) else None  # not in monitor mode
     extra = {"synproxy": proxied, "set_sysctls": policy.syn.synproxy.set_sysctls}
     if policy.backend == "nft":
         plan = Plan(*common, "nft", "the policy says backend: nft", sampling, sampling_reason, nft=render_nft.render_nft(ruleset),

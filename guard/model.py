@@ -424,7 +424,7 @@ class SynproxyPlan:
     mss_v6: int
     wscale: int  # the server's own (listeners.server_wscale)
     forwarded: bool = False  # NodePorts too: the node runs with nf_conntrack_tcp_loose=0
-    engage_over: Rate = Rate(1000, "second", 2000)  # SYNs to proxied ports per second that engage it
+    engage_over: Rate = Rate(1000, "second", 500)  # SYNs to proxied ports per second that engage it
     hold_s: int = 60  # engaged this long after the last SYN over that rate
 
     @property
@@ -653,7 +653,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     if conn_rules:
         b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules),
                                  "stateful", priorities.stateful))
-    if proxied:
+    if proxied and proxied.forwarded:
         b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(interfaces), *_synproxy_rules(b, proxied)),
                               "synproxy", priorities.synproxy))
     ingress, escalation = _escalation(b, interfaces, priorities, {s.version: s.name for s in b.sets
@@ -712,7 +712,14 @@ def _synproxy_notrack(b: _Builder, sp: SynproxyPlan) -> list[Rule]:
     proxied port of the node's own when the SYNs to proxied ports that the meters let through exceed
     ``engage_over`` (a spoofed or distributed flood; one source's flood is the meter's), and stays
     engaged ``hold_s`` after the last SYN over it; while engaged, a SYN to that port gets no conntrack
-    entry (SYNPROXY answers it on input).
+    entry. The listener answers it with the kernel's own syncookies once its queue overflows (host
+    ports); with ``forwarded``, SYNPROXY answers it on input (a pod's listener is behind DNAT, which
+    needs conntrack).
+
+    Why the kernel's syncookies for host ports, not SYNPROXY: with a port engaged, 1,000 connects with no
+    flood went 972/1000 through SYNPROXY (28 hung after connect: the handshake race of docs/syn-defence.md
+    8b) and 1000/1000 through the listener's own cookies; under a spoofed flood 1000/1000 too, conntrack
+    at the clients' own entries. SYNPROXY costs less per attack packet, but only it works through DNAT.
 
     Not always on: SYNPROXY itself costs 1-2 % of connections (a client reusing a 4-tuple still in
     TIME_WAIT meets the old entry, the untracked SYN never replaced it; a server may reject SYNPROXY's
@@ -741,9 +748,10 @@ def _synproxy_rules(b: _Builder, sp: SynproxyPlan) -> list[Rule]:
         # so a client's first data segment, arriving while the server's answer is still on its way
         # (its conntrack entry then says invalid), would be swallowed and a second SYN sent (data lost:
         # measured as a few failed connects in a hundred). Such a segment is dropped below, and resent.
-        for flags, what, states in ((("syn",), "syn", ("untracked",)), (("ack",), "ack", sp.states)):
-            out.append(Rule((Family(version), Proto("tcp"), port, CtState(states),
-                             TcpFlags(("fin", "syn", "rst", "psh", "ack"), flags)), Synproxy(mss, sp.wscale),
+        # the SYN rule's mask is the notrack rule's: a SYN|PSH it did not take would reach the listener
+        bare_ack = TcpFlags(("fin", "syn", "rst", "psh", "ack"), ("ack",))
+        for flags, what, states in ((SYN_ONLY, "syn", ("untracked",)), (bare_ack, "ack", sp.states)):
+            out.append(Rule((Family(version), Proto("tcp"), port, CtState(states), flags), Synproxy(mss, sp.wscale),
                             f"synproxy {what} v{version}"))
         out.append(Rule((Family(version), Proto("tcp"), port, CtState(("invalid",))), DROP,
                         f"synproxy: stray ack or bad cookie v{version}"))

@@ -179,21 +179,22 @@ PortRanges = Annotated[tuple[tuple[int, int], ...], pydantic.BeforeValidator(_po
 
 
 class Synproxy(_Section):
-    """SYNs to the node's own listeners are answered by SYNPROXY before conntrack sees them (no state
-    for a spoofed SYN; the server only ever sees completed handshakes). See README, "SYN floods".
+    """The stateless SYN defence of the node's own ports, engaged per port only under a SYN flood: SYNs
+    to an engaged port skip conntrack (no state for a spoofed SYN) and are answered by the listener's
+    own syncookies; with ``forwarded``, by SYNPROXY, which also serves NodePorts. See README, "SYN floods".
 
     ports: auto = every TCP port with a listener reachable from a protected interface (refreshed by
     the watcher), minus ``exclude_ports``; or a list; [] turns it off. ``forwarded``: also NodePorts
     (``forwarded_ports``), DNAT'd to pods: needs ``net.netfilter.nf_conntrack_tcp_loose=0`` node-wide,
     which nodeguard sets only with ``set_sysctls`` (else ``status`` reports it).
 
-    ``engage_over``: SYNPROXY engages on a port only while SYNs to proxied ports exceed this rate
-    (all ports together), and stays engaged ``hold_s`` after the last SYN over it. In peacetime every
-    connection takes the normal path: always-on SYNPROXY failed or delayed 1-2 % of connections.
+    ``engage_over``: a port is engaged while the SYNs to these ports that passed the per-source limits
+    exceed this rate (all ports together), and for ``hold_s`` after the last SYN over it. In peacetime
+    every connection takes the normal path (always-on SYNPROXY failed or delayed 1-2 % of connections).
     """
 
     ports: Literal["auto"] | tuple[Port, ...] = "auto"
-    engage_over: RateField = parse_rate("1000/second burst 2000")
+    engage_over: RateField = parse_rate("1000/second burst 500")
     hold_s: Annotated[int, Field(ge=1, le=86400, strict=True)] = 60
     exclude_ports: PortRanges = ((30000, 32767),)  # the NodePort range: DNAT'd, not served by the node
     forwarded: bool = False

@@ -32,9 +32,18 @@ TERMINAL = {"queue", "drop", "accept", "reject", "goto", "jump", "return"}
 
 
 SYNPROXY = model.SynproxyPlan((22, 6443, 10250), (22, 10250), 1460, 1440, 7)  # what a node's listeners give
+# with NodePorts too, SYNPROXY itself answers (the host-ports-only plan leaves that to the kernel's syncookies)
+FORWARDED = model.SynproxyPlan((22, 6443, 10250, 30080), (22, 10250, 30080), 1460, 1440, 7, forwarded=True)
 
 
-def _ruleset(policy: Policy, transport: str, synproxy: model.SynproxyPlan | None = SYNPROXY) -> model.RuleSet:
+_BY_TRANSPORT = object()
+
+
+def _ruleset(policy: Policy, transport: str, synproxy: model.SynproxyPlan | None | object = _BY_TRANSPORT
+             ) -> model.RuleSet:
+    """By default the nflog goldens pin the host-ports plan, the nfqueue ones the forwarded (SYNPROXY) plan."""
+    if synproxy is _BY_TRANSPORT:
+        synproxy = SYNPROXY if transport == "nflog" else FORWARDED
     sampling = sampling_settings(policy, transport)
     return model.build_ruleset(policy, tuple(policy.interfaces), model.Priorities(), sampling, synproxy)
 

@@ -1,4 +1,5 @@
-"""SYN floods without collateral: SYNPROXY answers for the node's own listeners before conntrack.
+"""SYN floods without collateral: under a flood, SYNs to the node's own listeners skip conntrack (the
+kernel's syncookies answer them) and, with ``forwarded``, SYNPROXY answers for NodePorts.
 
 A brand-new client (an address that never sent anything) must connect at least as well as with no
 protection at all, measured in the same run, while conntrack stays small; data flows both ways.
@@ -65,15 +66,12 @@ def test_a_brand_new_client_connects_to_a_host_port_during_a_spoofed_syn_flood(l
     proxied = sum(v for k, v in counters.items() if "syn not tracked" in k)
     print(f"\n{backend}: brand-new client, host port, spoofed flood: nodeguard {guarded['ok']}/100 "
           f"(conntrack peak {guarded['conntrack_peak']}), no protection {none['ok']}/50 "
-          f"(conntrack peak {none['conntrack_peak']}); SYNs answered by SYNPROXY {proxied}")
-    # while engaged, 1-2 % of handshakes meet a kernel race (the client's first data segment reaches
-    # SYNPROXY before the server's SYN/ACK did, is taken for a resent cookie ACK and swallowed: resent
-    # after the client's RTO); README, "SYN floods" has the figures
-    assert guarded["ok"] >= 97, guarded
-    assert guarded["ok"] / 100 >= none["ok"] / 50 - 0.03, (guarded, none)
-    # the SYNs before SYNPROXY engaged (the engage_over burst, 2000) are tracked; nothing after them
-    assert guarded["conntrack_peak"] < 4000, guarded
-    assert proxied > 50_000, "the flood reached SYNPROXY"
+          f"(conntrack peak {none['conntrack_peak']}); SYNs not tracked {proxied}")
+    assert guarded["ok"] >= 99, guarded
+    assert guarded["ok"] / 100 >= none["ok"] / 50 - 0.02, (guarded, none)
+    # the SYNs before the defence engaged (the engage_over burst, 500) are tracked; nothing after them
+    assert guarded["conntrack_peak"] < 1000, guarded
+    assert proxied > 50_000, "the flood skipped conntrack"
 
 
 def test_nodeports_are_proxied_too_when_asked(lab, write_policy):
@@ -133,9 +131,8 @@ def test_status_reports_wrong_sysctls_and_changes_nothing_unless_asked(lab, writ
 
 
 def test_in_peacetime_synproxy_stays_out_of_the_way(lab, write_policy):
-    """Always-on SYNPROXY failed or delayed 1-2 % of connections with no flood at all (a reused 4-tuple
-    meets its old TIME_WAIT entry; the server resends its SYN/ACK after rejecting SYNPROXY's ACK). Below
-    ``engage_over`` nothing is proxied: every SYN is tracked and every connect is quick."""
+    """Below ``engage_over`` nothing changes: every SYN is tracked and every connect is quick (always-on
+    SYNPROXY failed or delayed 1-2 % of connections with no flood at all)."""
     victim, attacker = lab
     with netlab.tcp_server(victim, "0.0.0.0", PORT):
         victim.nodeguard("apply", "-c", write_policy("{}"))
@@ -144,8 +141,21 @@ def test_in_peacetime_synproxy_stays_out_of_the_way(lab, write_policy):
     engaged = victim.run("nft list set inet nodeguard " + _set_name(victim, "synproxy-engaged-v4")).stdout
     print(f"\npeacetime, 400 connects at ~400/s: {res}; SYNs not tracked {c['syn-flood: synproxy: syn not tracked v4']}")
     assert res == {"ok": 400, "failed": 0}, res
-    assert c["syn-flood: synproxy: syn not tracked v4"] == 0 and c["synproxy-input: synproxy syn v4"] == 0, c
+    assert c["syn-flood: synproxy: syn not tracked v4"] == 0, c
     assert "elements" not in engaged, engaged
+
+
+def test_an_engaged_host_port_serves_every_client(lab, write_policy):
+    """Held engaged, SYNPROXY hung 28 of 1,000 connections after connect (its handshake race); the
+    kernel's own syncookies, which answer engaged host ports, must lose none."""
+    victim, attacker = lab
+    with netlab.tcp_server(victim, "0.0.0.0", PORT):
+        victim.nodeguard("apply", "-c", write_policy("syn:\n  synproxy:\n    engage_over: 1/second burst 1\n"))
+        res = netlab.tcp_clients(attacker, FRESH4[0], VICTIM4, PORT, 400, "--timeout", "0.5", "--interval", "0.002")
+    untracked = victim.counters()["syn-flood: synproxy: syn not tracked v4"]
+    print(f"\nengaged host port, 400 connects: {res}; SYNs not tracked {untracked}")
+    assert res == {"ok": 400, "failed": 0}, res
+    assert untracked >= 399, untracked
 
 
 def test_a_flood_engages_synproxy_on_its_port_only_and_it_disengages_after_hold(lab, write_policy):
@@ -178,5 +188,5 @@ def test_ipv6_clients_connect_through_synproxy_and_carry_data(lab, write_policy)
         victim.nodeguard("apply", "-c", write_policy("syn:\n  synproxy:\n    engage_over: 1/second burst 1\n"))
         assert netlab.tcp_clients(attacker, netlab.LEGIT6, netlab.VICTIM6, PORT, 10) == {"ok": 10, "failed": 0}
     c = victim.counters()
-    assert c["synproxy-input: synproxy syn v6"] >= 8 and c["synproxy-input: synproxy ack v6"] >= 8, c
+    assert "synproxy-input: synproxy syn v6" not in c, "host ports are answered by the kernel's syncookies"
     assert c["syn-flood: synproxy: syn not tracked v6"] >= 8, c
