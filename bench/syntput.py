@@ -43,6 +43,15 @@ def synproxy(wscale: int | None, timestamp: bool, states="invalid, untracked") -
 }}"""
 
 
+# nodeguard's default for an engaged host port: the SYN untracked, the listener answers; tcp_syncookies=2
+# makes it answer every SYN with a cookie, as it does once a flood has overflowed its queue
+SYNCOOKIES = f"""table inet ngs-tput {{
+  chain pre {{ type filter hook prerouting priority -350; policy accept;
+    iifname "tpn" fib daddr type local tcp dport {PORT} {SYN} notrack
+  }}
+}}"""
+
+
 def _interrupt(*_):
     raise KeyboardInterrupt
 
@@ -57,6 +66,7 @@ def main() -> int:
     ap.add_argument("--rate", default="100mbit")
     ap.add_argument("--rtt", type=float, default=50)
     ap.add_argument("--check", action="store_true", help="functional check only: 2 s, 10mbit, no lock, no figures")
+    ap.add_argument("--only", help="only the defences whose label contains this (and none)")
     args = ap.parse_args()
     if args.check:
         args.runs, args.seconds, args.rate = 1, 2, "10mbit"
@@ -102,6 +112,7 @@ def main() -> int:
         print(f"# path: {rtt}; tbf {args.rate}; server wscale {ws}", flush=True)
         defences = [
             ("none", None),
+            ("untracked SYN, kernel syncookies always (tcp_syncookies=2)", SYNCOOKIES),
             (f"synproxy wscale {ws} timestamp", synproxy(ws, True)),
             (f"synproxy wscale {ws} no timestamp", synproxy(ws, False)),
             (f"synproxy wscale 7 timestamp (server {ws}: too small)", synproxy(7, True)),
@@ -111,12 +122,15 @@ def main() -> int:
         results: dict[tuple[str, str], list[float]] = {}
         if args.check:
             defences = defences[:2]
+        if args.only:
+            defences = [d for d in defences if d[0] == "none" or args.only in d[0]]
         with (nullcontext() if args.check else kernel_lock()):
             for run in range(args.runs):
                 for label, rules in defences:
                     node.run("nft delete table inet ngs-tput", check=False)
-                    loose = 1 if rules is None or "new" in rules else 0
+                    loose = 1 if rules is None or "new" in rules or rules is SYNCOOKIES else 0
                     node.run(["sysctl", "-qw", f"net.netfilter.nf_conntrack_tcp_loose={loose}"])
+                    node.run(["sysctl", "-qw", f"net.ipv4.tcp_syncookies={2 if rules is SYNCOOKIES else 1}"])
                     if rules:
                         node.nft(rules)
                     for direction in ("upload", "download"):

@@ -68,3 +68,20 @@ def write_policy(tmp_path: Path):
         path.write_text(textwrap.dedent(text))
         return str(path)
     return write
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.backends("nft", "iptables-nft")``: the other backends' variants are deselected, not
+    skipped. Used where iptables-legacy would repeat iptables-nft's rendering and xt matches to keep the
+    suite under 15 minutes; legacy's own kernel path keeps its variants of the other tests."""
+    import netlab
+
+    keep, drop = [], []
+    for item in items:
+        mark = item.get_closest_marker("backends")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        backend = next((v for v in params.values() if isinstance(v, str) and v in netlab.BACKENDS), None)
+        (drop if mark and backend and backend not in mark.args else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

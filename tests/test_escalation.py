@@ -146,6 +146,7 @@ def _reaped(request, proc: subprocess.Popen) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.backends("nft", "iptables-legacy")
 def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tmp_path, request):
     victim, attacker, backend, policy = node
     hping_args, group, passes = FLOODS[backend]

@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -38,8 +39,10 @@ def _run(victim, attacker, policy: str, backend: str, tmp_path, mode: str) -> di
     while "sampling via" not in (line := sampler.stderr.readline()):
         assert line and time.monotonic() < deadline, "sampler did not start"
     time.sleep(1.2)  # buckets full
-    icmp = _hping(attacker, "--icmp", "-a", ATTACKER4)
-    syn = _hping(attacker, "-S", "-p", str(PORT), "-a", ATTACKER4)
+    with ThreadPoolExecutor(2) as pool:  # both floods at once: 3 s, not 6
+        icmp_f = pool.submit(_hping, attacker, "--icmp", "-a", ATTACKER4)
+        syn_f = pool.submit(_hping, attacker, "-S", "-p", str(PORT), "-a", ATTACKER4)
+        icmp, syn = icmp_f.result(), syn_f.result()
     time.sleep(2.5)  # a window closes
     sampler.send_signal(signal.SIGTERM)
     sampler.wait(timeout=10)

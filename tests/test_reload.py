@@ -48,6 +48,7 @@ def _icmp(rate: str, extra: str = "") -> str:
     return f"icmp:\n  rate: 100000/second\n  per_source: {rate}\n{extra}"
 
 
+@pytest.mark.backends("nft", "iptables-nft")
 def test_a_changed_rate_and_burst_take_effect_on_reapply(node):
     victim, attacker, backend, policy = node
     expected = []
@@ -66,6 +67,7 @@ def test_a_changed_rate_and_burst_take_effect_on_reapply(node):
     assert not _in_sync(victim, policy(_icmp("10/second burst 10"), "p0.yaml")), "status says so when it differs"
 
 
+@pytest.mark.backends("nft", "iptables-nft")
 def test_a_changed_meter_size_and_timeout_take_effect_on_reapply(node):
     victim, attacker, backend, policy = node
     spoofed = ["hping3", "--icmp", "--rand-source", "-i", "u200", "-c", "1500", "-q", VICTIM4]
@@ -139,6 +141,7 @@ def test_reapply_and_repair_keep_trusted_clients_and_attackers_empty_buckets(nod
             assert _replies(attacker, 1) <= 15, "the repair reset the attacker's bucket"
 
 
+@pytest.mark.backends("nft", "iptables-nft")
 def test_sighup_with_a_changed_rate_takes_effect(node, tmp_path):
     victim, attacker, backend, policy = node
     state = tmp_path / "watch.json"

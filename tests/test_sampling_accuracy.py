@@ -59,7 +59,7 @@ def test_sources_sharing_a_group_are_each_estimated_within_5_percent(lab, write_
     deadline = time.monotonic() + 10
     while "sampling via" not in (line := sampler.stderr.readline()):
         assert line and time.monotonic() < deadline, "sampler did not start"
-    floods = [attacker.popen(["timeout", "-s", "INT", "14", "hping3", "-q", "--icmp", "-a", a, "-i", gap, VICTIM4])
+    floods = [attacker.popen(["timeout", "-s", "INT", "10", "hping3", "-q", "--icmp", "-a", a, "-i", gap, VICTIM4])
               for a, gap in sources.items()]
     for f in floods:
         f.wait()

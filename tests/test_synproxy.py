@@ -86,14 +86,14 @@ def test_nodeports_are_proxied_too_when_asked(lab, write_policy):
             set_sysctls: true
     """)
     with netlab.pod(victim) as pod, netlab.tcp_server(pod, netlab.POD4, 80):
-        none = _round(victim, attacker, VICTIM4, 3003, FRESH4[0], 30)
+        none = _round(victim, attacker, VICTIM4, 3003, FRESH4[0], 20)
         victim.nodeguard("apply", "-c", policy)
         assert victim.run("sysctl -n net.netfilter.nf_conntrack_tcp_loose").stdout.strip() == "0"
         guarded = _round(victim, attacker, VICTIM4, 3003, FRESH4[1], 50)
     print(f"\nNodePort, spoofed flood, brand-new client: nodeguard {guarded['ok']}/50 (conntrack peak "
-          f"{guarded['conntrack_peak']}), no protection {none['ok']}/30 (conntrack peak {none['conntrack_peak']})")
-    # the handshake race (see above) costs more through DNAT: 47-50/50 measured, against 4-30/30 unprotected
-    assert guarded["ok"] >= 45 and guarded["ok"] / 50 >= none["ok"] / 30, (guarded, none)
+          f"{guarded['conntrack_peak']}), no protection {none['ok']}/20 (conntrack peak {none['conntrack_peak']})")
+    # the handshake race (see above) costs more through DNAT: 47-50/50 measured, against 4-12/30 unprotected
+    assert guarded["ok"] >= 45 and guarded["ok"] / 50 >= none["ok"] / 20, (guarded, none)
     assert guarded["conntrack_peak"] < 0.5 * 262_144
 
 
