@@ -188,6 +188,8 @@ def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families: tuple[i
     ``repair`` (the watcher) skips the other-backend cleanup and, for iptables, restores only
     ``families`` (a restore costs ~35 ms each). ``live``: the state just read, if the caller has it;
     ``fingerprints``: the watcher's record of our rules' bodies (chains that match are left alone)."""
+    if not repair:  # a repair restores what was accepted; status shows a sysctl changed since
+        sysctls.refuse_unsafe(plan.synproxy, plan.set_sysctls)
     tx = transaction(plan, live if live is not None else read_state(plan, nft, families), families, fingerprints)
     if dry_run:
         check(tx, nft)

@@ -47,38 +47,58 @@ def key_of(text: str) -> tuple[str, int]:
     """An address as the ban sets key it: IPv4 as is, IPv6 its /64 (``fd00::5``, ``fd00::/64`` or
     ``fd00::5/64``). Anything else is one line and exit 2."""
     try:
-        net = ipaddress.ip_network(text.strip(), strict=False)
+        net = ipaddress.ip_network(text.strip(), strict=False) if "%" not in text else None
     except ValueError:
         net = None
-    if net is None or net.prefixlen not in ((32,) if net.version == 4 else (64, 128)):
+    if net is not None and net.version == 6 and net.prefixlen == 128 and net.network_address.ipv4_mapped:
+        net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/32")  # ::ffff:a.b.c.d is a.b.c.d
+    if (net is None or net.prefixlen not in ((32,) if net.version == 4 else (64, 128))
+            or net.network_address.is_unspecified):
         raise BadAddress(f"{text!r} is not an address (IPv4, or IPv6 whose /64 is what gets banned)")
     if net.version == 6:
         net = ipaddress.ip_network(f"{net.network_address}/64", strict=False)
     return str(net.network_address), net.version
 
 
+def kernel_names(plan, nft: Nft) -> dict[tuple[str, int], str]:
+    """("banned" | "over" | "episode", IP version) -> the name of that set *as installed*. An nft set's
+    name carries a digest of its definition: a policy file edited but not applied, or a daemon running
+    its last good policy, names other sets than the ones holding the bans. Sets not installed are left out."""
+    sets = escalation_sets(plan)
+    if plan.nft is None:
+        live = Ipset.names()
+        return {k: ipset_name(s) for k, s in sets.items() if ipset_name(s) in live}
+    live = [o["name"] for o in objects(nft.list(f"table {FAMILY} {model.TABLE}", terse=True), "set")]
+    out = {}
+    for k, s in sets.items():
+        same_base = [n for n in live if n.rsplit("-", 1)[0] == s.base]
+        if s.name in live or same_base:
+            out[k] = s.name if s.name in live else same_base[0]
+    return out
+
+
 def banned(plan, nft: Nft) -> list[Ban]:
     """Every banned source with the seconds its ban has left."""
     out: list[Ban] = []
-    for (what, version), s in sorted(escalation_sets(plan).items(), key=lambda kv: kv[0][1]):
+    for (what, version), name in sorted(kernel_names(plan, nft).items(), key=lambda kv: kv[0][1]):
         if what != "banned":
             continue
         if plan.nft is not None:
-            listing = objects(nft.list(f"set {FAMILY} {model.TABLE} {s.name}"), "set")
+            listing = objects(nft.list(f"set {FAMILY} {model.TABLE} {name}"), "set")
             for e in listing[0].get("elem", []) if listing else []:
                 elem = e.get("elem", {}) if isinstance(e, dict) else {"val": e}
                 if isinstance(elem.get("val"), str):
                     out.append(Ban(elem["val"], version, elem.get("expires")))
         else:
-            out += [Ban(addr.split("/")[0], version, left) for addr, left in Ipset.timeouts(ipset_name(s)).items()]
+            out += [Ban(addr.split("/")[0], version, left) for addr, left in Ipset.timeouts(name).items()]
     return out
 
 
 def unban(plan, nft: Nft, keys: Iterable[tuple[str, int]] | None) -> list[str]:
     """Remove ``keys`` (from key_of) from the ban sets and from over/episode; None: every source.
     Returns the sources that were banned and are not now."""
-    sets = escalation_sets(plan)
-    if not sets:
+    names = kernel_names(plan, nft)
+    if not names:
         return []
     before = banned(plan, nft)
     if keys is None:
@@ -88,11 +108,10 @@ def unban(plan, nft: Nft, keys: Iterable[tuple[str, int]] | None) -> list[str]:
         targets = list(keys)
         gone = [b.shown for b in before if (b.source, b.version) in set(targets)]
     if plan.nft is not None:
-        _unban_nft(nft, sets, targets)
+        _unban_nft(nft, names, targets)
     else:
         lines = []
-        for (_what, version), s in sets.items():
-            name = ipset_name(s)
+        for (_what, version), name in names.items():
             if targets is None:
                 lines.append(f"flush {name}")
             else:
@@ -101,19 +120,20 @@ def unban(plan, nft: Nft, keys: Iterable[tuple[str, int]] | None) -> list[str]:
     return gone
 
 
-def _unban_nft(nft: Nft, sets: dict, targets: list[tuple[str, int]] | None) -> None:
+def _unban_nft(nft: Nft, names: dict[tuple[str, int], str], targets: list[tuple[str, int]] | None) -> None:
     ref = {"family": FAMILY, "table": model.TABLE}
     if targets is None:
-        nft.run({"nftables": [{"flush": {"set": {**ref, "name": s.name}}} for s in sets.values()]}, what="unban")
+        nft.run({"nftables": [{"flush": {"set": {**ref, "name": n}}} for n in names.values()]}, what="unban")
         return
     # one element per transaction: deleting one that is not there fails the whole transaction, and
-    # listing the over/episode sets to look first can cost more than a failed delete
-    for (_what, version), s in sets.items():
+    # listing the over/episode sets to look first can cost more than a failed delete (the sets exist:
+    # kernel_names lists installed ones only)
+    for (_what, version), name in names.items():
         for src, v in targets:
             if v != version:
                 continue
             try:
-                nft.run({"nftables": [{"delete": {"element": {**ref, "name": s.name, "elem": [src]}}}]}, what="unban")
+                nft.run({"nftables": [{"delete": {"element": {**ref, "name": name, "elem": [src]}}}]}, what="unban")
             except BackendError as exc:
                 if "No such file or directory" not in str(exc):
                     raise

@@ -54,7 +54,8 @@ def _kernel() -> Nft:
 
 
 def _emit(data: Any, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else text, nl=not text.endswith("\n"))
+    out = json.dumps(data, indent=2, sort_keys=True) + "\n" if as_json else text
+    click.echo(out, nl=not out.endswith("\n"))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -209,7 +210,7 @@ def unban(config: str | None, as_json: bool, address: str | None, everyone: bool
     if gone:
         text = f"unbanned {', '.join(gone)}\n"
     else:
-        text = "no banned sources\n" if everyone else f"{address} was not banned\n"
+        text = "no banned sources\n" if everyone else f"{keys[0][0]}{'/64' if keys[0][1] == 6 else ''} was not banned\n"
     _emit({"unbanned": gone}, as_json, text)
 
 

@@ -675,7 +675,8 @@ def _escalation(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities
     source had a per-source drop within gap_s), ``episode`` (timeout after_s: started when a source
     goes over after a pause) and ``banned`` (timeout ban_s). A source still in ``over`` whose
     ``episode`` has run out has been over for after_s without a pause of gap_s: it is banned. A short
-    burst never lasts after_s; a source hovering at its limit leaves ``over`` between its drops."""
+    burst never lasts after_s; a source hovering at its limit leaves ``over`` between its drops. A full
+    ``episode`` or ``over`` set bans nobody new (fails open)."""
     if not b.escalated:
         return [], []
     esc, meter = b.policy.escalate, b.policy.meter
@@ -694,7 +695,10 @@ def _escalation(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities
                   BanSource(banned, version)), CONTINUE, f"ban v{version}: over its limit for after_s without a pause"),
             Rule((SourceNotInSet(over, version), UpdateSource(episode, version)), CONTINUE,
                  f"new episode v{version}", counter=False),
-            Rule((UpdateSource(over, version),), CONTINUE, f"over now v{version}", counter=False),
+            # only a source with an episode is marked over: with the episode set full, a source would be
+            # over without one, which the first rule reads as "its episode ran out" and bans at once
+            Rule((SourceInSet(episode, version), UpdateSource(over, version)), CONTINUE, f"over now v{version}",
+                 counter=False),
             Rule((), b.condemned(group, "enforce"), f"condemned by {group}", counter=False),
         )))
     rules = (

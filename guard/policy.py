@@ -372,6 +372,14 @@ class Escalate(_Section):
                              "so two drops after_s apart would otherwise ban")
         return gap_s
 
+    @field_validator("after_s")
+    @classmethod
+    def _after_longer_than_default_gap(cls, after_s: int) -> int:
+        """gap_s is validated only when given: with its default (1), after_s must be at least 2."""
+        if after_s <= cls.model_fields["gap_s"].default:
+            raise ValueError(f"must be longer than gap_s (default {cls.model_fields['gap_s'].default})")
+        return after_s
+
 
 class Iptables(_Section):
     """``backend: iptables``: which flavour; auto = the one the node's Kubernetes components use."""

@@ -32,7 +32,7 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
         "synproxy": ({"ports_v4": list(plan.synproxy.ports_v4), "ports_v6": list(plan.synproxy.ports_v6),
                       "wscale": plan.synproxy.wscale, "mss": [plan.synproxy.mss_v4, plan.synproxy.mss_v6],
                       "forwarded": plan.synproxy.forwarded, "engaged": engaged_ports(plan, nft),
-                      "engage_over": f"{plan.synproxy.engage_over.count}/{plan.synproxy.engage_over.unit}",
+                      "engage_over": str(plan.synproxy.engage_over),
                       "hold_s": plan.synproxy.hold_s} if plan.synproxy else None),
         "sysctls": sysctls.check(plan.synproxy),
         "foreign_chains": [
@@ -148,8 +148,10 @@ def format_text(st: dict[str, Any]) -> str:
         lines.append("watcher: not running")
     sp = st.get("synproxy")
     if sp:
-        lines.append(f"synproxy: ports v4 {_ports(sp['ports_v4'])}, v6 {_ports(sp['ports_v6'])}; window scale "
-                     f"{sp['wscale']}, mss {sp['mss'][0]}/{sp['mss'][1]}" + ("; NodePorts too" if sp["forwarded"] else ""))
+        answer = (f"SYNPROXY (NodePorts too), window scale {sp['wscale']}, mss {sp['mss'][0]}/{sp['mss'][1]}"
+                  if sp["forwarded"] else "the listeners' own syncookies")
+        lines.append(f"syn defence: ports v4 {_ports(sp['ports_v4'])}, v6 {_ports(sp['ports_v6'])}; engaged ports "
+                     f"answered by {answer}")
         lines.append(f"  engaged now on: {_ports(sp['engaged']) if sp['engaged'] else 'no port'} (engages above "
                      f"{sp['engage_over']} SYNs to these ports, stays {sp['hold_s']} s after the flood)")
     for sc in st.get("sysctls", []):

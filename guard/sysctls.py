@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import model
+from .errors import EnvironmentProblem
 
 PROC = Path("/proc/sys")
 
@@ -36,10 +37,10 @@ def wanted(synproxy: model.SynproxyPlan | None) -> list[Sysctl]:
     if synproxy is None:
         return []
     out = [Sysctl("net.ipv4.tcp_syncookies", ("1", "2"), "1",
-                  "the kernel's own cookies for every listener SYNPROXY does not serve"),
+                  "engaged host ports are answered by the listener's own syncookies"),
            Sysctl("net.ipv4.tcp_timestamps", ("1", "2"), "1",
-                  "window scaling and SACK ride in the cookie's timestamp; without it SYNPROXY announces no "
-                  "window scale (measured: 0.11 x the throughput over 50 ms)")]
+                  "window scaling and SACK ride in a cookie's timestamp; without it a cookie carries no "
+                  "window scale (measured through SYNPROXY: 0.11 x the throughput over 50 ms)")]
     if synproxy.forwarded:
         out.append(Sysctl("net.netfilter.nf_conntrack_tcp_loose", ("0",), "0",
                           "the third ACK of a NodePort connection must reach SYNPROXY before kube-proxy's DNAT"))
@@ -60,3 +61,16 @@ def enforce(synproxy: model.SynproxyPlan | None) -> list[str]:
             s.path.write_text(s.set_to)
             changed.append(f"{s.name}: {old} -> {s.set_to}")
     return changed
+
+
+def refuse_unsafe(synproxy: model.SynproxyPlan | None, will_set: bool) -> None:
+    """``forwarded`` with conntrack's loose pickup on refuses every connection to an engaged port
+    (the third ACK is DNAT'd, or picked up, before SYNPROXY sees it): refuse the policy instead, before
+    anything changes, unless nodeguard is to set the sysctl itself."""
+    if synproxy is None or not synproxy.forwarded or will_set:
+        return
+    for s in wanted(synproxy):
+        if s.name.endswith("tcp_loose") and s.read() not in s.ok:
+            raise EnvironmentProblem(
+                f"syn.synproxy.forwarded needs {s.name}=0 (it is {s.read()}): set it on the node, or set "
+                "syn.synproxy.set_sysctls: true; nothing was changed")

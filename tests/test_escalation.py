@@ -309,6 +309,7 @@ def test_escalation_off_renders_none_of_it():
     ("escalate:\n  size: 8\n", "f.yaml:2: escalate.size: Input should be greater than or equal to 16"),
     ("escalate:\n  enabled: true\n  ban_s: 0\n", "f.yaml:3: escalate.ban_s: Input should be greater than or equal to 1"),
     ("escalate:\n  after: 3\n", "f.yaml:2: escalate.after: unknown key"),
+    ("escalate:\n  after_s: 1\n", "f.yaml:2: escalate.after_s: must be longer than gap_s (default 1)"),
 ])
 def test_bad_escalate_settings_name_file_line_and_field(text, expected):
     from guard.errors import PolicyError
@@ -319,11 +320,48 @@ def test_bad_escalate_settings_name_file_line_and_field(text, expected):
     assert str(exc.value).startswith(expected) and "\n" not in str(exc.value), str(exc.value)
 
 
-@pytest.mark.parametrize("args", [["10.0.0.0/24"], ["fd00::/48"], ["nonsense"], [], ["10.0.0.1", "--all"]])
+@pytest.mark.parametrize("args", [["10.0.0.0/24"], ["fd00::/48"], ["nonsense"], [], ["10.0.0.1", "--all"],
+                                  ["fe80::1%eth0"], ["0.0.0.0"], ["::"]])
 def test_unban_refuses_a_bad_address_in_one_line_before_touching_anything(args):
     res = subprocess.run([sys.executable, "-m", "guard", "unban", *args], capture_output=True, text=True,
                          cwd=netlab.ROOT, check=False)
     assert res.returncode == 2 and res.stdout == "" and res.stderr.count("\n") == 1, res
+
+
+def test_an_ipv4_mapped_address_is_its_ipv4_source():
+    from guard.bans import key_of
+
+    assert key_of("::ffff:192.0.2.7") == ("192.0.2.7", 4) and key_of("fd00::5") == ("fd00::", 6)
+
+
+def test_bans_and_unban_find_the_installed_sets_when_the_policy_file_changed(lab, write_policy):
+    """The ban set's name carries a digest of ban_s and size: an edited, not yet applied file (or a daemon
+    on its last good policy) must still list and lift the bans that are in the kernel."""
+    victim, _attacker = lab
+    victim.nodeguard("apply", "-c", write_policy("{}"))
+    name = next(o["set"]["name"] for o in json.loads(victim.run("nft -j list sets inet").stdout)["nftables"]
+                if "set" in o and o["set"]["name"].startswith("banned-v4-"))
+    victim.run(["nft", f"add element inet nodeguard {name} {{ 192.0.2.7 timeout 60s }}"])
+    edited = write_policy("escalate:\n  ban_s: 600\n", "edited.yaml")
+    assert _bans(victim, edited) == ["192.0.2.7"]
+    assert victim.nodeguard("unban", "192.0.2.7", "-c", edited).stdout.strip() == "unbanned 192.0.2.7"
+    assert _bans(victim, edited) == []
+
+
+def test_a_full_episode_set_bans_nobody(lab, write_policy):
+    """over/episode are sized by meter.size; with the episode set full, a burst over its limit must not
+    be banned (it was, at once: "over" without an episode read as an episode that ran out)."""
+    victim, attacker = lab
+    policy = write_policy("meter:\n  size: 16\n")
+    victim.nodeguard("apply", "-c", policy)
+    name = next(o["set"]["name"] for o in json.loads(victim.run("nft -j list sets inet").stdout)["nftables"]
+                if "set" in o and o["set"]["name"].startswith("episode-v4-"))
+    filler = ", ".join(f"198.51.100.{i} timeout 60s" for i in range(1, 17))
+    victim.run(["nft", f"add element inet nodeguard {name} {{ {filler} }}"])
+    attacker.run(["ping", "-c", "30", "-i", "0.01", "-I", ATTACKER4, VICTIM4], check=False)
+    time.sleep(AFTER_S + 0.5)
+    assert _bans(victim, policy) == [], "a full episode set must ban nobody"
+    assert _replies(attacker, ATTACKER4) == 2
 
 
 def test_the_sampler_logs_bans_with_the_groups_that_counted_the_source_and_why_they_ended():

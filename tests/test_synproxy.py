@@ -118,6 +118,16 @@ def test_a_new_listener_is_proxied_within_one_watcher_cycle(lab, tmp_path):
                    timeout=3, interval=0.05)
 
 
+def test_forwarded_with_loose_pickup_on_is_refused_before_anything_changes(lab, write_policy):
+    """SYNPROXY with nf_conntrack_tcp_loose=1 refused every connection to an engaged port: apply refuses
+    the policy (one line, exit 2) unless nodeguard may set the sysctl itself."""
+    victim, _attacker = lab
+    victim.run("sysctl -qw net.netfilter.nf_conntrack_tcp_loose=1")
+    res = victim.nodeguard("apply", "-c", write_policy("syn:\n  synproxy:\n    forwarded: true\n"), check=False)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "nf_conntrack_tcp_loose=0" in res.stderr, res
+    assert "nodeguard" not in victim.run("nft list tables").stdout
+
+
 def test_status_reports_wrong_sysctls_and_changes_nothing_unless_asked(lab, write_policy):
     victim, _attacker = lab
     victim.run("sysctl -qw net.ipv4.tcp_timestamps=0")
