@@ -63,9 +63,16 @@ def lab(exclusive):
 
 @pytest.fixture
 def write_policy(tmp_path: Path):
+    """Writes a policy under tmp_path. Without a ``watcher`` section of its own it gets one whose
+    state_file (and so the sampler's odds file beside it) is under tmp_path: the default,
+    /run/nodeguard, is the host's, and another test's odds left there changed what a later render says."""
     def write(text: str, name: str = "policy.yaml") -> str:
         path = tmp_path / name
-        path.write_text(textwrap.dedent(text))
+        text = textwrap.dedent(text)
+        if "watcher:" not in text and "state_file" not in text:
+            text = ("" if text.strip() == "{}" else text.rstrip("\n") + "\n") + \
+                f"watcher:\n  state_file: {tmp_path}/state/watch.json\n"
+        path.write_text(text)
         return str(path)
     return write
 

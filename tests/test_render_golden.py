@@ -12,8 +12,9 @@ from pathlib import Path
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
-def test_small_policy_renders_exactly_the_pinned_table(ns):
-    out = ns.nodeguard("check", "-c", str(GOLDEN / "small.yaml")).stdout
+def test_small_policy_renders_exactly_the_pinned_table(ns, write_policy):
+    # through write_policy: its state file (and sampling odds) are this test's, not the host's
+    out = ns.nodeguard("check", "-c", write_policy((GOLDEN / "small.yaml").read_text(), "small.yaml")).stdout
     header, _, table = out.partition("\n")
     assert "valid; checked by the kernel" in header
     if os.environ.get("NODEGUARD_UPDATE_GOLDEN") == "1":
