@@ -8,6 +8,7 @@ protection at all, measured in the same run, while conntrack stays small; data f
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 
@@ -43,11 +44,12 @@ class ConntrackPeak:
 
 def _round(victim, attacker, target: str, port: int, client: str, count: int) -> dict:
     victim.run("conntrack -F", check=False)
-    flood = netlab.flood(attacker, 8, "-S", "-p", str(port), "--rand-source", target)
+    flood = netlab.flood(attacker, 30, "-S", "-p", str(port), "--rand-source", target)
     time.sleep(1.0)
     with ConntrackPeak(victim) as ct:
         res = netlab.tcp_clients(attacker, client, target, port, count, "--timeout", "1", "--interval", "0.02")
-    flood.wait()
+    flood.send_signal(signal.SIGINT)  # the flood lasts as long as the clients (timeout passes SIGINT on)
+    flood.wait(timeout=10)
     return {**res, "conntrack_peak": ct.peak}
 
 
