@@ -10,6 +10,7 @@ which once locked out 50 of 50 new clients on the iptables backend).
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -29,15 +30,17 @@ def _meters(victim, policy: str) -> dict[str, int]:
 def _round(victim, attacker, policy: str | None) -> dict:
     """Flood for a few seconds with spoofed SYNs and UDP; meanwhile a brand-new TCP client and UDP peer."""
     victim.run("conntrack -F", check=False)
-    floods = [netlab.flood(attacker, 7, "-S", "-p", str(PORT), "-i", "u20", "--rand-source", VICTIM4),
-              netlab.flood(attacker, 7, "--udp", "-p", str(UDP_FLOOD_PORT), "-i", "u20", "--rand-source", VICTIM4)]
+    floods = [netlab.flood(attacker, 30, "-S", "-p", str(PORT), "-i", "u20", "--rand-source", VICTIM4),
+              netlab.flood(attacker, 30, "--udp", "-p", str(UDP_FLOOD_PORT), "-i", "u20", "--rand-source", VICTIM4)]
     time.sleep(1.5)
     meters = _meters(victim, policy) if policy else {}
     tcp = netlab.tcp_clients(attacker, FRESH4[0], VICTIM4, PORT, 20, "--timeout", "1", "--interval", "0.05")
     udp = netlab.udp_clients(attacker, FRESH4[1], VICTIM4, UDP_PORT, 20, "--timeout", "1", "--interval", "0.05")
-    for f in floods:
-        f.wait()
-    return {"tcp": tcp["ok"], "udp": udp["ok"], "meters": meters, "conntrack": victim.conntrack_count()}
+    conntrack = victim.conntrack_count()  # while the floods still run
+    for f in floods:  # they last as long as the clients (timeout passes SIGINT on)
+        f.send_signal(signal.SIGINT)
+        f.wait(timeout=10)
+    return {"tcp": tcp["ok"], "udp": udp["ok"], "meters": meters, "conntrack": conntrack}
 
 
 @pytest.mark.parametrize("backend", netlab.BACKENDS)
