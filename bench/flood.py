@@ -170,16 +170,10 @@ class Bench:
         started = time.monotonic()
         st = json.loads(nodeguard(self.node, "status", "--json", "-c", str(self.policies[d]), timeout=120).stdout)
         self.status_seconds.append(time.monotonic() - started)
-        rules = st.get("rules", [])
-        # every condemned packet passes its group's "drop <group>" rule, except those an NFQUEUE sample rule
-        # took (a terminal verdict; an NFLOG sample rule is not); without those rules (sampler off, or
-        # renamed), the limit rules themselves
-        drops = [r for r in rules if r.get("label", "").startswith("drop ")
-                 or (r.get("label", "").startswith("sample ") and r.get("label", "").endswith("nfqueue"))]
-        if not drops:
-            drops = [r for r in rules if "per-source" in r.get("label", "") or r.get("label", "").endswith("backstop")
-                     or r.get("label", "").startswith("bogus flags") or " over " in r.get("label", "")]
-        return sum(r.get("packets", 0) for r in drops)
+        # status's drops per rule group, from the condemning rules' counters: the per-source and global
+        # limits, bogus flags, connection limits, and "banned" (escalation's ingress drops); "/monitor"
+        # groups only would have dropped
+        return sum(n["packets"] for group, n in (st.get("drops") or {}).items() if not group.endswith("/monitor"))
 
     # --- measurements -------------------------------------------------------------------------
     def client(self, *args: str, timeout: float = 120) -> dict:
