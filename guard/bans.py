@@ -84,11 +84,8 @@ def banned(plan, nft: Nft) -> list[Ban]:
         if what != "banned":
             continue
         if plan.nft is not None:
-            listing = objects(nft.list(f"set {FAMILY} {model.TABLE} {name}"), "set")
-            for e in listing[0].get("elem", []) if listing else []:
-                elem = e.get("elem", {}) if isinstance(e, dict) else {"val": e}
-                if isinstance(elem.get("val"), str):
-                    out.append(Ban(elem["val"], version, elem.get("expires")))
+            out += [Ban(e["val"], version, e.get("expires")) for e in nft.set_elements(FAMILY, model.TABLE, name)
+                    if isinstance(e.get("val"), str)]
         else:
             out += [Ban(addr.split("/")[0], version, left) for addr, left in Ipset.timeouts(name).items()]
     return out

@@ -25,7 +25,7 @@ import struct
 
 from .apply import Live, Plan
 from .backend.ipt import Ipset, Ipt
-from .backend.nft import Nft, objects
+from .backend.nft import Nft
 from .model import TABLE, BanSource
 from .render.ids import id_from_comment
 from .render.ipt import ipset_name
@@ -34,26 +34,25 @@ from .render.nft import FAMILY, render_chain_rules
 Key = tuple[str, str]  # (group, mode)
 
 
+def _nft_rule_ids(plan: Plan):
+    """nft: (model rule, its rule id) for every rule of the plan, as render_nft comments it."""
+    sets = {s.name: s for s in plan.ruleset.sets}
+    for chain in plan.ruleset.chains:
+        for rule, rendered in zip(chain.rules, render_chain_rules(plan.ruleset.table, chain, sets), strict=True):
+            yield rule, id_from_comment(rendered["comment"])
+
+
 def condemning_ids(plan: Plan) -> dict[str, Key]:
     """rule id -> (group, mode), for every condemning rule of the plan."""
     if plan.nft is not None:
-        sets = {s.name: s for s in plan.ruleset.sets}
-        out: dict[str, Key] = {}
-        for chain in plan.ruleset.chains:
-            for rule, rendered in zip(chain.rules, render_chain_rules(plan.ruleset.table, chain, sets), strict=True):
-                if rule.group:
-                    out[id_from_comment(rendered["comment"])] = (rule.group, rule.mode)
-        return out
+        return {rid: (rule.group, rule.mode) for rule, rid in _nft_rule_ids(plan) if rule.group}
     return {rid: key for render in plan.ipt.values() for rid, key in render.condemning.items()}
 
 
 def _ban_ids(plan: Plan) -> set[str]:
     """Ids of the rules whose counters count bans (escalation; see model._escalation)."""
     if plan.nft is not None:
-        sets = {s.name: s for s in plan.ruleset.sets}
-        return {id_from_comment(rendered["comment"]) for chain in plan.ruleset.chains
-                for rule, rendered in zip(chain.rules, render_chain_rules(plan.ruleset.table, chain, sets), strict=True)
-                if any(isinstance(x, BanSource) for x in rule.matches)}
+        return {rid for rule, rid in _nft_rule_ids(plan) if any(isinstance(x, BanSource) for x in rule.matches)}
     return {rid for render in plan.ipt.values() for rid in render.bans}
 
 
@@ -286,9 +285,7 @@ def source_counts(plan: Plan, nft: Nft) -> dict[tuple[str, str, str], int]:
     out: dict[tuple[str, str, str], int] = {}
     for (group, mode, _version), s in _count_sets(plan).items():
         if plan.nft is not None:
-            listing = objects(nft.list(f"set {FAMILY} {TABLE} {s.name}"), "set")
-            for e in listing[0].get("elem", []) if listing else []:
-                elem = e.get("elem", {}) if isinstance(e, dict) else {}
+            for elem in nft.set_elements(FAMILY, TABLE, s.name):
                 if "counter" in elem and isinstance(elem.get("val"), str):
                     out[(group, mode, elem["val"])] = elem["counter"]["packets"]
         else:
@@ -334,11 +331,8 @@ def set_members(plan: Plan, nft: Nft, kind: str) -> set[str]:
         if s.kind != kind:
             continue
         if plan.nft is not None:
-            listing = objects(nft.list(f"set {FAMILY} {TABLE} {s.name}"), "set")
-            for e in listing[0].get("elem", []) if listing else []:
-                val = e.get("elem", {}).get("val") if isinstance(e, dict) else e
-                if isinstance(val, (str, int)):
-                    out.add(str(val))
+            out.update(str(e["val"]) for e in nft.set_elements(FAMILY, TABLE, s.name)
+                       if isinstance(e.get("val"), (str, int)))
         else:
             out.update(a.split("/")[0] for a in Ipset.members(ipset_name(s)))
     return out

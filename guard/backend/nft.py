@@ -65,6 +65,12 @@ class Nft:
             raise BackendError(f"list {what}", _first_error(err))
         return json.loads(out)["nftables"] if out else []
 
+    def set_elements(self, family: str, table: str, name: str) -> list[dict]:
+        """The elements of one set, each as a dict with "val" (plus "counter", "expires", ... where the
+        set has them: nft lists a bare value otherwise); [] when the set is missing."""
+        listing = objects(self.list(f"set {family} {table} {name}"), "set")
+        return [(e.get("elem", {}) if isinstance(e, dict) else {"val": e})
+                for e in (listing[0].get("elem", []) if listing else [])]
 
     def text(self, what: str) -> str:
         """``nft list <what>`` as nft prints it (no handles), for people."""
