@@ -91,7 +91,27 @@ table inet ngs-mech {{
 }}""")
 
 
-class SynproxyIpt(Defence):
+class IptRules(Defence):
+    """A defence made of iptables commands (``rules()``: each an ``-I`` insert); removal deletes each."""
+
+    def rules(self) -> list[list[str]]:
+        raise NotImplementedError
+
+    def apply(self, lab):
+        for r in self.rules():
+            lab.node.run(r)
+
+    def remove(self, lab):
+        super().remove(lab)
+        for r in self.rules():
+            d = list(r)
+            i = d.index("-I")
+            del d[i + 2]  # the position
+            d[i] = "-D"
+            lab.node.run(d, check=False)
+
+
+class SynproxyIpt(IptRules):
     name = "synproxy-ipt"
     sysctls: ClassVar[dict] = {"net.netfilter.nf_conntrack_tcp_loose": 0}
 
@@ -111,21 +131,9 @@ class SynproxyIpt(Defence):
             ]
         return out
 
-    def apply(self, lab):
-        for r in self.rules():
-            lab.node.run(r)
-
-    def remove(self, lab):
-        super().remove(lab)
-        for r in self.rules():
-            d = list(r)
-            i = d.index("-I")
-            del d[i + 2]  # the position
-            d[i] = "-D"
-            lab.node.run(d, check=False)
 
 
-class Handmade(Defence):
+class Handmade(IptRules):
     """What an operator would write by hand: SYN limits in filter INPUT/FORWARD (after conntrack)."""
 
     name = "handmade"
@@ -144,15 +152,3 @@ class Handmade(Defence):
                 ]
         return out
 
-    def apply(self, lab):
-        for r in self.rules():
-            lab.node.run(r)
-
-    def remove(self, lab):
-        super().remove(lab)
-        for r in self.rules():
-            d = list(r)
-            i = d.index("-I")
-            del d[i + 2]
-            d[i] = "-D"
-            lab.node.run(d, check=False)
