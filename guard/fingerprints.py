@@ -9,6 +9,7 @@ whose rules no longer match them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 
@@ -31,13 +32,20 @@ def of_nft(rules) -> Fingerprints:
     return {rid: nft_body(r) for r in rules if (rid := id_from_comment(r.get("comment")))}
 
 
+@functools.lru_cache(maxsize=8192)
 def ipt_body(version: int, save_line: str) -> str:
+    """Cached: every check digests every one of our lines, and they rarely change."""
     return _digest(f"{version} {save_line}")
+
+
+def ipt_key(version: int, rule_id: str) -> str:
+    """IPv4 and IPv6 tables hold rules with the same id (the same rule of the policy): one key each."""
+    return f"v{version} {rule_id}"
 
 
 def of_ipt(saved: dict) -> Fingerprints:
     """From ``Ipt.tables()`` per family: each of our lines as -save prints it, counters removed."""
-    return {r.rule_id: ipt_body(version, r.line) for version, tables in saved.items()
+    return {ipt_key(version, r.rule_id): ipt_body(version, r.line) for version, tables in saved.items()
             for _chains, rules in tables.values() for r in rules if r.rule_id}
 
 

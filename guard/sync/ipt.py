@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from ..backend.ipt import LiveIpset, LiveTable
-from ..fingerprints import ipt_body
+from ..fingerprints import ipt_body, ipt_key
 from ..render.ipt import MAX_IPSET, Ipset, Render, spec_id
 
 # Every line we hand to a restore tool is built from validated names; this is the second lock.
@@ -31,6 +31,12 @@ class IptTransaction:
     ipset_prepare: str
     restore: dict[int, str]  # IP version -> *-restore --noflush input
     ipset_cleanup: str
+    refilled: frozenset[str] = frozenset()  # "v4 raw NODEGUARD-PRE": chains it (re)writes or deletes
+
+    @property
+    def moves_jumps_only(self) -> bool:
+        """It only puts our jumps back in place: every rule body stays as the kernel listed it."""
+        return not (self.ipset_prepare or self.ipset_cleanup or self.refilled)
 
     def text(self) -> str:
         out = "# 1. ipset restore\n" + (self.ipset_prepare or "# (nothing)\n")
@@ -53,7 +59,12 @@ def _checked(lines: list[str]) -> str:
 
 def restore_text(render: Render | None, live: dict[str, LiveTable], saved: dict | None = None,
                  fingerprints: dict[str, str] | None = None, version: int = 4) -> str:
-    """Remove our old jumps and stale chains, write ours. ``render`` None: the uninstall script.
+    return _restore(render, live, saved, fingerprints, version)[0]
+
+
+def _restore(render: Render | None, live: dict[str, LiveTable], saved: dict | None = None,
+             fingerprints: dict[str, str] | None = None, version: int = 4) -> tuple[str, list[str]]:
+    """(restore text, the chains it refills or deletes, as "v4 raw CHAIN"). Remove our old jumps and stale chains, write ours. ``render`` None: the uninstall script.
 
     With ``saved`` (``Ipt.tables()`` of this family) and ``fingerprints`` (the watcher's), a chain
     that holds exactly the rendered rule ids with the bodies we installed is left alone (its
@@ -62,10 +73,12 @@ def restore_text(render: Render | None, live: dict[str, LiveTable], saved: dict 
     that built-in chain are deleted and inserted again at 1..k. Without fingerprints everything of
     ours is rewritten. One COMMIT per table; tables with nothing of ours to do are skipped."""
     out: list[str] = []
+    refilled: list[str] = []
     saved = saved or {}
 
     def same(rules) -> bool:
-        return fingerprints is not None and all(fingerprints.get(r.rule_id) == ipt_body(version, r.line) for r in rules)
+        return fingerprints is not None and all(
+            fingerprints.get(ipt_key(version, r.rule_id)) == ipt_body(version, r.line) for r in rules)
     names = sorted(set(live) | (set(render.tables) if render else set()))
     for tname in names:
         want = render.tables.get(tname) if render else None
@@ -97,9 +110,10 @@ def restore_text(render: Render | None, live: dict[str, LiveTable], saved: dict 
         if want:
             lines += [f"-A {chain} {spec}" for chain, spec in want.rules if chain in changed]
         lines += [f"-X {c}" for c in stale]
+        refilled += [f"v{version} {tname} {c}" for c in changed + stale]
         if lines:
             out += [f"*{tname}", *lines, "COMMIT"]
-    return _checked(out)
+    return _checked(out), refilled
 
 
 def _builtin(save_line: str) -> str:
@@ -150,9 +164,9 @@ def build(flavour: str, renders: dict[int, Render], want_sets: list[Ipset], live
           families: tuple[int, ...] = (4, 6), saved: dict[int, dict] | None = None,
           fingerprints: dict[str, str] | None = None) -> IptTransaction:
     prepare, cleanup = ipset_scripts(want_sets, live_sets, live_members)
-    restore = {v: restore_text(renders[v], live_tables.get(v, {}), (saved or {}).get(v), fingerprints, v)
-               for v in families}
-    return IptTransaction(flavour, prepare, restore, cleanup)
+    done = {v: _restore(renders[v], live_tables.get(v, {}), (saved or {}).get(v), fingerprints, v) for v in families}
+    return IptTransaction(flavour, prepare, {v: text for v, (text, _) in done.items()}, cleanup,
+                          frozenset(c for _, chains in done.values() for c in chains))
 
 
 def uninstall(flavour: str, live_tables: dict[int, dict]) -> IptTransaction:
