@@ -1,8 +1,9 @@
 """Ruleset change notifications from the kernel (nft tables, which include iptables-nft).
 
-We only need to know *that* something changed, and who did it: the drift check then
-reads the ruleset. Of each message only the NEWGEN trailer of a transaction is parsed,
-for the writer's pid and process name. iptables-legacy sends no events.
+We only need to know *that* something changed, where, and who did it: the drift check then
+reads the ruleset. Of each message the address family in its nfgenmsg header is kept (an
+iptables-nft change to IPv4 tables needs no re-read of IPv6's), and of the NEWGEN trailer of a
+transaction the writer's pid and process name. iptables-legacy sends no events.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from dataclasses import dataclass, field
 
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
@@ -17,6 +19,30 @@ SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NFT_MSG_NEWGEN = (10 << 8) | 15  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN
 NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 2, 3
+IP_VERSIONS = {socket.AF_INET: (4,), socket.AF_INET6: (6,), 1: (4, 6)}  # NFPROTO_INET: both
+
+
+@dataclass
+class Batch:
+    """What one drain read: datagrams, writers of committed transactions, IP versions touched."""
+
+    datagrams: int = 0
+    writers: list[tuple[int, str]] = field(default_factory=list)
+    versions: set[int] = field(default_factory=set)  # of messages about ip, ip6 and inet tables
+    overrun: bool = False  # ENOBUFS: we fell behind, writers and versions may be missing
+
+
+def versions(buf: bytes) -> set[int]:
+    """IP versions of the tables the messages in a datagram are about (NEWGEN names none)."""
+    out: set[int] = set()
+    off = 0
+    while off + 17 <= len(buf):
+        length = struct.unpack_from("=I", buf, off)[0]
+        if length < 16:
+            break
+        out.update(IP_VERSIONS.get(buf[off + 16], ()))
+        off += (length + 3) & ~3
+    return out
 
 
 def writers(buf: bytes) -> list[tuple[int, str]]:
@@ -58,22 +84,22 @@ class NftEvents:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def drain(self) -> tuple[int, list[tuple[int, str]], bool]:
-        """Read every pending datagram: (how many, writers of the transactions committed, overrun).
-
-        After an overrun (ENOBUFS: we fell behind a large resync) writers may be missing.
-        """
-        n, seen, overrun = 0, [], False
+    def drain(self, into: Batch | None = None) -> Batch:
+        """Read every pending datagram (into ``into``, to gather a burst of them)."""
+        batch = into if into is not None else Batch()
         while True:
             try:
-                seen += writers(self.sock.recv(65536))
-                n += 1
+                buf = self.sock.recv(65536)
             except BlockingIOError:
-                return n, seen, overrun
+                return batch
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                overrun = True
+                batch.overrun = True
+                continue
+            batch.datagrams += 1
+            batch.writers += writers(buf)
+            batch.versions |= versions(buf)
 
     def close(self) -> None:
         self.sock.close()
