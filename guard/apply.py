@@ -125,14 +125,18 @@ def synproxy_plan(policy: Policy, interfaces: tuple[str, ...]) -> model.Synproxy
 
 
 def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | None = None,
-              cache: dict | None = None, interfaces: tuple[str, ...] | None = None) -> Plan:
+              cache: dict | None = None, interfaces: tuple[str, ...] | None = None,
+              probe_foreign: bool = True) -> Plan:
     """Render the policy for this host. Without ``nft`` (no privileges) the default priorities are used.
 
     The watcher passes the ``flavour`` it decided once, the ``interfaces`` it resolved (so a
     vanished default route does not leave the node unprotected) and a ``cache``: the render is
-    reused while its inputs (interfaces, foreign chains) stay the same.
+    reused while its inputs (interfaces, foreign chains) stay the same. It also leaves out the
+    probe of foreign base chains (``probe_foreign``) for the iptables backend, whose render does
+    not depend on them (its competitors are rules ahead of our jumps), and which costs a listing of
+    every chain on each check.
     """
-    foreign = tuple(probe.foreign_base_chains(nft)) if nft else ()
+    foreign = tuple(probe.foreign_base_chains(nft)) if nft and probe_foreign else ()
     if interfaces is None:
         interfaces = resolve_interfaces(policy.interfaces)
     if policy.backend != "nft" and flavour is None:
@@ -163,13 +167,15 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
 Live = NftLive | ipt_backend.IptLive
 
 
-def read_state(plan: Plan, nft: Nft | None, families: tuple[int, ...] = (4, 6)) -> Live:
-    """What the kernel holds of the plan's backend now (nft None: nothing, for a fresh render)."""
+def read_state(plan: Plan, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Live | None = None) -> Live:
+    """What the kernel holds of the plan's backend now (nft None: nothing, for a fresh render).
+    iptables: ``previous`` (a full read of the same backend) supplies what ``families`` leaves out."""
     if plan.nft is not None:
         return read_live(nft, render_nft.FAMILY, model.TABLE) if nft else NftLive()
     if nft is None:
         return ipt_backend.IptLive({}, {}, {}, {})
-    return ipt_backend.read_live(plan.flavour, plan.allow_ipsets, families)
+    prev = previous if isinstance(previous, ipt_backend.IptLive) else None
+    return ipt_backend.read_live(plan.flavour, plan.allow_ipsets, families, prev)
 
 
 def transaction(plan: Plan, live: Live, families: tuple[int, ...] = (4, 6),

@@ -7,6 +7,7 @@ edit and restore whole tables: we read ``*-save`` only to find our own chains an
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import re
 import shutil
@@ -342,6 +343,11 @@ _ENTRY = {4: _entry(_IptIp), 6: _entry(_Ip6tIp6)}
 _ENTRIES_HEADER = 40  # struct ipt_get_entries: name[32], size, then 8-aligned entries
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def legacy_fingerprint() -> tuple:
     """A fingerprint of every iptables-legacy table's rules, in order, without their counters.
 
@@ -350,7 +356,7 @@ def legacy_fingerprint() -> tuple:
     changes. Only tables that exist are asked about: asking would instantiate a missing one.
     """
     out = []
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     for version, fam, level in ((4, socket.AF_INET, socket.IPPROTO_IP), (6, socket.AF_INET6, socket.IPPROTO_IPV6)):
         tables = sorted(_legacy_tables(version))
         if not tables:
@@ -395,9 +401,19 @@ class IptLive:
     members: dict[str, list[str]]  # allowlists' members (configuration, unlike meters' contents)
 
 
-def read_live(flavour: str, allow_sets: list[str], families: tuple[int, ...] = (4, 6)) -> IptLive:
+def read_live(flavour: str, allow_sets: list[str], families: tuple[int, ...] = (4, 6),
+              previous: IptLive | None = None) -> IptLive:
+    """Read ``families`` (one ``*-save`` each) and our ipsets. With ``previous`` (the watcher's last
+    read), the other families and the ipsets are taken from it: a change that raised an nft event
+    for IPv4 tables says nothing about IPv6 tables, and nothing about ipsets, which raise no events
+    (the watcher's periodic verification reads them)."""
     ipt = Ipt(flavour)
-    saved = {v: ipt.tables(v) for v in families}
+    saved = dict(previous.saved) if previous else {}
+    tables = dict(previous.tables) if previous else {}
+    for v in families:
+        saved[v] = ipt.tables(v)
+        tables[v] = ipt.live(v, saved[v])
+    if previous is not None:
+        return IptLive(tables, saved, previous.ipsets, previous.members)
     sets = Ipset.live()
-    return IptLive({v: ipt.live(v, saved[v]) for v in families}, saved, sets,
-                   {n: Ipset.members(n) for n in allow_sets if n in sets})
+    return IptLive(tables, saved, sets, {n: Ipset.members(n) for n in allow_sets if n in sets})
