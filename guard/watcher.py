@@ -6,6 +6,11 @@ periodic full verification as a safety net. Every check re-renders the policy an
 repaired. Repairs are the same state-keeping transaction ``apply`` sends, damped when a competitor
 keeps undoing them.
 
+An insert war must cost next to nothing: a check triggered by an event re-reads only the IP
+versions the event names (iptables), a burst of events (a rival's delete, then insert) is one
+check, and while a repair is damped, events are not checked at all (the repair, when it is due,
+checks first). Only the periodic verification reads everything, ipsets included.
+
 The loop never dies of an error: each iteration catches what went wrong, logs one line, and tries
 again with backoff, from the last policy the kernel accepted. A policy the kernel rejects is never
 installed in place of one it accepted; with ``interfaces: auto`` and no default route for a moment
@@ -29,13 +34,17 @@ from .backend.nft import Nft
 from .damper import Damper
 from .drift import Drift, diff_plan
 from .errors import EnvironmentProblem, NodeguardError
-from .events import NftEvents
+from .events import Batch, NftEvents
 from .fingerprints import of_live
 from .interfaces import resolve_interfaces
 from .policy import Policy
 
 log = logging.getLogger("nodeguard.watch")
 RETRY_MAX_S = 30.0
+# A burst of events ends after this much quiet (bounded): a rival's delete and insert, each its own
+# iptables process, commit 10-20 ms apart (measured with tests/helpers/competitor.py).
+SETTLE_QUIET_S, SETTLE_MAX_S = 0.025, 0.1
+Scope = frozenset[int] | None  # IP versions to re-read; None: everything (ipsets too)
 
 
 class Watcher:
@@ -62,6 +71,12 @@ class Watcher:
         self._retry_at: float | None = None
         self._failures = 0
         self.fingerprints: dict[str, str] | None = None  # our rules' bodies as the kernel listed them
+        self._live = None  # the last read (iptables: supplies what a partial re-read leaves out)
+        self._live_key: tuple | None = None  # (backend, allowlist ipsets) that read was for
+        self._dirty: Scope = frozenset()  # what changed since the last check (None: unknown, read all)
+        self._recheck = False  # a check is due on the next turn, events or not
+        self._unread: Scope = frozenset()  # IP versions our own repair changed since the last read
+        self._written: dict | None = None  # the state last published
 
     @property
     def state_file(self) -> Path:
@@ -87,20 +102,54 @@ class Watcher:
         if self._flavour is None and policy.backend != "nft":
             self._flavour = choose_flavour(policy, self.nft)  # decided once per policy
         return make_plan(policy, self.nft, flavour=self._flavour if policy.backend != "nft" else None,
-                         cache=self._plans if policy is self.policy else None, interfaces=self.interfaces(policy))
+                         cache=self._plans if policy is self.policy else None, interfaces=self.interfaces(policy),
+                         probe_foreign=policy.backend == "nft")
 
-    def check(self) -> tuple[Plan, object, Drift | None]:
+    def check(self, scope: Scope = None) -> tuple[Plan, object, Drift | None]:
         self.state["checks"] += 1
         plan = self.plan()
-        live = read_live_state(plan, self.nft)
+        live = self._read(plan, scope)
         drift = diff_plan(plan, self.nft, live, self.fingerprints)
         self.last_plan = plan
         self.state["in_sync"] = drift is None
         return plan, live, drift
 
-    def _record(self, plan: Plan, live=None) -> None:
-        """Remember our rules' bodies as the kernel lists them now (after our own transaction)."""
-        self.fingerprints = of_live(live if live is not None else read_live_state(plan, self.nft))
+    def _read(self, plan: Plan, scope: Scope):
+        """The live state; ``scope`` (IP versions) re-reads only those when a full read of the same
+        backend and allowlists is at hand. Every read is kept for the next."""
+        key = (plan.backend, tuple(plan.allow_ipsets))
+        scope = _union(scope, self._unread)
+        self._unread = frozenset()
+        partial = scope is not None and self._live is not None and self._live_key == key
+        live = read_live_state(plan, self.nft, tuple(sorted(scope)) if partial else (4, 6),
+                               self._live if partial else None)
+        self._live, self._live_key = live, key
+        return live
+
+    def _record(self, plan: Plan) -> Drift | None:
+        """Remember our rules' bodies as the kernel lists them now (after our own transaction).
+        Returns the drift of that very read: a rival that struck between our transaction and
+        this read (iptables-legacy raises no event for it) is checked at once, not at the next
+        full verification."""
+        if self._backend == "iptables-legacy" or plan.backend == "iptables-legacy":
+            self._legacy_seen = legacy_fingerprint()  # before the read: a later change shows in the poll
+        live = self._read(plan, None)
+        self.fingerprints = of_live(live)
+        return diff_plan(plan, self.nft, live, self.fingerprints)
+
+    def _after_repair(self, plan: Plan, tx, families: Scope) -> None:
+        """Our rules' bodies after our transaction. When it only moved our jumps back (an insert war),
+        they are unchanged: nothing to read now. The next event (iptables-legacy: the next poll, which
+        is made to see these families changed) re-reads them, and sees any strike that came after our
+        transaction. Otherwise read what it wrote, and check it."""
+        if getattr(tx, "moves_jumps_only", False) and families is not None:
+            self._unread = _union(self._unread, families)  # the last read of them is out of date
+            self._legacy_seen = tuple(e for e in self._legacy_seen if e[0] not in families)
+            return
+        after = self._record(plan)
+        if after is not None:  # struck again already: check (and repair, or damp) on the next turn
+            self._recheck = True
+            self._dirty = _union(self._dirty, after.families or None)
 
     def start(self) -> None:
         """Adopt a correct installation as it is (no gap, counters kept); otherwise apply."""
@@ -109,11 +158,12 @@ class Watcher:
         self.state["adopted"] = drift is None
         if drift is None:
             log.info("adopted the installed rules: they match the policy")
-            self._record(plan, live)
+            self.fingerprints = of_live(live)
         else:
             log.info("installing: %s", drift)
             apply_plan(plan, self.nft, live=live)
-            self._record(plan)
+            self._live = None
+            self._recheck = self._record(plan) is not None
             self.state.update(last_apply=time.time(), in_sync=True)
         self._backend = plan.backend
         self._accepted()
@@ -123,9 +173,10 @@ class Watcher:
             self.on_good(self.policy)
         self.good_policy = self.policy
 
-    def handle(self, detected_at: float) -> None:
-        """Check now; repair at once, or schedule the repair if damped."""
-        plan, live, drift = self.check()
+    def handle(self, detected_at: float, scope: Scope = None) -> None:
+        """Check now (re-reading ``scope``); repair at once, or schedule the repair if damped."""
+        self._dirty, self._recheck = frozenset(), False
+        plan, live, drift = self.check(scope)
         now = self.clock()
         if drift is None:
             self._pending = None
@@ -146,9 +197,9 @@ class Watcher:
                 self.state["backoff_s"] = self.damper.backoff_s()
                 return
         families = (4, 6) if switching else tuple(sorted(drift.families))
-        apply_plan(plan, self.nft, families=families, repair=not switching, live=live,
-                   fingerprints=None if switching else self.fingerprints)
-        self._record(plan)
+        tx = apply_plan(plan, self.nft, families=families, repair=not switching, live=live,
+                        fingerprints=None if switching else self.fingerprints)
+        self._after_repair(plan, tx, None if switching else frozenset(families))
         done = self.clock()
         self.state["in_sync"] = True
         self._backend = plan.backend
@@ -182,6 +233,7 @@ class Watcher:
             return False
         self.policy = policy
         self._plans.clear()
+        self._live = None
         self.damper = Damper(policy.watcher.max_repairs_per_minute, policy.watcher.backoff_max_s)
         self.state["reloads_ok"] += 1
         log.info("reload: %s accepted by the kernel; installing it", source)
@@ -208,6 +260,7 @@ class Watcher:
             self.policy = self.good_policy
             self._plans.clear()
             self._flavour = None
+        self._live = None  # what failed may have left the kernel other than we last read it
 
     # --- the loop --------------------------------------------------------------------
     def run(self, should_stop: Callable[[], bool], wakeup=None, on_wakeup: Callable[[], bool] | None = None,
@@ -229,7 +282,7 @@ class Watcher:
                 verify_every = self._verify_every()
                 now = self.clock()
                 deadlines = [next_verify] + ([self._repair_at] if self._pending else []) + \
-                    ([self._retry_at] if self._retry_at is not None else [])
+                    ([self._retry_at] if self._retry_at is not None else []) + ([now] if self._recheck else [])
                 timeout = max(0.0, min(min(deadlines) - now, tick_s if heartbeat else 3600.0))
                 fds = [events] + ([wakeup] if wakeup is not None else [])
                 try:
@@ -245,35 +298,34 @@ class Watcher:
                             events.drain()
                         if detected < next_verify:
                             continue
+                        self._legacy_seen = legacy_fingerprint()  # before start reads (see _legacy_changes)
                         self.start()
                         started = True
                         self._succeeded()
-                        next_verify = next_full = detected + self._verify_every()
-                        if self._backend == "iptables-legacy":
-                            self._legacy_seen = legacy_fingerprint()
+                        next_verify = detected + self._verify_every()
+                        next_full = detected + cfg.verify_interval_s
                         continue
                     changed = False
                     if wakeup is not None and (wakeup in ready or woken):
                         _drain_socket(wakeup)
                         woken = False
                         changed = bool(on_wakeup and on_wakeup())
-                    if events in ready:
-                        changed = self._events(events) or changed
+                    touched = events in ready and self._events(_settle(events))
                     due_verify = detected >= next_verify
                     due_repair = self._pending is not None and detected >= self._repair_at
                     due_retry = self._retry_at is not None and detected >= self._retry_at
-                    if due_verify and not (changed or due_repair or due_retry) and legacy:
-                        fingerprint = legacy_fingerprint()  # a few syscalls; the full check spawns tools
-                        if fingerprint == self._legacy_seen and detected < next_full:
-                            next_verify = detected + verify_every
-                            continue
-                        self._legacy_seen = fingerprint
-                        next_full = detected + cfg.verify_interval_s
-                    if changed or due_verify or due_repair or due_retry:
-                        self.handle(detected)
+                    full = changed or due_retry or (due_verify and (not legacy or detected >= next_full))
+                    if legacy and (full or touched or due_verify or due_repair or self._recheck):
+                        touched = self._legacy_changes() or touched  # a few syscalls, no process
+                    if touched and self._pending is None and not (full or due_repair or self._recheck):
+                        touched = not self._defer(detected)
+                    # a damped repair pending: what happens meanwhile waits for its check, when it is due
+                    if full or due_repair or self._recheck or (touched and self._pending is None):
+                        if full:
+                            next_full = detected + cfg.verify_interval_s
+                        pending = self._pending.families if self._pending else frozenset()
+                        self.handle(detected, None if full else _union(self._dirty, pending))
                         self._succeeded()
-                        if self._backend == "iptables-legacy":  # our repair changed the tables too
-                            self._legacy_seen = legacy_fingerprint()
                     if due_verify:
                         next_verify = detected + verify_every
                 except (KeyboardInterrupt, SystemExit):
@@ -298,20 +350,47 @@ class Watcher:
         self._failures = 0
         self._retry_at = None
 
-    def _events(self, events: NftEvents) -> bool:
-        n, seen, overrun = events.drain()
-        others = [(pid, name) for pid, name in seen if pid != os.getpid() and pid not in OWN_PIDS]
+    def _events(self, batch: Batch) -> bool:
+        """Whether a batch of events asks for a check; what it touched joins ``_dirty``."""
+        others = [(pid, name) for pid, name in batch.writers if pid != os.getpid() and pid not in OWN_PIDS]
         if others:
             self.state["last_writer"] = f"{others[-1][1]} (pid {others[-1][0]})"
         # Every transaction ends with a NEWGEN naming its writer: when all of them are ours and
         # nothing was lost, there is nothing to check. Messages without a NEWGEN yet (a transaction
         # still arriving) are checked now; its NEWGEN follows.
-        ours_only = bool(seen) and not others and not overrun
-        return overrun or (n > 0 and not ours_only)
+        ours_only = bool(batch.writers) and not others and not batch.overrun
+        if batch.overrun or (batch.datagrams > 0 and not ours_only):
+            self._dirty = _union(self._dirty, None if batch.overrun else frozenset(batch.versions))
+            return True
+        return False
+
+    def _defer(self, now: float) -> bool:
+        """Contested and not yet allowed to repair: a new strike is not even checked now; its check
+        comes when the repair is due (it would only find the drift and schedule that repair)."""
+        if not self.damper.contested or self.damper.next_repair_at(now) <= now:
+            return False
+        self.damper.saw_drift(now)
+        self._repair_at = self.damper.next_repair_at(now)
+        self._pending = Drift(("changed while contested; checked when the repair is due",),
+                              families=self._dirty if self._dirty is not None else frozenset({4, 6}))
+        return True
+
+    def _legacy_changes(self) -> bool:
+        """iptables-legacy: did its tables change since we last looked? The IP versions that did
+        join ``_dirty``. Taken before the check's read, so a change during the read shows next time."""
+        now = legacy_fingerprint()
+        versions = frozenset(entry[0] for entry in set(now) ^ set(self._legacy_seen))
+        self._legacy_seen = now
+        self._dirty = _union(self._dirty, versions)
+        return bool(versions)
 
     def _write_state(self, alive: bool = True) -> None:
-        data = dict(self.state, alive=alive, contested=self.damper.contested, updated=time.time(),
-                    fingerprints=self.fingerprints)
+        """Publish the state when it changed (the loop turns every second or faster with nothing new)."""
+        data = dict(self.state, alive=alive, contested=self.damper.contested, fingerprints=self.fingerprints)
+        if data == self._written:
+            return
+        self._written = data
+        data = dict(data, updated=time.time())
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
             tmp = self.state_file.with_suffix(".tmp")
@@ -322,6 +401,16 @@ class Watcher:
             os.replace(tmp, self.state_file)
         except OSError as exc:
             log.debug("cannot write %s: %s", self.state_file, exc)
+
+
+def _settle(events: NftEvents) -> Batch:
+    """Read a burst of events to its end (a rival's delete and insert are two transactions a few
+    ms apart): one check for the burst instead of one per transaction, at the cost of a few ms."""
+    batch = events.drain()
+    deadline = time.monotonic() + SETTLE_MAX_S
+    while time.monotonic() < deadline and select.select([events], [], [], SETTLE_QUIET_S)[0]:
+        events.drain(batch)
+    return batch
 
 
 def _drain_socket(sock) -> None:
@@ -345,3 +434,7 @@ def read_state(path: str) -> dict | None:
         except (OSError, ValueError, KeyError):
             data["alive"] = False
     return data
+
+
+def _union(a: Scope, b: Scope) -> Scope:
+    return None if a is None or b is None else a | b
