@@ -48,9 +48,10 @@ class Flow:
 
 
 class Window:
-    def __init__(self, start: float, max_flows: int):
+    def __init__(self, start: float, max_flows: int, one_in: dict[str, int] | None = None):
         self.start = start
         self.max_flows = max_flows
+        self.one_in = {g: n for g, n in (one_in or {}).items() if n > 1}  # sampling odds from the start on
         self.flows: dict[tuple, Flow] = {}
         self.other: dict[str, Flow] = {}
         self.other_keys: Counter = Counter()  # flows not kept, per rule (an estimate of distinct flows)
@@ -99,7 +100,8 @@ class Window:
             return round(sampled / rest_samples[group] * remainder) if rest_samples[group] else 0
 
         out = [{"type": "window", "start": self.start, "end": end, "condemned": _by_key(condemned),
-                "sampled": _by_key(self.sampled), "flows": len(self.flows), "malformed": self.malformed}]
+                "sampled": _by_key(self.sampled), "flows": len(self.flows), "malformed": self.malformed,
+                "one_in": self.one_in}]
         for ((group, mode), src, dst, proto, dport, iface), f in sorted(self.flows.items(),
                                                                        key=lambda kv: -kv[1].sampled):
             out.append({"type": "flow", "start": self.start, "end": end, "rule": group, "mode": mode, "src": src,

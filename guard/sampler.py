@@ -80,7 +80,7 @@ class Sampler:
             self._last_counts = condemned_by_group(plan, nft)
             self._last_sources = source_counts(plan, nft)
             self._bans, self._bans_at = self._read_bans(), self.clock()  # bans from before we ran: not logged
-            self.window = Window(self.clock(), cfg.max_flows)
+            self.window = Window(self.clock(), cfg.max_flows, self._one_in())
         except BaseException:
             self._close()  # a half-built sampler must not keep the NFLOG group or queues bound
             raise
@@ -120,7 +120,12 @@ class Sampler:
         self.log.flush()
         if self.pcap:
             self.pcap.flush()
-        self.window = Window(now, self.cfg.max_flows)
+        self.window = Window(now, self.cfg.max_flows, self._one_in())
+
+    def _one_in(self) -> dict[str, int]:
+        """The sampling odds the kernel has now, per group (the log's window records say them: a
+        window's ``sampled`` is about ``condemned`` / ``one_in`` once the odds held all of it)."""
+        return {g: self.plan.sampling.one_in(g) for g in self.plan.ruleset.sample_groups}
 
     def _read_bans(self) -> dict[str, int | None]:
         return {b.shown: b.expires_s for b in bans.banned(self.plan, self.nft)}
