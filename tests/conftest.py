@@ -16,7 +16,14 @@ import pytest
 
 import netlab
 
-TOOLS = ("ip", "nft", "iptables-nft-restore", "iptables-legacy-restore", "hping3", "conntrack", "ping")
+# Every program the kernel tests, tests/netlab.py and tests/helpers run, and the ones nodeguard itself runs
+# under them (guard/backend/ipt.py: {ip,ip6}tables-{nft,legacy}-{save,restore}, ipset). tests/sdharness.py
+# checks its own (unshare, nsenter, systemctl) for test_unit_file.
+TOOLS = ("ip", "nft", "iptables-nft", "iptables-legacy",
+         *(f"{ip}tables-{flavour}-{kind}" for ip in ("ip", "ip6") for flavour in ("nft", "legacy")
+           for kind in ("save", "restore")),
+         "ipset", "hping3", "conntrack", "ping", "sysctl", "setpriv", "timeout", "unshare", "sh")
+TOOL_PACKAGES = "nftables iptables ipset hping3 conntrack iputils-ping iproute2 procps util-linux coreutils"
 
 
 def _kernel_problem() -> str | None:
@@ -24,7 +31,7 @@ def _kernel_problem() -> str | None:
         return "kernel tests need root (network namespaces, CAP_NET_ADMIN)"
     missing = [t for t in TOOLS if not shutil.which(t)]
     if missing:
-        return f"missing tools: {', '.join(missing)} (apt-get install nftables iptables hping3 conntrack iputils-ping iproute2)"
+        return f"missing tools: {', '.join(missing)} (apt-get install {TOOL_PACKAGES})"
     return None
 
 
