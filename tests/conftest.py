@@ -138,6 +138,45 @@ def default_policy(write_policy) -> str:
     return write_policy("{}", "default.yaml")
 
 
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-goldens", action="store_true",
+                     help="rewrite tests/golden/ from the code; every test that wrote one fails (review the diff, "
+                          "then run again without this option: an update never passes)")
+
+
+@pytest.fixture
+def golden(request):
+    """``golden(name, text)``: ``text`` must be tests/golden/<name> exactly. With ``--update-goldens``
+    the file is written instead and the test fails at teardown, after all its goldens are written."""
+    update = request.config.getoption("--update-goldens")
+    written = []
+
+    def check(name: str, text: str) -> str:
+        path = GOLDEN / name
+        if update:
+            path.write_text(text)
+            written.append(name)
+            return text
+        assert path.exists(), f"tests/golden/{name} is missing: write it with pytest --update-goldens, then review it"
+        assert text == path.read_text(), \
+            f"tests/golden/{name} differs from the code; if intended: pytest --update-goldens, review git diff, rerun"
+        return text
+
+    yield check
+    if written:
+        pytest.fail(f"--update-goldens wrote {', '.join(written)}: review git diff tests/golden, then run the tests "
+                    "again without --update-goldens", pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run with --update-goldens never passes, even one whose tests wrote nothing."""
+    if session.config.getoption("--update-goldens") and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.backends("nft", "iptables-nft")``: the other backends' variants are deselected, not
     skipped. Used where iptables-legacy would repeat iptables-nft's rendering and xt matches to keep the
