@@ -97,8 +97,8 @@ def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
     """Install or update nodeguard's rules in one transaction that keeps meters and trusted sets."""
     from .apply import check as check_tx
 
+    nft = _kernel()  # first: without privileges nothing else matters, whatever the policy file says
     policy, source = load_policy(_trusted_config(config))
-    nft = _kernel()
     plan = make_plan(policy, nft)
     from .apply import remove_other_backends
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import textwrap
 from pathlib import Path
 
@@ -16,7 +17,19 @@ import pytest
 
 import netlab
 
-TOOLS = ("ip", "nft", "iptables-nft-restore", "iptables-legacy-restore", "hping3", "conntrack", "ping")
+# Every program the kernel tests, tests/netlab.py and tests/helpers run, and the ones nodeguard itself runs
+# under them (guard/backend/ipt.py: {ip,ip6}tables-{nft,legacy}-{save,restore}, ipset). tests/sdharness.py
+# checks its own (unshare, nsenter, systemctl) for test_unit_file.
+TOOLS = ("ip", "nft", "iptables-nft", "iptables-legacy",
+         *(f"{ip}tables-{flavour}-{kind}" for ip in ("ip", "ip6") for flavour in ("nft", "legacy")
+           for kind in ("save", "restore")),
+         "ipset", "hping3", "conntrack", "ping", "sysctl", "setpriv", "timeout", "unshare", "sh")
+TOOL_PACKAGES = "nftables iptables ipset hping3 conntrack iputils-ping iproute2 procps util-linux coreutils"
+
+# nodeguard's host paths (policy.py, lastgood.py): no test may read or write them (every test has its
+# own, under tmp_path), so a node's real policy, state or logs never change a test's result, nor the
+# reverse. Checked over the whole session (host_paths_untouched).
+HOST_DIRS = ("/etc/nodeguard", "/run/nodeguard", "/var/log/nodeguard", "/var/lib/nodeguard")
 
 
 def _kernel_problem() -> str | None:
@@ -24,8 +37,40 @@ def _kernel_problem() -> str | None:
         return "kernel tests need root (network namespaces, CAP_NET_ADMIN)"
     missing = [t for t in TOOLS if not shutil.which(t)]
     if missing:
-        return f"missing tools: {', '.join(missing)} (apt-get install nftables iptables hping3 conntrack iputils-ping iproute2)"
+        return f"missing tools: {', '.join(missing)} (apt-get install {TOOL_PACKAGES})"
     return None
+
+
+def host_snapshot(dirs: tuple[str, ...] = HOST_DIRS) -> dict[str, tuple[int, int, int]]:
+    """path -> (file type, size, mtime in ns) of everything under ``dirs`` (the dirs themselves included,
+    whose mtime moves when an entry is created, renamed or removed); a missing dir is simply absent."""
+    out = {}
+    for top in dirs:
+        if not os.path.lexists(top):
+            continue
+        for here, subdirs, files in os.walk(top):
+            for path in (here, *(os.path.join(here, n) for n in subdirs + files)):
+                st = os.lstat(path)
+                out[path] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns)
+    return out
+
+
+def snapshot_changes(before: dict, after: dict) -> list[str]:
+    return sorted([f"created {p}" for p in after.keys() - before.keys()]
+                  + [f"removed {p}" for p in before.keys() - after.keys()]
+                  + [f"changed {p}" for p in before.keys() & after.keys() if before[p] != after[p]])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_paths_untouched():
+    """Fails the run (an error at the last test's teardown) when anything under HOST_DIRS was created,
+    removed or written while the tests ran: some test used nodeguard's host paths instead of its own."""
+    before = host_snapshot()
+    yield
+    changes = snapshot_changes(before, host_snapshot())
+    if changes:
+        pytest.fail("the tests changed nodeguard's host paths (a test without its own -c, state_file, "
+                    f"sampler.log or --last-good?): {'; '.join(changes[:20])}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -61,20 +106,75 @@ def lab(exclusive):
         yield pair
 
 
+def own_paths(text: str, where: Path) -> str:
+    """``text`` (a policy) with its host paths moved under ``where``: a ``watcher`` section with the
+    state_file (and so the sampler's odds file beside it) and a ``sampler`` section with the attack log,
+    unless the policy has such a section of its own (then it names its own paths). The defaults,
+    /run/nodeguard and /var/log/nodeguard, are the host's: another test's odds left there changed what
+    a later render said, and a node's own files would change a test's result."""
+    text = textwrap.dedent(text)
+    text = "" if text.strip() == "{}" else text.rstrip("\n") + "\n" if text.strip() else ""
+    if "watcher:" not in text and "state_file" not in text:
+        text += f"watcher:\n  state_file: {where}/state/watch.json\n"
+    if "sampler:" not in text:
+        text += f"sampler:\n  log: {where}/log/attacks.jsonl\n"
+    return text
+
+
 @pytest.fixture
 def write_policy(tmp_path: Path):
-    """Writes a policy under tmp_path. Without a ``watcher`` section of its own it gets one whose
-    state_file (and so the sampler's odds file beside it) is under tmp_path: the default,
-    /run/nodeguard, is the host's, and another test's odds left there changed what a later render says."""
+    """Writes a policy under tmp_path, with its host paths there too (own_paths)."""
     def write(text: str, name: str = "policy.yaml") -> str:
         path = tmp_path / name
-        text = textwrap.dedent(text)
-        if "watcher:" not in text and "state_file" not in text:
-            text = ("" if text.strip() == "{}" else text.rstrip("\n") + "\n") + \
-                f"watcher:\n  state_file: {tmp_path}/state/watch.json\n"
-        path.write_text(text)
+        path.write_text(own_paths(text, tmp_path))
         return str(path)
     return write
+
+
+@pytest.fixture
+def default_policy(write_policy) -> str:
+    """The built-in default policy with this test's own paths: what ``nodeguard <verb>`` without ``-c``
+    would use on a node with no /etc/nodeguard/config.yaml, minus the host's state and log."""
+    return write_policy("{}", "default.yaml")
+
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-goldens", action="store_true",
+                     help="rewrite tests/golden/ from the code; every test that wrote one fails (review the diff, "
+                          "then run again without this option: an update never passes)")
+
+
+@pytest.fixture
+def golden(request):
+    """``golden(name, text)``: ``text`` must be tests/golden/<name> exactly. With ``--update-goldens``
+    the file is written instead and the test fails at teardown, after all its goldens are written."""
+    update = request.config.getoption("--update-goldens")
+    written = []
+
+    def check(name: str, text: str) -> str:
+        path = GOLDEN / name
+        if update:
+            path.write_text(text)
+            written.append(name)
+            return text
+        assert path.exists(), f"tests/golden/{name} is missing: write it with pytest --update-goldens, then review it"
+        assert text == path.read_text(), \
+            f"tests/golden/{name} differs from the code; if intended: pytest --update-goldens, review git diff, rerun"
+        return text
+
+    yield check
+    if written:
+        pytest.fail(f"--update-goldens wrote {', '.join(written)}: review git diff tests/golden, then run the tests "
+                    "again without --update-goldens", pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run with --update-goldens never passes, even one whose tests wrote nothing."""
+    if session.config.getoption("--update-goldens") and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config, items):

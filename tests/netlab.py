@@ -298,7 +298,8 @@ def cpu_seconds(pid: int) -> float:
 @contextmanager
 def watcher(ns: Netns, policy_path: str, state_path: str):
     """``nodeguard watch`` in ``ns``; yields the process once it has adopted or installed."""
-    proc = ns.popen([sys.executable, "-m", "guard", "watch", "-c", policy_path], stdout=subprocess.DEVNULL)
+    proc = ns.popen([sys.executable, "-m", "guard", "watch", "-c", policy_path, "--last-good",
+                     str(Path(state_path).parent / "last-good.yaml")], stdout=subprocess.DEVNULL)  # not the host's
     try:
         wait_until(lambda: Path(state_path).exists() or proc.poll() is not None, timeout=10)
         assert proc.poll() is None, proc.stderr.read()

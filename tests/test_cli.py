@@ -14,9 +14,9 @@ def _ruleset(ns) -> str:
     return ns.run("nft -s -j list ruleset").stdout  # -s: without counters, which traffic moves
 
 
-def test_bad_policy_exits_2_with_one_line_and_changes_nothing(ns, write_policy):
+def test_bad_policy_exits_2_with_one_line_and_changes_nothing(ns, write_policy, default_policy):
     netlab.add_uplink(ns)
-    ns.nodeguard("apply")
+    ns.nodeguard("apply", "-c", default_policy)
     before = _ruleset(ns)
     bad = write_policy(BAD)
     for verb in (["apply"], ["apply", "--dry-run"], ["status"], ["check"]):
@@ -35,37 +35,38 @@ def test_bad_policy_on_a_clean_node_installs_nothing(ns, write_policy):
     assert json.loads(_ruleset(ns))["nftables"][1:] == []
 
 
-def test_dry_run_checks_with_the_kernel_but_commits_nothing(ns):
+def test_dry_run_checks_with_the_kernel_but_commits_nothing(ns, default_policy):
     netlab.add_uplink(ns)
-    res = ns.nodeguard("apply", "--dry-run", "--json")
+    res = ns.nodeguard("apply", "--dry-run", "--json", "-c", default_policy)
     assert json.loads(res.stdout)["applied"] is False
     assert json.loads(_ruleset(ns))["nftables"][1:] == []
 
 
-def test_not_root_is_refused_with_exit_2_and_one_line(ns):
+def test_not_root_is_refused_with_exit_2_and_one_line(ns, default_policy):
+    """Refused before the policy is read (nobody could not read this test's policy under tmp_path anyway)."""
     netlab.add_uplink(ns)
     res = ns.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                  sys.executable, "-m", "guard", "apply"], check=False)
+                  sys.executable, "-m", "guard", "apply", "-c", default_policy], check=False)
     assert res.returncode == 2, res
     assert res.stderr == "nodeguard: needs CAP_NET_ADMIN: run as root (or with CAP_NET_ADMIN)\n"
     assert json.loads(_ruleset(ns))["nftables"][1:] == []
 
 
-def test_uninstall_removes_only_our_table_and_is_idempotent(ns):
+def test_uninstall_removes_only_our_table_and_is_idempotent(ns, default_policy):
     netlab.add_uplink(ns)
     ns.run(["nft", "add table ip other; add chain ip other c { type filter hook input priority 0; }"])
-    ns.nodeguard("apply")
+    ns.nodeguard("apply", "-c", default_policy)
     assert json.loads(ns.nodeguard("uninstall", "--json").stdout) == {"removed": ["nft"]}
     assert json.loads(ns.nodeguard("uninstall", "--json").stdout) == {"removed": []}
     tables = [o["table"]["name"] for o in json.loads(_ruleset(ns))["nftables"] if "table" in o]
     assert tables == ["other"]
 
 
-def test_status_reports_hooks_foreign_chains_counters_and_meters(ns):
+def test_status_reports_hooks_foreign_chains_counters_and_meters(ns, default_policy):
     netlab.add_uplink(ns)
     ns.run(["nft", "add table ip kube; add chain ip kube nat-pre { type nat hook prerouting priority -100; }"])
-    ns.nodeguard("apply")
-    st = json.loads(ns.nodeguard("status", "--json").stdout)
+    ns.nodeguard("apply", "-c", default_policy)
+    st = json.loads(ns.nodeguard("status", "--json", "-c", default_policy).stdout)
     assert st["installed"] and st["in_sync"]
     assert {h["chain"]: h["priority"] for h in st["hooks"]} == {"ingress-ngu0": -500, "filter-prerouting": -350,
                                                                 "filter-conntrack": -190}
@@ -74,17 +75,17 @@ def test_status_reports_hooks_foreign_chains_counters_and_meters(ns):
     assert any(r["label"] == "syn-flood backstop" for r in st["rules"])
     meters = {m["set"]: m for m in st["meters"]}
     assert meters["syn-src-v4"]["elements"] == 0 and meters["syn-src-v4"]["size"] == 65536
-    text = ns.nodeguard("status").stdout
+    text = ns.nodeguard("status", "-c", default_policy).stdout
     assert "in sync with the policy" in text and "ip kube nat-pre" in text
 
     ns.run("nft flush chain inet nodeguard syn-flood")
-    assert json.loads(ns.nodeguard("status", "--json").stdout)["in_sync"] is False
+    assert json.loads(ns.nodeguard("status", "--json", "-c", default_policy).stdout)["in_sync"] is False
 
 
-def test_check_prints_the_kernel_text_and_changes_nothing(ns):
+def test_check_prints_the_kernel_text_and_changes_nothing(ns, default_policy):
     netlab.add_uplink(ns)
-    res = ns.nodeguard("check")
-    assert res.stdout.startswith("# <built-in rules/default.yaml>: valid; checked by the kernel")
+    res = ns.nodeguard("check", "-c", default_policy)
+    assert res.stdout.startswith(f"# {default_policy}: valid; checked by the kernel")
     assert "table inet nodeguard {" in res.stdout and "chain filter-prerouting {" in res.stdout
     assert json.loads(_ruleset(ns))["nftables"][1:] == []
 
@@ -101,9 +102,9 @@ def test_a_policy_file_others_could_write_is_refused_by_every_verb_that_writes_t
     assert json.loads(_ruleset(ns))["nftables"][1:] == []
 
 
-def test_dry_run_of_a_backend_switch_says_what_else_it_removes(ns, write_policy):
+def test_dry_run_of_a_backend_switch_says_what_else_it_removes(ns, write_policy, default_policy):
     netlab.add_uplink(ns)
-    ns.nodeguard("apply")
+    ns.nodeguard("apply", "-c", default_policy)
     out = ns.nodeguard("apply", "--dry-run", "-c", write_policy("backend: iptables\niptables:\n  flavour: nft\n")).stdout
     assert "would also remove nodeguard's rules from: nft" in out, out
     assert any(o.get("table", {}).get("name") == "nodeguard" for o in json.loads(_ruleset(ns))["nftables"])

@@ -48,13 +48,14 @@ def _assert_ours_run_first(ns) -> None:
 
 
 @pytest.mark.parametrize("name,loader", CASES, ids=[f"{n}-{l}" for n, l in CASES])
-def test_foreign_rules_are_identical_through_apply_reapply_and_uninstall(ns, write_policy, name, loader):
+def test_foreign_rules_are_identical_through_apply_reapply_and_uninstall(ns, write_policy, default_policy, name,
+                                                                        loader):
     netlab.add_uplink(ns)
     load_fixture(ns, name, loader)
     before = foreign_snapshot(ns)
     assert any(v.strip() for k, v in before.items() if not k.endswith("stderr")), "fixture loaded nothing"
 
-    ns.nodeguard("apply")
+    ns.nodeguard("apply", "-c", default_policy)
     assert foreign_snapshot(ns) == before
     _assert_ours_run_first(ns)
 
@@ -70,7 +71,7 @@ def test_foreign_rules_are_identical_through_apply_reapply_and_uninstall(ns, wri
     assert not any(o.get("table", {}).get("name") == "nodeguard" for o in ns.nft_json("tables"))
 
 
-def test_priorities_move_below_a_foreign_chain_that_sits_lower(ns):
+def test_priorities_move_below_a_foreign_chain_that_sits_lower(ns, default_policy):
     netlab.add_uplink(ns)
     ns.run(["nft", "add table ip early; add chain ip early pre { type filter hook prerouting priority -360; }; "
                    "add chain ip early post { type filter hook prerouting priority -195; }"])
@@ -78,7 +79,7 @@ def test_priorities_move_below_a_foreign_chain_that_sits_lower(ns):
     # at -1000 and below it is a tap that sees every packet first, and stays in front
     ns.run(["nft", "add table netdev early; add chain netdev early rival { type filter hook ingress device ngu0 "
                    "priority -600; }; add chain netdev early tap { type filter hook ingress device ngu0 priority -1000; }"])
-    out = ns.nodeguard("apply").stdout
+    out = ns.nodeguard("apply", "-c", default_policy).stdout
     assert ns.our_priorities() == {"ingress-ngu0": -601, "filter-prerouting": -361, "filter-conntrack": -196}
     assert "below ip early pre" in out and "below netdev early rival" in out
 
@@ -122,16 +123,16 @@ def test_iptables_backend_changes_only_its_own_lines_through_apply_reapply_and_u
     assert ns.run("ipset list -n").stdout.strip() == ""
 
 
-def test_switching_backend_removes_the_other_backends_objects(ns, write_policy):
+def test_switching_backend_removes_the_other_backends_objects(ns, write_policy, default_policy):
     netlab.add_uplink(ns)
-    ns.nodeguard("apply")
+    ns.nodeguard("apply", "-c", default_policy)
     ns.nodeguard("apply", "-c", write_policy("backend: iptables\niptables:\n  flavour: legacy\n"))
     assert not any(o.get("table", {}).get("name") == "nodeguard" for o in ns.nft_json("tables"))
     assert "NODEGUARD-PRE" in ns.run("iptables-legacy-save").stdout
     ns.nodeguard("apply", "-c", write_policy("backend: iptables\niptables:\n  flavour: nft\n"))
     assert "NODEGUARD" not in ns.run("iptables-legacy-save").stdout
     assert "NODEGUARD-PRE" in ns.run("iptables-nft-save").stdout
-    ns.nodeguard("apply")
+    ns.nodeguard("apply", "-c", default_policy)
     assert "NODEGUARD" not in ns.run("iptables-nft-save").stdout + ns.run("iptables-legacy-save").stdout
     assert ns.run("ipset list -n").stdout.strip() == ""
     assert any(o.get("table", {}).get("name") == "nodeguard" for o in ns.nft_json("tables"))

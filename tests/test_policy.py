@@ -6,18 +6,30 @@ from pathlib import Path
 
 import pytest
 
+import guard.policy
 from guard.errors import PolicyError
 from guard.policy import Policy, load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_built_in_default_is_rules_default_yaml_and_equals_the_code_defaults():
-    policy, source = load_policy(None) if not Path("/etc/nodeguard/config.yaml").exists() else (None, None)
+def test_built_in_default_is_rules_default_yaml_and_equals_the_code_defaults(tmp_path, monkeypatch):
+    # the default location is this test's, not the host's /etc/nodeguard/config.yaml (which a node may have)
+    monkeypatch.setattr(guard.policy, "DEFAULT_CONFIG", tmp_path / "config.yaml")
+    policy, source = load_policy(None)
     shipped = parse_policy((ROOT / "rules" / "default.yaml").read_text(), "rules/default.yaml")
     assert shipped == Policy() == parse_policy("{}", "empty.yaml")
-    if policy is not None:
-        assert policy == shipped and "default.yaml" in source
+    assert policy == shipped and source == "<built-in rules/default.yaml>"
+
+
+def test_without_a_path_the_file_at_the_default_location_is_read_when_it_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr(guard.policy, "DEFAULT_CONFIG", tmp_path / "config.yaml")
+    (tmp_path / "config.yaml").write_text("icmp:\n  per_source: 7/second\n")
+    policy, source = load_policy(None)
+    assert (policy.icmp.per_source.count, source) == (7, str(tmp_path / "config.yaml"))
+    (tmp_path / "config.yaml").write_text("icmp:\n  per_source: lots\n")
+    with pytest.raises(PolicyError, match=r"config.yaml:2: icmp.per_source: rate must look like"):
+        load_policy(None)  # a broken file there is an error, never a silent fall back to the built-in
 
 
 def test_every_shipped_policy_is_valid():

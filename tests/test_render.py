@@ -3,13 +3,13 @@
 The test machine's kernel lacks nft ``queue``, so no kernel test here takes the path stock kernels
 take (nfqueue sampling). These tests do: whole transactions pinned for both transports and both
 backends, invariants over many generated policies, and nft's own evaluation of the nfqueue render.
-Regenerate the goldens after an intended change with ``NODEGUARD_UPDATE_GOLDEN=1``.
+After an intended change, rewrite the goldens with ``pytest --update-goldens`` (that run fails: review
+``git diff tests/golden``, then run again without it).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -61,21 +61,14 @@ def _small() -> Policy:
     return parse_policy((GOLDEN / "small.yaml").read_text(), "small.yaml")
 
 
-def _pinned(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("NODEGUARD_UPDATE_GOLDEN") == "1":
-        path.write_text(text)
-    assert text == path.read_text(), f"{name} changed; if intended, regenerate with NODEGUARD_UPDATE_GOLDEN=1"
+@pytest.mark.parametrize("transport", ["nflog", "nfqueue"])
+def test_nft_transaction_for_the_small_policy_is_pinned(transport, golden):
+    golden(f"small.{transport}.nft.json", json.dumps(_nft_fresh(_ruleset(_small(), transport)), indent=1) + "\n")
 
 
 @pytest.mark.parametrize("transport", ["nflog", "nfqueue"])
-def test_nft_transaction_for_the_small_policy_is_pinned(transport):
-    _pinned(f"small.{transport}.nft.json", json.dumps(_nft_fresh(_ruleset(_small(), transport)), indent=1) + "\n")
-
-
-@pytest.mark.parametrize("transport", ["nflog", "nfqueue"])
-def test_iptables_transaction_for_the_small_policy_is_pinned(transport):
-    _pinned(f"small.{transport}.iptables.txt", _ipt_fresh(_ruleset(_small(), transport)))
+def test_iptables_transaction_for_the_small_policy_is_pinned(transport, golden):
+    golden(f"small.{transport}.iptables.txt", _ipt_fresh(_ruleset(_small(), transport)))
 
 
 # --- invariants over generated policies ----------------------------------------------------

@@ -130,12 +130,12 @@ def test_forwarded_with_loose_pickup_on_is_refused_before_anything_changes(lab, 
     assert "nodeguard" not in victim.run("nft list tables").stdout
 
 
-def test_status_reports_wrong_sysctls_and_changes_nothing_unless_asked(lab, write_policy):
+def test_status_reports_wrong_sysctls_and_changes_nothing_unless_asked(lab, write_policy, default_policy):
     victim, _attacker = lab
     victim.run("sysctl -qw net.ipv4.tcp_timestamps=0")
     with netlab.tcp_server(victim, "0.0.0.0", PORT):
-        victim.nodeguard("apply")
-        out = victim.nodeguard("status").stdout
+        victim.nodeguard("apply", "-c", default_policy)
+        out = victim.nodeguard("status", "-c", default_policy).stdout
         assert "WRONG SYSCTL net.ipv4.tcp_timestamps = 0" in out, out
         assert victim.run("sysctl -n net.ipv4.tcp_timestamps").stdout.strip() == "0", "changed without being asked"
         victim.nodeguard("apply", "-c", write_policy("syn:\n  synproxy:\n    set_sysctls: true\n"))

@@ -64,27 +64,51 @@ def test_the_kernel_refusing_every_repair_does_not_stop_the_watcher(lab, tmp_pat
         assert _flood_is_limited(victim, attacker)
 
 
-def test_sighup_with_a_policy_the_kernel_rejects_keeps_the_rules_and_counts_it(lab, tmp_path):
+DNS_LIMIT = "limits:\n  - name: dns\n    protocol: udp\n    ports: [53]\n    per_source: 100/second\n"
+
+
+@pytest.mark.parametrize("fault", ["nfqueue-edit", "chain-pinned-by-a-foreign-map"])
+def test_sighup_with_a_policy_the_kernel_refuses_keeps_the_rules_and_counts_it(lab, tmp_path, fault):
+    """nfqueue-edit: the edit also samples through nft ``queue``, which a kernel without CONFIG_NFT_QUEUE
+    (this test machine's) rejects; on a kernel with it (stock kernels) the same edit is taken, queue rules
+    and all (the kernel decides, not the validator), and the test checks that instead.
+    chain-pinned-by-a-foreign-map: the edit drops the ``dns`` limit, whose chain a foreign verdict map in
+    our table jumps to, so the kernel refuses to delete it (EBUSY) and with it the reload's transaction:
+    the refused path on every kernel. Either way the watcher stays up, counts the refusal, keeps the
+    rules in force, and takes the edit at the next SIGHUP once the kernel accepts it."""
     victim, attacker = lab
-    if netlab.nft_queue_supported(victim):
-        pytest.skip("this kernel has nft queue, so the nfqueue policy used here is not rejected")
-    policy, state = _watched_policy(tmp_path)
+    pinned = fault == "chain-pinned-by-a-foreign-map"
+    policy, state = _watched_policy(tmp_path, DNS_LIMIT if pinned else "")
+    text = Path(policy).read_text()
+    good = text.replace("per_source: 20/second", "per_source: 7/second").replace(DNS_LIMIT, "")
+    refused = pinned or not netlab.nft_queue_supported(victim)
     with netlab.watcher(victim, policy, str(state)) as proc:
+        if pinned:
+            victim.run(["nft", "add map inet nodeguard pin { type ipv4_addr : verdict; }; "
+                               "add element inet nodeguard pin { 192.0.2.1 : jump limit-dns }"])
         before = victim.run("nft -s list table inet nodeguard").stdout
-        text = Path(policy).read_text()
-        Path(policy).write_text(text.replace("per_source: 20/second", "per_source: 7/second")
-                                + "sampler:\n  transport: nfqueue\n")  # this kernel lacks nft queue
+        Path(policy).write_text(good if pinned else good + "sampler:\n  transport: nfqueue\n")
         os.kill(proc.pid, signal.SIGHUP)
+        if not refused:  # a kernel with nft queue takes the nfqueue edit
+            wait_until(lambda: _state(state)["reloads_ok"] == 1, timeout=5, interval=0.05)
+            wait_until(lambda: "queue" in victim.run("nft list chain inet nodeguard sample-icmp-flood").stdout
+                       and "7/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout, timeout=5)
+            assert _state(state)["reloads_failed"] == 0 and proc.poll() is None
+            return
         wait_until(lambda: _state(state)["reloads_failed"] == 1, timeout=5, interval=0.05)
         time.sleep(1.0)  # a few verify cycles
         assert proc.poll() is None
         assert victim.run("nft -s list table inet nodeguard").stdout == before, "the running rules stay"
-        assert _state(state)["reloads_ok"] == 0
-        Path(policy).write_text(text.replace("per_source: 20/second", "per_source: 7/second"))
+        assert _state(state)["reloads_ok"] == 0 and _state(state)["repairs"] == 0
+        if pinned:
+            victim.run("nft delete map inet nodeguard pin")
+        Path(policy).write_text(good)
         os.kill(proc.pid, signal.SIGHUP)
         wait_until(lambda: "7/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout, timeout=5)
         # the state file is written at the end of the loop's turn, just after the transaction
         wait_until(lambda: _state(state)["reloads_ok"] == 1, timeout=2, interval=0.02)
+        assert _state(state)["reloads_failed"] == 1 and proc.poll() is None
+        assert "limit-dns" not in victim.run("nft list table inet nodeguard").stdout
 
 
 def test_a_vanished_default_route_keeps_the_last_interfaces_protected(lab, tmp_path):
