@@ -111,13 +111,19 @@ def sh(args: list[str], check: bool = True, timeout: float = 60, **kw) -> subpro
 
 
 def _alive(pid: int) -> bool:
+    """Running, not a zombie: a killed demo's processes are reparented to PID 1, and until it reaps them
+    (some inits take seconds) kill(pid, 0) still succeeds; waiting for those cost 2 s per namespace."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def namespaces(prefix: str) -> list[str]:
