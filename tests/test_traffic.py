@@ -173,8 +173,11 @@ def test_bogus_tcp_flag_combinations_are_dropped(guarded):
     guard.apply()
     cases = {"null": [], "xmas": ["-F", "-P", "-U"], "syn+fin": ["-S", "-F"], "syn+rst": ["-S", "-R"],
              "fin without ack": ["-F"]}
-    for flags in cases.values():
-        attacker.run(["hping3", "-q", "-c", "5", "-i", "u2000", "-p", str(PORT), *flags, VICTIM4], check=False)
+    # all at once: each hping3 -c waits ~1 s for replies after its last packet (5.7 s one after another)
+    procs = [attacker.popen(["hping3", "-q", "-c", "5", "-i", "u2000", "-p", str(PORT), *flags, VICTIM4])
+             for flags in cases.values()]
+    for proc in procs:
+        proc.communicate(timeout=30)
     counters = guard.counters()
     for label in cases:
         assert counters[f"bogus-flags: bogus flags {label}"] == 5, (label, counters)
