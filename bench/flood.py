@@ -182,10 +182,10 @@ class Bench:
 
     def counters(self) -> dict[str, int]:
         """Attack packets arrived (netdev ingress) and delivered (after every filter, "d:" keys)."""
-        out = labmod.parse_counters(self.node.run("nft", "-j", "list", "counters", "table", "netdev",
+        out = labmod.parse_counters(self.node.run("nft", "-j", "list", "table", "netdev",
                                                   COUNTER_TABLE).stdout)
         out.update({f"d:{k}": v for k, v in labmod.parse_counters(self.node.run(
-            "nft", "-j", "list", "counters", "table", "inet", DELIVERED_TABLE).stdout).items()})
+            "nft", "-j", "list", "table", "inet", DELIVERED_TABLE).stdout).items()})
         return out
 
     def connects(self, port: int, duration: float) -> dict:

@@ -92,11 +92,21 @@ def test_nodeports_are_proxied_too_when_asked(lab, write_policy):
         victim.nodeguard("apply", "-c", policy)
         assert victim.run("sysctl -n net.netfilter.nf_conntrack_tcp_loose").stdout.strip() == "0"
         guarded = _round(victim, attacker, VICTIM4, 3003, FRESH4[1], 50)
+    proxied = victim.counters()["syn-flood: synproxy: syn not tracked v4"]
     print(f"\nNodePort, spoofed flood, brand-new client: nodeguard {guarded['ok']}/50 (conntrack peak "
-          f"{guarded['conntrack_peak']}), no protection {none['ok']}/20 (conntrack peak {none['conntrack_peak']})")
-    # the handshake race (see above) costs more through DNAT: 47-50/50 measured, against 4-12/30 unprotected
-    assert guarded["ok"] >= 45 and guarded["ok"] / 50 >= none["ok"] / 20, (guarded, none)
-    assert guarded["conntrack_peak"] < 0.5 * 262_144
+          f"{guarded['conntrack_peak']}), no protection {none['ok']}/20 (conntrack peak {none['conntrack_peak']}); "
+          f"SYNs not tracked {proxied}")
+    # SYNPROXY's handshake race costs a few connects through DNAT: nodeguard 47-50/50 (mean 48.4) in 8
+    # runs, 3 of them with NODEGUARD_TEST_BUSY=1; unprotected 14-20/20 in the same runs, so the old
+    # "nodeguard's share >= unprotected share" failed whenever the unprotected round lost nothing. The
+    # margin, 5 of 50, is the race's worst seen plus 2; with the unprotected round at 20/20 it is the 45.
+    assert guarded["ok"] >= 45 and guarded["ok"] / 50 >= none["ok"] / 20 - 0.10, (guarded, none)
+    # Without protection the flood grows conntrack (peak 64,840-65,536 in the same runs, never near the
+    # old bound, half of nf_conntrack_max 262,144, which a broken proxy could not fail); with it, only
+    # the SYNs before SYNPROXY engaged are tracked (engage_over's burst, 500): peak 502-544.
+    assert none["conntrack_peak"] > 10_000, none
+    assert guarded["conntrack_peak"] < 2_000, guarded
+    assert proxied > 50_000, f"the flood skipped conntrack through SYNPROXY: {proxied} (165,025-388,847 seen)"
 
 
 def test_a_new_listener_is_proxied_within_one_watcher_cycle(lab, tmp_path):

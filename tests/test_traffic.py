@@ -42,7 +42,7 @@ def guarded(request, lab, write_policy):
 
 
 def _assert_normal_ping_gets_through(attacker, addr: str) -> None:
-    time.sleep(1.0)  # the bucket refills
+    time.sleep(0.3)  # the bucket refills: 6 tokens at 20/s, and each 0.2 s between pings adds 4
     _sent, received = ping_stats(attacker.run(f"ping -c 3 -i 0.2 -W 1 {addr}").stdout)
     assert received == 3
 
@@ -88,7 +88,12 @@ def test_ipv6_ping_flood_is_limited_while_neighbour_discovery_keeps_working(guar
         ns.run("ip -6 neigh flush all")
     sent, received = ping_stats(attacker.run(f"ping -6 -f -i 0.0002 -q -w 3 {VICTIM6}", check=False).stdout)
     counters = guard.counters()
-    assert sent > 250 and 20 * 3 <= received <= 20 * 3 + 20 + 10, (sent, received)
+    print(f"\n{guard.backend}: IPv6 ping flood, 3 s: sent {sent}, received {received}")
+    # A flood is what sends well over the limit: at least twice the most the limit lets through. ping -f
+    # sends ~88/s here while its echoes are lost: sent 263-268, received 79-80 in 21 runs (nft,
+    # iptables-nft, legacy; 12 on a shared machine at load 1.1-1.7, 9 with NODEGUARD_TEST_BUSY=1); issue
+    # 16 saw 250 on a loaded fresh machine, which failed the old "sent > 250".
+    assert sent > 2 * (20 * 3 + 20 + 10) and 20 * 3 <= received <= 20 * 3 + 20 + 10, (sent, received)
     assert counters["icmp-flood: icmp-flood per-source v6"] > 0
     assert counters["filter-prerouting: essential icmpv6 (RFC 4890)"] > 0  # NS/NA went through
 
@@ -168,8 +173,11 @@ def test_bogus_tcp_flag_combinations_are_dropped(guarded):
     guard.apply()
     cases = {"null": [], "xmas": ["-F", "-P", "-U"], "syn+fin": ["-S", "-F"], "syn+rst": ["-S", "-R"],
              "fin without ack": ["-F"]}
-    for flags in cases.values():
-        attacker.run(["hping3", "-q", "-c", "5", "-i", "u2000", "-p", str(PORT), *flags, VICTIM4], check=False)
+    # all at once: each hping3 -c waits ~1 s for replies after its last packet (5.7 s one after another)
+    procs = [attacker.popen(["hping3", "-q", "-c", "5", "-i", "u2000", "-p", str(PORT), *flags, VICTIM4])
+             for flags in cases.values()]
+    for proc in procs:
+        proc.communicate(timeout=30)
     counters = guard.counters()
     for label in cases:
         assert counters[f"bogus-flags: bogus flags {label}"] == 5, (label, counters)

@@ -54,6 +54,8 @@ class Nft:
 
         ``terse`` leaves out set elements (nft -t): meters can hold millions.
         """
+        if terse and what.startswith("table "):
+            return self._terse_table(*what.split()[1:3])
         self._nft.set_terse_output(terse)
         try:
             rc, out, err = self._nft.cmd(f"list {what}")
@@ -64,6 +66,16 @@ class Nft:
                 return []
             raise BackendError(f"list {what}", _first_error(err))
         return json.loads(out)["nftables"] if out else []
+
+    def _terse_table(self, family: str, name: str) -> list[dict]:
+        """``list table`` without set elements. nft 1.0.6 fetches every element of every set for
+        ``list table`` even with -t (1.1 s for one 65,536-element meter; status, the watcher's reads and
+        bans paid it on every call), while ``list ruleset <family>`` -t skips them (20 ms): the table's
+        objects are taken from that. [] when the table does not exist, as ``list table`` gives."""
+        listing = self.list(f"ruleset {family}", terse=True)
+        mine = [o for o in listing if "metainfo" in o or any(
+            v.get("family") == family and v.get("table" if k != "table" else "name") == name for k, v in o.items())]
+        return mine if any("table" in o for o in mine) else []
 
     def set_elements(self, family: str, table: str, name: str) -> list[dict]:
         """The elements of one set, each as a dict with "val" (plus "counter", "expires", ... where the

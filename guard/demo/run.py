@@ -203,7 +203,7 @@ class Demo:
     def _poll_counters(self) -> None:
         while not self.stop_polling.wait(0.25):
             try:
-                res = self.node.run("nft", "-j", "list", "counters", "table", "netdev", COUNTER_TABLE, timeout=5)
+                res = self.node.run("nft", "-j", "list", "table", "netdev", COUNTER_TABLE, timeout=5)
                 vals = _ingress(res.stdout)
             except Exception as exc:  # noqa: BLE001 - a failed poll is shown, never fatal
                 self.tel.errors.append(f"ingress counters: {exc}")
@@ -270,7 +270,7 @@ class Demo:
 
     def _snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
         """The latest ingress counters and drop counters, fresh from the kernel."""
-        res = self.node.run("nft", "-j", "list", "counters", "table", "netdev", COUNTER_TABLE)
+        res = self.node.run("nft", "-j", "list", "table", "netdev", COUNTER_TABLE)
         arrived = _ingress(res.stdout)
         st = json.loads(nodeguard(self.node, "status", "--json", "-c", str(self.policy)).stdout)
         return arrived, drops_by_threat(st, self.threats)
@@ -335,7 +335,7 @@ class Demo:
 
 
 def _ingress(nft_json: str) -> dict[str, int]:
-    """threat key -> packets, from ``nft -j list counters table netdev ngd_demo``."""
+    """threat key -> packets, from ``nft -j list table netdev ngd_demo`` (see ``parse_counters``)."""
     return labmod.parse_counters(nft_json)
 
 
