@@ -38,6 +38,7 @@ from .events import Batch, NftEvents
 from .fingerprints import of_live
 from .interfaces import resolve_interfaces
 from .policy import Policy
+from .render.ids import id_from_comment
 
 log = logging.getLogger("nodeguard.watch")
 RETRY_MAX_S = 30.0
@@ -146,6 +147,9 @@ class Watcher:
             self._unread = _union(self._unread, families)  # the last read of them is out of date
             self._legacy_seen = tuple(e for e in self._legacy_seen if e[0] not in families)
             return
+        if families is not None and plan.nft is not None and self.fingerprints and \
+                all(id_from_comment(r["comment"]) in self.fingerprints for r in plan.nft.rules):
+            return  # a refill of rules we installed before: the kernel lists them as it did then
         after = self._record(plan)
         if after is not None:  # struck again already: check (and repair, or damp) on the next turn
             self._recheck = True

@@ -127,12 +127,15 @@ def test_a_flush_war_is_damped_named_and_cheap(watched):
         time.sleep(every_s)
     cpu = (netlab.cpu_seconds(proc.pid) - cpu_before) / (time.monotonic() - started)
     st = json.loads(state.read_text())
+    print(f"\nnft flush war: {flushes} flushes, {st['repairs']} repairs, watcher CPU {cpu:.2%}")
 
     # 6 repairs at once (the 6th trips max_repairs_per_minute 5), then 1, 2, 4 s later: at most 9 in 12 s
     assert flushes >= 50
     assert 5 <= st["repairs"] <= 9, st
     assert st["contested"] and st["contested_by"].startswith("nft (pid"), st
-    assert cpu < 0.05, f"watcher used {cpu:.1%} of a core during the war"
+    # Measured: 0.83-0.91 % of a core, quiet and with NODEGUARD_TEST_BUSY=1 (2.0 % before a refill
+    # stopped re-reading the table, 5-8 % before strikes were left unchecked while damped).
+    assert cpu <= 0.02, f"watcher used {cpu:.1%} of a core during the war"
     assert "CONTESTED by nft (pid" in victim.nodeguard("status", "-c", policy).stdout
 
 
@@ -157,6 +160,13 @@ watcher:
 """)
     with netlab.watcher(victim, str(policy), str(state)) as proc:
         yield victim, attacker, proc, state, str(policy), request.param
+
+
+def _pre_counter(ns, flavour: str) -> int:
+    """Packets counted by the first rule of our IPv4 stateless chain (every packet passes it)."""
+    out = ns.run([f"iptables-{flavour}-save", "-c", "-t", "raw"]).stdout
+    line = next(ln for ln in out.splitlines() if " -A NODEGUARD-PRE " in ln)
+    return int(line[1:line.index(":")])
 
 
 def _ipt_rules(ns, flavour: str, table: str, chain: str) -> list[str]:
@@ -190,8 +200,11 @@ def _ipt_flood_is_limited(victim, attacker, flavour: str) -> bool:
 
 
 def test_insert_war_with_a_kube_router_style_competitor_is_damped_and_protection_holds(watched_ipt):
-    victim, _attacker, proc, state, policy, flavour = watched_ipt
+    victim, attacker, proc, state, policy, flavour = watched_ipt
     war_s = 12.0
+    attacker.run(f"ping -c 5 -i 0.01 -q {netlab.VICTIM4}", check=False)
+    counted = _pre_counter(victim, flavour)
+    assert counted >= 5, counted
     rival = victim.popen([sys.executable, str(netlab.HELPERS / "competitor.py"), flavour, "raw", "PREROUTING",
                           "0.2", str(war_s)])
     cpu_before, started = netlab.cpu_seconds(proc.pid), time.monotonic()
@@ -214,7 +227,12 @@ def test_insert_war_with_a_kube_router_style_competitor_is_damped_and_protection
     # 6 at once (the 6th trips max_repairs_per_minute 5), then 1, 2, 4 s later: at most 10 in 12 s
     assert 5 <= st["repairs"] <= 10, st
     assert st["contested_by"].startswith("KUBE-ROUTER-INPUT"), st
-    assert cpu < 0.05, f"watcher used {cpu:.1%} of a core during the war"
+    # A repair puts our jumps back and rewrites no chain: the counters (and the state of every
+    # match) in our chains survive the war.
+    assert _pre_counter(victim, flavour) >= counted, "a repair rewrote our chains"
+    # Measured on 2 noisy cores (other tests beside, or NODEGUARD_TEST_BUSY=1): iptables-nft
+    # 0.98-1.49 %, legacy 0.98-1.74 % (9 repairs, 15 checks); before the fix 7-9 % and 5-6 %.
+    assert cpu <= 0.02, f"watcher used {cpu:.1%} of a core during the war"
     assert "CONTESTED by KUBE-ROUTER-INPUT" in victim.nodeguard("status", "-c", policy).stdout
 
 
