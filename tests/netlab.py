@@ -67,7 +67,10 @@ class Netns:
                 if c.get("chain", {}).get("table") == "nodeguard" and "prio" in c["chain"]}
 
     def conntrack_count(self) -> int:
-        return int(self.run("conntrack -C").stdout.strip() or 0)
+        """conntrack -C; a failed or empty read fails the test (it must never read as 0 entries)."""
+        out = self.run("conntrack -C").stdout.strip()
+        assert out.isdigit(), f"conntrack -C printed {out!r}"
+        return int(out)
 
     # --- nodeguard's own view, from ``status --json`` ------------------------------------
     def status(self, policy: str) -> dict:
