@@ -101,8 +101,8 @@ class Netns:
         if backend == "nft":
             set_ = next(o["set"] for o in self.nft_json(f"set inet nodeguard {kernel_name}") if "set" in o)
             return {e["elem"]["val"] if isinstance(e, dict) else e for e in set_.get("elem", [])}
-        return {ln.split()[0] for ln in self.run(["ipset", "list", kernel_name]).stdout.splitlines()
-                if ln[:1].isdigit() or ":" in ln.split(" ", 1)[0]}
+        listing = self.run(["ipset", "list", kernel_name]).stdout
+        return {ln.split()[0] for ln in listing.split("\nMembers:\n", 1)[1].splitlines() if ln.strip()}
 
     def nft_set_handles(self) -> dict[str, int]:
         """name -> handle of every set of table inet nodeguard: a set deleted and added again gets a new one."""
