@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from guard.placement import TAPS
 from guard.render.ipt import chain_name as _ipt_chain_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,51 @@ class Netns:
                 if c.get("chain", {}).get("table") == "nodeguard" and "prio" in c["chain"]}
 
     def conntrack_count(self) -> int:
-        return int(self.run("conntrack -C").stdout.strip() or 0)
+        """conntrack -C; a failed or empty read fails the test (it must never read as 0 entries)."""
+        out = self.run("conntrack -C").stdout.strip()
+        assert out.isdigit(), f"conntrack -C printed {out!r}"
+        return int(out)
+
+    # --- nodeguard's own view, from ``status --json`` ------------------------------------
+    def status(self, policy: str) -> dict:
+        return json.loads(self.nodeguard("status", "--json", "-c", policy).stdout)
+
+    def in_sync(self, policy: str) -> bool:
+        return self.status(policy)["in_sync"]
+
+    def wait_in_sync(self, policy: str, timeout: float = 5.0) -> float:
+        """Seconds until status says in sync; the drift it reports in the AssertionError otherwise."""
+        try:
+            return wait_until(lambda: self.in_sync(policy), timeout=timeout, interval=0.1)
+        except AssertionError:
+            raise AssertionError(f"not in sync within {timeout} s: {self.status(policy)['drift']}") from None
+
+    def meters(self, policy: str) -> dict[str, dict]:
+        """status's sets by their model name ("icmp-src-v4", "trusted-v4", ...): kind, kernel_name, elements."""
+        return {m["set"]: m for m in self.status(policy)["meters"]}
+
+    def has_element(self, backend: str, kernel_name: str, addr: str) -> bool:
+        """Is ``addr`` in the kernel set ``kernel_name`` (nft set of table inet nodeguard, or ipset)?"""
+        cmd = (["nft", "get", "element", "inet", "nodeguard", kernel_name, f"{{ {addr} }}"] if backend == "nft"
+               else ["ipset", "test", kernel_name, addr])
+        return self.run(cmd, check=False).returncode == 0
+
+    def set_members(self, backend: str, kernel_name: str) -> set[str]:
+        """The addresses a kernel set holds now (nft set of table inet nodeguard, or ipset)."""
+        if backend == "nft":
+            set_ = next(o["set"] for o in self.nft_json(f"set inet nodeguard {kernel_name}") if "set" in o)
+            return {e["elem"]["val"] if isinstance(e, dict) else e for e in set_.get("elem", [])}
+        listing = self.run(["ipset", "list", kernel_name]).stdout
+        return {ln.split()[0] for ln in listing.split("\nMembers:\n", 1)[1].splitlines() if ln.strip()}
+
+    def nft_set_handles(self) -> dict[str, int]:
+        """name -> handle of every set of table inet nodeguard: a set deleted and added again gets a new one."""
+        return {o["set"]["name"]: o["set"]["handle"] for o in self.nft_json("sets table inet nodeguard")
+                if "set" in o}
+
+    def trusted(self, backend: str, policy: str, addr: str) -> bool:
+        """Has ``addr`` a place in the trusted set (a completed handshake), as the kernel holds it?"""
+        return self.has_element(backend, self.meters(policy)["trusted-v4"]["kernel_name"], addr)
 
     # --- nodeguard's rules, found by their comment --------------------------------------
     def counters(self, backend: str = "nft") -> dict[str, int]:
@@ -278,6 +323,52 @@ def ping_stats(output: str) -> tuple[int, int]:
     m = _PING_STATS.search(output)
     assert m, output
     return int(m[1]), int(m[2])
+
+
+# --- the truth: what arrived, counted before anything of ours ---------------------------------
+TRUTH_PRIORITY = TAPS
+
+
+class Truth:
+    """Packet counters at netdev ingress (and optionally egress) of ``device``: the independent truth of
+    what arrived at (left) the victim, which nodeguard's own counters are judged against.
+
+    One table (``netdev truth``, chains ``in`` and ``out``), one counting rule per name, its match an nft
+    expression ("ip saddr 10.77.0.2 icmp type echo-request"). Ingress priority TRUTH_PRIORITY (-1000,
+    placement.TAPS): netdev ingress runs before ip_rcv, so before every netfilter hook of both iptables
+    flavours, and at -1000 it also runs before nodeguard's own ingress ban chains (placed at -500, or just
+    above -1000 below a rival). Nodeguard leaves chains at -1000 and below in front as taps; a counter at
+    priority 0 would instead be a rival that moves our ban chains below it, and would count after the
+    ban had dropped (and so miss) what arrived. tests/helpers/ban_poll.py reads chain ``in`` too.
+    A new Truth replaces the namespace's earlier one: its counters start from zero.
+    """
+
+    def __init__(self, ns: Netns, ingress: dict[str, str], egress: dict[str, str] | None = None,
+                 device: str = VICTIM_IF):
+        self.ns = ns
+        cmds = ["add table netdev truth", "delete table netdev truth", "add table netdev truth",  # from zero
+                f"add chain netdev truth in {{ type filter hook ingress device {device} priority {TRUTH_PRIORITY}; }}"]
+        cmds += [f'add rule netdev truth in {m} counter comment "{n}"' for n, m in ingress.items()]
+        if egress:
+            cmds.append(f"add chain netdev truth out {{ type filter hook egress device {device} priority 0; }}")
+            cmds += [f'add rule netdev truth out {m} counter comment "{n}"' for n, m in egress.items()]
+        ns.run(["nft", "; ".join(cmds)])
+
+    def counts(self) -> dict[str, int]:
+        """name -> packets counted so far."""
+        return {o["rule"]["comment"]: next(e["counter"]["packets"] for e in o["rule"]["expr"] if "counter" in e)
+                for o in self.ns.nft_json("table netdev truth") if "rule" in o}
+
+
+def start_sampler(ns: Netns, policy: str, timeout: float = 10.0, **popen) -> subprocess.Popen:
+    """``nodeguard sample`` in ``ns``; returns once it says "sampling via" (its counters are read from then on)."""
+    proc = ns.popen([sys.executable, "-m", "guard", "sample", "-c", policy], **popen)
+    deadline = time.monotonic() + timeout
+    while "sampling via" not in (line := proc.stderr.readline()):
+        if not line or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"sampler did not start: {line!r}")
+    return proc
 
 
 def wait_until(pred, timeout: float = 5.0, interval: float = 0.005) -> float:

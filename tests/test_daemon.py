@@ -172,8 +172,7 @@ def dropped(m: dict, group: str, what: str = "packets") -> float:
     return m[(f"nodeguard_dropped_{what}_total", (("group", group), ("mode", "enforce")))]
 
 
-def status_json(ns, policy: str) -> dict:
-    return json.loads(ns.nodeguard("status", "--json", "-c", policy).stdout)
+status_json = netlab.Netns.status
 
 
 def icmp_flood_counts(st: dict) -> tuple[int, int]:
@@ -361,10 +360,7 @@ def test_sighup_bad_policy_keeps_rules_good_one_takes_effect_without_an_unprotec
 
     # A good reload under a continuous flood: 10/s -> 40/s per source. Counters are sampled every
     # 10 ms in-process: our condemning rules, and netdev ingress/egress of the victim's uplink.
-    victim.run(["nft", f"add table netdev truth; add chain netdev truth in {{ type filter hook ingress device "
-                       f"{netlab.VICTIM_IF} priority 0; }}; add chain netdev truth out {{ type filter hook egress "
-                       f"device {netlab.VICTIM_IF} priority 0; }}; add rule netdev truth in ip saddr {ATTACKER4} "
-                       f"icmp type echo-request counter; add rule netdev truth out icmp type echo-reply counter"])
+    netlab.Truth(victim, {"in": f"ip saddr {ATTACKER4} icmp type echo-request"}, {"out": "icmp type echo-reply"})
     poll = victim.popen([sys.executable, str(HELPERS / "counter_poll.py"), "7", "0.01"])
     assert poll.stdout.readline().strip() == "ready"
     flood = netlab.flood(attacker, 7, "--icmp", "-a", ATTACKER4, VICTIM4)

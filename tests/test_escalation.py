@@ -4,9 +4,11 @@ A source that stays over a per-source limit for ``escalate.after_s`` (no pause i
 than ``gap_s``) is banned: its packets are dropped by the first rule of the receive path (nft: an
 ingress chain per protected device; iptables: rule 1 of raw PREROUTING). What must hold:
 
-* bursts never ban (2 s at 2x and at 10x a limit, 10x with a pause longer than gap_s); a flood is
-  banned within after_s + 1 s of its first packet, timed against a netdev ingress truth counter at
-  priority -1000; after the ban, the ban rule drops exactly what arrives from it;
+* bursts never ban, though really over their limit (a SYN burst of 2 s at 4x: 1600 SYNs against 800
+  tokens, its drops counted against a netdev ingress truth counter; ICMP 2 s at 10x, and 10x with a
+  pause longer than gap_s); a flood is banned after_s (-0.05/+0.35 s) after its first packet, timed
+  against the truth counter (netlab.Truth); after the ban, the ban rule drops exactly what arrives
+  from it; a SYN flood is banned on every backend (ICMP on nft, UDP on iptables-legacy too);
 * a legitimate client keeps connecting; allowlisted and trusted (handshake-proven) sources are never
   banned, however hard they flood; an allowlist edit frees a banned source at once;
 * IPv6: the /64 is banned (another address of it is dropped at ingress too);
@@ -42,6 +44,10 @@ from netlab import (
 
 PORT = 8080
 AFTER_S = 3  # the default escalate.after_s
+SYN_RATE, SYN_BURST = 200, 400  # the default syn.per_source
+SYN_BURST_RATE = 4 * SYN_RATE  # a SYN burst really over its limit, for 2 s (< after_s)
+SYN_TOKENS_2S = SYN_BURST + SYN_RATE * 2  # what its bucket lets through in those 2 s
+SYN_DROP_MARGIN = 20  # measured |(arrived - tokens) - dropped|: 0 in 4 of 4 runs (nft, iptables-nft; 1601 arrived)
 ALLOWED4 = FRESH4[2]
 INGRESS = f"ingress-{VICTIM_IF}"  # netlab.counters keys (iptables' NODEGUARD-BAN-UPLINK maps to it)
 
@@ -90,18 +96,6 @@ def _pace(victim, attacker, *streams: str) -> subprocess.Popen:
     return proc
 
 
-def _truth(victim, *sources: str) -> None:
-    """Per-source arrival counters at netdev ingress priority -1000, before anything of ours."""
-    rules = "".join(f"add rule netdev truth in ip saddr {s} counter; " for s in sources)
-    victim.run(["nft", (f"add table netdev truth; add chain netdev truth in {{ type filter hook ingress device "
-                        f"{VICTIM_IF} priority -1000; }}; {rules}")])
-
-
-def _truth_counts(victim) -> list[int]:
-    return [next(e["counter"]["packets"] for e in o["rule"]["expr"] if "counter" in e)
-            for o in victim.nft_json("table netdev truth") if "rule" in o]
-
-
 def _hping(attacker, seconds: float, *args: str) -> subprocess.Popen:
     return attacker.popen(["timeout", "-s", "INT", str(seconds), "hping3", "-q", *args], stdout=subprocess.DEVNULL)
 
@@ -113,18 +107,25 @@ def test_bursts_are_never_banned_and_an_ipv6_flood_bans_its_64(node2):
     victim_mac = _mac(victim, VICTIM_IF)
     for addr in (VICTIM4, VICTIM6):  # no neighbour discovery needed by the attacker's side
         attacker.run(["ip", "neigh", "replace", addr, "lladdr", victim_mac, "dev", ATTACKER_IF, "nud", "permanent"])
+    truth = netlab.Truth(victim, {"syn burst": f"ip saddr {FRESH4[0]} tcp flags syn"})
     pace = _pace(victim, attacker,
-                 f"syn,{FRESH4[0]},{VICTIM4},400,2",  # 2 s at 2x the SYN limit (a NAT gateway reconnecting)
+                 f"syn,{FRESH4[0]},{VICTIM4},{SYN_BURST_RATE},2",  # 2 s at 4x the SYN limit (a NAT gateway)
                  f"icmp,{FRESH4[1]},{VICTIM4},100,2",  # 2 s at 10x the ICMP limit: dropped, never banned
                  f"icmp,10.77.0.8,{VICTIM4},100,1.5/1.2/1.5",  # 10x, a pause longer than gap_s, 10x again
                  f"icmp,{ATTACKER6},{VICTIM6},100,5")  # 5 s at 10x: over for more than after_s
     sent = json.loads(pace.communicate(timeout=30)[0].splitlines()[-1])
     time.sleep(0.3)
     c = victim.counters(backend)
+    syn_arrived, syn_dropped = truth.counts()["syn burst"], c["syn-flood: syn-flood per-source v4"]
     print(f"\n{backend}: sent {sent}; icmp per-source drops v4 {c['icmp-flood: icmp-flood per-source v4']}, "
-          f"v6 {c['icmp-flood: icmp-flood per-source v6']}")
+          f"v6 {c['icmp-flood: icmp-flood per-source v6']}; SYN burst: {syn_arrived} arrived, {syn_dropped} dropped "
+          f"(tokens {SYN_TOKENS_2S})")
     assert c["icmp-flood: icmp-flood per-source v4"] > 2 * 150, "the 10x bursts were over their limit"
     assert _bans(victim, p) == ["fd77::/64"], "only the IPv6 source that stayed over for after_s"
+    # the SYN burst was over its limit: 1600 SYNs against 800 tokens (burst 400 + 200/s x 2 s), so about
+    # 800 dropped. Measured (arrived - tokens) - dropped: SYN_DROP_MEASURED; bound +-SYN_DROP_MARGIN.
+    assert syn_arrived >= 0.95 * SYN_BURST_RATE * 2, syn_arrived
+    assert abs((syn_arrived - SYN_TOKENS_2S) - syn_dropped) <= SYN_DROP_MARGIN, (syn_arrived, syn_dropped)
 
     # another address of the banned /64 is dropped at ingress too
     before = victim.counters(backend)[f"{INGRESS}: banned v6 /64"]
@@ -146,6 +147,48 @@ def _reaped(request, proc: subprocess.Popen) -> subprocess.Popen:
     return proc
 
 
+def _ban_delay(samples: list) -> float:
+    """ban_poll samples: seconds from the flood's first packet (at the truth counter) to the first ban drop."""
+    first = next(i for i, s in enumerate(samples) if s[1] > 0)
+    t0 = samples[max(first - 1, 0)][0]  # the first packet arrived after this sample
+    return next(s[0] for s in samples if s[2] > 0) - t0
+
+
+# Ban delay: first ingress drop after the flood's first packet, polled every 20 ms. Measured (s), 11 floods
+# on a 2-core machine shared with other test runs: SYN 3.03-3.04 (6: nft, iptables-nft, -legacy), ICMP
+# (nft) 3.01, 3.02, UDP (iptables-legacy) 3.08, 3.17; median 3.03. The ban itself comes after_s after the
+# first per-source drop (the kernel's set timeouts); what is added is the burst (UDP's 4000 at ~100 kpps:
+# 40 ms) and the poll.
+BAN_DELAY = (AFTER_S - 0.05, AFTER_S + 0.35)
+
+
+def test_a_syn_flood_is_banned_at_ingress_within_after_s(node, request):
+    victim, attacker, backend, policy = node
+    p = policy()
+    # SYNs only: the attacker's kernel answers every SYN-ACK of the victim with a RST
+    truth = netlab.Truth(victim, {"attacker": f"ip saddr {ATTACKER4} tcp flags syn"})
+    with netlab.tcp_server(victim, VICTIM4, PORT):
+        victim.nodeguard("apply", "-c", p)
+        poll = _reaped(request, victim.popen([sys.executable, str(HELPERS / "ban_poll.py"), backend, "6", "0.02"]))
+        assert poll.stdout.readline().strip() == "ready"
+        netlab.flood(attacker, 5, "-S", "-p", str(PORT), "-a", ATTACKER4, VICTIM4).wait()
+        samples = json.loads(poll.communicate(timeout=20)[0].splitlines()[-1])
+        assert netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 3) == {"ok": 3, "failed": 0}
+    arrived = truth.counts()["attacker"]
+    c = victim.counters(backend)
+    banned, per_source = c[f"{INGRESS}: banned v4 source"], c["syn-flood: syn-flood per-source v4"]
+    assert _bans(victim, p) == [ATTACKER4], f"the SYN flood was not banned ({per_source} per-source drops)"
+    delay = _ban_delay(samples)
+    print(f"\n{backend}, SYN flood: banned {delay:.2f} s after its first packet; arrived {arrived}, dropped at "
+          f"ingress {banned}, per-source drops before the ban {per_source}")
+    assert BAN_DELAY[0] <= delay <= BAN_DELAY[1], delay
+    # every SYN that arrived was dropped by the ban, or before it by the per-source limit, or passed under
+    # that limit: its burst plus its rate until the ban (measured: exactly that, to the packet; 20 for the
+    # 20 ms poll and the pacing)
+    assert 0 <= arrived - banned - per_source <= SYN_BURST + SYN_RATE * delay + 20, (arrived, banned, per_source)
+    assert banned > 0.2 * arrived, (banned, arrived)
+
+
 @pytest.mark.backends("nft", "iptables-legacy")
 def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tmp_path, request):
     victim, attacker, backend, policy = node
@@ -153,19 +196,14 @@ def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tm
     trusted_flood, trusted_group = ((["--icmp"], "icmp-flood") if group == "syn-flood"
                                     else (["-S", "-p", str(PORT + 1)], "syn-flood"))
     p1 = policy()
-    _truth(victim, ATTACKER4)
+    truth = netlab.Truth(victim, {"attacker": f"ip saddr {ATTACKER4}"})
     with netlab.tcp_server(victim, VICTIM4, PORT):
         # applied with the server listening: a later render (the sampler's odds) has the same SYNPROXY ports,
         # so it rewrites no flood chain and no counter read below restarts
         victim.nodeguard("apply", "-c", p1)
         assert netlab.tcp_clients(attacker, TRUSTED4, VICTIM4, PORT, 1) == {"ok": 1, "failed": 0}
-        trusted = next(m["kernel_name"] for m in json.loads(victim.nodeguard("status", "--json", "-c", p1).stdout)
-                       ["meters"] if m["set"] == "trusted-v4")
-        test = ["nft", "get", "element", "inet", "nodeguard", trusted, f"{{ {TRUSTED4} }}"] if backend == "nft" \
-            else ["ipset", "test", trusted, TRUSTED4]
-        wait_until(lambda: victim.run(test, check=False).returncode == 0, timeout=3, interval=0.1)
-        sampler = _reaped(request, victim.popen([sys.executable, "-m", "guard", "sample", "-c", p1],
-                                                stdout=subprocess.DEVNULL))
+        wait_until(lambda: victim.trusted(backend, p1, TRUSTED4), timeout=3, interval=0.1)
+        sampler = _reaped(request, netlab.start_sampler(victim, p1, stdout=subprocess.DEVNULL))
         poll = _reaped(request, victim.popen([sys.executable, str(HELPERS / "ban_poll.py"), backend, "11", "0.02"]))
         assert poll.stdout.readline().strip() == "ready"
         floods = [netlab.flood(attacker, 10, *hping_args, "-a", ATTACKER4, VICTIM4),
@@ -177,18 +215,15 @@ def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tm
             f.wait()
     samples = json.loads(poll.communicate(timeout=20)[0].splitlines()[-1])
     time.sleep(0.5)
-    (arrived,) = _truth_counts(victim)
+    arrived = truth.counts()["attacker"]
     c = victim.counters(backend)
     banned_drops, per_source = c[f"{INGRESS}: banned v4 source"], c[f"{group}: {group} per-source v4"]
 
-    first = next(i for i, s in enumerate(samples) if s[1] > 0)
-    t0 = samples[max(first - 1, 0)][0]  # the first packet arrived after this sample
-    t_ban = next(s[0] for s in samples if s[2] > 0)
-    print(f"\n{backend}, {group}: first ingress drop {t_ban - t0:.2f} s after the flood's first packet (polled every "
+    delay = _ban_delay(samples)
+    print(f"\n{backend}, {group}: first ingress drop {delay:.2f} s after the flood's first packet (polled every "
           f"20 ms); arrived {arrived}, dropped at ingress {banned_drops}, per-source drops before the ban "
           f"{per_source}; client during the flood {during}")
-    assert t_ban - t0 <= AFTER_S + 1.0
-    assert t_ban - t0 >= AFTER_S - 0.1, "banned before after_s"
+    assert BAN_DELAY[0] <= delay <= BAN_DELAY[1], delay
     # every packet that arrived was dropped by the ban, or before it by the per-source limit, or passed
     # under that limit (its burst plus its rate until the ban)
     assert 0 <= arrived - banned_drops - per_source <= passes
@@ -216,7 +251,7 @@ def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tm
             victim.run(f"iptables-{backend.split('-')[1]} -t raw -D PREROUTING 1")  # the ban check's jump
         wait_until(lambda: json.loads((tmp_path / "watch.json").read_text())["repairs"] >= 1, timeout=5,
                    interval=0.05)
-        st = json.loads(victim.nodeguard("status", "--json", "-c", p2).stdout)
+        st = victim.status(p2)
     assert st["in_sync"] and st["escalation"]["banned"] == 1, st["escalation"]
     if backend != "nft":
         assert [(j["target"], j["position"]) for j in st["jumps"] if (j["family"], j["table"]) == ("v4", "raw")] \
@@ -249,7 +284,7 @@ def test_a_full_ban_set_bans_nobody_more_and_drops_nothing_extra(node2):
     pace = _pace(victim, attacker, *(f"icmp,{s},{VICTIM4},50,{AFTER_S + 2}" for s in sources))
     pace.communicate(timeout=30)
     banned = _bans(victim, p)
-    st = json.loads(victim.nodeguard("status", "--json", "-c", p).stdout)["escalation"]
+    st = victim.status(p)["escalation"]
     print(f"\n{backend}: 20 sources over their limit, ban set of 16: {len(banned)} banned, bans counted {st['bans']}")
     assert len(banned) == 16 and set(banned) < set(sources)
     assert st["bans"] == 16 and st["banned"] == 16
@@ -281,11 +316,7 @@ def test_ingress_chains_follow_the_default_route(node2):
         victim.run("ip -6 route del default")
         netlab.add_uplink(victim)  # ngu0 with the IPv4 default route
         wait_until(lambda: ban_devices() == ["ingress-ngu0"], timeout=5, interval=0.1)
-        try:
-            wait_until(lambda: json.loads(victim.nodeguard("status", "--json", "-c", p).stdout)["in_sync"],
-                       timeout=5, interval=0.2)
-        except AssertionError:
-            raise AssertionError(json.loads(victim.nodeguard("status", "--json", "-c", p).stdout)["drift"]) from None
+        victim.wait_in_sync(p)
 
 
 # --- no kernel -----------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,14 +29,6 @@ def _policy(write_policy, backend: str, tmp_path: Path, extra: str = "") -> str:
     """) + netlab.NO_ESCALATION + extra)  # the estimates are checked against the whole flood: no bans
 
 
-def _start_sampler(victim, policy: str) -> subprocess.Popen:
-    proc = victim.popen([sys.executable, "-m", "guard", "sample", "-c", policy])
-    deadline = time.monotonic() + 10
-    while "sampling via" not in (line := proc.stderr.readline()):
-        assert line and time.monotonic() < deadline, "sampler did not start"
-    return proc
-
-
 @pytest.mark.parametrize("backend", ["nft", "iptables-nft"])
 def test_two_attackers_are_named_with_their_rules_and_each_source_estimated_within_5_percent(
         lab, write_policy, tmp_path, backend):
@@ -47,20 +37,16 @@ def test_two_attackers_are_named_with_their_rules_and_each_source_estimated_with
     victim.nodeguard("apply", "-c", policy)
     # The truth per source: what reached the victim's interface (netdev ingress runs before
     # prerouting). hping3's own "sent" count includes packets lost on the way at these rates.
-    rules = "; ".join(f"add rule netdev truth in ip saddr {a} {p} counter"
-                      for a, p in ((ATTACKER4, "icmp type echo-request"), (LEGIT4, "icmp type echo-request"),
-                                   (ATTACKER4, "tcp flags syn")))
-    victim.run(["nft", "add table netdev truth; add chain netdev truth in { type filter hook ingress "
-                       f"device {netlab.VICTIM_IF} priority 0; }}; {rules}"])
-    sampler = _start_sampler(victim, policy)
+    truth = netlab.Truth(victim, {"icmp " + ATTACKER4: f"ip saddr {ATTACKER4} icmp type echo-request",
+                                  "icmp " + LEGIT4: f"ip saddr {LEGIT4} icmp type echo-request",
+                                  "syn " + ATTACKER4: f"ip saddr {ATTACKER4} tcp flags syn"})
+    sampler = netlab.start_sampler(victim, policy)
     floods = {"icmp " + ATTACKER4: netlab.flood(attacker, 5, "--icmp", "-a", ATTACKER4, VICTIM4),
               "icmp " + LEGIT4: netlab.flood(attacker, 5, "--icmp", "-a", LEGIT4, VICTIM4),
               "syn " + ATTACKER4: netlab.flood(attacker, 5, "-S", "-p", "80", "-a", ATTACKER4, VICTIM4)}
     for f in floods.values():
         f.wait()
-    truth_rules = [o["rule"] for o in victim.nft_json("table netdev truth") if "rule" in o]
-    arrived = {key: next(e["counter"]["packets"] for e in r["expr"] if "counter" in e)
-               for key, r in zip(floods, truth_rules, strict=True)}
+    arrived = truth.counts()
     time.sleep(2.5)  # one more window closes
     sampler.send_signal(signal.SIGTERM)
     sampler.wait(timeout=10)
@@ -102,7 +88,7 @@ def test_kill_9_of_the_sampler_keeps_protection_and_legit_traffic_and_a_restart_
     victim.nodeguard("apply", "-c", policy)
     key = "icmp-flood: icmp-flood per-source v4"
     with netlab.tcp_server(victim, VICTIM4, 8080):
-        sampler = _start_sampler(victim, policy)
+        sampler = netlab.start_sampler(victim, policy)
         flood = netlab.flood(attacker, 6, "--icmp", "-a", ATTACKER4, VICTIM4)
         time.sleep(1.5)
         os.kill(sampler.pid, signal.SIGKILL)
@@ -114,7 +100,7 @@ def test_kill_9_of_the_sampler_keeps_protection_and_legit_traffic_and_a_restart_
     assert victim.counters(backend)[key] > at_kill + 50_000, "condemned packets are still dropped"
 
     restarted = time.time()
-    sampler = _start_sampler(victim, policy)
+    sampler = netlab.start_sampler(victim, policy)
     netlab.flood(attacker, 3, "--icmp", "-a", LEGIT4, VICTIM4).wait()
     time.sleep(2.5)
     sampler.send_signal(signal.SIGTERM)
@@ -135,7 +121,7 @@ def test_a_spoofed_flood_from_a_million_sources_keeps_memory_and_log_size_capped
             keep: 2
     """)
     victim.nodeguard("apply", "-c", policy)
-    sampler = _start_sampler(victim, policy)
+    sampler = netlab.start_sampler(victim, policy)
     netlab.flood(attacker, 8, "--icmp", "--rand-source", VICTIM4).wait()
     time.sleep(1.5)
     rss_kb = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{sampler.pid}/status").read_text())[1])

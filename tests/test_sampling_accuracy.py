@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 
 import pytest
@@ -24,23 +23,6 @@ from netlab import FRESH4, VICTIM4
 
 TWO = {"10.77.0.2": "u100", FRESH4[0]: "u1000"}  # ~10,000/s and ~1,000/s: 1:10
 TEN = {f"10.77.1.{i}": f"u{100 * i}" for i in range(1, 11)}  # ~10,000/s down to ~1,000/s
-
-
-def _truth_table(victim, sources: dict) -> None:
-    rules = "; ".join(f"add rule netdev truth in ip saddr {a} icmp type echo-request counter" for a in sources)
-    victim.run(["nft", "add table netdev truth; add chain netdev truth in { type filter hook ingress "
-                       f"device {netlab.VICTIM_IF} priority 0; }}; {rules}"])
-
-
-def _truth(victim) -> dict[str, int]:
-    out = {}
-    for o in victim.nft_json("table netdev truth"):
-        r = o.get("rule")
-        if r:
-            addr = next(e["match"]["right"] for e in r["expr"] if "match" in e and
-                        e["match"]["left"].get("payload", {}).get("field") == "saddr")
-            out[addr] = next(e["counter"]["packets"] for e in r["expr"] if "counter" in e)
-    return out
 
 
 # iptables-nft with ten sources covers its two-source case too (one fewer 13 s flood in the suite)
@@ -59,11 +41,8 @@ def test_sources_sharing_a_group_are_each_estimated_within_5_percent(lab, write_
           state_file: {tmp_path}/watch.json
     """) + netlab.NO_ESCALATION)  # every source's whole flood is condemned by icmp-flood: no bans
     victim.nodeguard("apply", "-c", policy)
-    _truth_table(victim, sources)
-    sampler = victim.popen([sys.executable, "-m", "guard", "sample", "-c", policy])
-    deadline = time.monotonic() + 10
-    while "sampling via" not in (line := sampler.stderr.readline()):
-        assert line and time.monotonic() < deadline, "sampler did not start"
+    truth = netlab.Truth(victim, {a: f"ip saddr {a} icmp type echo-request" for a in sources})
+    sampler = netlab.start_sampler(victim, policy)
     floods = [attacker.popen(["timeout", "-s", "INT", "10", "hping3", "-q", "--icmp", "-a", a, "-i", gap, VICTIM4])
               for a, gap in sources.items()]
     for f in floods:
@@ -71,7 +50,7 @@ def test_sources_sharing_a_group_are_each_estimated_within_5_percent(lab, write_
     time.sleep(2.5)
     sampler.send_signal(signal.SIGTERM)
     _out, err = sampler.communicate(timeout=10)
-    arrived = _truth(victim)
+    arrived = truth.counts()
     estimated = {a: 0 for a in sources}
     sampled = {a: 0 for a in sources}
     for r in read_records(tmp_path / "attacks.jsonl"):

@@ -21,17 +21,21 @@ PORT = 8080
 
 
 class ConntrackPeak:
-    """The node's conntrack count, polled every 50 ms in the background: its peak."""
+    """The node's conntrack count, polled every 50 ms in the background: its peak. A read that fails (or
+    prints no number) fails the test on exit, and so does a poll that never read: a peak of 0 must mean 0."""
 
     def __init__(self, ns):
-        self.ns, self.peak, self._stop = ns, 0, threading.Event()
+        self.ns, self.peak, self.reads, self.error, self._stop = ns, 0, 0, None, threading.Event()
         self._t = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self) -> None:
-        while not self._stop.is_set():
-            n = self.ns.run("cat /proc/sys/net/netfilter/nf_conntrack_count", check=False).stdout.strip()
-            self.peak = max(self.peak, int(n or 0))
-            time.sleep(0.05)
+        try:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, int(self.ns.run("cat /proc/sys/net/netfilter/nf_conntrack_count").stdout))
+                self.reads += 1
+                time.sleep(0.05)
+        except Exception as e:  # noqa: BLE001 - raised in the test by __exit__
+            self.error = e
 
     def __enter__(self):
         self._t.start()
@@ -40,6 +44,9 @@ class ConntrackPeak:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
+        if self.error is not None:
+            raise AssertionError(f"conntrack count unreadable: {self.error}") from self.error
+        assert self.reads > 0, "the conntrack count was never read"
 
 
 def _round(victim, attacker, target: str, port: int, client: str, count: int) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import threading
 import time
 
@@ -19,10 +18,7 @@ CLIENTS = {LEGIT4: 4, TRUSTED4: 12, FRESH4[0]: 30}  # new connections per second
 
 def _traffic(victim, attacker, policy: str, seconds: int = 8) -> dict:
     """Legitimate clients at their rates plus a single-source SYN flood, with the sampler running."""
-    sampler = victim.popen([sys.executable, "-m", "guard", "sample", "-c", policy])
-    deadline = time.monotonic() + 10
-    while "sampling via" not in (line := sampler.stderr.readline()):
-        assert line and time.monotonic() < deadline, "sampler did not start"
+    sampler = netlab.start_sampler(victim, policy)
     results: dict[str, dict] = {}
 
     def client(src: str, per_s: int) -> None:

@@ -33,8 +33,7 @@ watcher:
         yield victim, attacker, proc, state, str(policy)
 
 
-def _in_sync(ns, policy) -> bool:
-    return json.loads(ns.nodeguard("status", "--json", "-c", policy).stdout)["in_sync"]
+_in_sync = netlab.Netns.in_sync
 
 
 def _protected(ns) -> bool:

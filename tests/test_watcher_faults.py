@@ -58,8 +58,7 @@ def test_the_kernel_refusing_every_repair_does_not_stop_the_watcher(lab, tmp_pat
         assert "check/repair" in _state(state)["last_error"]
         squatter.stdin.close()  # the owner goes away, and the kernel removes its table
         squatter.wait()
-        wait_until(lambda: _state(state)["repairs"] >= 1 and json.loads(
-            victim.nodeguard("status", "--json", "-c", policy).stdout)["in_sync"], timeout=20, interval=0.2)
+        wait_until(lambda: _state(state)["repairs"] >= 1 and victim.in_sync(policy), timeout=20, interval=0.2)
         assert proc.poll() is None
         assert _flood_is_limited(victim, attacker)
 

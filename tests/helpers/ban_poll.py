@@ -1,5 +1,5 @@
 """Samples, every INTERVAL seconds for SECONDS, in the namespace it runs in: the packets of the truth
-counter (``table netdev truth``, chain ``in``: the test adds it at ingress priority -1000, one counting
+counter (``table netdev truth``, chain ``in``: netlab.Truth, at ingress priority -1000, one counting
 rule for the source it watches) and the drops of nodeguard's ban check for IPv4 (nft: the ingress
 chains' "banned v4 source" rules; iptables: that rule in raw NODEGUARD-BAN-UPLINK).
 
@@ -34,7 +34,7 @@ while time.monotonic() < end:
         rule = o.get("rule")
         if not rule:
             continue
-        if rule["table"] == "truth":
+        if rule["table"] == "truth" and rule["chain"] == "in":
             truth += counter(rule)
         elif rule["table"] == "nodeguard" and rule["chain"].startswith("ingress-") \
                 and rule.get("comment", "").endswith(" banned v4 source"):
