@@ -3,8 +3,11 @@
 Per backend (nft, iptables-nft, iptables-legacy), two disruptions:
   flush    - our ICMP chain is flushed
   reorder  - nft: a rival base chain appears just below ours on prerouting;
-             iptables: a rival rule is inserted at position 1 of filter INPUT, above our jump
-CPU counts the watcher and the tools it runs (iptables-*-save, ipset).
+             iptables: a rival rule is inserted at position 1 of mangle PREROUTING, above our jump
+CPU counts the watcher and the tools it runs (iptables-*-save, ipset). Also printed: the watcher's
+CPU per repair (the flush case: one event, one check, one repair) and per foreign event that needs
+no repair (a transaction on a table of someone else's: one check; iptables-legacy: a chain created
+and deleted, seen by its poll).
 Latency = from the moment the disrupting command has returned until our rule is back
 (polled every 0.5 ms in-process for nft tables, which include iptables-nft chains; with
 `iptables-legacy -S` for legacy). Baseline, same run: one in-process `apply` transaction, the
@@ -79,11 +82,14 @@ class NftCase:
         self.nft._nft.cmd("delete table ip rival")
         wait(lambda: self._prio() == -350)
 
+    def foreign(self, i: int):
+        self.nft._nft.cmd(f"add table ip other{i}; delete table ip other{i}")
+
 
 class IptCase:
     def __init__(self, nft: Nft, flavour: str):
         self.nft, self.flavour, self.ipt = nft, flavour, f"iptables-{flavour}"
-        sh(f"{self.ipt} -N RIVAL")
+        sh(f"{self.ipt} -t mangle -N RIVAL")
 
     def _rules(self, table: str, chain: str) -> list[str]:
         if self.flavour == "nft":  # iptables-nft chains are nft chains: read them in-process
@@ -97,11 +103,15 @@ class IptCase:
         return lambda: bool(self._rules("raw", "NODEGUARD-ICMP"))
 
     def reorder(self, i: int):
-        sh(f"{self.ipt} -I INPUT 1 -j RIVAL")
-        return lambda: "NODEGUARD-CONN" in (self._rules("filter", "INPUT") or [""])[0]
+        sh(f"{self.ipt} -t mangle -I PREROUTING 1 -j RIVAL")
+        return lambda: "NODEGUARD-CONN" in (self._rules("mangle", "PREROUTING") or [""])[0]
 
     def undo(self):
-        sh(f"{self.ipt} -D INPUT -j RIVAL")
+        sh(f"{self.ipt} -t mangle -D PREROUTING -j RIVAL")
+
+    def foreign(self, i: int):
+        sh(f"{self.ipt} -N OTHER{i}")
+        sh(f"{self.ipt} -X OTHER{i}")
 
 
 def run_backend(backend: str, nft: Nft, n: int, idle_s: float, tmp: Path) -> dict:
@@ -116,19 +126,28 @@ def run_backend(backend: str, nft: Nft, n: int, idle_s: float, tmp: Path) -> dic
         apply_plan(plan, nft)
         floor.append((time.perf_counter() - t) * 1000)
     case = NftCase(nft) if backend == "nft" else IptCase(nft, backend.split("-")[1])
-    w = subprocess.Popen([sys.executable, "-m", "guard", "watch", "-c", str(tmp / f"{backend}.yaml")],
-                         stderr=subprocess.DEVNULL)
+    w = subprocess.Popen([sys.executable, "-m", "guard", "watch", "-c", str(tmp / f"{backend}.yaml"),
+                          "--last-good", str(tmp / f"{backend}.last-good.yaml")], stderr=subprocess.DEVNULL)
     try:
         wait(lambda: (tmp / f"{backend}.json").exists(), timeout=10)
         time.sleep(0.5)
         res = {"floor": floor, "flush": [], "reorder": []}
         jitter = random.Random(7)  # disrupt at every phase of a legacy poll, not just after one
+        c0 = cpu_s(w.pid)
         for _ in range(n):
             time.sleep(jitter.random() if backend == "iptables-legacy" else 0)
             restored = case.flush()
             t0 = time.perf_counter()
             res["flush"].append((wait(restored) - t0) * 1000)
             time.sleep(0.02)
+        time.sleep(0.2)
+        res["cpu_repair_ms"] = (cpu_s(w.pid) - c0) / n * 1000
+        poll = 1.1 if backend == "iptables-legacy" else 0.1  # legacy: one poll sees each
+        c0 = cpu_s(w.pid)
+        for i in range(n):
+            case.foreign(i)
+            time.sleep(poll)
+        res["cpu_event_ms"] = (cpu_s(w.pid) - c0) / n * 1000
         for i in range(n):
             time.sleep(jitter.random() if backend == "iptables-legacy" else 0)
             restored = case.reorder(i)
@@ -168,6 +187,8 @@ def main() -> None:
             verdict = "ok" if pct(xs, 99) <= goal else "MISSED"
             print(f"{backend:<16} {case:<10} {statistics.median(xs):>8.1f} {pct(xs, 99):>8.1f} {max(xs):>8.1f} "
                   f"{len(xs):>4}  {statistics.median(xs) / floor:>8.1f}x  p99 <= {goal} ms {verdict}")
+        print(f"{backend:<16} CPU per repair {r['cpu_repair_ms']:.1f} ms, per foreign event "
+              f"{r['cpu_event_ms']:.1f} ms (watcher and its tools; includes idle ticks)")
         print(f"{backend:<16} idle CPU over {args.idle:.0f} s: {r['idle']:.2f} % of a core (goal <= 0.5 %)")
 
 
