@@ -128,7 +128,6 @@ def test_reapply_and_repair_keep_trusted_clients_and_attackers_empty_buckets(nod
     p2 = policy(base + "syn:\n  per_source: 300/second\nallow:\n  cidrs: [192.0.2.0/24]\n", "p2.yaml")
     victim.nodeguard("apply", "-c", p2)
     after = _kernel_state(victim, backend, p2)
-    start = time.monotonic()
     replies = _replies(attacker, 1)
     elapsed = time.monotonic() - emptied
     print(f"\n{backend}: replies in the first second after a re-apply of a changed policy, {elapsed:.1f} s after "
