@@ -201,6 +201,9 @@ class Watcher:
                 self.state["backoff_s"] = self.damper.backoff_s()
                 return
         families = (4, 6) if switching else tuple(sorted(drift.families))
+        if scope is not None and plan.nft is None and not switching and \
+                not transaction(plan, live, families, self.fingerprints).moves_jumps_only:
+            live = self._read(plan, None)  # it rebuilds chains: the ipsets they use, as they are now
         tx = apply_plan(plan, self.nft, families=families, repair=not switching, live=live,
                         fingerprints=None if switching else self.fingerprints)
         self._after_repair(plan, tx, None if switching else frozenset(families))
@@ -364,7 +367,9 @@ class Watcher:
         # still arriving) are checked now; its NEWGEN follows.
         ours_only = bool(batch.writers) and not others and not batch.overrun
         if batch.overrun or (batch.datagrams > 0 and not ours_only):
-            self._dirty = _union(self._dirty, None if batch.overrun else frozenset(batch.versions))
+            # a foreign transaction whose messages came with an earlier batch names no version: read all
+            unknown = batch.overrun or (others and not batch.versions)
+            self._dirty = _union(self._dirty, None if unknown else frozenset(batch.versions))
             return True
         return False
 

@@ -173,11 +173,14 @@ def _ipt_rules(ns, flavour: str, table: str, chain: str) -> list[str]:
             if ln.startswith("-A ")]
 
 
-@pytest.mark.parametrize("what", ["flush and delete our raw chains", "delete our mangle PREROUTING jump"])
+@pytest.mark.parametrize("what", ["flush and delete our raw chains", "delete our mangle PREROUTING jump",
+                                  "flush our ICMP chain and destroy its ipset"])
 def test_iptables_disruption_is_repaired_and_the_flood_is_limited_again(watched_ipt, what):
     victim, attacker, _proc, state, policy, flavour = watched_ipt
     ipt = f"iptables-{flavour}"
-    if what.startswith("flush"):
+    if what.startswith("flush our ICMP"):  # the set, unreferenced once the chain is empty, can go too
+        victim.run(["sh", "-c", f"{ipt} -t raw -F NODEGUARD-ICMP && ipset destroy NODEGUARD-ICMP-SRC-V4"])
+    elif what.startswith("flush"):
         victim.run(f"{ipt} -t raw -F")
         victim.run(f"{ipt} -t raw -X")
     else:
@@ -187,6 +190,7 @@ def test_iptables_disruption_is_repaired_and_the_flood_is_limited_again(watched_
     assert took < (0.5 + 1.0 if flavour == "legacy" else 1.0), took  # legacy: one poll interval
     st = json.loads(state.read_text())
     assert st["repairs"] >= 1 and st["backend"] == f"iptables-{flavour}"
+    assert st["errors"] == 0, st["last_error"]  # a repair built on a stale ipset list fails, then retries
     assert "NODEGUARD-CONN" in _ipt_rules(victim, flavour, "mangle", "PREROUTING")[0]
     assert _ipt_flood_is_limited(victim, attacker, flavour)
 
