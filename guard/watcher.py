@@ -132,7 +132,7 @@ class Watcher:
         Returns the drift of that very read: a rival that struck between our transaction and
         this read (iptables-legacy raises no event for it) is checked at once, not at the next
         full verification."""
-        if self._backend == "iptables-legacy" or plan.backend == "iptables-legacy":
+        if plan.backend == "iptables-legacy":
             self._legacy_seen = legacy_fingerprint()  # before the read: a later change shows in the poll
         live = self._read(plan, None)
         self.fingerprints = of_live(live)

@@ -64,7 +64,8 @@ def restore_text(render: Render | None, live: dict[str, LiveTable], saved: dict 
 
 def _restore(render: Render | None, live: dict[str, LiveTable], saved: dict | None = None,
              fingerprints: dict[str, str] | None = None, version: int = 4) -> tuple[str, list[str]]:
-    """(restore text, the chains it refills or deletes, as "v4 raw CHAIN"). Remove our old jumps and stale chains, write ours. ``render`` None: the uninstall script.
+    """(restore text, the chains it refills or deletes, as "v4 raw CHAIN"). Remove our old jumps and
+    stale chains, write ours. ``render`` None: the uninstall script.
 
     With ``saved`` (``Ipt.tables()`` of this family) and ``fingerprints`` (the watcher's), a chain
     that holds exactly the rendered rule ids with the bodies we installed is left alone (its
