@@ -226,6 +226,8 @@ def pytest_collection_modifyitems(config, items):
 
     keep, drop = [], []
     for item in items:
+        if "exclusive" in getattr(item, "fixturenames", ()):  # `-m "not kernel"`: the pure tests alone
+            item.add_marker(pytest.mark.kernel)
         mark = item.get_closest_marker("backends")
         params = getattr(getattr(item, "callspec", None), "params", {})
         backend = next((v for v in params.values() if isinstance(v, str) and v in netlab.BACKENDS), None)
