@@ -226,7 +226,7 @@ def pytest_collection_modifyitems(config, items):
 
     keep, drop = [], []
     for item in items:
-        if "exclusive" in getattr(item, "fixturenames", ()):  # `-m "not kernel"`: the pure tests alone
+        if {"exclusive", "kernel"} & set(getattr(item, "fixturenames", ())):  # `-m "not kernel"`: pure tests
             item.add_marker(pytest.mark.kernel)
         mark = item.get_closest_marker("backends")
         params = getattr(getattr(item, "callspec", None), "params", {})
