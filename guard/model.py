@@ -721,8 +721,8 @@ def _synproxy_notrack(b: _Builder, sp: SynproxyPlan) -> list[Rule]:
     needs conntrack).
 
     Why the kernel's syncookies for host ports, not SYNPROXY: with a port engaged, 1,000 connects with no
-    flood went 972/1000 through SYNPROXY (28 hung after connect: the handshake race of docs/syn-defence.md
-    8b) and 1000/1000 through the listener's own cookies; under a spoofed flood 1000/1000 too, conntrack
+    flood went 972/1000 through SYNPROXY (28 hung after connect: the handshake race of
+    docs/design/syn-defence.md; full research: git show e4ff56f:docs/syn-defence.md, 8b-8c) and 1000/1000 through the listener's own cookies; under a spoofed flood 1000/1000 too, conntrack
     at the clients' own entries. SYNPROXY costs less per attack packet, but only it works through DNAT.
 
     Not always on: SYNPROXY itself costs 1-2 % of connections (a client reusing a 4-tuple still in

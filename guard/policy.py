@@ -181,7 +181,7 @@ PortRanges = Annotated[tuple[tuple[int, int], ...], pydantic.BeforeValidator(_po
 class Synproxy(_Section):
     """The stateless SYN defence of the node's own ports, engaged per port only under a SYN flood: SYNs
     to an engaged port skip conntrack (no state for a spoofed SYN) and are answered by the listener's
-    own syncookies; with ``forwarded``, by SYNPROXY, which also serves NodePorts. See README, "SYN floods".
+    own syncookies; with ``forwarded``, by SYNPROXY, which also serves NodePorts. See docs/design/syn-defence.md.
 
     ports: auto = every TCP port with a listener reachable from a protected interface (refreshed by
     the watcher), minus ``exclude_ports``; or a list; [] turns it off. ``forwarded``: also NodePorts

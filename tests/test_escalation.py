@@ -1,4 +1,4 @@
-"""Escalation to an ingress ban, with real packets on every backend (docs/hotpath.md, section 2).
+"""Escalation to an ingress ban, with real packets on every backend (docs/design/escalation.md).
 
 A source that stays over a per-source limit for ``escalate.after_s`` (no pause in its drops longer
 than ``gap_s``) is banned: its packets are dropped by the first rule of the receive path (nft: an

@@ -1,6 +1,6 @@
 """``syn.synproxy.ports: auto``: which listeners count, read by sock_diag and by /proc, in a namespace.
 
-(Ported with the prototype from the SYN study, docs/syn-defence.md section 5.)
+(Ported with the prototype from the SYN study: git show e4ff56f:docs/syn-defence.md, section 5.)
 """
 
 from __future__ import annotations

@@ -193,7 +193,7 @@ def test_a_spoofed_flood_beyond_count_sources_is_estimated_per_network_within_5_
     # Every /24's sources are nearly all beyond count_sources: its estimate is its share of the group's
     # samples times what the kernel's per-source counts leave of the group's count. Measured over 7 runs
     # (2 busy cores): 10.80.1 -0.28..+0.48 %, 10.80.2 (64 sources, ~6,500 samples) -1.40..+0.89 %,
-    # 10.80.3 -0.52..+0.44 %, 10.80.4 -0.36..+0.51 %. Bound: the 5 % the README promises.
+    # 10.80.3 -0.52..+0.44 %, 10.80.4 -0.36..+0.51 %. Bound: the 5 % docs/design/sampling.md promises.
     for n in SPOOF:
         assert abs(errors[n]) <= 0.05, (n, est[n], arrived[n], f"{errors[n]:+.2%}")
     # Per rule group the estimates add up to the kernel's count of condemned packets, which is what

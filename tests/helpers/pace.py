@@ -5,7 +5,7 @@ STREAM: KIND,SRC,DST,RATE,PATTERN  KIND icmp | syn | udp (IPv4 or IPv6 by the ad
 "on" or "on/off/on/..." seconds (e.g. "2" or "1.5/1.2/1.5"). Prints "ready" once the frames are
 built (scapy's import takes ~2 s: time from there), then one JSON line {SRC: packets sent}.
 Frames are built once with scapy and sent on an AF_PACKET socket, paced at 1 ms granularity.
-(After bench/pace.py of the hot-path research.)
+(After bench/pace.py of the hot-path research: git show e4ff56f:bench/pace.py.)
 """
 
 from __future__ import annotations
