@@ -228,6 +228,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if {"exclusive", "kernel"} & set(getattr(item, "fixturenames", ())):  # `-m "not kernel"`: pure tests
             item.add_marker(pytest.mark.kernel)
+            item.add_marker(pytest.mark.xdist_group("kernel"))
         mark = item.get_closest_marker("backends")
         params = getattr(getattr(item, "callspec", None), "params", {})
         backend = next((v for v in params.values() if isinstance(v, str) and v in netlab.BACKENDS), None)
