@@ -132,13 +132,18 @@ class Allow(_Section):
         """The CIDRs of one IP version, sorted, with every CIDR inside another dropped (nft interval
         sets refuse overlaps). CIDRs either nest or are disjoint, so one sweep over integer bounds
         does it (ipaddress.collapse_addresses took ~0.3 s for 10,000 CIDRs)."""
-        spans = sorted(((int(n.network_address), -n.num_addresses, n) for n in self.cidrs if n.version == version),
-                       key=lambda t: (t[0], t[1]))
+        nets = [n for n in self.cidrs if n.version == version]
+        bits = 32 if version == 4 else 128
+        # by first address, the wider prefix first (prefix lengths, not num_addresses: that builds
+        # a broadcast address object per network)
+        order = sorted(range(len(nets)), key=lambda i: (int(nets[i].network_address), nets[i].prefixlen))
         out, end = [], -1
-        for start, neg_size, net in spans:
+        for i in order:
+            net = nets[i]
+            start = int(net.network_address)
             if start > end:
                 out.append(net)
-                end = start - neg_size - 1
+                end = start + (1 << (bits - net.prefixlen)) - 1
         return out
 
 
