@@ -348,7 +348,7 @@ class Metrics(_Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str, info: pydantic.ValidationInfo) -> str:
-        from .metrics import parse_listen  # imports prometheus_client: only when the key is given
+        from .endpoint import parse_listen
 
         parse_listen(value, bool(info.data.get("allow_remote", False)))
         return value
