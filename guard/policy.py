@@ -89,10 +89,17 @@ class _Section(BaseModel):
 def _to_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     if not text.isascii() or "%" in text:  # no zone ids (fe80::%eth0/64), no non-ASCII digits
         raise ValueError(f"{text!r} is not a CIDR (plain IPv4 or IPv6 prefixes only)")
-    try:
-        net = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a CIDR ({exc})") from None
+    net = None
+    if ":" in text:  # never IPv4: ip_network would try IPv4Network first and fail (~3 us a CIDR)
+        try:
+            net = ipaddress.IPv6Network(text, strict=True)
+        except ValueError:
+            pass  # ip_network's own message, below
+    if net is None:
+        try:
+            net = ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not a CIDR ({exc})") from None
     if net.prefixlen == 0:
         raise ValueError(f"{text!r} would allow every source: nodeguard would protect nothing")
     return net
