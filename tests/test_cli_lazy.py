@@ -44,3 +44,24 @@ def test_every_lazy_verb_loads_under_its_own_name():
         cmd = cli.get_command(ctx, name)
         assert isinstance(cmd, click.Command) and cmd.name == name
     assert cli.get_command(ctx, "nosuch") is None
+
+
+GC_PROBE = """
+import gc, sys
+sys.argv = ["nodeguard", *sys.argv[1:]]
+from guard.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print("GC", gc.isenabled())
+"""
+
+
+@pytest.mark.parametrize("argv, collects", [(["unban"], False), (["report", "--log", "{log}"], True)])
+def test_one_shot_verbs_run_without_the_cyclic_collector(tmp_path, argv, collects):
+    log = tmp_path / "attacks.jsonl"
+    log.write_text("")
+    res = subprocess.run([sys.executable, "-c", GC_PROBE, *(a.format(log=log) for a in argv)], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    assert res.stdout.strip().splitlines()[-1] == f"GC {collects}", res.stdout + res.stderr
