@@ -23,6 +23,19 @@ so the venv's editable install of another checkout does not leak in. Bytecode ca
 allowed (PYTHONDONTWRITEBYTECODE is dropped for the children; the warm-up run writes them), as
 after a pip install: otherwise each run would time the compiler, not the CLI.
 
+Measured on 2 shared cores while other suites ran (``--runs 9 --baseline e4ff56f``; the
+candidate is branch h17B, issue 17's lazy CLI and cheaper load/render; ms, python -c pass 27):
+
+    case                    baseline  candidate  ratio   goal
+    version                   292 ms      83 ms   0.28  150 ms ok
+    help                      292 ms      65 ms   0.22  150 ms ok
+    apply-default             357 ms     297 ms   0.83  300 ms ok
+    apply-default install     336 ms     270 ms   0.81  300 ms ok
+    apply-10k                 784 ms     488 ms   0.62  500 ms ok
+    apply-10k install         637 ms     528 ms   0.83  500 ms MISSED
+
+Absolute figures move by ~10 % with the machine's load; the ratios hold.
+
 usage: sudo .venv/bin/python bench/startup.py [--runs 9] [--baseline main] [--only version,help]
 Hold /tmp/nodeguard-kernel-tests.lock around it on a machine where the kernel tests run
 (``flock /tmp/nodeguard-kernel-tests.lock python bench/startup.py``).
