@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from . import listeners, model, probe, sampling_odds, sysctls
-from .backend import ipt as ipt_backend
-from .backend.ipt import Ipset, Ipt, detect_flavour
 from .backend.nft import Nft, NftLive, objects, read_live
 from .errors import BackendError
 from .interfaces import resolve_interfaces
@@ -23,12 +23,19 @@ from .policy import Policy
 from .render import ipt as render_ipt
 from .render import nft as render_nft
 from .scratch import in_scratch_netns
-from .sync import ipt as sync_ipt
 from .sync import nft as sync_nft
 
+if TYPE_CHECKING:
+    from .backend.ipt import IptLive
+    from .sync.ipt import IptTransaction
+
+    Transaction = sync_nft.NftTransaction | IptTransaction
+    Live = NftLive | IptLive
+
+# The iptables backend's own modules (backend.ipt, sync.ipt: ~7 ms) are imported where they are
+# used, so that an nft apply does not load them; Live and Transaction exist for type checkers.
 IPT_FLAVOURS = ("nft", "legacy")
 log = logging.getLogger("nodeguard.apply")
-Transaction = sync_nft.NftTransaction | sync_ipt.IptTransaction
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,8 @@ class Plan:
 def choose_flavour(policy: Policy, nft: Nft | None) -> tuple[str, str]:
     if policy.iptables.flavour != "auto":
         return policy.iptables.flavour, "iptables.flavour in the policy"
+    from .backend.ipt import detect_flavour
+
     return detect_flavour() if nft else ("nft", "not probed (no privileges)")
 
 
@@ -164,14 +173,13 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     return plan
 
 
-Live = NftLive | ipt_backend.IptLive
-
-
 def read_state(plan: Plan, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Live | None = None) -> Live:
     """What the kernel holds of the plan's backend now (nft None: nothing, for a fresh render).
     iptables: ``previous`` (a full read of the same backend) supplies what ``families`` leaves out."""
     if plan.nft is not None:
         return read_live(nft, render_nft.FAMILY, model.TABLE) if nft else NftLive()
+    from .backend import ipt as ipt_backend
+
     if nft is None:
         return ipt_backend.IptLive({}, {}, {}, {})
     prev = previous if isinstance(previous, ipt_backend.IptLive) else None
@@ -183,6 +191,8 @@ def transaction(plan: Plan, live: Live, families: tuple[int, ...] = (4, 6),
     """The transaction that takes the kernel from ``live`` to the plan. ``fingerprints``: see sync/."""
     if plan.nft is not None:
         return sync_nft.build(plan.nft, live, fingerprints)
+    from .sync import ipt as sync_ipt
+
     return sync_ipt.build(plan.flavour, plan.ipt, list(plan.ipsets), live.tables, live.ipsets, live.members,
                           families, live.saved, fingerprints)
 
@@ -221,23 +231,27 @@ def check(tx: Transaction, nft: Nft) -> str:
     return check_ipt(tx)
 
 
-def send_ipt(tx: sync_ipt.IptTransaction) -> None:
+def send_ipt(tx: IptTransaction) -> None:
+    from .backend.ipt import Ipset, Ipt
+
     Ipset.restore(tx.ipset_prepare)
     Ipt(tx.flavour).restore_families(tx.restore)
     Ipset.restore(tx.ipset_cleanup)
 
 
-def _creates(tx: sync_ipt.IptTransaction) -> list[str]:
+def _creates(tx: IptTransaction) -> list[str]:
     """Sets the transaction creates for the rules to use (not the temporary ones it swaps in)."""
     return [ln.split()[1] for ln in tx.ipset_prepare.splitlines()
             if ln.startswith("create ") and not ln.split()[1].endswith("-NEW")]
 
 
-def check_ipt(tx: sync_ipt.IptTransaction) -> str:
+def check_ipt(tx: IptTransaction) -> str:
     """Have the kernel check the transaction without changing this namespace. ``*-restore --test``
     needs every set a rule names to exist; when the transaction creates sets, the check runs in a
     scratch network namespace instead (where our old jumps, which the transaction deletes, do not
     exist: those ``-D`` lines are left out there). Returns how it was checked."""
+    from .backend.ipt import Ipset, Ipt
+
     if not _creates(tx):
         Ipt(tx.flavour).restore_families(tx.restore, test=True)
         return "checked by *-restore --test"
@@ -274,6 +288,9 @@ def remove_other_backends(keep: str, nft: Nft, dry_run: bool = False) -> list[st
     for flavour in IPT_FLAVOURS:
         if keep == f"iptables-{flavour}" or not _may_hold_ipt(flavour, nft):
             continue
+        from .backend.ipt import Ipt
+        from .sync import ipt as sync_ipt
+
         ipt = Ipt(flavour)
         tx = sync_ipt.uninstall(flavour, {v: ipt.live(v) for v in (4, 6)})
         if not dry_run:
@@ -282,6 +299,8 @@ def remove_other_backends(keep: str, nft: Nft, dry_run: bool = False) -> list[st
     # ipsets exist only for the iptables backend: look (one process) after removing it, or on uninstall
     ipt_gone = any(r.startswith("iptables-") for r in removed) or keep == "none"
     if not keep.startswith("iptables-") and ipt_gone:
+        from .backend.ipt import Ipset
+
         stale = Ipset.names()
         if stale:
             if not dry_run:
@@ -293,7 +312,7 @@ def remove_other_backends(keep: str, nft: Nft, dry_run: bool = False) -> list[st
 def _may_hold_ipt(flavour: str, nft: Nft) -> bool:
     """iptables-nft chains are nft chains (one in-process listing); legacy needs legacy tables."""
     if flavour == "legacy":
-        return any(ipt_backend._legacy_tables(v) for v in (4, 6))
+        return any(probe.legacy_tables(v) for v in (4, 6))
     return any(c["name"].startswith(render_ipt.PREFIX + "-") for c in objects(nft.list("chains"), "chain")
                if c["family"] in ("ip", "ip6"))
 

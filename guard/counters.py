@@ -22,14 +22,18 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from typing import TYPE_CHECKING
 
-from .apply import Live, Plan
+from .apply import Plan
 from .backend.ipt import Ipset, Ipt
 from .backend.nft import Nft
 from .model import TABLE, BanSource
 from .render.ids import id_from_comment
 from .render.ipt import ipset_name
 from .render.nft import FAMILY, render_chain_rules
+
+if TYPE_CHECKING:
+    from .apply import Live
 
 Key = tuple[str, str]  # (group, mode)
 

@@ -10,8 +10,9 @@ configuration, and are ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .apply import Live, Plan, read_state
+from .apply import Plan, read_state
 from .backend.ipt import IptLive
 from .backend.nft import Nft, NftLive
 from .fingerprints import Fingerprints, of_live
@@ -19,6 +20,9 @@ from .render.ids import id_from_comment
 from .render.ipt import spec_id
 from .sync.ipt import same_members
 from .sync.nft import live_rule_ids, same_elements, same_limit, same_set
+
+if TYPE_CHECKING:
+    from .apply import Live
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import PolicyError
-from .policy import Policy, parse_policy
+
+if TYPE_CHECKING:
+    from .policy import Policy
 
 DEFAULT = Path("/var/lib/nodeguard/last-good.yaml")
 
@@ -28,6 +31,8 @@ def save(text: str, path: Path = DEFAULT) -> None:
 
 def load(path: Path = DEFAULT) -> tuple[Policy, str, str] | None:
     """(policy, source, text), or None when there is none (or it no longer parses)."""
+    from .policy import parse_policy
+
     try:
         text = path.read_text()
         return parse_policy(text, str(path)), str(path), text

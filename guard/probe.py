@@ -46,6 +46,14 @@ def foreign_base_chains(nft: Nft, table: str = TABLE) -> list[ForeignChain]:
     return sorted(out, key=lambda c: (c.priority, c.family, c.table, c.chain))
 
 
+def legacy_tables(version: int, proc: Path = Path("/proc/net")) -> set[str]:
+    """The iptables-legacy tables of one IP version (none without the legacy modules)."""
+    try:
+        return set((proc / ("ip_tables_names" if version == 4 else "ip6_tables_names")).read_text().split())
+    except OSError:
+        return set()
+
+
 def legacy_chains(proc: Path = Path("/proc/net")) -> list[ForeignChain]:
     out = []
     for family, fname in (("ip", "ip_tables_names"), ("ip6", "ip6_tables_names")):

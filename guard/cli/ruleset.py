@@ -1,0 +1,115 @@
+"""The verbs that render, install, show and remove the ruleset: check, apply, status, uninstall."""
+
+from __future__ import annotations
+
+import click
+
+from ._shared import common, emit, kernel, trusted_config
+
+
+@click.command()
+@common
+def check(config: str | None, as_json: bool) -> None:
+    """Validate and render the policy; change nothing. Prints the ruleset it would load."""
+    from ..apply import load_into_this_netns, make_plan, read_state, transaction
+    from ..errors import NodeguardError
+    from ..policy import load_policy
+    from ..scratch import in_scratch_netns
+
+    policy, source = load_policy(config)
+    try:
+        nft = kernel()
+    except NodeguardError:
+        nft = None  # not privileged: render with default priorities, skip the kernel check
+    plan = make_plan(policy, nft)
+    fresh = transaction(plan, read_state(plan, None))  # a fresh install: what a scratch namespace gets
+    if as_json:
+        emit(fresh.json() if plan.nft is not None else {"backend": plan.backend, "transaction": fresh.text()},
+             True, "")
+        return
+    try:
+        text = in_scratch_netns(lambda: load_into_this_netns(plan))
+        head = f"# {source}: valid; checked by the kernel in a scratch network namespace ({plan.backend})\n"
+    except PermissionError:
+        text = fresh.text()
+        head = f"# {source}: valid; not root, so not checked by the kernel ({plan.backend})\n"
+    for note in plan.priorities.notes:
+        head += f"# {note}\n"
+    click.echo(head + text, nl=False)
+
+
+@click.command()
+@common
+@click.option("--dry-run", is_flag=True, help="Print the transaction and have the kernel check it; commit nothing.")
+def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
+    """Install or update nodeguard's rules in one transaction that keeps meters and trusted sets."""
+    nft = kernel()  # first: without privileges nothing else matters, whatever the policy file says
+    from ..apply import apply_plan, make_plan, read_state, remove_other_backends, transaction
+    from ..apply import check as check_tx
+    from ..policy import load_policy
+
+    policy, source = load_policy(trusted_config(config))
+    plan = make_plan(policy, nft)
+    others = remove_other_backends(plan.backend, nft, dry_run=True)  # a backend switch also removes these
+    if dry_run:
+        tx = transaction(plan, read_state(plan, nft))
+        how = check_tx(tx, nft)
+    else:
+        tx = apply_plan(plan, nft)
+        how = "applied"
+    if plan.nft is not None:
+        hooks = {c.name: c.priority for c in plan.ruleset.base_chains}
+        where = ", ".join(f"{k} at priority {v}" for k, v in hooks.items())
+    else:
+        hooks = {}  # built-in chain -> how many of its first rules are our jumps
+        for t in next(iter(plan.ipt.values())).tables.values():
+            for b, _spec in t.jumps:
+                hooks[f"{t.name} {b}"] = hooks.get(f"{t.name} {b}", 0) + 1
+        where = "jumps first in " + ", ".join(f"{k}" + (f" (rules 1-{n})" if n > 1 else "") for k, n in hooks.items()) \
+            + f" ({plan.backend_reason})"
+    data = {"applied": not dry_run, "dry_run": dry_run, "policy": source, "backend": plan.backend,
+            "backend_reason": plan.backend_reason, "hooks": hooks, "checked": how, "other_backends_removed": others,
+            "interfaces": list(plan.ruleset.interfaces), "notes": list(plan.priorities.notes)}
+    if dry_run:
+        data["transaction"] = tx.json() if plan.nft is not None else tx.text()
+    verb = f"would apply (dry run, {how})" if dry_run else "applied"
+    text = ((tx.text() if dry_run else "")
+            + f"{verb} {source} with {plan.backend}: {where}; interfaces {', '.join(plan.ruleset.interfaces)}\n"
+            + (f"{'would also remove' if dry_run else 'also removed'} nodeguard's rules from: {', '.join(others)}\n"
+               if others else "")
+            + "".join(f"note: {n}\n" for n in plan.priorities.notes))
+    emit(data, as_json, text)
+
+
+@click.command()
+@common
+def status(config: str | None, as_json: bool) -> None:
+    """Installed or not, hooks next to foreign chains, counters per rule, meter fill."""
+    from .. import status as status_mod
+    from ..apply import make_plan
+    from ..errors import EnvironmentProblem
+    from ..policy import load_policy
+    from ..watcher import read_state as read_watcher_state
+
+    policy, _source = load_policy(config)
+    nft = kernel()
+    watcher = read_watcher_state(policy.watcher.state_file)
+    try:
+        plan = make_plan(policy, nft)
+    except EnvironmentProblem:  # no default route for now: show what the watcher keeps protected
+        if not (watcher and watcher.get("alive") and watcher.get("interfaces")):
+            raise
+        plan = make_plan(policy, nft, interfaces=tuple(watcher["interfaces"]))
+    st = status_mod.collect(nft, plan, watcher)
+    emit(st, as_json, status_mod.format_text(st))
+
+
+@click.command(name="uninstall")
+@click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
+def uninstall_cmd(as_json: bool) -> None:
+    """Remove nodeguard's rules and sets from every backend, and nothing else."""
+    from ..apply import uninstall
+
+    removed = uninstall(kernel())
+    text = f"removed nodeguard from: {', '.join(removed)}\n" if removed else "nodeguard was not installed\n"
+    emit({"removed": removed}, as_json, text)
