@@ -16,7 +16,7 @@ PORT = 8080
 CLIENTS = {LEGIT4: 4, TRUSTED4: 12, FRESH4[0]: 30}  # new connections per second
 
 
-def _traffic(victim, attacker, policy: str, seconds: int = 8) -> dict:
+def _traffic(victim, attacker, policy: str, seconds: int = 5) -> dict:
     """Legitimate clients at their rates plus a single-source SYN flood, with the sampler running."""
     sampler = netlab.start_sampler(victim, policy)
     results: dict[str, dict] = {}
