@@ -14,9 +14,7 @@ usage: sudo .venv/bin/python bench/apply.py [--runs 15]
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
-import random
 import statistics
 import subprocess
 import sys
@@ -27,20 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _netns import add_uplink, reexec_in_netns  # noqa: E402
+from _policies import big_allowlist  # noqa: E402
 
 from guard.apply import apply_plan, make_plan, read_state, transaction, uninstall  # noqa: E402
 from guard.backend.nft import Nft  # noqa: E402
 from guard.policy import read_policy  # noqa: E402
-
-
-def big_allowlist(n: int = 10_000) -> str:
-    rnd = random.Random(42)
-    v4 = rnd.sample(range(1 << 14), n // 2)  # distinct /24s in 100.64.0.0/10
-    cidrs = [str(ipaddress.ip_network((int(ipaddress.ip_address("100.64.0.0")) + (i << 8), 24))) for i in v4]
-    v6 = rnd.sample(range(1 << 32), n - n // 2)  # distinct /64s in 2001:db8::/32
-    cidrs += [str(ipaddress.ip_network((int(ipaddress.ip_address("2001:db8::")) + (i << 64), 64))) for i in v6]
-    rnd.shuffle(cidrs)
-    return "allow:\n  cidrs:\n" + "".join(f"    - \"{c}\"\n" for c in cidrs)
 
 
 def median_ms(fn, runs: int, before=None) -> float:

@@ -57,22 +57,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from _netns import add_uplink, reexec_in_netns  # noqa: E402
+from _policies import big_allowlist  # noqa: E402
 
 GOALS_MS = {"version": 150, "help": 150, "apply-default": 300, "apply-10k": 500}
-
-
-def big_allowlist(n: int = 10_000) -> str:
-    # the same policy as bench/apply.py (not imported from there: that module imports guard at load)
-    import ipaddress
-    import random
-
-    rnd = random.Random(42)
-    v4 = rnd.sample(range(1 << 14), n // 2)  # distinct /24s in 100.64.0.0/10
-    cidrs = [str(ipaddress.ip_network((int(ipaddress.ip_address("100.64.0.0")) + (i << 8), 24))) for i in v4]
-    v6 = rnd.sample(range(1 << 32), n - n // 2)  # distinct /64s in 2001:db8::/32
-    cidrs += [str(ipaddress.ip_network((int(ipaddress.ip_address("2001:db8::")) + (i << 64), 64))) for i in v6]
-    rnd.shuffle(cidrs)
-    return "allow:\n  cidrs:\n" + "".join(f"    - \"{c}\"\n" for c in cidrs)
 
 
 def run(tree: Path | None, argv: list[str]) -> float:
