@@ -14,17 +14,20 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("pydantic", "yaml", "nftables", "scapy", "prometheus_client", "matplotlib", "rich", "numpy",
          "guard.model", "guard.policy", "guard.status", "guard.apply", "guard.render", "guard.backend")
 
-PROBE = """
-import sys
-sys.argv = ["nodeguard", *sys.argv[1:]]
-from guard.cli import main
-try:
-    main()
-except SystemExit:
-    pass
-heavy = sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in {heavy!r}))
-print("HEAVY", heavy, file=sys.stderr)
-"""
+
+def probe(report: str) -> str:
+    """A script that runs the CLI with its own argv, then prints ``report`` (Python, after the CLI exited)."""
+    return ("import gc, sys\n"
+            "sys.argv = ['nodeguard', *sys.argv[1:]]\n"
+            "from guard.cli import main\n"
+            "try:\n"
+            "    main()\n"
+            "except SystemExit:\n"
+            "    pass\n" + report + "\n")
+
+
+PROBE = probe("heavy = sorted(m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in {heavy!r}))\n"
+              "print('HEAVY', heavy, file=sys.stderr)")
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["apply", "--help"], ["run", "--help"]])
@@ -46,16 +49,7 @@ def test_every_lazy_verb_loads_under_its_own_name():
     assert cli.get_command(ctx, "nosuch") is None
 
 
-GC_PROBE = """
-import gc, sys
-sys.argv = ["nodeguard", *sys.argv[1:]]
-from guard.cli import main
-try:
-    main()
-except SystemExit:
-    pass
-print("GC", gc.isenabled())
-"""
+GC_PROBE = probe("print('GC', gc.isenabled())")
 
 
 @pytest.mark.parametrize("argv, collects", [(["unban"], False), (["report", "--log", "{log}"], True)])
