@@ -30,6 +30,7 @@ class Drift:
     reasons: tuple[str, ...]
     culprit: str | None = None  # a foreign chain or rule that out-prioritised us, when that is the cause
     families: frozenset[int] = frozenset({4, 6})  # iptables: which families need a restore
+    in_place: bool = False  # only the rules inside chains we have differ: a rewrite of those keeps every counter
 
     def __str__(self) -> str:
         return "; ".join(self.reasons)
@@ -70,12 +71,13 @@ def diff_nft(plan: Plan, live: NftLive) -> Drift | None:
     for r in plan.nft.rules:
         want[r["chain"]].append(id_from_comment(r["comment"]))
     have_ids = live_rule_ids(live)
+    rewrites: list[str] = []
     for name, ids in want.items():
         if name not in have_ids:
             reasons.append(f"chain {name} is missing")
         elif have_ids[name] != ids:
             kept = sum(1 for i in have_ids[name] if i in ids)
-            reasons.append(f"chain {name}: {kept} of {len(ids)} rules intact, {len(have_ids[name])} present")
+            rewrites.append(f"chain {name}: {kept} of {len(ids)} rules intact, {len(have_ids[name])} present")
     reasons += [f"unexpected chain {n}" for n in have_ids if n not in want]
     reasons += _objects("set", {s["name"]: s for s in plan.nft.sets}, live.sets, same_set)
     reasons += _objects("limit", {x["name"]: x for x in plan.nft.limits}, live.limits, same_limit)
@@ -83,7 +85,9 @@ def diff_nft(plan: Plan, live: NftLive) -> Drift | None:
         if s.static and s.name in live.sets and not same_elements(live.static_elements.get(s.name, []),
                                                                   plan.nft.elements[s.name]):
             reasons.append(f"set {s.name} elements differ")
-    return Drift(tuple(reasons), culprit) if reasons else None
+    if not reasons and not rewrites:
+        return None
+    return Drift((*reasons, *rewrites), culprit, in_place=not reasons)
 
 
 def _objects(kind: str, want: dict[str, dict], have: dict[str, dict], same) -> list[str]:
@@ -98,9 +102,10 @@ def diff_ipt(plan: Plan, live: IptLive) -> Drift | None:
     reasons: list[str] = []
     culprit = None
     families: set[int] = set()
+    rewrites: list[str] = []
     for version, render in plan.ipt.items():
         saved = live.saved.get(version, {})
-        before = len(reasons)
+        before = len(reasons) + len(rewrites)
         want = render.rule_ids()
         for tname, table in render.tables.items():
             chains, rules = saved.get(tname, ([], []))
@@ -113,7 +118,7 @@ def diff_ipt(plan: Plan, live: IptLive) -> Drift | None:
                     reasons.append(f"{where} is missing")
                 elif have.get(chain, []) != want[chain]:
                     kept = sum(1 for i in have.get(chain, []) if i in want[chain])
-                    reasons.append(f"{where}: {kept} of {len(want[chain])} rules intact")
+                    rewrites.append(f"{where}: {kept} of {len(want[chain])} rules intact")
             order: dict[str, int] = {}
             for builtin, spec in table.jumps:
                 must = order[builtin] = order.get(builtin, 0) + 1  # our jumps are rules 1..k, in order
@@ -132,7 +137,7 @@ def diff_ipt(plan: Plan, live: IptLive) -> Drift | None:
         stale = {t: lt for t, lt in live.tables.get(version, {}).items()
                  if t not in render.tables or set(lt.chains) - set(render.tables[t].chains)}
         reasons += [f"v{version} {t}: stale nodeguard chains or jumps" for t in stale]
-        if len(reasons) > before:
+        if len(reasons) + len(rewrites) > before:
             families.add(version)
     for s in plan.ipsets:
         have_set = live.ipsets.get(s.name)
@@ -143,7 +148,9 @@ def diff_ipt(plan: Plan, live: IptLive) -> Drift | None:
         elif s.members is not None and not same_members(live.members.get(s.name, []), s.members):
             reasons.append(f"ipset {s.name} members differ")
     reasons += [f"unexpected ipset {n}" for n in live.ipsets if n not in {s.name for s in plan.ipsets}]
-    return Drift(tuple(reasons), culprit, frozenset(families)) if reasons else None
+    if not reasons and not rewrites:
+        return None
+    return Drift((*reasons, *rewrites), culprit, frozenset(families), in_place=not reasons)
 
 
 def _target(save_line: str) -> str:

@@ -187,6 +187,7 @@ class Sampler:
             # other chain keeps its rules and counters (the drops per group this sampler reads)
             apply_plan(plan, self.nft, repair=True, live=live, fingerprints=of_live(live))
         except NodeguardError as exc:
+            sampling_odds.save(sampling_odds.path_for(self.policy), current)  # the watcher renders from the file
             log.warning("could not change the sampling odds (%s); keeping them", exc)
             return
         log.info("sampling odds now %s", ", ".join(f"{g} 1 in {2 ** k}" for g, k in sorted(wanted.items()) if k)

@@ -159,16 +159,20 @@ class Watcher:
         """Adopt a correct installation as it is (no gap, counters kept); otherwise apply."""
         plan, live, drift = self.check()
         self.state["backend"] = plan.backend
-        self.state["adopted"] = drift is None
+        self.state["adopted"] = drift is None or drift.in_place
         if drift is None:
             log.info("adopted the installed rules: they match the policy")
             self.fingerprints = of_live(live)
         else:
-            log.info("installing: %s", drift)
-            apply_plan(plan, self.nft, live=live)
+            # in place: only rules inside our chains differ (e.g. the sampler's odds changed as the
+            # last run was killed); rewriting those chains alone keeps every other counter
+            log.info("%s: %s", "adopted the installed rules, rewriting in place" if drift.in_place else "installing",
+                     drift)
+            apply_plan(plan, self.nft, live=live, fingerprints=of_live(live) if drift.in_place else None)
             self._live = None
             self._recheck = self._record(plan) is not None
-            self.state.update(last_apply=time.time(), in_sync=True)
+            if not drift.in_place:
+                self.state.update(last_apply=time.time(), in_sync=True)
         self._backend = plan.backend
         self._accepted()
 
