@@ -43,13 +43,12 @@ def _icmp(rate: str, extra: str = "") -> str:
 def test_a_changed_rate_and_burst_take_effect_on_reapply(node):
     victim, attacker, backend, policy = node
     expected = []
-    for i, (rate, seconds, want) in enumerate([("10/second burst 10", 3, 10 * 3 + 10),
-                                               ("40/second burst 10", 3, 40 * 3 + 10),
-                                               ("40/second burst 100", 1, 40 * 1 + 100)]):
+    for i, (per_s, burst, seconds) in enumerate([(10, 10, 2), (40, 10, 2), (40, 100, 1)]):
+        rate, want = f"{per_s}/second burst {burst}", per_s * seconds + burst
         p = policy(_icmp(rate), f"p{i}.yaml")
         victim.nodeguard("apply", "-c", p)
         assert victim.in_sync(p)
-        time.sleep(3.0)  # every bucket is full again
+        time.sleep(burst / per_s + 0.5)  # the bucket is full again, whatever the last phase left in it
         got = _replies(attacker, seconds)
         expected.append((rate, got, want))
     print(f"\n{backend}: " + "; ".join(f"{r}: {g} replies (expected ~{w})" for r, g, w in expected))
