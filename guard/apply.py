@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import listeners, model, probe, sampling_odds, sysctls
-from .backend.nft import Nft, NftLive, objects, read_live
+from .backend.base import Backend
+from .backend.nft import Nft, NftLive, objects
+from .backend.nft_backend import NftBackend
 from .errors import BackendError
 from .interfaces import resolve_interfaces
 from .policy import Policy
 from .render import ipt as render_ipt
 from .render import nft as render_nft
-from .scratch import in_scratch_netns
 from .sync import nft as sync_nft
 
 if TYPE_CHECKING:
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     Transaction = sync_nft.NftTransaction | IptTransaction
     Live = NftLive | IptLive
 
-# The iptables backend's own modules (backend.ipt, sync.ipt: ~7 ms) are imported where they are
-# used, so that an nft apply does not load them; Live and Transaction exist for type checkers.
+# The iptables backend's own modules (backend.ipt_backend, backend.ipt, sync.ipt: ~7 ms) are imported
+# where they are used, so that an nft apply does not load them; Live and Transaction exist for type checkers.
 IPT_FLAVOURS = ("nft", "legacy")
 log = logging.getLogger("nodeguard.apply")
 
@@ -43,23 +44,16 @@ class Plan:
     ruleset: model.RuleSet
     priorities: model.Priorities
     foreign: tuple[probe.ForeignChain, ...]
-    backend: str  # "nft", "iptables-nft" or "iptables-legacy"
+    backend: Backend  # its render, and what it does with it (backend/base.py); .name: "nft", "iptables-nft", ...
     backend_reason: str
     sampling: model.Sampling | None
     sampling_reason: str
-    nft: render_nft.NftObjects | None = None
-    ipt: dict[int, render_ipt.Render] | None = None  # iptables, per IP version
-    ipsets: tuple[render_ipt.Ipset, ...] = ()
     synproxy: model.SynproxyPlan | None = None
     set_sysctls: bool = False  # syn.synproxy.set_sysctls: write what the SYN defence needs (sysctls.py)
 
     @property
     def flavour(self) -> str | None:
-        return self.backend.split("-", 1)[1] if self.backend.startswith("iptables-") else None
-
-    @property
-    def allow_ipsets(self) -> list[str]:
-        return [s.name for s in self.ipsets if s.members is not None]
+        return self.backend.flavour
 
 
 def choose_flavour(policy: Policy, nft: Nft | None) -> tuple[str, str]:
@@ -161,12 +155,14 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     proxied = synproxy if any(s.kind == "engaged" for s in ruleset.sets) else None  # not in monitor mode
     extra = {"synproxy": proxied, "set_sysctls": policy.syn.synproxy.set_sysctls}
     if policy.backend == "nft":
-        plan = Plan(*common, "nft", "the policy says backend: nft", sampling, sampling_reason, nft=render_nft.render_nft(ruleset),
-                    **extra)
+        plan = Plan(*common, NftBackend(render_nft.render_nft(ruleset)), "the policy says backend: nft", sampling,
+                    sampling_reason, **extra)
     else:
-        renders = {v: render_ipt.render_ipt(ruleset, v) for v in (4, 6)}
-        plan = Plan(*common, f"iptables-{flavour[0]}", flavour[1], sampling, sampling_reason, ipt=renders,
-                    ipsets=tuple(render_ipt.ipsets(ruleset)), **extra)
+        from .backend.ipt_backend import IptBackend
+
+        backend = IptBackend(flavour[0], {v: render_ipt.render_ipt(ruleset, v) for v in (4, 6)},
+                             tuple(render_ipt.ipsets(ruleset)))
+        plan = Plan(*common, backend, flavour[1], sampling, sampling_reason, **extra)
     if cache is not None:
         cache.clear()  # only the latest inputs are worth keeping
         cache[key] = plan
@@ -176,25 +172,13 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
 def read_state(plan: Plan, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Live | None = None) -> Live:
     """What the kernel holds of the plan's backend now (nft None: nothing, for a fresh render).
     iptables: ``previous`` (a full read of the same backend) supplies what ``families`` leaves out."""
-    if plan.nft is not None:
-        return read_live(nft, render_nft.FAMILY, model.TABLE) if nft else NftLive()
-    from .backend import ipt as ipt_backend
-
-    if nft is None:
-        return ipt_backend.IptLive({}, {}, {}, {})
-    prev = previous if isinstance(previous, ipt_backend.IptLive) else None
-    return ipt_backend.read_live(plan.flavour, plan.allow_ipsets, families, prev)
+    return plan.backend.read_live(nft, families, previous)
 
 
 def transaction(plan: Plan, live: Live, families: tuple[int, ...] = (4, 6),
                 fingerprints: dict[str, str] | None = None) -> Transaction:
     """The transaction that takes the kernel from ``live`` to the plan. ``fingerprints``: see sync/."""
-    if plan.nft is not None:
-        return sync_nft.build(plan.nft, live, fingerprints)
-    from .sync import ipt as sync_ipt
-
-    return sync_ipt.build(plan.flavour, plan.ipt, list(plan.ipsets), live.tables, live.ipsets, live.members,
-                          families, live.saved, fingerprints)
+    return plan.backend.transaction(live, families, fingerprints)
 
 
 def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families: tuple[int, ...] = (4, 6),
@@ -208,73 +192,22 @@ def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families: tuple[i
         sysctls.refuse_unsafe(plan.synproxy, plan.set_sysctls)
     tx = transaction(plan, live if live is not None else read_state(plan, nft, families), families, fingerprints)
     if dry_run:
-        check(tx, nft)
+        plan.backend.check(tx, nft)
         return tx
-    if isinstance(tx, sync_nft.NftTransaction):
-        nft.run(tx.json(), what="apply")
-    else:
-        send_ipt(tx)
+    plan.backend.send(tx, nft)
     if plan.set_sysctls:
         sysctls.enforce(plan.synproxy)
     if not repair:
-        plan_removed = remove_other_backends(plan.backend, nft)
+        plan_removed = remove_other_backends(plan.backend.name, nft)
         if plan_removed:
             log.info("removed nodeguard's rules from the other backends: %s", ", ".join(plan_removed))
     return tx
 
 
-def check(tx: Transaction, nft: Nft) -> str:
-    """Have the kernel check ``tx`` without committing it; returns how it was checked."""
-    if isinstance(tx, sync_nft.NftTransaction):
-        nft.run(tx.json(), dry_run=True, what="apply --dry-run")
-        return "checked by the kernel (libnftables check mode)"
-    return check_ipt(tx)
-
-
-def send_ipt(tx: IptTransaction) -> None:
-    from .backend.ipt import Ipset, Ipt
-
-    Ipset.restore(tx.ipset_prepare)
-    Ipt(tx.flavour).restore_families(tx.restore)
-    Ipset.restore(tx.ipset_cleanup)
-
-
-def _creates(tx: IptTransaction) -> list[str]:
-    """Sets the transaction creates for the rules to use (not the temporary ones it swaps in)."""
-    return [ln.split()[1] for ln in tx.ipset_prepare.splitlines()
-            if ln.startswith("create ") and not ln.split()[1].endswith("-NEW")]
-
-
-def check_ipt(tx: IptTransaction) -> str:
-    """Have the kernel check the transaction without changing this namespace. ``*-restore --test``
-    needs every set a rule names to exist; when the transaction creates sets, the check runs in a
-    scratch network namespace instead (where our old jumps, which the transaction deletes, do not
-    exist: those ``-D`` lines are left out there). Returns how it was checked."""
-    from .backend.ipt import Ipset, Ipt
-
-    if not _creates(tx):
-        Ipt(tx.flavour).restore_families(tx.restore, test=True)
-        return "checked by *-restore --test"
-
-    def load() -> str:
-        Ipset.restore(tx.ipset_prepare)
-        Ipt(tx.flavour).restore_families({v: "".join(ln + "\n" for ln in t.splitlines() if not ln.startswith("-D "))
-                                          for v, t in tx.restore.items()})
-        return "ok"
-    try:
-        in_scratch_netns(load)
-    except PermissionError:
-        return "not checked by the kernel: it creates ipsets, and no scratch namespace can be made here"
-    return "checked in a scratch network namespace (new ipsets)"
-
-
 def load_into_this_netns(plan: Plan) -> str:
     """For a scratch netns: apply the plan for real, return the kernel's own text of it."""
     nft = Nft()
-    tx = apply_plan(plan, nft)
-    if plan.nft is not None:
-        return nft.text(f"table {render_nft.FAMILY} {model.TABLE}")
-    return tx.text()
+    return plan.backend.installed_text(apply_plan(plan, nft), nft)
 
 
 def remove_other_backends(keep: str, nft: Nft, dry_run: bool = False) -> list[str]:

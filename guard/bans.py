@@ -14,13 +14,13 @@ import ipaddress
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import model
-from .backend.ipt import Ipset
-from .backend.nft import Nft, objects
-from .errors import BackendError, NodeguardError
-from .render.ipt import ipset_name
-from .render.nft import FAMILY
+from .errors import NodeguardError
+
+if TYPE_CHECKING:
+    from .backend.nft import Nft
 
 
 class BadAddress(NodeguardError):
@@ -64,17 +64,7 @@ def kernel_names(plan, nft: Nft) -> dict[tuple[str, int], str]:
     """("banned" | "over" | "episode", IP version) -> the name of that set *as installed*. An nft set's
     name carries a digest of its definition: a policy file edited but not applied, or a daemon running
     its last good policy, names other sets than the ones holding the bans. Sets not installed are left out."""
-    sets = escalation_sets(plan)
-    if plan.nft is None:
-        live = Ipset.names()
-        return {k: ipset_name(s) for k, s in sets.items() if ipset_name(s) in live}
-    live = [o["name"] for o in objects(nft.list(f"table {FAMILY} {model.TABLE}", terse=True), "set")]
-    out = {}
-    for k, s in sets.items():
-        same_base = [n for n in live if n.rsplit("-", 1)[0] == s.base]
-        if s.name in live or same_base:
-            out[k] = s.name if s.name in live else same_base[0]
-    return out
+    return plan.backend.installed_sets(nft, escalation_sets(plan))
 
 
 def banned(plan, nft: Nft) -> list[Ban]:
@@ -83,11 +73,7 @@ def banned(plan, nft: Nft) -> list[Ban]:
     for (what, version), name in sorted(kernel_names(plan, nft).items(), key=lambda kv: kv[0][1]):
         if what != "banned":
             continue
-        if plan.nft is not None:
-            out += [Ban(e["val"], version, e.get("expires")) for e in nft.set_elements(FAMILY, model.TABLE, name)
-                    if isinstance(e.get("val"), str)]
-        else:
-            out += [Ban(addr.split("/")[0], version, left) for addr, left in Ipset.timeouts(name).items()]
+        out += [Ban(source, version, left) for source, left in plan.backend.timeouts(nft, name)]
     return out
 
 
@@ -104,36 +90,8 @@ def unban(plan, nft: Nft, keys: Iterable[tuple[str, int]] | None) -> list[str]:
     else:
         targets = list(keys)
         gone = [b.shown for b in before if (b.source, b.version) in set(targets)]
-    if plan.nft is not None:
-        _unban_nft(nft, names, targets)
-    else:
-        lines = []
-        for (_what, version), name in names.items():
-            if targets is None:
-                lines.append(f"flush {name}")
-            else:
-                lines += [f"del {name} {src} -exist" for src, v in targets if v == version]
-        Ipset.restore("\n".join(lines) + "\n" if lines else "")
+    plan.backend.delete_elements(nft, names, targets)
     return gone
-
-
-def _unban_nft(nft: Nft, names: dict[tuple[str, int], str], targets: list[tuple[str, int]] | None) -> None:
-    ref = {"family": FAMILY, "table": model.TABLE}
-    if targets is None:
-        nft.run({"nftables": [{"flush": {"set": {**ref, "name": n}}} for n in names.values()]}, what="unban")
-        return
-    # one element per transaction: deleting one that is not there fails the whole transaction, and
-    # listing the over/episode sets to look first can cost more than a failed delete (the sets exist:
-    # kernel_names lists installed ones only)
-    for (_what, version), name in names.items():
-        for src, v in targets:
-            if v != version:
-                continue
-            try:
-                nft.run({"nftables": [{"delete": {"element": {**ref, "name": name, "elem": [src]}}}]}, what="unban")
-            except BackendError as exc:
-                if "No such file or directory" not in str(exc):
-                    raise
 
 
 # --- reasons, from the attack log --------------------------------------------------------------

@@ -24,50 +24,24 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from .apply import Plan
-from .backend.ipt import Ipset, Ipt
-from .backend.nft import Nft
-from .model import TABLE, BanSource
-from .render.ids import id_from_comment
-from .render.ipt import ipset_name
-from .render.nft import FAMILY, render_chain_rules
+from .model import TABLE
 
 if TYPE_CHECKING:
-    from .apply import Live
+    from .apply import Live, Plan
+    from .backend.nft import Nft
 
 Key = tuple[str, str]  # (group, mode)
 
 
-def _nft_rule_ids(plan: Plan):
-    """nft: (model rule, its rule id) for every rule of the plan, as render_nft comments it."""
-    sets = {s.name: s for s in plan.ruleset.sets}
-    for chain in plan.ruleset.chains:
-        for rule, rendered in zip(chain.rules, render_chain_rules(plan.ruleset.table, chain, sets), strict=True):
-            yield rule, id_from_comment(rendered["comment"])
-
-
 def condemning_ids(plan: Plan) -> dict[str, Key]:
     """rule id -> (group, mode), for every condemning rule of the plan."""
-    if plan.nft is not None:
-        return {rid: (rule.group, rule.mode) for rule, rid in _nft_rule_ids(plan) if rule.group}
-    return {rid: key for render in plan.ipt.values() for rid, key in render.condemning.items()}
-
-
-def _ban_ids(plan: Plan) -> set[str]:
-    """Ids of the rules whose counters count bans (escalation; see model._escalation)."""
-    if plan.nft is not None:
-        return {rid for rule, rid in _nft_rule_ids(plan) if any(isinstance(x, BanSource) for x in rule.matches)}
-    return {rid for render in plan.ipt.values() for rid in render.bans}
+    return plan.backend.condemning_ids(plan.ruleset)
 
 
 def bans_counted(plan: Plan, live: Live) -> int:
     """Sources banned since the rules were installed (or their counters reset), from ``live``."""
-    ids = _ban_ids(plan)
-    if plan.nft is not None:
-        return sum(next((e["counter"]["packets"] for e in r["expr"] if "counter" in e), 0)
-                   for r in live.rules if id_from_comment(r.get("comment")) in ids)
-    return sum(r.packets for tables in live.saved.values() for _chains, rules in tables.values() for r in rules
-               if r.rule_id in ids)
+    ids = plan.backend.ban_ids(plan.ruleset)  # the rules whose counters count bans (escalation)
+    return sum(packets for rid, packets, _bytes in plan.backend.rule_counters(live) if rid in ids)
 
 
 def drops_by_group(plan: Plan, nft: Nft | None = None, live: Live | None = None) -> dict[Key, dict[str, int]]:
@@ -75,27 +49,11 @@ def drops_by_group(plan: Plan, nft: Nft | None = None, live: Live | None = None)
     rules (``live``: the state the caller already read; else one cheap read)."""
     ids = condemning_ids(plan)
     out = {key: {"packets": 0, "bytes": 0} for key in dict.fromkeys(ids.values())}
-
-    def add(key: Key | None, packets: int, nbytes: int) -> None:
+    for rid, packets, nbytes in plan.backend.rule_counters(live):
+        key = ids.get(rid)
         if key:
             out[key]["packets"] += packets
             out[key]["bytes"] += nbytes
-
-    if plan.nft is not None:
-        if live is not None:
-            for r in live.rules:
-                c = next((e["counter"] for e in r["expr"] if "counter" in e), None)
-                if c:
-                    add(ids.get(id_from_comment(r.get("comment"))), c["packets"], c["bytes"])
-        else:
-            for _chain, comment, packets, nbytes in rule_counters():
-                add(ids.get(id_from_comment(comment)), packets, nbytes)
-        return out
-    saved = live.saved if live is not None else {v: Ipt(plan.flavour).tables(v) for v in plan.ipt}
-    for tables in saved.values():
-        for _chains, rules in tables.values():
-            for r in rules:
-                add(ids.get(r.rule_id), r.packets, r.bytes)
     return out
 
 
@@ -272,15 +230,7 @@ def nft_set_sizes(names: list[str], table: str = TABLE) -> dict[str, int | None]
 
 def meter_fill(plan: Plan) -> list[dict]:
     """Every per-source set: [{"set", "kind", "kernel_name", "elements", "size"}], as status shows it."""
-    sets = [s for s in plan.ruleset.sets if not s.static]
-    if plan.nft is not None:
-        sizes = nft_set_sizes([s.name for s in sets])
-        return [{"set": s.base, "kind": s.kind, "kernel_name": s.name, "elements": sizes.get(s.name) or 0,
-                 "size": s.size} for s in sets]
-    live = Ipset.live()
-    return [{"set": s.base, "kind": s.kind, "kernel_name": ipset_name(s),
-             "elements": live[ipset_name(s)].entries if ipset_name(s) in live else 0, "size": s.size}
-            for s in sets if s.kind != "conns"]
+    return plan.backend.meter_fill([s for s in plan.ruleset.sets if not s.static])
 
 
 def source_counts(plan: Plan, nft: Nft) -> dict[tuple[str, str, str], int]:
@@ -288,22 +238,17 @@ def source_counts(plan: Plan, nft: Nft) -> dict[tuple[str, str, str], int]:
     sampler's ``counts`` sets (IPv6 sources are /64 prefixes). Read one set at a time: small sets."""
     out: dict[tuple[str, str, str], int] = {}
     for (group, mode, _version), s in _count_sets(plan).items():
-        if plan.nft is not None:
-            for elem in nft.set_elements(FAMILY, TABLE, s.name):
-                if "counter" in elem and isinstance(elem.get("val"), str):
-                    out[(group, mode, elem["val"])] = elem["counter"]["packets"]
-        else:
-            for addr, (packets, _bytes) in Ipset.counts(ipset_name(s)).items():
-                out[(group, mode, addr.split("/")[0])] = packets
+        for src, packets in plan.backend.source_counts(nft, s).items():
+            out[(group, mode, src)] = packets
     return out
 
 
-def forget_sources(plan: Plan, keys: list[tuple[str, str, str]]) -> None:
-    """Remove quiet sources from the iptables backend's ``counts`` ipsets (one ``ipset restore``)."""
-    names = {key: ipset_name(s) for key, s in _count_sets(plan).items()}
-    lines = [f"del {names[(g, m, 6 if ':' in src else 4)]} {src} -exist" for g, m, src in keys
-             if (g, m, 6 if ":" in src else 4) in names]
-    Ipset.restore("\n".join(lines) + "\n" if lines else "")
+def forget_sources(plan: Plan, keys: list[tuple[str, str, str]]) -> bool:
+    """Remove quiet sources from the ``counts`` sets where they cannot age out by themselves (iptables:
+    one ``ipset restore``). Returns whether the backend does that (nft: it does not need to)."""
+    sets = _count_sets(plan)
+    return plan.backend.forget_sources([(sets[(g, m, 6 if ":" in src else 4)], src) for g, m, src in keys
+                                        if (g, m, 6 if ":" in src else 4) in sets])
 
 
 def _count_sets(plan: Plan) -> dict:
@@ -332,11 +277,6 @@ def set_members(plan: Plan, nft: Nft, kind: str) -> set[str]:
     """The members of every set of ``kind`` (both families), as the backend lists them."""
     out: set[str] = set()
     for s in plan.ruleset.sets:
-        if s.kind != kind:
-            continue
-        if plan.nft is not None:
-            out.update(str(e["val"]) for e in nft.set_elements(FAMILY, TABLE, s.name)
-                       if isinstance(e.get("val"), (str, int)))
-        else:
-            out.update(a.split("/")[0] for a in Ipset.members(ipset_name(s)))
+        if s.kind == kind:
+            out.update(plan.backend.set_members(nft, s))
     return out

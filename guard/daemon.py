@@ -145,7 +145,7 @@ class SamplerPart:
         """From the main loop: reap, restart, or start for a new plan."""
         want = plan is not None and plan.sampling is not None
         # the sampler changes its own odds (sampling_odds.py): a new render, not a new sampler
-        key = (dataclasses.replace(plan.sampling, exponents=()), plan.ruleset.sample_groups, plan.backend,
+        key = (dataclasses.replace(plan.sampling, exponents=()), plan.ruleset.sample_groups, plan.backend.name,
                policy.sampler) if want else None
         if self.thread is not None and self.thread.is_alive():
             if key == self.key:
@@ -535,7 +535,7 @@ class Daemon:
         if sampling is not None and sampling.transport == "nfqueue":
             queues = [sampling.queue_base + i for i in range(len(plan.ruleset.sample_groups))]
         return {
-            "backend": st.get("backend") or (plan.backend if plan else w.policy.backend),
+            "backend": st.get("backend") or (plan.backend.name if plan else w.policy.backend),
             "in_sync": bool(st.get("in_sync")),
             "contested": bool(w.damper.contested),
             "repairs": dict(self.repair_kinds),

@@ -47,7 +47,7 @@ def startup_policy(config: str | None, nft, log, path: Path = DEFAULT) -> tuple[
     Only a policy that does not parse, with no last good one to fall back to, is fatal (exit 2): a
     kernel that refuses a valid policy right now (another process owns the table name, the default
     route is away for a moment) is the watcher's to retry, not a reason to leave the node unguarded."""
-    from .apply import check, make_plan, read_state, transaction
+    from .apply import make_plan, read_state, transaction
     from .errors import BackendError, EnvironmentProblem
     from .policy import read_policy
 
@@ -61,7 +61,7 @@ def startup_policy(config: str | None, nft, log, path: Path = DEFAULT) -> tuple[
         return (*fallback, str(exc))
     try:
         plan = make_plan(policy, nft)
-        check(transaction(plan, read_state(plan, nft)), nft)
+        plan.backend.check(transaction(plan, read_state(plan, nft)), nft)
         return policy, source, text, None
     except (BackendError, EnvironmentProblem) as exc:
         fallback = load(path)

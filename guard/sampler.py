@@ -147,8 +147,7 @@ class Sampler:
             out.setdefault((group, mode), {})[src] = n - (before or 0) if n >= (before or 0) else n
             if before is not None and n == before:
                 quiet.append((group, mode, src))
-        if quiet and self.plan.nft is None:
-            forget_sources(self.plan, quiet)  # ipsets cannot refresh a timeout without zeroing the count
+        if quiet and forget_sources(self.plan, quiet):  # ipsets cannot refresh a timeout without zeroing the count
             now = {k: v for k, v in now.items() if k not in set(quiet)}
         self._last_sources = now
         return out

@@ -6,12 +6,9 @@ from typing import Any
 
 from . import model, sysctls
 from .apply import Plan, read_state
-from .backend.nft import Nft, objects
-from .counters import bans_counted, drops_by_group, engaged_ports, nft_set_sizes
+from .backend.nft import Nft
+from .counters import bans_counted, drops_by_group, engaged_ports
 from .drift import diff_plan
-from .render.ids import id_from_comment
-from .render.ipt import ipset_name, spec_id
-from .render.nft import FAMILY
 
 
 def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str, Any]:
@@ -20,7 +17,7 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
     drift = diff_plan(plan, nft, live, (watcher_state or {}).get("fingerprints") if (watcher_state or {}).get("alive")
                       else None)
     st: dict[str, Any] = {
-        "backend": plan.backend,
+        "backend": plan.backend.name,
         "backend_reason": plan.backend_reason,
         "drift": str(drift) if drift else None,
         "watcher": watcher_state,
@@ -40,7 +37,7 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
             for f in plan.foreign
         ],
     }
-    st.update(_nft_part(nft, plan) if plan.nft is not None else _ipt_part(plan, live))
+    st.update(plan.backend.status_part(plan, nft, live))  # installed, hooks or jumps, rules, meters
     # condemned per rule group ("<group>/monitor": would-be drops), from the condemning rules' counters
     drops = drops_by_group(plan, nft, live)
     st["drops"] = {(g if m == "enforce" else f"{g}/monitor"): c for (g, m), c in drops.items()}
@@ -62,65 +59,6 @@ def _escalation(plan: Plan, live, meters: list[dict], drops: dict) -> dict[str, 
             "banned_drops": drops.get((model.BANNED, "enforce"), {}).get("packets", 0),
             "after_s": by_base["episode-v4"].timeout_s, "gap_s": by_base["over-v4"].timeout_s,
             "ban_s": by_base["banned-v4"].timeout_s}
-
-
-def _meter_sets(plan: Plan) -> list[model.AddrSet]:
-    return [s for s in plan.ruleset.sets if s.kind != "allow"]
-
-
-def _nft_part(nft: Nft, plan: Plan) -> dict[str, Any]:
-    # terse: a meter filled by a spoofed flood holds 65,536 elements, and listing them as JSON took
-    # 3 s quiet and 11 s on a loaded node; their count comes from one netlink dump per set instead
-    listing = nft.list(f"table {FAMILY} {model.TABLE}", terse=True)
-    meters = _meter_sets(plan)
-    sizes = nft_set_sizes([s.name for s in meters]) if listing else {}
-    return {
-        "installed": bool(listing),
-        "hooks": [{"chain": c["name"], "hook": c["hook"], "priority": c["prio"]}
-                  for c in objects(listing, "chain") if c.get("hook")],
-        "rules": [_nft_rule(r) for r in objects(listing, "rule")],
-        "meters": [{"set": s.base, "kind": s.kind, "kernel_name": s.name,
-                    "elements": sizes.get(s.name) or 0, "size": s.size}
-                   for s in meters],
-    }
-
-
-def _nft_rule(r: dict) -> dict:
-    counter = next((e["counter"] for e in r["expr"] if "counter" in e), {"packets": 0, "bytes": 0})
-    return {"chain": r["chain"], **_label(r.get("comment")), **counter}
-
-
-def _label(comment: str | None) -> dict:
-    text = comment or ""
-    return {"id": id_from_comment(text), "label": text.split(" ", 1)[1] if " " in text else text}
-
-
-def _ipt_part(plan: Plan, live_state) -> dict[str, Any]:
-    jumps, rules, installed = [], [], False
-    for version, render in plan.ipt.items():
-        live = live_state.saved.get(version, {})
-        for tname, table in render.tables.items():
-            chains, saved = live.get(tname, ([], []))
-            installed = installed or any(c in chains for c in table.chains)
-            must: dict[str, int] = {}
-            for builtin, spec in table.jumps:
-                must[builtin] = must.get(builtin, 0) + 1  # our jumps are rules 1..k, in render order
-                in_builtin = [r for r in saved if r.chain == builtin]
-                pos = next((r.position for r in in_builtin if r.rule_id == spec_id(spec)), None)
-                jumps.append({"family": f"v{version}", "table": tname, "chain": builtin, "position": pos,
-                              "must": must[builtin], "target": spec.rsplit(" ", 1)[1],
-                              "above": [r.line for r in in_builtin[: (pos or 1) - 1] if r.rule_id is None]})
-            for r in saved:
-                if r.chain in table.chains:
-                    comment = r.line.split('--comment "', 1)[1].split('"', 1)[0] if "--comment" in r.line else ""
-                    rules.append({"chain": f"v{version} {tname} {r.chain}", **_label(comment),
-                                  "packets": r.packets, "bytes": r.bytes})
-    # a meter's capacity is its admission ipset (see render/ipt.py); connection limits have no set
-    sets = live_state.ipsets
-    meters = [{"set": s.base, "kind": s.kind, "kernel_name": ipset_name(s),
-               "elements": sets[ipset_name(s)].entries if ipset_name(s) in sets else 0, "size": s.size}
-              for s in _meter_sets(plan) if s.kind != "conns"]
-    return {"installed": installed, "jumps": jumps, "rules": rules, "meters": meters}
 
 
 def _ports(ports: list[int]) -> str:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .apply import Plan, apply_plan, check, choose_flavour, make_plan, transaction
+from .apply import Plan, apply_plan, choose_flavour, make_plan, transaction
 from .apply import read_state as read_live_state
 from .backend.ipt import OWN_PIDS, legacy_fingerprint
 from .backend.nft import Nft
@@ -38,7 +38,6 @@ from .events import Batch, NftEvents
 from .fingerprints import of_live
 from .interfaces import resolve_interfaces
 from .policy import Policy
-from .render.ids import id_from_comment
 
 log = logging.getLogger("nodeguard.watch")
 RETRY_MAX_S = 30.0
@@ -118,7 +117,7 @@ class Watcher:
     def _read(self, plan: Plan, scope: Scope):
         """The live state; ``scope`` (IP versions) re-reads only those when a full read of the same
         backend and allowlists is at hand. Every read is kept for the next."""
-        key = (plan.backend, tuple(plan.allow_ipsets))
+        key = plan.backend.live_key()
         scope = _union(scope, self._unread)
         self._unread = frozenset()
         partial = scope is not None and self._live is not None and self._live_key == key
@@ -132,7 +131,7 @@ class Watcher:
         Returns the drift of that very read: a rival that struck between our transaction and
         this read (iptables-legacy raises no event for it) is checked at once, not at the next
         full verification."""
-        if plan.backend == "iptables-legacy":
+        if plan.backend.name == "iptables-legacy":
             self._legacy_seen = legacy_fingerprint()  # before the read: a later change shows in the poll
         live = self._read(plan, None)
         self.fingerprints = of_live(live)
@@ -147,8 +146,7 @@ class Watcher:
             self._unread = _union(self._unread, families)  # the last read of them is out of date
             self._legacy_seen = tuple(e for e in self._legacy_seen if e[0] not in families)
             return
-        if families is not None and plan.nft is not None and self.fingerprints and \
-                all(id_from_comment(r["comment"]) in self.fingerprints for r in plan.nft.rules):
+        if families is not None and plan.backend.refill_only(self.fingerprints):
             return  # a refill of rules we installed before: the kernel lists them as it did then
         after = self._record(plan)
         if after is not None:  # struck again already: check (and repair, or damp) on the next turn
@@ -158,7 +156,7 @@ class Watcher:
     def start(self) -> None:
         """Adopt a correct installation as it is (no gap, counters kept); otherwise apply."""
         plan, live, drift = self.check()
-        self.state["backend"] = plan.backend
+        self.state["backend"] = plan.backend.name
         self.state["adopted"] = drift is None or drift.in_place
         if drift is None:
             log.info("adopted the installed rules: they match the policy")
@@ -173,7 +171,7 @@ class Watcher:
             self._recheck = self._record(plan) is not None
             if not drift.in_place:
                 self.state.update(last_apply=time.time(), in_sync=True)
-        self._backend = plan.backend
+        self._backend = plan.backend.name
         self._accepted()
 
     def _accepted(self) -> None:
@@ -192,7 +190,7 @@ class Watcher:
             if self.damper.contested and now - self.damper.last_drift >= 60.0:
                 self.state["contested_by"] = None
             return
-        switching = plan.backend != self._backend
+        switching = plan.backend.name != self._backend
         if not switching:
             self.damper.saw_drift(now)
             self._repair_at = self.damper.next_repair_at(now)
@@ -205,19 +203,18 @@ class Watcher:
                 self.state["backoff_s"] = self.damper.backoff_s()
                 return
         families = (4, 6) if switching else tuple(sorted(drift.families))
-        if scope is not None and plan.nft is None and not switching and \
-                not transaction(plan, live, families, self.fingerprints).moves_jumps_only:
+        if scope is not None and not switching and plan.backend.needs_full_read(live, families, self.fingerprints):
             live = self._read(plan, None)  # it rebuilds chains: the ipsets they use, as they are now
         tx = apply_plan(plan, self.nft, families=families, repair=not switching, live=live,
                         fingerprints=None if switching else self.fingerprints)
         self._after_repair(plan, tx, None if switching else frozenset(families))
         done = self.clock()
         self.state["in_sync"] = True
-        self._backend = plan.backend
-        self.state["backend"] = plan.backend
+        self._backend = plan.backend.name
+        self.state["backend"] = plan.backend.name
         self._accepted()
         if switching:
-            log.info("switched to the %s backend; the other backends' rules are removed", plan.backend)
+            log.info("switched to the %s backend; the other backends' rules are removed", plan.backend.name)
             return
         self.damper.record_repair(done)
         self._pending = None
@@ -236,7 +233,7 @@ class Watcher:
             saved_flavour = self._flavour
             self._flavour = None
             plan = self.plan(policy)
-            check(transaction(plan, read_live_state(plan, self.nft)), self.nft)
+            plan.backend.check(transaction(plan, read_live_state(plan, self.nft)), self.nft)
         except NodeguardError as exc:
             self._flavour = saved_flavour
             self.state["reloads_failed"] += 1

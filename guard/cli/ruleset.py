@@ -24,15 +24,14 @@ def check(config: str | None, as_json: bool) -> None:
     plan = make_plan(policy, nft)
     fresh = transaction(plan, read_state(plan, None))  # a fresh install: what a scratch namespace gets
     if as_json:
-        emit(fresh.json() if plan.nft is not None else {"backend": plan.backend, "transaction": fresh.text()},
-             True, "")
+        emit(fresh.json(), True, "")
         return
     try:
         text = in_scratch_netns(lambda: load_into_this_netns(plan))
-        head = f"# {source}: valid; checked by the kernel in a scratch network namespace ({plan.backend})\n"
+        head = f"# {source}: valid; checked by the kernel in a scratch network namespace ({plan.backend.name})\n"
     except PermissionError:
         text = fresh.text()
-        head = f"# {source}: valid; not root, so not checked by the kernel ({plan.backend})\n"
+        head = f"# {source}: valid; not root, so not checked by the kernel ({plan.backend.name})\n"
     for note in plan.priorities.notes:
         head += f"# {note}\n"
     click.echo(head + text, nl=False)
@@ -45,36 +44,26 @@ def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
     """Install or update nodeguard's rules in one transaction that keeps meters and trusted sets."""
     nft = kernel()  # first: without privileges nothing else matters, whatever the policy file says
     from ..apply import apply_plan, make_plan, read_state, remove_other_backends, transaction
-    from ..apply import check as check_tx
     from ..policy import load_policy
 
     policy, source = load_policy(trusted_config(config))
     plan = make_plan(policy, nft)
-    others = remove_other_backends(plan.backend, nft, dry_run=True)  # a backend switch also removes these
+    others = remove_other_backends(plan.backend.name, nft, dry_run=True)  # a backend switch also removes these
     if dry_run:
         tx = transaction(plan, read_state(plan, nft))
-        how = check_tx(tx, nft)
+        how = plan.backend.check(tx, nft)
     else:
         tx = apply_plan(plan, nft)
         how = "applied"
-    if plan.nft is not None:
-        hooks = {c.name: c.priority for c in plan.ruleset.base_chains}
-        where = ", ".join(f"{k} at priority {v}" for k, v in hooks.items())
-    else:
-        hooks = {}  # built-in chain -> how many of its first rules are our jumps
-        for t in next(iter(plan.ipt.values())).tables.values():
-            for b, _spec in t.jumps:
-                hooks[f"{t.name} {b}"] = hooks.get(f"{t.name} {b}", 0) + 1
-        where = "jumps first in " + ", ".join(f"{k}" + (f" (rules 1-{n})" if n > 1 else "") for k, n in hooks.items()) \
-            + f" ({plan.backend_reason})"
-    data = {"applied": not dry_run, "dry_run": dry_run, "policy": source, "backend": plan.backend,
+    hooks, where = plan.backend.where(plan)
+    data = {"applied": not dry_run, "dry_run": dry_run, "policy": source, "backend": plan.backend.name,
             "backend_reason": plan.backend_reason, "hooks": hooks, "checked": how, "other_backends_removed": others,
             "interfaces": list(plan.ruleset.interfaces), "notes": list(plan.priorities.notes)}
     if dry_run:
-        data["transaction"] = tx.json() if plan.nft is not None else tx.text()
+        data["transaction"] = plan.backend.tx_data(tx)
     verb = f"would apply (dry run, {how})" if dry_run else "applied"
     text = ((tx.text() if dry_run else "")
-            + f"{verb} {source} with {plan.backend}: {where}; interfaces {', '.join(plan.ruleset.interfaces)}\n"
+            + f"{verb} {source} with {plan.backend.name}: {where}; interfaces {', '.join(plan.ruleset.interfaces)}\n"
             + (f"{'would also remove' if dry_run else 'also removed'} nodeguard's rules from: {', '.join(others)}\n"
                if others else "")
             + "".join(f"note: {n}\n" for n in plan.priorities.notes))

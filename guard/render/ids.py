@@ -40,3 +40,9 @@ def id_from_comment(text: str | None) -> str | None:
     if not text or not text.startswith(PREFIX):
         return None
     return text[len(PREFIX):].split(" ", 1)[0]
+
+
+def id_and_label(comment_text: str | None) -> dict:
+    """A live rule's comment as status shows it: {"id", "label"}."""
+    text = comment_text or ""
+    return {"id": id_from_comment(text), "label": text.split(" ", 1)[1] if " " in text else text}

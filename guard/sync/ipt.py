@@ -45,6 +45,10 @@ class IptTransaction:
             out += text or "# (nothing)\n"
         return out + "# 3. ipset restore\n" + (self.ipset_cleanup or "# (nothing)\n")
 
+    def json(self) -> dict:
+        """For ``check --json``: the restore files as text, under the backend's name."""
+        return {"backend": f"iptables-{self.flavour}", "transaction": self.text()}
+
     @property
     def empty(self) -> bool:
         return not (self.ipset_prepare or any(self.restore.values()) or self.ipset_cleanup)

@@ -1,0 +1,97 @@
+"""The one place that says what a backend does for a plan; ``NftBackend`` and ``IptBackend`` do it.
+
+A plan (apply.Plan) holds the backend it was rendered for, with that backend's render: callers ask
+it to read the live state, build the transaction, check or send it, read counters and set members,
+and delete set elements. Nothing outside the two implementations asks which backend it is.
+
+The implementations import their own tools at the top (nft_backend: libnftables; ipt_backend: the
+iptables and ipset tools); apply.py imports the iptables one only when a policy asks for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..model import AddrSet, RuleSet
+    from .nft import Nft
+
+Key = tuple[str, str]  # (rule group, mode)
+
+
+class Backend(Protocol):
+    name: str  # "nft", "iptables-nft" or "iptables-legacy"
+    flavour: str | None  # iptables: "nft" or "legacy"
+
+    # --- the live state and the transaction (apply.py) ----------------------------------
+    def live_key(self) -> tuple:
+        """What a read of the live state depends on: a read with another key is not reused."""
+
+    def read_live(self, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Any = None) -> Any:
+        """What the kernel holds of this backend now (``nft`` None: nothing, for a fresh render)."""
+
+    def transaction(self, live: Any, families: tuple[int, ...] = (4, 6),
+                    fingerprints: dict[str, str] | None = None) -> Any:
+        """The transaction that takes the kernel from ``live`` to the render (sync/)."""
+
+    def check(self, tx: Any, nft: Nft) -> str:
+        """Have the kernel check ``tx`` without committing it; returns how it was checked."""
+
+    def send(self, tx: Any, nft: Nft) -> None:
+        """Commit ``tx``."""
+
+    def installed_text(self, tx: Any, nft: Nft) -> str:
+        """After ``tx`` was sent: what is installed, as people read it."""
+
+    def tx_data(self, tx: Any) -> Any:
+        """``tx`` for ``apply --dry-run --json``."""
+
+    def where(self, plan: Any) -> tuple[dict[str, int], str]:
+        """Where the rules hook in, for ``apply``: (hooks, one line)."""
+
+    # --- drift (drift.py, watcher.py) ------------------------------------------------------
+    def diff(self, plan: Any, live: Any) -> Any:
+        """The drift.Drift of ``live`` from the plan, or None."""
+
+    def refill_only(self, fingerprints: dict[str, str] | None) -> bool:
+        """Every rule of the render is one we installed before: the kernel lists them as it did then."""
+
+    def needs_full_read(self, live: Any, families: tuple[int, ...], fingerprints: dict[str, str] | None) -> bool:
+        """A repair from a partial read of ``live`` would rebuild what the read left out (ipsets)."""
+
+    def status_part(self, plan: Any, nft: Nft, live: Any) -> dict[str, Any]:
+        """status.collect's backend part: installed, hooks or jumps, rules, meters."""
+
+    # --- counters and sets (counters.py, bans.py) ------------------------------------------
+    def condemning_ids(self, ruleset: RuleSet) -> dict[str, Key]:
+        """rule id -> (group, mode), for every condemning rule."""
+
+    def ban_ids(self, ruleset: RuleSet) -> set[str]:
+        """Ids of the rules whose counters count bans."""
+
+    def rule_counters(self, live: Any = None) -> Iterator[tuple[str | None, int, int]]:
+        """(rule id, packets, bytes) of our rules, from ``live`` or one cheap read."""
+
+    def meter_fill(self, sets: list[AddrSet]) -> list[dict]:
+        """Elements in each per-source set, as status shows them."""
+
+    def source_counts(self, nft: Nft, s: AddrSet) -> dict[str, int]:
+        """source -> packets, of one ``counts`` set."""
+
+    def forget_sources(self, dels: Iterable[tuple[AddrSet, str]]) -> bool:
+        """Remove sources from ``counts`` sets where their counts cannot age out by themselves;
+        returns whether this backend does that (nft: its counts time out)."""
+
+    def set_members(self, nft: Nft, s: AddrSet) -> set[str]:
+        """The members of one set, as the backend lists them."""
+
+    def installed_sets(self, nft: Nft, sets: dict[Any, AddrSet]) -> dict[Any, str]:
+        """key -> the kernel name of that set as installed (sets not installed are left out)."""
+
+    def timeouts(self, nft: Nft, name: str) -> list[tuple[str, int | None]]:
+        """(member, seconds left) of one installed set."""
+
+    def delete_elements(self, nft: Nft, names: dict[tuple[str, int], str],
+                        targets: list[tuple[str, int]] | None) -> None:
+        """Delete ``targets`` ((address, IP version)) from the named sets of their version; None: all."""

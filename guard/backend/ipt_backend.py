@@ -1,0 +1,243 @@
+"""The iptables backend of a plan: own chains and jumps per IP version, ipsets, one ``*-restore
+--noflush`` per family (base.Backend). Imported only when a policy says ``backend: iptables``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .. import model
+from ..drift import Drift
+from ..render.ipt import Ipset as IpsetSpec
+from ..render.ipt import Render, ipset_name, spec_id
+from ..render.ids import id_and_label
+from ..scratch import in_scratch_netns
+from ..sync import ipt as sync_ipt
+from .ipt import Ipset, Ipt, IptLive
+from .ipt import read_live as read_ipt_live
+from .nft import Nft
+
+
+@dataclass(frozen=True)
+class IptBackend:
+    flavour: str  # "nft" or "legacy"
+    renders: dict[int, Render]  # per IP version
+    ipsets: tuple[IpsetSpec, ...]
+
+    @property
+    def name(self) -> str:
+        return f"iptables-{self.flavour}"
+
+    @property
+    def allow_ipsets(self) -> list[str]:
+        return [s.name for s in self.ipsets if s.members is not None]
+
+    # --- the live state and the transaction ----------------------------------------------
+    def live_key(self) -> tuple:
+        return (self.name, tuple(self.allow_ipsets))
+
+    def read_live(self, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Any = None) -> IptLive:
+        """``previous`` (a full read of the same backend) supplies what ``families`` leaves out."""
+        if nft is None:
+            return IptLive({}, {}, {}, {})
+        prev = previous if isinstance(previous, IptLive) else None
+        return read_ipt_live(self.flavour, self.allow_ipsets, families, prev)
+
+    def transaction(self, live: IptLive, families: tuple[int, ...] = (4, 6),
+                    fingerprints: dict[str, str] | None = None) -> sync_ipt.IptTransaction:
+        return sync_ipt.build(self.flavour, self.renders, list(self.ipsets), live.tables, live.ipsets, live.members,
+                              families, live.saved, fingerprints)
+
+    def check(self, tx: sync_ipt.IptTransaction, nft: Nft) -> str:
+        """Have the kernel check the transaction without changing this namespace. ``*-restore --test``
+        needs every set a rule names to exist; when the transaction creates sets, the check runs in a
+        scratch network namespace instead (where our old jumps, which the transaction deletes, do not
+        exist: those ``-D`` lines are left out there). Returns how it was checked."""
+        if not _creates(tx):
+            Ipt(tx.flavour).restore_families(tx.restore, test=True)
+            return "checked by *-restore --test"
+
+        def load() -> str:
+            Ipset.restore(tx.ipset_prepare)
+            Ipt(tx.flavour).restore_families({v: "".join(ln + "\n" for ln in t.splitlines() if not ln.startswith("-D "))
+                                              for v, t in tx.restore.items()})
+            return "ok"
+        try:
+            in_scratch_netns(load)
+        except PermissionError:
+            return "not checked by the kernel: it creates ipsets, and no scratch namespace can be made here"
+        return "checked in a scratch network namespace (new ipsets)"
+
+    def send(self, tx: sync_ipt.IptTransaction, nft: Nft) -> None:
+        Ipset.restore(tx.ipset_prepare)
+        Ipt(tx.flavour).restore_families(tx.restore)
+        Ipset.restore(tx.ipset_cleanup)
+
+    def installed_text(self, tx: sync_ipt.IptTransaction, nft: Nft) -> str:
+        return tx.text()
+
+    def tx_data(self, tx: sync_ipt.IptTransaction) -> Any:
+        return tx.text()
+
+    def where(self, plan) -> tuple[dict[str, int], str]:
+        hooks: dict[str, int] = {}  # built-in chain -> how many of its first rules are our jumps
+        for t in next(iter(self.renders.values())).tables.values():
+            for b, _spec in t.jumps:
+                hooks[f"{t.name} {b}"] = hooks.get(f"{t.name} {b}", 0) + 1
+        return hooks, "jumps first in " + ", ".join(f"{k}" + (f" (rules 1-{n})" if n > 1 else "")
+                                                    for k, n in hooks.items()) + f" ({plan.backend_reason})"
+
+    # --- drift -----------------------------------------------------------------------------
+    def diff(self, plan, live: IptLive) -> Drift | None:
+        """Our chains hold exactly the rendered rule IDs, our jumps are rules 1..k of their built-in
+        chain in render order, and our ipsets have the rendered definitions (allowlists: members)."""
+        reasons: list[str] = []
+        culprit = None
+        families: set[int] = set()
+        rewrites: list[str] = []
+        for version, render in self.renders.items():
+            saved = live.saved.get(version, {})
+            before = len(reasons) + len(rewrites)
+            want = render.rule_ids()
+            for tname, table in render.tables.items():
+                chains, rules = saved.get(tname, ([], []))
+                have: dict[str, list[str | None]] = {}
+                for r in rules:
+                    have.setdefault(r.chain, []).append(r.rule_id)
+                for chain in table.chains:
+                    where = f"v{version} {tname} {chain}"
+                    if chain not in chains:
+                        reasons.append(f"{where} is missing")
+                    elif have.get(chain, []) != want[chain]:
+                        kept = sum(1 for i in have.get(chain, []) if i in want[chain])
+                        rewrites.append(f"{where}: {kept} of {len(want[chain])} rules intact")
+                order: dict[str, int] = {}
+                for builtin, spec in table.jumps:
+                    must = order[builtin] = order.get(builtin, 0) + 1  # our jumps are rules 1..k, in order
+                    jid = spec_id(spec)
+                    in_builtin = [r for r in rules if r.chain == builtin]
+                    positions = [r.position for r in in_builtin if r.rule_id == jid]
+                    where = f"v{version} {tname} {builtin}"
+                    if not positions:
+                        reasons.append(f"jump in {where} to {_target(spec)} is missing")
+                    elif positions != [must]:
+                        reasons.append(f"jump in {where} to {_target(spec)} is at position {positions[0]}, "
+                                       f"must be {must}" + (f" ({len(positions)} copies)" if len(positions) > 1 else ""))
+                        ahead = next((r for r in in_builtin[:positions[0] - 1] if r.rule_id is None), None)
+                        if ahead is not None:
+                            culprit = culprit or f"{_target(ahead.line)} in {where}"
+            stale = {t: lt for t, lt in live.tables.get(version, {}).items()
+                     if t not in render.tables or set(lt.chains) - set(render.tables[t].chains)}
+            reasons += [f"v{version} {t}: stale nodeguard chains or jumps" for t in stale]
+            if len(reasons) + len(rewrites) > before:
+                families.add(version)
+        for s in self.ipsets:
+            have_set = live.ipsets.get(s.name)
+            if have_set is None:
+                reasons.append(f"ipset {s.name} is missing")
+            elif not have_set.matches(s):
+                reasons.append(f"ipset {s.name} has another definition")
+            elif s.members is not None and not sync_ipt.same_members(live.members.get(s.name, []), s.members):
+                reasons.append(f"ipset {s.name} members differ")
+        reasons += [f"unexpected ipset {n}" for n in live.ipsets if n not in {s.name for s in self.ipsets}]
+        if not reasons and not rewrites:
+            return None
+        return Drift((*reasons, *rewrites), culprit, frozenset(families), in_place=not reasons)
+
+    def refill_only(self, fingerprints: dict[str, str] | None) -> bool:
+        return False
+
+    def needs_full_read(self, live: IptLive, families: tuple[int, ...], fingerprints: dict[str, str] | None) -> bool:
+        # a repair that rebuilds chains needs the ipsets they use as they are now (a partial read keeps old ones)
+        return not self.transaction(live, families, fingerprints).moves_jumps_only
+
+    def status_part(self, plan, nft: Nft, live_state: IptLive) -> dict[str, Any]:
+        jumps, rules, installed = [], [], False
+        for version, render in self.renders.items():
+            live = live_state.saved.get(version, {})
+            for tname, table in render.tables.items():
+                chains, saved = live.get(tname, ([], []))
+                installed = installed or any(c in chains for c in table.chains)
+                must: dict[str, int] = {}
+                for builtin, spec in table.jumps:
+                    must[builtin] = must.get(builtin, 0) + 1  # our jumps are rules 1..k, in render order
+                    in_builtin = [r for r in saved if r.chain == builtin]
+                    pos = next((r.position for r in in_builtin if r.rule_id == spec_id(spec)), None)
+                    jumps.append({"family": f"v{version}", "table": tname, "chain": builtin, "position": pos,
+                                  "must": must[builtin], "target": spec.rsplit(" ", 1)[1],
+                                  "above": [r.line for r in in_builtin[: (pos or 1) - 1] if r.rule_id is None]})
+                for r in saved:
+                    if r.chain in table.chains:
+                        comment = r.line.split('--comment "', 1)[1].split('"', 1)[0] if "--comment" in r.line else ""
+                        rules.append({"chain": f"v{version} {tname} {r.chain}", **id_and_label(comment),
+                                      "packets": r.packets, "bytes": r.bytes})
+        # a meter's capacity is its admission ipset (see render/ipt.py); connection limits have no set
+        meters = _fill([s for s in plan.ruleset.sets if s.kind != "allow"], live_state.ipsets)
+        return {"installed": installed, "jumps": jumps, "rules": rules, "meters": meters}
+
+    # --- counters and sets -------------------------------------------------------------------
+    def condemning_ids(self, ruleset: model.RuleSet) -> dict[str, tuple[str, str]]:
+        return {rid: key for render in self.renders.values() for rid, key in render.condemning.items()}
+
+    def ban_ids(self, ruleset: model.RuleSet) -> set[str]:
+        return {rid for render in self.renders.values() for rid in render.bans}
+
+    def rule_counters(self, live: IptLive | None = None) -> Iterator[tuple[str | None, int, int]]:
+        saved = live.saved if live is not None else {v: Ipt(self.flavour).tables(v) for v in self.renders}
+        for tables in saved.values():
+            for _chains, rules in tables.values():
+                for r in rules:
+                    yield r.rule_id, r.packets, r.bytes
+
+    def meter_fill(self, sets: list[model.AddrSet]) -> list[dict]:
+        return _fill(sets, Ipset.live())
+
+    def source_counts(self, nft: Nft, s: model.AddrSet) -> dict[str, int]:
+        return {addr.split("/")[0]: packets for addr, (packets, _bytes) in Ipset.counts(ipset_name(s)).items()}
+
+    def forget_sources(self, dels: Iterable[tuple[model.AddrSet, str]]) -> bool:
+        """ipsets cannot refresh a timeout without zeroing the count: quiet sources are removed."""
+        lines = [f"del {ipset_name(s)} {src} -exist" for s, src in dels]
+        Ipset.restore("\n".join(lines) + "\n" if lines else "")
+        return True
+
+    def set_members(self, nft: Nft, s: model.AddrSet) -> set[str]:
+        return {a.split("/")[0] for a in Ipset.members(ipset_name(s))}
+
+    def installed_sets(self, nft: Nft, sets: dict[Any, model.AddrSet]) -> dict[Any, str]:
+        live = Ipset.names()
+        return {k: ipset_name(s) for k, s in sets.items() if ipset_name(s) in live}
+
+    def timeouts(self, nft: Nft, name: str) -> list[tuple[str, int | None]]:
+        return [(addr.split("/")[0], left) for addr, left in Ipset.timeouts(name).items()]
+
+    def delete_elements(self, nft: Nft, names: dict[tuple[str, int], str],
+                        targets: list[tuple[str, int]] | None) -> None:
+        lines = []
+        for (_what, version), name in names.items():
+            if targets is None:
+                lines.append(f"flush {name}")
+            else:
+                lines += [f"del {name} {src} -exist" for src, v in targets if v == version]
+        Ipset.restore("\n".join(lines) + "\n" if lines else "")
+
+
+def _fill(sets: list[model.AddrSet], live: dict) -> list[dict]:
+    return [{"set": s.base, "kind": s.kind, "kernel_name": ipset_name(s),
+             "elements": live[ipset_name(s)].entries if ipset_name(s) in live else 0, "size": s.size}
+            for s in sets if s.kind != "conns"]
+
+
+def _creates(tx: sync_ipt.IptTransaction) -> list[str]:
+    """Sets the transaction creates for the rules to use (not the temporary ones it swaps in)."""
+    return [ln.split()[1] for ln in tx.ipset_prepare.splitlines()
+            if ln.startswith("create ") and not ln.split()[1].endswith("-NEW")]
+
+
+def _target(save_line: str) -> str:
+    """What a competing rule does: its jump target, else its comment, else the rule itself."""
+    parts = save_line.split()
+    if "-j" in parts:
+        return parts[parts.index("-j") + 1]
+    return save_line[:60]
