@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .fingerprints import Fingerprints, of_live
+from .fingerprints import Fingerprints
 
 if TYPE_CHECKING:
     from .apply import Live, Plan
@@ -37,7 +37,7 @@ def diff_plan(plan: Plan, nft: Nft, live: Live | None = None, fingerprints: Fing
     comment is drift too."""
     live = live if live is not None else plan.backend.read_live(nft)
     drift = plan.backend.diff(plan, live)
-    rewritten = _rewritten(of_live(live), fingerprints) if fingerprints else []
+    rewritten = _rewritten(plan.backend.fingerprints(live), fingerprints) if fingerprints else []
     if not rewritten:
         return drift
     reason = f"{len(rewritten)} rule(s) rewritten under nodeguard's comments"

@@ -48,6 +48,3 @@ def of_ipt(saved: dict) -> Fingerprints:
     return {ipt_key(version, r.rule_id): ipt_body(version, r.line) for version, tables in saved.items()
             for _chains, rules in tables.values() for r in rules if r.rule_id}
 
-
-def of_live(live) -> Fingerprints:
-    return of_nft(live.rules) if hasattr(live, "rules") else of_ipt(live.saved)

@@ -16,7 +16,6 @@ from typing import Callable
 from .aggregate import Episodes, Window, safe, source_key
 from . import bans, sampling_odds
 from .apply import Plan, apply_plan, make_plan, read_state
-from .fingerprints import of_live
 from .errors import NodeguardError
 from .attacklog import AttackLog, PcapLog
 from .backend.nft import Nft
@@ -184,7 +183,7 @@ class Sampler:
             live = read_state(plan, self.nft)
             # the live bodies as the reference: only the sample chains (their odds) are rewritten, every
             # other chain keeps its rules and counters (the drops per group this sampler reads)
-            apply_plan(plan, self.nft, repair=True, live=live, fingerprints=of_live(live))
+            apply_plan(plan, self.nft, repair=True, live=live, fingerprints=plan.backend.fingerprints(live))
         except NodeguardError as exc:
             sampling_odds.save(sampling_odds.path_for(self.policy), current)  # the watcher renders from the file
             log.warning("could not change the sampling odds (%s); keeping them", exc)

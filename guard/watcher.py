@@ -35,7 +35,6 @@ from .damper import Damper
 from .drift import Drift, diff_plan
 from .errors import EnvironmentProblem, NodeguardError
 from .events import Batch, NftEvents
-from .fingerprints import of_live
 from .interfaces import resolve_interfaces
 from .policy import Policy
 
@@ -134,7 +133,7 @@ class Watcher:
         if plan.backend.name == "iptables-legacy":
             self._legacy_seen = legacy_fingerprint()  # before the read: a later change shows in the poll
         live = self._read(plan, None)
-        self.fingerprints = of_live(live)
+        self.fingerprints = plan.backend.fingerprints(live)
         return diff_plan(plan, self.nft, live, self.fingerprints)
 
     def _after_repair(self, plan: Plan, tx, families: Scope) -> None:
@@ -142,7 +141,7 @@ class Watcher:
         they are unchanged: nothing to read now. The next event (iptables-legacy: the next poll, which
         is made to see these families changed) re-reads them, and sees any strike that came after our
         transaction. Otherwise read what it wrote, and check it."""
-        if getattr(tx, "moves_jumps_only", False) and families is not None:
+        if tx.moves_jumps_only and families is not None:
             self._unread = _union(self._unread, families)  # the last read of them is out of date
             self._legacy_seen = tuple(e for e in self._legacy_seen if e[0] not in families)
             return
@@ -160,7 +159,7 @@ class Watcher:
         self.state["adopted"] = drift is None or drift.in_place
         if drift is None:
             log.info("adopted the installed rules: they match the policy")
-            self.fingerprints = of_live(live)
+            self.fingerprints = plan.backend.fingerprints(live)
         else:
             # in place: only rules inside our chains differ (e.g. the sampler's odds changed as the
             # last run was killed); rewriting those chains alone keeps every other counter

@@ -54,6 +54,9 @@ class Backend(Protocol):
     def diff(self, plan: Any, live: Any) -> Any:
         """The drift.Drift of ``live`` from the plan, or None."""
 
+    def fingerprints(self, live: Any) -> dict[str, str]:
+        """Our rules' bodies in ``live``: rule id -> digest (fingerprints.py)."""
+
     def refill_only(self, fingerprints: dict[str, str] | None) -> bool:
         """Every rule of the render is one we installed before: the kernel lists them as it did then."""
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import model
 from ..drift import Drift
+from ..fingerprints import of_ipt
 from ..render.ipt import Ipset as IpsetSpec
 from ..render.ipt import Render, ipset_name, spec_id
 from ..render.ids import id_and_label
@@ -144,6 +145,9 @@ class IptBackend:
         if not reasons and not rewrites:
             return None
         return Drift((*reasons, *rewrites), culprit, frozenset(families), in_place=not reasons)
+
+    def fingerprints(self, live: IptLive) -> dict[str, str]:
+        return of_ipt(live.saved)
 
     def refill_only(self, fingerprints: dict[str, str] | None) -> bool:
         return False

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .. import model
 from ..drift import Drift, objects_diff
 from ..errors import BackendError
+from ..fingerprints import of_nft
 from ..render.ids import id_and_label, id_from_comment
 from ..render.nft import FAMILY, NftObjects, render_chain_rules
 from ..sync import nft as sync_nft
@@ -86,6 +87,9 @@ class NftBackend:
         if not reasons and not rewrites:
             return None
         return Drift((*reasons, *rewrites), culprit, in_place=not reasons)
+
+    def fingerprints(self, live: NftLive) -> dict[str, str]:
+        return of_nft(live.rules)
 
     def refill_only(self, fingerprints: dict[str, str] | None) -> bool:
         return bool(fingerprints) and all(id_from_comment(r["comment"]) in fingerprints for r in self.objects.rules)

@@ -23,6 +23,7 @@ from ..render.nft import FAMILY, NftObjects
 @dataclass(frozen=True)
 class NftTransaction:
     commands: tuple[dict, ...]
+    moves_jumps_only = False  # nft has no jumps of ours in foreign chains to put back (sync/ipt.py)
 
     def json(self) -> dict:
         return {"nftables": list(self.commands)}
