@@ -1,0 +1,47 @@
+"""The plan's backend (guard/backend/base.py): both implementations do everything the protocol
+names, the plan decides the backend once, and an nft plan loads no iptables module."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guard.backend.base import Backend
+from guard.backend.ipt_backend import IptBackend
+from guard.backend.nft_backend import NftBackend
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL = sorted(n for n, v in vars(Backend).items() if callable(v) and not n.startswith("_"))
+
+
+@pytest.mark.parametrize("impl", [NftBackend, IptBackend])
+def test_every_backend_does_what_the_protocol_names(impl):
+    missing = [n for n in [*PROTOCOL, "name", "flavour"] if not hasattr(impl, n) and n not in impl.__annotations__]
+    assert not missing, f"{impl.__name__} lacks {missing}"
+
+
+PROBE = """
+import sys
+from guard.apply import make_plan, read_state, transaction
+from guard.policy import parse_policy
+policy = parse_policy("backend: {backend}\\nsampler:\\n  enabled: false\\nsyn:\\n  synproxy:\\n    ports: []\\n"
+                      "watcher:\\n  state_file: {state}\\n", "p.yaml")
+plan = make_plan(policy, None, interfaces=("eth0",), flavour={flavour})
+transaction(plan, read_state(plan, None))
+print(plan.backend.name, plan.flavour, type(plan.backend).__name__)
+print(sorted(m for m in sys.modules if m in ("guard.backend.ipt", "guard.sync.ipt", "guard.backend.ipt_backend")))
+"""
+
+
+@pytest.mark.parametrize("backend,flavour,want", [
+    ("nft", None, "nft None NftBackend\n[]\n"),
+    ("iptables", ("legacy", "given"), "iptables-legacy legacy IptBackend\n"
+     "['guard.backend.ipt', 'guard.backend.ipt_backend', 'guard.sync.ipt']\n"),
+])
+def test_the_plan_holds_its_backend_and_nft_loads_no_iptables_module(tmp_path, backend, flavour, want):
+    code = PROBE.format(backend=backend, flavour=flavour, state=tmp_path / "watch.json")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert res.stdout == want
