@@ -62,6 +62,7 @@ class Watcher:
         self._pending: Drift | None = None
         self.last_plan: Plan | None = None  # the render of the last check (the daemon's metrics read it)
         self._backend: str | None = None  # what is installed (None: not yet)
+        self._polled = False  # it raises no events: poll its fingerprint (iptables-legacy)
         self._flavour: tuple[str, str] | None = None
         self._plans: dict = {}
         self._interfaces: tuple[str, ...] | None = None
@@ -130,7 +131,7 @@ class Watcher:
         Returns the drift of that very read: a rival that struck between our transaction and
         this read (iptables-legacy raises no event for it) is checked at once, not at the next
         full verification."""
-        if plan.backend.name == "iptables-legacy":
+        if plan.backend.polled:
             self._legacy_seen = legacy_fingerprint()  # before the read: a later change shows in the poll
         live = self._read(plan, None)
         self.fingerprints = plan.backend.fingerprints(live)
@@ -165,12 +166,12 @@ class Watcher:
             # last run was killed); rewriting those chains alone keeps every other counter
             log.info("%s: %s", "adopted the installed rules, rewriting in place" if drift.in_place else "installing",
                      drift)
-            apply_plan(plan, self.nft, live=live, fingerprints=of_live(live) if drift.in_place else None)
+            apply_plan(plan, self.nft, live=live, fingerprints=plan.backend.fingerprints(live) if drift.in_place else None)
             self._live = None
             self._recheck = self._record(plan) is not None
             if not drift.in_place:
                 self.state.update(last_apply=time.time(), in_sync=True)
-        self._backend = plan.backend.name
+        self._backend, self._polled = plan.backend.name, plan.backend.polled
         self._accepted()
 
     def _accepted(self) -> None:
@@ -209,7 +210,7 @@ class Watcher:
         self._after_repair(plan, tx, None if switching else frozenset(families))
         done = self.clock()
         self.state["in_sync"] = True
-        self._backend = plan.backend.name
+        self._backend, self._polled = plan.backend.name, plan.backend.polled
         self.state["backend"] = plan.backend.name
         self._accepted()
         if switching:
@@ -285,7 +286,7 @@ class Watcher:
                 if heartbeat:
                     heartbeat()
                 cfg = self.policy.watcher
-                legacy = self._backend == "iptables-legacy"
+                legacy = self._polled
                 verify_every = self._verify_every()
                 now = self.clock()
                 deadlines = [next_verify] + ([self._repair_at] if self._pending else []) + \
@@ -350,7 +351,7 @@ class Watcher:
     def _verify_every(self) -> float:
         """iptables-legacy sends no events: poll its cheap fingerprint this often instead."""
         cfg = self.policy.watcher
-        return min(cfg.verify_interval_s, cfg.legacy_poll_s) if self._backend == "iptables-legacy" \
+        return min(cfg.verify_interval_s, cfg.legacy_poll_s) if self._polled \
             else cfg.verify_interval_s
 
     def _succeeded(self) -> None:

@@ -19,7 +19,7 @@ PROTOCOL = sorted(n for n, v in vars(Backend).items() if callable(v) and not n.s
 
 @pytest.mark.parametrize("impl", [NftBackend, IptBackend])
 def test_every_backend_does_what_the_protocol_names(impl):
-    missing = [n for n in [*PROTOCOL, "name", "flavour"] if not hasattr(impl, n) and n not in impl.__annotations__]
+    missing = [n for n in [*PROTOCOL, "name", "flavour", "polled"] if not hasattr(impl, n) and n not in impl.__annotations__]
     assert not missing, f"{impl.__name__} lacks {missing}"
 
 

@@ -23,6 +23,7 @@ Key = tuple[str, str]  # (rule group, mode)
 class Backend(Protocol):
     name: str  # "nft", "iptables-nft" or "iptables-legacy"
     flavour: str | None  # iptables: "nft" or "legacy"
+    polled: bool  # raises no nftables events (iptables-legacy): the watcher polls its tables' fingerprint
 
     # --- the live state and the transaction (apply.py) ----------------------------------
     def live_key(self) -> tuple:

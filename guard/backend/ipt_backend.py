@@ -31,6 +31,11 @@ class IptBackend:
         return f"iptables-{self.flavour}"
 
     @property
+    def polled(self) -> bool:
+        """iptables-legacy tables raise no nftables events: the watcher polls their fingerprint."""
+        return self.flavour == "legacy"
+
+    @property
     def allow_ipsets(self) -> list[str]:
         return [s.name for s in self.ipsets if s.members is not None]
 

@@ -24,6 +24,7 @@ class NftBackend:
     objects: NftObjects
     name: str = "nft"
     flavour: str | None = None
+    polled = False  # every change raises an nftables event
 
     # --- the live state and the transaction ----------------------------------------------
     def live_key(self) -> tuple:
