@@ -592,7 +592,7 @@ def test_netlink_dumps_of_garbage_never_raise():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from guard.counters import count_elements, parse_rules
+    from guard.backend.nfnetlink import count_elements, parse_rules
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=400))
