@@ -56,7 +56,10 @@ class Plan:
         return self.backend.flavour
 
 
-def choose_flavour(policy: Policy, nft: Nft | None) -> tuple[str, str]:
+def choose_flavour(policy: Policy, nft: Nft | None) -> tuple[str, str] | None:
+    """The iptables tools to use, and why; None for the nft backend."""
+    if policy.backend == "nft":
+        return None
     if policy.iptables.flavour != "auto":
         return policy.iptables.flavour, "iptables.flavour in the policy"
     from .backend.ipt import detect_flavour
@@ -142,7 +145,7 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     foreign = tuple(probe.foreign_base_chains(nft)) if nft and probe_foreign else ()
     if interfaces is None:
         interfaces = resolve_interfaces(policy.interfaces)
-    if policy.backend != "nft" and flavour is None:
+    if flavour is None:
         flavour = choose_flavour(policy, nft)
     sampling, sampling_reason = choose_sampling(policy, nft)
     synproxy = synproxy_plan(policy, interfaces)

@@ -99,9 +99,9 @@ class Watcher:
 
     def plan(self, policy: Policy | None = None) -> Plan:
         policy = policy or self.policy
-        if self._flavour is None and policy.backend != "nft":
-            self._flavour = choose_flavour(policy, self.nft)  # decided once per policy
-        return make_plan(policy, self.nft, flavour=self._flavour if policy.backend != "nft" else None,
+        if self._flavour is None:
+            self._flavour = choose_flavour(policy, self.nft)  # decided once per policy (None: nft)
+        return make_plan(policy, self.nft, flavour=self._flavour,
                          cache=self._plans if policy is self.policy else None, interfaces=self.interfaces(policy),
                          probe_foreign=policy.backend == "nft")
 
