@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import listeners, model, probe, sampling_odds, sysctls
-from .backend.base import Backend
 from .backend.nft import Nft, NftLive, objects
 from .backend.nft_backend import NftBackend
 from .errors import BackendError
@@ -27,6 +26,7 @@ from .render import nft as render_nft
 from .sync import nft as sync_nft
 
 if TYPE_CHECKING:
+    from .backend.base import Backend
     from .backend.ipt import IptLive
     from .sync.ipt import IptTransaction
 

@@ -4,8 +4,9 @@ A plan (apply.Plan) holds the backend it was rendered for, with that backend's r
 it to read the live state, build the transaction, check or send it, read counters and set members,
 and delete set elements. Nothing outside the two implementations asks which backend it is.
 
-The implementations import their own tools at the top (nft_backend: libnftables; ipt_backend: the
-iptables and ipset tools); apply.py imports the iptables one only when a policy asks for it.
+apply.py imports ``IptBackend`` (and with it the iptables and ipset tools) only when a policy asks for
+it, and this protocol only for type checkers; ``NftBackend`` loads what only status, the daemon and the
+watcher need (the raw netlink reads, drift) where it is used, so an ``apply`` pays for neither.
 """
 
 from __future__ import annotations

@@ -7,16 +7,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import model
-from ..drift import Drift, objects_diff
 from ..errors import BackendError
 from ..fingerprints import of_nft
 from ..render.ids import id_and_label, id_from_comment
 from ..render.nft import FAMILY, NftObjects, render_chain_rules
 from ..sync import nft as sync_nft
-from .nfnetlink import nft_set_sizes, rule_counters
 from .nft import Nft, NftLive, objects, read_live
 
 if TYPE_CHECKING:
+    from ..drift import Drift
     from .base import Key
 
 
@@ -57,6 +56,8 @@ class NftBackend:
 
     # --- drift -----------------------------------------------------------------------------
     def diff(self, plan, live: NftLive) -> Drift | None:
+        from ..drift import Drift, objects_diff
+
         if not live.exists:
             return Drift(("table inet nodeguard is missing",))
         reasons: list[str] = []
@@ -100,6 +101,8 @@ class NftBackend:
         return False  # every read is of the whole table
 
     def status_part(self, plan, nft: Nft, live: NftLive) -> dict[str, Any]:
+        from .nfnetlink import nft_set_sizes
+
         # terse: a meter filled by a spoofed flood holds 65,536 elements, and listing them as JSON took
         # 3 s quiet and 11 s on a loaded node; their count comes from one netlink dump per set instead
         listing = nft.list(f"table {FAMILY} {model.TABLE}", terse=True)
@@ -129,10 +132,14 @@ class NftBackend:
                 if c:
                     yield id_from_comment(r.get("comment")), c["packets"], c["bytes"]
             return
+        from .nfnetlink import rule_counters
+
         for _chain, comment, packets, nbytes in rule_counters():
             yield id_from_comment(comment), packets, nbytes
 
     def meter_fill(self, sets: list[model.AddrSet]) -> list[dict]:
+        from .nfnetlink import nft_set_sizes
+
         sizes = nft_set_sizes([s.name for s in sets])
         return [{"set": s.base, "kind": s.kind, "kernel_name": s.name, "elements": sizes.get(s.name) or 0,
                  "size": s.size} for s in sets]
