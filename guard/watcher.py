@@ -166,7 +166,8 @@ class Watcher:
             # last run was killed); rewriting those chains alone keeps every other counter
             log.info("%s: %s", "adopted the installed rules, rewriting in place" if drift.in_place else "installing",
                      drift)
-            apply_plan(plan, self.nft, live=live, fingerprints=plan.backend.fingerprints(live) if drift.in_place else None)
+            kept = plan.backend.fingerprints(live) if drift.in_place else None
+            apply_plan(plan, self.nft, live=live, fingerprints=kept)
             self._live = None
             self._recheck = self._record(plan) is not None
             if not drift.in_place:
