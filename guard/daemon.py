@@ -74,19 +74,6 @@ def configured_path(config: str | None) -> Path | None:
     return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
 
 
-# --- repair reasons, as a short fixed word (bounded metric labels) ---------------------------
-_KINDS = (("table inet nodeguard is missing", "table_missing"), ("at priority", "priority"),
-          ("jump in", "jump"), ("rules intact", "rules_changed"), ("elements differ", "allowlist"),
-          ("members differ", "allowlist"), ("has another definition", "object_redefined"),
-          ("unexpected", "unexpected_objects"), ("stale", "unexpected_objects"), ("set ", "object_missing"),
-          ("limit ", "object_missing"), ("ipset ", "object_missing"), ("is missing", "chain_missing"))
-
-
-def reason_kind(reason: str | None) -> str:
-    first = (reason or "").split("; ", 1)[0]
-    return next((kind for text, kind in _KINDS if text in first), "other")
-
-
 # --- supervised parts -----------------------------------------------------------------------
 class Backoff:
     def __init__(self, clock: Callable[[], float]):
@@ -443,7 +430,7 @@ class Daemon:
         w = self.watcher
         repairs = w.state["repairs"]
         if repairs > self._seen_repairs:  # at most one repair per turn: last_reason is its reason
-            kind = reason_kind(w.state.get("last_reason"))
+            kind = w.state.get("last_kind") or "other"
             self.repair_kinds[kind] = self.repair_kinds.get(kind, 0) + repairs - self._seen_repairs
             self._seen_repairs = repairs
         if w.good_policy is not None and not self._ready:

@@ -32,7 +32,7 @@ from .apply import read_state as read_live_state
 from .backend.ipt import OWN_PIDS, legacy_fingerprint
 from .backend.nft import Nft
 from .damper import Damper
-from .drift import Drift, diff_plan
+from .drift import Drift, Reason, diff_plan
 from .errors import EnvironmentProblem, NodeguardError
 from .events import Batch, NftEvents
 from .interfaces import resolve_interfaces
@@ -55,7 +55,7 @@ class Watcher:
         self.nft = nft
         self.clock = clock
         self.damper = Damper(policy.watcher.max_repairs_per_minute, policy.watcher.backoff_max_s)
-        self.state = {"pid": os.getpid(), "repairs": 0, "checks": 0, "last_reason": None, "last_repair_ms": None,
+        self.state = {"pid": os.getpid(), "repairs": 0, "checks": 0, "last_reason": None, "last_kind": None, "last_repair_ms": None,
                       "contested_by": None, "backoff_s": 0.0, "adopted": None, "last_writer": None,
                       "errors": 0, "last_error": None, "reloads_ok": 0, "reloads_failed": 0,
                       "last_apply": None, "notes": []}
@@ -219,7 +219,7 @@ class Watcher:
             return
         self.damper.record_repair(done)
         self._pending = None
-        self.state.update(repairs=self.state["repairs"] + 1, last_reason=str(drift),
+        self.state.update(repairs=self.state["repairs"] + 1, last_reason=str(drift), last_kind=drift.kind,
                           last_repair_ms=round((done - detected_at) * 1000, 2), backoff_s=self.damper.backoff_s(),
                           last_apply=time.time())
         if self.damper.contested:
@@ -382,7 +382,7 @@ class Watcher:
             return False
         self.damper.saw_drift(now)
         self._repair_at = self.damper.next_repair_at(now)
-        self._pending = Drift(("changed while contested; checked when the repair is due",),
+        self._pending = Drift((Reason("other", "changed while contested; checked when the repair is due"),),
                               families=self._dirty if self._dirty is not None else frozenset({4, 6}))
         return True
 

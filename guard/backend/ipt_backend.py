@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import model
-from ..drift import Drift
+from ..drift import Drift, Reason
 from ..fingerprints import of_ipt
 from ..render.ipt import Ipset as IpsetSpec
 from ..render.ipt import Render, ipset_name, spec_id
@@ -98,10 +98,10 @@ class IptBackend:
     def diff(self, plan, live: IptLive) -> Drift | None:
         """Our chains hold exactly the rendered rule IDs, our jumps are rules 1..k of their built-in
         chain in render order, and our ipsets have the rendered definitions (allowlists: members)."""
-        reasons: list[str] = []
+        reasons: list[Reason] = []
         culprit = None
         families: set[int] = set()
-        rewrites: list[str] = []
+        rewrites: list[Reason] = []
         for version, render in self.renders.items():
             saved = live.saved.get(version, {})
             before = len(reasons) + len(rewrites)
@@ -114,10 +114,10 @@ class IptBackend:
                 for chain in table.chains:
                     where = f"v{version} {tname} {chain}"
                     if chain not in chains:
-                        reasons.append(f"{where} is missing")
+                        reasons.append(Reason("chain_missing", f"{where} is missing"))
                     elif have.get(chain, []) != want[chain]:
                         kept = sum(1 for i in have.get(chain, []) if i in want[chain])
-                        rewrites.append(f"{where}: {kept} of {len(want[chain])} rules intact")
+                        rewrites.append(Reason("rules_changed", f"{where}: {kept} of {len(want[chain])} rules intact"))
                 order: dict[str, int] = {}
                 for builtin, spec in table.jumps:
                     must = order[builtin] = order.get(builtin, 0) + 1  # our jumps are rules 1..k, in order
@@ -126,27 +126,29 @@ class IptBackend:
                     positions = [r.position for r in in_builtin if r.rule_id == jid]
                     where = f"v{version} {tname} {builtin}"
                     if not positions:
-                        reasons.append(f"jump in {where} to {_target(spec)} is missing")
+                        reasons.append(Reason("jump", f"jump in {where} to {_target(spec)} is missing"))
                     elif positions != [must]:
-                        reasons.append(f"jump in {where} to {_target(spec)} is at position {positions[0]}, "
-                                       f"must be {must}" + (f" ({len(positions)} copies)" if len(positions) > 1 else ""))
+                        copies = f" ({len(positions)} copies)" if len(positions) > 1 else ""
+                        reasons.append(Reason("jump", f"jump in {where} to {_target(spec)} is at position "
+                                                      f"{positions[0]}, must be {must}{copies}"))
                         ahead = next((r for r in in_builtin[:positions[0] - 1] if r.rule_id is None), None)
                         if ahead is not None:
                             culprit = culprit or f"{_target(ahead.line)} in {where}"
             stale = {t: lt for t, lt in live.tables.get(version, {}).items()
                      if t not in render.tables or set(lt.chains) - set(render.tables[t].chains)}
-            reasons += [f"v{version} {t}: stale nodeguard chains or jumps" for t in stale]
+            reasons += [Reason("unexpected_objects", f"v{version} {t}: stale nodeguard chains or jumps") for t in stale]
             if len(reasons) + len(rewrites) > before:
                 families.add(version)
         for s in self.ipsets:
             have_set = live.ipsets.get(s.name)
             if have_set is None:
-                reasons.append(f"ipset {s.name} is missing")
+                reasons.append(Reason("object_missing", f"ipset {s.name} is missing"))
             elif not have_set.matches(s):
-                reasons.append(f"ipset {s.name} has another definition")
+                reasons.append(Reason("object_redefined", f"ipset {s.name} has another definition"))
             elif s.members is not None and not sync_ipt.same_members(live.members.get(s.name, []), s.members):
-                reasons.append(f"ipset {s.name} members differ")
-        reasons += [f"unexpected ipset {n}" for n in live.ipsets if n not in {s.name for s in self.ipsets}]
+                reasons.append(Reason("allowlist", f"ipset {s.name} members differ"))
+        reasons += [Reason("unexpected_objects", f"unexpected ipset {n}")
+                    for n in live.ipsets if n not in {s.name for s in self.ipsets}]
         if not reasons and not rewrites:
             return None
         return Drift((*reasons, *rewrites), culprit, frozenset(families), in_place=not reasons)

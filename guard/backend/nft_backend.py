@@ -56,37 +56,39 @@ class NftBackend:
 
     # --- drift -----------------------------------------------------------------------------
     def diff(self, plan, live: NftLive) -> Drift | None:
-        from ..drift import Drift, objects_diff
+        from ..drift import Drift, Reason, objects_diff
 
         if not live.exists:
-            return Drift(("table inet nodeguard is missing",))
-        reasons: list[str] = []
+            return Drift((Reason("table_missing", "table inet nodeguard is missing"),))
+        reasons: list[Reason] = []
         culprit = None
         for chain in plan.ruleset.base_chains:
             have = live.chains.get(chain.name)
             if have and (have.get("prio"), have.get("hook")) != (chain.priority, chain.hook):
-                reasons.append(f"{chain.name} at priority {have.get('prio')}, must be {chain.priority}")
+                reasons.append(Reason("priority", f"{chain.name} at priority {have.get('prio')}, "
+                                                  f"must be {chain.priority}"))
                 rivals = [f for f in plan.foreign if f.priority <= have.get("prio", 0)]
                 culprit = culprit or (str(rivals[0]) if rivals else None)
         want: dict[str, list] = {c["name"]: [] for c in self.objects.chains}
         for r in self.objects.rules:
             want[r["chain"]].append(id_from_comment(r["comment"]))
         have_ids = sync_nft.live_rule_ids(live)
-        rewrites: list[str] = []
+        rewrites: list[Reason] = []
         for name, ids in want.items():
             if name not in have_ids:
-                reasons.append(f"chain {name} is missing")
+                reasons.append(Reason("chain_missing", f"chain {name} is missing"))
             elif have_ids[name] != ids:
                 kept = sum(1 for i in have_ids[name] if i in ids)
-                rewrites.append(f"chain {name}: {kept} of {len(ids)} rules intact, {len(have_ids[name])} present")
-        reasons += [f"unexpected chain {n}" for n in have_ids if n not in want]
+                rewrites.append(Reason("rules_changed", f"chain {name}: {kept} of {len(ids)} rules intact, "
+                                                        f"{len(have_ids[name])} present"))
+        reasons += [Reason("unexpected_objects", f"unexpected chain {n}") for n in have_ids if n not in want]
         reasons += objects_diff("set", {s["name"]: s for s in self.objects.sets}, live.sets, sync_nft.same_set)
         reasons += objects_diff("limit", {x["name"]: x for x in self.objects.limits}, live.limits,
                                 sync_nft.same_limit)
         for s in plan.ruleset.sets:
             if s.static and s.name in live.sets and not sync_nft.same_elements(live.static_elements.get(s.name, []),
                                                                                self.objects.elements[s.name]):
-                reasons.append(f"set {s.name} elements differ")
+                reasons.append(Reason("allowlist", f"set {s.name} elements differ"))
         if not reasons and not rewrites:
             return None
         return Drift((*reasons, *rewrites), culprit, in_place=not reasons)
