@@ -20,7 +20,7 @@ from .backend.nft import Nft, NftLive, objects
 from .backend.nft_backend import NftBackend
 from .errors import BackendError
 from .interfaces import resolve_interfaces
-from .policy import Policy
+from .policy.schema import Policy
 from .render import ipt as render_ipt
 from .render import nft as render_nft
 from .sync import nft as sync_nft

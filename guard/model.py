@@ -29,7 +29,8 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Literal, Union
 
 from .placement import PLACEMENTS, Stage
-from .policy import Policy, Rate
+from .policy.rates import Rate
+from .policy.schema import Policy
 
 TABLE = "nodeguard"
 

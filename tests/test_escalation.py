@@ -324,7 +324,7 @@ def test_ingress_chains_follow_the_default_route(node2):
 def test_escalation_off_renders_none_of_it():
     from guard import model
     from guard.apply import sampling_settings
-    from guard.policy import parse_policy
+    from guard.policy.load import parse_policy
     from guard.render import ipt as render_ipt
 
     for text in ("interfaces: [eth0]\nescalate:\n  enabled: false\n", "interfaces: [eth0]\nmode: monitor\n"):
@@ -345,7 +345,7 @@ def test_escalation_off_renders_none_of_it():
 ])
 def test_bad_escalate_settings_name_file_line_and_field(text, expected):
     from guard.errors import PolicyError
-    from guard.policy import parse_policy
+    from guard.policy.load import parse_policy
 
     with pytest.raises(PolicyError) as exc:
         parse_policy(text, "f.yaml")

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from guard import model
 from guard.apply import sampling_settings
 from guard.backend.nft import NftLive
-from guard.policy import Policy, parse_policy
+from guard.policy.load import parse_policy
+from guard.policy.schema import Policy
 from guard.render import ipt as render_ipt
 from guard.render import nft as render_nft
 from guard.render.ids import PREFIX

@@ -17,7 +17,7 @@ import yaml
 from guard import model, sampling_odds
 from guard.apply import make_plan, read_state, sampling_settings, transaction
 from guard.backend.nft import NftLive
-from guard.policy import Policy
+from guard.policy.schema import Policy
 from guard.render import ipt as render_ipt
 from guard.render import nft as render_nft
 from guard.sync import ipt as sync_ipt

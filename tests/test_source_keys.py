@@ -17,7 +17,7 @@ from guard.aggregate import Window, source_key
 from guard.apply import sampling_settings
 from guard.bans import key_of
 from guard.packet import Packet
-from guard.policy import parse_policy
+from guard.policy.load import parse_policy
 from guard.render import ipt as render_ipt
 from guard.render import nft as render_nft
 
