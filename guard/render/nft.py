@@ -23,7 +23,7 @@ from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Synproxy, Verdic
 from .ids import chained_ids, comment
 
 FAMILY = "inet"
-_V6_MASK = "ffff:ffff:ffff:ffff::"  # model.V6_SOURCE_PREFIX
+_V6_MASK = "ffff:ffff:ffff:ffff::"  # model.ruleset.V6_SOURCE_PREFIX
 
 
 @dataclass(frozen=True)
