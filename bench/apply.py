@@ -29,7 +29,7 @@ from _policies import big_allowlist  # noqa: E402
 
 from guard.apply import apply_plan, make_plan, read_state, transaction, uninstall  # noqa: E402
 from guard.backend.nft import Nft  # noqa: E402
-from guard.policy import read_policy  # noqa: E402
+from guard.policy.load import read_policy  # noqa: E402
 
 
 def median_ms(fn, runs: int, before=None) -> float:

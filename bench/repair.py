@@ -35,7 +35,7 @@ from _netns import add_uplink, reexec_in_netns  # noqa: E402
 
 from guard.apply import apply_plan, make_plan, uninstall  # noqa: E402
 from guard.backend.nft import Nft  # noqa: E402
-from guard.policy import parse_policy  # noqa: E402
+from guard.policy.load import parse_policy  # noqa: E402
 
 
 def pct(xs: list[float], p: float) -> float:

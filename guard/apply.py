@@ -15,12 +15,15 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
-from . import listeners, model, probe, sampling_odds, sysctls
+from . import listeners, probe, sampling_odds, sysctls
 from .backend.nft import Nft, NftLive, objects
 from .backend.nft_backend import NftBackend
 from .errors import BackendError
 from .interfaces import resolve_interfaces
-from .policy import Policy
+from .model.build import build_ruleset
+from .model.plans import Priorities, Sampling, SynproxyPlan
+from .model.ruleset import TABLE, RuleSet
+from .policy.schema import Policy
 from .render import ipt as render_ipt
 from .render import nft as render_nft
 from .sync import nft as sync_nft
@@ -41,14 +44,14 @@ log = logging.getLogger("nodeguard.apply")
 
 @dataclass(frozen=True)
 class Plan:
-    ruleset: model.RuleSet
-    priorities: model.Priorities
+    ruleset: RuleSet
+    priorities: Priorities
     foreign: tuple[probe.ForeignChain, ...]
     backend: Backend  # its render, and what it does with it (backend/base.py); .name: "nft", "iptables-nft", ...
     backend_reason: str
-    sampling: model.Sampling | None
+    sampling: Sampling | None
     sampling_reason: str
-    synproxy: model.SynproxyPlan | None = None
+    synproxy: SynproxyPlan | None = None
     set_sysctls: bool = False  # syn.synproxy.set_sysctls: write what the SYN defence needs (sysctls.py)
 
     @property
@@ -87,7 +90,7 @@ def nft_queue_supported(nft: Nft) -> bool:
     return _QUEUE_PROBE["nft"]
 
 
-def choose_sampling(policy: Policy, nft: Nft | None) -> tuple[model.Sampling | None, str]:
+def choose_sampling(policy: Policy, nft: Nft | None) -> tuple[Sampling | None, str]:
     cfg = policy.sampler
     if not cfg.enabled:
         return None, "sampler.enabled is false"
@@ -104,13 +107,13 @@ def choose_sampling(policy: Policy, nft: Nft | None) -> tuple[model.Sampling | N
     return sampling_settings(policy, transport, sampling_odds.load(sampling_odds.path_for(policy))), reason
 
 
-def sampling_settings(policy: Policy, transport: str, odds: dict[str, int] | None = None) -> model.Sampling:
+def sampling_settings(policy: Policy, transport: str, odds: dict[str, int] | None = None) -> Sampling:
     cfg = policy.sampler
-    return model.Sampling(transport, cfg.rate, cfg.global_rate, cfg.nflog_group, cfg.queue_base, cfg.snaplen,
+    return Sampling(transport, cfg.rate, cfg.global_rate, cfg.nflog_group, cfg.queue_base, cfg.snaplen,
                           tuple(sorted((odds or {}).items())), cfg.count_sources, 2 * cfg.window_s + 10, cfg.observe)
 
 
-def synproxy_plan(policy: Policy, interfaces: tuple[str, ...]) -> model.SynproxyPlan | None:
+def synproxy_plan(policy: Policy, interfaces: tuple[str, ...]) -> SynproxyPlan | None:
     """``syn.synproxy`` for this host: the ports (``auto``: the listeners, read now), the MSS of the
     uplinks and the window scale the node's TCP announces. None when there is nothing to proxy."""
     cfg = policy.syn.synproxy
@@ -126,7 +129,7 @@ def synproxy_plan(policy: Policy, interfaces: tuple[str, ...]) -> model.Synproxy
     if not v4 and not v6:
         return None
     mss4, mss6 = listeners.uplink_mss(interfaces)
-    return model.SynproxyPlan(tuple(sorted(v4)), tuple(sorted(v6)), mss4, mss6, listeners.server_wscale(),
+    return SynproxyPlan(tuple(sorted(v4)), tuple(sorted(v6)), mss4, mss6, listeners.server_wscale(),
                               cfg.forwarded, cfg.engage_over, cfg.hold_s)
 
 
@@ -153,7 +156,7 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     if cache is not None and key in cache:
         return cache[key]
     priorities = probe.choose_priorities(list(foreign))
-    ruleset = model.build_ruleset(policy, interfaces, priorities, sampling, synproxy)
+    ruleset = build_ruleset(policy, interfaces, priorities, sampling, synproxy)
     common = (ruleset, priorities, foreign)
     proxied = synproxy if any(s.kind == "engaged" for s in ruleset.sets) else None  # not in monitor mode
     extra = {"synproxy": proxied, "set_sysctls": policy.syn.synproxy.set_sysctls}
@@ -254,7 +257,7 @@ def _may_hold_ipt(flavour: str, nft: Nft) -> bool:
 
 
 def _nft_installed(nft: Nft) -> bool:
-    return any(t["family"] == render_nft.FAMILY and t["name"] == model.TABLE
+    return any(t["family"] == render_nft.FAMILY and t["name"] == TABLE
                for t in objects(nft.list("tables"), "table"))
 
 

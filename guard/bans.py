@@ -1,4 +1,4 @@
-"""Banned sources (escalation, model._escalation): read them, remove them, and say why they were banned.
+"""Banned sources (escalation, model.build._escalation): read them, remove them, and say why they were banned.
 
 The kernel decides and bans; this module only reads the ``banned-*`` sets and, for ``nodeguard
 unban``, deletes elements from them (and from ``over-*``/``episode-*``, so an unbanned source that
@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import model
 from .errors import NodeguardError
+from .model.ruleset import AddrSet
 
 if TYPE_CHECKING:
     from .backend.nft import Nft
@@ -38,7 +38,7 @@ class Ban:
         return self.source if self.version == 4 else f"{self.source}/64"
 
 
-def escalation_sets(plan) -> dict[tuple[str, int], model.AddrSet]:
+def escalation_sets(plan) -> dict[tuple[str, int], AddrSet]:
     """("banned" | "over" | "episode", IP version) -> the set; empty when nothing escalates."""
     return {(s.base.split("-", 1)[0], s.version): s for s in plan.ruleset.sets if s.kind == "escalation"}
 

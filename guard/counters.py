@@ -1,7 +1,7 @@
 """The kernel's counters of condemned packets per rule group and mode, meter fill, and the sampler's
 per-source counts, read cheaply.
 
-A rule condemns for a group when the model says so (``model.Rule.group`` and ``.mode``): with
+A rule condemns for a group when the model says so (``model.ruleset.Rule.group`` and ``.mode``): with
 sampling it goes to ``sample-<group>`` (enforce) or ``monitor-<group>`` (monitor), without it drops
 (enforce). Every condemned packet passes exactly one such rule, so the sum of those rules' counters
 is the group's drops (enforce) or would-be drops (monitor).

@@ -44,7 +44,8 @@ from .counters import drops_by_group, meter_fill
 from .errors import EnvironmentProblem, NodeguardError
 from .metrics import Heartbeat, MetricsServer, Snapshot, parse_listen
 from .notify import Notifier, watchdog_interval
-from .policy import DEFAULT_CONFIG, Policy, read_policy
+from .policy.load import DEFAULT_CONFIG, read_policy
+from .policy.schema import Policy
 from .watcher import Watcher
 
 log = logging.getLogger("nodeguard.run")

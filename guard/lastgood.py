@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .errors import PolicyError
 
 if TYPE_CHECKING:
-    from .policy import Policy
+    from .policy.schema import Policy
 
 DEFAULT = Path("/var/lib/nodeguard/last-good.yaml")
 
@@ -31,7 +31,7 @@ def save(text: str, path: Path = DEFAULT) -> None:
 
 def load(path: Path = DEFAULT) -> tuple[Policy, str, str] | None:
     """(policy, source, text), or None when there is none (or it no longer parses)."""
-    from .policy import parse_policy
+    from .policy.load import parse_policy
 
     try:
         text = path.read_text()
@@ -49,7 +49,7 @@ def startup_policy(config: str | None, nft, log, path: Path = DEFAULT) -> tuple[
     route is away for a moment) is the watcher's to retry, not a reason to leave the node unguarded."""
     from .apply import make_plan, read_state, transaction
     from .errors import BackendError, EnvironmentProblem
-    from .policy import read_policy
+    from .policy.load import read_policy
 
     try:
         policy, source, text = read_policy(config)

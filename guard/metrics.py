@@ -5,7 +5,7 @@ into metrics; nothing is cached between scrapes, so a value is never staler than
 The snapshot is the ``status.collect()`` dict plus a few daemon keys (see ``Snapshot``). A
 provider that raises gives ``nodeguard_up 0`` and a log line, never a failed scrape.
 
-Rule groups are named by the provider (``drops``/``sampled`` keys: ``model.sample_groups()``,
+Rule groups are named by the provider (``drops``/``sampled`` keys: ``model.build.sample_groups()``,
 e.g. ``bogus-flags``, ``icmp-flood``, ``syn-flood``, ``limit-<name>``, ``conn-limit``), never
 derived here from rule labels, which are wording for people and may change.
 
@@ -44,10 +44,10 @@ class Snapshot(TypedDict, total=False):
     are used from it) plus the daemon's own counters. Every key is optional; a missing one is left
     out of the scrape (or counts as zero where a series must always exist).
 
-    ``drops`` is keyed by ``model.sample_groups(policy)`` and read from rules the *model* marks as
+    ``drops`` is keyed by ``model.build.sample_groups(policy)`` and read from rules the *model* marks as
     condemning for a group: today ``counters.condemned_by_group`` does this for packets via the
     gotos to ``sample-<group>``; it needs bytes too, and the plain DROP rules when sampling is off
-    (a ``group`` field on ``model.Rule``, set by ``condemn()``, would make both one lookup)."""
+    (a ``group`` field on ``model.ruleset.Rule``, set by ``condemn()``, would make both one lookup)."""
 
     backend: str                        # "nft", "iptables-nft", "iptables-legacy"
     in_sync: bool                       # the live rules match the policy

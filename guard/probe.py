@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backend.nft import Nft, objects
-from .model import TABLE, Priorities
+from .model.plans import Priorities
+from .model.ruleset import TABLE
 from .placement import PLACEMENTS
 
 HOOKS = ("ingress", "prerouting", "input")  # where nodeguard's base chains hook (placement.py)

@@ -22,7 +22,7 @@ from .backend.nft import Nft
 from .counters import condemning_ids, condemned_by_group, forget_sources, source_counts, trusted_sources
 from .nflog import NflogReader, Sample
 from .packet import parse
-from .policy import Policy
+from .policy.schema import Policy
 
 log = logging.getLogger("nodeguard.sample")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import model, sysctls
+from . import sysctls
 from .apply import Plan, read_state
 from .backend.nft import Nft
 from .counters import bans_counted, drops_by_group, engaged_ports
 from .drift import diff_plan
+from .model.build import BANNED
 
 
 def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def _escalation(plan: Plan, live, meters: list[dict], drops: dict) -> dict[str, 
             "banned_v4": sum(m["elements"] for m in banned if m["set"].endswith("v4")),
             "banned_v6": sum(m["elements"] for m in banned if m["set"].endswith("v6")),
             "bans": bans_counted(plan, live),
-            "banned_drops": drops.get((model.BANNED, "enforce"), {}).get("packets", 0),
+            "banned_drops": drops.get((BANNED, "enforce"), {}).get("packets", 0),
             "after_s": by_base["episode-v4"].timeout_s, "gap_s": by_base["over-v4"].timeout_s,
             "ban_s": by_base["banned-v4"].timeout_s}
 

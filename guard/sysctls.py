@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import model
 from .errors import EnvironmentProblem
+from .model.plans import SynproxyPlan
 
 PROC = Path("/proc/sys")
 
@@ -33,7 +33,7 @@ class Sysctl:
             return None
 
 
-def wanted(synproxy: model.SynproxyPlan | None) -> list[Sysctl]:
+def wanted(synproxy: SynproxyPlan | None) -> list[Sysctl]:
     if synproxy is None:
         return []
     out = [Sysctl("net.ipv4.tcp_syncookies", ("1", "2"), "1",
@@ -47,12 +47,12 @@ def wanted(synproxy: model.SynproxyPlan | None) -> list[Sysctl]:
     return out
 
 
-def check(synproxy: model.SynproxyPlan | None) -> list[dict]:
+def check(synproxy: SynproxyPlan | None) -> list[dict]:
     return [{"name": s.name, "value": s.read(), "ok": s.read() in s.ok, "want": "/".join(s.ok), "why": s.why}
             for s in wanted(synproxy)]
 
 
-def enforce(synproxy: model.SynproxyPlan | None) -> list[str]:
+def enforce(synproxy: SynproxyPlan | None) -> list[str]:
     """Write every wanted sysctl that is off; returns what was changed ("name: old -> new")."""
     changed = []
     for s in wanted(synproxy):
@@ -63,7 +63,7 @@ def enforce(synproxy: model.SynproxyPlan | None) -> list[str]:
     return changed
 
 
-def refuse_unsafe(synproxy: model.SynproxyPlan | None, will_set: bool) -> None:
+def refuse_unsafe(synproxy: SynproxyPlan | None, will_set: bool) -> None:
     """``forwarded`` with conntrack's loose pickup on refuses every connection to an engaged port
     (the third ACK is DNAT'd, or picked up, before SYNPROXY sees it): refuse the policy instead, before
     anything changes, unless nodeguard is to set the sysctl itself."""

@@ -17,7 +17,8 @@ from typing import Iterable
 
 import yaml
 
-from .policy import Policy, Rate
+from .policy.rates import Rate
+from .policy.schema import Policy
 
 
 @dataclass

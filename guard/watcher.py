@@ -36,7 +36,7 @@ from .drift import Drift, Reason, diff_plan
 from .errors import EnvironmentProblem, NodeguardError
 from .events import Batch, NftEvents
 from .interfaces import resolve_interfaces
-from .policy import Policy
+from .policy.schema import Policy
 
 log = logging.getLogger("nodeguard.watch")
 RETRY_MAX_S = 30.0

@@ -28,7 +28,7 @@ TOOLS = ("ip", "nft", "iptables-nft", "iptables-legacy",
          "ipset", "hping3", "conntrack", "ping", "sysctl", "setpriv", "timeout", "unshare", "sh")
 TOOL_PACKAGES = "nftables iptables ipset hping3 conntrack iputils-ping iproute2 procps util-linux coreutils"
 
-# nodeguard's host paths (policy.py, lastgood.py): no test may read or write them (every test has its
+# nodeguard's host paths (policy/load.py, lastgood.py): no test may read or write them (every test has its
 # own, under tmp_path), so a node's real policy, state or logs never change a test's result, nor the
 # reverse. Checked over the whole session (host_paths_untouched).
 HOST_DIRS = ("/etc/nodeguard", "/run/nodeguard", "/var/log/nodeguard", "/var/lib/nodeguard")

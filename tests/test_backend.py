@@ -26,7 +26,7 @@ def test_every_backend_does_what_the_protocol_names(impl):
 PROBE = """
 import sys
 from guard.apply import make_plan, read_state, transaction
-from guard.policy import parse_policy
+from guard.policy.load import parse_policy
 policy = parse_policy("backend: {backend}\\nsampler:\\n  enabled: false\\nsyn:\\n  synproxy:\\n    ports: []\\n"
                       "watcher:\\n  state_file: {state}\\n", "p.yaml")
 plan = make_plan(policy, None, interfaces=("eth0",), flavour={flavour})

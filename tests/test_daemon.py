@@ -303,7 +303,7 @@ def test_a_scrape_with_full_meters_stays_cheap(lab, tmp_path, runs):
         import json, time, urllib.request
         from guard.apply import make_plan
         from guard.backend.nft import Nft
-        from guard.policy import load_policy
+        from guard.policy.load import load_policy
         from guard import status
         def timed(f, n=3):
             out = []
@@ -579,7 +579,7 @@ def test_each_drift_carries_its_kind_and_only_rule_changes_are_in_place():
     from guard.apply import make_plan
     from guard.backend.nft import NftLive
     from guard.drift import KINDS
-    from guard.policy import load_policy
+    from guard.policy.load import load_policy
 
     plan = make_plan(load_policy(Path(__file__).parents[1] / "rules" / "default.yaml")[0], None, interfaces=("eth0",))
     o = plan.backend.objects

@@ -322,14 +322,15 @@ def test_ingress_chains_follow_the_default_route(node2):
 
 # --- no kernel -----------------------------------------------------------------------------------
 def test_escalation_off_renders_none_of_it():
-    from guard import model
+    from guard.model.build import build_ruleset
+    from guard.model.plans import Priorities
     from guard.apply import sampling_settings
-    from guard.policy import parse_policy
+    from guard.policy.load import parse_policy
     from guard.render import ipt as render_ipt
 
     for text in ("interfaces: [eth0]\nescalate:\n  enabled: false\n", "interfaces: [eth0]\nmode: monitor\n"):
         pol = parse_policy(text, "f.yaml")
-        rs = model.build_ruleset(pol, ("eth0",), model.Priorities(), sampling_settings(pol, "nflog"))
+        rs = build_ruleset(pol, ("eth0",), Priorities(), sampling_settings(pol, "nflog"))
         assert not [c for c in rs.chains if c.stage == "ingress" or c.name.startswith("escalate-")]
         assert not [s for s in rs.sets if s.kind == "escalation"]
         raw = render_ipt.render_ipt(rs, 4).tables["raw"]
@@ -345,7 +346,7 @@ def test_escalation_off_renders_none_of_it():
 ])
 def test_bad_escalate_settings_name_file_line_and_field(text, expected):
     from guard.errors import PolicyError
-    from guard.policy import parse_policy
+    from guard.policy.load import parse_policy
 
     with pytest.raises(PolicyError) as exc:
         parse_policy(text, "f.yaml")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from conftest import HOST_DIRS, host_snapshot, own_paths, snapshot_changes
 from guard import lastgood
-from guard.policy import DEFAULT_CONFIG, Policy, parse_policy
+from guard.policy.load import DEFAULT_CONFIG, parse_policy
+from guard.policy.schema import Policy
 
 
 def test_every_default_host_path_of_nodeguard_is_guarded():

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from guard.metrics import parse_listen
-from guard.policy import parse_policy
+from guard.policy.load import parse_policy
 from netlab import ROOT
 
 K8S = ROOT / "deploy" / "kubernetes"

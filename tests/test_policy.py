@@ -6,16 +6,17 @@ from pathlib import Path
 
 import pytest
 
-import guard.policy
+import guard.policy.load
 from guard.errors import PolicyError
-from guard.policy import Policy, load_policy, parse_policy
+from guard.policy.load import load_policy, parse_policy
+from guard.policy.schema import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_built_in_default_is_rules_default_yaml_and_equals_the_code_defaults(tmp_path, monkeypatch):
     # the default location is this test's, not the host's /etc/nodeguard/config.yaml (which a node may have)
-    monkeypatch.setattr(guard.policy, "DEFAULT_CONFIG", tmp_path / "config.yaml")
+    monkeypatch.setattr(guard.policy.load, "DEFAULT_CONFIG", tmp_path / "config.yaml")
     policy, source = load_policy(None)
     shipped = parse_policy((ROOT / "rules" / "default.yaml").read_text(), "rules/default.yaml")
     assert shipped == Policy() == parse_policy("{}", "empty.yaml")
@@ -23,7 +24,7 @@ def test_built_in_default_is_rules_default_yaml_and_equals_the_code_defaults(tmp
 
 
 def test_without_a_path_the_file_at_the_default_location_is_read_when_it_exists(tmp_path, monkeypatch):
-    monkeypatch.setattr(guard.policy, "DEFAULT_CONFIG", tmp_path / "config.yaml")
+    monkeypatch.setattr(guard.policy.load, "DEFAULT_CONFIG", tmp_path / "config.yaml")
     (tmp_path / "config.yaml").write_text("icmp:\n  per_source: 7/second\n")
     policy, source = load_policy(None)
     assert (policy.icmp.per_source.count, source) == (7, str(tmp_path / "config.yaml"))

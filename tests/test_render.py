@@ -17,10 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guard import model
 from guard.apply import sampling_settings
 from guard.backend.nft import NftLive
-from guard.policy import Policy, parse_policy
+from guard.model.build import build_ruleset
+from guard.model.matches import SourceRateOver
+from guard.model.plans import Priorities, SynproxyPlan
+from guard.model.ruleset import RuleSet
+from guard.model.verdicts import Continue, Drop, Goto
+from guard.policy.load import parse_policy
+from guard.policy.schema import Policy
 from guard.render import ipt as render_ipt
 from guard.render import nft as render_nft
 from guard.render.ids import PREFIX
@@ -31,28 +36,28 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 TERMINAL = {"queue", "drop", "accept", "reject", "goto", "jump", "return"}
 
 
-SYNPROXY = model.SynproxyPlan((22, 6443, 10250), (22, 10250), 1460, 1440, 7)  # what a node's listeners give
+SYNPROXY = SynproxyPlan((22, 6443, 10250), (22, 10250), 1460, 1440, 7)  # what a node's listeners give
 # with NodePorts too, SYNPROXY itself answers (the host-ports-only plan leaves that to the kernel's syncookies)
-FORWARDED = model.SynproxyPlan((22, 6443, 10250, 30080), (22, 10250, 30080), 1460, 1440, 7, forwarded=True)
+FORWARDED = SynproxyPlan((22, 6443, 10250, 30080), (22, 10250, 30080), 1460, 1440, 7, forwarded=True)
 
 
 _BY_TRANSPORT = object()
 
 
-def _ruleset(policy: Policy, transport: str, synproxy: model.SynproxyPlan | None | object = _BY_TRANSPORT
-             ) -> model.RuleSet:
+def _ruleset(policy: Policy, transport: str, synproxy: SynproxyPlan | None | object = _BY_TRANSPORT
+             ) -> RuleSet:
     """By default the nflog goldens pin the host-ports plan, the nfqueue ones the forwarded (SYNPROXY) plan."""
     if synproxy is _BY_TRANSPORT:
         synproxy = SYNPROXY if transport == "nflog" else FORWARDED
     sampling = sampling_settings(policy, transport)
-    return model.build_ruleset(policy, tuple(policy.interfaces), model.Priorities(), sampling, synproxy)
+    return build_ruleset(policy, tuple(policy.interfaces), Priorities(), sampling, synproxy)
 
 
-def _nft_fresh(rs: model.RuleSet) -> dict:
+def _nft_fresh(rs: RuleSet) -> dict:
     return sync_nft.build(render_nft.render_nft(rs), NftLive()).json()
 
 
-def _ipt_fresh(rs: model.RuleSet) -> str:
+def _ipt_fresh(rs: RuleSet) -> str:
     renders = {v: render_ipt.render_ipt(rs, v) for v in (4, 6)}
     return sync_ipt.build("nft", renders, render_ipt.ipsets(rs), {}, {}, {}).text()
 
@@ -125,7 +130,7 @@ def _nft_invariants(tx: dict) -> None:
         assert re.fullmatch(rf"{PREFIX}[0-9a-f]{{16}} [A-Za-z0-9 _.,:/+=()<>?-]*", body["comment"]), body["comment"]
 
 
-def _ipt_invariants(rs: model.RuleSet, text: str) -> None:
+def _ipt_invariants(rs: RuleSet, text: str) -> None:
     chains = re.findall(r"^:(\S+) ", text, re.M)
     assert all(len(c) <= render_ipt.MAX_CHAIN for c in chains), chains
     for version in (4, 6):
@@ -143,20 +148,20 @@ def _ipt_invariants(rs: model.RuleSet, text: str) -> None:
 
 
 synproxies = st.one_of(st.none(), st.builds(
-    model.SynproxyPlan, st.lists(st.integers(1, 65535), max_size=20, unique=True).map(tuple),
+    SynproxyPlan, st.lists(st.integers(1, 65535), max_size=20, unique=True).map(tuple),
     st.lists(st.integers(1, 65535), max_size=20, unique=True).map(tuple), st.integers(536, 9000),
     st.integers(1220, 9000), st.integers(0, 14), st.booleans()))
 
 
-def _escalation_invariants(policy: Policy, rs: model.RuleSet) -> None:
+def _escalation_invariants(policy: Policy, rs: RuleSet) -> None:
     """Only enforce-mode per-source rules escalate (never a backstop, monitor mode, bogus flags or
     connlimit); an escalation chain's last rule is its group's condemned path and carries no group;
     one ingress chain per interface, first in line, only when something escalates."""
     escalating = []
     for c in rs.chains:
         for r in c.rules:
-            if isinstance(r.verdict, model.Goto) and r.verdict.chain.startswith("escalate-"):
-                assert r.mode == "enforce" and any(isinstance(x, model.SourceRateOver) for x in r.matches), r
+            if isinstance(r.verdict, Goto) and r.verdict.chain.startswith("escalate-"):
+                assert r.mode == "enforce" and any(isinstance(x, SourceRateOver) for x in r.matches), r
                 assert r.group and r.verdict.chain.startswith(f"escalate-{r.group}-v"), r
                 escalating.append(r)
     esc_chains = [c for c in rs.chains if c.name.startswith("escalate-")]
@@ -167,10 +172,10 @@ def _escalation_invariants(policy: Policy, rs: model.RuleSet) -> None:
     assert len(esc_chains) == len(escalating)
     for c in esc_chains:
         *acts, last = c.rules
-        assert all(isinstance(r.verdict, model.Continue) and r.group is None for r in acts)
-        assert last.group is None and not last.matches and isinstance(last.verdict, (model.Goto, model.Drop))
+        assert all(isinstance(r.verdict, Continue) and r.group is None for r in acts)
+        assert last.group is None and not last.matches and isinstance(last.verdict, (Goto, Drop))
     assert [c.device for c in ingress] == list(rs.interfaces) and rs.chains[:len(ingress)] == tuple(ingress)
-    assert [r.group for c in ingress for r in c.rules if isinstance(r.verdict, model.Drop)] == ["banned"] * 2 * len(ingress)
+    assert [r.group for c in ingress for r in c.rules if isinstance(r.verdict, Drop)] == ["banned"] * 2 * len(ingress)
     banned = [s for s in rs.sets if s.base.startswith("banned-")]
     assert {(s.size, s.timeout_s) for s in banned} == {(policy.escalate.size, policy.escalate.ban_s)}
 

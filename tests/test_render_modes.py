@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from guard import model, sampling_odds
+from guard import sampling_odds
 from guard.apply import make_plan, read_state, sampling_settings, transaction
 from guard.backend.nft import NftLive
-from guard.policy import Policy
+from guard.model.build import build_ruleset, sample_groups
+from guard.model.plans import Priorities, SynproxyPlan
+from guard.model.ruleset import RuleSet
+from guard.model.verdicts import Drop, Queue, Return, Synproxy
+from guard.policy.schema import Policy
 from guard.render import ipt as render_ipt
 from guard.render import nft as render_nft
 from guard.sync import ipt as sync_ipt
@@ -40,16 +44,16 @@ def _policy(patch: str = "") -> Policy:
     return Policy.model_validate(_merged(yaml.safe_load(SMALL), yaml.safe_load(patch) or {}))
 
 
-def _ruleset(policy: Policy, transport: str = "nflog", odds: dict[str, int] | None = None) -> model.RuleSet:
-    return model.build_ruleset(policy, tuple(policy.interfaces), model.Priorities(),
+def _ruleset(policy: Policy, transport: str = "nflog", odds: dict[str, int] | None = None) -> RuleSet:
+    return build_ruleset(policy, tuple(policy.interfaces), Priorities(),
                                sampling_settings(policy, transport, odds), None)
 
 
-def _nft_commands(rs: model.RuleSet, live: NftLive | None = None) -> list[dict]:
+def _nft_commands(rs: RuleSet, live: NftLive | None = None) -> list[dict]:
     return sync_nft.build(render_nft.render_nft(rs), live or NftLive()).json()["nftables"]
 
 
-def _ipt_text(rs: model.RuleSet) -> str:
+def _ipt_text(rs: RuleSet) -> str:
     renders = {v: render_ipt.render_ipt(rs, v) for v in (4, 6)}
     return sync_ipt.build("nft", renders, render_ipt.ipsets(rs), {}, {}, {}).text()
 
@@ -126,7 +130,7 @@ def _monitor_invariants(nft_text: str, ipt_text: str, sampled: bool = True) -> N
     ``monitor-<group>`` chain that counts, samples over NFLOG ("ngm:" prefix) and returns."""
     assert not re.search(r"(^|; )(drop|queue|synproxy|reject)\b", nft_text, re.M), nft_text
     assert not re.search(r"-j (DROP|NFQUEUE|SYNPROXY|REJECT)\b", ipt_text), ipt_text
-    groups = model.sample_groups(_policy())
+    groups = sample_groups(_policy())
     for g in groups:
         chain = [ln for ln in nft_text.splitlines() if ln.startswith(f"add rule monitor-{g}:")]
         assert chain and chain[-1].startswith(f"add rule monitor-{g}: counter packets 0 bytes 0; return  #"), chain
@@ -151,17 +155,17 @@ def test_no_rule_of_a_monitor_mode_policy_can_drop(transport):
     """The model itself: from a monitor-mode condemning rule, every chain it can reach returns (a drop,
     queue or SYNPROXY anywhere in a monitor-mode ruleset would drop packets the operator only watches)."""
     policy = _policy("mode: monitor\nsyn:\n  synproxy:\n    forwarded: true\n")
-    synproxy = model.SynproxyPlan((22,), (22,), 1460, 1440, 7, forwarded=True)
+    synproxy = SynproxyPlan((22,), (22,), 1460, 1440, 7, forwarded=True)
     sampling = sampling_settings(policy, transport, ODDS) if transport else None
-    rs = model.build_ruleset(policy, tuple(policy.interfaces), model.Priorities(), sampling, synproxy)
+    rs = build_ruleset(policy, tuple(policy.interfaces), Priorities(), sampling, synproxy)
     condemning = [r for c in rs.chains for r in c.rules if r.group]
     assert condemning and {r.mode for r in condemning} == {"monitor"}
     terminal = [(c.name, r.label) for c in rs.chains for r in c.rules
-                if isinstance(r.verdict, (model.Drop, model.Queue, model.Synproxy))]
+                if isinstance(r.verdict, (Drop, Queue, Synproxy))]
     assert terminal == []
     for c in rs.chains:
         if c.name.startswith("monitor-"):
-            assert isinstance(c.rules[-1].verdict, model.Return) and not c.rules[-1].matches, c
+            assert isinstance(c.rules[-1].verdict, Return) and not c.rules[-1].matches, c
     _monitor_invariants(_readable(_nft_commands(rs)), _ipt_text(rs), sampled=transport is not None)
 
 
@@ -172,7 +176,7 @@ def test_sampling_odds_are_pinned_with_their_exact_numbers(transport, golden):
     nft_text = golden(f"odds.{transport}.nft.txt", _readable(_nft_commands(rs)))
     ipt_text = golden(f"odds.{transport}.iptables.txt", _ipt_text(rs))
     sample = {g: [ln for ln in nft_text.splitlines() if ln.startswith(f"add rule sample-{g}: ")]
-              for g in model.sample_groups(_policy())}
+              for g in sample_groups(_policy())}
     way = "queue num" if transport == "nfqueue" else "log prefix ng:"
     for group, k in (("syn-flood", 3), ("icmp-flood", 10), ("limit-dns", 0), ("bogus-flags", 0)):
         (line,) = [ln for ln in sample[group] if way in ln]

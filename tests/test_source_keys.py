@@ -12,12 +12,15 @@ import re
 
 import pytest
 
-from guard import model
 from guard.aggregate import Window, source_key
 from guard.apply import sampling_settings
 from guard.bans import key_of
+from guard.model.build import build_ruleset
+from guard.model.plans import Priorities
+from guard.model.ruleset import V6_SOURCE_PREFIX, AddrSet, RuleSet
 from guard.packet import Packet
-from guard.policy import parse_policy
+from guard.policy.load import parse_policy
+from guard.policy.rates import Rate
 from guard.render import ipt as render_ipt
 from guard.render import nft as render_nft
 
@@ -52,14 +55,14 @@ def test_per_source_estimates_follow_the_kernels_64_counts():
 
 
 def test_the_model_keys_ipv6_sources_on_64():
-    assert model.V6_SOURCE_PREFIX == 64
-    s = model.AddrSet("x", 6, "meter", size=16, timeout_s=1, rate=model.Rate(1, "second", 1))
+    assert V6_SOURCE_PREFIX == 64
+    s = AddrSet("x", 6, "meter", size=16, timeout_s=1, rate=Rate(1, "second", 1))
     assert s.keyed_by_prefix and s.prefix_len == 64
 
 
-def _ruleset() -> model.RuleSet:
+def _ruleset() -> RuleSet:
     policy = parse_policy("interfaces: [eth0]\nconnlimit:\n  - ports: [80]\n    per_source: 9\n", "p.yaml")
-    return model.build_ruleset(policy, ("eth0",), model.Priorities(), sampling_settings(policy, "nflog"))
+    return build_ruleset(policy, ("eth0",), Priorities(), sampling_settings(policy, "nflog"))
 
 
 def _keys(prefix_len: int) -> tuple[set, str]:
@@ -104,7 +107,7 @@ def test_the_iptables_render_masks_every_keyed_ipv6_source_to_its_64():
         assert same == {KEY_64} and other == NEXT_KEY, f"an IPv6 source keyed on /{bits}"
 
 
-def _ipt_text(rs: model.RuleSet) -> str:
+def _ipt_text(rs: RuleSet) -> str:
     from guard.sync import ipt as sync_ipt
     renders = {6: render_ipt.render_ipt(rs, 6)}
     return sync_ipt.build("nft", renders, render_ipt.ipsets(rs), {}, {}, {}, families=(6,)).text()

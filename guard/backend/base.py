@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ..model import AddrSet, RuleSet
+    from ..model.ruleset import AddrSet, RuleSet
     from .nft import Nft
 
 Key = tuple[str, str]  # (rule group, mode)

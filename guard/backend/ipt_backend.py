@@ -7,9 +7,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .. import model
 from ..drift import Drift, Reason
 from ..fingerprints import of_ipt
+from ..model.ruleset import AddrSet, RuleSet
 from ..render.ipt import Ipset as IpsetSpec
 from ..render.ipt import Render, ipset_name, spec_id
 from ..render.ids import id_and_label
@@ -188,10 +188,10 @@ class IptBackend:
         return {"installed": installed, "jumps": jumps, "rules": rules, "meters": meters}
 
     # --- counters and sets -------------------------------------------------------------------
-    def condemning_ids(self, ruleset: model.RuleSet) -> dict[str, tuple[str, str]]:
+    def condemning_ids(self, ruleset: RuleSet) -> dict[str, tuple[str, str]]:
         return {rid: key for render in self.renders.values() for rid, key in render.condemning.items()}
 
-    def ban_ids(self, ruleset: model.RuleSet) -> set[str]:
+    def ban_ids(self, ruleset: RuleSet) -> set[str]:
         return {rid for render in self.renders.values() for rid in render.bans}
 
     def rule_counters(self, live: IptLive | None = None) -> Iterator[tuple[str | None, int, int]]:
@@ -201,22 +201,22 @@ class IptBackend:
                 for r in rules:
                     yield r.rule_id, r.packets, r.bytes
 
-    def meter_fill(self, sets: list[model.AddrSet]) -> list[dict]:
+    def meter_fill(self, sets: list[AddrSet]) -> list[dict]:
         return _fill(sets, Ipset.live())
 
-    def source_counts(self, nft: Nft, s: model.AddrSet) -> dict[str, int]:
+    def source_counts(self, nft: Nft, s: AddrSet) -> dict[str, int]:
         return {addr.split("/")[0]: packets for addr, (packets, _bytes) in Ipset.counts(ipset_name(s)).items()}
 
-    def forget_sources(self, dels: Iterable[tuple[model.AddrSet, str]]) -> bool:
+    def forget_sources(self, dels: Iterable[tuple[AddrSet, str]]) -> bool:
         """ipsets cannot refresh a timeout without zeroing the count: quiet sources are removed."""
         lines = [f"del {ipset_name(s)} {src} -exist" for s, src in dels]
         Ipset.restore("\n".join(lines) + "\n" if lines else "")
         return True
 
-    def set_members(self, nft: Nft, s: model.AddrSet) -> set[str]:
+    def set_members(self, nft: Nft, s: AddrSet) -> set[str]:
         return {a.split("/")[0] for a in Ipset.members(ipset_name(s))}
 
-    def installed_sets(self, nft: Nft, sets: dict[Any, model.AddrSet]) -> dict[Any, str]:
+    def installed_sets(self, nft: Nft, sets: dict[Any, AddrSet]) -> dict[Any, str]:
         live = Ipset.names()
         return {k: ipset_name(s) for k, s in sets.items() if ipset_name(s) in live}
 
@@ -234,7 +234,7 @@ class IptBackend:
         Ipset.restore("\n".join(lines) + "\n" if lines else "")
 
 
-def _fill(sets: list[model.AddrSet], live: dict) -> list[dict]:
+def _fill(sets: list[AddrSet], live: dict) -> list[dict]:
     return [{"set": s.base, "kind": s.kind, "kernel_name": ipset_name(s),
              "elements": live[ipset_name(s)].entries if ipset_name(s) in live else 0, "size": s.size}
             for s in sets if s.kind != "conns"]

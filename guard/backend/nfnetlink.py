@@ -12,7 +12,7 @@ import os
 import socket
 import struct
 
-from ..model import TABLE
+from ..model.ruleset import TABLE
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10

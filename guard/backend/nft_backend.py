@@ -6,9 +6,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import model
 from ..errors import BackendError
 from ..fingerprints import of_nft
+from ..model.matches import BanSource
+from ..model.ruleset import TABLE, AddrSet, RuleSet
 from ..render.ids import id_and_label, id_from_comment
 from ..render.nft import FAMILY, NftObjects, render_chain_rules
 from ..sync import nft as sync_nft
@@ -31,7 +32,7 @@ class NftBackend:
         return (self.name,)
 
     def read_live(self, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Any = None) -> NftLive:
-        return read_live(nft, FAMILY, model.TABLE) if nft else NftLive()
+        return read_live(nft, FAMILY, TABLE) if nft else NftLive()
 
     def transaction(self, live: NftLive, families: tuple[int, ...] = (4, 6),
                     fingerprints: dict[str, str] | None = None) -> sync_nft.NftTransaction:
@@ -45,7 +46,7 @@ class NftBackend:
         nft.run(tx.json(), what="apply")
 
     def installed_text(self, tx: sync_nft.NftTransaction, nft: Nft) -> str:
-        return nft.text(f"table {FAMILY} {model.TABLE}")
+        return nft.text(f"table {FAMILY} {TABLE}")
 
     def tx_data(self, tx: sync_nft.NftTransaction) -> Any:
         return tx.json()
@@ -107,7 +108,7 @@ class NftBackend:
 
         # terse: a meter filled by a spoofed flood holds 65,536 elements, and listing them as JSON took
         # 3 s quiet and 11 s on a loaded node; their count comes from one netlink dump per set instead
-        listing = nft.list(f"table {FAMILY} {model.TABLE}", terse=True)
+        listing = nft.list(f"table {FAMILY} {TABLE}", terse=True)
         meters = [s for s in plan.ruleset.sets if s.kind != "allow"]
         sizes = nft_set_sizes([s.name for s in meters]) if listing else {}
         return {
@@ -121,11 +122,11 @@ class NftBackend:
         }
 
     # --- counters and sets -------------------------------------------------------------------
-    def condemning_ids(self, ruleset: model.RuleSet) -> dict[str, Key]:
+    def condemning_ids(self, ruleset: RuleSet) -> dict[str, Key]:
         return {rid: (rule.group, rule.mode) for rule, rid in _rule_ids(ruleset) if rule.group}
 
-    def ban_ids(self, ruleset: model.RuleSet) -> set[str]:
-        return {rid for rule, rid in _rule_ids(ruleset) if any(isinstance(x, model.BanSource) for x in rule.matches)}
+    def ban_ids(self, ruleset: RuleSet) -> set[str]:
+        return {rid for rule, rid in _rule_ids(ruleset) if any(isinstance(x, BanSource) for x in rule.matches)}
 
     def rule_counters(self, live: NftLive | None = None) -> Iterator[tuple[str | None, int, int]]:
         if live is not None:
@@ -139,27 +140,27 @@ class NftBackend:
         for _chain, comment, packets, nbytes in rule_counters():
             yield id_from_comment(comment), packets, nbytes
 
-    def meter_fill(self, sets: list[model.AddrSet]) -> list[dict]:
+    def meter_fill(self, sets: list[AddrSet]) -> list[dict]:
         from .nfnetlink import nft_set_sizes
 
         sizes = nft_set_sizes([s.name for s in sets])
         return [{"set": s.base, "kind": s.kind, "kernel_name": s.name, "elements": sizes.get(s.name) or 0,
                  "size": s.size} for s in sets]
 
-    def source_counts(self, nft: Nft, s: model.AddrSet) -> dict[str, int]:
-        return {elem["val"]: elem["counter"]["packets"] for elem in nft.set_elements(FAMILY, model.TABLE, s.name)
+    def source_counts(self, nft: Nft, s: AddrSet) -> dict[str, int]:
+        return {elem["val"]: elem["counter"]["packets"] for elem in nft.set_elements(FAMILY, TABLE, s.name)
                 if "counter" in elem and isinstance(elem.get("val"), str)}
 
-    def forget_sources(self, dels: Iterable[tuple[model.AddrSet, str]]) -> bool:
+    def forget_sources(self, dels: Iterable[tuple[AddrSet, str]]) -> bool:
         return False  # the counts sets' elements time out by themselves
 
-    def set_members(self, nft: Nft, s: model.AddrSet) -> set[str]:
-        return {str(e["val"]) for e in nft.set_elements(FAMILY, model.TABLE, s.name)
+    def set_members(self, nft: Nft, s: AddrSet) -> set[str]:
+        return {str(e["val"]) for e in nft.set_elements(FAMILY, TABLE, s.name)
                 if isinstance(e.get("val"), (str, int))}
 
-    def installed_sets(self, nft: Nft, sets: dict[Any, model.AddrSet]) -> dict[Any, str]:
+    def installed_sets(self, nft: Nft, sets: dict[Any, AddrSet]) -> dict[Any, str]:
         # an nft set's name carries a digest of its definition: the one installed may be another's
-        live = [o["name"] for o in objects(nft.list(f"table {FAMILY} {model.TABLE}", terse=True), "set")]
+        live = [o["name"] for o in objects(nft.list(f"table {FAMILY} {TABLE}", terse=True), "set")]
         out = {}
         for k, s in sets.items():
             same_base = [n for n in live if n.rsplit("-", 1)[0] == s.base]
@@ -168,12 +169,12 @@ class NftBackend:
         return out
 
     def timeouts(self, nft: Nft, name: str) -> list[tuple[str, int | None]]:
-        return [(e["val"], e.get("expires")) for e in nft.set_elements(FAMILY, model.TABLE, name)
+        return [(e["val"], e.get("expires")) for e in nft.set_elements(FAMILY, TABLE, name)
                 if isinstance(e.get("val"), str)]
 
     def delete_elements(self, nft: Nft, names: dict[tuple[str, int], str],
                         targets: list[tuple[str, int]] | None) -> None:
-        ref = {"family": FAMILY, "table": model.TABLE}
+        ref = {"family": FAMILY, "table": TABLE}
         if targets is None:
             nft.run({"nftables": [{"flush": {"set": {**ref, "name": n}}} for n in names.values()]}, what="unban")
             return
@@ -192,7 +193,7 @@ class NftBackend:
                         raise
 
 
-def _rule_ids(ruleset: model.RuleSet):
+def _rule_ids(ruleset: RuleSet):
     """(model rule, its rule id) for every rule of the ruleset, as render_nft comments it."""
     sets = {s.name: s for s in ruleset.sets}
     for chain in ruleset.chains:

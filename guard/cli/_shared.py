@@ -30,7 +30,7 @@ def trusted_config(config: str | None) -> str | None:
     """The policy file a verb that writes the firewall will use, refused when not root's alone
     (configfile.check_config_file); None: the built-in default."""
     from ..configfile import check_config_file
-    from ..policy import DEFAULT_CONFIG
+    from ..policy.load import DEFAULT_CONFIG
 
     path = config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None)
     if path is not None:

@@ -15,7 +15,7 @@ def bans(config: str | None, as_json: bool) -> None:
 
     from .. import bans as bans_mod
     from ..attacklog import read_records
-    from ..policy import load_policy
+    from ..policy.load import load_policy
 
     policy, _source = load_policy(config)
     nft = kernel()
@@ -49,7 +49,7 @@ def unban(config: str | None, as_json: bool, address: str | None, everyone: bool
     """Lift the ban of ADDRESS (IPv6: its /64), or of every source with --all; it starts from a clean
     slate (its over-limit episode is forgotten too)."""
     from .. import bans as bans_mod
-    from ..policy import load_policy
+    from ..policy.load import load_policy
 
     if bool(address) == everyone:
         raise bans_mod.BadAddress("unban: give one address, or --all")

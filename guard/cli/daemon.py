@@ -27,7 +27,7 @@ def watch(config: str | None, last_good: str, verbose: bool) -> None:
     from pathlib import Path
 
     from ..errors import NodeguardError
-    from ..policy import read_policy
+    from ..policy.load import read_policy
     from ..watcher import Watcher
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
@@ -113,7 +113,7 @@ def sample(config: str | None) -> None:
 
     from ..apply import make_plan
     from ..errors import NodeguardError
-    from ..policy import load_policy
+    from ..policy.load import load_policy
     from ..sampler import Sampler
 
     policy, source = load_policy(config)

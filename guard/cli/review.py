@@ -30,7 +30,7 @@ def report(config, log_path, since, until, rule, top, as_json, fmt, plot) -> Non
     if log_path:
         path = log_path
     else:
-        from ..policy import load_policy
+        from ..policy.load import load_policy
         path = load_policy(config)[0].sampler.log
     now = _time.time()
     try:
@@ -67,7 +67,7 @@ def tune(config, as_json, log_path, since, until, margin) -> None:
     from .. import report as report_mod
     from .. import tune as tune_mod
     from ..attacklog import read_records
-    from ..policy import load_policy
+    from ..policy.load import load_policy
 
     policy, _source = load_policy(config)
     now = _time.time()

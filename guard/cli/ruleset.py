@@ -13,7 +13,7 @@ def check(config: str | None, as_json: bool) -> None:
     """Validate and render the policy; change nothing. Prints the ruleset it would load."""
     from ..apply import load_into_this_netns, make_plan, read_state, transaction
     from ..errors import NodeguardError
-    from ..policy import load_policy
+    from ..policy.load import load_policy
     from ..scratch import in_scratch_netns
 
     policy, source = load_policy(config)
@@ -44,7 +44,7 @@ def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
     """Install or update nodeguard's rules in one transaction that keeps meters and trusted sets."""
     nft = kernel()  # first: without privileges nothing else matters, whatever the policy file says
     from ..apply import apply_plan, make_plan, read_state, remove_other_backends, transaction
-    from ..policy import load_policy
+    from ..policy.load import load_policy
 
     policy, source = load_policy(trusted_config(config))
     plan = make_plan(policy, nft)
@@ -77,7 +77,7 @@ def status(config: str | None, as_json: bool) -> None:
     from .. import status as status_mod
     from ..apply import make_plan
     from ..errors import EnvironmentProblem
-    from ..policy import load_policy
+    from ..policy.load import load_policy
     from ..watcher import read_state as read_watcher_state
 
     policy, _source = load_policy(config)

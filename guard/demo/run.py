@@ -44,7 +44,7 @@ PROBE_INTERVAL, PROBE_TIMEOUT = 0.1, 1.0
 MIN_CLIENT_OK = 0.80      # "sane": the protected client keeps >= 80 % of its attempts during every flood
 MIN_ARRIVED_PPS = 5_000   # below this the "flood" did not happen and nothing was shown
 MIN_DROPPED_SHARE = 0.5   # nodeguard must have dropped at least half of what arrived
-BANNED = "banned"  # model.BANNED: the group of the ingress drops of banned sources
+BANNED = "banned"  # model.build.BANNED: the group of the ingress drops of banned sources
 
 
 @dataclass

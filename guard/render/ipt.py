@@ -37,8 +37,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from .. import model as m
+from ..model.build import INGRESS_CHAIN, STATEFUL_CHAIN, STATELESS_CHAIN, SYNPROXY_CHAIN
+from ..model.matches import (Assured, BanSource, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort,
+                             Family, FibLocal, IcmpTypes, InterfaceNotIn, Log, NoTrack, OneIn, OverLimit, Proto,
+                             RememberSource, SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver, TcpFlags,
+                             UnderLimit, UpdateSource)
+from ..model.ruleset import V6_SOURCE_PREFIX, AddrSet, Chain, NamedLimit, Rule, RuleSet
+from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Return, Synproxy
 from ..placement import PLACEMENTS
+from ..policy.rates import Rate
 from .ids import chained_ids, comment
 
 PREFIX = "NODEGUARD"
@@ -48,8 +55,8 @@ HASHLIMIT_GC_S = 1  # xt_hashlimit's default --hashlimit-htable-gcinterval
 METER_TABLE_FACTOR = 3  # hashlimit entries per admission-set entry (at most 2 are ever needed) ...
 METER_TABLE_SLACK = 4096  # ... plus what concurrent -j SET adds past maxelem (ipset counts per region,
 #                           racily: 39 members were seen in a set of 16 under a 90 kpps flood on 2 CPUs)
-_BASE_NAMES = {m.STATELESS_CHAIN: "NODEGUARD-PRE", m.STATEFUL_CHAIN: "NODEGUARD-CONN",
-               m.SYNPROXY_CHAIN: "NODEGUARD-SYNPROXY"}
+_BASE_NAMES = {STATELESS_CHAIN: "NODEGUARD-PRE", STATEFUL_CHAIN: "NODEGUARD-CONN",
+               SYNPROXY_CHAIN: "NODEGUARD-SYNPROXY"}
 BAN_CHAIN = "NODEGUARD-BAN"  # every ingress chain of the model
 BAN_TAG = "ban"  # what _rule tags the line that counts bans with (condemning lines: their (group, mode))
 _UNITS = {"second": "sec", "minute": "min", "hour": "hour"}
@@ -69,7 +76,7 @@ _SHORT = {"bogus-flags": "BOGUS", "icmp-flood": "ICMP", "syn-flood": "SYN"}
 def chain_name(name: str) -> str:
     if name in _BASE_NAMES:
         return _BASE_NAMES[name]
-    if name.startswith(m.INGRESS_CHAIN):
+    if name.startswith(INGRESS_CHAIN):
         return BAN_CHAIN
     if name.startswith("escalate-"):
         group, version = name[len("escalate-"):].rsplit("-v", 1)
@@ -77,7 +84,7 @@ def chain_name(name: str) -> str:
     return _short(f"{PREFIX}-{_SHORT.get(name, name.upper())}", MAX_CHAIN)
 
 
-def ipset_name(s: m.AddrSet) -> str:
+def ipset_name(s: AddrSet) -> str:
     """Stable across definition changes (the sync swaps a changed set in): rules keep referring to it."""
     return _short(f"{PREFIX}-{s.base.upper()}", MAX_IPSET)
 
@@ -146,7 +153,7 @@ def spec_id(spec: str) -> str:
     return spec.split('--comment "nodeguard:', 1)[1].split(" ", 1)[0]
 
 
-def ipsets(rs: m.RuleSet) -> list[Ipset]:
+def ipsets(rs: RuleSet) -> list[Ipset]:
     """Every ipset the render uses (conns sets are connlimit matches, not ipsets)."""
     out = []
     for s in rs.sets:
@@ -158,10 +165,10 @@ def ipsets(rs: m.RuleSet) -> list[Ipset]:
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s))
         elif s.kind == "escalation":
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s,
-                             m.V6_SOURCE_PREFIX if s.version == 6 else None))
+                             V6_SOURCE_PREFIX if s.version == 6 else None))
         elif s.kind == "meter":
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, admission_timeout_s(s),
-                             m.V6_SOURCE_PREFIX if s.version == 6 else None))
+                             V6_SOURCE_PREFIX if s.version == 6 else None))
         elif s.kind == "ports":
             out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, members=tuple(str(p) for p in s.elements)))
         elif s.kind == "engaged":
@@ -169,17 +176,17 @@ def ipsets(rs: m.RuleSet) -> list[Ipset]:
         elif s.kind == "counts":  # no timeout: a re-add (the only refresh) would zero the counters; the
             # sampler removes sources that went quiet instead (a sampler that is down only stops counting)
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, None,
-                             m.V6_SOURCE_PREFIX if s.version == 6 else None, counters=True))
+                             V6_SOURCE_PREFIX if s.version == 6 else None, counters=True))
     return out
 
 
-def admission_timeout_s(s: m.AddrSet) -> int:
+def admission_timeout_s(s: AddrSet) -> int:
     """At least the hashlimit expiry plus its GC interval: bounds the hashlimit table (see above)."""
     return s.timeout_s + HASHLIMIT_GC_S + 1
 
 
 # --- the model, rendered ------------------------------------------------------------------
-def render_ipt(rs: m.RuleSet, version: int) -> Render:
+def render_ipt(rs: RuleSet, version: int) -> Render:
     rs = expand_icmp(rs)
     sets = {s.name: s for s in rs.sets}
     limits = {x.name: x for x in rs.limits}
@@ -202,7 +209,7 @@ def render_ipt(rs: m.RuleSet, version: int) -> Render:
             _add_chain(table, name, [(f"-i {c.device} -g {uplink}", f"uplink {c.device}", None) for c in ingress],
                        condemning)
             _add_chain(table, uplink, lines(rules), condemning)
-        elif chain.stage and rules and isinstance(rules[0].matches[0], m.InterfaceNotIn):
+        elif chain.stage and rules and isinstance(rules[0].matches[0], InterfaceNotIn):
             uplink = f"{name}-UPLINK"
             dispatch = [(f"-i {ifname} -g {uplink}", f"uplink {ifname}", None) for ifname in rules[0].matches[0].names]
             _add_chain(table, name, dispatch, condemning)
@@ -228,7 +235,7 @@ def _add_chain(table: Table, name: str, rules: list[tuple[str, str, tuple | None
             condemning[rid] = group
 
 
-def _table_of_chains(rs: m.RuleSet) -> dict[str, str]:
+def _table_of_chains(rs: RuleSet) -> dict[str, str]:
     """Every chain lives in the table of the base chain that reaches it."""
     owner: dict[str, str] = {}
     for base in rs.base_chains:
@@ -236,39 +243,39 @@ def _table_of_chains(rs: m.RuleSet) -> dict[str, str]:
         while todo:
             name = todo.pop()
             owner.setdefault(name, PLACEMENTS[base.stage].ipt_table)
-            todo += [r.verdict.chain for r in rs.chain(name).rules if isinstance(r.verdict, (m.Jump, m.Goto))]
+            todo += [r.verdict.chain for r in rs.chain(name).rules if isinstance(r.verdict, (Jump, Goto))]
     return owner
 
 
 def _versions(x: object) -> set[int]:
-    if isinstance(x, m.Proto) and x.name in ("icmp", "icmpv6"):
+    if isinstance(x, Proto) and x.name in ("icmp", "icmpv6"):
         return {4} if x.name == "icmp" else {6}
     v = getattr(x, "version", None)
     return {v} if v in (4, 6) else {4, 6}
 
 
-def _applies(rule: m.Rule, version: int) -> bool:
+def _applies(rule: Rule, version: int) -> bool:
     return all(version in _versions(x) for x in rule.matches)
 
 
-def _rule(rule: m.Rule, version: int, sets: dict[str, m.AddrSet], limits: dict[str, m.NamedLimit]
+def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, NamedLimit]
           ) -> list[tuple[str, str, tuple | None]]:
     """One model rule as iptables lines (a per-source meter needs its admission line first), each
     with the (group, mode) whose drops its counter counts, if it condemns."""
     proto = _proto(rule, version)
     parts = [f"-p {proto}"] if proto else []
     out = []
-    ban = next((x for x in rule.matches if isinstance(x, m.BanSource)), None)
+    ban = next((x for x in rule.matches if isinstance(x, BanSource)), None)
     if ban is not None:  # SET cannot fail the rule: count on a line that sees whether the add took
         before = [p for x in rule.matches if x is not ban for p in _match(x, version, sets, limits)]
         name = ipset_name(sets[ban.set])
         out.append((" ".join([*parts, *before, f"-j SET --add-set {name} src"]), f"{rule.label} (add)", None))
         return [*out, (" ".join([*parts, *before, f"-m set --match-set {name} src"]), rule.label, BAN_TAG)]
     for x in rule.matches:
-        if isinstance(x, (m.SourceRateOver, m.CountSource)):
+        if isinstance(x, (SourceRateOver, CountSource)):
             name = ipset_name(sets[x.set])
             # the membership test of the admission line must not count (ipset counts every match it makes)
-            quiet = " ! --update-counters" if isinstance(x, m.CountSource) else ""
+            quiet = " ! --update-counters" if isinstance(x, CountSource) else ""
             admit = [*parts, f"-m set ! --match-set {name} src{quiet}", f"-j SET --add-set {name} src"]
             out.append((" ".join(admit), f"{rule.label} admission", None))
             parts.append(f"-m set --match-set {name} src")  # a CountSource rule ends here: the match counts
@@ -278,108 +285,108 @@ def _rule(rule: m.Rule, version: int, sets: dict[str, m.AddrSet], limits: dict[s
     return [*out, (" ".join(p for p in parts if p), rule.label, group)]
 
 
-def _proto(rule: m.Rule, version: int) -> str | None:
+def _proto(rule: Rule, version: int) -> str | None:
     for x in rule.matches:
-        if isinstance(x, m.Proto):
+        if isinstance(x, Proto):
             return _PROTO.get((x.name, version), x.name)
-        if isinstance(x, m.IcmpTypes):
+        if isinstance(x, IcmpTypes):
             return "icmp" if x.version == 4 else "ipv6-icmp"
-        if isinstance(x, m.TcpFlags):
+        if isinstance(x, TcpFlags):
             return "tcp"
-        if isinstance(x, m.DstPorts):
+        if isinstance(x, DstPorts):
             return x.proto
     return None
 
 
-def _rate(r: m.Rate) -> str:
+def _rate(r: Rate) -> str:
     return f"{r.count}/{_UNITS[r.unit]}"
 
 
-def _match(x: object, version: int, sets: dict[str, m.AddrSet], limits: dict[str, m.NamedLimit]) -> list[str]:
-    if isinstance(x, (m.Family, m.Proto)):
+def _match(x: object, version: int, sets: dict[str, AddrSet], limits: dict[str, NamedLimit]) -> list[str]:
+    if isinstance(x, (Family, Proto)):
         return []  # the family is the tool (iptables / ip6tables); the protocol went first
-    if isinstance(x, m.IcmpTypes):  # one type per rule: see expand_icmp
+    if isinstance(x, IcmpTypes):  # one type per rule: see expand_icmp
         (icmp_type,) = x.types
         return [f"--icmp-type {icmp_type}" if x.version == 4 else f"--icmpv6-type {icmp_type}"]
-    if isinstance(x, m.TcpFlags):
+    if isinstance(x, TcpFlags):
         mask = ",".join(f.upper() for f in x.mask)
         comp = ",".join(f.upper() for f in x.comp) or "NONE"
         return [f"--tcp-flags {mask} {comp}"]
-    if isinstance(x, m.DstPorts):
+    if isinstance(x, DstPorts):
         neg = "! " if x.negate else ""
         if len(x.ports) == 1:
             return [f"{neg}--dport {x.ports[0]}"]
         return [f"-m multiport {neg}--dports {','.join(map(str, x.ports))}"]
-    if isinstance(x, m.SourceInSet):
+    if isinstance(x, SourceInSet):
         return [f"-m set --match-set {ipset_name(sets[x.set])} src"]
-    if isinstance(x, m.SourceNotInSet):
+    if isinstance(x, SourceNotInSet):
         return [f"-m set ! --match-set {ipset_name(sets[x.set])} src"]
-    if isinstance(x, m.CtStateNew):
+    if isinstance(x, CtStateNew):
         return ["-m conntrack --ctstate NEW"]
-    if isinstance(x, m.Assured):
+    if isinstance(x, Assured):
         return ["-m conntrack --ctstatus ASSURED --ctdir ORIGINAL"]
-    if isinstance(x, (m.RememberSource, m.UpdateSource, m.Log, m.CountSource, m.NoTrack, m.EngagePort)):
+    if isinstance(x, (RememberSource, UpdateSource, Log, CountSource, NoTrack, EngagePort)):
         return []  # the rule's target, or (CountSource) the set match added above, which counts
-    if isinstance(x, m.FibLocal):
+    if isinstance(x, FibLocal):
         return ["-m addrtype --dst-type LOCAL"]
-    if isinstance(x, m.DstPortInSet):
+    if isinstance(x, DstPortInSet):
         return [f"-m set --match-set {ipset_name(sets[x.set])} dst"]
-    if isinstance(x, m.CtState):
+    if isinstance(x, CtState):
         return [f"-m conntrack --ctstate {','.join(st.upper() for st in x.states)}"]
-    if isinstance(x, m.OneIn):
+    if isinstance(x, OneIn):
         return [f"-m statistic --mode random --probability {1 / x.n:.10f}"]
-    if isinstance(x, m.SourceRateOver):
+    if isinstance(x, SourceRateOver):
         s = sets[x.set]
-        mask = f" --hashlimit-srcmask {m.V6_SOURCE_PREFIX}" if version == 6 else ""
+        mask = f" --hashlimit-srcmask {V6_SOURCE_PREFIX}" if version == 6 else ""
         return [f"-m hashlimit --hashlimit-above {_rate(s.rate)} --hashlimit-burst {s.rate.burst} "
                 f"--hashlimit-mode srcip{mask} --hashlimit-name {hashlimit_name(s.name)} "
                 f"--hashlimit-htable-size {s.size} --hashlimit-htable-max {METER_TABLE_FACTOR * s.size + METER_TABLE_SLACK} "
                 f"--hashlimit-htable-expire {s.timeout_s * 1000}"]
-    if isinstance(x, (m.OverLimit, m.UnderLimit)):  # same name: one bucket (per family)
+    if isinstance(x, (OverLimit, UnderLimit)):  # same name: one bucket (per family)
         lim = limits[x.limit]
         way = "above" if lim.over else "upto"
         return [f"-m hashlimit --hashlimit-{way} {_rate(lim.rate)} --hashlimit-burst {lim.rate.burst} "
                 f"--hashlimit-name {hashlimit_name(lim.name)}"]
-    if isinstance(x, m.SourceConnsOver):
-        mask = 32 if version == 4 else m.V6_SOURCE_PREFIX
+    if isinstance(x, SourceConnsOver):
+        mask = 32 if version == 4 else V6_SOURCE_PREFIX
         return [f"-m connlimit --connlimit-above {sets[x.set].limit} --connlimit-mask {mask} --connlimit-saddr"]
     raise TypeError(f"no iptables rendering for {x!r}")
 
 
-def _target(rule: m.Rule, sets: dict[str, m.AddrSet]) -> str:
+def _target(rule: Rule, sets: dict[str, AddrSet]) -> str:
     for x in rule.matches:
-        if isinstance(x, (m.RememberSource, m.UpdateSource)):  # --exist: a re-add restarts the timeout
+        if isinstance(x, (RememberSource, UpdateSource)):  # --exist: a re-add restarts the timeout
             return f"-j SET --add-set {ipset_name(sets[x.set])} src --exist"
-        if isinstance(x, m.NoTrack):
+        if isinstance(x, NoTrack):
             return "-j CT --notrack"
-        if isinstance(x, m.EngagePort):  # --exist: adding a member again restarts its timeout
+        if isinstance(x, EngagePort):  # --exist: adding a member again restarts its timeout
             return f"-j SET --add-set {ipset_name(sets[x.set])} dst --exist"
-        if isinstance(x, m.Log):
+        if isinstance(x, Log):
             return f'-j NFLOG --nflog-group {x.nflog_group} --nflog-prefix "{x.prefix}" --nflog-size {x.snaplen}'
     v = rule.verdict
-    if isinstance(v, m.Jump):
+    if isinstance(v, Jump):
         return f"-j {chain_name(v.chain)}"
-    if isinstance(v, m.Goto):
+    if isinstance(v, Goto):
         return f"-g {chain_name(v.chain)}"
-    if isinstance(v, m.Queue):
+    if isinstance(v, Queue):
         return f"-j NFQUEUE --queue-num {v.number}"
-    if isinstance(v, m.Synproxy):
+    if isinstance(v, Synproxy):
         return f"-j SYNPROXY --sack-perm --timestamp --wscale {v.wscale} --mss {v.mss}"
-    return {m.Drop: "-j DROP", m.Return: "-j RETURN", m.Continue: ""}[type(v)]
+    return {Drop: "-j DROP", Return: "-j RETURN", Continue: ""}[type(v)]
 
 
-def expand_icmp(rs: m.RuleSet) -> m.RuleSet:
+def expand_icmp(rs: RuleSet) -> RuleSet:
     """iptables matches one ICMP type per rule: split multi-type rules (labels keep the type)."""
     chains = []
     for c in rs.chains:
-        rules: list[m.Rule] = []
+        rules: list[Rule] = []
         for r in c.rules:
-            icmp = [x for x in r.matches if isinstance(x, m.IcmpTypes)]
+            icmp = [x for x in r.matches if isinstance(x, IcmpTypes)]
             if not icmp or len(icmp[0].types) == 1:
                 rules.append(r)
                 continue
             for t in icmp[0].types:
-                matches = tuple(m.IcmpTypes(x.version, (t,)) if x is icmp[0] else x for x in r.matches)
-                rules.append(m.Rule(matches, r.verdict, f"{r.label} type {t}", r.counter))
-        chains.append(m.Chain(c.name, tuple(rules), c.stage, c.priority, c.device))
-    return m.RuleSet(tuple(chains), rs.sets, rs.limits, rs.interfaces, rs.table, rs.sample_groups)
+                matches = tuple(IcmpTypes(x.version, (t,)) if x is icmp[0] else x for x in r.matches)
+                rules.append(Rule(matches, r.verdict, f"{r.label} type {t}", r.counter))
+        chains.append(Chain(c.name, tuple(rules), c.stage, c.priority, c.device))
+    return RuleSet(tuple(chains), rs.sets, rs.limits, rs.interfaces, rs.table, rs.sample_groups)

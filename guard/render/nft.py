@@ -14,11 +14,16 @@ from dataclasses import dataclass
 from functools import singledispatch
 from typing import Any
 
-from .. import model as m
+from ..model.matches import (Assured, BanSource, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort,
+                             Family, FibLocal, IcmpTypes, InterfaceNotIn, Log, NoTrack, OneIn, OverLimit, Proto,
+                             RememberSource, SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver, TcpFlags,
+                             UnderLimit, UpdateSource)
+from ..model.ruleset import TABLE, AddrSet, Chain, NamedLimit, Rule, RuleSet
+from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Synproxy, Verdict
 from .ids import chained_ids, comment
 
 FAMILY = "inet"
-_V6_MASK = "ffff:ffff:ffff:ffff::"  # model.V6_SOURCE_PREFIX
+_V6_MASK = "ffff:ffff:ffff:ffff::"  # model.ruleset.V6_SOURCE_PREFIX
 
 
 @dataclass(frozen=True)
@@ -31,11 +36,11 @@ class NftObjects:
     rules: tuple[dict, ...]
 
 
-def table_ref(table: str = m.TABLE) -> dict:
+def table_ref(table: str = TABLE) -> dict:
     return {"family": FAMILY, "name": table}
 
 
-def render_nft(rs: m.RuleSet) -> NftObjects:
+def render_nft(rs: RuleSet) -> NftObjects:
     sets = {s.name: s for s in rs.sets}
     return NftObjects(
         table=table_ref(rs.table),
@@ -47,7 +52,7 @@ def render_nft(rs: m.RuleSet) -> NftObjects:
     )
 
 
-def render_chain_rules(table: str, chain: m.Chain, sets: dict[str, m.AddrSet]) -> list[dict]:
+def render_chain_rules(table: str, chain: Chain, sets: dict[str, AddrSet]) -> list[dict]:
     """The chain's rules with their ``nodeguard:<id>`` comments."""
     bodies = [render_rule_expr(rule, sets) for rule in chain.rules]
     return [
@@ -56,14 +61,14 @@ def render_chain_rules(table: str, chain: m.Chain, sets: dict[str, m.AddrSet]) -
     ]
 
 
-def render_rule_expr(rule: m.Rule, sets: dict[str, m.AddrSet]) -> list[dict]:
+def render_rule_expr(rule: Rule, sets: dict[str, AddrSet]) -> list[dict]:
     exprs: list[dict] = []
     for x in rule.matches:
         r = _match(x, sets)
         exprs += r if isinstance(r, list) else [r]
     if rule.counter:
         exprs.append({"counter": {"packets": 0, "bytes": 0}})
-    if not isinstance(rule.verdict, m.Continue):
+    if not isinstance(rule.verdict, Continue):
         exprs.append(_verdict(rule.verdict))
     return exprs
 
@@ -99,7 +104,7 @@ def address_text(addr) -> str:
     return text[:start] + text[end:]
 
 
-def _set(table: str, s: m.AddrSet) -> dict:
+def _set(table: str, s: AddrSet) -> dict:
     obj: dict[str, Any] = {"family": FAMILY, "table": table, "name": s.name,
                            "type": "ipv4_addr" if s.version == 4 else "ipv6_addr"}
     if s.kind == "ports":
@@ -115,12 +120,12 @@ def _set(table: str, s: m.AddrSet) -> dict:
     return obj
 
 
-def _limit_object(table: str, lim: m.NamedLimit) -> dict:
+def _limit_object(table: str, lim: NamedLimit) -> dict:
     return {"family": FAMILY, "table": table, "name": lim.name, "rate": lim.rate.count, "per": lim.rate.unit,
             "burst": lim.rate.burst, "unit": "packets", "inv": lim.over}
 
 
-def _chain(table: str, c: m.Chain) -> dict:
+def _chain(table: str, c: Chain) -> dict:
     obj: dict[str, Any] = {"family": FAMILY, "table": table, "name": c.name}
     if c.stage:
         obj.update(type="filter", hook=c.hook, prio=c.priority, policy="accept")
@@ -154,7 +159,7 @@ def _source_key(version: int) -> dict:
     return _saddr(4) if version == 4 else {"&": [_saddr(6), _V6_MASK]}
 
 
-def _key_for(s: m.AddrSet | None, version: int) -> dict:
+def _key_for(s: AddrSet | None, version: int) -> dict:
     """How a source is looked up in set ``s``: its /64 where the set keys on that, else the address."""
     return _source_key(version) if s is not None and s.keyed_by_prefix else _saddr(version)
 
@@ -165,74 +170,74 @@ def _match(x: Any, sets: dict) -> dict | list[dict]:
 
 
 @_match.register
-def _(x: m.InterfaceNotIn, sets: dict) -> dict:
+def _(x: InterfaceNotIn, sets: dict) -> dict:
     return _eq(_meta("iifname"), {"set": list(x.names)}, "!=")
 
 
 @_match.register
-def _(x: m.Family, sets: dict) -> dict:
+def _(x: Family, sets: dict) -> dict:
     return _eq(_meta("nfproto"), f"ipv{x.version}")
 
 
 @_match.register
-def _(x: m.Proto, sets: dict) -> dict:
+def _(x: Proto, sets: dict) -> dict:
     return _eq(_meta("l4proto"), x.name)
 
 
 @_match.register
-def _(x: m.IcmpTypes, sets: dict) -> dict:
+def _(x: IcmpTypes, sets: dict) -> dict:
     return _eq(_payload("icmp" if x.version == 4 else "icmpv6", "type"), _one_or_set(x.types))
 
 
 @_match.register
-def _(x: m.TcpFlags, sets: dict) -> dict:
+def _(x: TcpFlags, sets: dict) -> dict:
     comp: Any = list(x.comp) if len(x.comp) > 1 else (x.comp[0] if x.comp else 0)
     return _eq({"&": [_payload("tcp", "flags"), list(x.mask)]}, comp)
 
 
 @_match.register
-def _(x: m.DstPorts, sets: dict) -> dict:
+def _(x: DstPorts, sets: dict) -> dict:
     return _eq(_payload(x.proto, "dport"), _one_or_set(x.ports), "!=" if x.negate else "==")
 
 
 @_match.register
-def _(x: m.SourceInSet, sets: dict) -> dict:
+def _(x: SourceInSet, sets: dict) -> dict:
     return _eq(_key_for(sets.get(x.set), x.version), f"@{x.set}")
 
 
 @_match.register
-def _(x: m.SourceNotInSet, sets: dict) -> dict:
+def _(x: SourceNotInSet, sets: dict) -> dict:
     return _eq(_key_for(sets.get(x.set), x.version), f"@{x.set}", "!=")
 
 
 @_match.register
-def _(x: m.CtStateNew, sets: dict) -> dict:
+def _(x: CtStateNew, sets: dict) -> dict:
     return _eq({"ct": {"key": "state"}}, "new", "in")
 
 
 @_match.register
-def _(x: m.Assured, sets: dict) -> list[dict]:
+def _(x: Assured, sets: dict) -> list[dict]:
     return [_eq({"ct": {"key": "status"}}, "assured", "in"), _eq({"ct": {"key": "direction"}}, "original")]
 
 
 @_match.register
-def _(x: m.RememberSource, sets: dict) -> dict:
+def _(x: RememberSource, sets: dict) -> dict:
     return {"set": {"op": "add", "elem": _saddr(x.version), "set": f"@{x.set}"}}
 
 
 @_match.register
-def _(x: m.UpdateSource, sets: dict) -> dict:
+def _(x: UpdateSource, sets: dict) -> dict:
     return {"set": {"op": "update", "elem": _key_for(sets[x.set], x.version), "set": f"@{x.set}"}}
 
 
 @_match.register
-def _(x: m.BanSource, sets: dict) -> dict:
+def _(x: BanSource, sets: dict) -> dict:
     # add (not update): a ban is never extended; on a full set the add fails and the rule stops here
     return {"set": {"op": "add", "elem": _key_for(sets[x.set], x.version), "set": f"@{x.set}"}}
 
 
 @_match.register
-def _(x: m.SourceRateOver, sets: dict) -> dict:
+def _(x: SourceRateOver, sets: dict) -> dict:
     rate = sets[x.set].rate
     limit = {"limit": {"rate": rate.count, "per": rate.unit, "burst": rate.burst, "inv": True}}
     # update (not add) refreshes the element's timeout while the source keeps sending
@@ -240,68 +245,68 @@ def _(x: m.SourceRateOver, sets: dict) -> dict:
 
 
 @_match.register
-def _(x: m.SourceConnsOver, sets: dict) -> dict:
+def _(x: SourceConnsOver, sets: dict) -> dict:
     return {"set": {"op": "add", "elem": _source_key(x.version), "set": f"@{x.set}",
                     "stmt": [{"ct count": {"val": sets[x.set].limit, "inv": True}}]}}
 
 
 @_match.register
-def _(x: m.OverLimit, sets: dict) -> dict:
+def _(x: OverLimit, sets: dict) -> dict:
     return {"limit": x.limit}  # the object is an "over" bucket
 
 
 @_match.register
-def _(x: m.UnderLimit, sets: dict) -> dict:
+def _(x: UnderLimit, sets: dict) -> dict:
     return {"limit": x.limit}
 
 
 @_match.register
-def _(x: m.FibLocal, sets: dict) -> dict:
+def _(x: FibLocal, sets: dict) -> dict:
     return _eq({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
 
 
 @_match.register
-def _(x: m.DstPortInSet, sets: dict) -> dict:
+def _(x: DstPortInSet, sets: dict) -> dict:
     return _eq(_payload("tcp", "dport"), f"@{x.set}")
 
 
 @_match.register
-def _(x: m.EngagePort, sets: dict) -> dict:  # update (not add): each SYN over the rate refreshes the timeout
+def _(x: EngagePort, sets: dict) -> dict:  # update (not add): each SYN over the rate refreshes the timeout
     return {"set": {"op": "update", "elem": _payload("tcp", "dport"), "set": f"@{x.set}"}}
 
 
 @_match.register
-def _(x: m.CtState, sets: dict) -> dict:
+def _(x: CtState, sets: dict) -> dict:
     return _eq({"ct": {"key": "state"}}, list(x.states) if len(x.states) > 1 else x.states[0], "in")
 
 
 @_match.register
-def _(x: m.NoTrack, sets: dict) -> dict:
+def _(x: NoTrack, sets: dict) -> dict:
     return {"notrack": None}
 
 
 @_match.register
-def _(x: m.CountSource, sets: dict) -> dict:
+def _(x: CountSource, sets: dict) -> dict:
     return {"set": {"op": "update", "elem": _source_key(x.version), "set": f"@{x.set}", "stmt": [{"counter": None}]}}
 
 
 @_match.register
-def _(x: m.OneIn, sets: dict) -> dict:
+def _(x: OneIn, sets: dict) -> dict:
     return _eq({"numgen": {"mode": "random", "mod": x.n, "offset": 0}}, 0)
 
 
 @_match.register
-def _(x: m.Log, sets: dict) -> dict:
+def _(x: Log, sets: dict) -> dict:
     return {"log": {"prefix": f"{x.prefix} ", "group": x.nflog_group, "snaplen": x.snaplen}}
 
 
-def _verdict(v: m.Verdict) -> dict:
-    if isinstance(v, m.Jump):
+def _verdict(v: Verdict) -> dict:
+    if isinstance(v, Jump):
         return {"jump": {"target": v.chain}}
-    if isinstance(v, m.Goto):
+    if isinstance(v, Goto):
         return {"goto": {"target": v.chain}}
-    if isinstance(v, m.Queue):  # no bypass: these packets are condemned either way
+    if isinstance(v, Queue):  # no bypass: these packets are condemned either way
         return {"queue": {"num": v.number}}
-    if isinstance(v, m.Synproxy):
+    if isinstance(v, Synproxy):
         return {"synproxy": {"mss": v.mss, "wscale": v.wscale, "flags": ["timestamp", "sack-perm"]}}
-    return {"drop": None} if isinstance(v, m.Drop) else {"return": None}
+    return {"drop": None} if isinstance(v, Drop) else {"return": None}

@@ -2,7 +2,7 @@
 
 The kube-proxy nftables proxier pattern: flush every changed chain and refill it, keep every set and
 limit object whose definition did not change (their names end in a digest of the definition, see
-model.py), delete only what the render no longer has. Meters, trusted sources and backstop buckets
+model/ruleset.py), delete only what the render no longer has. Meters, trusted sources and backstop buckets
 therefore keep their state across re-applies and repairs, and since the whole batch is applied by
 the kernel at once, no packet ever sees a half-built table or none.
 """

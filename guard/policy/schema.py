@@ -1,135 +1,24 @@
-"""YAML → validated, frozen Policy. Every default lives here; rules/default.yaml spells them out.
+"""The policy's schema: every section, every key, its default and its range. Every default lives
+here; rules/default.yaml spells them out.
 
-Validation is pydantic's (types, unknown keys, ranges); we only add the parsers for
-rates, CIDRs and interface names, and map pydantic's error location back to the
-YAML line so the operator gets ``FILE:LINE: field.path: message``.
+Validation is pydantic's (types, unknown keys, ranges); fields.py adds the parsers for our own syntax.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
-from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import PolicyError
-from .yamlsource import load_document
-
-DEFAULT_CONFIG = Path("/etc/nodeguard/config.yaml")
-BUILT_IN = "<built-in rules/default.yaml>"
-_UNITS = {"second": 1, "minute": 60, "hour": 3600}
-MAX_RATE_PER_S = 1_000_000  # xt_hashlimit's ceiling (XT_HASHLIMIT_SCALE_v2): every policy fits both backends
-MAX_BURST = 1_000_000  # xt_hashlimit's burst ceiling
-_RATE_RE = re.compile(r"[ ]*([0-9]+)[ ]*/[ ]*(second|minute|hour)[ ]*(?:burst[ ]+([0-9]+)[ ]*)?", re.ASCII)
-_IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}", re.ASCII)  # always fullmatch: "$" would let "eth0\n" in
-_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,19}", re.ASCII)
-
-
-@dataclass(frozen=True)
-class Rate:
-    """``count`` packets per ``unit``; ``burst`` packets may pass at once (None = backend default)."""
-
-    count: int
-    unit: str
-    burst: int | None = None
-
-    @property
-    def per_s(self) -> float:
-        return self.count / _UNITS[self.unit]
-
-    def with_burst(self, burst: int | None) -> "Rate":
-        return Rate(self.count, self.unit, burst if burst is not None else self.burst)
-
-    def burst_or(self, factor: int) -> int:
-        """The burst, or ``factor`` units' worth of packets (at most MAX_BURST) when none was given."""
-        return self.burst if self.burst is not None else max(1, min(MAX_BURST, self.count * factor))
-
-    def scaled(self, factor: int) -> "Rate":
-        """``factor`` times the rate, no faster than MAX_RATE_PER_S."""
-        return Rate(min(self.count * factor, MAX_RATE_PER_S * _UNITS[self.unit]), self.unit, None)
-
-    def __str__(self) -> str:
-        return f"{self.count}/{self.unit}" + (f" burst {self.burst}" if self.burst is not None else "")
-
-
-def parse_rate(value: Any) -> Rate:
-    if isinstance(value, Rate):
-        return value
-    m = _RATE_RE.fullmatch(value) if isinstance(value, str) else None
-    if not m:
-        raise ValueError(f"rate must look like 'N/second', 'N/minute' or 'N/hour' (optionally 'burst M'), got {value!r}")
-    count, unit, burst = int(m[1]), m[2], m[3]
-    if count <= 0:
-        raise ValueError("rate must be greater than zero")
-    if burst is not None and int(burst) <= 0:
-        raise ValueError("burst must be greater than zero")
-    if count / _UNITS[unit] > MAX_RATE_PER_S:
-        raise ValueError(f"rate must be at most {MAX_RATE_PER_S}/second (the iptables backend's ceiling)")
-    if burst is not None and int(burst) > MAX_BURST:
-        raise ValueError(f"burst must be at most {MAX_BURST} (the iptables backend's ceiling)")
-    return Rate(count, unit, int(burst) if burst is not None else None)
-
-
-RateField = Annotated[Rate, pydantic.BeforeValidator(parse_rate)]
-PositiveInt = Annotated[int, Field(gt=0, strict=True)]
-Burst = Annotated[int, Field(gt=0, le=MAX_BURST, strict=True)]
-Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
-PortList = Annotated[tuple[Port, ...], Field(max_length=15)]  # iptables multiport's limit, for portability
+from .fields import (Burst, Cidr, IfName, Mode, Port, PortList, PortRanges, PositiveInt, RateField, check_interfaces,
+                     check_name, one_burst)
+from .rates import Rate, parse_rate
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-
-
-def _to_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    if not text.isascii() or "%" in text:  # no zone ids (fe80::%eth0/64), no non-ASCII digits
-        raise ValueError(f"{text!r} is not a CIDR (plain IPv4 or IPv6 prefixes only)")
-    net = None
-    if ":" in text:  # never IPv4: ip_network would try IPv4Network first and fail (~3 us a CIDR)
-        try:
-            net = ipaddress.IPv6Network(text, strict=True)
-        except ValueError:
-            pass  # ip_network's own message, below
-    if net is None:
-        try:
-            net = ipaddress.ip_network(text, strict=True)
-        except ValueError as exc:
-            raise ValueError(f"{text!r} is not a CIDR ({exc})") from None
-    if net.prefixlen == 0:
-        raise ValueError(f"{text!r} would allow every source: nodeguard would protect nothing")
-    return net
-
-
-def _check_name(name: str) -> str:
-    """Names become chain, set and comment text in both backends: a small alphabet, nothing to escape."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ValueError("must be 1-20 characters of a-z, 0-9 and '-', starting with a letter")
-    return name
-
-
-def _check_ifname(name: str) -> str:
-    if not _IFNAME_RE.fullmatch(name):
-        raise ValueError(f"{name!r} is not an interface name")
-    if name == "lo":
-        raise ValueError("loopback is never limited; remove 'lo'")
-    return name
-
-
-def _check_interfaces(value: Any) -> Any:
-    if value == "auto" or isinstance(value, (list, tuple)):
-        if isinstance(value, (list, tuple)) and not value:
-            raise ValueError("list at least one interface, or say 'auto'")
-        return value
-    raise ValueError(f"must be 'auto' or a list of interface names, got {value!r}")
-
-
-Cidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(_to_network)]
-IfName = Annotated[str, Field(strict=True), pydantic.AfterValidator(_check_ifname)]
 
 
 class Allow(_Section):
@@ -152,42 +41,6 @@ class Allow(_Section):
                 out.append(net)
                 end = start + (1 << (bits - net.prefixlen)) - 1
         return out
-
-
-def _one_burst(rate_field: str):
-    """A burst may be written inside the rate ('100/second burst 200') or in its own key, not both:
-    two places for one number would leave the reader guessing which one the kernel got."""
-
-    def check(cls, burst: int | None, info: pydantic.ValidationInfo) -> int | None:
-        rate = info.data.get(rate_field)
-        if burst is not None and isinstance(rate, Rate) and rate.burst is not None and rate.burst != burst:
-            raise ValueError(f"{rate_field} already says 'burst {rate.burst}'; give the burst once")
-        return burst
-    return check
-
-
-Mode = Literal["enforce", "monitor"]  # monitor: meter, count and sample what would be dropped; drop nothing
-
-
-def _port_ranges(value: Any) -> tuple[tuple[int, int], ...]:
-    """A list of ports and "low-high" ranges."""
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"must be a list of ports or 'low-high' ranges, got {value!r}")
-    out = []
-    for item in value:
-        if isinstance(item, int) and not isinstance(item, bool):
-            low = high = item
-        elif isinstance(item, str) and re.fullmatch(r"\d{1,5}-\d{1,5}", item.strip()):
-            low, high = (int(x) for x in item.strip().split("-"))
-        else:
-            raise ValueError(f"{item!r} is not a port or a 'low-high' range")
-        if not 1 <= low <= high <= 65535:
-            raise ValueError(f"{item!r} is not within 1-65535, low to high")
-        out.append((low, high))
-    return tuple(out)
-
-
-PortRanges = Annotated[tuple[tuple[int, int], ...], pydantic.BeforeValidator(_port_ranges)]
 
 
 class Synproxy(_Section):
@@ -223,8 +76,8 @@ class Icmp(_Section):
     per_source: RateField = parse_rate("10/second")
     per_source_burst: Burst | None = None
 
-    _burst = field_validator("burst")(classmethod(_one_burst("rate")))
-    _per_source_burst = field_validator("per_source_burst")(classmethod(_one_burst("per_source")))
+    _burst = field_validator("burst")(classmethod(one_burst("rate")))
+    _per_source_burst = field_validator("per_source_burst")(classmethod(one_burst("per_source")))
 
     def global_rate(self) -> Rate:
         return self.rate.with_burst(self.burst)
@@ -249,8 +102,8 @@ class Syn(_Section):
     trusted_after_handshake_s: Annotated[int, Field(ge=0, le=86400, strict=True)] = 3600
     synproxy: Synproxy = Synproxy()
 
-    _burst = field_validator("burst")(classmethod(_one_burst("rate")))
-    _per_source_burst = field_validator("per_source_burst")(classmethod(_one_burst("per_source")))
+    _burst = field_validator("burst")(classmethod(one_burst("rate")))
+    _per_source_burst = field_validator("per_source_burst")(classmethod(one_burst("per_source")))
     global_rate = Icmp.global_rate
     source_rate = Icmp.source_rate
 
@@ -267,8 +120,8 @@ class Limit(_Section):
     burst: Burst | None = None
     rate: RateField | None = None
 
-    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
-    _burst = field_validator("burst")(classmethod(_one_burst("per_source")))
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
+    _burst = field_validator("burst")(classmethod(one_burst("per_source")))
 
     @model_validator(mode="after")
     def _ports_need_l4(self) -> "Limit":
@@ -294,7 +147,7 @@ class ConnLimit(_Section):
     ports: PortList = ()
     per_source: PositiveInt
 
-    _name = field_validator("name")(classmethod(lambda cls, v: v if v is None else _check_name(v)))
+    _name = field_validator("name")(classmethod(lambda cls, v: v if v is None else check_name(v)))
 
 
 class Meter(_Section):
@@ -355,7 +208,7 @@ class Metrics(_Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str, info: pydantic.ValidationInfo) -> str:
-        from .endpoint import parse_listen
+        from ..endpoint import parse_listen
 
         parse_listen(value, bool(info.data.get("allow_remote", False)))
         return value
@@ -414,7 +267,7 @@ _DEFAULT_CONNLIMIT = (ConnLimit(ports=(80, 443), per_source=256),)
 class Policy(_Section):
     mode: Mode = "enforce"
     backend: Literal["nft", "iptables"] = "nft"
-    interfaces: Annotated[Literal["auto"] | tuple[IfName, ...], pydantic.BeforeValidator(_check_interfaces)] = "auto"
+    interfaces: Annotated[Literal["auto"] | tuple[IfName, ...], pydantic.BeforeValidator(check_interfaces)] = "auto"
     allow: Allow = Allow()
     icmp: Icmp = Icmp()
     syn: Syn = Syn()
@@ -450,55 +303,3 @@ class Policy(_Section):
         cl = self.connlimit[index]
         return cl.name if cl.name is not None else f"conn-{index}"
 
-
-
-def load_policy(path: str | Path | None = None) -> tuple[Policy, str]:
-    """Read the policy from ``path``, else /etc/nodeguard/config.yaml, else the built-in default.
-
-    Returns the policy and the name of the file it came from.
-    """
-    policy, source, _text = read_policy(path)
-    return policy, source
-
-
-def read_policy(path: str | Path | None = None) -> tuple[Policy, str, str]:
-    """As load_policy, plus the text it was parsed from."""
-    if path is None:
-        path = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
-    if path is None:
-        text = resources.files("guard.rules").joinpath("default.yaml").read_text()
-        return parse_policy(text, BUILT_IN), BUILT_IN, text
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise PolicyError(str(path), None, "", exc.strerror or str(exc)) from None
-    return parse_policy(text, str(path)), str(path), text
-
-
-def parse_policy(text: str, file: str) -> Policy:
-    doc = load_document(text, file)
-    if not isinstance(doc.data, dict):
-        raise doc.error((), "the policy must be a mapping of keys to values")
-    try:
-        return Policy.model_validate(doc.data)
-    except pydantic.ValidationError as exc:
-        located = [(tuple(p for p in e["loc"] if not _is_union_tag(p)), e) for e in exc.errors()]
-        loc, err = max(located, key=lambda pair: len(pair[0]))  # a union's most specific complaint
-        raise doc.error(loc, _message(err)) from None
-
-
-def _is_union_tag(part: Any) -> bool:
-    """pydantic puts the tried union member in the location ('literal[...]', 'tuple[...]')."""
-    return isinstance(part, str) and ("[" in part or part in ("function-before", "function-after"))
-
-
-def _message(err: dict) -> str:
-    msg = err["msg"]
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            msg = msg[len(prefix):]
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    if err["type"] == "missing":
-        return "required key is missing"
-    return msg

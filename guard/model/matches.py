@@ -1,0 +1,189 @@
+"""What a rule can test, and the statements it can carry (add a source to a set, count, log, untrack):
+frozen values both renderers dispatch on by type. A stateful match names its set or limit; the object
+itself, with its definition, is in ruleset.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+
+@dataclass(frozen=True)
+class InterfaceNotIn:
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Family:
+    version: int  # 4 or 6
+
+
+@dataclass(frozen=True)
+class Proto:
+    name: Literal["tcp", "udp", "icmp", "icmpv6"]
+
+
+@dataclass(frozen=True)
+class IcmpTypes:
+    version: int
+    types: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TcpFlags:
+    """``flags & mask == comp``; comp () means none of the mask is set."""
+
+    mask: tuple[str, ...]
+    comp: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DstPorts:
+    proto: Literal["tcp", "udp"]
+    ports: tuple[int, ...]
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class SourceInSet:
+    set: str  # an AddrSet name
+    version: int
+
+
+@dataclass(frozen=True)
+class SourceNotInSet:
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
+class CtStateNew:
+    pass
+
+
+@dataclass(frozen=True)
+class Assured:
+    """Conntrack saw this TCP connection complete its handshake (original direction only)."""
+
+
+@dataclass(frozen=True)
+class RememberSource:
+    """Add the source to a timed set (a statement that always matches; a full set adds nothing)."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
+class UpdateSource:
+    """Add the source to a timed set, or restart its timeout when it is there already (a statement;
+    a full set adds nothing, and evaluation goes on either way)."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
+class BanSource:
+    """Add the source to the ban set; one already there keeps its expiry. Matches only when the source
+    is in the set afterwards: a full set adds nothing and the rule stops there (fails open)."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
+class SourceRateOver:
+    """The source's token bucket in meter ``set`` (rate: the set's); matches packets over it.
+    A full meter matches nothing: it fails open, and the backstop after it decides."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
+class SourceConnsOver:
+    """The source has more connections than its ``conns`` set allows (conntrack count)."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
+class OverLimit:
+    """The named bucket ``limit`` (shared by every rule naming it) is exhausted."""
+
+    limit: str
+
+
+@dataclass(frozen=True)
+class UnderLimit:
+    """The named bucket ``limit`` has a token: matches packets under its rate."""
+
+    limit: str
+
+
+@dataclass(frozen=True)
+class FibLocal:
+    """The destination is one of the node's own addresses (not a pod, not a forwarded service IP)."""
+
+
+@dataclass(frozen=True)
+class DstPortInSet:
+    set: str  # a ``ports`` set
+    version: int
+
+
+@dataclass(frozen=True)
+class EngagePort:
+    """Add the packet's TCP destination port to the timed ``engaged`` set, or refresh its timeout
+    (a statement; evaluation goes on)."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
+class CtState:
+    states: tuple[Literal["invalid", "untracked", "new", "established", "related"], ...]
+
+
+@dataclass(frozen=True)
+class NoTrack:
+    """Give the packet no conntrack entry (a statement; evaluation goes on)."""
+
+
+@dataclass(frozen=True)
+class CountSource:
+    """Count this packet against its source in the ``counts`` set (a statement; a full set counts
+    nothing more, and evaluation goes on either way)."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
+class OneIn:
+    """Matches a packet at random with probability 1/``n`` (n a power of two): uniform per packet."""
+
+    n: int
+
+
+@dataclass(frozen=True)
+class Log:
+    """Copy the packet's head to userspace over NFLOG (a statement; evaluation goes on)."""
+
+    group: str  # the rule group, e.g. "syn-flood": the NFLOG prefix "ng:<group>" ("ngm:" in monitor mode)
+    nflog_group: int
+    snaplen: int
+    monitor: bool = False
+
+    @property
+    def prefix(self) -> str:
+        return f"{'ngm' if self.monitor else 'ng'}:{self.group}"
+
+
+Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, SourceNotInSet,
+              CtStateNew, Assured, RememberSource, UpdateSource, BanSource, SourceRateOver, SourceConnsOver, OverLimit,
+              UnderLimit, CountSource, OneIn, Log, FibLocal, DstPortInSet, CtState, NoTrack, EngagePort]

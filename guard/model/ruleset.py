@@ -1,0 +1,189 @@
+"""The containers a build fills and a renderer reads: rules, address sets, named limits, chains, and the
+RuleSet, which refuses what no kernel could load (a name used twice, a reference to nothing).
+
+Every stateful object (meter, trusted set, connection counter, named limit) carries its whole
+definition, and its kernel name ends in a digest of it: a changed rate, size or timeout gives a
+new object (the kernel keeps an object's parameters for as long as the name lives), an unchanged
+one keeps its name and so its state across re-applies and repairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
+from typing import Literal, Union
+
+from ..placement import PLACEMENTS, Stage
+from ..policy.rates import Rate
+from .matches import Match, OverLimit, UnderLimit
+from .verdicts import Goto, Jump, Verdict
+
+TABLE = "nodeguard"
+V6_SOURCE_PREFIX = 64  # per-source limits group an IPv6 host's whole /64
+DIGEST_LEN = 6
+
+
+def digest(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:DIGEST_LEN]
+
+
+Mode = Literal["enforce", "monitor"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    matches: tuple[Match, ...]
+    verdict: Verdict
+    label: str  # short, human: shown in status and in the rule comment
+    counter: bool = True
+    group: str | None = None  # set on the rules that condemn: their counters are the drops of this group
+    mode: Mode | None = None  # of a condemning rule: enforce (drops) or monitor (would drop)
+
+    def __post_init__(self) -> None:
+        if (self.group is None) != (self.mode is None):
+            raise ValueError(f"rule {self.label!r}: a condemning rule has a group and a mode, others neither")
+
+
+SET_KINDS = ("allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation")
+SetKind = Literal["allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation"]
+
+
+@dataclass(frozen=True)
+class AddrSet:
+    """A set of source addresses. ``allow``: static prefixes; ``meter``: a token bucket of
+    ``rate`` per source; ``trusted``: timed membership; ``conns``: ``limit`` connections per source;
+    ``counts``: packets and bytes per source (the sampler's exact per-source totals); ``ports``: static
+    destination ports (the SYNPROXY'd ones), not addresses; ``engaged``: timed destination ports (those
+    SYNPROXY is engaged on); ``escalation``: timed membership keyed like a meter (IPv6: the /64):
+    ``over-*``, ``episode-*`` and ``banned-*``."""
+
+    base: str  # e.g. "syn-src-v4"; the kernel name adds the digest (allow sets keep their base name)
+    version: int
+    kind: SetKind
+    elements: tuple[Union[IPv4Network, IPv6Network, int], ...] = ()
+    size: int = 0
+    timeout_s: int = 0
+    rate: Rate | None = None  # meter
+    limit: int = 0  # conns
+
+    def __post_init__(self) -> None:
+        if self.version not in (4, 6):
+            raise ValueError(f"set {self.base}: version must be 4 or 6")
+        if self.kind not in SET_KINDS:
+            raise ValueError(f"set {self.base}: unknown kind {self.kind!r}")
+        if (self.kind == "meter") != (self.rate is not None and self.rate.burst is not None):
+            raise ValueError(f"set {self.base}: a meter, and only a meter, has a rate with a burst")
+        if self.kind not in ("allow", "ports") and self.size <= 0:
+            raise ValueError(f"set {self.base}: needs a size")
+        if self.kind in ("meter", "trusted", "counts", "engaged", "escalation") and self.timeout_s <= 0:
+            raise ValueError(f"set {self.base}: needs a timeout")
+        if self.kind == "conns" and self.limit <= 0:
+            raise ValueError(f"set {self.base}: needs a connection limit")
+        if self.elements and self.kind not in ("allow", "ports"):
+            raise ValueError(f"set {self.base}: only allowlists and port sets have static elements")
+
+    @property
+    def static(self) -> bool:
+        """Its contents are configuration (refilled to match the render), not state."""
+        return self.kind in ("allow", "ports")
+
+    @property
+    def keyed_by_prefix(self) -> bool:
+        """An IPv6 source is its /64 in this set (allowlists hold prefixes; trusted sets addresses)."""
+        return self.kind in ("meter", "conns", "counts", "escalation")
+
+    @property
+    def prefix_len(self) -> int:
+        """How much of a source address identifies one source."""
+        return 32 if self.version == 4 else V6_SOURCE_PREFIX
+
+    @property
+    def definition(self) -> str:
+        """Everything but the contents: what makes two sets interchangeable."""
+        return digest(self.kind, self.version, self.size, self.timeout_s, self.rate, self.limit, self.prefix_len)
+
+    @property
+    def name(self) -> str:
+        return self.base if self.static else f"{self.base}-{self.definition}"
+
+
+@dataclass(frozen=True)
+class NamedLimit:
+    """A token bucket shared by every rule that names it; ``over`` buckets match excess packets."""
+
+    base: str
+    rate: Rate
+    over: bool
+
+    def __post_init__(self) -> None:
+        if self.rate.burst is None:
+            raise ValueError(f"limit {self.base}: needs an explicit burst")
+
+    @property
+    def name(self) -> str:
+        return f"{self.base}-{digest(self.rate, self.over)}"
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    rules: tuple[Rule, ...]
+    stage: Stage | None = None  # base chains only: where it hooks (placement.PLACEMENTS)
+    priority: int | None = None
+    device: str | None = None  # ingress chains only: the device whose ingress hook it is on
+
+    def __post_init__(self) -> None:
+        if (self.stage is None) != (self.priority is None):
+            raise ValueError(f"chain {self.name}: a base chain has a stage and a priority, a regular chain neither")
+        if self.stage is not None and self.stage not in PLACEMENTS:
+            raise ValueError(f"chain {self.name}: unknown stage {self.stage!r}")
+        if (self.stage == "ingress") != (self.device is not None):
+            raise ValueError(f"chain {self.name}: an ingress chain, and only an ingress chain, has a device")
+
+    @property
+    def hook(self) -> str | None:
+        return PLACEMENTS[self.stage].nft_hook if self.stage else None
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    chains: tuple[Chain, ...]
+    sets: tuple[AddrSet, ...]
+    limits: tuple[NamedLimit, ...]
+    interfaces: tuple[str, ...]
+    table: str = TABLE
+    sample_groups: tuple[str, ...] = ()  # index i: NFQUEUE queue_base + i; NFLOG prefix "ng:<group>"
+
+    def __post_init__(self) -> None:
+        """Refuse a ruleset no kernel could load: every name unique, every reference defined."""
+        for what, names in (("chain", [c.name for c in self.chains]), ("set", [s.name for s in self.sets]),
+                            ("limit", [lim.name for lim in self.limits])):
+            dupes = {n for n in names if names.count(n) > 1}
+            if dupes:
+                raise ValueError(f"{what} names used twice: {sorted(dupes)}")
+        chains, sets, limits = {c.name for c in self.chains}, {s.name for s in self.sets}, {x.name for x in self.limits}
+        for c in self.chains:
+            for r in c.rules:
+                if isinstance(r.verdict, (Jump, Goto)) and r.verdict.chain not in chains:
+                    raise ValueError(f"chain {c.name}: jump to undefined chain {r.verdict.chain}")
+                for x in r.matches:
+                    ref = getattr(x, "set", None)
+                    if ref is not None and ref not in sets:
+                        raise ValueError(f"chain {c.name}: undefined set {ref}")
+                    ref = getattr(x, "limit", None)
+                    if isinstance(x, (OverLimit, UnderLimit)) and ref not in limits:
+                        raise ValueError(f"chain {c.name}: undefined limit {ref}")
+
+    def chain(self, name: str) -> Chain:
+        return next(c for c in self.chains if c.name == name)
+
+    def set(self, name: str) -> AddrSet:
+        return next(s for s in self.sets if s.name == name)
+
+    def limit(self, name: str) -> NamedLimit:
+        return next(x for x in self.limits if x.name == name)
+
+    @property
+    def base_chains(self) -> tuple[Chain, ...]:
+        return tuple(c for c in self.chains if c.stage)

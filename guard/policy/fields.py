@@ -1,0 +1,106 @@
+"""The field types the policy schema is built from, and the parsers pydantic calls for nodeguard's own
+syntax: rates, CIDRs, names, interface names and port ranges. Apart from the schema, so that each
+section there reads as its keys and defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import Field
+
+from .rates import MAX_BURST, Rate, parse_rate
+
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}", re.ASCII)  # always fullmatch: "$" would let "eth0\n" in
+_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,19}", re.ASCII)
+
+RateField = Annotated[Rate, pydantic.BeforeValidator(parse_rate)]
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+Burst = Annotated[int, Field(gt=0, le=MAX_BURST, strict=True)]
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+PortList = Annotated[tuple[Port, ...], Field(max_length=15)]  # iptables multiport's limit, for portability
+
+
+def _to_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not text.isascii() or "%" in text:  # no zone ids (fe80::%eth0/64), no non-ASCII digits
+        raise ValueError(f"{text!r} is not a CIDR (plain IPv4 or IPv6 prefixes only)")
+    net = None
+    if ":" in text:  # never IPv4: ip_network would try IPv4Network first and fail (~3 us a CIDR)
+        try:
+            net = ipaddress.IPv6Network(text, strict=True)
+        except ValueError:
+            pass  # ip_network's own message, below
+    if net is None:
+        try:
+            net = ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not a CIDR ({exc})") from None
+    if net.prefixlen == 0:
+        raise ValueError(f"{text!r} would allow every source: nodeguard would protect nothing")
+    return net
+
+
+def check_name(name: str) -> str:
+    """Names become chain, set and comment text in both backends: a small alphabet, nothing to escape."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError("must be 1-20 characters of a-z, 0-9 and '-', starting with a letter")
+    return name
+
+
+def _check_ifname(name: str) -> str:
+    if not _IFNAME_RE.fullmatch(name):
+        raise ValueError(f"{name!r} is not an interface name")
+    if name == "lo":
+        raise ValueError("loopback is never limited; remove 'lo'")
+    return name
+
+
+def check_interfaces(value: Any) -> Any:
+    if value == "auto" or isinstance(value, (list, tuple)):
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError("list at least one interface, or say 'auto'")
+        return value
+    raise ValueError(f"must be 'auto' or a list of interface names, got {value!r}")
+
+
+Cidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(_to_network)]
+IfName = Annotated[str, Field(strict=True), pydantic.AfterValidator(_check_ifname)]
+
+
+def one_burst(rate_field: str):
+    """A burst may be written inside the rate ('100/second burst 200') or in its own key, not both:
+    two places for one number would leave the reader guessing which one the kernel got."""
+
+    def check(cls, burst: int | None, info: pydantic.ValidationInfo) -> int | None:
+        rate = info.data.get(rate_field)
+        if burst is not None and isinstance(rate, Rate) and rate.burst is not None and rate.burst != burst:
+            raise ValueError(f"{rate_field} already says 'burst {rate.burst}'; give the burst once")
+        return burst
+    return check
+
+
+Mode = Literal["enforce", "monitor"]  # monitor: meter, count and sample what would be dropped; drop nothing
+
+
+def _port_ranges(value: Any) -> tuple[tuple[int, int], ...]:
+    """A list of ports and "low-high" ranges."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"must be a list of ports or 'low-high' ranges, got {value!r}")
+    out = []
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool):
+            low = high = item
+        elif isinstance(item, str) and re.fullmatch(r"\d{1,5}-\d{1,5}", item.strip()):
+            low, high = (int(x) for x in item.strip().split("-"))
+        else:
+            raise ValueError(f"{item!r} is not a port or a 'low-high' range")
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"{item!r} is not within 1-65535, low to high")
+        out.append((low, high))
+    return tuple(out)
+
+
+PortRanges = Annotated[tuple[tuple[int, int], ...], pydantic.BeforeValidator(_port_ranges)]

@@ -1,0 +1,71 @@
+"""Finding and reading the policy: the file given, else /etc/nodeguard/config.yaml, else the built-in
+default; a validation error comes back as ``FILE:LINE: field.path: message`` (pydantic's error
+location mapped back to the YAML line).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from ..errors import PolicyError
+from ..yamlsource import load_document
+from .schema import Policy
+
+DEFAULT_CONFIG = Path("/etc/nodeguard/config.yaml")
+BUILT_IN = "<built-in rules/default.yaml>"
+
+
+def load_policy(path: str | Path | None = None) -> tuple[Policy, str]:
+    """Read the policy from ``path``, else /etc/nodeguard/config.yaml, else the built-in default.
+
+    Returns the policy and the name of the file it came from.
+    """
+    policy, source, _text = read_policy(path)
+    return policy, source
+
+
+def read_policy(path: str | Path | None = None) -> tuple[Policy, str, str]:
+    """As load_policy, plus the text it was parsed from."""
+    if path is None:
+        path = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+    if path is None:
+        text = resources.files("guard.rules").joinpath("default.yaml").read_text()
+        return parse_policy(text, BUILT_IN), BUILT_IN, text
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise PolicyError(str(path), None, "", exc.strerror or str(exc)) from None
+    return parse_policy(text, str(path)), str(path), text
+
+
+def parse_policy(text: str, file: str) -> Policy:
+    doc = load_document(text, file)
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "the policy must be a mapping of keys to values")
+    try:
+        return Policy.model_validate(doc.data)
+    except pydantic.ValidationError as exc:
+        located = [(tuple(p for p in e["loc"] if not _is_union_tag(p)), e) for e in exc.errors()]
+        loc, err = max(located, key=lambda pair: len(pair[0]))  # a union's most specific complaint
+        raise doc.error(loc, _message(err)) from None
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic puts the tried union member in the location ('literal[...]', 'tuple[...]')."""
+    return isinstance(part, str) and ("[" in part or part in ("function-before", "function-after"))
+
+
+def _message(err: dict) -> str:
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return msg
