@@ -1,4 +1,4 @@
-"""Prometheus metrics and the liveness endpoint, served on 127.0.0.1:9632 by default.
+"""Prometheus metrics and the liveness endpoint, served on the policy's ``metrics.listen``.
 
 Every scrape asks a *provider* (a callable the daemon passes in) for one snapshot and turns it
 into metrics; nothing is cached between scrapes, so a value is never staler than the scrape.
@@ -34,7 +34,6 @@ from .endpoint import parse_listen  # noqa: F401 (the daemon's and the tests' na
 
 log = logging.getLogger("nodeguard.metrics")
 
-DEFAULT_LISTEN = "127.0.0.1:9632"
 MAX_REASONS = 32  # distinct repair reasons exported; more fold into "other" (bounded cardinality)
 _REASON_RE = re.compile(r"[^a-z0-9_]+")
 

@@ -15,7 +15,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from guard.metrics import DEFAULT_LISTEN, Heartbeat, MetricsServer, nfqueue_dropped, parse_listen
+from guard.metrics import Heartbeat, MetricsServer, nfqueue_dropped, parse_listen
+from guard.policy import Metrics
 
 SNAPSHOT = {
     "backend": "nft",
@@ -161,7 +162,7 @@ def test_a_stalled_client_cannot_take_every_thread(serve):
 
 
 def test_listen_address_policy():
-    assert parse_listen(DEFAULT_LISTEN) == ("127.0.0.1", 9632)
+    assert parse_listen(Metrics().listen) == ("127.0.0.1", 9632)  # the policy's default
     assert parse_listen("[::1]:9632") == ("::1", 9632)
     assert parse_listen("127.0.0.2:1") == ("127.0.0.2", 1)
     assert parse_listen("10.0.0.5:9632", allow_remote=True) == ("10.0.0.5", 9632)
