@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from guard.metrics import Heartbeat, MetricsServer, nfqueue_dropped, parse_listen
-from guard.policy import Metrics
+from guard.policy.schema import Metrics
 
 SNAPSHOT = {
     "backend": "nft",

@@ -34,7 +34,7 @@ def test_splice_keeps_the_prose_around_the_markers():
 
 
 def test_every_default_shown_is_the_models():
-    from guard.policy import Policy
+    from guard.policy.schema import Policy
 
     rows = {r.split(" | ")[0]: r.split(" | ") for r in policy_doc.generate().splitlines() if r.startswith("| `")}
     assert rows["| `meter.size`"][2] == f"`{Policy().meter.size}`"
