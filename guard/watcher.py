@@ -29,7 +29,8 @@ from typing import Callable
 
 from .apply import Plan, apply_plan, choose_flavour, make_plan, transaction
 from .apply import read_state as read_live_state
-from .backend.ipt import OWN_PIDS, legacy_fingerprint
+from .backend.legacy_fingerprint import legacy_fingerprint
+from .backend.tools import OWN_PIDS
 from .backend.nft import Nft
 from .damper import Damper
 from .drift import Drift, Reason, diff_plan
