@@ -2,7 +2,7 @@
 
 It applies (or adopts) the policy, then runs three things in one process:
 
-* the **watcher** (guard/watcher.py) in the main thread: it is the main loop. Its ``heartbeat``
+* the **watcher** (guard/watch/) in the main thread: it is the main loop. Its ``heartbeat``
   callback, called once per turn of that loop, pings the systemd watchdog (so a loop that hangs
   stops the pings: no timer thread could notice that), beats ``/healthz``, polls the policy file
   (a Kubernetes ConfigMap update reloads exactly like SIGHUP), keeps the STATUS= line current,
@@ -13,7 +13,7 @@ It applies (or adopts) the policy, then runs three things in one process:
 
 A failure in the sampler or the metrics server never stops the watcher: the thread ends, the
 heartbeat sees it, logs one line and starts it again after 1, 2, 4 ... 60 s (a part that then
-runs for a minute is healthy again). The watcher itself never dies of an error (watcher.py).
+runs for a minute is healthy again). The watcher itself never dies of an error (watch/loop.py).
 
 Signals: SIGHUP re-reads, validates and kernel-checks the policy, then installs it in one
 state-keeping transaction (``RELOADING=1`` ... ``READY=1``); a bad one is logged as
@@ -46,7 +46,7 @@ from .metrics import Heartbeat, MetricsServer, Snapshot, parse_listen
 from .notify import Notifier, watchdog_interval
 from .policy.load import DEFAULT_CONFIG, read_policy
 from .policy.schema import Policy
-from .watcher import Watcher
+from .watch.watcher import Watcher
 
 log = logging.getLogger("nodeguard.run")
 

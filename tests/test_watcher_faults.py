@@ -226,7 +226,7 @@ def test_the_watcher_starts_without_a_default_route_and_protects_once_one_appear
 
 def test_the_state_file_is_never_written_through_a_planted_symlink(tmp_path):
     from guard.policy.load import parse_policy
-    from guard.watcher import Watcher
+    from guard.watch.watcher import Watcher
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")

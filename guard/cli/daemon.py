@@ -28,7 +28,7 @@ def watch(config: str | None, last_good: str, verbose: bool) -> None:
 
     from ..errors import NodeguardError
     from ..policy.load import read_policy
-    from ..watcher import Watcher
+    from ..watch.watcher import Watcher
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s nodeguard watch: %(message)s")
