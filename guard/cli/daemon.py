@@ -93,7 +93,7 @@ def run(config: str | None, last_good: str, remove_on_exit: bool, log_format: st
     SIGTERM leaves the rules in place."""
     import logging
 
-    from ..daemon import Daemon, RunOptions
+    from ..daemon.supervisor import Daemon, RunOptions
     from ..logs import setup_logging
 
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
