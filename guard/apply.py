@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     Transaction = sync_nft.NftTransaction | IptTransaction
     Live = NftLive | IptLive
 
-# The iptables backend's own modules (backend.ipt_backend, backend.ipt, sync.ipt: ~7 ms) are imported
+# The iptables backend's own modules (backend.ipt_backend, backend.ipt, backend.ipset, sync.ipt: ~7 ms) are imported
 # where they are used, so that an nft apply does not load them; Live and Transaction exist for type checkers.
 IPT_FLAVOURS = ("nft", "legacy")
 log = logging.getLogger("nodeguard.apply")
@@ -238,7 +238,7 @@ def remove_other_backends(keep: str, nft: Nft, dry_run: bool = False) -> list[st
     # ipsets exist only for the iptables backend: look (one process) after removing it, or on uninstall
     ipt_gone = any(r.startswith("iptables-") for r in removed) or keep == "none"
     if not keep.startswith("iptables-") and ipt_gone:
-        from .backend.ipt import Ipset
+        from .backend.ipset import Ipset
 
         stale = Ipset.names()
         if stale:

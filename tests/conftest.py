@@ -20,7 +20,7 @@ import pytest
 import netlab
 
 # Every program the kernel tests, tests/netlab.py and tests/helpers run, and the ones nodeguard itself runs
-# under them (guard/backend/ipt.py: {ip,ip6}tables-{nft,legacy}-{save,restore}, ipset). tests/sdharness.py
+# under them (guard/backend/tools.py: {ip,ip6}tables-{nft,legacy}-{save,restore}, ipset). tests/sdharness.py
 # checks its own (unshare, nsenter, systemctl) for test_unit_file.
 TOOLS = ("ip", "nft", "iptables-nft", "iptables-legacy",
          *(f"{ip}tables-{flavour}-{kind}" for ip in ("ip", "ip6") for flavour in ("nft", "legacy")

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import netlab
-from guard.backend.ipt import OwnPids
+from guard.backend.tools import OwnPids
 from guard.events import NFT_MSG_NEWGEN, writers
 from netlab import VICTIM4, wait_until
 
@@ -157,12 +157,12 @@ def test_a_pid_of_ours_is_forgotten_once_its_process_has_ended_for_a_while():
 
 
 def test_our_tools_pids_are_recorded_and_released(kernel):
-    from guard.backend import ipt
+    from guard.backend import tools
 
-    res = ipt._run(["true"])
+    res = tools._run(["true"])
     assert res.returncode == 0
-    pid = max(ipt.OWN_PIDS._ended)
-    assert pid in ipt.OWN_PIDS and pid not in ipt.OWN_PIDS._running
+    pid = max(tools.OWN_PIDS._ended)
+    assert pid in tools.OWN_PIDS and pid not in tools.OWN_PIDS._running
 
 
 def test_a_renamed_chain_is_repaired_and_the_watcher_neither_spins_nor_dies(lab, tmp_path):
@@ -226,7 +226,7 @@ def test_the_watcher_starts_without_a_default_route_and_protects_once_one_appear
 
 def test_the_state_file_is_never_written_through_a_planted_symlink(tmp_path):
     from guard.policy.load import parse_policy
-    from guard.watcher import Watcher
+    from guard.watch.watcher import Watcher
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")

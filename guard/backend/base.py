@@ -52,7 +52,7 @@ class Backend(Protocol):
     def where(self, plan: Any) -> tuple[dict[str, int], str]:
         """Where the rules hook in, for ``apply``: (hooks, one line)."""
 
-    # --- drift (drift.py, watcher.py) ------------------------------------------------------
+    # --- drift (drift.py, watch/) ----------------------------------------------------------
     def diff(self, plan: Any, live: Any) -> Any:
         """The drift.Drift of ``live`` from the plan, or None."""
 

@@ -15,7 +15,8 @@ from ..render.ipt import Render, ipset_name, spec_id
 from ..render.ids import id_and_label
 from ..scratch import in_scratch_netns
 from ..sync import ipt as sync_ipt
-from .ipt import Ipset, Ipt, IptLive
+from .ipset import Ipset
+from .ipt import Ipt, IptLive
 from .ipt import read_live as read_ipt_live
 from .nft import Nft
 

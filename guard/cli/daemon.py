@@ -28,7 +28,7 @@ def watch(config: str | None, last_good: str, verbose: bool) -> None:
 
     from ..errors import NodeguardError
     from ..policy.load import read_policy
-    from ..watcher import Watcher
+    from ..watch.watcher import Watcher
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s nodeguard watch: %(message)s")
@@ -93,7 +93,7 @@ def run(config: str | None, last_good: str, remove_on_exit: bool, log_format: st
     SIGTERM leaves the rules in place."""
     import logging
 
-    from ..daemon import Daemon, RunOptions
+    from ..daemon.supervisor import Daemon, RunOptions
     from ..logs import setup_logging
 
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)

@@ -78,7 +78,7 @@ def status(config: str | None, as_json: bool) -> None:
     from ..apply import make_plan
     from ..errors import EnvironmentProblem
     from ..policy.load import load_policy
-    from ..watcher import read_state as read_watcher_state
+    from ..watch.state import read_state as read_watcher_state
 
     policy, _source = load_policy(config)
     nft = kernel()

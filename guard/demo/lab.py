@@ -247,7 +247,7 @@ class NodeLab:
 
 
 def build_node_lab(lab: Lab, counters: dict[str, str], counter_table: str) -> NodeLab:
-    """The demo's and the bench's network (docstring of ``guard.demo.run``): a bridge "lan" with a
+    """The demo's and the bench's network (docstring of ``guard.demo.scenario``): a bridge "lan" with a
     gateway that silently drops replies to spoofed sources; the node (default route via its uplink,
     kube-proxy's iptables ruleset with NodePort 3003 -> pod 10.180.0.3:80, echo services), the pod,
     an attacker and a client. ``counters``: name -> nft match, counted at netdev ingress of the

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from .run import Demo
+    from .scenario import Demo
 
 
 class Display:

@@ -17,7 +17,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from ..backend.ipt import LiveIpset, LiveTable
+from ..backend.ipset import LiveIpset
+from ..backend.ipt import LiveTable
 from ..fingerprints import ipt_body, ipt_key
 from ..render.ipt import MAX_IPSET, Ipset, Render, spec_id
 

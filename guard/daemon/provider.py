@@ -1,0 +1,50 @@
+"""What a metrics scrape reads (metrics.Snapshot), cached so that scrapes stay cheap with full
+meters. Runs in the HTTP threads of the daemon's metrics part (parts.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from ..backend.nft import Nft
+from ..counters import drops_by_group, meter_fill
+from ..metrics import Snapshot
+
+SCRAPE_CACHE_S = 2.0  # scrapes closer together than this share one kernel read
+METER_CACHE_S = 30.0  # meter fill is re-counted at most this often (~0.3 s of kernel time per full 65536 meter)
+
+
+class MetricsProvider:
+    """One snapshot per scrape (metrics.Snapshot): the watcher's state, the sampler's counters,
+    the kernel counters of the condemning rules (one terse listing) and meter fill (a netlink
+    element count, at most every METER_CACHE_S). Scrapes within SCRAPE_CACHE_S share one read.
+    Runs in HTTP threads, so it has its own libnftables context. ``daemon``: the running
+    supervisor.Daemon (its snapshot() and watcher)."""
+
+    def __init__(self, daemon, clock: Callable[[], float] = time.monotonic):
+        self.daemon, self.clock = daemon, clock
+        self._lock = threading.Lock()
+        self._nft: Nft | None = None
+        self._snap: tuple[float, Snapshot] | None = None
+        self._meters: tuple[float, Any, list] | None = None
+        self.reads = 0  # kernel reads (tests check the cache)
+
+    def __call__(self) -> Snapshot:
+        with self._lock:
+            now = self.clock()
+            if self._snap is not None and now - self._snap[0] < SCRAPE_CACHE_S:
+                return self._snap[1]
+            snap = self.daemon.snapshot()
+            plan = self.daemon.watcher.last_plan
+            if plan is not None:
+                if self._nft is None:
+                    self._nft = Nft()
+                self.reads += 1
+                snap["drops"] = drops_by_group(plan, self._nft)
+                key = tuple(s.name for s in plan.ruleset.sets)
+                if self._meters is None or self._meters[1] != key or now - self._meters[0] >= METER_CACHE_S:
+                    self._meters = (now, key, meter_fill(plan))
+                snap["meters"] = self._meters[2]
+            self._snap = (now, snap)
+            return snap
