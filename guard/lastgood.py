@@ -71,3 +71,54 @@ def startup_policy(config: str | None, nft, log, path: Path = DEFAULT) -> tuple[
             return (*fallback, str(exc))
         log.error("cannot install %s yet (%s); the watcher keeps trying", source, exc)
         return policy, source, text, None
+
+
+class ConfiguredPolicy:
+    """The operator's policy as a reloading daemon (``run`` or ``watch``) sees it: read at start
+    (else the last good one), re-read on each reload, and saved as the last good one once the kernel
+    runs it. The texts read are kept until then: what is saved is the text the kernel accepted."""
+
+    def __init__(self, config: str | None, nft, log, good: Path = DEFAULT):
+        self.config, self.nft, self.good, self.log = config, nft, good, log
+        policy, self.source, text, self.fallback_why = startup_policy(config, nft, log, good)
+        self.first = policy  # what the daemon starts with
+        self._texts = {id(policy): text}
+
+    def accepted(self, policy: Policy, current: Policy) -> None:
+        """The watcher's ``on_good``: the kernel holds ``policy`` (``current``: the watcher's now)."""
+        text = self._texts.get(id(policy))
+        if text is not None:
+            save(text, self.good)
+        self._texts = {k: v for k, v in self._texts.items() if k in (id(policy), id(current))}
+
+    def reload(self, watcher, check=None) -> bool:
+        """Re-read the file and hand it to ``watcher`` (which has the kernel check it first). A bad
+        edit keeps the rules in place; ``check(policy)`` may refuse it too (NodeguardError)."""
+        from .configfile import check_config_file
+        from .errors import NodeguardError
+        from .policy.load import read_policy
+
+        try:
+            if self.config is not None:
+                check_config_file(self.config)  # it may have changed hands since the start
+            new, source, text = read_policy(self.config)
+            if check is not None:
+                check(new)
+        except NodeguardError as exc:
+            watcher.state["reloads_failed"] += 1
+            self.log.error("reload failed: %s; the rules in place stay", exc)
+            return False
+        self._texts[id(new)] = text
+        if not watcher.reload(new, source):  # it logs and counts a refusal
+            return False
+        self.source, self.fallback_why = source, None
+        watcher.clear_note(FALLBACK_NOTE)
+        return True
+
+    def note_fallback(self, watcher) -> None:
+        if self.fallback_why:
+            watcher.note(FALLBACK_NOTE, f"running the last good policy: the configured one is unusable: "
+                                        f"{self.fallback_why}")
+
+
+FALLBACK_NOTE = "last-good"  # the watcher's note while the configured policy is not the one running

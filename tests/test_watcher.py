@@ -247,8 +247,33 @@ def test_sighup_reloads_the_policy_and_a_bad_edit_keeps_the_current_rules(watche
     wait_until(lambda: "7/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout, timeout=3)
     assert _in_sync(victim, policy)
 
+    def failed() -> int:
+        return json.loads(state.read_text())["reloads_failed"]
+
     Path(policy).write_text(text.replace("per_source: 20/second", "per_source: lots"))
     os.kill(proc.pid, signal.SIGHUP)
-    time.sleep(0.5)
+    wait_until(lambda: failed() == 1, timeout=5, interval=0.1)
     assert proc.poll() is None, "a bad edit must not kill the watcher"
     assert "7/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout
+
+    Path(policy).write_text(text.replace("per_source: 20/second", "per_source: 9/second"))
+    os.chmod(policy, 0o666)  # a good edit in a file anyone could have written: refused, as at the start
+    os.kill(proc.pid, signal.SIGHUP)
+    wait_until(lambda: failed() == 2, timeout=5, interval=0.1)
+    assert "7/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout
+
+
+def test_notes_are_kept_by_topic_and_cleared_by_topic():
+    """Status shows one note per condition; clearing one never has to match its text."""
+    from guard.lastgood import FALLBACK_NOTE
+    from guard.policy.schema import Policy
+    from guard.watch.watcher import INTERFACES_NOTE, Watcher
+
+    w = Watcher(Policy(), None)
+    w.note(FALLBACK_NOTE, "running the last good policy: x")
+    w.note(INTERFACES_NOTE, "eth9 is gone: keeping the last known interfaces eth0")
+    w.note(INTERFACES_NOTE, "eth8 is gone: keeping the last known interfaces eth0")
+    assert w.state["notes"] == ["running the last good policy: x", "eth8 is gone: keeping the last known interfaces eth0"]
+    w.clear_note(FALLBACK_NOTE)
+    assert not w.has_note(FALLBACK_NOTE) and w.has_note(INTERFACES_NOTE)
+    assert w.state["notes"] == ["eth8 is gone: keeping the last known interfaces eth0"]

@@ -30,12 +30,12 @@ def trusted_config(config: str | None) -> str | None:
     """The policy file a verb that writes the firewall will use, refused when not root's alone
     (configfile.check_config_file); None: the built-in default."""
     from ..configfile import check_config_file
-    from ..policy.load import DEFAULT_CONFIG
+    from ..policy.load import configured_path
 
-    path = config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None)
+    path = configured_path(config)
     if path is not None:
         check_config_file(path)
-    return path
+    return str(path) if path is not None else None
 
 
 def kernel() -> Nft:

@@ -26,22 +26,15 @@ def watch(config: str | None, last_good: str, verbose: bool) -> None:
     import socket
     from pathlib import Path
 
-    from ..errors import NodeguardError
-    from ..policy.load import read_policy
     from ..watch.watcher import Watcher
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s nodeguard watch: %(message)s")
     log = logging.getLogger("nodeguard.watch")
-    config = trusted_config(config)
-    nft = kernel()
-    good_path = Path(last_good)
-    policy, source, text, why = lastgood.startup_policy(config, nft, log, good_path)
-    texts = {id(policy): text}
-    log.info("watching with %s", source)
-    watcher = Watcher(policy, nft, on_good=lambda p: texts.get(id(p)) and lastgood.save(texts[id(p)], good_path))
-    if why:
-        watcher.state["notes"] = [f"running the last good policy: the configured one is unusable: {why}"]
+    feed = lastgood.ConfiguredPolicy(trusted_config(config), kernel(), log, Path(last_good))
+    log.info("watching with %s", feed.source)
+    watcher = Watcher(feed.first, feed.nft, on_good=lambda p: feed.accepted(p, watcher.policy))
+    feed.note_fallback(watcher)
     reload_requested = []
     wake_r, wake_w = socket.socketpair()
     for s in (wake_r, wake_w):
@@ -54,17 +47,7 @@ def watch(config: str | None, last_good: str, verbose: bool) -> None:
         if not reload_requested:
             return False
         reload_requested.clear()
-        try:
-            new, where, new_text = read_policy(config)
-        except NodeguardError as exc:  # a bad edit must not drop the protection in place
-            watcher.state["reloads_failed"] += 1
-            log.error("reload: keeping the current policy: %s", exc)
-            return False
-        texts[id(new)] = new_text
-        if not watcher.reload(new, where):
-            return False
-        watcher.state["notes"] = [n for n in watcher.state["notes"] if not n.startswith("running the last good")]
-        return True
+        return feed.reload(watcher)
 
     try:
         watcher.run(lambda: False, wakeup=wake_r, on_wakeup=on_wakeup)

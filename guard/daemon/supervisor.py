@@ -22,7 +22,7 @@ from ..counters import drops_by_group
 from ..errors import EnvironmentProblem, NodeguardError
 from ..metrics import Heartbeat, Snapshot, parse_listen
 from ..notify import Notifier, watchdog_interval
-from ..policy.load import DEFAULT_CONFIG, read_policy
+from ..policy.load import configured_path
 from ..policy.schema import Policy
 from ..watch.watcher import Watcher
 from .parts import MetricsPart, SamplerPart
@@ -43,14 +43,6 @@ class RunOptions:
     config_poll_s: float = 5.0
 
 
-def configured_path(config: str | None) -> Path | None:
-    """The policy file the operator configured: -c, else /etc/nodeguard/config.yaml if it exists.
-    None means the built-in default (shipped in the package, nothing to refuse)."""
-    if config is not None:
-        return Path(config)
-    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
-
-
 # --- the daemon -----------------------------------------------------------------------------
 class Daemon:
     def __init__(self, opts: RunOptions, notifier: Notifier | None = None, env: dict | None = None,
@@ -65,9 +57,7 @@ class Daemon:
         self.metrics: MetricsPart | None = None
         self.provider = MetricsProvider(self, clock)
         self.configured: Path | None = configured_path(opts.config)
-        self.source = ""
         self.repair_kinds: dict[str, int] = {}
-        self._texts: dict[int, str] = {}
         self._stop = False
         self._reload = False
         self._ready = False
@@ -102,26 +92,18 @@ class Daemon:
         # the poller's first look comes before the policy is read, so no edit can fall in between
         self.configwatch = ConfigWatch(self.configured, self.opts.config_poll_s, self.clock) \
             if self.configured is not None else None
-        good = Path(self.opts.last_good)
         config = str(self.configured) if self.configured is not None else None
-        policy, self.source, text, why = lastgood.startup_policy(config, self.nft, log, good)
-        self.metrics = MetricsPart(self._metrics_listen(policy), self.provider, self.heartbeat, self.clock)
-        self._texts = {id(policy): text}
-        self.watcher = Watcher(policy, self.nft, on_good=self._keep_good)
-        if why:
-            self.watcher.state["notes"] = [f"running the last good policy: the configured one is unusable: {why}"]
-
-    def _keep_good(self, policy: Policy) -> None:
-        text = self._texts.get(id(policy))
-        if text is not None:
-            lastgood.save(text, Path(self.opts.last_good))
-        self._texts = {k: v for k, v in self._texts.items() if k in (id(policy), id(self.watcher.policy))}
+        self.feed = lastgood.ConfiguredPolicy(config, self.nft, log, Path(self.opts.last_good))
+        self.metrics = MetricsPart(self._metrics_listen(self.feed.first), self.provider, self.heartbeat, self.clock)
+        self.watcher = Watcher(self.feed.first, self.nft,
+                               on_good=lambda p: self.feed.accepted(p, self.watcher.policy))
+        self.feed.note_fallback(self.watcher)
 
     # --- run --------------------------------------------------------------------------------
     def run(self) -> int:
         self.prepare()
         tick = min(1.0, self.watchdog_s / 4) if self.watchdog_s else 1.0
-        log.info("starting with %s (pid %d; notify %s, watchdog %s, config poll %s)", self.source, os.getpid(),
+        log.info("starting with %s (pid %d; notify %s, watchdog %s, config poll %s)", self.feed.source, os.getpid(),
                  "on" if self.notifier.enabled else "off",
                  f"{self.watchdog_s:g} s" if self.watchdog_s else "off",
                  f"every {self.opts.config_poll_s:g} s" if self.configwatch else "off (built-in policy)")
@@ -224,22 +206,10 @@ class Daemon:
         self._reloaded = True
         where = str(self.configured) if self.configured is not None else "the built-in policy"
         self.notifier.reloading(f"reloading {where}")
-        try:
-            if self.configured is not None:
-                check_config_file(self.configured)
-            new, source, text = read_policy(str(self.configured) if self.configured is not None else None)
-            listen = self._metrics_listen(new)
-        except NodeguardError as exc:  # a bad edit must not drop the protection in place
-            self.watcher.state["reloads_failed"] += 1
-            log.error("reload failed: %s; the rules in place stay", exc)
+        listen: list[tuple[str, int]] = []
+        if not self.feed.reload(self.watcher, check=lambda new: listen.append(self._metrics_listen(new))):
             return False
-        self._texts[id(new)] = text
-        if not self.watcher.reload(new, source):  # kernel-checked first; it logs and counts a refusal
-            return False
-        self.source = source
-        self.watcher.state["notes"] = [n for n in self.watcher.state["notes"]
-                                       if not n.startswith("running the last good")]
-        self.metrics.move(listen)
+        self.metrics.move(listen[0])
         return True  # the watcher now installs it: one state-keeping transaction
 
     # --- what is reported -------------------------------------------------------------------
@@ -251,7 +221,7 @@ class Daemon:
         parts.append("in sync" if st.get("in_sync") else "DRIFT")
         parts.append(f"{st['repairs']} repairs")
         parts.append(f"{self._drops_per_s:.0f} drops/s")
-        if self.watcher.state.get("notes") and any(n.startswith("running the last good") for n in st["notes"]):
+        if self.watcher.has_note(lastgood.FALLBACK_NOTE):
             parts.append("RUNNING THE LAST GOOD POLICY")
         down = [p.name for p in (self.sampler, self.metrics) if p is not None and p.backoff.failures and not p.running]
         if down:

@@ -19,6 +19,14 @@ DEFAULT_CONFIG = Path("/etc/nodeguard/config.yaml")
 BUILT_IN = "<built-in rules/default.yaml>"
 
 
+def configured_path(config: str | Path | None) -> Path | None:
+    """The policy file the operator configured: ``config`` (-c), else /etc/nodeguard/config.yaml if
+    it exists. None: the built-in default (shipped in the package, nothing to refuse)."""
+    if config is not None:
+        return Path(config)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
 def load_policy(path: str | Path | None = None) -> tuple[Policy, str]:
     """Read the policy from ``path``, else /etc/nodeguard/config.yaml, else the built-in default.
 
@@ -30,8 +38,7 @@ def load_policy(path: str | Path | None = None) -> tuple[Policy, str]:
 
 def read_policy(path: str | Path | None = None) -> tuple[Policy, str, str]:
     """As load_policy, plus the text it was parsed from."""
-    if path is None:
-        path = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+    path = configured_path(path)
     if path is None:
         text = resources.files("guard.rules").joinpath("default.yaml").read_text()
         return parse_policy(text, BUILT_IN), BUILT_IN, text

@@ -33,6 +33,7 @@ from .scope import Scope, _union
 
 log = logging.getLogger("nodeguard.watch")
 RETRY_MAX_S = 30.0
+INTERFACES_NOTE = "interfaces"  # note topic: the default route's interface is gone, the last known ones kept
 
 
 class Watcher(WatchLoop):
@@ -44,10 +45,12 @@ class Watcher(WatchLoop):
         self.nft = nft
         self.clock = clock
         self.damper = Damper(policy.watcher.max_repairs_per_minute, policy.watcher.backoff_max_s)
-        self.state = {"pid": os.getpid(), "repairs": 0, "checks": 0, "last_reason": None, "last_kind": None, "last_repair_ms": None,
+        self.state = {"pid": os.getpid(), "repairs": 0, "checks": 0, "last_reason": None, "last_kind": None,
+                      "last_repair_ms": None,
                       "contested_by": None, "backoff_s": 0.0, "adopted": None, "last_writer": None,
                       "errors": 0, "last_error": None, "reloads_ok": 0, "reloads_failed": 0,
                       "last_apply": None, "notes": []}
+        self._notes: dict[str, str] = {}  # topic -> text; state["notes"] lists the texts
         self._pending: Drift | None = None
         self.last_plan: Plan | None = None  # the render of the last check (the daemon's metrics read it)
         self._backend: str | None = None  # what is installed (None: not yet)
@@ -79,11 +82,11 @@ class Watcher(WatchLoop):
         except EnvironmentProblem as exc:
             if self._interfaces is None:
                 raise
-            self._note(f"{exc}: keeping the last known interfaces {', '.join(self._interfaces)}")
+            self.note(INTERFACES_NOTE, f"{exc}: keeping the last known interfaces {', '.join(self._interfaces)}")
             return self._interfaces
         self._interfaces = found
         self.state["interfaces"] = list(found)
-        self.state["notes"] = [n for n in self.state["notes"] if "last known interfaces" not in n]
+        self.clear_note(INTERFACES_NOTE)
         return found
 
     def plan(self, policy: Policy | None = None) -> Plan:
@@ -240,10 +243,19 @@ class Watcher(WatchLoop):
     def _blame(self, drift: Drift) -> str:
         return drift.culprit or self.state["last_writer"] or "unknown writer"
 
-    def _note(self, note: str) -> None:
-        if note not in self.state["notes"]:
-            log.warning("%s", note)
-            self.state["notes"] = [*self.state["notes"], note][-5:]
+    def note(self, topic: str, text: str) -> None:
+        """A condition the operator should see in status until it clears (one note per topic)."""
+        if self._notes.get(topic) != text:
+            log.warning("%s", text)
+            self._notes[topic] = text
+            self.state["notes"] = list(self._notes.values())
+
+    def clear_note(self, topic: str) -> None:
+        if self._notes.pop(topic, None) is not None:
+            self.state["notes"] = list(self._notes.values())
+
+    def has_note(self, topic: str) -> bool:
+        return topic in self._notes
 
     def _failed(self, what: str, exc: Exception) -> None:
         """One line, then a retry with backoff; a rejected new policy gives way to the last good one."""
