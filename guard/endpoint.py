@@ -7,6 +7,10 @@ import ipaddress
 import re
 
 
+class NotLoopback(ValueError):
+    """A remote address without allow_remote: the caller names the switch that allows it."""
+
+
 def parse_listen(value: str, allow_remote: bool = False) -> tuple[str, int]:
     """``metrics.listen`` (``HOST:PORT``, ``[V6]:PORT``) → (host, port). HOST must be an IP
     literal (no name lookups at start). A non-loopback address is refused unless
@@ -23,6 +27,6 @@ def parse_listen(value: str, allow_remote: bool = False) -> tuple[str, int]:
     if not 1 <= int(port) <= 65535:
         raise ValueError(f"port {port} is out of range 1-65535")
     if not addr.is_loopback and not allow_remote:
-        raise ValueError(f"{host} is not a loopback address; set metrics.allow_remote: true to serve metrics "
+        raise NotLoopback(f"{host} is not a loopback address; set metrics.allow_remote: true to serve metrics "
                          "beyond this node")
     return str(addr), int(port)

@@ -20,7 +20,8 @@ from ..configfile import check_config_file
 from ..configwatch import ConfigWatch
 from ..counters import drops_by_group
 from ..errors import EnvironmentProblem, NodeguardError
-from ..metrics import Heartbeat, Snapshot, parse_listen
+from ..endpoint import NotLoopback, parse_listen
+from ..metrics import Heartbeat, Snapshot
 from ..notify import Notifier, watchdog_interval
 from ..policy.load import configured_path
 from ..policy.schema import Policy
@@ -80,7 +81,7 @@ class Daemon:
             return parse_listen(listen, allow)
         except ValueError as exc:
             where = "--metrics-listen" if self.opts.metrics_listen else "metrics.listen"
-            hint = "; add --metrics-allow-remote" if self.opts.metrics_listen and "loopback" in str(exc) else ""
+            hint = "; add --metrics-allow-remote" if self.opts.metrics_listen and isinstance(exc, NotLoopback) else ""
             raise EnvironmentProblem(f"{where}: {exc}{hint}") from None
 
     def prepare(self) -> None:
