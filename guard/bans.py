@@ -40,7 +40,7 @@ class Ban:
 
 def escalation_sets(plan) -> dict[tuple[str, int], AddrSet]:
     """("banned" | "over" | "episode", IP version) -> the set; empty when nothing escalates."""
-    return {(s.base.split("-", 1)[0], s.version): s for s in plan.ruleset.sets if s.kind == "escalation"}
+    return {(s.role, s.version): s for s in plan.ruleset.sets if s.kind == "escalation"}
 
 
 def key_of(text: str) -> tuple[str, int]:

@@ -81,15 +81,9 @@ def forget_sources(plan: Plan, keys: list[tuple[str, str, str]]) -> bool:
 
 
 def _count_sets(plan: Plan) -> dict:
-    """(group, mode, IP version) -> the ``counts`` set. Bases: "count-<mode>-<group>-v<version>" (condemned
-    packets per source), "seen-<group>-v<version>" (every packet per source: mode "observed")."""
-    out = {}
-    for s in plan.ruleset.sets:
-        if s.kind == "counts":
-            kind, rest = s.base.split("-", 1)
-            mode, rest = rest.split("-", 1) if kind == "count" else ("observed", rest)
-            out[(rest.rsplit("-v", 1)[0], mode, s.version)] = s
-    return out
+    """(group, mode, IP version) -> the ``counts`` set: condemned packets per source (mode "enforce" or
+    "monitor"), or every packet per source (mode "observed")."""
+    return {(s.group, s.mode, s.version): s for s in plan.ruleset.sets if s.kind == "counts"}
 
 
 def trusted_sources(plan: Plan, nft: Nft) -> set[str]:

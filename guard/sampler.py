@@ -65,7 +65,7 @@ class Sampler:
             self.pcap = PcapLog(cfg.pcap, cfg.rotate.max_bytes, cfg.rotate.keep) if cfg.pcap else None
             s = plan.sampling
             # NFLOG carries the nflog transport and every monitor-mode group (whatever the transport)
-            monitored = any(c.name.startswith("monitor-") for c in plan.ruleset.chains)
+            monitored = any(c.role == "monitor" for c in plan.ruleset.chains)
             if s.transport == "nflog" or monitored:
                 self.nflog = NflogReader(s.nflog_group, s.snaplen)
             if s.transport == "nfqueue":

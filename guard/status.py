@@ -49,17 +49,18 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
 
 def _escalation(plan: Plan, live, meters: list[dict], drops: dict) -> dict[str, Any] | None:
     """Bans now, bans counted and packets of banned sources dropped; None when nothing escalates."""
-    banned = [m for m in meters if m["kind"] == "escalation" and m["set"].startswith("banned-")]
+    sets = {(s.role, s.version): s for s in plan.ruleset.sets if s.kind == "escalation"}  # the policy's numbers
+    version = {s.base: s.version for (role, _v), s in sets.items() if role == "banned"}
+    banned = [m for m in meters if m["set"] in version]
     if not banned:
         return None
-    by_base = {s.base: s for s in plan.ruleset.sets if s.kind == "escalation"}  # the policy's numbers
     return {"banned": sum(m["elements"] for m in banned), "size": banned[0]["size"],
-            "banned_v4": sum(m["elements"] for m in banned if m["set"].endswith("v4")),
-            "banned_v6": sum(m["elements"] for m in banned if m["set"].endswith("v6")),
+            "banned_v4": sum(m["elements"] for m in banned if version[m["set"]] == 4),
+            "banned_v6": sum(m["elements"] for m in banned if version[m["set"]] == 6),
             "bans": bans_counted(plan, live),
             "banned_drops": drops.get((BANNED, "enforce"), {}).get("packets", 0),
-            "after_s": by_base["episode-v4"].timeout_s, "gap_s": by_base["over-v4"].timeout_s,
-            "ban_s": by_base["banned-v4"].timeout_s}
+            "after_s": sets[("episode", 4)].timeout_s, "gap_s": sets[("over", 4)].timeout_s,
+            "ban_s": sets[("banned", 4)].timeout_s}
 
 
 def _ports(ports: list[int]) -> str:

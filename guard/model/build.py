@@ -79,7 +79,8 @@ class _Builder:
             return DROP
         name = f"{'sample' if mode == 'enforce' else 'monitor'}-{group}"
         if name not in self.sample_chains:
-            self.sample_chains[name] = Chain(name, self._sample_rules(group, mode))
+            self.sample_chains[name] = Chain(name, self._sample_rules(group, mode),
+                                             role="sample" if mode == "enforce" else "monitor", group=group)
         return Goto(name)
 
     def condemn_per_source(self, matches: tuple[Match, ...], group: str, mode: Mode, label: str) -> Rule:
@@ -101,7 +102,7 @@ class _Builder:
         counts = []
         for version in (4, 6) if s.count_sources else ():
             cs = self.add_set(AddrSet(f"count-{mode}-{group}-v{version}", version, "counts", size=s.count_sources,
-                                      timeout_s=s.count_timeout_s))
+                                      timeout_s=s.count_timeout_s, group=group, mode=mode))
             counts.append(Rule((Family(version), CountSource(cs.name, version)), CONTINUE,
                                f"count {group} per source v{version}", counter=False))
         odds = (OneIn(s.one_in(group)),) if s.one_in(group) > 1 else ()
@@ -124,7 +125,7 @@ class _Builder:
                                      (self.sampling.observe == "monitor" and mode == "monitor"))
         for version in (4, 6) if observe else ():  # every packet of the threat, per source: what tune reads
             seen = self.add_set(AddrSet(f"seen-{name}-v{version}", version, "counts", size=meter.size,
-                                        timeout_s=self.sampling.count_timeout_s))
+                                        timeout_s=self.sampling.count_timeout_s, group=name, mode="observed"))
             rules.append(Rule((Family(version), CountSource(seen.name, version)), CONTINUE,
                               f"observe {name} v{version}", counter=False))
         for version in (4, 6):
@@ -225,7 +226,7 @@ def _escalation(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities
         for what, timeout, size in (("over", esc.gap_s, meter.size), ("episode", esc.after_s, meter.size),
                                     ("banned", esc.ban_s, esc.size)):
             sets[(what, version)] = b.add_set(AddrSet(f"{what}-v{version}", version, "escalation", size=size,
-                                                      timeout_s=timeout)).name
+                                                      timeout_s=timeout, role=what)).name
     chains = []
     for group, version in b.escalated:
         over, episode, banned = (sets[(w, version)] for w in ("over", "episode", "banned"))
@@ -240,7 +241,7 @@ def _escalation(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities
             Rule((SourceInSet(episode, version), UpdateSource(over, version)), CONTINUE, f"over now v{version}",
                  counter=False),
             Rule((), b.condemned(group, "enforce"), f"condemned by {group}", counter=False),
-        )))
+        ), role="escalate", group=group, version=version))
     rules = (
         Rule((SourceInSet("allow-v4", 4),), RETURN, "allowlisted v4"),
         Rule((SourceInSet("allow-v6", 6),), RETURN, "allowlisted v6"),

@@ -66,6 +66,10 @@ class AddrSet:
     timeout_s: int = 0
     rate: Rate | None = None  # meter
     limit: int = 0  # conns
+    # what it is for, so that readers never parse the name (none of these is in the name's digest):
+    group: str | None = None  # counts: the rule group whose sources it counts
+    mode: str | None = None  # counts: "enforce" | "monitor" (condemned packets) | "observed" (every packet)
+    role: str | None = None  # escalation: "over" | "episode" | "banned"
 
     def __post_init__(self) -> None:
         if self.version not in (4, 6):
@@ -132,6 +136,9 @@ class Chain:
     stage: Stage | None = None  # base chains only: where it hooks (placement.PLACEMENTS)
     priority: int | None = None
     device: str | None = None  # ingress chains only: the device whose ingress hook it is on
+    role: str | None = None  # "sample" | "monitor" (a group's condemned packets) | "escalate"
+    group: str | None = None  # the rule group of a sample, monitor or escalation chain
+    version: int | None = None  # an escalation chain: the IP version it serves
 
     def __post_init__(self) -> None:
         if (self.stage is None) != (self.priority is None):

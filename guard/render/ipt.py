@@ -34,10 +34,11 @@ Where iptables cannot say what the model says:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
-from ..model.build import INGRESS_CHAIN, STATEFUL_CHAIN, STATELESS_CHAIN, SYNPROXY_CHAIN
+from ..model.build import STATEFUL_CHAIN, STATELESS_CHAIN, SYNPROXY_CHAIN
 from ..model.matches import (Assured, BanSource, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort,
                              Family, FibLocal, IcmpTypes, InterfaceNotIn, Log, NoTrack, OneIn, OverLimit, Proto,
                              RememberSource, SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver, TcpFlags,
@@ -73,14 +74,19 @@ def _short(name: str, limit: int) -> str:
 _SHORT = {"bogus-flags": "BOGUS", "icmp-flood": "ICMP", "syn-flood": "SYN"}
 
 
+def ipt_chain_name(c: Chain) -> str:
+    """A model chain's iptables name, from what the chain is for."""
+    if c.stage == "ingress":
+        return BAN_CHAIN
+    if c.role == "escalate":
+        return _short(f"{PREFIX}-ESC-{_SHORT.get(c.group, c.group.upper())}-V{c.version}", MAX_CHAIN)
+    return chain_name(c.name)
+
+
 def chain_name(name: str) -> str:
+    """The iptables name of a base or regular chain (not an ingress or escalation chain: ipt_chain_name)."""
     if name in _BASE_NAMES:
         return _BASE_NAMES[name]
-    if name.startswith(INGRESS_CHAIN):
-        return BAN_CHAIN
-    if name.startswith("escalate-"):
-        group, version = name[len("escalate-"):].rsplit("-v", 1)
-        return _short(f"{PREFIX}-ESC-{_SHORT.get(group, group.upper())}-V{version}", MAX_CHAIN)
     return _short(f"{PREFIX}-{_SHORT.get(name, name.upper())}", MAX_CHAIN)
 
 
@@ -193,13 +199,14 @@ def render_ipt(rs: RuleSet, version: int) -> Render:
     tables: dict[str, Table] = {}
     condemning: dict[str, tuple[str, str] | str] = {}
     owner = _table_of_chains(rs)
-    lines = lambda rs_: [line for r in rs_ for line in _rule(r, version, sets, limits)]  # noqa: E731
+    names = {c.name: ipt_chain_name(c) for c in rs.chains}
+    lines = lambda rs_: [line for r in rs_ for line in _rule(r, version, sets, limits, names)]  # noqa: E731
     ingress = [c for c in rs.chains if c.stage == "ingress"]
     for chain in rs.chains:
         table = tables.setdefault(owner[chain.name], Table(owner[chain.name]))
         rules = [r for r in chain.rules if _applies(r, version)]
-        name = chain_name(chain.name)
-        if chain.name.startswith("escalate-") and not chain.name.endswith(f"-v{version}"):
+        name = names[chain.name]
+        if chain.version is not None and chain.version != version:
             continue  # the other family's escalation chain: nothing in this family goes there
         if chain.stage == "ingress":  # one dispatcher for every device, their (identical) rules once
             if chain is not ingress[0]:
@@ -258,8 +265,8 @@ def _applies(rule: Rule, version: int) -> bool:
     return all(version in _versions(x) for x in rule.matches)
 
 
-def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, NamedLimit]
-          ) -> list[tuple[str, str, tuple | None]]:
+def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, NamedLimit],
+          names: dict[str, str]) -> list[tuple[str, str, tuple | None]]:
     """One model rule as iptables lines (a per-source meter needs its admission line first), each
     with the (group, mode) whose drops its counter counts, if it condemns."""
     proto = _proto(rule, version)
@@ -280,7 +287,7 @@ def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, 
             out.append((" ".join(admit), f"{rule.label} admission", None))
             parts.append(f"-m set --match-set {name} src")  # a CountSource rule ends here: the match counts
         parts += _match(x, version, sets, limits)
-    parts.append(_target(rule, sets))
+    parts.append(_target(rule, sets, names))
     group = (rule.group, rule.mode) if rule.group else None
     return [*out, (" ".join(p for p in parts if p), rule.label, group)]
 
@@ -353,7 +360,7 @@ def _match(x: object, version: int, sets: dict[str, AddrSet], limits: dict[str, 
     raise TypeError(f"no iptables rendering for {x!r}")
 
 
-def _target(rule: Rule, sets: dict[str, AddrSet]) -> str:
+def _target(rule: Rule, sets: dict[str, AddrSet], names: dict[str, str]) -> str:
     for x in rule.matches:
         if isinstance(x, (RememberSource, UpdateSource)):  # --exist: a re-add restarts the timeout
             return f"-j SET --add-set {ipset_name(sets[x.set])} src --exist"
@@ -365,9 +372,9 @@ def _target(rule: Rule, sets: dict[str, AddrSet]) -> str:
             return f'-j NFLOG --nflog-group {x.nflog_group} --nflog-prefix "{x.prefix}" --nflog-size {x.snaplen}'
     v = rule.verdict
     if isinstance(v, Jump):
-        return f"-j {chain_name(v.chain)}"
+        return f"-j {names[v.chain]}"
     if isinstance(v, Goto):
-        return f"-g {chain_name(v.chain)}"
+        return f"-g {names[v.chain]}"
     if isinstance(v, Queue):
         return f"-j NFQUEUE --queue-num {v.number}"
     if isinstance(v, Synproxy):
@@ -388,5 +395,5 @@ def expand_icmp(rs: RuleSet) -> RuleSet:
             for t in icmp[0].types:
                 matches = tuple(IcmpTypes(x.version, (t,)) if x is icmp[0] else x for x in r.matches)
                 rules.append(Rule(matches, r.verdict, f"{r.label} type {t}", r.counter))
-        chains.append(Chain(c.name, tuple(rules), c.stage, c.priority, c.device))
+        chains.append(dataclasses.replace(c, rules=tuple(rules)))
     return RuleSet(tuple(chains), rs.sets, rs.limits, rs.interfaces, rs.table, rs.sample_groups)
