@@ -25,7 +25,7 @@ from guard.model.plans import Priorities, SynproxyPlan
 from guard.model.ruleset import RuleSet
 from guard.model.verdicts import Continue, Drop, Goto
 from guard.policy.load import parse_policy
-from guard.policy.schema import Policy
+from guard.policy.schema import Policy, Synproxy
 from guard.render import ipt as render_ipt
 from guard.render import nft as render_nft
 from guard.render.ids import PREFIX
@@ -36,9 +36,10 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 TERMINAL = {"queue", "drop", "accept", "reject", "goto", "jump", "return"}
 
 
-SYNPROXY = SynproxyPlan((22, 6443, 10250), (22, 10250), 1460, 1440, 7)  # what a node's listeners give
+_ENGAGE = (Synproxy().engage_over, Synproxy().hold_s)  # the policy's defaults
+SYNPROXY = SynproxyPlan((22, 6443, 10250), (22, 10250), 1460, 1440, 7, False, *_ENGAGE)  # a node's listeners
 # with NodePorts too, SYNPROXY itself answers (the host-ports-only plan leaves that to the kernel's syncookies)
-FORWARDED = SynproxyPlan((22, 6443, 10250, 30080), (22, 10250, 30080), 1460, 1440, 7, forwarded=True)
+FORWARDED = SynproxyPlan((22, 6443, 10250, 30080), (22, 10250, 30080), 1460, 1440, 7, True, *_ENGAGE)
 
 
 _BY_TRANSPORT = object()
@@ -150,7 +151,8 @@ def _ipt_invariants(rs: RuleSet, text: str) -> None:
 synproxies = st.one_of(st.none(), st.builds(
     SynproxyPlan, st.lists(st.integers(1, 65535), max_size=20, unique=True).map(tuple),
     st.lists(st.integers(1, 65535), max_size=20, unique=True).map(tuple), st.integers(536, 9000),
-    st.integers(1220, 9000), st.integers(0, 14), st.booleans()))
+    st.integers(1220, 9000), st.integers(0, 14), st.booleans(), st.just(Synproxy().engage_over),
+    st.integers(1, 86400)))
 
 
 def _escalation_invariants(policy: Policy, rs: RuleSet) -> None:

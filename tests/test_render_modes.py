@@ -155,7 +155,8 @@ def test_no_rule_of_a_monitor_mode_policy_can_drop(transport):
     """The model itself: from a monitor-mode condemning rule, every chain it can reach returns (a drop,
     queue or SYNPROXY anywhere in a monitor-mode ruleset would drop packets the operator only watches)."""
     policy = _policy("mode: monitor\nsyn:\n  synproxy:\n    forwarded: true\n")
-    synproxy = SynproxyPlan((22,), (22,), 1460, 1440, 7, forwarded=True)
+    cfg = policy.syn.synproxy
+    synproxy = SynproxyPlan((22,), (22,), 1460, 1440, 7, True, cfg.engage_over, cfg.hold_s)
     sampling = sampling_settings(policy, transport, ODDS) if transport else None
     rs = build_ruleset(policy, tuple(policy.interfaces), Priorities(), sampling, synproxy)
     condemning = [r for c in rs.chains for r in c.rules if r.group]

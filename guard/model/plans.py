@@ -22,10 +22,10 @@ class Sampling:
     nflog_group: int
     queue_base: int
     snaplen: int
-    exponents: tuple[tuple[str, int], ...] = ()  # (group, k): sample 1 in 2**k (sampling_odds.py)
-    count_sources: int = 0  # per group and family: sources counted exactly by the kernel
-    count_timeout_s: int = 30  # > 2 windows: the sampler reads each count before it can expire
-    observe: Literal["monitor", "always", "never"] = "never"  # count every packet per source, for tune
+    exponents: tuple[tuple[str, int], ...]  # (group, k): sample 1 in 2**k (sampling_odds.py)
+    count_sources: int  # per group and family: sources counted exactly by the kernel
+    count_timeout_s: int  # > 2 windows: the sampler reads each count before it can expire
+    observe: Literal["monitor", "always", "never"]  # count every packet per source, for tune
 
     def one_in(self, group: str) -> int:
         return 2 ** dict(self.exponents).get(group, 0)
@@ -33,16 +33,17 @@ class Sampling:
 
 @dataclass(frozen=True)
 class SynproxyPlan:
-    """The host's side of ``syn.synproxy``: which ports per family, and what to announce."""
+    """The host's side of ``syn.synproxy``: which ports per family, and what to announce (the
+    policy's settings are passed in: their defaults live in the policy schema alone)."""
 
     ports_v4: tuple[int, ...]
     ports_v6: tuple[int, ...]
     mss_v4: int
     mss_v6: int
     wscale: int  # the server's own (listeners.server_wscale)
-    forwarded: bool = False  # NodePorts too: the node runs with nf_conntrack_tcp_loose=0
-    engage_over: Rate = Rate(1000, "second", 500)  # SYNs to proxied ports per second that engage it
-    hold_s: int = 60  # engaged this long after the last SYN over that rate
+    forwarded: bool  # NodePorts too: the node runs with nf_conntrack_tcp_loose=0
+    engage_over: Rate  # SYNs to proxied ports per second that engage it
+    hold_s: int  # engaged this long after the last SYN over that rate
 
     @property
     def states(self) -> tuple:
