@@ -2,7 +2,8 @@
 
 The kernel samples every condemned packet with the same probability (nft ``numgen random``, xt
 ``statistic --mode random``), so each source's share of the samples is its share of the packets;
-token buckets alone sample uniformly in *time*, which skewed per-source estimates by up to ±21 %.
+token buckets alone sample uniformly in *time*, which skews per-source estimates whenever the
+sources' rates vary (docs/design/sampling.md).
 The sampler sets k at each window's end from the group's condemned rate, so that the samples stay
 under half the group's cap (the buckets remain as a hard ceiling). k lives in a small file beside
 the watcher's state: the watcher renders with it too, so it never "repairs" the sampler's odds away.
