@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -149,6 +150,14 @@ def namespace(prefix: str = "ng"):
         ns.run("ip link set lo up")
         yield ns
     finally:
+        # a test that failed mid-flood leaves its hping3, sampler or server running: deleting the name
+        # alone would leave them on a core while the next test measures
+        pids = sh(["ip", "netns", "pids", ns.name], check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
         sh(["ip", "netns", "del", ns.name], check=False)
 
 

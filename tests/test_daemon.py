@@ -572,7 +572,7 @@ def test_the_last_good_policy_runs_when_the_configured_one_is_broken_and_a_fix_t
 
 
 # --- pieces, without a kernel ---------------------------------------------------------------
-def test_each_drift_carries_its_kind_and_only_rule_changes_are_in_place():
+def test_each_drift_carries_its_kind_and_only_rule_changes_are_in_place(tmp_path):
     """The repair metric's label comes from the drift itself (Reason.kind), not from its text."""
     import dataclasses
 
@@ -581,7 +581,10 @@ def test_each_drift_carries_its_kind_and_only_rule_changes_are_in_place():
     from guard.drift import KINDS
     from guard.policy.load import load_policy
 
-    plan = make_plan(load_policy(Path(__file__).parents[1] / "rules" / "default.yaml")[0], None, interfaces=("eth0",))
+    policy = load_policy(Path(__file__).parents[1] / "rules" / "default.yaml")[0]
+    # its own state directory: the render reads the sampling odds beside the state file (not the host's /run)
+    policy = policy.model_copy(update={"watcher": policy.watcher.model_copy(update={"state_file": str(tmp_path / "w")})})
+    plan = make_plan(policy, None, interfaces=("eth0",))
     o = plan.backend.objects
     live = NftLive(True, {c["name"]: c for c in o.chains}, {s["name"]: s for s in o.sets},
                    {x["name"]: x for x in o.limits}, tuple(o.rules), dict(o.elements))

@@ -13,14 +13,16 @@ from guard.render.ipt import ipt_chain_name, render_ipt
 ROOT = Path(__file__).parents[1]
 
 
-def _plan(icmp_mode: str | None = None):
+def _plan(tmp_path: Path, icmp_mode: str | None = None):
+    """The default policy, with its own state directory (the render reads the sampling odds there)."""
     policy = parse_policy((ROOT / "rules" / "default.yaml").read_text(), "default.yaml")
-    policy = policy.model_copy(update={"icmp": policy.icmp.model_copy(update={"mode": icmp_mode})})
+    policy = policy.model_copy(update={"icmp": policy.icmp.model_copy(update={"mode": icmp_mode}),
+                                       "watcher": policy.watcher.model_copy(update={"state_file": str(tmp_path / "w")})})
     return make_plan(policy, None, interfaces=("eth0",))
 
 
-def test_count_and_escalation_sets_are_keyed_by_their_roles():
-    plan = _plan("monitor")
+def test_count_and_escalation_sets_are_keyed_by_their_roles(tmp_path):
+    plan = _plan(tmp_path, "monitor")
     counts = _count_sets(plan)
     groups = set(plan.ruleset.sample_groups)
     condemned = {(g, m) for g, m, _v in counts if m != "observed"}
@@ -34,8 +36,8 @@ def test_count_and_escalation_sets_are_keyed_by_their_roles():
     assert all(s.base == f"{w}-v{v}" for (w, v), s in esc.items())
 
 
-def test_each_family_renders_only_its_own_escalation_chains():
-    rs = _plan().ruleset
+def test_each_family_renders_only_its_own_escalation_chains(tmp_path):
+    rs = _plan(tmp_path).ruleset
     escalating = [c for c in rs.chains if c.role == "escalate"]
     assert escalating and {c.version for c in escalating} == {4, 6}
     for version in (4, 6):
