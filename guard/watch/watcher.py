@@ -39,8 +39,11 @@ INTERFACES_NOTE = "interfaces"  # note topic: the default route's interface is g
 
 class Watcher(WatchLoop):
     def __init__(self, policy: Policy, nft: Nft, clock: Callable[[], float] = time.monotonic,
-                 on_good: Callable[[Policy], None] | None = None):
+                 on_good: Callable[[Policy], None] | None = None, odds_from_file: bool = False):
         self.policy = policy
+        # ``nodeguard watch`` beside ``nodeguard sample``: that sampler installs its odds and writes
+        # the file; this watcher renders with the file's, read at each render, so it never undoes them
+        self.odds_from_file = odds_from_file
         self.on_good = on_good  # told of every policy the kernel accepted (to keep it for the next boot)
         self.good_policy: Policy | None = None  # the last policy the kernel accepted
         self.nft = nft
@@ -99,7 +102,7 @@ class Watcher(WatchLoop):
             self._flavour = choose_flavour(policy, self.nft)  # decided once per policy (None: nft)
         return make_plan(policy, self.nft, flavour=self._flavour,
                          cache=self._plans if policy is self.policy else None, interfaces=self.interfaces(policy),
-                         probe_foreign=policy.backend == "nft", odds=self.odds)
+                         probe_foreign=policy.backend == "nft", odds=None if self.odds_from_file else self.odds)
 
     def check(self, scope: Scope = None) -> tuple[Plan, object, Drift | None]:
         self.state["checks"] += 1
