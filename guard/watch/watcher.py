@@ -261,9 +261,11 @@ class Watcher(WatchLoop):
             if plan.sampling is None or plan.backend.name != self._backend:  # a reload not yet installed
                 raise NodeguardError("the policy in place samples nothing, or its backend is not installed yet")
             live = read_live_state(plan, self.nft)
-            # the live bodies as the reference: only the sample chains (their odds) are rewritten, every
-            # other chain keeps its rules and counters (the drops per group the sampler reads)
-            apply_plan(plan, self.nft, repair=True, live=live, fingerprints=plan.backend.fingerprints(live))
+            # only the sample chains (their odds) are rewritten, every other chain keeps its rules and
+            # counters (the drops per group the sampler reads). Our record of the bodies is the reference,
+            # not the live ones: a rewrite under our comment not yet noticed is refilled, never adopted
+            kept_bodies = self.fingerprints or plan.backend.fingerprints(live)
+            apply_plan(plan, self.nft, repair=True, live=live, fingerprints=kept_bodies)
         except NodeguardError as exc:
             self.odds = kept
             self._live = None  # a restore may have failed half-way (iptables: per family): look again
