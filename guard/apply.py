@@ -90,7 +90,9 @@ def nft_queue_supported(nft: Nft) -> bool:
     return _QUEUE_PROBE["nft"]
 
 
-def choose_sampling(policy: Policy, nft: Nft | None) -> tuple[Sampling | None, str]:
+def choose_sampling(policy: Policy, nft: Nft | None, odds: dict[str, int] | None = None
+                    ) -> tuple[Sampling | None, str]:
+    """``odds``: the sampling odds to render (the watcher's); None: those in the odds file."""
     cfg = policy.sampler
     if not cfg.enabled:
         return None, "sampler.enabled is false"
@@ -104,7 +106,9 @@ def choose_sampling(policy: Policy, nft: Nft | None) -> tuple[Sampling | None, s
             transport, reason = "nflog", "auto: this kernel lacks the nft queue expression (CONFIG_NFT_QUEUE)"
         else:
             transport, reason = "nflog", "auto: not probed (no privileges)"
-    return sampling_settings(policy, transport, sampling_odds.load(sampling_odds.path_for(policy))), reason
+    if odds is None:
+        odds = sampling_odds.load(sampling_odds.path_for(policy))
+    return sampling_settings(policy, transport, odds), reason
 
 
 def sampling_settings(policy: Policy, transport: str, odds: dict[str, int] | None = None) -> Sampling:
@@ -135,7 +139,7 @@ def synproxy_plan(policy: Policy, interfaces: tuple[str, ...]) -> SynproxyPlan |
 
 def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | None = None,
               cache: dict | None = None, interfaces: tuple[str, ...] | None = None,
-              probe_foreign: bool = True) -> Plan:
+              probe_foreign: bool = True, odds: dict[str, int] | None = None) -> Plan:
     """Render the policy for this host. Without ``nft`` (no privileges) the default priorities are used.
 
     The watcher passes the ``flavour`` it decided once, the ``interfaces`` it resolved (so a
@@ -144,13 +148,17 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     probe of foreign base chains (``probe_foreign``) for the iptables backend, whose render does
     not depend on them (its competitors are rules ahead of our jumps), and which costs a listing of
     every chain on each check.
+
+    ``odds``: the sampling odds to render (sampling_odds.py). The daemon's watcher passes the ones
+    it holds, so that its render depends on no file another thread writes; None (the one-shot
+    verbs, ``nodeguard sample``): those in the odds file.
     """
     foreign = tuple(probe.foreign_base_chains(nft)) if nft and probe_foreign else ()
     if interfaces is None:
         interfaces = resolve_interfaces(policy.interfaces)
     if flavour is None:
         flavour = choose_flavour(policy, nft)
-    sampling, sampling_reason = choose_sampling(policy, nft)
+    sampling, sampling_reason = choose_sampling(policy, nft, odds)
     synproxy = synproxy_plan(policy, interfaces)
     key = (interfaces, foreign, flavour, sampling, synproxy)
     if cache is not None and key in cache:

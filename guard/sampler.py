@@ -54,11 +54,16 @@ def observed_records(start: float, end: float, observed: dict[tuple[str, str], d
 
 
 class Sampler:
-    def __init__(self, policy: Policy, plan: Plan, nft: Nft, clock: Callable[[], float] = time.time):
+    def __init__(self, policy: Policy, plan: Plan, nft: Nft, clock: Callable[[], float] = time.time,
+                 post_odds: Callable[[dict[str, int]], None] | None = None):
+        """``post_odds`` (the daemon): new odds are asked of it, whose watcher installs them and
+        hands the new plan back (set_plan); without it (``nodeguard sample``) this sampler installs them."""
         if plan.sampling is None:
             raise ValueError("sampling is off in this policy (sampler.enabled: false)")
         cfg = policy.sampler
         self.policy, self.cfg, self.plan, self.nft, self.clock = policy, cfg, plan, nft, clock
+        self.post_odds = post_odds
+        self.asked: dict[str, int] | None = None  # odds posted and not yet in a plan handed to us
         self.nflog = self.nfq = self.pcap = None
         self.log = AttackLog(cfg.log, cfg.rotate.max_bytes, cfg.rotate.keep)
         try:
@@ -123,7 +128,11 @@ class Sampler:
 
     def _one_in(self) -> dict[str, int]:
         """The sampling odds the kernel has now, per group (the log's window records say them: a
-        window's ``sampled`` is about ``condemned`` / ``one_in`` once the odds held all of it)."""
+        window's ``sampled`` is about ``condemned`` / ``one_in`` once the odds held all of it).
+        Odds just posted are the kernel's a few ms into the window: the window is theirs."""
+        asked = self.asked
+        if asked is not None:
+            return {g: 2 ** asked.get(g, 0) for g in self.plan.ruleset.sample_groups}
         return {g: self.plan.sampling.one_in(g) for g in self.plan.ruleset.sample_groups}
 
     def _read_bans(self) -> dict[str, int | None]:
@@ -155,7 +164,7 @@ class Sampler:
         """The rules changed (a reload): count and adapt against the new ones from now on. The
         counters are read afresh only when the rules or sets they live in changed (``rebase`` None:
         find out), else packets between the last read and now would go uncounted."""
-        old, self.plan = self.plan, plan
+        old, self.plan, self.asked = self.plan, plan, None
         if rebase is None:
             rebase = (condemning_ids(old) != condemning_ids(plan)
                       or {s.name for s in old.ruleset.sets if s.kind == "counts"}
@@ -166,7 +175,8 @@ class Sampler:
 
     def _adapt_odds(self, delta: dict[tuple[str, str], int], seconds: float) -> None:
         """Keep each group's samples near half its cap with the odds 1 in 2**k (sampling_odds.py);
-        a change is one state-keeping transaction that rewrites the sample chains only."""
+        a change is one state-keeping transaction that rewrites the sample chains only (in the
+        daemon, the watcher's: ``post_odds``)."""
         s = self.plan.sampling
         current = dict(s.exponents)
         cap = self.cfg.rate.per_s
@@ -174,7 +184,12 @@ class Sampler:
         for group in self.plan.ruleset.sample_groups:
             rate = sum(n for (g, _mode), n in delta.items() if g == group) / seconds
             wanted[group] = sampling_odds.next_exponent(current.get(group, 0), rate, cap)
+        self.asked = None
         if {g: k for g, k in wanted.items() if k} == {g: k for g, k in current.items() if k}:
+            return
+        if self.post_odds is not None:  # the daemon's watcher installs them, then hands us its plan
+            self.asked = wanted
+            self.post_odds(wanted)
             return
         sampling_odds.save(sampling_odds.path_for(self.policy), wanted)
         try:

@@ -6,7 +6,9 @@ token buckets alone sample uniformly in *time*, which skews per-source estimates
 sources' rates vary (docs/design/sampling.md).
 The sampler sets k at each window's end from the group's condemned rate, so that the samples stay
 under half the group's cap (the buckets remain as a hard ceiling). k lives in a small file beside
-the watcher's state: the watcher renders with it too, so it never "repairs" the sampler's odds away.
+the watcher's state. In the daemon the sampler only asks for new odds: the watcher installs them
+(Watcher.set_odds), renders with the odds it holds and alone writes this file, which gives them back
+after a restart. ``nodeguard sample`` alone writes the file and installs them itself.
 """
 
 from __future__ import annotations

@@ -190,20 +190,39 @@ def test_sampling_odds_are_pinned_with_their_exact_numbers(transport, golden):
     assert sum("--mode random" in ln for ln in ipt_text.splitlines()) == 2 * 2  # v4 and v6 rules
 
 
-def test_odds_in_the_odds_file_reach_the_rendered_ruleset(tmp_path):
-    """What apply and the watcher render: the sampler's odds file (sampling_odds.py) beside the state file."""
-    policy = _policy(f"watcher:\n  state_file: {tmp_path}/watch.json\nsyn:\n  synproxy:\n    ports: []\n")
-    sampling_odds.save(sampling_odds.path_for(policy), {"syn-flood": 5})
-    for backend, odds in (("nft", "numgen mode random mod 32 offset 0 == 0"),
-                          ("iptables", "-m statistic --mode random --probability 0.0312500000 ")):
+def _assert_syn_flood_sampled_1_in_32(policy: Policy, odds: dict[str, int] | None) -> None:
+    """make_plan(..., odds=odds) renders syn-flood's samples at 1 in 32, and no other group's at random."""
+    for backend, odds_text in (("nft", "numgen mode random mod 32 offset 0 == 0"),
+                               ("iptables", "-m statistic --mode random --probability 0.0312500000 ")):
         plan = make_plan(policy.model_copy(update={"backend": backend}), None,
-                         flavour=None if backend == "nft" else ("nft", "given"))
+                         flavour=None if backend == "nft" else ("nft", "given"), odds=odds)
         tx = transaction(plan, read_state(plan, None))  # what `nodeguard check` prints
         text = _readable(tx.json()["nftables"]) if backend == "nft" else tx.text()
-        lines = [ln for ln in text.splitlines() if odds in ln]
+        lines = [ln for ln in text.splitlines() if odds_text in ln]
         assert len(lines) == (1 if backend == "nft" else 2) and all("sample syn-flood via" in ln for ln in lines), \
-            f"{backend}: the sample rules with {odds!r}: {lines}"
-        assert text.count("random") == len(lines), "only the group with odds in the file samples at random"
+            f"{backend}: the sample rules with {odds_text!r}: {lines}"
+        assert text.count("random") == len(lines), "only the group with odds samples at random"
+
+
+def _odds_policy(tmp_path: Path) -> Policy:
+    return _policy(f"watcher:\n  state_file: {tmp_path}/watch.json\nsyn:\n  synproxy:\n    ports: []\n")
+
+
+def test_odds_in_the_odds_file_reach_the_rendered_ruleset(tmp_path):
+    """What apply and `nodeguard sample` render: the odds file (sampling_odds.py) beside the state file."""
+    policy = _odds_policy(tmp_path)
+    sampling_odds.save(sampling_odds.path_for(policy), {"syn-flood": 5})
+    _assert_syn_flood_sampled_1_in_32(policy, None)
+
+
+def test_odds_passed_to_make_plan_are_rendered_and_the_odds_file_is_not_read(tmp_path):
+    """The daemon's watcher renders with the odds it holds (issue 17): no file, or another one on
+    disk (written by someone else), changes its render."""
+    policy = _odds_policy(tmp_path)
+    assert not sampling_odds.path_for(policy).exists()
+    _assert_syn_flood_sampled_1_in_32(policy, {"syn-flood": 5})
+    sampling_odds.save(sampling_odds.path_for(policy), {"syn-flood": 2, "icmp-flood": 10})
+    _assert_syn_flood_sampled_1_in_32(policy, {"syn-flood": 5})
 
 
 # --- a changed policy re-applied onto a live table ---------------------------------------------

@@ -132,3 +132,36 @@ def test_report_filters_by_time_and_rule_and_draws_the_timeline(tmp_path):
     assert svg.startswith("<svg") and "syn-flood" in svg and "polyline" in svg
     text = runner.invoke(cli, ["report", "--log", str(path)]).output
     assert "192.0.2.9" in text and "timeline" in text
+
+
+def test_in_the_daemon_new_odds_are_posted_not_installed(tmp_path, monkeypatch):
+    """Issue 17: with ``post_odds`` (the daemon) the sampler asks for the odds it computed, and
+    neither writes sampling.json nor renders or applies: the watcher does, in its own thread.
+    The Sampler is built without its kernel half (readers, counters): only _adapt_odds runs."""
+    from guard import sampler as sampler_mod
+    from guard import sampling_odds
+    from guard.apply import make_plan
+    from guard.policy.schema import Policy
+
+    policy = Policy.model_validate({"watcher": {"state_file": str(tmp_path / "watch.json")},
+                                    "syn": {"synproxy": {"ports": []}}})
+    plan = make_plan(policy, None, interfaces=("eth0",), odds={})
+    cap = policy.sampler.rate.per_s
+    posted = []
+    s = object.__new__(sampler_mod.Sampler)
+    s.policy, s.cfg, s.plan, s.nft, s.post_odds, s.asked = policy, policy.sampler, plan, None, posted.append, None
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("the daemon's sampler must not render, apply or save odds itself")
+
+    for name in ("make_plan", "apply_plan", "read_state"):
+        monkeypatch.setattr(sampler_mod, name, forbidden)
+    monkeypatch.setattr(sampler_mod.sampling_odds, "save", forbidden)
+    group = plan.ruleset.sample_groups[0]
+    s._adapt_odds({(group, "enforce"): int(cap * 64)}, 1.0)  # 64 times the cap for one second
+    wanted = {g: sampling_odds.next_exponent(0, cap * 64 if g == group else 0, cap) for g in plan.ruleset.sample_groups}
+    assert posted == [wanted] and wanted[group] == 7  # half the cap: 1 in 128
+    assert not sampling_odds.path_for(policy).exists()
+    assert s._one_in()[group] == 128, "the next window counts at the odds just asked for"
+    s._adapt_odds({}, 1.0)  # nothing condemned: back to every packet (the plan still has none: no change)
+    assert posted == [wanted] and s.asked is None

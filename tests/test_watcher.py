@@ -263,13 +263,13 @@ def test_sighup_reloads_the_policy_and_a_bad_edit_keeps_the_current_rules(watche
     assert "7/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout
 
 
-def test_notes_are_kept_by_topic_and_cleared_by_topic():
+def test_notes_are_kept_by_topic_and_cleared_by_topic(tmp_path):
     """Status shows one note per condition; clearing one never has to match its text."""
     from guard.lastgood import FALLBACK_NOTE
     from guard.policy.schema import Policy
     from guard.watch.watcher import INTERFACES_NOTE, Watcher
 
-    w = Watcher(Policy(), None)
+    w = Watcher(Policy.model_validate({"watcher": {"state_file": str(tmp_path / "watch.json")}}), None)
     w.note(FALLBACK_NOTE, "running the last good policy: x")
     w.note(INTERFACES_NOTE, "eth9 is gone: keeping the last known interfaces eth0")
     w.note(INTERFACES_NOTE, "eth8 is gone: keeping the last known interfaces eth0")
@@ -277,3 +277,17 @@ def test_notes_are_kept_by_topic_and_cleared_by_topic():
     w.clear_note(FALLBACK_NOTE)
     assert not w.has_note(FALLBACK_NOTE) and w.has_note(INTERFACES_NOTE)
     assert w.state["notes"] == ["eth8 is gone: keeping the last known interfaces eth0"]
+
+
+def test_the_watcher_holds_the_odds_of_the_file_it_started_with(tmp_path):
+    """Issue 17: the odds file gives the odds back after a restart; then the watcher renders with
+    the ones it holds (set_odds changes them), whoever writes the file meanwhile."""
+    from guard import sampling_odds
+    from guard.policy.schema import Policy
+    from guard.watch.watcher import Watcher
+
+    policy = Policy.model_validate({"watcher": {"state_file": str(tmp_path / "watch.json")}})
+    sampling_odds.save(sampling_odds.path_for(policy), {"syn-flood": 5})
+    w = Watcher(policy, None)
+    sampling_odds.save(sampling_odds.path_for(policy), {"syn-flood": 2})
+    assert w.odds == {"syn-flood": 5} and w.set_odds({"syn-flood": 5, "icmp-flood": 0}) is None

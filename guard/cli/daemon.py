@@ -33,7 +33,8 @@ def watch(config: str | None, last_good: str, verbose: bool) -> None:
     log = logging.getLogger("nodeguard.watch")
     feed = lastgood.ConfiguredPolicy(trusted_config(config), kernel(), log, Path(last_good))
     log.info("watching with %s", feed.source)
-    watcher = Watcher(feed.first, feed.nft, on_good=lambda p: feed.accepted(p, watcher.policy))
+    watcher = Watcher(feed.first, feed.nft, on_good=lambda p: feed.accepted(p, watcher.policy),
+                      odds_from_file=True)  # a `nodeguard sample` beside it sets the odds
     feed.note_fallback(watcher)
     reload_requested = []
     wake_r, wake_w = socket.socketpair()

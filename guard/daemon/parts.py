@@ -41,8 +41,10 @@ class SamplerPart:
 
     name = "sampler"
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 post_odds: Callable[[dict[str, int]], None] | None = None):
         self.clock = clock
+        self.post_odds = post_odds  # how the sampler asks the watcher for new odds (never directly)
         self.backoff = Backoff(clock)
         self.thread: threading.Thread | None = None
         self.sampler = None
@@ -74,16 +76,18 @@ class SamplerPart:
         with self._lock:
             return self._enobufs + (self.sampler.nflog_enobufs if self.sampler is not None else 0)
 
-    def tick(self, policy: Policy, plan) -> None:
-        """From the main loop: reap, restart, or start for a new plan."""
+    def tick(self, policy: Policy, plan, odds_only: bool = False) -> None:
+        """From the main loop: reap, restart, or start for a new plan. ``odds_only``: the plan is the
+        watcher's for new sampling odds, which rewrote only sample chains (no counter to re-read)."""
         want = plan is not None and plan.sampling is not None
-        # the sampler changes its own odds (sampling_odds.py): a new render, not a new sampler
+        # the sampler asks for new odds (sampling_odds.py): a new render, not a new sampler
         key = (dataclasses.replace(plan.sampling, exponents=()), plan.ruleset.sample_groups, plan.backend.name,
                policy.sampler) if want else None
         if self.thread is not None and self.thread.is_alive():
             if key == self.key:
                 if self.sampler is not None and self.sampler.plan is not plan:
-                    self.sampler.set_plan(plan)  # same sampling, new render (a reload): count its rules
+                    # same sampling, new render (a reload, new odds): count its rules
+                    self.sampler.set_plan(plan, rebase=False if odds_only else None)
                 if self.backoff.failures and self.clock() - self.started_at >= HEALTHY_AFTER_S:
                     self.backoff.failures = 0
                 return
@@ -103,7 +107,7 @@ class SamplerPart:
         from ..sampler import Sampler
 
         try:
-            sampler = Sampler(policy, plan, Nft())
+            sampler = Sampler(policy, plan, Nft(), post_odds=self.post_odds)
             with self._lock:
                 self.sampler = sampler
             sampler.run(lambda: self._stop, wake=self._wake_r)

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ class Daemon:
         self.watchdog_s = watchdog_interval(self.env)
         self.heartbeat = Heartbeat(max_age_s=60.0)
         self.watcher: Watcher | None = None
-        self.sampler = SamplerPart(clock)
+        self.sampler = SamplerPart(clock, post_odds=self._post_odds)
         self.metrics: MetricsPart | None = None
         self.provider = MetricsProvider(self, clock)
         self.configured: Path | None = configured_path(opts.config)
@@ -72,6 +73,9 @@ class Daemon:
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
+        self._odds_lock = threading.Lock()
+        self._odds_wanted: dict[str, int] | None = None  # asked for by the sampler thread, not yet installed
+        self._odds_plan = None  # the watcher's plan for the odds it installed last
 
     # --- start ------------------------------------------------------------------------------
     def _metrics_listen(self, policy: Policy) -> tuple[str, int]:
@@ -150,6 +154,16 @@ class Daemon:
         except OSError:
             pass
 
+    def _post_odds(self, wanted: dict[str, int]) -> None:
+        """From the sampler thread: new sampling odds, for the watcher to install in its own thread
+        (it is the only writer of the kernel and of the odds file). The latest ask wins."""
+        with self._odds_lock:
+            self._odds_wanted = dict(wanted)
+        try:
+            self._wake_w.send(b"o")
+        except OSError:  # full: a wakeup is pending anyway
+            pass
+
     # --- called by the watcher's loop -------------------------------------------------------
     def _heartbeat(self) -> None:
         now = self.clock()
@@ -176,7 +190,7 @@ class Daemon:
             log.info("%s changed; reloading", self.configured)
             self.request_reload()
         if self._ready:
-            self.sampler.tick(w.policy, w.last_plan)
+            self.sampler.tick(w.policy, w.last_plan, odds_only=w.last_plan is self._odds_plan)
             self.metrics.tick()
             if now >= self._next_status:
                 self._refresh_rate(now)
@@ -201,6 +215,16 @@ class Daemon:
         self._rate = (now, total)
 
     def _on_wakeup(self) -> bool:
+        # odds first: installed with the policy in place, not with a reloaded one not yet installed
+        with self._odds_lock:
+            wanted, self._odds_wanted = self._odds_wanted, None
+        if wanted is not None:
+            try:
+                self._odds_plan = self.watcher.set_odds(wanted) or self._odds_plan
+            except Exception:
+                if self._reload:
+                    self.request_reload()  # the loop logs this and goes on: the reload comes next turn
+                raise
         if not self._reload:
             return False
         self._reload = False

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .. import sampling_odds
 from ..apply import Plan, apply_plan, choose_flavour, make_plan, transaction
 from ..apply import read_state as read_live_state
 from ..backend.legacy_fingerprint import legacy_fingerprint
@@ -38,8 +39,11 @@ INTERFACES_NOTE = "interfaces"  # note topic: the default route's interface is g
 
 class Watcher(WatchLoop):
     def __init__(self, policy: Policy, nft: Nft, clock: Callable[[], float] = time.monotonic,
-                 on_good: Callable[[Policy], None] | None = None):
+                 on_good: Callable[[Policy], None] | None = None, odds_from_file: bool = False):
         self.policy = policy
+        # ``nodeguard watch`` beside ``nodeguard sample``: that sampler installs its odds and writes
+        # the file; this watcher renders with the file's, read at each render, so it never undoes them
+        self.odds_from_file = odds_from_file
         self.on_good = on_good  # told of every policy the kernel accepted (to keep it for the next boot)
         self.good_policy: Policy | None = None  # the last policy the kernel accepted
         self.nft = nft
@@ -69,6 +73,9 @@ class Watcher(WatchLoop):
         self._recheck = False  # a check is due on the next turn, events or not
         self._unread: Scope = frozenset()  # IP versions our own repair changed since the last read
         self._written: dict | None = None  # the state last published
+        # the sampling odds every render uses (sampling_odds.py): the watcher is the only writer of
+        # them, in the kernel and in the file (set_odds); the file gives them back after a restart
+        self.odds: dict[str, int] = sampling_odds.load(sampling_odds.path_for(policy))
 
     @property
     def state_file(self) -> Path:
@@ -95,7 +102,7 @@ class Watcher(WatchLoop):
             self._flavour = choose_flavour(policy, self.nft)  # decided once per policy (None: nft)
         return make_plan(policy, self.nft, flavour=self._flavour,
                          cache=self._plans if policy is self.policy else None, interfaces=self.interfaces(policy),
-                         probe_foreign=policy.backend == "nft")
+                         probe_foreign=policy.backend == "nft", odds=None if self.odds_from_file else self.odds)
 
     def check(self, scope: Scope = None) -> tuple[Plan, object, Drift | None]:
         self.state["checks"] += 1
@@ -154,8 +161,8 @@ class Watcher(WatchLoop):
             log.info("adopted the installed rules: they match the policy")
             self.fingerprints = plan.backend.fingerprints(live)
         else:
-            # in place: only rules inside our chains differ (e.g. the sampler's odds changed as the
-            # last run was killed); rewriting those chains alone keeps every other counter
+            # in place: only rules inside our chains differ (e.g. new odds were installed as the last
+            # run was killed, before set_odds saved them); rewriting those chains alone keeps every other counter
             log.info("%s: %s", "adopted the installed rules, rewriting in place" if drift.in_place else "installing",
                      drift)
             kept = plan.backend.fingerprints(live) if drift.in_place else None
@@ -239,6 +246,44 @@ class Watcher(WatchLoop):
         self.state["reloads_ok"] += 1
         log.info("reload: %s accepted by the kernel; installing it", source)
         return True
+
+    def set_odds(self, wanted: dict[str, int]) -> Plan | None:
+        """New sampling odds (the daemon's sampler asks for them; called in this thread): one
+        state-keeping transaction that rewrites only the sample chains whose odds changed, then our
+        rules' bodies recorded, then the odds file. Not a repair, and never damped. Returns the new
+        plan, or None when nothing was changed."""
+        wanted = {g: k for g, k in wanted.items() if k}
+        if wanted == self.odds:
+            return None
+        kept, self.odds = self.odds, wanted
+        try:
+            plan = self.plan()
+            if plan.sampling is None or plan.backend.name != self._backend:  # a reload not yet installed
+                raise NodeguardError("the policy in place samples nothing, or its backend is not installed yet")
+            live = read_live_state(plan, self.nft)
+            # only the sample chains (their odds) are rewritten, every other chain keeps its rules and
+            # counters (the drops per group the sampler reads). Our record of the bodies is the reference,
+            # not the live ones: a rewrite under our comment not yet noticed is refilled, never adopted
+            kept_bodies = self.fingerprints or plan.backend.fingerprints(live)
+            apply_plan(plan, self.nft, repair=True, live=live, fingerprints=kept_bodies)
+        except NodeguardError as exc:
+            self.odds = kept
+            self._live = None  # a restore may have failed half-way (iptables: per family): look again
+            self._recheck = True
+            log.warning("could not change the sampling odds (%s); keeping them", exc)
+            return None
+        after = self._record(plan)
+        if after is not None:  # struck already: check (and repair, or damp) on the next turn
+            self._recheck = True
+            self._dirty = _union(self._dirty, after.families or None)
+        self.last_plan = plan
+        try:
+            sampling_odds.save(sampling_odds.path_for(self.policy), wanted)
+        except OSError as exc:  # the kernel has them: a restart renders the file's, in place (start)
+            log.warning("cannot save the sampling odds: %s", exc)
+        log.info("sampling odds now %s", ", ".join(f"{g} 1 in {2 ** k}" for g, k in sorted(wanted.items()))
+                 or "every condemned packet (under the caps)")
+        return plan
 
     def _blame(self, drift: Drift) -> str:
         return drift.culprit or self.state["last_writer"] or "unknown writer"
