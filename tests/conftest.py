@@ -95,8 +95,10 @@ def _busy_count() -> int:
 
 @pytest.fixture(scope="session", autouse=True)
 def busy_cores():
-    """Unrelated CPU load for the session when NODEGUARD_TEST_BUSY asks for it; killed at the end."""
-    procs = [subprocess.Popen([sys.executable, "-c", _SPIN, str(os.getpid())]) for _ in range(_busy_count())]
+    """Unrelated CPU load for the session when NODEGUARD_TEST_BUSY asks for it; killed at the end.
+    Under pytest-xdist every worker runs session fixtures: only the first one spins, so N means N cores."""
+    first = os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0"
+    procs = [subprocess.Popen([sys.executable, "-c", _SPIN, str(os.getpid())]) for _ in range(_busy_count() * first)]
     try:
         yield [p.pid for p in procs]
     finally:
