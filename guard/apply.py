@@ -25,6 +25,7 @@ from .model.plans import Priorities, Sampling, SynproxyPlan
 from .model.ruleset import TABLE, RuleSet
 from .policy.schema import Policy
 from .render import ipt as render_ipt
+from .render import ipt_names
 from .render import nft as render_nft
 from .sync import nft as sync_nft
 
@@ -260,7 +261,7 @@ def _may_hold_ipt(flavour: str, nft: Nft) -> bool:
     """iptables-nft chains are nft chains (one in-process listing); legacy needs legacy tables."""
     if flavour == "legacy":
         return any(probe.legacy_tables(v) for v in (4, 6))
-    return any(c["name"].startswith(render_ipt.PREFIX + "-") for c in objects(nft.list("chains"), "chain")
+    return any(c["name"].startswith(ipt_names.PREFIX + "-") for c in objects(nft.list("chains"), "chain")
                if c["family"] in ("ip", "ip6"))
 
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from guard.placement import TAPS
-from guard.render.ipt import chain_name as _ipt_chain_name
+from guard.render.ipt_names import chain_name as _ipt_chain_name
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kube-rulesets"  # copied from shared/, SOURCES.md kept

@@ -8,7 +8,8 @@ from guard.apply import make_plan
 from guard.bans import escalation_sets
 from guard.counters import _count_sets
 from guard.policy.load import parse_policy
-from guard.render.ipt import ipt_chain_name, render_ipt
+from guard.render.ipt import render_ipt
+from guard.render.ipt_names import ipt_chain_name
 
 ROOT = Path(__file__).parents[1]
 

@@ -27,6 +27,7 @@ from guard.model.verdicts import Continue, Drop, Goto
 from guard.policy.load import parse_policy
 from guard.policy.schema import Policy, Synproxy
 from guard.render import ipt as render_ipt
+from guard.render import ipt_names
 from guard.render import nft as render_nft
 from guard.render.ids import PREFIX
 from guard.sync import ipt as sync_ipt
@@ -133,13 +134,13 @@ def _nft_invariants(tx: dict) -> None:
 
 def _ipt_invariants(rs: RuleSet, text: str) -> None:
     chains = re.findall(r"^:(\S+) ", text, re.M)
-    assert all(len(c) <= render_ipt.MAX_CHAIN for c in chains), chains
+    assert all(len(c) <= ipt_names.MAX_CHAIN for c in chains), chains
     for version in (4, 6):
         r = render_ipt.render_ipt(rs, version)
         declared = [c for t in r.tables.values() for c in t.chains]
         assert len(declared) == len(set(declared)), "a chain name used twice"
     sets = render_ipt.ipsets(rs)
-    assert len({s.name for s in sets}) == len(sets) and all(len(s.name) <= render_ipt.MAX_IPSET for s in sets)
+    assert len({s.name for s in sets}) == len(sets) and all(len(s.name) <= ipt_names.MAX_IPSET for s in sets)
     hashlimits = re.findall(r"--hashlimit-name (\S+)", text)
     assert all(len(n) <= 15 for n in hashlimits)
     for line in text.splitlines():

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BackendError
-from ..render.ipt import PREFIX
+from ..render.ipt_names import PREFIX
 from .tools import _run
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..errors import BackendError
 from ..probe import legacy_tables as _legacy_tables
-from ..render.ipt import PREFIX
+from ..render.ipt_names import PREFIX
 from .ipset import Ipset, LiveIpset
 from .tools import _finish, _run, _start
 

@@ -11,7 +11,8 @@ from ..drift import Drift, Reason
 from ..fingerprints import of_ipt
 from ..model.ruleset import AddrSet, RuleSet
 from ..render.ipt import Ipset as IpsetSpec
-from ..render.ipt import Render, ipset_name, spec_id
+from ..render.ipt import Render, spec_id
+from ..render.ipt_names import ipset_name
 from ..render.ids import id_and_label
 from ..scratch import in_scratch_netns
 from ..sync import ipt as sync_ipt

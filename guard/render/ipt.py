@@ -35,70 +35,21 @@ Where iptables cannot say what the model says:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 
-from ..model.build import STATEFUL_CHAIN, STATELESS_CHAIN, SYNPROXY_CHAIN
-from ..model.matches import (Assured, BanSource, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort,
-                             Family, FibLocal, IcmpTypes, InterfaceNotIn, Log, NoTrack, OneIn, OverLimit, Proto,
-                             RememberSource, SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver, TcpFlags,
-                             UnderLimit, UpdateSource)
-from ..model.ruleset import V6_SOURCE_PREFIX, AddrSet, Chain, NamedLimit, Rule, RuleSet
+from ..model.matches import (BanSource, CountSource, DstPorts, EngagePort, IcmpTypes, InterfaceNotIn, Log, NoTrack,
+                             Proto, RememberSource, SourceRateOver, TcpFlags, UpdateSource)
+from ..model.ruleset import V6_SOURCE_PREFIX, AddrSet, NamedLimit, Rule, RuleSet
 from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Return, Synproxy
 from ..placement import PLACEMENTS
-from ..policy.rates import Rate
 from .ids import chained_ids, comment
+from .ipt_matches import Ctx, match
+from .ipt_names import ipset_name, ipt_chain_name
 
-PREFIX = "NODEGUARD"
-MAX_CHAIN = 28  # Felix's MaxChainNameLength: safe for both flavours
-MAX_IPSET = 31  # IPSET_MAXNAMELEN - 1
 HASHLIMIT_GC_S = 1  # xt_hashlimit's default --hashlimit-htable-gcinterval
-METER_TABLE_FACTOR = 3  # hashlimit entries per admission-set entry (at most 2 are ever needed) ...
-METER_TABLE_SLACK = 4096  # ... plus what concurrent -j SET adds past maxelem (ipset counts per region,
-#                           racily: 39 members were seen in a set of 16 under a 90 kpps flood on 2 CPUs)
-_BASE_NAMES = {STATELESS_CHAIN: "NODEGUARD-PRE", STATEFUL_CHAIN: "NODEGUARD-CONN",
-               SYNPROXY_CHAIN: "NODEGUARD-SYNPROXY"}
-BAN_CHAIN = "NODEGUARD-BAN"  # every ingress chain of the model
 BAN_TAG = "ban"  # what _rule tags the line that counts bans with (condemning lines: their (group, mode))
-_UNITS = {"second": "sec", "minute": "min", "hour": "hour"}
 _PROTO = {("icmp", 4): "icmp", ("icmpv6", 6): "ipv6-icmp"}
 
-
-def _short(name: str, limit: int) -> str:
-    """``name`` if it fits, else a prefix and a digest (stable, unique)."""
-    if len(name) <= limit:
-        return name
-    return f"{name[:limit - 7]}-{hashlib.sha1(name.encode()).hexdigest()[:6].upper()}"
-
-
-_SHORT = {"bogus-flags": "BOGUS", "icmp-flood": "ICMP", "syn-flood": "SYN"}
-
-
-def ipt_chain_name(c: Chain) -> str:
-    """A model chain's iptables name, from what the chain is for."""
-    if c.stage == "ingress":
-        return BAN_CHAIN
-    if c.role == "escalate":
-        return _short(f"{PREFIX}-ESC-{_SHORT.get(c.group, c.group.upper())}-V{c.version}", MAX_CHAIN)
-    return chain_name(c.name)
-
-
-def chain_name(name: str) -> str:
-    """The iptables name of a base or regular chain (not an ingress or escalation chain: ipt_chain_name)."""
-    if name in _BASE_NAMES:
-        return _BASE_NAMES[name]
-    return _short(f"{PREFIX}-{_SHORT.get(name, name.upper())}", MAX_CHAIN)
-
-
-def ipset_name(s: AddrSet) -> str:
-    """Stable across definition changes (the sync swaps a changed set in): rules keep referring to it."""
-    return _short(f"{PREFIX}-{s.base.upper()}", MAX_IPSET)
-
-
-def hashlimit_name(key: str) -> str:
-    """xt_hashlimit names are at most 15 characters. ``key`` is a set or limit name, which
-    already ends in a digest of every parameter, so a changed rate gives a fresh table."""
-    return "ng-" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -274,7 +225,7 @@ def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, 
     out = []
     ban = next((x for x in rule.matches if isinstance(x, BanSource)), None)
     if ban is not None:  # SET cannot fail the rule: count on a line that sees whether the add took
-        before = [p for x in rule.matches if x is not ban for p in _match(x, version, sets, limits)]
+        before = [p for x in rule.matches if x is not ban for p in match(x, Ctx(version, sets, limits))]
         name = ipset_name(sets[ban.set])
         out.append((" ".join([*parts, *before, f"-j SET --add-set {name} src"]), f"{rule.label} (add)", None))
         return [*out, (" ".join([*parts, *before, f"-m set --match-set {name} src"]), rule.label, BAN_TAG)]
@@ -286,7 +237,7 @@ def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, 
             admit = [*parts, f"-m set ! --match-set {name} src{quiet}", f"-j SET --add-set {name} src"]
             out.append((" ".join(admit), f"{rule.label} admission", None))
             parts.append(f"-m set --match-set {name} src")  # a CountSource rule ends here: the match counts
-        parts += _match(x, version, sets, limits)
+        parts += match(x, Ctx(version, sets, limits))
     parts.append(_target(rule, sets, names))
     group = (rule.group, rule.mode) if rule.group else None
     return [*out, (" ".join(p for p in parts if p), rule.label, group)]
@@ -305,59 +256,6 @@ def _proto(rule: Rule, version: int) -> str | None:
     return None
 
 
-def _rate(r: Rate) -> str:
-    return f"{r.count}/{_UNITS[r.unit]}"
-
-
-def _match(x: object, version: int, sets: dict[str, AddrSet], limits: dict[str, NamedLimit]) -> list[str]:
-    if isinstance(x, (Family, Proto)):
-        return []  # the family is the tool (iptables / ip6tables); the protocol went first
-    if isinstance(x, IcmpTypes):  # one type per rule: see expand_icmp
-        (icmp_type,) = x.types
-        return [f"--icmp-type {icmp_type}" if x.version == 4 else f"--icmpv6-type {icmp_type}"]
-    if isinstance(x, TcpFlags):
-        mask = ",".join(f.upper() for f in x.mask)
-        comp = ",".join(f.upper() for f in x.comp) or "NONE"
-        return [f"--tcp-flags {mask} {comp}"]
-    if isinstance(x, DstPorts):
-        neg = "! " if x.negate else ""
-        if len(x.ports) == 1:
-            return [f"{neg}--dport {x.ports[0]}"]
-        return [f"-m multiport {neg}--dports {','.join(map(str, x.ports))}"]
-    if isinstance(x, SourceInSet):
-        return [f"-m set --match-set {ipset_name(sets[x.set])} src"]
-    if isinstance(x, SourceNotInSet):
-        return [f"-m set ! --match-set {ipset_name(sets[x.set])} src"]
-    if isinstance(x, CtStateNew):
-        return ["-m conntrack --ctstate NEW"]
-    if isinstance(x, Assured):
-        return ["-m conntrack --ctstatus ASSURED --ctdir ORIGINAL"]
-    if isinstance(x, (RememberSource, UpdateSource, Log, CountSource, NoTrack, EngagePort)):
-        return []  # the rule's target, or (CountSource) the set match added above, which counts
-    if isinstance(x, FibLocal):
-        return ["-m addrtype --dst-type LOCAL"]
-    if isinstance(x, DstPortInSet):
-        return [f"-m set --match-set {ipset_name(sets[x.set])} dst"]
-    if isinstance(x, CtState):
-        return [f"-m conntrack --ctstate {','.join(st.upper() for st in x.states)}"]
-    if isinstance(x, OneIn):
-        return [f"-m statistic --mode random --probability {1 / x.n:.10f}"]
-    if isinstance(x, SourceRateOver):
-        s = sets[x.set]
-        mask = f" --hashlimit-srcmask {V6_SOURCE_PREFIX}" if version == 6 else ""
-        return [f"-m hashlimit --hashlimit-above {_rate(s.rate)} --hashlimit-burst {s.rate.burst} "
-                f"--hashlimit-mode srcip{mask} --hashlimit-name {hashlimit_name(s.name)} "
-                f"--hashlimit-htable-size {s.size} --hashlimit-htable-max {METER_TABLE_FACTOR * s.size + METER_TABLE_SLACK} "
-                f"--hashlimit-htable-expire {s.timeout_s * 1000}"]
-    if isinstance(x, (OverLimit, UnderLimit)):  # same name: one bucket (per family)
-        lim = limits[x.limit]
-        way = "above" if lim.over else "upto"
-        return [f"-m hashlimit --hashlimit-{way} {_rate(lim.rate)} --hashlimit-burst {lim.rate.burst} "
-                f"--hashlimit-name {hashlimit_name(lim.name)}"]
-    if isinstance(x, SourceConnsOver):
-        mask = 32 if version == 4 else V6_SOURCE_PREFIX
-        return [f"-m connlimit --connlimit-above {sets[x.set].limit} --connlimit-mask {mask} --connlimit-saddr"]
-    raise TypeError(f"no iptables rendering for {x!r}")
 
 
 def _target(rule: Rule, sets: dict[str, AddrSet], names: dict[str, str]) -> str:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from ..backend.ipset import LiveIpset
 from ..backend.ipt import LiveTable
 from ..fingerprints import ipt_body, ipt_key
-from ..render.ipt import MAX_IPSET, Ipset, Render, spec_id
+from ..render.ipt import Ipset, Render, spec_id
+from ..render.ipt_names import MAX_IPSET
 
 # Every line we hand to a restore tool is built from validated names; this is the second lock.
 _SAFE_LINE = re.compile(r'^[-A-Za-z0-9 _.,:/+=()<>!*"\[\]]*$')

@@ -1,0 +1,139 @@
+"""One model match as iptables match arguments: one function per match type (as render/nft.py),
+given the rule's IP version and the ruleset's sets and limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import singledispatch
+from typing import Any
+
+from ..model.matches import (Assured, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort, Family,
+                             FibLocal, IcmpTypes, Log, NoTrack, OneIn, OverLimit, Proto, RememberSource,
+                             SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver, TcpFlags, UnderLimit,
+                             UpdateSource)
+from ..model.ruleset import V6_SOURCE_PREFIX, AddrSet, NamedLimit
+from ..policy.rates import Rate
+from .ipt_names import hashlimit_name, ipset_name
+
+METER_TABLE_FACTOR = 3  # hashlimit entries per admission-set entry (at most 2 are ever needed) ...
+METER_TABLE_SLACK = 4096  # ... plus what concurrent -j SET adds past maxelem (ipset counts per region,
+#                           racily: 39 members were seen in a set of 16 under a 90 kpps flood on 2 CPUs)
+_UNITS = {"second": "sec", "minute": "min", "hour": "hour"}
+
+
+@dataclass(frozen=True)
+class Ctx:
+    version: int
+    sets: dict[str, AddrSet]
+    limits: dict[str, NamedLimit]
+
+
+def rate_text(r: Rate) -> str:
+    return f"{r.count}/{_UNITS[r.unit]}"
+
+
+@singledispatch
+def match(x: Any, ctx: Ctx) -> list[str]:
+    raise TypeError(f"no iptables rendering for {x!r}")
+
+
+@match.register(Family)
+@match.register(Proto)
+def _(x: Any, ctx: Ctx) -> list[str]:
+    return []  # the family is the tool (iptables / ip6tables); the protocol went first
+
+
+@match.register(RememberSource)
+@match.register(UpdateSource)
+@match.register(Log)
+@match.register(CountSource)
+@match.register(NoTrack)
+@match.register(EngagePort)
+def _(x: Any, ctx: Ctx) -> list[str]:
+    return []  # the rule's target, or (CountSource) the set match added before it, which counts
+
+
+@match.register
+def _(x: IcmpTypes, ctx: Ctx) -> list[str]:  # one type per rule: see ipt.expand_icmp
+    (icmp_type,) = x.types
+    return [f"--icmp-type {icmp_type}" if x.version == 4 else f"--icmpv6-type {icmp_type}"]
+
+
+@match.register
+def _(x: TcpFlags, ctx: Ctx) -> list[str]:
+    mask = ",".join(f.upper() for f in x.mask)
+    comp = ",".join(f.upper() for f in x.comp) or "NONE"
+    return [f"--tcp-flags {mask} {comp}"]
+
+
+@match.register
+def _(x: DstPorts, ctx: Ctx) -> list[str]:
+    neg = "! " if x.negate else ""
+    if len(x.ports) == 1:
+        return [f"{neg}--dport {x.ports[0]}"]
+    return [f"-m multiport {neg}--dports {','.join(map(str, x.ports))}"]
+
+
+@match.register
+def _(x: SourceInSet, ctx: Ctx) -> list[str]:
+    return [f"-m set --match-set {ipset_name(ctx.sets[x.set])} src"]
+
+
+@match.register
+def _(x: SourceNotInSet, ctx: Ctx) -> list[str]:
+    return [f"-m set ! --match-set {ipset_name(ctx.sets[x.set])} src"]
+
+
+@match.register
+def _(x: DstPortInSet, ctx: Ctx) -> list[str]:
+    return [f"-m set --match-set {ipset_name(ctx.sets[x.set])} dst"]
+
+
+@match.register
+def _(x: CtStateNew, ctx: Ctx) -> list[str]:
+    return ["-m conntrack --ctstate NEW"]
+
+
+@match.register
+def _(x: Assured, ctx: Ctx) -> list[str]:
+    return ["-m conntrack --ctstatus ASSURED --ctdir ORIGINAL"]
+
+
+@match.register
+def _(x: CtState, ctx: Ctx) -> list[str]:
+    return [f"-m conntrack --ctstate {','.join(st.upper() for st in x.states)}"]
+
+
+@match.register
+def _(x: FibLocal, ctx: Ctx) -> list[str]:
+    return ["-m addrtype --dst-type LOCAL"]
+
+
+@match.register
+def _(x: OneIn, ctx: Ctx) -> list[str]:
+    return [f"-m statistic --mode random --probability {1 / x.n:.10f}"]
+
+
+@match.register
+def _(x: SourceRateOver, ctx: Ctx) -> list[str]:
+    s = ctx.sets[x.set]
+    mask = f" --hashlimit-srcmask {V6_SOURCE_PREFIX}" if ctx.version == 6 else ""
+    return [f"-m hashlimit --hashlimit-above {rate_text(s.rate)} --hashlimit-burst {s.rate.burst} "
+            f"--hashlimit-mode srcip{mask} --hashlimit-name {hashlimit_name(s.name)} "
+            f"--hashlimit-htable-size {s.size} --hashlimit-htable-max {METER_TABLE_FACTOR * s.size + METER_TABLE_SLACK} "
+            f"--hashlimit-htable-expire {s.timeout_s * 1000}"]
+
+
+@match.register(OverLimit)
+@match.register(UnderLimit)
+def _(x: Any, ctx: Ctx) -> list[str]:  # same name: one bucket (per family)
+    lim = ctx.limits[x.limit]
+    way = "above" if lim.over else "upto"
+    return [f"-m hashlimit --hashlimit-{way} {rate_text(lim.rate)} --hashlimit-burst {lim.rate.burst} "
+            f"--hashlimit-name {hashlimit_name(lim.name)}"]
+
+
+@match.register
+def _(x: SourceConnsOver, ctx: Ctx) -> list[str]:
+    mask = 32 if ctx.version == 4 else V6_SOURCE_PREFIX
+    return [f"-m connlimit --connlimit-above {ctx.sets[x.set].limit} --connlimit-mask {mask} --connlimit-saddr"]
