@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from typing import Iterator
 
 from ..model.ruleset import TABLE
 
@@ -57,22 +58,34 @@ def _list(buf: bytes, off: int, end: int) -> list[tuple[int, int]]:
     return out
 
 
-def parse_rules(buf: bytes) -> tuple[list[tuple[str, str | None, int, int]], bool, int]:
-    """(chain, comment, packets, bytes) of every rule in one datagram of a GETRULE dump, whether
-    the dump is done, and an error code. Malformed parts are skipped, never raised."""
-    out, off, done = [], 0, False
+def _messages(buf: bytes) -> Iterator[tuple[int, int, int]]:
+    """(type, start, end) of each whole netlink message in one datagram; a malformed one ends it."""
+    off = 0
     while off + _NLMSG.size <= len(buf):
         length, mtype, _flags, _seq, _pid = _NLMSG.unpack_from(buf, off)
         if length < _NLMSG.size or off + length > len(buf):
-            break
+            return
+        yield mtype, off, off + length
+        off += (length + 3) & ~3
+
+
+def _error(buf: bytes, start: int, end: int) -> int:
+    """The errno an NLMSG_ERROR message carries (0: an acknowledgement)."""
+    return -struct.unpack_from("=i", buf, start + _NLMSG.size)[0] if end - start >= _NLMSG.size + 4 else 0
+
+
+def parse_rules(buf: bytes) -> tuple[list[tuple[str, str | None, int, int]], bool, int]:
+    """(chain, comment, packets, bytes) of every rule in one datagram of a GETRULE dump, whether
+    the dump is done, and an error code. Malformed parts are skipped, never raised."""
+    out, done = [], False
+    for mtype, start, end in _messages(buf):
         if mtype == NLMSG_DONE:
             done = True
         elif mtype == NLMSG_ERROR:
-            code = struct.unpack_from("=i", buf, off + _NLMSG.size)[0] if length >= _NLMSG.size + 4 else 0
-            if code:
-                return out, True, -code
+            if err := _error(buf, start, end):
+                return out, True, err
         elif mtype & 0xFF == NFT_MSG_GETRULE - 1:  # NFT_MSG_NEWRULE
-            a = _attrs(buf, off + _NLMSG.size + 4, off + length)
+            a = _attrs(buf, start + _NLMSG.size + 4, end)
             chain = buf[slice(*a[NFTA_RULE_CHAIN])].split(b"\0", 1)[0].decode("ascii", "replace") \
                 if NFTA_RULE_CHAIN in a else ""
             comment = None
@@ -93,7 +106,6 @@ def parse_rules(buf: bytes) -> tuple[list[tuple[str, str | None, int, int]], boo
                         packets = struct.unpack_from(">Q", buf, ca[NFTA_COUNTER_PACKETS][0])[0]
                         nbytes = struct.unpack_from(">Q", buf, ca[NFTA_COUNTER_BYTES][0])[0]
             out.append((chain, comment, packets, nbytes))
-        off += (length + 3) & ~3
     return out, done, 0
 
 
@@ -127,19 +139,15 @@ def rule_counters(table: str = TABLE) -> list[tuple[str, str | None, int, int]]:
 
 def count_elements(buf: bytes) -> tuple[int, bool, int]:
     """(elements counted, dump done, error code) in one datagram of a GETSETELEM dump."""
-    off, count, done = 0, 0, False
-    while off + _NLMSG.size <= len(buf):
-        length, mtype, _flags, _seq, _pid = _NLMSG.unpack_from(buf, off)
-        if length < _NLMSG.size or off + length > len(buf):
-            break
+    count, done = 0, False
+    for mtype, start, end in _messages(buf):
         if mtype == NLMSG_DONE:
             done = True
         elif mtype == NLMSG_ERROR:
-            code = struct.unpack_from("=i", buf, off + _NLMSG.size)[0] if length >= _NLMSG.size + 4 else 0
-            if code:
-                return count, True, -code
+            if err := _error(buf, start, end):
+                return count, True, err
         else:
-            a, end = off + _NLMSG.size + 4, off + length  # after the nfgenmsg
+            a = start + _NLMSG.size + 4  # after the nfgenmsg
             while a + _NLA.size <= end:
                 alen, atype = _NLA.unpack_from(buf, a)
                 if alen < _NLA.size:
@@ -153,7 +161,6 @@ def count_elements(buf: bytes) -> tuple[int, bool, int]:
                         count += 1
                         e += (elen + 3) & ~3
                 a += (alen + 3) & ~3
-        off += (length + 3) & ~3
     return count, done, 0
 
 
