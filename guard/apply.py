@@ -219,6 +219,15 @@ def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families: tuple[i
     return tx
 
 
+def install_odds(plan: Plan, nft: Nft, recorded: dict[str, str] | None = None) -> None:
+    """New sampling odds (rendered in ``plan``): one state-keeping transaction that rewrites only the
+    sample chains, whose rule ids change with the odds; every other chain keeps its rules and counters
+    (the drops per group the sampler reads). ``recorded``: the watcher's record of our rules' bodies,
+    so that a rewrite under our comment not yet noticed is refilled, never kept; else the live bodies."""
+    live = read_state(plan, nft)
+    apply_plan(plan, nft, repair=True, live=live, fingerprints=recorded or plan.backend.fingerprints(live))
+
+
 def load_into_this_netns(plan: Plan) -> str:
     """For a scratch netns: apply the plan for real, return the kernel's own text of it."""
     nft = Nft()

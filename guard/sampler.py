@@ -15,7 +15,7 @@ from typing import Callable
 
 from .aggregate import Episodes, Window, safe, source_key
 from . import bans, sampling_odds
-from .apply import Plan, apply_plan, make_plan, read_state
+from .apply import Plan, install_odds, make_plan
 from .errors import NodeguardError
 from .attacklog import AttackLog, PcapLog
 from .backend.nft import Nft
@@ -194,17 +194,14 @@ class Sampler:
         sampling_odds.save(sampling_odds.path_for(self.policy), wanted)
         try:
             flavour = (self.plan.flavour, self.plan.backend_reason) if self.plan.flavour else None
-            plan = make_plan(self.policy, self.nft, flavour=flavour, interfaces=self.plan.ruleset.interfaces)
-            live = read_state(plan, self.nft)
-            # the live bodies as the reference: only the sample chains (their odds) are rewritten, every
-            # other chain keeps its rules and counters (the drops per group this sampler reads)
-            apply_plan(plan, self.nft, repair=True, live=live, fingerprints=plan.backend.fingerprints(live))
+            plan = make_plan(self.policy, self.nft, flavour=flavour, interfaces=self.plan.ruleset.interfaces,
+                             odds={g: k for g, k in wanted.items() if k})
+            install_odds(plan, self.nft)
         except NodeguardError as exc:
             sampling_odds.save(sampling_odds.path_for(self.policy), current)  # the watcher renders from the file
             log.warning("could not change the sampling odds (%s); keeping them", exc)
             return
-        log.info("sampling odds now %s", ", ".join(f"{g} 1 in {2 ** k}" for g, k in sorted(wanted.items()) if k)
-                 or "every condemned packet (under the caps)")
+        log.info("sampling odds now %s", sampling_odds.describe(wanted))
         self.set_plan(plan, rebase=False)
 
     def run(self, should_stop: Callable[[], bool], wake: socket.socket | None = None) -> None:

@@ -40,6 +40,12 @@ def save(path: Path, exponents: dict[str, int]) -> None:
     os.replace(tmp, path)
 
 
+def describe(exponents: dict[str, int]) -> str:
+    """For the log: the odds per group that samples at random, else that every packet is sampled."""
+    return (", ".join(f"{g} 1 in {2 ** k}" for g, k in sorted(exponents.items()) if k)
+            or "every condemned packet (under the caps)")
+
+
 def next_exponent(current: int, condemned_per_s: float, cap_per_s: float) -> int:
     """k for the next window: samples near half the cap; halve the odds at once when over it, and
     double them only when a quarter of the cap would still not be reached (no flapping)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import sampling_odds
-from ..apply import Plan, apply_plan, choose_flavour, make_plan, transaction
+from ..apply import Plan, apply_plan, choose_flavour, install_odds, make_plan, transaction
 from ..apply import read_state as read_live_state
 from ..backend.legacy_fingerprint import legacy_fingerprint
 from ..backend.nft import Nft
@@ -260,12 +260,7 @@ class Watcher(WatchLoop):
             plan = self.plan()
             if plan.sampling is None or plan.backend.name != self._backend:  # a reload not yet installed
                 raise NodeguardError("the policy in place samples nothing, or its backend is not installed yet")
-            live = read_live_state(plan, self.nft)
-            # only the sample chains (their odds) are rewritten, every other chain keeps its rules and
-            # counters (the drops per group the sampler reads). Our record of the bodies is the reference,
-            # not the live ones: a rewrite under our comment not yet noticed is refilled, never adopted
-            kept_bodies = self.fingerprints or plan.backend.fingerprints(live)
-            apply_plan(plan, self.nft, repair=True, live=live, fingerprints=kept_bodies)
+            install_odds(plan, self.nft, recorded=self.fingerprints)
         except NodeguardError as exc:
             self.odds = kept
             self._live = None  # a restore may have failed half-way (iptables: per family): look again
@@ -281,8 +276,7 @@ class Watcher(WatchLoop):
             sampling_odds.save(sampling_odds.path_for(self.policy), wanted)
         except OSError as exc:  # the kernel has them: a restart renders the file's, in place (start)
             log.warning("cannot save the sampling odds: %s", exc)
-        log.info("sampling odds now %s", ", ".join(f"{g} 1 in {2 ** k}" for g, k in sorted(wanted.items()))
-                 or "every condemned packet (under the caps)")
+        log.info("sampling odds now %s", sampling_odds.describe(wanted))
         return plan
 
     def _blame(self, drift: Drift) -> str:
