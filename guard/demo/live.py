@@ -67,10 +67,11 @@ class Display:
             return "waiting"
         return "FLOODING" if th.ended is None else "done"
 
-    def plain_line(self) -> str:
+    def plain_line(self, now: float | None = None) -> str:
+        """One line of what happened in the last second (``now``: epoch s, for tests)."""
         tel = self.demo.tel
         active = next((th for th in self.demo.threats if th.started and th.ended is None), None)
-        now = time.time()
+        now = now or time.time()
         ok, total, _, _ = tel.client(now - 2.0)
         head = f"[{time.monotonic() - self.demo.t0:5.1f} s]"
         if active is None:
