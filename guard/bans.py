@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import NodeguardError
+from .model.build import BANNED
 from .model.ruleset import AddrSet
 
 if TYPE_CHECKING:
@@ -123,14 +124,16 @@ def ban_records(before: dict[str, int | None], now: dict[str, int | None], exact
     the ban sets since the last look ``elapsed`` seconds ago (values: seconds their ban had left), each
     ban with the groups whose per-source counts (``exact``: (group, mode) -> {source key: packets})
     held that source. A source that left with no more time left than had elapsed expired; else it was
-    removed (``nodeguard unban``, or a changed ban set definition)."""
+    removed (``nodeguard unban``, or a changed ban set definition). ``dropped_as``: the rule group whose
+    counters hold the drops of banned sources (no per-source counts, no samples), so that the report
+    can name the banned source behind that group's episodes."""
     out = []
     for src in sorted(set(now) - set(before)):
         key = src.removesuffix("/64")
         groups = sorted(g for (g, mode), counts in exact.items() if mode == "enforce" and key in counts)
         left = now[src]
         out.append({"type": "ban", "ts": ts, "src": src, "groups": groups, "after_s": after_s,
-                    "expires": ts + left if isinstance(left, (int, float)) else None})
+                    "expires": ts + left if isinstance(left, (int, float)) else None, "dropped_as": BANNED})
     for src in sorted(set(before) - set(now)):
         left = before[src]
         expired = isinstance(left, (int, float)) and left <= elapsed + 1

@@ -72,8 +72,9 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
             continue
         kind = rec.get("type")
         if kind in ("ban", "unban"):
-            if not rule or kind == "unban" or rule in (rec.get("groups") or []):
-                bans.append({k: rec.get(k) for k in ("type", "ts", "src", "groups", "expires", "why") if k in rec})
+            if not rule or kind == "unban" or rule in (rec.get("groups") or []) or rule == rec.get("dropped_as"):
+                bans.append({k: rec.get(k) for k in ("type", "ts", "src", "groups", "expires", "why", "dropped_as")
+                             if k in rec})
             continue
         if kind == "episode_start":
             episodes.setdefault((rec["rule"], rec["ts"]), {"rule": rec["rule"], "start": rec["ts"], "end": None,
@@ -106,8 +107,9 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
         for r, srcs in sorted(sources.items())
     }
     eps = sorted(episodes.values(), key=lambda e: e["start"])
+    banned = ban_intervals(bans, windows)
     for e in eps:
-        e.update(episode_sources(e, flows, top))
+        e.update(ban_sources(e, banned, top) or episode_sources(e, flows, top))
     return {"episodes": eps, "top_sources": top_sources,
             "timeline": [{"minute": m, "condemned": dict(g)} for m, g in sorted(timeline.items())],
             "windows": sorted(windows, key=lambda w: w["start"]), "bans": bans}
@@ -174,8 +176,73 @@ def episode_sources(episode: dict, flows: Iterable[dict], top: int) -> dict:
     return {"sources": rows[:top], "distinct_sources": distinct, "more": max(0, len(rows) - top), "spread": spread}
 
 
+def ban_intervals(bans: list[dict], windows: list[dict]) -> list[dict]:
+    """Each logged ban that names the rule group dropping its packets (``dropped_as``), as ``{"src",
+    "groups", "dropped_as", "from", "until"}``: from the start of the sampler window at whose end it was
+    seen, until the ``unban`` that ended it, else its expiry (None: not known)."""
+    window_start = {w["end"]: w["start"] for w in windows}
+    out: list[dict] = []
+    banned: dict[str, dict] = {}
+    for b in bans:  # log order
+        src, ts = b.get("src"), b.get("ts")
+        if not isinstance(src, str) or not isinstance(ts, (int, float)):
+            continue
+        if b["type"] == "ban" and isinstance(b.get("dropped_as"), str):
+            expires = b.get("expires")
+            banned[src] = {"src": src, "groups": [str(g) for g in b.get("groups") or []], "dropped_as": b["dropped_as"],
+                           "from": window_start.get(ts, ts),
+                           "until": expires if isinstance(expires, (int, float)) else None}
+            out.append(banned[src])
+        elif b["type"] == "unban" and src in banned:
+            banned.pop(src)["until"] = ts
+    return out
+
+
+def ban_sources(episode: dict, intervals: list[dict], top: int) -> dict | None:
+    """The sources behind an episode of the group that drops banned sources (their bans' ``dropped_as``),
+    in ``episode_sources``' shape; None for any other episode. That group's drops are neither sampled
+    nor counted per source: a lone banned source gets the episode's figures, several get none
+    (``estimated`` and ``peak_pps`` None). ``banned_over``: the groups its ban record names."""
+    start, end = episode["start"], episode["end"]
+    rows: dict[str, dict] = {}
+    for iv in intervals:
+        if iv["dropped_as"] != episode["rule"] or (end is not None and iv["from"] > end + _EPS) or (
+                iv["until"] is not None and iv["until"] <= start + _EPS):
+            continue
+        first, last = max(start, iv["from"]), min((t for t in (end, iv["until"]) if t is not None), default=None)
+        row = rows.setdefault(iv["src"], {"rule": episode["rule"], "source": iv["src"], "network": network_of(iv["src"]),
+                                          "addresses": 1, "estimated": None, "sampled": 0, "first": first, "last": last,
+                                          "peak_pps": None, "protos": [], "dports": [], "banned_over": []})
+        row["banned_over"] = sorted(set(row["banned_over"]) | set(iv["groups"]))  # banned again in one episode
+        row["first"] = min(row["first"], first)
+        row["last"] = None if None in (row["last"], last) else max(row["last"], last)
+    if not rows:
+        return None
+    if len(rows) == 1:
+        next(iter(rows.values())).update(estimated=episode["condemned"], peak_pps=episode["peak_pps"])
+    return {"sources": sorted(rows.values(), key=lambda r: r["source"])[:top], "distinct_sources": len(rows),
+            "more": max(0, len(rows) - top), "spread": False}
+
+
 def _t(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts else "ongoing"
+
+
+def _n(value: float | None) -> str:
+    """A figure, or "-" where it is not known (several banned sources share one counter)."""
+    return "-" if value is None else f"{value:.0f}"
+
+
+def banned_over(row: dict) -> str:
+    """The groups a banned source's row says it was banned over, escaped (log text is untrusted)."""
+    return ", ".join(_clean(g) for g in row["banned_over"]) or "a per-source limit"
+
+
+def _what(row: dict) -> str:
+    """A source row's protocols and ports, or for a banned source the groups it was banned over."""
+    if "banned_over" in row:
+        return f"banned over {banned_over(row)}"
+    return f"{'/'.join(safe(p) for p in row['protos'])} {_clean(','.join(str(p) for p in row['dports']))}"
 
 
 def format_text(rep: dict[str, Any]) -> str:
@@ -196,10 +263,9 @@ def format_text(rep: dict[str, Any]) -> str:
         lines.append(f"  {'source':<26} {'network':<22} {'estimated':>10} {'peak pps':>9}  "
                      f"{'first seen':<8} {'last seen':<8}  protocols/ports")
         for s in e["sources"]:
-            ports = _clean(",".join(str(p) for p in s["dports"]))
-            lines.append(f"  {_clean(s['source'], 45):<26} {_clean(s['network'], 45):<22} {s['estimated']:>10} "
-                         f"{s['peak_pps']:>9.0f}  {_t(s['first'])[11:]:<8} {_t(s['last'])[11:]:<8}  "
-                         f"{'/'.join(safe(p) for p in s['protos'])} {ports}".rstrip())
+            lines.append(f"  {_clean(s['source'], 45):<26} {_clean(s['network'], 45):<22} {_n(s['estimated']):>10} "
+                         f"{_n(s['peak_pps']):>9}  {_t(s['first'])[11:]:<8} {_t(s['last'])[11:]:<8}  "
+                         f"{_what(s)}".rstrip())
         if e["more"]:
             lines.append(f"  ... and {e['more']} more rows (--top)")
     if rep.get("bans"):

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .aggregate import safe
-from .report import _clean, _t
+from .report import _clean, _t, banned_over
 
 _COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 PNG_SIZE = (1200, 560)  # pixels: 12 x 5.6 inches at 100 dpi
@@ -98,15 +98,22 @@ def _steps(segs: list[tuple[float, float, int]]) -> tuple[list[float], list[int]
 
 
 def episode_label(e: dict[str, Any]) -> str:
-    rows, total = e.get("sources") or [], e.get("condemned") or sum(r["estimated"] for r in e.get("sources") or [])
+    """"<rule>: <top source> (<network>) <share>", or what stands in for it: a spread, a banned source
+    (the groups it was banned over; "and N more" when several share the ban drops), no source."""
+    rows, total = e.get("sources") or [], e.get("condemned") or sum(r["estimated"] or 0 for r in e.get("sources") or [])
     head = f"{safe(e['rule'])}: "
     if not rows:
         return head + "no sampled source"
-    top = rows[0]
-    share = f" {100 * top['estimated'] / total:.0f} %" if total else ""
     if e.get("spread"):
         return head + f"{e['distinct_sources']:,} sources, none over 5 % (spoofed?)"
-    return head + f"{_clean(top['source'])} ({_clean(top['network'])}){share}"
+    top = rows[0]
+    share = f" {100 * top['estimated'] / total:.0f} %" if total and top["estimated"] is not None else ""
+    label = head + f"{_clean(top['source'])} ({_clean(top['network'])}){share}"
+    if "banned_over" in top:
+        label += f", over {banned_over(top)}"
+        more = e.get("distinct_sources", 1) - 1
+        label += f" and {more} more" if more > 0 else ""
+    return label
 
 
 def timeline_png(rep: dict[str, Any], path: str) -> None:

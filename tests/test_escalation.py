@@ -406,8 +406,9 @@ def test_the_sampler_logs_bans_with_the_groups_that_counted_the_source_and_why_t
                        exact, 1000.0, 10.0, 3)
     assert recs == [
         {"type": "ban", "ts": 1000.0, "src": "10.0.0.2", "groups": ["icmp-flood", "syn-flood"], "after_s": 3,
-         "expires": 1297.0},
-        {"type": "ban", "ts": 1000.0, "src": "fd00::/64", "groups": ["icmp-flood"], "after_s": 3, "expires": 1299.0},
+         "expires": 1297.0, "dropped_as": "banned"},
+        {"type": "ban", "ts": 1000.0, "src": "fd00::/64", "groups": ["icmp-flood"], "after_s": 3, "expires": 1299.0,
+         "dropped_as": "banned"},
         {"type": "unban", "ts": 1000.0, "src": "10.0.0.8", "why": "expired"}]
     assert ban_records({"10.0.0.9": 200}, {}, {}, 1010.0, 10.0, 3)[0]["why"] == "removed"
     why = reasons([*recs, {"type": "ban", "ts": 900.0, "src": "10.0.0.2", "groups": ["udp"]}])

@@ -48,12 +48,16 @@ class Timing:
 QUICK, FULL = Timing(2.0, 5.0, 2.5, 2.5), Timing(3.0, 15.0, 4.0, 4.0)
 
 
-def drops_by_threat(status: dict, ths: list[Threat]) -> dict[str, int]:
-    """Condemned packets per threat from ``status --json``'s ``drops`` per rule group (the counters of
-    the rules that condemn: every condemned packet passes exactly one). Threats with the group
-    ``banned`` also count the ingress drops of banned sources (the floods run one after another, so a
-    flood's share of them is what they grew by while it ran)."""
-    drops = status.get("drops", {})
-    return {th.key: sum(c.get("packets", 0) for group, c in drops.items()
-                        if any(group == g or (g.endswith("-") and group.startswith(g)) for g in th.groups))
+def drops_by_threat(drops: dict[tuple[str, str], int], ths: list[Threat]) -> dict[str, int]:
+    """Dropped packets per threat from {(group, mode): packets} of the rules that condemn
+    (``guard.demo.drops``; every condemned packet passes exactly one; monitor mode drops nothing).
+    Threats with the group ``banned`` also count the ingress drops of banned sources (the floods run
+    one after another, so a flood's share of them is what they grew by while it ran)."""
+    return {th.key: sum(n for (group, mode), n in drops.items()
+                        if mode == "enforce" and any(_in(group, g) for g in th.groups))
             for th in ths}
+
+
+def _in(group: str, wanted: str) -> bool:
+    """``wanted`` is a group, or with a trailing "-" every group of that kind (``limit-<name>``)."""
+    return group == wanted or (wanted.endswith("-") and group.startswith(wanted))

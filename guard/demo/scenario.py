@@ -10,8 +10,8 @@ Topology (all in network namespaces named ``ngd-<pid>-<role>``; the host's rules
 
 The node runs ``nodeguard apply`` and ``nodeguard sample`` with the shipped default policy (only the
 sampler's log and window, and the watcher's state file, moved to a temporary directory). The demo's own
-netdev ingress counters on up0 count what arrives; ``nodeguard status --json`` gives what was dropped;
-the client tries the host service, the NodePort, a ping and a UDP echo every 100 ms.
+netdev ingress counters on up0 count what arrives; nodeguard's own counters of the rules that condemn,
+read 4 times a second in the node (``guard.demo.drops``), give what was dropped; the client tries the host service, the NodePort, a ping and a UDP echo every 100 ms.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from . import drops as drops_mod
 from . import lab as labmod
 from .floods import FULL, QUICK, drops_by_threat, threats
 from .lab import Lab, Netns, nodeguard
@@ -41,6 +42,7 @@ COUNTER_TABLE = "ngd_demo"
 PROBES = {"tcp-host": f"{NODE}:{HOST_TCP}", "tcp-nodeport": f"{NODE}:{NODEPORT}", "ping": NODE,
           "udp": f"{NODE}:{UDP_PORT}"}
 PROBE_INTERVAL, PROBE_TIMEOUT = 0.1, 1.0
+POLL_INTERVAL = 0.25  # both counters, 4 times a second
 MIN_CLIENT_OK = 0.80      # "sane": the protected client keeps >= 80 % of its attempts during every flood
 MIN_ARRIVED_PPS = 5_000   # below this the "flood" did not happen and nothing was shown
 MIN_DROPPED_SHARE = 0.5   # nodeguard must have dropped at least half of what arrived
@@ -94,9 +96,11 @@ class Demo:
         args = ["-m", "guard.demo.probe", str(PROBE_INTERVAL), str(PROBE_TIMEOUT),
                 *(f"{k}={v}" for k, v in PROBES.items())]
         self.probe = self.lab.spawn(self.cli, args, python=True, stderr=subprocess_devnull())
+        self.drops = self.lab.spawn(self.node, ["-m", "guard.demo.drops", str(self.policy), str(POLL_INTERVAL)],
+                                    python=True)
         threading.Thread(target=self._read_probe, daemon=True).start()
+        threading.Thread(target=self._read_drops, daemon=True).start()
         threading.Thread(target=self._poll_counters, daemon=True).start()
-        threading.Thread(target=self._poll_status, daemon=True).start()
 
     def _read_probe(self) -> None:
         for line in self.probe.stdout:
@@ -107,8 +111,21 @@ class Demo:
             with self.tel.lock:
                 self.tel.attempts.append(rec)
 
+    def _read_drops(self) -> None:
+        """Drops per threat, stamped by the reader in the node when it read them."""
+        for line in self.drops.stdout:
+            try:
+                t, drops = drops_mod.parse(line)
+            except (ValueError, KeyError, TypeError) as exc:
+                self.tel.errors.append(f"drop counters: {exc}")
+                continue
+            with self.tel.lock:
+                self.tel.dropped.append((t, drops_by_threat(drops, self.threats)))
+        if not self.stop_polling.is_set():
+            self.tel.errors.append(f"drop counters: the reader ended: {self.drops.stderr.read().strip()[-200:]}")
+
     def _poll_counters(self) -> None:
-        while not self.stop_polling.wait(0.25):
+        while not self.stop_polling.wait(POLL_INTERVAL):
             try:
                 res = self.node.run("nft", "-j", "list", "table", "netdev", COUNTER_TABLE, timeout=5)
                 vals = _ingress(res.stdout)
@@ -117,22 +134,6 @@ class Demo:
                 continue
             with self.tel.lock:
                 self.tel.arrived.append((time.time(), vals))
-
-    def _poll_status(self) -> None:
-        while not self.stop_polling.is_set():
-            started, wall = time.monotonic(), time.time()
-            try:
-                st = json.loads(nodeguard(self.node, "status", "--json", "-c", str(self.policy), timeout=20).stdout)
-                vals = drops_by_threat(st, self.threats)
-                with self.tel.lock:  # stamped mid-call: with a full meter, status takes seconds
-                    self.tel.dropped.append(((wall + time.time()) / 2, vals))
-            except Exception as exc:  # noqa: BLE001
-                self.tel.errors.append(f"nodeguard status: {exc}")
-            took = time.monotonic() - started
-            self.tel.status_took = took
-            # status lists every meter element: with a meter filled by a spoofed flood it takes seconds;
-            # polling back to back would take a core from the client and the node
-            self.stop_polling.wait(max(1.0 - took, took))
 
     # --- the run ------------------------------------------------------------------------------
     def wait(self, seconds: float, display) -> None:
@@ -177,10 +178,9 @@ class Demo:
 
     def _snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
         """The latest ingress counters and drop counters, fresh from the kernel."""
+        now = time.time()
         res = self.node.run("nft", "-j", "list", "table", "netdev", COUNTER_TABLE)
-        arrived = _ingress(res.stdout)
-        st = json.loads(nodeguard(self.node, "status", "--json", "-c", str(self.policy)).stdout)
-        return arrived, drops_by_threat(st, self.threats)
+        return _ingress(res.stdout), self.tel.fresh_drops(now)
 
     def summary(self) -> None:
         self.say("")

@@ -1,11 +1,17 @@
 """What the demo collects while the floods run (ingress counters, nodeguard's drops, the client's
-attempts), shared between the poller threads and the display under one lock."""
+attempts), shared between the reader threads and the display under one lock.
+
+Both counters are read about 4 times a second; a rate is over the last second of samples, so the
+display shows what is dropped in the second it happens. A figure is stale only when its counter has
+not been read for ``STALE_S``."""
 
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass, field
+
+STALE_S = 1.0  # four missed reads of a 4/s poll
 
 
 @dataclass
@@ -15,7 +21,6 @@ class Telemetry:
     dropped: list[tuple[float, dict[str, int]]] = field(default_factory=list)   # (t, drops per threat)
     attempts: list[dict] = field(default_factory=list)                          # probe lines
     errors: list[str] = field(default_factory=list)
-    status_took: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @staticmethod
@@ -33,12 +38,28 @@ class Telemetry:
 
     def dropped_pps(self, key: str) -> float:
         with self.lock:
-            return self._rate(self.dropped, key, 1.5)
+            return self._rate(self.dropped, key)
 
-    def dropped_age(self) -> float:
-        """Seconds since the newest ``status`` sample."""
+    def dropped_age(self, now: float | None = None) -> float:
+        """Seconds since the newest read of the drop counters."""
         with self.lock:
-            return time.time() - self.dropped[-1][0] if self.dropped else float("inf")
+            newest = self.dropped[-1][0] if self.dropped else None
+        return (now or time.time()) - newest if newest is not None else float("inf")
+
+    def stale(self, now: float | None = None) -> str:
+        """" (drops N s old)" when the drop counters have not been read for STALE_S, else ""."""
+        age = self.dropped_age(now)
+        return f" (drops {age:.1f} s old)" if age > STALE_S else ""
+
+    def fresh_drops(self, after: float, timeout: float = 5.0) -> dict[str, int]:
+        """The first drops sample read after ``after`` (a flood's totals must not be a read old)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.dropped and self.dropped[-1][0] > after:
+                    return self.dropped[-1][1]
+            time.sleep(0.05)
+        raise RuntimeError(f"nodeguard's drop counters were not read for {timeout:.0f} s")
 
     def client(self, since: float, until: float | None = None) -> tuple[int, int, dict[str, tuple[int, int]], list[float]]:
         """ok, total, per kind (ok, total), latencies (ms) of successes, for attempts started in [since, until)."""
