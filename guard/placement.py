@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Stage = Literal["ingress", "stateless", "stateful", "synproxy"]
+Stage = Literal["ingress", "stateless", "stateful", "input"]
 
 DEFRAG = -400  # NF_IP_PRI_CONNTRACK_DEFRAG: nothing may run before reassembly
 CONNTRACK = -200  # NF_IP_PRI_CONNTRACK
@@ -44,9 +44,11 @@ PLACEMENTS: dict[str, Placement] = {
         "after conntrack (-200: ct count and the handshake check need it), before mangle (-150), "
         "kube-proxy's nftables chains (-110) and DNAT (-100), so ports are the ones clients asked for; "
         "iptables: mangle PREROUTING, which runs before nat PREROUTING's DNAT"),
-    "synproxy": Placement(
-        "synproxy", "input", -160, CONNTRACK + 1, CONNTRACK, "filter", ("INPUT",),
-        "after conntrack (SYNPROXY needs the connection state), before mangle (-150), kube-proxy's and "
-        "iptables' filter chains (0) and Calico, any of which may drop 'ct state invalid' first; "
-        "iptables: SYNPROXY is a filter target, rule 1 of filter INPUT"),
+    "input": Placement(
+        "input", "input", -160, CONNTRACK + 1, CONNTRACK, "filter", ("INPUT",),
+        "after conntrack (SYNPROXY needs the connection state) and after DNAT (what reaches input is for "
+        "the node itself, never a Service's pod), before conntrack confirms a new entry (a drop here "
+        "leaves none behind), before mangle (-150), kube-proxy's and iptables' filter chains (0) and "
+        "Calico, any of which may drop 'ct state invalid' first; iptables: SYNPROXY is a filter target, "
+        "rule 1 of filter INPUT"),
 }

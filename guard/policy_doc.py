@@ -64,6 +64,13 @@ DESCRIPTIONS = {
     "syn.synproxy.forwarded": "also defend `forwarded_ports` with SYNPROXY (needs `nf_conntrack_tcp_loose=0`)",
     "syn.synproxy.forwarded_ports": "NodePorts, DNAT'd to pods, defended with `forwarded`",
     "syn.synproxy.set_sysctls": "let nodeguard set `tcp_syncookies`, `tcp_timestamps` (and loose for `forwarded`)",
+    "closed_ports": "new UDP flows to the node's own addresses that no socket would receive (a socket lookup "
+                    "per packet; Services DNAT'd to pods never come here)",
+    "closed_ports.enabled": "`false`: no such limit",
+    "closed_ports.mode": "`null`: the policy's `mode`",
+    "closed_ports.rate": "such flows from all sources together; the rest are dropped before conntrack keeps an "
+                         "entry for them",
+    "closed_ports.burst": "burst of `closed_ports.rate`, if not written in it",
     "limits[]": "per-source packet limits; the default entry exempts VXLAN, Geneve, flannel and WireGuard",
     "limits[].name": "`{name_pattern}`; unique across `limits` and `connlimit`",
     "limits[].mode": "`null`: the policy's `mode`",

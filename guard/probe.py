@@ -79,7 +79,7 @@ def choose_priorities(foreign: list[ForeignChain]) -> Priorities:
         limit = {"stateless": "without running before defrag", "ingress": "without going under the taps at -1000"
                  }.get(stage, "and still run after conntrack")
         chosen[stage] = _below(rivals, p.default_priority, p.floor, stage, limit, notes)
-    return Priorities(chosen["stateless"], chosen["stateful"], tuple(notes), chosen["synproxy"], chosen["ingress"])
+    return Priorities(chosen["stateless"], chosen["stateful"], tuple(notes), chosen["input"], chosen["ingress"])
 
 
 def _below(rivals: list[ForeignChain], default: int, floor: int, which: str, limit: str, notes: list[str]) -> int:

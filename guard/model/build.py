@@ -20,8 +20,8 @@ from ..policy.rates import Rate
 from ..policy.schema import Policy
 from .matches import (Assured, BanSource, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort,
                       Family, FibLocal, IcmpTypes, InterfaceNotIn, Log, Match, NoTrack, OneIn, OverLimit, Proto,
-                      RememberSource, SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver, TcpFlags,
-                      UnderLimit, UpdateSource)
+                      RememberSource, SocketOpen, SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver,
+                      TcpFlags, UnderLimit, UpdateSource)
 from .plans import Priorities, Sampling, SynproxyPlan
 from .ruleset import AddrSet, Chain, Mode, NamedLimit, Rule, RuleSet
 from .verdicts import CONTINUE, DROP, RETURN, Goto, Jump, Queue, Synproxy, Verdict
@@ -34,17 +34,18 @@ ICMP6_ECHO_REQUEST = 128
 
 STATELESS_CHAIN = "filter-prerouting"
 STATEFUL_CHAIN = "filter-conntrack"
-SYNPROXY_CHAIN = "synproxy-input"
+INPUT_CHAIN = "filter-input"
 INGRESS_CHAIN = "ingress-"  # + the device: one per protected device
 BANNED = "banned"  # the rule group of the ingress drops (their counters are the drops of banned sources)
 SYN_ONLY = TcpFlags(("fin", "syn", "rst", "ack"), ("syn",))
 SAMPLE_ALL = "sample-all"
+CLOSED_PORT = "closed-port"  # the rule group of closed_ports
 
 
 def sample_groups(policy: Policy) -> tuple[str, ...]:
     """Every rule group that condemns packets, in a fixed order (it numbers the NFQUEUE queues)."""
     return ("bogus-flags", "icmp-flood", "syn-flood", *(f"limit-{lim.name}" for lim in policy.limits),
-            *(("conn-limit",) if policy.connlimit else ()))
+            *(("conn-limit",) if policy.connlimit else ()), *((CLOSED_PORT,) if policy.closed_ports.enabled else ()))
 
 
 class _Builder:
@@ -194,9 +195,9 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     if conn_rules:
         b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules),
                                  "stateful", priorities.stateful))
-    if proxied and proxied.forwarded:
-        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(interfaces), *_synproxy_rules(b, proxied)),
-                              "synproxy", priorities.synproxy))
+    on_input = [*(_synproxy_rules(b, proxied) if proxied and proxied.forwarded else ()), *_closed_ports(b)]
+    if on_input:
+        b.chains.append(Chain(INPUT_CHAIN, (*_never_limited(interfaces), *on_input), "input", priorities.input))
     ingress, escalation = _escalation(b, interfaces, priorities, {s.version: s.name for s in b.sets
                                                                    if s.kind == "trusted"})
     return RuleSet((*ingress, *b.chains, *escalation, *b.sample_chains.values()), tuple(b.sets),
@@ -306,6 +307,19 @@ def _synproxy_rules(b: _Builder, sp: SynproxyPlan) -> list[Rule]:
 def _with_default_burst(rate: Rate) -> Rate:
     """Without an explicit burst, allow two units' worth (a bucket that absorbs normal jitter)."""
     return rate.with_burst(rate.burst_or(2))
+
+
+def _closed_ports(b: _Builder) -> list[Rule]:
+    """On input, after DNAT, before conntrack confirms: new UDP flows to the node's own addresses that
+    no socket would receive, over ``closed_ports.rate`` (all sources together), are condemned. A drop
+    there leaves no conntrack entry; below the rate the kernel answers port unreachable as ever."""
+    closed = b.policy.closed_ports
+    if not closed.enabled:
+        return []
+    over = b.add_limit(CLOSED_PORT, closed.global_rate(), over=True)
+    return [Rule((Proto("udp"), CtStateNew(), SocketOpen()), RETURN, "udp to an open socket"),
+            b.condemn((Proto("udp"), CtStateNew(), OverLimit(over)), CLOSED_PORT, b.policy.mode_of(closed),
+                      "udp to a closed port over the rate")]
 
 
 def _never_limited(interfaces: tuple[str, ...]) -> list[Rule]:

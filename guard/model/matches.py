@@ -130,6 +130,12 @@ class FibLocal:
 
 
 @dataclass(frozen=True)
+class SocketOpen:
+    """A local socket would receive the packet (listening, bound or connected, wildcard or not): a
+    lookup per packet, so a socket opened a moment ago counts at once."""
+
+
+@dataclass(frozen=True)
 class DstPortInSet:
     set: str  # a ``ports`` set
     version: int
@@ -186,4 +192,4 @@ class Log:
 
 Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, SourceNotInSet,
               CtStateNew, Assured, RememberSource, UpdateSource, BanSource, SourceRateOver, SourceConnsOver, OverLimit,
-              UnderLimit, CountSource, OneIn, Log, FibLocal, DstPortInSet, CtState, NoTrack, EngagePort]
+              UnderLimit, CountSource, OneIn, Log, FibLocal, SocketOpen, DstPortInSet, CtState, NoTrack, EngagePort]

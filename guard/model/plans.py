@@ -59,9 +59,9 @@ class Priorities:
     stateless: int = PLACEMENTS["stateless"].default_priority
     stateful: int = PLACEMENTS["stateful"].default_priority
     notes: tuple[str, ...] = field(default=())
-    synproxy: int = PLACEMENTS["synproxy"].default_priority
+    input: int = PLACEMENTS["input"].default_priority
     ingress: int = PLACEMENTS["ingress"].default_priority
 
     def of(self, stage: Stage) -> int:
-        return {"stateless": self.stateless, "stateful": self.stateful, "synproxy": self.synproxy,
+        return {"stateless": self.stateless, "stateful": self.stateful, "input": self.input,
                 "ingress": self.ingress}[stage]

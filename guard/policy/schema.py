@@ -108,6 +108,23 @@ class Syn(_Section):
     source_rate = Icmp.source_rate
 
 
+class ClosedPorts(_Section):
+    """New UDP flows to the node's own addresses that no socket would receive (nothing listens, is
+    bound or connected there). Up to ``rate`` of them pass (all sources together), so the kernel still
+    answers port unreachable (traceroute); the rest are dropped on input, before conntrack confirms an
+    entry for them, so a spoofed flood at closed ports no longer fills conntrack. A socket lookup per
+    packet, not a list: a listener opened a moment ago counts at once. Service traffic DNAT'd to pods is
+    forwarded and never comes here. See docs/design/closed-ports.md."""
+
+    enabled: bool = True
+    mode: Mode | None = None
+    rate: RateField = parse_rate("1000/second burst 2000")
+    burst: Burst | None = None
+
+    _burst = field_validator("burst")(classmethod(one_burst("rate")))
+    global_rate = Icmp.global_rate
+
+
 class Limit(_Section):
     """A hashlimit-style per-source packet limit, with a global backstop for when its meter is full."""
 
@@ -272,6 +289,7 @@ class Policy(_Section):
     icmp: Icmp = Icmp()
     syn: Syn = Syn()
     limits: tuple[Limit, ...] = _DEFAULT_LIMITS
+    closed_ports: ClosedPorts = ClosedPorts()
     connlimit: tuple[ConnLimit, ...] = Field(default=_DEFAULT_CONNLIMIT, validate_default=True)
     meter: Meter = Meter()
     escalate: Escalate = Escalate()
@@ -294,7 +312,7 @@ class Policy(_Section):
                 seen.add(name)
         return connlimit
 
-    def mode_of(self, section: "Icmp | Syn | Limit | ConnLimit | None") -> str:
+    def mode_of(self, section: "Icmp | Syn | Limit | ConnLimit | ClosedPorts | None") -> str:
         """A threat's own ``mode``, else the policy's."""
         own = getattr(section, "mode", None)
         return own if own is not None else self.mode

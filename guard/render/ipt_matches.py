@@ -8,7 +8,7 @@ from functools import singledispatch
 from typing import Any
 
 from ..model.matches import (Assured, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort, Family,
-                             FibLocal, IcmpTypes, Log, NoTrack, OneIn, OverLimit, Proto, RememberSource,
+                             FibLocal, IcmpTypes, Log, NoTrack, OneIn, OverLimit, Proto, RememberSource, SocketOpen,
                              SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver, TcpFlags, UnderLimit,
                              UpdateSource)
 from ..model.ruleset import V6_SOURCE_PREFIX, AddrSet, NamedLimit
@@ -107,6 +107,11 @@ def _(x: CtState, ctx: Ctx) -> list[str]:
 @match.register
 def _(x: FibLocal, ctx: Ctx) -> list[str]:
     return ["-m addrtype --dst-type LOCAL"]
+
+
+@match.register
+def _(x: SocketOpen, ctx: Ctx) -> list[str]:
+    return ["-m socket --nowildcard"]  # --nowildcard: sockets bound to any address count too
 
 
 @match.register

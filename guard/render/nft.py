@@ -15,7 +15,7 @@ from functools import singledispatch
 from typing import Any
 
 from ..model.matches import (Assured, BanSource, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort,
-                             Family, FibLocal, IcmpTypes, InterfaceNotIn, Log, NoTrack, OneIn, OverLimit, Proto,
+                             Family, FibLocal, IcmpTypes, InterfaceNotIn, Log, NoTrack, OneIn, OverLimit, Proto, SocketOpen,
                              RememberSource, SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver, TcpFlags,
                              UnderLimit, UpdateSource)
 from ..model.ruleset import TABLE, AddrSet, Chain, NamedLimit, Rule, RuleSet
@@ -263,6 +263,12 @@ def _(x: UnderLimit, sets: dict) -> dict:
 @_match.register
 def _(x: FibLocal, sets: dict) -> dict:
     return _eq({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+
+
+@_match.register
+def _(x: SocketOpen, sets: dict) -> dict:
+    # a lookup that finds no socket ends the rule; any socket found is transparent or not
+    return _eq({"socket": {"key": "transparent"}}, {"set": [0, 1]})
 
 
 @_match.register
