@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _netns import add_uplink, reexec_in_netns  # noqa: E402
 from _policies import big_allowlist  # noqa: E402
 
+from guard.lab.netns import add_uplink, reexec_in_netns  # noqa: E402
 from guard.apply import apply_plan, make_plan, read_state, transaction, uninstall  # noqa: E402
 from guard.backend.nft import Nft  # noqa: E402
 from guard.policy.load import read_policy  # noqa: E402
@@ -48,8 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=15)
     args = ap.parse_args()
-    reexec_in_netns("apply")
-    add_uplink()
+    add_uplink(reexec_in_netns("apply"), "ngb0")  # from here on in a throwaway namespace
     nft = Nft()
     tmp = Path(tempfile.mkdtemp())
     (tmp / "10k.yaml").write_text(big_allowlist())

@@ -46,6 +46,8 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from guard.demo import lab as labmod  # noqa: E402
+from guard.lab.lock import machine_lock  # noqa: E402
+from guard.lab.netns import remove_stale, sh  # noqa: E402
 from guard.demo.lab import (CLIENT, HOST_RR, HOST_SINK, HOST_TCP, NODE, NODEPORT, UDP_PORT, Interrupted,  # noqa: E402
                             Lab, nodeguard)
 
@@ -118,16 +120,16 @@ class Bench:
         batch = "".join(f"addr add {a}/32 dev eth0\n" for a in self.new_addrs[:need])
         self.crr_srcs = [f"{CRR_NET.rsplit('.', 1)[0]}.{i}" for i in range(1, CRR_SOURCES + 1)]
         batch += "".join(f"addr add {a}/32 dev eth0\n" for a in self.crr_srcs)
-        labmod.sh(["ip", "-n", self.cli.name, "-batch", "-"], input=batch)
-        self.node.run("ip", "route", "add", NEW_NET, "via", CLIENT)
-        self.node.run("ip", "route", "add", CRR_NET, "via", CLIENT)
+        sh(["ip", "-n", self.cli.name, "-batch", "-"], input=batch)
+        self.node.run(["ip", "route", "add", NEW_NET, "via", CLIENT])
+        self.node.run(["ip", "route", "add", CRR_NET, "via", CLIENT])
         decl = "; ".join(f"add counter inet {DELIVERED_TABLE} in_{k}" for k in COUNTERS)
         rules = "; ".join(f"add rule inet {DELIVERED_TABLE} {c} iifname up0 {m} counter name in_{k}"
                           for c in ("input", "forward") for k, m in COUNTERS.items())
-        self.node.run("nft", f"add table inet {DELIVERED_TABLE}; {decl}; "
+        self.node.run(["nft", f"add table inet {DELIVERED_TABLE}; {decl}; "
                              f"add chain inet {DELIVERED_TABLE} input {{ type filter hook input priority 500; }}; "
                              f"add chain inet {DELIVERED_TABLE} forward {{ type filter hook forward priority 500; }}; "
-                             f"{rules}")
+                             f"{rules}"])
         self.fresh = iter(self.new_addrs[:need])
         self.scratch = self.node  # where the defences go
         default = yaml.safe_load(importlib.resources.files("guard.rules").joinpath("default.yaml").read_text())
@@ -142,28 +144,28 @@ class Bench:
                 path = self.tmp / f"{d}.yaml"
                 path.write_text(yaml.safe_dump(pol, sort_keys=False))
                 self.policies[d] = path
-        self.filter_before = self.node.run("iptables-nft-save", "-t", "filter").stdout
+        self.filter_before = self.node.run(["iptables-nft-save", "-t", "filter"]).stdout
 
     # --- defences -----------------------------------------------------------------------------
     def install(self, d: str) -> None:
         if d == "handmade":
-            self.node.run("iptables-nft-restore", "--noflush", input=HANDMADE)
+            self.node.run(["iptables-nft-restore", "--noflush"], input=HANDMADE)
         elif d != "none":
             nodeguard(self.node, "apply", "-c", str(self.policies[d]))
 
     def remove(self, d: str) -> None:
         if d == "handmade":
-            self.node.run("iptables-nft-restore", "-T", "filter", input=self.filter_before)
+            self.node.run(["iptables-nft-restore", "-T", "filter"], input=self.filter_before)
         elif d != "none":
             nodeguard(self.node, "uninstall")
-        self.node.run("conntrack", "-F", check=False)
+        self.node.run(["conntrack", "-F"], check=False)
 
     def dropped(self, d: str) -> int:
         if d == "none":
             return 0
         if d == "handmade":
             total = 0
-            for ln in self.node.run("iptables-nft-save", "-c", "-t", "filter").stdout.splitlines():
+            for ln in self.node.run(["iptables-nft-save", "-c", "-t", "filter"]).stdout.splitlines():
                 if ln.startswith("[") and " -A DOS-" in ln and ln.endswith("-j DROP"):
                     total += int(ln[1:].split(":", 1)[0])
             return total
@@ -177,15 +179,15 @@ class Bench:
 
     # --- measurements -------------------------------------------------------------------------
     def client(self, *args: str, timeout: float = 120) -> dict:
-        res = self.cli.run(sys.executable, str(ROOT / "bench" / "_client.py"), *args, timeout=timeout)
+        res = self.cli.run([sys.executable, str(ROOT / "bench" / "_client.py"), *args], timeout=timeout)
         return json.loads(res.stdout.splitlines()[-1])
 
     def counters(self) -> dict[str, int]:
         """Attack packets arrived (netdev ingress) and delivered (after every filter, "d:" keys)."""
-        out = labmod.parse_counters(self.node.run("nft", "-j", "list", "table", "netdev",
-                                                  COUNTER_TABLE).stdout)
+        out = labmod.parse_counters(self.node.run(["nft", "-j", "list", "table", "netdev",
+                                                   COUNTER_TABLE]).stdout)
         out.update({f"d:{k}": v for k, v in labmod.parse_counters(self.node.run(
-            "nft", "-j", "list", "table", "inet", DELIVERED_TABLE).stdout).items()})
+            ["nft", "-j", "list", "table", "inet", DELIVERED_TABLE]).stdout).items()})
         return out
 
     def connects(self, port: int, duration: float) -> dict:
@@ -205,7 +207,7 @@ class Bench:
             legit = self.connects(port, self.args.duration)
             self.lab.stop(flood, signal.SIGINT)
             c1, s1, t1 = self.counters(), softirq_jiffies(), time.monotonic()
-            conntrack = int(self.node.run("conntrack", "-C").stdout.strip() or 0)
+            conntrack = int(self.node.run(["conntrack", "-C"]).stdout.strip() or 0)
             dropped = self.dropped(d)
         finally:
             self.remove(d)
@@ -230,7 +232,7 @@ class Bench:
             crr = self.client("crr", NODE, str(HOST_TCP), str(self.args.quiet_s), *self.crr_srcs)["per_s"]
             rr = self.client("rr", NODE, str(HOST_RR), str(self.args.quiet_s))["per_s"]
             bulk = self.client("bulk", NODE, str(HOST_SINK), str(self.args.quiet_s))["bytes_per_s"]
-            conntrack = int(self.node.run("conntrack", "-C").stdout.strip() or 0)
+            conntrack = int(self.node.run(["conntrack", "-C"]).stdout.strip() or 0)
         finally:
             self.remove(d)
         run = {"defence": d, "scenario": "none", "rate": "-", "rep": rep, "crr_per_s": crr, "rr_per_s": rr,
@@ -477,10 +479,10 @@ def main() -> int:
     bench, started, rc = None, time.monotonic(), 0
     with labmod.signals_unwind():
         try:
-            with labmod.machine_lock(print) as waited:
+            with machine_lock(print) as waited:
                 if waited > 0.5:
                     print(f"waited {waited:.1f} s for the machine-wide flood lock")
-                labmod.remove_stale(PREFIX)
+                remove_stale(PREFIX)
                 started = time.monotonic()
                 bench = Bench(args)
                 try:

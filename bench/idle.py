@@ -22,8 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _netns import add_uplink, reexec_in_netns  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from guard.lab.netns import add_uplink, reexec_in_netns  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_GOAL, RSS_GOAL_MB = 0.5, 80.0
@@ -46,8 +46,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--scrape", type=float, default=15.0, help="seconds between /metrics scrapes (0: none)")
     args = ap.parse_args()
-    reexec_in_netns("idle")
-    add_uplink()
+    add_uplink(reexec_in_netns("idle"), "ngb0")  # from here on in a throwaway namespace
     tmp = Path(tempfile.mkdtemp(prefix="ngidle-"))
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp / "notify"))

@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _netns import add_uplink, reexec_in_netns  # noqa: E402
 
+from guard.lab.netns import add_uplink, reexec_in_netns  # noqa: E402
 from guard.apply import apply_plan, make_plan, uninstall  # noqa: E402
 from guard.backend.nft import Nft  # noqa: E402
 from guard.policy.load import parse_policy  # noqa: E402
@@ -171,8 +171,7 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=20.0)
     ap.add_argument("--backends", default="nft,iptables-nft,iptables-legacy")
     args = ap.parse_args()
-    reexec_in_netns("repair")
-    add_uplink()
+    add_uplink(reexec_in_netns("repair"), "ngb0")  # from here on in a throwaway namespace
     nft = Nft()
     tmp = Path(tempfile.mkdtemp())
     print(f"{'backend':<16} {'case':<10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'n':>4}  {'p50/floor':>9}  goal")

@@ -18,7 +18,7 @@ Baselines measured in the same run, on the same (shared, noisy) machine:
   falls on both alike. The ratio column is candidate / baseline.
 
 Every run happens inside a throwaway network namespace with a veth uplink and a default route
-(bench/_netns.py): the host's ruleset is never touched. Each tree is imported through PYTHONPATH,
+(guard/lab/netns.py): the host's ruleset is never touched. Each tree is imported through PYTHONPATH,
 so the venv's editable install of another checkout does not leak in. Bytecode caches are
 allowed (PYTHONDONTWRITEBYTECODE is dropped for the children; the warm-up run writes them), as
 after a pip install: otherwise each run would time the compiler, not the CLI.
@@ -56,7 +56,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from _netns import add_uplink, reexec_in_netns  # noqa: E402
+sys.path.insert(0, str(ROOT))  # this tree's guard.lab, not the venv's install of another checkout
+from guard.lab.netns import add_uplink, reexec_in_netns  # noqa: E402
 from _policies import big_allowlist  # noqa: E402
 
 GOALS_MS = {"version": 150, "help": 150, "apply-default": 300, "apply-10k": 500}
@@ -87,8 +88,7 @@ def main() -> None:
     ap.add_argument("--baseline", default="main", help="git revision to compare against (a temporary worktree)")
     ap.add_argument("--only", default=None, help="comma-separated case names: " + ",".join(GOALS_MS))
     args = ap.parse_args()
-    reexec_in_netns("startup")
-    add_uplink()
+    add_uplink(reexec_in_netns("startup"), "ngb0")  # from here on in a throwaway namespace
 
     tmp = Path(tempfile.mkdtemp(prefix="ngstartup-"))
     big = tmp / "10k.yaml"

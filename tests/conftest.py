@@ -6,7 +6,6 @@ elsewhere the test is skipped with the reason.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import stat
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import netlab
+from guard.lab.lock import machine_lock
 
 # Every program the kernel tests, tests/netlab.py and tests/helpers run, and the ones nodeguard itself runs
 # under them (guard/backend/tools.py: {ip,ip6}tables-{nft,legacy}-{save,restore}, ipset). tests/sdharness.py
@@ -132,8 +132,7 @@ def exclusive(kernel):
     if os.environ.get("NODEGUARD_TEST_LOCK") == "off":  # a developer who accepts noisy neighbours
         yield
         return
-    with open("/tmp/nodeguard-kernel-tests.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with machine_lock():
         yield
 
 

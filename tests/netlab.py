@@ -1,4 +1,5 @@
-"""Throwaway network namespaces for kernel tests: a victim and an attacker on a veth pair.
+"""Kernel tests' labs, built on guard.lab: a victim and an attacker on a veth pair, a pod, and what
+the tests read from a namespace (nft, status, counters) and run in it (servers, clients, floods).
 
 Nothing here touches the root namespace's ruleset: every command runs under
 ``ip netns exec``. Namespaces are always deleted, even when a test fails.
@@ -10,7 +11,6 @@ import itertools
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from guard.lab import netns as core
 from guard.placement import TAPS
 from guard.render.ipt_names import chain_name as _ipt_chain_name
 
@@ -32,29 +33,17 @@ VICTIM6, ATTACKER6, LEGIT6 = "fd77::1", "fd77::2", "fd77::3"
 VICTIM_IF, ATTACKER_IF = "ngv0", "nga0"
 
 
-def sh(cmd: str | list[str], check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    args = cmd if isinstance(cmd, list) else shlex.split(cmd)
-    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} -> {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr}")
-    return res
+def _whole_output(res: subprocess.CompletedProcess) -> AssertionError:
+    """A failed command fails the test with everything it printed."""
+    return AssertionError(f"{' '.join(res.args)} -> {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr}")
 
 
-class Netns:
-    def __init__(self, name: str):
-        self.name = name
+class Netns(core.Netns):
+    """guard.lab's namespace with what the tests read from it; a slow command (a loaded machine) gets
+    120 s, and a failed one fails the test with its whole output."""
 
-    def argv(self, cmd: str | list[str]) -> list[str]:
-        args = cmd if isinstance(cmd, list) else shlex.split(cmd)
-        return ["ip", "netns", "exec", self.name, *args]
-
-    def run(self, cmd: str | list[str], check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-        return sh(self.argv(cmd), check=check, timeout=timeout, **kw)
-
-    def popen(self, cmd: str | list[str], **kw) -> subprocess.Popen:
-        kw.setdefault("stdout", subprocess.PIPE)
-        kw.setdefault("stderr", subprocess.PIPE)
-        return subprocess.Popen(self.argv(cmd), text=True, **kw)
+    timeout = 120
+    failure = staticmethod(_whole_output)
 
     def nodeguard(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run([sys.executable, "-m", "guard", *args], check=check)
@@ -142,23 +131,10 @@ class Netns:
         return out
 
 
-@contextmanager
 def namespace(prefix: str = "ng"):
-    ns = Netns(f"{prefix}-{os.getpid()}-{next(_ids)}")
-    sh(["ip", "netns", "add", ns.name])
-    try:
-        ns.run("ip link set lo up")
-        yield ns
-    finally:
-        # a test that failed mid-flood leaves its hping3, sampler or server running: deleting the name
-        # alone would leave them on a core while the next test measures
-        pids = sh(["ip", "netns", "pids", ns.name], check=False).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        sh(["ip", "netns", "del", ns.name], check=False)
+    """A new namespace for one test. A test that failed mid-flood leaves its hping3, sampler or server
+    running: they are killed at once (SIGKILL), nothing of a test's needs a clean exit."""
+    return core.namespace(prefix, str(next(_ids)), cls=Netns, signals=(signal.SIGKILL,))
 
 
 @contextmanager
@@ -168,12 +144,10 @@ def lab():
     The victim's default routes point at the veth, so ``interfaces: auto`` picks it.
     """
     with namespace("ngv") as victim, namespace("nga") as attacker:
-        sh(["ip", "link", "add", VICTIM_IF, "netns", victim.name, "type", "veth",
-            "peer", "name", ATTACKER_IF, "netns", attacker.name])
+        core.veth(victim, VICTIM_IF, attacker, ATTACKER_IF)
         for ns, ifname, addrs in ((victim, VICTIM_IF, [VICTIM4]), (attacker, ATTACKER_IF, [ATTACKER4, LEGIT4, TRUSTED4, *FRESH4])):
             for a in addrs:
                 ns.run(f"ip addr add {a}/24 dev {ifname}")
-            ns.run(f"ip link set {ifname} up")
         victim.run(f"ip -6 addr add {VICTIM6}/64 dev {VICTIM_IF} nodad")
         for a in (ATTACKER6, LEGIT6):
             attacker.run(f"ip -6 addr add {a}/64 dev {ATTACKER_IF} nodad")
@@ -182,6 +156,9 @@ def lab():
         victim.run("sysctl -qw net.ipv4.tcp_syncookies=1")
         _wait_reachable(attacker, VICTIM4)
         yield victim, attacker
+
+
+add_uplink = core.add_uplink  # a veth "ngu0" with 192.0.2.1/24 and the default route
 
 
 def nft_queue_supported(ns: Netns) -> bool:
@@ -197,24 +174,12 @@ POD4 = "10.180.0.3"  # kube-proxy-iptables-tracepacket.rules: NodePort 3003 -> D
 def pod(node: Netns):
     """A pod namespace behind the node (10.180.0.3, the fixture's NodePort 3003 endpoint)."""
     with namespace("ngp") as p:
-        sh(["ip", "link", "add", "ngpod0", "netns", node.name, "type", "veth", "peer", "name", "eth0",
-            "netns", p.name])
+        core.veth(node, "ngpod0", p, "eth0")
         node.run("ip addr add 10.180.0.1/24 dev ngpod0")
-        node.run("ip link set ngpod0 up")
         node.run("sysctl -qw net.ipv4.ip_forward=1")
         p.run(f"ip addr add {POD4}/24 dev eth0")
-        p.run("ip link set eth0 up")
         p.run("ip route add default via 10.180.0.1")
         yield p
-
-
-def add_uplink(ns: Netns, ifname: str = "ngu0") -> None:
-    """A veth end with an address and the default route, for tests that need no peer."""
-    ns.run(["ip", "link", "add", ifname, "type", "veth", "peer", "name", ifname + "p"])
-    ns.run(f"ip addr add 192.0.2.1/24 dev {ifname}")
-    ns.run(f"ip link set {ifname} up")
-    ns.run(f"ip link set {ifname}p up")
-    ns.run("ip route add default via 192.0.2.254")
 
 
 def _wait_reachable(ns: Netns, addr: str) -> None:
@@ -242,7 +207,6 @@ def load_fixture(ns: Netns, name: str, loader: str) -> None:
     ns.run(cmd)
 
 
-_COUNTER = re.compile(r"\[\d+:\d+\]")
 _IPT_RULE = re.compile(r'^\[(?P<packets>\d+):\d+\] -A (?P<chain>\S+) .*--comment "nodeguard:[0-9a-f]+ (?P<label>[^"]*)"')
 IPT_CHAINS = {"NODEGUARD-PRE-UPLINK": "filter-prerouting", "NODEGUARD-CONN-UPLINK": "filter-conntrack",
               "NODEGUARD-INPUT-UPLINK": "filter-input",
@@ -266,28 +230,6 @@ def backend_policy(backend: str, text: str = "") -> str:
 def kube_loader(backend: str) -> str:
     """Load kube fixtures with the flavour the backend uses (nft tables for the nft backend)."""
     return "iptables-legacy" if backend == "iptables-legacy" else "iptables-nft"
-
-
-def foreign_snapshot(ns: Netns) -> dict[str, str]:
-    """Every table nodeguard does not own, as text, with counters and timestamps removed."""
-    snap: dict[str, str] = {}
-    for o in ns.nft_json("tables"):
-        t = o.get("table")
-        if t and not (t["family"] == "inet" and t["name"] == "nodeguard"):
-            key = f"nft {t['family']} {t['name']}"
-            snap[key] = ns.run(["nft", "-s", "list", "table", t["family"], t["name"]]).stdout
-            snap[key + " json"] = _strip_counters_json(ns.run(["nft", "-s", "-j", "list", "table", t["family"], t["name"]]).stdout)
-    for tool in ("iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"):
-        res = ns.run(tool)
-        snap[tool] = "\n".join(_COUNTER.sub("[0:0]", ln) for ln in res.stdout.splitlines() if not ln.startswith("#"))
-        snap[tool + " stderr"] = res.stderr
-    return snap
-
-
-def _strip_counters_json(text: str) -> str:
-    data = json.loads(text)["nftables"]
-    data = [o for o in data if "metainfo" not in o]
-    return json.dumps(data, sort_keys=True, indent=1)
 
 
 # --- traffic -----------------------------------------------------------------------------
@@ -408,40 +350,3 @@ def watcher(ns: Netns, policy_path: str, state_path: str):
     finally:
         proc.kill()
         proc.wait()
-
-
-IPT_TABLE_NAMES = ("raw", "mangle", "nat", "filter", "security")
-
-
-def without_nodeguard(snap: dict[str, str]) -> dict[str, str]:
-    """A snapshot with nodeguard's iptables lines and the empty tables they needed taken out.
-
-    For the iptables backend: our chains and jumps live inside foreign tables, so what must
-    stay identical is every other line. iptables-nft tables are compared through *-save
-    (their nft listings hold our chains too); a built-in table left with no rule at all
-    (iptables-legacy cannot unregister one) is dropped, and so is iptables-nft-save's notice
-    that legacy tables exist, which the legacy backend must create to protect a family.
-    """
-    out = {}
-    for key, text in snap.items():
-        if key.endswith("stderr"):
-            text = "".join(ln for ln in text.splitlines(True) if "legacy tables present" not in ln)
-        parts = key.split()
-        if parts[0] == "nft" and parts[1] in ("ip", "ip6") and parts[2] in IPT_TABLE_NAMES:
-            continue
-        if key.endswith("-save"):
-            text = _drop_empty_tables("\n".join(ln for ln in text.splitlines() if "NODEGUARD" not in ln))
-        out[key] = text
-    return out
-
-
-def _drop_empty_tables(text: str) -> str:
-    blocks, current = [], []
-    for line in text.splitlines():
-        current.append(line)
-        if line == "COMMIT":
-            blocks.append(current)
-            current = []
-    keep = [b for b in blocks if any(ln.startswith("-A ") for ln in b)
-            or any(ln.startswith(":") and " - [" in ln for ln in b)]
-    return "\n".join(ln for b in keep for ln in b) + ("\n".join(current) if current else "")

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from guard.lab.lock import LOCK_PATH
+
 ROOT = Path(__file__).resolve().parent.parent
-LOCK = "/tmp/nodeguard-kernel-tests.lock"
 
 
 @pytest.fixture
 def locked(kernel):
     """The machine-wide flood lock, held here and passed to the demo by descriptor."""
-    with open(LOCK, "a") as f:
+    with open(LOCK_PATH, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield f.fileno()
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 import netlab
-from netlab import FIXTURE_FILES, fixture_loaders, foreign_snapshot, load_fixture
+from foreign import foreign_snapshot, without_nodeguard
+from netlab import FIXTURE_FILES, fixture_loaders, load_fixture
 
 CASES = [(name, loader) for name in FIXTURE_FILES for loader in fixture_loaders(name)]
 
@@ -108,18 +109,18 @@ def test_iptables_backend_changes_only_its_own_lines_through_apply_reapply_and_u
     head = f"backend: iptables\niptables:\n  flavour: {flavour}\n"
 
     ns.nodeguard("apply", "-c", write_policy(head))
-    assert netlab.without_nodeguard(foreign_snapshot(ns)) == netlab.without_nodeguard(before)
+    assert without_nodeguard(foreign_snapshot(ns)) == without_nodeguard(before)
     _assert_jumps_first(ns, flavour)
     assert json.loads(ns.nodeguard("status", "--json", "-c", write_policy(head)).stdout)["in_sync"]
 
     ns.nodeguard("apply", "-c", write_policy(head + CHANGED))
-    assert netlab.without_nodeguard(foreign_snapshot(ns)) == netlab.without_nodeguard(before)
+    assert without_nodeguard(foreign_snapshot(ns)) == without_nodeguard(before)
     _assert_jumps_first(ns, flavour)
 
     ns.nodeguard("uninstall")
     after = foreign_snapshot(ns)
     assert "NODEGUARD" not in "".join(after.values())
-    assert netlab.without_nodeguard(after) == netlab.without_nodeguard(before)
+    assert without_nodeguard(after) == without_nodeguard(before)
     assert ns.run("ipset list -n").stdout.strip() == ""
 
 

@@ -1,31 +1,29 @@
-"""Throwaway network namespaces for the demo and the flood bench; never the host's ruleset.
+"""The demo's and the flood bench's lab: a node with kube-proxy's rules, its pod, an attacker and a
+client in throwaway namespaces (guard.lab), and the processes started in them.
 
-Every namespace is named ``<prefix>-<owner pid>-<role>``, so leftovers of a run that was killed
-with SIGKILL (which no process can clean up after itself) are recognised and removed by the next
-run, or by ``nodeguard demo --cleanup``. Processes are started by ``Lab`` and ended by their pid.
+Namespaces are named by guard.lab.netns (owner pid inside), so ``nodeguard demo --cleanup`` finds the
+leftovers of a run killed with SIGKILL. Processes are started by ``Lab`` and ended by their pid.
 """
 
 from __future__ import annotations
 
-import fcntl
 import importlib.resources
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ..lab.netns import Netns, veth
+
 NODE, GATEWAY, ATTACKER, CLIENT = "10.66.0.1", "10.66.0.254", "10.66.0.66", "10.66.0.20"
 POD, POD_GW = "10.180.0.3", "10.180.0.254"
 HOST_TCP, NODEPORT, UDP_PORT, HOST_SINK, HOST_RR = 8080, 3003, 5353, 8081, 8082
 UPLINK = "up0"
-LOCK_PATH = "/tmp/nodeguard-kernel-tests.lock"  # one flood at a time on this machine (tests, benches, demo)
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent.parent)
 
 
@@ -63,114 +61,6 @@ def no_signals() -> Iterator[None]:
             signal.signal(s, h)
 
 
-LOCK_FD_ENV = "NODEGUARD_LOCK_FD"
-
-
-def _inherited_lock() -> int | None:
-    """A descriptor of LOCK_PATH that the parent holds locked and passed on (a test that already
-    holds the lock runs the demo: a second open of the file would wait for itself)."""
-    fd = os.environ.get(LOCK_FD_ENV, "")
-    try:
-        st, want = os.fstat(int(fd)), os.stat(LOCK_PATH)
-    except (ValueError, OSError):
-        return None
-    return int(fd) if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino) else None
-
-
-@contextmanager
-def machine_lock(say=lambda msg: None) -> Iterator[float]:
-    """The machine-wide flood lock the kernel tests take; yields the seconds waited for it.
-
-    With ``NODEGUARD_LOCK_FD`` naming an inherited descriptor of the lock file, that descriptor is
-    locked: the same open file as the parent's, so it is the parent's lock (granted at once if the
-    parent holds it, waited for like any other if not)."""
-    fd = _inherited_lock()
-    if fd is not None:
-        start = time.monotonic()
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield time.monotonic() - start
-        return
-    with open(LOCK_PATH, "a") as f:
-        start = time.monotonic()
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"waiting for {LOCK_PATH}: another flood test or bench is running on this machine")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield time.monotonic() - start
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def sh(args: list[str], check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} -> exit {res.returncode}: {(res.stderr or res.stdout).strip()[:400]}")
-    return res
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie: a killed demo's processes are reparented to PID 1, and until it reaps them
-    (some inits take seconds) kill(pid, 0) still succeeds; waiting for those cost 2 s per namespace."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
-def namespaces(prefix: str) -> list[str]:
-    out = sh(["ip", "netns", "list"], check=False).stdout
-    return [ln.split()[0] for ln in out.splitlines() if ln.startswith(prefix + "-")]
-
-
-def remove_namespace(name: str) -> None:
-    """End every process inside ``name`` (by pid), then delete it (its veths go with it)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = [int(p) for p in sh(["ip", "netns", "pids", name], check=False).stdout.split() if p.isdigit()]
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 2
-        while pids and any(_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    sh(["ip", "netns", "del", name], check=False)
-
-
-def remove_stale(prefix: str) -> list[str]:
-    """Remove ``<prefix>-<pid>-*`` namespaces whose owner process is gone (a run killed by SIGKILL)."""
-    removed = []
-    for name in namespaces(prefix):
-        m = re.match(rf"^{re.escape(prefix)}-(\d+)-", name)
-        if m and not _alive(int(m[1])):
-            remove_namespace(name)
-            removed.append(name)
-    return removed
-
-
-class Netns:
-    def __init__(self, name: str):
-        self.name = name
-
-    def argv(self, args: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.name, *args]
-
-    def run(self, *args: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-        return sh(self.argv(list(args)), check=check, timeout=timeout, **kw)
-
-    def sysctl(self, key: str, value: str) -> None:
-        self.run("sysctl", "-qw", f"{key}={value}")
-
-
 class Lab:
     """Namespaces and processes of one run; ``close()`` removes all of them."""
 
@@ -180,25 +70,17 @@ class Lab:
         self.procs: list[subprocess.Popen] = []
 
     def ns(self, role: str) -> Netns:
-        ns = Netns(f"{self.prefix}-{os.getpid()}-{role}")
+        ns = Netns.owned(self.prefix, role)
         self.netns.append(ns)  # before creating it: a failure half-way still cleans up
-        sh(["ip", "netns", "add", ns.name])
-        ns.run("ip", "link", "set", "lo", "up")
+        ns.create()
         return ns
-
-    def veth(self, a: Netns, a_if: str, b: Netns, b_if: str) -> None:
-        sh(["ip", "link", "add", a_if, "netns", a.name, "type", "veth", "peer", "name", b_if, "netns", b.name])
-        a.run("ip", "link", "set", a_if, "up")
-        b.run("ip", "link", "set", b_if, "up")
 
     def spawn(self, ns: Netns, args: list[str], python: bool = False, **kw) -> subprocess.Popen:
         """Start a process in ``ns`` (its own session: a terminal's Ctrl-C reaches only us, and we end it)."""
         if python:
             args = [sys.executable, *args]
             kw.setdefault("env", python_env())
-        kw.setdefault("stdout", subprocess.PIPE)
-        kw.setdefault("stderr", subprocess.PIPE)
-        proc = subprocess.Popen(ns.argv(args), text=True, start_new_session=True, **kw)
+        proc = ns.popen(args, start_new_session=True, **kw)
         self.procs.append(proc)
         return proc
 
@@ -220,7 +102,7 @@ class Lab:
         for proc in reversed(self.procs):
             self.stop(proc, timeout=1.0)
         for ns in reversed(self.netns):
-            remove_namespace(ns.name)
+            ns.remove()
         self.netns.clear()
         self.procs.clear()
 
@@ -233,7 +115,7 @@ def python_env() -> dict[str, str]:
 
 def nodeguard(ns: Netns, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
     """``nodeguard ARGS`` inside ``ns``, through the CLI only."""
-    return ns.run(sys.executable, "-m", "guard", *args, check=check, timeout=timeout, env=python_env())
+    return ns.run([sys.executable, "-m", "guard", *args], check=check, timeout=timeout, env=python_env())
 
 
 @dataclass
@@ -254,33 +136,33 @@ def build_node_lab(lab: Lab, counters: dict[str, str], counter_table: str) -> No
     node's uplink in ``table netdev <counter_table>`` (read with ``parse_counters``)."""
     lan, node, pod = lab.ns("lan"), lab.ns("node"), lab.ns("pod")
     atk, cli = lab.ns("attacker"), lab.ns("client")
-    lan.run("ip", "link", "add", "br0", "type", "bridge")
-    lan.run("ip", "addr", "add", f"{GATEWAY}/24", "dev", "br0")
-    lan.run("ip", "link", "set", "br0", "up")
+    lan.run(["ip", "link", "add", "br0", "type", "bridge"])
+    lan.run(["ip", "addr", "add", f"{GATEWAY}/24", "dev", "br0"])
+    lan.run(["ip", "link", "set", "br0", "up"])
     lan.sysctl("net.ipv4.ip_forward", "1")
-    lan.run("ip", "route", "add", "blackhole", "default")  # replies to spoofed sources end here, silently
+    lan.run(["ip", "route", "add", "blackhole", "default"])  # replies to spoofed sources end here, silently
     for ns, ifname, port, addr in ((node, UPLINK, "p-node", NODE), (atk, "eth0", "p-atk", ATTACKER),
                                    (cli, "eth0", "p-cli", CLIENT)):
-        lab.veth(ns, ifname, lan, port)
-        lan.run("ip", "link", "set", port, "master", "br0")
-        ns.run("ip", "addr", "add", f"{addr}/24", "dev", ifname)
-        ns.run("ip", "route", "add", "default", "via", GATEWAY)
-    lab.veth(node, "pod0", pod, "eth0")
-    node.run("ip", "addr", "add", f"{POD_GW}/24", "dev", "pod0")
-    pod.run("ip", "addr", "add", f"{POD}/24", "dev", "eth0")
-    pod.run("ip", "route", "add", "default", "via", POD_GW)
+        veth(ns, ifname, lan, port)
+        lan.run(["ip", "link", "set", port, "master", "br0"])
+        ns.run(["ip", "addr", "add", f"{addr}/24", "dev", ifname])
+        ns.run(["ip", "route", "add", "default", "via", GATEWAY])
+    veth(node, "pod0", pod, "eth0")
+    node.run(["ip", "addr", "add", f"{POD_GW}/24", "dev", "pod0"])
+    pod.run(["ip", "addr", "add", f"{POD}/24", "dev", "eth0"])
+    pod.run(["ip", "route", "add", "default", "via", POD_GW])
     node.sysctl("net.ipv4.ip_forward", "1")
     node.sysctl("net.ipv4.tcp_syncookies", "1")
 
     rules = importlib.resources.files("guard.demo").joinpath("kube-proxy-iptables-tracepacket.rules")
     with importlib.resources.as_file(rules) as path:
-        node.run("iptables-nft-restore", str(path))
-    kube_rules = sum(1 for ln in node.run("iptables-nft-save").stdout.splitlines() if ln.startswith("-A "))
+        node.run(["iptables-nft-restore", str(path)])
+    kube_rules = sum(1 for ln in node.run(["iptables-nft-save"]).stdout.splitlines() if ln.startswith("-A "))
 
     decl = "; ".join(f"add counter netdev {counter_table} in_{k}" for k in counters)
     rules_ = "; ".join(f"add rule netdev {counter_table} in {m} counter name in_{k}" for k, m in counters.items())
-    node.run("nft", f"add table netdev {counter_table}; {decl}; add chain netdev {counter_table} in "
-                    f"{{ type filter hook ingress device {UPLINK} priority -1000; }}; {rules_}")  # a tap: first
+    node.run(["nft", f"add table netdev {counter_table}; {decl}; add chain netdev {counter_table} in "
+                    f"{{ type filter hook ingress device {UPLINK} priority -1000; }}; {rules_}"])  # a tap: first
 
     services = [lab.spawn(node, ["-m", "guard.demo.services", NODE, f"tcp:{HOST_TCP}", f"udp:{UDP_PORT}",
                                  f"sink:{HOST_SINK}", f"rr:{HOST_RR}"], python=True, stderr=subprocess.DEVNULL),

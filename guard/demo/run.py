@@ -9,6 +9,8 @@ import signal
 import sys
 import time
 
+from ..lab.lock import machine_lock
+from ..lab.netns import remove_stale
 from . import lab as labmod
 from .lab import Interrupted
 from .scenario import PREFIX, Demo
@@ -20,7 +22,7 @@ def main(quick: bool, plot: str, cleanup_only: bool = False, keep: str | None = 
     from .live import Display
 
     if cleanup_only:
-        removed = labmod.remove_stale(PREFIX)
+        removed = remove_stale(PREFIX)
         print(f"removed {len(removed)} namespaces left by demos that no longer run" +
               (f": {', '.join(removed)}" if removed else ""))
         return 0
@@ -31,11 +33,11 @@ def main(quick: bool, plot: str, cleanup_only: bool = False, keep: str | None = 
     started = time.monotonic()
     with labmod.signals_unwind():
         try:
-            with labmod.machine_lock(print) as waited:
+            with machine_lock(print) as waited:
                 if waited > 0.5:
                     print(f"waited {waited:.1f} s for the machine-wide flood lock")
                 started = time.monotonic()
-                stale = labmod.remove_stale(PREFIX)
+                stale = remove_stale(PREFIX)
                 if stale:
                     print(f"removed namespaces left by a killed demo: {', '.join(stale)}")
                 return _run(quick, plot, started, Display, keep)

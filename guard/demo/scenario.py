@@ -30,10 +30,11 @@ from pathlib import Path
 
 import yaml
 
+from ..lab.netns import Netns, namespaces, sh
 from . import drops as drops_mod
 from . import lab as labmod
 from .floods import FULL, QUICK, drops_by_threat, threats
-from .lab import Lab, Netns, nodeguard
+from .lab import Lab, nodeguard
 from .lab import HOST_TCP, NODE, NODEPORT, POD, UDP_PORT, UPLINK, GATEWAY
 from .telemetry import Telemetry
 
@@ -127,7 +128,7 @@ class Demo:
     def _poll_counters(self) -> None:
         while not self.stop_polling.wait(POLL_INTERVAL):
             try:
-                res = self.node.run("nft", "-j", "list", "table", "netdev", COUNTER_TABLE, timeout=5)
+                res = self.node.run(["nft", "-j", "list", "table", "netdev", COUNTER_TABLE], timeout=5)
                 vals = _ingress(res.stdout)
             except Exception as exc:  # noqa: BLE001 - a failed poll is shown, never fatal
                 self.tel.errors.append(f"ingress counters: {exc}")
@@ -179,7 +180,7 @@ class Demo:
     def _snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
         """The latest ingress counters and drop counters, fresh from the kernel."""
         now = time.time()
-        res = self.node.run("nft", "-j", "list", "table", "netdev", COUNTER_TABLE)
+        res = self.node.run(["nft", "-j", "list", "table", "netdev", COUNTER_TABLE])
         return _ingress(res.stdout), self.tel.fresh_drops(now)
 
     def summary(self) -> None:
@@ -207,16 +208,16 @@ class Demo:
     def report(self) -> None:
         self.lab.stop(self.sampler, signal.SIGTERM, timeout=10)  # closes its last window
         log = str(self.tmp / "attacks.jsonl")
-        res = labmod.sh([sys.executable, "-m", "guard", "report", "--log", log, "--top", "5", "--plot", self.plot],
-                        check=False, env=labmod.python_env())
+        res = sh([sys.executable, "-m", "guard", "report", "--log", log, "--top", "5", "--plot", self.plot],
+                 check=False, env=labmod.python_env())
         self.say("")
         self.say("nodeguard report (the sampler's attack log of this run):")
         self.say(res.stdout.rstrip())
         if res.returncode != 0:
             self.failures.append(f"nodeguard report failed: {res.stderr.strip()}")
             return
-        rep = json.loads(labmod.sh([sys.executable, "-m", "guard", "report", "--log", log, "--json"],
-                                   env=labmod.python_env()).stdout)
+        rep = json.loads(sh([sys.executable, "-m", "guard", "report", "--log", log, "--json"],
+                            env=labmod.python_env()).stdout)
         rules = {e["rule"] for e in rep["episodes"]}
         for need in ("icmp-flood", "syn-flood"):
             if need not in rules:
@@ -237,7 +238,7 @@ class Demo:
                      f"{self.tmp / 'attacks.jsonl'})")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
-        left = [n for n in names if n in labmod.namespaces(PREFIX)]
+        left = [n for n in names if n in namespaces(PREFIX)]
         self.say(f"cleanup: removed {len(names) - len(left)} namespaces" + (f"; LEFT: {left}" if left else ""))
 
 
