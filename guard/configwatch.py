@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+POLL_S = 5.0  # seconds between looks at the policy file (nodeguard run --config-poll)
+
 log = logging.getLogger("nodeguard.configwatch")
 
 

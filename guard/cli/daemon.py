@@ -7,6 +7,7 @@ import sys
 import click
 
 from .. import lastgood
+from ..configwatch import POLL_S
 from ._shared import Stop, config_option, kernel, raise_stop, trusted_config
 
 last_good_option = click.option(
@@ -67,7 +68,7 @@ def watch(config: str | None, last_good: str, verbose: bool) -> None:
               help="Serve /metrics and /healthz here (overrides metrics.listen; [V6]:PORT for IPv6).")
 @click.option("--metrics-allow-remote", is_flag=True, help="Allow a non-loopback --metrics-listen "
               "(as metrics.allow_remote: true).")
-@click.option("--config-poll", "config_poll_s", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
+@click.option("--config-poll", "config_poll_s", type=click.FloatRange(min=0.05), default=POLL_S, show_default=True,
               help="Seconds between looks at the policy file (a changed file reloads, as SIGHUP).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log debug events.")
 def run(config: str | None, last_good: str, remove_on_exit: bool, log_format: str, metrics_listen: str | None,

@@ -18,7 +18,7 @@ from .. import lastgood
 from ..apply import uninstall
 from ..backend.nft import Nft, require_net_admin
 from ..configfile import check_config_file
-from ..configwatch import ConfigWatch
+from ..configwatch import POLL_S, ConfigWatch
 from ..counters import drops_by_group
 from ..errors import EnvironmentProblem, NodeguardError
 from ..endpoint import NotLoopback, parse_listen
@@ -42,7 +42,7 @@ class RunOptions:
     remove_on_exit: bool = False
     metrics_listen: str | None = None  # overrides metrics.listen
     metrics_allow_remote: bool = False  # or metrics.allow_remote
-    config_poll_s: float = 5.0
+    config_poll_s: float = POLL_S
 
 
 # --- the daemon -----------------------------------------------------------------------------
