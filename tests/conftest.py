@@ -219,6 +219,27 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def _join_xdist_group(config, item, group: str) -> None:
+    """Under ``--dist loadgroup``, a test goes to its group's one worker when its node id ends in
+    ``@<group>``. pytest-xdist adds that suffix in its own pytest_collection_modifyitems, which runs
+    before this one (so it never saw our mark) and writes ``item._nodeid``, which pytest 9.2 no longer
+    reads (a node id is a NodeId in ``item._id``). Without the suffix every kernel test went to either
+    worker: each waited on the other's lock with pure tests queued behind it, and the lock stood idle
+    whenever both ran pure tests. The suffix is written here through whichever attribute this pytest
+    has; a pytest where neither takes effect gets a warning (the suite still runs, only slower)."""
+    if not getattr(config.option, "loadgroup", False) or item.nodeid.endswith(f"@{group}"):
+        return  # not an xdist worker under loadgroup, or xdist already did it
+    new = f"{item.nodeid}@{group}"
+    try:
+        from _pytest.nodeid import coerce_node_id
+        item._id = coerce_node_id(new)
+    except ImportError:  # pytest < 9.2: a plain string
+        item._nodeid = new
+    if item.nodeid != new:
+        import warnings
+        warnings.warn(f"xdist group {group!r} not applied to {item.nodeid}: kernel tests go to both workers")
+
+
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.backends("nft", "iptables-nft")``: the other backends' variants are deselected, not
     skipped. Used where iptables-legacy would repeat iptables-nft's rendering and xt matches to keep the
@@ -230,6 +251,7 @@ def pytest_collection_modifyitems(config, items):
         if {"exclusive", "kernel"} & set(getattr(item, "fixturenames", ())):  # `-m "not kernel"`: pure tests
             item.add_marker(pytest.mark.kernel)
             item.add_marker(pytest.mark.xdist_group("kernel"))
+            _join_xdist_group(config, item, "kernel")
         mark = item.get_closest_marker("backends")
         params = getattr(getattr(item, "callspec", None), "params", {})
         backend = next((v for v in params.values() if isinstance(v, str) and v in netlab.BACKENDS), None)

@@ -323,6 +323,49 @@ def start_sampler(ns: Netns, policy: str, timeout: float = 10.0, **popen) -> sub
     return proc
 
 
+# x86_64 poll, select, pselect6, ppoll: the sampler's loop waits in select.select (glibc: pselect6)
+_WAITING_SYSCALLS = {"7", "23", "270", "271"}
+
+
+def _sampler_idle(pid: int) -> bool:
+    """Every netlink socket of process ``pid`` (its NFLOG/NFQUEUE sockets) has nothing left to read, and
+    the process waits in select/poll (not parsing a batch it read, nor closing a window)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    # /proc/PID/net is the process's own network namespace: the victim's
+    rows = [f for f in map(str.split, Path(f"/proc/{pid}/net/netlink").read_text().splitlines()[1:]) if f[9] in inodes]
+    syscall = Path(f"/proc/{pid}/syscall").read_text().split()[0]
+    return bool(rows) and all(f[4] == "0" for f in rows) and syscall in _WAITING_SYSCALLS
+
+
+def wait_sampler_idle(proc: subprocess.Popen, timeout: float = 10.0) -> float:
+    """Seconds until ``nodeguard sample`` (from start_sampler) has read and handled every sample the kernel
+    queued for it: seen idle (_sampler_idle) twice in a row, 20 ms apart. Called once the traffic is over,
+    it replaces sleeping for a window to close: on SIGTERM the sampler closes its window (logs it, changes
+    nothing in the kernel), so the attack log then holds every sample, as after a regular window's close;
+    only samples still unread or half handled at the signal would be lost."""
+    seen = []
+
+    def idle_twice() -> bool:
+        assert proc.poll() is None, f"the sampler exited: {proc.returncode}"
+        seen.append(_sampler_idle(proc.pid))
+        return seen[-2:] == [True, True]
+    return wait_until(idle_twice, timeout=timeout, interval=0.02)
+
+
+def stop_sampler(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM to the sampler once it is idle (wait_sampler_idle), then wait for it to exit."""
+    wait_sampler_idle(proc, timeout)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
 def wait_until(pred, timeout: float = 5.0, interval: float = 0.005) -> float:
     """Seconds until ``pred()`` was true; AssertionError after ``timeout``."""
     start = time.monotonic()

@@ -262,6 +262,7 @@ def test_a_ping_flood_is_limited_and_metrics_agree_with_status(lab, tmp_path, ru
     assert received <= 10 * 3 + 10 + 5, (sent, received)
     time.sleep(1.5)  # a sampler window closes
     m = metrics(victim)
+    scraped = time.monotonic()
     packets, nbytes = icmp_flood_counts(status_json(victim, policy))
     print(f"\nping -f: {sent} sent, {received} replies; dropped {packets} packets / {nbytes} bytes")
     assert dropped(m, "icmp-flood") == packets > 1000
@@ -280,7 +281,7 @@ def test_a_ping_flood_is_limited_and_metrics_agree_with_status(lab, tmp_path, ru
     os.kill(run.proc.pid, signal.SIGHUP)
     wait_until(lambda: state(tmp_path)["reloads_ok"] == 1 and status_json(victim, policy)["in_sync"], timeout=5)
     netlab.flood(attacker, 1, "--icmp", VICTIM4).wait()
-    time.sleep(2.1)  # past the scrape cache
+    time.sleep(max(0.0, scraped + 2.1 - time.monotonic()))  # past the scrape cache of the last scrape
     m = metrics(victim)
     packets, nbytes = icmp_flood_counts(status_json(victim, policy))
     assert dropped(m, "icmp-flood") == packets > 500 and dropped(m, "icmp-flood", "bytes") == nbytes
@@ -478,7 +479,8 @@ def test_a_sampler_on_a_full_disk_fails_and_comes_back_while_the_watcher_keeps_r
         wait_until(lambda: "sampler failed (OSError: [Errno 28]" in run.log, timeout=5, interval=0.1)
         victim.run("nft flush chain inet nodeguard icmp-flood")
         wait_until(lambda: state(tmp_path)["repairs"] >= 1, timeout=5, interval=0.05)
-        time.sleep(2.1)
+        wait_until(lambda: metrics(victim)[("nodeguard_component_restarts_total", (("component", "sampler"),))] >= 1,
+                   timeout=5, interval=0.1)  # a scrape less than 2 s later reads the same snapshot (the scrape cache)
         m = metrics(victim)
         restarts = m[("nodeguard_component_restarts_total", (("component", "sampler"),))]
         assert restarts >= 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,9 +53,7 @@ def _run(victim, attacker, policy: str, backend: str, tmp_path, mode: str) -> di
         icmp_f = pool.submit(_hping, attacker, "--icmp", "-a", ATTACKER4)
         syn_f = pool.submit(_hping, attacker, "-S", "-p", str(CLOSED_PORT), "-a", ATTACKER4)
         took = {"icmp": icmp_f.result(), "syn": syn_f.result()}
-    time.sleep(2.5)  # a window closes
-    sampler.send_signal(signal.SIGTERM)
-    sampler.wait(timeout=10)
+    netlab.stop_sampler(sampler)  # once it has every sample: the window it closes on SIGTERM logs them
     c, t = victim.counters(backend), truth.counts()
     counted = {k: sum(v for k2, v in c.items() if k2.startswith(f"{k}-flood: {k}-flood ") and "admission" not in k2)
                for k in ("icmp", "syn")}

@@ -48,7 +48,9 @@ def test_a_changed_rate_and_burst_take_effect_on_reapply(node):
         p = policy(_icmp(rate), f"p{i}.yaml")
         victim.nodeguard("apply", "-c", p)
         assert victim.in_sync(p)
-        time.sleep(burst / per_s + 0.5)  # the bucket is full again, whatever the last phase left in it
+        # no wait for a refill: a changed rate or burst is a new meter (nft set, xt_hashlimit table: its name
+        # carries a digest of them), whose bucket for the attacker starts full; a reload that kept the
+        # last phase's meter would give its rate (and its emptied bucket) instead of ``want``
         got = _replies(attacker, seconds)
         expected.append((rate, got, want))
     print(f"\n{backend}: " + "; ".join(f"{r}: {g} replies (expected ~{w})" for r, g, w in expected))
@@ -74,15 +76,28 @@ def test_a_changed_meter_size_and_timeout_take_effect_on_reapply(node):
     tracked = victim.meters(big)["icmp-src-v4"]["elements"]
     assert tracked > 1000, f"only {tracked} sources tracked after the size went to 4096"
 
-    # idle timeout: 2 s (nft) / 2 s + GC margin (iptables admission set) versus 60 s
+    # idle timeout 2 s after 60 s (the default), then 60 s after 2 s. A source that sent one ping must be
+    # gone within 5 s under 2 s (nft: 2 s; iptables: its admission set's 2 + 2 s, plus ipset's GC), and
+    # still there under 60 s when a 2 s timeout kept by the reload would have let it go: as long after its
+    # ping as the first one took to go (measured, so at the kernel's own expiry and GC here) plus 1 s, at
+    # most the 5 s this step used to sleep.
+    gone_after = None
     for timeout, stays in ((2, False), (60, True)):
         p = policy(_icmp("10/second", f"meter:\n  size: 64\n  timeout_s: {timeout}\n"), f"t{timeout}.yaml")
         victim.nodeguard("apply", "-c", p)
         attacker.run(f"ping -c 1 -W 1 -I {FRESH4[0]} {VICTIM4}")
-        assert victim.meters(p)["icmp-src-v4"]["elements"] == 1
-        time.sleep(5.0)
-        left = victim.meters(p)["icmp-src-v4"]["elements"]
-        assert left == (1 if stays else 0), (timeout, left)
+        pinged = time.monotonic()
+
+        def elements() -> int:
+            return victim.meters(p)["icmp-src-v4"]["elements"]
+        assert elements() == 1
+        if stays:
+            time.sleep(max(0.0, pinged + min(gone_after + 1.0, 5.0) - time.monotonic()))
+            assert elements() == 1, (timeout, f"gone within {time.monotonic() - pinged:.1f} s")
+        else:
+            wait_until(lambda: elements() == 0, timeout=5.0 - (time.monotonic() - pinged), interval=0.05)
+            gone_after = time.monotonic() - pinged
+    print(f"\n{backend}: a source's meter element gone {gone_after:.1f} s after its ping under timeout_s 2")
 
 
 def _kernel_state(victim, backend: str, policy: str) -> dict:

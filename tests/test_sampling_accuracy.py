@@ -48,7 +48,7 @@ def test_sources_sharing_a_group_are_each_estimated_within_5_percent(lab, write_
               for a, gap in sources.items()]
     for f in floods:
         f.wait()
-    time.sleep(2.5)
+    netlab.wait_sampler_idle(sampler)  # it has every sample: the window it closes on SIGTERM logs them
     sampler.send_signal(signal.SIGTERM)
     _out, err = sampler.communicate(timeout=10)
     arrived = truth.counts()
@@ -150,7 +150,7 @@ def test_a_spoofed_flood_beyond_count_sources_is_estimated_per_network_within_5_
                                           *args, VICTIM4]))
         for f in floods:
             f.wait()
-        time.sleep(2.5)  # one more window closes
+        netlab.wait_sampler_idle(sampler)  # it has every sample: the window it closes on SIGTERM logs them
         sampler.send_signal(signal.SIGTERM)
         _out, err = sampler.communicate(timeout=10)
     finally:

@@ -4,9 +4,7 @@ still limits the flood, which is then checked by enforcing the proposal against 
 from __future__ import annotations
 
 import json
-import signal
 import threading
-import time
 
 import netlab
 from guard.attacklog import read_records
@@ -32,9 +30,7 @@ def _traffic(victim, attacker, policy: str, seconds: int = 5) -> dict:
     for t in threads:
         t.join()
     flood.wait()
-    time.sleep(2.5)
-    sampler.send_signal(signal.SIGTERM)
-    sampler.wait(timeout=10)
+    netlab.stop_sampler(sampler)  # once it has every sample: the window it closes on SIGTERM logs them
     return results
 
 
