@@ -60,6 +60,7 @@ class Snapshot(TypedDict, total=False):
     contested: bool                     # repairs are being damped (an insert war)
     reloads: dict[str, int]             # {"ok": n, "failed": n} policy reloads since start
     last_apply: float | None            # unix time of the last transaction that installed our rules
+    syn_valve: dict[str, Any] | None    # {"engaged": bool, "engagements": n}: syn.valve auto (daemon/valve_part.py)
     components: dict[str, dict[str, Any]]  # "sampler"/"metrics" -> {"up": bool, "restarts": n}: parts the
                                         # daemon restarts with backoff when they fail
 
@@ -186,6 +187,14 @@ class NodeguardCollector:
         for result in ("ok", "failed"):
             reloads.add_metric([result], int((s.get("reloads") or {}).get(result, 0)))
         yield reloads
+
+        valve = s.get("syn_valve")
+        if valve is not None:  # syn.valve: auto
+            yield GaugeMetricFamily("nodeguard_syn_valve_engaged", "1 while the SYN valve (syn.rate) drops: "
+                                    "conntrack failed new connections within syn.valve_hold_s",
+                                    value=int(bool(valve["engaged"])))
+            yield CounterMetricFamily("nodeguard_syn_valve_engagements", "Times the SYN valve engaged since the "
+                                      "daemon started", value=int(valve["engagements"]))
 
         up = GaugeMetricFamily("nodeguard_component_up", "1 while a part of the daemon runs (it is restarted "
                                "with backoff when it fails; the watcher goes on regardless)", labels=["component"])

@@ -53,6 +53,12 @@ DESCRIPTIONS = {
     "syn.per_source": "SYNs per source (IPv6: per /64): the main defence",
     "syn.per_source_burst": "burst of `syn.per_source`, if not written in it",
     "syn.trusted_after_handshake_s": "a source whose TCP handshake completed skips `syn.rate` this long; `0`: off",
+    "syn.valve": "when `syn.rate` drops SYNs: `auto`, only while conntrack fails new connections (engaged by the "
+                 "daemon; never without it); `always`; `off` ([design/syn-valve.md](design/syn-valve.md))",
+    "syn.valve_hold_s": "how long the `auto` valve stays engaged after the last conntrack failure or SYN over "
+                        "`syn.rate` (if the daemon stops, it disengages after this long)",
+    "syn.valve_engage_failures": "conntrack failures (`drop` + `insert_failed`) within half a second that engage "
+                                 "the `auto` valve",
     "syn.synproxy": "stateless SYN defence of the node's ports, engaged per port only under a SYN flood "
                     "([design/syn-defence.md](design/syn-defence.md))",
     "syn.synproxy.ports": "`auto`: the node's listeners reachable from a protected interface (refreshed), minus "

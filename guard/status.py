@@ -9,7 +9,8 @@ from .apply import Plan, read_state
 from .backend.nft import Nft
 from .counters import bans_counted, drops_by_group, engaged_ports
 from .drift import diff_plan
-from .model.build import BANNED
+from .model.build import BANNED, SYN_GROUP
+from .model.matches import OverLimit
 
 
 def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str, Any]:
@@ -44,7 +45,23 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
     st["drops"] = {(g if m == "enforce" else f"{g}/monitor"): c for (g, m), c in drops.items()}
     st["in_sync"] = st["installed"] and drift is None
     st["escalation"] = _escalation(plan, live, st["meters"], drops)
+    st["syn_valve"] = _valve(plan, nft) if st["installed"] else None
     return st
+
+
+def _valve(plan: Plan, nft: Nft) -> dict[str, Any]:
+    """The SYN valve (syn.valve): ``auto`` when its rules wait for the engaged flag, which the kernel's
+    timed set holds (engaged now: its seconds left); else ``always`` or ``off`` (no backstop rule)."""
+    sets = [s for s in plan.ruleset.sets if s.kind == "valve"]
+    if not sets:
+        always = any(isinstance(x, OverLimit) for c in plan.ruleset.chains for r in c.rules
+                     if r.group == SYN_GROUP for x in r.matches)
+        return {"mode": "always" if always else "off", "engaged": always, "expires_in_s": None,
+                "hold_s": None}
+    names = plan.backend.installed_sets(nft, {s.base: s for s in sets})
+    left = [t or 0 for name in names.values() for _member, t in plan.backend.timeouts(nft, name)]
+    return {"mode": "auto", "engaged": bool(left), "expires_in_s": max(left) if left else None,
+            "hold_s": sets[0].timeout_s}
 
 
 def _escalation(plan: Plan, live, meters: list[dict], drops: dict) -> dict[str, Any] | None:
@@ -97,6 +114,13 @@ def format_text(st: dict[str, Any]) -> str:
                      f"answered by {answer}")
         lines.append(f"  engaged now on: {_ports(sp['engaged']) if sp['engaged'] else 'no port'} (engages above "
                      f"{sp['engage_over']} SYNs to these ports, stays {sp['hold_s']} s after the flood)")
+    valve = st.get("syn_valve")
+    if valve and valve["mode"] == "auto":
+        lines.append("syn valve: auto, " + (f"ENGAGED (expires in {valve['expires_in_s']} s unless refreshed)"
+                                             if valve["engaged"] else "not engaged") +
+                     f"; engages while conntrack fails new connections, holds {valve['hold_s']} s")
+    elif valve:
+        lines.append(f"syn valve: {valve['mode']}")
     for sc in st.get("sysctls", []):
         if not sc["ok"]:
             lines.append(f"  WRONG SYSCTL {sc['name']} = {sc['value']} (want {sc['want']}): {sc['why']}; nodeguard "

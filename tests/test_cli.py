@@ -72,11 +72,13 @@ def test_status_reports_hooks_foreign_chains_counters_and_meters(ns, default_pol
                                                                 "filter-conntrack": -190}
     assert {"family": "ip", "table": "kube", "chain": "nat-pre", "hook": "prerouting", "priority": -100} \
         in st["foreign_chains"]
-    assert any(r["label"] == "syn-flood backstop" for r in st["rules"])
+    assert any(r["label"] == "syn-flood backstop v4 (valve engaged)" for r in st["rules"])
+    assert st["syn_valve"] == {"mode": "auto", "engaged": False, "expires_in_s": None, "hold_s": 30}
     meters = {m["set"]: m for m in st["meters"]}
     assert meters["syn-src-v4"]["elements"] == 0 and meters["syn-src-v4"]["size"] == 65536
     text = ns.nodeguard("status", "-c", default_policy).stdout
     assert "in sync with the policy" in text and "ip kube nat-pre" in text
+    assert "syn valve: auto, not engaged" in text
 
     ns.run("nft flush chain inet nodeguard syn-flood")
     assert json.loads(ns.nodeguard("status", "--json", "-c", default_policy).stdout)["in_sync"] is False

@@ -109,6 +109,7 @@ def test_single_source_syn_flood_is_cut_per_source_while_another_client_connects
     guard.apply("""
         syn:
           per_source: 100/second
+          valve: always  # the global cap is what one source must never reach
     """)
     with netlab.tcp_server(victim, VICTIM4, PORT):
         flood = netlab.flood(attacker, 6, "-S", "-p", str(PORT), "-a", ATTACKER4, VICTIM4)
@@ -131,6 +132,7 @@ def test_spoofed_syn_flood_is_cut_by_the_backstop_and_conntrack_grows_only_with_
         syn:
           rate: {backstop}/second
           burst: {backstop}
+          valve: always  # the valve itself (auto engages only from the daemon: test_nodeport_flood.py)
           synproxy:
             ports: []  # the valve is what is tested here (as for a port SYNPROXY does not serve)
     """
@@ -210,7 +212,8 @@ def test_returning_client_keeps_connecting_at_full_speed_during_a_spoofed_syn_fl
     guard, attacker = guarded
     victim = guard.victim
     guard.load_kube_nat_fixture()
-    guard.apply("syn:\n  synproxy:\n    ports: []\n")  # default thresholds, backstop 5000/s; no SYNPROXY
+    # default thresholds, backstop 5000/s at all times (the worst case for a client); no SYNPROXY
+    guard.apply("syn:\n  valve: always\n  synproxy:\n    ports: []\n")
     with netlab.tcp_server(victim, VICTIM4, PORT):
         assert netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 1) == {"ok": 1, "failed": 0}
         flood = netlab.flood(attacker, 8, "-S", "-p", str(PORT), "--rand-source", VICTIM4)

@@ -100,3 +100,14 @@ class Backend(Protocol):
     def delete_elements(self, nft: Nft, names: dict[tuple[str, int], str],
                         targets: list[tuple[str, int]] | None) -> None:
         """Delete ``targets`` ((address, IP version)) from the named sets of their version; None: all."""
+
+    def add_elements(self, nft: Nft, s: AddrSet, elements: Iterable[str], timeout_s: int) -> None:
+        """Add ``elements`` to set ``s`` with ``timeout_s``, restarting the timeout of any already there
+        (the SYN valve's refresh: the kernel removes them when nobody refreshes them)."""
+
+    # --- the SYN valve (valve.py, daemon/valve_part.py) ------------------------------------
+    def valve_elements(self, s: AddrSet) -> tuple[str, ...]:
+        """What ``valve`` set ``s`` holds while the valve is engaged."""
+
+    def valve_ids(self, ruleset: RuleSet) -> set[str]:
+        """Ids of the rules whose counters count the engaged valve's drops."""

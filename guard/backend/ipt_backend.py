@@ -11,7 +11,7 @@ from ..drift import Drift, Reason
 from ..fingerprints import of_ipt
 from ..model.ruleset import AddrSet, RuleSet
 from ..render.ipt import Ipset as IpsetSpec
-from ..render.ipt import Render, spec_id
+from ..render.ipt import VALVE_ELEMENTS, Render, spec_id
 from ..render.ipt_names import ipset_name
 from ..render.ids import id_and_label
 from ..scratch import in_scratch_netns
@@ -234,6 +234,16 @@ class IptBackend:
             else:
                 lines += [f"del {name} {src} -exist" for src, v in targets if v == version]
         Ipset.restore("\n".join(lines) + "\n" if lines else "")
+
+    def add_elements(self, nft: Nft, s: AddrSet, elements: Iterable[str], timeout_s: int) -> None:
+        name = ipset_name(s)  # -exist: a member already there gets the new timeout
+        Ipset.restore("".join(f"add {name} {e} timeout {timeout_s} -exist\n" for e in elements))
+
+    def valve_elements(self, s: AddrSet) -> tuple[str, ...]:
+        return VALVE_ELEMENTS[s.version]
+
+    def valve_ids(self, ruleset: RuleSet) -> set[str]:
+        return {rid for render in self.renders.values() for rid in render.valve}
 
 
 def _fill(sets: list[AddrSet], live: dict) -> list[dict]:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError
 from ..fingerprints import of_nft
-from ..model.matches import BanSource
+from ..model.matches import BanSource, ValveEngaged
 from ..model.ruleset import TABLE, AddrSet, RuleSet
 from ..render.ids import id_and_label, id_from_comment
-from ..render.nft import FAMILY, NftObjects, render_chain_rules
+from ..render.nft import FAMILY, VALVE_ELEMENTS, NftObjects, render_chain_rules
 from ..sync import nft as sync_nft
 from .nft import Nft, NftLive, objects, read_live
 
@@ -191,6 +191,20 @@ class NftBackend:
                 except BackendError as exc:
                     if "No such file or directory" not in str(exc):
                         raise
+
+    def add_elements(self, nft: Nft, s: AddrSet, elements: Iterable[str], timeout_s: int) -> None:
+        # nft's "add" leaves an existing element's timeout alone: add (a no-op if it is there), delete,
+        # add again, in one transaction, which the kernel applies at once (never a moment without it)
+        ref = {"family": FAMILY, "table": TABLE, "name": s.name}
+        elems = list(elements)
+        add = {"add": {"element": {**ref, "elem": [{"elem": {"val": e, "timeout": timeout_s}} for e in elems]}}}
+        nft.run({"nftables": [add, {"delete": {"element": {**ref, "elem": elems}}}, add]}, what="valve")
+
+    def valve_elements(self, s: AddrSet) -> tuple[str, ...]:
+        return VALVE_ELEMENTS
+
+    def valve_ids(self, ruleset: RuleSet) -> set[str]:
+        return {rid for rule, rid in _rule_ids(ruleset) if any(isinstance(x, ValveEngaged) for x in rule.matches)}
 
 
 def _rule_ids(ruleset: RuleSet):

@@ -29,6 +29,7 @@ from ..policy.schema import Policy
 from ..watch.watcher import Watcher
 from .parts import MetricsPart, SamplerPart
 from .provider import MetricsProvider
+from .valve_part import ValvePart
 
 log = logging.getLogger("nodeguard.run")
 
@@ -57,6 +58,8 @@ class Daemon:
         self.watcher: Watcher | None = None
         self.sampler = SamplerPart(clock, post_odds=self._post_odds)
         self.metrics: MetricsPart | None = None
+        self.valve = ValvePart(lambda: self.watcher.last_plan if self.watcher else None,
+                               lambda: self.watcher.policy.syn.valve_engage_failures, clock)
         self.provider = MetricsProvider(self, clock)
         self.configured: Path | None = configured_path(opts.config)
         self.repair_kinds: dict[str, int] = {}
@@ -119,6 +122,7 @@ class Daemon:
         finally:
             self.notifier.stopping("stopping")
             self.sampler.stop()
+            self.valve.stop()
             if self.metrics is not None:
                 self.metrics.stop()
             for sig, handler in old.items():
@@ -192,6 +196,7 @@ class Daemon:
         if self._ready:
             self.sampler.tick(w.policy, w.last_plan, odds_only=w.last_plan is self._odds_plan)
             self.metrics.tick()
+            self.valve.tick()
             if now >= self._next_status:
                 self._refresh_rate(now)
             text = self.status_text()
@@ -246,6 +251,8 @@ class Daemon:
         parts.append("in sync" if st.get("in_sync") else "DRIFT")
         parts.append(f"{st['repairs']} repairs")
         parts.append(f"{self._drops_per_s:.0f} drops/s")
+        if self.valve.engaged:
+            parts.append("SYN VALVE ENGAGED")
         if self.watcher.has_note(lastgood.FALLBACK_NOTE):
             parts.append("RUNNING THE LAST GOOD POLICY")
         down = [p.name for p in (self.sampler, self.metrics) if p is not None and p.backoff.failures and not p.running]
@@ -272,6 +279,7 @@ class Daemon:
             "sampled": self.sampler.sampled(),
             "sampler": {"transport": sampling.transport if sampling else None,
                         "nflog_enobufs": self.sampler.enobufs(), "queues": queues},
+            "syn_valve": self.valve.snapshot(),
             "components": {p.name: {"up": p.running, "restarts": p.restarts}
                            for p in (self.sampler, self.metrics) if p is not None
                            and (p is not self.sampler or sampling is not None)},

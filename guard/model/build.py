@@ -6,7 +6,8 @@ Layout (both backends render exactly this):
   (other interfaces, allowlist, essential ICMP), drop bogus TCP flags, then jump to
   one flood chain per threat. A flood chain drops what exceeds the per-source meter
   (IPv6 keyed on the /64), then what exceeds the global backstop, which catches the
-  spoofed floods that fill the meter (a full meter stops matching: it fails open).
+  spoofed floods that fill the meter (a full meter stops matching: it fails open). The SYN backstop
+  (the valve) drops by default only while engaged (``syn.valve: auto``: ``_valve``).
 * ``filter-conntrack``, just after conntrack: concurrent-connection limits.
 * escalation (``escalate``, enforce mode only): a per-source drop goes through
   ``escalate-<group>-v<n>`` on its way to the sample chain, which bans a source that has been over
@@ -21,7 +22,7 @@ from ..policy.schema import Policy
 from .matches import (Assured, BanSource, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort,
                       Family, FibLocal, IcmpTypes, InterfaceNotIn, Log, Match, NoTrack, OneIn, OverLimit, Proto,
                       RememberSource, SocketOpen, SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver,
-                      TcpFlags, UnderLimit, UpdateSource)
+                      TcpFlags, UnderLimit, UpdateSource, ValveEngaged)
 from .plans import Priorities, Sampling, SynproxyPlan
 from .ruleset import AddrSet, Chain, Mode, NamedLimit, Rule, RuleSet
 from .verdicts import CONTINUE, DROP, RETURN, Goto, Jump, Queue, Synproxy, Verdict
@@ -40,11 +41,12 @@ BANNED = "banned"  # the rule group of the ingress drops (their counters are the
 SYN_ONLY = TcpFlags(("fin", "syn", "rst", "ack"), ("syn",))
 SAMPLE_ALL = "sample-all"
 CLOSED_PORT = "closed-port"  # the rule group of closed_ports
+SYN_GROUP = "syn-flood"  # the rule group (and chain) of new TCP connections
 
 
 def sample_groups(policy: Policy) -> tuple[str, ...]:
     """Every rule group that condemns packets, in a fixed order (it numbers the NFQUEUE queues)."""
-    return ("bogus-flags", "icmp-flood", "syn-flood", *(f"limit-{lim.name}" for lim in policy.limits),
+    return ("bogus-flags", "icmp-flood", SYN_GROUP, *(f"limit-{lim.name}" for lim in policy.limits),
             *(("conn-limit",) if policy.connlimit else ()), *((CLOSED_PORT,) if policy.closed_ports.enabled else ()))
 
 
@@ -95,6 +97,19 @@ class _Builder:
         self.escalated.append((group, version))
         return Rule(matches, Goto(escalation_chain(group, version)), label, group=group, mode=mode)
 
+    def _valve(self, name: str, mode: Mode, limit: str) -> list[Rule]:
+        """The backstop that drops only while engaged: one timed ``valve`` set per IP version (the
+        iptables backend needs an ipset per family), whose member the daemon adds while conntrack
+        fails new connections and the kernel removes ``syn.valve_hold_s`` later (guard/valve.py). Its
+        bucket is shared by both rules, as the unconditional backstop's is."""
+        out = []
+        for version in (4, 6):
+            on = self.add_set(AddrSet(f"{name}-valve-v{version}", version, "valve", size=4,
+                                      timeout_s=self.policy.syn.valve_hold_s, group=name))
+            out.append(self.condemn((Family(version), ValveEngaged(on.name, version), OverLimit(limit)), name, mode,
+                                    f"{name} backstop v{version} (valve engaged)"))
+        return out
+
     def _sample_rules(self, group: str, mode: Mode) -> tuple[Rule, ...]:
         last = Rule((), DROP, f"drop {group}") if mode == "enforce" else Rule((), RETURN, f"would drop {group}")
         s = self.sampling
@@ -118,8 +133,10 @@ class _Builder:
         return *counts, Rule((*caps, log), CONTINUE, f"sample {group} via nflog"), last
 
     def flood_chain(self, name: str, mode: Mode, meter_base: str, per_source: Rate, backstop: Rate,
-                    exempt_from_backstop: tuple[Rule, ...] = ()) -> Jump:
-        """A chain that condemns per-source excess, then global excess; returns nothing else."""
+                    exempt_from_backstop: tuple[Rule, ...] = (), valve: str = "always") -> Jump:
+        """A chain that condemns per-source excess, then global excess; returns nothing else.
+        ``valve`` (syn.valve): ``auto`` condemns global excess only while the valve is engaged,
+        ``off`` never."""
         meter = self.policy.meter
         rules = []
         observe = self.sampling and (self.sampling.observe == "always" or
@@ -135,8 +152,11 @@ class _Builder:
             rules.append(self.condemn_per_source((Family(version), SourceRateOver(s.name, version)), name, mode,
                                                  f"{name} per-source v{version}"))
         rules += exempt_from_backstop
-        rules.append(self.condemn((OverLimit(self.add_limit(f"{name}-backstop", backstop, over=True)),), name, mode,
-                                  f"{name} backstop"))
+        if valve == "always":
+            rules.append(self.condemn((OverLimit(self.add_limit(f"{name}-backstop", backstop, over=True)),), name,
+                                      mode, f"{name} backstop"))
+        elif valve == "auto":
+            rules += self._valve(name, mode, self.add_limit(f"{name}-backstop", backstop, over=True))
         self.chains.append(Chain(name, tuple(rules)))
         return Jump(name)
 
@@ -170,8 +190,8 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     proxy = _synproxy_notrack(b, proxied) if proxied else []
     if proxied:
         trusted.append(Rule((CtState(("untracked",)),), RETURN, "synproxied syn skips backstop"))
-    to_syn = b.flood_chain("syn-flood", policy.mode_of(syn), "syn-src", syn.source_rate(), syn.global_rate(),
-                           (*proxy, *trusted))
+    to_syn = b.flood_chain(SYN_GROUP, policy.mode_of(syn), "syn-src", syn.source_rate(), syn.global_rate(),
+                           (*proxy, *trusted), valve=syn.valve)
     pre.append(Rule((SYN_ONLY,), to_syn, "syn to syn-flood"))
 
     for lim in policy.limits:

@@ -151,6 +151,15 @@ class EngagePort:
 
 
 @dataclass(frozen=True)
+class ValveEngaged:
+    """The SYN valve is engaged: the timed ``valve`` set of this IP version holds what means "engaged"
+    (the daemon adds it while conntrack fails new connections; the kernel lets it expire)."""
+
+    set: str
+    version: int
+
+
+@dataclass(frozen=True)
 class CtState:
     states: tuple[Literal["invalid", "untracked", "new", "established", "related"], ...]
 
@@ -192,4 +201,5 @@ class Log:
 
 Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, SourceNotInSet,
               CtStateNew, Assured, RememberSource, UpdateSource, BanSource, SourceRateOver, SourceConnsOver, OverLimit,
-              UnderLimit, CountSource, OneIn, Log, FibLocal, SocketOpen, DstPortInSet, CtState, NoTrack, EngagePort]
+              UnderLimit, CountSource, OneIn, Log, FibLocal, SocketOpen, DstPortInSet, CtState, NoTrack, EngagePort,
+              ValveEngaged]

@@ -45,8 +45,8 @@ class Rule:
             raise ValueError(f"rule {self.label!r}: a condemning rule has a group and a mode, others neither")
 
 
-SET_KINDS = ("allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation")
-SetKind = Literal["allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation"]
+SET_KINDS = ("allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation", "valve")
+SetKind = Literal["allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation", "valve"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,8 @@ class AddrSet:
     ``counts``: packets and bytes per source (the sampler's exact per-source totals); ``ports``: static
     destination ports (the SYNPROXY'd ones), not addresses; ``engaged``: timed destination ports (those
     SYNPROXY is engaged on); ``escalation``: timed membership keyed like a meter (IPv6: the /64):
-    ``over-*``, ``episode-*`` and ``banned-*``."""
+    ``over-*``, ``episode-*`` and ``banned-*``; ``valve``: not addresses but one timed flag, "the SYN
+    valve is engaged" (the elements that say so are the backend's: ``Backend.valve_elements``)."""
 
     base: str  # e.g. "syn-src-v4"; the kernel name adds the digest (allow sets keep their base name)
     version: int
@@ -80,7 +81,7 @@ class AddrSet:
             raise ValueError(f"set {self.base}: a meter, and only a meter, has a rate with a burst")
         if self.kind not in ("allow", "ports") and self.size <= 0:
             raise ValueError(f"set {self.base}: needs a size")
-        if self.kind in ("meter", "trusted", "counts", "engaged", "escalation") and self.timeout_s <= 0:
+        if self.kind in ("meter", "trusted", "counts", "engaged", "escalation", "valve") and self.timeout_s <= 0:
             raise ValueError(f"set {self.base}: needs a timeout")
         if self.kind == "conns" and self.limit <= 0:
             raise ValueError(f"set {self.base}: needs a connection limit")

@@ -89,6 +89,13 @@ class Icmp(_Section):
 class Syn(_Section):
     """New TCP connections. ``rate`` is a high safety valve; ``per_source`` is the main defence.
 
+    ``valve``: when the global ``rate`` (the valve) drops SYNs. ``auto``: only while conntrack fails
+    new connections (its ``drop`` and ``insert_failed`` statistics rose by ``valve_engage_failures`` in
+    half a second: the SNAT port wall of a masqueraded NodePort, or a full table early-drop cannot
+    clear), and for ``valve_hold_s`` after the last sign of the flood; the daemon engages it, so
+    without the daemon it never does. Elsewhere the valve is a lottery a brand-new client loses more
+    often than without protection (docs/design/syn-valve.md). ``always``: at all times; ``off``: never.
+
     ``trusted_after_handshake_s``: a source that completed a TCP handshake (conntrack
     "assured", which a blind spoofer cannot reach) is exempt from the global ``rate``
     for this long, so returning clients keep connecting during a spoofed flood. 0 = off.
@@ -100,6 +107,9 @@ class Syn(_Section):
     per_source: RateField = parse_rate("200/second")
     per_source_burst: Burst | None = None
     trusted_after_handshake_s: Annotated[int, Field(ge=0, le=86400, strict=True)] = 3600
+    valve: Literal["auto", "always", "off"] = "auto"
+    valve_hold_s: Annotated[int, Field(ge=1, le=3600, strict=True)] = 30
+    valve_engage_failures: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 10
     synproxy: Synproxy = Synproxy()
 
     _burst = field_validator("burst")(classmethod(one_burst("rate")))

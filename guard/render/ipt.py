@@ -29,7 +29,10 @@ Where iptables cannot say what the model says:
 * escalation's timed sets are ``hash:ip timeout`` ipsets (IPv6: ``netmask 64``); "update" is
   ``-j SET --add-set X src --exist`` (a re-add restarts the timeout); a ban is an add without
   ``--exist``, and since ``SET`` never fails a rule, the ban's counter sits on a line of its own after
-  it that matches only when the source is in the ban set then (a full set takes nobody in).
+  it that matches only when the source is in the ban set then (a full set takes nobody in);
+* the SYN valve's "engaged" flag (a ``valve`` set) is a ``hash:net timeout`` ipset per family that
+  holds every source while engaged: the two halves of the address space (``VALVE_ELEMENTS``), added
+  by the daemon with ``ipset add -exist ... timeout``; the same on iptables-nft and -legacy.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..model.matches import (BanSource, CountSource, DstPorts, EngagePort, IcmpTypes, InterfaceNotIn, Log, NoTrack,
-                             Proto, RememberSource, SourceRateOver, TcpFlags, UpdateSource)
+                             Proto, RememberSource, SourceRateOver, TcpFlags, UpdateSource, ValveEngaged)
 from ..model.ruleset import V6_SOURCE_PREFIX, AddrSet, NamedLimit, Rule, RuleSet
 from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Return, Synproxy
 from ..placement import PLACEMENTS
@@ -49,6 +52,8 @@ from .ipt_names import ipset_name, ipt_chain_name
 HASHLIMIT_GC_S = 1  # xt_hashlimit's default --hashlimit-htable-gcinterval
 BAN_TAG = "ban"  # what _rule tags the line that counts bans with (condemning lines: their (group, mode))
 _PROTO = {("icmp", 4): "icmp", ("icmpv6", 6): "ipv6-icmp"}
+VALVE_ELEMENTS = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}  # every source: engaged
+VALVE_TAG = "valve"  # the third part of a condemning line's tag when it is the valve's backstop
 
 
 
@@ -91,6 +96,7 @@ class Render:
     tables: dict[str, Table]
     condemning: dict[str, tuple[str, str]] = field(default_factory=dict)  # rule id -> (group, mode)
     bans: set[str] = field(default_factory=set)  # ids of the lines whose counters count bans
+    valve: set[str] = field(default_factory=set)  # ids of the SYN valve's backstop lines
 
     def rule_ids(self) -> dict[str, list[str]]:
         """chain → rule IDs in order (jumps under ``<table>/<built-in chain>``)."""
@@ -130,6 +136,8 @@ def ipsets(rs: RuleSet) -> list[Ipset]:
             out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, members=tuple(str(p) for p in s.elements)))
         elif s.kind == "engaged":
             out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, s.timeout_s))
+        elif s.kind == "valve":
+            out.append(Ipset(ipset_name(s), "hash:net", fam, s.size, s.timeout_s))
         elif s.kind == "counts":  # no timeout: a re-add (the only refresh) would zero the counters; the
             # sampler removes sources that went quiet instead (a sampler that is down only stops counting)
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, None,
@@ -179,8 +187,9 @@ def render_ipt(rs: RuleSet, version: int) -> Render:
                 body = f"-j {name}"
                 (jid,) = chained_ids(f"{table.name}/{builtin}", [body])
                 table.jumps.append((builtin, f'-m comment --comment "{comment(jid, "jump to " + name)}" {body}'))
-    return Render(version, tables, {k: v for k, v in condemning.items() if v != BAN_TAG},
-                  {k for k, v in condemning.items() if v == BAN_TAG})
+    return Render(version, tables, {k: v[:2] for k, v in condemning.items() if v != BAN_TAG},
+                  {k for k, v in condemning.items() if v == BAN_TAG},
+                  {k for k, v in condemning.items() if v != BAN_TAG and v[2:] == (VALVE_TAG,)})
 
 
 def _add_chain(table: Table, name: str, rules: list[tuple[str, str, tuple | None]],
@@ -240,6 +249,8 @@ def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, 
         parts += match(x, Ctx(version, sets, limits))
     parts.append(_target(rule, sets, names))
     group = (rule.group, rule.mode) if rule.group else None
+    if group and any(isinstance(x, ValveEngaged) for x in rule.matches):
+        group = (*group, VALVE_TAG)
     return [*out, (" ".join(p for p in parts if p), rule.label, group)]
 
 

@@ -17,13 +17,16 @@ from typing import Any
 from ..model.matches import (Assured, BanSource, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort,
                              Family, FibLocal, IcmpTypes, InterfaceNotIn, Log, NoTrack, OneIn, OverLimit, Proto, SocketOpen,
                              RememberSource, SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver, TcpFlags,
-                             UnderLimit, UpdateSource)
+                             UnderLimit, UpdateSource, ValveEngaged)
 from ..model.ruleset import TABLE, AddrSet, Chain, NamedLimit, Rule, RuleSet
 from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Synproxy, Verdict
 from .ids import chained_ids, comment
 
 FAMILY = "inet"
 _V6_MASK = "ffff:ffff:ffff:ffff::"  # model.ruleset.V6_SOURCE_PREFIX
+# A ``valve`` set is keyed on the layer-4 protocol: its one member, ``tcp``, means "engaged"; the rule
+# asks ``meta l4proto @set`` (only SYNs reach it), so the set needs no address and no interval.
+VALVE_ELEMENTS = ("tcp",)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ def _set(table: str, s: AddrSet) -> dict:
                            "type": "ipv4_addr" if s.version == 4 else "ipv6_addr"}
     if s.kind == "ports":
         obj["type"] = "inet_service"
+    elif s.kind == "valve":
+        obj.update(type="inet_proto", size=s.size, flags=["timeout"], timeout=s.timeout_s)
     elif s.kind == "engaged":
         obj.update(type="inet_service", size=s.size, flags=["timeout"], timeout=s.timeout_s)
     elif s.kind == "allow":
@@ -279,6 +284,11 @@ def _(x: DstPortInSet, sets: dict) -> dict:
 @_match.register
 def _(x: EngagePort, sets: dict) -> dict:  # update (not add): each SYN over the rate refreshes the timeout
     return {"set": {"op": "update", "elem": _payload("tcp", "dport"), "set": f"@{x.set}"}}
+
+
+@_match.register
+def _(x: ValveEngaged, sets: dict) -> dict:
+    return _eq(_meta("l4proto"), f"@{x.set}")
 
 
 @_match.register
