@@ -11,7 +11,7 @@ so switching ``backend:`` never leaves two sets of rules, and never a moment wit
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from typing import TYPE_CHECKING
 
@@ -161,10 +161,15 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
         flavour = choose_flavour(policy, nft)
     sampling, sampling_reason = choose_sampling(policy, nft, odds)
     synproxy = synproxy_plan(policy, interfaces)
-    key = (interfaces, foreign, flavour, sampling, synproxy)
+    closed_off = policy.backend == "iptables" and policy.closed_ports.enabled and probe.ipvs_loaded()
+    key = (interfaces, foreign, flavour, sampling, synproxy, closed_off)
     if cache is not None and key in cache:
         return cache[key]
     priorities = probe.choose_priorities(list(foreign))
+    if closed_off:  # IPVS takes Services' packets on input after every iptables table: the rule would see them
+        policy = policy.model_copy(update={"closed_ports": policy.closed_ports.model_copy(update={"enabled": False})})
+        priorities = replace(priorities, notes=(*priorities.notes, "closed_ports is off: IPVS is loaded, and "
+                                                "iptables has no table after IPVS on input (nft has)"))
     ruleset = build_ruleset(policy, interfaces, priorities, sampling, synproxy)
     common = (ruleset, priorities, foreign)
     proxied = synproxy if any(s.kind == "engaged" for s in ruleset.sets) else None  # not in monitor mode

@@ -7,10 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Stage = Literal["ingress", "stateless", "stateful", "input"]
+Stage = Literal["ingress", "stateless", "stateful", "input", "closed"]
 
 DEFRAG = -400  # NF_IP_PRI_CONNTRACK_DEFRAG: nothing may run before reassembly
 CONNTRACK = -200  # NF_IP_PRI_CONNTRACK
+AFTER_IPVS = 200  # NF_IP_PRI_NAT_SRC (100) and IPVS's input hook (99) lie below; confirmation at INT_MAX above
+NO_RIVALS = 2**31  # a stage that sits after the chains it could meet on purpose
 TAPS = -1000  # ingress: chains at or below this are taps (capture, truth counters) that see every packet first
 
 
@@ -46,9 +48,14 @@ PLACEMENTS: dict[str, Placement] = {
         "iptables: mangle PREROUTING, which runs before nat PREROUTING's DNAT"),
     "input": Placement(
         "input", "input", -160, CONNTRACK + 1, CONNTRACK, "filter", ("INPUT",),
-        "after conntrack (SYNPROXY needs the connection state) and after DNAT (what reaches input is for "
-        "the node itself, never a Service's pod), before conntrack confirms a new entry (a drop here "
-        "leaves none behind), before mangle (-150), kube-proxy's and iptables' filter chains (0) and "
-        "Calico, any of which may drop 'ct state invalid' first; iptables: SYNPROXY is a filter target, "
-        "rule 1 of filter INPUT"),
+        "SYNPROXY: after conntrack (SYNPROXY needs the connection state), before mangle (-150), "
+        "kube-proxy's and iptables' filter chains (0) and Calico, any of which may drop 'ct state invalid' "
+        "first; iptables: SYNPROXY is a filter target, rule 1 of filter INPUT"),
+    "closed": Placement(
+        "closed", "input", AFTER_IPVS, AFTER_IPVS, NO_RIVALS, "filter", ("INPUT",),
+        "closed ports: after DNAT and after IPVS (input, 99: kube-proxy's IPVS mode takes a Service's "
+        "packets there, addressed to the node or kube-ipvs0 and with no socket behind them), before "
+        "conntrack confirms a new entry (a drop here leaves none behind). Deliberately after every "
+        "filter chain: what one of them drops never comes here. iptables has no table after IPVS on "
+        "input: filter INPUT, and no closed-port rules where IPVS is loaded (apply.make_plan)"),
 }

@@ -8,6 +8,7 @@ their fixed priorities are read from /proc/net/ip{,6}_tables_names.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,12 @@ def legacy_chains(proc: Path = Path("/proc/net")) -> list[ForeignChain]:
     return out
 
 
+def ipvs_loaded() -> bool:
+    """Is IPVS in this kernel (kube-proxy's ipvs mode loads it)? Its input hook (99) runs after every
+    iptables table, so the iptables backend cannot tell a Service's packet from one to a closed port."""
+    return os.path.exists("/proc/net/ip_vs")
+
+
 def choose_priorities(foreign: list[ForeignChain]) -> Priorities:
     """Each base chain strictly below every foreign chain that can see the same packets first,
     never below its floor (placement.py: defrag for the stateless chain, conntrack for the stateful
@@ -79,7 +86,7 @@ def choose_priorities(foreign: list[ForeignChain]) -> Priorities:
         limit = {"stateless": "without running before defrag", "ingress": "without going under the taps at -1000"
                  }.get(stage, "and still run after conntrack")
         chosen[stage] = _below(rivals, p.default_priority, p.floor, stage, limit, notes)
-    return Priorities(chosen["stateless"], chosen["stateful"], tuple(notes), chosen["input"], chosen["ingress"])
+    return Priorities(notes=tuple(notes), **chosen)
 
 
 def _below(rivals: list[ForeignChain], default: int, floor: int, which: str, limit: str, notes: list[str]) -> int:

@@ -209,7 +209,7 @@ def load_fixture(ns: Netns, name: str, loader: str) -> None:
 
 _IPT_RULE = re.compile(r'^\[(?P<packets>\d+):\d+\] -A (?P<chain>\S+) .*--comment "nodeguard:[0-9a-f]+ (?P<label>[^"]*)"')
 IPT_CHAINS = {"NODEGUARD-PRE-UPLINK": "filter-prerouting", "NODEGUARD-CONN-UPLINK": "filter-conntrack",
-              "NODEGUARD-INPUT-UPLINK": "filter-input",
+              "NODEGUARD-CLOSED-UPLINK": "closed-ports",
               "NODEGUARD-BOGUS": "bogus-flags", "NODEGUARD-ICMP": "icmp-flood", "NODEGUARD-SYN": "syn-flood",
               "NODEGUARD-BAN-UPLINK": f"ingress-{VICTIM_IF}",
               **{_ipt_chain_name(c): c for c in ("limit-udp-per-source",)}}  # the default limit's chain

@@ -62,6 +62,6 @@ def test_a_closed_port_flood_leaves_conntrack_alone_and_udp_services_answer(lab,
     # protected: what the rate lets in over the flood, plus the legitimate flows (60) and slack for
     # the flood's first packets before the bucket is empty
     assert guarded["conntrack"] <= rate * (FLOOD_S + 1) + burst + 500, guarded
-    assert counters["filter-input: udp to a closed port over the rate"] > 0.8 * guarded["arrived"], counters
+    assert counters["closed-ports: udp to a closed port over the rate"] > 0.8 * guarded["arrived"], counters
     for kind, ok in guarded["legit"].items():
         assert ok >= none["legit"][kind] - 1 and ok >= 19, (kind, none, guarded)

@@ -217,5 +217,5 @@ def test_ipv6_clients_connect_through_synproxy_and_carry_data(lab, write_policy)
         victim.nodeguard("apply", "-c", write_policy("syn:\n  synproxy:\n    engage_over: 1/second burst 1\n"))
         assert netlab.tcp_clients(attacker, netlab.LEGIT6, netlab.VICTIM6, PORT, 10) == {"ok": 10, "failed": 0}
     c = victim.counters()
-    assert "filter-input: synproxy syn v6" not in c, "host ports are answered by the kernel's syncookies"
+    assert "synproxy-input: synproxy syn v6" not in c, "host ports are answered by the kernel's syncookies"
     assert c["syn-flood: synproxy: syn not tracked v6"] >= 8, c

@@ -35,7 +35,8 @@ ICMP6_ECHO_REQUEST = 128
 
 STATELESS_CHAIN = "filter-prerouting"
 STATEFUL_CHAIN = "filter-conntrack"
-INPUT_CHAIN = "filter-input"
+SYNPROXY_CHAIN = "synproxy-input"
+CLOSED_CHAIN = "closed-ports"
 INGRESS_CHAIN = "ingress-"  # + the device: one per protected device
 BANNED = "banned"  # the rule group of the ingress drops (their counters are the drops of banned sources)
 SYN_ONLY = TcpFlags(("fin", "syn", "rst", "ack"), ("syn",))
@@ -215,9 +216,12 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     if conn_rules:
         b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules),
                                  "stateful", priorities.stateful))
-    on_input = [*(_synproxy_rules(b, proxied) if proxied and proxied.forwarded else ()), *_closed_ports(b)]
-    if on_input:
-        b.chains.append(Chain(INPUT_CHAIN, (*_never_limited(interfaces), *on_input), "input", priorities.input))
+    if proxied and proxied.forwarded:
+        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(interfaces), *_synproxy_rules(b, proxied)),
+                              "input", priorities.input))
+    if policy.closed_ports.enabled:
+        b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(interfaces), *_closed_ports(b)), "closed",
+                              priorities.closed))
     ingress, escalation = _escalation(b, interfaces, priorities, {s.version: s.name for s in b.sets
                                                                    if s.kind == "trusted"})
     return RuleSet((*ingress, *b.chains, *escalation, *b.sample_chains.values()), tuple(b.sets),
@@ -330,12 +334,10 @@ def _with_default_burst(rate: Rate) -> Rate:
 
 
 def _closed_ports(b: _Builder) -> list[Rule]:
-    """On input, after DNAT, before conntrack confirms: new UDP flows to the node's own addresses that
+    """On input, after DNAT and IPVS, before conntrack confirms: new UDP flows to the node's own addresses that
     no socket would receive, over ``closed_ports.rate`` (all sources together), are condemned. A drop
     there leaves no conntrack entry; below the rate the kernel answers port unreachable as ever."""
     closed = b.policy.closed_ports
-    if not closed.enabled:
-        return []
     over = b.add_limit(CLOSED_PORT, closed.global_rate(), over=True)
     return [Rule((Proto("udp"), CtStateNew(), SocketOpen()), RETURN, "udp to an open socket"),
             b.condemn((Proto("udp"), CtStateNew(), OverLimit(over)), CLOSED_PORT, b.policy.mode_of(closed),

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import hashlib
 
-from ..model.build import INPUT_CHAIN, STATEFUL_CHAIN, STATELESS_CHAIN
+from ..model.build import CLOSED_CHAIN, STATEFUL_CHAIN, STATELESS_CHAIN, SYNPROXY_CHAIN
 from ..model.ruleset import AddrSet, Chain
 
 PREFIX = "NODEGUARD"
 MAX_CHAIN = 28  # Felix's MaxChainNameLength: safe for both flavours
 MAX_IPSET = 31  # IPSET_MAXNAMELEN - 1
 _BASE_NAMES = {STATELESS_CHAIN: "NODEGUARD-PRE", STATEFUL_CHAIN: "NODEGUARD-CONN",
-               INPUT_CHAIN: "NODEGUARD-INPUT"}
+               SYNPROXY_CHAIN: "NODEGUARD-SYNPROXY", CLOSED_CHAIN: "NODEGUARD-CLOSED"}
 BAN_CHAIN = "NODEGUARD-BAN"  # every ingress chain of the model
 
 
