@@ -3,9 +3,12 @@
 Defences: none; hand-made filter-table chains (as DoS recipes write them: a global ``-m limit`` SYN
 valve plus a per-source ``hashlimit``, and a ``-m limit`` ping chain, jumped to from INPUT); nodeguard
 with the shipped default policy through each backend (nft, iptables-nft, iptables-legacy).
-Scenarios: ICMP echo flood, spoofed SYN flood to a host port and to a NodePort (kube-proxy DNAT),
-single-source SYN flood, UDP flood, each at hping3's maximum (``--flood``) and at a fixed rate
-(``-i u10``); and no attack (request/response rate and bulk throughput: the defence's overhead).
+Scenarios: ICMP echo flood; spoofed SYN floods to a host port, to a NodePort that kube-proxy DNATs and
+masquerades (externalTrafficPolicy Cluster: SNAT ports run out at 65,536 entries) and to one it DNATs
+without masquerade (Local: conntrack fills, the kernel's early-drop copes); spoofed ACK and RST floods to
+the NodePort; spoofed UDP to a closed port; a single-source SYN flood; a UDP flood; each at hping3's
+maximum (``--flood``) and at a fixed rate (``-i u10``); and no attack (request/response rate and bulk
+throughput: the defence's overhead). nodeguard runs as on a node: ``nodeguard run``.
 
 Measured per run: the legitimate client's connect success and p50/p99 connect latency during the
 flood, for a *returning* client (it completed a connection after the defence was installed and
@@ -19,7 +22,7 @@ rules change.
 Everything runs in network namespaces named ``ngb-<pid>-*`` (removed on exit, Ctrl-C or SIGTERM);
 the bench holds /tmp/nodeguard-kernel-tests.lock for its whole run, as the kernel tests do.
 
-usage: sudo .venv/bin/python bench/flood.py [--quick] [--reps N] [--out docs]
+usage: sudo .venv/bin/python bench/flood.py [--quick] [--reps N] [--scenario S] [--duration S] [--timeout S] [--out docs]
 """
 
 from __future__ import annotations
@@ -55,13 +58,25 @@ PREFIX = "ngb"
 COUNTER_TABLE = "ngb_meter"
 DEFENCES = ("none", "handmade", "nodeguard-nft", "nodeguard-iptables-nft", "nodeguard-iptables-legacy")
 SYN = "tcp flags & (fin|syn|rst|ack) == syn"
-COUNTERS = {"icmp": "icmp type echo-request", "syn": SYN, "udp": f"udp dport {UDP_PORT}"}
+NODEPORT_LOCAL, CLOSED_UDP = 3004, 9999
+COUNTERS = {"icmp": "icmp type echo-request", "syn": SYN, "udp": f"udp dport {UDP_PORT}",
+            "udp-closed": f"udp dport {CLOSED_UDP}", "ack": "tcp flags & (fin|syn|rst|ack) == ack",
+            "rst": "tcp flags & (fin|syn|rst|ack) == rst"}
 SCENARIOS = {  # name: (what, hping3 args, counter, port the legitimate client connects to)
     "icmp": ("ICMP echo flood, one source", ["--icmp", NODE], "icmp", HOST_TCP),
     "syn-spoofed-host": (f"spoofed SYN flood to host port {HOST_TCP}", ["-S", "--rand-source", "-p", str(HOST_TCP), NODE],
                          "syn", HOST_TCP),
     "syn-spoofed-nodeport": (f"spoofed SYN flood to NodePort {NODEPORT} (DNAT)",
                              ["-S", "--rand-source", "-p", str(NODEPORT), NODE], "syn", NODEPORT),
+    "syn-spoofed-nodeport-local": (f"spoofed SYN flood to NodePort {NODEPORT_LOCAL} (DNAT, no masquerade: "
+                                   "externalTrafficPolicy Local)",
+                                   ["-S", "--rand-source", "-p", str(NODEPORT_LOCAL), NODE], "syn", NODEPORT_LOCAL),
+    "ack-spoofed-nodeport": (f"spoofed ACK flood to NodePort {NODEPORT}", ["-A", "--rand-source", "-p", str(NODEPORT),
+                                                                          NODE], "ack", NODEPORT),
+    "rst-spoofed-nodeport": (f"spoofed RST flood to NodePort {NODEPORT}", ["-R", "--rand-source", "-p", str(NODEPORT),
+                                                                          NODE], "rst", NODEPORT),
+    "udp-spoofed-closed": (f"spoofed UDP flood to closed port {CLOSED_UDP}",
+                           ["--udp", "--rand-source", "-p", str(CLOSED_UDP), NODE], "udp-closed", HOST_TCP),
     "syn-single": (f"SYN flood from one source to host port {HOST_TCP}", ["-S", "-p", str(HOST_TCP), NODE], "syn",
                    HOST_TCP),
     "udp": (f"UDP flood, one source, to port {UDP_PORT}", ["--udp", "-p", str(UDP_PORT), NODE], "udp", HOST_TCP),
@@ -121,6 +136,9 @@ class Bench:
         self.crr_srcs = [f"{CRR_NET.rsplit('.', 1)[0]}.{i}" for i in range(1, CRR_SOURCES + 1)]
         batch += "".join(f"addr add {a}/32 dev eth0\n" for a in self.crr_srcs)
         sh(["ip", "-n", self.cli.name, "-batch", "-"], input=batch)
+        # kube-proxy's rules for a Local service: the NodePort DNATs straight to the endpoint, no masquerade
+        self.node.run(["iptables-nft", "-t", "nat", "-A", "KUBE-NODEPORTS", "-m", "tcp", "-p", "tcp", "--dport",
+                       str(NODEPORT_LOCAL), "-j", "KUBE-SEP-OYPFS5VJICHGATKP"])
         self.node.run(["ip", "route", "add", NEW_NET, "via", CLIENT])
         self.node.run(["ip", "route", "add", CRR_NET, "via", CLIENT])
         decl = "; ".join(f"add counter inet {DELIVERED_TABLE} in_{k}" for k in COUNTERS)
@@ -148,15 +166,27 @@ class Bench:
 
     # --- defences -----------------------------------------------------------------------------
     def install(self, d: str) -> None:
+        """nodeguard as it runs on a node: its daemon (``nodeguard run``: rules, watcher, sampler, and
+        whatever it engages at run time), ready once ``status`` says its rules are installed."""
         if d == "handmade":
             self.node.run(["iptables-nft-restore", "--noflush"], input=HANDMADE)
         elif d != "none":
-            nodeguard(self.node, "apply", "-c", str(self.policies[d]))
+            log = open(self.tmp / f"{d}.log", "a")
+            self.daemon = self.lab.spawn(self.node, ["-m", "guard", "run", "-c", str(self.policies[d]), "--last-good",
+                                                     str(self.tmp / f"{d}.last-good.yaml")], python=True,
+                                         stdout=subprocess.DEVNULL, stderr=log)
+            deadline = time.monotonic() + 30
+            while not json.loads(nodeguard(self.node, "status", "--json", "-c", str(self.policies[d])).stdout
+                                 ).get("installed"):
+                if self.daemon.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"nodeguard run did not install its rules: see {log.name}")
+                time.sleep(0.2)
 
     def remove(self, d: str) -> None:
         if d == "handmade":
             self.node.run(["iptables-nft-restore", "-T", "filter"], input=self.filter_before)
         elif d != "none":
+            self.lab.stop(self.daemon)  # SIGTERM: the rules stay, as on a node
             nodeguard(self.node, "uninstall")
         self.node.run(["conntrack", "-F"], check=False)
 
@@ -354,7 +384,8 @@ def environment(args: argparse.Namespace, took: float) -> dict:
             "machine": f"{cpu}, {os.cpu_count()} cores, {mem} GiB RAM (shared, noisy)",
             "kernel": platform.release(), "nft": ver("nft", "--version"), "iptables_nft": ver("iptables-nft", "--version"),
             "iptables_legacy": ver("iptables-legacy", "--version"), "hping3": ver("hping3", "--version"),
-            "python": platform.python_version(), "nodeguard_commit": commit, "seconds": round(took),
+            "python": platform.python_version(),
+            "nf_conntrack_max": int(Path("/proc/sys/net/netfilter/nf_conntrack_max").read_text()), "nodeguard_commit": commit, "seconds": round(took),
             "settings": {k: v for k, v in vars(args).items() if k != "out"}}
 
 
@@ -372,9 +403,11 @@ def write_markdown(path: Path, summary: dict, env: dict, status_s: list[float]) 
          f"{'. PARTIAL: ' + st['interrupted'] if st.get('interrupted') else ''}.",
          "Re-run it after changing the rules; it uses nodeguard only through its CLI.", "",
          f"- command: `{env['command']}` ({env['seconds']} s)",
-         f"- machine: {env['machine']}; kernel {env['kernel']}",
+         f"- machine: {env['machine']}; kernel {env['kernel']}; nf_conntrack_max {env.get('nf_conntrack_max', '?'):,}"
+         f" (the node's; it cannot be set per namespace); each flood lasts {st['ramp'] + st['duration']:g} s",
          f"- {env['nft']}; {env['iptables_nft']}; {env['iptables_legacy']}; {env['hping3']}",
-         f"- nodeguard commit {env['nodeguard_commit']}; policy: the shipped `rules/default.yaml` (backend keys only)",
+         f"- nodeguard commit {env['nodeguard_commit']}; policy: the shipped `rules/default.yaml` (backend keys only), "
+         "run as on a node: `nodeguard run` (rules, watcher, sampler)",
          f"- per run: the defence is installed fresh; the returning client connects, then hping3 floods; after "
          f"{st['ramp']} s the client makes one attempt every {st['interval']} s for {st['duration']} s from its "
          f"returning address and one from a never-used address (timeout {st['timeout']} s, a SYN retransmit "
@@ -466,11 +499,16 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; --quick 1)")
     ap.add_argument("--scenario", dest="scenarios", action="append", choices=list(SCENARIOS), help="repeatable")
     ap.add_argument("--rate", dest="rates", action="append", choices=list(RATES), help="repeatable")
+    ap.add_argument("--duration", type=float, default=None,
+                    help="seconds of legitimate attempts during each flood (default 4; --quick 2)")
+    ap.add_argument("--ramp", type=float, default=0.5, help="seconds of flood before the first attempt")
+    ap.add_argument("--timeout", type=float, default=1.0,
+                    help="seconds per connect: 1 s allows one SYN (Linux's first retransmission is at 1 s)")
     ap.add_argument("--out", default=str(ROOT / "docs"), help="directory for benchmarks.md/.json/.png")
     args = ap.parse_args()
     args.reps = args.reps or (1 if args.quick else 3)
-    args.duration = 2.0 if args.quick else 4.0   # seconds of legitimate attempts during each flood
-    args.interval, args.timeout, args.ramp = 0.1, 2.0, 0.5
+    args.duration = args.duration or (2.0 if args.quick else 4.0)
+    args.interval = max(0.1, args.duration / 50)  # at most 50 brand-new clients per flood
     args.quiet_s = 0.7 if args.quick else 2.0
     if os.geteuid() != 0:
         print("bench/flood.py needs root (network namespaces)", file=sys.stderr)
