@@ -1,0 +1,120 @@
+"""guard/datapath.py: XDP and tc ingress programs ahead of nodeguard's hooks.
+
+Pure: the parsers on iproute2 JSON captured from a real namespace (tests/fixtures/datapath/capture.sh),
+owners by the names Cilium and Calico give, untrusted output.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from guard import datapath
+from guard.datapath import TC_INGRESS, XDP, Bypass, Reading
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "datapath"
+SOURCE = Path(__file__).resolve().parent / "bpf" / "ng_pass.c"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def prog_ids(name: str) -> list[int]:
+    """The program ids the capture got from the kernel (they differ at every capture)."""
+    return [o["options"]["prog"]["id"] for o in json.loads(fixture(name)) if "options" in o]
+
+
+# --- pure: the parsers on captured output ----------------------------------------------------
+def test_xdp_generic_and_native_are_read_from_captured_ip_link_json():
+    for name, mode in (("link-xdp-generic.json", "generic"), ("link-xdp-native.json", "native")):
+        (found,) = datapath.parse_links(fixture(name), ["ngv0", "ngi0"])
+        assert (found.interface, found.kind, found.attach, found.program, found.owner) == \
+            ("ngv0", XDP, mode, "ng_xdp_pass", None)
+        assert isinstance(found.program_id, int) and found.program_id > 0
+        assert datapath.parse_links(fixture(name), ["nga0", "ngi0"]) == []  # only the interfaces asked for
+    assert datapath.parse_links(fixture("link-none.json"), ["ngv0", "ngi0", "nga0"]) == []
+
+
+def test_tc_ingress_filters_are_read_from_captured_tc_json_one_per_program():
+    clsact = datapath.parse_tc_filters(fixture("tc-clsact-bpf.json"), "ngv0")
+    assert [(b.interface, b.kind, b.attach, b.program, b.filter_name, b.owner) for b in clsact] == \
+        [("ngv0", TC_INGRESS, "bpf", "ng_tc_pass", "ng_pass.o:[tc]", None)] * 2  # pref 3 and the default pref
+    assert [b.program_id for b in clsact] == prog_ids("tc-clsact-bpf.json")
+    (old,) = datapath.parse_tc_filters(fixture("tc-ingress-qdisc.json"), "ngi0")  # the ingress qdisc, not clsact
+    assert (old.kind, old.attach, old.program, old.program_id) == \
+        (TC_INGRESS, "bpf", "ng_tc_pass", prog_ids("tc-ingress-qdisc.json")[0])
+    assert datapath.parse_tc_filters(fixture("tc-none.json"), "ngv0") == []
+
+
+def test_a_filter_without_a_program_is_one_bypass_of_its_kind():
+    raw = json.dumps([{"protocol": "ip", "pref": 9, "kind": "u32", "chain": 0},
+                      {"protocol": "ip", "pref": 9, "kind": "u32", "chain": 0, "options": {"fh": "800:"}},
+                      {"protocol": "all", "pref": 7, "kind": "matchall", "chain": 0}]).encode()
+    assert [(b.attach, b.program, b.owner) for b in datapath.parse_tc_filters(raw, "eth0")] == \
+        [("u32", None, None), ("matchall", None, None)]
+
+
+@pytest.mark.parametrize("names, owner", [
+    (("cil_from_netdev", "cil_from_netdev-eth0"), "cilium"),   # Cilium 1.13+: tc or tcx
+    (("cil_xdp_entry",), "cilium"),
+    ((None, "bpf_netdev_eth0.o:[from-netdev]"), "cilium"),      # Cilium before 1.13
+    (("from-netdev", "bpf_xdp.o:[from-netdev]"), "cilium"),
+    (("cali_tc_preambl", "cali_tc_preambl:[7]"), "calico"),     # names are cut to 15 bytes by the kernel
+    (("cali_xdp_preamb",), "calico"),
+    (("calico_tc_main",), "calico"),
+    (("ng_tc_pass", "ng_pass.o:[tc]"), None),
+    ((None, None), None),
+])
+def test_owners_are_told_by_the_names_their_loaders_give(names, owner):
+    assert datapath.owner_of(*names) == owner
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                        st.sampled_from(["ifname", "xdp", "mode", "prog", "attached", "id", "name", "kind", "pref",
+                                         "chain", "options", "bpf_name", "ifindex"]), inner, max_size=6),
+                    max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON)
+def test_any_json_parses_without_raising(doc):
+    raw = json.dumps(doc).encode()
+    for one in (raw, raw[: len(raw) // 2], b"\xff\xfe" + raw):
+        datapath.parse_links(one, ["ngv0", ""])
+        datapath.parse_tc_filters(one, "ngv0")
+
+
+def test_names_from_outside_are_escaped_in_warnings():
+    evil = Bypass("eth0", TC_INGRESS, "bpf\n", None, "x\x1b[2J", 3, "f\nWARNING fake")
+    (line,) = datapath.warnings(Reading((evil,)))
+    assert "\n" not in line and "\x1b" not in line and "\\x1b[2J" in line and "f\\nWARNING fake" in line
+    (note,) = datapath.warnings(Reading((), ("tc:\x07 bell\nx",)))
+    assert note == "note: could not read the datapath: tc:\\x07 bell\\nx"
+
+
+def test_a_tool_that_cannot_run_is_a_problem_not_an_exception():
+    def missing(args):
+        raise FileNotFoundError(2, "No such file or directory", args[0])
+
+    reading = datapath.detect(["eth0"], run=missing, tcx_query=lambda i: [])
+    assert reading.bypasses == () and reading.problems[0].startswith("ip link show: ")
+
+    def tc_fails(args):
+        if args[0] == "ip":
+            return b'[{"ifindex": 2, "ifname": "eth0"}]'
+        raise subprocess.CalledProcessError(1, args, b"", b"Cannot find device\n")
+
+    def refused(ifindex):
+        raise datapath.tcx.Refused("bpf(BPF_PROG_QUERY): Operation not permitted")
+
+    reading = datapath.detect(["eth0"], run=tc_fails, tcx_query=refused)
+    assert reading.problems == ("tc filter show dev eth0 ingress: exit 1 (Cannot find device)",
+                                "tcx of eth0: bpf(BPF_PROG_QUERY): Operation not permitted")
+    assert Reading.of(json.loads(json.dumps(reading.data()))) == reading
