@@ -1,19 +1,24 @@
 """guard/datapath.py: XDP and tc ingress programs ahead of nodeguard's hooks.
 
 Pure: the parsers on iproute2 JSON captured from a real namespace (tests/fixtures/datapath/capture.sh),
-owners by the names Cilium and Calico give, untrusted output.
+owners by the names Cilium and Calico give, untrusted output. Kernel: a veth uplink in a throwaway
+namespace gets a tc bpf filter, a generic XDP program (tests/bpf/ng_pass.c, compiled by clang here) and
+a tcx program; status and apply name each, and forget each once it is removed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import netlab
 from guard import datapath
 from guard.datapath import TC_INGRESS, XDP, Bypass, Reading
 
@@ -118,3 +123,58 @@ def test_a_tool_that_cannot_run_is_a_problem_not_an_exception():
     assert reading.problems == ("tc filter show dev eth0 ingress: exit 1 (Cannot find device)",
                                 "tcx of eth0: bpf(BPF_PROG_QUERY): Operation not permitted")
     assert Reading.of(json.loads(json.dumps(reading.data()))) == reading
+
+
+# --- kernel: real programs on a protected veth -----------------------------------------------
+@pytest.fixture
+def bpf_object(kernel, tmp_path) -> Path:
+    """tests/bpf/ng_pass.c compiled for BPF (clang is in conftest.TOOLS: missing, it fails under CI)."""
+    out = tmp_path / "ng_pass.o"
+    arch_include = Path(f"/usr/include/{os.uname().machine}-linux-gnu")  # Debian: asm/types.h lives there
+    include = ["-I", str(arch_include)] if arch_include.is_dir() else []
+    netlab.sh(["nice", "-n", "19", "clang", "-O2", "-target", "bpf", *include, "-c", str(SOURCE), "-o", str(out)])
+    return out
+
+
+def bypasses(st: dict) -> set[tuple]:
+    return {(b["interface"], b["kind"], b["attach"], b["owner"], b["program"]) for b in st["datapath"]["bypasses"]}
+
+
+def test_status_and_apply_name_every_program_ahead_of_nodeguard_until_it_is_removed(ns, default_policy, bpf_object):
+    netlab.add_uplink(ns)  # ngu0, the default route: the protected interface (interfaces: auto)
+    ns.nodeguard("apply", "-c", default_policy)
+    st = ns.status(default_policy)
+    assert st["datapath"] == {"bypasses": [], "problems": []}
+    assert "WARNING" not in ns.nodeguard("status", "-c", default_policy).stdout
+
+    ns.run("tc qdisc add dev ngu0 clsact")
+    ns.run(f"tc filter add dev ngu0 ingress bpf da obj {bpf_object} sec tc")
+    ns.run("tc qdisc add dev ngu0p clsact")  # not protected: not reported
+    ns.run(f"tc filter add dev ngu0p ingress bpf da obj {bpf_object} sec tc")
+    ns.run(f"ip link set dev ngu0 xdpgeneric obj {bpf_object} sec xdp")
+    holder = ns.popen([sys.executable, str(netlab.HELPERS / "tcx_hold.py"), "ngu0", "cil_from_netdev"],
+                      stdin=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().startswith("attached "), holder.stderr.read()
+        want = {("ngu0", "tc-ingress", "bpf", None, "ng_tc_pass"), ("ngu0", "xdp", "generic", None, "ng_xdp_pass"),
+                ("ngu0", "tc-ingress", "tcx", "cilium", "cil_from_netdev")}
+        st = ns.status(default_policy)
+        assert bypasses(st) == want and st["datapath"]["problems"] == []
+        text = ns.nodeguard("status", "-c", default_policy).stdout
+        assert "WARNING datapath bypass: ngu0: XDP (generic) program of unknown owner [ng_xdp_pass id " in text
+        assert "WARNING datapath bypass: ngu0: tc ingress (bpf) program of unknown owner [ng_tc_pass id " in text
+        assert "WARNING datapath bypass: ngu0: tc ingress (tcx) program of cilium [cil_from_netdev id " in text
+        assert "ngu0p" not in text
+        applied = ns.nodeguard("apply", "--json", "-c", default_policy).stdout
+        assert bypasses(json.loads(applied)) == want
+        assert "WARNING datapath bypass: ngu0: XDP (generic)" in ns.nodeguard("apply", "-c", default_policy).stdout
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+    assert bypasses(ns.status(default_policy)) == want - {("ngu0", "tc-ingress", "tcx", "cilium", "cil_from_netdev")}
+    ns.run("ip link set dev ngu0 xdpgeneric off")
+    assert {b[1] for b in bypasses(ns.status(default_policy))} == {"tc-ingress"}
+    ns.run("tc qdisc del dev ngu0 clsact")
+    assert ns.status(default_policy)["datapath"] == {"bypasses": [], "problems": []}
+    assert "WARNING" not in ns.nodeguard("status", "-c", default_policy).stdout
