@@ -3,7 +3,7 @@
 Pure: the parsers on iproute2 JSON captured from a real namespace (tests/fixtures/datapath/capture.sh),
 owners by the names Cilium and Calico give, untrusted output. Kernel: a veth uplink in a throwaway
 namespace gets a tc bpf filter, a generic XDP program (tests/bpf/ng_pass.c, compiled by clang here) and
-a tcx program; status and apply name each, and forget each once it is removed.
+a tcx program; status, apply and the daemon's metrics name each, and forget each once it is removed.
 """
 
 from __future__ import annotations
@@ -178,3 +178,22 @@ def test_status_and_apply_name_every_program_ahead_of_nodeguard_until_it_is_remo
     ns.run("tc qdisc del dev ngu0 clsact")
     assert ns.status(default_policy)["datapath"] == {"bypasses": [], "problems": []}
     assert "WARNING" not in ns.nodeguard("status", "-c", default_policy).stdout
+
+
+def test_the_daemon_exports_a_bypass_while_it_is_there(ns, tmp_path, bpf_object):
+    from test_daemon import Run, metrics, policy_text, write
+
+    netlab.add_uplink(ns)
+    policy = write(tmp_path / "policy.yaml", policy_text(tmp_path, watcher="verify_interval_s: 1"))
+    run = Run(ns, tmp_path, policy)
+    try:
+        run.wait_ready()
+        key = ("nodeguard_datapath_bypass", (("interface", "ngu0"), ("kind", "xdp")))
+        assert not any(name == "nodeguard_datapath_bypass" for name, _ in metrics(ns))
+        ns.run(f"ip link set dev ngu0 xdpgeneric obj {bpf_object} sec xdp")
+        # re-read at most every verify_interval_s (1 s here), and scrapes share one read for 2 s
+        netlab.wait_until(lambda: metrics(ns).get(key) == 1, timeout=6, interval=0.5)
+        ns.run("ip link set dev ngu0 xdpgeneric off")
+        netlab.wait_until(lambda: key not in metrics(ns), timeout=6, interval=0.5)
+    finally:
+        run.stop()
