@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import tcx
@@ -30,6 +31,10 @@ XDP_MODES = {1: "native", 2: "generic", 3: "offload"}
 # ones calico_*.
 OWNERS = (("cilium", ("cil_", "bpf_netdev", "bpf_xdp", "bpf_host")), ("calico", ("cali_", "calico")))
 TIMEOUT_S = 5.0
+# Where Cilium pins the tcx links of a device (its bpffsDeviceLinksDir; "." in a device name becomes "-"):
+# seen without bpf(2), which the systemd unit's sandbox refuses.
+CILIUM_DEVICES = Path("/sys/fs/bpf/cilium/devices")
+CILIUM_TCX_INGRESS = "cil_from_netdev"
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,17 @@ def tcx_bypasses(interface: str, programs: Iterable[tcx.TcxProgram]) -> list[Byp
     return [Bypass(interface, TC_INGRESS, "tcx", owner_of(p.name), p.name, p.id) for p in programs]
 
 
+def cilium_pinned_tcx(interface: str, devices: Path = CILIUM_DEVICES) -> list[Bypass]:
+    """Cilium's tcx ingress link of ``interface`` as pinned on bpffs: what is known of tcx when bpf(2)
+    is refused. A pin can outlive its device's program only briefly (Cilium unpins defunct links)."""
+    pin = devices / interface.replace(".", "-") / "links" / CILIUM_TCX_INGRESS
+    try:
+        present = pin.exists()
+    except OSError:
+        return []
+    return [Bypass(interface, TC_INGRESS, "tcx", "cilium", CILIUM_TCX_INGRESS, None)] if present else []
+
+
 Runner = Callable[[list[str]], bytes]
 
 
@@ -157,7 +173,8 @@ def _failed(what: str, exc: Exception) -> str:
 
 
 def detect(interfaces: Iterable[str], run: Runner = _run,
-           tcx_query: Callable[[int], list[tcx.TcxProgram]] = tcx.ingress_programs) -> Reading:
+           tcx_query: Callable[[int], list[tcx.TcxProgram]] = tcx.ingress_programs,
+           cilium_devices: Path = CILIUM_DEVICES) -> Reading:
     """Every XDP program and tc ingress filter or tcx program on ``interfaces`` (in this network
     namespace). A tool or query that fails is a problem in the reading, never an exception."""
     interfaces = tuple(interfaces)
@@ -181,6 +198,7 @@ def detect(interfaces: Iterable[str], run: Runner = _run,
             bypasses += tcx_bypasses(name, tcx_query(index[name]))
         except tcx.Refused as exc:
             problems.append(f"tcx of {name}: {exc}")
+            bypasses += cilium_pinned_tcx(name, cilium_devices)
     return Reading(tuple(bypasses), tuple(problems))
 
 

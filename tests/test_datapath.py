@@ -119,10 +119,28 @@ def test_a_tool_that_cannot_run_is_a_problem_not_an_exception():
     def refused(ifindex):
         raise datapath.tcx.Refused("bpf(BPF_PROG_QUERY): Operation not permitted")
 
-    reading = datapath.detect(["eth0"], run=tc_fails, tcx_query=refused)
+    reading = datapath.detect(["eth0"], run=tc_fails, tcx_query=refused, cilium_devices=Path("/nonexistent"))
     assert reading.problems == ("tc filter show dev eth0 ingress: exit 1 (Cannot find device)",
                                 "tcx of eth0: bpf(BPF_PROG_QUERY): Operation not permitted")
     assert Reading.of(json.loads(json.dumps(reading.data()))) == reading
+
+
+def test_with_bpf_refused_ciliums_pinned_tcx_link_still_tells(tmp_path):
+    """The systemd unit refuses bpf(2): Cilium's tcx link is then known by its pin on bpffs."""
+    (tmp_path / "bond0-100" / "links").mkdir(parents=True)  # bond0.100: Cilium writes "." as "-"
+    (tmp_path / "bond0-100" / "links" / "cil_from_netdev").touch()
+    (tmp_path / "eth1" / "links").mkdir(parents=True)
+    (tmp_path / "eth1" / "links" / "cil_to_netdev").touch()  # egress: not ahead of nodeguard
+
+    def links(args):
+        return b'[{"ifindex": 2, "ifname": "bond0.100"}, {"ifindex": 3, "ifname": "eth1"}]' if args[0] == "ip" else b"[]"
+
+    def refused(ifindex):
+        raise datapath.tcx.Refused("bpf(BPF_PROG_QUERY): Operation not permitted")
+
+    reading = datapath.detect(["bond0.100", "eth1"], run=links, tcx_query=refused, cilium_devices=tmp_path)
+    assert reading.bypasses == (Bypass("bond0.100", TC_INGRESS, "tcx", "cilium", "cil_from_netdev", None),)
+    assert len(reading.problems) == 2
 
 
 # --- kernel: real programs on a protected veth -----------------------------------------------
