@@ -1,7 +1,7 @@
 """What acts on a protected interface's packets before nodeguard sees them: XDP and tc ingress.
 
-nodeguard's earliest chain hooks netdev ingress. XDP runs in the driver before an skb exists, and tc
-ingress (clsact or ingress qdisc filters, and tcx) runs just before netdev ingress. Cilium's eBPF
+nodeguard's earliest chain hooks netdev ingress. XDP runs first (native XDP in the driver, before an
+skb exists), then tc ingress (tcx, then clsact or ingress qdisc filters), then netdev ingress. Cilium's eBPF
 datapath and Calico's eBPF dataplane sit there: what their programs drop, redirect to a pod or send
 back out never reaches nodeguard's rules. This module says which of them sit on which interface, as
 data (``Bypass``); wording for people is in ``describe``.
