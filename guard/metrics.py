@@ -63,6 +63,8 @@ class Snapshot(TypedDict, total=False):
     syn_valve: dict[str, Any] | None    # {"engaged": bool, "engagements": n}: syn.valve auto (daemon/valve_part.py)
     components: dict[str, dict[str, Any]]  # "sampler"/"metrics" -> {"up": bool, "restarts": n}: parts the
                                         # daemon restarts with backoff when they fail
+    datapath: dict[str, Any]            # datapath.Reading.data(): {"bypasses": [{"interface", "kind", ...}],
+                                        # "problems": [...]}: XDP/tc ingress programs ahead of our hooks
 
 
 Provider = Callable[[], Snapshot]
@@ -205,6 +207,15 @@ class NodeguardCollector:
             restarts.add_metric([name], int(c["restarts"]))
         yield up
         yield restarts
+
+        bypass = GaugeMetricFamily("nodeguard_datapath_bypass", "1 while an XDP program (kind \"xdp\") or a tc "
+                                   "ingress filter or tcx program (kind \"tc-ingress\") acts on a protected "
+                                   "interface before nodeguard's hooks: what it drops or redirects is never seen",
+                                   labels=["interface", "kind"])
+        for interface, kind in sorted({(str(b["interface"]), str(b["kind"]))
+                                       for b in (s.get("datapath") or {}).get("bypasses", ())}):
+            bypass.add_metric([interface, kind], 1)
+        yield bypass
 
         if s.get("last_apply") is not None:
             yield GaugeMetricFamily("nodeguard_last_apply_timestamp_seconds",

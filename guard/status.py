@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import sysctls
+from . import datapath, sysctls
 from .apply import Plan, read_state
 from .backend.nft import Nft
 from .counters import bans_counted, drops_by_group, engaged_ports
@@ -34,6 +34,8 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
                       "engage_over": str(plan.synproxy.engage_over),
                       "hold_s": plan.synproxy.hold_s} if plan.synproxy else None),
         "sysctls": sysctls.check(plan.synproxy),
+        # XDP and tc ingress programs that act before our earliest hook (datapath.py)
+        "datapath": datapath.detect(plan.ruleset.interfaces).data(),
         "foreign_chains": [
             {"family": f.family, "table": f.table, "chain": f.chain, "hook": f.hook, "priority": f.priority}
             for f in plan.foreign
@@ -85,10 +87,11 @@ def _ports(ports: list[int]) -> str:
 
 
 def format_text(st: dict[str, Any]) -> str:
+    bypass = datapath.warnings(datapath.Reading.of(st["datapath"]))
     if not st["installed"]:
-        return f"nodeguard: not installed ({st['backend']} backend)\n"
+        return "\n".join([f"nodeguard: not installed ({st['backend']} backend)", *bypass]) + "\n"
     lines = [f"nodeguard: installed ({st['backend']}; {st['backend_reason']}), "
-             f"{'in sync with the policy' if st['in_sync'] else 'DIFFERS from the policy'}"]
+             f"{'in sync with the policy' if st['in_sync'] else 'DIFFERS from the policy'}", *bypass]
     if st["drift"]:
         lines.append(f"  drift: {st['drift']}")
     w = st.get("watcher")

@@ -25,8 +25,9 @@ from guard.lab.lock import machine_lock
 TOOLS = ("ip", "nft", "iptables-nft", "iptables-legacy",
          *(f"{ip}tables-{flavour}-{kind}" for ip in ("ip", "ip6") for flavour in ("nft", "legacy")
            for kind in ("save", "restore")),
-         "ipset", "hping3", "conntrack", "ping", "sysctl", "setpriv", "timeout", "unshare", "sh")
-TOOL_PACKAGES = "nftables iptables ipset hping3 conntrack iputils-ping iproute2 procps util-linux coreutils"
+         "ipset", "hping3", "conntrack", "ping", "sysctl", "setpriv", "timeout", "unshare", "sh",
+         "tc", "clang")  # tc, clang: test_datapath.py attaches a tc filter and XDP it compiles (tests/bpf/)
+TOOL_PACKAGES = "nftables iptables ipset hping3 conntrack iputils-ping iproute2 procps util-linux coreutils clang"
 
 # nodeguard's host paths (policy/load.py, lastgood.py): no test may read or write them (every test has its
 # own, under tmp_path), so a node's real policy, state or logs never change a test's result, nor the

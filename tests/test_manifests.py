@@ -101,6 +101,6 @@ def test_no_rbac_is_shipped():
 def test_the_image_runs_the_daemon_from_the_wheel():
     text = (K8S / "Containerfile").read_text()
     assert re.search(r'^ENTRYPOINT \["/opt/nodeguard/bin/nodeguard"\]\nCMD \["run"\]$', text, re.M)
-    for pkg in ("libnftables1", "nftables", "iptables", "ipset", "python3", "libnetfilter-queue1"):
+    for pkg in ("libnftables1", "nftables", "iptables", "ipset", "python3", "libnetfilter-queue1", "iproute2"):
         assert re.search(rf"install .*\b{pkg}\b", text), pkg
     assert "pip wheel" in text and "--no-index" in text

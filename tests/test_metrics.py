@@ -223,3 +223,42 @@ def test_nfqueue_losses_and_conntrack_fill_come_from_the_namespace(ns):
     assert samples(out["after"])[("nodeguard_conntrack_entries", ())] == conntrack == 5  # the five flows
     assert s[("nodeguard_conntrack_max", ())] == int(ns.run("sysctl -n net.netfilter.nf_conntrack_max").stdout)
     assert nfqueue_dropped([4714]) is None  # this (root) namespace has no queue 4714 of ours
+
+
+def test_datapath_bypasses_are_one_series_per_interface_and_kind(serve):
+    b = {"owner": None, "program": "p", "program_id": 1, "filter_name": None}
+    snap = dict(SNAPSHOT, datapath={"problems": [], "bypasses": [
+        dict(b, interface="eth0", kind="xdp", attach="native"), dict(b, interface="eth0", kind="tc-ingress", attach="bpf"),
+        dict(b, interface="eth0", kind="tc-ingress", attach="tcx"), dict(b, interface="eth1", kind="xdp", attach="generic")]})
+    s = samples(get(serve(lambda: snap) + "/metrics")[1])
+    assert {k: v for k, v in s.items() if k[0] == "nodeguard_datapath_bypass"} == {
+        ("nodeguard_datapath_bypass", (("interface", "eth0"), ("kind", "xdp"))): 1,
+        ("nodeguard_datapath_bypass", (("interface", "eth0"), ("kind", "tc-ingress"))): 1,
+        ("nodeguard_datapath_bypass", (("interface", "eth1"), ("kind", "xdp"))): 1}
+    code, text = get(serve(lambda: SNAPSHOT) + "/metrics")  # nothing ahead of nodeguard: no series, the family stays
+    assert "# TYPE nodeguard_datapath_bypass gauge" in text and "nodeguard_datapath_bypass{" not in text
+
+
+def test_the_provider_reads_the_datapath_at_the_watchers_verify_interval(monkeypatch):
+    from types import SimpleNamespace
+
+    from guard.daemon import provider as provider_mod
+
+    calls = []
+    monkeypatch.setattr(provider_mod.datapath, "detect",
+                        lambda interfaces: calls.append(interfaces) or provider_mod.datapath.Reading(()))
+    monkeypatch.setattr(provider_mod, "drops_by_group", lambda plan, nft: {})
+    monkeypatch.setattr(provider_mod, "meter_fill", lambda plan: [])
+    monkeypatch.setattr(provider_mod, "Nft", lambda: None)
+    plan = SimpleNamespace(ruleset=SimpleNamespace(sets=(), interfaces=("eth0",)))
+    watcher = SimpleNamespace(last_plan=plan, policy=SimpleNamespace(watcher=SimpleNamespace(verify_interval_s=10.0)))
+    now = [0.0]
+    p = provider_mod.MetricsProvider(SimpleNamespace(snapshot=dict, watcher=watcher), clock=lambda: now[0])
+    for t in (0.0, 3.0, 6.0, 9.9, 12.5, 15.0, 23.0):  # scrapes 2 s or more apart: each a new snapshot
+        now[0] = t
+        assert p()["datapath"] == {"bypasses": [], "problems": []}
+    assert len(calls) == 3  # at 0, 12.5 and 23: 10 s or more since the last reading
+    plan.ruleset.interfaces = ("eth0", "eth1")  # a reload that changes the interfaces reads at once
+    now[0] = 26.0
+    p()
+    assert calls[-1] == ("eth0", "eth1")

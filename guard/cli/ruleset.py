@@ -43,6 +43,7 @@ def check(config: str | None, as_json: bool) -> None:
 def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
     """Install or update nodeguard's rules in one transaction that keeps meters and trusted sets."""
     nft = kernel()  # first: without privileges nothing else matters, whatever the policy file says
+    from .. import datapath
     from ..apply import apply_plan, make_plan, read_state, remove_other_backends, transaction
     from ..policy.load import load_policy
 
@@ -56,9 +57,11 @@ def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
         tx = apply_plan(plan, nft)
         how = "applied"
     hooks, where = plan.backend.where(plan)
+    bypass = datapath.detect(plan.ruleset.interfaces)
     data = {"applied": not dry_run, "dry_run": dry_run, "policy": source, "backend": plan.backend.name,
             "backend_reason": plan.backend_reason, "hooks": hooks, "checked": how, "other_backends_removed": others,
-            "interfaces": list(plan.ruleset.interfaces), "notes": list(plan.priorities.notes)}
+            "interfaces": list(plan.ruleset.interfaces), "notes": list(plan.priorities.notes),
+            "datapath": bypass.data()}
     if dry_run:
         data["transaction"] = plan.backend.tx_data(tx)
     verb = f"would apply (dry run, {how})" if dry_run else "applied"
@@ -66,7 +69,8 @@ def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
             + f"{verb} {source} with {plan.backend.name}: {where}; interfaces {', '.join(plan.ruleset.interfaces)}\n"
             + (f"{'would also remove' if dry_run else 'also removed'} nodeguard's rules from: {', '.join(others)}\n"
                if others else "")
-            + "".join(f"note: {n}\n" for n in plan.priorities.notes))
+            + "".join(f"note: {n}\n" for n in plan.priorities.notes)
+            + "".join(f"{line}\n" for line in datapath.warnings(bypass)))
     emit(data, as_json, text)
 
 

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from .. import datapath
 from ..backend.nft import Nft
 from ..counters import drops_by_group, meter_fill
 from ..metrics import Snapshot
@@ -17,8 +18,10 @@ METER_CACHE_S = 30.0  # meter fill is re-counted at most this often (~0.3 s of k
 
 class MetricsProvider:
     """One snapshot per scrape (metrics.Snapshot): the watcher's state, the sampler's counters,
-    the kernel counters of the condemning rules (one terse listing) and meter fill (a netlink
-    element count, at most every METER_CACHE_S). Scrapes within SCRAPE_CACHE_S share one read.
+    the kernel counters of the condemning rules (one terse listing), meter fill (a netlink
+    element count, at most every METER_CACHE_S) and the datapath programs ahead of our hooks (a few
+    iproute2 runs per interface, at most every ``watcher.verify_interval_s``, the watcher's own pace
+    for a full look). Scrapes within SCRAPE_CACHE_S share one read.
     Runs in HTTP threads, so it has its own libnftables context. ``daemon``: the running
     supervisor.Daemon (its snapshot() and watcher)."""
 
@@ -28,6 +31,7 @@ class MetricsProvider:
         self._nft: Nft | None = None
         self._snap: tuple[float, Snapshot] | None = None
         self._meters: tuple[float, Any, list] | None = None
+        self._datapath: tuple[float, tuple[str, ...], dict] | None = None
         self.reads = 0  # kernel reads (tests check the cache)
 
     def __call__(self) -> Snapshot:
@@ -46,5 +50,12 @@ class MetricsProvider:
                 if self._meters is None or self._meters[1] != key or now - self._meters[0] >= METER_CACHE_S:
                     self._meters = (now, key, meter_fill(plan))
                 snap["meters"] = self._meters[2]
+                snap["datapath"] = self._bypasses(now, plan.ruleset.interfaces)
             self._snap = (now, snap)
             return snap
+
+    def _bypasses(self, now: float, interfaces: tuple[str, ...]) -> dict:
+        every = self.daemon.watcher.policy.watcher.verify_interval_s
+        if self._datapath is None or self._datapath[1] != interfaces or now - self._datapath[0] >= every:
+            self._datapath = (now, interfaces, datapath.detect(interfaces).data())
+        return self._datapath[2]
