@@ -94,7 +94,7 @@ def test_quick_demo_runs_every_step_in_under_a_minute_and_removes_everything(loc
     # the demo ran; 83 s on issue 16's loaded machine before nft's set-element fetch was taken out of the
     # demo's 4/s counter poll and of status (each read listed a full SYN meter: ~1 s, more under load).
     assert took < 60, f"{took:.1f} s"
-    for line in ("kube-proxy ruleset loaded in the node", "nodeguard apply (default policy): ",
+    for line in ("kube-proxy ruleset loaded in the node", "nodeguard apply (default policy, but syn.valve: always): ",
                  "nodeguard sample: running", "before the floods: client", "ICMP echo flood (one source): started",
                  "spoofed SYN flood to NodePort 3003: started", "UDP flood to port 5353 (one source): started",
                  "summary (client", "nodeguard report", "attack episodes (UTC):", "timeline picture:",

@@ -35,8 +35,7 @@ BACKENDS = ("nft", "iptables-nft")
 
 def _fresh_sources(attacker, n: int) -> list[str]:
     addrs = [f"10.66.{64 + i // 250}.{1 + i % 250}" for i in range(n)]
-    netlab.sh(["ip", "-n", attacker.name, "-batch", "-"], input="".join(f"addr add {a}/32 dev {netlab.ATTACKER_IF}\n"
-                                                                          for a in addrs))
+    attacker.run(["ip", "-batch", "-"], input="".join(f"addr add {a}/32 dev {netlab.ATTACKER_IF}\n" for a in addrs))
     return addrs
 
 
