@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0; [ "${1:-}" = "--dev" ] && dev=1
 
-runtime_pkgs=(nftables libnftables1 iptables ipset iproute2 python3 python3-venv python3-pip python3-dev gcc libnetfilter-queue-dev)
+# hping3: the flood generator of `nodeguard demo`, which must work right after this setup (README)
+runtime_pkgs=(nftables libnftables1 iptables ipset iproute2 python3 python3-venv python3-pip python3-dev gcc libnetfilter-queue-dev hping3)
 # systemd: tests run the unit under systemd --user; clang, linux-libc-dev: test_datapath.py compiles BPF
 test_pkgs=(hping3 conntrack iputils-ping iproute2 util-linux procps systemd clang linux-libc-dev)
 pkgs=("${runtime_pkgs[@]}"); [ $dev = 1 ] && pkgs+=("${test_pkgs[@]}")
