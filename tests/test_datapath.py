@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import netlab
+from guard.lab.netns import sh as core_sh
 from guard import datapath
 from guard.datapath import TC_INGRESS, XDP, Bypass, Reading
 
@@ -150,7 +151,7 @@ def bpf_object(kernel, tmp_path) -> Path:
     out = tmp_path / "ng_pass.o"
     arch_include = Path(f"/usr/include/{os.uname().machine}-linux-gnu")  # Debian: asm/types.h lives there
     include = ["-I", str(arch_include)] if arch_include.is_dir() else []
-    netlab.sh(["nice", "-n", "19", "clang", "-O2", "-target", "bpf", *include, "-c", str(SOURCE), "-o", str(out)])
+    core_sh(["nice", "-n", "19", "clang", "-O2", "-target", "bpf", *include, "-c", str(SOURCE), "-o", str(out)])
     return out
 
 

@@ -245,7 +245,7 @@ def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tm
     victim.nodeguard("apply", "-c", p2)
     (row,) = json.loads(victim.nodeguard("bans", "--json", "-c", p2).stdout)["bans"]
     assert row["source"] == ATTACKER4 and row["groups"] == groups and 0 < row["expires_in_s"] <= 300, row
-    assert f"over the per-source limit of {group}" in victim.nodeguard("bans", "-c", p2).stdout
+    assert f"over the per-source limit of {', '.join(groups)}" in victim.nodeguard("bans", "-c", p2).stdout
     assert _replies(attacker, ATTACKER4) == 0
 
     # a watcher repair keeps it too: the ban check itself is disturbed and restored
