@@ -23,17 +23,20 @@ so the venv's editable install of another checkout does not leak in. Bytecode ca
 allowed (PYTHONDONTWRITEBYTECODE is dropped for the children; the warm-up run writes them), as
 after a pip install: otherwise each run would time the compiler, not the CLI.
 
-Measured on 2 shared cores while other suites ran (``--runs 9 --baseline e4ff56f``; the
-candidate is branch h17B, issue 17's lazy CLI and cheaper load/render; ms, python -c pass 27):
+Measured on 2 shared cores, nothing else running (``--runs 9 --baseline e4ff56f``, main at the end of
+2026-12-03's session, after closed_ports, the valve and datapath detection; ms, python -c pass 29):
 
     case                    baseline  candidate  ratio   goal
-    version                   292 ms      83 ms   0.28  150 ms ok
-    help                      292 ms      65 ms   0.22  150 ms ok
-    apply-default             357 ms     297 ms   0.83  300 ms ok
-    apply-default install     336 ms     270 ms   0.81  300 ms ok
-    apply-10k                 784 ms     488 ms   0.62  500 ms ok
-    apply-10k install         637 ms     528 ms   0.83  500 ms MISSED
+    version                   305 ms      91 ms   0.30  150 ms ok
+    help                      310 ms      82 ms   0.26  150 ms ok
+    apply-default             407 ms     348 ms   0.86  300 ms MISSED
+    apply-default install     379 ms     340 ms   0.90  300 ms MISSED
+    apply-10k                 914 ms     587 ms   0.64  500 ms MISSED
+    apply-10k install         746 ms     647 ms   0.87  500 ms MISSED
 
+(branch h17B, the lazy CLI, had measured 297, 270, 488 and 528 ms for the apply rows against a baseline
+357, 336, 784, 637 ms.) Most of an apply is imports: the policy schema's pydantic models alone are about
+half of it under cProfile; detecting XDP/tc programs costs 5 ms.
 Absolute figures move by ~10 % with the machine's load; the ratios hold.
 
 usage: sudo .venv/bin/python bench/startup.py [--runs 9] [--baseline main] [--only version,help]
@@ -60,6 +63,7 @@ sys.path.insert(0, str(ROOT))  # this tree's guard.lab, not the venv's install o
 from guard.lab.netns import add_uplink, reexec_in_netns  # noqa: E402
 from _policies import big_allowlist  # noqa: E402
 
+RULES = "<the tree's rules/default.yaml>"
 GOALS_MS = {"version": 150, "help": 150, "apply-default": 300, "apply-10k": 500}
 
 
@@ -103,8 +107,10 @@ def main() -> None:
     cases = {
         "version": (["--version"], None),
         "help": (["--help"], None),
-        "apply-default": (["apply"], None),
-        "apply-default install": (["apply"], uninstall),
+        # each tree's own rules/default.yaml: the built-in policy is package data, which the venv's editable
+        # install would resolve in its own checkout, not in the tree under test
+        "apply-default": (["apply", "-c", RULES], None),
+        "apply-default install": (["apply", "-c", RULES], uninstall),
         "apply-10k": (["apply", "-c", str(big)], None),
         "apply-10k install": (["apply", "-c", str(big)], uninstall),
     }
@@ -117,13 +123,15 @@ def main() -> None:
         print(f"{'case':<22} {'baseline':>9} {'candidate':>10} {'ratio':>6} {'- floor':>8} {'goal':>7}")
         for name, (argv, before) in cases.items():
             times: dict[str, list[float]] = {k: [] for k in trees}
-            for tree in trees.values():  # warm the page cache and install the policy once for each tree
-                run(tree, argv)
+            argvs = {k: [str(t / "rules" / "default.yaml") if a == RULES else a for a in argv]
+                     for k, t in trees.items()}
+            for which, tree in trees.items():  # warm the page cache and install the policy once for each tree
+                run(tree, argvs[which])
             for _ in range(args.runs):
                 for which, tree in trees.items():
                     if before:
                         before(tree)
-                    times[which].append(run(tree, argv))
+                    times[which].append(run(tree, argvs[which]))
             b, c = (statistics.median(times[k]) for k in trees)
             goal = GOALS_MS[name.split()[0]]
             print(f"{name:<22} {b:>6.0f} ms {c:>7.0f} ms {c / b:>6.2f} {c - floor:>5.0f} ms {goal:>4} ms "
