@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import netlab
 from netlab import ATTACKER4, VICTIM4, wait_until
+from test_daemon import Run, metrics
 
 LOCAL, MASQ = 3004, 3003  # DNAT only (externalTrafficPolicy Local), DNAT + MASQUERADE (Cluster)
 CLIENTS = 50  # brand-new clients per round, each from an address never used before
@@ -85,35 +84,6 @@ def _clients(attacker, port: int, sources: list[str]) -> dict:
     return {"ok": ok}
 
 
-@contextmanager
-def _daemon(victim, policy: str, tmp: Path):
-    """``nodeguard run`` in the node's namespace, ready; removed with its rules afterwards."""
-    log = tmp / "run.log"
-    with open(log, "w") as err:
-        proc = victim.popen([sys.executable, "-m", "guard", "run", "-c", policy, "--last-good", str(tmp / "lg.yaml"),
-                             "--remove-on-exit"], stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        wait_until(lambda: "ready:" in log.read_text() or proc.poll() is not None, timeout=20, interval=0.05)
-        assert proc.poll() is None, log.read_text()
-        yield proc, log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-_SCRAPE = ("import urllib.request,sys;print(urllib.request.urlopen('http://127.0.0.1:9632/metrics',timeout=5)"
-           ".read().decode())")
-
-
-def _metric(victim, name: str) -> float:
-    text = victim.run([sys.executable, "-c", _SCRAPE]).stdout
-    return float(next(ln.split()[-1] for ln in text.splitlines() if ln.startswith(name + " ")))
-
-
 def _engaged_now(victim, backend: str, names: dict[int, str]) -> bool:
     return bool(victim.set_members(backend, names[4]))
 
@@ -134,15 +104,19 @@ def node(lab, write_policy):
 
 def _guarded(victim, attacker, port: int, fresh, backend: str, write_policy, tmp_path: Path) -> dict:
     policy = write_policy(netlab.backend_policy(backend), f"{backend}.yaml")
-    with _daemon(victim, policy, tmp_path) as (_proc, log):
+    run = Run(victim, tmp_path, policy, "--remove-on-exit", watchdog_s=None, name=f"run-{backend}")
+    try:
+        run.wait_ready(timeout=20)
         st = json.loads(victim.nodeguard("status", "--json", "-c", policy).stdout)
         assert st["syn_valve"] == {"mode": "auto", "engaged": False, "expires_in_s": None, "hold_s": 30}, st
         names = {int(m["set"][-1]): m["kernel_name"] for m in st["meters"] if m["kind"] == "valve"}
         flood_at = time.monotonic()
         res = _round(victim, attacker, port, fresh(), lambda: _engaged_now(victim, backend, names))
         engaged = _engaged_now(victim, backend, names)
-        res.update(engaged_at_end=engaged, engagements=_metric(victim, "nodeguard_syn_valve_engagements_total"),
-                   log=[ln for ln in log.read_text().splitlines() if "syn valve" in ln], seconds=time.monotonic() - flood_at)
+        res.update(engaged_at_end=engaged, engagements=metrics(victim)[("nodeguard_syn_valve_engagements_total", ())],
+                   log=[ln for ln in run.log.splitlines() if "syn valve" in ln], seconds=time.monotonic() - flood_at)
+    finally:
+        run.stop(timeout=20)
     return res
 
 
