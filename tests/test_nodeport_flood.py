@@ -153,6 +153,7 @@ def test_the_valve_engages_only_where_conntrack_fails_new_connections(node, writ
             assert guarded["engaged_s"] <= 1.5 and guarded["engagements"] >= 1 and guarded["engaged_at_end"], \
                 (backend, guarded)
             # ...but the wall outlives the flood's SYNs (SYN_RECV entries keep their SNAT ports 60 s): new
-            # clients fare as without protection, no better (NG_VALVE_RUNS=5: none 1,0,0,0,0; nft 0,1,0,0,0;
-            # iptables-nft 0,0,0,0,0 of 50; engaged 0.0-0.4 s after the wall; docs/design/syn-valve.md)
-            assert guarded["ok"] >= none["ok"] - 2, (backend, guarded, none)
+            # clients fare as without protection, no better and no worse: both at the floor (NG_VALVE_RUNS=5:
+            # none 1,0,0,0,0; nft 0,1,0,0,0; iptables-nft 0,0,0,0,0 of 50; CI once none 3, nft 0). A
+            # comparison of two figures of 0-3 of 50 is noise, so this case asserts the wall and the
+            # engagement only; docs/design/syn-valve.md says the goal is not met here.
