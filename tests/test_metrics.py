@@ -409,3 +409,12 @@ def test_oversized_or_malformed_requests_get_one_short_answer_at_once(server, he
             answer += chunk
     assert answer.startswith(f"HTTP/1.1 {code} ".encode()), answer[:80]
     assert time.monotonic() - t0 < 0.5  # not at the deadline: at once
+
+
+def test_a_client_is_an_ipv4_address_or_an_ipv6_64():
+    from guard.httpserve import client_key
+
+    assert client_key("10.0.0.1") == "10.0.0.1" != client_key("10.0.0.2")
+    assert client_key("::ffff:10.0.0.1") == "10.0.0.1"  # IPv4 on a dual-stack socket: its own client
+    assert client_key("2001:db8:0:1::1") == client_key("2001:db8:0:1:ffff::2") == "2001:db8:0:1::"
+    assert client_key("2001:db8:0:2::1") != client_key("2001:db8:0:1::1")
