@@ -418,3 +418,15 @@ def test_a_client_is_an_ipv4_address_or_an_ipv6_64():
     assert client_key("::ffff:10.0.0.1") == "10.0.0.1"  # IPv4 on a dual-stack socket: its own client
     assert client_key("2001:db8:0:1::1") == client_key("2001:db8:0:1:ffff::2") == "2001:db8:0:1::"
     assert client_key("2001:db8:0:2::1") != client_key("2001:db8:0:1::1")
+
+
+def test_scrapes_within_the_reuse_time_share_one_rendering(serve, monkeypatch):
+    """A flood of /metrics requests costs one provider call (and rendering) per SCRAPE_REUSE_S."""
+    import guard.metrics
+
+    monkeypatch.setattr(guard.metrics, "SCRAPE_REUSE_S", 60.0)
+    calls = []
+    url = serve(lambda: calls.append(1) or SNAPSHOT) + "/metrics"
+    assert {get(url) for _ in range(5)} == {get(url)} and len(calls) == 1
+    monkeypatch.setattr(guard.metrics, "SCRAPE_REUSE_S", 0.0)  # the rendering is now too old
+    assert get(url)[0] == 200 and len(calls) == 2
