@@ -1,7 +1,8 @@
 """Prometheus metrics and the liveness endpoint, served on the policy's ``metrics.listen``.
 
 Every scrape asks a *provider* (a callable the daemon passes in) for one snapshot and turns it
-into metrics; nothing is cached between scrapes, so a value is never staler than the scrape.
+into metrics; only scrapes less than ``SCRAPE_REUSE_S`` apart share one (so that a flood of
+requests cannot make the daemon render metrics without pause).
 The snapshot is the ``status.collect()`` dict plus a few daemon keys (see ``Snapshot``). A
 provider that raises gives ``nodeguard_up 0`` and a log line, never a failed scrape.
 
@@ -18,10 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypedDict
 
@@ -31,11 +29,13 @@ from prometheus_client.exposition import choose_encoder
 
 from . import __version__
 from .endpoint import parse_listen  # noqa: F401 (the daemon's and the tests' name for it)
+from .httpserve import BoundedHTTPServer, Limits, Reply, Request, Route
 
 log = logging.getLogger("nodeguard.metrics")
 
 MAX_REASONS = 32  # distinct repair reasons exported; more fold into "other" (bounded cardinality)
 _REASON_RE = re.compile(r"[^a-z0-9_]+")
+SCRAPE_REUSE_S = 1.0  # scrapes closer together than this get the same rendered body
 
 
 class Snapshot(TypedDict, total=False):
@@ -259,71 +259,34 @@ class Heartbeat:
 
 
 # --- the server ----------------------------------------------------------------------------
-class _Handler(BaseHTTPRequestHandler):
-    server: "MetricsServer"
-    timeout = 10  # a stalled client cannot hold a thread for long
+class MetricsServer(BoundedHTTPServer):
+    """``/healthz`` answered on the I/O thread at once (slow clients cannot starve the liveness
+    probe), ``/metrics`` scraped in the worker; what clients can take is bounded by ``limits``
+    (guard/httpserve.py)."""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-            self._reply(200, ctype, encoder(self.server.registry))
-        elif path == "/healthz":
-            age = self.server.heartbeat.age()
-            ok = self.server.heartbeat.alive()
-            text = f"{'ok' if ok else 'stale'}: last loop {'never' if age is None else f'{age:.1f} s ago'}\n"
-            self._reply(200 if ok else 503, "text/plain; charset=utf-8", text.encode())
-        else:
-            self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
-
-    def _reply(self, code: int, ctype: str, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-class MetricsServer(ThreadingHTTPServer):
-    """HTTP on one address, a thread per request, at most ``max_clients`` at once (the unit's
-    TasksMax= is shared with the iptables tools the daemon must always be able to spawn)."""
-
-    daemon_threads = True
-
-    def __init__(self, listen: tuple[str, int], provider: Provider, heartbeat: Heartbeat, max_clients: int = 4, **kw: Any):
-        self.address_family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+    def __init__(self, listen: tuple[str, int], provider: Provider, heartbeat: Heartbeat,
+                 limits: Limits = Limits(), **kw: Any):
         self.registry = registry(provider, **kw)
         self.heartbeat = heartbeat
-        self._slots = threading.BoundedSemaphore(max_clients)
-        super().__init__(listen, _Handler)
+        self._rendered: dict[str, tuple[float, bytes]] = {}  # content type -> (when, body)
+        super().__init__(listen, {"/metrics": Route(self._scrape, inline=False),
+                                  "/healthz": Route(self._healthz, inline=True)}, limits)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # busy: close at once rather than queue threads
-            return
-        super().process_request(request, client_address)
+    def _scrape(self, request: Request) -> Reply:
+        """Scrapes less than SCRAPE_REUSE_S apart share one rendering: a flood of requests costs
+        one rendering a second, not one each (runs in the worker only: no lock needed)."""
+        encoder, ctype = choose_encoder(request.headers.get("accept", ""))
+        when, body = self._rendered.get(ctype, (None, b""))
+        now = time.monotonic()
+        if when is None or now - when >= SCRAPE_REUSE_S:
+            body = encoder(self.registry)
+            self._rendered[ctype] = (now, body)
+        return Reply(200, ctype, body)
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def start(self) -> threading.Thread:
-        t = threading.Thread(target=self.serve_forever, name="nodeguard-metrics", daemon=True)
-        t.start()
-        return t
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+    def _healthz(self, request: Request) -> Reply:
+        age, ok = self.heartbeat.age(), self.heartbeat.alive()
+        text = f"{'ok' if ok else 'stale'}: last loop {'never' if age is None else f'{age:.1f} s ago'}\n"
+        return Reply(200 if ok else 503, "text/plain; charset=utf-8", text.encode())
 
 
 def serve(listen: str, provider: Provider, heartbeat: Heartbeat, allow_remote: bool = False, **kw: Any) -> MetricsServer:

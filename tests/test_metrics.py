@@ -3,11 +3,14 @@ prometheus_client's own parser; NFQUEUE losses and conntrack fill read from a te
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import select
 import socket
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +18,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from guard.httpserve import Limits
 from guard.metrics import Heartbeat, MetricsServer, nfqueue_dropped, parse_listen
 from guard.policy.schema import Metrics
 
@@ -45,18 +49,25 @@ def samples(text: str) -> dict[tuple, float]:
 
 
 @pytest.fixture
-def serve():
+def server():
+    """Starts a MetricsServer on a free loopback port; returns it (stopped after the test)."""
     servers = []
 
     def start(provider, heartbeat=None, **kw):
         srv = MetricsServer(("127.0.0.1", 0), provider, heartbeat or Heartbeat(), **kw)
         srv.start()
         servers.append(srv)
-        return f"http://127.0.0.1:{srv.port}"
+        return srv
 
     yield start
     for srv in servers:
         srv.stop()
+
+
+@pytest.fixture
+def serve(server):
+    """As ``server``, returning its base URL."""
+    return lambda provider, heartbeat=None, **kw: f"http://127.0.0.1:{server(provider, heartbeat, **kw).port}"
 
 
 def get(url: str) -> tuple[int, str]:
@@ -138,27 +149,6 @@ def test_healthz_follows_the_heartbeat(serve):
     now[0] += 25
     assert get(url) == (503, "stale: last loop 35.0 s ago\n")
     assert get(url.replace("/healthz", "/other"))[0] == 404
-
-
-def test_a_stalled_client_cannot_take_every_thread(serve):
-    url = serve(lambda: SNAPSHOT, max_clients=1)
-    port = int(url.rsplit(":", 1)[1])
-    stalled = socket.create_connection(("127.0.0.1", port))  # says nothing: holds the only slot
-    time.sleep(0.2)
-    try:
-        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
-            urllib.request.urlopen(url + "/metrics", timeout=3).read()
-    finally:
-        stalled.close()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # the slot is free again once the stalled client left
-        try:
-            assert get(url + "/metrics")[0] == 200
-            break
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.1)
-    else:
-        raise AssertionError("server did not recover")
 
 
 def test_listen_address_policy():
@@ -262,3 +252,181 @@ def test_the_provider_reads_the_datapath_at_the_watchers_verify_interval(monkeyp
     now[0] = 26.0
     p()
     assert calls[-1] == ("eth0", "eth1")
+
+
+# --- hostile clients (issue 19, item 4) ------------------------------------------------------
+# Every client is a real socket on loopback; distinct clients use distinct 127.0.0.0/8 sources.
+LIMITS = Limits(head_s=1.5, reply_s=1.0)
+PROBE_BOUND_S = 0.5  # /healthz answers within this, whatever the other clients do
+
+
+def healthz(port: int, src: str = "127.0.0.1") -> tuple[int, float]:
+    """One probe as kubelet sends it, from ``src``: (status, seconds it took)."""
+    t0 = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(src, 0))
+    try:
+        conn.request("GET", "/healthz")
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    return status, time.monotonic() - t0
+
+
+def connect(port: int, src: str, rcvbuf: int | None = None) -> socket.socket:
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.bind((src, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def closed_by_server(s: socket.socket) -> bool:
+    """True once the server closed ``s`` (EOF or reset waiting); never blocks."""
+    if not select.select([s], [], [], 0)[0]:
+        return False
+    try:
+        return s.recv(65536, socket.MSG_PEEK) == b""
+    except ConnectionError:
+        return True
+
+
+def alive_beat() -> Heartbeat:
+    hb = Heartbeat()
+    hb.beat()
+    return hb
+
+
+def test_slow_clients_never_starve_healthz_and_are_cut_at_the_request_deadline(server):
+    """The issue's case, shortened: four clients each send their request head a byte at a time,
+    a byte every 0.5 s (so no single read ever waits long); /healthz answers every probe in time,
+    and each slow client is closed when its whole-request deadline (1.5 s) runs out."""
+    srv = server(lambda: SNAPSHOT, alive_beat(), limits=LIMITS)
+    closed_after: dict[int, float] = {}
+
+    def slowloris(i: int) -> None:
+        t0 = time.monotonic()
+        with connect(srv.port, f"127.0.0.{2 + i}") as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")
+            while time.monotonic() - t0 < 4:
+                if select.select([s], [], [], 0.5)[0] and closed_by_server(s):
+                    closed_after[i] = time.monotonic() - t0
+                    return
+                try:
+                    s.sendall(b"X")
+                except ConnectionError:
+                    closed_after[i] = time.monotonic() - t0
+                    return
+
+    threads = [threading.Thread(target=slowloris, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    probes = []
+    while len(probes) < 12:  # 3 s: across the deadline
+        probes.append(healthz(srv.port))
+        time.sleep(0.25)
+    for t in threads:
+        t.join()
+    assert all(code == 200 for code, _ in probes), probes
+    assert max(took for _, took in probes) < PROBE_BOUND_S, probes
+    assert sorted(closed_after) == [0, 1, 2, 3], closed_after  # each one closed, though it kept sending
+    assert all(LIMITS.head_s - 0.1 <= after < LIMITS.head_s + 1.0 for after in closed_after.values()), closed_after
+
+
+@pytest.mark.parametrize("sources", [["127.0.0.2"] * 200, [f"127.0.1.{i}" for i in range(1, 201)]],
+                         ids=["one address", "200 addresses"])
+def test_hundreds_of_idle_connections_are_capped_and_healthz_answers(server, sources):
+    """200 connections that say nothing, from one address or from 200: the server keeps at most
+    Limits.per_client of one address and Limits.connections in all (the oldest go first), and a
+    probe from the flooding address itself is answered."""
+    srv = server(lambda: SNAPSHOT, alive_beat(), limits=LIMITS)
+    idle = [connect(srv.port, src) for src in sources]
+    try:
+        code, took = healthz(srv.port, src=sources[-1])
+        assert code == 200 and took < PROBE_BOUND_S, (code, took)
+        cap = LIMITS.per_client if len(set(sources)) == 1 else LIMITS.connections
+        assert srv.open_connections <= cap
+        deadline = time.monotonic() + 1
+        while sum(map(closed_by_server, idle)) < len(idle) - cap and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sum(map(closed_by_server, idle)) >= len(idle) - cap
+        assert not any(closed_by_server(s) for s in idle[-cap + 1:])  # the newest stay
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_clients_that_never_read_are_closed_at_the_reply_deadline(server):
+    """Three clients ask for a 460 kB scrape and never read it: more than the kernel buffers
+    (Limits.send_buffer), so the server's writes would block. /healthz and a normal scrape are
+    answered meanwhile, and the server drops the three when Limits.reply_s (1 s) runs out."""
+    snap = dict(SNAPSHOT, meters=[{"set": f"m{i:05d}", "elements": i, "size": 65536} for i in range(5000)])
+    srv = server(lambda: snap, alive_beat(), limits=LIMITS)
+    stuck = [connect(srv.port, f"127.0.0.{2 + i}", rcvbuf=4096) for i in range(3)]
+    try:
+        for s in stuck:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        code, text = get(f"http://127.0.0.1:{srv.port}/metrics")
+        assert code == 200 and len(text) > 460_000
+        code, took = healthz(srv.port)
+        assert code == 200 and took < PROBE_BOUND_S
+        while srv.open_connections > 3 and time.monotonic() - t0 < LIMITS.reply_s:
+            time.sleep(0.01)  # the I/O thread closes the probe's connection right after its answer
+        assert srv.open_connections == 3 and time.monotonic() - t0 < LIMITS.reply_s  # the three wait
+        while srv.open_connections and time.monotonic() - t0 < 3:
+            time.sleep(0.05)
+        assert srv.open_connections == 0
+        assert time.monotonic() - t0 < 3
+        received = 0
+        stuck[0].settimeout(2)
+        try:
+            while chunk := stuck[0].recv(65536):
+                received += len(chunk)
+        except ConnectionError:
+            pass  # the unsent rest dropped with a reset
+        assert received < 460_000  # a part of the answer: the server gave up on the rest
+    finally:
+        for s in stuck:
+            s.close()
+
+
+@pytest.mark.parametrize("head, code", [
+    (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    (b"GET /" + b"a" * 20000, 431),  # a request line that never ends
+    (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+    (b"\x1b]0;pwned\x07 \r\n\r\n", 400),
+])
+def test_oversized_or_malformed_requests_get_one_short_answer_at_once(server, head, code):
+    srv = server(lambda: SNAPSHOT, alive_beat(), limits=LIMITS)
+    t0 = time.monotonic()
+    with connect(srv.port, "127.0.0.2") as s:
+        s.settimeout(2)
+        s.sendall(head)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(f"HTTP/1.1 {code} ".encode()), answer[:80]
+    assert time.monotonic() - t0 < 0.5  # not at the deadline: at once
+
+
+def test_a_client_is_an_ipv4_address_or_an_ipv6_64():
+    from guard.httpserve import client_key
+
+    assert client_key("10.0.0.1") == "10.0.0.1" != client_key("10.0.0.2")
+    assert client_key("::ffff:10.0.0.1") == "10.0.0.1"  # IPv4 on a dual-stack socket: its own client
+    assert client_key("2001:db8:0:1::1") == client_key("2001:db8:0:1:ffff::2") == "2001:db8:0:1::"
+    assert client_key("2001:db8:0:2::1") != client_key("2001:db8:0:1::1")
+
+
+def test_scrapes_within_the_reuse_time_share_one_rendering(serve, monkeypatch):
+    """A flood of /metrics requests costs one provider call (and rendering) per SCRAPE_REUSE_S."""
+    import guard.metrics
+
+    monkeypatch.setattr(guard.metrics, "SCRAPE_REUSE_S", 60.0)
+    calls = []
+    url = serve(lambda: calls.append(1) or SNAPSHOT) + "/metrics"
+    assert {get(url) for _ in range(5)} == {get(url)} and len(calls) == 1
+    monkeypatch.setattr(guard.metrics, "SCRAPE_REUSE_S", 0.0)  # the rendering is now too old
+    assert get(url)[0] == 200 and len(calls) == 2

@@ -8,8 +8,9 @@ It applies (or adopts) the policy, then runs three things in one process:
   (a Kubernetes ConfigMap update reloads exactly like SIGHUP), keeps the STATUS= line current,
   and supervises the two others;
 * the **sampler** (guard/sampler.py) in a thread with its own libnftables context;
-* the **metrics** endpoint (guard/metrics.py) in HTTP threads, each scrape answered from the
-  watcher's state, the sampler's counters and a cheap kernel read (``MetricsProvider``).
+* the **metrics** endpoint (guard/metrics.py): one I/O thread for every connection and a worker
+  that renders scrapes (guard/httpserve.py), each scrape answered from the watcher's state, the
+  sampler's counters and a cheap kernel read (``MetricsProvider``).
 
 A failure in the sampler or the metrics server never stops the watcher: the thread ends, the
 heartbeat sees it, logs one line and starts it again after 1, 2, 4 ... 60 s (a part that then

@@ -1,0 +1,349 @@
+"""A small HTTP/1 server that no client can starve, for the metrics port (guard/metrics.py).
+
+The port may sit on the node's IP (the DaemonSet's), where anyone who reaches it is a client and
+kubelet's liveness probe is one more. So what any client can take is bounded:
+
+* one I/O thread multiplexes every connection (``selectors``): a slow or silent client costs a
+  table entry, never a thread, and cheap routes (``/healthz``) are answered on that thread at once;
+* each connection has a **whole-request** deadline (``Limits.head_s`` from accept to the end of
+  the request head), not a per-read timeout that a byte every few seconds renews, and a second one
+  (``Limits.reply_s``) for its answer to be computed and written: a client that never reads is
+  closed when it runs out, its unsent bytes dropped;
+* a request head is at most ``Limits.head_bytes``;
+* at most ``Limits.per_client`` connections per client (an IPv4 address, an IPv6 /64) and
+  ``Limits.connections`` in all. A connection over either cap **evicts the oldest** of that client,
+  or of all, rather than being refused: a flood of connections churns its own entries, and a
+  client that sends its request at once (a probe, a scraper) is answered within one turn of the
+  loop, long before it becomes the oldest;
+* expensive routes (``/metrics``) run one at a time in one worker thread, so the process' thread
+  count (the unit's ``TasksMax=``) does not depend on clients.
+
+One request per connection (``Connection: close``), GET only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import queue
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Callable
+
+from .aggregate import source_key
+
+log = logging.getLogger("nodeguard.metrics")
+
+
+@dataclass(frozen=True)
+class Limits:
+    head_s: float = 5.0         # from accept to the end of the request head
+    reply_s: float = 10.0       # from the end of the head to the last byte of the answer
+    head_bytes: int = 8192      # request line and headers
+    connections: int = 64       # open at once, in all (file descriptors, memory for answers)
+    backlog: int = 256          # the kernel's accept queue: a burst of connects waits there, not
+                                # dropped SYNs retransmitted a second later (a probe among them)
+    per_client: int = 4         # open at once per IPv4 address or IPv6 /64
+    send_buffer: int = 65536    # SO_SNDBUF of a connection: the kernel memory (charged to the unit's
+                                # MemoryMax=) a client that does not read can pin; the rest waits here
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str                   # without the query
+    headers: dict[str, str]     # lower-case name -> value (the last one of a repeated name)
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    ctype: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Route:
+    handler: Callable[[Request], Reply]
+    inline: bool                # cheap and never blocking: answered on the I/O thread
+
+
+def client_key(host: str) -> str:
+    """Whose connection this is, for ``Limits.per_client``: as the kernel meters sources (an IPv4
+    address, an IPv6 /64); an IPv4 client of a dual-stack socket counts as its IPv4 address."""
+    try:
+        mapped = ipaddress.IPv6Address(host.split("%", 1)[0]).ipv4_mapped
+    except ValueError:
+        mapped = None
+    return str(mapped) if mapped else source_key(host)
+
+
+class _Conn:
+    __slots__ = ("sock", "client", "deadline", "head", "out", "closed")
+
+    def __init__(self, sock: socket.socket, client: str, deadline: float):
+        self.sock, self.client, self.deadline = sock, client, deadline
+        self.head = bytearray()
+        self.out: memoryview | None = None   # the answer's unsent bytes, once there is one
+        self.closed = False
+
+
+def _encode(reply: Reply) -> bytes:
+    head = (f"HTTP/1.1 {reply.code} {HTTPStatus(reply.code).phrase}\r\nContent-Type: {reply.ctype}\r\n"
+            f"Content-Length: {len(reply.body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("ascii") + reply.body
+
+
+def _text(code: int, text: str) -> Reply:
+    return Reply(code, "text/plain; charset=utf-8", text.encode())
+
+
+def parse_head(raw: bytes) -> Request | Reply:
+    """A request head (without its blank line) -> the Request, or the error Reply to send."""
+    lines = raw.decode("latin-1").replace("\r\n", "\n").split("\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return _text(400, "bad request line\n")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    if parts[0] != "GET":
+        return _text(405, "only GET\n")
+    return Request(parts[0], parts[1].split("?", 1)[0], headers)
+
+
+class BoundedHTTPServer:
+    """Serves ``routes`` (path -> Route) on ``listen`` within ``limits`` (see the module's doc).
+    ``serve_forever()`` runs the I/O loop (and its worker) until ``shutdown()``."""
+
+    def __init__(self, listen: tuple[str, int], routes: dict[str, Route], limits: Limits = Limits()):
+        self.routes, self.limits = routes, limits
+        family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(listen)
+            self.socket.listen(limits.backlog)
+        except OSError:
+            self.socket.close()
+            raise
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()[:2]
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.socket, selectors.EVENT_READ)
+        self._wake_r, self._wake_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ)
+        self._conns: dict[socket.socket, _Conn] = {}  # in order of arrival: the first is the oldest
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: deque[tuple[_Conn, Reply]] = deque()
+        self._stop = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> threading.Thread:
+        t = threading.Thread(target=self.serve_forever, name="nodeguard-metrics", daemon=True)
+        t.start()
+        return t
+
+    def serve_forever(self) -> None:
+        self._stopped.clear()
+        worker = threading.Thread(target=self._work, name="nodeguard-metrics-work", daemon=True)
+        worker.start()
+        try:
+            while not self._stop:
+                self._turn()
+        finally:
+            self._jobs.put(None)
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._stop = True
+        self._wake()
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        for s in (self.socket, self._wake_r, self._wake_w):
+            s.close()
+        self._sel.close()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    # --- the I/O loop ---------------------------------------------------------------------
+    def _turn(self) -> None:
+        now = time.monotonic()
+        soonest = min((c.deadline for c in self._conns.values()), default=now + 1.0)
+        events = self._sel.select(min(1.0, max(0.0, soonest - now)))
+        events.sort(key=lambda event: event[0].fileobj is self.socket)  # accepts last (see _accept)
+        for key, _ in events:
+            if key.fileobj is self.socket:
+                self._accept()
+            elif key.fileobj is self._wake_r:
+                self._drain_wake()
+            elif key.data.closed:
+                continue  # evicted by an accept earlier in this batch
+            elif key.data.out is None:
+                self._read(key.data)
+            else:
+                self._write(key.data)
+        while self._done:
+            conn, reply = self._done.popleft()
+            if not conn.closed:
+                self._answer(conn, reply)
+        now = time.monotonic()
+        for conn in [c for c in self._conns.values() if c.deadline <= now]:
+            log.debug("metrics client %s: out of time, closed", conn.client)
+            self._close(conn)
+
+    def _accept(self) -> None:
+        """At most a quarter of ``Limits.connections`` per turn, after the turn's reads: a flood
+        needs four turns to evict a new connection, and the request a client sends with its
+        connect (a probe's) is read in the next."""
+        for _ in range(max(1, self.limits.connections // 4)):
+            try:
+                sock, addr = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of descriptors: the connection stays queued
+                log.warning("metrics server cannot accept: %s", exc)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.send_buffer)
+            conn = _Conn(sock, client_key(addr[0]), time.monotonic() + self.limits.head_s)
+            self._make_room(conn.client)
+            self._conns[sock] = conn
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _make_room(self, client: str) -> None:
+        """Close the oldest connection of ``client``, or of all, when a new one would go over a cap."""
+        mine = [c for c in self._conns.values() if c.client == client]
+        if len(mine) >= self.limits.per_client:
+            victim = mine[0]
+        elif len(self._conns) >= self.limits.connections:
+            victim = next(iter(self._conns.values()))
+        else:
+            return
+        log.debug("metrics client %s: evicted by a newer connection", victim.client)
+        self._close(victim)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        conn.head += data
+        end = min((i for i in (conn.head.find(b"\r\n\r\n"), conn.head.find(b"\n\n")) if i >= 0), default=-1)
+        if end < 0:
+            if len(conn.head) > self.limits.head_bytes:
+                self._answer(conn, _text(431, "request head too large\n"))
+            return
+        if end > self.limits.head_bytes:
+            self._answer(conn, _text(431, "request head too large\n"))
+            return
+        conn.deadline = time.monotonic() + self.limits.reply_s
+        request = parse_head(bytes(conn.head[:end]))
+        if isinstance(request, Reply):
+            self._answer(conn, request)
+            return
+        route = self.routes.get(request.path)
+        if route is None:
+            self._answer(conn, _text(404, f"not found: try {' or '.join(self.routes)}\n"))
+        elif route.inline:
+            self._answer(conn, self._run(route, request))
+        else:
+            self._sel.unregister(conn.sock)  # nothing to read until its answer is written
+            self._jobs.put((conn, route, request))
+
+    def _answer(self, conn: _Conn, reply: Reply) -> None:
+        conn.out = memoryview(_encode(reply))
+        try:
+            self._sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        except KeyError:
+            self._sel.register(conn.sock, selectors.EVENT_WRITE, conn)
+        self._write(conn)
+
+    def _write(self, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = conn.out[sent:]
+        if not conn.out:
+            self._close(conn, lingering=True)
+
+    def _close(self, conn: _Conn, lingering: bool = False) -> None:
+        """Close; ``lingering``: after a full answer, read what the client sent beyond its head
+        first, so that the kernel ends with FIN rather than a reset that could discard the answer."""
+        if conn.closed:
+            return
+        conn.closed = True
+        self._conns.pop(conn.sock, None)
+        try:
+            self._sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        try:
+            if lingering:
+                conn.sock.shutdown(socket.SHUT_WR)
+                conn.sock.recv(65536)
+        except OSError:
+            pass
+        conn.sock.close()
+
+    # --- the worker -----------------------------------------------------------------------
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            conn, route, request = job
+            if not conn.closed:  # not gone out of time while queued
+                self._done.append((conn, self._run(route, request)))
+                self._wake()
+
+    @staticmethod
+    def _run(route: Route, request: Request) -> Reply:
+        try:
+            return route.handler(request)
+        except Exception:  # one failed answer, never a dead server
+            log.exception("metrics route %s failed", request.path)
+            return _text(500, "internal error\n")
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # full (a wake-up is pending anyway) or closed (stopping)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
