@@ -4,6 +4,7 @@
 #   deploy/setup.sh --dev     runtime + test tools, venv at ./.venv (for the test suite)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. deploy/system_python.sh
 dev=0; [ "${1:-}" = "--dev" ] && dev=1
 
 # hping3: the flood generator of `nodeguard demo`, which must work right after this setup (README)
@@ -17,11 +18,12 @@ apt-get update -qq
 apt-get install -y -qq "${pkgs[@]}" >/dev/null
 
 if [ $dev = 1 ]; then venv=.venv; else venv=/opt/nodeguard; fi
-python3 -m venv "$venv"
+python=$(system_python) || exit 2
+"$python" -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip >/dev/null
 if [ $dev = 1 ]; then "$venv/bin/pip" install -q -e '.[test]'; else "$venv/bin/pip" install -q .; fi
 if [ $dev = 0 ]; then
   # The unit may set nf_conntrack_tcp_loose: the module must be loaded before its sandbox is built.
   echo nf_conntrack > /etc/modules-load.d/nodeguard.conf
 fi
-echo "nodeguard installed in $venv"
+echo "nodeguard installed in $venv (python: $(readlink -f "$venv/bin/python"))"

@@ -3,10 +3,11 @@
 ``systemd --user`` run as root applies the same execution sandbox as PID 1 does (namespaces,
 capability bounding set, seccomp filters, MemoryDenyWriteExecute, ReadWritePaths), and it only
 insists that ``/run/systemd/system`` exists. So it runs in a private mount namespace
-(``unshare -m``) with a tmpfs over ``/run/systemd`` (holding the "inaccessible" nodes PID 1
-would have made at boot) and a tmpfs over ``/mnt`` for its directories; the host's mounts, its
-``/run/systemd`` and its ``/mnt`` stay as they were. Commands reach the manager with
-``nsenter``; files inside are read through ``/proc/<pid>/root``.
+(``unshare -m``) with an empty tmpfs over ``/run``, as at boot before other services filled it
+(``/run/netns`` bound back in; ``/run/systemd`` holds the "inaccessible" nodes PID 1 would have
+made), and a tmpfs over ``/mnt`` for its directories. The host's mounts, ``/run`` and ``/mnt`` stay
+as they were. Commands reach the manager with ``nsenter``; files inside are read through
+``/proc/<pid>/root``.
 
 Differences from PID 1 that matter here: the unit directories of a user manager sit under
 ``$XDG_CONFIG_HOME`` (StateDirectory, ConfigurationDirectory, LogsDirectory) and
@@ -29,16 +30,18 @@ ENV = {"XDG_RUNTIME_DIR": f"{BASE}/run", "XDG_CONFIG_HOME": f"{BASE}/config",
 
 _SETUP = f"""
 set -e
-mount -t tmpfs -o mode=0755 tmpfs /run/systemd
-mkdir -p /run/systemd/system /run/systemd/inaccessible
+mount -t tmpfs -o mode=0755 tmpfs /mnt
+mkdir -p {BASE}/run {BASE}/config/systemd/user {BASE}/state {BASE}/home {BASE}/probe {BASE}/netns
+chmod 0700 {BASE}/run
+mount --rbind /run/netns {BASE}/netns
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p /run/netns /run/systemd/system /run/systemd/inaccessible
+mount --rbind {BASE}/netns /run/netns
 cd /run/systemd/inaccessible
 touch reg; mkdir dir; mknod chr c 0 0; mknod blk b 0 0; mkfifo fifo
 python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind("sock")'
 chmod 000 reg dir chr blk fifo sock
 cd /
-mount -t tmpfs -o mode=0755 tmpfs /mnt
-mkdir -p {BASE}/run {BASE}/config/systemd/user {BASE}/state {BASE}/home {BASE}/probe
-chmod 0700 {BASE}/run
 exec {SYSTEMD} --user
 """
 

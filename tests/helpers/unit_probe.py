@@ -126,6 +126,7 @@ def main():
         "logs_dir": outcome(lambda: write_file(os.path.join(os.environ["LOGS_DIRECTORY"], "attacks.jsonl"))),
         "runtime_dir": outcome(lambda: write_file(os.path.join(os.environ["RUNTIME_DIRECTORY"], "watch.json"))),
         "etc": outcome(lambda: write_file("/etc/nodeguard-probe")),
+        "run": outcome(lambda: write_file("/run/nodeguard-probe")),  # the harness's own /run, not the host's
         "watchdog_s": watchdog_interval(),
         "reloads": 0,
         "python": sys.version.split()[0],
