@@ -174,3 +174,13 @@ def test_fuzz_tune_never_crashes_nor_prints_raw_control_characters(tmp_path, def
     log = _write(tmp_path / "fuzz.jsonl", lines)
     res = CliRunner().invoke(cli, ["tune", "-c", default_policy, "--log", log, "--since", "", "--margin", str(margin)])
     _no_traceback_nor_raw_text(res)
+
+
+def test_json_output_keeps_what_the_log_says_and_escapes_it_once(tmp_path):
+    """JSON is escaped by its encoder alone: a control character or a backslash in a source decodes
+    back to itself."""
+    src = "\x1b[31m\\evil"
+    log = _write(tmp_path / "attacks.jsonl", [_json(r) for r in GOOD[:2]] + [_json(dict(GOOD[2], src=src)), _json(GOOD[3])])
+    res = CliRunner().invoke(cli, ["report", "--log", log, "--json"])
+    assert res.exit_code == 0 and not RAW.search(res.output), res.output
+    assert json.loads(res.output)["episodes"][0]["sources"][0]["source"] == src

@@ -46,9 +46,10 @@ def kernel() -> Nft:
 
 
 def emit(data: Any, as_json: bool, text: str) -> None:
-    """``data`` as JSON (ensure_ascii escapes every control character), else ``text``, escaped (show)."""
+    """``data`` as JSON, where ensure_ascii has escaped every control character (escaping it again
+    would change what it says), else ``text``, escaped (show)."""
     if as_json:
-        show(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True))
     else:
         show(text)
 
