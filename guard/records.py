@@ -78,8 +78,8 @@ def valid(rec: Any) -> bool:
     if not isinstance(rec, dict) or not isinstance(rec.get("type"), str) or rec["type"] not in SHAPES:
         return False
     must, may = SHAPES[rec["type"]]
-    if any(key not in rec for key in must):
-        return False
+    if any(key not in rec for key in must) or ("mode" in rec and "rule" not in must):
+        return False  # a mode is a rule group's ("<rule>/monitor"): a record without a rule has none
     kinds = {**COMMON, **may, **must}
     return all(kinds[key](value) for key, value in rec.items() if key in kinds)
 

@@ -92,7 +92,8 @@ def test_25_malformed_records_are_skipped_and_counted_and_the_rest_reported(tmp_
 
 
 @pytest.mark.parametrize("line", ["[" * 100_000, '{"type": "observed", "start": 1, "end": 2, "rule": "syn-flood", '
-                                  '"src": "192.0.2.2", "pps": 1e999, "handshake": true}', "\x1b[2J not json", "null"])
+                                  '"src": "192.0.2.2", "pps": 1e999, "handshake": true}', "\x1b[2J not json", "null",
+                                  '{"type": "window", "start": 1, "end": 2, "mode": "monitor"}'])
 def test_a_line_nested_too_deep_or_an_infinite_rate_is_one_skipped_line(tmp_path, default_policy, line):
     log = _write(tmp_path / "attacks.jsonl", [line])
     for args in (["report", "--log", log], ["tune", "-c", default_policy, "--log", log, "--since", "2d"]):
