@@ -11,7 +11,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from .configfile import open_private
 
@@ -67,16 +67,21 @@ def log_files(path: str | Path) -> list[Path]:
     return [p for p in rotated if p.suffix[1:].isdigit()] + ([path] if path.exists() else [])
 
 
-def read_records(path: str | Path) -> Iterator[dict]:
+def read_lines(path: str | Path) -> Iterator[Any]:
+    """Each line's JSON value, None for a line that is not JSON (a torn last line after a crash,
+    a line nested too deep to parse); ``records.Records`` checks what they hold."""
     for f in log_files(path):
         with open(f, "rb") as fh:
             for line in fh:
                 try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line after a crash
-                if isinstance(rec, dict):
-                    yield rec
+                    yield json.loads(line)
+                except (ValueError, RecursionError):
+                    yield None
+
+
+def read_records(path: str | Path) -> Iterator[dict]:
+    """The JSON objects of the log, unchecked (tests read back what the sampler wrote)."""
+    return (rec for rec in read_lines(path) if isinstance(rec, dict))
 
 
 class PcapLog(RotatingFile):

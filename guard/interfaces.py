@@ -6,9 +6,19 @@ Pod veths, bridges and tunnels carry no default route and so are never limited.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .errors import EnvironmentProblem
+
+# What the kernel accepts (dev_valid_name: 1-15 bytes, not "." or "..", no '/', ':' or whitespace)
+# narrowed to what both backends write without quoting: a name from the policy or from /proc alike
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.@-]{1,15}", re.ASCII)  # always fullmatch: "$" would let "eth0\n" in
+
+
+def is_ifname(name: object) -> bool:
+    """A name the kernel may give an interface and nodeguard may write into a rule."""
+    return isinstance(name, str) and bool(_IFNAME_RE.fullmatch(name)) and name not in (".", "..")
 
 
 def default_route_interfaces(proc: Path = Path("/proc/net")) -> tuple[str, ...]:
@@ -37,4 +47,8 @@ def resolve_interfaces(setting) -> tuple[str, ...]:
     found = default_route_interfaces()
     if not found:
         raise EnvironmentProblem("interfaces: auto found no default route; list the uplink interfaces in the policy")
+    odd = [name for name in found if not is_ifname(name)]
+    if odd:
+        raise EnvironmentProblem(f"interfaces: auto found {', '.join(map(repr, odd))}, a name nodeguard cannot "
+                                 "write into a rule (letters, digits and _ . @ - only); rename it")
     return found

@@ -46,6 +46,12 @@ def escape(text: str) -> str:
     return "".join(out)
 
 
+def escape_lines(text: str) -> str:
+    """Text for a terminal: each line escaped, the newlines kept. Every verb's output goes through
+    it: text from a log, the kernel or another program never reaches a terminal raw."""
+    return "\n".join(escape(line) for line in text.split("\n"))
+
+
 def _priority(levelno: int) -> int:
     return next((p for lvl, p in sorted(_PRIORITY.items(), reverse=True) if levelno >= lvl), 7)
 

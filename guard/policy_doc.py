@@ -118,7 +118,8 @@ DESCRIPTIONS = {
     "sampler.queue_base": "NFQUEUE queue of group *i*: `queue_base + i`",
     "sampler.snaplen": "bytes copied of each packet (headers only)",
     "sampler.window_s": "aggregation window",
-    "sampler.max_flows": "flows kept per window; the rest go to an \"other\" bucket",
+    "sampler.max_flows": "flows kept per window; the rest go to an \"other\" bucket. ~1.9 KB each at a window's "
+                         "end: the cap is ~55 MiB, inside the unit's `MemoryMax=256M`",
     "sampler.count_sources": "sources per group and family the kernel counts exactly; `0`: none",
     "sampler.observe": "when to count every packet of a threat per source (for `nodeguard tune`); `monitor`: "
                        "in monitor mode only",

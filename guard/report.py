@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from .aggregate import safe
+from .records import skipped_note
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
 
@@ -39,7 +40,10 @@ def parse_when(text: str | None, now: float) -> float | None:
         return None
     m = _AGO.match(text.strip())
     if m:
-        return now - int(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+        ago = int(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+        if ago > now:
+            raise ValueError(f"{text.strip()[:24]} ago is before 1970")
+        return now - ago
     dt = datetime.fromisoformat(text)
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
 
@@ -287,7 +291,7 @@ def format_text(rep: dict[str, Any]) -> str:
     for row in rep["timeline"]:
         parts = ", ".join(f"{safe(g)} {n}" for g, n in sorted(row["condemned"].items()) if n)
         lines.append(f"  {_t(row['minute'])[:16]}  {parts or '-'}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + skipped_note(rep.get("skipped_lines"))) + "\n"
 
 
 CSV_COLUMNS = ("episode_rule", "episode_start", "episode_end", "episode_condemned", "episode_peak_pps",

@@ -17,8 +17,9 @@ from typing import Iterable
 
 import yaml
 
-from .policy.rates import Rate
+from .policy.rates import MAX_RATE_PER_S, Rate
 from .policy.schema import Policy
+from .records import skipped_note
 
 
 @dataclass
@@ -30,9 +31,11 @@ class Threat:
     windows: list = None  # (src, pps, seconds, handshake) of every observed record
 
     def proposed(self, margin: float) -> Rate | None:
+        """The busiest legitimate source's peak times ``margin``, within what a policy may say
+        (rates.MAX_RATE_PER_S): never a proposal that ``check`` would refuse."""
         if not self.legit_sources:
             return None
-        return Rate(max(1, math.ceil(self.legit_peak * margin)), "second")
+        return Rate(max(1, min(MAX_RATE_PER_S, math.ceil(self.legit_peak * margin))), "second")
 
     def would_drop(self, rate_per_s: float) -> tuple[int, int]:
         """(packets over ``rate_per_s`` in the observed windows, distinct sources over it)."""
@@ -111,4 +114,4 @@ def format_text(prop: dict) -> str:
                          f"({r['observed_windows']} observations): keep the current limit")
     lines += ["", "# proposed policy patch (nothing was written; review, then merge into your policy):",
               yaml.safe_dump(prop["patch"], sort_keys=False).rstrip() if prop["patch"] else "# (no change)"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [f"# {line}" for line in skipped_note(prop.get("skipped_lines"))]) + "\n"

@@ -55,23 +55,44 @@ def load_document(text: str, file: str) -> Document:
         raise PolicyError(file, line, "", f"invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise PolicyError(file, None, "", f"invalid YAML: {exc}") from None
+    except RecursionError:  # PyYAML's pure-Python composer, without libyaml's nesting limit
+        raise PolicyError(file, None, "", f"invalid YAML: nested more than {MAX_DEPTH} levels deep") from None
+    if node is None:
+        return Document(file, {}, {})
+    _measure(node, file)
     lines: dict[Path, int] = {}
-    budget = [MAX_NODES]
-    data = _convert(node, (), lines, file, yaml.constructor.SafeConstructor(), budget) if node is not None else {}
-    return Document(file, data, lines)
+    return Document(file, _convert(node, (), lines, file, yaml.constructor.SafeConstructor()), lines)
 
 
-MAX_NODES = 1_000_000  # values after aliases are expanded: a nested-alias bomb is refused, not built
+MAX_DEPTH = 32  # a policy nests 5 levels; deeper is refused well before Python's recursion limit
+MAX_ALIAS_VALUES = 10_000  # values aliases may add to the document's own: a nested-alias bomb is refused
 _MERGE = "tag:yaml.org,2002:merge"
 _PLAIN = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
+def _measure(root: yaml.Node, file: str) -> None:
+    """Refuse a document nested deeper than MAX_DEPTH, or whose aliases would add more than
+    MAX_ALIAS_VALUES values, from the composed node graph, where an alias is one shared node: one
+    visit per distinct node, before anything is expanded."""
+    size: dict[int, int] = {}  # id(node) -> its values once expanded
+
+    def visit(node: yaml.Node, depth: int) -> int:
+        if id(node) not in size:
+            if depth > MAX_DEPTH:
+                raise PolicyError(file, node.start_mark.line + 1, "", f"nested more than {MAX_DEPTH} levels deep")
+            children = (node.value if isinstance(node, yaml.SequenceNode) else
+                        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+            size[id(node)] = 1 + sum(visit(child, depth + 1) for child in children)
+        return size[id(node)]
+
+    if visit(root, 0) - len(size) > MAX_ALIAS_VALUES:
+        raise PolicyError(file, root.start_mark.line + 1, "",
+                          f"aliases would add more than {MAX_ALIAS_VALUES} values to the document")
+
+
 def _convert(node: yaml.Node, path: Path, lines: dict[Path, int], file: str,
-             constructor: yaml.constructor.SafeConstructor, budget: list[int]) -> Any:
+             constructor: yaml.constructor.SafeConstructor) -> Any:
     line = node.start_mark.line + 1
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise PolicyError(file, line, dotted(path), f"more than {MAX_NODES} values once aliases are expanded")
     lines[path] = line
     if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN:
         raise PolicyError(file, line, dotted(path), f"the tag {node.tag[:40]!r} is not allowed")
@@ -80,20 +101,20 @@ def _convert(node: yaml.Node, path: Path, lines: dict[Path, int], file: str,
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE:
                 raise PolicyError(file, key_node.start_mark.line + 1, dotted(path), "merge keys (<<) are not supported")
-            key = _scalar(key_node, constructor, file)
+            key = _scalar(key_node, constructor, file, path)
             if not isinstance(key, str):
                 raise PolicyError(file, key_node.start_mark.line + 1, dotted(path), f"key {key!r} is not a string")
             if key in out:
                 raise PolicyError(file, key_node.start_mark.line + 1, dotted(path + (key,)), "duplicate key")
-            out[key] = _convert(value_node, path + (key,), lines, file, constructor, budget)
+            out[key] = _convert(value_node, path + (key,), lines, file, constructor)
             lines[path + (key,)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, path + (i,), lines, file, constructor, budget) for i, item in enumerate(node.value)]
-    return _scalar(node, constructor, file)
+        return [_convert(item, path + (i,), lines, file, constructor) for i, item in enumerate(node.value)]
+    return _scalar(node, constructor, file, path)
 
 
-def _scalar(node: yaml.Node, constructor: yaml.constructor.SafeConstructor, file: str) -> Any:
+def _scalar(node: yaml.Node, constructor: yaml.constructor.SafeConstructor, file: str, path: Path) -> Any:
     """A scalar's value with YAML's safe type rules (int, bool, null, str ...)."""
     if not isinstance(node, yaml.ScalarNode):
         return None
@@ -101,5 +122,9 @@ def _scalar(node: yaml.Node, constructor: yaml.constructor.SafeConstructor, file
         return node.value  # most scalars (CIDRs, names): no constructor needed
     try:
         return constructor.construct_object(node, deep=True)
-    except yaml.YAMLError as exc:  # an unknown tag (!!python/...), a malformed timestamp ...
-        raise PolicyError(file, node.start_mark.line + 1, "", f"invalid YAML value: {getattr(exc, 'problem', exc)}") from None
+    except yaml.YAMLError as exc:  # an unknown tag (!!python/...)
+        raise PolicyError(file, node.start_mark.line + 1, dotted(path),
+                          f"invalid YAML value: {getattr(exc, 'problem', exc)}") from None
+    except (ValueError, OverflowError) as exc:  # a malformed timestamp (2024-13-45), an int over 4300 digits
+        raise PolicyError(file, node.start_mark.line + 1, dotted(path),
+                          f"not a valid {node.tag.rsplit(':', 1)[-1]}: {exc}") from None

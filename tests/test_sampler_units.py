@@ -165,3 +165,30 @@ def test_in_the_daemon_new_odds_are_posted_not_installed(tmp_path, monkeypatch):
     assert s._one_in()[group] == 128, "the next window counts at the odds just asked for"
     s._adapt_odds({}, 1.0)  # nothing condemned: back to every packet (the plan still has none: no change)
     assert posted == [wanted] and s.asked is None
+
+
+def test_a_window_at_the_max_flows_cap_fits_the_units_memory():
+    """sampler.max_flows is capped where a window's peak (its flows, then their records, which the
+    sampler holds together at the window's end) stays under 64 MiB of the unit's MemoryMax=256M."""
+    import tracemalloc
+
+    from guard.packet import Packet
+    from guard.policy.schema import MAX_FLOWS
+
+    n = 2000
+    pkts = [Packet(version=6, src=f"2001:db8:{i >> 16:x}:{i & 0xffff:x}::1", dst="2001:db8::2", proto="tcp",
+                   sport=1000 + i, dport=80, tcp_flags="S", ttl=64, length=60) for i in range(n)]
+    tracemalloc.start()
+    try:
+        window = Window(0.0, n)
+        for i, pkt in enumerate(pkts):
+            window.add("syn-flood", pkt, "eth0", 1.0 + i * 1e-6)
+            window.add("syn-flood", pkt, "eth0", 2.0 + i * 1e-6)
+        lines = [json.dumps(r) for r in window.records(10.0, {("syn-flood", "enforce"): 2 * n})]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(lines) == n + 1
+    per_flow = peak / n
+    assert 1000 < per_flow < 2300, per_flow  # ~1.9 KB, as the field's description says
+    assert per_flow * MAX_FLOWS < 64 * 2**20

@@ -67,17 +67,28 @@ def cli(ctx: click.Context) -> None:
         gc.enable()
 
 
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+def _fail(message: str, code: int) -> None:
+    from ..logs import escape
+
+    click.echo(escape(message), err=True)
+    sys.exit(code)
+
+
 def main() -> None:
     gc.disable()  # see ONE_SHOT
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(1)
-    except click.ClickException as exc:
+    except _HELP as exc:  # no verb: the help
         exc.show()
         sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # a usage error: one line, as bad input is everywhere
+        _fail(f"nodeguard: {exc.format_message()}", exc.exit_code)
     except NodeguardError as exc:
-        click.echo(str(exc) if isinstance(exc, PolicyError) else f"nodeguard: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc) if isinstance(exc, PolicyError) else f"nodeguard: {exc}", exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -46,8 +46,19 @@ def kernel() -> Nft:
 
 
 def emit(data: Any, as_json: bool, text: str) -> None:
-    out = json.dumps(data, indent=2, sort_keys=True) + "\n" if as_json else text
-    click.echo(out, nl=not out.endswith("\n"))
+    """``data`` as JSON, where ensure_ascii has escaped every control character (escaping it again
+    would change what it says), else ``text``, escaped (show)."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True))
+    else:
+        show(text)
+
+
+def show(text: str) -> None:
+    """Every verb's output to a terminal: each line escaped (logs.escape_lines)."""
+    from ..logs import escape_lines
+
+    click.echo(escape_lines(text), nl=not text.endswith("\n"))
 
 
 def reading_plan(policy, nft: Nft):

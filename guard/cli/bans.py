@@ -14,15 +14,15 @@ def bans(config: str | None, as_json: bool) -> None:
     import time as _time
 
     from .. import bans as bans_mod
-    from ..attacklog import read_records
     from ..policy.load import load_policy
+    from ..records import Records
 
     policy, _source = load_policy(config)
     nft = kernel()
     plan = reading_plan(policy, nft)
     found = bans_mod.banned(plan, nft)
     try:
-        why = bans_mod.reasons(read_records(policy.sampler.log)) if found else {}
+        why = bans_mod.reasons(Records(policy.sampler.log)) if found else {}
     except OSError:
         why = {}
     now = _time.time()

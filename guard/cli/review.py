@@ -4,7 +4,37 @@ from __future__ import annotations
 
 import click
 
-from ._shared import common, config_option, emit
+from ._shared import common, config_option, emit, show
+
+
+def bounds(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    """--since and --until as times; a bad one is a usage error naming it."""
+    import time as _time
+
+    from ..report import parse_when
+
+    now = _time.time()
+    out = []
+    for hint, text in (("--since", since), ("--until", until)):
+        try:
+            out.append(parse_when(text, now))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from None
+    return out[0], out[1]
+
+
+DEFAULT_MARGIN, MAX_MARGIN = 2.0, 100.0  # tune's headroom over the busiest legitimate source
+
+
+def margin_option(func):
+    """--margin: a number from 1 to MAX_MARGIN (click's FloatRange lets NaN through)."""
+
+    def finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+        if not 1.0 <= value <= MAX_MARGIN:  # False for NaN
+            raise click.BadParameter(f"{value} is not a number from 1 to {MAX_MARGIN}")
+        return value
+    return click.option("--margin", default=DEFAULT_MARGIN, show_default=True, type=float, callback=finite,
+                        help="Headroom over the busiest legitimate source.")(func)
 
 
 @click.command()
@@ -22,24 +52,20 @@ from ._shared import common, config_option, emit
 def report(config, log_path, since, until, rule, top, as_json, fmt, plot) -> None:
     """Attack episodes, the sources behind each (with their networks), top sources per rule and a
     per-minute timeline from the attack log."""
-    import time as _time
-
     from .. import report as report_mod
-    from ..attacklog import read_records
+    from ..records import Records
 
     if log_path:
         path = log_path
     else:
         from ..policy.load import load_policy
         path = load_policy(config)[0].sampler.log
-    now = _time.time()
-    try:
-        bounds = report_mod.parse_when(since, now), report_mod.parse_when(until, now)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    when = bounds(since, until)
     if plot and not plot.endswith((".svg", ".png")):
         raise click.BadParameter("the picture is FILE.png or FILE.svg", param_hint="--plot")
-    rep = report_mod.build(read_records(path), *bounds, rule, top)
+    records = Records(path)
+    rep = report_mod.build(records, *when, rule, top)
+    rep["skipped_lines"] = records.skipped
     if plot:
         from .. import report_plot
         if plot.endswith(".png"):
@@ -48,7 +74,7 @@ def report(config, log_path, since, until, rule, top, as_json, fmt, plot) -> Non
             with open(plot, "w") as f:
                 f.write(report_plot.timeline_svg(rep))
     if fmt == "csv":
-        click.echo(report_mod.format_csv(rep), nl=False)
+        show(report_mod.format_csv(rep))
     else:
         emit(rep, as_json or fmt == "json", report_mod.format_text(rep))
 
@@ -58,23 +84,17 @@ def report(config, log_path, since, until, rule, top, as_json, fmt, plot) -> Non
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None, help="Attack log to read.")
 @click.option("--since", default="24h", show_default=True, help="'15m', '1h', '2d' ago, or an ISO 8601 time.")
 @click.option("--until", default=None, help="As --since.")
-@click.option("--margin", default=2.0, show_default=True, type=click.FloatRange(min=1.0),
-              help="Headroom over the busiest legitimate source.")
+@margin_option
 def tune(config, as_json, log_path, since, until, margin) -> None:
     """Propose per-source thresholds from what this node observed (monitor mode); writes nothing."""
-    import time as _time
-
-    from .. import report as report_mod
     from .. import tune as tune_mod
-    from ..attacklog import read_records
     from ..policy.load import load_policy
+    from ..records import Records
 
     policy, _source = load_policy(config)
-    now = _time.time()
-    try:
-        bounds = report_mod.parse_when(since, now), report_mod.parse_when(until, now)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    found = tune_mod.analyse(policy, read_records(log_path or policy.sampler.log), *bounds)
+    when = bounds(since, until)
+    records = Records(log_path or policy.sampler.log)
+    found = tune_mod.analyse(policy, records, *when)
     prop = tune_mod.proposal(policy, found, margin)
+    prop["skipped_lines"] = records.skipped
     emit(prop, as_json, tune_mod.format_text(prop))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._shared import common, emit, kernel, trusted_config
+from ._shared import common, emit, kernel, show, trusted_config
 
 
 @click.command()
@@ -34,7 +34,7 @@ def check(config: str | None, as_json: bool) -> None:
         head = f"# {source}: valid; not root, so not checked by the kernel ({plan.backend.name})\n"
     for note in plan.priorities.notes:
         head += f"# {note}\n"
-    click.echo(head + text, nl=False)
+    show(head + text)
 
 
 @click.command()

@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import Field
 
+from ..interfaces import is_ifname
 from .rates import MAX_BURST, Rate, parse_rate
 
-_IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}", re.ASCII)  # always fullmatch: "$" would let "eth0\n" in
 _NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,19}", re.ASCII)
 
 RateField = Annotated[Rate, pydantic.BeforeValidator(parse_rate)]
@@ -51,8 +51,9 @@ def check_name(name: str) -> str:
 
 
 def _check_ifname(name: str) -> str:
-    if not _IFNAME_RE.fullmatch(name):
-        raise ValueError(f"{name!r} is not an interface name")
+    if not is_ifname(name):
+        raise ValueError(f"{name!r} is not an interface name (1-15 of letters, digits and _ . @ -, as the kernel "
+                         "and both backends take them)")
     if name == "lo":
         raise ValueError("loopback is never limited; remove 'lo'")
     return name

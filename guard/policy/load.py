@@ -50,6 +50,17 @@ def read_policy(path: str | Path | None = None) -> tuple[Policy, str, str]:
 
 
 def parse_policy(text: str, file: str) -> Policy:
+    """The policy in ``text``, or PolicyError: whatever the text holds, nothing else is raised, so a
+    reloading daemon always falls back to the policy it has."""
+    try:
+        return _parse(text, file)
+    except PolicyError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a gap in the checks above
+        raise PolicyError(file, None, "", f"cannot be read: {exc}") from None
+
+
+def _parse(text: str, file: str) -> Policy:
     doc = load_document(text, file)
     if not isinstance(doc.data, dict):
         raise doc.error((), "the policy must be a mapping of keys to values")
