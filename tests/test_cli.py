@@ -98,7 +98,7 @@ def test_a_policy_file_others_could_write_is_refused_by_every_verb_that_writes_t
     path = tmp_path / "shared.yaml"
     path.write_text("icmp:\n  per_source: 5/second\n")
     os.chmod(path, 0o666)
-    for verb in (["apply"], ["apply", "--dry-run"]):
+    for verb in (["apply"], ["apply", "--dry-run"], ["sample"], ["unban", "--all"]):
         res = ns.nodeguard(*verb, "-c", str(path), check=False)
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and "refusing" in res.stderr, res
     assert json.loads(_ruleset(ns))["nftables"][1:] == []
