@@ -84,7 +84,10 @@ class ConfiguredPolicy:
         """The watcher's ``on_good``: the kernel holds ``policy`` (``current``: the watcher's now)."""
         text = self._texts.get(id(policy))
         if text is not None:
-            save(text, self.good)
+            try:
+                save(text, self.good)
+            except (OSError, NodeguardError) as exc:  # the rules are in place: only the next boot's fallback is lost
+                self.log.error("cannot keep the last good policy: %s", exc)
         self._texts = {k: v for k, v in self._texts.items() if k in (id(policy), id(current))}
 
     def reload(self, watcher, check=None) -> bool:

@@ -330,3 +330,17 @@ def test_report_of_a_missing_log_is_one_line_and_exit_2(tmp_path):
     res = _report("--log", str(tmp_path / "attacks.jsonl"))
     assert res.returncode == 2 and res.stdout == "", res
     assert res.stderr == f"nodeguard: {tmp_path / 'attacks.jsonl'}: no attack log there (no such file)\n"
+
+
+def test_a_refused_last_good_directory_is_logged_and_the_policy_stays_accepted(area, caplog):
+    """The kernel runs the policy: failing to keep it for the next boot must not fail the watcher's check."""
+    import logging
+
+    state = mkdir(area / "state", owner=NOBODY)
+    feed = lastgood.ConfiguredPolicy.__new__(lastgood.ConfiguredPolicy)
+    policy = parse_policy(GOOD, "p.yaml")
+    feed.good, feed.log, feed._texts = state / "last-good.yaml", logging.getLogger("test"), {id(policy): GOOD}
+    with caplog.at_level(logging.ERROR):
+        feed.accepted(policy, policy)
+    assert f"cannot keep the last good policy: {state / 'last-good.yaml.tmp'}: refusing: {state} is owned by uid" \
+        in caplog.text and not (state / "last-good.yaml").exists()
