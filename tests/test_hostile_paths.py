@@ -93,7 +93,7 @@ def test_a_symlink_nobody_keeps_swapping_never_gets_its_policy_read(area):
     finally:
         swapper.kill()
         swapper.wait()
-    assert reads["attacker"] == 0 and reads["root"] == 0 and reads["refused"] > 100, reads
+    assert reads["attacker"] == 0 and reads["root"] == 0 and reads["refused"] > 0, reads
     assert reads["plain read got the attacker's"] > 0, reads
 
 
