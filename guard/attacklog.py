@@ -14,16 +14,20 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .configfile import open_private
+from .errors import EnvironmentProblem
+from .logs import escape
+
+MAX_KEEP = 100  # rotated files at most (sampler.rotate.keep)
 
 
 class RotatingFile:
     """Opened with ``configfile.open_private`` (no symlinks, no hard links or FIFOs, 0640 in 0750
-    directories), only under ``allowed_dirs``: by default the directory the policy names."""
+    directories), only under ``allowed_dirs``: by default configfile.data_dirs()."""
 
     def __init__(self, path: str | Path, max_bytes: int, keep: int, mode: str = "a",
                  allowed_dirs: Iterable[str | Path] | None = None):
         self.path, self.max_bytes, self.keep, self.mode = Path(path), max_bytes, keep, mode
-        self.allowed_dirs = list(allowed_dirs) if allowed_dirs is not None else [self.path.parent]
+        self.allowed_dirs = list(allowed_dirs) if allowed_dirs is not None else None
         self._open()
 
     def _open(self) -> None:
@@ -60,11 +64,18 @@ class AttackLog(RotatingFile):
         self.write_bytes((json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n").encode())
 
 
+class NoLog(EnvironmentProblem):
+    """The attack log to read is not there: one line, exit 2."""
+
+
 def log_files(path: str | Path) -> list[Path]:
-    """The log and its rotations, oldest first."""
+    """The log and its rotations as RotatingFile names them (LOG.1 ... LOG.<MAX_KEEP>), oldest first.
+    Raises NoLog when LOG itself is missing (the sampler creates it as it starts)."""
     path = Path(path)
-    rotated = sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
-    return [p for p in rotated if p.suffix[1:].isdigit()] + ([path] if path.exists() else [])
+    if not path.is_file():
+        raise NoLog(f"{escape(str(path))}: no attack log there ({'not a file' if path.exists() else 'no such file'})")
+    rotated = (path.with_name(f"{path.name}.{i}") for i in range(MAX_KEEP, 0, -1))
+    return [p for p in rotated if p.is_file()] + [path]
 
 
 def read_lines(path: str | Path) -> Iterator[Any]:

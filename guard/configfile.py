@@ -1,62 +1,46 @@
 """Files the daemon trusts or writes as root, opened so that nobody else can steer it.
 
-* The policy controls the node's firewall: a policy file someone other than root could have
-  written is refused (``check_config_file``), as sshd refuses a group-writable authorized_keys.
-* Logs, pcaps and state are written as root into directories other software can often list:
-  ``open_private`` only writes under the configured directories, never follows a symlink
-  (O_NOFOLLOW on the file, no symlinks in its directories), refuses hard links, FIFOs and
-  devices, and leaves files 0640 and directories 0750 whatever the umask.
+* Trust is sshd's StrictModes: the file, every directory from / down to it and every symlink on
+  the way belong to root (or to the user running nodeguard) and no directory is writable by
+  anyone else. A sticky directory owned by root (/tmp) may be on the way, above one of ours: its
+  other users cannot rename or remove what root owns in it. The path is walked once with a
+  descriptor per step (``trustpath.walk``), and what is read is read from the descriptor that
+  was checked, so nothing can be swapped between the check and the read.
+* The policy controls the node's firewall: ``read_config`` refuses one that is not root's alone.
+  A ConfigMap's symlinks (config.yaml -> ..data/config.yaml) are followed, each one checked.
+* Logs, pcaps and state are written only under the data directories (``data_dirs``), never
+  through a symlink, a hard link, a FIFO or a device, 0640 in 0750 directories whatever the
+  umask (``open_private``, ``write_atomic``). What the daemon reads back from there (last good
+  policy, sampling odds, the watcher's state) passes the same checks (``read_private``).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from pathlib import Path
 from typing import IO, Iterable
 
 from .errors import EnvironmentProblem, PolicyError
+from .trustpath import Untrusted, file_problem, open_in
 
 FILE_MODE = 0o640
-DIR_MODE = 0o750
+# Where the daemon writes (the unit's LogsDirectory, RuntimeDirectory and StateDirectory); an
+# operator adds others, which must pass the ownership checks, in NODEGUARD_DATA_DIRS (DIR:DIR...).
+DATA_DIRS = ("/var/log/nodeguard", "/run/nodeguard", "/var/lib/nodeguard")
+DATA_DIRS_ENV = "NODEGUARD_DATA_DIRS"
 # "w" truncates only after the checks (O_TRUNC would empty someone else's file before we look)
 _FLAGS = {"r": os.O_RDONLY, "w": os.O_WRONLY | os.O_CREAT, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND}
 
 
 class UnsafePathError(EnvironmentProblem):
-    """A file the daemon was to write is not safe to write as root: one line, exit 2."""
+    """A file the daemon was to write or read back is not safe to use as root: one line, exit 2."""
 
 
-def _who(st: os.stat_result) -> str | None:
-    if st.st_uid != 0:
-        return f"owned by uid {st.st_uid}, not root"
-    if st.st_mode & 0o022:
-        return f"group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
-
-
-def check_config_file(path: str | Path) -> Path:
-    """Refuse a policy file (after symlinks, e.g. a ConfigMap's ..data) that is not root's alone.
-
-    The file and the directory holding it must be owned by root and not group/world-writable.
-    Returns the resolved path; raises PolicyError (``FILE: refusing ...``, exit 2).
-    """
-    path = Path(path)
-    try:
-        real = path.resolve(strict=True)
-        st = os.stat(real)
-        parent = os.stat(real.parent)
-    except OSError as exc:
-        raise PolicyError(str(path), None, "", exc.strerror or str(exc)) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise PolicyError(str(path), None, "", "refusing: not a regular file")
-    for what, s in ((real, st), (real.parent, parent)):
-        problem = _who(s)
-        if problem:
-            raise PolicyError(str(path), None, "", f"refusing: {what} is {problem}; this file controls the "
-                                                   "firewall, so only root may be able to change it")
-    return real
+def data_dirs() -> list[Path]:
+    """The directories the daemon may write under: DATA_DIRS and the absolute ones NODEGUARD_DATA_DIRS names."""
+    extra = [d for d in os.environ.get(DATA_DIRS_ENV, "").split(":") if os.path.isabs(d)]
+    return [Path(os.path.normpath(d)) for d in (*DATA_DIRS, *extra)]
 
 
 def _root_of(directory: Path, roots: list[Path]) -> Path | None:
@@ -64,59 +48,97 @@ def _root_of(directory: Path, roots: list[Path]) -> Path | None:
     return next((r for r in roots if directory == r or r in directory.parents), None)
 
 
-def _make_dirs(directory: Path) -> None:
-    missing = []
-    d = directory
-    while not d.exists():
-        missing.append(d)
-        d = d.parent
-    for d in reversed(missing):
-        os.mkdir(d, DIR_MODE)
-        os.chmod(d, DIR_MODE)  # the umask may have taken bits away
+def check_data_path(value: str) -> str:
+    """A path the policy has the daemon write (schema validator): absolute, with no '..', under data_dirs()."""
+    if not os.path.isabs(value) or os.path.normpath(value) != value.rstrip("/") or value.endswith("/"):
+        raise ValueError(f"{value!r} must be an absolute file path without '.', '..' or '//'")
+    roots = data_dirs()
+    if _root_of(Path(value).parent, roots) is None:
+        raise ValueError(f"{value!r}: nodeguard writes only under {', '.join(map(str, roots))} "
+                         f"(name other directories in {DATA_DIRS_ENV})")
+    return value
 
 
-def open_private(path: str | Path, mode: str = "a", *, allowed_dirs: Iterable[str | Path]) -> IO:
+# --- the policy -------------------------------------------------------------------------------
+def _config_refused(path: Path, exc: Untrusted) -> PolicyError:
+    return PolicyError(str(path), None, "", f"refusing: {exc.what} is {exc.problem}; this file controls the "
+                                            "firewall, so only root may be able to change it")
+
+
+def read_config(path: str | Path) -> tuple[bytes, Path]:
+    """The policy file's bytes and its real path, refused unless it is root's alone (StrictModes, above).
+
+    Raises PolicyError (``FILE: refusing ...`` or ``FILE: No such file or directory``, exit 2)."""
+    path = Path(path)
+    try:
+        with open_in(path, os.O_RDONLY, follow=True) as (fd, real):
+            problem = file_problem(os.fstat(fd))
+            if problem:
+                raise Untrusted(real, problem)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                return f.read(), real
+    except Untrusted as exc:
+        raise _config_refused(path, exc) from None
+    except OSError as exc:
+        raise PolicyError(str(path), None, "", exc.strerror or str(exc)) from None
+
+
+def check_config_file(path: str | Path) -> Path:
+    """Refuse a policy file that is not root's alone, before anything starts; returns its real path."""
+    return read_config(path)[1]
+
+
+# --- the daemon's own files ---------------------------------------------------------------------
+def open_private(path: str | Path, mode: str = "a", *, allowed_dirs: Iterable[str | Path] | None = None,
+                 file_mode: int = FILE_MODE) -> IO:
     """Open ``path`` for the daemon's own data: ``mode`` is r, w or a, plus b for binary.
 
-    ``allowed_dirs``: where the daemon may write (the policy's log/state directories, e.g.
-    /var/log/nodeguard, /var/lib/nodeguard, /run/nodeguard). Missing directories below one
-    of them are created 0750. Raises UnsafePathError.
-    """
+    ``allowed_dirs`` (default: data_dirs()): where the file may be. Missing directories from one of
+    them down are created 0750. Never blocks (a FIFO is refused at once). Raises UnsafePathError."""
     path = Path(os.path.abspath(path))
-    roots = [Path(os.path.abspath(r)) for r in allowed_dirs]
+    roots = data_dirs() if allowed_dirs is None else [Path(os.path.abspath(r)) for r in allowed_dirs]
     base = mode.replace("b", "")
     if base not in _FLAGS:
         raise ValueError(f"mode must be r, w or a (optionally with b), not {mode!r}")
     root = _root_of(path.parent, roots)
     if root is None:
         raise UnsafePathError(f"{path}: refusing to write outside {', '.join(map(str, roots))}")
-    if base != "r":
-        if root.exists() and root.resolve() != root:
-            raise UnsafePathError(f"{path}: refusing: {root} is a symlink")
-        _make_dirs(path.parent)
-    if path.parent.resolve() != path.parent:
-        raise UnsafePathError(f"{path}: refusing: a directory on the way is a symlink ({path.parent.resolve()})")
     try:
-        fd = os.open(path, _FLAGS[base] | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, FILE_MODE)
+        with open_in(path, _FLAGS[base], follow=False, make_from=root if base != "r" else None,
+                     file_mode=file_mode) as (fd, real):
+            st = os.fstat(fd)
+            if st.st_nlink != 1:
+                raise UnsafePathError(f"{path}: refusing: it has {st.st_nlink} hard links (it could be another file)")
+            if base == "r" and file_problem(st):
+                raise Untrusted(real, file_problem(st))
+            if base != "r":
+                if st.st_uid != os.geteuid():
+                    raise UnsafePathError(f"{path}: refusing: owned by uid {st.st_uid}")
+                if stat.S_IMODE(st.st_mode) != file_mode:
+                    os.fchmod(fd, file_mode)
+                if base == "w":
+                    os.ftruncate(fd, 0)
+            mine = os.dup(fd)
+    except Untrusted as exc:
+        raise UnsafePathError(f"{path}: refusing: {exc.what} is {exc.problem}") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
-            raise UnsafePathError(f"{path}: refusing to follow a symlink") from None
-        raise UnsafePathError(f"{path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePathError(f"{path}: refusing: not a regular file")
-        if st.st_nlink != 1:
-            raise UnsafePathError(f"{path}: refusing: it has {st.st_nlink} hard links (it could be another file)")
-        if base != "r":
-            if st.st_uid != os.geteuid():
-                raise UnsafePathError(f"{path}: refusing: owned by uid {st.st_uid}")
-            if stat.S_IMODE(st.st_mode) != FILE_MODE:
-                os.fchmod(fd, FILE_MODE)
-            if base == "w":
-                os.ftruncate(fd, 0)
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, mode)
-    except BaseException:
-        os.close(fd)
-        raise
+        raise UnsafePathError(f"{path}: {exc.strerror or exc}") from None
+    os.set_blocking(mine, True)
+    return os.fdopen(mine, mode)
+
+
+def write_atomic(path: str | Path, data: bytes, *, file_mode: int = FILE_MODE) -> None:
+    """Replace ``path`` (under data_dirs()) with ``data`` in one rename, through ``path``.tmp opened
+    by open_private: a symlink, FIFO or someone else's file planted there is refused, never used."""
+    path = Path(os.path.abspath(path))
+    tmp = path.with_name(path.name + ".tmp")
+    with open_private(tmp, "wb", file_mode=file_mode) as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def read_private(path: str | Path) -> bytes:
+    """What the daemon wrote under data_dirs() and now trusts (last good policy, sampling odds,
+    state), read only if no one else could have written it. Raises UnsafePathError."""
+    with open_private(path, "rb") as f:
+        return f.read()

@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .configfile import read_config
+from .errors import PolicyError
+
 POLL_S = 5.0  # seconds between looks at the policy file (nodeguard run --config-poll)
 
 log = logging.getLogger("nodeguard.configwatch")
@@ -47,8 +50,9 @@ class ConfigWatch:
 
     def _hash(self) -> str | None:
         try:
-            data = self.path.read_bytes()
-        except OSError:
+            data = read_config(self.path)[0]  # never blocks; refused when not root's alone, as a reload would be
+        except PolicyError as exc:
+            log.warning("%s; keeping the policy in place", exc)
             return None
         self.reads += 1
         return hashlib.sha256(data).hexdigest()

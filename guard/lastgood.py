@@ -7,11 +7,11 @@ so loudly (log, status, metrics), and keeps retrying the configured one on every
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import PolicyError
+from .configfile import read_private, write_atomic
+from .errors import NodeguardError, PolicyError
 
 if TYPE_CHECKING:
     from .policy.schema import Policy
@@ -20,23 +20,19 @@ DEFAULT = Path("/var/lib/nodeguard/last-good.yaml")
 
 
 def save(text: str, path: Path = DEFAULT) -> None:
-    """Atomically, readable by root only (it describes the firewall)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Atomically, readable by root only (it describes the firewall); configfile.write_atomic."""
+    write_atomic(path, text.encode(), file_mode=0o600)
 
 
 def load(path: Path = DEFAULT) -> tuple[Policy, str, str] | None:
-    """(policy, source, text), or None when there is none (or it no longer parses)."""
+    """(policy, source, text), or None when there is none, it no longer parses, or someone other than
+    root could have written it (configfile.read_private)."""
     from .policy.load import parse_policy
 
     try:
-        text = path.read_text()
+        text = read_private(path).decode()
         return parse_policy(text, str(path)), str(path), text
-    except (OSError, PolicyError):
+    except (NodeguardError, UnicodeDecodeError):
         return None
 
 
@@ -52,7 +48,7 @@ def startup_policy(config: str | None, nft, log, path: Path = DEFAULT) -> tuple[
     from .policy.load import read_policy
 
     try:
-        policy, source, text = read_policy(config)
+        policy, source, text = read_policy(config, trusted=True)
     except PolicyError as exc:
         fallback = load(path)
         if fallback is None:
@@ -88,20 +84,19 @@ class ConfiguredPolicy:
         """The watcher's ``on_good``: the kernel holds ``policy`` (``current``: the watcher's now)."""
         text = self._texts.get(id(policy))
         if text is not None:
-            save(text, self.good)
+            try:
+                save(text, self.good)
+            except (OSError, NodeguardError) as exc:  # the rules are in place: only the next boot's fallback is lost
+                self.log.error("cannot keep the last good policy: %s", exc)
         self._texts = {k: v for k, v in self._texts.items() if k in (id(policy), id(current))}
 
     def reload(self, watcher, check=None) -> bool:
         """Re-read the file and hand it to ``watcher`` (which has the kernel check it first). A bad
         edit keeps the rules in place; ``check(policy)`` may refuse it too (NodeguardError)."""
-        from .configfile import check_config_file
-        from .errors import NodeguardError
         from .policy.load import read_policy
 
         try:
-            if self.config is not None:
-                check_config_file(self.config)  # it may have changed hands since the start
-            new, source, text = read_policy(self.config)
+            new, source, text = read_policy(self.config, trusted=True)  # it may have changed hands
             if check is not None:
                 check(new)
         except NodeguardError as exc:

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Literal, Union
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from .configfile import DATA_DIRS, DATA_DIRS_ENV
 from .model.build import _with_default_burst
 from .policy import fields, rates, schema
 
@@ -32,6 +33,8 @@ END = "<!-- END GENERATED -->"
 
 # One line per key (sections too), in the operator's words: what it does, not its default (that is
 # the model's, shown in its own column). {placeholders} are filled from the code by _facts().
+DATA_DIRS_NOTE = (f"only under {', '.join(f'`{d}`' for d in DATA_DIRS)} or a directory named in `{DATA_DIRS_ENV}` "
+                  "(root's alone, as every directory above it)")
 DESCRIPTIONS = {
     "mode": "`monitor`: count and sample what would be dropped, drop nothing; `icmp.mode`, `syn.mode`, "
             "`limits[].mode` and `connlimit[].mode` override it per threat",
@@ -108,7 +111,7 @@ DESCRIPTIONS = {
     "watcher.legacy_poll_s": "poll interval for iptables-legacy, which sends no events",
     "watcher.max_repairs_per_minute": "beyond this, repairs back off",
     "watcher.backoff_max_s": "the longest repair backoff",
-    "watcher.state_file": "the watcher's published state (`status`), beside it the sampling odds",
+    "watcher.state_file": "the watcher's published state (`status`), beside it the sampling odds; " + DATA_DIRS_NOTE,
     "sampler": "a capped sample of condemned packets goes to the attack log",
     "sampler.enabled": "`false`: no sampling, no attack log",
     "sampler.transport": "`auto`: nfqueue where the kernel has it (nft `queue`; iptables: xt NFQUEUE), else nflog",
@@ -123,11 +126,11 @@ DESCRIPTIONS = {
     "sampler.count_sources": "sources per group and family the kernel counts exactly; `0`: none",
     "sampler.observe": "when to count every packet of a threat per source (for `nodeguard tune`); `monitor`: "
                        "in monitor mode only",
-    "sampler.log": "the attack log (JSON lines)",
+    "sampler.log": "the attack log (JSON lines); " + DATA_DIRS_NOTE,
     "sampler.rotate": "rotation of the attack log and the pcap",
     "sampler.rotate.max_bytes": "rotate at this size",
     "sampler.rotate.keep": "rotated files kept",
-    "sampler.pcap": "a path: also write sampled packets as pcap; `null`: none",
+    "sampler.pcap": "a path: also write sampled packets as pcap; `null`: none; " + DATA_DIRS_NOTE,
     "metrics": "the daemon's Prometheus `/metrics` and `/healthz`",
     "metrics.allow_remote": "`true`: `listen` may be a non-loopback address",
     "metrics.listen": "`IP:PORT` or `[IPv6]:PORT`",

@@ -191,7 +191,11 @@ class Sampler:
             self.asked = wanted
             self.post_odds(wanted)
             return
-        sampling_odds.save(sampling_odds.path_for(self.policy), wanted)
+        try:
+            sampling_odds.save(sampling_odds.path_for(self.policy), wanted)
+        except (OSError, NodeguardError) as exc:  # a watcher beside us renders from the file: keep both as they are
+            log.warning("cannot save the sampling odds (%s); keeping them", exc)
+            return
         try:
             flavour = (self.plan.flavour, self.plan.backend_reason) if self.plan.flavour else None
             plan = make_plan(self.policy, self.nft, flavour=flavour, interfaces=self.plan.ruleset.interfaces,

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from .configfile import read_private, write_atomic
+from .errors import NodeguardError
 
 MAX_EXPONENT = 24  # 1 in 16.7 M
 
@@ -26,18 +28,18 @@ def path_for(policy) -> Path:
 
 
 def load(path: Path) -> dict[str, int]:
+    """The saved odds; none (every condemned packet, under the caps) when the file is missing, bad,
+    or someone other than root could have written it (configfile.read_private)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_private(path))
         return {str(g): int(k) for g, k in data.items() if 0 < int(k) <= MAX_EXPONENT}
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (NodeguardError, ValueError, AttributeError, TypeError):
         return {}
 
 
 def save(path: Path, exponents: dict[str, int]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({g: k for g, k in sorted(exponents.items()) if k > 0}))
-    os.replace(tmp, path)
+    """configfile.write_atomic: raises UnsafePathError or OSError."""
+    write_atomic(path, json.dumps({g: k for g, k in sorted(exponents.items()) if k > 0}).encode())
 
 
 def describe(exponents: dict[str, int]) -> str:

@@ -65,6 +65,20 @@ def snapshot_changes(before: dict, after: dict) -> list[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def data_dirs(tmp_path_factory):
+    """The tests' directories are where nodeguard may write (configfile.data_dirs), for this process and
+    every nodeguard it starts: their policies put the state and the logs under tmp_path (own_paths)."""
+    base = str(tmp_path_factory.getbasetemp())
+    old = os.environ.get("NODEGUARD_DATA_DIRS")
+    os.environ["NODEGUARD_DATA_DIRS"] = base
+    yield base
+    if old is None:
+        del os.environ["NODEGUARD_DATA_DIRS"]
+    else:
+        os.environ["NODEGUARD_DATA_DIRS"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def host_paths_untouched():
     """Fails the run (an error at the last test's teardown) when anything under HOST_DIRS was created,
     removed or written while the tests ran: some test used nodeguard's host paths instead of its own."""
@@ -123,6 +137,18 @@ def kernel() -> None:
     if problem:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and {problem}", pytrace=False)
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def root() -> None:
+    """Pure tests that need root (chown, setpriv to run as nobody) and no netfilter: like ``kernel``,
+    they fail under CI=true when they cannot run, and are skipped elsewhere."""
+    problem = "needs root (chown, setpriv)" if os.geteuid() != 0 else \
+        None if shutil.which("setpriv") else "needs setpriv (apt-get install util-linux)"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and this test {problem}", pytrace=False)
         pytest.skip(problem)
 
 

@@ -95,10 +95,11 @@ def test_check_prints_the_kernel_text_and_changes_nothing(ns, default_policy):
 def test_a_policy_file_others_could_write_is_refused_by_every_verb_that_writes_the_firewall(ns, tmp_path):
     import os
     netlab.add_uplink(ns)
+    from conftest import own_paths
     path = tmp_path / "shared.yaml"
-    path.write_text("icmp:\n  per_source: 5/second\n")
+    path.write_text(own_paths("icmp:\n  per_source: 5/second\n", tmp_path))  # a verb that read it writes there
     os.chmod(path, 0o666)
-    for verb in (["apply"], ["apply", "--dry-run"]):
+    for verb in (["apply"], ["apply", "--dry-run"], ["sample"], ["unban", "--all"]):
         res = ns.nodeguard(*verb, "-c", str(path), check=False)
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and "refusing" in res.stderr, res
     assert json.loads(_ruleset(ns))["nftables"][1:] == []

@@ -124,7 +124,7 @@ def test_a_symlink_planted_as_the_log_is_never_followed(logdir, tmp_path):
     victim.write_text("root:secret\n")
     os.symlink(victim, logdir / "attacks.jsonl")
     for m in ("a", "w", "r"):
-        with pytest.raises(UnsafePathError, match="refusing to follow a symlink"):
+        with pytest.raises(UnsafePathError, match="attacks.jsonl is a symlink"):
             open_private(logdir / "attacks.jsonl", m, allowed_dirs=[logdir])
     assert victim.read_text() == "root:secret\n"
 
@@ -133,7 +133,7 @@ def test_a_symlinked_directory_on_the_way_is_refused(logdir, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     os.symlink(elsewhere, logdir / "pcap")
-    with pytest.raises(UnsafePathError, match="a directory on the way is a symlink"):
+    with pytest.raises(UnsafePathError, match="pcap is a symlink"):
         open_private(logdir / "pcap" / "x.pcap", "ab", allowed_dirs=[logdir])
     assert list(elsewhere.iterdir()) == []
 

@@ -4,6 +4,7 @@ skipped and counted, never a traceback, and nothing raw reaches the terminal. No
 from __future__ import annotations
 
 import json
+import os
 import math
 import re
 import subprocess
@@ -36,7 +37,8 @@ def _json(rec: dict) -> str:
 def _nodeguard(*args: str) -> subprocess.CompletedProcess:
     """``python -m guard``: main()'s error handling included, as on a node."""
     return subprocess.run([sys.executable, "-m", "guard", *args], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                               "NODEGUARD_DATA_DIRS": os.environ["NODEGUARD_DATA_DIRS"]})
 
 
 GOOD = [{"type": "episode_start", "rule": "syn-flood", "ts": 1000.0},

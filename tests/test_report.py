@@ -144,7 +144,8 @@ def test_plot_png_is_a_valid_png_of_the_expected_size(tmp_path):
 def test_plot_png_of_an_empty_log_says_so(tmp_path):
     from guard.report_plot import PNG_SIZE
     png = tmp_path / "empty.png"
-    res = CliRunner().invoke(cli, ["report", "--log", str(tmp_path / "none.jsonl"), "--plot", str(png)])
+    (tmp_path / "empty.jsonl").write_text("")
+    res = CliRunner().invoke(cli, ["report", "--log", str(tmp_path / "empty.jsonl"), "--plot", str(png)])
     assert res.exit_code == 0, res.output
     assert _png_size(png.read_bytes()) == PNG_SIZE
 

@@ -27,8 +27,8 @@ def common(func: Callable) -> Callable:
 
 
 def trusted_config(config: str | None) -> str | None:
-    """The policy file a verb that writes the firewall will use, refused when not root's alone
-    (configfile.check_config_file); None: the built-in default."""
+    """The policy file a daemon will use (and re-read trusted), refused before it starts when not
+    root's alone (configfile.check_config_file); None: the built-in default."""
     from ..configfile import check_config_file
     from ..policy.load import configured_path
 

@@ -14,6 +14,7 @@ def bans(config: str | None, as_json: bool) -> None:
     import time as _time
 
     from .. import bans as bans_mod
+    from ..attacklog import NoLog
     from ..policy.load import load_policy
     from ..records import Records
 
@@ -23,7 +24,7 @@ def bans(config: str | None, as_json: bool) -> None:
     found = bans_mod.banned(plan, nft)
     try:
         why = bans_mod.reasons(Records(policy.sampler.log)) if found else {}
-    except OSError:
+    except (OSError, NoLog):  # no log: the bans are listed without their reasons
         why = {}
     now = _time.time()
     rows = [{"source": b.shown, "family": f"ipv{b.version}", "expires_in_s": b.expires_s,
@@ -54,7 +55,7 @@ def unban(config: str | None, as_json: bool, address: str | None, everyone: bool
     if bool(address) == everyone:
         raise bans_mod.BadAddress("unban: give one address, or --all")
     keys = None if everyone else [bans_mod.key_of(address)]  # a bad address: one line, exit 2, kernel untouched
-    policy, _source = load_policy(config)
+    policy, _source = load_policy(config, trusted=True)  # it changes the kernel's sets
     nft = kernel()
     gone = bans_mod.unban(reading_plan(policy, nft), nft, keys)
     if gone:

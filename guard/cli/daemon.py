@@ -101,7 +101,7 @@ def sample(config: str | None) -> None:
     from ..policy.load import load_policy
     from ..sampler import Sampler
 
-    policy, source = load_policy(config)
+    policy, source = load_policy(config, trusted=True)  # it changes the firewall (the sampling odds)
     nft = kernel()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s nodeguard sample: %(message)s")
     plan = make_plan(policy, nft)

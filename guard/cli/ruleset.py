@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._shared import common, emit, kernel, show, trusted_config
+from ._shared import common, emit, kernel, show
 
 
 @click.command()
@@ -47,7 +47,7 @@ def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
     from ..apply import apply_plan, make_plan, read_state, remove_other_backends, transaction
     from ..policy.load import load_policy
 
-    policy, source = load_policy(trusted_config(config))
+    policy, source = load_policy(config, trusted=True)
     plan = make_plan(policy, nft)
     others = remove_other_backends(plan.backend.name, nft, dry_run=True)  # a backend switch also removes these
     if dry_run:

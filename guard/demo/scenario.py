@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from ..configfile import DATA_DIRS_ENV
 from ..lab.netns import Netns, namespaces, sh
 from . import drops as drops_mod
 from . import lab as labmod
@@ -61,6 +62,8 @@ class Demo:
         self.stop_polling = threading.Event()
         self.tmp = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="nodeguard-demo-"))
         self.tmp.mkdir(parents=True, exist_ok=True)
+        # the demo's nodeguard (apply, sample: they inherit this) writes its log and state there
+        os.environ[DATA_DIRS_ENV] = ":".join(filter(None, (os.environ.get(DATA_DIRS_ENV), str(self.tmp))))
         self.policy = self.tmp / "policy.yaml"
         self.failures: list[str] = []
         self.t0 = time.monotonic()

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import Field
 
+from ..configfile import check_data_path
 from ..interfaces import is_ifname
 from .rates import MAX_BURST, Rate, parse_rate
 
@@ -21,6 +22,7 @@ RateField = Annotated[Rate, pydantic.BeforeValidator(parse_rate)]
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 Burst = Annotated[int, Field(gt=0, le=MAX_BURST, strict=True)]
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+DataPath = Annotated[str, Field(strict=True), pydantic.AfterValidator(check_data_path)]  # a file nodeguard writes
 PortList = Annotated[tuple[Port, ...], Field(max_length=15)]  # iptables multiport's limit, for portability
 
 

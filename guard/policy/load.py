@@ -11,6 +11,7 @@ from typing import Any
 
 import pydantic
 
+from ..configfile import read_config
 from ..errors import PolicyError
 from ..yamlsource import load_document
 from .schema import Policy
@@ -27,25 +28,30 @@ def configured_path(config: str | Path | None) -> Path | None:
     return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
 
 
-def load_policy(path: str | Path | None = None) -> tuple[Policy, str]:
+def load_policy(path: str | Path | None = None, *, trusted: bool = False) -> tuple[Policy, str]:
     """Read the policy from ``path``, else /etc/nodeguard/config.yaml, else the built-in default.
+    ``trusted``: for the verbs that change the firewall, a file someone other than root could have
+    written is refused (configfile.read_config), and what is parsed is what was checked.
 
     Returns the policy and the name of the file it came from.
     """
-    policy, source, _text = read_policy(path)
+    policy, source, _text = read_policy(path, trusted=trusted)
     return policy, source
 
 
-def read_policy(path: str | Path | None = None) -> tuple[Policy, str, str]:
+def read_policy(path: str | Path | None = None, *, trusted: bool = False) -> tuple[Policy, str, str]:
     """As load_policy, plus the text it was parsed from."""
     path = configured_path(path)
     if path is None:
         text = resources.files("guard.rules").joinpath("default.yaml").read_text()
         return parse_policy(text, BUILT_IN), BUILT_IN, text
     try:
-        text = Path(path).read_text()
+        data = read_config(path)[0] if trusted else Path(path).read_bytes()
+        text = data.decode()
     except OSError as exc:
         raise PolicyError(str(path), None, "", exc.strerror or str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError(str(path), None, "", f"not UTF-8 text (byte {exc.start})") from None
     return parse_policy(text, str(path)), str(path), text
 
 

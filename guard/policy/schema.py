@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .fields import (Burst, Cidr, IfName, Mode, Port, PortList, PortRanges, PositiveInt, RateField, check_interfaces,
+from ..attacklog import MAX_KEEP
+from .fields import (Burst, Cidr, DataPath, IfName, Mode, Port, PortList, PortRanges, PositiveInt, RateField, check_interfaces,
                      check_name, one_burst)
 from .rates import Rate, parse_rate
 
@@ -195,12 +196,12 @@ class Watcher(_Section):
     legacy_poll_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     max_repairs_per_minute: Annotated[int, Field(ge=1, le=1000, strict=True)] = 10
     backoff_max_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
-    state_file: str = "/run/nodeguard/watch.json"
+    state_file: DataPath = "/run/nodeguard/watch.json"
 
 
 class Rotate(_Section):
     max_bytes: Annotated[int, Field(ge=4096, strict=True)] = 20 * 1024 * 1024
-    keep: Annotated[int, Field(ge=1, le=100, strict=True)] = 5  # rotated files kept: disk <= max_bytes x (keep+1)
+    keep: Annotated[int, Field(ge=1, le=MAX_KEEP, strict=True)] = 5  # rotated files kept: disk <= max_bytes x (keep+1)
 
 
 class Sampler(_Section):
@@ -224,9 +225,9 @@ class Sampler(_Section):
     # per-source rates of *all* traffic of a threat, for `nodeguard tune` (one counting set update per
     # packet of that threat): in monitor mode only, always, or never
     observe: Literal["monitor", "always", "never"] = "monitor"
-    log: str = "/var/log/nodeguard/attacks.jsonl"
+    log: DataPath = "/var/log/nodeguard/attacks.jsonl"
     rotate: Rotate = Rotate()
-    pcap: str | None = None
+    pcap: DataPath | None = None
 
 
 class Metrics(_Section):

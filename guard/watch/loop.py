@@ -21,7 +21,9 @@ from typing import Callable
 
 from ..backend.legacy_fingerprint import legacy_fingerprint
 from ..backend.tools import OWN_PIDS
+from ..configfile import write_atomic
 from ..drift import Drift, Reason
+from ..errors import NodeguardError
 from ..events import Batch, NftEvents
 from .scope import _union
 
@@ -165,15 +167,12 @@ class WatchLoop:
         self._written = data
         data = dict(data, updated=time.time())
         try:
-            self.state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            tmp = self.state_file.with_suffix(".tmp")
-            # never through a symlink someone planted (the state file's directory may be shared)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(data))
-            os.replace(tmp, self.state_file)
-        except OSError as exc:
-            log.debug("cannot write %s: %s", self.state_file, exc)
+            write_atomic(self.state_file, json.dumps(data).encode())  # never blocks, never through a planted name
+            self._write_problem = None
+        except (OSError, NodeguardError) as exc:
+            if str(exc) != self._write_problem:  # once, not on every change of state
+                log.warning("cannot publish the state (status shows none): %s", exc)
+            self._write_problem = str(exc)
 
 
 def _settle(events: NftEvents) -> Batch:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+
+from ..configfile import read_private
+from ..errors import NodeguardError
 
 
 def read_state(path: str) -> dict | None:
     """The watcher's last published state, with ``alive`` checked against its pid."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        data = json.loads(read_private(path))
+    except (NodeguardError, ValueError):
+        return None
+    if not isinstance(data, dict):
         return None
     if data.get("alive"):
         try:

@@ -73,6 +73,7 @@ class Watcher(WatchLoop):
         self._recheck = False  # a check is due on the next turn, events or not
         self._unread: Scope = frozenset()  # IP versions our own repair changed since the last read
         self._written: dict | None = None  # the state last published
+        self._write_problem: str | None = None  # why the last publication failed (logged once)
         # the sampling odds every render uses (sampling_odds.py): the watcher is the only writer of
         # them, in the kernel and in the file (set_odds); the file gives them back after a restart
         self.odds: dict[str, int] = sampling_odds.load(sampling_odds.path_for(policy))
@@ -274,7 +275,7 @@ class Watcher(WatchLoop):
         self.last_plan = plan
         try:
             sampling_odds.save(sampling_odds.path_for(self.policy), wanted)
-        except OSError as exc:  # the kernel has them: a restart renders the file's, in place (start)
+        except (OSError, NodeguardError) as exc:  # the kernel has them: a restart renders the file's, in place (start)
             log.warning("cannot save the sampling odds: %s", exc)
         log.info("sampling odds now %s", sampling_odds.describe(wanted))
         return plan
