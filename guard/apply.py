@@ -124,7 +124,7 @@ def synproxy_plan(policy: Policy, interfaces: tuple[str, ...]) -> SynproxyPlan |
     cfg = policy.syn.synproxy
     exclude = {p for low, high in cfg.exclude_ports for p in range(low, high + 1)}
     if cfg.ports == "auto":
-        found = listeners.auto_ports(interfaces, exclude)
+        found = listeners.auto_ports(interfaces, exclude, cfg.forwarded)
         v4, v6 = set(found[4]), set(found[6])
     else:
         v4 = v6 = set(cfg.ports)

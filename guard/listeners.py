@@ -1,11 +1,23 @@
 """``syn.synproxy.ports: auto``: the TCP ports the node itself serves on its protected uplinks.
 
 Read from the kernel: NETLINK_SOCK_DIAG (one dump per family, filtered to listeners by the kernel,
-with v6only and the receive buffer), /proc/net/tcp{,6} as the fallback; addresses from an
+with v6only, the receive buffer and the owner), /proc/net/tcp{,6} as the fallback; addresses from an
 RTM_GETADDR dump. No process is spawned: the watcher refreshes this every verification cycle.
 A port qualifies per family (SYNPROXY completes the handshake before the server is asked, so a
 port without a listener of that family would turn a clean RST into "connected, then reset").
 Measured: 36 ms for 10,000 listeners (sock_diag), a few ms for the tens a node has.
+
+Any local user can open listeners, so the rule is who would receive the SYNs, never who exists:
+- only a listener that would receive a SYN from a protected uplink counts, for adding a port and for
+  leaving it out: not loopback, not bound to another device, not bound to an address the node lacks;
+- a locked receive buffer (SO_RCVBUF) leaves a port out only when SYNPROXY answers host ports
+  (``forwarded``: it announces the node's window scale, not the listener's); engaged host ports are
+  otherwise answered by the listener's own syncookies, which carry its own window scale;
+- and then only when the locked listener's owner speaks for the port in that family: root, or the
+  owner of every listener receiving it. Another user's listener (on another address, or on the
+  other family) can neither take protection away from a port that someone else serves, nor give it
+  back to one that root's locked listener left out. The price: a non-root service whose locked
+  buffer shares its port with another user's listener is proxied with the node's window scale.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ class Listener:
     ifindex: int = 0  # SO_BINDTODEVICE, 0 = any
     v6only: bool | None = None  # IPv6 only; None = unknown (the /proc reader)
     rcvbuf: int | None = None  # sk_rcvbuf (sock_diag only): differs from tcp_rmem[1] when SO_RCVBUF locked it
+    uid: int | None = None  # the socket's owner (sock_diag only)
 
 
 def _dump(protocol: int, msg_type: int, request: bytes) -> Iterator[bytes]:
@@ -83,6 +96,7 @@ def _parse_diag(msg: bytes, version: int) -> Listener:
     # inet_diag_msg: family, state, timer, retrans (4 B), then inet_diag_sockid (48 B), expires, rqueue,
     # wqueue, uid, inode (20 B) = 72 B, then attributes
     sport = struct.unpack_from("!H", msg, 4)[0]
+    uid = struct.unpack_from("=I", msg, 64)[0]
     raw = msg[8:8 + (4 if version == 4 else 16)]
     ifindex = struct.unpack_from("=I", msg, 40)[0]
     addr = socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6, raw)
@@ -92,7 +106,7 @@ def _parse_diag(msg: bytes, version: int) -> Listener:
             v6only = bool(payload[0])
         elif atype == INET_DIAG_SKMEMINFO and len(payload) >= 8:
             rcvbuf = struct.unpack_from("=I", payload, 4)[0]
-    return Listener(version, addr, sport, ifindex, v6only, rcvbuf)
+    return Listener(version, addr, sport, ifindex, v6only, rcvbuf, uid)
 
 
 def read_listeners_proc() -> list[Listener]:
@@ -125,40 +139,52 @@ def synproxy_ports(listeners: list[Listener], local_addrs: set[str], protected_i
     """{4: ports, 6: ports} that SYNPROXY may answer for on the protected uplinks.
 
     ``local_addrs``: the namespace's addresses as inet_ntop prints them; ``exclude``: ports never to
-    proxy (policy). ``default_rcvbuf`` (net.ipv4.tcp_rmem[1]): a listener whose receive buffer differs
-    was locked by SO_RCVBUF and announces a smaller window scale than SYNPROXY would: its port is left
-    out (for both families: the sets are per port). Blind spot: SO_RCVBUF of exactly tcp_rmem[1] / 2
-    gives the default value (the kernel doubles it), and TCP_WINDOW_CLAMP is not visible. Strings, not ipaddress objects: 10,000 listeners
-    are classified in a few ms.
+    proxy (policy). ``default_rcvbuf`` (net.ipv4.tcp_rmem[1]; None: window scales do not matter): a
+    listener whose receive buffer differs was locked by SO_RCVBUF and announces a smaller window scale
+    than SYNPROXY would, so its port is left out in the families it receives, if its owner speaks for
+    the port there (the module's rule). Blind spot: SO_RCVBUF of exactly tcp_rmem[1] / 2 gives the
+    default value (the kernel doubles it), and TCP_WINDOW_CLAMP is not visible. Strings, not ipaddress
+    objects: 10,000 listeners are classified in a few ms.
     """
-    ports: dict[int, set[int]] = {4: set(), 6: set()}
-    locked = {li.port for li in listeners
-              if default_rcvbuf and li.rcvbuf is not None and li.rcvbuf != default_rcvbuf}
-    dual = None
+    receivers: dict[tuple[int, int], list[Listener]] = {}
+    # /proc cannot tell v6only: then the namespace default decides
+    dual = any(li.addr == "::" and li.v6only is None for li in listeners) and _bindv6only() == 0
     for li in listeners:
-        a = li.addr
-        if _is_loopback(a) or li.port in exclude or li.port in locked:
-            continue
-        if li.ifindex and li.ifindex not in protected_ifindexes:
-            continue
-        wildcard = a in ("0.0.0.0", "::")
-        if not wildcard and a not in local_addrs:
-            if a.startswith("::ffff:") and a[7:] in local_addrs:  # v4-mapped bind on a dual-stack socket
-                ports[4].add(li.port)
-            continue  # bound to an address the node does not have (IP_FREEBIND/transparent): skip
-        if li.family == 4:
-            ports[4].add(li.port)
-            continue
-        ports[6].add(li.port)
-        if wildcard:
-            if li.v6only is None:  # /proc cannot tell: the namespace default decides
-                if dual is None:
-                    dual = _bindv6only() == 0
-                if dual:
-                    ports[4].add(li.port)
-            elif not li.v6only:  # a dual-stack [::] listener takes IPv4 too
-                ports[4].add(li.port)
-    return {v: sorted(p) for v, p in ports.items()}
+        if li.port not in exclude:
+            for version in _families_reached(li, local_addrs, protected_ifindexes, dual):
+                receivers.setdefault((version, li.port), []).append(li)
+    ports: dict[int, list[int]] = {4: [], 6: []}
+    for (version, port), found in sorted(receivers.items()):
+        if not (default_rcvbuf and _locked_out(found, default_rcvbuf)):
+            ports[version].append(port)
+    return ports
+
+
+def _families_reached(li: Listener, local_addrs: set[str], protected_ifindexes: set[int],
+                      dual: bool) -> tuple[int, ...]:
+    """The families whose SYNs from a protected uplink ``li`` would receive; () for none. ``dual``: a
+    [::] listener of unknown v6only takes IPv4 too."""
+    a = li.addr
+    if _is_loopback(a) or (li.ifindex and li.ifindex not in protected_ifindexes):
+        return ()
+    if a == "0.0.0.0":
+        return (4,)
+    if a == "::":
+        v6only = not dual if li.v6only is None else li.v6only
+        return (6,) if v6only else (4, 6)  # a dual-stack [::] listener takes IPv4 too
+    if a in local_addrs:
+        return (li.family,)
+    if a.startswith("::ffff:") and a[7:] in local_addrs:  # v4-mapped bind on a dual-stack socket
+        return (4,)
+    return ()  # bound to an address the node does not have (IP_FREEBIND/transparent)
+
+
+def _locked_out(receivers: list[Listener], default_rcvbuf: int) -> bool:
+    """Is a port of one family, received by ``receivers``, left out for a locked receive buffer? Only
+    by a listener whose owner speaks for the port: root, or the owner of every receiver."""
+    owners = {li.uid for li in receivers}
+    return any(li.rcvbuf is not None and li.rcvbuf != default_rcvbuf and (li.uid == 0 or owners == {li.uid})
+               for li in receivers)
 
 
 def _bindv6only() -> int:
@@ -181,18 +207,24 @@ def local_addresses() -> tuple[set[str], dict[str, int]]:
     return addrs, {name: index for index, name in socket.if_nameindex()}
 
 
-def auto_ports(protected: tuple[str, ...], exclude: set[int]) -> dict[int, list[int]]:
-    """``ports: auto``: {4: ports, 6: ports} the node listens on, reachable from ``protected``."""
+def auto_ports(protected: tuple[str, ...], exclude: set[int], synproxy_answers: bool) -> dict[int, list[int]]:
+    """``ports: auto``: {4: ports, 6: ports} the node listens on, reachable from ``protected``.
+    ``synproxy_answers`` (``forwarded``): SYNPROXY, not the listener, answers engaged host ports, so a
+    listener's locked receive buffer matters."""
     try:
         listeners = read_listeners_diag()
     except OSError:
         listeners = read_listeners_proc()
     addrs, index = local_addresses()
-    try:
-        rmem_default = int(open("/proc/sys/net/ipv4/tcp_rmem").read().split()[1])
-    except (OSError, ValueError, IndexError):
-        rmem_default = None
+    rmem_default = _tcp_rmem_default() if synproxy_answers else None
     return synproxy_ports(listeners, addrs, {index[n] for n in protected if n in index}, exclude, rmem_default)
+
+
+def _tcp_rmem_default() -> int | None:
+    try:
+        return int(open("/proc/sys/net/ipv4/tcp_rmem").read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def server_wscale(proc: Path = Path("/proc/sys/net")) -> int:

@@ -65,7 +65,8 @@ DESCRIPTIONS = {
     "syn.synproxy": "stateless SYN defence of the node's ports, engaged per port only under a SYN flood "
                     "([design/syn-defence.md](design/syn-defence.md))",
     "syn.synproxy.ports": "`auto`: the node's listeners reachable from a protected interface (refreshed), minus "
-                          "`exclude_ports`; `[]`: off",
+                          "`exclude_ports`; another user's listener cannot take a port out "
+                          "([design/syn-defence.md](design/syn-defence.md)); `[]`: off",
     "syn.synproxy.engage_over": "SYNs to these ports (all together, after the per-source limits) above which the "
                                 "port they go to is engaged",
     "syn.synproxy.hold_s": "how long a port stays engaged after the last SYN over `engage_over`",

@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+
+from guard.listeners import Listener, synproxy_ports
 
 CHILD = r"""
 import json, socket, sys
@@ -65,3 +68,101 @@ def test_auto_ports_are_the_listeners_reachable_from_the_uplink_per_family(ns):
     assert [p[:3] for p in out["diag_ports"]] == [list(p) for p in out["proc_ports"]], "both readers see the same listeners"
     assert out["excluded"] == {"4": [1007, 1009, 1011, 1012], "6": [1002, 1008]}
     assert all(p[3] in (True, False) for p in out["diag_ports"] if p[0] == 6), "sock_diag reports v6only"
+
+
+# Listeners from a JSON list of [addr, port, options]; prints {"addr port": "ok" or the errno name} and
+# holds them until stdin closes. Run as root for the services and as nobody for the attacker.
+OPEN = r"""
+import errno, json, socket, sys
+OPTS = {"SO_RCVBUF": (socket.SOL_SOCKET, socket.SO_RCVBUF), "SO_REUSEPORT": (socket.SOL_SOCKET, socket.SO_REUSEPORT),
+        "SO_BINDTODEVICE": (socket.SOL_SOCKET, socket.SO_BINDTODEVICE), "IP_FREEBIND": (socket.IPPROTO_IP, 15),
+        "IPV6_V6ONLY": (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)}
+held, out = [], {}
+for addr, port, opt in json.loads(sys.argv[1]):
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+    for name, value in opt.items():
+        s.setsockopt(*OPTS[name], value.encode() if isinstance(value, str) else value)
+    try:
+        s.bind((addr, port)); s.listen(8); held.append(s); out[f"{addr} {port}"] = "ok"
+    except OSError as e:
+        out[f"{addr} {port}"] = errno.errorcode[e.errno]
+print(json.dumps(out), flush=True)
+sys.stdin.read()
+"""
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+LOCKED = {"SO_RCVBUF": 4096}  # the issue's: a smaller window scale than the node's
+ROOT = [  # the node's services, as root
+    ["10.99.0.2", 6443, {}],                   # the issue's apiserver on the node's address
+    ["10.99.0.2", 6444, {}],
+    ["0.0.0.0", 6445, {}],                     # IPv4 only: IPv6 6445 is free for anyone
+    ["10.99.0.2", 6446, LOCKED],               # root's own locked buffer: SYNPROXY would break it
+    ["10.99.0.2", 6448, {"SO_REUSEPORT": 1}],
+]
+NOBODY = [  # a local user's listeners, trying to take protection away or give it back
+    ["127.0.0.1", 6443, LOCKED],               # the issue's reproduction: loopback
+    ["10.99.0.3", 6444, LOCKED],               # another address of the uplink: reachable, but 6444 is root's too
+    ["::", 6445, {"IPV6_V6ONLY": 1, **LOCKED}],  # the other family: its own IPv6 service
+    ["10.99.0.3", 6446, {}],                   # unlocked, beside root's locked 6446
+    ["0.0.0.0", 6447, LOCKED],                 # its own port alone, locked
+    ["10.99.0.2", 6448, {"SO_REUSEPORT": 1, **LOCKED}],  # join root's reuseport group: refused by the kernel
+    ["10.99.0.3", 6449, {}],                   # its own port, plus three locked listeners no uplink reaches:
+    ["::1", 6449, {"IPV6_V6ONLY": 1, **LOCKED}],  # loopback v6,
+    ["10.97.0.1", 6449, {"SO_BINDTODEVICE": "ngt1", **LOCKED}],  # another device,
+    ["10.99.0.99", 6449, {"IP_FREEBIND": 1, **LOCKED}],  # an address the node does not have
+]
+PORTS = r"""
+import json
+from guard import listeners as L
+print(json.dumps({mode: L.auto_ports(("ngt0",), set(), synproxy_answers) for mode, synproxy_answers
+                  in (("syncookies", False), ("synproxy", True))}))
+"""
+
+
+def test_a_local_user_can_neither_take_protection_away_nor_give_it_back(ns, write_policy):
+    """Issue 19 item 1: only listeners an uplink reaches count, and a locked buffer only for its port's owner."""
+    for cmd in ("ip link add ngt0 type veth peer name ngt0p", "ip link add ngt1 type veth peer name ngt1p",
+                "ip addr add 10.99.0.2/24 dev ngt0", "ip addr add 10.99.0.3/24 dev ngt0",
+                "ip addr add 10.97.0.1/24 dev ngt1", "ip link set ngt0 up", "ip link set ngt1 up"):
+        ns.run(cmd)
+    procs, opened = [], []
+    try:
+        for who, spec in (([], ROOT), (AS_NOBODY, NOBODY)):  # root's first: nobody meets root's listeners
+            procs.append(ns.popen([*who, sys.executable, "-c", OPEN, json.dumps(spec)], stdin=subprocess.PIPE))
+            opened.append(json.loads(procs[-1].stdout.readline() or procs[-1].stderr.read()))
+        ports = json.loads(ns.run([sys.executable, "-c", PORTS]).stdout)
+        policies = {fwd: write_policy(f"interfaces: [ngt0]\nsyn: {{synproxy: {{forwarded: {fwd}}}}}\n", f"{fwd}.yaml")
+                    for fwd in ("false", "true")}
+        status = {fwd: json.loads(ns.run([sys.executable, "-m", "guard", "status", "--json", "-c", p]).stdout)["synproxy"]
+                  for fwd, p in policies.items()}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert set(opened[0].values()) == {"ok"}, opened[0]
+    assert opened[1].pop("10.99.0.2 6448") == "EADDRINUSE", "the kernel keeps another user out of root's reuseport group"
+    assert set(opened[1].values()) == {"ok"}, opened[1]
+    # the issue's reproduction, as `status` shows it: nobody's locked loopback listener leaves 6443 defended
+    assert 6443 in status["false"]["ports_v4"] and 6443 in status["true"]["ports_v4"], status
+    # root's own locked buffer counts only where SYNPROXY answers: the policy's `forwarded` decides
+    assert 6446 in status["false"]["ports_v4"] and 6446 not in status["true"]["ports_v4"], status
+    # the listener's own syncookies answer engaged host ports: no listener's options take a port out
+    assert ports["syncookies"] == {"4": [6443, 6444, 6445, 6446, 6447, 6448, 6449], "6": [6445]}
+    # SYNPROXY answers (forwarded): a locked buffer leaves a port out only for its owner, in its family
+    # 6446: root's lock, which nobody's listener beside it does not undo; 6447 and IPv6 6445: nobody's own
+    assert ports["synproxy"] == {"4": [6443, 6444, 6445, 6448, 6449], "6": []}
+
+
+def test_a_locked_buffer_speaks_for_its_owner_in_the_families_it_receives():
+    """The owner rule between two non-root users (an etcd-like service, uid 999, and nobody), and a
+    dual-stack listener's lock, which counts for both families."""
+    d, locked = 131072, 8192
+    found = synproxy_ports([
+        Listener(6, "::", 7001, v6only=False, rcvbuf=locked, uid=0),        # dual-stack, locked: out in both
+        Listener(4, "10.99.0.2", 7002, rcvbuf=d, uid=999),                  # nobody's lock beside it: ignored
+        Listener(4, "10.99.0.3", 7002, rcvbuf=locked, uid=65534),
+        Listener(4, "10.99.0.2", 7003, rcvbuf=locked, uid=999),             # the price: a non-root lock that
+        Listener(4, "10.99.0.3", 7003, rcvbuf=d, uid=65534),                # another user shares is ignored
+        Listener(4, "10.99.0.2", 7004, rcvbuf=locked, uid=999),             # one owner on both addresses:
+        Listener(4, "10.99.0.3", 7004, rcvbuf=d, uid=999),                  # its lock counts
+    ], {"10.99.0.2", "10.99.0.3"}, set(), default_rcvbuf=d)
+    assert found == {4: [7002, 7003], 6: []}
