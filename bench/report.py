@@ -47,21 +47,30 @@ def run(tree: Path, log: Path, timeout: float) -> tuple[float | None, float, int
     return seconds, cpu, usage.ru_maxrss
 
 
+def write_log(sources: int, path: Path) -> None:
+    log = AttackLog(path, 1 << 40, 1, allowed_dirs=[path.parent])
+    for rec in flood(sources):
+        log.write(rec)
+    log.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,2000,4000,65000,1000000")
     ap.add_argument("--tree", type=Path, default=ROOT)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--write", nargs=2, metavar=("SOURCES", "FILE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.write:
+        write_log(int(args.write[0]), Path(args.write[1]))
+        return
     print(f"tree {args.tree}")
     print(f"{'sources':>9} {'log MB':>7} {'wall s':>8} {'CPU s':>7} {'peak RSS MiB':>13}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(s) for s in args.sizes.split(",")):
             path = Path(tmp) / f"attacks-{n}.jsonl"
-            log = AttackLog(path, 1 << 40, 1, allowed_dirs=[tmp])
-            for rec in flood(n):
-                log.write(rec)
-            log.close()
+            # written by another process: a child's peak RSS starts from its parent's at the fork
+            subprocess.run([sys.executable, __file__, "--write", str(n), str(path)], check=True)
             seconds, cpu, rss = run(args.tree, path, args.timeout)
             shown = f"{seconds:8.2f}" if seconds is not None else f">{args.timeout:.0f} killed"
             print(f"{n:>9} {path.stat().st_size / 1e6:>7.1f} {shown:>8} {cpu:>7.2f} {rss / 1024:>13.0f}", flush=True)
