@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import ipaddress
 import re
 import time
 from collections import defaultdict
@@ -17,15 +16,11 @@ from typing import Any, Iterable
 
 from .aggregate import safe
 from .records import skipped_note
+from .report_sources import EPS as _EPS
+from .report_sources import SPREAD_MAX_SHARE, EpisodeTallies, RuleSources, network_of
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
 
-# Sources that share one IPv4 /24 or IPv6 /48 are shown as that network when at least this many do:
-# a botnet in one hosting range or a scanner walking a subnet is one line, not a screenful.
-SHARED_NETWORK_MIN = 3
-V4_PREFIX, V6_PREFIX = 24, 48
-SPREAD_MIN_SOURCES, SPREAD_MAX_SHARE = 50, 0.05
-_EPS = 1e-6
 _SHOWN = set("abcdefghijklmnopqrstuvwxyz0123456789-_.:/ ")
 
 
@@ -48,22 +43,14 @@ def parse_when(text: str | None, now: float) -> float | None:
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def network_of(src: str) -> str:
-    """The /24 (IPv4) or /48 (IPv6) holding ``src``; the text itself when it is not an address."""
-    try:
-        addr = ipaddress.ip_address(src)
-    except ValueError:
-        return src
-    prefix = V4_PREFIX if addr.version == 4 else V6_PREFIX
-    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
-
-
 def build(records: Iterable[dict], since: float | None, until: float | None, rule: str | None, top: int) -> dict:
+    """The report of ``records`` in log order, read once: time linear in the log, memory bounded
+    (report_sources)."""
     episodes: dict[tuple, dict] = {}
-    sources: dict[str, dict[str, dict]] = defaultdict(dict)
+    tallies = EpisodeTallies()
+    sources: dict[str, RuleSources] = defaultdict(RuleSources)
     timeline: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     windows: list[dict] = []
-    flows: list[dict] = []
     bans: list[dict] = []  # ban/unban records (escalation), in log order
     for rec in records:
         ts = rec.get("ts", rec.get("start", 0))
@@ -83,101 +70,30 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
         if kind == "episode_start":
             episodes.setdefault((rec["rule"], rec["ts"]), {"rule": rec["rule"], "start": rec["ts"], "end": None,
                                                            "condemned": None, "peak_pps": None})
+            tallies.started((rec["rule"], rec["ts"]))
         elif kind == "episode_end":
             episodes[(rec["rule"], rec["start"])] = {k: rec[k] for k in ("rule", "start", "end", "condemned", "peak_pps")}
+            tallies.ended((rec["rule"], rec["start"]), rec["end"])
         elif kind in ("flow", "other"):
-            flows.append(rec)
-            if kind == "other":
-                continue
-            s = sources[rec["rule"]].setdefault(rec["src"], {"src": rec["src"], "estimated": 0, "sampled": 0,
-                                                              "first": rec["first"], "last": rec["last"],
-                                                              "dports": set(), "protos": set()})
-            s["estimated"] += rec.get("estimated", 0)
-            s["sampled"] += rec.get("sampled", 0)
-            s["first"], s["last"] = min(s["first"], rec["first"]), max(s["last"], rec["last"])
-            if rec.get("dport") is not None and len(s["dports"]) < 10:
-                s["dports"].add(rec["dport"])
-            if rec.get("proto"):  # a flow counted by the kernel but not sampled has none
-                s["protos"].add(rec["proto"])
+            tallies.flow(rec)
+            if kind == "flow":
+                sources[rec["rule"]].add(rec)
         elif kind == "window":
+            tallies.window_passed(rec["start"])
             condemned = {g: n for g, n in rec.get("condemned", {}).items()
                          if not rule or g in (rule, f"{rule}/monitor")}
             windows.append({"start": rec["start"], "end": rec["end"], "condemned": condemned})
             for group, n in condemned.items():
                 timeline[int(rec["end"] // 60 * 60)][group] += n
-    top_sources = {
-        r: [dict(v, dports=sorted(v["dports"]), protos=sorted(v["protos"]))
-            for v in sorted(srcs.values(), key=lambda v: -v["estimated"])[:top]]
-        for r, srcs in sorted(sources.items())
-    }
+    tallies.finish()
+    top_sources = {r: srcs.top(top) for r, srcs in sorted(sources.items())}
     eps = sorted(episodes.values(), key=lambda e: e["start"])
     banned = ban_intervals(bans, windows)
     for e in eps:
-        e.update(ban_sources(e, banned, top) or episode_sources(e, flows, top))
+        e.update(ban_sources(e, banned, top) or tallies.result((e["rule"], e["start"]), top))
     return {"episodes": eps, "top_sources": top_sources,
             "timeline": [{"minute": m, "condemned": dict(g)} for m, g in sorted(timeline.items())],
             "windows": sorted(windows, key=lambda w: w["start"]), "bans": bans}
-
-
-def episode_sources(episode: dict, flows: Iterable[dict], top: int) -> dict:
-    """The sources behind one episode, sources sharing a /24 or /48 merged into it when there are
-    at least ``SHARED_NETWORK_MIN`` of them: ``{"sources": [rows], "distinct_sources": n, "more": n}``.
-
-    A row: ``source`` (an address, or "N sources"), ``network``, ``addresses`` (how many), ``estimated``,
-    ``sampled``, ``first``/``last`` seen, ``peak_pps`` (highest per-window estimate ÷ window length),
-    ``rule``, ``protos``, ``dports``. Samples beyond the sampler's flow cap are one row, source "other".
-    ``spread``: more than SPREAD_MIN_SOURCES sources and none over SPREAD_MAX_SHARE of the episode
-    (what a --rand-source flood looks like).
-    """
-    start, end = episode["start"], episode["end"]
-    per_src: dict[str, dict] = {}
-    per_window: dict[tuple[str, float, float], int] = defaultdict(int)  # (src, start, end) -> estimated
-    for f in flows:
-        if f.get("rule") != episode["rule"] or f["start"] < start - _EPS or (end is not None and f["end"] > end + _EPS):
-            continue
-        src = f.get("src", "other") if f.get("type") == "flow" else "other"
-        s = per_src.setdefault(src, {"estimated": 0, "sampled": 0, "first": f.get("first", f["start"]),
-                                     "last": f.get("last", f["end"]), "protos": set(), "dports": set()})
-        s["estimated"] += f.get("estimated", 0)
-        s["sampled"] += f.get("sampled", 0)
-        s["first"] = min(s["first"], f.get("first", f["start"]))
-        s["last"] = max(s["last"], f.get("last", f["end"]))
-        if f.get("proto"):
-            s["protos"].add(f["proto"])
-        if f.get("dport") is not None and len(s["dports"]) < 10:
-            s["dports"].add(f["dport"])
-        per_window[(src, f["start"], f["end"])] += f.get("estimated", 0)
-
-    members: dict[str, list[str]] = defaultdict(list)
-    for src in per_src:
-        members["other" if src == "other" else network_of(src)].append(src)
-    rows = []
-    for net, srcs in members.items():
-        groups = [srcs] if len(srcs) >= SHARED_NETWORK_MIN or net == "other" else [[s] for s in srcs]
-        for group in groups:
-            peak: dict[tuple[float, float], int] = defaultdict(int)
-            for (src, ws, we), n in per_window.items():
-                if src in group:
-                    peak[(ws, we)] += n
-            rows.append({
-                "rule": episode["rule"],
-                "source": group[0] if len(group) == 1 else f"{len(group)} sources",
-                "network": net,
-                "addresses": len(group),
-                "estimated": sum(per_src[s]["estimated"] for s in group),
-                "sampled": sum(per_src[s]["sampled"] for s in group),
-                "first": min(per_src[s]["first"] for s in group),
-                "last": max(per_src[s]["last"] for s in group),
-                "peak_pps": round(max((n / max(we - ws, _EPS) for (ws, we), n in peak.items()), default=0.0), 1),
-                "protos": sorted({p for s in group for p in per_src[s]["protos"]}),
-                "dports": sorted({p for s in group for p in per_src[s]["dports"]})[:10],
-            })
-    rows.sort(key=lambda r: (-r["estimated"], r["source"]))
-    distinct = sum(1 for s in per_src if s != "other")
-    total = sum(r["estimated"] for r in rows)
-    # Many sources, none with a real share: random (spoofed) source addresses, not a list to act on.
-    spread = distinct > SPREAD_MIN_SOURCES and bool(rows) and rows[0]["estimated"] < SPREAD_MAX_SHARE * total
-    return {"sources": rows[:top], "distinct_sources": distinct, "more": max(0, len(rows) - top), "spread": spread}
 
 
 def ban_intervals(bans: list[dict], windows: list[dict]) -> list[dict]:

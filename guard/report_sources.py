@@ -1,0 +1,268 @@
+"""The sources behind attack episodes, and the top sources per rule, tallied as the log streams by.
+
+Time is linear in the log and memory bounded whatever the number of sources: a tally keeps at most
+``TRACKED_MAX`` rows (networks, or sources); past twice that, the smallest are folded into counts
+of the rest (``folded``: rows, sources, estimated packets). Below the bound every figure is exact;
+above it a folded network that sends again starts a new row, so ``distinct_sources`` and ``more`` may
+count it twice. A random-source flood is the case: its rows are each too small to matter.
+
+Flows wait in their window until the log has passed it (the next window record), because the episode
+records of a window follow its flows: only then is it known whether the window ended an episode.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections import defaultdict
+from typing import Iterable
+
+# Sources that share one IPv4 /24 or IPv6 /48 are shown as that network when at least this many do:
+# a botnet in one hosting range or a scanner walking a subnet is one line, not a screenful.
+SHARED_NETWORK_MIN = 3
+V4_PREFIX, V6_PREFIX = 24, 48
+SPREAD_MIN_SOURCES, SPREAD_MAX_SHARE = 50, 0.05
+TRACKED_MAX = 20_000  # rows per episode and sources per rule kept exactly (module docstring)
+# flows held back waiting for their window to pass (a window holds up to the sampler's max_flows); past it,
+# as in a log without window records, they are routed at once
+PENDING_MAX = 50_000
+EPS = 1e-6
+PORTS_SHOWN = 10
+
+
+def network_of(src: str) -> str:
+    """The /24 (IPv4) or /48 (IPv6) holding ``src``; the text itself when it is not an address.
+    Addresses take a path around ``ipaddress`` (a third of a report's time), which gives the same text."""
+    try:
+        if ":" not in src:
+            socket.inet_pton(socket.AF_INET, src)  # dotted decimal, no leading zeros: as ipaddress reads it
+            return f"{src[:src.rfind('.')]}.0/{V4_PREFIX}"
+        if "%" not in src:  # ipaddress keeps a scope
+            packed = socket.inet_pton(socket.AF_INET6, src)[:V6_PREFIX // 8] + bytes(16 - V6_PREFIX // 8)
+            return f"{socket.inet_ntop(socket.AF_INET6, packed)}/{V6_PREFIX}"
+    except (OSError, ValueError):  # ValueError: a NUL in the text
+        pass
+    try:
+        addr = ipaddress.ip_address(src)
+    except ValueError:
+        return src
+    prefix = V4_PREFIX if addr.version == 4 else V6_PREFIX
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+# A source's figures in one tally, as a list (the hot path of a report makes millions): estimated,
+# sampled, first/last seen, protocols, ports, peak (its highest estimate in one window, per second),
+# its network. A network's: estimated, peak, members (in order of appearance).
+EST, SAMPLED, FIRST, LAST, PROTOS, DPORTS, PEAK, NET = range(8)
+MEMBERS = 2
+
+
+def _count(s: list, f: dict, first: float, last: float) -> int:
+    """Add flow record ``f`` to source ``s``; returns its estimate."""
+    n = f.get("estimated", 0)
+    s[EST] += n
+    s[SAMPLED] += f.get("sampled", 0)
+    if first < s[FIRST]:
+        s[FIRST] = first
+    if last > s[LAST]:
+        s[LAST] = last
+    proto, dport = f.get("proto"), f.get("dport")
+    if proto:  # a flow counted by the kernel but not sampled has none
+        s[PROTOS].add(proto)
+    if dport is not None and len(s[DPORTS]) < PORTS_SHOWN:
+        s[DPORTS].add(dport)
+    return n
+
+
+def _biggest(rows: dict[str, list], count: int) -> set[str]:
+    """The keys of the ``count`` rows with the largest estimates (ties: the earliest)."""
+    cut = sorted([row[EST] for row in rows.values()], reverse=True)[count - 1]
+    above = [k for k, row in rows.items() if row[EST] > cut]
+    return {*above, *[k for k, row in rows.items() if row[EST] == cut][:count - len(above)]}
+
+
+class EpisodeSources:
+    """The sources of one episode, per network."""
+
+    def __init__(self, rule: str):
+        self.rule = rule
+        self.sources: dict[str, list] = {}
+        self.networks: dict[str, list] = {}
+        self.folded = {"rows": 0, "sources": 0, "estimated": 0}
+
+    def add_window(self, start: float, end: float, flows: Iterable[dict]) -> None:
+        """The flows and "other" records of one window (``start``, ``end``)."""
+        sources, networks = self.sources, self.networks
+        per_source: dict[str, int] = defaultdict(int)
+        for f in flows:
+            src = f.get("src", "other") if f.get("type") == "flow" else "other"
+            first, last = f.get("first", start), f.get("last", end)
+            s = sources.get(src)
+            if s is None:
+                net = "other" if src == "other" else network_of(src)
+                s = sources[src] = [0, 0, first, last, set(), set(), 0.0, net]
+                network = networks.get(net)
+                if network is None:
+                    network = networks[net] = [0, 0.0, []]
+                network[MEMBERS].append(src)
+            per_source[src] += _count(s, f, first, last)
+        span = max(end - start, EPS)
+        per_network: dict[str, int] = defaultdict(int)
+        for src, n in per_source.items():
+            s = sources[src]
+            if n / span > s[PEAK]:
+                s[PEAK] = n / span
+            per_network[s[NET]] += n
+        for net, n in per_network.items():
+            network = networks[net]
+            network[EST] += n
+            if n / span > network[1]:
+                network[1] = n / span
+        if len(networks) > 2 * TRACKED_MAX:
+            self._fold()
+
+    def _fold(self) -> None:
+        keep = _biggest(self.networks, TRACKED_MAX)
+        for net in [k for k in self.networks if k not in keep]:
+            network = self.networks.pop(net)
+            members = network[MEMBERS]
+            self.folded["rows"] += 1 if len(members) >= SHARED_NETWORK_MIN or net == "other" else len(members)
+            self.folded["sources"] += sum(1 for m in members if m != "other")
+            self.folded["estimated"] += network[EST]
+            for m in members:
+                del self.sources[m]
+
+    def result(self, top: int) -> dict:
+        """``{"sources": [rows], "distinct_sources": n, "more": n, "spread": bool, "folded": {...}}``: sources
+        sharing a /24 or /48 merged into it when there are at least ``SHARED_NETWORK_MIN`` of them.
+
+        A row: ``source`` (an address, or "N sources"), ``network``, ``addresses`` (how many), ``estimated``,
+        ``sampled``, ``first``/``last`` seen, ``peak_pps`` (highest per-window estimate / window length),
+        ``rule``, ``protos``, ``dports``. Samples beyond the sampler's flow cap are one row, source "other".
+        ``spread``: more than SPREAD_MIN_SOURCES sources and none over SPREAD_MAX_SHARE of the episode
+        (what a --rand-source flood looks like). ``folded``: rows, sources and estimate folded (the bound)."""
+        rows = []
+        for net, network in self.networks.items():
+            srcs = network[MEMBERS]
+            groups = [srcs] if len(srcs) >= SHARED_NETWORK_MIN or net == "other" else [[s] for s in srcs]
+            for group in groups:
+                members = [self.sources[s] for s in group]
+                rows.append({
+                    "rule": self.rule,
+                    "source": group[0] if len(group) == 1 else f"{len(group)} sources",
+                    "network": net,
+                    "addresses": len(group),
+                    "estimated": sum(m[EST] for m in members),
+                    "sampled": sum(m[SAMPLED] for m in members),
+                    "first": min(m[FIRST] for m in members),
+                    "last": max(m[LAST] for m in members),
+                    "peak_pps": round(network[1] if groups[0] is srcs else members[0][PEAK], 1),
+                    "protos": sorted({p for m in members for p in m[PROTOS]}),
+                    "dports": sorted({p for m in members for p in m[DPORTS]})[:PORTS_SHOWN],
+                })
+        rows.sort(key=lambda r: (-r["estimated"], r["source"]))
+        distinct = sum(1 for s in self.sources if s != "other") + self.folded["sources"]
+        total = sum(r["estimated"] for r in rows) + self.folded["estimated"]
+        # Many sources, none with a real share: random (spoofed) source addresses, not a list to act on.
+        spread = distinct > SPREAD_MIN_SOURCES and bool(rows) and rows[0]["estimated"] < SPREAD_MAX_SHARE * total
+        return {"sources": rows[:top], "distinct_sources": distinct,
+                "more": max(0, len(rows) + self.folded["rows"] - top), "spread": spread, "folded": dict(self.folded)}
+
+
+class RuleSources:
+    """Every sampled source of one rule group, over the whole log (``report``'s top sources)."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, list] = {}
+
+    def add(self, rec: dict) -> None:
+        src, first, last = rec["src"], rec["first"], rec["last"]
+        s = self.sources.get(src)
+        if s is None:
+            if len(self.sources) >= 2 * TRACKED_MAX:
+                keep = _biggest(self.sources, TRACKED_MAX)
+                self.sources = {k: v for k, v in self.sources.items() if k in keep}
+            s = self.sources[src] = [0, 0, first, last, set(), set()]
+        _count(s, rec, first, last)
+
+    def top(self, n: int) -> list[dict]:
+        return [{"src": src, "estimated": s[EST], "sampled": s[SAMPLED], "first": s[FIRST], "last": s[LAST],
+                 "dports": sorted(s[DPORTS]), "protos": sorted(s[PROTOS])}
+                for src, s in sorted(self.sources.items(), key=lambda kv: -kv[1][EST])[:n]]
+
+
+Key = tuple  # an episode's (rule, start)
+
+
+class EpisodeTallies:
+    """Routes each window's flows to the tallies of the episodes holding them, as ``report.build``
+    reads the log: a flow belongs to every episode of its rule that started at most at its window's start
+    and, once ended, ended at least at its window's end. The episodes of one rule follow each other in
+    the log, as the sampler writes them."""
+
+    def __init__(self) -> None:
+        self.tallies: dict[Key, EpisodeSources] = {}
+        self.lasting: dict[str, list[Key]] = defaultdict(list)  # per rule: episodes without an end (yet)
+        self.closed: dict[str, list[tuple[Key, float]]] = defaultdict(list)  # per rule: (episode, end), log order
+        self.waiting: dict[tuple[float, float], list[dict]] = defaultdict(list)  # flows per window
+        self.held = 0
+        # per rule: flows of no known episode, since its last one; an episode whose start the log has
+        # lost (--since, rotation) claims them when its end comes
+        self.unclaimed: dict[str, tuple[EpisodeSources, list[float]]] = {}
+
+    def flow(self, rec: dict) -> None:
+        """A "flow" or "other" record."""
+        self.waiting[(rec["start"], rec["end"])].append(rec)
+        self.held += 1
+        if self.held > PENDING_MAX:
+            self.window_passed(float("inf"))
+
+    def window_passed(self, start: float) -> None:
+        """A window record starting at ``start``: the windows before it are complete."""
+        for key in [k for k in self.waiting if k[0] < start - EPS]:
+            flows = self.waiting.pop(key)
+            self.held -= len(flows)
+            per_rule: dict[str, list[dict]] = defaultdict(list)
+            for f in flows:
+                per_rule[f.get("rule")].append(f)
+            for rule, fs in per_rule.items():
+                self._route(rule, *key, fs)
+
+    def _route(self, rule: str, start: float, end: float, flows: list[dict]) -> None:
+        holders = [key for key in self.lasting.get(rule, ()) if key[1] <= start + EPS]
+        for key, last in reversed(self.closed.get(rule, ())):
+            if last + EPS < start:
+                break  # this one and every one before it ended before the window
+            if key[1] <= start + EPS and end <= last + EPS:
+                holders.append(key)
+        for key in holders:
+            self.tallies[key].add_window(start, end, flows)
+        if not holders:
+            tally, span = self.unclaimed.setdefault(rule, (EpisodeSources(rule), [start, end]))
+            span[0], span[1] = min(span[0], start), max(span[1], end)
+            tally.add_window(start, end, flows)
+
+    def started(self, key: Key) -> None:
+        if key not in self.tallies:
+            self.tallies[key] = EpisodeSources(key[0])
+            self.lasting[key[0]].append(key)
+            self.unclaimed.pop(key[0], None)  # flows before an episode belong to none
+
+    def ended(self, key: Key, end: float) -> None:
+        rule = key[0]
+        if key in self.lasting[rule]:
+            self.lasting[rule].remove(key)
+        elif key not in self.tallies:
+            tally, span = self.unclaimed.pop(rule, (None, None))
+            fits = span is not None and span[0] >= key[1] - EPS and span[1] <= end + EPS
+            self.tallies[key] = tally if fits else EpisodeSources(rule)
+        else:  # ended twice: the last end holds, as the report's episode does
+            self.closed[rule] = [(k, e) for k, e in self.closed[rule] if k != key]
+        self.closed[rule].append((key, end))
+
+    def result(self, key: Key, top: int) -> dict:
+        """The sources of one episode, once the whole log was read (``finish``)."""
+        return self.tallies[key].result(top)
+
+    def finish(self) -> None:
+        self.window_passed(float("inf"))
