@@ -163,6 +163,7 @@ def _ban_delay(samples: list) -> float:
 BAN_DELAY = (AFTER_S - 0.05, AFTER_S + 0.35)
 
 
+@pytest.mark.backends("nft", "iptables-nft")  # legacy: test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is
 def test_a_syn_flood_is_banned_at_ingress_within_after_s(node, request):
     victim, attacker, backend, policy = node
     p = policy()

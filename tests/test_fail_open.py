@@ -128,6 +128,7 @@ def _round(victim, attacker, backend: str, policy: str | None) -> dict:
     return out
 
 
+@pytest.mark.backends("nft", "iptables-legacy")  # iptables-nft: its rendering and xt matches are legacy's
 @pytest.mark.parametrize("backend", netlab.BACKENDS)
 def test_brand_new_clients_are_served_as_without_protection_after_every_meter_timed_out(lab, write_policy, backend):
     victim, attacker = lab

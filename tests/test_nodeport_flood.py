@@ -124,10 +124,13 @@ def _guarded(victim, attacker, port: int, fresh, backend: str, write_policy, tmp
 def test_the_valve_engages_only_where_conntrack_fails_new_connections(node, write_policy, tmp_path, port):
     victim, attacker, fresh = node
     runs = int(os.environ.get("NG_VALVE_RUNS", 1))  # > 1: print the distributions the margins come from
-    out: dict[str, list[dict]] = {"none": [], **{b: [] for b in BACKENDS}}
+    # The decision to engage is the daemon's, whatever the backend: where it must not engage (3004) one
+    # backend proves it; where it must (3003) each backend's way of engaging is exercised.
+    backends = BACKENDS if port == MASQ else BACKENDS[:1]
+    out: dict[str, list[dict]] = {"none": [], **{b: [] for b in backends}}
     for _ in range(runs):
         out["none"].append(_round(victim, attacker, port, fresh()))
-        for backend in BACKENDS:
+        for backend in backends:
             out[backend].append(_guarded(victim, attacker, port, fresh, backend, write_policy, tmp_path))
     for name, rounds in out.items():
         print(f"\nport {port} {name}: ok {[r['ok'] for r in rounds]} stat {[r['stat'] for r in rounds]} "
@@ -136,7 +139,7 @@ def test_the_valve_engages_only_where_conntrack_fails_new_connections(node, writ
               + " ".join(f"engaged_at_end={r.get('engaged_at_end')} engagements={r.get('engagements')}"
                          for r in rounds if "engagements" in r))
     none = out["none"][-1]
-    for backend in BACKENDS:
+    for backend in backends:
         guarded = out[backend][-1]
         if port == LOCAL:
             # NG_VALVE_RUNS=5: none 50/50 in all 5 runs, nft and iptables-nft 50/50 in all 5 each (no failure,

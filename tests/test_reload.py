@@ -125,6 +125,7 @@ def _refill_bound(elapsed: float) -> float:
 RATE, BURST = 2, 50  # a slow refill: a wiped bucket (52 in the first second) stands far above a kept one
 
 
+@pytest.mark.backends("nft", "iptables-legacy")
 def test_reapply_and_repair_keep_trusted_clients_and_attackers_empty_buckets(node, tmp_path):
     victim, attacker, backend, policy = node
     base = _icmp(f"{RATE}/second burst {BURST}")

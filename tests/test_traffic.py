@@ -53,6 +53,7 @@ def _passed_to_host(c: dict, v: int) -> int:
             - c[f"icmp-flood: icmp-flood per-source v{v}"] - c["icmp-flood: icmp-flood backstop"])
 
 
+@pytest.mark.backends("nft", "iptables-legacy")
 # ping -f sends at least 100/s, more while replies keep up; lost echoes stay "in flight", so
 # against a limiter it settles near 100/s: the limits under test sit well below that.
 def test_ping_flood_is_cut_to_the_per_source_rate_and_a_normal_ping_still_works(guarded):

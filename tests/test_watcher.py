@@ -234,8 +234,9 @@ def test_insert_war_with_a_kube_router_style_competitor_is_damped_and_protection
     # match) in our chains survive the war.
     assert _pre_counter(victim, flavour) >= counted, "a repair rewrote our chains"
     # Measured on 2 noisy cores (other tests beside, or NODEGUARD_TEST_BUSY=1): iptables-nft
-    # 0.98-1.49 %, legacy 0.98-1.74 % (9 repairs, 15 checks); before the fix 7-9 % and 5-6 %.
-    assert cpu <= 0.02, f"watcher used {cpu:.1%} of a core during the war"
+    # 0.98-1.49 %, legacy 0.98-1.74 % (9 repairs, 15 checks), legacy 2.04 % once in a suite run beside
+    # seven other jobs; before the fix 7-9 % and 5-6 %. The bound sits between the two.
+    assert cpu <= 0.03, f"watcher used {cpu:.1%} of a core during the war"
     assert "CONTESTED by KUBE-ROUTER-INPUT" in victim.nodeguard("status", "-c", policy).stdout
 
 
