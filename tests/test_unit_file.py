@@ -112,14 +112,14 @@ def _stage_probe(m: sdharness.UserManager) -> str:
     return f"{sdharness.BASE}/probe"
 
 
-def _wait(cond, timeout: float, what: str):
+def _wait(cond, timeout: float, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 def test_the_shipped_sandbox_lets_the_daemon_work_and_nothing_more(manager, ns):
@@ -206,7 +206,8 @@ def test_at_boot_the_unit_starts_on_iptables_legacy_before_the_xtables_lock_exis
         f"ExecStart={SHIPPED_BIN} run",
         f"ExecStart=/usr/bin/python3 -m guard run -c {conf}/config.yaml --last-good {conf}/last-good.yaml")
     unit = unit.replace("[Service]\n", f"[Service]\nNetworkNamespacePath=/run/netns/{ns.name}\n"
-                                       f"Environment=PYTHONPATH={src}:{site}\nStandardError=append:{conf}/daemon.log\n", 1)
+                                       f"Environment=PYTHONPATH={src}:{site}\nEnvironment=NODEGUARD_DATA_DIRS={conf}:{run}:{logs}\n"
+                                       f"StandardError=append:{conf}/daemon.log\n", 1)
     lock = manager.path("/run/xtables.lock")
     assert not lock.exists()
 
@@ -214,8 +215,9 @@ def test_at_boot_the_unit_starts_on_iptables_legacy_before_the_xtables_lock_exis
     assert unfixed != unit
     manager.install("nodeguard.service", unfixed)
     manager.systemctl("start", "--no-block", "nodeguard.service")
-    _wait(lambda: "can't open lock file /run/xtables.lock: Read-only file system" in
-          (log.read_text() if log.exists() else ""), 15, "iptables-legacy-restore to fail on the lock")
+    daemon_log = lambda: log.read_text() if log.exists() else ""  # noqa: E731
+    _wait(lambda: "can't open lock file /run/xtables.lock: Read-only file system" in daemon_log(), 15,
+          lambda: f"iptables-legacy-restore to fail on the lock (the daemon's log: {daemon_log()[-2000:]!r})")
     assert manager.show("nodeguard.service", "ActiveState")["ActiveState"] == "activating"  # no READY=1
     assert not lock.exists()
     manager.systemctl("stop", "nodeguard.service")
