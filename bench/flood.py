@@ -6,7 +6,8 @@ with the shipped default policy through each backend (nft, iptables-nft, iptable
 Scenarios: ICMP echo flood; spoofed SYN floods to a host port, to a NodePort that kube-proxy DNATs and
 masquerades (externalTrafficPolicy Cluster: SNAT ports run out at 65,536 entries) and to one it DNATs
 without masquerade (Local: conntrack fills, the kernel's early-drop copes); spoofed ACK and RST floods to
-the NodePort; spoofed UDP to a closed port; a single-source SYN flood; a UDP flood; each at hping3's
+the NodePort; spoofed first IP fragments (more-fragments set) to the NodePort, which reassembly holds
+until they time out or are evicted; spoofed UDP to a closed port; a single-source SYN flood; a UDP flood; each at hping3's
 maximum (``--flood``) and at a fixed rate (``-i u10``); and no attack (request/response rate and bulk
 throughput: the defence's overhead). nodeguard runs as on a node: ``nodeguard run``.
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.resources
 import json
 import os
 import platform
@@ -61,7 +61,7 @@ SYN = "tcp flags & (fin|syn|rst|ack) == syn"
 NODEPORT_LOCAL, CLOSED_UDP = 3004, 9999
 COUNTERS = {"icmp": "icmp type echo-request", "syn": SYN, "udp": f"udp dport {UDP_PORT}",
             "udp-closed": f"udp dport {CLOSED_UDP}", "ack": "tcp flags & (fin|syn|rst|ack) == ack",
-            "rst": "tcp flags & (fin|syn|rst|ack) == rst"}
+            "rst": "tcp flags & (fin|syn|rst|ack) == rst", "frag": "ip frag-off & 0x3fff != 0"}
 SCENARIOS = {  # name: (what, hping3 args, counter, port the legitimate client connects to)
     "icmp": ("ICMP echo flood, one source", ["--icmp", NODE], "icmp", HOST_TCP),
     "syn-spoofed-host": (f"spoofed SYN flood to host port {HOST_TCP}", ["-S", "--rand-source", "-p", str(HOST_TCP), NODE],
@@ -75,6 +75,8 @@ SCENARIOS = {  # name: (what, hping3 args, counter, port the legitimate client c
                                                                           NODE], "ack", NODEPORT),
     "rst-spoofed-nodeport": (f"spoofed RST flood to NodePort {NODEPORT}", ["-R", "--rand-source", "-p", str(NODEPORT),
                                                                           NODE], "rst", NODEPORT),
+    "frag-spoofed-nodeport": (f"spoofed IP fragments to NodePort {NODEPORT} (first fragments that never complete)",
+                              ["-A", "-x", "--rand-source", "-p", str(NODEPORT), NODE], "frag", NODEPORT),
     "udp-spoofed-closed": (f"spoofed UDP flood to closed port {CLOSED_UDP}",
                            ["--udp", "--rand-source", "-p", str(CLOSED_UDP), NODE], "udp-closed", HOST_TCP),
     "syn-single": (f"SYN flood from one source to host port {HOST_TCP}", ["-S", "-p", str(HOST_TCP), NODE], "syn",
@@ -123,6 +125,7 @@ class Bench:
         self.policies: dict[str, Path] = {}
         self.runs: list[dict] = []
         self.status_seconds: list[float] = []
+        self.defences = tuple(d for d in DEFENCES if d in (args.defences or DEFENCES))
 
     # --- set-up -------------------------------------------------------------------------------
     def build(self) -> None:
@@ -150,10 +153,11 @@ class Bench:
                              f"{rules}"])
         self.fresh = iter(self.new_addrs[:need])
         self.scratch = self.node  # where the defences go
-        default = yaml.safe_load(importlib.resources.files("guard.rules").joinpath("default.yaml").read_text())
+        # this tree's built-in policy: the venv's editable install would resolve the package data in its own checkout
+        default = yaml.safe_load((ROOT / "rules" / "default.yaml").read_text())
         default["sampler"]["log"] = str(self.tmp / "attacks.jsonl")
         default["watcher"]["state_file"] = str(self.tmp / "watch.json")
-        for d in DEFENCES:
+        for d in self.defences:
             if d.startswith("nodeguard-"):
                 pol = dict(default)
                 if d != "nodeguard-nft":
@@ -287,7 +291,8 @@ class Bench:
         rates = self.args.rates or (["max"] if self.args.quick else list(RATES))
         items = []
         for rep in range(self.args.reps):
-            order = list(DEFENCES[rep % len(DEFENCES):] + DEFENCES[:rep % len(DEFENCES)])  # alternate, rotated
+            n = len(self.defences)
+            order = list(self.defences[rep % n:] + self.defences[:rep % n])  # alternate, rotated
             for sc in scenarios:
                 for rate in rates:
                     items += [("attack", d, sc, rate, rep) for d in order]
@@ -498,6 +503,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="2 scenarios at max rate, 1 repetition (under 2 minutes)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; --quick 1)")
     ap.add_argument("--scenario", dest="scenarios", action="append", choices=list(SCENARIOS), help="repeatable")
+    ap.add_argument("--defence", dest="defences", action="append", choices=DEFENCES, help="repeatable (default: all)")
     ap.add_argument("--rate", dest="rates", action="append", choices=list(RATES), help="repeatable")
     ap.add_argument("--duration", type=float, default=None,
                     help="seconds of legitimate attempts during each flood (default 4; --quick 2)")

@@ -186,6 +186,37 @@ def test_bogus_tcp_flag_combinations_are_dropped(guarded):
         assert counters[f"bogus-flags: bogus flags {label}"] == 5, (label, counters)
 
 
+_RESET_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(); s.settimeout(10); print("listening", flush=True)
+c, _ = s.accept(); c.settimeout(5)
+try:
+    print("eof" if c.recv(1) == b"" else "data")
+except ConnectionResetError:
+    print("reset")
+except TimeoutError:
+    print("timeout")
+"""
+_ABORT_CLIENT = """
+import socket, struct, sys
+c = socket.socket(); c.bind((sys.argv[1], 0)); c.connect((sys.argv[2], int(sys.argv[3])))
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()  # close with a RST
+"""
+
+
+@pytest.mark.backends("nft", "iptables-nft")
+def test_a_rst_without_a_connection_is_dropped_and_a_connection_s_own_rst_is_not(guarded):
+    guard, attacker = guarded
+    guard.apply()
+    server = guard.victim.popen(["python3", "-c", _RESET_SERVER, VICTIM4, str(PORT)])
+    assert server.stdout.readline().strip() == "listening"
+    attacker.run(["python3", "-c", _ABORT_CLIENT, ATTACKER4, VICTIM4, str(PORT)])
+    assert server.communicate(timeout=15)[0].strip() == "reset"
+    attacker.run(["hping3", "-q", "-c", "5", "-i", "u2000", "-R", "-p", str(PORT), VICTIM4], check=False)
+    assert guard.counters()["filter-conntrack: rst that conntrack calls invalid"] == 5
+
+
 @pytest.mark.backends("nft", "iptables-nft")
 def test_concurrent_connections_per_source_are_capped(guarded):
     guard, attacker = guarded

@@ -3,16 +3,19 @@
 Layout (both backends render exactly this):
 
 * ``filter-prerouting``, stateless, before conntrack: skip what is never limited
-  (other interfaces, allowlist, essential ICMP), drop bogus TCP flags, then jump to
+  (other interfaces; TCP no rule here condemns, before any lookup; allowlist, essential ICMP),
+  drop bogus TCP flags, then jump to
   one flood chain per threat. A flood chain drops what exceeds the per-source meter
   (IPv6 keyed on the /64), then what exceeds the global backstop, which catches the
   spoofed floods that fill the meter (a full meter stops matching: it fails open). The SYN backstop
   (the valve) drops by default only while engaged (``syn.valve: auto``: ``_valve``).
-* ``filter-conntrack``, just after conntrack: concurrent-connection limits.
+* ``filter-conntrack``, just after conntrack: drop RSTs conntrack calls invalid, then concurrent-connection
+  limits (other TCP that opens no connection leaves first).
 * escalation (``escalate``, enforce mode only): a per-source drop goes through
   ``escalate-<group>-v<n>`` on its way to the sample chain, which bans a source that has been over
   a per-source limit without a pause for ``after_s``; ``ingress-<device>``, one base chain per
-  protected device on the ingress hook, drops banned sources before anything else runs.
+  protected device on the ingress hook, drops banned sources that are not allowlisted before anything
+  else runs (one lookup per packet of a source that is not banned).
 """
 
 from __future__ import annotations
@@ -43,12 +46,14 @@ SYN_ONLY = TcpFlags(("fin", "syn", "rst", "ack"), ("syn",))
 SAMPLE_ALL = "sample-all"
 CLOSED_PORT = "closed-port"  # the rule group of closed_ports
 SYN_GROUP = "syn-flood"  # the rule group (and chain) of new TCP connections
+INVALID_RST = "invalid-rst"  # the rule group of RSTs conntrack calls invalid
 
 
 def sample_groups(policy: Policy) -> tuple[str, ...]:
     """Every rule group that condemns packets, in a fixed order (it numbers the NFQUEUE queues)."""
     return ("bogus-flags", "icmp-flood", SYN_GROUP, *(f"limit-{lim.name}" for lim in policy.limits),
-            *(("conn-limit",) if policy.connlimit else ()), *((CLOSED_PORT,) if policy.closed_ports.enabled else ()))
+            *(("conn-limit",) if policy.connlimit else ()), *((CLOSED_PORT,) if policy.closed_ports.enabled else ()),
+            INVALID_RST)
 
 
 class _Builder:
@@ -168,7 +173,9 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     for version in (4, 6):
         b.add_set(AddrSet(f"allow-v{version}", version, "allow", tuple(policy.allow.networks(version))))
 
-    pre: list[Rule] = [*_never_limited(interfaces), *_essential_icmp()]
+    tcp_limited = any(lim.protocol in ("tcp", "all") for lim in policy.limits)
+    pre: list[Rule] = [*_never_limited(interfaces, () if tcp_limited else _tcp_nothing_condemns()),
+                       *_essential_icmp()]
     pre.append(Rule((Proto("tcp"),), Jump("bogus-flags"), "to bogus-flags"))
     b.chains.append(Chain("bogus-flags", _bogus_flag_rules(b, policy.mode)))
 
@@ -203,7 +210,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
 
     b.chains.insert(0, Chain(STATELESS_CHAIN, tuple(pre), "stateless", priorities.stateless))
 
-    conn_rules: list[Rule] = list(remember)
+    conn_rules: list[Rule] = [_invalid_rst(b), _tcp_not_opening(), *remember]
     for i, cl in enumerate(policy.connlimit):
         name = policy.connlimit_name(i)
         for version in (4, 6):
@@ -213,14 +220,13 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             conn_rules.append(b.condemn(
                 (Family(version), Proto("tcp"), *ports, CtStateNew(), SourceConnsOver(s.name, version)),
                 "conn-limit", policy.mode_of(cl), f"{name} over {cl.per_source} connections v{version}"))
-    if conn_rules:
-        b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules),
-                                 "stateful", priorities.stateful))
+    b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules), "stateful",
+                             priorities.stateful))
     if proxied and proxied.forwarded:
         b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(interfaces), *_synproxy_rules(b, proxied)),
                               "input", priorities.input))
     if policy.closed_ports.enabled:
-        b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(interfaces), *_closed_ports(b)), "closed",
+        b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(interfaces, (_closed_ports_skip_tcp(),)), *_closed_ports(b)), "closed",
                               priorities.closed))
     ingress, escalation = _escalation(b, interfaces, priorities, {s.version: s.name for s in b.sets
                                                                    if s.kind == "trusted"})
@@ -267,12 +273,9 @@ def _escalation(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities
                  counter=False),
             Rule((), b.condemned(group, "enforce"), f"condemned by {group}", counter=False),
         ), role="escalate", group=group, version=version))
-    rules = (
-        Rule((SourceInSet("allow-v4", 4),), RETURN, "allowlisted v4"),
-        Rule((SourceInSet("allow-v6", 6),), RETURN, "allowlisted v6"),
-        Rule((SourceInSet(sets[("banned", 4)], 4),), DROP, "banned v4 source", group=BANNED, mode="enforce"),
-        Rule((SourceInSet(sets[("banned", 6)], 6),), DROP, "banned v6 /64", group=BANNED, mode="enforce"),
-    )
+    # the ban lookup first: a source that is not banned (every packet of a flood that is not) leaves after one
+    rules = tuple(Rule((SourceInSet(sets[("banned", v)], v), SourceNotInSet(f"allow-v{v}", v)), DROP, label,
+                       group=BANNED, mode="enforce") for v, label in ((4, "banned v4 source"), (6, "banned v6 /64")))
     ingress = [Chain(f"{INGRESS_CHAIN}{dev}", rules, "ingress", priorities.ingress, device=dev) for dev in interfaces]
     return ingress, chains
 
@@ -344,12 +347,49 @@ def _closed_ports(b: _Builder) -> list[Rule]:
                       "udp to a closed port over the rate")]
 
 
-def _never_limited(interfaces: tuple[str, ...]) -> list[Rule]:
+def _never_limited(interfaces: tuple[str, ...], leave: tuple[Rule, ...] = ()) -> list[Rule]:
+    """The start of a base chain: other interfaces, then ``leave`` (what nothing in the chain condemns:
+    it need not be looked up in the allowlist), then the allowlist."""
     return [
         Rule((InterfaceNotIn(interfaces),), RETURN, "not a protected interface"),
+        *leave,
         Rule((SourceInSet("allow-v4", 4),), RETURN, "allowlisted v4"),
         Rule((SourceInSet("allow-v6", 6),), RETURN, "allowlisted v6"),
     ]
+
+
+def _tcp_nothing_condemns() -> tuple[Rule, ...]:
+    """The TCP that no rule of ``filter-prerouting`` condemns unless a limit covers TCP: with ACK and
+    without SYN or FIN (established traffic; a spoofed ACK flood), or a bare RST (a spoofed RST flood).
+    They leave at once: walking the bogus-flag, ICMP and SYN rules only added softirq time per packet
+    of such a flood. Uncounted (nothing reads how many went by)."""
+    return (Rule((TcpFlags(("fin", "syn", "ack"), ("ack",)),), RETURN, "tcp ack without syn or fin", counter=False),
+            Rule((TcpFlags(("fin", "syn", "rst", "ack"), ("rst",)),), RETURN, "tcp bare rst", counter=False))
+
+
+def _closed_ports_skip_tcp() -> Rule:
+    """In ``closed-ports``: TCP (a spoofed RST flood that conntrack calls invalid reaches input) leaves at once."""
+    return Rule((Proto("tcp"),), RETURN, "tcp", counter=False)
+
+
+def _invalid_rst(b: _Builder) -> Rule:
+    """In ``filter-conntrack``: a RST that conntrack calls invalid: it has no entry (conntrack never picks
+    a connection up from a RST: a spoofed RST flood) or is outside the window it tracks. Such a RST
+    can end no connection of a Service (without an entry it is not DNAT'd, so it never reaches the pod)
+    and the node's TCP ignores one outside its window; dropped here, it costs the node less than it would
+    without nodeguard (no routing, no input chains, no socket lookup). What it gives up: a host socket
+    whose conntrack entry expired is reset by its peer's next RST after it sends again, not at once."""
+    return b.condemn((TcpFlags(("rst",), ("rst",)), CtState(("invalid",))), INVALID_RST, b.policy.mode,
+                     "rst that conntrack calls invalid")
+
+
+def _tcp_not_opening() -> Rule:
+    """In ``filter-conntrack``: TCP without SYN that conntrack calls new (picked up mid-stream: a spoofed
+    ACK, or a connection whose entry expired) or invalid (a spoofed RST) is neither a handshake to
+    remember nor a new connection to limit. Leaving here saves the walk; a connection whose entry
+    expired is never cut by a connection limit (no protection does not cut it either)."""
+    return Rule((TcpFlags(("syn",), ()), CtState(("new", "invalid"))), RETURN, "tcp not opening a connection",
+                counter=False)
 
 
 def _essential_icmp() -> list[Rule]:
