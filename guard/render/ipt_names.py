@@ -17,10 +17,11 @@ BAN_CHAIN = "NODEGUARD-BAN"  # every ingress chain of the model
 
 
 def _short(name: str, limit: int) -> str:
-    """``name`` if it fits, else a prefix and a digest (stable, unique)."""
+    """``name`` if it fits, else a prefix and a 40-bit digest: stable, and unique among a policy's
+    few hundred names."""
     if len(name) <= limit:
         return name
-    return f"{name[:limit - 7]}-{hashlib.sha1(name.encode()).hexdigest()[:6].upper()}"
+    return f"{name[:limit - 11]}-{hashlib.sha1(name.encode()).hexdigest()[:10].upper()}"
 
 
 _SHORT = {"bogus-flags": "BOGUS", "icmp-flood": "ICMP", "syn-flood": "SYN"}
