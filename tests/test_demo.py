@@ -116,7 +116,10 @@ LIVE = re.compile(r"^\[ *[\d.]+ s\] (\w+) +flood  arriving +([\d,]+) pps  droppe
 
 def _assert_drops_shown_as_they_happen(out: str) -> None:
     """Each flood is dropped by the default policy: every plain line after its first (which covers
-    only its first ~0.3 s) shows drops near what arrives, fresh. Measured 0.85-1.06 of arriving."""
+    only its first ~0.3 s) shows drops, fresh, and over those lines drops are near what arrives.
+    Measured 0.85-1.06 of arriving per line on a quiet machine; under load the SYN flood's second line
+    showed 0.49 (it holds the valve's burst of 10,000 while hping3 sent only ~40,000/s) and its
+    lines together 0.76."""
     per_flood: dict[str, list[tuple[int, int, str]]] = {}
     for key, arriving, dropped, rest in LIVE.findall(out):
         per_flood.setdefault(key, []).append((int(arriving.replace(",", "")), int(dropped.replace(",", "")), rest))
@@ -124,8 +127,9 @@ def _assert_drops_shown_as_they_happen(out: str) -> None:
     for key, lines in per_flood.items():
         assert len(lines) >= 4, (key, lines)
         for arriving, dropped, rest in lines[1:]:
-            assert rest == "", (key, lines)  # not stale
-            assert dropped > 0 and 0.5 <= dropped / arriving <= 1.5, (key, lines)
+            assert rest == "" and dropped > 0, (key, lines)  # not stale
+        arrived, dropped = (sum(line[i] for line in lines[1:]) for i in (0, 1))
+        assert 0.5 <= dropped / arrived <= 1.5, (key, lines)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
