@@ -88,33 +88,46 @@ def _counter(buf: bytes, start: int, end: int) -> tuple[int, int] | None:
     return None
 
 
-def parse_rules(buf: bytes) -> tuple[list[tuple[str, str | None, int, int]], bool, int]:
-    """(chain, comment, packets, bytes) of every rule in one datagram of a GETRULE dump, whether
-    the dump is done, and an error code. Malformed parts are skipped, never raised."""
-    out, done = [], False
+def _walk(buf: bytes, each) -> tuple[list, bool, int]:
+    """What ``each(buf, mtype, start, end, out)`` appends to ``out`` for every data message of one dump
+    datagram, whether the dump is done, and an error code."""
+    out: list = []
+    done = False
     for mtype, start, end in _messages(buf):
         if mtype == NLMSG_DONE:
             done = True
         elif mtype == NLMSG_ERROR:
             if err := _error(buf, start, end):
                 return out, True, err
-        elif mtype & 0xFF == NFT_MSG_GETRULE - 1:  # NFT_MSG_NEWRULE
-            a = _attrs(buf, start + _NLMSG.size + 4, end)
-            chain = buf[slice(*a[NFTA_RULE_CHAIN])].split(b"\0", 1)[0].decode("ascii", "replace") \
-                if NFTA_RULE_CHAIN in a else ""
-            comment = None
-            if NFTA_RULE_USERDATA in a:
-                u, uend = a[NFTA_RULE_USERDATA]
-                while u + 2 <= uend:
-                    utype, ulen = buf[u], buf[u + 1]
-                    if utype == NFTNL_UDATA_RULE_COMMENT:
-                        comment = buf[u + 2:u + 2 + ulen].split(b"\0", 1)[0].decode("ascii", "replace")
-                    u += 2 + ulen
-            packets = nbytes = 0
-            for e, eend in _list(buf, *a.get(NFTA_RULE_EXPRESSIONS, (0, 0))):
-                packets, nbytes = _counter(buf, e, eend) or (packets, nbytes)
-            out.append((chain, comment, packets, nbytes))
+        else:
+            each(buf, mtype, start, end, out)
     return out, done, 0
+
+
+def parse_rules(buf: bytes) -> tuple[list[tuple[str, str | None, int, int]], bool, int]:
+    """(chain, comment, packets, bytes) of every rule in one datagram of a GETRULE dump, whether
+    the dump is done, and an error code. Malformed parts are skipped, never raised."""
+    return _walk(buf, _rule)
+
+
+def _rule(buf: bytes, mtype: int, start: int, end: int, out: list) -> None:
+    if mtype & 0xFF != NFT_MSG_GETRULE - 1:  # not NFT_MSG_NEWRULE
+        return
+    a = _attrs(buf, start + _NLMSG.size + 4, end)
+    chain = buf[slice(*a[NFTA_RULE_CHAIN])].split(b"\0", 1)[0].decode("ascii", "replace") \
+        if NFTA_RULE_CHAIN in a else ""
+    comment = None
+    if NFTA_RULE_USERDATA in a:
+        u, uend = a[NFTA_RULE_USERDATA]
+        while u + 2 <= uend:
+            utype, ulen = buf[u], buf[u + 1]
+            if utype == NFTNL_UDATA_RULE_COMMENT:
+                comment = buf[u + 2:u + 2 + ulen].split(b"\0", 1)[0].decode("ascii", "replace")
+            u += 2 + ulen
+    packets = nbytes = 0
+    for e, eend in _list(buf, *a.get(NFTA_RULE_EXPRESSIONS, (0, 0))):
+        packets, nbytes = _counter(buf, e, eend) or (packets, nbytes)
+    out.append((chain, comment, packets, nbytes))
 
 
 def _stream(msg_type: int, attrs: bytes, parse) -> Iterator:
@@ -152,24 +165,19 @@ def rule_counters(table: str = TABLE) -> list[tuple[str, str | None, int, int]]:
 def parse_set_counters(buf: bytes) -> tuple[list[tuple[bytes, int]], bool, int]:
     """(key, packets) of every element with a counter in one datagram of a GETSETELEM dump, whether
     the dump is done, and an error code. Malformed parts are skipped, never raised."""
-    out, done = [], False
-    for mtype, start, end in _messages(buf):
-        if mtype == NLMSG_DONE:
-            done = True
-        elif mtype == NLMSG_ERROR:
-            if err := _error(buf, start, end):
-                return out, True, err
-        else:
-            a = _attrs(buf, start + _NLMSG.size + 4, end)
-            for e, eend in _list(buf, *a.get(NFTA_SET_ELEM_LIST_ELEMENTS, (0, 0))):
-                ea = _attrs(buf, e, eend)
-                key = _attrs(buf, *ea[NFTA_SET_ELEM_KEY]).get(NFTA_DATA_VALUE) if NFTA_SET_ELEM_KEY in ea else None
-                exprs = ([ea[NFTA_SET_ELEM_EXPR]] if NFTA_SET_ELEM_EXPR in ea
-                         else _list(buf, *ea.get(NFTA_SET_ELEM_EXPRESSIONS, (0, 0))))
-                counter = next(filter(None, (_counter(buf, x, xend) for x, xend in exprs)), None)
-                if key and counter:
-                    out.append((buf[slice(*key)], counter[0]))
-    return out, done, 0
+    return _walk(buf, _element_counters)
+
+
+def _element_counters(buf: bytes, _mtype: int, start: int, end: int, out: list) -> None:
+    a = _attrs(buf, start + _NLMSG.size + 4, end)  # after the nfgenmsg
+    for e, eend in _list(buf, *a.get(NFTA_SET_ELEM_LIST_ELEMENTS, (0, 0))):
+        ea = _attrs(buf, e, eend)
+        key = _attrs(buf, *ea[NFTA_SET_ELEM_KEY]).get(NFTA_DATA_VALUE) if NFTA_SET_ELEM_KEY in ea else None
+        exprs = ([ea[NFTA_SET_ELEM_EXPR]] if NFTA_SET_ELEM_EXPR in ea
+                 else _list(buf, *ea.get(NFTA_SET_ELEM_EXPRESSIONS, (0, 0))))
+        counter = next(filter(None, (_counter(buf, x, xend) for x, xend in exprs)), None)
+        if key and counter:
+            out.append((buf[slice(*key)], counter[0]))
 
 
 def set_counters(name: str, table: str = TABLE) -> Iterator[tuple[bytes, int]]:
