@@ -13,6 +13,8 @@ The plan's backend reads them (backend/base.py):
 * iptables: ``*-save -c`` per family; a live rule is matched by its id (render.ipt records which
   ids condemn; a per-source meter's admission line counts arrivals, not drops, and is not one).
 
+Per-source counts: the sampler's ``counts`` sets are streamed (persource.py), never listed whole.
+
 Meter fill: ``status.collect`` lists every element through libnftables JSON (~1.5 s for one
 full 65536-entry meter). The nft backend dumps the elements over raw netlink and only counts
 them (nfnetlink.nft_set_sizes); callers cache it.
@@ -62,27 +64,10 @@ def meter_fill(plan: Plan) -> list[dict]:
     return plan.backend.meter_fill([s for s in plan.ruleset.sets if not s.static])
 
 
-def source_counts(plan: Plan, nft: Nft) -> dict[tuple[str, str, str], int]:
-    """(group, mode, source) -> packets the kernel counted for that source, for the sources in the
-    sampler's ``counts`` sets (IPv6 sources are /64 prefixes). Read one set at a time: small sets."""
-    out: dict[tuple[str, str, str], int] = {}
-    for (group, mode, _version), s in _count_sets(plan).items():
-        for src, packets in plan.backend.source_counts(nft, s).items():
-            out[(group, mode, src)] = packets
-    return out
-
-
-def forget_sources(plan: Plan, keys: list[tuple[str, str, str]]) -> bool:
-    """Remove quiet sources from the ``counts`` sets where they cannot age out by themselves (iptables:
-    one ``ipset restore``). Returns whether the backend does that (nft: it does not need to)."""
-    sets = _count_sets(plan)
-    return plan.backend.forget_sources([(sets[(g, m, 6 if ":" in src else 4)], src) for g, m, src in keys
-                                        if (g, m, 6 if ":" in src else 4) in sets])
-
-
-def _count_sets(plan: Plan) -> dict:
+def count_sets(plan: Plan) -> dict:
     """(group, mode, IP version) -> the ``counts`` set: condemned packets per source (mode "enforce" or
-    "monitor"), or every packet per source (mode "observed")."""
+    "monitor"), or every packet per source (mode "observed"). The sampler reads them
+    (``plan.backend.source_counts``)."""
     return {(s.group, s.mode, s.version): s for s in plan.ruleset.sets if s.kind == "counts"}
 
 

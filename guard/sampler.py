@@ -7,10 +7,12 @@ were condemned anyway), never protection.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import select
 import socket
 import time
+from operator import itemgetter
 from typing import Callable
 
 from .aggregate import Episodes, Window, safe, source_key
@@ -19,9 +21,10 @@ from .apply import Plan, install_odds, make_plan
 from .errors import NodeguardError
 from .attacklog import AttackLog, PcapLog
 from .backend.nft import Nft
-from .counters import condemning_ids, condemned_by_group, forget_sources, source_counts, trusted_sources
+from .counters import condemning_ids, condemned_by_group, count_sets, trusted_sources
 from .nflog import NflogReader, Sample
 from .packet import parse
+from .persource import LastCounts, address
 from .policy.schema import Policy
 
 log = logging.getLogger("nodeguard.sample")
@@ -82,7 +85,8 @@ class Sampler:
             self.samples = 0
             self.sampled: dict[str, int] = {}  # samples received per rule group
             self._last_counts = condemned_by_group(plan, nft)
-            self._last_sources = source_counts(plan, nft)
+            self._sources = LastCounts()
+            self._read_sources()
             self._bans, self._bans_at = self._read_bans(), self.clock()  # bans from before we ran: not logged
             self.window = Window(self.clock(), cfg.max_flows, self._one_in())
         except BaseException:
@@ -110,8 +114,7 @@ class Sampler:
                  for g, n in counts.items()}
         self._last_counts = counts
         seconds = max(now - self.window.start, 1e-3)
-        exact = self._exact()
-        observed = {k: exact.pop(k) for k in [k for k in exact if k[1] == "observed"]}
+        exact, observed = self._exact()
         records = (self.window.records(now, delta, exact) + self.episodes.update(self.window.start, now, delta)
                    + observed_records(self.window.start, now, observed,
                                       {source_key(a) for a in trusted_sources(self.plan, self.nft)} if observed else set()))
@@ -145,20 +148,31 @@ class Sampler:
         self._bans, self._bans_at = current, now
         return out
 
-    def _exact(self) -> dict[tuple[str, str], dict[str, int]]:
-        """The kernel's per-source counts in this window (deltas; a count that went down is new)."""
-        now = source_counts(self.plan, self.nft)
-        out: dict[tuple[str, str], dict[str, int]] = {}
-        quiet = []
-        for (group, mode, src), n in now.items():
-            before = self._last_sources.get((group, mode, src))
-            out.setdefault((group, mode), {})[src] = n - (before or 0) if n >= (before or 0) else n
-            if before is not None and n == before:
-                quiet.append((group, mode, src))
-        if quiet and forget_sources(self.plan, quiet):  # ipsets cannot refresh a timeout without zeroing the count
-            now = {k: v for k, v in now.items() if k not in set(quiet)}
-        self._last_sources = now
-        return out
+    def _exact(self) -> tuple[dict[tuple[str, str], dict[str, int]], dict[tuple[str, str], dict[str, int]]]:
+        """The kernel's per-source counts in this window (a count that went down is new): every source of
+        the enforce and monitor sets, and the busiest ``OBSERVED_TOP`` of each observed threat's (a
+        random-source flood fills those: only the busiest are logged, and only they are kept)."""
+        exact: dict[tuple[str, str], dict[str, int]] = {}
+        observed: dict[tuple[str, str], dict[str, int]] = {}
+        forget = []
+        for (group, mode, version), s in count_sets(self.plan).items():
+            quiet: list[int] | None = [] if self.plan.backend.forgets_sources else None
+            rows = self._sources.since(s.name, self.plan.backend.source_counts(self.nft, s), quiet)
+            if mode == "observed":
+                rows = heapq.nlargest(OBSERVED_TOP, rows, key=itemgetter(1))
+            (observed if mode == "observed" else exact).setdefault((group, mode), {}).update(
+                (address(key, version), n) for key, n in rows)
+            forget += [(s, address(key, version)) for key in quiet or ()]
+        self._sources.keep(s.name for s in count_sets(self.plan).values())
+        if forget:
+            self.plan.backend.forget_sources(forget)
+        return exact, observed
+
+    def _read_sources(self) -> None:
+        """Take the kernel's per-source counts as they are now as the last read (nothing logged)."""
+        for s in count_sets(self.plan).values():
+            for _ in self._sources.since(s.name, self.plan.backend.source_counts(self.nft, s)):
+                pass
 
     def set_plan(self, plan: Plan, rebase: bool | None = None) -> None:
         """The rules changed (a reload): count and adapt against the new ones from now on. The
@@ -171,7 +185,8 @@ class Sampler:
                       != {s.name for s in plan.ruleset.sets if s.kind == "counts"})
         if rebase:
             self._last_counts = condemned_by_group(plan, self.nft)
-            self._last_sources = source_counts(plan, self.nft)
+            self._sources = LastCounts()
+            self._read_sources()
 
     def _adapt_odds(self, delta: dict[tuple[str, str], int], seconds: float) -> None:
         """Keep each group's samples near half its cap with the odds 1 in 2**k (sampling_odds.py);

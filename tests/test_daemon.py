@@ -614,13 +614,14 @@ def test_netlink_dumps_of_garbage_never_raise():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from guard.backend.nfnetlink import count_elements, parse_rules
+    from guard.backend.nfnetlink import count_elements, parse_rules, parse_set_counters
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=400))
     def check(data):
         parse_rules(data)
         count_elements(data)
+        parse_set_counters(data)
     check()
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from guard.apply import make_plan
 from guard.bans import escalation_sets
-from guard.counters import _count_sets
+from guard.counters import count_sets
 from guard.policy.load import parse_policy
 from guard.render.ipt import render_ipt
 from guard.render.ipt_names import ipt_chain_name
@@ -24,7 +24,7 @@ def _plan(tmp_path: Path, icmp_mode: str | None = None):
 
 def test_count_and_escalation_sets_are_keyed_by_their_roles(tmp_path):
     plan = _plan(tmp_path, "monitor")
-    counts = _count_sets(plan)
+    counts = count_sets(plan)
     groups = set(plan.ruleset.sample_groups)
     condemned = {(g, m) for g, m, _v in counts if m != "observed"}
     assert condemned == {(g, "monitor" if g == "icmp-flood" else "enforce") for g in groups}

@@ -25,6 +25,7 @@ class Backend(Protocol):
     name: str  # "nft", "iptables-nft" or "iptables-legacy"
     flavour: str | None  # iptables: "nft" or "legacy"
     polled: bool  # raises no nftables events (iptables-legacy): the watcher polls its tables' fingerprint
+    forgets_sources: bool  # quiet sources must be removed from the ``counts`` sets (forget_sources)
 
     # --- the live state and the transaction (apply.py) ----------------------------------
     def live_key(self) -> tuple:
@@ -81,8 +82,9 @@ class Backend(Protocol):
     def meter_fill(self, sets: list[AddrSet]) -> list[dict]:
         """Elements in each per-source set, as status shows them."""
 
-    def source_counts(self, nft: Nft, s: AddrSet) -> dict[str, int]:
-        """source -> packets, of one ``counts`` set."""
+    def source_counts(self, nft: Nft, s: AddrSet) -> Iterator[tuple[int, int]]:
+        """(source key, packets) of one ``counts`` set (persource.py), read as a stream: a set can
+        hold 65,536 sources."""
 
     def forget_sources(self, dels: Iterable[tuple[AddrSet, str]]) -> bool:
         """Remove sources from ``counts`` sets where their counts cannot age out by themselves;

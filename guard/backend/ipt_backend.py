@@ -10,6 +10,7 @@ from typing import Any
 from ..drift import Drift, Reason
 from ..fingerprints import of_ipt
 from ..model.ruleset import AddrSet, RuleSet
+from ..persource import key_of
 from ..render.ipt import Ipset as IpsetSpec
 from ..render.ipt import VALVE_ELEMENTS, Render, spec_id
 from ..render.ipt_names import ipset_name
@@ -27,6 +28,7 @@ class IptBackend:
     flavour: str  # "nft" or "legacy"
     renders: dict[int, Render]  # per IP version
     ipsets: tuple[IpsetSpec, ...]
+    forgets_sources = True  # ipsets cannot refresh a timeout without zeroing the count
 
     @property
     def name(self) -> str:
@@ -206,8 +208,8 @@ class IptBackend:
     def meter_fill(self, sets: list[AddrSet]) -> list[dict]:
         return _fill(sets, Ipset.live())
 
-    def source_counts(self, nft: Nft, s: AddrSet) -> dict[str, int]:
-        return {addr.split("/")[0]: packets for addr, (packets, _bytes) in Ipset.counts(ipset_name(s)).items()}
+    def source_counts(self, nft: Nft, s: AddrSet) -> Iterator[tuple[int, int]]:
+        return ((key_of(addr.split("/")[0]), packets) for addr, (packets, _bytes) in Ipset.counts(ipset_name(s)).items())
 
     def forget_sources(self, dels: Iterable[tuple[AddrSet, str]]) -> bool:
         """ipsets cannot refresh a timeout without zeroing the count: quiet sources are removed."""

@@ -1,5 +1,6 @@
-"""A raw nfnetlink client for the two reads libnftables makes too costly: every rule's counters of
-table ``inet nodeguard`` (``rule_counters``) and how many elements each set holds (``nft_set_sizes``).
+"""A raw nfnetlink client for the reads libnftables makes too costly: every rule's counters of
+table ``inet nodeguard`` (``rule_counters``), how many elements each set holds (``nft_set_sizes``), and
+each element's counter (``set_counters``, streamed: a full set as libnftables JSON took ~50 MB).
 
 libnftables is not used for these: nft 1.0.6 fetches every set element for any listing, terse or not,
 which costs ~0.5 s with one full 65536-entry meter (measured). The kernel's side of an element dump
@@ -24,6 +25,8 @@ NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
 NFTNL_UDATA_RULE_COMMENT = 0
 NFPROTO_INET = 1
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 1, 7, 10
+NFTA_DATA_VALUE = 1
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 _NLMSG = struct.Struct("=IHHII")
@@ -74,42 +77,61 @@ def _error(buf: bytes, start: int, end: int) -> int:
     return -struct.unpack_from("=i", buf, start + _NLMSG.size)[0] if end - start >= _NLMSG.size + 4 else 0
 
 
-def parse_rules(buf: bytes) -> tuple[list[tuple[str, str | None, int, int]], bool, int]:
-    """(chain, comment, packets, bytes) of every rule in one datagram of a GETRULE dump, whether
-    the dump is done, and an error code. Malformed parts are skipped, never raised."""
-    out, done = [], False
+def _counter(buf: bytes, start: int, end: int) -> tuple[int, int] | None:
+    """(packets, bytes) of the expression at buf[start:end] if it is a well-formed counter."""
+    ea = _attrs(buf, start, end)
+    if NFTA_EXPR_NAME in ea and buf[slice(*ea[NFTA_EXPR_NAME])].startswith(b"counter\0") and NFTA_EXPR_DATA in ea:
+        ca = _attrs(buf, *ea[NFTA_EXPR_DATA])
+        if all(k in ca and ca[k][1] - ca[k][0] >= 8 for k in (NFTA_COUNTER_PACKETS, NFTA_COUNTER_BYTES)):
+            return (struct.unpack_from(">Q", buf, ca[NFTA_COUNTER_PACKETS][0])[0],
+                    struct.unpack_from(">Q", buf, ca[NFTA_COUNTER_BYTES][0])[0])
+    return None
+
+
+def _walk(buf: bytes, each) -> tuple[list, bool, int]:
+    """What ``each(buf, mtype, start, end, out)`` appends to ``out`` for every data message of one dump
+    datagram, whether the dump is done, and an error code."""
+    out: list = []
+    done = False
     for mtype, start, end in _messages(buf):
         if mtype == NLMSG_DONE:
             done = True
         elif mtype == NLMSG_ERROR:
             if err := _error(buf, start, end):
                 return out, True, err
-        elif mtype & 0xFF == NFT_MSG_GETRULE - 1:  # NFT_MSG_NEWRULE
-            a = _attrs(buf, start + _NLMSG.size + 4, end)
-            chain = buf[slice(*a[NFTA_RULE_CHAIN])].split(b"\0", 1)[0].decode("ascii", "replace") \
-                if NFTA_RULE_CHAIN in a else ""
-            comment = None
-            if NFTA_RULE_USERDATA in a:
-                u, uend = a[NFTA_RULE_USERDATA]
-                while u + 2 <= uend:
-                    utype, ulen = buf[u], buf[u + 1]
-                    if utype == NFTNL_UDATA_RULE_COMMENT:
-                        comment = buf[u + 2:u + 2 + ulen].split(b"\0", 1)[0].decode("ascii", "replace")
-                    u += 2 + ulen
-            packets = nbytes = 0
-            for e, eend in _list(buf, *a.get(NFTA_RULE_EXPRESSIONS, (0, 0))):
-                ea = _attrs(buf, e, eend)
-                if NFTA_EXPR_NAME in ea and buf[slice(*ea[NFTA_EXPR_NAME])].startswith(b"counter\0") \
-                        and NFTA_EXPR_DATA in ea:
-                    ca = _attrs(buf, *ea[NFTA_EXPR_DATA])
-                    if all(k in ca and ca[k][1] - ca[k][0] >= 8 for k in (NFTA_COUNTER_PACKETS, NFTA_COUNTER_BYTES)):
-                        packets = struct.unpack_from(">Q", buf, ca[NFTA_COUNTER_PACKETS][0])[0]
-                        nbytes = struct.unpack_from(">Q", buf, ca[NFTA_COUNTER_BYTES][0])[0]
-            out.append((chain, comment, packets, nbytes))
+        else:
+            each(buf, mtype, start, end, out)
     return out, done, 0
 
 
-def _dump(msg_type: int, attrs: bytes, parse) -> list:
+def parse_rules(buf: bytes) -> tuple[list[tuple[str, str | None, int, int]], bool, int]:
+    """(chain, comment, packets, bytes) of every rule in one datagram of a GETRULE dump, whether
+    the dump is done, and an error code. Malformed parts are skipped, never raised."""
+    return _walk(buf, _rule)
+
+
+def _rule(buf: bytes, mtype: int, start: int, end: int, out: list) -> None:
+    if mtype & 0xFF != NFT_MSG_GETRULE - 1:  # not NFT_MSG_NEWRULE
+        return
+    a = _attrs(buf, start + _NLMSG.size + 4, end)
+    chain = buf[slice(*a[NFTA_RULE_CHAIN])].split(b"\0", 1)[0].decode("ascii", "replace") \
+        if NFTA_RULE_CHAIN in a else ""
+    comment = None
+    if NFTA_RULE_USERDATA in a:
+        u, uend = a[NFTA_RULE_USERDATA]
+        while u + 2 <= uend:
+            utype, ulen = buf[u], buf[u + 1]
+            if utype == NFTNL_UDATA_RULE_COMMENT:
+                comment = buf[u + 2:u + 2 + ulen].split(b"\0", 1)[0].decode("ascii", "replace")
+            u += 2 + ulen
+    packets = nbytes = 0
+    for e, eend in _list(buf, *a.get(NFTA_RULE_EXPRESSIONS, (0, 0))):
+        packets, nbytes = _counter(buf, e, eend) or (packets, nbytes)
+    out.append((chain, comment, packets, nbytes))
+
+
+def _stream(msg_type: int, attrs: bytes, parse) -> Iterator:
+    """The items of one dump, one datagram's worth at a time (nothing when the table or set is missing)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -118,23 +140,51 @@ def _dump(msg_type: int, attrs: bytes, parse) -> list:
         body = struct.pack("=BBH", NFPROTO_INET, 0, 0) + attrs
         sock.send(_NLMSG.pack(_NLMSG.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
                               NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
-        out, done = [], False
+        done = False
         while not done:
             items, done, err = parse(sock.recv(1 << 17))
             if err:
-                if err == 2:  # ENOENT: no such table
-                    return []
+                if err == 2:  # ENOENT: no such table or set
+                    return
                 raise OSError(err, os.strerror(err))
-            out += items if isinstance(items, list) else [items]
-        return out
+            yield from items
     finally:
         sock.close()
+
+
+def _dump(msg_type: int, attrs: bytes, parse) -> list:
+    return list(_stream(msg_type, attrs, parse))
 
 
 def rule_counters(table: str = TABLE) -> list[tuple[str, str | None, int, int]]:
     """(chain, comment, packets, bytes) of every rule of ``inet <table>``: one netlink dump of the
     rules only (no sets, no elements)."""
     return _dump(NFT_MSG_GETRULE, _nla(NFTA_RULE_TABLE, table.encode() + b"\0"), parse_rules)
+
+
+def parse_set_counters(buf: bytes) -> tuple[list[tuple[bytes, int]], bool, int]:
+    """(key, packets) of every element with a counter in one datagram of a GETSETELEM dump, whether
+    the dump is done, and an error code. Malformed parts are skipped, never raised."""
+    return _walk(buf, _element_counters)
+
+
+def _element_counters(buf: bytes, _mtype: int, start: int, end: int, out: list) -> None:
+    a = _attrs(buf, start + _NLMSG.size + 4, end)  # after the nfgenmsg
+    for e, eend in _list(buf, *a.get(NFTA_SET_ELEM_LIST_ELEMENTS, (0, 0))):
+        ea = _attrs(buf, e, eend)
+        key = _attrs(buf, *ea[NFTA_SET_ELEM_KEY]).get(NFTA_DATA_VALUE) if NFTA_SET_ELEM_KEY in ea else None
+        exprs = ([ea[NFTA_SET_ELEM_EXPR]] if NFTA_SET_ELEM_EXPR in ea
+                 else _list(buf, *ea.get(NFTA_SET_ELEM_EXPRESSIONS, (0, 0))))
+        counter = next(filter(None, (_counter(buf, x, xend) for x, xend in exprs)), None)
+        if key and counter:
+            out.append((buf[slice(*key)], counter[0]))
+
+
+def set_counters(name: str, table: str = TABLE) -> Iterator[tuple[bytes, int]]:
+    """(key, packets) of every element of set ``name`` of ``inet <table>`` that has a counter, read
+    as the kernel sends them: memory stays one datagram's worth whatever the set holds."""
+    return _stream(NFT_MSG_GETSETELEM, _nla(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+                   + _nla(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"), parse_set_counters)
 
 
 def count_elements(buf: bytes) -> tuple[int, bool, int]:

@@ -26,6 +26,7 @@ class NftBackend:
     name: str = "nft"
     flavour: str | None = None
     polled = False  # every change raises an nftables event
+    forgets_sources = False  # the counts sets' elements time out by themselves
 
     # --- the live state and the transaction ----------------------------------------------
     def live_key(self) -> tuple:
@@ -147,9 +148,12 @@ class NftBackend:
         return [{"set": s.base, "kind": s.kind, "kernel_name": s.name, "elements": sizes.get(s.name) or 0,
                  "size": s.size} for s in sets]
 
-    def source_counts(self, nft: Nft, s: AddrSet) -> dict[str, int]:
-        return {elem["val"]: elem["counter"]["packets"] for elem in nft.set_elements(FAMILY, TABLE, s.name)
-                if "counter" in elem and isinstance(elem.get("val"), str)}
+    def source_counts(self, nft: Nft, s: AddrSet) -> Iterator[tuple[int, int]]:
+        from .nfnetlink import set_counters
+
+        width = 4 if s.version == 4 else 8  # IPv6: the /64 the rule counts
+        return ((int.from_bytes(key[:width], "big"), packets) for key, packets in set_counters(s.name)
+                if len(key) >= width)
 
     def forget_sources(self, dels: Iterable[tuple[AddrSet, str]]) -> bool:
         return False  # the counts sets' elements time out by themselves
