@@ -68,10 +68,12 @@ def report(config, log_path, since, until, rule, top, as_json, fmt, plot) -> Non
     rep["skipped_lines"] = records.skipped
     if plot:
         from .. import report_plot
-        if plot.endswith(".png"):
-            report_plot.timeline_png(rep, plot)
-        else:
-            with open(plot, "w") as f:
+        from ..configfile import open_output
+        png = plot.endswith(".png")
+        with open_output(plot, "wb" if png else "w") as f:  # the operator's path: no symlink, FIFO or other's file
+            if png:
+                report_plot.timeline_png(rep, f)
+            else:
                 f.write(report_plot.timeline_svg(rep))
     if fmt == "csv":
         show(report_mod.format_csv(rep))
