@@ -52,7 +52,10 @@ def _root_of(directory: Path, roots: list[Path]) -> Path | None:
 
 
 def check_data_path(value: str) -> str:
-    """A path the policy has the daemon write (schema validator): absolute, with no '..', under data_dirs()."""
+    """A path the policy has the daemon write (schema validator): printable, absolute, with no '..',
+    under data_dirs()."""
+    if not value.isprintable():
+        raise ValueError("the path must be printable: no control or other non-printable characters")
     if not os.path.isabs(value) or os.path.normpath(value) != value.rstrip("/") or value.endswith("/"):
         raise ValueError(f"{value!r} must be an absolute file path without '.', '..' or '//'")
     roots = data_dirs()

@@ -23,6 +23,7 @@ def bounds(since: str | None, until: str | None) -> tuple[float | None, float | 
     return out[0], out[1]
 
 
+DEFAULT_TOP, MAX_TOP = 10, 10000  # report's sources per rule and per episode
 DEFAULT_MARGIN, MAX_MARGIN = 2.0, 100.0  # tune's headroom over the busiest legitimate source
 
 
@@ -43,7 +44,8 @@ def margin_option(func):
 @click.option("--since", default=None, help="'15m', '1h', '2d' ago, or an ISO 8601 time.")
 @click.option("--until", default=None, help="As --since.")
 @click.option("--rule", default=None, help="Only this rule group (e.g. syn-flood).")
-@click.option("--top", default=10, show_default=True, help="Sources per rule and per episode.")
+@click.option("--top", default=DEFAULT_TOP, show_default=True, type=click.IntRange(1, MAX_TOP),
+              help="Sources per rule and per episode.")
 @click.option("--json", "as_json", is_flag=True, help="Print data as JSON (same as --format json).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
               help="csv: one row per source (or shared /24, /48) per episode, for spreadsheets.")
