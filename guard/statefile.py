@@ -55,6 +55,7 @@ def load(path: str | Path, check: Callable[[Any], None]) -> Any | None:
 
 
 def pid_max() -> int:
+    """One more than the highest process id this kernel gives."""
     try:
         with open("/proc/sys/kernel/pid_max") as f:
             return int(f.read())
@@ -72,7 +73,7 @@ def is_number(value: Any) -> bool:
 
 
 def is_pid(value: Any) -> bool:
-    return is_int(value, 1, pid_max())
+    return is_int(value, 1, pid_max() - 1)
 
 
 def is_text(value: Any) -> bool:

@@ -15,7 +15,7 @@ _TEXT = (is_text, "text or null")
 _SECONDS = (lambda v: v is None or is_number(v), "a finite number from 0 or null")
 # the fields status reads, as Watcher.state and WatchLoop._write_state write them
 _CHECK = fields({
-    "pid": (is_pid, "a process id from 1 to pid_max"), "alive": _FLAG, "contested": _FLAG, "adopted": _FLAG,
+    "pid": (is_pid, "a process id below pid_max"), "alive": _FLAG, "contested": _FLAG, "adopted": _FLAG,
     "in_sync": _FLAG, "repairs": _COUNT, "checks": _COUNT, "errors": _COUNT, "reloads_ok": _COUNT,
     "reloads_failed": _COUNT, "backoff_s": _SECONDS, "last_repair_ms": _SECONDS, "last_apply": _SECONDS,
     "contested_by": _TEXT, "last_reason": _TEXT, "last_kind": _TEXT, "last_writer": _TEXT, "last_error": _TEXT,
