@@ -12,10 +12,13 @@
   through a symlink, a hard link, a FIFO or a device, 0640 in 0750 directories whatever the
   umask (``open_private``, ``write_atomic``). What the daemon reads back from there (last good
   policy, sampling odds, the watcher's state) passes the same checks (``read_private``).
+* A file the operator names for output (``report --plot``) may be anywhere, but is never written
+  through a symlink or a hard link, nor someone else's, nor waited on as a FIFO (``open_output``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -49,7 +52,10 @@ def _root_of(directory: Path, roots: list[Path]) -> Path | None:
 
 
 def check_data_path(value: str) -> str:
-    """A path the policy has the daemon write (schema validator): absolute, with no '..', under data_dirs()."""
+    """A path the policy has the daemon write (schema validator): printable, absolute, with no '..',
+    under data_dirs()."""
+    if not value.isprintable():
+        raise ValueError("the path must be printable: no control or other non-printable characters")
     if not os.path.isabs(value) or os.path.normpath(value) != value.rstrip("/") or value.endswith("/"):
         raise ValueError(f"{value!r} must be an absolute file path without '.', '..' or '//'")
     roots = data_dirs()
@@ -89,6 +95,21 @@ def check_config_file(path: str | Path) -> Path:
 
 
 # --- the daemon's own files ---------------------------------------------------------------------
+def _claim(fd: int, st: os.stat_result, path: Path, base: str, file_mode: int | None) -> None:
+    """Refuse an opened file that could be another one (hard links) or, to write, someone else's;
+    then set ``file_mode`` (None: leave it) and, for "w", truncate: only now that it is ours."""
+    if st.st_nlink != 1:
+        raise UnsafePathError(f"{path}: refusing: it has {st.st_nlink} hard links (it could be another file)")
+    if base == "r":
+        return
+    if st.st_uid != os.geteuid():
+        raise UnsafePathError(f"{path}: refusing: owned by uid {st.st_uid}")
+    if file_mode is not None and stat.S_IMODE(st.st_mode) != file_mode:
+        os.fchmod(fd, file_mode)
+    if base == "w":
+        os.ftruncate(fd, 0)
+
+
 def open_private(path: str | Path, mode: str = "a", *, allowed_dirs: Iterable[str | Path] | None = None,
                  file_mode: int = FILE_MODE) -> IO:
     """Open ``path`` for the daemon's own data: ``mode`` is r, w or a, plus b for binary.
@@ -107,17 +128,9 @@ def open_private(path: str | Path, mode: str = "a", *, allowed_dirs: Iterable[st
         with open_in(path, _FLAGS[base], follow=False, make_from=root if base != "r" else None,
                      file_mode=file_mode) as (fd, real):
             st = os.fstat(fd)
-            if st.st_nlink != 1:
-                raise UnsafePathError(f"{path}: refusing: it has {st.st_nlink} hard links (it could be another file)")
+            _claim(fd, st, path, base, file_mode if base != "r" else None)
             if base == "r" and file_problem(st):
                 raise Untrusted(real, file_problem(st))
-            if base != "r":
-                if st.st_uid != os.geteuid():
-                    raise UnsafePathError(f"{path}: refusing: owned by uid {st.st_uid}")
-                if stat.S_IMODE(st.st_mode) != file_mode:
-                    os.fchmod(fd, file_mode)
-                if base == "w":
-                    os.ftruncate(fd, 0)
             mine = os.dup(fd)
     except Untrusted as exc:
         raise UnsafePathError(f"{path}: refusing: {exc.what} is {exc.problem}") from None
@@ -125,6 +138,32 @@ def open_private(path: str | Path, mode: str = "a", *, allowed_dirs: Iterable[st
         raise UnsafePathError(f"{path}: {exc.strerror or exc}") from None
     os.set_blocking(mine, True)
     return os.fdopen(mine, mode)
+
+
+_REFUSED = {errno.ELOOP: "refusing: it is a symlink", errno.ENXIO: "refusing: not a regular file"}
+
+
+def open_output(path: str | Path, mode: str = "w") -> IO:
+    """A file the operator named for a verb's output (``report --plot``), anywhere: created 0644
+    (less the umask), or truncated only once it is known to be a regular file of ours with one
+    link; never through a symlink at its name, never blocking on a FIFO. Raises UnsafePathError."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise UnsafePathError(f"{path}: {_REFUSED.get(exc.errno) or exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(f"{path}: {_REFUSED[errno.ENXIO]}")
+        _claim(fd, st, Path(path), "w", None)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, mode)
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, OSError):
+            raise UnsafePathError(f"{path}: {exc.strerror or exc}") from None
+        raise
 
 
 def write_atomic(path: str | Path, data: bytes, *, file_mode: int = FILE_MODE) -> None:

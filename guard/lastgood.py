@@ -7,6 +7,7 @@ so loudly (log, status, metrics), and keeps retrying the configured one on every
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from .errors import NodeguardError, PolicyError
 if TYPE_CHECKING:
     from .policy.schema import Policy
 
+log = logging.getLogger("nodeguard.run")
 DEFAULT = Path("/var/lib/nodeguard/last-good.yaml")
 
 
@@ -26,13 +28,18 @@ def save(text: str, path: Path = DEFAULT) -> None:
 
 def load(path: Path = DEFAULT) -> tuple[Policy, str, str] | None:
     """(policy, source, text), or None when there is none, it no longer parses, or someone other than
-    root could have written it (configfile.read_private)."""
+    root could have written it (configfile.read_private). One that no longer parses is one warning."""
     from .policy.load import parse_policy
 
     try:
-        text = read_private(path).decode()
+        raw = read_private(path)
+    except NodeguardError:
+        return None
+    try:
+        text = raw.decode()
         return parse_policy(text, str(path)), str(path), text
-    except (NodeguardError, UnicodeDecodeError):
+    except (NodeguardError, UnicodeDecodeError) as exc:
+        log.warning("%s: ignored as if absent: %s", path, str(exc).splitlines()[0][:200] if str(exc) else "")
         return None
 
 

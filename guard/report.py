@@ -219,13 +219,16 @@ def _iso(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ts else ""
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> Any:
-    """A value safe to open in a spreadsheet: text is reduced to the safe alphabet and never starts
-    like a formula (=, +, -, @)."""
+    """A value safe to open in a spreadsheet: numbers as they are (-3 is a number, not a formula);
+    text reduced to the safe alphabet and, as OWASP has it, quoted when it starts like a formula."""
     if isinstance(value, (int, float)) or value is None:
         return "" if value is None else value
     text = _clean(value, 80)
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    return "'" + text if text[:1] in _FORMULA_STARTS else text
 
 
 def format_csv(rep: dict[str, Any]) -> str:
@@ -235,12 +238,12 @@ def format_csv(rep: dict[str, Any]) -> str:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for e in rep["episodes"]:
-        head = [_cell(e["rule"]), _iso(e["start"]), _iso(e["end"]), _cell(e["condemned"]), _cell(e["peak_pps"])]
+        head = [_cell(v) for v in (e["rule"], _iso(e["start"]), _iso(e["end"]), e["condemned"], e["peak_pps"])]
         for s in e.get("sources") or [None]:
             if s is None:
                 w.writerow(head + [""] * (len(CSV_COLUMNS) - len(head)))
                 continue
-            w.writerow(head + [_cell(s["source"]), _cell(s["network"]), s["addresses"], s["estimated"], s["sampled"],
-                               _iso(s["first"]), _iso(s["last"]), s["peak_pps"],
-                               _cell(" ".join(s["protos"])), _cell(" ".join(str(p) for p in s["dports"]))])
+            w.writerow(head + [_cell(v) for v in (s["source"], s["network"], s["addresses"], s["estimated"],
+                                                  s["sampled"], _iso(s["first"]), _iso(s["last"]), s["peak_pps"],
+                                                  " ".join(s["protos"]), " ".join(str(p) for p in s["dports"]))])
     return out.getvalue()

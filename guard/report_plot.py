@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import IO, Any
 
 from .aggregate import safe
 from .report import _clean, _t, banned_over
@@ -116,8 +116,8 @@ def episode_label(e: dict[str, Any]) -> str:
     return label
 
 
-def timeline_png(rep: dict[str, Any], path: str) -> None:
-    """Draw the timeline to ``path`` as PNG (PNG_SIZE pixels)."""
+def timeline_png(rep: dict[str, Any], out: IO[bytes]) -> None:
+    """Draw the timeline to ``out`` (a file opened for binary writing) as PNG (PNG_SIZE pixels)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.dates as mdates
@@ -173,6 +173,6 @@ def timeline_png(rep: dict[str, Any], path: str) -> None:
         if not values:
             ax.set_ylim(0, 1)
         fig.subplots_adjust(left=0.08, right=0.82, top=0.92, bottom=0.12)
-        fig.savefig(path, format="png", dpi=100)
+        fig.savefig(out, format="png", dpi=100)
     finally:
         plt.close(fig)

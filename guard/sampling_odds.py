@@ -17,8 +17,9 @@ import json
 import math
 from pathlib import Path
 
-from .configfile import read_private, write_atomic
-from .errors import NodeguardError
+from . import statefile
+from .configfile import write_atomic
+from .statefile import Invalid, is_int
 
 MAX_EXPONENT = 24  # 1 in 16.7 M
 
@@ -27,14 +28,15 @@ def path_for(policy) -> Path:
     return Path(policy.watcher.state_file).parent / "sampling.json"
 
 
+def _check(data) -> None:
+    if not isinstance(data, dict) or not all(is_int(k, 1, MAX_EXPONENT) for k in data.values()):
+        raise Invalid(f"not rule groups with exponents from 1 to {MAX_EXPONENT}")
+
+
 def load(path: Path) -> dict[str, int]:
-    """The saved odds; none (every condemned packet, under the caps) when the file is missing, bad,
-    or someone other than root could have written it (configfile.read_private)."""
-    try:
-        data = json.loads(read_private(path))
-        return {str(g): int(k) for g, k in data.items() if 0 < int(k) <= MAX_EXPONENT}
-    except (NodeguardError, ValueError, AttributeError, TypeError):
-        return {}
+    """The saved odds; none (every condemned packet, under the caps) when the file is missing, bad
+    (one warning), or someone other than root could have written it (statefile.load)."""
+    return statefile.load(path, _check) or {}
 
 
 def save(path: Path, exponents: dict[str, int]) -> None:

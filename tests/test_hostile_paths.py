@@ -344,3 +344,79 @@ def test_a_refused_last_good_directory_is_logged_and_the_policy_stays_accepted(a
         feed.accepted(policy, policy)
     assert f"cannot keep the last good policy: {state / 'last-good.yaml.tmp'}: refusing: {state} is owned by uid" \
         in caplog.text and not (state / "last-good.yaml").exists()
+
+
+# --- report --plot: the operator's path, written as root -------------------------------------------
+def _plot(log: Path, plot: Path) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "guard", "report", "--log", str(log), "--plot", str(plot)],
+                         capture_output=True, text=True, timeout=30)
+    return res, time.monotonic() - start
+
+
+@pytest.mark.parametrize("name", ["plot.svg", "plot.png"])
+def test_report_plot_never_writes_through_a_symlink_nobody_plants(area, name):
+    secret = victim(area)
+    (area / "attacks.jsonl").write_text("")
+    drop = mkdir(area / "drop", owner=NOBODY)
+    as_nobody(f"import os; os.symlink({str(secret)!r}, {str(drop / name)!r})")
+    res, _ = _plot(area / "attacks.jsonl", drop / name)
+    assert res.returncode == 2 and res.stdout == "", res
+    assert res.stderr == f"nodeguard: {drop / name}: refusing: it is a symlink\n"
+    assert secret.read_text() == "root:$6$secret\n"
+
+
+def test_report_plot_refuses_a_file_nobody_owns_without_emptying_it(area):
+    (area / "attacks.jsonl").write_text("")
+    drop = mkdir(area / "drop", owner=NOBODY)
+    as_nobody(f"open({str(drop / 'plot.svg')!r}, 'w').write('mine')")
+    res, _ = _plot(area / "attacks.jsonl", drop / "plot.svg")
+    assert res.returncode == 2 and res.stderr == f"nodeguard: {drop / 'plot.svg'}: refusing: owned by uid {NOBODY}\n"
+    assert (drop / "plot.svg").read_text() == "mine"
+
+
+@pytest.mark.parametrize("reader", [False, True], ids=["no reader", "a reader"])
+def test_report_plot_to_a_fifo_fails_at_once(area, reader):
+    """open() of a FIFO for writing waits for a reader: it hung the command. Now it is refused at once
+    (O_NONBLOCK, then fstat), whether nobody holds it open or not."""
+    from guard.configfile import open_output
+
+    (area / "attacks.jsonl").write_text("")
+    drop = mkdir(area / "drop", owner=NOBODY)
+    fifo = drop / "plot.png"
+    as_nobody(f"import os; os.mkfifo({str(fifo)!r})")
+    opened = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK) if reader else None
+    try:
+        start = time.monotonic()
+        with pytest.raises(UnsafePathError, match="refusing: not a regular file"):
+            open_output(fifo, "wb")
+        assert time.monotonic() - start < 1.0
+        res, took = _plot(area / "attacks.jsonl", fifo)
+        assert res.returncode == 2 and res.stderr == f"nodeguard: {fifo}: refusing: not a regular file\n", res
+        assert took < 10  # the whole command, Python's start included: it returned, it did not wait
+    finally:
+        if opened is not None:
+            os.close(opened)
+
+
+def test_report_plot_to_a_new_or_own_file_is_written(area):
+    (area / "attacks.jsonl").write_text("")
+    (area / "plot.svg").write_text("x" * 100_000)  # root's own, longer than the picture: truncated
+    assert _plot(area / "attacks.jsonl", area / "plot.svg")[0].returncode == 0
+    assert (area / "plot.svg").read_text().startswith("<svg") and (area / "plot.svg").read_text().endswith("</svg>\n")
+    assert _plot(area / "attacks.jsonl", area / "new.png")[0].returncode == 0
+    assert (area / "new.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("field", ["sampler.log", "sampler.pcap", "watcher.state_file"])
+@pytest.mark.parametrize("char", ["\\x1b", "\\n", "\\x7f", "\\u202e", "\\t"], ids=["ESC", "LF", "DEL", "RLO", "TAB"])
+def test_check_refuses_a_data_path_with_control_characters_in_one_line(tmp_path, field, char):
+    section, key = field.split(".")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f'backend: nft\n{section}:\n  {key}: "{tmp_path}/a{char}[31mb"\n')
+    res = subprocess.run([sys.executable, "-m", "guard", "check", "-c", str(policy)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == "", res
+    assert res.stderr == (f"{policy}:3: {field}: the path must be printable: no control or other non-printable "
+                          "characters\n")
+    assert os.listdir(tmp_path) == ["policy.yaml"]

@@ -6,7 +6,10 @@ import csv
 import io
 import json
 import struct
+import subprocess
+import sys
 
+import pytest
 from click.testing import CliRunner
 
 from guard import report
@@ -100,7 +103,39 @@ def test_csv_has_a_row_per_source_per_episode_and_is_spreadsheet_safe():
     assert bot["first_seen"] == "1970-01-01T00:16:40Z" and bot["peak_pps"] == "500.0" and bot["ports"] == "80"
     assert all(not r[c].startswith(("=", "+", "-", "@")) for r in rows for c in report.CSV_COLUMNS)
     assert any(r["source"] == "?HYPERLINK?1?" for r in rows)
-    assert report._cell("-1+2") == "'-1?2" and report._cell(7) == 7
+    assert report._cell("-1+2") == "'-1?2" and report._cell(7) == 7 and report._cell(-3) == -3
+
+
+def test_csv_through_the_cli_quotes_every_text_cell_that_starts_like_a_formula(tmp_path):
+    """OWASP's list: =, +, -, @, tab, CR. Text keeps a safe alphabet where only '-' starts a formula,
+    and is quoted then; numbers (-3 too) stay numbers."""
+    recs = _records()
+    hostile = ["=cmd|'/c calc'!A1", "+1+1", "-2+3", "@SUM(1)", "\t=1", "\r=1"]
+    for i, src in enumerate(hostile):
+        recs.insert(1, _flow("syn-flood", src, 1000.0, 1010.0, 1000 + i))
+    path = tmp_path / "attacks.jsonl"
+    log = AttackLog(path, 1 << 20, 2)
+    for rec in recs:
+        log.write(rec)
+    log.close()
+    res = subprocess.run([sys.executable, "-m", "guard", "report", "--log", str(path), "--format", "csv",
+                          "--top", "20"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    cells = [r[c] for r in rows for c in report.CSV_COLUMNS]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    sources = {r["source"] for r in rows}
+    assert {"?cmd??/c calc??A1", "?1?1", "'-2?3", "?SUM?1?"} <= sources, sources  # only '-' is in the alphabet
+    assert report._cell("\t=1") == report._cell("\r=1") == "??1"
+
+
+@pytest.mark.parametrize("top", ["-1", "0", "10001", "99999999999999999999999"])
+def test_report_top_is_from_1_to_10000(tmp_path, top):
+    (tmp_path / "attacks.jsonl").write_text("")
+    res = subprocess.run([sys.executable, "-m", "guard", "report", "--log", str(tmp_path / "attacks.jsonl"),
+                          "--top", top], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == "", res
+    assert res.stderr == f"nodeguard: Invalid value for '--top': {top} is not in the range 1<=x<=10000.\n"
 
 
 def test_csv_and_json_through_the_cli(tmp_path):

@@ -23,6 +23,7 @@ def bounds(since: str | None, until: str | None) -> tuple[float | None, float | 
     return out[0], out[1]
 
 
+DEFAULT_TOP, MAX_TOP = 10, 10000  # report's sources per rule and per episode
 DEFAULT_MARGIN, MAX_MARGIN = 2.0, 100.0  # tune's headroom over the busiest legitimate source
 
 
@@ -43,7 +44,8 @@ def margin_option(func):
 @click.option("--since", default=None, help="'15m', '1h', '2d' ago, or an ISO 8601 time.")
 @click.option("--until", default=None, help="As --since.")
 @click.option("--rule", default=None, help="Only this rule group (e.g. syn-flood).")
-@click.option("--top", default=10, show_default=True, help="Sources per rule and per episode.")
+@click.option("--top", default=DEFAULT_TOP, show_default=True, type=click.IntRange(1, MAX_TOP),
+              help="Sources per rule and per episode.")
 @click.option("--json", "as_json", is_flag=True, help="Print data as JSON (same as --format json).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
               help="csv: one row per source (or shared /24, /48) per episode, for spreadsheets.")
@@ -68,10 +70,12 @@ def report(config, log_path, since, until, rule, top, as_json, fmt, plot) -> Non
     rep["skipped_lines"] = records.skipped
     if plot:
         from .. import report_plot
-        if plot.endswith(".png"):
-            report_plot.timeline_png(rep, plot)
-        else:
-            with open(plot, "w") as f:
+        from ..configfile import open_output
+        png = plot.endswith(".png")
+        with open_output(plot, "wb" if png else "w") as f:  # the operator's path: no symlink, FIFO or other's file
+            if png:
+                report_plot.timeline_png(rep, f)
+            else:
                 f.write(report_plot.timeline_svg(rep))
     if fmt == "csv":
         show(report_mod.format_csv(rep))

@@ -1,26 +1,38 @@
 """Reading the state the watcher publishes (loop.py writes it), for ``status``: ``alive`` is checked
-against the pid, since a killed watcher leaves ``alive: true`` behind."""
+against the pid, since a killed watcher leaves ``alive: true`` behind. A file whose fields are not
+what the watcher writes is treated as absent (statefile.py)."""
 
 from __future__ import annotations
 
-import json
 import os
+from typing import Any
 
-from ..configfile import read_private
-from ..errors import NodeguardError
+from ..statefile import fields, is_int, is_number, is_pid, is_text, is_texts, load
+
+_COUNT = (is_int, "a count")
+_FLAG = (lambda v: v is None or isinstance(v, bool), "true, false or null")
+_TEXT = (is_text, "text or null")
+_SECONDS = (lambda v: v is None or is_number(v), "a finite number from 0 or null")
+# the fields status reads, as Watcher.state and WatchLoop._write_state write them
+_CHECK = fields({
+    "pid": (is_pid, "a process id below pid_max"), "alive": _FLAG, "contested": _FLAG, "adopted": _FLAG,
+    "in_sync": _FLAG, "repairs": _COUNT, "checks": _COUNT, "errors": _COUNT, "reloads_ok": _COUNT,
+    "reloads_failed": _COUNT, "backoff_s": _SECONDS, "last_repair_ms": _SECONDS, "last_apply": _SECONDS,
+    "contested_by": _TEXT, "last_reason": _TEXT, "last_kind": _TEXT, "last_writer": _TEXT, "last_error": _TEXT,
+    "backend": _TEXT, "notes": (is_texts, "a list of text"), "interfaces": (is_texts, "a list of text"),
+    "fingerprints": (lambda v: v is None or (isinstance(v, dict) and is_texts(list(v.values()))),
+                     "an object of text or null"),
+})
 
 
-def read_state(path: str) -> dict | None:
+def read_state(path: str) -> dict[str, Any] | None:
     """The watcher's last published state, with ``alive`` checked against its pid."""
-    try:
-        data = json.loads(read_private(path))
-    except (NodeguardError, ValueError):
-        return None
-    if not isinstance(data, dict):
+    data = load(path, _CHECK)
+    if data is None:
         return None
     if data.get("alive"):
         try:
-            os.kill(int(data["pid"]), 0)
-        except (OSError, ValueError, KeyError):
+            os.kill(data["pid"], 0)
+        except (OSError, KeyError):
             data["alive"] = False
     return data
