@@ -47,9 +47,10 @@ def escape(text: str) -> str:
 
 
 def escape_lines(text: str) -> str:
-    """Text for a terminal: each line escaped, the newlines kept. Every verb's output goes through
+    """Text for a terminal: each line escaped, the newlines and tabs kept (nft's own listing indents
+    with tabs). Every verb's output goes through
     it: text from a log, the kernel or another program never reaches a terminal raw."""
-    return "\n".join(escape(line) for line in text.split("\n"))
+    return "\n".join("\t".join(escape(cell) for cell in line.split("\t")) for line in text.split("\n"))
 
 
 def _priority(levelno: int) -> int:

@@ -148,11 +148,20 @@ def _reaped(request, proc: subprocess.Popen) -> subprocess.Popen:
     return proc
 
 
-def _ban_delay(samples: list) -> float:
-    """ban_poll samples: seconds from the flood's first packet (at the truth counter) to the first ban drop."""
-    first = next(i for i, s in enumerate(samples) if s[1] > 0)
-    t0 = samples[max(first - 1, 0)][0]  # the first packet arrived after this sample
-    return next(s[0] for s in samples if s[2] > 0) - t0
+def _ban_delay(samples: list) -> tuple[float, float]:
+    """ban_poll samples: the seconds from the flood's first packet (at the truth counter) to the first ban
+    drop, as the interval the samples allow. A poll of iptables-*-save can take long on a loaded machine:
+    each event lies between the sample that first shows it and the one before."""
+    def bracket(col: int) -> tuple[float, float]:
+        i = next(i for i, s in enumerate(samples) if s[col] > 0)
+        return samples[max(i - 1, 0)][0], samples[i][0]
+    (first_after, first_by), (ban_after, ban_by) = bracket(1), bracket(2)
+    return ban_after - first_by, ban_by - first_after
+
+
+def _assert_ban_delay(delay: tuple[float, float]) -> None:
+    """The interval the samples allow meets BAN_DELAY."""
+    assert delay[0] <= BAN_DELAY[1] and delay[1] >= BAN_DELAY[0], delay
 
 
 # Ban delay: first ingress drop after the flood's first packet, polled every 20 ms. Measured (s), 11 floods
@@ -181,13 +190,14 @@ def test_a_syn_flood_is_banned_at_ingress_within_after_s(node, request):
     banned, per_source = c[f"{INGRESS}: banned v4 source"], c["syn-flood: syn-flood per-source v4"]
     assert _bans(victim, p) == [ATTACKER4], f"the SYN flood was not banned ({per_source} per-source drops)"
     delay = _ban_delay(samples)
-    print(f"\n{backend}, SYN flood: banned {delay:.2f} s after its first packet; arrived {arrived}, dropped at "
+    print(f"\n{backend}, SYN flood: banned {delay[0]:.2f}-{delay[1]:.2f} s after its first packet; "
+          f"arrived {arrived}, dropped at "
           f"ingress {banned}, per-source drops before the ban {per_source}")
-    assert BAN_DELAY[0] <= delay <= BAN_DELAY[1], delay
+    _assert_ban_delay(delay)
     # every SYN that arrived was dropped by the ban, or before it by the per-source limit, or passed under
     # that limit: its burst plus its rate until the ban (measured: exactly that, to the packet; 20 for the
     # 20 ms poll and the pacing)
-    assert 0 <= arrived - banned - per_source <= SYN_BURST + SYN_RATE * delay + 20, (arrived, banned, per_source)
+    assert 0 <= arrived - banned - per_source <= SYN_BURST + SYN_RATE * delay[1] + 20, (arrived, banned, per_source)
     assert banned > 0.2 * arrived, (banned, arrived)
 
 
@@ -223,10 +233,11 @@ def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tm
     banned_drops, per_source = c[f"{INGRESS}: banned v4 source"], c[f"{group}: {group} per-source v4"]
 
     delay = _ban_delay(samples)
-    print(f"\n{backend}, {group}: first ingress drop {delay:.2f} s after the flood's first packet (polled every "
+    print(f"\n{backend}, {group}: first ingress drop {delay[0]:.2f}-{delay[1]:.2f} s after the flood's "
+          "first packet (polled every "
           f"20 ms); arrived {arrived}, dropped at ingress {banned_drops}, per-source drops before the ban "
           f"{per_source}; client during the flood {during}")
-    assert BAN_DELAY[0] <= delay <= BAN_DELAY[1], delay
+    _assert_ban_delay(delay)
     # every packet that arrived was dropped by the ban, or before it by the per-source limit, or passed
     # under that limit (its burst plus its rate until the ban)
     assert 0 <= arrived - banned_drops - per_source <= passes
