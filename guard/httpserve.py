@@ -32,12 +32,14 @@ import selectors
 import socket
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable
 
 from .aggregate import source_key
+from .logs import Throttle
 
 log = logging.getLogger("nodeguard.metrics")
 
@@ -53,6 +55,7 @@ class Limits:
     per_client: int = 4         # open at once per IPv4 address or IPv6 /64 (see grace_s)
     grace_s: float = 0.2        # a new connection's time to send its request before the per-client
                                 # cap may evict it for silence (the total cap may, at once)
+    error_log_s: float = 60.0   # a route's unexpected failures: one log line per this, with a count
     send_buffer: int = 65536    # SO_SNDBUF of a connection: the kernel memory (charged to the unit's
                                 # MemoryMax=) a client that does not read can pin; the rest waits here
 
@@ -158,6 +161,7 @@ class BoundedHTTPServer:
         self._stop = False
         self._stopped = threading.Event()
         self._stopped.set()
+        self._failures = Throttle(limits.error_log_s)
 
     @property
     def port(self) -> int:
@@ -369,12 +373,18 @@ class BoundedHTTPServer:
                 self._done.append((conn, self._run(route, request)))
                 self._wake()
 
-    @staticmethod
-    def _run(route: Route, request: Request) -> Reply:
+    def _run(self, route: Route, request: Request) -> Reply:
+        """One failed answer (500), never a dead server, nor a log line per request: a client that
+        can make a route fail could otherwise fill the log (``Limits.error_log_s``)."""
         try:
             return route.handler(request)
-        except Exception:  # one failed answer, never a dead server
-            log.exception("metrics route %s failed", request.path)
+        except Exception as exc:
+            held = self._failures.allow()
+            if held is not None:
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                log.error("metrics route %s failed: %s: %s (in %s:%d; %d more since the last such line, "
+                          "at most one per %g s)", request.path, type(exc).__name__, exc, frame.filename,
+                          frame.lineno, held, self.limits.error_log_s)
             return _text(500, "internal error\n")
 
     def _wake(self) -> None:

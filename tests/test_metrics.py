@@ -505,3 +505,53 @@ def test_over_the_cap_a_silent_connection_goes_before_one_that_sent_part_of_a_re
         finally:
             for s in silent:
                 s.close()
+
+
+# --- requests that fail (review of issue 19) -----------------------------------------------
+@pytest.mark.parametrize("accept", ["application/openmetrics-text; version=x", "text/plain; version=x",
+                                    "application/openmetrics-text; version=9.9.9\xff"])
+def test_an_accept_header_prometheus_client_chokes_on_gets_the_text_format(server, caplog, accept):
+    """``version=x`` raises inside prometheus_client's choose_encoder; ``9.9.9\\xff`` it would echo
+    into our Content-Type. Either way: 200 in the plain text format, and no log line."""
+    srv = server(lambda: SNAPSHOT, alive_beat(), limits=LIMITS)
+    with connect(srv.port, "127.0.0.2") as s:
+        s.settimeout(5)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nAccept: " + accept.encode("latin-1") + b"\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Type: text/plain; version=0.0.4" in head, head
+    assert samples(body.decode())[("nodeguard_up", ())] == 1
+    assert not [r for r in caplog.records if r.name == "nodeguard.metrics"]
+
+
+class Broken:
+    """A collector with a bug: every scrape through the real registry and encoder fails."""
+
+    def collect(self):
+        raise RuntimeError("collector bug\nsecond line")
+
+
+def test_a_burst_of_failing_requests_logs_one_line_without_a_traceback(server, caplog):
+    srv = server(lambda: SNAPSHOT, alive_beat(), limits=LIMITS)
+    srv.registry.register(Broken())
+    url = f"http://127.0.0.1:{srv.port}/metrics"
+    with caplog.at_level(logging.DEBUG, logger="nodeguard.metrics"):
+        codes = [get(url)[0] for _ in range(60)]
+    assert codes == [500] * 60
+    lines = [r for r in caplog.records if r.name == "nodeguard.metrics" and r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and lines[0].exc_info is None, lines
+    assert "RuntimeError: collector bug" in lines[0].getMessage()
+
+
+def test_a_throttle_lets_one_line_through_per_interval_and_counts_the_rest():
+    from guard.logs import Throttle
+
+    now = [0.0]
+    throttle = Throttle(60.0, clock=lambda: now[0])
+    assert [throttle.allow() for _ in range(5)] == [0, None, None, None, None]
+    now[0] = 59.9
+    assert throttle.allow() is None
+    now[0] = 60.0
+    assert throttle.allow() == 5 and throttle.allow() is None
