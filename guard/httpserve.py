@@ -260,8 +260,9 @@ class BoundedHTTPServer:
     def _make_room(self, client: str) -> None:
         """Over a cap, evict by ``_Conn.eviction_rank``, oldest first. Over ``client``'s, a silent
         one only once silent for ``Limits.grace_s`` (till then the cap waits), one that sent part of
-        a head only when none is silent; over the total, at once. A silent victim is read once more
-        first: a request that arrived since its accept saves it."""
+        a head only when none is silent; over the total, at once. If every one is being answered,
+        the newest goes. A silent victim is read once more first: a request that arrived since its
+        accept saves it."""
         while True:
             now = time.monotonic()
             mine = [c for c in self._conns.values() if c.client == client]
@@ -273,11 +274,14 @@ class BoundedHTTPServer:
                     else [c for c in mine if c.eviction_rank() == 1]
                 if silent and not pool:
                     self._crowded.add(client)  # looked at again each turn, until within the cap
+                elif not pool:  # every one is being answered: the newest goes, its request unanswered
+                    self._close(mine[-1])
+                    continue
             if not pool and len(self._conns) > self.limits.connections:
                 pool = [c for c in self._conns.values() if c.eviction_rank() is not None]
-                if not pool:  # every one is being answered: the newest goes, its request unanswered
+                if not pool:
                     self._close(next(reversed(self._conns.values())))
-                    return
+                    continue
             if not pool:
                 return
             victim = min(pool, key=_Conn.eviction_rank)  # min keeps the first (oldest) of a rank

@@ -555,3 +555,27 @@ def test_a_throttle_lets_one_line_through_per_interval_and_counts_the_rest():
     assert throttle.allow() is None
     now[0] = 60.0
     assert throttle.allow() == 5 and throttle.allow() is None
+
+
+def test_over_the_cap_with_every_request_being_answered_the_newest_goes(server):
+    """Requests that are complete are never evicted: a fifth from the same address, while four
+    answers wait on clients that do not read, is closed unanswered and the four keep their answers."""
+    snap = dict(SNAPSHOT, meters=[{"set": f"m{i:05d}", "elements": i, "size": 65536} for i in range(5000)])
+    srv = server(lambda: snap, alive_beat(), limits=LIMITS)
+    socks = [connect(srv.port, "127.0.0.2", rcvbuf=4096) for _ in range(LIMITS.per_client + 1)]
+    try:
+        for s in socks:
+            s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            time.sleep(0.05)
+        socks[-1].settimeout(2)
+        try:
+            assert socks[-1].recv(65536) == b""
+        except ConnectionError:
+            pass
+        assert srv.open_connections == LIMITS.per_client
+        for s in socks[:-1]:
+            s.settimeout(2)
+            assert s.recv(64).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for s in socks:
+            s.close()
