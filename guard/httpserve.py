@@ -11,10 +11,12 @@ kubelet's liveness probe is one more. So what any client can take is bounded:
   closed when it runs out, its unsent bytes dropped;
 * a request head is at most ``Limits.head_bytes``;
 * at most ``Limits.per_client`` connections per client (an IPv4 address, an IPv6 /64) and
-  ``Limits.connections`` in all. A connection over either cap **evicts the oldest** of that client,
-  or of all, rather than being refused: a flood of connections churns its own entries, and a
-  client that sends its request at once (a probe, a scraper) is answered within one turn of the
-  loop, long before it becomes the oldest;
+  ``Limits.connections`` in all. A connection over either cap **evicts** one of that client, or
+  of all, rather than being refused: the oldest that has sent nothing, else the oldest that sent
+  part of a head, never one whose request is complete (if every one is, the newcomer is closed).
+  What a connection sent with its connect is read at accept: a probe or a scraper, which sends its
+  request at once, is answered (or its request is complete) before a flood of silent connections
+  from its own address can evict it; such a flood only churns its own entries;
 * expensive routes (``/metrics``) run one at a time in one worker thread, so the process' thread
   count (the unit's ``TasksMax=``) does not depend on clients.
 
@@ -30,12 +32,14 @@ import selectors
 import socket
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable
 
 from .aggregate import source_key
+from .logs import Throttle
 
 log = logging.getLogger("nodeguard.metrics")
 
@@ -48,7 +52,10 @@ class Limits:
     connections: int = 64       # open at once, in all (file descriptors, memory for answers)
     backlog: int = 256          # the kernel's accept queue: a burst of connects waits there, not
                                 # dropped SYNs retransmitted a second later (a probe among them)
-    per_client: int = 4         # open at once per IPv4 address or IPv6 /64
+    per_client: int = 4         # open at once per IPv4 address or IPv6 /64 (see grace_s)
+    grace_s: float = 0.2        # a new connection's time to send its request before the per-client
+                                # cap may evict it for silence (the total cap may, at once)
+    error_log_s: float = 60.0   # a route's unexpected failures: one log line per this, with a count
     send_buffer: int = 65536    # SO_SNDBUF of a connection: the kernel memory (charged to the unit's
                                 # MemoryMax=) a client that does not read can pin; the rest waits here
 
@@ -84,13 +91,18 @@ def client_key(host: str) -> str:
 
 
 class _Conn:
-    __slots__ = ("sock", "client", "deadline", "head", "out", "closed")
+    __slots__ = ("sock", "client", "born", "deadline", "head", "complete", "out", "closed")
 
-    def __init__(self, sock: socket.socket, client: str, deadline: float):
-        self.sock, self.client, self.deadline = sock, client, deadline
+    def __init__(self, sock: socket.socket, client: str, born: float, deadline: float):
+        self.sock, self.client, self.born, self.deadline = sock, client, born, deadline
         self.head = bytearray()
+        self.complete = False                # its request head is in: being answered
         self.out: memoryview | None = None   # the answer's unsent bytes, once there is one
         self.closed = False
+
+    def eviction_rank(self) -> int | None:
+        """Which to evict first over a cap: 0 sent nothing, 1 sent part of a head, None never."""
+        return None if self.complete else (1 if self.head else 0)
 
 
 def _encode(reply: Reply) -> bytes:
@@ -145,9 +157,11 @@ class BoundedHTTPServer:
         self._conns: dict[socket.socket, _Conn] = {}  # in order of arrival: the first is the oldest
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._done: deque[tuple[_Conn, Reply]] = deque()
+        self._crowded: set[str] = set()  # clients over their cap with silent ones still in grace
         self._stop = False
         self._stopped = threading.Event()
         self._stopped.set()
+        self._failures = Throttle(limits.error_log_s)
 
     @property
     def port(self) -> int:
@@ -194,6 +208,8 @@ class BoundedHTTPServer:
     def _turn(self) -> None:
         now = time.monotonic()
         soonest = min((c.deadline for c in self._conns.values()), default=now + 1.0)
+        if self._crowded:
+            soonest = min(soonest, now + self.limits.grace_s / 2)
         events = self._sel.select(min(1.0, max(0.0, soonest - now)))
         events.sort(key=lambda event: event[0].fileobj is self.socket)  # accepts last (see _accept)
         for key, _ in events:
@@ -211,16 +227,19 @@ class BoundedHTTPServer:
             conn, reply = self._done.popleft()
             if not conn.closed:
                 self._answer(conn, reply)
+        for client in list(self._crowded):
+            self._make_room(client)
         now = time.monotonic()
         for conn in [c for c in self._conns.values() if c.deadline <= now]:
             log.debug("metrics client %s: out of time, closed", conn.client)
             self._close(conn)
 
     def _accept(self) -> None:
-        """At most a quarter of ``Limits.connections`` per turn, after the turn's reads: a flood
-        needs four turns to evict a new connection, and the request a client sends with its
-        connect (a probe's) is read in the next."""
-        for _ in range(max(1, self.limits.connections // 4)):
+        """Up to ``Limits.backlog`` per turn, after the turn's reads: a burst of connects is taken
+        off the kernel's queue before it overflows (a dropped SYN costs a probe a second). Each new
+        connection is read at once (non-blocking): a request sent with the connect is in before
+        the caps are enforced, so it is never what they evict."""
+        for _ in range(self.limits.backlog):
             try:
                 sock, addr = self.socket.accept()
             except (BlockingIOError, InterruptedError):
@@ -230,34 +249,64 @@ class BoundedHTTPServer:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.send_buffer)
-            conn = _Conn(sock, client_key(addr[0]), time.monotonic() + self.limits.head_s)
-            self._make_room(conn.client)
-            self._conns[sock] = conn
+            now = time.monotonic()
+            conn = _Conn(sock, client_key(addr[0]), now, now + self.limits.head_s)
             self._sel.register(sock, selectors.EVENT_READ, conn)
+            self._read(conn)
+            if not conn.closed:  # answered at once (a probe) never counts against a cap
+                self._conns[sock] = conn
+                self._make_room(conn.client)
 
     def _make_room(self, client: str) -> None:
-        """Close the oldest connection of ``client``, or of all, when a new one would go over a cap."""
-        mine = [c for c in self._conns.values() if c.client == client]
-        if len(mine) >= self.limits.per_client:
-            victim = mine[0]
-        elif len(self._conns) >= self.limits.connections:
-            victim = next(iter(self._conns.values()))
-        else:
-            return
-        log.debug("metrics client %s: evicted by a newer connection", victim.client)
-        self._close(victim)
+        """Over a cap, evict by ``_Conn.eviction_rank``, oldest first. Over ``client``'s, a silent
+        one only once silent for ``Limits.grace_s`` (till then the cap waits), one that sent part of
+        a head only when none is silent; over the total, at once. If every one is being answered,
+        the newest goes. A silent victim is read once more first: a request that arrived since its
+        accept saves it."""
+        while True:
+            now = time.monotonic()
+            mine = [c for c in self._conns.values() if c.client == client]
+            pool: list[_Conn] = []
+            self._crowded.discard(client)
+            if len(mine) > self.limits.per_client:
+                silent = [c for c in mine if c.eviction_rank() == 0]
+                pool = [c for c in silent if now - c.born >= self.limits.grace_s] if silent \
+                    else [c for c in mine if c.eviction_rank() == 1]
+                if silent and not pool:
+                    self._crowded.add(client)  # looked at again each turn, until within the cap
+                elif not pool:  # every one is being answered: the newest goes, its request unanswered
+                    self._close(mine[-1])
+                    continue
+            if not pool and len(self._conns) > self.limits.connections:
+                pool = [c for c in self._conns.values() if c.eviction_rank() is not None]
+                if not pool:
+                    self._close(next(reversed(self._conns.values())))
+                    continue
+            if not pool:
+                return
+            victim = min(pool, key=_Conn.eviction_rank)  # min keeps the first (oldest) of a rank
+            if victim.eviction_rank() == 0 and self._read(victim):
+                continue  # it spoke (or hung up): look again
+            log.debug("metrics client %s: evicted by a newer connection", victim.client)
+            self._close(victim)
 
-    def _read(self, conn: _Conn) -> None:
+    def _read(self, conn: _Conn) -> bool:
+        """Read what ``conn`` sent and act on it; False if there was nothing to read yet."""
         try:
             data = conn.sock.recv(4096)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data = b""
         if not data:
             self._close(conn)
-            return
+            return True
         conn.head += data
+        self._on_head(conn)
+        return True
+
+    def _on_head(self, conn: _Conn) -> None:
+        """Answer, queue or keep waiting for ``conn``'s request head, as much of it as is in."""
         end = min((i for i in (conn.head.find(b"\r\n\r\n"), conn.head.find(b"\n\n")) if i >= 0), default=-1)
         if end < 0:
             if len(conn.head) > self.limits.head_bytes:
@@ -266,6 +315,7 @@ class BoundedHTTPServer:
         if end > self.limits.head_bytes:
             self._answer(conn, _text(431, "request head too large\n"))
             return
+        conn.complete = True
         conn.deadline = time.monotonic() + self.limits.reply_s
         request = parse_head(bytes(conn.head[:end]))
         if isinstance(request, Reply):
@@ -327,12 +377,18 @@ class BoundedHTTPServer:
                 self._done.append((conn, self._run(route, request)))
                 self._wake()
 
-    @staticmethod
-    def _run(route: Route, request: Request) -> Reply:
+    def _run(self, route: Route, request: Request) -> Reply:
+        """One failed answer (500), never a dead server, nor a log line per request: a client that
+        can make a route fail could otherwise fill the log (``Limits.error_log_s``)."""
         try:
             return route.handler(request)
-        except Exception:  # one failed answer, never a dead server
-            log.exception("metrics route %s failed", request.path)
+        except Exception as exc:
+            held = self._failures.allow()
+            if held is not None:
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                log.error("metrics route %s failed: %s: %s (in %s:%d; %d more since the last such line, "
+                          "at most one per %g s)", request.path, type(exc).__name__, exc, frame.filename,
+                          frame.lineno, held, self.limits.error_log_s)
             return _text(500, "internal error\n")
 
     def _wake(self) -> None:

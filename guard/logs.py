@@ -19,8 +19,9 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
-from typing import IO, Any, Mapping
+from typing import IO, Any, Callable, Mapping
 
 FORMATS = ("text", "json")
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
@@ -102,6 +103,27 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=True, default=str, separators=(",", ":"))
+
+
+class Throttle:
+    """At most one line per ``interval_s`` for a failure anyone outside can repeat (a request):
+    ``allow()`` says whether this one is logged and how many were held back since the last."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic):
+        self.interval_s, self.clock = interval_s, clock
+        self._next: float | None = None
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def allow(self) -> int | None:
+        """None: hold this one back; else log it, with the returned count of those held back."""
+        with self._lock:
+            now = self.clock()
+            if self._next is not None and now < self._next:
+                self._held += 1
+                return None
+            held, self._held, self._next = self._held, 0, now + self.interval_s
+            return held
 
 
 def setup_logging(fmt: str = "text", level: int = logging.INFO, stream: IO | None = None,

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, TypedDict
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 
 from . import __version__
 from .endpoint import parse_listen  # noqa: F401 (the daemon's and the tests' name for it)
@@ -258,6 +258,19 @@ class Heartbeat:
         return age is not None and age < self.max_age_s
 
 
+def encoder_for(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
+    """prometheus_client's choice for ``accept``, or the plain text format when its parser fails
+    on the header (``version=x`` raises inside it) or the type it would answer echoes bytes a
+    header cannot carry: the client gets metrics, never a 500 (nor a log line) for a header."""
+    try:
+        encoder, ctype = choose_encoder(accept)
+    except Exception:
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+    if not (ctype.isascii() and ctype.isprintable()):
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+    return encoder, ctype
+
+
 # --- the server ----------------------------------------------------------------------------
 class MetricsServer(BoundedHTTPServer):
     """``/healthz`` answered on the I/O thread at once (slow clients cannot starve the liveness
@@ -275,7 +288,7 @@ class MetricsServer(BoundedHTTPServer):
     def _scrape(self, request: Request) -> Reply:
         """Scrapes less than SCRAPE_REUSE_S apart share one rendering: a flood of requests costs
         one rendering a second, not one each (runs in the worker only: no lock needed)."""
-        encoder, ctype = choose_encoder(request.headers.get("accept", ""))
+        encoder, ctype = encoder_for(request.headers.get("accept", ""))
         when, body = self._rendered.get(ctype, (None, b""))
         now = time.monotonic()
         if when is None or now - when >= SCRAPE_REUSE_S:

@@ -112,7 +112,7 @@ DESCRIPTIONS = {
     "watcher.legacy_poll_s": "poll interval for iptables-legacy, which sends no events",
     "watcher.max_repairs_per_minute": "beyond this, repairs back off",
     "watcher.backoff_max_s": "the longest repair backoff",
-    "watcher.state_file": "the watcher's published state (`status`), beside it the sampling odds; " + DATA_DIRS_NOTE,
+    "watcher.state_file": "the watcher's published state (`status`), beside it the sampling odds and the heartbeat `nodeguard healthz` reads; " + DATA_DIRS_NOTE,
     "sampler": "a capped sample of condemned packets goes to the attack log",
     "sampler.enabled": "`false`: no sampling, no attack log",
     "sampler.transport": "`auto`: nfqueue where the kernel has it (nft `queue`; iptables: xt NFQUEUE), else nflog",

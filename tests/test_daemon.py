@@ -180,6 +180,11 @@ def icmp_flood_counts(st: dict) -> tuple[int, int]:
     return sum(r["packets"] for r in rules), sum(r["bytes"] for r in rules)
 
 
+def healthz(tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "guard", "healthz", "--heartbeat", str(tmp_path / "heartbeat.json")],
+                          capture_output=True, text=True, timeout=10)
+
+
 # --- systemd protocol ---------------------------------------------------------------------
 def test_ready_after_the_first_apply_watchdog_from_the_main_loop_and_a_hung_loop_stops_it(lab, tmp_path, runs):
     victim, attacker = lab
@@ -237,7 +242,11 @@ def test_sighup_says_reloading_then_ready_and_sigterm_leaves_the_rules(lab, tmp_
     assert reloading[1].startswith("MONOTONIC_USEC=") and int(reloading[1].split("=")[1]) > 0
     assert run.manager.times("RELOADING=1")[0] < run.manager.times("READY=1")[1]
     assert not run.manager.times("WATCHDOG=1"), "no WATCHDOG_USEC: no pings"
+    alive = healthz(tmp_path)  # the DaemonSet's liveness probe, from the file the main loop beats
+    assert alive.returncode == 0 and alive.stdout.startswith("ok: the main loop (pid "), alive
     assert run.stop() == 0
+    gone = healthz(tmp_path)
+    assert gone.returncode == 1 and "is gone" in gone.stderr and gone.stderr.count("\n") == 1, gone
     assert run.manager.lines("STOPPING=1")
     assert "the rules stay in place" in run.log
     assert victim.run("nft list table inet nodeguard").returncode == 0

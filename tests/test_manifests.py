@@ -4,6 +4,7 @@ unknown fields are errors), and says what the daemon needs and nothing more."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def test_probes_and_scrapes_reach_the_metrics_listener(ds):
     tmpl = ds["spec"]["template"]
     (c,) = tmpl["spec"]["containers"]
     port = next(p for p in c["ports"] if p["name"] == "metrics")["containerPort"]
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert tmpl["metadata"]["annotations"]["prometheus.io/port"] == str(port)
     assert next(e for e in c["env"] if e["name"] == "HOST_IP")["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
     listen = next(a.split("=", 1)[1] for a in c["args"] if a.startswith("--metrics-listen="))
@@ -91,6 +92,24 @@ def test_probes_and_scrapes_reach_the_metrics_listener(ds):
     assert parse_listen(node_ip_listen, allow_remote="--metrics-allow-remote" in c["args"]) == ("10.0.0.7", port)
     with pytest.raises(ValueError):
         parse_listen(node_ip_listen, allow_remote=False)
+
+
+def test_liveness_is_the_healthz_verb_of_the_images_entrypoint_on_the_run_dirs_heartbeat(ds):
+    """Liveness depends on no TCP port a local user could crowd: an exec of ``nodeguard healthz``,
+    whose default heartbeat file is where the policy's state file puts it, in the pod's /run/nodeguard."""
+    from guard.cli.daemon import healthz
+    from guard.liveness import heartbeat_path
+
+    (c,) = ds["spec"]["template"]["spec"]["containers"]
+    entrypoint = next(line for line in (K8S / "Containerfile").read_text().splitlines()
+                      if line.startswith("ENTRYPOINT"))
+    command = c["livenessProbe"]["exec"]["command"]
+    assert json.loads(entrypoint.split(None, 1)[1]) == command[:1] and command[1:] == ["healthz"]
+    policy = parse_policy(load("configmap.yaml")["data"]["config.yaml"], "configmap.yaml")
+    default = next(p for p in healthz.params if p.name == "path").default
+    assert Path(default) == heartbeat_path(policy.watcher.state_file)
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert Path(default).parent == Path(mounts["run"])
 
 
 def test_no_rbac_is_shipped():

@@ -1,4 +1,5 @@
-"""The long-running verbs: watch (keep the rules in place), run (the daemon), sample."""
+"""The long-running verbs: watch (keep the rules in place), run (the daemon), sample; and healthz,
+the check of a running daemon."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sys
 
 import click
 
-from .. import lastgood
+from .. import lastgood, liveness
 from ..configwatch import POLL_S
 from ._shared import Stop, config_option, kernel, raise_stop, trusted_config
 
@@ -113,3 +114,16 @@ def sample(config: str | None) -> None:
         sampler.run(lambda: False)
     except (Stop, KeyboardInterrupt):
         logging.getLogger("nodeguard.sample").info("stopped after %d samples", sampler.samples)
+
+
+@click.command()
+@click.option("--heartbeat", "path", type=click.Path(dir_okay=False), default=str(liveness.heartbeat_path()),
+              show_default=True, help="The file `nodeguard run` beats (beside watcher.state_file).")
+@click.option("--max-age", type=click.FloatRange(min=0, min_open=True), default=liveness.MAX_AGE_S,
+              show_default=True, help="Seconds without a turn of the main loop that make the daemon stale.")
+def healthz(path: str, max_age: float) -> None:
+    """Exit 0 while `nodeguard run` is alive and its main loop turned within --max-age seconds,
+    1 otherwise, with one line: for an exec liveness probe (reads one file, opens no socket)."""
+    from pathlib import Path
+
+    click.echo(liveness.check(Path(path), max_age))

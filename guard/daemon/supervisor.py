@@ -22,6 +22,7 @@ from ..configwatch import POLL_S, ConfigWatch
 from ..counters import drops_by_group
 from ..errors import EnvironmentProblem, NodeguardError
 from ..endpoint import NotLoopback, parse_listen
+from ..liveness import MAX_AGE_S, HeartbeatFile, heartbeat_path
 from ..metrics import Heartbeat, Snapshot
 from ..notify import Notifier, watchdog_interval
 from ..policy.load import configured_path
@@ -54,7 +55,8 @@ class Daemon:
         self.env = os.environ if env is None else env
         self.notifier = notifier or Notifier(env=self.env)
         self.watchdog_s = watchdog_interval(self.env)
-        self.heartbeat = Heartbeat(max_age_s=60.0)
+        self.heartbeat = Heartbeat(max_age_s=MAX_AGE_S)
+        self.heartbeat_file = HeartbeatFile()  # for `nodeguard healthz`, the DaemonSet's liveness probe
         self.watcher: Watcher | None = None
         self.sampler = SamplerPart(clock, post_odds=self._post_odds)
         self.metrics: MetricsPart | None = None
@@ -175,6 +177,7 @@ class Daemon:
             self.notifier.watchdog()
         self.heartbeat.beat()
         w = self.watcher
+        self.heartbeat_file.beat(heartbeat_path(w.policy.watcher.state_file))
         repairs = w.state["repairs"]
         if repairs > self._seen_repairs:  # at most one repair per turn: last_reason is its reason
             kind = w.state.get("last_kind") or "other"

@@ -13,6 +13,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..attacklog import MAX_KEEP
+from ..liveness import STATE_FILE
 from .fields import (Burst, Cidr, DataPath, IfName, Mode, Port, PortList, PortRanges, PositiveInt, RateField, check_interfaces,
                      check_name, one_burst)
 from .rates import Rate, parse_rate
@@ -196,7 +197,7 @@ class Watcher(_Section):
     legacy_poll_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     max_repairs_per_minute: Annotated[int, Field(ge=1, le=1000, strict=True)] = 10
     backoff_max_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
-    state_file: DataPath = "/run/nodeguard/watch.json"
+    state_file: DataPath = STATE_FILE
 
 
 class Rotate(_Section):
