@@ -201,10 +201,10 @@ def test_a_local_user_flapping_listeners_causes_port_updates_never_repairs(ns, t
         ns.run([*AS_NOBODY, sys.executable, "-c", FLAP, str(flap_s)])
         took = time.monotonic() - started
         flapped = json.loads(state.read_text())
+        print(f"\n{flap_s:.0f} s of flapping: {flapped['port_updates']} port updates, {flapped['repairs']} repairs")
+        assert flapped["repairs"] == 0 and not flapped["contested"] and flapped["backoff_s"] == 0, flapped
+        assert 2 <= flapped["port_updates"] <= took / REDETECT_MIN_S + 1, flapped
         ns.run("nft delete table inet nodeguard")
         netlab.wait_until(lambda: json.loads(state.read_text())["repairs"] == 1 and ns.run(
             "nft list set inet nodeguard synproxy-ports-v4", check=False).returncode == 0, timeout=3)
         assert proc.poll() is None
-    print(f"\n{flap_s:.0f} s of flapping: {flapped['port_updates']} port updates, {flapped['repairs']} repairs")
-    assert flapped["repairs"] == 0 and not flapped["contested"] and flapped["backoff_s"] == 0, flapped
-    assert 2 <= flapped["port_updates"] <= took / REDETECT_MIN_S + 1, flapped
