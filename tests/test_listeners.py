@@ -12,7 +12,8 @@ import time
 
 import netlab
 from guard.listeners import Listener, synproxy_ports
-from guard.watch.ports import REDETECT_MIN_S
+from guard.policy.schema import Policy
+from guard.watch.ports import BUSY_SHARE, REDETECT_MIN_S, HeldPorts
 
 CHILD = r"""
 import json, socket, sys
@@ -208,3 +209,15 @@ def test_a_local_user_flapping_listeners_causes_port_updates_never_repairs(ns, t
         netlab.wait_until(lambda: json.loads(state.read_text())["repairs"] == 1 and ns.run(
             "nft list set inet nodeguard synproxy-ports-v4", check=False).returncode == 0, timeout=3)
         assert proc.poll() is None
+
+
+def test_a_costly_look_at_the_listeners_defers_the_next_by_its_share_of_a_core():
+    """A cheap look is repeated at the next verification (REDETECT_MIN_S at the least); one that cost
+    a second of CPU (7,500 flapping listeners) waits until it is BUSY_SHARE of a core."""
+    policy = Policy.model_validate({"syn": {"synproxy": {"ports": "auto"}}})
+    held = HeldPorts()
+    held.ports, held.interfaces = {4: [22], 6: []}, ("ngu0",)
+    held.looked(100.0, 0.002)
+    assert not held.due(policy, 100.0 + REDETECT_MIN_S - 0.01) and held.due(policy, 100.0 + REDETECT_MIN_S)
+    held.looked(100.0, 1.0)
+    assert not held.due(policy, 100.0 + 1.0 / BUSY_SHARE - 0.01) and held.due(policy, 100.0 + 1.0 / BUSY_SHARE)

@@ -108,7 +108,7 @@ class Watcher(WatchLoop):
         return make_plan(policy, self.nft, flavour=self._flavour, cache=self._plans if ours else None,
                          interfaces=interfaces, probe_foreign=policy.backend == "nft",
                          odds=None if self.odds_from_file else self.odds,
-                         ports=self.ports.held(policy, interfaces, self.clock()) if ours else None)
+                         ports=self.ports.held(policy, interfaces) if ours else None)
 
     def check(self, scope: Scope = None) -> tuple[Plan, object, Drift | None]:
         self.state["checks"] += 1
@@ -289,7 +289,14 @@ class Watcher(WatchLoop):
         sync: drift is repaired (and counted) by ``handle`` first. Returns the new plan, or None."""
         if self._pending is not None or not self.state.get("in_sync") or not self.ports.due(self.policy, now):
             return None
-        found = self.ports.redetect(self.policy, now)
+        cpu = time.thread_time()
+        try:
+            return self._update_ports()
+        finally:
+            self.ports.looked(now, time.thread_time() - cpu)
+
+    def _update_ports(self) -> Plan | None:
+        found = self.ports.redetect(self.policy)
         if found is None:
             return None
         kept, self.ports.ports = self.ports.ports, found
