@@ -118,13 +118,23 @@ def sampling_settings(policy: Policy, transport: str, odds: dict[str, int] | Non
                           tuple(sorted((odds or {}).items())), cfg.count_sources, 2 * cfg.window_s + 10, cfg.observe)
 
 
-def synproxy_plan(policy: Policy, interfaces: tuple[str, ...]) -> SynproxyPlan | None:
-    """``syn.synproxy`` for this host: the ports (``auto``: the listeners, read now), the MSS of the
-    uplinks and the window scale the node's TCP announces. None when there is nothing to proxy."""
+def detect_ports(policy: Policy, interfaces: tuple[str, ...]) -> dict[int, list[int]] | None:
+    """``syn.synproxy.ports: auto``: {4: ports, 6: ports} read from the listeners now; None otherwise."""
     cfg = policy.syn.synproxy
+    if cfg.ports != "auto":
+        return None
     exclude = {p for low, high in cfg.exclude_ports for p in range(low, high + 1)}
+    return listeners.auto_ports(interfaces, exclude, cfg.forwarded)
+
+
+def synproxy_plan(policy: Policy, interfaces: tuple[str, ...],
+                  detected: dict[int, list[int]] | None = None) -> SynproxyPlan | None:
+    """``syn.synproxy`` for this host: the ports (``auto``: ``detected``, the watcher's, or the
+    listeners read now), the MSS of the uplinks and the window scale the node's TCP announces. None
+    when there is nothing to proxy."""
+    cfg = policy.syn.synproxy
     if cfg.ports == "auto":
-        found = listeners.auto_ports(interfaces, exclude, cfg.forwarded)
+        found = detected if detected is not None else detect_ports(policy, interfaces)
         v4, v6 = set(found[4]), set(found[6])
     else:
         v4 = v6 = set(cfg.ports)
@@ -140,7 +150,8 @@ def synproxy_plan(policy: Policy, interfaces: tuple[str, ...]) -> SynproxyPlan |
 
 def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | None = None,
               cache: dict | None = None, interfaces: tuple[str, ...] | None = None,
-              probe_foreign: bool = True, odds: dict[str, int] | None = None) -> Plan:
+              probe_foreign: bool = True, odds: dict[str, int] | None = None,
+              ports: dict[int, list[int]] | None = None) -> Plan:
     """Render the policy for this host. Without ``nft`` (no privileges) the default priorities are used.
 
     The watcher passes the ``flavour`` it decided once, the ``interfaces`` it resolved (so a
@@ -152,7 +163,8 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
 
     ``odds``: the sampling odds to render (sampling_odds.py). The daemon's watcher passes the ones
     it holds, so that its render depends on no file another thread writes; None (the one-shot
-    verbs, ``nodeguard sample``): those in the odds file.
+    verbs, ``nodeguard sample``): those in the odds file. ``ports``: the ``ports: auto`` set the
+    watcher holds (it re-detects them on its own schedule); None: the listeners, read now.
     """
     foreign = tuple(probe.foreign_base_chains(nft)) if nft and probe_foreign else ()
     if interfaces is None:
@@ -160,7 +172,7 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     if flavour is None:
         flavour = choose_flavour(policy, nft)
     sampling, sampling_reason = choose_sampling(policy, nft, odds)
-    synproxy = synproxy_plan(policy, interfaces)
+    synproxy = synproxy_plan(policy, interfaces, ports)
     closed_off = policy.backend == "iptables" and policy.closed_ports.enabled and probe.ipvs_loaded()
     key = (interfaces, foreign, flavour, sampling, synproxy, closed_off)
     if cache is not None and key in cache:
@@ -224,11 +236,12 @@ def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families: tuple[i
     return tx
 
 
-def install_odds(plan: Plan, nft: Nft, recorded: dict[str, str] | None = None) -> None:
-    """New sampling odds (rendered in ``plan``): one state-keeping transaction that rewrites only the
-    sample chains, whose rule ids change with the odds; every other chain keeps its rules and counters
-    (the drops per group the sampler reads). ``recorded``: the watcher's record of our rules' bodies,
-    so that a rewrite under our comment not yet noticed is refilled, never kept; else the live bodies."""
+def install_in_place(plan: Plan, nft: Nft, recorded: dict[str, str] | None = None) -> None:
+    """A change of our own desired state (new sampling odds, a new ``ports: auto`` set), rendered in
+    ``plan``: one state-keeping transaction that rewrites only what changed (the sample chains, whose
+    rule ids change with the odds; the elements of a port set); every other chain keeps its rules and
+    counters (the drops per group the sampler reads). ``recorded``: the watcher's record of our rules'
+    bodies, so that a rewrite under our comment not yet noticed is refilled, never kept; else the live bodies."""
     live = read_state(plan, nft)
     apply_plan(plan, nft, repair=True, live=live, fingerprints=recorded or plan.backend.fingerprints(live))
 

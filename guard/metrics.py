@@ -59,6 +59,7 @@ class Snapshot(TypedDict, total=False):
     repairs: dict[str, int]             # reason kind (a short fixed word) -> repairs since start
     contested: bool                     # repairs are being damped (an insert war)
     reloads: dict[str, int]             # {"ok": n, "failed": n} policy reloads since start
+    port_updates: int                   # updates of the syn.synproxy.ports: auto set since start (never repairs)
     last_apply: float | None            # unix time of the last transaction that installed our rules
     syn_valve: dict[str, Any] | None    # {"engaged": bool, "engagements": n}: syn.valve auto (daemon/valve_part.py)
     components: dict[str, dict[str, Any]]  # "sampler"/"metrics" -> {"up": bool, "restarts": n}: parts the
@@ -189,6 +190,11 @@ class NodeguardCollector:
         for result in ("ok", "failed"):
             reloads.add_metric([result], int((s.get("reloads") or {}).get(result, 0)))
         yield reloads
+
+        if "port_updates" in s:
+            yield CounterMetricFamily("nodeguard_synproxy_port_updates", "Updates of the SYNPROXY port set that "
+                                      "follows the listeners (syn.synproxy.ports: auto); not repairs",
+                                      value=int(s["port_updates"]))
 
         valve = s.get("syn_valve")
         if valve is not None:  # syn.valve: auto

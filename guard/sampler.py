@@ -17,7 +17,7 @@ from typing import Callable
 
 from .aggregate import Episodes, Window, safe, source_key
 from . import bans, sampling_odds
-from .apply import Plan, install_odds, make_plan
+from .apply import Plan, install_in_place, make_plan
 from .errors import NodeguardError
 from .attacklog import AttackLog, PcapLog
 from .backend.nft import Nft
@@ -215,7 +215,7 @@ class Sampler:
             flavour = (self.plan.flavour, self.plan.backend_reason) if self.plan.flavour else None
             plan = make_plan(self.policy, self.nft, flavour=flavour, interfaces=self.plan.ruleset.interfaces,
                              odds={g: k for g, k in wanted.items() if k})
-            install_odds(plan, self.nft)
+            install_in_place(plan, self.nft)
         except NodeguardError as exc:
             sampling_odds.save(sampling_odds.path_for(self.policy), current)  # the watcher renders from the file
             log.warning("could not change the sampling odds (%s); keeping them", exc)

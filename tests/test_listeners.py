@@ -8,8 +8,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
+import netlab
 from guard.listeners import Listener, synproxy_ports
+from guard.policy.schema import Policy
+from guard.watch.ports import BUSY_SHARE, REDETECT_MIN_S, HeldPorts
 
 CHILD = r"""
 import json, socket, sys
@@ -166,3 +170,54 @@ def test_a_locked_buffer_speaks_for_its_owner_in_the_families_it_receives():
         Listener(4, "10.99.0.3", 7004, rcvbuf=d, uid=999),                  # its lock counts
     ], {"10.99.0.2", "10.99.0.3"}, set(), default_rcvbuf=d)
     assert found == {4: [7002, 7003], 6: []}
+
+
+FLAP = r"""
+import socket, sys, time
+end, k = time.monotonic() + float(sys.argv[1]), 0
+while time.monotonic() < end:  # 200 listeners, then 200 others, ... : no two looks see the same set
+    held = []
+    for port in range(20000 + 200 * (k % 10), 20200 + 200 * (k % 10)):
+        s = socket.socket()
+        s.bind(("0.0.0.0", port)); s.listen(1); held.append(s)
+    time.sleep(0.15)
+    for s in held:
+        s.close()
+    k += 1
+"""
+
+
+def test_a_local_user_flapping_listeners_causes_port_updates_never_repairs(ns, tmp_path):
+    """Issue 19: nobody's listeners come and go faster than the watcher looks. Each new ``ports: auto``
+    set is an update of our own desired state: no repair, never contested, at most one per
+    REDETECT_MIN_S (verify_interval_s is below it here); a real tamper is still repaired at once."""
+    netlab.add_uplink(ns)
+    state = tmp_path / "watch.json"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"interfaces: [ngu0]\nsyn: {{synproxy: {{ports: auto}}}}\nwatcher:\n  state_file: {state}\n"
+                      "  verify_interval_s: 0.5\n  max_repairs_per_minute: 2\n")
+    flap_s = 4.0
+    with netlab.watcher(ns, str(policy), str(state)) as proc:
+        started = time.monotonic()
+        ns.run([*AS_NOBODY, sys.executable, "-c", FLAP, str(flap_s)])
+        took = time.monotonic() - started
+        flapped = json.loads(state.read_text())
+        print(f"\n{flap_s:.0f} s of flapping: {flapped['port_updates']} port updates, {flapped['repairs']} repairs")
+        assert flapped["repairs"] == 0 and not flapped["contested"] and flapped["backoff_s"] == 0, flapped
+        assert 2 <= flapped["port_updates"] <= took / REDETECT_MIN_S + 1, flapped
+        ns.run("nft delete table inet nodeguard")
+        netlab.wait_until(lambda: json.loads(state.read_text())["repairs"] == 1 and ns.run(
+            "nft list set inet nodeguard synproxy-ports-v4", check=False).returncode == 0, timeout=3)
+        assert proc.poll() is None
+
+
+def test_a_costly_look_at_the_listeners_defers_the_next_by_its_share_of_a_core():
+    """A cheap look is repeated at the next verification (REDETECT_MIN_S at the least); one that cost
+    a second of CPU (7,500 flapping listeners) waits until it is BUSY_SHARE of a core."""
+    policy = Policy.model_validate({"syn": {"synproxy": {"ports": "auto"}}})
+    held = HeldPorts()
+    held.ports, held.interfaces = {4: [22], 6: []}, ("ngu0",)
+    held.looked(100.0, 0.002)
+    assert not held.due(policy, 100.0 + REDETECT_MIN_S - 0.01) and held.due(policy, 100.0 + REDETECT_MIN_S)
+    held.looked(100.0, 1.0)
+    assert not held.due(policy, 100.0 + 1.0 / BUSY_SHARE - 0.01) and held.due(policy, 100.0 + 1.0 / BUSY_SHARE)

@@ -35,6 +35,7 @@ SNAPSHOT = {
     "meters": [{"set": "syn-src-v4", "elements": 300, "size": 65536}],
     "repairs": {"table missing": 2, "priority_undercut": 1},
     "reloads": {"ok": 4, "failed": 1},
+    "port_updates": 6,
     "last_apply": 1700000000.5,
     "rules": [{"chain": "syn-flood", "label": "whatever wording", "packets": 1, "bytes": 2}],  # status extras: ignored
 }
@@ -100,6 +101,7 @@ def test_a_scrape_reports_every_metric_from_the_provider(serve):
     assert s[("nodeguard_repairs_total", (("reason", "priority_undercut"),))] == 1
     assert s[("nodeguard_reloads_total", (("result", "ok"),))] == 4
     assert s[("nodeguard_reloads_total", (("result", "failed"),))] == 1
+    assert s[("nodeguard_synproxy_port_updates_total", ())] == 6
     assert s[("nodeguard_last_apply_timestamp_seconds", ())] == 1700000000.5
     info = s[("nodeguard_info", (("backend", "nft"), ("sampler_transport", "nflog"), ("version", "0.1.0")))]
     assert info == 1

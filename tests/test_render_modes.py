@@ -17,6 +17,7 @@ import yaml
 from guard import sampling_odds
 from guard.apply import make_plan, read_state, sampling_settings, transaction
 from guard.backend.nft import NftLive
+from guard.fingerprints import of_nft
 from guard.model.build import build_ruleset, sample_groups
 from guard.model.plans import Priorities, SynproxyPlan
 from guard.model.ruleset import RuleSet
@@ -297,3 +298,24 @@ def test_reapplying_the_same_policy_touches_no_set_or_limit():
     kinds = {(verb, kind) for cmd in cmds for verb, obj in cmd.items() for kind in obj}
     assert not {("delete", "set"), ("add", "set"), ("flush", "set"), ("add", "element"), ("delete", "limit"),
                 ("add", "limit")} & kinds, sorted(kinds)
+
+
+def test_a_new_auto_port_set_is_its_elements_added_and_deleted_nothing_else():
+    """``ports: auto`` follows listeners any local user opens: a new set costs only its difference,
+    not a flush and refill of thousands of ports, and no chain, set or limit is touched."""
+    policy = _policy()
+    cfg = policy.syn.synproxy
+
+    def objs(v4: tuple[int, ...]) -> render_nft.NftObjects:
+        sp = SynproxyPlan(v4, (22,), 1460, 1440, 7, False, cfg.engage_over, cfg.hold_s)
+        return render_nft.render_nft(build_ruleset(policy, tuple(policy.interfaces), Priorities(),
+                                                   sampling_settings(policy, "nflog"), sp))
+
+    old, new = objs((22, *range(20000, 27500, 2))), objs((22, 443, *range(20001, 27500, 2)))
+    live = _as_listed(old)
+    cmds = sync_nft.build(new, live, of_nft(live.rules)).json()  # the watcher's record of our rules' bodies
+    ref = {"family": "inet", "table": "nodeguard", "name": "synproxy-ports-v4"}
+    assert cmds["nftables"] == [
+        {"add": {"table": render_nft.table_ref()}},
+        {"delete": {"element": {**ref, "elem": list(range(20000, 27500, 2))}}},
+        {"add": {"element": {**ref, "elem": [443, *range(20001, 27500, 2)]}}}]

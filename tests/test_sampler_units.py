@@ -154,7 +154,7 @@ def test_in_the_daemon_new_odds_are_posted_not_installed(tmp_path, monkeypatch):
     def forbidden(*_a, **_k):
         raise AssertionError("the daemon's sampler must not render, apply or save odds itself")
 
-    for name in ("make_plan", "install_odds"):
+    for name in ("make_plan", "install_in_place"):
         monkeypatch.setattr(sampler_mod, name, forbidden)
     monkeypatch.setattr(sampler_mod.sampling_odds, "save", forbidden)
     group = plan.ruleset.sample_groups[0]

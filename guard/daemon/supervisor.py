@@ -278,6 +278,7 @@ class Daemon:
             "contested": bool(w.damper.contested),
             "repairs": dict(self.repair_kinds),
             "reloads": {"ok": st.get("reloads_ok", 0), "failed": st.get("reloads_failed", 0)},
+            "port_updates": st.get("port_updates", 0),
             "last_apply": st.get("last_apply"),
             "sampled": self.sampler.sampled(),
             "sampler": {"transport": sampling.transport if sampling else None,

@@ -18,7 +18,7 @@ import time
 
 def reader(policy_path: str):
     """A callable returning {(group, mode): packets}, with the plan built once (the condemning
-    rules keep their ids while the sampler rewrites its sample chains: ``apply.install_odds``)."""
+    rules keep their ids while the sampler rewrites its sample chains: ``apply.install_in_place``)."""
     from ..cli._shared import kernel, reading_plan
     from ..counters import drops_by_group
     from ..policy.load import load_policy

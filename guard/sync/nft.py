@@ -94,15 +94,27 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
         name = s["name"]
         if name not in kept_sets:
             cmds.append({"add": {"set": s}})
-        if name in objs.elements and (name not in kept_sets or not same_elements(live.static_elements.get(name, []),
-                                                                                  objs.elements[name])):
-            cmds.append({"flush": {"set": _ref(table, name)}})  # allowlists are configuration: refilled
-            if objs.elements[name]:
-                cmds.append({"add": {"element": {**_ref(table, name), "elem": objs.elements[name]}}})
+        if name in objs.elements:
+            cmds += _elements(_ref(table, name), live.static_elements.get(name, []) if name in kept_sets else None,
+                              objs.elements[name])
     cmds += [{"add": {"limit": x}} for x in objs.limits if x["name"] not in kept_limits]
     cmds += [{"add": {"chain": c}} for c in objs.chains if c["name"] not in intact]
     cmds += [{"add": {"rule": r}} for r in objs.rules if r["chain"] not in intact]
     return NftTransaction(tuple(cmds))
+
+
+def _elements(ref: dict, live: list | None, want: list) -> list[dict]:
+    """Fill a set whose elements are configuration (``live``: what a kept set holds; None: a new set).
+    Ports (plain numbers) by their difference alone: a ``ports: auto`` set follows the listeners, and a
+    local user who opens and closes thousands of them must not cost a refill each time. Allowlists
+    (prefixes nft may list back merged) are flushed and refilled when they differ."""
+    if live is not None and all(isinstance(e, int) for e in (*live, *want)):
+        gone, new = sorted(set(live) - set(want)), sorted(set(want) - set(live))
+        return ([{"delete": {"element": {**ref, "elem": gone}}}] if gone else []) + \
+            ([{"add": {"element": {**ref, "elem": new}}}] if new else [])
+    if live is not None and same_elements(live, want):
+        return []
+    return [{"flush": {"set": ref}}] + ([{"add": {"element": {**ref, "elem": want}}}] if want else [])
 
 
 def live_rule_ids(live: NftLive) -> dict[str, list[str | None]]:

@@ -1,5 +1,6 @@
 """``nodeguard watch``: notice anything that disturbs our rules or out-prioritises them, repair at once.
 
 ``watcher.py`` checks and repairs, ``loop.py`` decides when (events, polls, the periodic
-verification, retries), ``state.py`` reads the state the loop publishes for ``status``.
+verification, retries), ``ports.py`` holds the ``ports: auto`` set, ``state.py`` reads the
+state the loop publishes for ``status``.
 """

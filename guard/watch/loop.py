@@ -1,6 +1,9 @@
 """The watcher's loop: when to check. Events (nftables netlink notifications), a cheap fingerprint
 poll for iptables-legacy, the periodic full verification, a damped repair coming due, a retry.
 
+A change of the ``ports: auto`` set (any local user opens listeners) is looked for only at the full
+verification and installed as an update, never a repair (ports.py).
+
 An insert war must cost next to nothing: a check triggered by an event re-reads only the IP
 versions the event names (iptables), a burst of events (a rival's delete, then insert) is one
 check, and while a repair is damped, events are not checked at all (the repair, when it is due,
@@ -98,6 +101,8 @@ class WatchLoop:
                             next_full = detected + cfg.verify_interval_s
                         pending = self._pending.families if self._pending else frozenset()
                         self.handle(detected, None if full else _union(self._dirty, pending))
+                        if full:  # ``ports: auto``: at most once per verification (watch/ports.py)
+                            self.refresh_ports(detected)
                         self._succeeded()
                     if due_verify:
                         next_verify = detected + verify_every

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import sampling_odds
-from ..apply import Plan, apply_plan, choose_flavour, install_odds, make_plan, transaction
+from ..apply import Plan, apply_plan, choose_flavour, install_in_place, make_plan, transaction
 from ..apply import read_state as read_live_state
 from ..backend.legacy_fingerprint import legacy_fingerprint
 from ..backend.nft import Nft
@@ -30,6 +30,7 @@ from ..errors import EnvironmentProblem, NodeguardError
 from ..interfaces import resolve_interfaces
 from ..policy.schema import Policy
 from .loop import WatchLoop
+from .ports import HeldPorts, Ports
 from .scope import Scope, _union
 
 log = logging.getLogger("nodeguard.watch")
@@ -53,7 +54,7 @@ class Watcher(WatchLoop):
                       "last_repair_ms": None,
                       "contested_by": None, "backoff_s": 0.0, "adopted": None, "last_writer": None,
                       "errors": 0, "last_error": None, "reloads_ok": 0, "reloads_failed": 0,
-                      "last_apply": None, "notes": []}
+                      "last_apply": None, "notes": [], "port_updates": 0}
         self._notes: dict[str, str] = {}  # topic -> text; state["notes"] lists the texts
         self._pending: Drift | None = None
         self.last_plan: Plan | None = None  # the render of the last check (the daemon's metrics read it)
@@ -61,6 +62,7 @@ class Watcher(WatchLoop):
         self._polled = False  # it raises no events: poll its fingerprint (iptables-legacy)
         self._flavour: tuple[str, str] | None = None
         self._plans: dict = {}
+        self.ports = HeldPorts()  # ``ports: auto``: the set every check renders with (ports.py)
         self._interfaces: tuple[str, ...] | None = None
         self._legacy_seen: tuple = ()
         self._repair_at = 0.0
@@ -101,9 +103,12 @@ class Watcher(WatchLoop):
         policy = policy or self.policy
         if self._flavour is None:
             self._flavour = choose_flavour(policy, self.nft)  # decided once per policy (None: nft)
-        return make_plan(policy, self.nft, flavour=self._flavour,
-                         cache=self._plans if policy is self.policy else None, interfaces=self.interfaces(policy),
-                         probe_foreign=policy.backend == "nft", odds=None if self.odds_from_file else self.odds)
+        interfaces = self.interfaces(policy)
+        ours = policy is self.policy  # a reload's candidate reads the listeners itself
+        return make_plan(policy, self.nft, flavour=self._flavour, cache=self._plans if ours else None,
+                         interfaces=interfaces, probe_foreign=policy.backend == "nft",
+                         odds=None if self.odds_from_file else self.odds,
+                         ports=self.ports.held(policy, interfaces) if ours else None)
 
     def check(self, scope: Scope = None) -> tuple[Plan, object, Drift | None]:
         self.state["checks"] += 1
@@ -242,6 +247,7 @@ class Watcher(WatchLoop):
             return False
         self.policy = policy
         self._plans.clear()
+        self.ports.forget()
         self._live = None
         self.damper = Damper(policy.watcher.max_repairs_per_minute, policy.watcher.backoff_max_s)
         self.state["reloads_ok"] += 1
@@ -261,24 +267,62 @@ class Watcher(WatchLoop):
             plan = self.plan()
             if plan.sampling is None or plan.backend.name != self._backend:  # a reload not yet installed
                 raise NodeguardError("the policy in place samples nothing, or its backend is not installed yet")
-            install_odds(plan, self.nft, recorded=self.fingerprints)
+            install_in_place(plan, self.nft, recorded=self.fingerprints)
         except NodeguardError as exc:
             self.odds = kept
             self._live = None  # a restore may have failed half-way (iptables: per family): look again
             self._recheck = True
             log.warning("could not change the sampling odds (%s); keeping them", exc)
             return None
-        after = self._record(plan)
-        if after is not None:  # struck already: check (and repair, or damp) on the next turn
-            self._recheck = True
-            self._dirty = _union(self._dirty, after.families or None)
-        self.last_plan = plan
+        self._installed(plan)
         try:
             sampling_odds.save(sampling_odds.path_for(self.policy), wanted)
         except (OSError, NodeguardError) as exc:  # the kernel has them: a restart renders the file's, in place (start)
             log.warning("cannot save the sampling odds: %s", exc)
         log.info("sampling odds now %s", sampling_odds.describe(wanted))
         return plan
+
+    def refresh_ports(self, now: float) -> Plan | None:
+        """``ports: auto``: read the listeners again when due (ports.py); a new set is installed as an
+        update of our own desired state: the set's elements added and deleted in one state-keeping
+        transaction, counted in ``port_updates``, never a repair, never damped. Only from a state in
+        sync: drift is repaired (and counted) by ``handle`` first. Returns the new plan, or None."""
+        if self._pending is not None or not self.state.get("in_sync") or not self.ports.due(self.policy, now):
+            return None
+        cpu = time.thread_time()
+        try:
+            return self._update_ports()
+        finally:
+            self.ports.looked(now, time.thread_time() - cpu)
+
+    def _update_ports(self) -> Plan | None:
+        found = self.ports.redetect(self.policy)
+        if found is None:
+            return None
+        kept, self.ports.ports = self.ports.ports, found
+        try:
+            plan = self.plan()
+            if plan.backend.name != self._backend:  # a reload not yet installed: its check installs all
+                raise NodeguardError("the policy in place is not installed yet")
+            install_in_place(plan, self.nft, recorded=self.fingerprints)
+        except NodeguardError as exc:
+            self.ports.ports = kept
+            self._live = None  # a restore may have failed half-way (iptables: per family): look again
+            self._recheck = True
+            log.warning("could not update the SYNPROXY ports (%s); keeping them", exc)
+            return None
+        self._installed(plan)
+        self.state["port_updates"] += 1
+        log.info("SYNPROXY ports (auto) now %s", _ports_change(kept, found))
+        return plan
+
+    def _installed(self, plan: Plan) -> None:
+        """After a transaction of our own desired state: record our rules' bodies as the kernel lists them."""
+        after = self._record(plan)
+        if after is not None:  # struck already: check (and repair, or damp) on the next turn
+            self._recheck = True
+            self._dirty = _union(self._dirty, after.families or None)
+        self.last_plan = plan
 
     def _blame(self, drift: Drift) -> str:
         return drift.culprit or self.state["last_writer"] or "unknown writer"
@@ -309,5 +353,15 @@ class Watcher(WatchLoop):
             log.error("going back to the last policy the kernel accepted")
             self.policy = self.good_policy
             self._plans.clear()
+            self.ports.forget()
             self._flavour = None
         self._live = None  # what failed may have left the kernel other than we last read it
+
+
+def _ports_change(old: Ports | None, new: Ports) -> str:
+    """One line: the new counts and what changed per family (a flap of 7,500 ports is no 7,500 numbers)."""
+    parts = []
+    for v in (4, 6):
+        was, now = set((old or {}).get(v, ())), set(new[v])
+        parts.append(f"v{v} {len(now)} (+{len(now - was)} -{len(was - now)})")
+    return ", ".join(parts)
