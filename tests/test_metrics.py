@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from guard.httpserve import Limits
 from guard.metrics import Heartbeat, MetricsServer, nfqueue_dropped, parse_listen
+from netlab import wait_until
 from guard.policy.schema import Metrics
 
 SNAPSHOT = {
@@ -566,9 +567,10 @@ def test_over_the_cap_with_every_request_being_answered_the_newest_goes(server):
     srv = server(lambda: snap, alive_beat(), limits=LIMITS)
     socks = [connect(srv.port, "127.0.0.2", rcvbuf=4096) for _ in range(LIMITS.per_client + 1)]
     try:
-        for s in socks:
+        for i, s in enumerate(socks[:-1]):  # each read by the server (complete) before the next arrives
             s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
-            time.sleep(0.3)  # read by the server before the next arrives, even on a loaded machine (0.05 s: not)
+            wait_until(lambda: sum(c.complete for c in list(srv._conns.values())) == i + 1, timeout=0.8)
+        socks[-1].sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
         socks[-1].settimeout(2)
         try:
             assert socks[-1].recv(65536) == b""
