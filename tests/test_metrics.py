@@ -3,6 +3,7 @@ prometheus_client's own parser; NFQUEUE losses and conntrack fill read from a te
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import logging
@@ -564,12 +565,14 @@ def test_over_the_cap_with_every_request_being_answered_the_newest_goes(server):
     """Requests that are complete are never evicted: a fifth from the same address, while four
     answers wait on clients that do not read, is closed unanswered and the four keep their answers."""
     snap = dict(SNAPSHOT, meters=[{"set": f"m{i:05d}", "elements": i, "size": 65536} for i in range(5000)])
-    srv = server(lambda: snap, alive_beat(), limits=LIMITS)
+    # answers that are never read are cut at reply_s: the shared 1 s could cut the first before the fifth
+    # arrives on a busy machine (CI once: the four never complete at once), so this case waits 5 s
+    srv = server(lambda: snap, alive_beat(), limits=dataclasses.replace(LIMITS, reply_s=5.0))
     socks = [connect(srv.port, "127.0.0.2", rcvbuf=4096) for _ in range(LIMITS.per_client + 1)]
     try:
         for i, s in enumerate(socks[:-1]):  # each read by the server (complete) before the next arrives
             s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
-            wait_until(lambda: sum(c.complete for c in list(srv._conns.values())) == i + 1, timeout=0.8)
+            wait_until(lambda: sum(c.complete for c in list(srv._conns.values())) == i + 1, timeout=2)
         socks[-1].sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
         socks[-1].settimeout(2)
         try:

@@ -23,25 +23,35 @@ from netlab import ATTACKER4, VICTIM4
 
 CLOSED_PORT = 8081  # every SYN is answered by exactly one RST: no retransmitted SYN-ACKs to count
 N, GAP_US = 3000, 1000  # 3000 packets at (nominally) 1000/s: ~3.3 s
-# Per source, for ICMP and SYN: what passes is BURST + RATE x the flood's duration. The duration is
-# hping3's run time, which a loaded machine stretches by starting hping3 late (4.7-4.9 s against ~3.3):
-# at RATE 20 that once put the truth ~21 packets off. At RATE 2 a second's error is 2 packets.
-RATE, BURST = 2, 20
-# Measured at RATE 20 |would-drops - (arrived - BURST - RATE x duration)|: 1.1-2.0, and for enforce's drops
-# 1.9-3.2 (2 runs x nft, iptables-nft x ICMP, SYN; 3000 arrived each time). Bound: 15, 0.5 % of 3000.
+RATE, BURST = 20, 20  # per source, for ICMP and SYN: what passes (BURST + RATE x duration) is known to ~10
+# The duration is the flood's at the victim (first to last packet at the truth counter, polled): hping3's
+# run time also holds its start, which a loaded machine stretches (4.7-4.9 s against ~3.3: ~21 packets).
+# Measured |would-drops - (arrived - BURST - RATE x duration)|: 0.0-1.0, and for enforce's drops 0.1-0.8
+# (nft, iptables-nft x ICMP, SYN; 3000 arrived each time). Bound: 15, 0.5 % of 3000, for a loaded poll.
+POLL_S = 0.02
 MARGIN = 15
 
 
-def _hping(attacker, *args: str) -> float:
-    """Seconds hping3 ran: its pacing is not exact (3000 packets take ~3.3 s). When every packet is
-    answered (monitor mode) that is the flood's duration plus one round trip; when the last ones are
-    not (enforce), hping3 waits a second more for them."""
-    start = time.monotonic()
+def _hping(attacker, *args: str) -> None:
     res = attacker.run(["hping3", "-q", "-c", str(N), "-i", f"u{GAP_US}", *args, VICTIM4], check=False, timeout=60)
-    took = time.monotonic() - start
     m = re.search(r"(\d+) packets transmitted", res.stdout + res.stderr)
     assert m and int(m[1]) == N, res.stdout + res.stderr
-    return took
+
+
+def _durations(truth, names: tuple[str, ...], done) -> dict[str, float]:
+    """Polls ``truth`` until ``done()``: per counter, the seconds from its first packet to its last (the
+    flood as it arrived; hping3's pacing is not exact: 3000 packets take ~3.3 s)."""
+    first: dict[str, float] = {}
+    last: dict[str, tuple[int, float]] = {}
+    while not done():
+        now, counts = time.monotonic(), truth.counts()
+        for name in names:
+            if counts[name] and name not in first:
+                first[name] = now
+            if counts[name] != last.get(name, (0, 0.0))[0]:
+                last[name] = (counts[name], now)
+        time.sleep(POLL_S)
+    return {name: last[name][1] - first[name] for name in names}
 
 
 def _run(victim, attacker, policy: str, backend: str, tmp_path, mode: str) -> dict:
@@ -53,9 +63,12 @@ def _run(victim, attacker, policy: str, backend: str, tmp_path, mode: str) -> di
     sampler = netlab.start_sampler(victim, policy)
     time.sleep(1.2)  # buckets full
     with ThreadPoolExecutor(2) as pool:  # both floods at once: 3 s, not 6
-        icmp_f = pool.submit(_hping, attacker, "--icmp", "-a", ATTACKER4)
-        syn_f = pool.submit(_hping, attacker, "-S", "-p", str(CLOSED_PORT), "-a", ATTACKER4)
-        took = {"icmp": icmp_f.result(), "syn": syn_f.result()}
+        floods = [pool.submit(_hping, attacker, "--icmp", "-a", ATTACKER4),
+                  pool.submit(_hping, attacker, "-S", "-p", str(CLOSED_PORT), "-a", ATTACKER4)]
+        spans = _durations(truth, ("icmp in", "syn in"), lambda: all(f.done() for f in floods))
+        for f in floods:
+            f.result()
+    took = {k: spans[f"{k} in"] for k in ("icmp", "syn")}
     netlab.stop_sampler(sampler)  # once it has every sample: the window it closes on SIGTERM logs them
     c, t = victim.counters(backend), truth.counts()
     counted = {k: sum(v for k2, v in c.items() if k2.startswith(f"{k}-flood: {k}-flood ") and "admission" not in k2)
@@ -87,8 +100,8 @@ def test_monitor_mode_drops_nothing_and_counts_what_enforce_then_drops(lab, writ
     monitor = _run(victim, attacker, policy("monitor"), backend, tmp_path, "monitor")
     enforce = _run(victim, attacker, policy("enforce"), backend, tmp_path, "enforce")
     for threat in ("icmp", "syn"):  # what the per-source bucket condemns of what arrived, in either mode
-        for run in (monitor[threat], enforce[threat]):  # (the same flood: monitor's hping3 time is its duration)
-            run["condemned"] = round(run["arrived"] - BURST - RATE * monitor[threat]["took"], 1)
+        for run in (monitor[threat], enforce[threat]):  # each flood's own duration at the victim
+            run["condemned"] = round(run["arrived"] - BURST - RATE * run["took"], 1)
     print(f"\n{backend}: monitor {json.dumps(monitor)}\n{backend}: enforce {json.dumps(enforce)}")
 
     for threat in ("icmp", "syn"):
