@@ -19,6 +19,7 @@ from typing import Callable
 
 from .configfile import read_private, write_atomic
 from .errors import NodeguardError
+from .statefile import is_int
 
 log = logging.getLogger("nodeguard.run")
 
@@ -73,7 +74,9 @@ def check(path: Path, max_age_s: float = MAX_AGE_S, clock: Callable[[], float] =
     """The line to print when the daemon is alive; raises Unhealthy with the line when not."""
     try:
         data = json.loads(read_private(path))
-        pid, beat = int(data["pid"]), float(data["monotonic"])
+        pid, beat = data["pid"], float(data["monotonic"])
+        if not is_int(pid, 1):  # 0, -1 and true would pass os.kill(pid, 0): our group, everyone, init
+            raise ValueError(f"pid {pid!r} is not a process id")
     except (NodeguardError, OSError, ValueError, TypeError, KeyError) as exc:
         if not os.path.lexists(path):  # only to word the line: the read said why, in its terms
             raise Unhealthy(f"no heartbeat at {path}: the daemon is not running (or not yet)") from None

@@ -13,22 +13,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .attacklog import read_lines
+from .statefile import is_int, is_number, is_texts, or_none
 
 MAX_TS = 253402300799  # 9999-12-31T23:59:59Z: the last second time.gmtime and datetime format
 MAX_COUNT = 2**64  # the kernel's counters are u64; products with times stay finite floats
 
 
-def _number(value: Any, high: float) -> bool:
-    """Within [0, high]: False for NaN and the infinities, and exact for ints of any size."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= high
-
-
 def time_(value: Any) -> bool:
-    return _number(value, MAX_TS)
+    return is_number(value, MAX_TS)
 
 
 def count(value: Any) -> bool:
-    return _number(value, MAX_COUNT)
+    return is_number(value, MAX_COUNT)
 
 
 def text(value: Any) -> bool:
@@ -36,23 +32,15 @@ def text(value: Any) -> bool:
 
 
 def port(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535
+    return is_int(value, 0, 65535)
 
 
 def flag(value: Any) -> bool:
     return isinstance(value, bool)
 
 
-def texts(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
 def counts(value: Any) -> bool:
     return isinstance(value, dict) and all(count(v) for v in value.values())
-
-
-def or_none(kind: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: value is None or kind(value)
 
 
 Check = Callable[[Any], bool]
@@ -65,7 +53,7 @@ SHAPES: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "other": ({**_RANGE, "rule": text}, {"estimated": count, "sampled": count, "first": time_, "last": time_}),
     "episode_start": ({"rule": text, "ts": time_}, {}),
     "episode_end": ({**_RANGE, "rule": text, "condemned": count, "peak_pps": count}, {}),
-    "ban": ({"ts": time_, "src": text}, {"groups": texts, "expires": or_none(time_), "dropped_as": or_none(text),
+    "ban": ({"ts": time_, "src": text}, {"groups": is_texts, "expires": or_none(time_), "dropped_as": or_none(text),
                                          "after_s": count, "why": text}),
     "unban": ({"ts": time_, "src": text}, {"why": text}),
     "observed": ({**_RANGE, "rule": text, "src": text, "pps": count}, {"handshake": flag, "packets": count}),

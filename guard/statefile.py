@@ -1,4 +1,5 @@
-"""The small JSON files the daemon writes and reads back (sampling odds, the watcher's state).
+"""The small JSON files the daemon writes and reads back (sampling odds, the watcher's state), and
+the checks of JSON values that they and the attack log's records (records.py) share.
 
 What is read back is checked before anything uses it: parsed strictly (no NaN, no Infinity, no
 number a float cannot hold), then field by field against what its writer writes. A file that fails
@@ -63,13 +64,18 @@ def pid_max() -> int:
         return PID_MAX_LIMIT
 
 
-def is_int(value: Any, low: int = 0, high: int = MAX_NUMBER) -> bool:
+def is_int(value: Any, low: int = 0, high: float = MAX_NUMBER) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def is_number(value: Any) -> bool:
-    """A finite number from 0 to MAX_NUMBER (floats are finite once parsed by load)."""
-    return is_int(value) or (isinstance(value, float) and 0 <= value <= MAX_NUMBER)
+def is_number(value: Any, high: float = MAX_NUMBER) -> bool:
+    """A number from 0 to ``high``: NaN and the infinities fail the comparison, ints of any size compare
+    exactly."""
+    return is_int(value, 0, high) or (isinstance(value, float) and 0 <= value <= high)
+
+
+def or_none(kind: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or kind(value)
 
 
 def is_pid(value: Any) -> bool:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..statefile import fields, is_int, is_number, is_pid, is_text, is_texts, load
+from ..statefile import fields, is_int, is_number, is_pid, is_text, is_texts, load, or_none
 
 _COUNT = (is_int, "a count")
-_FLAG = (lambda v: v is None or isinstance(v, bool), "true, false or null")
+_FLAG = (or_none(lambda v: isinstance(v, bool)), "true, false or null")
 _TEXT = (is_text, "text or null")
-_SECONDS = (lambda v: v is None or is_number(v), "a finite number from 0 or null")
+_SECONDS = (or_none(is_number), "a finite number from 0 or null")
 # the fields status reads, as Watcher.state and WatchLoop._write_state write them
 _CHECK = fields({
     "pid": (is_pid, "a process id below pid_max"), "alive": _FLAG, "contested": _FLAG, "adopted": _FLAG,
@@ -20,7 +20,7 @@ _CHECK = fields({
     "reloads_failed": _COUNT, "backoff_s": _SECONDS, "last_repair_ms": _SECONDS, "last_apply": _SECONDS,
     "contested_by": _TEXT, "last_reason": _TEXT, "last_kind": _TEXT, "last_writer": _TEXT, "last_error": _TEXT,
     "backend": _TEXT, "notes": (is_texts, "a list of text"), "interfaces": (is_texts, "a list of text"),
-    "fingerprints": (lambda v: v is None or (isinstance(v, dict) and is_texts(list(v.values()))),
+    "fingerprints": (or_none(lambda v: isinstance(v, dict) and is_texts(list(v.values()))),
                      "an object of text or null"),
 })
 
