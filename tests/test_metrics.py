@@ -568,11 +568,14 @@ def test_over_the_cap_with_every_request_being_answered_the_newest_goes(server):
     # answers that are never read are cut at reply_s: the shared 1 s could cut the first before the fifth
     # arrives on a busy machine (CI once: the four never complete at once), so this case waits 5 s
     srv = server(lambda: snap, alive_beat(), limits=dataclasses.replace(LIMITS, reply_s=5.0))
-    socks = [connect(srv.port, "127.0.0.2", rcvbuf=4096) for _ in range(LIMITS.per_client + 1)]
+    # the fifth connects only once the four are complete: five open at once while some are still
+    # silent would let the cap evict a silent one after grace_s (CI once: a slow turn did)
+    socks = [connect(srv.port, "127.0.0.2", rcvbuf=4096) for _ in range(LIMITS.per_client)]
     try:
-        for i, s in enumerate(socks[:-1]):  # each read by the server (complete) before the next arrives
+        for i, s in enumerate(socks):  # each read by the server (complete) before the next arrives
             s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
-            wait_until(lambda: sum(c.complete for c in list(srv._conns.values())) == i + 1, timeout=2)
+            wait_until(lambda: sum(c.complete for c in list(srv._conns.values())) == i + 1, timeout=5)
+        socks.append(connect(srv.port, "127.0.0.2", rcvbuf=4096))
         socks[-1].sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
         socks[-1].settimeout(2)
         try:
