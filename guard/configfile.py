@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Iterable
 
 from .errors import EnvironmentProblem, PolicyError
-from .trustpath import Untrusted, file_problem, open_in
+from .trustpath import Untrusted, file_problem, open_in, walk
 
 FILE_MODE = 0o640
 # Where the daemon writes (the unit's LogsDirectory, RuntimeDirectory and StateDirectory); an
@@ -144,12 +144,19 @@ _REFUSED = {errno.ELOOP: "refusing: it is a symlink", errno.ENXIO: "refusing: no
 
 
 def open_output(path: str | Path, mode: str = "w") -> IO:
-    """A file the operator named for a verb's output (``report --plot``), anywhere: created 0644
-    (less the umask), or truncated only once it is known to be a regular file of ours with one
-    link; never through a symlink at its name, never blocking on a FIFO. Raises UnsafePathError."""
+    """A file the operator named for a verb's output (``report --plot``), in any directory: created
+    0644 (less the umask), or truncated only once it is known to be a regular file of ours with one
+    link; never through a symlink at its name nor a directory symlink someone else owns on the way
+    (trustpath.walk), never blocking on a FIFO. Raises UnsafePathError."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags, 0o644)
+        dirfd, name, _where = walk(Path(path), follow=True, dirs=False, follow_last=False)
+        try:
+            fd = os.open(name, flags, 0o644, dir_fd=dirfd)
+        finally:
+            os.close(dirfd)
+    except Untrusted as exc:
+        raise UnsafePathError(f"{path}: refusing: {exc}") from None
     except OSError as exc:
         raise UnsafePathError(f"{path}: {_REFUSED.get(exc.errno) or exc.strerror or exc}") from None
     try:

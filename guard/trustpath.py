@@ -62,15 +62,20 @@ def _below(path: Path, top: Path | None) -> bool:
     return top is not None and (path == top or top in path.parents)
 
 
-def walk(path: Path, *, follow: bool, make_from: Path | None = None) -> tuple[int, str, Path]:
+def walk(path: Path, *, follow: bool, make_from: Path | None = None, dirs: bool = True,
+         follow_last: bool = True) -> tuple[int, str, Path]:
     """(descriptor of the checked directory holding ``path``'s last name, that name, the directory's
     real path). ``follow``: symlinks owned by root are followed, else any symlink is refused.
-    ``make_from``: missing directories from it down are created DIR_MODE. The caller closes the fd."""
+    ``make_from``: missing directories from it down are created DIR_MODE. ``dirs`` False: only the
+    symlinks on the way are checked, not the directories' owners and modes (an output the operator
+    put in any directory, created O_NOFOLLOW and claimed by its opener). ``follow_last`` False: the
+    last name is returned as it is, a symlink too (its opener refuses it). The caller closes the fd."""
     todo = [p for p in reversed(Path(os.path.abspath(path)).parts) if p != "/"]
     stack = [(os.open("/", _STEP | os.O_DIRECTORY), Path("/"))]
     hops = 0
     try:
-        _check(stack[0][0], Path("/"))
+        if dirs:
+            _check(stack[0][0], Path("/"))
         while todo:
             name = todo.pop()
             dirfd, where = stack[-1]
@@ -79,6 +84,8 @@ def walk(path: Path, *, follow: bool, make_from: Path | None = None) -> tuple[in
                     os.close(stack.pop()[0])
                 continue
             here = where / name
+            if not todo and not follow_last:
+                break
             try:
                 fd = os.open(name, _STEP, dir_fd=dirfd)
             except FileNotFoundError:
@@ -108,7 +115,8 @@ def walk(path: Path, *, follow: bool, make_from: Path | None = None) -> tuple[in
                     break  # the file itself: open_in opens it by name and checks what it got
                 if not stat.S_ISDIR(st.st_mode):
                     raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(here))
-                _check(fd, here)
+                if dirs:
+                    _check(fd, here)
                 stack.append((fd, here))
                 fd = -1
             finally:
@@ -118,7 +126,8 @@ def walk(path: Path, *, follow: bool, make_from: Path | None = None) -> tuple[in
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         dirfd, where = stack.pop()
         try:
-            _check(dirfd, where, holder=True)
+            if dirs:
+                _check(dirfd, where, holder=True)
         except BaseException:
             os.close(dirfd)
             raise

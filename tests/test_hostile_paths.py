@@ -366,6 +366,23 @@ def test_report_plot_never_writes_through_a_symlink_nobody_plants(area, name):
     assert secret.read_text() == "root:$6$secret\n"
 
 
+def test_report_plot_never_writes_through_a_directory_symlink_nobody_plants(area):
+    """nobody's symlink on the way (a directory of the path) could send root's picture anywhere: it is
+    refused before anything is created; root's own directory symlink is followed."""
+    secret_dir = victim(area).parent
+    (area / "attacks.jsonl").write_text("")
+    drop = mkdir(area / "drop", owner=NOBODY)
+    as_nobody(f"import os; os.symlink({str(secret_dir)!r}, {str(drop / 'plots')!r})")
+    res, _ = _plot(area / "attacks.jsonl", drop / "plots" / "today.svg")
+    assert res.returncode == 2 and res.stdout == "", res
+    assert res.stderr == (f"nodeguard: {drop / 'plots' / 'today.svg'}: refusing: {drop / 'plots'} is owned by "
+                          f"uid {NOBODY}, not root\n"), res
+    assert sorted(p.name for p in secret_dir.iterdir()) == ["shadow"]
+    os.symlink(secret_dir, area / "mine")
+    assert _plot(area / "attacks.jsonl", area / "mine" / "today.svg")[0].returncode == 0
+    assert (secret_dir / "today.svg").read_text().startswith("<svg")
+
+
 def test_report_plot_refuses_a_file_nobody_owns_without_emptying_it(area):
     (area / "attacks.jsonl").write_text("")
     drop = mkdir(area / "drop", owner=NOBODY)
