@@ -19,7 +19,7 @@ from typing import Callable
 
 from .configfile import read_private, write_atomic
 from .errors import NodeguardError
-from .statefile import is_int
+from .statefile import is_pid, running
 
 log = logging.getLogger("nodeguard.run")
 
@@ -60,29 +60,19 @@ class HeartbeatFile:
             self._problem = str(exc)
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True  # someone else's process: it exists
-    except (OSError, OverflowError, ValueError):
-        return False
-    return True
-
-
 def check(path: Path, max_age_s: float = MAX_AGE_S, clock: Callable[[], float] = time.monotonic) -> str:
     """The line to print when the daemon is alive; raises Unhealthy with the line when not."""
     try:
         data = json.loads(read_private(path))
         pid, beat = data["pid"], float(data["monotonic"])
-        if not is_int(pid, 1):  # 0, -1 and true would pass os.kill(pid, 0): our group, everyone, init
+        if not is_pid(pid):
             raise ValueError(f"pid {pid!r} is not a process id")
     except (NodeguardError, OSError, ValueError, TypeError, KeyError) as exc:
         if not os.path.lexists(path):  # only to word the line: the read said why, in its terms
             raise Unhealthy(f"no heartbeat at {path}: the daemon is not running (or not yet)") from None
         raise Unhealthy(f"unreadable heartbeat {path}: {exc}") from None
     age = clock() - beat
-    if not _running(pid):
+    if not running(pid):
         raise Unhealthy(f"stale: pid {pid} of {path} is gone")
     if not 0 <= age < max_age_s:
         raise Unhealthy(f"stale: the main loop (pid {pid}) last turned {age:.1f} s ago (max {max_age_s:g} s)")

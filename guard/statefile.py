@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,6 +81,18 @@ def or_none(kind: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 def is_pid(value: Any) -> bool:
     return is_int(value, 1, pid_max() - 1)
+
+
+def running(pid: int) -> bool:
+    """Whether the process ``pid`` (checked by is_pid: 0 and -1 would name our group and everyone)
+    exists; someone else's counts."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
 
 
 def is_text(value: Any) -> bool:

@@ -39,10 +39,15 @@ def test_a_fresh_beat_passes_and_a_stuck_loop_fails_after_max_age(tmp_path):
     (None, "no heartbeat at "),
     (b"\x1b]0;pwned\x07", "unreadable heartbeat "),
     (b'{"pid": "x", "monotonic": 1}', "unreadable heartbeat "),
-    (b'{"pid": 999999999, "monotonic": 1}', "stale: pid 999999999 of "),
+    (b'{"pid": 999999999, "monotonic": 1}', "unreadable heartbeat "),  # above pid_max
+    ("a reaped child's pid", "stale: pid "),
 ])
 def test_healthz_exits_1_with_one_escaped_line_when_the_daemon_is_not_alive(tmp_path, content, says):
     path = tmp_path / "heartbeat.json"
+    if isinstance(content, str):
+        child = subprocess.Popen(["true"])
+        child.wait()
+        content = json.dumps({"pid": child.pid, "monotonic": time.monotonic()}).encode()
     if content is not None:
         path.write_bytes(content)
         path.chmod(0o640)

@@ -4,10 +4,9 @@ what the watcher writes is treated as absent (statefile.py)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from ..statefile import fields, is_int, is_number, is_pid, is_text, is_texts, load, or_none
+from ..statefile import fields, is_int, is_number, is_pid, is_text, is_texts, load, or_none, running
 
 _COUNT = (is_int, "a count")
 _FLAG = (or_none(lambda v: isinstance(v, bool)), "true, false or null")
@@ -30,9 +29,6 @@ def read_state(path: str) -> dict[str, Any] | None:
     data = load(path, _CHECK)
     if data is None:
         return None
-    if data.get("alive"):
-        try:
-            os.kill(data["pid"], 0)
-        except (OSError, KeyError):
-            data["alive"] = False
+    if data.get("alive") and not ("pid" in data and running(data["pid"])):
+        data["alive"] = False
     return data
