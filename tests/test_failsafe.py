@@ -42,7 +42,8 @@ FAILSAFE = """failsafe:
     ("failsafe:\n  - cidrs: [10.0.0.0/8]\n    ports: []\n", "f.yaml:3: failsafe[0].ports: list at least one port"),
     ("failsafe:\n  - cidrs: [0.0.0.0/0]\n    ports: [22]\n",
      "f.yaml:2: failsafe[0].cidrs[0]: '0.0.0.0/0' would allow every source"),
-    ("failsafe:\n  - cidrs: [10.0.0.1/8]\n    ports: [22]\n", "f.yaml:2: failsafe[0].cidrs[0]: '10.0.0.1/8' is not a CIDR"),
+    ("failsafe:\n  - cidrs: [10.0.0.1/8]\n    ports: [22]\n",
+     "f.yaml:2: failsafe[0].cidrs[0]: '10.0.0.1/8' is not a CIDR"),
     ("failsafe:\n  - cidrs: [10.0.0.0/8]\n    ports: [\"30-20\"]\n",
      "f.yaml:3: failsafe[0].ports: '30-20' is not within 1-65535"),
     ("failsafe:\n  - cidrs: [10.0.0.0/8]\n    ports: [70000]\n", "f.yaml:3: failsafe[0].ports: 70000 is not within"),
@@ -113,7 +114,8 @@ def test_status_shows_each_entry_per_ip_version():
     assert entries == [{"protocol": "tcp", "cidrs": ["192.0.2.0/24"], "ports": [22, "6000-6010"]},
                        {"protocol": "tcp", "cidrs": ["2001:db8::/32"], "ports": [22, "6000-6010"]},
                        {"protocol": "udp", "cidrs": ["198.51.100.7/32"], "ports": [53]}]
-    assert failsafe_lines(entries)[0] == "failsafe (never limited, banned or counted): tcp 22, 6000-6010 from 192.0.2.0/24"
+    assert failsafe_lines(entries)[0] == \
+        "failsafe (never limited, banned or counted): tcp 22, 6000-6010 from 192.0.2.0/24"
     assert failsafe_lines(failsafe_entries(_ruleset(""))) == ["failsafe: none"]
 
 

@@ -231,8 +231,8 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
         b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(b, interfaces), *_synproxy_rules(b, proxied)),
                               "input", priorities.input))
     if policy.closed_ports.enabled:
-        b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(b, interfaces, (_closed_ports_skip_tcp(),)), *_closed_ports(b)), "closed",
-                              priorities.closed))
+        b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(b, interfaces, (_closed_ports_skip_tcp(),)),
+                                             *_closed_ports(b)), "closed", priorities.closed))
     ingress, escalation = _escalation(b, interfaces, priorities, {s.version: s.name for s in b.sets
                                                                    if s.kind == "trusted"})
     return RuleSet((*ingress, *b.chains, *escalation, *b.sample_chains.values()), tuple(b.sets),
@@ -279,8 +279,9 @@ def _escalation(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities
             Rule((), b.condemned(group, "enforce"), f"condemned by {group}", counter=False),
         ), role="escalate", group=group, version=version))
     # the ban lookup first: a source that is not banned (every packet of a flood that is not) leaves after one
-    rules = (*b.failsafe, *(Rule((SourceInSet(sets[("banned", v)], v), SourceNotInSet(f"allow-v{v}", v)), DROP, label,
-                                 group=BANNED, mode="enforce") for v, label in ((4, "banned v4 source"), (6, "banned v6 /64"))))
+    bans = (Rule((SourceInSet(sets[("banned", v)], v), SourceNotInSet(f"allow-v{v}", v)), DROP, label,
+                 group=BANNED, mode="enforce") for v, label in ((4, "banned v4 source"), (6, "banned v6 /64")))
+    rules = (*b.failsafe, *bans)  # failsafe first: a banned source still reaches its failsafe ports
     ingress = [Chain(f"{INGRESS_CHAIN}{dev}", rules, "ingress", priorities.ingress, device=dev) for dev in interfaces]
     return ingress, chains
 
