@@ -146,6 +146,15 @@ def read_listeners_proc() -> list[Listener]:
     return out
 
 
+def listening_tcp_ports() -> set[int]:
+    """The TCP ports with a listener that is not bound to loopback (any family, any owner)."""
+    try:
+        listeners = read_listeners_diag(rcvbuf=False)
+    except OSError:
+        listeners = read_listeners_proc()
+    return {li.port for li in listeners if not _is_loopback(li.addr)}
+
+
 def _is_loopback(addr: str) -> bool:
     return addr.startswith(("127.", "::ffff:127.")) or addr == "::1"
 

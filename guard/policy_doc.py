@@ -43,6 +43,11 @@ DESCRIPTIONS = {
                   "allowed",
     "allow": "sources never limited",
     "allow.cidrs": "v4 and v6; nested CIDRs are merged. Put node, pod and service CIDRs and monitoring here",
+    "failsafe[]": "source prefixes and destination ports never limited, banned or counted (SSH from the management "
+                  "network, kubelet and apiserver from the control plane); first in every chain, before the ban check",
+    "failsafe[].cidrs": "v4 and v6; at least one",
+    "failsafe[].protocol": "the protocol of `ports`; one entry per protocol",
+    "failsafe[].ports": "destination ports and `low-high` ranges; at most {multiport} slots (a range takes two)",
     "icmp": "echo-requests; every other ICMP type is never limited",
     "icmp.mode": "`null`: the policy's `mode`",
     "icmp.rate": "echo-requests from all sources together (the backstop)",
@@ -151,6 +156,7 @@ def _facts() -> dict[str, Any]:
         "max_burst": rates.MAX_BURST,
         "conn_prefix": conn[:-1],
         "name_pattern": fields._NAME_RE.pattern,
+        "multiport": fields.MULTIPORT_SLOTS,
     }
 
 

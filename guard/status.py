@@ -9,8 +9,9 @@ from .apply import Plan, read_state
 from .backend.nft import Nft
 from .counters import bans_counted, drops_by_group, engaged_ports
 from .drift import diff_plan
-from .model.build import BANNED, SYN_GROUP
-from .model.matches import OverLimit
+from .model.build import BANNED, FAILSAFE_SET, STATELESS_CHAIN, SYN_GROUP
+from .model.matches import DstPorts, OverLimit, SourceInSet
+from .model.ruleset import RuleSet
 
 
 def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str, Any]:
@@ -26,6 +27,7 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
         "sampler": {"transport": plan.sampling.transport if plan.sampling else None,
                     "reason": plan.sampling_reason},
         "interfaces": list(plan.ruleset.interfaces),
+        "failsafe": failsafe_entries(plan.ruleset),
         "planned_priorities": {"stateless": plan.priorities.stateless, "stateful": plan.priorities.stateful,
                                "ingress": plan.priorities.ingress, "notes": list(plan.priorities.notes)},
         "synproxy": ({"ports_v4": list(plan.synproxy.ports_v4), "ports_v6": list(plan.synproxy.ports_v6),
@@ -49,6 +51,25 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
     st["escalation"] = _escalation(plan, live, st["meters"], drops)
     st["syn_valve"] = _valve(plan, nft) if st["installed"] else None
     return st
+
+
+def failsafe_entries(rs: RuleSet) -> list[dict[str, Any]]:
+    """What the policy never limits, bans or counts, read from the render: one entry per failsafe rule
+    (an entry of the policy and an IP version)."""
+    sets = {s.name: s for s in rs.sets}
+    out = []
+    for rule in rs.chain(STATELESS_CHAIN).rules:
+        fs = [sets[x.set] for x in rule.matches if isinstance(x, SourceInSet) and x.set.startswith(FAILSAFE_SET)]
+        ports = [x for x in rule.matches if isinstance(x, DstPorts)]
+        if fs and ports:
+            out.append({"protocol": ports[0].proto, "cidrs": [str(n) for n in fs[0].elements],
+                        "ports": [p if isinstance(p, int) else f"{p[0]}-{p[1]}" for p in ports[0].ports]})
+    return out
+
+
+def failsafe_lines(entries: list[dict[str, Any]]) -> list[str]:
+    return [f"failsafe (never limited, banned or counted): {fs['protocol']} {', '.join(map(str, fs['ports']))} "
+            f"from {', '.join(fs['cidrs'])}" for fs in entries] or ["failsafe: none"]
 
 
 def _valve(plan: Plan, nft: Nft) -> dict[str, Any]:
@@ -130,7 +151,9 @@ def format_text(st: dict[str, Any]) -> str:
                          "changes it only with syn.synproxy.set_sysctls: true")
     smp = st["sampler"]
     lines.append(f"sampling: {smp['transport'] or 'off'} ({smp['reason']})")
-    lines += [f"protected interfaces: {', '.join(st['interfaces'])}", ""]
+    lines.append(f"protected interfaces: {', '.join(st['interfaces'])}")
+    lines += failsafe_lines(st["failsafe"])
+    lines.append("")
     esc = st.get("escalation")
     if esc:
         lines.append(f"escalation: {esc['banned']} sources banned now (v4 {esc['banned_v4']}, v6 /64s "

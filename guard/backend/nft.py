@@ -131,7 +131,7 @@ class NftLive:
     static_elements: dict[str, list] = field(default_factory=dict)
 
 
-STATIC_SET_PREFIXES = ("allow-", "synproxy-ports-")  # sets whose elements are configuration
+STATIC_SET_PREFIXES = ("allow-", "failsafe-", "synproxy-ports-")  # sets whose elements are configuration
 
 
 def read_live(nft: Nft, family: str, table: str) -> NftLive:

@@ -13,6 +13,8 @@ def check(config: str | None, as_json: bool) -> None:
     """Validate and render the policy; change nothing. Prints the ruleset it would load."""
     from ..apply import load_into_this_netns, make_plan, read_state, transaction
     from ..errors import NodeguardError
+    from ..failsafe_check import warning as failsafe_warning
+    from ..listeners import listening_tcp_ports
     from ..policy.load import load_policy
     from ..scratch import in_scratch_netns
 
@@ -23,7 +25,10 @@ def check(config: str | None, as_json: bool) -> None:
         nft = None  # not privileged: render with default priorities, skip the kernel check
     plan = make_plan(policy, nft)
     fresh = transaction(plan, read_state(plan, None))  # a fresh install: what a scratch namespace gets
+    warn = failsafe_warning(policy, listening_tcp_ports())
     if as_json:
+        if warn:
+            click.echo(warn, err=True)
         emit(fresh.json(), True, "")
         return
     try:
@@ -34,6 +39,8 @@ def check(config: str | None, as_json: bool) -> None:
         head = f"# {source}: valid; not root, so not checked by the kernel ({plan.backend.name})\n"
     for note in plan.priorities.notes:
         head += f"# {note}\n"
+    if warn:
+        head += f"# {warn}\n"
     show(head + text)
 
 

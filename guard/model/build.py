@@ -2,8 +2,10 @@
 
 Layout (both backends render exactly this):
 
+* every base chain starts with the failsafe pairs (``failsafe:``, a source prefix with a protocol and
+  destination ports): they return before any other rule of a protected interface, the ban check included.
 * ``filter-prerouting``, stateless, before conntrack: skip what is never limited
-  (other interfaces; TCP no rule here condemns, before any lookup; allowlist, essential ICMP),
+  (other interfaces; failsafe; TCP no rule here condemns, before any lookup; allowlist, essential ICMP),
   drop bogus TCP flags, then jump to
   one flood chain per threat. A flood chain drops what exceeds the per-source meter
   (IPv6 keyed on the /64), then what exceeds the global backstop, which catches the
@@ -47,6 +49,7 @@ SAMPLE_ALL = "sample-all"
 CLOSED_PORT = "closed-port"  # the rule group of closed_ports
 SYN_GROUP = "syn-flood"  # the rule group (and chain) of new TCP connections
 INVALID_RST = "invalid-rst"  # the rule group of RSTs conntrack calls invalid
+FAILSAFE_SET = "failsafe-"  # + entry index and IP version: the prefixes of one failsafe entry
 
 
 def sample_groups(policy: Policy) -> tuple[str, ...]:
@@ -67,6 +70,7 @@ class _Builder:
         self.sample_chains: dict[str, Chain] = {}
         self.groups = sample_groups(policy) if sampling else ()
         self.escalated: list[tuple[str, int]] = []  # (group, IP version) whose per-source drops escalate
+        self.failsafe: tuple[Rule, ...] = ()  # the first rules of every base chain
 
     def add_set(self, s: AddrSet) -> AddrSet:
         self.sets.append(s)
@@ -172,9 +176,10 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     b = _Builder(policy, sampling)
     for version in (4, 6):
         b.add_set(AddrSet(f"allow-v{version}", version, "allow", tuple(policy.allow.networks(version))))
+    b.failsafe = _failsafe(b)
 
     tcp_limited = any(lim.protocol in ("tcp", "all") for lim in policy.limits)
-    pre: list[Rule] = [*_never_limited(interfaces, () if tcp_limited else _tcp_nothing_condemns()),
+    pre: list[Rule] = [*_never_limited(b, interfaces, () if tcp_limited else _tcp_nothing_condemns()),
                        *_essential_icmp()]
     pre.append(Rule((Proto("tcp"),), Jump("bogus-flags"), "to bogus-flags"))
     b.chains.append(Chain("bogus-flags", _bogus_flag_rules(b, policy.mode)))
@@ -220,14 +225,14 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             conn_rules.append(b.condemn(
                 (Family(version), Proto("tcp"), *ports, CtStateNew(), SourceConnsOver(s.name, version)),
                 "conn-limit", policy.mode_of(cl), f"{name} over {cl.per_source} connections v{version}"))
-    b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(interfaces), *conn_rules), "stateful",
+    b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(b, interfaces), *conn_rules), "stateful",
                              priorities.stateful))
     if proxied and proxied.forwarded:
-        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(interfaces), *_synproxy_rules(b, proxied)),
+        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(b, interfaces), *_synproxy_rules(b, proxied)),
                               "input", priorities.input))
     if policy.closed_ports.enabled:
-        b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(interfaces, (_closed_ports_skip_tcp(),)), *_closed_ports(b)), "closed",
-                              priorities.closed))
+        b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(b, interfaces, (_closed_ports_skip_tcp(),)),
+                                             *_closed_ports(b)), "closed", priorities.closed))
     ingress, escalation = _escalation(b, interfaces, priorities, {s.version: s.name for s in b.sets
                                                                    if s.kind == "trusted"})
     return RuleSet((*ingress, *b.chains, *escalation, *b.sample_chains.values()), tuple(b.sets),
@@ -274,8 +279,9 @@ def _escalation(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities
             Rule((), b.condemned(group, "enforce"), f"condemned by {group}", counter=False),
         ), role="escalate", group=group, version=version))
     # the ban lookup first: a source that is not banned (every packet of a flood that is not) leaves after one
-    rules = tuple(Rule((SourceInSet(sets[("banned", v)], v), SourceNotInSet(f"allow-v{v}", v)), DROP, label,
-                       group=BANNED, mode="enforce") for v, label in ((4, "banned v4 source"), (6, "banned v6 /64")))
+    bans = (Rule((SourceInSet(sets[("banned", v)], v), SourceNotInSet(f"allow-v{v}", v)), DROP, label,
+                 group=BANNED, mode="enforce") for v, label in ((4, "banned v4 source"), (6, "banned v6 /64")))
+    rules = (*b.failsafe, *bans)  # failsafe first: a banned source still reaches its failsafe ports
     ingress = [Chain(f"{INGRESS_CHAIN}{dev}", rules, "ingress", priorities.ingress, device=dev) for dev in interfaces]
     return ingress, chains
 
@@ -347,11 +353,27 @@ def _closed_ports(b: _Builder) -> list[Rule]:
                       "udp to a closed port over the rate")]
 
 
-def _never_limited(interfaces: tuple[str, ...], leave: tuple[Rule, ...] = ()) -> list[Rule]:
-    """The start of a base chain: other interfaces, then ``leave`` (what nothing in the chain condemns:
-    it need not be looked up in the allowlist), then the allowlist."""
+def _failsafe(b: _Builder) -> tuple[Rule, ...]:
+    """One static prefix set per failsafe entry and IP version, and the rule that returns its protocol and
+    ports from it. Protocol and port are compared before the lookup: other traffic pays no lookup."""
+    out = []
+    for i, entry in enumerate(b.policy.failsafe):
+        ports = tuple(low if low == high else (low, high) for low, high in entry.ports)
+        for version in (4, 6):
+            nets = tuple(entry.networks(version))
+            if nets:
+                s = b.add_set(AddrSet(f"{FAILSAFE_SET}{i}-v{version}", version, "allow", nets))
+                out.append(Rule((Proto(entry.protocol), DstPorts(entry.protocol, ports), SourceInSet(s.name, version)),
+                                RETURN, f"failsafe {i} v{version}"))
+    return tuple(out)
+
+
+def _never_limited(b: _Builder, interfaces: tuple[str, ...], leave: tuple[Rule, ...] = ()) -> list[Rule]:
+    """The start of a base chain: other interfaces, the failsafe pairs, then ``leave`` (what nothing in
+    the chain condemns: it need not be looked up in the allowlist), then the allowlist."""
     return [
         Rule((InterfaceNotIn(interfaces),), RETURN, "not a protected interface"),
+        *b.failsafe,
         *leave,
         Rule((SourceInSet("allow-v4", 4),), RETURN, "allowlisted v4"),
         Rule((SourceInSet("allow-v6", 6),), RETURN, "allowlisted v6"),

@@ -41,7 +41,7 @@ class TcpFlags:
 @dataclass(frozen=True)
 class DstPorts:
     proto: Literal["tcp", "udp"]
-    ports: tuple[int, ...]
+    ports: tuple[int | tuple[int, int], ...]  # a port, or an inclusive (low, high) range
     negate: bool = False
 
 

@@ -23,7 +23,8 @@ PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 Burst = Annotated[int, Field(gt=0, le=MAX_BURST, strict=True)]
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 DataPath = Annotated[str, Field(strict=True), pydantic.AfterValidator(check_data_path)]  # a file nodeguard writes
-PortList = Annotated[tuple[Port, ...], Field(max_length=15)]  # iptables multiport's limit, for portability
+MULTIPORT_SLOTS = 15  # iptables multiport's limit (a range takes two), kept by both backends for portability
+PortList = Annotated[tuple[Port, ...], Field(max_length=MULTIPORT_SLOTS)]
 
 
 def _to_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

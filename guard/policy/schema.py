@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..attacklog import MAX_KEEP
 from ..liveness import STATE_FILE
-from .fields import (Burst, Cidr, DataPath, IfName, Mode, Port, PortList, PortRanges, PositiveInt, RateField, check_interfaces,
-                     check_name, one_burst)
+from .fields import (MULTIPORT_SLOTS, Burst, Cidr, DataPath, IfName, Mode, Port, PortList, PortRanges, PositiveInt,
+                     RateField, check_interfaces, check_name, one_burst)
 from .rates import Rate, parse_rate
 
 # A window holds ~1.9 KB a flow at its end, flows and their records together (tests/test_sampler_units.py
@@ -47,6 +47,30 @@ class Allow(_Section):
                 out.append(net)
                 end = start + (1 << (bits - net.prefixlen)) - 1
         return out
+
+
+class Failsafe(Allow):
+    """Sources and ports that are never limited, banned or counted: SSH from the management network,
+    the apiserver and kubelet from the control plane. Their rules come first in every chain (the ban
+    check included), so a banned source still reaches them. Ports: as many as iptables multiport
+    takes (a range counts twice), for portability."""
+
+    cidrs: Annotated[tuple[Cidr, ...], Field(min_length=1)]
+    protocol: Literal["tcp", "udp"] = "tcp"
+    ports: PortRanges
+
+    @field_validator("ports")
+    @classmethod
+    def _fits_multiport(cls, ports: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        if not ports:
+            raise ValueError("list at least one port")
+        slots = sum(1 if low == high else 2 for low, high in ports)
+        if slots > MULTIPORT_SLOTS:
+            raise ValueError(f"{slots} port slots (a range takes two); at most {MULTIPORT_SLOTS}: split the entry")
+        return ports
+
+    def covers(self, protocol: str, port: int) -> bool:
+        return self.protocol == protocol and any(low <= port <= high for low, high in self.ports)
 
 
 class Synproxy(_Section):
@@ -302,6 +326,7 @@ class Policy(_Section):
     backend: Literal["nft", "iptables"] = "nft"
     interfaces: Annotated[Literal["auto"] | tuple[IfName, ...], pydantic.BeforeValidator(check_interfaces)] = "auto"
     allow: Allow = Allow()
+    failsafe: tuple[Failsafe, ...] = ()
     icmp: Icmp = Icmp()
     syn: Syn = Syn()
     limits: tuple[Limit, ...] = _DEFAULT_LIMITS

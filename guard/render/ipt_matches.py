@@ -69,9 +69,10 @@ def _(x: TcpFlags, ctx: Ctx) -> list[str]:
 @match.register
 def _(x: DstPorts, ctx: Ctx) -> list[str]:
     neg = "! " if x.negate else ""
-    if len(x.ports) == 1:
-        return [f"{neg}--dport {x.ports[0]}"]
-    return [f"-m multiport {neg}--dports {','.join(map(str, x.ports))}"]
+    ports = [str(p) if isinstance(p, int) else f"{p[0]}:{p[1]}" for p in x.ports]
+    if len(ports) == 1:
+        return [f"{neg}--dport {ports[0]}"]
+    return [f"-m multiport {neg}--dports {','.join(ports)}"]
 
 
 @match.register(ValveEngaged)

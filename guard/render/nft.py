@@ -202,7 +202,8 @@ def _(x: TcpFlags, sets: dict) -> dict:
 
 @_match.register
 def _(x: DstPorts, sets: dict) -> dict:
-    return _eq(_payload(x.proto, "dport"), _one_or_set(x.ports), "!=" if x.negate else "==")
+    ports = tuple(p if isinstance(p, int) else {"range": list(p)} for p in x.ports)
+    return _eq(_payload(x.proto, "dport"), _one_or_set(ports), "!=" if x.negate else "==")
 
 
 @_match.register
