@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from . import listeners, probe, sampling_odds, sysctls
 from .backend.nft import Nft, NftLive, objects
 from .backend.nft_backend import NftBackend
+from .dnat_ports import dnat_ports
 from .errors import BackendError
 from .interfaces import resolve_interfaces
 from .model.build import build_ruleset
@@ -119,11 +120,14 @@ def sampling_settings(policy: Policy, transport: str, odds: dict[str, int] | Non
 
 
 def detect_ports(policy: Policy, interfaces: tuple[str, ...]) -> dict[int, list[int]] | None:
-    """``syn.synproxy.ports: auto``: {4: ports, 6: ports} read from the listeners now; None otherwise."""
+    """``syn.synproxy.ports: auto``: {4: ports, 6: ports} read from the listeners now; None otherwise.
+    Never a port the node DNATs (an engaged port's SYNs skip the nat table, guard/dnat_ports.py): not
+    ``forwarded_ports`` (the NodePort range), whatever ``exclude_ports`` says, nor one its nat rules name."""
     cfg = policy.syn.synproxy
     if cfg.ports != "auto":
         return None
-    exclude = {p for low, high in cfg.exclude_ports for p in range(low, high + 1)}
+    exclude = {p for low, high in (*cfg.exclude_ports, *cfg.forwarded_ports) for p in range(low, high + 1)}
+    exclude |= dnat_ports(listeners.local_addresses()[0])
     return listeners.auto_ports(interfaces, exclude, cfg.forwarded)
 
 

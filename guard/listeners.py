@@ -19,7 +19,9 @@ Any local user can open listeners, so the rule is who would receive the SYNs, ne
   owner of every listener receiving it. Another user's listener (on another address, or on the
   other family) can neither take protection away from a port that someone else serves, nor give it
   back to one that root's locked listener left out. The price: a non-root service whose locked
-  buffer shares its port with another user's listener is proxied with the node's window scale.
+  buffer shares its port with another user's listener is proxied with the node's window scale;
+- a port the node DNATs to a pod is never one (``exclude``, from apply.detect_ports): an engaged
+  port's SYNs skip the nat table, so a user listening on a NodePort or hostPort would get its clients.
 """
 
 from __future__ import annotations

@@ -75,7 +75,9 @@ DESCRIPTIONS = {
     "syn.synproxy.engage_over": "SYNs to these ports (all together, after the per-source limits) above which the "
                                 "port they go to is engaged",
     "syn.synproxy.hold_s": "how long a port stays engaged after the last SYN over `engage_over`",
-    "syn.synproxy.exclude_ports": "never engaged by `auto` (the default: the NodePort range)",
+    "syn.synproxy.exclude_ports": "never engaged by `auto` (the default: the NodePort range); nor are "
+                                  "`forwarded_ports` and the ports iptables nat rules DNAT for the node's addresses "
+                                  "(add hostPorts and externalIPs DNAT'd by nft-native rules here)",
     "syn.synproxy.forwarded": "also defend `forwarded_ports` with SYNPROXY (needs `nf_conntrack_tcp_loose=0`)",
     "syn.synproxy.forwarded_ports": "NodePorts, DNAT'd to pods, defended with `forwarded`",
     "syn.synproxy.set_sysctls": "let nodeguard set `tcp_syncookies`, `tcp_timestamps` (and loose for `forwarded`)",

@@ -289,11 +289,11 @@ class Watcher(WatchLoop):
         sync: drift is repaired (and counted) by ``handle`` first. Returns the new plan, or None."""
         if self._pending is not None or not self.state.get("in_sync") or not self.ports.due(self.policy, now):
             return None
-        cpu = time.thread_time()
+        cpu = _cpu()
         try:
             return self._update_ports()
         finally:
-            self.ports.looked(now, time.thread_time() - cpu)
+            self.ports.looked(now, _cpu() - cpu)
 
     def _update_ports(self) -> Plan | None:
         found = self.ports.redetect(self.policy)
@@ -365,3 +365,10 @@ def _ports_change(old: Ports | None, new: Ports) -> str:
         was, now = set((old or {}).get(v, ())), set(new[v])
         parts.append(f"v{v} {len(now)} (+{len(now - was)} -{len(was - now)})")
     return ", ".join(parts)
+
+
+def _cpu() -> float:
+    """This thread's CPU time plus that of the tools waited for (the nat tables' ``*-save``,
+    iptables-restore): a look's cost includes the processes it ran."""
+    t = os.times()
+    return time.thread_time() + t.children_user + t.children_system
