@@ -45,6 +45,14 @@ def _to_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return net
 
 
+def absolute_path(value: str) -> str:
+    """A file nodeguard reads (a deny file): printable and absolute, so that it never depends on the
+    directory a verb was started in."""
+    if not value.isprintable() or not value.startswith("/"):
+        raise ValueError(f"{value!r} must be a printable absolute path")
+    return value
+
+
 def check_name(name: str) -> str:
     """Names become chain, set and comment text in both backends: a small alphabet, nothing to escape."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
