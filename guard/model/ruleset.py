@@ -122,7 +122,7 @@ class AddrSet:
     @cached_property  # a sealed set's digest reads every element
     def name(self) -> str:
         if self.sealed:
-            contents = hashlib.sha256(b"".join(n.packed + bytes((n.prefixlen,)) for n in self.elements))
+            contents = hashlib.sha256(b"".join(n.network_address.packed + bytes((n.prefixlen,)) for n in self.elements))
             return f"{self.base}-{digest(self.definition, contents.hexdigest())}"
         return self.base if self.static else f"{self.base}-{self.definition}"
 
