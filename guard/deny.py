@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .configfile import read_config
 from .errors import PolicyError
-from .policy.fields import _to_network
+from .policy.fields import DROP_ALL, to_network
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -23,7 +23,7 @@ def parse_deny_text(text: str, file: str) -> list[Network]:
         if not entry:
             continue
         try:
-            out.append(_to_network(entry))
+            out.append(to_network(entry, DROP_ALL))
         except ValueError as exc:
             raise PolicyError(file, number, "", str(exc)) from None
     return out

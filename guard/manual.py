@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .errors import NodeguardError
 from .model.ruleset import AddrSet
-from .policy.fields import _to_network
+from .policy.fields import DROP_ALL, to_network
 
 if TYPE_CHECKING:
     from .backend.nft import Nft
@@ -38,9 +38,11 @@ class ManualBan:
 def target(text: str) -> tuple[str, int]:
     """An address or CIDR to ban, as (prefix text, IP version); anything else is one line, exit 2."""
     try:
-        net = _to_network(text.strip() if isinstance(text, str) else "")
+        net = to_network(text.strip() if isinstance(text, str) else "", DROP_ALL)
     except ValueError as exc:
         raise BadBan(str(exc)) from None
+    if net.num_addresses == 1 and net.network_address.is_unspecified:
+        raise BadBan(f"{text.strip()!r} is the unspecified address, no source")
     return str(net), net.version
 
 

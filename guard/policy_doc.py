@@ -141,7 +141,8 @@ DESCRIPTIONS = {
     "metrics.listen": "`IP:PORT` or `[IPv6]:PORT`",
 }
 
-_ALIASES = {id(fields.Port): "port", id(fields.Cidr): "CIDR", id(fields.IfName): "interface name"}
+_ALIASES = {id(fields.Port): "port", id(fields.Cidr): "CIDR", id(fields.DenyCidr): "CIDR",
+            id(fields.IfName): "interface name"}
 
 
 def _facts() -> dict[str, Any]:

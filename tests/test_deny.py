@@ -96,7 +96,7 @@ def test_ban_targets(text, want):
     assert manual.target(text) == want
 
 
-@pytest.mark.parametrize("bad", ["10.1.2.3/24", "0.0.0.0/0", "nope", "fd00::1%eth0", ""])
+@pytest.mark.parametrize("bad", ["10.1.2.3/24", "0.0.0.0/0", "0.0.0.0", "::", "nope", "fd00::1%eth0", ""])
 def test_a_bad_ban_target_is_one_line_and_exit_2(bad):
     with pytest.raises(manual.BadBan) as exc:
         manual.target(bad)
@@ -119,3 +119,9 @@ def test_a_reason_is_printable_and_short():
     for bad in ("\x1b[31mred", "x" * 101, "two\nlines"):
         with pytest.raises(manual.BadBan):
             manual.reason(bad)
+
+
+def test_an_inline_deny_of_everything_is_refused():
+    with pytest.raises(PolicyError) as exc:
+        parse_policy("deny:\n  cidrs: ['::/0']\n", "p.yaml")
+    assert str(exc.value) == "p.yaml:2: deny.cidrs[0]: '::/0' would drop every source: name a narrower prefix"

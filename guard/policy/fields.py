@@ -26,7 +26,9 @@ DataPath = Annotated[str, Field(strict=True), pydantic.AfterValidator(check_data
 PortList = Annotated[tuple[Port, ...], Field(max_length=15)]  # iptables multiport's limit, for portability
 
 
-def _to_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def to_network(text: str, whole: str = "would allow every source: nodeguard would protect nothing"
+               ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A plain prefix (or address: its /32 or /128); ``whole`` says what a /0 would do (refused)."""
     if not text.isascii() or "%" in text:  # no zone ids (fe80::%eth0/64), no non-ASCII digits
         raise ValueError(f"{text!r} is not a CIDR (plain IPv4 or IPv6 prefixes only)")
     net = None
@@ -41,7 +43,7 @@ def _to_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         except ValueError as exc:
             raise ValueError(f"{text!r} is not a CIDR ({exc})") from None
     if net.prefixlen == 0:
-        raise ValueError(f"{text!r} would allow every source: nodeguard would protect nothing")
+        raise ValueError(f"{text!r} {whole}")
     return net
 
 
@@ -77,7 +79,9 @@ def check_interfaces(value: Any) -> Any:
     raise ValueError(f"must be 'auto' or a list of interface names, got {value!r}")
 
 
-Cidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(_to_network)]
+Cidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(to_network)]
+DROP_ALL = "would drop every source: name a narrower prefix"
+DenyCidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(lambda text: to_network(text, DROP_ALL))]
 IfName = Annotated[str, Field(strict=True), pydantic.AfterValidator(_check_ifname)]
 
 

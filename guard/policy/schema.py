@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..attacklog import MAX_KEEP
 from ..liveness import STATE_FILE
-from .fields import (Burst, Cidr, absolute_path, DataPath, IfName, Mode, Port, PortList, PortRanges, PositiveInt, RateField, check_interfaces,
+from .fields import (Burst, Cidr, DataPath, DenyCidr, absolute_path, IfName, Mode, Port, PortList, PortRanges, PositiveInt, RateField, check_interfaces,
                      check_name, one_burst)
 from .rates import Rate, parse_rate
 
@@ -59,7 +59,7 @@ class Deny(_Section):
     file), read on every apply and reload. ``manual_size``: how many ``nodeguard ban`` entries a
     family holds (a full set refuses the next ban)."""
 
-    cidrs: tuple[Cidr, ...] = ()
+    cidrs: tuple[DenyCidr, ...] = ()
     files: tuple[Annotated[str, Field(strict=True), pydantic.AfterValidator(absolute_path)], ...] = ()
     manual_size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 65536
     _from_files: tuple = pydantic.PrivateAttr(default=())
