@@ -48,6 +48,10 @@ DESCRIPTIONS = {
     "failsafe[].cidrs": "v4 and v6; at least one",
     "failsafe[].protocol": "the protocol of `ports`; one entry per protocol",
     "failsafe[].ports": "destination ports and `low-high` ranges; at most {multiport} slots (a range takes two)",
+    "deny": "sources dropped at ingress before anything else, unless allowlisted",
+    "deny.cidrs": "v4 and v6; nested CIDRs, here and in the files, are merged",
+    "deny.files": "absolute paths of blocklists: one CIDR or address a line, # comments (root's alone, as this file)",
+    "deny.manual_size": "`nodeguard ban` entries per family at most (a full set refuses the next ban)",
     "icmp": "echo-requests; every other ICMP type is never limited",
     "icmp.mode": "`null`: the policy's `mode`",
     "icmp.rate": "echo-requests from all sources together (the backstop)",
@@ -144,7 +148,8 @@ DESCRIPTIONS = {
     "metrics.listen": "`IP:PORT` or `[IPv6]:PORT`",
 }
 
-_ALIASES = {id(fields.Port): "port", id(fields.Cidr): "CIDR", id(fields.IfName): "interface name"}
+_ALIASES = {id(fields.Port): "port", id(fields.Cidr): "CIDR", id(fields.DenyCidr): "CIDR",
+            id(fields.IfName): "interface name"}
 
 
 def _facts() -> dict[str, Any]:

@@ -347,10 +347,12 @@ def test_escalation_off_renders_none_of_it():
     for text in ("interfaces: [eth0]\nescalate:\n  enabled: false\n", "interfaces: [eth0]\nmode: monitor\n"):
         pol = parse_policy(text, "f.yaml")
         rs = build_ruleset(pol, ("eth0",), Priorities(), sampling_settings(pol, "nflog"))
-        assert not [c for c in rs.chains if c.stage == "ingress" or c.name.startswith("escalate-")]
+        assert not [c for c in rs.chains if c.name.startswith("escalate-")]
         assert not [s for s in rs.sets if s.kind == "escalation"]
+        kinds = {s.name: s.kind for s in rs.sets}  # the ingress chain checks only the bans by hand
+        assert [kinds[r.matches[0].set] for c in rs.chains if c.stage == "ingress" for r in c.rules] == ["manual"] * 2
         raw = render_ipt.render_ipt(rs, 4).tables["raw"]
-        assert [spec.rsplit(" ", 1)[1] for _b, spec in raw.jumps] == ["NODEGUARD-PRE"]
+        assert [spec.rsplit(" ", 1)[1] for _b, spec in raw.jumps] == ["NODEGUARD-BAN", "NODEGUARD-PRE"]
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -369,8 +371,8 @@ def test_bad_escalate_settings_name_file_line_and_field(text, expected):
     assert str(exc.value).startswith(expected) and "\n" not in str(exc.value), str(exc.value)
 
 
-@pytest.mark.parametrize("args", [["10.0.0.0/24"], ["fd00::/48"], ["nonsense"], [], ["10.0.0.1", "--all"],
-                                  ["fe80::1%eth0"], ["0.0.0.0"], ["::"]])
+@pytest.mark.parametrize("args", [["10.0.0.1/24"], ["fd00::1/48"], ["nonsense"], [], ["10.0.0.1", "--all"],
+                                  ["fe80::1%eth0"], ["0.0.0.0"], ["::"], ["0.0.0.0/0"]])
 def test_unban_refuses_a_bad_address_in_one_line_before_touching_anything(args):
     res = subprocess.run([sys.executable, "-m", "guard", "unban", *args], capture_output=True, text=True,
                          cwd=netlab.ROOT, check=False)

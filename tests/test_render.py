@@ -159,7 +159,8 @@ synproxies = st.one_of(st.none(), st.builds(
 def _escalation_invariants(policy: Policy, rs: RuleSet) -> None:
     """Only enforce-mode per-source rules escalate (never a backstop, monitor mode, bogus flags or
     connlimit); an escalation chain's last rule is its group's condemned path and carries no group;
-    one ingress chain per interface, first in line, only when something escalates."""
+    one ingress chain per interface, first in line, always (manual bans); its escalation ban rules only when
+    something escalates."""
     escalating = []
     for c in rs.chains:
         for r in c.rules:
@@ -169,16 +170,22 @@ def _escalation_invariants(policy: Policy, rs: RuleSet) -> None:
                 escalating.append(r)
     esc_chains = [c for c in rs.chains if c.name.startswith("escalate-")]
     ingress = [c for c in rs.chains if c.stage == "ingress"]
+    assert [c.device for c in ingress] == list(rs.interfaces) and rs.chains[:len(ingress)] == tuple(ingress)
+    kinds = {s.name: s.kind for s in rs.sets}
+    dropped_from = [kinds[r.matches[0].set] for c in ingress for r in c.rules]
+    manual_drop = Drop if policy.mode == "enforce" else Continue
+    assert [(r.group, type(r.verdict)) for c in ingress for r in c.rules if kinds[r.matches[0].set] == "manual"] == \
+        [("banned", manual_drop)] * 2 * len(ingress)
     if not policy.escalate.enabled or not escalating:
-        assert not esc_chains and not ingress and not any(s.kind == "escalation" for s in rs.sets)
+        assert not esc_chains and "escalation" not in dropped_from and "escalation" not in kinds.values()
         return
     assert len(esc_chains) == len(escalating)
     for c in esc_chains:
         *acts, last = c.rules
         assert all(isinstance(r.verdict, Continue) and r.group is None for r in acts)
         assert last.group is None and not last.matches and isinstance(last.verdict, (Goto, Drop))
-    assert [c.device for c in ingress] == list(rs.interfaces) and rs.chains[:len(ingress)] == tuple(ingress)
-    assert [r.group for c in ingress for r in c.rules if isinstance(r.verdict, Drop)] == ["banned"] * 2 * len(ingress)
+    assert [(r.group, type(r.verdict)) for c in ingress for r in c.rules if kinds[r.matches[0].set] == "escalation"] == \
+        [("banned", Drop)] * 2 * len(ingress)
     banned = [s for s in rs.sets if s.base.startswith("banned-")]
     assert {(s.size, s.timeout_s) for s in banned} == {(policy.escalate.size, policy.escalate.ban_s)}
 

@@ -103,6 +103,13 @@ class Backend(Protocol):
                         targets: list[tuple[str, int]] | None) -> None:
         """Delete ``targets`` ((address, IP version)) from the named sets of their version; None: all."""
 
+    def ban(self, nft: Nft, name: str, prefix: str, for_s: int | None, reason: str) -> None:
+        """Add ``prefix`` to the installed manual ban set ``name`` for ``for_s`` seconds (None: until
+        unbanned) with ``reason``; one already there takes the new expiry and reason."""
+
+    def manual_bans(self, nft: Nft, name: str) -> list[tuple[str, int | None, str]]:
+        """(prefix, seconds left or None, reason) of every entry of the manual ban set ``name``."""
+
     def add_elements(self, nft: Nft, s: AddrSet, elements: Iterable[str], timeout_s: int) -> None:
         """Add ``elements`` to set ``s`` with ``timeout_s``, restarting the timeout of any already there
         (the SYN valve's refresh: the kernel removes them when nobody refreshes them)."""

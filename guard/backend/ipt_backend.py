@@ -244,6 +244,13 @@ class IptBackend:
     def valve_elements(self, s: AddrSet) -> tuple[str, ...]:
         return VALVE_ELEMENTS[s.version]
 
+    def ban(self, nft: Nft, name: str, prefix: str, for_s: int | None, reason: str) -> None:
+        # -exist: a ban made again takes the new timeout (0: none); an ipset member keeps no reason
+        Ipset.restore(f"add {name} {prefix} timeout {for_s or 0} -exist\n")
+
+    def manual_bans(self, nft: Nft, name: str) -> list[tuple[str, int | None, str]]:
+        return [(m, left or None, "") for m, left in Ipset.timeouts(name).items()]
+
     def valve_ids(self, ruleset: RuleSet) -> set[str]:
         return {rid for render in self.renders.values() for rid in render.valve}
 

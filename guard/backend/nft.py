@@ -81,7 +81,7 @@ class Nft:
         """The elements of one set, each as a dict with "val" (plus "counter", "expires", ... where the
         set has them: nft lists a bare value otherwise); [] when the set is missing."""
         listing = objects(self.list(f"set {family} {table} {name}"), "set")
-        return [(e.get("elem", {}) if isinstance(e, dict) else {"val": e})
+        return [(e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e})
                 for e in (listing[0].get("elem", []) if listing else [])]
 
     def text(self, what: str) -> str:

@@ -190,7 +190,7 @@ class NftBackend:
                 if v != version:
                     continue
                 try:
-                    nft.run({"nftables": [{"delete": {"element": {**ref, "name": name, "elem": [src]}}}]},
+                    nft.run({"nftables": [{"delete": {"element": {**ref, "name": name, "elem": [_value(src)]}}}]},
                             what="unban")
                 except BackendError as exc:
                     if "No such file or directory" not in str(exc):
@@ -207,8 +207,35 @@ class NftBackend:
     def valve_elements(self, s: AddrSet) -> tuple[str, ...]:
         return VALVE_ELEMENTS
 
+    def ban(self, nft: Nft, name: str, prefix: str, for_s: int | None, reason: str) -> None:
+        # add (a no-op when there), delete, add: one transaction, so a ban made again takes the new
+        # expiry and reason without a moment unbanned
+        ref = {"family": FAMILY, "table": TABLE, "name": name}
+        val = _value(prefix)
+        elem = {"val": val, **({"timeout": for_s} if for_s else {}), **({"comment": reason} if reason else {})}
+        add = {"add": {"element": {**ref, "elem": [{"elem": elem}]}}}
+        nft.run({"nftables": [add, {"delete": {"element": {**ref, "elem": [val]}}}, add]}, what="ban")
+
+    def manual_bans(self, nft: Nft, name: str) -> list[tuple[str, int | None, str]]:
+        out = []
+        for e in nft.set_elements(FAMILY, TABLE, name):
+            val = e.get("val")
+            prefix = f"{val['prefix']['addr']}/{val['prefix']['len']}" if isinstance(val, dict) and "prefix" in val \
+                else val if isinstance(val, str) else None
+            if prefix is not None:
+                reason = e.get("comment")
+                out.append((prefix, e.get("expires"), reason if isinstance(reason, str) else ""))
+        return out
+
     def valve_ids(self, ruleset: RuleSet) -> set[str]:
         return {rid for rule, rid in _rule_ids(ruleset) if any(isinstance(x, ValveEngaged) for x in rule.matches)}
+
+
+def _value(text: str) -> str | dict:
+    """An element as nft's JSON takes it: an address as is, a prefix ("a/len") as a prefix object
+    (nft reads a string with a "/" as a host name)."""
+    addr, _, plen = text.partition("/")
+    return {"prefix": {"addr": addr, "len": int(plen)}} if plen else text
 
 
 def _rule_ids(ruleset: RuleSet):

@@ -8,7 +8,7 @@ imports the policy, model, renderers and backends inside its body: ``nodeguard -
 | module | verbs |
 |---|---|
 | ``ruleset`` | check, apply, status, uninstall |
-| ``bans`` | bans, unban |
+| ``bans`` | ban, bans, unban |
 | ``daemon`` | watch, run, sample, healthz |
 | ``review`` | report, tune |
 | ``demo`` | demo |
@@ -27,7 +27,7 @@ from ..errors import NodeguardError, PolicyError
 # verb -> "module:function", relative to this package
 VERBS = {
     "check": "ruleset:check", "apply": "ruleset:apply", "status": "ruleset:status", "uninstall": "ruleset:uninstall_cmd",
-    "bans": "bans:bans", "unban": "bans:unban",
+    "ban": "bans:ban", "bans": "bans:bans", "unban": "bans:unban",
     "watch": "daemon:watch", "run": "daemon:run", "sample": "daemon:sample", "healthz": "daemon:healthz",
     "report": "review:report", "tune": "review:tune",
     "demo": "demo:demo",
@@ -38,7 +38,7 @@ VERBS = {
 # objects, ~83,000 with 10,000 allow CIDRs) lives until it exits, so the cyclic garbage collector's
 # passes are pure cost there (~8 ms of an apply of the default policy, ~35 ms with 10,000 allow CIDRs).
 # main() starts with it off; every other verb (the daemons, the log readers) turns it back on.
-ONE_SHOT = frozenset({"check", "apply", "status", "bans", "unban", "uninstall", "healthz"})
+ONE_SHOT = frozenset({"check", "apply", "status", "ban", "bans", "unban", "uninstall", "healthz"})
 
 
 class LazyGroup(click.Group):

@@ -15,9 +15,10 @@ Layout (both backends render exactly this):
   limits (other TCP that opens no connection leaves first).
 * escalation (``escalate``, enforce mode only): a per-source drop goes through
   ``escalate-<group>-v<n>`` on its way to the sample chain, which bans a source that has been over
-  a per-source limit without a pause for ``after_s``; ``ingress-<device>``, one base chain per
-  protected device on the ingress hook, drops banned sources that are not allowlisted before anything
-  else runs (one lookup per packet of a source that is not banned).
+  a per-source limit without a pause for ``after_s``.
+* ``ingress-<device>``, one base chain per protected device on the ingress hook, drops before anything
+  else runs the sources that are not allowlisted and are in a deny list (``deny-*``), banned by hand
+  (``manual-*``) or banned by escalation (``banned-*``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ STATEFUL_CHAIN = "filter-conntrack"
 SYNPROXY_CHAIN = "synproxy-input"
 CLOSED_CHAIN = "closed-ports"
 INGRESS_CHAIN = "ingress-"  # + the device: one per protected device
-BANNED = "banned"  # the rule group of the ingress drops (their counters are the drops of banned sources)
+BANNED = "banned"  # the rule group of the ingress drops of banned sources (escalation and ``nodeguard ban``)
+DENIED = "denied"  # the rule group of the ingress drops of sources in the deny lists
 SYN_ONLY = TcpFlags(("fin", "syn", "rst", "ack"), ("syn",))
 SAMPLE_ALL = "sample-all"
 CLOSED_PORT = "closed-port"  # the rule group of closed_ports
@@ -233,8 +235,8 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     if policy.closed_ports.enabled:
         b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(b, interfaces, (_closed_ports_skip_tcp(),)),
                                              *_closed_ports(b)), "closed", priorities.closed))
-    ingress, escalation = _escalation(b, interfaces, priorities, {s.version: s.name for s in b.sets
-                                                                   if s.kind == "trusted"})
+    banned, escalation = _escalation(b, {s.version: s.name for s in b.sets if s.kind == "trusted"})
+    ingress = _ingress(b, interfaces, priorities, banned)
     return RuleSet((*ingress, *b.chains, *escalation, *b.sample_chains.values()), tuple(b.sets),
                    tuple(b.limits.values()), tuple(interfaces), sample_groups=b.groups)
 
@@ -243,10 +245,9 @@ def escalation_chain(group: str, version: int) -> str:
     return f"escalate-{group}-v{version}"
 
 
-def _escalation(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities, trusted: dict[int, str]
-                ) -> tuple[list[Chain], list[Chain]]:
-    """The ban check (one ingress chain per protected device) and one escalation chain per group and
-    family whose per-source drops escalate; nothing when none do (escalate off, monitor mode).
+def _escalation(b: _Builder, trusted: dict[int, str]) -> tuple[dict[int, str], list[Chain]]:
+    """The ban sets (IP version -> name) and one escalation chain per group and family whose
+    per-source drops escalate; nothing when none do (escalate off, monitor mode).
 
     Shared timed sets per family, keyed like the meters (IPv6: the /64): ``over`` (timeout gap_s: the
     source had a per-source drop within gap_s), ``episode`` (timeout after_s: started when a source
@@ -255,7 +256,7 @@ def _escalation(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities
     burst never lasts after_s; a source hovering at its limit leaves ``over`` between its drops. A full
     ``episode`` or ``over`` set bans nobody new (fails open)."""
     if not b.escalated:
-        return [], []
+        return {}, []
     esc, meter = b.policy.escalate, b.policy.meter
     sets: dict[tuple[str, int], str] = {}
     for version in (4, 6):
@@ -278,12 +279,27 @@ def _escalation(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities
                  counter=False),
             Rule((), b.condemned(group, "enforce"), f"condemned by {group}", counter=False),
         ), role="escalate", group=group, version=version))
-    # the ban lookup first: a source that is not banned (every packet of a flood that is not) leaves after one
-    bans = (Rule((SourceInSet(sets[("banned", v)], v), SourceNotInSet(f"allow-v{v}", v)), DROP, label,
-                 group=BANNED, mode="enforce") for v, label in ((4, "banned v4 source"), (6, "banned v6 /64")))
-    rules = (*b.failsafe, *bans)  # failsafe first: a banned source still reaches its failsafe ports
-    ingress = [Chain(f"{INGRESS_CHAIN}{dev}", rules, "ingress", priorities.ingress, device=dev) for dev in interfaces]
-    return ingress, chains
+    return {v: sets[("banned", v)] for v in (4, 6)}, chains
+
+
+def _ingress(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities, banned: dict[int, str]) -> list[Chain]:
+    """The drop check, one ingress chain per protected device: a source in a deny list, banned by hand
+    or banned by escalation is dropped unless allowlisted or failsafe (both win over deny). Each rule looks its
+    drop set up first: a source in none of them (every packet of a flood that is not banned) costs one
+    lookup a set. The manual ban sets always exist, so that ``nodeguard ban`` works whatever escalates.
+    In monitor mode (the policy's) the deny and manual rules count what they would drop."""
+    rules, mode = list(b.failsafe), b.policy.mode  # failsafe first: a banned source still reaches its ports
+    for v in (4, 6):
+        denied = b.policy.deny.networks(v)
+        manual = b.add_set(AddrSet(f"manual-v{v}", v, "manual", size=b.policy.deny.manual_size)).name
+        drops = [(b.add_set(AddrSet(f"deny-v{v}", v, "deny", tuple(denied))).name, DENIED, f"denied v{v} source",
+                  mode)] if denied else []
+        drops.append((manual, BANNED, f"banned by hand v{v}", mode))
+        if v in banned:  # only enforce mode escalates
+            drops.append((banned[v], BANNED, "banned v4 source" if v == 4 else "banned v6 /64", "enforce"))
+        rules += [Rule((SourceInSet(name, v), SourceNotInSet(f"allow-v{v}", v)), DROP if how == "enforce" else CONTINUE,
+                       label, group=group, mode=how) for name, group, label, how in drops]
+    return [Chain(f"{INGRESS_CHAIN}{dev}", tuple(rules), "ingress", priorities.ingress, device=dev) for dev in interfaces]
 
 
 def _synproxy_notrack(b: _Builder, sp: SynproxyPlan) -> list[Rule]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network
 from typing import Literal, Union
 
@@ -45,8 +46,10 @@ class Rule:
             raise ValueError(f"rule {self.label!r}: a condemning rule has a group and a mode, others neither")
 
 
-SET_KINDS = ("allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation", "valve")
-SetKind = Literal["allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation", "valve"]
+SET_KINDS = ("allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation", "valve", "deny",
+             "manual")
+SetKind = Literal["allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation", "valve", "deny",
+                  "manual"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,10 @@ class AddrSet:
     destination ports (the SYNPROXY'd ones), not addresses; ``engaged``: timed destination ports (those
     SYNPROXY is engaged on); ``escalation``: timed membership keyed like a meter (IPv6: the /64):
     ``over-*``, ``episode-*`` and ``banned-*``; ``valve``: not addresses but one timed flag, "the SYN
-    valve is engaged" (the elements that say so are the backend's: ``Backend.valve_elements``)."""
+    valve is engaged" (the elements that say so are the backend's: ``Backend.valve_elements``); ``deny``:
+    static prefixes too, but up to millions, so its name carries a digest of them (``sealed``: an
+    unchanged list keeps its set, never listed back nor refilled); ``manual``: prefixes ``nodeguard
+    ban`` adds, each with its own timeout or none (state: kept across applies, as a meter is)."""
 
     base: str  # e.g. "syn-src-v4"; the kernel name adds the digest (allow sets keep their base name)
     version: int
@@ -79,19 +85,24 @@ class AddrSet:
             raise ValueError(f"set {self.base}: unknown kind {self.kind!r}")
         if (self.kind == "meter") != (self.rate is not None and self.rate.burst is not None):
             raise ValueError(f"set {self.base}: a meter, and only a meter, has a rate with a burst")
-        if self.kind not in ("allow", "ports") and self.size <= 0:
+        if self.kind not in ("allow", "ports", "deny") and self.size <= 0:
             raise ValueError(f"set {self.base}: needs a size")
         if self.kind in ("meter", "trusted", "counts", "engaged", "escalation", "valve") and self.timeout_s <= 0:
             raise ValueError(f"set {self.base}: needs a timeout")
         if self.kind == "conns" and self.limit <= 0:
             raise ValueError(f"set {self.base}: needs a connection limit")
-        if self.elements and self.kind not in ("allow", "ports"):
-            raise ValueError(f"set {self.base}: only allowlists and port sets have static elements")
+        if self.elements and self.kind not in ("allow", "ports", "deny"):
+            raise ValueError(f"set {self.base}: only allowlists, deny lists and port sets have static elements")
 
     @property
     def static(self) -> bool:
         """Its contents are configuration (refilled to match the render), not state."""
         return self.kind in ("allow", "ports")
+
+    @property
+    def sealed(self) -> bool:
+        """Its name says its contents: a set of that name holds them (filled when created, never read back)."""
+        return self.kind == "deny"
 
     @property
     def keyed_by_prefix(self) -> bool:
@@ -108,8 +119,11 @@ class AddrSet:
         """Everything but the contents: what makes two sets interchangeable."""
         return digest(self.kind, self.version, self.size, self.timeout_s, self.rate, self.limit, self.prefix_len)
 
-    @property
+    @cached_property  # a sealed set's digest reads every element
     def name(self) -> str:
+        if self.sealed:
+            contents = hashlib.sha256(b"".join(n.network_address.packed + bytes((n.prefixlen,)) for n in self.elements))
+            return f"{self.base}-{digest(self.definition, contents.hexdigest())}"
         return self.base if self.static else f"{self.base}-{self.definition}"
 
 

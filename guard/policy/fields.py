@@ -27,7 +27,9 @@ MULTIPORT_SLOTS = 15  # iptables multiport's limit (a range takes two), kept by 
 PortList = Annotated[tuple[Port, ...], Field(max_length=MULTIPORT_SLOTS)]
 
 
-def _to_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def to_network(text: str, whole: str = "would allow every source: nodeguard would protect nothing"
+               ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A plain prefix (or address: its /32 or /128); ``whole`` says what a /0 would do (refused)."""
     if not text.isascii() or "%" in text:  # no zone ids (fe80::%eth0/64), no non-ASCII digits
         raise ValueError(f"{text!r} is not a CIDR (plain IPv4 or IPv6 prefixes only)")
     net = None
@@ -42,8 +44,16 @@ def _to_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         except ValueError as exc:
             raise ValueError(f"{text!r} is not a CIDR ({exc})") from None
     if net.prefixlen == 0:
-        raise ValueError(f"{text!r} would allow every source: nodeguard would protect nothing")
+        raise ValueError(f"{text!r} {whole}")
     return net
+
+
+def absolute_path(value: str) -> str:
+    """A file nodeguard reads (a deny file): printable and absolute, so that it never depends on the
+    directory a verb was started in."""
+    if not value.isprintable() or not value.startswith("/"):
+        raise ValueError(f"{value!r} must be a printable absolute path")
+    return value
 
 
 def check_name(name: str) -> str:
@@ -70,7 +80,9 @@ def check_interfaces(value: Any) -> Any:
     raise ValueError(f"must be 'auto' or a list of interface names, got {value!r}")
 
 
-Cidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(_to_network)]
+Cidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(to_network)]
+DROP_ALL = "would drop every source: name a narrower prefix"
+DenyCidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(lambda text: to_network(text, DROP_ALL))]
 IfName = Annotated[str, Field(strict=True), pydantic.AfterValidator(_check_ifname)]
 
 

@@ -23,7 +23,8 @@ Where iptables cannot say what the model says:
   2 × ``meter.size`` (every member at the start of the period, plus one newcomer for each member
   that timed out during it), plus what concurrent adds overshoot ``maxelem`` by;
   ``--hashlimit-htable-max`` is set to 3 × ``meter.size`` + 4096;
-* allowlists and trusted sources are ipsets (``hash:net``, ``hash:ip timeout``);
+* allowlists, deny lists and trusted sources are ipsets (``hash:net``, ``hash:ip timeout``); manual
+  bans a ``hash:net timeout 0`` ipset (each entry its own timeout, or none);
 * the ingress chains (one per protected device in the model) become one ``NODEGUARD-BAN`` dispatcher
   (``-i <device> -g NODEGUARD-BAN-UPLINK``) with their rules once in ``NODEGUARD-BAN-UPLINK``;
 * escalation's timed sets are ``hash:ip timeout`` ipsets (IPv6: ``netmask 64``); "update" is
@@ -121,7 +122,7 @@ def ipsets(rs: RuleSet) -> list[Ipset]:
     out = []
     for s in rs.sets:
         fam = "inet" if s.version == 4 else "inet6"
-        if s.kind == "allow":
+        if s.kind in ("allow", "deny"):
             out.append(Ipset(ipset_name(s), "hash:net", fam, max(65536, 2 * len(s.elements)),
                              members=tuple(str(n) for n in s.elements)))
         elif s.kind == "trusted":
@@ -138,6 +139,8 @@ def ipsets(rs: RuleSet) -> list[Ipset]:
             out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, s.timeout_s))
         elif s.kind == "valve":
             out.append(Ipset(ipset_name(s), "hash:net", fam, s.size, s.timeout_s))
+        elif s.kind == "manual":  # timeout 0: an entry without one is permanent; `ban --for` gives its own
+            out.append(Ipset(ipset_name(s), "hash:net", fam, s.size, 0))
         elif s.kind == "counts":  # no timeout: a re-add (the only refresh) would zero the counters; the
             # sampler removes sources that went quiet instead (a sampler that is down only stops counting)
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, None,

@@ -33,7 +33,7 @@ VALVE_ELEMENTS = ("tcp",)
 class NftObjects:
     table: dict
     sets: tuple[dict, ...]  # without elements
-    elements: dict[str, list]  # set name -> static elements (allowlists)
+    elements: dict[str, list]  # set name -> static elements (allowlists, deny lists)
     limits: tuple[dict, ...]
     chains: tuple[dict, ...]
     rules: tuple[dict, ...]
@@ -48,7 +48,8 @@ def render_nft(rs: RuleSet) -> NftObjects:
     return NftObjects(
         table=table_ref(rs.table),
         sets=tuple(_set(rs.table, s) for s in rs.sets),
-        elements={s.name: [_prefix(n) if s.kind == "allow" else n for n in s.elements] for s in rs.sets if s.static},
+        elements={s.name: [n if s.kind == "ports" else _prefix(n) for n in s.elements] for s in rs.sets
+                  if s.static or s.sealed},
         limits=tuple(_limit_object(rs.table, lim) for lim in rs.limits),
         chains=tuple(_chain(rs.table, c) for c in rs.chains),
         rules=tuple(r for c in rs.chains for r in render_chain_rules(rs.table, c, sets)),
@@ -116,8 +117,10 @@ def _set(table: str, s: AddrSet) -> dict:
         obj.update(type="inet_proto", size=s.size, flags=["timeout"], timeout=s.timeout_s)
     elif s.kind == "engaged":
         obj.update(type="inet_service", size=s.size, flags=["timeout"], timeout=s.timeout_s)
-    elif s.kind == "allow":
+    elif s.kind in ("allow", "deny"):
         obj["flags"] = ["interval"]
+    elif s.kind == "manual":  # each element its own timeout, or none
+        obj.update(size=s.size, flags=["interval", "timeout"])
     elif s.kind in ("meter", "trusted", "counts", "escalation"):
         obj.update(size=s.size, flags=["timeout"], timeout=s.timeout_s)
     else:  # conns: ct count needs a dynamic set without timeout (nft adds "dynamic" itself)

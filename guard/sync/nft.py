@@ -94,7 +94,8 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
         name = s["name"]
         if name not in kept_sets:
             cmds.append({"add": {"set": s}})
-        if name in objs.elements:
+        # a kept set whose elements were not read back is sealed (a deny list): it holds what its name says
+        if name in objs.elements and not (name in kept_sets and name not in live.static_elements):
             cmds += _elements(_ref(table, name), live.static_elements.get(name, []) if name in kept_sets else None,
                               objs.elements[name])
     cmds += [{"add": {"limit": x}} for x in objs.limits if x["name"] not in kept_limits]

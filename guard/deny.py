@@ -1,0 +1,39 @@
+"""Deny files: one CIDR or address a line, ``#`` comments and blank lines (the format of the common
+blocklists: Spamhaus DROP, FireHOL, abuse.ch). Read like the policy file (configfile.read_config: root's
+alone), since they decide what the node drops; a bad line is ``FILE:LINE: message`` and exit 2, and
+nothing changes."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from .configfile import read_config
+from .errors import PolicyError
+from .policy.fields import DROP_ALL, to_network
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_deny_text(text: str, file: str) -> list[Network]:
+    """The prefixes ``text`` lists; a bare address is its /32 or /128. Raises PolicyError naming the line."""
+    out: list[Network] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        entry = line.split("#", 1)[0].split(";", 1)[0].strip()  # Spamhaus DROP: "1.2.3.0/24 ; SBL123"
+        if not entry:
+            continue
+        try:
+            out.append(to_network(entry, DROP_ALL))
+        except ValueError as exc:
+            raise PolicyError(file, number, "", str(exc)) from None
+    return out
+
+
+def read_deny_file(path: str | Path) -> list[Network]:
+    """The prefixes of one deny file, refused (PolicyError, exit 2) unless it is root's alone."""
+    data, _real = read_config(path)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise PolicyError(str(path), None, "", f"not UTF-8 text (byte {exc.start})") from None
+    return parse_deny_text(text, str(path))

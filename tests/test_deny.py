@@ -1,0 +1,127 @@
+"""Deny lists and manual bans, pure: deny files as the common blocklists write them, merged with the
+inline CIDRs into the two interval sets; bad lines, unsafe files and bad ``ban`` arguments are one
+line and exit 2."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import pytest
+
+from guard import manual
+from guard.deny import parse_deny_text
+from guard.errors import PolicyError
+from guard.model.build import build_ruleset
+from guard.model.plans import Priorities
+from guard.policy.load import parse_policy
+
+
+def nets(*texts: str) -> list:
+    return [ipaddress.ip_network(t) for t in texts]
+
+
+def test_a_blocklist_with_comments_blank_lines_and_bare_addresses():
+    text = ("# Spamhaus DROP style\n; last line is a comment too\n\n  203.0.113.0/24 ; SBL1234\n"
+            "198.51.100.7\t# one host\n2001:db8:bad::/48\n2001:db8::1\n")
+    assert parse_deny_text(text, "drop.txt") == nets("203.0.113.0/24", "198.51.100.7/32", "2001:db8:bad::/48",
+                                                     "2001:db8::1/128")
+
+
+@pytest.mark.parametrize("line, why", [
+    ("10.0.0.0/33", "not a CIDR"), ("10.0.0.1/24", "host bits set"), ("example.com", "not a CIDR"),
+    ("fe80::1%eth0", "plain IPv4 or IPv6"), ("0.0.0.0/0", "every source"), ("10.0.0.0/8 10.1.0.0/16", "not a CIDR"),
+    ("\x1b[31m10.0.0.0/8", "not a CIDR"),
+])
+def test_a_bad_line_names_its_file_and_line(line, why):
+    with pytest.raises(PolicyError) as exc:
+        parse_deny_text(f"# ok\n10.0.0.0/8\n{line}\n", "/etc/nodeguard/deny.txt")
+    msg = str(exc.value)
+    assert msg.startswith("/etc/nodeguard/deny.txt:3: ") and why in msg and "\n" not in msg
+    assert exc.value.exit_code == 2
+
+
+@pytest.fixture
+def deny_file(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    path = tmp_path / "deny.txt"
+    path.write_text("10.0.0.0/8\n10.1.0.0/16\n192.0.2.0/24\n2001:db8::/32\n2001:db8:1::/48\nfd00::5\n")
+    os.chmod(path, 0o644)
+    return path
+
+
+def test_inline_and_file_prefixes_are_merged_per_family(deny_file):
+    policy = parse_policy(f"deny:\n  cidrs: [10.2.3.0/24, 198.51.100.0/24]\n  files: [{deny_file}]\n", "p.yaml")
+    assert policy.deny.networks(4) == nets("10.0.0.0/8", "192.0.2.0/24", "198.51.100.0/24")
+    assert policy.deny.networks(6) == nets("2001:db8::/32", "fd00::5/128")
+    rs = build_ruleset(policy, ("eth0",), Priorities())
+    deny = {s.version: s for s in rs.sets if s.kind == "deny"}
+    assert list(deny[4].elements) == policy.deny.networks(4) and list(deny[6].elements) == policy.deny.networks(6)
+    # the ingress chain drops deny sources unless allowlisted, before the manual and escalation bans
+    first = rs.chains[0].rules[0]
+    assert rs.chains[0].stage == "ingress" and first.matches[0].set == deny[4].name
+    assert first.matches[1].set == "allow-v4" and first.group == "denied"
+
+
+def test_a_deny_set_is_named_by_its_contents(deny_file):
+    def name(cidrs: str) -> str:
+        rs = build_ruleset(parse_policy(f"deny:\n  cidrs: [{cidrs}]\n", "p.yaml"), ("eth0",), Priorities())
+        return next(s.name for s in rs.sets if s.kind == "deny" and s.version == 4)
+    assert name("10.0.0.0/8") == name("10.0.0.0/8, 10.1.0.0/16")  # the same prefixes after merging
+    assert name("10.0.0.0/8") != name("10.0.0.0/8, 11.0.0.0/8")
+
+
+def test_no_deny_list_no_deny_lookup():
+    rs = build_ruleset(parse_policy("mode: enforce\n", "p.yaml"), ("eth0",), Priorities())
+    assert not [s for s in rs.sets if s.kind == "deny"]
+    assert [s.kind for s in rs.sets if s.kind == "manual"] == ["manual", "manual"]
+
+
+def test_a_deny_file_someone_else_can_write_is_refused(deny_file):
+    os.chmod(deny_file, 0o666)
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(f"deny:\n  files: [{deny_file}]\n", "p.yaml")
+    assert "refusing" in str(exc.value) and "writable" in str(exc.value) and exc.value.exit_code == 2
+
+
+def test_a_relative_deny_path_is_refused():
+    with pytest.raises(PolicyError) as exc:
+        parse_policy("deny:\n  files: [deny.txt]\n", "p.yaml")
+    assert str(exc.value).startswith("p.yaml:2: deny.files[0]: ") and "absolute" in str(exc.value)
+
+
+@pytest.mark.parametrize("text, want", [("10.1.2.0/24", ("10.1.2.0/24", 4)), (" 10.1.2.3 ", ("10.1.2.3/32", 4)),
+                                        ("fd00:1::/48", ("fd00:1::/48", 6))])
+def test_ban_targets(text, want):
+    assert manual.target(text) == want
+
+
+@pytest.mark.parametrize("bad", ["10.1.2.3/24", "0.0.0.0/0", "0.0.0.0", "::", "nope", "fd00::1%eth0", ""])
+def test_a_bad_ban_target_is_one_line_and_exit_2(bad):
+    with pytest.raises(manual.BadBan) as exc:
+        manual.target(bad)
+    assert exc.value.exit_code == 2 and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("text, seconds", [("5", 5), ("5s", 5), ("10m", 600), ("2h", 7200), ("7d", 604800)])
+def test_ban_durations(text, seconds):
+    assert manual.duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "5w", "1.5h", "366d", "", "5 s s"])
+def test_a_bad_duration_is_refused(bad):
+    with pytest.raises(manual.BadBan):
+        manual.duration(bad)
+
+
+def test_a_reason_is_printable_and_short():
+    assert manual.reason("scanner, ticket #12") == "scanner, ticket #12"
+    for bad in ("\x1b[31mred", "x" * 101, "two\nlines"):
+        with pytest.raises(manual.BadBan):
+            manual.reason(bad)
+
+
+def test_an_inline_deny_of_everything_is_refused():
+    with pytest.raises(PolicyError) as exc:
+        parse_policy("deny:\n  cidrs: ['::/0']\n", "p.yaml")
+    assert str(exc.value) == "p.yaml:2: deny.cidrs[0]: '::/0' would drop every source: name a narrower prefix"
