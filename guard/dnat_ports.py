@@ -24,7 +24,6 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from .backend.ipt import Ipt
 from .errors import BackendError, EnvironmentProblem
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -33,6 +32,8 @@ _PORTS = re.compile(r"^(\d{1,5})(?::(\d{1,5}))?$")
 
 def dnat_ports(local_addrs: set[str]) -> set[int]:
     """The TCP destination ports of the nat tables' rules that can match one of ``local_addrs``."""
+    from .backend.ipt import Ipt  # the iptables tools' module, only when a look runs (test_backend)
+
     out: set[int] = set()
     for flavour in ("nft", "legacy"):
         for version in (4, 6):
