@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+[ $# -le 1 ] || { echo "usage: build-image.sh [WORKDIR]" >&2; exit 2; }
 work=$(realpath -m "${1:-${NODEGUARD_IMAGE_DIR:-/var/tmp/nodeguard-image}}")
+[ ! -e "$work" ] || [ -d "$work" ] || { echo "build-image.sh: $work is not a directory" >&2; exit 2; }
 image=localhost/nodeguard:0.1.0
 . /etc/os-release
 release=${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}
