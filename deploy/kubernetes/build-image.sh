@@ -82,7 +82,7 @@ start=$SECONDS
 bah images --quiet "$base" >/dev/null 2>&1 || make_base
 # pip in the build trusts what the host trusts (a proxy's CA, say): the host's bundle is the secret "ca",
 # mounted for pip's step only (Debian's pip reads that path) and in no layer.
-bah bud --isolation chroot --layers --quiet --secret "id=ca,src=$ca" --build-arg "BASE=$base" \
+bah bud --isolation chroot --layers --force-rm --quiet --secret "id=ca,src=$ca" --build-arg "BASE=$base" \
   -f deploy/kubernetes/Containerfile -t "$image" . >/dev/null
 echo "built $image in $((SECONDS - start)) s under $work"
 bah images "$image"
