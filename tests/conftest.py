@@ -214,6 +214,9 @@ def pytest_addoption(parser):
     parser.addoption("--update-goldens", action="store_true",
                      help="rewrite tests/golden/ from the code; every test that wrote one fails (review the diff, "
                           "then run again without this option: an update never passes)")
+    parser.addoption("--image", action="store_true",
+                     help="also run the tests marked image (tests/test_image.py): they build the DaemonSet's "
+                          "image, minutes unless NODEGUARD_IMAGE_DIR holds an earlier build")
 
 
 @pytest.fixture
@@ -270,11 +273,16 @@ def _join_xdist_group(config, item, group: str) -> None:
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.backends("nft", "iptables-nft")``: the other backends' variants are deselected, not
     skipped. Used where iptables-legacy would repeat iptables-nft's rendering and xt matches to keep the
-    suite under 15 minutes; legacy's own kernel path keeps its variants of the other tests."""
+    suite under 15 minutes; legacy's own kernel path keeps its variants of the other tests. Tests marked
+    ``image`` are deselected too, unless ``--image``: a fresh image build takes minutes."""
     import netlab
 
     keep, drop = [], []
+    with_image = config.getoption("--image")
     for item in items:
+        if item.get_closest_marker("image") and not with_image:
+            drop.append(item)
+            continue
         if {"exclusive", "kernel"} & set(getattr(item, "fixturenames", ())):  # `-m "not kernel"`: pure tests
             item.add_marker(pytest.mark.kernel)
             item.add_marker(pytest.mark.xdist_group("kernel"))
