@@ -21,7 +21,7 @@ if [ $dev = 1 ]; then venv=.venv; else venv=/opt/nodeguard; fi
 python=$(system_python) || exit 2
 "$python" -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip >/dev/null
-if [ $dev = 1 ]; then "$venv/bin/pip" install -q -e '.[test]'; else "$venv/bin/pip" install -q .; fi
+if [ $dev = 1 ]; then "$venv/bin/pip" install -q -e '.[test,plot,demo]'; else "$venv/bin/pip" install -q '.[plot,demo]'; fi
 if [ $dev = 0 ]; then
   # The unit may set nf_conntrack_tcp_loose: the module must be loaded before its sandbox is built.
   echo nf_conntrack > /etc/modules-load.d/nodeguard.conf

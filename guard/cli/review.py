@@ -65,6 +65,9 @@ def report(config, log_path, since, until, rule, top, as_json, fmt, plot) -> Non
     when = bounds(since, until)
     if plot and not plot.endswith((".svg", ".png")):
         raise click.BadParameter("the picture is FILE.png or FILE.svg", param_hint="--plot")
+    if plot and plot.endswith(".png"):
+        from ..optional import require
+        require(("matplotlib",), "plot", "report --plot FILE.png (FILE.svg needs nothing)")
     records = Records(path)
     rep = report_mod.build(records, *when, rule, top)
     rep["skipped_lines"] = records.skipped

@@ -19,8 +19,6 @@ from .scenario import PREFIX, Demo
 def main(quick: bool, plot: str, cleanup_only: bool = False, keep: str | None = None) -> int:
     """Run the demo; the exit code: 0 ok, 1 a step failed or the results were not sane, 2 cannot run
     here, 128 + signal when interrupted (everything is removed in every case)."""
-    from .live import Display
-
     if cleanup_only:
         removed = remove_stale(PREFIX)
         print(f"removed {len(removed)} namespaces left by demos that no longer run" +
@@ -30,6 +28,8 @@ def main(quick: bool, plot: str, cleanup_only: bool = False, keep: str | None = 
     if problem:
         print(f"nodeguard demo: {problem}", file=sys.stderr)
         return 2
+    from .live import Display
+
     started = time.monotonic()
     with labmod.signals_unwind():
         try:
@@ -80,6 +80,11 @@ def _run(quick: bool, plot: str, started: float, display_cls, keep: str | None) 
 
 
 def _cannot_run() -> str | None:
+    from ..optional import missing
+
+    lacking = missing(("rich", "matplotlib"), "demo", "nodeguard demo")
+    if lacking:
+        return lacking
     if os.geteuid() != 0:
         return "needs root (network namespaces, CAP_NET_ADMIN)"
     missing = [t for t in ("ip", "nft", "iptables-nft-restore", "hping3") if not shutil.which(t)]
