@@ -7,8 +7,9 @@ entries each: the meter size), and every window reads them all. The flood fills 
 SYN and UDP at once from random IPv4 sources (hping3 --rand-source) and from random IPv6 /64s
 (bench/_flood6.py: hping3 has no IPv6), each as fast as the flooders go (``--pps``: a fixed rate per
 protocol and version), so that new sources keep the sets full against the 30 s expiry of their entries
-(on 2 shared cores that took the full speed: hping3's paced ``-i u100`` sent ~2,100 a second). The daemon runs the built-in policy with ``mode: monitor``, its
-state, log and last-good file in a temporary directory.
+(on 2 shared cores that took the full speed: hping3's paced ``-i u100`` sent ~2,100 a second). The
+flooders run at idle priority (SCHED_IDLE), so the daemon is never starved by them. The daemon runs
+the built-in policy with ``mode: monitor``, its state, log and last-good file in a temporary directory.
 
 Two runs of a fresh daemon, each ``--seconds`` long: idle, then flooded. Every 0.2 s the daemon's
 VmRSS is read from /proc (peak printed) and VmHWM at the end; /metrics is scraped every 5 s (as
@@ -182,7 +183,8 @@ def measure(victim: Netns, attacker: Netns, mac: str, tmp: Path, policy: Path, t
     (tmp / "daemon.log").unlink()
     windows = {round(r["end"] - start_wall): Counter(x["type"] for x in records if x.get("end") == r["end"])
                for r in records if r.get("type") == "window"}
-    return {"peak_rss_kb": peak_rss, "hwm_kb": hwm, "threads": threads, "scrapes": readers[0][0], "fills": readers[1][0] if pps is not None else [],
+    return {"peak_rss_kb": peak_rss, "hwm_kb": hwm, "threads": threads, "scrapes": readers[0][0],
+            "fills": readers[1][0] if pps is not None else [],
             "windows": windows, "said": said, "sent": sent}
 
 
@@ -195,7 +197,8 @@ def report(name: str, r: dict) -> None:
           f"{len(r['windows'])} windows closed")
     for t, types in sorted(r["windows"].items()):
         print(f"    window closed at {t:3d} s, its records: {dict(types)}")
-    print(f"  the daemon's stderr, {len(r['said'])} lines, the last 5:", *(f"    {ln[:200]!r}" for ln in r["said"][-5:]),
+    print(f"  the daemon's stderr, {len(r['said'])} lines, the last 5:",
+          *(f"    {ln[:200]!r}" for ln in r["said"][-5:]),
           sep="\n")
     print("  seen sets' entries / size (t: the read's start, s):")
     print("    t(s)  " + " ".join(f"{s:>28}" for s in SEEN))
@@ -206,7 +209,8 @@ def report(name: str, r: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="each run's length (the sampler's window: 10 s)")
-    ap.add_argument("--pps", type=int, default=0, help="packets a second per protocol and IP version; 0: as fast as the flooders can")
+    ap.add_argument("--pps", type=int, default=0,
+                    help="packets a second per protocol and IP version; 0: as fast as the flooders can")
     ap.add_argument("--tree", type=Path, default=ROOT,
                     help="the checkout whose daemon runs (another revision, for a before/after; default: this one)")
     args = ap.parse_args()
@@ -229,7 +233,8 @@ def main() -> None:
                 finally:
                     sink.kill()
                     sink.wait()
-    print(f"nodeguard run of {args.tree}, its built-in policy in monitor mode, {args.seconds:.0f} s each, in a network namespace:")
+    print(f"nodeguard run of {args.tree}, its built-in policy in monitor mode, {args.seconds:.0f} s each, "
+          "in a network namespace:")
     report("idle", idle)
     report(f"flooded ({args.pps}/s per protocol and IP version; sent {flooded['sent']})", flooded)
 
