@@ -124,7 +124,8 @@ def start_daemon(victim: Netns, tmp: Path, policy: Path, tree: Path) -> subproce
     state.unlink(missing_ok=True)
     log = open(tmp / "daemon.log", "a")
     proc = victim.popen([sys.executable, "-m", "guard", "run", "-c", str(policy), "--last-good",
-                         str(tmp / "last-good.yaml")], env=guard_env(tmp, tree), stdout=subprocess.DEVNULL, stderr=log)
+                         str(tmp / "last-good.yaml")], env=guard_env(tmp, tree), stdout=subprocess.DEVNULL, stderr=log,
+                        cwd=tree)  # python -m imports from its working directory first
     deadline = time.monotonic() + 30
     while not (state.exists() and scrape(victim) is True):
         if proc.poll() is not None or time.monotonic() > deadline:
