@@ -15,6 +15,17 @@ Two runs of a fresh daemon, each ``--seconds`` long: idle, then flooded. Every 0
 VmRSS is read from /proc (peak printed) and VmHWM at the end; /metrics is scraped every 5 s (as
 Prometheus would), and every 10 s bench/_fill.py reads the six sets' fill, which the flood must keep full.
 
+Measured on 2 shared cores beside CI (2026-12-03; MB; every run kept all six sets full, or nearly:
+entries expire 30 s after a source's first packet, so a set refills in waves):
+
+    tree                                    idle   flooded (VmHWM)   windows closed in the flood
+    h19rss, --seconds 90                    46.5   67.2 ok           3 (10, 34, 56 s)
+    2411044 (before the streamed reads), 45 46.0  236.3 OVER         1 (10 s)
+
+A window close over six full sets took ~20 s here (a 10 s window closes every ~22 s), and once the
+metrics part re-counts meter fill (every 30 s) each scrape of /metrics outran its 10 s reply deadline
+and was closed unanswered.
+
 Everything runs in namespaces ``ngbench-<pid>-*`` (a victim and an attacker on a veth pair), removed
 on exit; the bench holds /tmp/nodeguard-kernel-tests.lock for its whole run, as the kernel tests do.
 
