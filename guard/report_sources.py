@@ -141,32 +141,40 @@ class EpisodeSources:
         ``rule``, ``protos``, ``dports``. Samples beyond the sampler's flow cap are one row, source "other".
         ``spread``: more than SPREAD_MIN_SOURCES sources and none over SPREAD_MAX_SHARE of the episode
         (what a --rand-source flood looks like). ``folded``: rows, sources and estimate folded (the bound)."""
-        rows = []
+        ranked = []  # every row's (-estimated, source, order, network, members); rows are made for the top only
         for net, network in self.networks.items():
             srcs = network[MEMBERS]
-            groups = [srcs] if len(srcs) >= SHARED_NETWORK_MIN or net == "other" else [[s] for s in srcs]
-            for group in groups:
-                members = [self.sources[s] for s in group]
-                rows.append({
-                    "rule": self.rule,
-                    "source": group[0] if len(group) == 1 else f"{len(group)} sources",
-                    "network": net,
-                    "addresses": len(group),
-                    "estimated": sum(m[EST] for m in members),
-                    "sampled": sum(m[SAMPLED] for m in members),
-                    "first": min(m[FIRST] for m in members),
-                    "last": max(m[LAST] for m in members),
-                    "peak_pps": round(network[1] if groups[0] is srcs else members[0][PEAK], 1),
-                    "protos": sorted({p for m in members for p in m[PROTOS]}),
-                    "dports": sorted({p for m in members for p in m[DPORTS]})[:PORTS_SHOWN],
-                })
-        rows.sort(key=lambda r: (-r["estimated"], r["source"]))
+            if len(srcs) >= SHARED_NETWORK_MIN or net == "other":
+                source = srcs[0] if len(srcs) == 1 else f"{len(srcs)} sources"
+                ranked.append((-sum(self.sources[m][EST] for m in srcs), source, len(ranked), net, srcs))
+            else:
+                for m in srcs:
+                    ranked.append((-self.sources[m][EST], m, len(ranked), net, None))
+        ranked.sort()
+        rows = [self._row(net, srcs or [src], srcs is not None) for _est, src, _order, net, srcs in ranked[:top]]
         distinct = sum(1 for s in self.sources if s != "other") + self.folded["sources"]
-        total = sum(r["estimated"] for r in rows) + self.folded["estimated"]
+        total = sum(-r[0] for r in ranked) + self.folded["estimated"]
         # Many sources, none with a real share: random (spoofed) source addresses, not a list to act on.
         spread = distinct > SPREAD_MIN_SOURCES and bool(rows) and rows[0]["estimated"] < SPREAD_MAX_SHARE * total
-        return {"sources": rows[:top], "distinct_sources": distinct,
-                "more": max(0, len(rows) + self.folded["rows"] - top), "spread": spread, "folded": dict(self.folded)}
+        return {"sources": rows, "distinct_sources": distinct,
+                "more": max(0, len(ranked) + self.folded["rows"] - top), "spread": spread, "folded": dict(self.folded)}
+
+    def _row(self, net: str, group: list[str], shared: bool) -> dict:
+        """The row of ``group``, sources of network ``net`` (all of them when ``shared``)."""
+        members = [self.sources[s] for s in group]
+        return {
+            "rule": self.rule,
+            "source": group[0] if len(group) == 1 else f"{len(group)} sources",
+            "network": net,
+            "addresses": len(group),
+            "estimated": sum(m[EST] for m in members),
+            "sampled": sum(m[SAMPLED] for m in members),
+            "first": min(m[FIRST] for m in members),
+            "last": max(m[LAST] for m in members),
+            "peak_pps": round(self.networks[net][1] if shared else members[0][PEAK], 1),
+            "protos": sorted({p for m in members for p in m[PROTOS]}),
+            "dports": sorted({p for m in members for p in m[DPORTS]})[:PORTS_SHOWN],
+        }
 
 
 class RuleSources:
