@@ -57,21 +57,40 @@ EST, SAMPLED, FIRST, LAST, PROTOS, DPORTS, PEAK, NET = range(8)
 MEMBERS = 2
 
 
-def _count(s: list, f: dict, first: float, last: float) -> int:
-    """Add flow record ``f`` to source ``s``; returns its estimate."""
-    n = f.get("estimated", 0)
+Flow = tuple  # (source, estimated, sampled, first, last, proto, dport): a flow record as the tallies read it
+
+
+def flow_of(rec: dict) -> Flow:
+    """The fields of a "flow" or "other" record that the tallies read, read once for all of them. An
+    "other" record (samples past the sampler's flow cap) is source "other", with no protocol nor port:
+    its shape has none (records.SHAPES), so any it holds are not read."""
+    if rec.get("type") == "flow":
+        return (rec.get("src", "other"), rec.get("estimated", 0), rec.get("sampled", 0), rec["first"], rec["last"],
+                rec.get("proto"), rec.get("dport"))
+    return ("other", rec.get("estimated", 0), rec.get("sampled", 0), rec.get("first", rec["start"]),
+            rec.get("last", rec["end"]), None, None)
+
+
+def _row(flow: Flow, *rest) -> list:
+    """A source's figures (EST, SAMPLED, ... above) from its first flow; ``rest``: the fields after DPORTS."""
+    _src, n, sampled, first, last, proto, dport = flow
+    # proto: a flow counted by the kernel but not sampled has none
+    return [n, sampled, first, last, {proto} if proto else set(), set() if dport is None else {dport}, *rest]
+
+
+def _count(s: list, flow: Flow) -> None:
+    """Add ``flow`` to source ``s``."""
+    _src, n, sampled, first, last, proto, dport = flow
     s[EST] += n
-    s[SAMPLED] += f.get("sampled", 0)
+    s[SAMPLED] += sampled
     if first < s[FIRST]:
         s[FIRST] = first
     if last > s[LAST]:
         s[LAST] = last
-    proto, dport = f.get("proto"), f.get("dport")
-    if proto:  # a flow counted by the kernel but not sampled has none
+    if proto:
         s[PROTOS].add(proto)
     if dport is not None and len(s[DPORTS]) < PORTS_SHOWN:
         s[DPORTS].add(dport)
-    return n
 
 
 def _biggest(rows: dict[str, list], count: int) -> set[str]:
@@ -90,22 +109,23 @@ class EpisodeSources:
         self.networks: dict[str, list] = {}
         self.folded = {"rows": 0, "sources": 0, "estimated": 0}
 
-    def add_window(self, start: float, end: float, flows: Iterable[dict]) -> None:
-        """The flows and "other" records of one window (``start``, ``end``)."""
+    def add_window(self, start: float, end: float, flows: Iterable[Flow]) -> None:
+        """The flows (``flow_of``) of one window (``start``, ``end``)."""
         sources, networks = self.sources, self.networks
         per_source: dict[str, int] = defaultdict(int)
-        for f in flows:
-            src = f.get("src", "other") if f.get("type") == "flow" else "other"
-            first, last = f.get("first", start), f.get("last", end)
+        for flow in flows:
+            src = flow[0]
             s = sources.get(src)
             if s is None:
                 net = "other" if src == "other" else network_of(src)
-                s = sources[src] = [0, 0, first, last, set(), set(), 0.0, net]
+                sources[src] = _row(flow, 0.0, net)
                 network = networks.get(net)
                 if network is None:
                     network = networks[net] = [0, 0.0, []]
                 network[MEMBERS].append(src)
-            per_source[src] += _count(s, f, first, last)
+            else:
+                _count(s, flow)
+            per_source[src] += flow[1]
         span = max(end - start, EPS)
         per_network: dict[str, int] = defaultdict(int)
         for src, n in per_source.items():
@@ -183,15 +203,15 @@ class RuleSources:
     def __init__(self) -> None:
         self.sources: dict[str, list] = {}
 
-    def add(self, rec: dict) -> None:
-        src, first, last = rec["src"], rec["first"], rec["last"]
-        s = self.sources.get(src)
+    def add(self, flow: Flow) -> None:
+        s = self.sources.get(flow[0])
         if s is None:
             if len(self.sources) >= 2 * TRACKED_MAX:
                 keep = _biggest(self.sources, TRACKED_MAX)
                 self.sources = {k: v for k, v in self.sources.items() if k in keep}
-            s = self.sources[src] = [0, 0, first, last, set(), set()]
-        _count(s, rec, first, last)
+            self.sources[flow[0]] = _row(flow)
+        else:
+            _count(s, flow)
 
     def top(self, n: int) -> list[dict]:
         return [{"src": src, "estimated": s[EST], "sampled": s[SAMPLED], "first": s[FIRST], "last": s[LAST],
@@ -212,31 +232,30 @@ class EpisodeTallies:
         self.tallies: dict[Key, EpisodeSources] = {}
         self.lasting: dict[str, list[Key]] = defaultdict(list)  # per rule: episodes without an end (yet)
         self.closed: dict[str, list[tuple[Key, float]]] = defaultdict(list)  # per rule: (episode, end), log order
-        self.waiting: dict[tuple[float, float], list[dict]] = defaultdict(list)  # flows per window
+        self.waiting: dict[tuple[float, float, str], list[Flow]] = defaultdict(list)  # flows per window and rule
         self.held = 0
         # per rule: flows of no known episode, since its last one; an episode whose start the log has
         # lost (--since, rotation) claims them when its end comes
         self.unclaimed: dict[str, tuple[EpisodeSources, list[float]]] = {}
 
-    def flow(self, rec: dict) -> None:
-        """A "flow" or "other" record."""
-        self.waiting[(rec["start"], rec["end"])].append(rec)
+    def flow(self, rec: dict, group: str | None = None) -> Flow:
+        """A "flow" or "other" record of rule ``group`` (default its rule; "<rule>/monitor" in monitor mode);
+        returns it as read (``flow_of``)."""
+        flow = flow_of(rec)
+        self.waiting[(rec["start"], rec["end"], rec["rule"] if group is None else group)].append(flow)
         self.held += 1
         if self.held > PENDING_MAX:
             self.window_passed(float("inf"))
+        return flow
 
     def window_passed(self, start: float) -> None:
         """A window record starting at ``start``: the windows before it are complete."""
         for key in [k for k in self.waiting if k[0] < start - EPS]:
             flows = self.waiting.pop(key)
             self.held -= len(flows)
-            per_rule: dict[str, list[dict]] = defaultdict(list)
-            for f in flows:
-                per_rule[f.get("rule")].append(f)
-            for rule, fs in per_rule.items():
-                self._route(rule, *key, fs)
+            self._route(key[2], key[0], key[1], flows)
 
-    def _route(self, rule: str, start: float, end: float, flows: list[dict]) -> None:
+    def _route(self, rule: str, start: float, end: float, flows: list[Flow]) -> None:
         holders = [key for key in self.lasting.get(rule, ()) if key[1] <= start + EPS]
         for key, last in reversed(self.closed.get(rule, ())):
             if last + EPS < start:
