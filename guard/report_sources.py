@@ -52,7 +52,8 @@ def network_of(src: str) -> str:
 
 
 # A source's figures in one tally, as a list (the hot path of a report makes millions): estimated,
-# sampled, first/last seen, protocols, ports, peak (its highest estimate in one window, per second),
+# sampled, first/last seen, protocols, ports (tuples of distinct values: a set costs three times as
+# much to make, and most sources have one of each), peak (its highest estimate in one window, per second),
 # its network, the last window it was seen in (a count of add_window calls) and its estimate there.
 # A network's: estimated, peak, members (in order of appearance), last window, estimate there.
 EST, SAMPLED, FIRST, LAST, PROTOS, DPORTS, PEAK, NET, WINDOW, IN_WINDOW = range(10)
@@ -77,7 +78,7 @@ def _row(flow: Flow, *rest) -> list:
     """A source's figures (EST, SAMPLED, ... above) from its first flow; ``rest``: the fields after DPORTS."""
     _src, n, sampled, first, last, proto, dport = flow
     # proto: a flow counted by the kernel but not sampled has none
-    return [n, sampled, first, last, {proto} if proto else set(), set() if dport is None else {dport}, *rest]
+    return [n, sampled, first, last, (proto,) if proto else (), () if dport is None else (dport,), *rest]
 
 
 def _count(s: list, flow: Flow) -> None:
@@ -89,10 +90,10 @@ def _count(s: list, flow: Flow) -> None:
         s[FIRST] = first
     if last > s[LAST]:
         s[LAST] = last
-    if proto:
-        s[PROTOS].add(proto)
-    if dport is not None and len(s[DPORTS]) < PORTS_SHOWN:
-        s[DPORTS].add(dport)
+    if proto and proto not in s[PROTOS]:
+        s[PROTOS] += (proto,)
+    if dport is not None and dport not in s[DPORTS] and len(s[DPORTS]) < PORTS_SHOWN:
+        s[DPORTS] += (dport,)
 
 
 def _window_sum(row: list, at: int, window: int, n: float, span: float) -> None:
