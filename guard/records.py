@@ -60,7 +60,8 @@ COMMON: dict[str, Kind] = {"rule": TEXT, "mode": TEXT, "ts": TIME, **_RANGE}  # 
 
 
 def _compile(must: dict[str, Kind], may: dict[str, Kind]) -> Callable[[dict], bool]:
-    """One function testing a record of one type: ``must`` present, each field of a kind of its kind."""
+    """One function testing a record of one type: every field of ``must`` present, each field it has
+    (``must``, ``may``, COMMON) of its kind. The text compiled is this module's constants, never the log's."""
     lines = ["def check(rec):", "    if not MUST <= rec.keys(): return False"]
     if "rule" not in must:  # a mode is a rule group's ("<rule>/monitor"): a record without a rule has none
         lines.append("    if 'mode' in rec: return False")
@@ -68,12 +69,13 @@ def _compile(must: dict[str, Kind], may: dict[str, Kind]) -> Callable[[dict], bo
         lines.append(f"    v = rec[{key!r}]" if key in must else f"    v = rec.get({key!r}, ABSENT)")
         lines.append(f"    if {'' if key in must else 'v is not ABSENT and '}not ({kind}): return False")
     namespace = {"MUST": frozenset(must), "ABSENT": object(), "is_texts": is_texts, "is_count": _kind(COUNT)}
-    exec("\n".join(lines + ["    return True"]), namespace)  # noqa: S102 (our own constant text)
+    exec("\n".join(lines + ["    return True"]), namespace)
     return namespace["check"]
 
 
 def _kind(kind: Kind) -> Callable[[Any], bool]:
-    return eval(f"lambda v: {kind}")  # noqa: S307 (our own constant text)
+    """``kind`` as a function of one value (this module's constants, never the log's)."""
+    return eval(f"lambda v: {kind}")
 
 
 CHECKS = {kind: _compile(must, may) for kind, (must, may) in SHAPES.items()}
