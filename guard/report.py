@@ -57,34 +57,35 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
         end = rec.get("end", ts)
         if (since is not None and end < since) or (until is not None and ts > until):
             continue
+        group = rec.get("rule")
         if rec.get("mode") == "monitor":  # would-be drops are their own line: "<group>/monitor"
-            rec = dict(rec, rule=f"{rec['rule']}/monitor")
-        if rule and rec.get("rule") not in (None, rule, f"{rule}/monitor"):
+            group = f"{group}/monitor"
+        if rule and group not in (None, rule, f"{rule}/monitor"):
             continue
         kind = rec.get("type")
-        if kind in ("ban", "unban"):
+        if kind == "flow" or kind == "other":  # most of a log: first
+            flow = tallies.flow(rec, group)
+            if kind == "flow":
+                sources[group].add(flow)
+        elif kind in ("ban", "unban"):
             if not rule or kind == "unban" or rule in (rec.get("groups") or []) or rule == rec.get("dropped_as"):
                 bans.append({k: rec.get(k) for k in ("type", "ts", "src", "groups", "expires", "why", "dropped_as")
                              if k in rec})
-            continue
-        if kind == "episode_start":
-            episodes.setdefault((rec["rule"], rec["ts"]), {"rule": rec["rule"], "start": rec["ts"], "end": None,
-                                                           "condemned": None, "peak_pps": None})
-            tallies.started((rec["rule"], rec["ts"]))
+        elif kind == "episode_start":
+            episodes.setdefault((group, rec["ts"]), {"rule": group, "start": rec["ts"], "end": None,
+                                                     "condemned": None, "peak_pps": None})
+            tallies.started((group, rec["ts"]))
         elif kind == "episode_end":
-            episodes[(rec["rule"], rec["start"])] = {k: rec[k] for k in ("rule", "start", "end", "condemned", "peak_pps")}
-            tallies.ended((rec["rule"], rec["start"]), rec["end"])
-        elif kind in ("flow", "other"):
-            tallies.flow(rec)
-            if kind == "flow":
-                sources[rec["rule"]].add(rec)
+            episodes[(group, rec["start"])] = {"rule": group, **{k: rec[k] for k in ("start", "end", "condemned",
+                                                                                     "peak_pps")}}
+            tallies.ended((group, rec["start"]), rec["end"])
         elif kind == "window":
             tallies.window_passed(rec["start"])
             condemned = {g: n for g, n in rec.get("condemned", {}).items()
                          if not rule or g in (rule, f"{rule}/monitor")}
             windows.append({"start": rec["start"], "end": rec["end"], "condemned": condemned})
-            for group, n in condemned.items():
-                timeline[int(rec["end"] // 60 * 60)][group] += n
+            for g, n in condemned.items():
+                timeline[int(rec["end"] // 60 * 60)][g] += n
     tallies.finish()
     top_sources = {r: srcs.top(top) for r, srcs in sorted(sources.items())}
     eps = sorted(episodes.values(), key=lambda e: e["start"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections import defaultdict
+from operator import itemgetter
 from typing import Iterable
 
 # Sources that share one IPv4 /24 or IPv6 /48 are shown as that network when at least this many do:
@@ -51,34 +52,68 @@ def network_of(src: str) -> str:
 
 
 # A source's figures in one tally, as a list (the hot path of a report makes millions): estimated,
-# sampled, first/last seen, protocols, ports, peak (its highest estimate in one window, per second),
-# its network. A network's: estimated, peak, members (in order of appearance).
-EST, SAMPLED, FIRST, LAST, PROTOS, DPORTS, PEAK, NET = range(8)
-MEMBERS = 2
+# sampled, first/last seen, protocols, ports (tuples of distinct values: a set costs three times as
+# much to make, and most sources have one of each), peak (its highest estimate in one window, per second),
+# its network, the last window it was seen in (a count of add_window calls) and its estimate there.
+# A network's: estimated, peak, members (in order of appearance), last window, estimate there.
+EST, SAMPLED, FIRST, LAST, PROTOS, DPORTS, PEAK, NET, WINDOW, IN_WINDOW = range(10)
+MEMBERS, NET_WINDOW, NET_IN_WINDOW = 2, 3, 4
 
 
-def _count(s: list, f: dict, first: float, last: float) -> int:
-    """Add flow record ``f`` to source ``s``; returns its estimate."""
-    n = f.get("estimated", 0)
+Flow = tuple  # (source, estimated, sampled, first, last, proto, dport): a flow record as the tallies read it
+
+
+def flow_of(rec: dict) -> Flow:
+    """The fields of a "flow" or "other" record that the tallies read, read once for all of them. An
+    "other" record (samples past the sampler's flow cap) is source "other", with no protocol nor port:
+    its shape has none (records.SHAPES), so any it holds are not read."""
+    if rec.get("type") == "flow":
+        return (rec.get("src", "other"), rec.get("estimated", 0), rec.get("sampled", 0), rec["first"], rec["last"],
+                rec.get("proto"), rec.get("dport"))
+    return ("other", rec.get("estimated", 0), rec.get("sampled", 0), rec.get("first", rec["start"]),
+            rec.get("last", rec["end"]), None, None)
+
+
+def _row(flow: Flow, *rest) -> list:
+    """A source's figures (EST, SAMPLED, ... above) from its first flow; ``rest``: the fields after DPORTS."""
+    _src, n, sampled, first, last, proto, dport = flow
+    # proto: a flow counted by the kernel but not sampled has none
+    return [n, sampled, first, last, (proto,) if proto else (), () if dport is None else (dport,), *rest]
+
+
+def _count(s: list, flow: Flow) -> None:
+    """Add ``flow`` to source ``s``."""
+    _src, n, sampled, first, last, proto, dport = flow
     s[EST] += n
-    s[SAMPLED] += f.get("sampled", 0)
+    s[SAMPLED] += sampled
     if first < s[FIRST]:
         s[FIRST] = first
     if last > s[LAST]:
         s[LAST] = last
-    proto, dport = f.get("proto"), f.get("dport")
-    if proto:  # a flow counted by the kernel but not sampled has none
-        s[PROTOS].add(proto)
-    if dport is not None and len(s[DPORTS]) < PORTS_SHOWN:
-        s[DPORTS].add(dport)
-    return n
+    if proto and proto not in s[PROTOS]:
+        s[PROTOS] += (proto,)
+    if dport is not None and dport not in s[DPORTS] and len(s[DPORTS]) < PORTS_SHOWN:
+        s[DPORTS] += (dport,)
 
 
-def _biggest(rows: dict[str, list], count: int) -> set[str]:
-    """The keys of the ``count`` rows with the largest estimates (ties: the earliest)."""
-    cut = sorted([row[EST] for row in rows.values()], reverse=True)[count - 1]
-    above = [k for k, row in rows.items() if row[EST] > cut]
-    return {*above, *[k for k, row in rows.items() if row[EST] == cut][:count - len(above)]}
+def _window_sum(row: list, at: int, window: int, n: float, span: float) -> None:
+    """Add ``n`` to ``row``'s estimate in ``window`` (fields ``at``, ``at + 1``) and raise its peak (field 1
+    of a network, PEAK of a source) to match."""
+    if row[at] == window:
+        row[at + 1] += n
+    else:
+        row[at], row[at + 1] = window, n
+    peak = PEAK if at == WINDOW else 1
+    if row[at + 1] / span > row[peak]:
+        row[peak] = row[at + 1] / span
+
+
+def _biggest(rows: dict[str, list], count: int) -> tuple[list[str], list[str]]:
+    """The keys of the ``count`` rows with the largest estimates (ties: the earliest), and of the others,
+    each in the order of ``rows``. Sorted by index, without a Python call per row (a fold makes 40,000)."""
+    keys, estimates = list(rows), list(map(itemgetter(EST), rows.values()))
+    order = sorted(range(len(keys)), key=estimates.__getitem__, reverse=True)  # stable: ties stay in order
+    return ([*map(keys.__getitem__, sorted(order[:count]))], [*map(keys.__getitem__, sorted(order[count:]))])
 
 
 class EpisodeSources:
@@ -89,48 +124,49 @@ class EpisodeSources:
         self.sources: dict[str, list] = {}
         self.networks: dict[str, list] = {}
         self.folded = {"rows": 0, "sources": 0, "estimated": 0}
+        self.windows = 0  # add_window calls so far
 
-    def add_window(self, start: float, end: float, flows: Iterable[dict]) -> None:
-        """The flows and "other" records of one window (``start``, ``end``)."""
+    def add_window(self, start: float, end: float, flows: Iterable[Flow]) -> None:
+        """The flows (``flow_of``) of one window (``start``, ``end``). Peaks are kept as the window's
+        sums grow (a sum only grows): no per-window tables."""
         sources, networks = self.sources, self.networks
-        per_source: dict[str, int] = defaultdict(int)
-        for f in flows:
-            src = f.get("src", "other") if f.get("type") == "flow" else "other"
-            first, last = f.get("first", start), f.get("last", end)
+        span = max(end - start, EPS)
+        self.windows += 1
+        window = self.windows
+        for flow in flows:
+            src, n = flow[0], flow[1]
             s = sources.get(src)
             if s is None:
                 net = "other" if src == "other" else network_of(src)
-                s = sources[src] = [0, 0, first, last, set(), set(), 0.0, net]
+                sources[src] = _row(flow, n / span, net, window, n)
                 network = networks.get(net)
                 if network is None:
-                    network = networks[net] = [0, 0.0, []]
+                    networks[net] = [n, n / span, [src], window, n]
+                    continue
                 network[MEMBERS].append(src)
-            per_source[src] += _count(s, f, first, last)
-        span = max(end - start, EPS)
-        per_network: dict[str, int] = defaultdict(int)
-        for src, n in per_source.items():
-            s = sources[src]
-            if n / span > s[PEAK]:
-                s[PEAK] = n / span
-            per_network[s[NET]] += n
-        for net, n in per_network.items():
-            network = networks[net]
+            else:
+                _count(s, flow)
+                _window_sum(s, WINDOW, window, n, span)
+                network = networks[s[NET]]
             network[EST] += n
-            if n / span > network[1]:
-                network[1] = n / span
+            _window_sum(network, NET_WINDOW, window, n, span)
         if len(networks) > 2 * TRACKED_MAX:
             self._fold()
 
     def _fold(self) -> None:
-        keep = _biggest(self.networks, TRACKED_MAX)
-        for net in [k for k in self.networks if k not in keep]:
+        _kept, dropped = _biggest(self.networks, TRACKED_MAX)
+        rows = sources = estimated = 0
+        for net in dropped:
             network = self.networks.pop(net)
             members = network[MEMBERS]
-            self.folded["rows"] += 1 if len(members) >= SHARED_NETWORK_MIN or net == "other" else len(members)
-            self.folded["sources"] += sum(1 for m in members if m != "other")
-            self.folded["estimated"] += network[EST]
+            rows += 1 if len(members) >= SHARED_NETWORK_MIN or net == "other" else len(members)
+            sources += len(members) - (net == "other")  # "other" is the one member of its network
+            estimated += network[EST]
             for m in members:
                 del self.sources[m]
+        self.folded["rows"] += rows
+        self.folded["sources"] += sources
+        self.folded["estimated"] += estimated
 
     def result(self, top: int) -> dict:
         """``{"sources": [rows], "distinct_sources": n, "more": n, "spread": bool, "folded": {...}}``: sources
@@ -141,32 +177,40 @@ class EpisodeSources:
         ``rule``, ``protos``, ``dports``. Samples beyond the sampler's flow cap are one row, source "other".
         ``spread``: more than SPREAD_MIN_SOURCES sources and none over SPREAD_MAX_SHARE of the episode
         (what a --rand-source flood looks like). ``folded``: rows, sources and estimate folded (the bound)."""
-        rows = []
+        ranked = []  # every row's (-estimated, source, order, network, members); rows are made for the top only
         for net, network in self.networks.items():
             srcs = network[MEMBERS]
-            groups = [srcs] if len(srcs) >= SHARED_NETWORK_MIN or net == "other" else [[s] for s in srcs]
-            for group in groups:
-                members = [self.sources[s] for s in group]
-                rows.append({
-                    "rule": self.rule,
-                    "source": group[0] if len(group) == 1 else f"{len(group)} sources",
-                    "network": net,
-                    "addresses": len(group),
-                    "estimated": sum(m[EST] for m in members),
-                    "sampled": sum(m[SAMPLED] for m in members),
-                    "first": min(m[FIRST] for m in members),
-                    "last": max(m[LAST] for m in members),
-                    "peak_pps": round(network[1] if groups[0] is srcs else members[0][PEAK], 1),
-                    "protos": sorted({p for m in members for p in m[PROTOS]}),
-                    "dports": sorted({p for m in members for p in m[DPORTS]})[:PORTS_SHOWN],
-                })
-        rows.sort(key=lambda r: (-r["estimated"], r["source"]))
+            if len(srcs) >= SHARED_NETWORK_MIN or net == "other":
+                source = srcs[0] if len(srcs) == 1 else f"{len(srcs)} sources"
+                ranked.append((-sum(self.sources[m][EST] for m in srcs), source, len(ranked), net, srcs))
+            else:
+                for m in srcs:
+                    ranked.append((-self.sources[m][EST], m, len(ranked), net, None))
+        ranked.sort()
+        rows = [self._row(net, srcs or [src], srcs is not None) for _est, src, _order, net, srcs in ranked[:top]]
         distinct = sum(1 for s in self.sources if s != "other") + self.folded["sources"]
-        total = sum(r["estimated"] for r in rows) + self.folded["estimated"]
+        total = sum(-r[0] for r in ranked) + self.folded["estimated"]
         # Many sources, none with a real share: random (spoofed) source addresses, not a list to act on.
         spread = distinct > SPREAD_MIN_SOURCES and bool(rows) and rows[0]["estimated"] < SPREAD_MAX_SHARE * total
-        return {"sources": rows[:top], "distinct_sources": distinct,
-                "more": max(0, len(rows) + self.folded["rows"] - top), "spread": spread, "folded": dict(self.folded)}
+        return {"sources": rows, "distinct_sources": distinct,
+                "more": max(0, len(ranked) + self.folded["rows"] - top), "spread": spread, "folded": dict(self.folded)}
+
+    def _row(self, net: str, group: list[str], shared: bool) -> dict:
+        """The row of ``group``, sources of network ``net`` (all of them when ``shared``)."""
+        members = [self.sources[s] for s in group]
+        return {
+            "rule": self.rule,
+            "source": group[0] if len(group) == 1 else f"{len(group)} sources",
+            "network": net,
+            "addresses": len(group),
+            "estimated": sum(m[EST] for m in members),
+            "sampled": sum(m[SAMPLED] for m in members),
+            "first": min(m[FIRST] for m in members),
+            "last": max(m[LAST] for m in members),
+            "peak_pps": round(self.networks[net][1] if shared else members[0][PEAK], 1),
+            "protos": sorted({p for m in members for p in m[PROTOS]}),
+            "dports": sorted({p for m in members for p in m[DPORTS]})[:PORTS_SHOWN],
+        }
 
 
 class RuleSources:
@@ -175,15 +219,15 @@ class RuleSources:
     def __init__(self) -> None:
         self.sources: dict[str, list] = {}
 
-    def add(self, rec: dict) -> None:
-        src, first, last = rec["src"], rec["first"], rec["last"]
-        s = self.sources.get(src)
+    def add(self, flow: Flow) -> None:
+        s = self.sources.get(flow[0])
         if s is None:
             if len(self.sources) >= 2 * TRACKED_MAX:
-                keep = _biggest(self.sources, TRACKED_MAX)
-                self.sources = {k: v for k, v in self.sources.items() if k in keep}
-            s = self.sources[src] = [0, 0, first, last, set(), set()]
-        _count(s, rec, first, last)
+                kept, _dropped = _biggest(self.sources, TRACKED_MAX)
+                self.sources = dict(zip(kept, map(self.sources.__getitem__, kept)))
+            self.sources[flow[0]] = _row(flow)
+        else:
+            _count(s, flow)
 
     def top(self, n: int) -> list[dict]:
         return [{"src": src, "estimated": s[EST], "sampled": s[SAMPLED], "first": s[FIRST], "last": s[LAST],
@@ -204,31 +248,30 @@ class EpisodeTallies:
         self.tallies: dict[Key, EpisodeSources] = {}
         self.lasting: dict[str, list[Key]] = defaultdict(list)  # per rule: episodes without an end (yet)
         self.closed: dict[str, list[tuple[Key, float]]] = defaultdict(list)  # per rule: (episode, end), log order
-        self.waiting: dict[tuple[float, float], list[dict]] = defaultdict(list)  # flows per window
+        self.waiting: dict[tuple[float, float, str], list[Flow]] = defaultdict(list)  # flows per window and rule
         self.held = 0
         # per rule: flows of no known episode, since its last one; an episode whose start the log has
         # lost (--since, rotation) claims them when its end comes
         self.unclaimed: dict[str, tuple[EpisodeSources, list[float]]] = {}
 
-    def flow(self, rec: dict) -> None:
-        """A "flow" or "other" record."""
-        self.waiting[(rec["start"], rec["end"])].append(rec)
+    def flow(self, rec: dict, group: str | None = None) -> Flow:
+        """A "flow" or "other" record of rule ``group`` (default its rule; "<rule>/monitor" in monitor mode);
+        returns it as read (``flow_of``)."""
+        flow = flow_of(rec)
+        self.waiting[(rec["start"], rec["end"], rec["rule"] if group is None else group)].append(flow)
         self.held += 1
         if self.held > PENDING_MAX:
             self.window_passed(float("inf"))
+        return flow
 
     def window_passed(self, start: float) -> None:
         """A window record starting at ``start``: the windows before it are complete."""
         for key in [k for k in self.waiting if k[0] < start - EPS]:
             flows = self.waiting.pop(key)
             self.held -= len(flows)
-            per_rule: dict[str, list[dict]] = defaultdict(list)
-            for f in flows:
-                per_rule[f.get("rule")].append(f)
-            for rule, fs in per_rule.items():
-                self._route(rule, *key, fs)
+            self._route(key[2], key[0], key[1], flows)
 
-    def _route(self, rule: str, start: float, end: float, flows: list[dict]) -> None:
+    def _route(self, rule: str, start: float, end: float, flows: list[Flow]) -> None:
         holders = [key for key in self.lasting.get(rule, ()) if key[1] <= start + EPS]
         for key, last in reversed(self.closed.get(rule, ())):
             if last + EPS < start:

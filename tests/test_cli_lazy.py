@@ -52,10 +52,11 @@ def test_every_lazy_verb_loads_under_its_own_name():
 GC_PROBE = probe("print('GC', gc.isenabled())")
 
 
-@pytest.mark.parametrize("argv, collects", [(["unban"], False), (["report", "--log", "{log}"], True)])
-def test_one_shot_verbs_run_without_the_cyclic_collector(tmp_path, argv, collects):
+@pytest.mark.parametrize("argv, collects", [(["unban"], False), (["report", "--log", "{log}"], False),
+                                           (["tune", "-c", "{policy}", "--log", "{log}"], True)])
+def test_one_shot_verbs_run_without_the_cyclic_collector(tmp_path, default_policy, argv, collects):
     log = tmp_path / "attacks.jsonl"
     log.write_text("")
-    res = subprocess.run([sys.executable, "-c", GC_PROBE, *(a.format(log=log) for a in argv)], cwd=ROOT,
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run([sys.executable, "-c", GC_PROBE, *(a.format(log=log, policy=default_policy) for a in argv)],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
     assert res.stdout.strip().splitlines()[-1] == f"GC {collects}", res.stdout + res.stderr

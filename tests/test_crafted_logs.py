@@ -187,3 +187,13 @@ def test_json_output_keeps_what_the_log_says_and_escapes_it_once(tmp_path):
     res = CliRunner().invoke(cli, ["report", "--log", log, "--json"])
     assert res.exit_code == 0 and not RAW.search(res.output), res.output
     assert json.loads(res.output)["episodes"][0]["sources"][0]["source"] == src
+
+
+def test_fields_outside_a_records_shape_are_not_read(tmp_path):
+    """An "other" record's shape has no dport nor proto: a list there is neither a crash nor shown."""
+    other = {"type": "other", "start": 1000.0, "end": 1010.0, "rule": "syn-flood", "estimated": 40, "dport": [1],
+             "proto": {"x": 1}}
+    log = _write(tmp_path / "attacks.jsonl", [_json(r) for r in GOOD[:3] + [other] + GOOD[3:]])
+    rep = json.loads(CliRunner().invoke(cli, ["report", "--log", log, "--format", "json"]).output)
+    row = next(r for r in rep["episodes"][0]["sources"] if r["source"] == "other")
+    assert rep["skipped_lines"] == 0 and row["estimated"] == 40 and row["dports"] == [] and row["protos"] == []

@@ -37,8 +37,10 @@ VERBS = {
 # One-shot verbs: what their process allocates (imports, the policy, the render: ~53,000 tracked
 # objects, ~83,000 with 10,000 allow CIDRs) lives until it exits, so the cyclic garbage collector's
 # passes are pure cost there (~8 ms of an apply of the default policy, ~35 ms with 10,000 allow CIDRs).
-# main() starts with it off; every other verb (the daemons, the log readers) turns it back on.
-ONE_SHOT = frozenset({"check", "apply", "status", "ban", "bans", "unban", "uninstall", "healthz"})
+# report frees what it reads as it goes, by reference counts (records and tallies hold no cycles),
+# while the passes rescan its bounded tallies: half of a million-source report's time (issue 19).
+# main() starts with it off; every other verb (the daemons, the other log readers) turns it back on.
+ONE_SHOT = frozenset({"check", "apply", "status", "ban", "bans", "unban", "uninstall", "healthz", "report"})
 
 
 class LazyGroup(click.Group):
