@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .model.build import BANS_REFUSED
+
 if TYPE_CHECKING:
     from .apply import Live, Plan
     from .backend.nft import Nft
@@ -38,7 +40,15 @@ def condemning_ids(plan: Plan) -> dict[str, Key]:
 
 def bans_counted(plan: Plan, live: Live) -> int:
     """Sources banned since the rules were installed (or their counters reset), from ``live``."""
-    ids = plan.backend.ban_ids(plan.ruleset)  # the rules whose counters count bans (escalation)
+    return _packets(plan, plan.backend.ban_ids(plan.ruleset), live)  # the rules that count bans (escalation)
+
+
+def bans_refused(plan: Plan, live: Live | None = None) -> int:
+    """Packets of sources due a ban that a full ban set refused (each such packet tries again)."""
+    return _packets(plan, plan.backend.tally_ids(plan.ruleset, BANS_REFUSED), live)
+
+
+def _packets(plan: Plan, ids: set[str], live: Live | None) -> int:
     return sum(packets for rid, packets, _bytes in plan.backend.rule_counters(live) if rid in ids)
 
 
@@ -60,8 +70,11 @@ def condemned_by_group(plan: Plan, nft: Nft | None = None) -> dict[Key, int]:
     return {k: c["packets"] for k, c in drops_by_group(plan, nft).items()}
 
 def meter_fill(plan: Plan) -> list[dict]:
-    """Every per-source set: [{"set", "kind", "kernel_name", "elements", "size"}], as status shows it."""
-    return plan.backend.meter_fill([s for s in plan.ruleset.sets if not s.static])
+    """Every per-source set: [{"set", "kind", "kernel_name", "elements", "size"}], as status shows it,
+    plus what the model says it is for: "version" and "role" (an escalation set's role, else its kind)."""
+    sets = {s.base: s for s in plan.ruleset.sets if not s.static}
+    return [{**row, "version": sets[row["set"]].version, "role": sets[row["set"]].role or sets[row["set"]].kind}
+            for row in plan.backend.meter_fill(list(sets.values()))]
 
 
 def count_sets(plan: Plan) -> dict:
