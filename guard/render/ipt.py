@@ -97,8 +97,8 @@ class Render:
     tables: dict[str, Table]
     condemning: dict[str, tuple[str, str]] = field(default_factory=dict)  # rule id -> (group, mode)
     bans: set[str] = field(default_factory=set)  # ids of the lines whose counters count bans
-    tallies: dict[str, str] = field(default_factory=dict)  # rule id -> the model rule's tally
     valve: set[str] = field(default_factory=set)  # ids of the SYN valve's backstop lines
+    tallies: dict[str, str] = field(default_factory=dict)  # rule id -> the model rule's tally
 
     def rule_ids(self) -> dict[str, list[str]]:
         """chain → rule IDs in order (jumps under ``<table>/<built-in chain>``)."""
