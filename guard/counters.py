@@ -22,6 +22,7 @@ them (nfnetlink.nft_set_sizes); callers cache it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .model.build import BANS_REFUSED
@@ -40,24 +41,30 @@ def condemning_ids(plan: Plan) -> dict[str, Key]:
 
 def bans_counted(plan: Plan, live: Live) -> int:
     """Sources banned since the rules were installed (or their counters reset), from ``live``."""
-    return _packets(plan, plan.backend.ban_ids(plan.ruleset), live)  # the rules that count bans (escalation)
+    return _packets(plan.backend.ban_ids(plan.ruleset), plan.backend.rule_counters(live))
 
 
-def bans_refused(plan: Plan, live: Live | None = None) -> int:
-    """Packets of sources due a ban that a full ban set refused (each such packet tries again)."""
-    return _packets(plan, plan.backend.tally_ids(plan.ruleset, BANS_REFUSED), live)
+def drops_and_refused(plan: Plan) -> tuple[dict[Key, dict[str, int]], int]:
+    """``drops_by_group`` and the bans refused by a full ban set (packets of sources due a ban; each
+    such packet tries again), from one read of the rule counters (a metrics scrape)."""
+    rows = list(plan.backend.rule_counters())
+    return _drops(plan, rows), _packets(plan.backend.tally_ids(plan.ruleset, BANS_REFUSED), rows)
 
 
-def _packets(plan: Plan, ids: set[str], live: Live | None) -> int:
-    return sum(packets for rid, packets, _bytes in plan.backend.rule_counters(live) if rid in ids)
+def _packets(ids: set[str], rows: Iterable[tuple[str | None, int, int]]) -> int:
+    return sum(packets for rid, packets, _bytes in rows if rid in ids)
 
 
 def drops_by_group(plan: Plan, nft: Nft | None = None, live: Live | None = None) -> dict[Key, dict[str, int]]:
     """(group, mode) -> {"packets", "bytes"} condemned, from the kernel counters of the condemning
     rules (``live``: the state the caller already read; else one cheap read)."""
+    return _drops(plan, plan.backend.rule_counters(live))
+
+
+def _drops(plan: Plan, rows: Iterable[tuple[str | None, int, int]]) -> dict[Key, dict[str, int]]:
     ids = condemning_ids(plan)
     out = {key: {"packets": 0, "bytes": 0} for key in dict.fromkeys(ids.values())}
-    for rid, packets, nbytes in plan.backend.rule_counters(live):
+    for rid, packets, nbytes in rows:
         key = ids.get(rid)
         if key:
             out[key]["packets"] += packets

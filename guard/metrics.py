@@ -58,7 +58,7 @@ class Snapshot(TypedDict, total=False):
                                         # queues: the NFQUEUE numbers in use (queue_base + group index)
     meters: list[dict[str, Any]]        # counters.meter_fill(): [{"set": name, "elements": n, "size": n,
                                         # "version": 4|6, "role": "meter"|"banned"|...}], every per-source set
-    bans_refused: int                   # counters.bans_refused(): packets of sources due a ban the full set refused
+    bans_refused: int                   # counters.drops_and_refused(): packets of sources due a ban the full set refused
     repairs: dict[str, int]             # reason kind (a short fixed word) -> repairs since start
     contested: bool                     # repairs are being damped (an insert war)
     reloads: dict[str, int]             # {"ok": n, "failed": n} policy reloads since start

@@ -252,9 +252,8 @@ def test_the_provider_reads_the_datapath_at_the_watchers_verify_interval(monkeyp
     calls = []
     monkeypatch.setattr(provider_mod.datapath, "detect",
                         lambda interfaces: calls.append(interfaces) or provider_mod.datapath.Reading(()))
-    monkeypatch.setattr(provider_mod, "drops_by_group", lambda plan, nft: {})
+    monkeypatch.setattr(provider_mod, "drops_and_refused", lambda plan: ({}, 0))
     monkeypatch.setattr(provider_mod, "meter_fill", lambda plan: [])
-    monkeypatch.setattr(provider_mod, "bans_refused", lambda plan: 0)
     monkeypatch.setattr(provider_mod, "Nft", lambda: None)
     plan = SimpleNamespace(ruleset=SimpleNamespace(sets=(), interfaces=("eth0",)))
     watcher = SimpleNamespace(last_plan=plan, policy=SimpleNamespace(watcher=SimpleNamespace(verify_interval_s=10.0)))
