@@ -16,6 +16,11 @@ pkgs=("${runtime_pkgs[@]}"); [ $dev = 1 ] && pkgs+=("${test_pkgs[@]}")
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq "${pkgs[@]}" >/dev/null
+if [ $dev = 1 ]; then
+  # promtool (test_alert_rules.py) ships only in Debian's prometheus package: the server is not wanted
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
 
 if [ $dev = 1 ]; then venv=.venv; else venv=/opt/nodeguard; fi
 python=$(system_python) || exit 2

@@ -22,7 +22,10 @@ them (nfnetlink.nft_set_sizes); callers cache it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+from .model.build import BANS_REFUSED
 
 if TYPE_CHECKING:
     from .apply import Live, Plan
@@ -38,16 +41,30 @@ def condemning_ids(plan: Plan) -> dict[str, Key]:
 
 def bans_counted(plan: Plan, live: Live) -> int:
     """Sources banned since the rules were installed (or their counters reset), from ``live``."""
-    ids = plan.backend.ban_ids(plan.ruleset)  # the rules whose counters count bans (escalation)
-    return sum(packets for rid, packets, _bytes in plan.backend.rule_counters(live) if rid in ids)
+    return _packets(plan.backend.ban_ids(plan.ruleset), plan.backend.rule_counters(live))
+
+
+def drops_and_refused(plan: Plan) -> tuple[dict[Key, dict[str, int]], int]:
+    """``drops_by_group`` and the bans refused by a full ban set (packets of sources due a ban; each
+    such packet tries again), from one read of the rule counters (a metrics scrape)."""
+    rows = list(plan.backend.rule_counters())
+    return _drops(plan, rows), _packets(plan.backend.tally_ids(plan.ruleset, BANS_REFUSED), rows)
+
+
+def _packets(ids: set[str], rows: Iterable[tuple[str | None, int, int]]) -> int:
+    return sum(packets for rid, packets, _bytes in rows if rid in ids)
 
 
 def drops_by_group(plan: Plan, nft: Nft | None = None, live: Live | None = None) -> dict[Key, dict[str, int]]:
     """(group, mode) -> {"packets", "bytes"} condemned, from the kernel counters of the condemning
     rules (``live``: the state the caller already read; else one cheap read)."""
+    return _drops(plan, plan.backend.rule_counters(live))
+
+
+def _drops(plan: Plan, rows: Iterable[tuple[str | None, int, int]]) -> dict[Key, dict[str, int]]:
     ids = condemning_ids(plan)
     out = {key: {"packets": 0, "bytes": 0} for key in dict.fromkeys(ids.values())}
-    for rid, packets, nbytes in plan.backend.rule_counters(live):
+    for rid, packets, nbytes in rows:
         key = ids.get(rid)
         if key:
             out[key]["packets"] += packets
@@ -60,8 +77,11 @@ def condemned_by_group(plan: Plan, nft: Nft | None = None) -> dict[Key, int]:
     return {k: c["packets"] for k, c in drops_by_group(plan, nft).items()}
 
 def meter_fill(plan: Plan) -> list[dict]:
-    """Every per-source set: [{"set", "kind", "kernel_name", "elements", "size"}], as status shows it."""
-    return plan.backend.meter_fill([s for s in plan.ruleset.sets if not s.static])
+    """Every per-source set: [{"set", "kind", "kernel_name", "elements", "size"}], as status shows it,
+    plus what the model says it is for: "version" and "role" (an escalation set's role, else its kind)."""
+    sets = {s.base: s for s in plan.ruleset.sets if not s.static}
+    return [{**row, "version": sets[row["set"]].version, "role": sets[row["set"]].role or sets[row["set"]].kind}
+            for row in plan.backend.meter_fill(list(sets.values()))]
 
 
 def count_sets(plan: Plan) -> dict:

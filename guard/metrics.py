@@ -35,6 +35,7 @@ log = logging.getLogger("nodeguard.metrics")
 
 MAX_REASONS = 32  # distinct repair reasons exported; more fold into "other" (bounded cardinality)
 _REASON_RE = re.compile(r"[^a-z0-9_]+")
+FAMILY = {4: "ipv4", 6: "ipv6"}  # the family label of a set's IP version
 SCRAPE_REUSE_S = 1.0  # scrapes closer together than this get the same rendered body
 
 
@@ -55,7 +56,9 @@ class Snapshot(TypedDict, total=False):
     sampler: dict[str, Any]             # {"transport": "nflog"|"nfqueue"|None, "nflog_enobufs": int, "queues": [int]}
                                         # nflog_enobufs: NflogReader.dropped (overruns; each lost >= 1 sample);
                                         # queues: the NFQUEUE numbers in use (queue_base + group index)
-    meters: list[dict[str, Any]]        # [{"set": name, "elements": n, "size": n}] as in status.collect()
+    meters: list[dict[str, Any]]        # counters.meter_fill(): [{"set": name, "elements": n, "size": n,
+                                        # "version": 4|6, "role": "meter"|"banned"|...}], every per-source set
+    bans_refused: int                   # counters.drops_and_refused(): packets of sources due a ban the full set refused
     repairs: dict[str, int]             # reason kind (a short fixed word) -> repairs since start
     contested: bool                     # repairs are being damped (an insert war)
     reloads: dict[str, int]             # {"ok": n, "failed": n} policy reloads since start
@@ -167,14 +170,7 @@ class NodeguardCollector:
         lost.add_metric(["nfqueue_dropped"], queued or 0)
         yield lost
 
-        entries = GaugeMetricFamily("nodeguard_meter_entries", "Sources held in a per-source meter", labels=["meter"])
-        size = GaugeMetricFamily("nodeguard_meter_size", "Capacity of a per-source meter (a full meter stops "
-                                 "matching new sources)", labels=["meter"])
-        for m in s.get("meters") or ():
-            entries.add_metric([str(m["set"])], int(m["elements"]))
-            size.add_metric([str(m["set"])], int(m["size"]))
-        yield entries
-        yield size
+        yield from self._sets(s)
 
         repairs = CounterMetricFamily("nodeguard_repairs", "Repairs of nodeguard's rules, by reason kind", labels=["reason"])
         folded: dict[str, int] = {}
@@ -227,6 +223,32 @@ class NodeguardCollector:
             yield GaugeMetricFamily("nodeguard_last_apply_timestamp_seconds",
                                     "Unix time of the last transaction that installed the rules",
                                     value=float(s["last_apply"]))
+
+    def _sets(self, s: Snapshot) -> Iterator[Metric]:
+        """The state nodeguard keeps in kernel sets: how full each one is, the bans it holds and the
+        bans a full set refused. (Where the persisted state's snapshot age belongs too.)"""
+        labels = ["set", "family", "role"]
+        entries = GaugeMetricFamily("nodeguard_set_entries", "Elements in a per-source set (meters, ban, "
+                                    "trusted and counting sets); a full set adds nobody new", labels=labels)
+        capacity = GaugeMetricFamily("nodeguard_set_capacity", "Elements a per-source set can hold", labels=labels)
+        banned = {4: 0, 6: 0}
+        for m in s.get("meters") or ():
+            key = [str(m["set"]), FAMILY[int(m["version"])], str(m["role"])]
+            entries.add_metric(key, int(m["elements"]))
+            capacity.add_metric(key, int(m["size"]))
+            if m["role"] == "banned":
+                banned[int(m["version"])] += int(m["elements"])
+        yield entries
+        yield capacity
+        gauge = GaugeMetricFamily("nodeguard_banned_sources", "Sources banned now (IPv6: /64 networks)",
+                                  labels=["family"])
+        for version, n in banned.items():
+            gauge.add_metric([FAMILY[version]], n)
+        yield gauge
+        if "bans_refused" in s:
+            yield CounterMetricFamily("nodeguard_bans_refused", "Packets of sources due a ban (over a per-source "
+                                      "limit for escalate.after_s) that a full ban set refused to ban",
+                                      value=int(s["bans_refused"]))
 
     def _conntrack(self) -> Iterator[Metric]:
         for name, fname, doc in (("nodeguard_conntrack_entries", "nf_conntrack_count", "Conntrack entries in use"),

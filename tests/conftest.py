@@ -131,13 +131,17 @@ def pytest_report_header(config) -> str | None:
     return f"NODEGUARD_TEST_BUSY={n}: {n} busy-loop process(es) run beside the tests" if n else None
 
 
-@pytest.fixture(scope="session")
-def kernel() -> None:
-    problem = _kernel_problem()
+def unmet(problem: str | None) -> None:
+    """A requirement the test cannot run without: fails under CI=true, skips elsewhere."""
     if problem:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and {problem}", pytrace=False)
         pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def kernel() -> None:
+    unmet(_kernel_problem())
 
 
 @pytest.fixture(scope="session")
@@ -146,10 +150,15 @@ def root() -> None:
     they fail under CI=true when they cannot run, and are skipped elsewhere."""
     problem = "needs root (chown, setpriv)" if os.geteuid() != 0 else \
         None if shutil.which("setpriv") else "needs setpriv (apt-get install util-linux)"
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and this test {problem}", pytrace=False)
-        pytest.skip(problem)
+    unmet(problem and f"this test {problem}")
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus' promtool (Debian: the prometheus package; deploy/setup.sh --dev installs it)."""
+    path = shutil.which("promtool")
+    unmet(None if path else "no promtool (apt-get install --no-install-recommends prometheus)")
+    return path
 
 
 @pytest.fixture

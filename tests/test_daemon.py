@@ -279,7 +279,8 @@ def test_a_ping_flood_is_limited_and_metrics_agree_with_status(lab, tmp_path, ru
     assert dropped(m, "syn-flood") == 0
     assert m[("nodeguard_up", ())] == 1 and m[("nodeguard_in_sync", ())] == 1
     assert 0 < m[("nodeguard_sampled_packets_total", (("group", "icmp-flood"),))] <= packets
-    assert m[("nodeguard_meter_entries", (("meter", "icmp-src-v4"),))] == 2  # the flooder and the pinger
+    icmp_meter = (("family", "ipv4"), ("role", "meter"), ("set", "icmp-src-v4"))
+    assert m[("nodeguard_set_entries", icmp_meter)] == 2  # the flooder and the pinger
     assert m[("nodeguard_component_up", (("component", "sampler"),))] == 1
     assert m[("nodeguard_info", (("backend", "nft"), ("sampler_transport", "nflog"), ("version", "0.1.0")))] == 1
     health = scrape(victim, "/healthz")
@@ -334,7 +335,8 @@ def test_a_scrape_with_full_meters_stays_cheap(lab, tmp_path, runs):
                           "body": scrapes[-1][1]}}))
     """)
     out = json.loads(victim.run([sys.executable, "-c", code]).stdout)
-    entries = [line for line in out["body"].splitlines() if line.startswith('nodeguard_meter_entries{meter="icmp-src-v4"}')]
+    entries = [line for line in out["body"].splitlines() if line.startswith('nodeguard_set_entries{')
+               and 'set="icmp-src-v4"' in line]
     first, *later = out["scrape_s"]
     print(f"\nfull meter ({out['meter']} entries): listing its elements {out['listing_s'] * 1000:.0f} ms; "
           f"status.collect {out['collect_s'] * 1000:.0f} ms; scrape "

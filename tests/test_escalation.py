@@ -28,6 +28,7 @@ from pathlib import Path
 import netlab
 import pytest
 from guard.attacklog import read_records
+from test_daemon import Run, metrics
 from netlab import (
     ATTACKER4,
     ATTACKER6,
@@ -290,10 +291,26 @@ def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tm
     assert json.loads(victim.nodeguard("unban", "--json", "-c", p2, "--all").stdout) == {"unbanned": []}
 
 
-def test_a_full_ban_set_bans_nobody_more_and_drops_nothing_extra(node2):
+def test_a_full_ban_set_bans_nobody_more_and_drops_nothing_extra(node2, tmp_path):
+    """...and says so in the daemon's metrics: the ban set's fill, and the bans it refused."""
     victim, attacker, backend, policy = node2
     p = policy("escalate:\n  size: 16\n")
-    victim.nodeguard("apply", "-c", p)
+    run = Run(victim, tmp_path, p)
+    try:
+        run.wait_ready()
+        _fill_the_ban_set(victim, attacker, backend, p)
+        m = metrics(victim)  # the first scrape: the set fill is counted now
+    finally:
+        run.stop()
+    assert m[("nodeguard_up", ())] == 1, run.log
+    banned_v4 = (("family", "ipv4"), ("role", "banned"), ("set", "banned-v4"))
+    assert m[("nodeguard_set_entries", banned_v4)] == m[("nodeguard_set_capacity", banned_v4)] == 16
+    assert m[("nodeguard_banned_sources", (("family", "ipv4"),))] == 16
+    print(f"{backend}: bans refused (packets of unbanned sources due a ban): {m[('nodeguard_bans_refused_total', ())]:.0f}")
+    assert m[("nodeguard_bans_refused_total", ())] > 0
+
+
+def _fill_the_ban_set(victim, attacker, backend: str, p: str) -> None:
     sources = [f"10.77.0.{100 + i}" for i in range(20)]
     attacker.run(["ip", "-batch", "-"], input="".join(f"addr add {s}/24 dev {ATTACKER_IF}\n" for s in sources))
     victim.run(["ip", "neigh", "replace", ATTACKER4, "lladdr", _mac(attacker, ATTACKER_IF), "dev", VICTIM_IF])

@@ -34,7 +34,11 @@ SNAPSHOT = {
               "conn-limit": {"packets": 1, "bytes": 60}},
     "sampled": {"syn-flood": 200},
     "sampler": {"transport": "nflog", "nflog_enobufs": 3, "queues": []},
-    "meters": [{"set": "syn-src-v4", "elements": 300, "size": 65536}],
+    "meters": [{"set": "syn-src-v4", "elements": 300, "size": 65536, "version": 4, "role": "meter"},
+               {"set": "banned-v4", "elements": 16, "size": 16, "version": 4, "role": "banned"},
+               {"set": "banned-v6", "elements": 3, "size": 16, "version": 6, "role": "banned"},
+               {"set": "over-v6", "elements": 5, "size": 65536, "version": 6, "role": "over"}],
+    "bans_refused": 42,
     "repairs": {"table missing": 2, "priority_undercut": 1},
     "reloads": {"ok": 4, "failed": 1},
     "port_updates": 6,
@@ -97,8 +101,14 @@ def test_a_scrape_reports_every_metric_from_the_provider(serve):
     assert s[("nodeguard_sampled_packets_total", (("group", "icmp-flood"),))] == 0
     assert s[("nodeguard_sampler_lost_total", (("reason", "nflog_enobufs"),))] == 3
     assert s[("nodeguard_sampler_lost_total", (("reason", "nfqueue_dropped"),))] == 0
-    assert s[("nodeguard_meter_entries", (("meter", "syn-src-v4"),))] == 300
-    assert s[("nodeguard_meter_size", (("meter", "syn-src-v4"),))] == 65536
+    meter = (("family", "ipv4"), ("role", "meter"), ("set", "syn-src-v4"))
+    assert s[("nodeguard_set_entries", meter)] == 300 and s[("nodeguard_set_capacity", meter)] == 65536
+    over = (("family", "ipv6"), ("role", "over"), ("set", "over-v6"))
+    assert s[("nodeguard_set_entries", over)] == 5 and s[("nodeguard_set_capacity", over)] == 65536
+    assert s[("nodeguard_set_entries", (("family", "ipv4"), ("role", "banned"), ("set", "banned-v4")))] == 16
+    assert s[("nodeguard_banned_sources", (("family", "ipv4"),))] == 16
+    assert s[("nodeguard_banned_sources", (("family", "ipv6"),))] == 3
+    assert s[("nodeguard_bans_refused_total", ())] == 42
     assert s[("nodeguard_repairs_total", (("reason", "table_missing"),))] == 2
     assert s[("nodeguard_repairs_total", (("reason", "priority_undercut"),))] == 1
     assert s[("nodeguard_reloads_total", (("result", "ok"),))] == 4
@@ -242,7 +252,7 @@ def test_the_provider_reads_the_datapath_at_the_watchers_verify_interval(monkeyp
     calls = []
     monkeypatch.setattr(provider_mod.datapath, "detect",
                         lambda interfaces: calls.append(interfaces) or provider_mod.datapath.Reading(()))
-    monkeypatch.setattr(provider_mod, "drops_by_group", lambda plan, nft: {})
+    monkeypatch.setattr(provider_mod, "drops_and_refused", lambda plan: ({}, 0))
     monkeypatch.setattr(provider_mod, "meter_fill", lambda plan: [])
     monkeypatch.setattr(provider_mod, "Nft", lambda: None)
     plan = SimpleNamespace(ruleset=SimpleNamespace(sets=(), interfaces=("eth0",)))
@@ -367,7 +377,8 @@ def test_clients_that_never_read_are_closed_at_the_reply_deadline(server):
     """Three clients ask for a 460 kB scrape and never read it: more than the kernel buffers
     (Limits.send_buffer), so the server's writes would block. /healthz and a normal scrape are
     answered meanwhile, and the server drops the three when Limits.reply_s (1 s) runs out."""
-    snap = dict(SNAPSHOT, meters=[{"set": f"m{i:05d}", "elements": i, "size": 65536} for i in range(5000)])
+    snap = dict(SNAPSHOT, meters=[{"set": f"m{i:05d}", "elements": i, "size": 65536, "version": 4, "role": "meter"}
+                                 for i in range(5000)])
     srv = server(lambda: snap, alive_beat(), limits=LIMITS)
     stuck = [connect(srv.port, f"127.0.0.{2 + i}", rcvbuf=4096) for i in range(3)]
     try:
@@ -564,7 +575,8 @@ def test_a_throttle_lets_one_line_through_per_interval_and_counts_the_rest():
 def test_over_the_cap_with_every_request_being_answered_the_newest_goes(server):
     """Requests that are complete are never evicted: a fifth from the same address, while four
     answers wait on clients that do not read, is closed unanswered and the four keep their answers."""
-    snap = dict(SNAPSHOT, meters=[{"set": f"m{i:05d}", "elements": i, "size": 65536} for i in range(5000)])
+    snap = dict(SNAPSHOT, meters=[{"set": f"m{i:05d}", "elements": i, "size": 65536, "version": 4, "role": "meter"}
+                                 for i in range(5000)])
     # answers that are never read are cut at reply_s: the shared 1 s could cut the first before the fifth
     # arrives on a busy machine (CI once: the four never complete at once), so this case waits 5 s
     srv = server(lambda: snap, alive_beat(), limits=dataclasses.replace(LIMITS, reply_s=5.0))

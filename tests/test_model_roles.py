@@ -46,3 +46,30 @@ def test_each_family_renders_only_its_own_escalation_chains(tmp_path):
         own = {ipt_chain_name(c) for c in escalating if c.version == version}
         other = {ipt_chain_name(c) for c in escalating if c.version != version}
         assert own <= rendered and not other & rendered, (version, own, other)
+
+
+def test_the_refused_ban_rules_are_found_by_their_tally_in_both_renderings(tmp_path):
+    """bans_refused reads the counters of the rules the model tallies as BANS_REFUSED: one per escalation
+    chain, right after its ban rule; the iptables render keeps its other tags (the valve's) apart."""
+    from guard.model.build import BANS_REFUSED
+    from guard.render.ids import id_and_label
+    from guard.render.nft import render_nft
+
+    plan = _plan(tmp_path)
+    rs = plan.ruleset
+    escalating = [c for c in rs.chains if c.role == "escalate"]
+    for c in escalating:
+        labels = [r.label for r in c.rules]
+        refused = [r for r in c.rules if r.tally == BANS_REFUSED]
+        assert len(refused) == 1 and labels.index(refused[0].label) == 1, labels
+    nft_labels = {id_and_label(r["comment"])["id"]: id_and_label(r["comment"])["label"] for r in render_nft(rs).rules}
+    nft_ids = plan.backend.tally_ids(rs, BANS_REFUSED)  # the default policy's backend: nft
+    assert len(nft_ids) == len(escalating) and {nft_labels[i].split(":")[0] for i in nft_ids} == \
+        {"ban refused v4", "ban refused v6"}
+    for version in (4, 6):
+        render = render_ipt(rs, version)
+        lines = {line.split('"')[1].split(" ", 1)[0].removeprefix("nodeguard:"): line.split('"')[1]
+                 for t in render.tables.values() for _chain, line in t.rules}
+        assert render.tallies and set(render.tallies.values()) == {BANS_REFUSED}
+        assert all(f"ban refused v{version}: the ban set is full" in lines[i] for i in render.tallies)
+        assert render.valve and all("backstop" in lines[i] for i in render.valve)

@@ -76,6 +76,9 @@ class Backend(Protocol):
     def ban_ids(self, ruleset: RuleSet) -> set[str]:
         """Ids of the rules whose counters count bans."""
 
+    def tally_ids(self, ruleset: RuleSet, tally: str) -> set[str]:
+        """Ids of the rules whose counters count ``tally`` (``model.ruleset.Rule.tally``)."""
+
     def rule_counters(self, live: Any = None) -> Iterator[tuple[str | None, int, int]]:
         """(rule id, packets, bytes) of our rules, from ``live`` or one cheap read."""
 

@@ -198,6 +198,9 @@ class IptBackend:
     def ban_ids(self, ruleset: RuleSet) -> set[str]:
         return {rid for render in self.renders.values() for rid in render.bans}
 
+    def tally_ids(self, ruleset: RuleSet, tally: str) -> set[str]:
+        return {rid for render in self.renders.values() for rid, t in render.tallies.items() if t == tally}
+
     def rule_counters(self, live: IptLive | None = None) -> Iterator[tuple[str | None, int, int]]:
         saved = live.saved if live is not None else {v: Ipt(self.flavour).tables(v) for v in self.renders}
         for tables in saved.values():

@@ -129,6 +129,9 @@ class NftBackend:
     def ban_ids(self, ruleset: RuleSet) -> set[str]:
         return {rid for rule, rid in _rule_ids(ruleset) if any(isinstance(x, BanSource) for x in rule.matches)}
 
+    def tally_ids(self, ruleset: RuleSet, tally: str) -> set[str]:
+        return {rid for rule, rid in _rule_ids(ruleset) if rule.tally == tally}
+
     def rule_counters(self, live: NftLive | None = None) -> Iterator[tuple[str | None, int, int]]:
         if live is not None:
             for r in live.rules:

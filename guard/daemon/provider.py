@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .. import datapath
 from ..backend.nft import Nft
-from ..counters import drops_by_group, meter_fill
+from ..counters import drops_and_refused, meter_fill
 from ..metrics import Snapshot
 
 SCRAPE_CACHE_S = 2.0  # scrapes closer together than this share one kernel read
@@ -18,7 +18,8 @@ METER_CACHE_S = 30.0  # meter fill is re-counted at most this often (~0.3 s of k
 
 class MetricsProvider:
     """One snapshot per scrape (metrics.Snapshot): the watcher's state, the sampler's counters,
-    the kernel counters of the condemning rules (one terse listing), meter fill (a netlink
+    the kernel counters of the condemning rules and of refused bans (one netlink dump of the rules), the
+    fill of every per-source set (a netlink
     element count, at most every METER_CACHE_S) and the datapath programs ahead of our hooks (a few
     iproute2 runs per interface, at most every ``watcher.verify_interval_s``, the watcher's own pace
     for a full look). Scrapes within SCRAPE_CACHE_S share one read.
@@ -45,7 +46,7 @@ class MetricsProvider:
                 if self._nft is None:
                     self._nft = Nft()
                 self.reads += 1
-                snap["drops"] = drops_by_group(plan, self._nft)
+                snap["drops"], snap["bans_refused"] = drops_and_refused(plan)
                 key = tuple(s.name for s in plan.ruleset.sets)
                 if self._meters is None or self._meters[1] != key or now - self._meters[0] >= METER_CACHE_S:
                     self._meters = (now, key, meter_fill(plan))

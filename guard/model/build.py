@@ -44,6 +44,7 @@ STATEFUL_CHAIN = "filter-conntrack"
 SYNPROXY_CHAIN = "synproxy-input"
 CLOSED_CHAIN = "closed-ports"
 INGRESS_CHAIN = "ingress-"  # + the device: one per protected device
+BANS_REFUSED = "bans-refused"  # the tally of the rule that counts bans a full ban set refused
 BANNED = "banned"  # the rule group of the ingress drops of banned sources (escalation and ``nodeguard ban``)
 DENIED = "denied"  # the rule group of the ingress drops of sources in the deny lists
 SYN_ONLY = TcpFlags(("fin", "syn", "rst", "ack"), ("syn",))
@@ -268,9 +269,12 @@ def _escalation(b: _Builder, trusted: dict[int, str]) -> tuple[dict[int, str], l
     for group, version in b.escalated:
         over, episode, banned = (sets[(w, version)] for w in ("over", "episode", "banned"))
         not_trusted = (SourceNotInSet(trusted[version], version),) if version in trusted else ()
+        due = (SourceInSet(over, version), SourceNotInSet(episode, version), *not_trusted)  # a ban
         chains.append(Chain(escalation_chain(group, version), (
-            Rule((SourceInSet(over, version), SourceNotInSet(episode, version), *not_trusted,
-                  BanSource(banned, version)), CONTINUE, f"ban v{version}: over its limit for after_s without a pause"),
+            Rule((*due, BanSource(banned, version)), CONTINUE, f"ban v{version}: over its limit for after_s without a pause"),
+            # a full set fails the add (nft: the rule stops there; ipset: silently): still not banned
+            Rule((*due, SourceNotInSet(banned, version)), CONTINUE, f"ban refused v{version}: the ban set is full",
+                 tally=BANS_REFUSED),
             Rule((SourceNotInSet(over, version), UpdateSource(episode, version)), CONTINUE,
                  f"new episode v{version}", counter=False),
             # only a source with an episode is marked over: with the episode set full, a source would be

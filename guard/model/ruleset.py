@@ -40,6 +40,7 @@ class Rule:
     counter: bool = True
     group: str | None = None  # set on the rules that condemn: their counters are the drops of this group
     mode: Mode | None = None  # of a condemning rule: enforce (drops) or monitor (would drop)
+    tally: str | None = None  # a rule whose counter is read as a count of its own (build.BANS_REFUSED)
 
     def __post_init__(self) -> None:
         if (self.group is None) != (self.mode is None):

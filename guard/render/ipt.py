@@ -52,6 +52,7 @@ from .ipt_names import ipset_name, ipt_chain_name
 
 HASHLIMIT_GC_S = 1  # xt_hashlimit's default --hashlimit-htable-gcinterval
 BAN_TAG = "ban"  # what _rule tags the line that counts bans with (condemning lines: their (group, mode))
+TALLY_TAG = "tally:"  # + the model rule's tally: the tag of its line
 _PROTO = {("icmp", 4): "icmp", ("icmpv6", 6): "ipv6-icmp"}
 VALVE_ELEMENTS = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}  # every source: engaged
 VALVE_TAG = "valve"  # the third part of a condemning line's tag when it is the valve's backstop
@@ -98,6 +99,7 @@ class Render:
     condemning: dict[str, tuple[str, str]] = field(default_factory=dict)  # rule id -> (group, mode)
     bans: set[str] = field(default_factory=set)  # ids of the lines whose counters count bans
     valve: set[str] = field(default_factory=set)  # ids of the SYN valve's backstop lines
+    tallies: dict[str, str] = field(default_factory=dict)  # rule id -> the model rule's tally
 
     def rule_ids(self) -> dict[str, list[str]]:
         """chain → rule IDs in order (jumps under ``<table>/<built-in chain>``)."""
@@ -190,9 +192,12 @@ def render_ipt(rs: RuleSet, version: int) -> Render:
                 body = f"-j {name}"
                 (jid,) = chained_ids(f"{table.name}/{builtin}", [body])
                 table.jumps.append((builtin, f'-m comment --comment "{comment(jid, "jump to " + name)}" {body}'))
-    return Render(version, tables, {k: v[:2] for k, v in condemning.items() if v != BAN_TAG},
+    groups = {k: v for k, v in condemning.items() if isinstance(v, tuple)}
+    return Render(version, tables, {k: v[:2] for k, v in groups.items()},
                   {k for k, v in condemning.items() if v == BAN_TAG},
-                  {k for k, v in condemning.items() if v != BAN_TAG and v[2:] == (VALVE_TAG,)})
+                  {k for k, v in groups.items() if v[2:] == (VALVE_TAG,)},
+                  {k: v.removeprefix(TALLY_TAG) for k, v in condemning.items()
+                   if isinstance(v, str) and v.startswith(TALLY_TAG)})
 
 
 def _add_chain(table: Table, name: str, rules: list[tuple[str, str, tuple | None]],
@@ -251,8 +256,8 @@ def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, 
             parts.append(f"-m set --match-set {name} src")  # a CountSource rule ends here: the match counts
         parts += match(x, Ctx(version, sets, limits))
     parts.append(_target(rule, sets, names))
-    group = (rule.group, rule.mode) if rule.group else None
-    if group and any(isinstance(x, ValveEngaged) for x in rule.matches):
+    group = (rule.group, rule.mode) if rule.group else f"{TALLY_TAG}{rule.tally}" if rule.tally else None
+    if rule.group and any(isinstance(x, ValveEngaged) for x in rule.matches):
         group = (*group, VALVE_TAG)
     return [*out, (" ".join(p for p in parts if p), rule.label, group)]
 
