@@ -344,10 +344,12 @@ def test_a_scrape_with_full_meters_stays_cheap(lab, tmp_path, runs):
           f"{', '.join(f'{s * 1000:.0f}' for s in later)} ms")
     assert out["meter"] > 60000 and float(entries[0].split()[-1]) == out["meter"], (entries, out["meter"])
     # 3 runs (1 with NODEGUARD_TEST_BUSY=1): listing 1,018-1,155 ms; status.collect 256-334 ms and the
-    # first scrape 273-332 ms (0.22-0.29 of the listing); cached scrapes 5-8 ms. status.collect took
-    # ~3 s (listing the elements) before 266b2d5.
-    assert first < out["listing_s"] / 2 and max(later) < 0.1, out
-    assert out["collect_s"] < out["listing_s"] / 2, out
+    # first scrape 273-332 ms (0.22-0.29 of the listing); cached scrapes 5-8 ms. Beside 6 helpers' jobs
+    # (load 5 on 2 cores): listing 2,203-2,459 ms, status.collect 1,133-1,413 (0.51-0.57), first scrape
+    # 937-1,391. status.collect took ~3 s (listing the elements: over 1.0 of the listing) before 266b2d5,
+    # so 0.8 still catches that; the first scrape counts in its own thread (provider.Recount).
+    assert first < out["listing_s"] * 0.8 and max(later) < 0.1, out
+    assert out["collect_s"] < out["listing_s"] * 0.8, out
 
 
 # --- reloads ------------------------------------------------------------------------------

@@ -601,3 +601,36 @@ def test_over_the_cap_with_every_request_being_answered_the_newest_goes(server):
     finally:
         for s in socks:
             s.close()
+
+
+def test_a_slow_recount_of_the_sets_never_holds_a_scrape():
+    """Under a random-source flood counting the full sets took longer than the reply deadline: a scrape
+    answers with the last count at once and never waits for a recount; it waits (briefly) only for the
+    first count of a plan, and a count that outlasts that wait leaves it without fill."""
+    from guard.daemon.provider import FIRST_COUNT_WAIT_S, Recount
+
+    release = threading.Event()
+    counted = []
+
+    def slow(value):
+        def count():
+            release.wait(10)
+            counted.append(value)
+            return value
+        return count
+
+    r = Recount(every=30.0)
+    assert r.get("plan-a", lambda: "first", now=0.0, empty=None) == "first"  # quick: within the wait
+    start = time.monotonic()
+    assert r.get("plan-a", slow("second"), now=31.0, empty=None) == "first"  # due: recounting, not waiting
+    assert r.get("plan-a", slow("third"), now=32.0, empty=None) == "first"  # one recount at a time
+    assert time.monotonic() - start < 0.5
+    release.set()
+    wait_until(lambda: r.get("plan-a", slow("x"), now=33.0, empty=None) == "second")
+    assert counted == ["second"]
+    release.clear()
+    start = time.monotonic()
+    assert r.get("plan-b", slow("b"), now=70.0, empty="none yet") == "none yet"  # a new plan: waited, gave up
+    assert FIRST_COUNT_WAIT_S <= time.monotonic() - start < FIRST_COUNT_WAIT_S + 1.0
+    release.set()
+    wait_until(lambda: r.get("plan-b", slow("y"), now=71.0, empty=None) == "b")
