@@ -457,6 +457,39 @@ def write_markdown(path: Path, summary: dict, env: dict, status_s: list[float]) 
     path.write_text("\n".join(L))
 
 
+README_BEGIN, README_END = "<!-- bench/flood.py --readme: begin -->", "<!-- bench/flood.py --readme: end -->"
+README_DEFENCES = ("none", "nodeguard-nft", "nodeguard-iptables-nft", "nodeguard-iptables-legacy")
+
+
+def threat_table(summary: dict, env: dict) -> str:
+    """The README's table of one run: per flood at hping3's top rate, what a brand-new client got and
+    the softirq per attack packet, without protection and with each backend, side by side."""
+    rows = {(r["scenario"], r["defence"]): r for r in summary["rows"] if r["rate"] == "max"}
+    st = env["settings"]
+    out = [f"Measured in one run of `{env['command']}` ({env['date']}, nodeguard {env['nodeguard_commit']}, "
+           f"{env['machine']}, nf_conntrack_max {env['nf_conntrack_max']:,}, floods of "
+           f"{st['ramp'] + st['duration']:g} s at hping3's top rate, {st['reps']} repetition(s)): a brand-new "
+           "client's connects that succeeded (1 s each) · softirq µs per attack packet · conntrack entries at "
+           "the end. Full tables: [docs/benchmarks.md](docs/benchmarks.md).", "",
+           "| flood | " + " | ".join(README_DEFENCES) + " |", "|---|" + "---|" * len(README_DEFENCES)]
+    for name, (what, *_rest) in SCENARIOS.items():
+        cells = []
+        for defence in README_DEFENCES:
+            r = rows.get((name, defence))
+            cells.append("—" if r is None else f"{r['new_ok_pct']:.0f} % · {r['softirq_us_per_pkt']:.1f} µs · "
+                                               f"{r['conntrack']:,}")
+        if any(c != "—" for c in cells):
+            out.append(f"| {what} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def write_readme(path: Path, summary: dict, env: dict) -> None:
+    """Replace the block between README_BEGIN and README_END in ``path`` with threat_table()."""
+    text = path.read_text()
+    begin, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+    path.write_text(text[:begin] + "\n" + threat_table(summary, env) + text[end:])
+
+
 def write_picture(path: Path, summary: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -511,6 +544,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1.0,
                     help="seconds per connect: 1 s allows one SYN (Linux's first retransmission is at 1 s)")
     ap.add_argument("--out", default=str(ROOT / "docs"), help="directory for benchmarks.md/.json/.png")
+    ap.add_argument("--readme", default=None, help="also write the run's threat table into this README's marked block")
     args = ap.parse_args()
     args.reps = args.reps or (1 if args.quick else 3)
     args.duration = args.duration or (2.0 if args.quick else 4.0)
@@ -550,6 +584,8 @@ def main() -> int:
                                                      "status_seconds": bench.status_seconds}, indent=1) + "\n")
     write_markdown(out / "benchmarks.md", summary, env, bench.status_seconds)
     write_picture(out / "benchmarks.png", summary)
+    if args.readme:
+        write_readme(Path(args.readme), summary, env)
     print(f"wrote {out / 'benchmarks.md'}, benchmarks.json, benchmarks.png in {took:.0f} s")
     return rc
 
