@@ -41,7 +41,8 @@ def _flood_closed_port(victim, attacker) -> dict:
     return {"legit": legit, "conntrack": victim.conntrack_count(), "arrived": truth.counts()["flood"]}
 
 
-@pytest.mark.parametrize("backend", netlab.BACKENDS)
+# the iptables flavours share the rendering and the xt matches: legacy covers iptables-nft (11 s less)
+@pytest.mark.parametrize("backend", ["nft", "iptables-legacy"])
 def test_a_closed_port_flood_leaves_conntrack_alone_and_udp_services_answer(lab, write_policy, backend):
     victim, attacker = lab
     with netlab.pod(victim) as pod, netlab.udp_echo(pod, netlab.POD4, HOST_UDP), \

@@ -22,13 +22,12 @@ import netlab
 from guard.attacklog import read_records
 from netlab import FRESH4, VICTIM4
 
-TWO = {"10.77.0.2": "u100", FRESH4[0]: "u1000"}  # ~10,000/s and ~1,000/s: 1:10
 TEN = {f"10.77.1.{i}": f"u{100 * i}" for i in range(1, 11)}  # ~10,000/s down to ~1,000/s
 
 
-# iptables-nft with ten sources covers its two-source case too (one fewer 13 s flood in the suite)
-@pytest.mark.parametrize("backend,sources", [("nft", TWO), ("nft", TEN), ("iptables-nft", TEN)],
-                         ids=["two sources-nft", "ten sources-nft", "ten sources-iptables-nft"])
+# ten sources cover the two-source case (the same odds and counts, more of them): one case a backend
+@pytest.mark.parametrize("backend,sources", [("nft", TEN), ("iptables-nft", TEN)],
+                         ids=["ten sources-nft", "ten sources-iptables-nft"])
 def test_sources_sharing_a_group_are_each_estimated_within_5_percent(lab, write_policy, tmp_path, backend, sources):
     victim, attacker = lab
     policy = write_policy(netlab.backend_policy(backend, f"""
