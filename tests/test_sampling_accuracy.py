@@ -20,7 +20,7 @@ import pytest
 
 import netlab
 from guard.attacklog import read_records
-from netlab import FRESH4, VICTIM4
+from netlab import VICTIM4
 
 TEN = {f"10.77.1.{i}": f"u{100 * i}" for i in range(1, 11)}  # ~10,000/s down to ~1,000/s
 
