@@ -113,6 +113,10 @@ class Backend(Protocol):
     def manual_bans(self, nft: Nft, name: str) -> list[tuple[str, int | None, str]]:
         """(prefix, seconds left or None, reason) of every entry of the manual ban set ``name``."""
 
+    def restore_elements(self, nft: Nft, name: str, rows: list[tuple[str, int | None, str]]) -> None:
+        """Add (key, seconds left or None, reason) elements to the installed set ``name`` in one
+        transaction (persist.py); an element already there keeps its own timeout."""
+
     def add_elements(self, nft: Nft, s: AddrSet, elements: Iterable[str], timeout_s: int) -> None:
         """Add ``elements`` to set ``s`` with ``timeout_s``, restarting the timeout of any already there
         (the SYN valve's refresh: the kernel removes them when nobody refreshes them)."""

@@ -251,6 +251,10 @@ class IptBackend:
         # -exist: a ban made again takes the new timeout (0: none); an ipset member keeps no reason
         Ipset.restore(f"add {name} {prefix} timeout {for_s or 0} -exist\n")
 
+    def restore_elements(self, nft: Nft, name: str, rows: list[tuple[str, int | None, str]]) -> None:
+        # -exist: one already there is no error (its timeout becomes the snapshot's, which is as old)
+        Ipset.restore("".join(f"add {name} {key} timeout {left or 0} -exist\n" for key, left, _why in rows))
+
     def manual_bans(self, nft: Nft, name: str) -> list[tuple[str, int | None, str]]:
         return [(m, left or None, "") for m, left in Ipset.timeouts(name).items()]
 

@@ -219,6 +219,13 @@ class NftBackend:
         add = {"add": {"element": {**ref, "elem": [{"elem": elem}]}}}
         nft.run({"nftables": [add, {"delete": {"element": {**ref, "elem": [val]}}}, add]}, what="ban")
 
+    def restore_elements(self, nft: Nft, name: str, rows: list[tuple[str, int | None, str]]) -> None:
+        # "add" leaves an element already there alone: the kernel's timeout is the newer one
+        elems = [{"elem": {"val": _value(key), **({"timeout": left} if left else {}), **({"comment": why} if why else {})}}
+                 for key, left, why in rows]
+        nft.run({"nftables": [{"add": {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": elems}}}]},
+                what="restore")
+
     def manual_bans(self, nft: Nft, name: str) -> list[tuple[str, int | None, str]]:
         out = []
         for e in nft.set_elements(FAMILY, TABLE, name):

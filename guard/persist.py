@@ -1,0 +1,196 @@
+"""Bans and trusted sources that outlive the kernel's copy: a reboot, a foreign ``nft flush ruleset``.
+
+The sets whose elements the kernel (escalation's ``banned-*``, ``trusted-*``) or ``nodeguard ban``
+(``manual-*``) made are snapshotted to a JSON file under the data dirs (``watcher.snapshot_file``),
+each element with its absolute wall-clock expiry: monotonic clocks restart with the machine. They are
+added back after an install and after a repair that recreated the sets, each with what is left of its
+time (capped at its set's timeout); what expired meanwhile is not. Deny files are policy, not state,
+and are never snapshotted.
+
+The file is untrusted input when read back (statefile.load): a corrupted one is ignored with one
+warning, and an entry that is not an address of its set's family is skipped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import statefile
+from .configfile import write_atomic
+from .manual import MAX_FOR_S, MAX_REASON
+from .model.ruleset import AddrSet
+from .policy.schema import outermost
+
+if TYPE_CHECKING:
+    from .backend.nft import Nft
+
+log = logging.getLogger("nodeguard.persist")
+
+FORMAT = 1
+KINDS = ("banned", "trusted", "manual")  # what an entry's "set" names
+
+
+@dataclass(frozen=True)
+class Entry:
+    set: str  # one of KINDS
+    v: int  # IP version
+    key: str  # an address (banned IPv6: its /64's network address); manual: a prefix
+    expires: float | None  # wall-clock time (time.time()); None: until unbanned (manual only)
+    reason: str = ""
+
+
+def persisted_sets(plan) -> dict[tuple[str, int], AddrSet]:
+    """(one of KINDS, IP version) -> the plan's set."""
+    out = {}
+    for s in plan.ruleset.sets:
+        kind = "banned" if s.kind == "escalation" and s.role == "banned" else s.kind
+        if kind in KINDS:
+            out[(kind, s.version)] = s
+    return out
+
+
+SNAPSHOT_NAME = "sets.json"  # beside the last good policy (lastgood.DEFAULT: /var/lib/nodeguard)
+
+
+def path_for(policy, last_good: str | Path | None) -> Path | None:
+    """``watcher.snapshot_file``, else sets.json beside the daemon's last good policy; None: neither
+    (``nodeguard watch`` keeps no snapshot)."""
+    if policy.watcher.snapshot_file is not None:
+        return Path(policy.watcher.snapshot_file)
+    return Path(last_good).parent / SNAPSHOT_NAME if last_good is not None else None
+
+
+# --- taking and writing -------------------------------------------------------------------------
+def take(plan, nft: Nft, now: float, previous: list[Entry] = ()) -> list[Entry]:
+    """Every element of the persisted sets, from the kernel. A set not installed (flushed away, not
+    yet repaired) keeps its entries from ``previous``: a snapshot is never emptied by the damage it
+    is there to undo."""
+    sets = persisted_sets(plan)
+    names = plan.backend.installed_sets(nft, sets)
+    out = [e for e in previous if (e.set, e.v) in sets and (e.set, e.v) not in names]
+    for (kind, version), name in sorted(names.items()):
+        if kind == "manual":
+            rows = plan.backend.manual_bans(nft, name)
+        else:
+            rows = [(key, left, "") for key, left in plan.backend.timeouts(nft, name)]
+        for key, left, why in rows:
+            if left is None and kind != "manual":
+                continue  # a timed set's element without a timeout: nothing sane to restore it with
+            key = str(ipaddress.ip_network(key)) if kind == "manual" else key
+            out.append(Entry(kind, version, key, None if left is None else now + left, why))
+    return out
+
+
+def encode(entries: list[Entry], now: float) -> bytes:
+    return json.dumps({"format": FORMAT, "taken": now, "entries": [asdict(e) for e in entries]}).encode()
+
+
+def write(path: str | Path, entries: list[Entry], now: float) -> None:
+    write_atomic(path, encode(entries, now))
+
+
+# --- reading back ----------------------------------------------------------------------------
+def _check(data) -> None:
+    statefile.fields({"format": (lambda v: v == FORMAT, f"{FORMAT}"),
+                      "taken": (statefile.is_number, "a time"),
+                      "entries": (lambda v: isinstance(v, list), "a list")})(data)
+    if "entries" not in data or "taken" not in data:
+        raise statefile.Invalid("no entries or no time taken")
+
+
+def load(path: str | Path) -> tuple[float, list[Entry]] | None:
+    """(when it was taken, its valid entries); None when missing or unreadable (one warning)."""
+    data = statefile.load(path, _check)
+    if data is None:
+        return None
+    entries = [e for e in map(entry, data["entries"]) if e is not None]
+    if len(entries) < len(data["entries"]):
+        log.warning("%s: %d of %d entries skipped (not an address of their set's family)", path,
+                    len(data["entries"]) - len(entries), len(data["entries"]))
+    return data["taken"], entries
+
+
+def entry(raw) -> Entry | None:
+    """One entry of the file, checked; None when anything is wrong with it."""
+    if not isinstance(raw, dict) or raw.get("set") not in KINDS or raw.get("v") not in (4, 6) \
+            or isinstance(raw.get("v"), bool) or not isinstance(raw.get("key"), str) or len(raw["key"]) > 64:
+        return None
+    kind, version, expires, why = raw["set"], raw["v"], raw.get("expires"), raw.get("reason", "")
+    if not statefile.or_none(statefile.is_number)(expires) or (expires is None and kind != "manual"):
+        return None
+    if not isinstance(why, str) or len(why) > MAX_REASON or not why.isprintable():
+        return None
+    try:
+        net = ipaddress.ip_network(raw["key"], strict=True)
+    except ValueError:
+        return None
+    if net.version != version or net.network_address.is_unspecified:
+        return None
+    if kind == "manual":
+        key = str(net)
+    elif net.num_addresses != 1:
+        return None
+    else:
+        addr = net.network_address
+        if kind == "banned" and version == 6:  # keyed by its /64, as the kernel keys it
+            addr = ipaddress.ip_network(f"{addr}/64", strict=False).network_address
+        key = str(addr)
+    return Entry(kind, version, key, expires, why if kind == "manual" else "")
+
+
+# --- restoring ---------------------------------------------------------------------------------
+def due(entries: list[Entry], sets: dict[tuple[str, int], AddrSet], now: float
+        ) -> dict[tuple[str, int], list[tuple[str, int | None, str]]]:
+    """(kind, version) -> [(key, seconds left or None, reason)] to add back: what expired is left
+    out, the rest capped at its set's timeout (manual: at the longest ban ``nodeguard ban`` makes);
+    manual prefixes inside another are dropped (an interval set refuses overlaps), and no set gets
+    more than its size."""
+    out: dict[tuple[str, int], list[tuple[str, int | None, str]]] = {}
+    for e in entries:
+        s = sets.get((e.set, e.v))
+        if s is None:
+            continue
+        left = None
+        if e.expires is not None:
+            left = min(math.floor(e.expires - now), s.timeout_s or MAX_FOR_S)
+            if left <= 0:
+                continue
+        out.setdefault((e.set, e.v), []).append((e.key, left, e.reason))
+    for (kind, version), rows in out.items():
+        if kind == "manual":
+            keep = {str(n) for n in outermost([ipaddress.ip_network(k) for k, _l, _r in rows], version)}
+            rows[:] = [r for r in dict((r[0], r) for r in rows).values() if r[0] in keep]
+        del rows[sets[(kind, version)].size:]
+    return out
+
+
+def restore(plan, nft: Nft, path: str | Path, now: float | None = None) -> int:
+    """Add back what the snapshot at ``path`` holds and has time left; returns how many elements.
+    An element already in the kernel keeps its own timeout. A failure is one warning: protection
+    stands without the restored entries."""
+    loaded = load(path)
+    if loaded is None:
+        return 0
+    now = time.time() if now is None else now
+    sets = persisted_sets(plan)
+    names = plan.backend.installed_sets(nft, sets)
+    added = 0
+    for key, rows in sorted(due(loaded[1], sets, now).items()):
+        if key not in names or not rows:
+            continue
+        try:
+            plan.backend.restore_elements(nft, names[key], rows)
+        except Exception as exc:  # noqa: BLE001 - a bad snapshot must never stop an install or repair
+            log.warning("%s: restoring %s-v%d: %s", path, key[0], key[1], str(exc)[:200])
+            continue
+        added += len(rows)
+    if added:
+        log.info("restored %d banned, trusted and manually banned sources from %s", added, path)
+    return added
