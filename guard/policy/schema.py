@@ -239,13 +239,18 @@ class Meter(_Section):
 
 
 class Watcher(_Section):
-    """``nodeguard watch``: how fast it verifies, and how it damps insert wars."""
+    """``nodeguard watch``: how fast it verifies, and how it damps insert wars. ``nodeguard run``
+    snapshots bans and trusted sources to ``snapshot_file`` (persist.path_for) every
+    ``snapshot_interval_s`` and on stop, and adds them back after an install or a repair that
+    recreated their sets (persist.py)."""
 
     verify_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     legacy_poll_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     max_repairs_per_minute: Annotated[int, Field(ge=1, le=1000, strict=True)] = 10
     backoff_max_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     state_file: DataPath = STATE_FILE
+    snapshot_file: DataPath | None = None  # None: sets.json beside the last good policy (/var/lib/nodeguard)
+    snapshot_interval_s: Annotated[float, Field(ge=1, le=3600)] = 5.0
 
 
 class Rotate(_Section):

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .. import sampling_odds
+from .. import persist, sampling_odds
 from ..apply import Plan, apply_plan, choose_flavour, install_in_place, make_plan, transaction
 from ..apply import read_state as read_live_state
 from ..backend.legacy_fingerprint import legacy_fingerprint
@@ -36,12 +36,18 @@ from .scope import Scope, _union
 log = logging.getLogger("nodeguard.watch")
 RETRY_MAX_S = 30.0
 INTERFACES_NOTE = "interfaces"  # note topic: the default route's interface is gone, the last known ones kept
+RECREATED = frozenset({"table_missing", "object_missing"})  # drift whose repair creates sets anew: empty
 
 
 class Watcher(WatchLoop):
     def __init__(self, policy: Policy, nft: Nft, clock: Callable[[], float] = time.monotonic,
-                 on_good: Callable[[Policy], None] | None = None, odds_from_file: bool = False):
+                 on_good: Callable[[Policy], None] | None = None, odds_from_file: bool = False,
+                 last_good: Path | None = None):
         self.policy = policy
+        self.last_good = last_good  # the daemon's: its snapshot of bans lives beside it (persist.path_for)
+        # odd while an install or repair has not yet restored the snapshot: a snapshot taken meanwhile
+        # (daemon/snapshot_part.py) would save empty sets, and is thrown away
+        self.epoch = 0
         # ``nodeguard watch`` beside ``nodeguard sample``: that sampler installs its odds and writes
         # the file; this watcher renders with the file's, read at each render, so it never undoes them
         self.odds_from_file = odds_from_file
@@ -83,6 +89,22 @@ class Watcher(WatchLoop):
     @property
     def state_file(self) -> Path:
         return Path(self.policy.watcher.state_file)
+
+    @property
+    def snapshot_path(self) -> Path | None:
+        return persist.path_for(self.policy, self.last_good)
+
+    def _install(self, plan: Plan, restore: bool, **kw):
+        """apply_plan, then (``restore``: its sets are new, so empty) the snapshot added back."""
+        self.epoch += 1
+        try:
+            tx = apply_plan(plan, self.nft, **kw)
+            path = self.snapshot_path
+            if restore and path is not None:
+                persist.restore(plan, self.nft, path)
+        finally:
+            self.epoch += 1
+        return tx
 
     # --- one step each ---------------------------------------------------------------
     def interfaces(self, policy: Policy) -> tuple[str, ...]:
@@ -172,7 +194,7 @@ class Watcher(WatchLoop):
             log.info("%s: %s", "adopted the installed rules, rewriting in place" if drift.in_place else "installing",
                      drift)
             kept = plan.backend.fingerprints(live) if drift.in_place else None
-            apply_plan(plan, self.nft, live=live, fingerprints=kept)
+            self._install(plan, not drift.in_place, live=live, fingerprints=kept)
             self._live = None
             self._recheck = self._record(plan) is not None
             if not drift.in_place:
@@ -211,8 +233,9 @@ class Watcher(WatchLoop):
         families = (4, 6) if switching else tuple(sorted(drift.families))
         if scope is not None and not switching and plan.backend.needs_full_read(live, families, self.fingerprints):
             live = self._read(plan, None)  # it rebuilds chains: the ipsets they use, as they are now
-        tx = apply_plan(plan, self.nft, families=families, repair=not switching, live=live,
-                        fingerprints=None if switching else self.fingerprints)
+        recreated = switching or any(r.kind in RECREATED for r in drift.reasons)
+        tx = self._install(plan, recreated, families=families, repair=not switching, live=live,
+                           fingerprints=None if switching else self.fingerprints)
         self._after_repair(plan, tx, None if switching else frozenset(families))
         done = self.clock()
         self.state["in_sync"] = True
