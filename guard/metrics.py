@@ -65,6 +65,7 @@ class Snapshot(TypedDict, total=False):
     port_updates: int                   # updates of the syn.synproxy.ports: auto set since start (never repairs)
     last_apply: float | None            # unix time of the last transaction that installed our rules
     syn_valve: dict[str, Any] | None    # {"engaged": bool, "engagements": n}: syn.valve auto (daemon/valve_part.py)
+    state_snapshot_age_s: float | None  # seconds since bans were last snapshotted (daemon/snapshot_part.py)
     components: dict[str, dict[str, Any]]  # "sampler"/"metrics" -> {"up": bool, "restarts": n}: parts the
                                         # daemon restarts with backoff when they fail
     datapath: dict[str, Any]            # datapath.Reading.data(): {"bypasses": [{"interface", "kind", ...}],
@@ -199,6 +200,11 @@ class NodeguardCollector:
                                     value=int(bool(valve["engaged"])))
             yield CounterMetricFamily("nodeguard_syn_valve_engagements", "Times the SYN valve engaged since the "
                                       "daemon started", value=int(valve["engagements"]))
+
+        if s.get("state_snapshot_age_s") is not None:
+            yield GaugeMetricFamily("nodeguard_state_snapshot_age_seconds", "Seconds since bans, manual bans "
+                                    "and trusted sources were last snapshotted (restored after a reboot or a "
+                                    "flushed table); it grows when snapshots fail", value=float(s["state_snapshot_age_s"]))
 
         up = GaugeMetricFamily("nodeguard_component_up", "1 while a part of the daemon runs (it is restarted "
                                "with backoff when it fails; the watcher goes on regardless)", labels=["component"])

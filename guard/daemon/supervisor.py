@@ -30,6 +30,7 @@ from ..policy.schema import Policy
 from ..watch.watcher import Watcher
 from .parts import MetricsPart, SamplerPart
 from .provider import MetricsProvider
+from .snapshot_part import SnapshotPart
 from .valve_part import ValvePart
 
 log = logging.getLogger("nodeguard.run")
@@ -63,6 +64,7 @@ class Daemon:
         self.valve = ValvePart(lambda: self.watcher.last_plan if self.watcher else None,
                                lambda: self.watcher.policy.syn.valve_engage_failures, clock)
         self.provider = MetricsProvider(self, clock)
+        self.snapshots = SnapshotPart(lambda: self.watcher, clock)
         self.configured: Path | None = configured_path(opts.config)
         self.repair_kinds: dict[str, int] = {}
         self._stop = False
@@ -106,7 +108,8 @@ class Daemon:
         self.feed = lastgood.ConfiguredPolicy(config, self.nft, log, Path(self.opts.last_good))
         self.metrics = MetricsPart(self._metrics_listen(self.feed.first), self.provider, self.heartbeat, self.clock)
         self.watcher = Watcher(self.feed.first, self.nft,
-                               on_good=lambda p: self.feed.accepted(p, self.watcher.policy))
+                               on_good=lambda p: self.feed.accepted(p, self.watcher.policy),
+                               last_good=Path(self.opts.last_good))
         self.feed.note_fallback(self.watcher)
 
     # --- run --------------------------------------------------------------------------------
@@ -125,6 +128,7 @@ class Daemon:
             self.notifier.stopping("stopping")
             self.sampler.stop()
             self.valve.stop()
+            self.snapshots.stop()
             if self.metrics is not None:
                 self.metrics.stop()
             for sig, handler in old.items():
@@ -200,6 +204,7 @@ class Daemon:
             self.sampler.tick(w.policy, w.last_plan, odds_only=w.last_plan is self._odds_plan)
             self.metrics.tick()
             self.valve.tick()
+            self.snapshots.tick()
             if now >= self._next_status:
                 self._refresh_rate(now)
             text = self.status_text()
@@ -284,6 +289,7 @@ class Daemon:
             "sampler": {"transport": sampling.transport if sampling else None,
                         "nflog_enobufs": self.sampler.enobufs(), "queues": queues},
             "syn_valve": self.valve.snapshot(),
+            "state_snapshot_age_s": self.snapshots.age(),
             "components": {p.name: {"up": p.running, "restarts": p.restarts}
                            for p in (self.sampler, self.metrics) if p is not None
                            and (p is not self.sampler or sampling is not None)},

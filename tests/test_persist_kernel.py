@@ -1,0 +1,65 @@
+"""Bans outlive a stopped daemon and a flushed ruleset (guard/persist.py), with real packets: a ban by
+hand and an escalation ban are snapshotted on stop, come back with what is left of their time when
+``nodeguard run`` starts on an empty ruleset and when it repairs a flush, and drop at ingress again; a
+ban that expired while the daemon was down does not come back."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import netlab
+from netlab import ATTACKER4, FRESH4, TRUSTED4, VICTIM4, VICTIM_IF, wait_until
+from test_daemon import Run, write
+
+INGRESS = f"ingress-{VICTIM_IF}"
+ESCALATED = FRESH4[0]  # banned by escalation (added to its set directly: no flood needed)
+
+
+def _bans(victim, policy: str) -> dict[str, tuple[str, int | None]]:
+    rows = json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"]
+    return {r["source"]: (r["by"], r["expires_in_s"]) for r in rows}
+
+
+def _replies(attacker, src: str) -> int:
+    return netlab.ping_stats(attacker.run(["ping", "-4", "-c", "2", "-i", "0.2", "-W", "1", "-I", src, VICTIM4],
+                                          check=False).stdout)[1]
+
+
+def test_bans_come_back_after_a_stop_and_a_flush_with_their_time_left_and_the_expired_do_not(lab, tmp_path):
+    victim, attacker = lab
+    snap = tmp_path / "sets.json"
+    policy = write(tmp_path / "p.yaml", f"sampler:\n  enabled: false\n  log: {tmp_path}/attacks.jsonl\n"
+                   f"watcher:\n  state_file: {tmp_path}/watch.json\n  verify_interval_s: 0.5\n"
+                   f"  snapshot_file: {snap}\n  snapshot_interval_s: 1\n")
+    run = Run(victim, tmp_path, policy)
+    run.wait_ready()
+    banned_at = time.monotonic()
+    victim.nodeguard("ban", f"{ATTACKER4}/32", "--for", "60s", "--reason", "flooder", "-c", policy)
+    banned_set = next(s["set"]["name"] for s in victim.nft_json("sets")
+                      if s.get("set", {}).get("name", "").startswith("banned-v4-"))
+    victim.run(f"nft add element inet nodeguard {banned_set} {{ {ESCALATED} timeout 40s }}")
+    short_at = time.monotonic()
+    victim.nodeguard("ban", f"{TRUSTED4}/32", "--for", "3s", "-c", policy)  # expires while the daemon is down
+    assert run.stop() == 0
+    held = {(e["set"], e["key"]) for e in json.loads(snap.read_text())["entries"]}
+    assert held == {("manual", f"{ATTACKER4}/32"), ("manual", f"{TRUSTED4}/32"), ("banned", ESCALATED)}
+
+    victim.run("nft flush ruleset")
+    time.sleep(max(0.0, short_at + 3.2 - time.monotonic()))  # the 3 s ban is over
+    run = Run(victim, tmp_path, policy, name="run2")
+    run.wait_ready()
+    bans = _bans(victim, policy)
+    down = int(time.monotonic() - banned_at)  # the time went on while nodeguard was down
+    assert set(bans) == {f"{ATTACKER4}/32", ESCALATED}, run.log
+    assert bans[f"{ATTACKER4}/32"][0] == "hand" and 0 < bans[f"{ATTACKER4}/32"][1] <= 60 - down
+    assert bans[ESCALATED][0] == "escalation" and 0 < bans[ESCALATED][1] <= 40 - down
+    assert _replies(attacker, ATTACKER4) == 0
+    assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
+
+    # a flush while it runs: the repair brings the bans back within one watcher cycle
+    victim.run("nft flush ruleset")
+    wait_until(lambda: set(_bans(victim, policy)) == {f"{ATTACKER4}/32", ESCALATED}, timeout=3)
+    assert _replies(attacker, ATTACKER4) == 0 and _replies(attacker, TRUSTED4) == 2
+    assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
+    assert run.stop() == 0
