@@ -124,6 +124,9 @@ DESCRIPTIONS = {
     "watcher.max_repairs_per_minute": "beyond this, repairs back off",
     "watcher.backoff_max_s": "the longest repair backoff",
     "watcher.state_file": "the watcher's published state (`status`), beside it the sampling odds and the heartbeat `nodeguard healthz` reads; " + DATA_DIRS_NOTE,
+    "watcher.snapshot_file": "`nodeguard run`'s snapshot of bans, manual bans and trusted sources, restored after a "
+                             "reboot or a flushed table; unset: `sets.json` beside `--last-good`; " + DATA_DIRS_NOTE,
+    "watcher.snapshot_interval_s": "how often `nodeguard run` snapshots them (and once on stop)",
     "sampler": "a capped sample of condemned packets goes to the attack log",
     "sampler.enabled": "`false`: no sampling, no attack log",
     "sampler.transport": "`auto`: nfqueue where the kernel has it (nft `queue`; iptables: xt NFQUEUE), else nflog",

@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from guard import lastgood, persist
 from guard.metrics import parse_listen
 from guard.policy.load import parse_policy
 from netlab import ROOT
@@ -63,7 +64,7 @@ def test_the_daemonset_runs_unprivileged_with_two_capabilities_on_every_node(ds)
     assert load("serviceaccount.yaml")["automountServiceAccountToken"] is False
 
 
-def test_the_daemonset_mounts_the_policy_the_attack_log_and_the_iptables_lock(ds):
+def test_the_daemonset_mounts_the_policy_the_attack_log_the_state_and_the_iptables_lock(ds):
     pod = ds["spec"]["template"]["spec"]
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -76,6 +77,10 @@ def test_the_daemonset_mounts_the_policy_the_attack_log_and_the_iptables_lock(ds
     policy = parse_policy(load("configmap.yaml")["data"]["config.yaml"], "configmap.yaml")
     assert Path(policy.sampler.log).parent == Path("/var/log/nodeguard")
     assert Path(policy.watcher.state_file).parent == Path(mounts["run"]["mountPath"])
+    # the snapshot of bans outlives the pod, on the node: a restarted pod restores them
+    snapshot = persist.path_for(policy, lastgood.DEFAULT)
+    assert volumes["state"]["hostPath"] == {"path": str(snapshot.parent), "type": "DirectoryOrCreate"}
+    assert mounts["state"]["mountPath"] == str(snapshot.parent)
 
 
 def test_probes_and_scrapes_reach_the_metrics_listener(ds):
