@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,7 +89,8 @@ def take(plan, nft: Nft, now: float, previous: list[Entry] = ()) -> list[Entry]:
 
 
 def encode(entries: list[Entry], now: float) -> bytes:
-    return json.dumps({"format": FORMAT, "taken": now, "entries": [asdict(e) for e in entries]}).encode()
+    rows = [{"set": e.set, "v": e.v, "key": e.key, "expires": e.expires, "reason": e.reason} for e in entries]
+    return json.dumps({"format": FORMAT, "taken": now, "entries": rows}).encode()
 
 
 def write(path: str | Path, entries: list[Entry], now: float) -> None:
@@ -127,21 +128,16 @@ def entry(raw) -> Entry | None:
         return None
     if not isinstance(why, str) or len(why) > MAX_REASON or not why.isprintable():
         return None
-    try:
-        net = ipaddress.ip_network(raw["key"], strict=True)
+    try:  # an address set's key is a bare address (ip_address: a third of ip_network's cost)
+        net = ipaddress.ip_network(raw["key"], strict=True) if kind == "manual" else ipaddress.ip_address(raw["key"])
     except ValueError:
         return None
-    if net.version != version or net.network_address.is_unspecified:
+    addr = net.network_address if kind == "manual" else net
+    if net.version != version or addr.is_unspecified:
         return None
-    if kind == "manual":
-        key = str(net)
-    elif net.num_addresses != 1:
-        return None
-    else:
-        addr = net.network_address
-        if kind == "banned" and version == 6:  # keyed by its /64, as the kernel keys it
-            addr = ipaddress.ip_network(f"{addr}/64", strict=False).network_address
-        key = str(addr)
+    if kind == "banned" and version == 6:  # keyed by its /64, as the kernel keys it
+        addr = ipaddress.ip_network(f"{addr}/64", strict=False).network_address
+    key = str(net) if kind == "manual" else str(addr)
     return Entry(kind, version, key, expires, why if kind == "manual" else "")
 
 
