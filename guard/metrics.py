@@ -201,11 +201,6 @@ class NodeguardCollector:
             yield CounterMetricFamily("nodeguard_syn_valve_engagements", "Times the SYN valve engaged since the "
                                       "daemon started", value=int(valve["engagements"]))
 
-        if s.get("state_snapshot_age_s") is not None:
-            yield GaugeMetricFamily("nodeguard_state_snapshot_age_seconds", "Seconds since bans, manual bans "
-                                    "and trusted sources were last snapshotted (restored after a reboot or a "
-                                    "flushed table); it grows when snapshots fail", value=float(s["state_snapshot_age_s"]))
-
         up = GaugeMetricFamily("nodeguard_component_up", "1 while a part of the daemon runs (it is restarted "
                                "with backoff when it fails; the watcher goes on regardless)", labels=["component"])
         restarts = CounterMetricFamily("nodeguard_component_restarts", "Failures of a part of the daemon, each "
@@ -232,7 +227,7 @@ class NodeguardCollector:
 
     def _sets(self, s: Snapshot) -> Iterator[Metric]:
         """The state nodeguard keeps in kernel sets: how full each one is, the bans it holds and the
-        bans a full set refused. (Where the persisted state's snapshot age belongs too.)"""
+        bans a full set refused, and how old the snapshot of the bans is (persist.py)."""
         labels = ["set", "family", "role"]
         entries = GaugeMetricFamily("nodeguard_set_entries", "Elements in a per-source set (meters, ban, "
                                     "trusted and counting sets); a full set adds nobody new", labels=labels)
@@ -255,6 +250,10 @@ class NodeguardCollector:
             yield CounterMetricFamily("nodeguard_bans_refused", "Packets of sources due a ban (over a per-source "
                                       "limit for escalate.after_s) that a full ban set refused to ban",
                                       value=int(s["bans_refused"]))
+        if s.get("state_snapshot_age_s") is not None:
+            yield GaugeMetricFamily("nodeguard_state_snapshot_age_seconds", "Seconds since bans, manual bans "
+                                    "and trusted sources were last snapshotted (restored after a reboot or a "
+                                    "flushed table); it grows when snapshots fail", value=float(s["state_snapshot_age_s"]))
 
     def _conntrack(self) -> Iterator[Metric]:
         for name, fname, doc in (("nodeguard_conntrack_entries", "nf_conntrack_count", "Conntrack entries in use"),

@@ -23,7 +23,7 @@ def promtool_run(promtool: str, *args: str) -> str:
 
 
 def test_promtool_checks_the_rules(promtool):
-    assert "SUCCESS: 13 rules found" in promtool_run(promtool, "check", "rules", RULES.name)
+    assert "SUCCESS: 14 rules found" in promtool_run(promtool, "check", "rules", RULES.name)
 
 
 def test_promtool_unit_tests_of_the_rules_pass(promtool):

@@ -39,6 +39,7 @@ SNAPSHOT = {
                {"set": "banned-v6", "elements": 3, "size": 16, "version": 6, "role": "banned"},
                {"set": "over-v6", "elements": 5, "size": 65536, "version": 6, "role": "over"}],
     "bans_refused": 42,
+    "state_snapshot_age_s": 3.5,
     "repairs": {"table missing": 2, "priority_undercut": 1},
     "reloads": {"ok": 4, "failed": 1},
     "port_updates": 6,
@@ -109,6 +110,7 @@ def test_a_scrape_reports_every_metric_from_the_provider(serve):
     assert s[("nodeguard_banned_sources", (("family", "ipv4"),))] == 16
     assert s[("nodeguard_banned_sources", (("family", "ipv6"),))] == 3
     assert s[("nodeguard_bans_refused_total", ())] == 42
+    assert s[("nodeguard_state_snapshot_age_seconds", ())] == 3.5
     assert s[("nodeguard_repairs_total", (("reason", "table_missing"),))] == 2
     assert s[("nodeguard_repairs_total", (("reason", "priority_undercut"),))] == 1
     assert s[("nodeguard_reloads_total", (("result", "ok"),))] == 4

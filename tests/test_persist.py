@@ -117,7 +117,5 @@ def test_the_snapshot_lives_beside_the_last_good_policy_unless_the_policy_names_
     assert persist.path_for(named, "/var/lib/nodeguard/last-good.yaml") == tmp_path / "s.json"
 
 
-def test_the_age_of_the_last_snapshot_is_a_gauge():
-    text = generate_latest(registry(lambda: {"state_snapshot_age_s": 3.5})).decode()
-    assert "nodeguard_state_snapshot_age_seconds 3.5" in text
+def test_no_snapshot_yet_is_no_age_not_a_false_one():
     assert "nodeguard_state_snapshot_age_seconds" not in generate_latest(registry(lambda: {})).decode()
