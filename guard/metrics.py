@@ -253,7 +253,8 @@ class NodeguardCollector:
         if s.get("state_snapshot_age_s") is not None:
             yield GaugeMetricFamily("nodeguard_state_snapshot_age_seconds", "Seconds since bans, manual bans "
                                     "and trusted sources were last snapshotted (restored after a reboot or a "
-                                    "flushed table); it grows when snapshots fail", value=float(s["state_snapshot_age_s"]))
+                                    "flushed table); it grows when snapshots fail",
+                                    value=float(s["state_snapshot_age_s"]))
 
     def _conntrack(self) -> Iterator[Metric]:
         for name, fname, doc in (("nodeguard_conntrack_entries", "nf_conntrack_count", "Conntrack entries in use"),

@@ -221,8 +221,8 @@ class NftBackend:
 
     def restore_elements(self, nft: Nft, name: str, rows: list[tuple[str, int | None, str]]) -> None:
         # "add" leaves an element already there alone: the kernel's timeout is the newer one
-        elems = [{"elem": {"val": _value(key), **({"timeout": left} if left else {}), **({"comment": why} if why else {})}}
-                 for key, left, why in rows]
+        elems = [{"elem": {"val": _value(key), **({"timeout": left} if left else {}),
+                           **({"comment": why} if why else {})}} for key, left, why in rows]
         nft.run({"nftables": [{"add": {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": elems}}}]},
                 what="restore")
 
