@@ -28,6 +28,7 @@ from ..notify import Notifier, watchdog_interval
 from ..policy.load import configured_path
 from ..policy.schema import Policy
 from ..watch.watcher import Watcher
+from .crowdsec_part import CrowdsecPart
 from .parts import MetricsPart, SamplerPart
 from .provider import MetricsProvider
 from .valve_part import ValvePart
@@ -62,6 +63,8 @@ class Daemon:
         self.metrics: MetricsPart | None = None
         self.valve = ValvePart(lambda: self.watcher.last_plan if self.watcher else None,
                                lambda: self.watcher.policy.syn.valve_engage_failures, clock)
+        self.crowdsec = CrowdsecPart(lambda: self.watcher.last_plan if self.watcher else None,
+                                     lambda: self.watcher.policy if self.watcher else None, clock)
         self.provider = MetricsProvider(self, clock)
         self.configured: Path | None = configured_path(opts.config)
         self.repair_kinds: dict[str, int] = {}
@@ -125,6 +128,7 @@ class Daemon:
             self.notifier.stopping("stopping")
             self.sampler.stop()
             self.valve.stop()
+            self.crowdsec.stop()
             if self.metrics is not None:
                 self.metrics.stop()
             for sig, handler in old.items():
@@ -200,6 +204,7 @@ class Daemon:
             self.sampler.tick(w.policy, w.last_plan, odds_only=w.last_plan is self._odds_plan)
             self.metrics.tick()
             self.valve.tick()
+            self.crowdsec.tick()
             if now >= self._next_status:
                 self._refresh_rate(now)
             text = self.status_text()
@@ -256,6 +261,8 @@ class Daemon:
         parts.append(f"{self._drops_per_s:.0f} drops/s")
         if self.valve.engaged:
             parts.append("SYN VALVE ENGAGED")
+        if self.crowdsec.problem is not None and self.crowdsec.enabled:
+            parts.append("CROWDSEC PULL FAILING")
         if self.watcher.has_note(lastgood.FALLBACK_NOTE):
             parts.append("RUNNING THE LAST GOOD POLICY")
         down = [p.name for p in (self.sampler, self.metrics) if p is not None and p.backoff.failures and not p.running]
@@ -284,6 +291,7 @@ class Daemon:
             "sampler": {"transport": sampling.transport if sampling else None,
                         "nflog_enobufs": self.sampler.enobufs(), "queues": queues},
             "syn_valve": self.valve.snapshot(),
+            "crowdsec": self.crowdsec.snapshot(),
             "components": {p.name: {"up": p.running, "restarts": p.restarts}
                            for p in (self.sampler, self.metrics) if p is not None
                            and (p is not self.sampler or sampling is not None)},

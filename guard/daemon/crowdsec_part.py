@@ -1,0 +1,163 @@
+"""The daemon's CrowdSec part (``crowdsec.enabled``): a thread that pulls the Local API's decision
+stream every ``pull_interval_s`` and makes the ``crowdsec-*`` sets hold its ban decisions, one
+transaction a pull. It writes only elements of those sets, never a rule (the watcher stays the one
+writer of the ruleset). A failed pull changes nothing in the kernel: the bans in place run out on
+their own timeouts; it is counted, logged at most once a minute, and shown in ``status`` (the file
+guard/crowdsec/state.py) and in the metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from ..backend.nft import Nft, objects
+from ..configfile import read_config, write_atomic
+from ..crowdsec import lapi, state
+from ..crowdsec.decisions import parse_stream
+from ..crowdsec.held import Held, Want
+from ..crowdsec.kernel import transaction
+from ..errors import NodeguardError
+from ..logs import Throttle
+from ..model.ruleset import TABLE
+from ..render.nft import FAMILY
+
+log = logging.getLogger("nodeguard.run")
+
+LOG_EVERY_S = 60.0
+
+
+class CrowdsecPart:
+    """``plan()``/``policy()``: the watcher's last plan and its policy. ``step()`` is one pull; the
+    thread calls it every ``pull_interval_s``."""
+
+    name = "crowdsec"
+
+    def __init__(self, plan: Callable[[], Any], policy: Callable[[], Any], clock: Callable[[], float] = time.monotonic):
+        self.plan, self.policy, self.clock = plan, policy, clock
+        self.held = Held()
+        self.installed: Want | None = None  # what the sets hold since our last write; None: not known
+        self._sets: dict | None = None  # (key -> (kernel name, handle)) when ``installed`` was written
+        self._config: tuple | None = None  # the section the held decisions came with
+        self.last_pull: float | None = None  # unix time of the last pull that reached the kernel
+        self.errors: dict[str, int] = {"pull": 0, "kernel": 0}
+        self.skipped = 0  # stream entries that were not well-formed decisions
+        self.problem: str | None = None  # the last failure, while it lasts
+        self._throttle = Throttle(LOG_EVERY_S, clock)
+        self._nft: Nft | None = None
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    # --- the thread -------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    @property
+    def enabled(self) -> bool:
+        policy = self.policy()
+        return policy is not None and policy.crowdsec.enabled
+
+    def tick(self) -> None:
+        """From the daemon's heartbeat: start the thread once the policy asks for it."""
+        if self.thread is None and self.enabled:
+            self.thread = threading.Thread(target=self._main, name="nodeguard-crowdsec", daemon=True)
+            self.thread.start()
+
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            started = self.clock()
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001 - the next pull tries again
+                self._failed("kernel", f"{type(exc).__name__}: {exc}")
+            policy = self.policy()
+            self._stop.wait(max(0.0, policy.crowdsec.pull_interval_s - (self.clock() - started)))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    # --- one pull -----------------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Pull and write; False when nothing was pulled (off, not installed, a failure)."""
+        policy, plan = self.policy(), self.plan()
+        if policy is None or plan is None or not policy.crowdsec.enabled:
+            return False
+        cs = policy.crowdsec
+        config = (cs.url, cs.api_key_file, cs.scopes, cs.origins)
+        if config != self._config:  # another LAPI or filter: start again from its whole list
+            self._config, self.held, self.installed = config, Held(), None
+            self.last_pull = None
+        try:
+            key = read_config(cs.api_key_file)[0].decode().strip()
+            answer = lapi.stream(cs.url, key, startup=self.last_pull is None)
+            new, deleted, skipped = parse_stream(answer, cs.scopes, cs.origins)
+        except (NodeguardError, lapi.LapiError, UnicodeDecodeError, ValueError) as exc:
+            return self._failed("pull", str(exc))
+        if self._nft is None:
+            self._nft = Nft()
+        sets = self._kernel_sets(plan)
+        now = self.clock()
+        startup = self.last_pull is None
+        self.held.pulled(new, deleted, now, startup)
+        known = self.installed if sets == self._sets else None  # a set recreated (repair, reload): refill
+        text, after = transaction({k: name for k, (name, _h) in sets.items()}, self.held.want(), known, now)
+        try:
+            if text:
+                self._nft.run_text(text, what="crowdsec decisions")
+        except NodeguardError as exc:
+            self.installed = None
+            return self._failed("kernel", str(exc))
+        self.installed, self._sets = after, sets
+        self.skipped += skipped
+        self.last_pull = time.time()
+        if self.problem is not None:
+            log.info("crowdsec: pulling from %s again", cs.url)
+        self.problem = None
+        self._publish(policy)
+        return True
+
+    def _kernel_sets(self, plan) -> dict[tuple[int, str], tuple[str, int]]:
+        """(IP version, role) -> (kernel name, handle) of the installed ``crowdsec-*`` sets: a new handle
+        is a set recreated empty."""
+        ours = {(s.version, s.role): s for s in plan.ruleset.sets if s.kind == "crowdsec"}
+        names = plan.backend.installed_sets(self._nft, ours)
+        handles = {o["name"]: o.get("handle") for o in objects(self._nft.list(f"table {FAMILY} {TABLE}", terse=True),
+                                                                 "set")}
+        return {k: (n, handles.get(n)) for k, n in names.items()}
+
+    def _failed(self, op: str, problem: str) -> bool:
+        self.errors[op] = self.errors.get(op, 0) + 1
+        self.problem = f"{op}: {problem}"
+        held = self._throttle.allow()
+        if held is not None:
+            log.error("crowdsec: %s failed (%s); the bans in place stay until they run out%s", op, problem,
+                      f" ({held} more failures since)" if held else "")
+        policy = self.policy()
+        if policy is not None:
+            self._publish(policy)
+        return False
+
+    # --- what is reported -----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any] | None:
+        """For the metrics and ``status``; None when crowdsec is off."""
+        if not self.enabled:
+            return None
+        return {"decisions": {f"ipv{v}": n for v, n in self.held.counts().items()}, "last_pull": self.last_pull, "errors": dict(self.errors),
+                "skipped": self.skipped, "problem": self.problem}
+
+    def _publish(self, policy) -> None:
+        snap = self.snapshot()
+        if snap is None:
+            return
+        try:
+            write_atomic(state.path(policy.watcher.state_file), json.dumps({"pid": os.getpid(), **snap}).encode())
+        except (NodeguardError, OSError) as exc:
+            log.debug("crowdsec: cannot write its state file: %s", exc)
+
+

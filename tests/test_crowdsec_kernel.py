@@ -1,0 +1,87 @@
+"""CrowdSec with a real Local API (crowdsec -no-cs, in the attacker's namespace at 10.77.0.2) and a real
+``nodeguard run`` on the victim: ban decisions made with cscli reach the victim's ingress sets within
+pull_interval_s + 1 s and drop that source's packets; an allowlisted address inside a banned range still
+gets through; a deleted decision lifts its ban; a LAPI that is gone changes nothing in the kernel."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import crowdsec_lab
+import netlab
+from netlab import ATTACKER4, FRESH4, TRUSTED4, VICTIM4, VICTIM_IF, wait_until
+
+INGRESS = f"ingress-{VICTIM_IF}"
+PULL_S = 1
+
+
+def _replies(attacker, src: str) -> int:
+    return netlab.ping_stats(attacker.run(["ping", "-4", "-c", "1", "-W", "1", "-I", src, VICTIM4],
+                                          check=False).stdout)[1]
+
+
+def _set(victim, base: str) -> str:
+    return next(s["set"]["name"] for s in victim.nft_json("sets") if "set" in s
+                and s["set"]["name"].rsplit("-", 1)[0] == base)
+
+
+def _metric(victim, name: str) -> float:
+    code = ("import sys, urllib.request; "
+            "sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:9632/metrics', timeout=10).read().decode())")
+    line = next(line for line in victim.run([sys.executable, "-c", code]).stdout.splitlines()
+                if line.startswith(name))
+    return float(line.split()[-1])
+
+
+def test_lapi_bans_reach_the_ingress_sets_drop_and_lift_and_survive_the_lapi_going_away(lab, write_policy, tmp_path):
+    victim, attacker = lab
+    banned_ip, (range_a, range_b) = FRESH4[0], FRESH4[1:]  # .5; .6 and .7 = 10.77.0.6/31, .7 allowlisted
+    with crowdsec_lab.lapi(attacker, tmp_path / "cs", f"{ATTACKER4}:8080") as server:
+        key = crowdsec_lab.secret_file(tmp_path / "secrets" / "key", server.bouncer_key())
+        server.cscli("decisions", "add", "--ip", banned_ip, "--duration", "1h")  # before: the startup pull
+        policy = write_policy(netlab.NO_ESCALATION + f"allow:\n  cidrs: [{range_b}/32]\n"
+                              f"crowdsec:\n  enabled: true\n  url: {server.url}\n  api_key_file: {key}\n"
+                              f"  pull_interval_s: {PULL_S}\n")
+        log = open(tmp_path / "run.log", "w")
+        run = victim.popen([sys.executable, "-m", "guard", "run", "-c", policy, "--last-good",
+                            str(tmp_path / "lg.yaml")], stdout=log, stderr=log)
+        try:
+            addresses, ranges = _wait_sets(victim, run, tmp_path)
+            wait_until(lambda: victim.has_element("nft", addresses, banned_ip), timeout=PULL_S + 5, interval=0.05)
+            assert _replies(attacker, banned_ip) == 0 and _replies(attacker, TRUSTED4) == 1
+
+            server.cscli("decisions", "add", "--range", f"{range_a}/31", "--duration", "1h")
+            took = wait_until(lambda: victim.has_element("nft", ranges, range_a), timeout=PULL_S + 1, interval=0.05)
+            print(f"a range decision reached the ingress set in {took:.2f} s")
+            assert _replies(attacker, range_a) == 0
+            assert _replies(attacker, range_b) == 1, "allowlisted: never dropped, even inside a banned range"
+            assert victim.counters()[f"{INGRESS}: banned by crowdsec v4 range"] >= 1
+            assert victim.counters()[f"{INGRESS}: banned by crowdsec v4"] >= 1
+            assert _metric(victim, 'nodeguard_crowdsec_decisions{family="ipv4"}') == 2
+
+            server.cscli("decisions", "delete", "--ip", banned_ip)
+            wait_until(lambda: not victim.has_element("nft", addresses, banned_ip), timeout=PULL_S + 1, interval=0.05)
+            assert _replies(attacker, banned_ip) == 1
+
+            server.stop()  # the LAPI is gone: the range stays banned, status and metrics say so
+            time.sleep(PULL_S * 2 + 0.5)
+            assert victim.has_element("nft", ranges, range_a) and _replies(attacker, range_a) == 0
+            assert _metric(victim, 'nodeguard_crowdsec_errors_total{op="pull"}') >= 1
+            st = json.loads(victim.nodeguard("status", "--json", "-c", policy).stdout)["crowdsec"]
+            assert st["decisions"] == {"ipv4": 1, "ipv6": 0} and "pull" in st["problem"] and st["alive"]
+            assert "crowdsec: " in victim.nodeguard("status", "-c", policy).stdout
+        finally:
+            run.terminate()
+            run.wait(15)
+            log.close()
+    assert "Traceback" not in (tmp_path / "run.log").read_text()
+
+
+def _wait_sets(victim, run, tmp_path) -> tuple[str, str]:
+    def installed() -> bool:
+        assert run.poll() is None, (tmp_path / "run.log").read_text()
+        return any(s["set"]["name"].startswith("crowdsec-ranges-v4") for s in victim.nft_json("sets") if "set" in s)
+    wait_until(installed, timeout=15)
+    return _set(victim, "crowdsec-v4"), _set(victim, "crowdsec-ranges-v4")
