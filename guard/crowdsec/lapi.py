@@ -10,27 +10,28 @@ import urllib.request
 TIMEOUT_S = 10.0  # connect and each read
 MAX_ANSWER = 64 << 20  # bytes: ~300,000 decisions; a longer answer is refused, nothing changes
 USER_AGENT = "nodeguard"
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the LAPI is the cluster's: no proxy
 
 
 class LapiError(Exception):
     """A call that failed; ``str`` is one printable line."""
 
 
-def call(base: str, path: str, headers: dict[str, str], body: object = None) -> object:
+def call(base: str, path: str, headers: dict[str, str], body: object = None, max_bytes: int = MAX_ANSWER) -> object:
     """The parsed JSON answer of ``GET`` (or, with ``body``, ``POST``) ``base`` + ``path``."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base.rstrip("/") + path, data=data, method="GET" if body is None else "POST",
                                  headers={"User-Agent": USER_AGENT, **headers,
                                           **({"Content-Type": "application/json"} if data is not None else {})})
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
-            raw = resp.read(MAX_ANSWER + 1)
+        with _OPENER.open(req, timeout=TIMEOUT_S) as resp:
+            raw = resp.read(max_bytes + 1)
     except urllib.error.HTTPError as exc:
         raise LapiError(f"{path.split('?')[0]}: HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise LapiError(f"{path.split('?')[0]}: {_reason(exc)!a}") from None
-    if len(raw) > MAX_ANSWER:
-        raise LapiError(f"{path.split('?')[0]}: answer over {MAX_ANSWER >> 20} MiB")
+    if len(raw) > max_bytes:
+        raise LapiError(f"{path.split('?')[0]}: answer over {max_bytes} bytes")
     try:
         return json.loads(raw) if raw.strip() else None
     except (ValueError, RecursionError):
