@@ -27,11 +27,13 @@ decisions:
 on_success: break
 """
 MACHINE, PASSWORD = "nodeA", "nodeguard-test-machine-password"
+UNPACKED = Path(__file__).resolve().parent.parent / ".venv" / "crowdsec" / "usr" / "bin"  # deploy/setup.sh --dev
+BIN = {tool: str(UNPACKED / tool) if (UNPACKED / tool).exists() else shutil.which(tool) for tool in ("crowdsec", "cscli")}
 
 
 def require_crowdsec() -> None:
     """Missing crowdsec fails under CI (deploy/setup.sh installs it), skips elsewhere."""
-    if shutil.which("crowdsec") and shutil.which("cscli"):
+    if all(BIN.values()):
         return
     if os.environ.get("CI") == "true":
         pytest.fail("crowdsec and cscli are not installed (deploy/setup.sh --dev installs them)")
@@ -73,7 +75,7 @@ prometheus: {{enabled: false}}
         self.proc: subprocess.Popen | None = None
 
     def cscli(self, *args: str) -> str:
-        res = self.ns.run(["cscli", "-c", str(self.config), *args], check=False)
+        res = self.ns.run([BIN["cscli"], "-c", str(self.config), *args], check=False)
         assert res.returncode == 0, f"cscli {' '.join(args)}: {res.stdout}{res.stderr}"
         return res.stdout
 
@@ -81,7 +83,7 @@ prometheus: {{enabled: false}}
         # the machine's credentials first: cscli decisions add logs in with them
         self.cscli("machines", "add", MACHINE, "--password", PASSWORD, "-f",
                    str(self.root / "etc" / "local_api_credentials.yaml"), "--url", self.url, "--force")
-        self.proc = self.ns.popen(["crowdsec", "-c", str(self.config), "-no-cs"], stdout=subprocess.DEVNULL,
+        self.proc = self.ns.popen([BIN["crowdsec"], "-c", str(self.config), "-no-cs"], stdout=subprocess.DEVNULL,
                                   stderr=open(self.root / "log" / "stderr.log", "w"))
         deadline = time.monotonic() + timeout
         host, port = self.listen.rsplit(":", 1)

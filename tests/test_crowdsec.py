@@ -176,3 +176,15 @@ def test_the_metrics_say_decisions_held_last_pull_and_errors():
     assert got[("nodeguard_crowdsec_last_pull_timestamp_seconds", ())] == 1700000000.0
     assert got[("nodeguard_crowdsec_errors_total", (("op", "pull"),))] == 2
     assert not [k for k in samples(generate_latest(registry(lambda: {})).decode()) if "crowdsec" in k[0]]
+
+
+def test_status_lines_say_what_is_held_and_escape_the_failure():
+    from guard.crowdsec.state import lines
+
+    cs = {"decisions": {"ipv4": 2, "ipv6": 0}, "last_pull": None, "errors": {"pull": 3, "kernel": 0},
+          "problem": "pull: '\x1b[31m'", "alive": True}
+    out = lines(cs, "http://lapi:8080/")
+    assert out[0] == "crowdsec: http://lapi:8080/, 2 IPv4 and 0 IPv6 ban decisions held; no pull yet"
+    assert out[1].startswith("  FAILING: ") and "\x1b" not in out[1] and "pull 3" in out[1]
+    assert lines(None, "http://lapi:8080/") == ["crowdsec: http://lapi:8080/, nothing pulled yet (is nodeguard run "
+                                                "running?)"]
