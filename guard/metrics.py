@@ -252,6 +252,9 @@ def _crowdsec(cs: dict[str, Any] | None) -> Iterator[Metric]:
     if cs.get("last_pull") is not None:
         yield GaugeMetricFamily("nodeguard_crowdsec_last_pull_timestamp_seconds", "Unix time of the last pull "
                                 "of the decision stream that reached the kernel", value=float(cs["last_pull"]))
+    if cs.get("last_push") is not None:
+        yield GaugeMetricFamily("nodeguard_crowdsec_last_push_timestamp_seconds", "Unix time of the last escalation "
+                                "ban the CrowdSec Local API took (crowdsec.push)", value=float(cs["last_push"]))
     errors = CounterMetricFamily("nodeguard_crowdsec_errors", "Failed CrowdSec operations (pull: the Local "
                                  "API or its answer; kernel: writing the decisions; push: reporting a ban)",
                                  labels=["op"])

@@ -98,7 +98,8 @@ prometheus: {{enabled: false}}
         return key
 
     def decisions(self) -> list[dict]:
-        alerts = json.loads(self.cscli("decisions", "list", "-o", "json") or "null") or []
+        """Every decision the LAPI holds (--all: without it cscli lists only origins cscli and crowdsec)."""
+        alerts = json.loads(self.cscli("decisions", "list", "--all", "-o", "json") or "null") or []
         return [d for a in alerts for d in a.get("decisions") or []]
 
     def stop(self) -> None:

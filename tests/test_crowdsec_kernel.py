@@ -10,6 +10,7 @@ import sys
 
 import crowdsec_lab
 import netlab
+from guard.crowdsec.decisions import go_duration
 from netlab import ATTACKER4, FRESH4, TRUSTED4, VICTIM4, VICTIM_IF, wait_until
 
 INGRESS = f"ingress-{VICTIM_IF}"
@@ -83,3 +84,39 @@ def _wait_sets(victim, run, tmp_path) -> tuple[str, str]:
         return any(s["set"]["name"].startswith("crowdsec-ranges-v4") for s in victim.nft_json("sets") if "set" in s)
     wait_until(installed, timeout=15)
     return _set(victim, "crowdsec-v4"), _set(victim, "crowdsec-ranges-v4")
+
+
+PUSHER = """
+import json, sys, time
+from guard.crowdsec import lapi
+from guard.crowdsec.decisions import parse_stream
+from guard.daemon.crowdsec_part import CrowdsecPart
+from guard.policy.load import load_policy
+policy = load_policy(sys.argv[1])[0]
+part = CrowdsecPart(lambda: None, lambda: policy)
+cs = policy.crowdsec
+new, deleted, _ = parse_stream(lapi.stream(cs.url, open(cs.api_key_file).read().strip(), True), cs.scopes, ())
+part.held.pulled(new, deleted, time.monotonic(), True)  # what the LAPI bans: never pushed back
+part.banned([{"type": "ban", "ts": time.time(), "src": s, "groups": ["icmp-flood"], "after_s": 3}
+             for s in ("10.66.0.1", "10.66.0.9", "fd00:1:2:3::/64")])
+print(json.dumps({"pushed": part.push(), "errors": part.errors, "last_push": part.last_push}))
+"""
+
+
+def test_escalation_bans_are_pushed_to_the_lapi_and_its_own_bans_never_back(ns, write_policy, tmp_path):
+    with crowdsec_lab.lapi(ns, tmp_path / "cs", "127.0.0.1:8080") as server:
+        key = crowdsec_lab.secret_file(tmp_path / "secrets" / "key", server.bouncer_key())
+        password = crowdsec_lab.secret_file(tmp_path / "secrets" / "password", crowdsec_lab.PASSWORD)
+        server.cscli("decisions", "add", "--range", "10.66.0.8/29", "--duration", "1h")
+        policy = write_policy(f"escalate:\n  ban_s: 600\ncrowdsec:\n  enabled: true\n  url: {server.url}\n"
+                              f"  api_key_file: {key}\n  push: true\n  machine_id: {crowdsec_lab.MACHINE}\n"
+                              f"  password_file: {password}\n")
+        res = ns.run([sys.executable, "-c", PUSHER, policy])
+        out = json.loads(res.stdout)
+        assert out["pushed"] is True and out["errors"]["push"] == 0 and out["last_push"] > 0, res.stderr
+        pushed = {(d["value"], d["scope"], d["scenario"], d["origin"]) for d in server.decisions()
+                  if d["scenario"].startswith("nodeguard/")}
+        assert pushed == {("10.66.0.1", "Ip", "nodeguard/icmp-flood", crowdsec_lab.MACHINE),
+                          ("fd00:1:2:3::/64", "Range", "nodeguard/icmp-flood", crowdsec_lab.MACHINE)}
+        left = {d["value"]: d["duration"] for d in server.decisions()}
+        assert 590 <= go_duration(left["10.66.0.1"]) <= 600, "the ban lasts escalate.ban_s"

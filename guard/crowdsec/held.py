@@ -38,6 +38,11 @@ class Held:
         for i in [i for i, (_d, until) in self.decisions.items() if until <= now]:
             del self.decisions[i]
 
+    def holds(self, net: Network) -> bool:
+        """Does a decision held cover ``net`` (its prefix, or a range around it)?"""
+        return any(d.net.version == net.version and (d.net == net or d.scope == "Range" and net.subnet_of(d.net))
+                   for d, _until in self.decisions.values())
+
     def counts(self) -> dict[int, int]:
         """IP version -> decisions held."""
         out = {4: 0, 6: 0}

@@ -7,9 +7,11 @@ import json
 import urllib.error
 import urllib.request
 
+from .. import __version__
+
 TIMEOUT_S = 10.0  # connect and each read
 MAX_ANSWER = 64 << 20  # bytes: ~300,000 decisions; a longer answer is refused, nothing changes
-USER_AGENT = "nodeguard"
+USER_AGENT = f"nodeguard/v{__version__}"  # name/version: the LAPI refuses a machine login without it
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the LAPI is the cluster's: no proxy
 
 

@@ -21,6 +21,7 @@ _CHECK = fields({
     "decisions": (lambda v: isinstance(v, dict) and all(is_int(v.get(f)) for f in ("ipv4", "ipv6")),
                   "a count per family"),
     "last_pull": (or_none(is_number), "a time"),
+    "last_push": (or_none(is_number), "a time"),
     "errors": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and is_int(n) for k, n in v.items()),
                "counts per operation"),
     "skipped": (is_int, "a count"),

@@ -7,16 +7,18 @@ guard/crowdsec/state.py) and in the metrics."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 
 from ..backend.nft import Nft, objects
 from ..configfile import read_config, write_atomic
-from ..crowdsec import lapi, state
+from ..crowdsec import lapi, push, state
 from ..crowdsec.decisions import parse_stream
 from ..crowdsec.held import Held, Want
 from ..crowdsec.kernel import transaction
@@ -43,7 +45,10 @@ class CrowdsecPart:
         self._sets: dict | None = None  # (key -> (kernel name, handle)) when ``installed`` was written
         self._config: tuple | None = None  # the section the held decisions came with
         self.last_pull: float | None = None  # unix time of the last pull that reached the kernel
-        self.errors: dict[str, int] = {"pull": 0, "kernel": 0}
+        self.last_push: float | None = None  # unix time of the last escalation ban the LAPI took
+        self.errors: dict[str, int] = {"pull": 0, "kernel": 0, "push": 0}
+        self._bans: deque[dict] = deque(maxlen=push.MAX_QUEUED)  # the sampler's ban records, to push
+        self._bans_lock = threading.Lock()
         self.skipped = 0  # stream entries that were not well-formed decisions
         self.problem: str | None = None  # the last failure, while it lasts
         self._throttle = Throttle(LOG_EVERY_S, clock)
@@ -74,6 +79,7 @@ class CrowdsecPart:
                 self.step()
             except Exception as exc:  # noqa: BLE001 - the next pull tries again
                 self._failed("kernel", f"{type(exc).__name__}: {exc}")
+            self.push()
             policy = self.policy()
             self._stop.wait(max(0.0, policy.crowdsec.pull_interval_s - (self.clock() - started)))
 
@@ -122,6 +128,45 @@ class CrowdsecPart:
         self._publish(policy)
         return True
 
+    # --- push -----------------------------------------------------------------------------------------
+    def banned(self, records: list[dict]) -> None:
+        """From the sampler's thread: escalation's new bans (``ban`` records), pushed by ours."""
+        policy = self.policy()
+        if policy is not None and policy.crowdsec.enabled and policy.crowdsec.push:
+            with self._bans_lock:
+                self._bans.extend(records)
+
+    def push(self) -> bool:
+        """Report the queued escalation bans; on a failure they wait for the next turn. False: none sent."""
+        policy = self.policy()
+        with self._bans_lock:
+            records = list(self._bans)
+            self._bans.clear()
+        if not records or policy is None or not policy.crowdsec.enabled or not policy.crowdsec.push:
+            return False
+        cs = policy.crowdsec
+        alerts = [a for r in records if not self._from_lapi(r)
+                  for a in [push.alert(r, policy.escalate.ban_s, cs.machine_id)] if a is not None]
+        try:
+            if alerts:
+                password = read_config(cs.password_file)[0].decode().strip()
+                push.send(cs.url, cs.machine_id, password, alerts)
+        except (NodeguardError, lapi.LapiError, UnicodeDecodeError) as exc:
+            with self._bans_lock:  # first in line again (a full queue drops the newest)
+                self._bans.extendleft(reversed(records))
+            return self._failed("push", str(exc))
+        if alerts:
+            self.last_push = time.time()
+            self._publish(policy)
+        return bool(alerts)
+
+    def _from_lapi(self, rec: dict) -> bool:
+        """A ban whose source the LAPI already bans: never pushed back."""
+        try:
+            return self.held.holds(ipaddress.ip_network(rec.get("src")))
+        except (TypeError, ValueError):
+            return False
+
     def _kernel_sets(self, plan) -> dict[tuple[int, str], tuple[str, int]]:
         """(IP version, role) -> (kernel name, handle) of the installed ``crowdsec-*`` sets: a new handle
         is a set recreated empty."""
@@ -148,7 +193,8 @@ class CrowdsecPart:
         """For the metrics and ``status``; None when crowdsec is off."""
         if not self.enabled:
             return None
-        return {"decisions": {f"ipv{v}": n for v, n in self.held.counts().items()}, "last_pull": self.last_pull, "errors": dict(self.errors),
+        return {"decisions": {f"ipv{v}": n for v, n in self.held.counts().items()}, "last_pull": self.last_pull,
+                "last_push": self.last_push, "errors": dict(self.errors),
                 "skipped": self.skipped, "problem": self.problem}
 
     def _publish(self, policy) -> None:

@@ -59,12 +59,12 @@ class Daemon:
         self.heartbeat = Heartbeat(max_age_s=MAX_AGE_S)
         self.heartbeat_file = HeartbeatFile()  # for `nodeguard healthz`, the DaemonSet's liveness probe
         self.watcher: Watcher | None = None
-        self.sampler = SamplerPart(clock, post_odds=self._post_odds)
+        self.crowdsec = CrowdsecPart(lambda: self.watcher.last_plan if self.watcher else None,
+                                     lambda: self.watcher.policy if self.watcher else None, clock)
+        self.sampler = SamplerPart(clock, post_odds=self._post_odds, on_bans=self.crowdsec.banned)
         self.metrics: MetricsPart | None = None
         self.valve = ValvePart(lambda: self.watcher.last_plan if self.watcher else None,
                                lambda: self.watcher.policy.syn.valve_engage_failures, clock)
-        self.crowdsec = CrowdsecPart(lambda: self.watcher.last_plan if self.watcher else None,
-                                     lambda: self.watcher.policy if self.watcher else None, clock)
         self.provider = MetricsProvider(self, clock)
         self.configured: Path | None = configured_path(opts.config)
         self.repair_kinds: dict[str, int] = {}
