@@ -30,12 +30,14 @@ def _d(i: int, value: str, scope: str = "Ip", duration: str = "1h", **kw) -> dic
 
 
 @pytest.mark.parametrize("text, seconds", [("59m58.9s", 3598.9), ("3h", 10800), ("1h2m3.5s", 3723.5),
-                                           ("-2.1s", -2.1), ("0", 0), ("300ms", 0.3), ("1.5h", 5400)])
+                                           ("-2.1s", -2.1), ("0", 0), ("300ms", 0.3), ("1.5h", 5400),
+                                           ("3h59m58.123456789s", 14398.123456789), ("1m", 60), ("2h0.5s", 7200.5), ("1h1h", 7200), ("1.s.5s", 1.5)])
 def test_go_durations(text, seconds):
     assert go_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "3", "1h 2m", "1e3s", "h", "1hh", "1d", None, 3600, "9" * 80 + "s"])
+@pytest.mark.parametrize("text", ["", "3", "1h 2m", "1e3s", "h", "1hh", "1d", None, 3600, "9" * 80 + "s",
+                                  "s", "m", ".s", "59m60ss"])
 def test_what_is_not_a_go_duration_is_none(text):
     assert go_duration(text) is None
 
@@ -50,14 +52,14 @@ def test_the_stream_keeps_well_formed_bans_and_counts_what_it_skips():
         _d(6, "10.1.1.4", duration="-1s"),  # already over
         # malformed: counted
         _d(7, "0.0.0.0/0", "Range"), _d(8, "10.1.1.0/24"), _d(9, "not an address"), _d(10, "10.1.1.5", duration="1d"),
-        _d(11, "１０.1.1.6"), _d(12, "fe80::1%eth0"), _d("13", "10.1.1.7"), _d(14, ["x"]), _d(15, "0.0.0.0"),
-        {"id": 16}, "junk", None, 17, _d(18, "10.1.1.8", scenario="x" * 300), _d(True, "10.1.1.9"),
+        _d(11, "１０.1.1.6"), _d(12, "fe80::1%eth0"), _d(19, "010.1.1.1"), _d(22, "::"), _d("13", "10.1.1.7"), _d(14, ["x"]), _d(15, "0.0.0.0"),
+        {"id": 16}, "junk", None, 17, _d(18, "10.1.1.8", scenario="x" * 600), _d(True, "10.1.1.9"),
     ], "deleted": [_d(20, "10.2.2.2"), {"id": "21"}, None]}
     new, deleted, skipped = parse_stream(answer, SCOPES, ("cscli",))
-    assert [(d.id, str(d.net), d.scope) for d in new] == [(1, "10.9.0.0/24", "Range"), (2, "fd00::5/128", "Ip"),
-                                                           (3, "10.1.1.1/32", "Ip")]
+    assert [(d.id, d.net, d.version, d.scope) for d in new] == [(1, "10.9.0.0/24", 4, "Range"), (2, "fd00::5", 6, "Ip"),
+                                                                 (3, "10.1.1.1", 4, "Ip")]
     assert new[0].left_s == 3599 and new[2].left_s == MAX_DURATION_S
-    assert deleted == [20] and skipped == 15 + 2
+    assert deleted == [20] and skipped == 17 + 2
 
 
 def test_scopes_filter_and_a_stream_that_is_not_an_object_raises_a_value_error():
@@ -71,7 +73,9 @@ def test_scopes_filter_and_a_stream_that_is_not_an_object_raises_a_value_error()
 
 def _decision(i: int, net: str, left: int = 100, scenario: str = "s") -> Decision:
     n = ipaddress.ip_network(net)
-    return Decision(i, n, "Ip" if n.prefixlen == n.max_prefixlen else "Range", left, scenario, "cscli")
+    one = n.prefixlen == n.max_prefixlen
+    return Decision(i, str(n.network_address) if one else net, n.version, "Ip" if one else "Range", left, scenario,
+                    "cscli")
 
 
 def test_held_decisions_one_prefix_lasts_as_long_as_its_longest_and_nested_ranges_keep_the_outermost():
@@ -80,13 +84,15 @@ def test_held_decisions_one_prefix_lasts_as_long_as_its_longest_and_nested_range
                  _decision(3, "10.0.0.0/16", 50), _decision(4, "10.0.5.0/24", 500), _decision(5, "fd00::/64", 1000)],
                 [], now=1000.0, startup=True)
     want = held.want()
-    assert want[(4, "address")] == {ipaddress.ip_network("10.0.0.1/32"): (1300.0, "crowdsec other")}
-    assert list(want[(4, "range")]) == [ipaddress.ip_network("10.0.0.0/16")]
+    assert want[(4, "address")] == {"10.0.0.1": (1300.0, "crowdsec other")}
+    assert list(want[(4, "range")]) == ["10.0.0.0/16"]
+    assert held.holds(ipaddress.ip_network("10.0.9.0/24")) and held.holds(ipaddress.ip_network("10.0.0.1/32"))
+    assert not held.holds(ipaddress.ip_network("10.1.0.1/32"))
     assert held.counts() == {4: 4, 6: 1}
     held.pulled([], [2, 3], now=1010.0, startup=False)  # the longer scenario and the wide range deleted
     want = held.want()
-    assert want[(4, "address")] == {ipaddress.ip_network("10.0.0.1/32"): (1100.0, "crowdsec s")}
-    assert list(want[(4, "range")]) == [ipaddress.ip_network("10.0.5.0/24")], "the nested range comes back"
+    assert want[(4, "address")] == {"10.0.0.1": (1100.0, "crowdsec s")}
+    assert list(want[(4, "range")]) == ["10.0.5.0/24"], "the nested range comes back"
     held.pulled([], [], now=1200.0, startup=False)  # decision 1 ran out
     assert held.counts() == {4: 1, 6: 1}
     held.pulled([_decision(9, "10.7.7.7/32")], [], now=1200.0, startup=True)  # a startup pull replaces all

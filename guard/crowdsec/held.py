@@ -6,13 +6,14 @@ pull after the wider one left."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
 from ..policy.schema import outermost
-from .decisions import Decision, Network
+from .decisions import Decision
 
-Want = dict[tuple[int, str], dict[Network, tuple[float, str]]]  # (IP version, "address" | "range") -> ...
+Want = dict[tuple[int, str], dict[str, tuple[float, str]]]  # (IP version, "address" | "range") -> ...
 _UNSAFE = re.compile(r"[^A-Za-z0-9 _./:@'-]")
 MAX_COMMENT = 100  # an nft element comment holds at most 128 bytes
 
@@ -38,25 +39,27 @@ class Held:
         for i in [i for i, (_d, until) in self.decisions.items() if until <= now]:
             del self.decisions[i]
 
-    def holds(self, net: Network) -> bool:
-        """Does a decision held cover ``net`` (its prefix, or a range around it)?"""
-        return any(d.net.version == net.version and (d.net == net or d.scope == "Range" and net.subnet_of(d.net))
+    def holds(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+        """Does a decision held cover ``net`` (its address, or a range around it)?"""
+        one = str(net.network_address) if net.prefixlen == net.max_prefixlen else None
+        return any(d.version == net.version and (d.net == one or d.scope == "Range" and
+                                                 net.subnet_of(ipaddress.ip_network(d.net)))
                    for d, _until in self.decisions.values())
 
     def counts(self) -> dict[int, int]:
         """IP version -> decisions held."""
         out = {4: 0, 6: 0}
         for d, _until in self.decisions.values():
-            out[d.net.version] += 1
+            out[d.version] += 1
         return out
 
     def want(self) -> Want:
         out: Want = {(v, r): {} for v in (4, 6) for r in ("address", "range")}
         for d, until in self.decisions.values():
-            s = out[(d.net.version, "address" if d.scope == "Ip" else "range")]
+            s = out[(d.version, "address" if d.scope == "Ip" else "range")]
             if d.net not in s or s[d.net][0] < until:
                 s[d.net] = (until, comment(d))
         for v in (4, 6):
             ranges = out[(v, "range")]
-            out[(v, "range")] = {n: ranges[n] for n in outermost(list(ranges), v)}
+            out[(v, "range")] = {str(n): ranges[str(n)] for n in outermost([ipaddress.ip_network(r) for r in ranges], v)}
         return out

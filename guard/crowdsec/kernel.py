@@ -1,6 +1,7 @@
 """The one nft transaction a pull makes: from what the sets hold (as the last pull left them) to what
 they should hold (held.Want). Text syntax, not JSON: libnftables parses 100,000 elements three times
-faster from it. Every element text is ours (addresses from ipaddress, comments from held.comment)."""
+faster from it. Every element text is ours (addresses from inet_ntop or ipaddress, comments from
+held.comment)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ def transaction(names: dict[tuple[int, str], str], want: Want, installed: Want |
             lines.append(f"flush set {ref}")
             changed = w
         elif gone or changed:  # add (a no-op if there, so the delete cannot fail), delete, add anew
-            touched = ", ".join(_text(n) for n in (*gone, *changed))
+            touched = ", ".join((*gone, *changed))
             lines += [f"add element {ref} {{ {touched} }}", f"delete element {ref} {{ {touched} }}"]
         if changed:
             lines.append(f"add element {ref} {{ " + ", ".join(
-                f'{_text(n)} timeout {max(1, math.ceil(until - now))}s comment "{c}"'
+                f'{n} timeout {max(1, math.ceil(until - now))}s comment "{c}"'
                 for n, (until, c) in changed.items()) + " }")
     return "\n".join(lines), after
 
@@ -41,6 +42,3 @@ def transaction(names: dict[tuple[int, str], str], want: Want, installed: Want |
 def _differs(a: tuple[float, str], b: tuple[float, str]) -> bool:
     return abs(a[0] - b[0]) >= CLOCK_SLACK_S or a[1] != b[1]
 
-
-def _text(net) -> str:
-    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)

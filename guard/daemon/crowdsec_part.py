@@ -50,6 +50,7 @@ class CrowdsecPart:
         self._bans: deque[dict] = deque(maxlen=push.MAX_QUEUED)  # the sampler's ban records, to push
         self._bans_lock = threading.Lock()
         self.skipped = 0  # stream entries that were not well-formed decisions
+        self.timings: dict[str, float] = {}  # seconds the last pull took: its answer, reading it, the kernel
         self.problem: str | None = None  # the last failure, while it lasts
         self._throttle = Throttle(LOG_EVERY_S, clock)
         self._nft: Nft | None = None
@@ -99,12 +100,15 @@ class CrowdsecPart:
         if config != self._config:  # another LAPI or filter: start again from its whole list
             self._config, self.held, self.installed = config, Held(), None
             self.last_pull = None
+        t0 = time.perf_counter()
         try:
             key = read_config(cs.api_key_file)[0].decode().strip()
             answer = lapi.stream(cs.url, key, startup=self.last_pull is None)
+            t1 = time.perf_counter()
             new, deleted, skipped = parse_stream(answer, cs.scopes, cs.origins)
         except (NodeguardError, lapi.LapiError, UnicodeDecodeError, ValueError) as exc:
             return self._failed("pull", str(exc))
+        t2 = time.perf_counter()
         if self._nft is None:
             self._nft = Nft()
         sets = self._kernel_sets(plan)
@@ -120,6 +124,10 @@ class CrowdsecPart:
             self.installed = None
             return self._failed("kernel", str(exc))
         self.installed, self._sets = after, sets
+        self.timings = {"answer": t1 - t0, "read": t2 - t1, "kernel": time.perf_counter() - t2}
+        if startup:
+            log.info("crowdsec: %d ban decisions from %s (answer %.2f s, read %.2f s, kernel %.2f s; %d skipped)",
+                     len(new), cs.url, *self.timings.values(), skipped)
         self.skipped += skipped
         self.last_pull = time.time()
         if self.problem is not None:
