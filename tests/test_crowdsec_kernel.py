@@ -60,6 +60,11 @@ def test_lapi_bans_reach_the_ingress_sets_drop_and_lift_and_survive_the_lapi_goi
             assert victim.counters()[f"{INGRESS}: banned by crowdsec v4 range"] >= 1
             assert victim.counters()[f"{INGRESS}: banned by crowdsec v4"] >= 1
             assert _metric(victim, 'nodeguard_crowdsec_decisions{family="ipv4"}') == 2
+            bans = json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"]
+            assert sorted((b["source"], b["by"], b["reason"]) for b in bans) == [
+                (f"{banned_ip}/32", "crowdsec", "CrowdSec: manual 'ban' from 'nodeA'"),
+                (f"{range_a}/31", "crowdsec", "CrowdSec: manual 'ban' from 'nodeA'")]
+            assert all(3500 < b["expires_in_s"] <= 3600 for b in bans)
 
             server.cscli("decisions", "delete", "--ip", banned_ip)
             wait_until(lambda: not victim.has_element("nft", addresses, banned_ip), timeout=PULL_S + 1, interval=0.05)
