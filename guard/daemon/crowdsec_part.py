@@ -26,13 +26,14 @@ from ..errors import NodeguardError
 from ..logs import Throttle
 from ..model.ruleset import TABLE
 from ..render.nft import FAMILY
+from .thread_part import ThreadPart
 
 log = logging.getLogger("nodeguard.run")
 
 LOG_EVERY_S = 60.0
 
 
-class CrowdsecPart:
+class CrowdsecPart(ThreadPart):
     """``plan()``/``policy()``: the watcher's last plan and its policy. ``step()`` is one pull; the
     thread calls it every ``pull_interval_s``."""
 
@@ -54,14 +55,9 @@ class CrowdsecPart:
         self.problem: str | None = None  # the last failure, while it lasts
         self._throttle = Throttle(LOG_EVERY_S, clock)
         self._nft: Nft | None = None
-        self._stop = threading.Event()
-        self.thread: threading.Thread | None = None
+        super().__init__()
 
     # --- the thread -------------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
-
     @property
     def enabled(self) -> bool:
         policy = self.policy()
@@ -69,9 +65,8 @@ class CrowdsecPart:
 
     def tick(self) -> None:
         """From the daemon's heartbeat: start the thread once the policy asks for it."""
-        if self.thread is None and self.enabled:
-            self.thread = threading.Thread(target=self._main, name="nodeguard-crowdsec", daemon=True)
-            self.thread.start()
+        if self.enabled:
+            self.start()
 
     def _main(self) -> None:
         while not self._stop.is_set():
@@ -83,11 +78,6 @@ class CrowdsecPart:
             self.push()
             policy = self.policy()
             self._stop.wait(max(0.0, policy.crowdsec.pull_interval_s - (self.clock() - started)))
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
 
     # --- one pull -----------------------------------------------------------------------------------
     def step(self) -> bool:
