@@ -6,7 +6,9 @@ gets through; a deleted decision lifts its ban; a LAPI that is gone changes noth
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import time
 
 import crowdsec_lab
 import netlab
@@ -15,6 +17,7 @@ from netlab import ATTACKER4, FRESH4, TRUSTED4, VICTIM4, VICTIM_IF, wait_until
 
 INGRESS = f"ingress-{VICTIM_IF}"
 PULL_S = 1
+SAMPLER_WINDOW_S = 1
 
 
 def _replies(attacker, src: str) -> int:
@@ -72,7 +75,7 @@ def test_lapi_bans_reach_the_ingress_sets_drop_and_lift_and_survive_the_lapi_goi
 
             server.stop()  # the LAPI is gone: the range stays banned, status and metrics say so
             wait_until(lambda: _metric(victim, 'nodeguard_crowdsec_errors_total{op="pull"}') >= 1,
-                       timeout=PULL_S + 1, interval=0.1)
+                       timeout=PULL_S + 5, interval=0.1)  # each look is a scrape by a new python process
             assert victim.has_element("nft", ranges, range_a) and _replies(attacker, range_a) == 0
             st = json.loads(victim.nodeguard("status", "--json", "-c", policy).stdout)["crowdsec"]
             assert st["decisions"] == {"ipv4": 1, "ipv6": 0} and "pull" in st["problem"] and st["alive"]
@@ -125,3 +128,64 @@ def test_escalation_bans_are_pushed_to_the_lapi_and_its_own_bans_never_back(ns, 
                           ("fd00:1:2:3::/64", "Range", "nodeguard/icmp-flood", crowdsec_lab.MACHINE)}
         left = {d["value"]: d["duration"] for d in server.decisions()}
         assert 590 <= go_duration(left["10.66.0.1"]) <= 600, "the ban lasts escalate.ban_s"
+
+
+def test_a_flooder_banned_on_node_a_is_dropped_on_node_b_and_a_lapi_delete_lifts_it_there(lab, tmp_path):
+    """Node A (the victim) and node B (its own namespace behind the attacker's, 10.78.0.1) each run
+    nodeguard with CrowdSec on; A pushes. The attacker floods A from .5 until escalation bans it there;
+    B drops .5 soon after, by A's pushed decision."""
+    node_a, attacker = lab
+    src = FRESH4[0]
+    with netlab.namespace("ngv") as node_b, crowdsec_lab.lapi(attacker, tmp_path / "cs", "0.0.0.0:8080") as server:
+        netlab.core.veth(node_b, "ngv1", attacker, "ngb1")
+        node_b.run("ip addr add 10.78.0.1/24 dev ngv1")
+        attacker.run("ip addr add 10.78.0.2/24 dev ngb1")
+        node_b.run("ip route add default via 10.78.0.2")
+        secrets = tmp_path / "secrets"
+        password = crowdsec_lab.secret_file(secrets / "password", crowdsec_lab.PASSWORD)
+        runs = []
+        for name, node, url, extra in (
+                ("a", node_a, f"http://{ATTACKER4}:8080/", f"  push: true\n  machine_id: {crowdsec_lab.MACHINE}\n"
+                                                          f"  password_file: {password}\n"),
+                ("b", node_b, "http://10.78.0.2:8080/", "")):
+            (tmp_path / name).mkdir(mode=0o755)
+            key = crowdsec_lab.secret_file(secrets / f"key-{name}", server.bouncer_key(f"node-{name}"))
+            policy = tmp_path / name / "policy.yaml"
+            policy.write_text(
+                "icmp:\n  rate: 100000/second\n  per_source: 10/second burst 10\n"
+                "escalate:\n  after_s: 2\n  gap_s: 1\n  ban_s: 60\n"
+                f"watcher:\n  state_file: {tmp_path}/{name}/watch.json\n"
+                f"sampler:\n  window_s: {SAMPLER_WINDOW_S}\n  log: {tmp_path}/{name}/attacks.jsonl\n"
+                f"crowdsec:\n  enabled: true\n  url: {url}\n  api_key_file: {key}\n  pull_interval_s: {PULL_S}\n"
+                + extra)
+            log = open(tmp_path / name / "run.log", "w")
+            runs.append((node.popen([sys.executable, "-m", "guard", "run", "-c", str(policy), "--last-good",
+                                     str(tmp_path / name / "lg.yaml")], stdout=log, stderr=log), log))
+        try:
+            _wait_sets(node_a, runs[0][0], tmp_path / "a")
+            b_set = _wait_sets(node_b, runs[1][0], tmp_path / "b")[0]
+            a_banned = _set(node_a, "banned-v4")
+            flood = netlab.flood(attacker, 8, "--icmp", "-a", src, VICTIM4)
+            wait_until(lambda: node_a.has_element("nft", a_banned, src), timeout=6, interval=0.02)
+            banned_at = time.monotonic()
+            wait_until(lambda: node_b.has_element("nft", b_set, src), timeout=PULL_S + 3, interval=0.02)
+            took = time.monotonic() - banned_at
+            print(f"banned on A, in B's ingress set {took:.2f} s later")
+            assert took <= SAMPLER_WINDOW_S + PULL_S + 1, "A's sampler sees the ban, A pushes at once, B pulls"
+            flood.send_signal(signal.SIGINT)  # timeout(1) hands it to hping3
+            flood.wait()
+            assert netlab.ping_stats(attacker.run(["ping", "-c", "1", "-W", "0.3", "-I", src, "10.78.0.1"],
+                                                  check=False).stdout)[1] == 0
+            pushed = [d for d in server.decisions() if d["value"] == src]
+            assert [(d["scenario"], d["origin"]) for d in pushed] == [("nodeguard/icmp-flood", crowdsec_lab.MACHINE)]
+            server.cscli("decisions", "delete", "--ip", src)
+            wait_until(lambda: not node_b.has_element("nft", b_set, src), timeout=PULL_S + 1, interval=0.05)
+            assert netlab.ping_stats(attacker.run(["ping", "-c", "1", "-W", "1", "-I", src, "10.78.0.1"],
+                                                  check=False).stdout)[1] == 1
+        finally:
+            for proc, log in runs:
+                proc.terminate()
+                proc.wait(15)
+                log.close()
+    for name in ("a", "b"):
+        assert "Traceback" not in (tmp_path / name / "run.log").read_text()

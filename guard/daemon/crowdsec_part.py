@@ -50,6 +50,7 @@ class CrowdsecPart(ThreadPart):
         self.errors: dict[str, int] = {"pull": 0, "kernel": 0, "push": 0}
         self._bans: deque[dict] = deque(maxlen=push.MAX_QUEUED)  # the sampler's ban records, to push
         self._bans_lock = threading.Lock()
+        self._wake = threading.Event()  # set when bans wait to be pushed
         self.skipped = 0  # stream entries that were not well-formed decisions
         self.timings: dict[str, float] = {}  # seconds the last pull took: its answer, reading it, the kernel
         self.problem: str | None = None  # the last failure, while it lasts
@@ -77,7 +78,13 @@ class CrowdsecPart(ThreadPart):
                 self._failed("kernel", f"{type(exc).__name__}: {exc}")
             self.push()
             policy = self.policy()
-            self._stop.wait(max(0.0, policy.crowdsec.pull_interval_s - (self.clock() - started)))
+            deadline = started + policy.crowdsec.pull_interval_s
+            while not self._stop.is_set() and self._wake.wait(max(0.0, deadline - self.clock())):
+                self._wake.clear()  # a new escalation ban: out at once, not at the next pull
+                self.push()
+
+    def _woken(self) -> None:
+        self._wake.set()
 
     # --- one pull -----------------------------------------------------------------------------------
     def step(self) -> bool:
@@ -133,6 +140,7 @@ class CrowdsecPart(ThreadPart):
         if policy is not None and policy.crowdsec.enabled and policy.crowdsec.push:
             with self._bans_lock:
                 self._bans.extend(records)
+            self._wake.set()
 
     def push(self) -> bool:
         """Report the queued escalation bans; on a failure they wait for the next turn. False: none sent."""

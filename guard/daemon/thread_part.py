@@ -26,7 +26,11 @@ class ThreadPart:
     def _main(self) -> None:
         raise NotImplementedError
 
+    def _woken(self) -> None:
+        """Stopping: a part whose thread waits on more than ``_stop`` wakes it here."""
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._woken()
         if self.thread is not None:
             self.thread.join(timeout)
