@@ -1,7 +1,8 @@
 """CrowdSec with a real Local API (crowdsec -no-cs, in the attacker's namespace at 10.77.0.2) and a real
 ``nodeguard run`` on the victim: ban decisions made with cscli reach the victim's ingress sets within
 pull_interval_s + 1 s and drop that source's packets; an allowlisted address inside a banned range still
-gets through; a deleted decision lifts its ban; a LAPI that is gone changes nothing in the kernel."""
+gets through; a deleted decision lifts its ban; a LAPI that is gone changes nothing in the kernel, and
+the bans in place run out on time. Two nodes: a ban by escalation on one is dropped on the other."""
 
 from __future__ import annotations
 
@@ -73,12 +74,17 @@ def test_lapi_bans_reach_the_ingress_sets_drop_and_lift_and_survive_the_lapi_goi
             wait_until(lambda: not victim.has_element("nft", addresses, banned_ip), timeout=PULL_S + 1, interval=0.05)
             assert _replies(attacker, banned_ip) == 1
 
+            server.cscli("decisions", "add", "--ip", banned_ip, "--duration", "3s")  # runs out after the LAPI is gone
+            wait_until(lambda: victim.has_element("nft", addresses, banned_ip), timeout=PULL_S + 1, interval=0.05)
             server.stop()  # the LAPI is gone: the range stays banned, status and metrics say so
             wait_until(lambda: _metric(victim, 'nodeguard_crowdsec_errors_total{op="pull"}') >= 1,
                        timeout=PULL_S + 5, interval=0.1)  # each look is a scrape by a new python process
             assert victim.has_element("nft", ranges, range_a) and _replies(attacker, range_a) == 0
             st = json.loads(victim.nodeguard("status", "--json", "-c", policy).stdout)["crowdsec"]
-            assert st["decisions"] == {"ipv4": 1, "ipv6": 0} and "pull" in st["problem"] and st["alive"]
+            assert st["decisions"] == {"ipv4": 2, "ipv6": 0} and "pull" in st["problem"] and st["alive"]
+            wait_until(lambda: not victim.has_element("nft", addresses, banned_ip), timeout=4, interval=0.1)
+            assert _replies(attacker, banned_ip) == 1, "its ban ran out on time, with nobody to ask"
+            assert victim.has_element("nft", ranges, range_a), "the hour-long one stays"
         finally:
             run.terminate()
             run.wait(15)
