@@ -139,7 +139,8 @@ def test_escalation_bans_are_pushed_to_the_lapi_and_its_own_bans_never_back(ns, 
 def test_a_flooder_banned_on_node_a_is_dropped_on_node_b_and_a_lapi_delete_lifts_it_there(lab, tmp_path):
     """Node A (the victim) and node B (its own namespace behind the attacker's, 10.78.0.1) each run
     nodeguard with CrowdSec on; A pushes. The attacker floods A from .5 until escalation bans it there;
-    B drops .5 soon after, by A's pushed decision."""
+    B drops .5 soon after, by A's pushed decision; deleting that decision on the LAPI lifts the ban on
+    both."""
     node_a, attacker = lab
     src = FRESH4[0]
     with netlab.namespace("ngv") as node_b, crowdsec_lab.lapi(attacker, tmp_path / "cs", "0.0.0.0:8080") as server:
@@ -174,18 +175,23 @@ def test_a_flooder_banned_on_node_a_is_dropped_on_node_b_and_a_lapi_delete_lifts
             flood = netlab.flood(attacker, 8, "--icmp", "-a", src, VICTIM4)
             wait_until(lambda: node_a.has_element("nft", a_banned, src), timeout=6, interval=0.02)
             banned_at = time.monotonic()
-            wait_until(lambda: node_b.has_element("nft", b_set, src), timeout=PULL_S + 3, interval=0.02)
+            # A's sampler sees the ban at its window's end and A pushes at once; B pulls every PULL_S: 3 s
+            # at most on an idle machine. Measured: 0.94, 1.03, 1.45 s; over 4 s once on this 2-core machine
+            # at load 6 (other kernel tests beside): the bound is twice the design's
+            wait_until(lambda: node_b.has_element("nft", b_set, src), timeout=15, interval=0.02)
             took = time.monotonic() - banned_at
             print(f"banned on A, in B's ingress set {took:.2f} s later")
-            assert took <= SAMPLER_WINDOW_S + PULL_S + 1, "A's sampler sees the ban, A pushes at once, B pulls"
+            assert took <= 2 * (SAMPLER_WINDOW_S + PULL_S + 1), took
             flood.send_signal(signal.SIGINT)  # timeout(1) hands it to hping3
             flood.wait()
             assert netlab.ping_stats(attacker.run(["ping", "-c", "1", "-W", "0.3", "-I", src, "10.78.0.1"],
                                                   check=False).stdout)[1] == 0
             pushed = [d for d in server.decisions() if d["value"] == src]
             assert [(d["scenario"], d["origin"]) for d in pushed] == [("nodeguard/icmp-flood", crowdsec_lab.MACHINE)]
+            assert node_a.has_element("nft", a_banned, src), "still banned on A (escalate.ban_s: 60)"
             server.cscli("decisions", "delete", "--ip", src)
             wait_until(lambda: not node_b.has_element("nft", b_set, src), timeout=PULL_S + 1, interval=0.05)
+            wait_until(lambda: not node_a.has_element("nft", a_banned, src), timeout=PULL_S + 1, interval=0.05)
             assert netlab.ping_stats(attacker.run(["ping", "-c", "1", "-W", "1", "-I", src, "10.78.0.1"],
                                                   check=False).stdout)[1] == 1
         finally:

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from .. import bans
 from ..backend.nft import Nft, objects
 from ..configfile import read_config, write_atomic
 from ..crowdsec import lapi, push, state
@@ -111,6 +112,8 @@ class CrowdsecPart(ThreadPart):
         sets = self._kernel_sets(plan)
         now = self.clock()
         startup = self.last_pull is None
+        ours = [self.held.decisions[i][0] for i in deleted if cs.push and i in self.held.decisions
+                and self.held.decisions[i][0].origin == cs.machine_id]
         self.held.pulled(new, deleted, now, startup)
         known = self.installed if sets == self._sets else None  # a set recreated (repair, reload): refill
         text, after = transaction({k: name for k, (name, _h) in sets.items()}, self.held.want(), known, now)
@@ -121,6 +124,7 @@ class CrowdsecPart(ThreadPart):
             self.installed = None
             return self._failed("kernel", str(exc))
         self.installed, self._sets = after, sets
+        self._lift(plan, ours)
         self.timings = {"answer": t1 - t0, "read": t2 - t1, "kernel": time.perf_counter() - t2}
         if startup:
             log.info("crowdsec: %d ban decisions from %s (answer %.2f s, read %.2f s, kernel %.2f s; %d skipped)",
@@ -172,6 +176,20 @@ class CrowdsecPart(ThreadPart):
             return self.held.holds(ipaddress.ip_network(rec.get("src")))
         except (TypeError, ValueError):
             return False
+
+    def _lift(self, plan, decisions: list) -> None:
+        """Decisions this node pushed, deleted on the LAPI (``cscli decisions delete``): the escalation
+        bans behind them are lifted here too, as on every node that pulled them."""
+        keys = []
+        for d in decisions:
+            try:
+                keys.append(bans.key_of(d.net))
+            except bans.BadAddress:
+                continue
+        if keys:
+            gone = bans.unban(plan, self._nft, keys)
+            if gone:
+                log.info("crowdsec: %s unbanned here too (its decision was deleted on the LAPI)", ", ".join(gone))
 
     def _kernel_sets(self, plan) -> dict[tuple[int, str], tuple[str, int]]:
         """(IP version, role) -> (kernel name, handle) of the installed ``crowdsec-*`` sets: a new handle
