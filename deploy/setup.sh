@@ -10,7 +10,9 @@ dev=0; [ "${1:-}" = "--dev" ] && dev=1
 # hping3: the flood generator of `nodeguard demo`, which must work right after this setup (README)
 runtime_pkgs=(nftables libnftables1 iptables ipset iproute2 python3 python3-venv python3-pip python3-dev gcc libnetfilter-queue-dev hping3)
 # systemd: tests run the unit under systemd --user; clang, linux-libc-dev: test_datapath.py compiles BPF
-test_pkgs=(hping3 conntrack iputils-ping iproute2 util-linux procps systemd clang linux-libc-dev)
+# libsqlite3-0: the CrowdSec Local API the tests run (crowdsec itself: below)
+test_pkgs=(hping3 conntrack iputils-ping iproute2 util-linux procps systemd clang linux-libc-dev libsqlite3-0
+           ca-certificates)
 pkgs=("${runtime_pkgs[@]}"); [ $dev = 1 ] && pkgs+=("${test_pkgs[@]}")
 
 export DEBIAN_FRONTEND=noninteractive
@@ -23,6 +25,15 @@ if [ $dev = 1 ]; then
 fi
 
 if [ $dev = 1 ]; then venv=.venv; else venv=/opt/nodeguard; fi
+if [ $dev = 1 ]; then
+  # crowdsec and cscli for tests/crowdsec_lab.py, unpacked into the venv, not installed: the package's
+  # post-install registers with the Central API (fails offline, leaving dpkg half-configured) and
+  # would start a system LAPI using /etc/crowdsec
+  deb=$(mktemp -d)
+  (cd "$deb" && apt-get download -qq crowdsec 2>/dev/null)
+  rm -rf "$venv/crowdsec" && mkdir -p "$venv" && dpkg-deb -x "$deb"/crowdsec_*.deb "$venv/crowdsec"
+  rm -rf "$deb"
+fi
 python=$(system_python) || exit 2
 "$python" -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip >/dev/null

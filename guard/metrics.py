@@ -66,6 +66,8 @@ class Snapshot(TypedDict, total=False):
     last_apply: float | None            # unix time of the last transaction that installed our rules
     syn_valve: dict[str, Any] | None    # {"engaged": bool, "engagements": n}: syn.valve auto (daemon/valve_part.py)
     state_snapshot_age_s: float | None  # seconds since bans were last snapshotted (daemon/snapshot_part.py)
+    crowdsec: dict[str, Any] | None     # {"decisions": {"ipv4": n, "ipv6": n}, "last_pull": unix time | None,
+                                        # "errors": {"pull": n, "kernel": n}}: crowdsec.enabled (daemon/crowdsec_part.py)
     components: dict[str, dict[str, Any]]  # "sampler"/"metrics" -> {"up": bool, "restarts": n}: parts the
                                         # daemon restarts with backoff when they fail
     datapath: dict[str, Any]            # datapath.Reading.data(): {"bypasses": [{"interface", "kind", ...}],
@@ -201,6 +203,8 @@ class NodeguardCollector:
             yield CounterMetricFamily("nodeguard_syn_valve_engagements", "Times the SYN valve engaged since the "
                                       "daemon started", value=int(valve["engagements"]))
 
+        yield from _crowdsec(s.get("crowdsec"))
+
         up = GaugeMetricFamily("nodeguard_component_up", "1 while a part of the daemon runs (it is restarted "
                                "with backoff when it fails; the watcher goes on regardless)", labels=["component"])
         restarts = CounterMetricFamily("nodeguard_component_restarts", "Failures of a part of the daemon, each "
@@ -262,6 +266,29 @@ class NodeguardCollector:
             value = read_int(self.proc_sys / "net" / "netfilter" / fname)
             if value is not None:  # conntrack not loaded: no series rather than a false zero
                 yield GaugeMetricFamily(name, doc + " (this network namespace)", value=value)
+
+
+def _crowdsec(cs: dict[str, Any] | None) -> Iterator[Metric]:
+    """crowdsec.enabled only: the Local API's decisions held, its last good pull, failures by operation."""
+    if cs is None:
+        return
+    held = GaugeMetricFamily("nodeguard_crowdsec_decisions", "Ban decisions of the CrowdSec Local API the "
+                             "node holds (dropped at ingress)", labels=["family"])
+    for version in (4, 6):
+        held.add_metric([f"ipv{version}"], int((cs.get("decisions") or {}).get(f"ipv{version}", 0)))
+    yield held
+    if cs.get("last_pull") is not None:
+        yield GaugeMetricFamily("nodeguard_crowdsec_last_pull_timestamp_seconds", "Unix time of the last pull "
+                                "of the decision stream that reached the kernel", value=float(cs["last_pull"]))
+    if cs.get("last_push") is not None:
+        yield GaugeMetricFamily("nodeguard_crowdsec_last_push_timestamp_seconds", "Unix time of the last escalation "
+                                "ban the CrowdSec Local API took (crowdsec.push)", value=float(cs["last_push"]))
+    errors = CounterMetricFamily("nodeguard_crowdsec_errors", "Failed CrowdSec operations (pull: the Local "
+                                 "API or its answer; kernel: writing the decisions; push: reporting a ban)",
+                                 labels=["op"])
+    for op in ("pull", "kernel", "push"):
+        errors.add_metric([op], int((cs.get("errors") or {}).get(op, 0)))
+    yield errors
 
 
 def registry(provider: Provider, **kw: Any) -> CollectorRegistry:

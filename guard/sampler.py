@@ -58,14 +58,16 @@ def observed_records(start: float, end: float, observed: dict[tuple[str, str], d
 
 class Sampler:
     def __init__(self, policy: Policy, plan: Plan, nft: Nft, clock: Callable[[], float] = time.time,
-                 post_odds: Callable[[dict[str, int]], None] | None = None):
+                 post_odds: Callable[[dict[str, int]], None] | None = None,
+                 on_bans: Callable[[list[dict]], None] | None = None):
         """``post_odds`` (the daemon): new odds are asked of it, whose watcher installs them and
-        hands the new plan back (set_plan); without it (``nodeguard sample``) this sampler installs them."""
+        hands the new plan back (set_plan); without it (``nodeguard sample``) this sampler installs them.
+        ``on_bans`` (the daemon): each window's new ``ban`` records, for CrowdSec to hear of."""
         if plan.sampling is None:
             raise ValueError("sampling is off in this policy (sampler.enabled: false)")
         cfg = policy.sampler
         self.policy, self.cfg, self.plan, self.nft, self.clock = policy, cfg, plan, nft, clock
-        self.post_odds = post_odds
+        self.post_odds, self.on_bans = post_odds, on_bans
         self.asked: dict[str, int] | None = None  # odds posted and not yet in a plan handed to us
         self.nflog = self.nfq = self.pcap = None
         self.log = AttackLog(cfg.log, cfg.rotate.max_bytes, cfg.rotate.keep)
@@ -146,6 +148,8 @@ class Sampler:
         current = self._read_bans()
         out = bans.ban_records(self._bans, current, exact, now, now - self._bans_at, self.policy.escalate.after_s)
         self._bans, self._bans_at = current, now
+        if self.on_bans is not None and any(r["type"] == "ban" for r in out):
+            self.on_bans([r for r in out if r["type"] == "ban"])
         return out
 
     def _exact(self) -> tuple[dict[tuple[str, str], dict[str, int]], dict[tuple[str, str], dict[str, int]]]:

@@ -49,6 +49,13 @@ class Nft:
         if rc != 0:
             raise BackendError(what, _first_error(err))
 
+    def run_text(self, commands: str, *, what: str = "transaction") -> None:
+        """Send commands in nft's own syntax as one transaction (for element lists: libnftables parses
+        them faster than JSON). Only text we made: nothing of anyone else's may reach it unescaped."""
+        rc, _out, err = self._nft.cmd(commands)
+        if rc != 0:
+            raise BackendError(what, _first_error(err))
+
     def list(self, what: str, *, terse: bool = False) -> list[dict]:
         """``nft -j list <what>`` as a list of objects; missing objects give [].
 

@@ -32,12 +32,14 @@ def ban(config: str | None, as_json: bool, target: str, for_: str | None, reason
 @click.command()
 @common
 def bans(config: str | None, as_json: bool) -> None:
-    """Sources banned by hand (ban) and by escalation (IPv6: their /64), when each ban expires, and why."""
+    """Sources banned by hand (ban), by CrowdSec decisions and by escalation (IPv6: their /64), when each
+    ban expires, and why."""
     import time as _time
 
     from .. import bans as bans_mod
     from .. import manual
     from ..attacklog import NoLog
+    from ..crowdsec import listing as crowdsec_listing
     from ..policy.load import load_policy
     from ..records import Records
 
@@ -45,6 +47,7 @@ def bans(config: str | None, as_json: bool) -> None:
     nft = kernel()
     plan = reading_plan(policy, nft)
     by_hand = manual.banned(plan, nft)
+    by_crowdsec = crowdsec_listing.banned(plan, nft)
     found = bans_mod.banned(plan, nft)
     try:
         why = bans_mod.reasons(Records(policy.sampler.log)) if found else {}
@@ -54,6 +57,9 @@ def bans(config: str | None, as_json: bool) -> None:
     rows = [{"source": m.prefix, "family": f"ipv{m.version}", "expires_in_s": m.expires_s,
              "expires_at": now + m.expires_s if m.expires_s is not None else None, "by": "hand",
              "reason": m.reason or "banned by hand", "groups": [], "banned_at": None} for m in by_hand]
+    rows += [{"source": p, "family": f"ipv{v}", "expires_in_s": left,
+              "expires_at": now + left if left is not None else None, "by": "crowdsec",
+              "reason": f"CrowdSec: {why}", "groups": [], "banned_at": None} for p, v, left, why in by_crowdsec]
     rows += [{"source": b.shown, "family": f"ipv{b.version}", "expires_in_s": b.expires_s,
               "expires_at": now + b.expires_s if b.expires_s is not None else None, "by": "escalation",
               "reason": bans_mod.describe(why.get(b.shown)), "groups": (why.get(b.shown) or {}).get("groups", []),

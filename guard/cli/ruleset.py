@@ -101,7 +101,13 @@ def status(config: str | None, as_json: bool) -> None:
             raise
         plan = make_plan(policy, nft, interfaces=tuple(watcher["interfaces"]))
     st = status_mod.collect(nft, plan, watcher)
-    emit(st, as_json, status_mod.format_text(st))
+    text = status_mod.format_text(st)
+    if policy.crowdsec.enabled:
+        from ..crowdsec import state as crowdsec_state
+
+        st["crowdsec"] = crowdsec_state.read(policy.watcher.state_file)
+        text += "".join(f"{line}\n" for line in crowdsec_state.lines(st["crowdsec"], policy.crowdsec.url))
+    emit(st, as_json, text)
 
 
 @click.command(name="uninstall")

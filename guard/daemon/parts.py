@@ -42,9 +42,11 @@ class SamplerPart:
     name = "sampler"
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 post_odds: Callable[[dict[str, int]], None] | None = None):
+                 post_odds: Callable[[dict[str, int]], None] | None = None,
+                 on_bans: Callable[[list[dict]], None] | None = None):
         self.clock = clock
         self.post_odds = post_odds  # how the sampler asks the watcher for new odds (never directly)
+        self.on_bans = on_bans  # where the sampler's new ban records go (CrowdSec's push)
         self.backoff = Backoff(clock)
         self.thread: threading.Thread | None = None
         self.sampler = None
@@ -107,7 +109,7 @@ class SamplerPart:
         from ..sampler import Sampler
 
         try:
-            sampler = Sampler(policy, plan, Nft(), post_odds=self.post_odds)
+            sampler = Sampler(policy, plan, Nft(), post_odds=self.post_odds, on_bans=self.on_bans)
             with self._lock:
                 self.sampler = sampler
             sampler.run(lambda: self._stop, wake=self._wake_r)

@@ -28,6 +28,7 @@ from ..notify import Notifier, watchdog_interval
 from ..policy.load import configured_path
 from ..policy.schema import Policy
 from ..watch.watcher import Watcher
+from .crowdsec_part import CrowdsecPart
 from .parts import MetricsPart, SamplerPart
 from .provider import MetricsProvider
 from .snapshot_part import SnapshotPart
@@ -59,7 +60,9 @@ class Daemon:
         self.heartbeat = Heartbeat(max_age_s=MAX_AGE_S)
         self.heartbeat_file = HeartbeatFile()  # for `nodeguard healthz`, the DaemonSet's liveness probe
         self.watcher: Watcher | None = None
-        self.sampler = SamplerPart(clock, post_odds=self._post_odds)
+        self.crowdsec = CrowdsecPart(lambda: self.watcher.last_plan if self.watcher else None,
+                                     lambda: self.watcher.policy if self.watcher else None, clock)
+        self.sampler = SamplerPart(clock, post_odds=self._post_odds, on_bans=self.crowdsec.banned)
         self.metrics: MetricsPart | None = None
         self.valve = ValvePart(lambda: self.watcher.last_plan if self.watcher else None,
                                lambda: self.watcher.policy.syn.valve_engage_failures, clock)
@@ -129,6 +132,7 @@ class Daemon:
             self.sampler.stop()
             self.valve.stop()
             self.snapshots.stop()
+            self.crowdsec.stop()
             if self.metrics is not None:
                 self.metrics.stop()
             for sig, handler in old.items():
@@ -205,6 +209,7 @@ class Daemon:
             self.metrics.tick()
             self.valve.tick()
             self.snapshots.tick()
+            self.crowdsec.tick()
             if now >= self._next_status:
                 self._refresh_rate(now)
             text = self.status_text()
@@ -261,6 +266,8 @@ class Daemon:
         parts.append(f"{self._drops_per_s:.0f} drops/s")
         if self.valve.engaged:
             parts.append("SYN VALVE ENGAGED")
+        if self.crowdsec.problem is not None and self.crowdsec.enabled:
+            parts.append("CROWDSEC PULL FAILING")
         if self.watcher.has_note(lastgood.FALLBACK_NOTE):
             parts.append("RUNNING THE LAST GOOD POLICY")
         down = [p.name for p in (self.sampler, self.metrics) if p is not None and p.backoff.failures and not p.running]
@@ -290,6 +297,7 @@ class Daemon:
                         "nflog_enobufs": self.sampler.enobufs(), "queues": queues},
             "syn_valve": self.valve.snapshot(),
             "state_snapshot_age_s": self.snapshots.age(),
+            "crowdsec": self.crowdsec.snapshot(),
             "components": {p.name: {"up": p.running, "restarts": p.restarts}
                            for p in (self.sampler, self.metrics) if p is not None
                            and (p is not self.sampler or sampling is not None)},

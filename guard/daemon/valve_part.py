@@ -7,20 +7,20 @@ it ignores (same pid). Without this part (``apply`` alone) the valve never engag
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from ..backend.nft import Nft
 from ..valve import ENGAGE, LAPSE, REFRESH, STAT_PATH, Valve, failures, parse_ct_stat
+from .thread_part import ThreadPart
 
 log = logging.getLogger("nodeguard.run")
 
 INTERVAL_S = 0.5
 
 
-class ValvePart:
+class ValvePart(ThreadPart):
     """``plan()``: the watcher's last plan (None before the first install); ``engage_failures()``:
     the policy's ``syn.valve_engage_failures``. ``step()`` is one reading; the thread calls it."""
 
@@ -34,19 +34,12 @@ class ValvePart:
         self._key: tuple | None = None
         self._ids: tuple[Any, set[str]] | None = None  # (plan, its valve rule ids)
         self._nft: Nft | None = None
-        self._stop = threading.Event()
-        self.thread: threading.Thread | None = None
+        super().__init__()
 
     # --- the thread -------------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
-
     def tick(self) -> None:
         """From the daemon's heartbeat: start the thread once."""
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._main, name="nodeguard-valve", daemon=True)
-            self.thread.start()
+        self.start()
 
     def _main(self) -> None:
         while not self._stop.wait(INTERVAL_S):
@@ -54,11 +47,6 @@ class ValvePart:
                 self.step()
             except Exception as exc:  # noqa: BLE001 - a failed write is retried at the next reading
                 log.error("syn valve: %s: %s", type(exc).__name__, exc)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
 
     # --- one reading -------------------------------------------------------------------------------
     def step(self) -> str | None:

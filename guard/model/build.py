@@ -299,11 +299,23 @@ def _ingress(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities, b
         drops = [(b.add_set(AddrSet(f"deny-v{v}", v, "deny", tuple(denied))).name, DENIED, f"denied v{v} source",
                   mode)] if denied else []
         drops.append((manual, BANNED, f"banned by hand v{v}", mode))
+        drops += [(name, BANNED, f"banned by crowdsec v{v}{what}", mode) for name, what in _crowdsec_sets(b, v)]
         if v in banned:  # only enforce mode escalates
             drops.append((banned[v], BANNED, "banned v4 source" if v == 4 else "banned v6 /64", "enforce"))
         rules += [Rule((SourceInSet(name, v), SourceNotInSet(f"allow-v{v}", v)), DROP if how == "enforce" else CONTINUE,
                        label, group=group, mode=how) for name, group, label, how in drops]
     return [Chain(f"{INGRESS_CHAIN}{dev}", tuple(rules), "ingress", priorities.ingress, device=dev) for dev in interfaces]
+
+
+def _crowdsec_sets(b: _Builder, v: int) -> list[tuple[str, str]]:
+    """With ``crowdsec`` on, the sets its pulled decisions fill (guard/crowdsec/): (name, label
+    suffix). Addresses and ranges apart: ranges need an interval set, which loads too slowly for
+    the 100,000 addresses a Local API can hand out at once."""
+    if not b.policy.crowdsec.enabled:
+        return []
+    size = b.policy.crowdsec.size
+    return [(b.add_set(AddrSet(f"crowdsec-v{v}", v, "crowdsec", size=size, role="address")).name, ""),
+            (b.add_set(AddrSet(f"crowdsec-ranges-v{v}", v, "crowdsec", size=size, role="range")).name, " range")]
 
 
 def _synproxy_notrack(b: _Builder, sp: SynproxyPlan) -> list[Rule]:

@@ -48,9 +48,9 @@ class Rule:
 
 
 SET_KINDS = ("allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation", "valve", "deny",
-             "manual")
+             "manual", "crowdsec")
 SetKind = Literal["allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation", "valve", "deny",
-                  "manual"]
+                  "manual", "crowdsec"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ class AddrSet:
     valve is engaged" (the elements that say so are the backend's: ``Backend.valve_elements``); ``deny``:
     static prefixes too, but up to millions, so its name carries a digest of them (``sealed``: an
     unchanged list keeps its set, never listed back nor refilled); ``manual``: prefixes ``nodeguard
-    ban`` adds, each with its own timeout or none (state: kept across applies, as a meter is)."""
+    ban`` adds, each with its own timeout or none (state: kept across applies, as a meter is);
+    ``crowdsec``: a CrowdSec Local API's ban decisions, each with its own timeout (state too)."""
 
     base: str  # e.g. "syn-src-v4"; the kernel name adds the digest (allow sets keep their base name)
     version: int
@@ -77,7 +78,7 @@ class AddrSet:
     # what it is for, so that readers never parse the name (none of these is in the name's digest):
     group: str | None = None  # counts: the rule group whose sources it counts
     mode: str | None = None  # counts: "enforce" | "monitor" (condemned packets) | "observed" (every packet)
-    role: str | None = None  # escalation: "over" | "episode" | "banned"
+    role: str | None = None  # escalation: "over" | "episode" | "banned"; crowdsec: "address" | "range"
 
     def __post_init__(self) -> None:
         if self.version not in (4, 6):

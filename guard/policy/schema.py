@@ -300,6 +300,28 @@ class Metrics(_Section):
         return value
 
 
+class Crowdsec(_Section):
+    """The node as a CrowdSec bouncer (and, with ``push``, a machine) of the Local API at ``url``:
+    ban decisions of ``scopes`` (and of ``origins``; empty: every origin) are pulled every
+    ``pull_interval_s`` and dropped at ingress unless allowlisted or failsafe, each until its
+    decision ends. The secrets are read from files that are root's alone (``api_key_file``; with
+    ``push``, ``password_file`` for ``machine_id``), never from the policy. ``size``: the decisions a
+    family holds (a full set takes no more). nft backend only."""
+
+    enabled: bool = False
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+/?$")] = "http://127.0.0.1:8080/"
+    api_key_file: Annotated[str, Field(strict=True), pydantic.AfterValidator(absolute_path)] = \
+        "/etc/nodeguard/crowdsec-api-key"
+    machine_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "nodeguard"
+    password_file: Annotated[str, Field(strict=True), pydantic.AfterValidator(absolute_path)] = \
+        "/etc/nodeguard/crowdsec-password"
+    pull_interval_s: Annotated[int, Field(ge=1, le=3600, strict=True)] = 10
+    push: bool = False
+    scopes: tuple[Literal["Ip", "Range"], ...] = ("Ip", "Range")
+    origins: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")], ...] = ()
+    size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 262_144
+
+
 class Escalate(_Section):
     """In-kernel escalation: a source that stays over a per-source limit (enforce mode) for ``after_s``
     seconds, with no pause in its per-source drops longer than ``gap_s``, is banned for ``ban_s``: its
@@ -364,6 +386,7 @@ class Policy(_Section):
     connlimit: tuple[ConnLimit, ...] = Field(default=_DEFAULT_CONNLIMIT, validate_default=True)
     meter: Meter = Meter()
     escalate: Escalate = Escalate()
+    crowdsec: Crowdsec = Crowdsec()
     iptables: Iptables = Iptables()
     watcher: Watcher = Watcher()
     sampler: Sampler = Sampler()
@@ -382,6 +405,13 @@ class Policy(_Section):
                                      "and connlimit)")
                 seen.add(name)
         return connlimit
+
+    @field_validator("crowdsec")
+    @classmethod
+    def _crowdsec_nft(cls, crowdsec: Crowdsec, info: pydantic.ValidationInfo) -> Crowdsec:
+        if crowdsec.enabled and info.data.get("backend") == "iptables":
+            raise ValueError("needs backend: nft (the decision sets hold a timeout per element)")
+        return crowdsec
 
     def mode_of(self, section: "Icmp | Syn | Limit | ConnLimit | ClosedPorts | None") -> str:
         """A threat's own ``mode``, else the policy's."""

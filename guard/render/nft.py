@@ -119,8 +119,10 @@ def _set(table: str, s: AddrSet) -> dict:
         obj.update(type="inet_service", size=s.size, flags=["timeout"], timeout=s.timeout_s)
     elif s.kind in ("allow", "deny"):
         obj["flags"] = ["interval"]
-    elif s.kind == "manual":  # each element its own timeout, or none
+    elif s.kind == "manual" or s.kind == "crowdsec" and s.role == "range":  # each element its own timeout, or none
         obj.update(size=s.size, flags=["interval", "timeout"])
+    elif s.kind == "crowdsec":  # addresses alone: a hash set loads 100,000 in a second, an interval set not
+        obj.update(size=s.size, flags=["timeout"])
     elif s.kind in ("meter", "trusted", "counts", "escalation"):
         obj.update(size=s.size, flags=["timeout"], timeout=s.timeout_s)
     else:  # conns: ct count needs a dynamic set without timeout (nft adds "dynamic" itself)

@@ -1,0 +1,27 @@
+"""What ``nodeguard bans`` shows of the CrowdSec decisions: the ``crowdsec-*`` sets as installed, each
+entry with the time it has left and its scenario (the element's comment, held.comment)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..backend.nft import Nft
+
+PREFIX = "crowdsec "  # held.comment's
+
+
+def banned(plan, nft: Nft) -> list[tuple[str, int, int | None, str]]:
+    """(prefix, IP version, seconds left, scenario) of every entry, addresses as their /32 or /128."""
+    sets = {(s.version, s.role): s for s in plan.ruleset.sets if s.kind == "crowdsec"}
+    out = []
+    for (version, _role), name in sorted(plan.backend.installed_sets(nft, sets).items()):
+        out += [(str(ipaddress.ip_network(p)), version, left, _shown(why.removeprefix(PREFIX)))
+                for p, left, why in plan.backend.manual_bans(nft, name)]
+    return out
+
+
+def _shown(text: str) -> str:
+    """A comment read back from the kernel, where anyone with CAP_NET_ADMIN may have written it."""
+    return text if text.isprintable() else ascii(text)
