@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _policies import deny_lines  # noqa: E402
 
+from guard import prefixes  # noqa: E402
 from guard.apply import uninstall  # noqa: E402
 from guard.backend.nft import Nft  # noqa: E402
 from guard.lab.netns import add_uplink, reexec_in_netns  # noqa: E402
@@ -52,14 +53,14 @@ def main() -> None:
     (tmp / "deny.txt").write_text(deny_lines(args.lines))
     (tmp / "policy.yaml").write_text(f"interfaces: [ngb0]\ndeny:\n  files: [{tmp / 'deny.txt'}]\n")
     policy = read_policy(tmp / "policy.yaml")[0]
-    merged = {v: policy.deny.networks(v) for v in (4, 6)}
+    merged = {v: [prefixes.text(v, p) for p in policy.deny.prefixes(v)] for v in (4, 6)}
     cli = [sys.executable, "-m", "guard", "apply", "-c", str(tmp / "policy.yaml")]
     install = statistics.median(timed(cli, lambda: uninstall(nft)) for _ in range(args.runs))
     reapply = statistics.median(timed(cli) for _ in range(args.runs))
     uninstall(nft)
     text = "add table inet ngbench\n" + "".join(
         f"add set inet ngbench d{v} {{ type ipv{v}_addr; flags interval; }}\n"
-        f"add element inet ngbench d{v} {{ {', '.join(map(str, nets))} }}\n" for v, nets in merged.items())
+        f"add element inet ngbench d{v} {{ {', '.join(nets)} }}\n" for v, nets in merged.items())
     (tmp / "bare.nft").write_text(text)
     base = statistics.median(timed(["nft", "-f", str(tmp / "bare.nft")],
                                    lambda: subprocess.run(["nft", "delete", "table", "inet", "ngbench"],
