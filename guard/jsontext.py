@@ -7,16 +7,23 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 
 class JsonText:
-    """One JSON value, written: only ever text nodeguard wrote itself (never untrusted bytes)."""
+    """One JSON value, written when first serialized (a re-apply keeps the deny set and never sends
+    its elements): only ever text nodeguard writes itself, never untrusted bytes."""
 
-    __slots__ = ("text",)
+    __slots__ = ("_write", "_text")
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, write: Callable[[], str]) -> None:
+        self._write, self._text = write, None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self._write()
+        return self._text
 
     def __repr__(self) -> str:
         return f"JsonText({self.text[:60]!r}...)"

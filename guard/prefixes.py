@@ -5,7 +5,9 @@ fraction of that. Anything the fast reading does not take (netmask forms, bad te
 
 from __future__ import annotations
 
+import itertools
 import socket
+import struct
 
 from .policy.fields import to_network
 
@@ -59,6 +61,10 @@ def text(version: int, prefix: Prefix) -> str:
 
 
 def packed(version: int, prefixes) -> bytes:
-    """The prefixes as bytes, each its address then its length: what a digest of a list reads."""
-    width = 4 if version == 4 else 16
-    return b"".join(first.to_bytes(width, "big") + bytes((length,)) for first, length in prefixes)
+    """The prefixes as bytes, each its address then its length (big-endian): what a digest of a list
+    reads. One struct.pack: a bytes object per prefix took 0.2 s for 80,000."""
+    if version == 4:
+        return struct.pack(">" + "IB" * len(prefixes), *itertools.chain.from_iterable(prefixes))
+    low = (1 << 64) - 1
+    return struct.pack(">" + "QQB" * len(prefixes), *[x for first, length in prefixes
+                                                       for x in (first >> 64, first & low, length)])

@@ -87,9 +87,19 @@ def test_address_text_is_the_address(text):
         assert written == text
 
 
+@pytest.mark.parametrize("version, width", [(4, 4), (6, 16)])
+def test_a_list_is_packed_as_each_address_then_its_length(version, width):
+    """The bytes a deny set's name digests (model/ruleset.py): one struct.pack gives each address
+    big-endian, then its length."""
+    rnd = random.Random(version)
+    listed = [(rnd.getrandbits(width * 8), rnd.randint(1, width * 8)) for _ in range(500)]
+    assert prefixes.packed(version, listed) == b"".join(f.to_bytes(width, "big") + bytes((n,)) for f, n in listed)
+    assert prefixes.packed(version, ()) == b""
+
+
 def test_json_text_is_put_in_as_written():
     value = [{"prefix": {"addr": "10.0.0.0", "len": 8}}, {"prefix": {"addr": "fd00::", "len": 8}}]
-    obj = {"nftables": [{"add": {"set": {"name": "deny-v4", "elem": JsonText(json.dumps(value))}}}],
+    obj = {"nftables": [{"add": {"set": {"name": "deny-v4", "elem": JsonText(lambda: json.dumps(value))}}}],
            "other": "a string"}
     want = {**obj, "nftables": [{"add": {"set": {"name": "deny-v4", "elem": value}}}]}
     for kw in ({}, {"indent": 2, "sort_keys": True, "ensure_ascii": True}):
@@ -99,7 +109,7 @@ def test_json_text_is_put_in_as_written():
 def test_no_string_of_the_data_passes_for_json_text():
     """The placeholder carries a nonce of the call: data that spells one out stays a string."""
     planted = [f"{'0' * 16}:0", "\x00jsontext:0", '"]}', "{}:0".format("ab" * 8)]
-    out = json.loads(dumps({"a": JsonText("[1]"), "names": planted}))
+    out = json.loads(dumps({"a": JsonText(lambda: "[1]"), "names": planted}))
     assert out == {"a": [1], "names": planted}
 
 

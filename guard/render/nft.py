@@ -80,9 +80,11 @@ def render_rule_expr(rule: Rule, sets: dict[str, AddrSet]) -> list[dict]:
 
 def _prefixes_json(s: AddrSet) -> JsonText:
     """A deny list's elements, straight from their integers to JSON text (jsontext.py)."""
-    text = prefixes.address_text
-    return JsonText("[" + ",".join(['{"prefix":{"addr":"%s","len":%d}}' % (text(s.version, first), length)
-                                    for first, length in s.elements]) + "]")
+    def write() -> str:
+        text = prefixes.address_text
+        return "[" + ",".join(['{"prefix":{"addr":"%s","len":%d}}' % (text(s.version, first), length)
+                               for first, length in s.elements]) + "]"
+    return JsonText(write)
 
 
 def _elements(s: AddrSet) -> list:
