@@ -36,6 +36,8 @@ def test_denied_sources_are_dropped_at_ingress_unless_allowlisted_and_bans_by_ha
     assert _replies(attacker, LEGIT6, VICTIM6) == 2
     counters = victim.counters()
     assert counters[f"{INGRESS}: denied v4 source"] >= 2 and counters[f"{INGRESS}: denied v6 source"] >= 2
+    meters = json.loads(victim.nodeguard("status", "--json", "-c", policy).stdout)["meters"]
+    assert sorted((m["set"], m["elements"]) for m in meters if m["kind"] == "deny") == [("deny-v4", 1), ("deny-v6", 1)]
 
     # TRUSTED4 (.4) is in no deny list: banned by hand, then lifted
     assert _replies(attacker, TRUSTED4, VICTIM4) == 2

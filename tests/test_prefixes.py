@@ -69,11 +69,17 @@ def test_outermost_keeps_the_prefixes_no_other_holds():
         nets = set()
         for _ in range(2000):
             length = rnd.randint(bits - 12, bits)
-            nets.add(ipaddress.ip_network((rnd.getrandbits(12) << (bits - 12) >> (bits - length) << (bits - length),
-                                           length)))
-        want = sorted((n for n in nets if not any(n != m and n.subnet_of(m) for m in nets)),
+            net = ipaddress.ip_network((rnd.getrandbits(12) << (bits - 12) >> (bits - length) << (bits - length),
+                                        length))
+            nets.add(net)
+            if rnd.random() < 0.2:  # a host at its last address, nested and sharing its end
+                nets.add(ipaddress.ip_network((int(net.broadcast_address), bits)))
+        # every length is bits-12 or more: a prefix that holds another is one of its supernets that long
+        want = sorted((n for n in nets if not any(n.supernet(new_prefix=k) in nets
+                                                  for k in range(bits - 12, n.prefixlen))),
                       key=lambda n: int(n.network_address))
-        got = prefixes.outermost([(int(n.network_address), n.prefixlen) for n in nets], version)
+        listed = [(int(n.network_address), n.prefixlen) for n in nets]
+        got = prefixes.outermost(listed + listed[:50], version)  # every prefix listed once more
         assert got == [(int(n.network_address), n.prefixlen) for n in want]
 
 
