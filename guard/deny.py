@@ -5,31 +5,31 @@ nothing changes."""
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
+from . import prefixes
 from .configfile import read_config
 from .errors import PolicyError
-from .policy.fields import DROP_ALL, to_network
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from .policy.fields import DROP_ALL
 
 
-def parse_deny_text(text: str, file: str) -> list[Network]:
-    """The prefixes ``text`` lists; a bare address is its /32 or /128. Raises PolicyError naming the line."""
-    out: list[Network] = []
+def parse_deny_text(text: str, file: str) -> dict[int, list[prefixes.Prefix]]:
+    """IP version -> the prefixes ``text`` lists, in its order (integers: prefixes.py); a bare address
+    is its /32 or /128. Raises PolicyError naming the line."""
+    out: dict[int, list[prefixes.Prefix]] = {4: [], 6: []}
     for number, line in enumerate(text.splitlines(), 1):
         entry = line.split("#", 1)[0].split(";", 1)[0].strip()  # Spamhaus DROP: "1.2.3.0/24 ; SBL123"
         if not entry:
             continue
         try:
-            out.append(to_network(entry, DROP_ALL))
+            version, first, length = prefixes.parse(entry, DROP_ALL)
         except ValueError as exc:
             raise PolicyError(file, number, "", str(exc)) from None
+        out[version].append((first, length))
     return out
 
 
-def read_deny_file(path: str | Path) -> list[Network]:
+def read_deny_file(path: str | Path) -> dict[int, list[prefixes.Prefix]]:
     """The prefixes of one deny file, refused (PolicyError, exit 2) unless it is root's alone."""
     data, _real = read_config(path)
     try:

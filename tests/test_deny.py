@@ -5,6 +5,7 @@ line and exit 2."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 
 import pytest
@@ -18,14 +19,14 @@ from guard.policy.load import parse_policy
 
 
 def nets(*texts: str) -> list:
-    return [ipaddress.ip_network(t) for t in texts]
+    return [(int(n.network_address), n.prefixlen) for n in map(ipaddress.ip_network, texts)]
 
 
 def test_a_blocklist_with_comments_blank_lines_and_bare_addresses():
     text = ("# Spamhaus DROP style\n; last line is a comment too\n\n  203.0.113.0/24 ; SBL1234\n"
             "198.51.100.7\t# one host\n2001:db8:bad::/48\n2001:db8::1\n")
-    assert parse_deny_text(text, "drop.txt") == nets("203.0.113.0/24", "198.51.100.7/32", "2001:db8:bad::/48",
-                                                     "2001:db8::1/128")
+    assert parse_deny_text(text, "drop.txt") == {4: nets("203.0.113.0/24", "198.51.100.7/32"),
+                                                 6: nets("2001:db8:bad::/48", "2001:db8::1/128")}
 
 
 @pytest.mark.parametrize("line, why", [
@@ -52,11 +53,11 @@ def deny_file(tmp_path):
 
 def test_inline_and_file_prefixes_are_merged_per_family(deny_file):
     policy = parse_policy(f"deny:\n  cidrs: [10.2.3.0/24, 198.51.100.0/24]\n  files: [{deny_file}]\n", "p.yaml")
-    assert policy.deny.networks(4) == nets("10.0.0.0/8", "192.0.2.0/24", "198.51.100.0/24")
-    assert policy.deny.networks(6) == nets("2001:db8::/32", "fd00::5/128")
+    assert list(policy.deny.prefixes(4)) == nets("10.0.0.0/8", "192.0.2.0/24", "198.51.100.0/24")
+    assert list(policy.deny.prefixes(6)) == nets("2001:db8::/32", "fd00::5/128")
     rs = build_ruleset(policy, ("eth0",), Priorities())
     deny = {s.version: s for s in rs.sets if s.kind == "deny"}
-    assert list(deny[4].elements) == policy.deny.networks(4) and list(deny[6].elements) == policy.deny.networks(6)
+    assert deny[4].elements == policy.deny.prefixes(4) and deny[6].elements == policy.deny.prefixes(6)
     # the ingress chain drops deny sources unless allowlisted, before the manual and escalation bans
     first = rs.chains[0].rules[0]
     assert rs.chains[0].stage == "ingress" and first.matches[0].set == deny[4].name
@@ -125,3 +126,29 @@ def test_an_inline_deny_of_everything_is_refused():
     with pytest.raises(PolicyError) as exc:
         parse_policy("deny:\n  cidrs: ['::/0']\n", "p.yaml")
     assert str(exc.value) == "p.yaml:2: deny.cidrs[0]: '::/0' would drop every source: name a narrower prefix"
+
+
+def test_a_deny_set_is_filled_by_its_own_add_and_kept_untouched(deny_file):
+    """nft 1.0.6 lists every element of every set in the table before any "add element" (~1 s beside
+    100,000 prefixes): a new deny set carries its elements in its "add set", and a kept one is not
+    touched at all (sealed: its name says what it holds)."""
+    from guard.backend.nft import NftLive
+    from guard.jsontext import dumps
+    from guard.render.nft import render_nft
+    from guard.sync import nft as sync_nft
+
+    policy = parse_policy(f"deny:\n  files: [{deny_file}]\n", "p.yaml")
+    objs = render_nft(build_ruleset(policy, ("eth0",), Priorities()))
+    cmds = json.loads(dumps(sync_nft.build(objs, NftLive()).json()))["nftables"]
+    deny = {s["name"]: s for s in objs.sets if s["name"].startswith("deny-")}
+    added = {c["add"]["set"]["name"]: c["add"]["set"] for c in cmds if "set" in c.get("add", {})}
+    assert [added[n]["elem"] for n in sorted(deny)] == [
+        [{"prefix": {"addr": "10.0.0.0", "len": 8}}, {"prefix": {"addr": "192.0.2.0", "len": 24}}],
+        [{"prefix": {"addr": "2001:db8::", "len": 32}}, {"prefix": {"addr": "fd00::5", "len": 128}}]]
+    touched = {body["name"] for c in cmds for verb, obj in c.items() for kind, body in obj.items()
+               if kind in ("set", "element") and not (verb == "add" and kind == "set")}
+    assert not touched & set(deny)
+    live = NftLive(True, {}, {n: {**s, "handle": 1} for n, s in deny.items()})
+    again = sync_nft.build(objs, live).json()["nftables"]
+    assert not [c for c in again for obj in c.values() for body in obj.values()
+                if isinstance(body, dict) and body.get("name") in deny]

@@ -36,6 +36,8 @@ def test_denied_sources_are_dropped_at_ingress_unless_allowlisted_and_bans_by_ha
     assert _replies(attacker, LEGIT6, VICTIM6) == 2
     counters = victim.counters()
     assert counters[f"{INGRESS}: denied v4 source"] >= 2 and counters[f"{INGRESS}: denied v6 source"] >= 2
+    meters = json.loads(victim.nodeguard("status", "--json", "-c", policy).stdout)["meters"]
+    assert sorted((m["set"], m["elements"]) for m in meters if m["kind"] == "deny") == [("deny-v4", 1), ("deny-v6", 1)]
 
     # TRUSTED4 (.4) is in no deny list: banned by hand, then lifted
     assert _replies(attacker, TRUSTED4, VICTIM4) == 2
@@ -46,6 +48,10 @@ def test_denied_sources_are_dropped_at_ingress_unless_allowlisted_and_bans_by_ha
     assert 0 < bans[0]["expires_in_s"] <= 5
     assert _replies(attacker, TRUSTED4, VICTIM4) == 0
     assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
+    # banned again: the new expiry and reason replace the old ones
+    victim.nodeguard("ban", "10.77.0.4/30", "--for", "1h", "--reason", "again", "-c", policy)
+    bans = json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"]
+    assert [(b["source"], b["reason"]) for b in bans] == [("10.77.0.4/30", "again")] and bans[0]["expires_in_s"] > 3000
     assert victim.nodeguard("unban", "10.77.0.4/30", "-c", policy).stdout.strip() == "unbanned 10.77.0.4/30"
     assert json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"] == []
     assert _replies(attacker, TRUSTED4, VICTIM4) == 2

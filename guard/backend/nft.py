@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import jsontext
 from ..errors import BackendError, EnvironmentProblem
 
 _LIB = "libnftables.so.1"
@@ -43,7 +44,7 @@ class Nft:
         """Send one transaction; with ``dry_run`` the kernel checks it and commits nothing."""
         self._set_dry_run(dry_run)
         try:
-            rc, _out, err = self._nft.cmd(json.dumps(transaction))
+            rc, _out, err = self._nft.cmd(jsontext.dumps(transaction))
         finally:
             self._set_dry_run(False)
         if rc != 0:

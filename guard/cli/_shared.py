@@ -4,10 +4,11 @@ the text-or-JSON output. Imports nothing heavy at load (see the package docstrin
 from __future__ import annotations
 
 import functools
-import json
 from typing import TYPE_CHECKING, Any, Callable
 
 import click
+
+from .. import jsontext
 
 if TYPE_CHECKING:
     from ..backend.nft import Nft
@@ -49,7 +50,7 @@ def emit(data: Any, as_json: bool, text: str) -> None:
     """``data`` as JSON, where ensure_ascii has escaped every control character (escaping it again
     would change what it says), else ``text``, escaped (show)."""
     if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True))
+        click.echo(jsontext.dumps(data, indent=2, sort_keys=True, ensure_ascii=True))
     else:
         show(text)
 

@@ -294,9 +294,9 @@ def _ingress(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities, b
     In monitor mode (the policy's) the deny and manual rules count what they would drop."""
     rules, mode = list(b.failsafe), b.policy.mode  # failsafe first: a banned source still reaches its ports
     for v in (4, 6):
-        denied = b.policy.deny.networks(v)
+        denied = b.policy.deny.prefixes(v)
         manual = b.add_set(AddrSet(f"manual-v{v}", v, "manual", size=b.policy.deny.manual_size)).name
-        drops = [(b.add_set(AddrSet(f"deny-v{v}", v, "deny", tuple(denied))).name, DENIED, f"denied v{v} source",
+        drops = [(b.add_set(AddrSet(f"deny-v{v}", v, "deny", denied)).name, DENIED, f"denied v{v} source",
                   mode)] if denied else []
         drops.append((manual, BANNED, f"banned by hand v{v}", mode))
         drops += [(name, BANNED, f"banned by crowdsec v{v}{what}", mode) for name, what in _crowdsec_sets(b, v)]

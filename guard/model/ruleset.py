@@ -15,6 +15,7 @@ from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network
 from typing import Literal, Union
 
+from .. import prefixes
 from ..placement import PLACEMENTS, Stage
 from ..policy.rates import Rate
 from .matches import Match, OverLimit, UnderLimit
@@ -62,15 +63,15 @@ class AddrSet:
     SYNPROXY is engaged on); ``escalation``: timed membership keyed like a meter (IPv6: the /64):
     ``over-*``, ``episode-*`` and ``banned-*``; ``valve``: not addresses but one timed flag, "the SYN
     valve is engaged" (the elements that say so are the backend's: ``Backend.valve_elements``); ``deny``:
-    static prefixes too, but up to millions, so its name carries a digest of them (``sealed``: an
-    unchanged list keeps its set, never listed back nor refilled); ``manual``: prefixes ``nodeguard
-    ban`` adds, each with its own timeout or none (state: kept across applies, as a meter is);
-    ``crowdsec``: a CrowdSec Local API's ban decisions, each with its own timeout (state too)."""
+    static prefixes too, but up to millions, so integers (prefixes.py), and its name carries a digest of
+    them (``sealed``: an unchanged list keeps its set, never listed back nor refilled); ``manual``:
+    prefixes ``nodeguard ban`` adds, each with its own timeout or none (state: kept across applies, as a
+    meter is); ``crowdsec``: a CrowdSec Local API's ban decisions, each with its own timeout (state too)."""
 
     base: str  # e.g. "syn-src-v4"; the kernel name adds the digest (allow sets keep their base name)
     version: int
     kind: SetKind
-    elements: tuple[Union[IPv4Network, IPv6Network, int], ...] = ()
+    elements: tuple[Union[IPv4Network, IPv6Network, int, prefixes.Prefix], ...] = ()
     size: int = 0
     timeout_s: int = 0
     rate: Rate | None = None  # meter
@@ -124,7 +125,7 @@ class AddrSet:
     @cached_property  # a sealed set's digest reads every element
     def name(self) -> str:
         if self.sealed:
-            contents = hashlib.sha256(b"".join(n.network_address.packed + bytes((n.prefixlen,)) for n in self.elements))
+            contents = hashlib.sha256(prefixes.packed(self.version, self.elements))
             return f"{self.base}-{digest(self.definition, contents.hexdigest())}"
         return self.base if self.static else f"{self.base}-{self.definition}"
 

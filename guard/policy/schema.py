@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .. import prefixes as pfx
 from ..attacklog import MAX_KEEP
 from ..liveness import STATE_FILE
 from .fields import (MULTIPORT_SLOTS, Burst, Cidr, DataPath, DenyCidr, IfName, Mode, Port, PortList, PortRanges,
@@ -28,22 +29,10 @@ class _Section(BaseModel):
 
 
 def outermost(nets, version: int) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """The CIDRs of one IP version, sorted, with every CIDR inside another dropped (nft interval
-    sets refuse overlaps). CIDRs either nest or are disjoint, so one sweep over integer bounds
-    does it (ipaddress.collapse_addresses took ~0.3 s for 10,000 CIDRs)."""
-    nets = [n for n in nets if n.version == version]
-    bits = 32 if version == 4 else 128
-    # by first address, the wider prefix first (prefix lengths, not num_addresses: that builds
-    # a broadcast address object per network)
-    order = sorted(range(len(nets)), key=lambda i: (int(nets[i].network_address), nets[i].prefixlen))
-    out, end = [], -1
-    for i in order:
-        net = nets[i]
-        start = int(net.network_address)
-        if start > end:
-            out.append(net)
-            end = start + (1 << (bits - net.prefixlen)) - 1
-    return out
+    """The CIDRs of one IP version, sorted, with every CIDR inside another dropped (prefixes.outermost
+    on their integers; ipaddress.collapse_addresses took ~0.3 s for 10,000 CIDRs)."""
+    by_prefix = {(int(n.network_address), n.prefixlen): n for n in nets if n.version == version}
+    return [by_prefix[p] for p in pfx.outermost(by_prefix, version)]
 
 
 class Allow(_Section):
@@ -62,15 +51,22 @@ class Deny(_Section):
     cidrs: tuple[DenyCidr, ...] = ()
     files: tuple[Annotated[str, Field(strict=True), pydantic.AfterValidator(absolute_path)], ...] = ()
     manual_size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 65536
-    _from_files: tuple = pydantic.PrivateAttr(default=())
+    _merged: dict = pydantic.PrivateAttr(default_factory=dict)
 
     def model_post_init(self, _context) -> None:
         from ..deny import read_deny_file
 
-        self._from_files = tuple(n for path in self.files for n in read_deny_file(path))
+        listed: dict[int, list[pfx.Prefix]] = {4: [], 6: []}
+        for n in self.cidrs:
+            listed[n.version].append((int(n.network_address), n.prefixlen))
+        for path in self.files:
+            for version, found in read_deny_file(path).items():
+                listed[version] += found
+        self._merged = {v: tuple(pfx.outermost(listed[v], v)) for v in (4, 6)}
 
-    def networks(self, version: int) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return outermost((*self.cidrs, *self._from_files), version)
+    def prefixes(self, version: int) -> tuple[pfx.Prefix, ...]:
+        """The deny list of one IP version, merged: (first address, length) integers (prefixes.py)."""
+        return self._merged[version]
 
 
 class Failsafe(Allow):

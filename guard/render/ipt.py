@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .. import prefixes
 from ..model.matches import (BanSource, CountSource, DstPorts, EngagePort, IcmpTypes, InterfaceNotIn, Log, NoTrack,
                              Proto, RememberSource, SourceRateOver, TcpFlags, UpdateSource, ValveEngaged)
 from ..model.ruleset import V6_SOURCE_PREFIX, AddrSet, NamedLimit, Rule, RuleSet
@@ -126,7 +127,8 @@ def ipsets(rs: RuleSet) -> list[Ipset]:
         fam = "inet" if s.version == 4 else "inet6"
         if s.kind in ("allow", "deny"):
             out.append(Ipset(ipset_name(s), "hash:net", fam, max(65536, 2 * len(s.elements)),
-                             members=tuple(str(n) for n in s.elements)))
+                             members=tuple(prefixes.text(s.version, p) for p in s.elements) if s.kind == "deny"
+                             else tuple(str(n) for n in s.elements)))
         elif s.kind == "trusted":
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s))
         elif s.kind == "escalation":

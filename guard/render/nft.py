@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import singledispatch
 from typing import Any
 
+from .. import prefixes
+from ..jsontext import JsonText
 from ..model.matches import (Assured, BanSource, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort,
                              Family, FibLocal, IcmpTypes, InterfaceNotIn, Log, NoTrack, OneIn, OverLimit, Proto, SocketOpen,
                              RememberSource, SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver, TcpFlags,
@@ -32,8 +34,8 @@ VALVE_ELEMENTS = ("tcp",)
 @dataclass(frozen=True)
 class NftObjects:
     table: dict
-    sets: tuple[dict, ...]  # without elements
-    elements: dict[str, list]  # set name -> static elements (allowlists, deny lists)
+    sets: tuple[dict, ...]  # without elements, but a deny list's (its "elem": see _set)
+    elements: dict[str, list]  # set name -> static elements (allowlists, port sets)
     limits: tuple[dict, ...]
     chains: tuple[dict, ...]
     rules: tuple[dict, ...]
@@ -48,8 +50,7 @@ def render_nft(rs: RuleSet) -> NftObjects:
     return NftObjects(
         table=table_ref(rs.table),
         sets=tuple(_set(rs.table, s) for s in rs.sets),
-        elements={s.name: [n if s.kind == "ports" else _prefix(n) for n in s.elements] for s in rs.sets
-                  if s.static or s.sealed},
+        elements={s.name: _elements(s) for s in rs.sets if s.static},
         limits=tuple(_limit_object(rs.table, lim) for lim in rs.limits),
         chains=tuple(_chain(rs.table, c) for c in rs.chains),
         rules=tuple(r for c in rs.chains for r in render_chain_rules(rs.table, c, sets)),
@@ -77,8 +78,19 @@ def render_rule_expr(rule: Rule, sets: dict[str, AddrSet]) -> list[dict]:
     return exprs
 
 
-def _prefix(n) -> dict:
-    return {"prefix": {"addr": address_text(n.network_address), "len": n.prefixlen}}
+def _prefixes_json(s: AddrSet) -> JsonText:
+    """A deny list's elements, straight from their integers to JSON text (jsontext.py)."""
+    def write() -> str:
+        text = prefixes.address_text
+        return "[" + ",".join(['{"prefix":{"addr":"%s","len":%d}}' % (text(s.version, first), length)
+                               for first, length in s.elements]) + "]"
+    return JsonText(write)
+
+
+def _elements(s: AddrSet) -> list:
+    if s.kind == "ports":
+        return list(s.elements)
+    return [{"prefix": {"addr": address_text(n.network_address), "len": n.prefixlen}} for n in s.elements]
 
 
 _ZERO_RUNS = re.compile(r"(?<![0-9a-f])0(?::0)+(?![0-9a-f])")  # two or more "0" groups in a row
@@ -117,8 +129,11 @@ def _set(table: str, s: AddrSet) -> dict:
         obj.update(type="inet_proto", size=s.size, flags=["timeout"], timeout=s.timeout_s)
     elif s.kind == "engaged":
         obj.update(type="inet_service", size=s.size, flags=["timeout"], timeout=s.timeout_s)
-    elif s.kind in ("allow", "deny"):
+    elif s.kind == "allow":
         obj["flags"] = ["interval"]
+    elif s.kind == "deny":  # sealed: filled with the set itself. An "add element" anywhere in a transaction
+        # makes nft 1.0.6 list every element of every set in the table first (~1 s with 100,000 prefixes)
+        obj.update(flags=["interval"], elem=_prefixes_json(s))
     elif s.kind == "manual" or s.kind == "crowdsec" and s.role == "range":  # each element its own timeout, or none
         obj.update(size=s.size, flags=["interval", "timeout"])
     elif s.kind == "crowdsec":  # addresses alone: a hash set loads 100,000 in a second, an interval set not

@@ -10,10 +10,10 @@ the kernel at once, no packet ever sees a half-built table or none.
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
 from dataclasses import dataclass
 
+from .. import jsontext
 from ..backend.nft import NftLive
 from ..fingerprints import nft_body
 from ..render.ids import id_from_comment
@@ -29,7 +29,7 @@ class NftTransaction:
         return {"nftables": list(self.commands)}
 
     def text(self) -> str:
-        return json.dumps(self.json(), indent=2) + "\n"
+        return jsontext.dumps(self.json(), indent=2) + "\n"
 
 
 def _ref(table: str, name: str) -> dict:
@@ -93,9 +93,8 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
     for s in objs.sets:
         name = s["name"]
         if name not in kept_sets:
-            cmds.append({"add": {"set": s}})
-        # a kept set whose elements were not read back is sealed (a deny list): it holds what its name says
-        if name in objs.elements and not (name in kept_sets and name not in live.static_elements):
+            cmds.append({"add": {"set": s}})  # a deny list's elements with it (render/nft.py)
+        if name in objs.elements:
             cmds += _elements(_ref(table, name), live.static_elements.get(name, []) if name in kept_sets else None,
                               objs.elements[name])
     cmds += [{"add": {"limit": x}} for x in objs.limits if x["name"] not in kept_limits]

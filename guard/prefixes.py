@@ -1,0 +1,70 @@
+"""Prefixes as plain integers: ``(first address, length)`` per IP version, for the lists that reach
+100,000 lines (deny files). ipaddress objects cost ~10 us each to parse, merge and print; integers a
+fraction of that. Anything the fast reading does not take (netmask forms, bad text) goes through
+``to_network``, so what is accepted and every error message are ipaddress's."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import struct
+
+from .policy.fields import to_network
+
+BITS = {4: 32, 6: 128}
+Prefix = tuple[int, int]  # (first address as an int, prefix length)
+
+
+def parse(entry: str, whole: str) -> tuple[int, int, int]:
+    """``(version, first, length)`` of a plain prefix or address (its /32 or /128); ``whole``: what a
+    /0 would do (refused). Raises ValueError with to_network's message."""
+    addr, slash, plen = entry.partition("/")
+    try:
+        if ":" in addr:
+            version, bits, first = 6, 128, int.from_bytes(socket.inet_pton(socket.AF_INET6, addr), "big")
+        else:
+            version, bits, first = 4, 32, int.from_bytes(socket.inet_pton(socket.AF_INET, addr), "big")
+        if slash and not (plen.isascii() and plen.isdigit()):
+            raise ValueError(plen)
+        length = int(plen) if slash else bits
+        if 0 < length <= bits and not first & ((1 << (bits - length)) - 1):
+            return version, first, length
+    except (OSError, ValueError):
+        pass
+    net = to_network(entry, whole)  # raises the one-line message, or reads what inet_pton does not
+    return net.version, int(net.network_address), net.prefixlen
+
+
+def outermost(prefixes, version: int) -> list[Prefix]:
+    """The prefixes sorted, with every prefix inside another dropped (nft interval sets refuse
+    overlaps). Prefixes either nest or are disjoint, so one sweep over the sorted starts does it:
+    the wider of two with the same start comes first. Sorted as one int each (start, then length):
+    sorting 80,000 tuples took 0.25 s."""
+    bits, out, end = BITS[version], [], -1
+    for key in sorted([first << 8 | length for first, length in prefixes]):
+        if key >> 8 > end:
+            out.append((key >> 8, key & 255))
+            end = (key >> 8) + (1 << (bits - (key & 255))) - 1
+    return out
+
+
+def address_text(version: int, value: int) -> str:
+    """The address as inet_ntop writes it (nft and ipset read any valid form); IPv4 formatted here, in
+    2/3 of the time."""
+    if version == 4:
+        return "%d.%d.%d.%d" % (value >> 24, value >> 16 & 255, value >> 8 & 255, value & 255)
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+
+
+def text(version: int, prefix: Prefix) -> str:
+    return f"{address_text(version, prefix[0])}/{prefix[1]}"
+
+
+def packed(version: int, prefixes) -> bytes:
+    """The prefixes as bytes, each its address then its length (big-endian): what a digest of a list
+    reads. One struct.pack: a bytes object per prefix took 0.2 s for 80,000."""
+    if version == 4:
+        return struct.pack(">" + "IB" * len(prefixes), *itertools.chain.from_iterable(prefixes))
+    low = (1 << 64) - 1
+    return struct.pack(">" + "QQB" * len(prefixes), *[x for first, length in prefixes
+                                                       for x in (first >> 64, first & low, length)])
