@@ -6,6 +6,13 @@ of the rest (``folded``: rows, sources, estimated packets). Below the bound ever
 above it a folded network that sends again starts a new row, so ``distinct_sources`` and ``more`` may
 count it twice. A random-source flood is the case: its rows are each too small to matter.
 
+Once a tally has folded, a network it does not track whose estimate in a window is at most the last
+fold's cut (the smallest estimate it kept) is folded as that window is read, without a row: a row
+that small loses the next fold to every kept one (ties: the earliest kept) unless it grows first, so
+what changes is only that one which would have grown past the cut in a later window before the next
+fold is folded now, and its later flows start anew. The top sources of a rule skip such a source the
+same way. A random-source flood's sources are almost all such, and cost no row.
+
 Flows wait in their window until the log has passed it (the next window record), because the episode
 records of a window follow its flows: only then is it known whether the window ended an episode.
 """
@@ -116,6 +123,12 @@ def _biggest(rows: dict[str, list], count: int) -> tuple[list[str], list[str]]:
     return ([*map(keys.__getitem__, sorted(order[:count]))], [*map(keys.__getitem__, sorted(order[count:]))])
 
 
+def _folded(net: str, members: int) -> tuple[int, int]:
+    """The rows and sources that folding network ``net`` of ``members`` sources takes from a tally's
+    result: one row when they would be shown as the network; "other" is the one member of its network."""
+    return (1 if members >= SHARED_NETWORK_MIN or net == "other" else members), members - (net == "other")
+
+
 class EpisodeSources:
     """The sources of one episode, per network."""
 
@@ -125,24 +138,42 @@ class EpisodeSources:
         self.networks: dict[str, list] = {}
         self.folded = {"rows": 0, "sources": 0, "estimated": 0}
         self.windows = 0  # add_window calls so far
+        self.cut = -1.0  # the smallest network estimate kept by the last fold; -1: none yet
 
     def add_window(self, start: float, end: float, flows: Iterable[Flow]) -> None:
         """The flows (``flow_of``) of one window (``start``, ``end``). Peaks are kept as the window's
         sums grow (a sum only grows): no per-window tables."""
-        sources, networks = self.sources, self.networks
         span = max(end - start, EPS)
         self.windows += 1
-        window = self.windows
+        fresh = self._tally(flows, self.windows, span, self.cut)
+        if fresh:
+            self._tally(self._fold_fresh(fresh), self.windows, span, -1.0)
+        if len(self.networks) > 2 * TRACKED_MAX:
+            self._fold()
+
+    def _tally(self, flows: Iterable[Flow], window: int, span: float, cut: float) -> dict[str, list[Flow]]:
+        """Counts ``flows`` into the rows; returns, per network, those of networks not tracked when the
+        tally has folded (``cut`` >= 0), for ``add_window`` to weigh against the cut once the window is read."""
+        sources, networks = self.sources, self.networks
+        fresh: dict[str, list[Flow]] = {}
         for flow in flows:
             src, n = flow[0], flow[1]
             s = sources.get(src)
             if s is None:
                 net = "other" if src == "other" else network_of(src)
-                sources[src] = _row(flow, n / span, net, window, n)
                 network = networks.get(net)
                 if network is None:
+                    if cut >= 0:
+                        held = fresh.get(net)
+                        if held is None:
+                            fresh[net] = [flow]
+                        else:
+                            held.append(flow)
+                        continue
+                    sources[src] = _row(flow, n / span, net, window, n)
                     networks[net] = [n, n / span, [src], window, n]
                     continue
+                sources[src] = _row(flow, n / span, net, window, n)
                 network[MEMBERS].append(src)
             else:
                 _count(s, flow)
@@ -150,18 +181,36 @@ class EpisodeSources:
                 network = networks[s[NET]]
             network[EST] += n
             _window_sum(network, NET_WINDOW, window, n, span)
-        if len(networks) > 2 * TRACKED_MAX:
-            self._fold()
+        return fresh
+
+    def _fold_fresh(self, fresh: dict[str, list[Flow]]) -> list[Flow]:
+        """Folds at once the networks new in this window whose estimate there is at most the last fold's
+        cut: each would be the first to go at the next fold unless it grew by then. Returns the flows of
+        the others, to be counted."""
+        rows = sources = estimated = 0
+        kept: list[Flow] = []
+        cut = self.cut
+        for net, flows in fresh.items():
+            n = flows[0][1] if len(flows) == 1 else sum(map(itemgetter(1), flows))
+            if n > cut:
+                kept += flows
+                continue
+            r, m = _folded(net, 1 if len(flows) == 1 else len({f[0] for f in flows}))
+            rows, sources, estimated = rows + r, sources + m, estimated + n
+        self.folded["rows"] += rows
+        self.folded["sources"] += sources
+        self.folded["estimated"] += estimated
+        return kept
 
     def _fold(self) -> None:
-        _kept, dropped = _biggest(self.networks, TRACKED_MAX)
+        kept, dropped = _biggest(self.networks, TRACKED_MAX)
+        self.cut = min(self.networks[net][EST] for net in kept)
         rows = sources = estimated = 0
         for net in dropped:
             network = self.networks.pop(net)
             members = network[MEMBERS]
-            rows += 1 if len(members) >= SHARED_NETWORK_MIN or net == "other" else len(members)
-            sources += len(members) - (net == "other")  # "other" is the one member of its network
-            estimated += network[EST]
+            r, m = _folded(net, len(members))
+            rows, sources, estimated = rows + r, sources + m, estimated + network[EST]
             for m in members:
                 del self.sources[m]
         self.folded["rows"] += rows
@@ -218,13 +267,17 @@ class RuleSources:
 
     def __init__(self) -> None:
         self.sources: dict[str, list] = {}
+        self.cut = -1.0  # the smallest estimate kept by the last fold; -1: none yet
 
     def add(self, flow: Flow) -> None:
         s = self.sources.get(flow[0])
         if s is None:
+            if flow[1] <= self.cut:
+                return  # it would be the first to go at the next fold unless it grew by then
             if len(self.sources) >= 2 * TRACKED_MAX:
                 kept, _dropped = _biggest(self.sources, TRACKED_MAX)
                 self.sources = dict(zip(kept, map(self.sources.__getitem__, kept)))
+                self.cut = min(s[EST] for s in self.sources.values())
             self.sources[flow[0]] = _row(flow)
         else:
             _count(s, flow)

@@ -110,3 +110,36 @@ def _reference_network(text: str) -> str:
 @given(st.one_of(st.ip_addresses().map(str), st.text(alphabet="0123456789abcdef.:%x", max_size=45), st.text()))
 def test_network_of_reads_addresses_as_ipaddress_does(text):
     assert report_sources.network_of(text) == _reference_network(text)
+
+
+def _flow(src: str, estimated: int) -> report_sources.Flow:
+    return (src, estimated, 1, 1.0, 2.0, "tcp", 80)
+
+
+def test_after_a_fold_a_new_network_at_most_the_cut_is_folded_without_a_row(monkeypatch):
+    monkeypatch.setattr(report_sources, "TRACKED_MAX", 2)
+    tally = report_sources.EpisodeSources("syn-flood")
+    tally.add_window(0, 10, [_flow(f"192.0.{i}.1", 10 * i) for i in range(1, 6)])  # 5 networks > 2 * 2: fold
+    assert tally.cut == 40 and list(tally.networks) == ["192.0.4.0/24", "192.0.5.0/24"]
+    folded = dict(tally.folded)
+    # one lone source at the cut, a /24 of three whose sum (45) passes it although each is under it,
+    # and a kept network that grows by less than the cut
+    tally.add_window(10, 20, [_flow("203.0.113.9", 40), *(_flow(f"198.51.100.{i}", 15) for i in range(3)),
+                              _flow("192.0.4.1", 1)])
+    assert list(tally.networks) == ["192.0.4.0/24", "192.0.5.0/24", "198.51.100.0/24"]
+    assert "203.0.113.9" not in tally.sources
+    assert tally.folded == {"rows": folded["rows"] + 1, "sources": folded["sources"] + 1,
+                            "estimated": folded["estimated"] + 40}
+    rows = tally.result(10)["sources"]
+    assert [(r["source"], r["estimated"]) for r in rows] == [("192.0.5.1", 50), ("3 sources", 45), ("192.0.4.1", 41)]
+
+
+def test_after_a_fold_the_top_sources_skip_a_new_source_at_most_the_cut(monkeypatch):
+    monkeypatch.setattr(report_sources, "TRACKED_MAX", 2)
+    top = report_sources.RuleSources()
+    for i in range(1, 6):  # the fifth source folds the four before it to the two biggest
+        top.add(_flow(f"192.0.2.{i}", 10 * i))
+    assert top.cut == 30
+    top.add(_flow("203.0.113.9", 30))
+    top.add(_flow("203.0.113.10", 31))
+    assert [s["src"] for s in top.top(10)] == ["192.0.2.5", "192.0.2.4", "203.0.113.10", "192.0.2.3"]
