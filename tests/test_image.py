@@ -74,7 +74,7 @@ def pod_mounts(policy_dir: Path, lock: Path) -> list[tuple[str, str | None]]:
     out = []
     for m in pod["containers"][0]["volumeMounts"]:
         v = volumes[m["name"]]
-        source = (str(policy_dir) if "configMap" in v else
+        source = (str(policy_dir) if "projected" in v else
                   str(lock) if v.get("hostPath", {}).get("type") == "FileOrCreate" else None)
         out.append((m["mountPath"], source))
     return out

@@ -68,9 +68,15 @@ def test_the_daemonset_mounts_the_policy_the_attack_log_the_state_and_the_iptabl
     pod = ds["spec"]["template"]["spec"]
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["config"]["configMap"]["name"] == load("configmap.yaml")["metadata"]["name"]
+    config, secret = (src for src in volumes["config"]["projected"]["sources"])
+    assert config["configMap"]["name"] == load("configmap.yaml")["metadata"]["name"]
     assert mounts["config"]["mountPath"] == "/etc/nodeguard" and mounts["config"]["readOnly"] is True
-    assert volumes["config"]["configMap"]["defaultMode"] == 0o444  # root-owned, not writable: configfile accepts it
+    assert volumes["config"]["projected"]["defaultMode"] == 0o444  # root-owned, not writable: configfile accepts it
+    # the CrowdSec secrets land where the shipped policy names them, root's alone, and only if the Secret exists
+    policy = parse_policy(load("configmap.yaml")["data"]["config.yaml"], "configmap.yaml")
+    assert secret["secret"]["optional"] is True
+    assert {(f"/etc/nodeguard/{i['path']}", i["mode"]) for i in secret["secret"]["items"]} == {
+        (policy.crowdsec.api_key_file, 0o400), (policy.crowdsec.password_file, 0o400)}
     assert volumes["attack-log"]["hostPath"]["path"] == mounts["attack-log"]["mountPath"] == "/var/log/nodeguard"
     assert volumes["xtables-lock"]["hostPath"] == {"path": "/run/xtables.lock", "type": "FileOrCreate"}
     assert mounts["xtables-lock"]["mountPath"] == "/run/xtables.lock"
