@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
+from guard.configfile import add_data_dir  # noqa: E402
 from guard.demo import lab as labmod  # noqa: E402
 from guard.lab.lock import machine_lock  # noqa: E402
 from guard.lab.netns import remove_stale, sh  # noqa: E402
@@ -121,6 +122,7 @@ class Bench:
         self.args = args
         self.lab = Lab(PREFIX)
         self.tmp = Path(tempfile.mkdtemp(prefix="nodeguard-bench-"))
+        add_data_dir(self.tmp)  # the defences' nodeguard writes its state and log there
         self.new_addrs: list[str] = []
         self.policies: dict[str, Path] = {}
         self.runs: list[dict] = []

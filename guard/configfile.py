@@ -40,6 +40,11 @@ class UnsafePathError(EnvironmentProblem):
     """A file the daemon was to write or read back is not safe to use as root: one line, exit 2."""
 
 
+def add_data_dir(path: str | Path) -> None:
+    """Let this process and its children (a lab's nodeguard) write under ``path`` too."""
+    os.environ[DATA_DIRS_ENV] = ":".join(filter(None, (os.environ.get(DATA_DIRS_ENV), str(path))))
+
+
 def data_dirs() -> list[Path]:
     """The directories the daemon may write under: DATA_DIRS and the absolute ones NODEGUARD_DATA_DIRS names."""
     extra = [d for d in os.environ.get(DATA_DIRS_ENV, "").split(":") if os.path.isabs(d)]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from ..configfile import DATA_DIRS_ENV
+from ..configfile import add_data_dir
 from ..lab.netns import Netns, namespaces, sh
 from . import drops as drops_mod
 from . import lab as labmod
@@ -63,7 +63,7 @@ class Demo:
         self.tmp = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="nodeguard-demo-"))
         self.tmp.mkdir(parents=True, exist_ok=True)
         # the demo's nodeguard (apply, sample: they inherit this) writes its log and state there
-        os.environ[DATA_DIRS_ENV] = ":".join(filter(None, (os.environ.get(DATA_DIRS_ENV), str(self.tmp))))
+        add_data_dir(self.tmp)
         self.policy = self.tmp / "policy.yaml"
         self.failures: list[str] = []
         self.t0 = time.monotonic()
