@@ -83,14 +83,14 @@ def test_held_decisions_one_prefix_lasts_as_long_as_its_longest_and_nested_range
     held.pulled([_decision(1, "10.0.0.1/32", 100), _decision(2, "10.0.0.1/32", 300, "other"),
                  _decision(3, "10.0.0.0/16", 50), _decision(4, "10.0.5.0/24", 500), _decision(5, "fd00::/64", 1000)],
                 [], now=1000.0, startup=True)
-    want = held.want()
+    want = held.want(16)[0]
     assert want[(4, "address")] == {"10.0.0.1": (1300.0, "crowdsec other")}
     assert list(want[(4, "range")]) == ["10.0.0.0/16"]
     assert held.holds(ipaddress.ip_network("10.0.9.0/24")) and held.holds(ipaddress.ip_network("10.0.0.1/32"))
     assert not held.holds(ipaddress.ip_network("10.1.0.1/32"))
     assert held.counts() == {4: 4, 6: 1}
     held.pulled([], [2, 3], now=1010.0, startup=False)  # the longer scenario and the wide range deleted
-    want = held.want()
+    want = held.want(16)[0]
     assert want[(4, "address")] == {"10.0.0.1": (1100.0, "crowdsec s")}
     assert list(want[(4, "range")]) == ["10.0.5.0/24"], "the nested range comes back"
     held.pulled([], [], now=1200.0, startup=False)  # decision 1 ran out
@@ -106,26 +106,41 @@ def test_the_first_pull_refills_each_set_and_later_pulls_send_only_what_changed(
     held = Held()
     held.pulled([_decision(1, "10.0.0.1/32", 100, "ssh-bf \"x\" } ; flush ruleset\n"), _decision(2, "10.1.0.0/16")],
                 [], now=0.0, startup=True)
-    text, installed = transaction(NAMES, held.want(), None, now=0.0)
+    text, installed = transaction(NAMES, held.want(16)[0], None, now=0.0)
     assert text.splitlines() == [
         "flush set inet nodeguard crowdsec-v4-aa",
         'add element inet nodeguard crowdsec-v4-aa { 10.0.0.1 timeout 100s comment '
         '"crowdsec ssh-bf _x_ _ _ flush ruleset_" }',
         "flush set inet nodeguard crowdsec-ranges-v4-bb",
         'add element inet nodeguard crowdsec-ranges-v4-bb { 10.1.0.0/16 timeout 100s comment "crowdsec s" }']
-    assert transaction(NAMES, held.want(), installed, now=5.0)[0] == "", "nothing changed: nothing sent"
+    assert transaction(NAMES, held.want(16)[0], installed, now=5.0)[0] == "", "nothing changed: nothing sent"
 
     held.pulled([_decision(3, "10.0.0.2/32", 60)], [1], now=10.0, startup=False)
-    text, installed = transaction(NAMES, held.want(), installed, now=10.0)
+    text, installed = transaction(NAMES, held.want(16)[0], installed, now=10.0)
     assert text.splitlines() == [
-        "add element inet nodeguard crowdsec-v4-aa { 10.0.0.1, 10.0.0.2 }",
-        "delete element inet nodeguard crowdsec-v4-aa { 10.0.0.1, 10.0.0.2 }",
+        "add element inet nodeguard crowdsec-v4-aa { 10.0.0.1 }",
+        "delete element inet nodeguard crowdsec-v4-aa { 10.0.0.1 }",
         'add element inet nodeguard crowdsec-v4-aa { 10.0.0.2 timeout 60s comment "crowdsec s" }']
     held.pulled([_decision(4, "10.0.0.0/8", 30)], [], now=20.0, startup=False)  # a wider range: refilled
-    text, _installed = transaction(NAMES, held.want(), installed, now=20.0)
+    text, _installed = transaction(NAMES, held.want(16)[0], installed, now=20.0)
     assert text.splitlines() == [
         "flush set inet nodeguard crowdsec-ranges-v4-bb",
         'add element inet nodeguard crowdsec-ranges-v4-bb { 10.0.0.0/8 timeout 30s comment "crowdsec s" }']
+
+
+def test_a_set_never_gets_more_than_its_size_the_longest_are_kept_and_deletions_still_apply():
+    held = Held()
+    held.pulled([_decision(i, f"10.0.0.{i}/32", 100 + i) for i in range(1, 17)], [], now=0.0, startup=True)
+    _text, installed = transaction(NAMES, held.want(16)[0], None, now=0.0)
+    held.pulled([_decision(100 + i, f"12.0.0.{i}/32", 1000 + i) for i in range(1, 18)], [3], now=1.0, startup=False)
+    want, left_out = held.want(16)
+    assert len(want[(4, "address")]) == 16 and left_out == 16 and held.counts()[4] == 32
+    assert "12.0.0.1" not in want[(4, "address")] and "12.0.0.17" in want[(4, "address")], "the latest end wins"
+    text, _installed = transaction(NAMES, want, installed, now=1.0)
+    first, delete, add = text.splitlines()
+    assert first.startswith("add element") and "10.0.0.3" in first and "12.0.0." not in first, \
+        "a full set takes no new prefix before the deletes"
+    assert delete.startswith("delete element") and add.count("12.0.0.") == 16
 
 
 class _Answer(http.server.BaseHTTPRequestHandler):
@@ -175,12 +190,13 @@ def test_the_section_is_off_by_default_and_refused_with_iptables():
 
 def test_the_metrics_say_decisions_held_last_pull_and_errors():
     snap = {"crowdsec": {"decisions": {"ipv4": 3, "ipv6": 1}, "last_pull": 1700000000.0,
-                         "errors": {"pull": 2, "kernel": 0}}}
+                         "errors": {"pull": 2, "kernel": 0}, "left_out": 5}}
     got = samples(generate_latest(registry(lambda: snap)).decode())
     assert got[("nodeguard_crowdsec_decisions", (("family", "ipv4"),))] == 3
     assert got[("nodeguard_crowdsec_decisions", (("family", "ipv6"),))] == 1
     assert got[("nodeguard_crowdsec_last_pull_timestamp_seconds", ())] == 1700000000.0
     assert got[("nodeguard_crowdsec_errors_total", (("op", "pull"),))] == 2
+    assert got[("nodeguard_crowdsec_left_out", ())] == 5
     assert not [k for k in samples(generate_latest(registry(lambda: {})).decode()) if "crowdsec" in k[0]]
 
 
@@ -192,5 +208,7 @@ def test_status_lines_say_what_is_held_and_escape_the_failure():
     out = lines(cs, "http://lapi:8080/")
     assert out[0] == "crowdsec: http://lapi:8080/, 2 IPv4 and 0 IPv6 ban decisions held; no pull yet"
     assert out[1].startswith("  FAILING: ") and "\x1b" not in out[1] and "pull 3" in out[1]
+    assert lines({**cs, "problem": None, "left_out": 3}, "http://lapi:8080/")[1] == \
+        "  SETS FULL: 3 prefixes left out (crowdsec.size; those that end last are kept)"
     assert lines(None, "http://lapi:8080/") == ["crowdsec: http://lapi:8080/, nothing pulled yet (is nodeguard run "
                                                 "running?)"]
