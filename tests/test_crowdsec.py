@@ -8,17 +8,20 @@ import http.server
 import ipaddress
 import json
 import threading
+import time
 
 import pytest
 from prometheus_client import generate_latest
 
-from guard.crowdsec import lapi
+from guard.crowdsec import lapi, state
 from guard.crowdsec.decisions import MAX_DURATION_S, Decision, go_duration, parse_stream
 from guard.crowdsec.held import Held
 from guard.crowdsec.kernel import transaction
 from guard.errors import PolicyError
 from guard.metrics import registry
-from guard.policy.load import parse_policy
+from guard.daemon.crowdsec_part import CrowdsecPart
+from guard.policy.load import load_policy, parse_policy
+from crowdsec_lab import secret_file
 from test_metrics import samples
 
 SCOPES = ("Ip", "Range")
@@ -145,6 +148,8 @@ def test_a_set_never_gets_more_than_its_size_the_longest_are_kept_and_deletions_
 
 class _Answer(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
+        if self.headers["X-Api-Key"] == "drip":
+            return self._drip()
         body = {"/big": b"[" + b"0," * 600 + b"0]", "/junk": b"\x00\xff{[",
                 "/ok": json.dumps({"new": None, "deleted": None, "key": self.headers["X-Api-Key"]}).encode()
                 }.get(self.path.split("?")[0])
@@ -155,6 +160,18 @@ class _Answer(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
         self.wfile.write(body)
+
+    def _drip(self):  # headers, then a byte every so often: never the whole answer
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:  # the client gave up
+            pass
 
     def log_message(self, *a):
         pass
@@ -177,6 +194,24 @@ def test_the_client_bounds_and_names_every_failure_in_one_line(server):
         assert why in str(exc.value) and str(exc.value).isprintable()
     with pytest.raises(lapi.LapiError, match="refused"):
         lapi.call("http://127.0.0.1:1/", "/v1/decisions/stream", {})
+
+
+def test_an_answer_that_drips_is_cut_off_at_the_deadline_as_one_line(server):
+    t0 = time.monotonic()
+    with pytest.raises(lapi.LapiError) as exc:
+        lapi.call(server, "/v1/decisions/stream", {"X-Api-Key": "drip"}, deadline_s=1)
+    assert str(exc.value) == "/v1/decisions/stream: no whole answer within 1 s"
+    assert time.monotonic() - t0 < 1 + lapi.TIMEOUT_S / 4, "each byte came well within the read timeout"
+
+
+def test_a_dripping_lapi_is_a_pull_failure_that_status_shows(server, write_policy, tmp_path, monkeypatch):
+    monkeypatch.setattr(lapi, "DEADLINE_S", 1)
+    key = secret_file(tmp_path / "secrets" / "key", "drip")
+    policy = load_policy(write_policy(f"crowdsec:\n  enabled: true\n  url: {server}\n  api_key_file: {key}\n"))[0]
+    part = CrowdsecPart(lambda: object(), lambda: policy)
+    assert part.step() is False and part.errors["pull"] == 1
+    shown = state.lines(state.read(policy.watcher.state_file), server)
+    assert shown[1].startswith("  FAILING: 'pull: /v1/decisions/stream: no whole answer within 1 s'"), shown
 
 
 def test_the_section_is_off_by_default_and_refused_with_iptables():
