@@ -21,10 +21,12 @@ from guard.errors import PolicyError
 from guard.metrics import registry
 from guard.daemon.crowdsec_part import CrowdsecPart
 from guard.policy.load import load_policy, parse_policy
+from guard.policy.schema import Crowdsec
 from crowdsec_lab import secret_file
 from test_metrics import samples
 
 SCOPES = ("Ip", "Range")
+MIN = Crowdsec().min_prefix
 
 
 def _d(i: int, value: str, scope: str = "Ip", duration: str = "1h", **kw) -> dict:
@@ -58,20 +60,35 @@ def test_the_stream_keeps_well_formed_bans_and_counts_what_it_skips():
         _d(11, "１０.1.1.6"), _d(12, "fe80::1%eth0"), _d(19, "010.1.1.1"), _d(22, "::"), _d("13", "10.1.1.7"), _d(14, ["x"]), _d(15, "0.0.0.0"),
         {"id": 16}, "junk", None, 17, _d(18, "10.1.1.8", scenario="x" * 600), _d(True, "10.1.1.9"),
     ], "deleted": [_d(20, "10.2.2.2"), {"id": "21"}, None]}
-    new, deleted, skipped = parse_stream(answer, SCOPES, ("cscli",))
+    new, deleted, skipped = parse_stream(answer, SCOPES, ("cscli",), MIN)
     assert [(d.id, d.net, d.version, d.scope) for d in new] == [(1, "10.9.0.0/24", 4, "Range"), (2, "fd00::5", 6, "Ip"),
                                                                  (3, "10.1.1.1", 4, "Ip")]
     assert new[0].left_s == 3599 and new[2].left_s == MAX_DURATION_S
     assert deleted == [20] and skipped == 17 + 2
 
 
+def test_ranges_wider_than_the_minimum_prefix_are_skipped_and_counted_the_mapped_by_the_ipv4_one():
+    assert MIN == {4: 8, 6: 32}
+    wide = ["128.0.0.0/1", "0.0.0.0/1", "10.0.0.0/7", "8000::/1", "2001::/31", "::ffff:0:0/97", "::ffff:10.0.0.0/103"]
+    ok = ["10.0.0.0/8", "2001:db8::/32", "::ffff:10.0.0.0/104"]
+    new, _deleted, skipped = parse_stream({"new": [_d(i, n, "Range") for i, n in enumerate(wide + ok)]}, SCOPES, (),
+                                          MIN)
+    assert [d.net for d in new] == [str(ipaddress.ip_network(n)) for n in ok] and skipped == len(wide)
+    new, _deleted, skipped = parse_stream({"new": [_d(1, "10.0.0.0/8", "Range")]}, SCOPES, (), {4: 9, 6: 32})
+    assert new == [] and skipped == 1
+    assert parse_policy("crowdsec: {min_prefix_v4: 16, min_prefix_v6: 48}\n", "p.yaml").crowdsec.min_prefix == \
+        {4: 16, 6: 48}
+    with pytest.raises(PolicyError):
+        parse_policy("crowdsec: {min_prefix_v4: 33}\n", "p.yaml")
+
+
 def test_scopes_filter_and_a_stream_that_is_not_an_object_raises_a_value_error():
-    new, _deleted, skipped = parse_stream({"new": [_d(1, "10.0.0.0/8", "Range"), _d(2, "10.0.0.1")]}, ("Ip",), ())
+    new, _deleted, skipped = parse_stream({"new": [_d(1, "10.0.0.0/8", "Range"), _d(2, "10.0.0.1")]}, ("Ip",), (), MIN)
     assert [d.id for d in new] == [2] and skipped == 0
-    assert parse_stream({"new": None, "deleted": None}, SCOPES, ()) == ([], [], 0)
+    assert parse_stream({"new": None, "deleted": None}, SCOPES, (), MIN) == ([], [], 0)
     for bad in ([], "x", None, {"new": {"a": 1}}, {"deleted": "x"}):
         with pytest.raises(ValueError):
-            parse_stream(bad, SCOPES, ())
+            parse_stream(bad, SCOPES, (), MIN)
 
 
 def _decision(i: int, net: str, left: int = 100, scenario: str = "s") -> Decision:

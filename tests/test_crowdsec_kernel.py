@@ -109,7 +109,8 @@ from guard.policy.load import load_policy
 policy = load_policy(sys.argv[1])[0]
 part = CrowdsecPart(lambda: None, lambda: policy)
 cs = policy.crowdsec
-new, deleted, _ = parse_stream(lapi.stream(cs.url, open(cs.api_key_file).read().strip(), True), cs.scopes, ())
+answer = lapi.stream(cs.url, open(cs.api_key_file).read().strip(), True)
+new, deleted, _ = parse_stream(answer, cs.scopes, (), cs.min_prefix)
 part.held.pulled(new, deleted, time.monotonic(), True)  # what the LAPI bans: never pushed back
 part.banned([{"type": "ban", "ts": time.time(), "src": s, "groups": ["icmp-flood"], "after_s": 3}
              for s in ("10.66.0.1", "10.66.0.9", "fd00:1:2:3::/64")])

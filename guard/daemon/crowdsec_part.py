@@ -95,7 +95,7 @@ class CrowdsecPart(ThreadPart):
         if policy is None or plan is None or not policy.crowdsec.enabled:
             return False
         cs = policy.crowdsec
-        config = (cs.url, cs.api_key_file, cs.scopes, cs.origins)
+        config = (cs.url, cs.api_key_file, cs.scopes, cs.origins, cs.min_prefix_v4, cs.min_prefix_v6)
         if config != self._config:  # another LAPI or filter: start again from its whole list
             self._config, self.held, self.installed = config, Held(), None
             self.last_pull = None
@@ -104,7 +104,7 @@ class CrowdsecPart(ThreadPart):
             key = read_config(cs.api_key_file)[0].decode().strip()
             answer = lapi.stream(cs.url, key, startup=self.last_pull is None)
             t1 = time.perf_counter()
-            new, deleted, skipped = parse_stream(answer, cs.scopes, cs.origins)
+            new, deleted, skipped = parse_stream(answer, cs.scopes, cs.origins, cs.min_prefix)
         except (NodeguardError, lapi.LapiError, UnicodeDecodeError, ValueError) as exc:
             return self._failed("pull", str(exc))
         t2 = time.perf_counter()
