@@ -67,7 +67,8 @@ class Snapshot(TypedDict, total=False):
     syn_valve: dict[str, Any] | None    # {"engaged": bool, "engagements": n}: syn.valve auto (daemon/valve_part.py)
     state_snapshot_age_s: float | None  # seconds since bans were last snapshotted (daemon/snapshot_part.py)
     crowdsec: dict[str, Any] | None     # {"decisions": {"ipv4": n, "ipv6": n}, "last_pull": unix time | None,
-                                        # "errors": {"pull": n, "kernel": n}}: crowdsec.enabled (daemon/crowdsec_part.py)
+                                        # "errors": {"pull": n, "kernel": n}, "left_out": n}: crowdsec.enabled
+                                        # (daemon/crowdsec_part.py)
     components: dict[str, dict[str, Any]]  # "sampler"/"metrics" -> {"up": bool, "restarts": n}: parts the
                                         # daemon restarts with backoff when they fail
     datapath: dict[str, Any]            # datapath.Reading.data(): {"bypasses": [{"interface", "kind", ...}],
@@ -277,6 +278,9 @@ def _crowdsec(cs: dict[str, Any] | None) -> Iterator[Metric]:
     for version in (4, 6):
         held.add_metric([f"ipv{version}"], int((cs.get("decisions") or {}).get(f"ipv{version}", 0)))
     yield held
+    yield GaugeMetricFamily("nodeguard_crowdsec_left_out", "Prefixes of CrowdSec decisions held but not in the "
+                            "kernel: its sets are full (crowdsec.size; those that end last are kept)",
+                            value=int(cs.get("left_out") or 0))
     if cs.get("last_pull") is not None:
         yield GaugeMetricFamily("nodeguard_crowdsec_last_pull_timestamp_seconds", "Unix time of the last pull "
                                 "of the decision stream that reached the kernel", value=float(cs["last_pull"]))

@@ -8,20 +8,25 @@ import http.server
 import ipaddress
 import json
 import threading
+import time
 
 import pytest
 from prometheus_client import generate_latest
 
-from guard.crowdsec import lapi
+from guard.crowdsec import lapi, state
 from guard.crowdsec.decisions import MAX_DURATION_S, Decision, go_duration, parse_stream
 from guard.crowdsec.held import Held
 from guard.crowdsec.kernel import transaction
 from guard.errors import PolicyError
 from guard.metrics import registry
-from guard.policy.load import parse_policy
+from guard.daemon.crowdsec_part import CrowdsecPart
+from guard.policy.load import load_policy, parse_policy
+from guard.policy.schema import Crowdsec
+from crowdsec_lab import secret_file
 from test_metrics import samples
 
 SCOPES = ("Ip", "Range")
+MIN = Crowdsec().min_prefix
 
 
 def _d(i: int, value: str, scope: str = "Ip", duration: str = "1h", **kw) -> dict:
@@ -55,20 +60,35 @@ def test_the_stream_keeps_well_formed_bans_and_counts_what_it_skips():
         _d(11, "１０.1.1.6"), _d(12, "fe80::1%eth0"), _d(19, "010.1.1.1"), _d(22, "::"), _d("13", "10.1.1.7"), _d(14, ["x"]), _d(15, "0.0.0.0"),
         {"id": 16}, "junk", None, 17, _d(18, "10.1.1.8", scenario="x" * 600), _d(True, "10.1.1.9"),
     ], "deleted": [_d(20, "10.2.2.2"), {"id": "21"}, None]}
-    new, deleted, skipped = parse_stream(answer, SCOPES, ("cscli",))
+    new, deleted, skipped = parse_stream(answer, SCOPES, ("cscli",), MIN)
     assert [(d.id, d.net, d.version, d.scope) for d in new] == [(1, "10.9.0.0/24", 4, "Range"), (2, "fd00::5", 6, "Ip"),
                                                                  (3, "10.1.1.1", 4, "Ip")]
     assert new[0].left_s == 3599 and new[2].left_s == MAX_DURATION_S
     assert deleted == [20] and skipped == 17 + 2
 
 
+def test_ranges_wider_than_the_minimum_prefix_are_skipped_and_counted_the_mapped_by_the_ipv4_one():
+    assert MIN == {4: 8, 6: 32}
+    wide = ["128.0.0.0/1", "0.0.0.0/1", "10.0.0.0/7", "8000::/1", "2001::/31", "::ffff:0:0/97", "::ffff:10.0.0.0/103"]
+    ok = ["10.0.0.0/8", "2001:db8::/32", "::ffff:10.0.0.0/104"]
+    new, _deleted, skipped = parse_stream({"new": [_d(i, n, "Range") for i, n in enumerate(wide + ok)]}, SCOPES, (),
+                                          MIN)
+    assert [d.net for d in new] == [str(ipaddress.ip_network(n)) for n in ok] and skipped == len(wide)
+    new, _deleted, skipped = parse_stream({"new": [_d(1, "10.0.0.0/8", "Range")]}, SCOPES, (), {4: 9, 6: 32})
+    assert new == [] and skipped == 1
+    assert parse_policy("crowdsec: {min_prefix_v4: 16, min_prefix_v6: 48}\n", "p.yaml").crowdsec.min_prefix == \
+        {4: 16, 6: 48}
+    with pytest.raises(PolicyError):
+        parse_policy("crowdsec: {min_prefix_v4: 33}\n", "p.yaml")
+
+
 def test_scopes_filter_and_a_stream_that_is_not_an_object_raises_a_value_error():
-    new, _deleted, skipped = parse_stream({"new": [_d(1, "10.0.0.0/8", "Range"), _d(2, "10.0.0.1")]}, ("Ip",), ())
+    new, _deleted, skipped = parse_stream({"new": [_d(1, "10.0.0.0/8", "Range"), _d(2, "10.0.0.1")]}, ("Ip",), (), MIN)
     assert [d.id for d in new] == [2] and skipped == 0
-    assert parse_stream({"new": None, "deleted": None}, SCOPES, ()) == ([], [], 0)
+    assert parse_stream({"new": None, "deleted": None}, SCOPES, (), MIN) == ([], [], 0)
     for bad in ([], "x", None, {"new": {"a": 1}}, {"deleted": "x"}):
         with pytest.raises(ValueError):
-            parse_stream(bad, SCOPES, ())
+            parse_stream(bad, SCOPES, (), MIN)
 
 
 def _decision(i: int, net: str, left: int = 100, scenario: str = "s") -> Decision:
@@ -83,14 +103,14 @@ def test_held_decisions_one_prefix_lasts_as_long_as_its_longest_and_nested_range
     held.pulled([_decision(1, "10.0.0.1/32", 100), _decision(2, "10.0.0.1/32", 300, "other"),
                  _decision(3, "10.0.0.0/16", 50), _decision(4, "10.0.5.0/24", 500), _decision(5, "fd00::/64", 1000)],
                 [], now=1000.0, startup=True)
-    want = held.want()
+    want = held.want(16)[0]
     assert want[(4, "address")] == {"10.0.0.1": (1300.0, "crowdsec other")}
     assert list(want[(4, "range")]) == ["10.0.0.0/16"]
     assert held.holds(ipaddress.ip_network("10.0.9.0/24")) and held.holds(ipaddress.ip_network("10.0.0.1/32"))
     assert not held.holds(ipaddress.ip_network("10.1.0.1/32"))
     assert held.counts() == {4: 4, 6: 1}
     held.pulled([], [2, 3], now=1010.0, startup=False)  # the longer scenario and the wide range deleted
-    want = held.want()
+    want = held.want(16)[0]
     assert want[(4, "address")] == {"10.0.0.1": (1100.0, "crowdsec s")}
     assert list(want[(4, "range")]) == ["10.0.5.0/24"], "the nested range comes back"
     held.pulled([], [], now=1200.0, startup=False)  # decision 1 ran out
@@ -106,30 +126,47 @@ def test_the_first_pull_refills_each_set_and_later_pulls_send_only_what_changed(
     held = Held()
     held.pulled([_decision(1, "10.0.0.1/32", 100, "ssh-bf \"x\" } ; flush ruleset\n"), _decision(2, "10.1.0.0/16")],
                 [], now=0.0, startup=True)
-    text, installed = transaction(NAMES, held.want(), None, now=0.0)
+    text, installed = transaction(NAMES, held.want(16)[0], None, now=0.0)
     assert text.splitlines() == [
         "flush set inet nodeguard crowdsec-v4-aa",
         'add element inet nodeguard crowdsec-v4-aa { 10.0.0.1 timeout 100s comment '
         '"crowdsec ssh-bf _x_ _ _ flush ruleset_" }',
         "flush set inet nodeguard crowdsec-ranges-v4-bb",
         'add element inet nodeguard crowdsec-ranges-v4-bb { 10.1.0.0/16 timeout 100s comment "crowdsec s" }']
-    assert transaction(NAMES, held.want(), installed, now=5.0)[0] == "", "nothing changed: nothing sent"
+    assert transaction(NAMES, held.want(16)[0], installed, now=5.0)[0] == "", "nothing changed: nothing sent"
 
     held.pulled([_decision(3, "10.0.0.2/32", 60)], [1], now=10.0, startup=False)
-    text, installed = transaction(NAMES, held.want(), installed, now=10.0)
+    text, installed = transaction(NAMES, held.want(16)[0], installed, now=10.0)
     assert text.splitlines() == [
-        "add element inet nodeguard crowdsec-v4-aa { 10.0.0.1, 10.0.0.2 }",
-        "delete element inet nodeguard crowdsec-v4-aa { 10.0.0.1, 10.0.0.2 }",
+        "add element inet nodeguard crowdsec-v4-aa { 10.0.0.1 }",
+        "delete element inet nodeguard crowdsec-v4-aa { 10.0.0.1 }",
         'add element inet nodeguard crowdsec-v4-aa { 10.0.0.2 timeout 60s comment "crowdsec s" }']
     held.pulled([_decision(4, "10.0.0.0/8", 30)], [], now=20.0, startup=False)  # a wider range: refilled
-    text, _installed = transaction(NAMES, held.want(), installed, now=20.0)
+    text, _installed = transaction(NAMES, held.want(16)[0], installed, now=20.0)
     assert text.splitlines() == [
         "flush set inet nodeguard crowdsec-ranges-v4-bb",
         'add element inet nodeguard crowdsec-ranges-v4-bb { 10.0.0.0/8 timeout 30s comment "crowdsec s" }']
 
 
+def test_a_set_never_gets_more_than_its_size_the_longest_are_kept_and_deletions_still_apply():
+    held = Held()
+    held.pulled([_decision(i, f"10.0.0.{i}/32", 100 + i) for i in range(1, 17)], [], now=0.0, startup=True)
+    _text, installed = transaction(NAMES, held.want(16)[0], None, now=0.0)
+    held.pulled([_decision(100 + i, f"12.0.0.{i}/32", 1000 + i) for i in range(1, 18)], [3], now=1.0, startup=False)
+    want, left_out = held.want(16)
+    assert len(want[(4, "address")]) == 16 and left_out == 16 and held.counts()[4] == 32
+    assert "12.0.0.1" not in want[(4, "address")] and "12.0.0.17" in want[(4, "address")], "the latest end wins"
+    text, _installed = transaction(NAMES, want, installed, now=1.0)
+    first, delete, add = text.splitlines()
+    assert first.startswith("add element") and "10.0.0.3" in first and "12.0.0." not in first, \
+        "a full set takes no new prefix before the deletes"
+    assert delete.startswith("delete element") and add.count("12.0.0.") == 16
+
+
 class _Answer(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
+        if self.headers["X-Api-Key"] == "drip":
+            return self._drip()
         body = {"/big": b"[" + b"0," * 600 + b"0]", "/junk": b"\x00\xff{[",
                 "/ok": json.dumps({"new": None, "deleted": None, "key": self.headers["X-Api-Key"]}).encode()
                 }.get(self.path.split("?")[0])
@@ -140,6 +177,18 @@ class _Answer(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
         self.wfile.write(body)
+
+    def _drip(self):  # headers, then a byte every so often: never the whole answer
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:  # the client gave up
+            pass
 
     def log_message(self, *a):
         pass
@@ -164,6 +213,24 @@ def test_the_client_bounds_and_names_every_failure_in_one_line(server):
         lapi.call("http://127.0.0.1:1/", "/v1/decisions/stream", {})
 
 
+def test_an_answer_that_drips_is_cut_off_at_the_deadline_as_one_line(server):
+    t0 = time.monotonic()
+    with pytest.raises(lapi.LapiError) as exc:
+        lapi.call(server, "/v1/decisions/stream", {"X-Api-Key": "drip"}, deadline_s=1)
+    assert str(exc.value) == "/v1/decisions/stream: no whole answer within 1 s"
+    assert time.monotonic() - t0 < 1 + lapi.TIMEOUT_S / 4, "each byte came well within the read timeout"
+
+
+def test_a_dripping_lapi_is_a_pull_failure_that_status_shows(server, write_policy, tmp_path, monkeypatch):
+    monkeypatch.setattr(lapi, "DEADLINE_S", 1)
+    key = secret_file(tmp_path / "secrets" / "key", "drip")
+    policy = load_policy(write_policy(f"crowdsec:\n  enabled: true\n  url: {server}\n  api_key_file: {key}\n"))[0]
+    part = CrowdsecPart(lambda: object(), lambda: policy)
+    assert part.step() is False and part.errors["pull"] == 1
+    shown = state.lines(state.read(policy.watcher.state_file), server)
+    assert shown[1].startswith("  FAILING: 'pull: /v1/decisions/stream: no whole answer within 1 s'"), shown
+
+
 def test_the_section_is_off_by_default_and_refused_with_iptables():
     assert parse_policy("{}", "p.yaml").crowdsec.enabled is False
     with pytest.raises(PolicyError) as exc:
@@ -175,12 +242,13 @@ def test_the_section_is_off_by_default_and_refused_with_iptables():
 
 def test_the_metrics_say_decisions_held_last_pull_and_errors():
     snap = {"crowdsec": {"decisions": {"ipv4": 3, "ipv6": 1}, "last_pull": 1700000000.0,
-                         "errors": {"pull": 2, "kernel": 0}}}
+                         "errors": {"pull": 2, "kernel": 0}, "left_out": 5}}
     got = samples(generate_latest(registry(lambda: snap)).decode())
     assert got[("nodeguard_crowdsec_decisions", (("family", "ipv4"),))] == 3
     assert got[("nodeguard_crowdsec_decisions", (("family", "ipv6"),))] == 1
     assert got[("nodeguard_crowdsec_last_pull_timestamp_seconds", ())] == 1700000000.0
     assert got[("nodeguard_crowdsec_errors_total", (("op", "pull"),))] == 2
+    assert got[("nodeguard_crowdsec_left_out", ())] == 5
     assert not [k for k in samples(generate_latest(registry(lambda: {})).decode()) if "crowdsec" in k[0]]
 
 
@@ -192,5 +260,7 @@ def test_status_lines_say_what_is_held_and_escape_the_failure():
     out = lines(cs, "http://lapi:8080/")
     assert out[0] == "crowdsec: http://lapi:8080/, 2 IPv4 and 0 IPv6 ban decisions held; no pull yet"
     assert out[1].startswith("  FAILING: ") and "\x1b" not in out[1] and "pull 3" in out[1]
+    assert lines({**cs, "problem": None, "left_out": 3}, "http://lapi:8080/")[1] == \
+        "  SETS FULL: 3 prefixes left out (crowdsec.size; those that end last are kept)"
     assert lines(None, "http://lapi:8080/") == ["crowdsec: http://lapi:8080/, nothing pulled yet (is nodeguard run "
                                                 "running?)"]

@@ -109,7 +109,8 @@ from guard.policy.load import load_policy
 policy = load_policy(sys.argv[1])[0]
 part = CrowdsecPart(lambda: None, lambda: policy)
 cs = policy.crowdsec
-new, deleted, _ = parse_stream(lapi.stream(cs.url, open(cs.api_key_file).read().strip(), True), cs.scopes, ())
+answer = lapi.stream(cs.url, open(cs.api_key_file).read().strip(), True)
+new, deleted, _ = parse_stream(answer, cs.scopes, (), cs.min_prefix)
 part.held.pulled(new, deleted, time.monotonic(), True)  # what the LAPI bans: never pushed back
 part.banned([{"type": "ban", "ts": time.time(), "src": s, "groups": ["icmp-flood"], "after_s": 3}
              for s in ("10.66.0.1", "10.66.0.9", "fd00:1:2:3::/64")])
@@ -201,3 +202,57 @@ def test_a_flooder_banned_on_node_a_is_dropped_on_node_b_and_a_lapi_delete_lifts
                 log.close()
     for name in ("a", "b"):
         assert "Traceback" not in (tmp_path / name / "run.log").read_text()
+
+
+OVERFLOW = """
+import http.server, json, subprocess, sys, threading
+from guard.cli._shared import kernel, reading_plan
+from guard.daemon.crowdsec_part import CrowdsecPart
+from guard.policy.load import load_policy
+
+def ban(i, ip, duration):
+    return {"id": i, "type": "ban", "scope": "Ip", "value": ip, "duration": duration, "scenario": "s", "origin": "x"}
+
+answers = [{"new": [ban(i, f"10.9.0.{i}", "1h") for i in range(1, 17)]},  # a full set
+           {"new": [ban(100 + i, f"10.8.0.{i}", f"{7200 + i}s") for i in range(1, 18)], "deleted": [{"id": 3}]},
+           {"deleted": [{"id": 100 + i} for i in range(1, 18)]}]
+
+class Lapi(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps(answers.pop(0)).encode()
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+threading.Thread(target=http.server.HTTPServer(("127.0.0.1", 18181), Lapi).serve_forever, daemon=True).start()
+policy = load_policy(sys.argv[1])[0]
+plan = reading_plan(policy, kernel())
+part = CrowdsecPart(lambda: plan, lambda: policy)
+for _ in range(3):
+    ok = part.step()
+    name = part._sets[(4, "address")][0]
+    got = json.loads(subprocess.run(["nft", "-j", "list", "set", "inet", "nodeguard", name], capture_output=True,
+                                    check=True).stdout)["nftables"][1]["set"].get("elem", [])
+    print(json.dumps({"ok": ok, "problem": part.problem, "left_out": part.left_out, "held": part.held.counts()[4],
+                      "kernel": sorted(e["elem"]["val"] for e in got)}))
+"""
+
+
+def test_more_decisions_than_the_set_holds_keep_the_longest_and_deletions_still_reach_the_kernel(ns, write_policy,
+                                                                                                  tmp_path):
+    key = crowdsec_lab.secret_file(tmp_path / "secrets" / "key", "k")
+    ns.run(["ip", "link", "add", "ng0", "type", "veth", "peer", "name", "ng1"])
+    policy = write_policy("interfaces: [ng0]\ncrowdsec:\n  enabled: true\n  url: http://127.0.0.1:18181/\n  size: 16\n"
+                          f"  api_key_file: {key}\n")
+    ns.nodeguard("apply", "-c", policy)
+    res = ns.run([sys.executable, "-c", OVERFLOW, policy], check=False)
+    assert res.returncode == 0, res.stderr
+    full, over, deleted = (json.loads(line) for line in res.stdout.splitlines())
+    assert full["ok"] and len(full["kernel"]) == 16
+    assert over["ok"] and over["problem"] is None and over["held"] == 32 and over["left_out"] == 16
+    assert over["kernel"] == sorted(f"10.8.0.{i}" for i in range(2, 18)), "the 16 that end last"
+    assert deleted["ok"] and deleted["left_out"] == 0
+    assert deleted["kernel"] == sorted(f"10.9.0.{i}" for i in range(1, 17) if i != 3), "deleted on the LAPI: gone"

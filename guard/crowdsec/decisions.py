@@ -15,6 +15,7 @@ MAX_TEXT = 512  # characters of a decision's type, scope, value, scenario and or
 MAX_DURATION_S = 365 * 86400  # a decision longer than this is held this long (the next startup pull renews it)
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _GO_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _GO_HMS = re.compile(r"(?:([0-9]{1,9})h)?(?:([0-9]{1,2})m)?(?:([0-9]{1,2}(?:\.[0-9]{1,9})?)s)?")  # what the LAPI says
 
 
@@ -46,16 +47,17 @@ def go_duration(text: object) -> float | None:
     return sign * sum(float(n) * _GO_UNITS[u] for n, u in parts)
 
 
-def parse_stream(answer: object, scopes: tuple[str, ...], origins: tuple[str, ...]) -> tuple[
-        list[Decision], list[int], int]:
+def parse_stream(answer: object, scopes: tuple[str, ...], origins: tuple[str, ...], min_prefix: dict[int, int]
+                 ) -> tuple[list[Decision], list[int], int]:
     """(new ban decisions, ids of deleted decisions, entries skipped) of one stream answer. A new one
-    that has already run out is skipped; ``origins`` empty: every origin."""
+    that has already run out is skipped; ``origins`` empty: every origin; a range shorter than
+    ``min_prefix`` (IP version -> prefix length) is skipped."""
     if not isinstance(answer, dict):
         raise ValueError("the answer is not a JSON object")
     new, skipped = [], 0
     wanted = {s.lower() for s in scopes}
     for entry in _entries(answer.get("new")):
-        d = _decision(entry, wanted, origins)
+        d = _decision(entry, wanted, origins, min_prefix)
         if d is None:
             skipped += 1
         elif d is not False:
@@ -77,7 +79,8 @@ def _entries(value: object) -> list:
     return value
 
 
-def _decision(e: object, scopes: set[str], origins: tuple[str, ...]) -> Decision | None | bool:
+def _decision(e: object, scopes: set[str], origins: tuple[str, ...], min_prefix: dict[int, int]
+              ) -> Decision | None | bool:
     """The decision, None if malformed, False if well-formed but not ours (another type, scope or origin)."""
     if type(e) is not dict or type(e.get("id")) is not int:
         return None
@@ -89,7 +92,7 @@ def _decision(e: object, scopes: set[str], origins: tuple[str, ...]) -> Decision
     if kind.lower() != "ban" or scope not in scopes or (origins and origin not in origins):
         return False
     left = go_duration(e.get("duration"))
-    where = _address(value) if scope == "ip" else _prefix(value)
+    where = _address(value) if scope == "ip" else _prefix(value, min_prefix)
     if left is None or where is None:
         return None
     if left <= 0:
@@ -110,12 +113,14 @@ def _address(text: str) -> tuple[str, int] | None:
     return None
 
 
-def _prefix(text: str) -> tuple[str, int] | None:
-    """A range by the policy's own parser (no /0, no zone ids); 10.9.0.5/24 is 10.9.0.0/24."""
+def _prefix(text: str, min_prefix: dict[int, int]) -> tuple[str, int] | None:
+    """A range by the policy's own parser (no /0, no zone ids); 10.9.0.5/24 is 10.9.0.0/24. None if
+    it is wider than ``min_prefix`` allows (an IPv4-mapped one by the IPv4 minimum)."""
     try:
         net = to_network(str(ipaddress.ip_network(text, strict=False)) if "/" in text else text, DROP_ALL)
     except ValueError:
         return None
-    if net.network_address.is_unspecified:
+    shortest = 96 + min_prefix[4] if net.version == 6 and net.subnet_of(_MAPPED) else min_prefix[net.version]
+    if net.network_address.is_unspecified or net.prefixlen < shortest:
         return None
     return str(net), net.version

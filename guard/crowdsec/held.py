@@ -2,7 +2,9 @@
 should hold of them: per set, prefix -> (expires at, comment). One prefix can carry several decisions
 (scenarios): it stays while any does, until the latest expiry. Ranges that nest keep the outermost (an
 interval set refuses overlaps): a range inside a wider one that ends first is added back at the next
-pull after the wider one left."""
+pull after the wider one left. A set takes at most ``crowdsec.size`` elements (nft refuses the whole
+transaction past it): beyond that, the prefixes that end last are kept and the others left out, counted,
+until room frees up."""
 
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ class Held:
             out[d.version] += 1
         return out
 
-    def want(self) -> Want:
+    def want(self, size: int) -> tuple[Want, int]:
+        """(what each set should hold, at most ``size`` prefixes, prefixes left out for want of room)."""
         out: Want = {(v, r): {} for v in (4, 6) for r in ("address", "range")}
         for d, until in self.decisions.values():
             s = out[(d.version, "address" if d.scope == "Ip" else "range")]
@@ -62,4 +65,9 @@ class Held:
         for v in (4, 6):
             ranges = out[(v, "range")]
             out[(v, "range")] = {str(n): ranges[str(n)] for n in outermost([ipaddress.ip_network(r) for r in ranges], v)}
-        return out
+        left_out = 0
+        for key, s in out.items():
+            if len(s) > size:
+                left_out += len(s) - size
+                out[key] = dict(sorted(s.items(), key=lambda kv: (-kv[1][0], kv[0]))[:size])
+        return out, left_out

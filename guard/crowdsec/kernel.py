@@ -22,15 +22,17 @@ def transaction(names: dict[tuple[int, str], str], want: Want, installed: Want |
     for key, name in sorted(names.items()):
         w = want.get(key, {})
         after[key] = w
-        held = {n: v for n, v in (installed or {}).get(key, {}).items() if v[0] > now}
+        was = (installed or {}).get(key, {})
+        held = {n: v for n, v in was.items() if v[0] > now}
         changed = {n: v for n, v in w.items() if n not in held or _differs(held[n], v)}
         gone = [n for n in held if n not in w]
         ref = f"{FAMILY} {TABLE} {name}"
         if installed is None or key not in installed or key[1] == "range" and (changed or gone):
             lines.append(f"flush set {ref}")
             changed = w
-        elif gone or changed:  # add (a no-op if there, so the delete cannot fail), delete, add anew
-            touched = ", ".join((*gone, *changed))
+        elif touched := ", ".join((*gone, *(n for n in changed if n in was))):
+            # what the set may hold: added (a no-op if there, so the delete cannot fail), deleted, then
+            # added anew; never a new prefix before the delete (a full set refuses the whole transaction)
             lines += [f"add element {ref} {{ {touched} }}", f"delete element {ref} {{ {touched} }}"]
         if changed:
             lines.append(f"add element {ref} {{ " + ", ".join(

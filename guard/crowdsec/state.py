@@ -25,6 +25,7 @@ _CHECK = fields({
     "errors": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and is_int(n) for k, n in v.items()),
                "counts per operation"),
     "skipped": (is_int, "a count"),
+    "left_out": (is_int, "a count"),
     "problem": (is_text, "text"),
 })
 
@@ -45,6 +46,8 @@ def lines(cs: dict[str, Any] | None, url: str) -> list[str]:
     when = f"last pull {time.time() - last:.0f} s ago" if isinstance(last, (int, float)) else "no pull yet"
     out = [f"crowdsec: {url}, {d['ipv4']} IPv4 and {d['ipv6']} IPv6 ban decisions held; {when}"
            + ("" if cs["alive"] else " (the daemon is NOT RUNNING: this is its last word)")]
+    if cs.get("left_out"):
+        out.append(f"  SETS FULL: {cs['left_out']} prefixes left out (crowdsec.size; those that end last are kept)")
     if cs.get("problem"):
         out.append(f"  FAILING: {cs['problem']!a} (the bans in place stay until they run out); errors "
                    + ", ".join(f"{op} {n}" for op, n in sorted(cs["errors"].items())))

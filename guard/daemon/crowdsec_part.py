@@ -53,6 +53,7 @@ class CrowdsecPart(ThreadPart):
         self._bans_lock = threading.Lock()
         self._wake = threading.Event()  # set when bans wait to be pushed
         self.skipped = 0  # stream entries that were not well-formed decisions
+        self.left_out = 0  # prefixes held but not in the kernel's full sets (crowdsec.size), at the last pull
         self.timings: dict[str, float] = {}  # seconds the last pull took: its answer, reading it, the kernel
         self.problem: str | None = None  # the last failure, while it lasts
         self._throttle = Throttle(LOG_EVERY_S, clock)
@@ -94,7 +95,7 @@ class CrowdsecPart(ThreadPart):
         if policy is None or plan is None or not policy.crowdsec.enabled:
             return False
         cs = policy.crowdsec
-        config = (cs.url, cs.api_key_file, cs.scopes, cs.origins)
+        config = (cs.url, cs.api_key_file, cs.scopes, cs.origins, cs.min_prefix_v4, cs.min_prefix_v6)
         if config != self._config:  # another LAPI or filter: start again from its whole list
             self._config, self.held, self.installed = config, Held(), None
             self.last_pull = None
@@ -103,7 +104,7 @@ class CrowdsecPart(ThreadPart):
             key = read_config(cs.api_key_file)[0].decode().strip()
             answer = lapi.stream(cs.url, key, startup=self.last_pull is None)
             t1 = time.perf_counter()
-            new, deleted, skipped = parse_stream(answer, cs.scopes, cs.origins)
+            new, deleted, skipped = parse_stream(answer, cs.scopes, cs.origins, cs.min_prefix)
         except (NodeguardError, lapi.LapiError, UnicodeDecodeError, ValueError) as exc:
             return self._failed("pull", str(exc))
         t2 = time.perf_counter()
@@ -116,15 +117,16 @@ class CrowdsecPart(ThreadPart):
                 and self.held.decisions[i][0].origin == cs.machine_id]
         self.held.pulled(new, deleted, now, startup)
         known = self.installed if sets == self._sets else None  # a set recreated (repair, reload): refill
-        text, after = transaction({k: name for k, (name, _h) in sets.items()}, self.held.want(), known, now)
+        want, self.left_out = self.held.want(cs.size)
+        text, after = transaction({k: name for k, (name, _h) in sets.items()}, want, known, now)
+        self._lift(plan, ours)
         try:
             if text:
                 self._nft.run_text(text, what="crowdsec decisions")
         except NodeguardError as exc:
-            self.installed = None
+            self.installed = None  # the next pull flushes and refills
             return self._failed("kernel", str(exc))
         self.installed, self._sets = after, sets
-        self._lift(plan, ours)
         self.timings = {"answer": t1 - t0, "read": t2 - t1, "kernel": time.perf_counter() - t2}
         if startup:
             log.info("crowdsec: %d ban decisions from %s (answer %.2f s, read %.2f s, kernel %.2f s; %d skipped)",
@@ -219,7 +221,7 @@ class CrowdsecPart(ThreadPart):
             return None
         return {"decisions": {f"ipv{v}": n for v, n in self.held.counts().items()}, "last_pull": self.last_pull,
                 "last_push": self.last_push, "errors": dict(self.errors),
-                "skipped": self.skipped, "problem": self.problem}
+                "skipped": self.skipped, "left_out": self.left_out, "problem": self.problem}
 
     def _publish(self, policy) -> None:
         snap = self.snapshot()

@@ -302,7 +302,9 @@ class Crowdsec(_Section):
     ``pull_interval_s`` and dropped at ingress unless allowlisted or failsafe, each until its
     decision ends. The secrets are read from files that are root's alone (``api_key_file``; with
     ``push``, ``password_file`` for ``machine_id``), never from the policy. ``size``: the decisions a
-    family holds (a full set takes no more). nft backend only."""
+    family holds (a full set takes no more). ``min_prefix_v4``/``_v6``: a Range decision wider than
+    this (a /1 drops half the Internet) is skipped and counted, whoever made it; an IPv4-mapped IPv6
+    range (``::ffff:0:0/96``) is held to the IPv4 minimum. nft backend only."""
 
     enabled: bool = False
     url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+/?$")] = "http://127.0.0.1:8080/"
@@ -316,6 +318,13 @@ class Crowdsec(_Section):
     scopes: tuple[Literal["Ip", "Range"], ...] = ("Ip", "Range")
     origins: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")], ...] = ()
     size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 262_144
+    min_prefix_v4: Annotated[int, Field(ge=1, le=32, strict=True)] = 8
+    min_prefix_v6: Annotated[int, Field(ge=1, le=128, strict=True)] = 32
+
+    @property
+    def min_prefix(self) -> dict[int, int]:
+        """IP version -> the shortest prefix length of a Range decision held."""
+        return {4: self.min_prefix_v4, 6: self.min_prefix_v6}
 
 
 class Escalate(_Section):
