@@ -12,7 +12,7 @@ from ._shared import common, emit, kernel, reading_plan
 @click.argument("target")
 @click.option("--for", "for_", metavar="DURATION", default=None,
               help="Lift the ban after this long: seconds, or with s, m, h or d (10m, 2h, 7d). Default: never.")
-@click.option("--reason", default=None, help="Why (shown by bans; at most 100 printable characters).")
+@click.option("--reason", default=None, help="Why (shown by bans; at most 100 bytes of printable UTF-8).")
 def ban(config: str | None, as_json: bool, target: str, for_: str | None, reason: str | None) -> None:
     """Drop TARGET (an address or CIDR, v4 or v6) at ingress unless allowlisted, until --for runs out
     or unban lifts it. Banning it again sets the new expiry and reason."""
@@ -39,6 +39,7 @@ def bans(config: str | None, as_json: bool) -> None:
     from .. import bans as bans_mod
     from .. import manual
     from ..attacklog import NoLog
+    from ..logs import escape
     from ..crowdsec import listing as crowdsec_listing
     from ..policy.load import load_policy
     from ..records import Records
@@ -56,7 +57,7 @@ def bans(config: str | None, as_json: bool) -> None:
     now = _time.time()
     rows = [{"source": m.prefix, "family": f"ipv{m.version}", "expires_in_s": m.expires_s,
              "expires_at": now + m.expires_s if m.expires_s is not None else None, "by": "hand",
-             "reason": m.reason or "banned by hand", "groups": [], "banned_at": None} for m in by_hand]
+             "reason": escape(m.reason) or "banned by hand", "groups": [], "banned_at": None} for m in by_hand]
     rows += [{"source": p, "family": f"ipv{v}", "expires_in_s": left,
               "expires_at": now + left if left is not None else None, "by": "crowdsec",
               "reason": f"CrowdSec: {why}", "groups": [], "banned_at": None} for p, v, left, why in by_crowdsec]
