@@ -126,7 +126,8 @@ def test_status_shows_each_entry_per_ip_version():
 
 def test_check_warns_of_an_entry_that_exempts_most_ports_for_a_broad_prefix():
     text = ("failsafe:\n  - cidrs: [10.0.0.0/8, 192.0.2.0/24]\n    ports: [\"1-2000\"]\n"
-            "  - cidrs: [10.0.0.0/8]\n    ports: [\"1-1024\", 22]\n  - cidrs: [192.0.2.0/24]\n    ports: [\"1-65535\"]\n")
+            "  - cidrs: [10.0.0.0/8]\n    ports: [\"1-1024\", 22]\n"  # 1024 ports: not more
+            "  - cidrs: [192.0.2.0/24]\n    ports: [\"1-65535\"]\n")  # a site's /24: narrow
     assert warning(parse_policy(text, "p.yaml"), {22}) == ("warning: failsafe[0] exempts 2000 tcp ports for "
                                                            "10.0.0.0/8: nothing limits those sources there; "
                                                            "name the management ports alone")

@@ -57,7 +57,7 @@ def bans(config: str | None, as_json: bool) -> None:
     now = _time.time()
     rows = [{"source": m.prefix, "family": f"ipv{m.version}", "expires_in_s": m.expires_s,
              "expires_at": now + m.expires_s if m.expires_s is not None else None, "by": "hand",
-             "reason": escape(m.reason) or "banned by hand", "groups": [], "banned_at": None} for m in by_hand]
+             "reason": m.reason or "banned by hand", "groups": [], "banned_at": None} for m in by_hand]
     rows += [{"source": p, "family": f"ipv{v}", "expires_in_s": left,
               "expires_at": now + left if left is not None else None, "by": "crowdsec",
               "reason": f"CrowdSec: {why}", "groups": [], "banned_at": None} for p, v, left, why in by_crowdsec]
@@ -72,7 +72,8 @@ def bans(config: str | None, as_json: bool) -> None:
     else:
         text = f"{len(rows)} banned source{'s' if len(rows) != 1 else ''}:\n" + "".join(
             f"  {r['source']:<24} expires in "
-            f"{(str(r['expires_in_s']) + ' s') if r['expires_in_s'] is not None else 'never':>8}  {r['reason']}\n"
+            f"{(str(r['expires_in_s']) + ' s') if r['expires_in_s'] is not None else 'never':>8}  "
+            f"{escape(r['reason'])}\n"
             for r in rows)
     emit({"bans": rows, "escalation": escalates}, as_json, text)
 
