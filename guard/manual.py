@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 MAX_REASON = 100  # UTF-8 bytes: an nft element comment holds at most 128
 MAX_FOR_S = 365 * 86400
-HALF = "covers half of its family's addresses or more: it would drop nearly every source"
+HALF = "half of its family's addresses or more: it would drop nearly every source"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -46,7 +46,7 @@ def target(text: str) -> tuple[str, int]:
     if net.num_addresses == 1 and net.network_address.is_unspecified:
         raise BadBan(f"{text.strip()!r} is the unspecified address, no source")
     if prefixes.too_broad([(int(net.network_address), net.prefixlen)], net.version):
-        raise BadBan(f"{text.strip()!r} {HALF}")
+        raise BadBan(f"{text.strip()!r} covers {HALF}")
     return str(net), net.version
 
 
@@ -87,14 +87,7 @@ def ban(plan, nft: Nft, prefix: str, version: int, for_s: int | None, why: str) 
     names = installed(plan, nft)
     if ("manual", version) not in names:
         raise BadBan("nodeguard is not installed here (nodeguard apply first)")
-    new = ipaddress.ip_network(prefix)
-    others = [ipaddress.ip_network(m.prefix) for m in banned(plan, nft) if m.version == version and m.prefix != prefix]
-    for other in others:
-        if other.overlaps(new):
-            raise BadBan(f"{prefix} overlaps the ban of {other}: unban that first")
-    together = [(int(n.network_address), n.prefixlen) for n in [new, *others]]
-    if prefixes.too_broad(prefixes.outermost(together, version), version):
-        raise BadBan(f"{prefix} and the bans there are together {HALF}")
+    fits(prefix, [m.prefix for m in banned(plan, nft) if m.version == version])
     try:
         plan.backend.ban(nft, names[("manual", version)], prefix, for_s, why)
     except BackendError as exc:
@@ -102,6 +95,19 @@ def ban(plan, nft: Nft, prefix: str, version: int, for_s: int | None, why: str) 
             raise
         raise BadBan(f"the manual ban set is full (deny.manual_size {manual_sets(plan)[version].size}): "
                      "unban some or raise it") from None
+
+
+def fits(prefix: str, bans: list[str]) -> None:
+    """Refuses (BadBan) ``prefix`` beside the ``bans`` of its family: it overlaps one (an interval set
+    holds no overlaps), or together they cover half the family. The same prefix again is no overlap."""
+    new = ipaddress.ip_network(prefix)
+    others = [ipaddress.ip_network(b) for b in bans if b != prefix]
+    for other in others:
+        if other.overlaps(new):
+            raise BadBan(f"{prefix} overlaps the ban of {other}: unban that first")
+    together = [(int(n.network_address), n.prefixlen) for n in [new, *others]]
+    if prefixes.too_broad(prefixes.outermost(together, new.version), new.version):
+        raise BadBan(f"{prefix} and the other bans together cover {HALF}")
 
 
 def banned(plan, nft: Nft) -> list[ManualBan]:

@@ -130,6 +130,15 @@ def test_a_ban_of_half_the_space_is_refused(bad):
     assert str(exc.value) == f"{bad!r} covers half of its family's addresses or more: it would drop nearly every source"
 
 
+def test_bans_that_overlap_or_together_cover_half_the_space_are_refused():
+    manual.fits("10.0.0.0/8", ["10.0.0.0/8", "128.0.0.0/2"])  # the same ban again, and a quarter
+    for prefix, bans, why in [("192.0.0.0/2", ["128.0.0.0/2"], "192.0.0.0/2 and the other bans together cover half"),
+                              ("10.1.0.0/16", ["10.0.0.0/8"], "10.1.0.0/16 overlaps the ban of 10.0.0.0/8")]:
+        with pytest.raises(manual.BadBan) as exc:
+            manual.fits(prefix, bans)
+        assert str(exc.value).startswith(why)
+
+
 @pytest.mark.parametrize("cidrs, family", [("[0.0.0.0/1, 128.0.0.0/1]", 4), ("['::/1']", 6),
                                            ("[0.0.0.0/2, 64.0.0.0/2]", 4)])
 def test_a_deny_list_of_half_the_space_or_more_is_refused(cidrs, family):
