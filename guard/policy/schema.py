@@ -91,7 +91,8 @@ class Failsafe(Allow):
     """Sources and ports that are never limited, banned or counted: SSH from the management network,
     the apiserver and kubelet from the control plane. Their rules come first in every chain (the ban
     check included), so a banned source still reaches them. Ports: as many as iptables multiport
-    takes (a range counts twice), for portability."""
+    takes (a range counts twice), for portability. Prefixes, here and in ``allow``: no broader than
+    /8 (IPv4) or /32 (IPv6; unique local fc00::/7 aside), and not half a family together."""
 
     cidrs: Annotated[tuple[Cidr, ...], Field(min_length=1)]
     protocol: Literal["tcp", "udp"] = "tcp"
