@@ -15,9 +15,10 @@ from .policy.fields import DROP_ALL
 
 def parse_deny_text(text: str, file: str) -> dict[int, list[prefixes.Prefix]]:
     """IP version -> the prefixes ``text`` lists, in its order (integers: prefixes.py); a bare address
-    is its /32 or /128. Raises PolicyError naming the line."""
+    is its /32 or /128. Raises PolicyError naming the line. Lines end at LF alone (CRLF read too), as
+    grep and sed count them: str.splitlines also splits at VT, FF, U+0085, U+2028 and the rest."""
     out: dict[int, list[prefixes.Prefix]] = {4: [], 6: []}
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), 1):  # a BOM: Windows editors
         entry = line.split("#", 1)[0].split(";", 1)[0].strip()  # Spamhaus DROP: "1.2.3.0/24 ; SBL123"
         if not entry:
             continue

@@ -11,15 +11,17 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import NodeguardError
+from . import prefixes
+from .errors import BackendError, NodeguardError
 from .model.ruleset import AddrSet
 from .policy.fields import DROP_ALL, to_network
 
 if TYPE_CHECKING:
     from .backend.nft import Nft
 
-MAX_REASON = 100  # characters: an nft element comment holds at most 128 bytes
+MAX_REASON = 100  # UTF-8 bytes: an nft element comment holds at most 128
 MAX_FOR_S = 365 * 86400
+HALF = "half of its family's addresses or more: it would drop nearly every source"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -43,6 +45,8 @@ def target(text: str) -> tuple[str, int]:
         raise BadBan(str(exc)) from None
     if net.num_addresses == 1 and net.network_address.is_unspecified:
         raise BadBan(f"{text.strip()!r} is the unspecified address, no source")
+    if prefixes.too_broad([(int(net.network_address), net.prefixlen)], net.version):
+        raise BadBan(f"{text.strip()!r} covers {HALF}")
     return str(net), net.version
 
 
@@ -55,10 +59,15 @@ def duration(text: str) -> int:
     return seconds
 
 
+def reason_ok(text: str) -> bool:
+    """A reason the kernel's comment holds and a terminal shows as it is."""
+    return text.isprintable() and len(text.encode(errors="replace")) <= MAX_REASON
+
+
 def reason(text: str | None) -> str:
     text = text or ""
-    if len(text) > MAX_REASON or not text.isprintable():
-        raise BadBan(f"--reason: at most {MAX_REASON} printable characters")
+    if not reason_ok(text):
+        raise BadBan(f"--reason: at most {MAX_REASON} bytes of printable text (UTF-8)")
     return text
 
 
@@ -78,11 +87,27 @@ def ban(plan, nft: Nft, prefix: str, version: int, for_s: int | None, why: str) 
     names = installed(plan, nft)
     if ("manual", version) not in names:
         raise BadBan("nodeguard is not installed here (nodeguard apply first)")
+    fits(prefix, [m.prefix for m in banned(plan, nft) if m.version == version])
+    try:
+        plan.backend.ban(nft, names[("manual", version)], prefix, for_s, why)
+    except BackendError as exc:
+        if "Too many open files in system" not in str(exc):  # ENFILE: the set holds its size
+            raise
+        raise BadBan(f"the manual ban set is full (deny.manual_size {manual_sets(plan)[version].size}): "
+                     "unban some or raise it") from None
+
+
+def fits(prefix: str, bans: list[str]) -> None:
+    """Refuses (BadBan) ``prefix`` beside the ``bans`` of its family: it overlaps one (an interval set
+    holds no overlaps), or together they cover half the family. The same prefix again is no overlap."""
     new = ipaddress.ip_network(prefix)
-    for m in banned(plan, nft):
-        if m.version == version and m.prefix != prefix and ipaddress.ip_network(m.prefix).overlaps(new):
-            raise BadBan(f"{prefix} overlaps the ban of {m.prefix}: unban that first")
-    plan.backend.ban(nft, names[("manual", version)], prefix, for_s, why)
+    others = [ipaddress.ip_network(b) for b in bans if b != prefix]
+    for other in others:
+        if other.overlaps(new):
+            raise BadBan(f"{prefix} overlaps the ban of {other}: unban that first")
+    together = [(int(n.network_address), n.prefixlen) for n in [new, *others]]
+    if prefixes.too_broad(prefixes.outermost(together, new.version), new.version):
+        raise BadBan(f"{prefix} and the other bans together cover {HALF}")
 
 
 def banned(plan, nft: Nft) -> list[ManualBan]:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import statefile
+from . import prefixes, statefile
 from .configfile import write_atomic
-from .manual import MAX_FOR_S, MAX_REASON
+from .manual import MAX_FOR_S, MAX_REASON, reason_ok
 from .model.ruleset import AddrSet
 from .policy.schema import outermost
 
@@ -111,10 +111,15 @@ def load(path: str | Path) -> tuple[float, list[Entry]] | None:
     data = statefile.load(path, _check)
     if data is None:
         return None
-    entries = [e for e in map(entry, data["entries"]) if e is not None]
-    if len(entries) < len(data["entries"]):
-        log.warning("%s: %d of %d entries skipped (not an address of their set's family)", path,
-                    len(data["entries"]) - len(entries), len(data["entries"]))
+    read = [(raw, entry(raw)) for raw in data["entries"]]
+    entries = [e for _raw, e in read if e is not None]
+    if len(entries) < len(read):
+        log.warning("%s: %d of %d entries skipped (malformed, or not an address or prefix of their set's "
+                    "family)", path, len(read) - len(entries), len(read))
+    lost = sum(1 for raw, e in read if e is not None and e.set == "manual" and e.reason != raw.get("reason", ""))
+    if lost:
+        log.warning("%s: %d manual bans restored without their reason (not printable text of at most %d "
+                    "bytes)", path, lost, MAX_REASON)
     return data["taken"], entries
 
 
@@ -126,15 +131,17 @@ def entry(raw) -> Entry | None:
     kind, version, expires, why = raw["set"], raw["v"], raw.get("expires"), raw.get("reason", "")
     if not statefile.or_none(statefile.is_number)(expires) or (expires is None and kind != "manual"):
         return None
-    if not isinstance(why, str) or len(why) > MAX_REASON or not why.isprintable():
-        return None
+    if not isinstance(why, str) or not reason_ok(why):
+        why = ""  # the ban stands; only its reason is lost
     try:  # an address set's key is a bare address (ip_address: a third of ip_network's cost)
         net = ipaddress.ip_network(raw["key"], strict=True) if kind == "manual" else ipaddress.ip_address(raw["key"])
     except ValueError:
         return None
     addr = net.network_address if kind == "manual" else net
-    if net.version != version or addr.is_unspecified:
-        return None
+    if net.version != version or (addr.is_unspecified and (kind != "manual" or net.num_addresses == 1)):
+        return None  # a prefix may start at 0.0.0.0 (the bogon 0.0.0.0/8); a source is never that address
+    if kind == "manual" and prefixes.too_broad([(int(addr), net.prefixlen)], version):
+        return None  # ``nodeguard ban`` refuses it: a snapshot never restores it either
     if kind == "banned" and version == 6:  # keyed by its /64, as the kernel keys it
         addr = ipaddress.ip_network(f"{addr}/64", strict=False).network_address
     key = str(net) if kind == "manual" else str(addr)
@@ -142,12 +149,13 @@ def entry(raw) -> Entry | None:
 
 
 # --- restoring ---------------------------------------------------------------------------------
-def due(entries: list[Entry], sets: dict[tuple[str, int], AddrSet], now: float
-        ) -> dict[tuple[str, int], list[tuple[str, int | None, str]]]:
+def due(entries: list[Entry], sets: dict[tuple[str, int], AddrSet], now: float,
+        held: dict[tuple[str, int], int] | None = None) -> dict[tuple[str, int], list[tuple[str, int | None, str]]]:
     """(kind, version) -> [(key, seconds left or None, reason)] to add back: what expired is left
     out, the rest capped at its set's timeout (manual: at the longest ban ``nodeguard ban`` makes);
     manual prefixes inside another are dropped (an interval set refuses overlaps), and no set gets
-    more than its size."""
+    more than the room its size leaves beside the ``held`` elements it has: the kernel refuses a
+    transaction that overfills a set whole, and every entry of it would be lost."""
     out: dict[tuple[str, int], list[tuple[str, int | None, str]]] = {}
     for e in entries:
         s = sets.get((e.set, e.v))
@@ -163,7 +171,7 @@ def due(entries: list[Entry], sets: dict[tuple[str, int], AddrSet], now: float
         if kind == "manual":
             keep = {str(n) for n in outermost([ipaddress.ip_network(k) for k, _l, _r in rows], version)}
             rows[:] = [r for r in dict((r[0], r) for r in rows).values() if r[0] in keep]
-        del rows[sets[(kind, version)].size:]
+        del rows[max(0, sets[(kind, version)].size - (held or {}).get((kind, version), 0)):]
     return out
 
 
@@ -177,8 +185,10 @@ def restore(plan, nft: Nft, path: str | Path, now: float | None = None) -> int:
     now = time.time() if now is None else now
     sets = persisted_sets(plan)
     names = plan.backend.installed_sets(nft, sets)
+    fill = {row["kernel_name"]: row["elements"] for row in plan.backend.meter_fill([sets[k] for k in names])}
+    held = {k: fill.get(name, 0) for k, name in names.items()}
     added = 0
-    for key, rows in sorted(due(loaded[1], sets, now).items()):
+    for key, rows in sorted(due(loaded[1], sets, now, held).items()):
         if key not in names or not rows:
             continue
         try:

@@ -48,6 +48,14 @@ def outermost(prefixes, version: int) -> list[Prefix]:
     return out
 
 
+def too_broad(merged: list[Prefix], version: int) -> bool:
+    """Whether ``merged`` (outermost: disjoint) covers half of its family's addresses or more: a list
+    that wide drops (or opens) the Internet, not a share of it. The bogons FireHOL level1 lists
+    (0.0.0.0/8, 10.0.0.0/8, 127.0.0.0/8, 224.0.0.0/3, ...) cover under a seventh of IPv4."""
+    bits = BITS[version]
+    return 2 * sum(1 << (bits - length) for _first, length in merged) >= 1 << bits
+
+
 def address_text(version: int, value: int) -> str:
     """The address as inet_ntop writes it (nft and ipset read any valid form); IPv4 formatted here, in
     2/3 of the time."""

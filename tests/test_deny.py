@@ -117,9 +117,57 @@ def test_a_bad_duration_is_refused(bad):
 
 def test_a_reason_is_printable_and_short():
     assert manual.reason("scanner, ticket #12") == "scanner, ticket #12"
-    for bad in ("\x1b[31mred", "x" * 101, "two\nlines"):
+    assert manual.reason("\u00e9" * 50) == "\u00e9" * 50  # 100 bytes: an nft comment holds 128
+    for bad in ("\x1b[31mred", "x" * 101, "two\nlines", "\u00e9" * 51):
         with pytest.raises(manual.BadBan):
             manual.reason(bad)
+
+
+@pytest.mark.parametrize("bad", ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"])
+def test_a_ban_of_half_the_space_is_refused(bad):
+    with pytest.raises(manual.BadBan) as exc:
+        manual.target(bad)
+    assert str(exc.value) == f"{bad!r} covers half of its family's addresses or more: it would drop nearly every source"
+
+
+def test_bans_that_overlap_or_together_cover_half_the_space_are_refused():
+    manual.fits("10.0.0.0/8", ["10.0.0.0/8", "128.0.0.0/2"])  # the same ban again, and a quarter
+    for prefix, bans, why in [("192.0.0.0/2", ["128.0.0.0/2"], "192.0.0.0/2 and the other bans together cover half"),
+                              ("10.1.0.0/16", ["10.0.0.0/8"], "10.1.0.0/16 overlaps the ban of 10.0.0.0/8")]:
+        with pytest.raises(manual.BadBan) as exc:
+            manual.fits(prefix, bans)
+        assert str(exc.value).startswith(why)
+
+
+@pytest.mark.parametrize("cidrs, family", [("[0.0.0.0/1, 128.0.0.0/1]", 4), ("['::/1']", 6),
+                                           ("[0.0.0.0/2, 64.0.0.0/2]", 4)])
+def test_a_deny_list_of_half_the_space_or_more_is_refused(cidrs, family):
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(f"deny:\n  cidrs: {cidrs}\n", "p.yaml")
+    assert str(exc.value) == (f"p.yaml:1: deny: cidrs and files together cover half of IPv{family} or more: "
+                              "nodeguard would drop nearly every source")
+
+
+def test_the_bogons_of_firehol_level1_load(deny_file):
+    """FireHOL level1's reserved ranges, 224.0.0.0/3 among them: an eighth of IPv4 and more."""
+    deny_file.write_text("0.0.0.0/8\n10.0.0.0/8\n100.64.0.0/10\n127.0.0.0/8\n169.254.0.0/16\n172.16.0.0/12\n"
+                         "192.0.2.0/24\n192.168.0.0/16\n198.18.0.0/15\n224.0.0.0/3\n")
+    policy = parse_policy(f"deny:\n  files: [{deny_file}]\n", "p.yaml")
+    assert policy.deny.prefixes(4)[0] == (0, 8) and policy.deny.prefixes(4)[-1] == (224 << 24, 3)
+
+
+def test_lines_end_at_lf_alone_and_a_bom_is_read():
+    got = parse_deny_text("\ufeff192.0.2.0/24\r\n198.51.100.1\n", "f")
+    assert got == {4: nets("192.0.2.0/24", "198.51.100.1/32"), 6: []}
+    with pytest.raises(PolicyError) as exc:  # U+0085 splits no line: one bad entry, on line 2
+        parse_deny_text("# x\u2028y\n9.9.9.9\x855.5.5.5\n", "f")
+    assert str(exc.value).startswith("f:2: ")
+
+
+def test_a_huge_line_is_quoted_short():
+    with pytest.raises(PolicyError) as exc:
+        parse_deny_text("1" * 10**6 + "\n", "f")
+    assert str(exc.value) == "f:1: " + repr("1" * 60) + "\u2026 is not a CIDR (longer than any)"
 
 
 def test_an_inline_deny_of_everything_is_refused():

@@ -55,3 +55,27 @@ def test_denied_sources_are_dropped_at_ingress_unless_allowlisted_and_bans_by_ha
     assert victim.nodeguard("unban", "10.77.0.4/30", "-c", policy).stdout.strip() == "unbanned 10.77.0.4/30"
     assert json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"] == []
     assert _replies(attacker, TRUSTED4, VICTIM4) == 2
+
+
+def test_a_full_manual_set_is_one_line_its_fill_counts_prefixes_and_a_reason_never_forges_a_line(
+        lab, write_policy, tmp_path):
+    victim, _attacker = lab
+    policy = write_policy("deny:\n  manual_size: 16\n")
+    victim.nodeguard("apply", "-c", policy)
+    name = next(s["set"]["name"] for s in victim.nft_json("sets")
+                if s.get("set", {}).get("name", "").startswith("manual-v4"))
+    # 16 bans at once (one process, not 16), one of them with a comment no `nodeguard ban` would write
+    elems = [{"elem": {"val": {"prefix": {"addr": f"10.{i}.0.0", "len": 16}},
+                       **({"comment": "x\n  9.9.9.9/32  expires in never  forged"} if i == 1 else {})}}
+             for i in range(1, 17)]
+    (tmp_path / "fill.json").write_text(json.dumps({"nftables": [{"add": {"element": {
+        "family": "inet", "table": "nodeguard", "name": name, "elem": elems}}}]}))
+    victim.run(f"nft -j -f {tmp_path / 'fill.json'}")
+
+    full = victim.nodeguard("ban", "10.17.0.0/16", "-c", policy, check=False)
+    assert (full.returncode, full.stderr.strip()) == (2, "nodeguard: the manual ban set is full (deny.manual_size 16): "
+                                                         "unban some or raise it")
+    fill = [(m["elements"], m["size"]) for m in victim.status(policy)["meters"] if m["set"] == "manual-v4"]
+    assert fill == [(16, 16)]  # 16 prefixes, not their 32 start and end elements
+    listing = victim.nodeguard("bans", "-c", policy).stdout
+    assert len(listing.splitlines()) == 17 and not any(ln.lstrip().startswith("9.9.9.9") for ln in listing.splitlines())

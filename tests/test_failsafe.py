@@ -42,6 +42,11 @@ FAILSAFE = """failsafe:
     ("failsafe:\n  - cidrs: [10.0.0.0/8]\n    ports: []\n", "f.yaml:3: failsafe[0].ports: list at least one port"),
     ("failsafe:\n  - cidrs: [0.0.0.0/0]\n    ports: [22]\n",
      "f.yaml:2: failsafe[0].cidrs[0]: '0.0.0.0/0' would allow every source"),
+    ("failsafe:\n  - cidrs: [0.0.0.0/1, 128.0.0.0/1]\n    ports: [\"1-65535\"]\n",
+     "f.yaml:2: failsafe[0].cidrs[0]: '0.0.0.0/1' is broader than /8: sources that never meet a limit must be "
+     "your own networks, not a share of the Internet"),
+    ("failsafe:\n  - cidrs: [2001:db8::/31]\n    ports: [22]\n", "f.yaml:2: failsafe[0].cidrs[0]: '2001:db8::/31' "
+     "is broader than /32"),
     ("failsafe:\n  - cidrs: [10.0.0.1/8]\n    ports: [22]\n",
      "f.yaml:2: failsafe[0].cidrs[0]: '10.0.0.1/8' is not a CIDR"),
     ("failsafe:\n  - cidrs: [10.0.0.0/8]\n    ports: [\"30-20\"]\n",
@@ -117,6 +122,15 @@ def test_status_shows_each_entry_per_ip_version():
     assert failsafe_lines(entries)[0] == \
         "failsafe (never limited, banned or counted): tcp 22, 6000-6010 from 192.0.2.0/24"
     assert failsafe_lines(failsafe_entries(_ruleset(""))) == ["failsafe: none"]
+
+
+def test_check_warns_of_an_entry_that_exempts_most_ports_for_a_broad_prefix():
+    text = ("failsafe:\n  - cidrs: [10.0.0.0/8, 192.0.2.0/24]\n    ports: [\"1-2000\"]\n"
+            "  - cidrs: [10.0.0.0/8]\n    ports: [\"1-1024\", 22]\n"  # 1024 ports: not more
+            "  - cidrs: [192.0.2.0/24]\n    ports: [\"1-65535\"]\n")  # a site's /24: narrow
+    assert warning(parse_policy(text, "p.yaml"), {22}) == ("warning: failsafe[0] exempts 2000 tcp ports for "
+                                                           "10.0.0.0/8: nothing limits those sources there; "
+                                                           "name the management ports alone")
 
 
 @pytest.mark.parametrize("text,listening,expected", [

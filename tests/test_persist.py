@@ -61,6 +61,13 @@ def test_no_set_gets_more_than_its_size():
     assert [k for k, _l, _r in persist.due(entries, SETS, NOW)[("banned", 4)]] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
 
 
+def test_no_set_gets_more_than_the_room_its_elements_leave():
+    """The kernel refuses a transaction that overfills a set, whole: every entry of it would be lost."""
+    entries = [Entry("banned", 4, f"10.0.0.{i}", NOW + 60) for i in range(1, 6)]
+    assert [k for k, _l, _r in persist.due(entries, SETS, NOW, {("banned", 4): 2})[("banned", 4)]] == ["10.0.0.1"]
+    assert persist.due(entries, SETS, NOW, {("banned", 4): 7})[("banned", 4)] == []
+
+
 @pytest.mark.parametrize("raw", [
     {"set": "banned", "v": 6, "key": "10.0.0.1", "expires": NOW},  # outside its set's family
     {"set": "banned", "v": 4, "key": "10.0.0.0/24", "expires": NOW},  # a prefix in an address set
@@ -72,7 +79,8 @@ def test_no_set_gets_more_than_its_size():
     {"set": "banned", "v": 4, "key": "10.0.0.1", "expires": None},  # a timed set's entry with no expiry
     {"set": "banned", "v": 4, "key": "10.0.0.1", "expires": "soon"},
     {"set": "banned", "v": 4, "key": "10.0.0.1", "expires": -5},
-    {"set": "manual", "v": 4, "key": "10.0.0.1/32", "expires": None, "reason": "\x1b]0;owned\x07"},
+    {"set": "manual", "v": 4, "key": "0.0.0.0/32", "expires": None},  # the unspecified address, no source
+    {"set": "manual", "v": 4, "key": "0.0.0.0/1", "expires": None},  # nodeguard ban refuses it
     {"set": "manual", "v": 4, "key": "1" * 100, "expires": None},
     ["banned", 4, "10.0.0.1"]])
 def test_an_entry_that_is_not_an_address_of_its_sets_family_is_skipped(raw):
@@ -101,8 +109,27 @@ def test_crafted_entries_are_skipped_and_the_rest_kept_with_one_log_line(tmp_pat
     path = _file(tmp_path, {"format": 1, "taken": NOW, "entries": [good, {"set": "banned", "v": 6, "key": "x"}, 7]})
     with caplog.at_level(logging.WARNING):
         assert persist.load(path) == (NOW, [Entry("banned", 4, "10.0.0.1", NOW)])
-    assert [r.getMessage() for r in caplog.records] == [f"{path}: 2 of 3 entries skipped (not an address of "
-                                                        "their set's family)"]
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: 2 of 3 entries skipped (malformed, or not an "
+                                                        "address or prefix of their set's family)"]
+
+
+@pytest.mark.parametrize("key", ["0.0.0.0/8", "::/8"])
+def test_a_ban_of_a_prefix_starting_at_the_unspecified_address_is_kept(key):
+    raw = {"set": "manual", "v": 6 if ":" in key else 4, "key": key, "expires": None, "reason": "bogons"}
+    assert persist.entry(raw) == Entry("manual", raw["v"], key, None, "bogons")
+
+
+def test_a_ban_whose_reason_is_not_printable_keeps_the_ban_and_loses_the_reason(tmp_path, caplog):
+    rows = [{"set": "manual", "v": 4, "key": "10.0.0.1/32", "expires": None, "reason": "\x1b]0;owned\x07"},
+            {"set": "manual", "v": 4, "key": "10.0.0.2/32", "expires": None, "reason": "\u00e9" * 51},  # 102 bytes
+            {"set": "manual", "v": 4, "key": "10.0.0.3/32", "expires": None, "reason": "kept"}]
+    path = _file(tmp_path, {"format": 1, "taken": NOW, "entries": rows})
+    with caplog.at_level(logging.WARNING):
+        assert persist.load(path) == (NOW, [Entry("manual", 4, "10.0.0.1/32", None, ""),
+                                            Entry("manual", 4, "10.0.0.2/32", None, ""),
+                                            Entry("manual", 4, "10.0.0.3/32", None, "kept")])
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: 2 manual bans restored without their reason "
+                                                        "(not printable text of at most 100 bytes)"]
 
 
 def test_a_missing_snapshot_is_nothing_to_restore_and_says_nothing(tmp_path, caplog):

@@ -25,7 +25,8 @@ NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
 NFTNL_UDATA_RULE_COMMENT = 0
 NFPROTO_INET = 1
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
-NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 1, 7, 10
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 1, 3, 7, 10
+NFT_SET_ELEM_INTERVAL_END = 1
 NFTA_DATA_VALUE = 1
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -187,8 +188,23 @@ def set_counters(name: str, table: str = TABLE) -> Iterator[tuple[bytes, int]]:
                    + _nla(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"), parse_set_counters)
 
 
+def _interval_end(buf: bytes, e: int, eend: int) -> bool:
+    """Whether the element nest at ``e`` is an interval set's end element (its flags attribute says
+    NFT_SET_ELEM_INTERVAL_END): a prefix is listed as a start and an end, and counts once."""
+    a = e + _NLA.size
+    while a + _NLA.size <= eend:
+        alen, atype = _NLA.unpack_from(buf, a)
+        if alen < _NLA.size:
+            return False
+        if atype & 0x3FFF == NFTA_SET_ELEM_FLAGS and alen >= _NLA.size + 4:
+            return bool(int.from_bytes(buf[a + _NLA.size:a + _NLA.size + 4], "big") & NFT_SET_ELEM_INTERVAL_END)
+        a += (alen + 3) & ~3
+    return False
+
+
 def count_elements(buf: bytes) -> tuple[int, bool, int]:
-    """(elements counted, dump done, error code) in one datagram of a GETSETELEM dump."""
+    """(elements counted, dump done, error code) in one datagram of a GETSETELEM dump; an interval
+    set's prefix counts once, as the kernel counts it against the set's size."""
     count, done = 0, False
     for mtype, start, end in _messages(buf):
         if mtype == NLMSG_DONE:
@@ -208,7 +224,7 @@ def count_elements(buf: bytes) -> tuple[int, bool, int]:
                         elen = _NLA.unpack_from(buf, e)[0]
                         if elen < _NLA.size:
                             break
-                        count += 1
+                        count += not _interval_end(buf, e, min(e + elen, eend))
                         e += (elen + 3) & ~3
                 a += (alen + 3) & ~3
     return count, done, 0

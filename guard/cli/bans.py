@@ -12,7 +12,7 @@ from ._shared import common, emit, kernel, reading_plan
 @click.argument("target")
 @click.option("--for", "for_", metavar="DURATION", default=None,
               help="Lift the ban after this long: seconds, or with s, m, h or d (10m, 2h, 7d). Default: never.")
-@click.option("--reason", default=None, help="Why (shown by bans; at most 100 printable characters).")
+@click.option("--reason", default=None, help="Why (shown by bans; at most 100 bytes of printable UTF-8).")
 def ban(config: str | None, as_json: bool, target: str, for_: str | None, reason: str | None) -> None:
     """Drop TARGET (an address or CIDR, v4 or v6) at ingress unless allowlisted, until --for runs out
     or unban lifts it. Banning it again sets the new expiry and reason."""
@@ -39,6 +39,7 @@ def bans(config: str | None, as_json: bool) -> None:
     from .. import bans as bans_mod
     from .. import manual
     from ..attacklog import NoLog
+    from ..logs import escape
     from ..crowdsec import listing as crowdsec_listing
     from ..policy.load import load_policy
     from ..records import Records
@@ -71,7 +72,8 @@ def bans(config: str | None, as_json: bool) -> None:
     else:
         text = f"{len(rows)} banned source{'s' if len(rows) != 1 else ''}:\n" + "".join(
             f"  {r['source']:<24} expires in "
-            f"{(str(r['expires_in_s']) + ' s') if r['expires_in_s'] is not None else 'never':>8}  {r['reason']}\n"
+            f"{(str(r['expires_in_s']) + ' s') if r['expires_in_s'] is not None else 'never':>8}  "
+            f"{escape(r['reason'])}\n"
             for r in rows)
     emit({"bans": rows, "escalation": escalates}, as_json, text)
 

@@ -27,9 +27,19 @@ MULTIPORT_SLOTS = 15  # iptables multiport's limit (a range takes two), kept by 
 PortList = Annotated[tuple[Port, ...], Field(max_length=MULTIPORT_SLOTS)]
 
 
-def to_network(text: str, whole: str = "would allow every source: nodeguard would protect nothing"
-               ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+LONGEST_CIDR = 49  # characters: "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255/128"
+OPENS_ALL = "would allow every source: nodeguard would protect nothing"
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """``text`` quoted for a message, its first ``limit`` characters only: a 10 MB line is no message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "\u2026"
+
+
+def to_network(text: str, whole: str = OPENS_ALL) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """A plain prefix (or address: its /32 or /128); ``whole`` says what a /0 would do (refused)."""
+    if len(text) > LONGEST_CIDR:
+        raise ValueError(f"{shown(text)} is not a CIDR (longer than any)")
     if not text.isascii() or "%" in text:  # no zone ids (fe80::%eth0/64), no non-ASCII digits
         raise ValueError(f"{text!r} is not a CIDR (plain IPv4 or IPv6 prefixes only)")
     net = None
@@ -45,6 +55,22 @@ def to_network(text: str, whole: str = "would allow every source: nodeguard woul
             raise ValueError(f"{text!r} is not a CIDR ({exc})") from None
     if net.prefixlen == 0:
         raise ValueError(f"{text!r} {whole}")
+    return net
+
+
+# allow and failsafe: the broadest prefix that may skip protection. A /8 is a large organisation's
+# (10.0.0.0/8) and a /32 an ISP's IPv6 allocation; anything broader is a share of the Internet, except
+# within IPv6's unique local addresses (fd00::/8 is IPv6's 10.0.0.0/8: never routed from the Internet).
+BROADEST_OPENING = {4: 8, 6: 32}
+UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
+
+
+def opening_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An allow or failsafe prefix: ``to_network``'s, no broader than ``BROADEST_OPENING``."""
+    net = to_network(text)
+    if net.prefixlen < BROADEST_OPENING[net.version] and not (net.version == 6 and net.subnet_of(UNIQUE_LOCAL)):
+        raise ValueError(f"{text!r} is broader than /{BROADEST_OPENING[net.version]}: sources that never meet "
+                         "a limit must be your own networks, not a share of the Internet")
     return net
 
 
@@ -80,7 +106,7 @@ def check_interfaces(value: Any) -> Any:
     raise ValueError(f"must be 'auto' or a list of interface names, got {value!r}")
 
 
-Cidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(to_network)]
+Cidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(opening_network)]
 DROP_ALL = "would drop every source: name a narrower prefix"
 DenyCidr = Annotated[str, Field(strict=True), pydantic.AfterValidator(lambda text: to_network(text, DROP_ALL))]
 IfName = Annotated[str, Field(strict=True), pydantic.AfterValidator(_check_ifname)]

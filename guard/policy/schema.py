@@ -38,6 +38,16 @@ def outermost(nets, version: int) -> list[ipaddress.IPv4Network | ipaddress.IPv6
 class Allow(_Section):
     cidrs: tuple[Cidr, ...] = ()  # parsed once into ip_network objects
 
+    @field_validator("cidrs")
+    @classmethod
+    def _not_half(cls, cidrs: tuple) -> tuple:
+        for version in (4, 6):
+            merged = [(int(n.network_address), n.prefixlen) for n in outermost(cidrs, version)]
+            if pfx.too_broad(merged, version):
+                raise ValueError(f"these prefixes together cover half of IPv{version} or more: nodeguard would "
+                                 "protect nothing")
+        return cidrs
+
     def networks(self, version: int) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return outermost(self.cidrs, version)
 
@@ -64,6 +74,14 @@ class Deny(_Section):
                 listed[version] += found
         self._merged = {v: tuple(pfx.outermost(listed[v], v)) for v in (4, 6)}
 
+    @model_validator(mode="after")
+    def _not_half(self) -> "Deny":
+        for version in (4, 6):
+            if pfx.too_broad(self._merged[version], version):
+                raise ValueError(f"cidrs and files together cover half of IPv{version} or more: nodeguard would "
+                                 "drop nearly every source")
+        return self
+
     def prefixes(self, version: int) -> tuple[pfx.Prefix, ...]:
         """The deny list of one IP version, merged: (first address, length) integers (prefixes.py)."""
         return self._merged[version]
@@ -73,7 +91,8 @@ class Failsafe(Allow):
     """Sources and ports that are never limited, banned or counted: SSH from the management network,
     the apiserver and kubelet from the control plane. Their rules come first in every chain (the ban
     check included), so a banned source still reaches them. Ports: as many as iptables multiport
-    takes (a range counts twice), for portability."""
+    takes (a range counts twice), for portability. Prefixes, here and in ``allow``: no broader than
+    /8 (IPv4) or /32 (IPv6; unique local fc00::/7 aside), and not half a family together."""
 
     cidrs: Annotated[tuple[Cidr, ...], Field(min_length=1)]
     protocol: Literal["tcp", "udp"] = "tcp"
