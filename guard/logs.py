@@ -47,6 +47,12 @@ def escape(text: str) -> str:
     return "".join(out)
 
 
+def one_line(text: str) -> str:
+    """A field of a text output line (which escape_lines escapes as a whole): its newlines shown as
+    U+2424 and its tabs as spaces, the two characters escape_lines keeps, so it cannot forge a line."""
+    return text.replace("\n", "\u2424").replace("\t", " ")
+
+
 def escape_lines(text: str) -> str:
     """Text for a terminal: each line escaped, the newlines and tabs kept (nft's own listing indents
     with tabs). Every verb's output goes through

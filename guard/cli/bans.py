@@ -39,7 +39,7 @@ def bans(config: str | None, as_json: bool) -> None:
     from .. import bans as bans_mod
     from .. import manual
     from ..attacklog import NoLog
-    from ..logs import escape
+    from ..logs import one_line
     from ..crowdsec import listing as crowdsec_listing
     from ..policy.load import load_policy
     from ..records import Records
@@ -73,7 +73,7 @@ def bans(config: str | None, as_json: bool) -> None:
         text = f"{len(rows)} banned source{'s' if len(rows) != 1 else ''}:\n" + "".join(
             f"  {r['source']:<24} expires in "
             f"{(str(r['expires_in_s']) + ' s') if r['expires_in_s'] is not None else 'never':>8}  "
-            f"{escape(r['reason'])}\n"
+            f"{one_line(r['reason'])}\n"
             for r in rows)
     emit({"bans": rows, "escalation": escalates}, as_json, text)
 
