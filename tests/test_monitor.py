@@ -81,7 +81,8 @@ def _run(victim, attacker, policy: str, backend: str, tmp_path, mode: str) -> di
                 "took": took[k]} for k in ("icmp", "syn")}
 
 
-@pytest.mark.parametrize("backend", ["nft", "iptables-nft"])
+# iptables renders monitor mode as its golden pins (tests/golden/monitor.iptables.txt); the kernel case on nft
+@pytest.mark.parametrize("backend", ["nft"])
 def test_monitor_mode_drops_nothing_and_counts_what_enforce_then_drops(lab, write_policy, tmp_path, backend):
     victim, attacker = lab
 
