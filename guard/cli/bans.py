@@ -55,16 +55,16 @@ def bans(config: str | None, as_json: bool) -> None:
     except (OSError, NoLog):  # no log: the bans are listed without their reasons
         why = {}
     now = _time.time()
-    rows = [{"source": m.prefix, "family": f"ipv{m.version}", "expires_in_s": m.expires_s,
-             "expires_at": now + m.expires_s if m.expires_s is not None else None, "by": "hand",
-             "reason": m.reason or "banned by hand", "groups": [], "banned_at": None} for m in by_hand]
-    rows += [{"source": p, "family": f"ipv{v}", "expires_in_s": left,
-              "expires_at": now + left if left is not None else None, "by": "crowdsec",
-              "reason": f"CrowdSec: {why}", "groups": [], "banned_at": None} for p, v, left, why in by_crowdsec]
-    rows += [{"source": b.shown, "family": f"ipv{b.version}", "expires_in_s": b.expires_s,
-              "expires_at": now + b.expires_s if b.expires_s is not None else None, "by": "escalation",
-              "reason": bans_mod.describe(why.get(b.shown)), "groups": (why.get(b.shown) or {}).get("groups", []),
-              "banned_at": (why.get(b.shown) or {}).get("ts")} for b in found]
+
+    def row(source: str, version: int, left: int | None, by: str, reason: str, record: dict | None = None) -> dict:
+        return {"source": source, "family": f"ipv{version}", "expires_in_s": left,
+                "expires_at": now + left if left is not None else None, "by": by, "reason": reason,
+                "groups": (record or {}).get("groups", []), "banned_at": (record or {}).get("ts")}
+
+    rows = [row(m.prefix, m.version, m.expires_s, "hand", m.reason or "banned by hand") for m in by_hand]
+    rows += [row(p, v, left, "crowdsec", f"CrowdSec: {scenario}") for p, v, left, scenario in by_crowdsec]
+    rows += [row(b.shown, b.version, b.expires_s, "escalation", bans_mod.describe(why.get(b.shown)), why.get(b.shown))
+             for b in found]
     escalates = bool(bans_mod.escalation_sets(plan))
     if not rows:
         text = "no banned sources" + ("" if escalates else " (and nothing escalates in this policy: escalate.enabled: "
