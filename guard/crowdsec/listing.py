@@ -17,11 +17,8 @@ def banned(plan, nft: Nft) -> list[tuple[str, int, int | None, str]]:
     sets = {(s.version, s.role): s for s in plan.ruleset.sets if s.kind == "crowdsec"}
     out = []
     for (version, _role), name in sorted(plan.backend.installed_sets(nft, sets).items()):
-        out += [(str(ipaddress.ip_network(p)), version, left, _shown(why.removeprefix(PREFIX)))
+        # the comment as the kernel holds it (anyone with CAP_NET_ADMIN may have written it): escaped
+        # once where it is shown, as a manual ban's reason is (cli/bans.py, logs.one_line)
+        out += [(str(ipaddress.ip_network(p)), version, left, why.removeprefix(PREFIX))
                 for p, left, why in plan.backend.manual_bans(nft, name)]
     return out
-
-
-def _shown(text: str) -> str:
-    """A comment read back from the kernel, where anyone with CAP_NET_ADMIN may have written it."""
-    return text if text.isprintable() else ascii(text)
