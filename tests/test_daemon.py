@@ -224,7 +224,7 @@ def test_ready_after_the_first_apply_watchdog_from_the_main_loop_and_a_hung_loop
     t.start()
     resumed_from = time.monotonic()
     wait_until(lambda: any(t > resumed_from for t in run.manager.times("WATCHDOG=1")), timeout=5, interval=0.05)
-    assert run.stop() == 0
+    assert run.stop() == 0, run.log[-4000:]
     t.join(5)
     log = b"".join(drained).decode()
     assert "reload failed: " in log and "policy.yaml:" in log
@@ -244,7 +244,7 @@ def test_sighup_says_reloading_then_ready_and_sigterm_leaves_the_rules(lab, tmp_
     assert not run.manager.times("WATCHDOG=1"), "no WATCHDOG_USEC: no pings"
     alive = healthz(tmp_path)  # the DaemonSet's liveness probe, from the file the main loop beats
     assert alive.returncode == 0 and alive.stdout.startswith("ok: the main loop (pid "), alive
-    assert run.stop() == 0
+    assert run.stop() == 0, run.log[-4000:]
     gone = healthz(tmp_path)
     assert gone.returncode == 1 and "is gone" in gone.stderr and gone.stderr.count("\n") == 1, gone
     assert run.manager.lines("STOPPING=1")
@@ -465,7 +465,7 @@ def test_kill_9_then_restart_adopts_the_table_without_a_counter_reset(lab, tmp_p
     time.sleep(0.3)
     assert icmp_flood_counts(status_json(victim, policy))[0] >= packets, "the counters were reset"
     assert dropped(metrics(victim), "icmp-flood") >= packets
-    assert run2.stop() == 0
+    assert run2.stop() == 0, run2.log[-4000:]
 
 
 # --- faults in the other parts ------------------------------------------------------------
@@ -510,7 +510,7 @@ def test_a_sampler_on_a_full_disk_fails_and_comes_back_while_the_watcher_keeps_r
     finally:
         flood.kill()
         flood.wait()
-    assert run.stop() == 0
+    assert run.stop() == 0, run.log[-4000:]
 
 
 def test_a_taken_metrics_port_does_not_stop_the_watcher_and_the_endpoint_comes_back(lab, tmp_path, runs):
@@ -532,7 +532,7 @@ def test_a_taken_metrics_port_does_not_stop_the_watcher_and_the_endpoint_comes_b
     m = metrics(victim)
     assert m[("nodeguard_component_restarts_total", (("component", "metrics"),))] >= 1
     assert m[("nodeguard_repairs_total", (("reason", "table_missing"),))] == 1
-    assert run.stop() == 0
+    assert run.stop() == 0, run.log[-4000:]
 
 
 # --- refusals -----------------------------------------------------------------------------
@@ -570,7 +570,7 @@ def test_the_last_good_policy_runs_when_the_configured_one_is_broken_and_a_fix_t
     policy = write(tmp_path / "policy.yaml", policy_text(tmp_path))
     run = runs(victim, tmp_path, policy)
     run.wait_ready()
-    assert run.stop() == 0
+    assert run.stop() == 0, run.log[-4000:]
     assert (tmp_path / "last-good.yaml").read_text() == Path(policy).read_text()
     write(tmp_path / "policy.yaml", policy_text(tmp_path) + "icmp: twice\n")
     run2 = runs(victim, tmp_path, policy, name="run2")
@@ -583,7 +583,7 @@ def test_the_last_good_policy_runs_when_the_configured_one_is_broken_and_a_fix_t
     wait_until(lambda: len(run2.manager.times("READY=1")) == 2, timeout=5)
     assert "RUNNING THE LAST GOOD POLICY" not in run2.manager.lines("STATUS=")[-1]
     assert "30/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout
-    assert run2.stop() == 0
+    assert run2.stop() == 0, run2.log[-4000:]
 
 
 # --- pieces, without a kernel ---------------------------------------------------------------

@@ -41,7 +41,7 @@ def test_bans_come_back_after_a_stop_and_a_flush_with_their_time_left_and_the_ex
     victim.run(f"nft add element inet nodeguard {banned_set} {{ {ESCALATED} timeout 40s }}")
     short_at = time.monotonic()
     victim.nodeguard("ban", f"{TRUSTED4}/32", "--for", "4s", "-c", policy)  # expires while the daemon is down
-    assert run.stop() == 0
+    assert run.stop() == 0, run.log[-4000:]
     held = {(e["set"], e["key"]) for e in json.loads(snap.read_text())["entries"]}
     assert held == {("manual", f"{ATTACKER4}/32"), ("manual", f"{TRUSTED4}/32"), ("banned", ESCALATED)}
 
@@ -65,4 +65,4 @@ def test_bans_come_back_after_a_stop_and_a_flush_with_their_time_left_and_the_ex
     assert state["last_kind"] == "table_missing" and state["last_repair_ms"] < 1000  # bans restored within it
     assert _replies(attacker, ATTACKER4) == 0 and _replies(attacker, TRUSTED4) == 2
     assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
-    assert run.stop() == 0
+    assert run.stop() == 0, run.log[-4000:]

@@ -149,6 +149,7 @@ class Daemon:
         import faulthandler
 
         faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2`: every thread's stack on stderr
+        faulthandler.enable(all_threads=True)  # a fatal error (SIGABRT, SIGSEGV) says where each thread was
         old = {}
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
 
