@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 import netlab
+
+# calm: no floods, no timing: these run beside the other tests, without the machine lock
+pytestmark = pytest.mark.calm
 
 BAD = "icmp:\n  rate: 100/second\n  per_source: lots\n"
 

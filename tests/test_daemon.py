@@ -536,6 +536,7 @@ def test_a_taken_metrics_port_does_not_stop_the_watcher_and_the_endpoint_comes_b
 
 
 # --- refusals -----------------------------------------------------------------------------
+@pytest.mark.calm
 @pytest.mark.parametrize("how", ["other owner", "world-writable"])
 def test_a_policy_file_others_could_write_is_refused_with_one_line(ns, tmp_path, how):
     policy = tmp_path / "policy.yaml"
@@ -551,6 +552,7 @@ def test_a_policy_file_others_could_write_is_refused_with_one_line(ns, tmp_path,
     assert "nodeguard" not in ns.run("nft list tables").stdout
 
 
+@pytest.mark.calm
 def test_a_remote_metrics_address_needs_allow_remote(ns, tmp_path):
     netlab.add_uplink(ns)
     policy = write(tmp_path / "policy.yaml", policy_text(tmp_path, "metrics:\n  listen: 192.0.2.1:9632\n"))

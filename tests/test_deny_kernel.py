@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 import netlab
 from netlab import ATTACKER4, ATTACKER6, LEGIT4, LEGIT6, TRUSTED4, VICTIM4, VICTIM6, VICTIM_IF
 
@@ -57,6 +59,7 @@ def test_denied_sources_are_dropped_at_ingress_unless_allowlisted_and_bans_by_ha
     assert _replies(attacker, TRUSTED4, VICTIM4) == 2
 
 
+@pytest.mark.calm
 def test_a_full_manual_set_is_one_line_its_fill_counts_prefixes_and_a_reason_never_forges_a_line(
         lab, write_policy, tmp_path):
     victim, _attacker = lab

@@ -10,6 +10,9 @@ import netlab
 from foreign import foreign_snapshot, without_nodeguard
 from netlab import FIXTURE_FILES, fixture_loaders, load_fixture
 
+# calm: no floods, no timing: these run beside the other tests, without the machine lock
+pytestmark = pytest.mark.calm
+
 CASES = [(name, loader) for name in FIXTURE_FILES for loader in fixture_loaders(name)]
 
 CHANGED = """

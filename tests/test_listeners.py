@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import netlab
 from guard.listeners import Listener, synproxy_ports
 from guard.policy.schema import Policy
@@ -57,6 +59,7 @@ print(json.dumps({
 
 
 
+@pytest.mark.calm
 def test_auto_ports_are_the_listeners_reachable_from_the_uplink_per_family(ns):
     for cmd in ("ip link add ngt0 type veth peer name ngt0p", "ip link add ngt1 type veth peer name ngt1p",
                 "ip addr add 10.98.0.1/24 dev ngt0", "ip -6 addr add fd98::1/64 dev ngt0 nodad",
@@ -122,6 +125,7 @@ print(json.dumps({mode: L.auto_ports(("ngt0",), set(), synproxy_answers) for mod
 """
 
 
+@pytest.mark.calm
 def test_a_local_user_can_neither_take_protection_away_nor_give_it_back(ns, write_policy):
     """Issue 19 item 1: only listeners an uplink reaches count, and a locked buffer only for its port's owner."""
     for cmd in ("ip link add ngt0 type veth peer name ngt0p", "ip link add ngt1 type veth peer name ngt1p",

@@ -273,6 +273,7 @@ def test_reserved_looking_names_cannot_collide_with_built_in_objects():
     _ipt_invariants(rs, _ipt_fresh(rs))
 
 
+@pytest.mark.calm
 # --- nft's own evaluation of what stock kernels get --------------------------------------
 def test_nft_itself_accepts_the_nfqueue_render(ns):
     """``nft -c`` runs nft's full evaluation and asks the kernel. The only error allowed is this

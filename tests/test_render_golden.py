@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+# calm: no floods, no timing: these run beside the other tests, without the machine lock
+pytestmark = pytest.mark.calm
+
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 

@@ -137,6 +137,7 @@ def test_a_new_listener_is_proxied_within_one_watcher_cycle(lab, tmp_path):
                    timeout=3, interval=0.05)
 
 
+@pytest.mark.calm
 def test_forwarded_with_loose_pickup_on_is_refused_before_anything_changes(lab, write_policy):
     """SYNPROXY with nf_conntrack_tcp_loose=1 refused every connection to an engaged port: apply refuses
     the policy (one line, exit 2) unless nodeguard may set the sysctl itself."""
@@ -147,6 +148,7 @@ def test_forwarded_with_loose_pickup_on_is_refused_before_anything_changes(lab, 
     assert "nodeguard" not in victim.run("nft list tables").stdout
 
 
+@pytest.mark.calm
 def test_status_reports_wrong_sysctls_and_changes_nothing_unless_asked(lab, write_policy, default_policy):
     victim, _attacker = lab
     victim.run("sysctl -qw net.ipv4.tcp_timestamps=0")

@@ -14,7 +14,8 @@ from guard.lab.netns import add_uplink
 RAW = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")  # control characters other than newline
 TABLE, CHAIN, COMMENT, GROUP = "fw\x1b[31m", "in\x1b]0;pwned\x07", "\x1b[2Jevil", "syn\x1b[5mflood"
 
-pytestmark = pytest.mark.kernel
+# calm: no floods, no timing: these run beside the other tests, without the machine lock
+pytestmark = [pytest.mark.kernel, pytest.mark.calm]
 
 
 def _clean(res) -> str:
