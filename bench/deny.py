@@ -65,6 +65,10 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def drop_bench_table() -> None:
+    subprocess.run(["nft", "delete", "table", "inet", "ngbench"], capture_output=True)
+
+
 def median(runs: list[tuple[float, float]]) -> tuple[float, float]:
     return statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
 
@@ -90,19 +94,17 @@ def main() -> None:
         f"add set inet ngbench d{v} {{ type ipv{v}_addr; flags interval; }}\n"
         f"add element inet ngbench d{v} {{ {', '.join(nets)} }}\n" for v, nets in merged.items())
     (tmp / "bare.nft").write_text(text)
-    base = median([timed(["nft", "-f", str(tmp / "bare.nft")],
-                         lambda: subprocess.run(["nft", "delete", "table", "inet", "ngbench"], capture_output=True))
-                   for _ in range(args.runs)])
+    base = median([timed(["nft", "-f", str(tmp / "bare.nft")], drop_bench_table) for _ in range(args.runs)])
     ints = [("d4", 4, policy.deny.prefixes(4)), ("d6", 6, policy.deny.prefixes(6))]
-    floor = median([timed_here(lambda: nft_fill.send(nft_fill.batch("ngbench", ints), "bench"),
-                               lambda: subprocess.run(["nft", "delete", "table", "inet", "ngbench"], capture_output=True))
+    floor = median([timed_here(lambda: nft_fill.send(nft_fill.batch("ngbench", ints), "bench"), drop_bench_table)
                     for _ in range(args.runs)])
     print(f"{args.lines} lines -> {len(merged[4])} IPv4 + {len(merged[6])} IPv6 prefixes after merging")
     for what, (secs, cpu) in (("install", install), ("re-apply", reapply)):
         print(f"  nodeguard apply, {what:<9} {secs:6.2f} s, CPU {cpu:5.2f} s  "
               f"(goal {GOAL_S:.0f} s: {'ok' if secs <= GOAL_S else 'MISSED'})")
     print(f"  nft -f, bare sets        {base[0]:6.2f} s, CPU {base[1]:5.2f} s  (libnftables and the kernel alone)")
-    print(f"  element batch, bare sets {floor[0]:6.2f} s, CPU {floor[1]:5.2f} s  (the kernel's floor, and the batch written)")
+    print(f"  element batch, bare sets {floor[0]:6.2f} s, CPU {floor[1]:5.2f} s  "
+          "(the kernel's floor, and the batch written)")
 
 
 if __name__ == "__main__":
