@@ -176,10 +176,11 @@ def test_an_inline_deny_of_everything_is_refused():
     assert str(exc.value) == "p.yaml:2: deny.cidrs[0]: '::/0' would drop every source: name a narrower prefix"
 
 
-def test_a_deny_set_is_filled_by_its_own_add_and_kept_untouched(deny_file):
-    """nft 1.0.6 lists every element of every set in the table before any "add element" (~1 s beside
-    100,000 prefixes): a new deny set carries its elements in its "add set", and a kept one is not
-    touched at all (sealed: its name says what it holds)."""
+def test_a_new_deny_set_is_filled_first_and_a_kept_one_untouched(deny_file):
+    """A new deny set is created and filled by its own batch (backend/nft_fill.py): libnftables is sent
+    no element and no "add set" of it (a rule referring to it fails if it is missing, never finds it
+    empty); the JSON shown for the whole carries the elements. A kept one is not touched at all (sealed:
+    its name says what it holds)."""
     from guard.backend.nft import NftLive
     from guard.jsontext import dumps
     from guard.render.nft import render_nft
@@ -187,16 +188,68 @@ def test_a_deny_set_is_filled_by_its_own_add_and_kept_untouched(deny_file):
 
     policy = parse_policy(f"deny:\n  files: [{deny_file}]\n", "p.yaml")
     objs = render_nft(build_ruleset(policy, ("eth0",), Priorities()))
-    cmds = json.loads(dumps(sync_nft.build(objs, NftLive()).json()))["nftables"]
+    tx = sync_nft.build(objs, NftLive())
     deny = {s["name"]: s for s in objs.sets if s["name"].startswith("deny-")}
-    added = {c["add"]["set"]["name"]: c["add"]["set"] for c in cmds if "set" in c.get("add", {})}
+    assert sorted(s["name"] for s in tx.fills) == sorted(deny)
+    assert [(s["elem"].version, s["elem"].prefixes) for s in sorted(tx.fills, key=lambda s: s["name"])] == [
+        (4, tuple(nets("10.0.0.0/8", "192.0.2.0/24"))), (6, tuple(nets("2001:db8::/32", "fd00::5/128")))]
+    sent = json.loads(dumps(tx.sent()))["nftables"]
+    named = {body["name"] for c in sent for obj in c.values() for kind, body in obj.items()
+             if kind in ("set", "element")}
+    assert not named & set(deny)
+    whole = json.loads(dumps(tx.json()))["nftables"]
+    added = {c["add"]["set"]["name"]: c["add"]["set"] for c in whole if "set" in c.get("add", {})}
     assert [added[n]["elem"] for n in sorted(deny)] == [
         [{"prefix": {"addr": "10.0.0.0", "len": 8}}, {"prefix": {"addr": "192.0.2.0", "len": 24}}],
         [{"prefix": {"addr": "2001:db8::", "len": 32}}, {"prefix": {"addr": "fd00::5", "len": 128}}]]
-    touched = {body["name"] for c in cmds for verb, obj in c.items() for kind, body in obj.items()
-               if kind in ("set", "element") and not (verb == "add" and kind == "set")}
-    assert not touched & set(deny)
+    checked = json.loads(dumps(tx.checked()))["nftables"]
+    assert [c["add"]["set"] for c in checked if c.get("add", {}).get("set", {}).get("name") in deny] == [
+        {k: v for k, v in deny[n].items() if k != "elem"} for n in deny]
     live = NftLive(True, {}, {n: {**s, "handle": 1} for n, s in deny.items()})
-    again = sync_nft.build(objs, live).json()["nftables"]
-    assert not [c for c in again for obj in c.values() for body in obj.values()
-                if isinstance(body, dict) and body.get("name") in deny]
+    again = sync_nft.build(objs, live)
+    assert again.fills == () and not [c for c in again.sent()["nftables"] for obj in c.values()
+                                      for body in obj.values() if isinstance(body, dict) and body.get("name") in deny]
+
+
+def _decoded(elements: list[bytes]) -> list[tuple[str, bool, bytes]]:
+    """(key as hex, end element?, userdata) of each element nft_fill writes, read with the dump parser."""
+    from guard.backend import nfnetlink as nl
+    from guard.backend.nft_fill import NFTA_SET_ELEM_USERDATA
+
+    out = []
+    for e in elements:
+        a = nl._attrs(e, 4, len(e))
+        key = nl._attrs(e, *a[nl.NFTA_SET_ELEM_KEY])[nl.NFTA_DATA_VALUE]
+        out.append((e[slice(*key)].hex(), nl._interval_end(e, 0, len(e)),
+                    e[slice(*a[NFTA_SET_ELEM_USERDATA])] if NFTA_SET_ELEM_USERDATA in a else b""))
+    return out
+
+
+def test_the_element_batch_is_what_nft_sends_for_the_same_set():
+    """``nft --debug=netlink add set inet t s { type ipv4_addr; flags interval; elements = { 10.0.0.0/8,
+    255.0.0.0/8 } }`` prints: "element 00000000 : 1 [end]  element 0000000a : 0 [end]  element 0000000b
+    : 1 [end]  element 000000ff : 0 [end]  userdata = { \\x01\\x04\\x01\\x00\\x00\\x00 }"."""
+    from guard.backend.nft_fill import elements
+
+    open_end = b"\x01\x04\x01\x00\x00\x00"
+    assert _decoded(elements(4, nets("10.0.0.0/8", "255.0.0.0/8"))) == [
+        ("00000000", True, b""), ("0a000000", False, b""), ("0b000000", True, b""), ("ff000000", False, open_end)]
+    assert _decoded(elements(6, nets("::/8", "2001:db8::1/128"))) == [
+        ("00" * 16, False, b""), ("01" + "00" * 15, True, b""),
+        ("20010db8" + "00" * 11 + "01", False, b""), ("20010db8" + "00" * 11 + "02", True, b"")]
+
+
+def test_the_batch_splits_elements_under_the_attribute_limit_and_ends_only_when_committed():
+    """A nested attribute's length is 16 bits: 100,000 prefixes go in many messages; without ``commit``
+    the batch has no end message, so the kernel checks it and commits nothing (nft -c)."""
+    import struct
+
+    from guard.backend.nft_fill import NFNL_MSG_BATCH_END, batch
+
+    prefixes = [(i << 8, 24) for i in range(0, 200_000, 2)]
+    msgs = batch("nodeguard", [("deny-v4-x", 4, prefixes)])
+    lengths = [struct.unpack_from("=IH", m)[0] for m in msgs]
+    assert max(lengths) < 65_535 and len(msgs) > 60
+    assert sum(len(m) for m in msgs[3:-1]) > 100_000 * 40  # every prefix: a start and an end
+    assert struct.unpack_from("=IH", msgs[-1])[1] == NFNL_MSG_BATCH_END
+    assert batch("nodeguard", [("deny-v4-x", 4, prefixes)], commit=False) == msgs[:-1]

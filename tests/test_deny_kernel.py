@@ -82,3 +82,35 @@ def test_a_full_manual_set_is_one_line_its_fill_counts_prefixes_and_a_reason_nev
     assert fill == [(16, 16)]  # 16 prefixes, not their 32 start and end elements
     listing = victim.nodeguard("bans", "-c", policy).stdout
     assert len(listing.splitlines()) == 17 and not any(ln.lstrip().startswith("9.9.9.9") for ln in listing.splitlines())
+
+
+def _kernel_prefixes(ns, family: str) -> list[str]:
+    """The prefixes the kernel holds in the deny set of ``family``, as nft lists them (a /32 or /128 bare)."""
+    name = next(s["set"]["name"] for s in ns.nft_json("sets") if s.get("set", {}).get("name", "").startswith(family))
+    full = next(o["set"] for o in ns.nft_json(f"set inet nodeguard {name}") if "set" in o)
+    return [f"{e['prefix']['addr']}/{e['prefix']['len']}" if isinstance(e, dict) else e for e in full.get("elem", [])]
+
+
+def test_the_deny_sets_filled_by_their_own_batch_hold_the_merged_prefixes(ns, write_policy, tmp_path):
+    """The new deny sets are created and filled by a raw nfnetlink batch (backend/nft_fill.py), the rules
+    then moved to them: the kernel holds exactly the merged prefixes, the first and last of each family's
+    space included (no end element after them); --dry-run checks the batch and leaves nothing behind."""
+    netlab.add_uplink(ns)
+    os.chmod(tmp_path, 0o755)
+    deny = tmp_path / "deny.txt"
+    deny.write_text("0.0.0.0/8\n0.1.2.3\n10.0.0.0/8\n10.9.0.0/16\n10.255.255.255\n11.0.0.0/8\n255.0.0.0/8\n"
+                    "192.0.2.7\n2001:db8::/32\n2001:db8:1::/48\n2001:db9::1\nff00::/8\n")
+    os.chmod(deny, 0o644)
+    policy = write_policy(f"deny:\n  files: [{deny}]\n")
+
+    dry = ns.nodeguard("apply", "--dry-run", "-c", policy).stdout
+    assert dry.startswith("# first, a transaction of its own (one nfnetlink batch): the new deny sets")
+    assert '{"prefix":{"addr":"255.0.0.0","len":8}}' in dry and [o for o in ns.nft_json("tables") if "table" in o] == []
+
+    ns.nodeguard("apply", "-c", policy)
+    assert _kernel_prefixes(ns, "deny-v4") == ["0.0.0.0/8", "10.0.0.0/8", "11.0.0.0/8", "192.0.2.7", "255.0.0.0/8"]
+    assert _kernel_prefixes(ns, "deny-v6") == ["2001:db8::/32", "2001:db9::1", "ff00::/8"]
+    status = ns.status(policy)
+    assert sorted((m["set"], m["elements"]) for m in status["meters"] if m["kind"] == "deny") == [
+        ("deny-v4", 5), ("deny-v6", 3)]
+    assert status["in_sync"]

@@ -13,6 +13,7 @@ from ..model.ruleset import TABLE, AddrSet, RuleSet
 from ..render.ids import id_and_label, id_from_comment
 from ..render.nft import FAMILY, VALVE_ELEMENTS, NftObjects, render_chain_rules
 from ..sync import nft as sync_nft
+from . import nft_fill
 from .nft import Nft, NftLive, objects, read_live
 
 if TYPE_CHECKING:
@@ -40,11 +41,24 @@ class NftBackend:
         return sync_nft.build(self.objects, live, fingerprints)
 
     def check(self, tx: sync_nft.NftTransaction, nft: Nft) -> str:
-        nft.run(tx.json(), dry_run=True, what="apply --dry-run")
+        if tx.fills:
+            nft_fill.send(nft_fill.batch(TABLE, _fill_sets(tx), commit=False), "apply --dry-run")
+        nft.run(tx.checked(), dry_run=True, what="apply --dry-run")
         return "checked by the kernel (libnftables check mode)"
 
     def send(self, tx: sync_nft.NftTransaction, nft: Nft) -> None:
-        nft.run(tx.json(), what="apply")
+        if tx.fills:
+            nft_fill.send(nft_fill.batch(TABLE, _fill_sets(tx)), "apply")
+        try:
+            nft.run(tx.sent(), what="apply")
+        except BackendError:  # the filled sets, which nothing refers to, go too
+            ref = {"family": FAMILY, "table": TABLE}
+            try:
+                nft.run({"nftables": [{"delete": {"set": {**ref, "name": s["name"]}}} for s in tx.fills]},
+                        what="apply")
+            except BackendError:
+                pass  # the next apply deletes them: they are in no render but this one
+            raise
 
     def installed_text(self, tx: sync_nft.NftTransaction, nft: Nft) -> str:
         return nft.text(f"table {FAMILY} {TABLE}")
@@ -249,6 +263,11 @@ class NftBackend:
 
     def valve_ids(self, ruleset: RuleSet) -> set[str]:
         return {rid for rule, rid in _rule_ids(ruleset) if any(isinstance(x, ValveEngaged) for x in rule.matches)}
+
+
+def _fill_sets(tx: sync_nft.NftTransaction) -> list[tuple[str, int, tuple]]:
+    """(name, IP version, prefixes) of the sets the transaction fills first."""
+    return [(s["name"], s["elem"].version, s["elem"].prefixes) for s in tx.fills]
 
 
 def _value(text: str) -> str | dict:

@@ -78,13 +78,19 @@ def render_rule_expr(rule: Rule, sets: dict[str, AddrSet]) -> list[dict]:
     return exprs
 
 
-def _prefixes_json(s: AddrSet) -> JsonText:
-    """A deny list's elements, straight from their integers to JSON text (jsontext.py)."""
-    def write() -> str:
-        text = prefixes.address_text
-        return "[" + ",".join(['{"prefix":{"addr":"%s","len":%d}}' % (text(s.version, first), length)
-                               for first, length in s.elements]) + "]"
-    return JsonText(write)
+class PrefixElements(JsonText):
+    """A deny list's elements: its integers, which backend/nft_fill.py sends to the kernel as they are,
+    and their JSON text, written only when shown (apply --dry-run, check --json)."""
+
+    __slots__ = ("version", "prefixes")
+
+    def __init__(self, version: int, elements: tuple[prefixes.Prefix, ...]) -> None:
+        def write() -> str:
+            text = prefixes.address_text
+            return "[" + ",".join(['{"prefix":{"addr":"%s","len":%d}}' % (text(version, first), length)
+                                   for first, length in elements]) + "]"
+        super().__init__(write)
+        self.version, self.prefixes = version, elements
 
 
 def _elements(s: AddrSet) -> list:
@@ -131,9 +137,9 @@ def _set(table: str, s: AddrSet) -> dict:
         obj.update(type="inet_service", size=s.size, flags=["timeout"], timeout=s.timeout_s)
     elif s.kind == "allow":
         obj["flags"] = ["interval"]
-    elif s.kind == "deny":  # sealed: filled with the set itself. An "add element" anywhere in a transaction
-        # makes nft 1.0.6 list every element of every set in the table first (~1 s with 100,000 prefixes)
-        obj.update(flags=["interval"], elem=_prefixes_json(s))
+    elif s.kind == "deny":  # sealed: filled with the set itself (sync/nft.py). An "add element" anywhere in a
+        # transaction makes nft 1.0.6 list every element of every set in the table first (~1 s with 100,000 prefixes)
+        obj.update(flags=["interval"], elem=PrefixElements(s.version, s.elements))
     elif s.kind == "manual" or s.kind == "crowdsec" and s.role == "range":  # each element its own timeout, or none
         obj.update(size=s.size, flags=["interval", "timeout"])
     elif s.kind == "crowdsec":  # addresses alone: a hash set loads 100,000 in a second, an interval set not

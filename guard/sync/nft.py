@@ -17,19 +17,42 @@ from .. import jsontext
 from ..backend.nft import NftLive
 from ..fingerprints import nft_body
 from ..render.ids import id_from_comment
-from ..render.nft import FAMILY, NftObjects
+from ..render.nft import FAMILY, NftObjects, PrefixElements
 
 
 @dataclass(frozen=True)
 class NftTransaction:
+    """``commands``: the libnftables transaction. ``fills``: new deny sets (render objects, their elements
+    with them), created and filled first by a transaction of their own (backend/nft_fill.py) that no
+    rule refers to until ``commands`` commits."""
+
     commands: tuple[dict, ...]
+    fills: tuple[dict, ...] = ()
     moves_jumps_only = False  # nft has no jumps of ours in foreign chains to put back (sync/ipt.py)
 
     def json(self) -> dict:
+        """Both transactions as the one libnftables transaction that does the same (check --json, apply
+        --dry-run --json): the filled sets added with their elements, right after the table."""
+        return self._with_sets(self.fills)
+
+    def sent(self) -> dict:
+        """What libnftables is sent, after the fill."""
         return {"nftables": list(self.commands)}
 
+    def checked(self) -> dict:
+        """What libnftables checks in --dry-run, where the fill is checked and not committed: the filled
+        sets added empty."""
+        return self._with_sets([{k: v for k, v in s.items() if k != "elem"} for s in self.fills])
+
     def text(self) -> str:
-        return jsontext.dumps(self.json(), indent=2) + "\n"
+        fill = "" if not self.fills else (
+            "# first, a transaction of its own (one nfnetlink batch): the new deny sets and their elements\n"
+            + jsontext.dumps({"nftables": self._with_sets(self.fills)["nftables"][:1 + len(self.fills)]}, indent=2)
+            + "\n# then, referring to them:\n")
+        return fill + jsontext.dumps(self.sent(), indent=2) + "\n"
+
+    def _with_sets(self, sets) -> dict:
+        return {"nftables": [*self.commands[:1], *({"add": {"set": s}} for s in sets), *self.commands[1:]]}
 
 
 def _ref(table: str, name: str) -> dict:
@@ -89,18 +112,21 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
     cmds += [{"delete": {"set": _ref(table, name)}} for name in live.sets if name not in kept_sets]
     cmds += [{"delete": {"limit": _ref(table, name)}} for name in live.limits if name not in kept_limits]
     # 4. everything the render has. Kept sets and limits are left alone, state and all (an "add" of
-    # a dynamic set the kernel flagged "dynamic" itself would even fail with EEXIST)
+    # a dynamic set the kernel flagged "dynamic" itself would even fail with EEXIST). A new deny set is
+    # filled before (NftTransaction.fills); one someone replaced under its name is added here, elements and all
+    fills = tuple(s for s in objs.sets if isinstance(s.get("elem"), PrefixElements) and s["name"] not in live.sets)
+    filled = {s["name"] for s in fills}
     for s in objs.sets:
         name = s["name"]
-        if name not in kept_sets:
-            cmds.append({"add": {"set": s}})  # a deny list's elements with it (render/nft.py)
+        if name not in kept_sets and name not in filled:
+            cmds.append({"add": {"set": s}})
         if name in objs.elements:
             cmds += _elements(_ref(table, name), live.static_elements.get(name, []) if name in kept_sets else None,
                               objs.elements[name])
     cmds += [{"add": {"limit": x}} for x in objs.limits if x["name"] not in kept_limits]
     cmds += [{"add": {"chain": c}} for c in objs.chains if c["name"] not in intact]
     cmds += [{"add": {"rule": r}} for r in objs.rules if r["chain"] not in intact]
-    return NftTransaction(tuple(cmds))
+    return NftTransaction(tuple(cmds), fills)
 
 
 def _elements(ref: dict, live: list | None, want: list) -> list[dict]:
