@@ -148,6 +148,12 @@ def test_list_items_keep_their_lines_an_alias_its_anchors():
     assert [doc.lines[("a", i)] for i in range(4)] == [2, 3, 2, 5] and doc.lines[("a", 3, 0)] == 5
 
 
+def test_allow_prefixes_that_overlap_count_once_toward_half_a_family():
+    """Listed twice over, 10.0.0.0/8 adds up to half of IPv4 (128 copies), but covers a 256th."""
+    policy = parse_policy("allow:\n  cidrs: [" + ", ".join(["10.0.0.0/8"] * 128) + "]\n", "f.yaml")
+    assert [str(n) for n in policy.allow.networks(4)] == ["10.0.0.0/8"]
+
+
 # Policies that once raised past the loader (RecursionError, ValueError): each is one line, exit 2 at
 # `check`, and the daemon's loader falls back to the last good policy on them.
 CRASHERS = {
