@@ -15,7 +15,8 @@ Baselines measured in the same run, on the same (shared, noisy) machine:
 - the same commands run from a *baseline tree* (``--baseline REV``, default ``main``), checked
   out with ``git worktree add --detach`` into a temporary directory and removed afterwards. The
   runs of the two trees alternate (baseline, candidate, baseline, ...), so load from other jobs
-  falls on both alike. The ratio column is candidate / baseline.
+  falls on both alike. The ratio column is candidate / baseline. The CPU columns are the medians of
+  the same runs' user + system time: on a loaded machine, where wall times swing by 2x, compare those.
 
 Every run happens inside a throwaway network namespace with a veth uplink and a default route
 (guard/lab/netns.py): the host's ruleset is never touched. Each tree is imported through PYTHONPATH,
