@@ -15,7 +15,8 @@ Baselines measured in the same run, on the same (shared, noisy) machine:
 - the same commands run from a *baseline tree* (``--baseline REV``, default ``main``), checked
   out with ``git worktree add --detach`` into a temporary directory and removed afterwards. The
   runs of the two trees alternate (baseline, candidate, baseline, ...), so load from other jobs
-  falls on both alike. The ratio column is candidate / baseline.
+  falls on both alike. The ratio column is candidate / baseline. The CPU columns are the medians of
+  the same runs' user + system time: on a loaded machine, where wall times swing by 2x, compare those.
 
 Every run happens inside a throwaway network namespace with a veth uplink and a default route
 (guard/lab/netns.py): the host's ruleset is never touched. Each tree is imported through PYTHONPATH,
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -67,19 +69,23 @@ RULES = "<the tree's rules/default.yaml>"
 GOALS_MS = {"version": 150, "help": 150, "apply-default": 300, "apply-10k": 500}
 
 
-def run(tree: Path | None, argv: list[str]) -> float:
-    """One process, timed from spawn to exit (ms). ``tree`` None: ``argv`` is the whole command."""
+def run(tree: Path | None, argv: list[str]) -> tuple[float, float]:
+    """One process, timed from spawn to exit: (wall ms, CPU ms: its user + system time, which other
+    jobs on a shared machine move far less). ``tree`` None: ``argv`` is the whole command."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # as installed: with .pyc
     cmd = argv
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
         cmd = [sys.executable, "-m", "guard", *argv]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     res = subprocess.run(cmd, cwd=tree or ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ms = (time.perf_counter() - t) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
     if res.returncode != 0:
         sys.exit(f"{' '.join(cmd)} (tree {tree}) failed ({res.returncode}): {res.stderr.decode()[-2000:]}")
-    return ms
+    return ms, cpu
 
 
 def uninstall(tree: Path) -> None:
@@ -118,11 +124,12 @@ def main() -> None:
         keep = args.only.split(",")
         cases = {k: v for k, v in cases.items() if k.split()[0] in keep}
     try:
-        floor = statistics.median(run(None, [sys.executable, "-c", "pass"]) for _ in range(args.runs))
+        floor = statistics.median(run(None, [sys.executable, "-c", "pass"])[0] for _ in range(args.runs))
         print(f"python -c pass: {floor:.0f} ms (median of {args.runs}); baseline tree: {args.baseline} ({rev})")
-        print(f"{'case':<22} {'baseline':>9} {'candidate':>10} {'ratio':>6} {'- floor':>8} {'goal':>7}")
+        print(f"{'case':<22} {'baseline':>9} {'candidate':>10} {'ratio':>6} {'- floor':>8} {'goal':>7}       "
+              f"{'CPU: baseline':>13} {'candidate':>10} {'ratio':>6}")
         for name, (argv, before) in cases.items():
-            times: dict[str, list[float]] = {k: [] for k in trees}
+            times: dict[str, list[tuple[float, float]]] = {k: [] for k in trees}
             argvs = {k: [str(t / "rules" / "default.yaml") if a == RULES else a for a in argv]
                      for k, t in trees.items()}
             for which, tree in trees.items():  # warm the page cache and install the policy once for each tree
@@ -132,10 +139,11 @@ def main() -> None:
                     if before:
                         before(tree)
                     times[which].append(run(tree, argvs[which]))
-            b, c = (statistics.median(times[k]) for k in trees)
+            (b, bc), (c, cc) = ((statistics.median(w for w, _ in times[k]), statistics.median(u for _, u in times[k]))
+                                for k in trees)
             goal = GOALS_MS[name.split()[0]]
             print(f"{name:<22} {b:>6.0f} ms {c:>7.0f} ms {c / b:>6.2f} {c - floor:>5.0f} ms {goal:>4} ms "
-                  f"{'ok' if c <= goal else 'MISSED'}", flush=True)
+                  f"{'ok' if c <= goal else 'MISSED':<6} {bc:>10.0f} ms {cc:>7.0f} ms {cc / bc:>6.2f}", flush=True)
         uninstall(ROOT)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False)

@@ -25,7 +25,6 @@ from .model.build import build_ruleset
 from .model.plans import Priorities, Sampling, SynproxyPlan
 from .model.ruleset import TABLE, RuleSet
 from .policy.schema import Policy
-from .render import ipt as render_ipt
 from .render import ipt_names
 from .render import nft as render_nft
 from .sync import nft as sync_nft
@@ -38,8 +37,8 @@ if TYPE_CHECKING:
     Transaction = sync_nft.NftTransaction | IptTransaction
     Live = NftLive | IptLive
 
-# The iptables backend's own modules (backend.ipt_backend, backend.ipt, backend.ipset, sync.ipt: ~7 ms) are imported
-# where they are used, so that an nft apply does not load them; Live and Transaction exist for type checkers.
+# The iptables backend's own modules (backend.ipt_backend, backend.ipt, backend.ipset, sync.ipt, render.ipt) are
+# imported where they are used, so that an nft apply does not load them; Live and Transaction exist for type checkers.
 IPT_FLAVOURS = ("nft", "legacy")
 log = logging.getLogger("nodeguard.apply")
 
@@ -195,6 +194,7 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
                     sampling_reason, **extra)
     else:
         from .backend.ipt_backend import IptBackend
+        from .render import ipt as render_ipt
 
         backend = IptBackend(flavour[0], {v: render_ipt.render_ipt(ruleset, v) for v in (4, 6)},
                              tuple(render_ipt.ipsets(ruleset)))

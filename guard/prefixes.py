@@ -9,6 +9,7 @@ import itertools
 import socket
 import struct
 
+from . import inet
 from .policy.fields import to_network
 
 BITS = {4: 32, 6: 128}
@@ -18,19 +19,9 @@ Prefix = tuple[int, int]  # (first address as an int, prefix length)
 def parse(entry: str, whole: str) -> tuple[int, int, int]:
     """``(version, first, length)`` of a plain prefix or address (its /32 or /128); ``whole``: what a
     /0 would do (refused). Raises ValueError with to_network's message."""
-    addr, slash, plen = entry.partition("/")
-    try:
-        if ":" in addr:
-            version, bits, first = 6, 128, int.from_bytes(socket.inet_pton(socket.AF_INET6, addr), "big")
-        else:
-            version, bits, first = 4, 32, int.from_bytes(socket.inet_pton(socket.AF_INET, addr), "big")
-        if slash and not (plen.isascii() and plen.isdigit()):
-            raise ValueError(plen)
-        length = int(plen) if slash else bits
-        if 0 < length <= bits and not first & ((1 << (bits - length)) - 1):
-            return version, first, length
-    except (OSError, ValueError):
-        pass
+    found = inet.read(entry)
+    if found is not None:
+        return found
     net = to_network(entry, whole)  # raises the one-line message, or reads what inet_pton does not
     return net.version, int(net.network_address), net.prefixlen
 

@@ -76,13 +76,26 @@ def _measure(root: yaml.Node, file: str) -> None:
     visit per distinct node, before anything is expanded."""
     size: dict[int, int] = {}  # id(node) -> its values once expanded
 
+    def deep(node: yaml.Node) -> PolicyError:
+        return PolicyError(file, node.start_mark.line + 1, "", f"nested more than {MAX_DEPTH} levels deep")
+
     def visit(node: yaml.Node, depth: int) -> int:
         if id(node) not in size:
             if depth > MAX_DEPTH:
-                raise PolicyError(file, node.start_mark.line + 1, "", f"nested more than {MAX_DEPTH} levels deep")
+                raise deep(node)
             children = (node.value if isinstance(node, yaml.SequenceNode) else
                         [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
-            size[id(node)] = 1 + sum(visit(child, depth + 1) for child in children)
+            total = 1
+            for child in children:  # a scalar (10,000 in a big allowlist) here, without a call of its own
+                if not isinstance(child, yaml.ScalarNode):
+                    total += visit(child, depth + 1)
+                    continue
+                if id(child) not in size:
+                    if depth + 1 > MAX_DEPTH:
+                        raise deep(child)
+                    size[id(child)] = 1
+                total += 1
+            size[id(node)] = total
         return size[id(node)]
 
     if visit(root, 0) - len(size) > MAX_ALIAS_VALUES:
@@ -110,7 +123,14 @@ def _convert(node: yaml.Node, path: Path, lines: dict[Path, int], file: str,
             lines[path + (key,)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, path + (i,), lines, file, constructor) for i, item in enumerate(node.value)]
+        out_list = []
+        for i, item in enumerate(node.value):
+            if isinstance(item, yaml.ScalarNode) and item.tag == _STR:  # a CIDR, a name: without a call of its own
+                lines[path + (i,)] = item.start_mark.line + 1
+                out_list.append(item.value)
+            else:
+                out_list.append(_convert(item, path + (i,), lines, file, constructor))
+        return out_list
     return _scalar(node, constructor, file, path)
 
 

@@ -1,5 +1,5 @@
-"""render.nft.address_text prints an address exactly as ``str()`` does (it is a faster copy of
-ipaddress's IPv6 formatting, for big allowlists)."""
+"""render.nft.address_text prints an address exactly as ``str()`` does (inet_ntop where the two
+agree, which is faster, for big allowlists)."""
 
 from __future__ import annotations
 

@@ -32,14 +32,16 @@ policy = parse_policy("backend: {backend}\\nsampler:\\n  enabled: false\\nsyn:\\
 plan = make_plan(policy, None, interfaces=("eth0",), flavour={flavour})
 transaction(plan, read_state(plan, None))
 print(plan.backend.name, plan.flavour, type(plan.backend).__name__)
-print(sorted(m for m in sys.modules if m in ("guard.backend.ipt", "guard.sync.ipt", "guard.backend.ipt_backend")))
+print(sorted(m for m in sys.modules if m in ("guard.backend.ipt", "guard.sync.ipt", "guard.backend.ipt_backend",
+                                             "guard.render.ipt", "guard.render.ipt_matches")))
 """
 
 
 @pytest.mark.parametrize("backend,flavour,want", [
     ("nft", None, "nft None NftBackend\n[]\n"),
     ("iptables", ("legacy", "given"), "iptables-legacy legacy IptBackend\n"
-     "['guard.backend.ipt', 'guard.backend.ipt_backend', 'guard.sync.ipt']\n"),
+     "['guard.backend.ipt', 'guard.backend.ipt_backend', 'guard.render.ipt', 'guard.render.ipt_matches', "
+     "'guard.sync.ipt']\n"),
 ])
 def test_the_plan_holds_its_backend_and_nft_loads_no_iptables_module(tmp_path, backend, flavour, want):
     code = PROBE.format(backend=backend, flavour=flavour, state=tmp_path / "watch.json")

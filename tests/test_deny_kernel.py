@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -29,8 +30,17 @@ def test_denied_sources_are_dropped_at_ingress_unless_allowlisted_and_bans_by_ha
     # ATTACKER4 (.2) and LEGIT4 (.3) are in 10.77.0.0/30, ATTACKER6 alone in its /128; .3 and LEGIT6 allowlisted
     deny.write_text(f"# blocklist\n10.77.0.0/30 ; both\n{ATTACKER6}\n")
     os.chmod(deny, 0o644)
-    policy = write_policy(f"allow:\n  cidrs: [{LEGIT4}/32, {LEGIT6}/128]\ndeny:\n  files: [{deny}]\n")
+    # 198.51.100.0/24 and 2001:db8:ffff::/48: prefixes no lab address is in, so the allowlists hold both shapes
+    policy = write_policy(f"allow:\n  cidrs: [{LEGIT4}/32, {LEGIT6}/128, 198.51.100.0/24, 2001:db8:ffff::/48]\n"
+                          f"deny:\n  files: [{deny}]\n")
     victim.nodeguard("apply", "-c", policy)
+    listed = {n: victim.nft_json(f"set inet nodeguard {n}")[1]["set"]["elem"] for n in ("allow-v4", "allow-v6")}
+    read = victim.run([sys.executable, "-c", "import json; from guard.backend.nft import Nft, read_live; "
+                       "from guard.backend.nft_elements import address_elements; nft = Nft(); print(json.dumps(["
+                       "read_live(nft, 'inet', 'nodeguard').static_elements, {n: address_elements(nft.text("
+                       f"'set inet nodeguard ' + n)) for n in {sorted(listed)!r}}}]))"]).stdout
+    live, from_text = json.loads(read)  # what a re-apply reads, and the text listing's reading alone
+    assert {n: e for n, e in live.items() if n in listed} == from_text == listed
 
     assert _replies(attacker, ATTACKER4, VICTIM4) == 0
     assert _replies(attacker, LEGIT4, VICTIM4) == 2

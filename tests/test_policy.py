@@ -124,6 +124,36 @@ def test_a_nested_alias_bomb_is_refused_at_once_not_built():
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.parametrize("depth, error", [(32, None), (33, "f.yaml:2: nested more than 32 levels deep")])
+def test_a_scalar_deeper_than_the_limit_is_refused_at_its_own_line(depth, error):
+    """A scalar is measured and read without a call of its own (yamlsource.py): it still counts as
+    one level, and the error names its line, not its list's."""
+    from guard.yamlsource import load_document
+
+    text = "a: " + "[" * (depth - 1) + "\n  x" + "]" * (depth - 1) + "\n"
+    if error is None:
+        doc = load_document(text, "f.yaml")
+        assert doc.line_of(("a",) + (0,) * (depth - 1)) == 2 and doc.line_of(("a",) + (0,) * (depth - 2)) == 1
+    else:
+        with pytest.raises(PolicyError) as exc:
+            load_document(text, "f.yaml")
+        assert str(exc.value) == error
+
+
+def test_list_items_keep_their_lines_an_alias_its_anchors():
+    from guard.yamlsource import load_document
+
+    doc = load_document("a:\n  - &x one\n  - 2\n  - *x\n  - [three]\n", "f.yaml")
+    assert doc.data == {"a": ["one", 2, "one", ["three"]]}
+    assert [doc.lines[("a", i)] for i in range(4)] == [2, 3, 2, 5] and doc.lines[("a", 3, 0)] == 5
+
+
+def test_allow_prefixes_that_overlap_count_once_toward_half_a_family():
+    """Listed twice over, 10.0.0.0/8 adds up to half of IPv4 (128 copies), but covers a 256th."""
+    policy = parse_policy("allow:\n  cidrs: [" + ", ".join(["10.0.0.0/8"] * 128) + "]\n", "f.yaml")
+    assert [str(n) for n in policy.allow.networks(4)] == ["10.0.0.0/8"]
+
+
 # Policies that once raised past the loader (RecursionError, ValueError): each is one line, exit 2 at
 # `check`, and the daemon's loader falls back to the last good policy on them.
 CRASHERS = {

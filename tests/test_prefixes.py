@@ -1,7 +1,8 @@
 """Prefixes as integers (guard/prefixes.py) and JSON written once (guard/jsontext.py), pure: the fast
-reading of a prefix agrees with ipaddress on every text it takes and leaves every other text to it
-(messages and all); the merge keeps exactly the outermost prefixes; the text written is the address;
-JSON with written parts is json.dumps of their values."""
+readings of a prefix (inet.py: prefixes.parse's integers, to_network's objects) agree with ipaddress
+on every text they take and leave every other text to it (messages and all); the merge keeps exactly
+the outermost prefixes; the text written is the address; JSON with written parts is json.dumps of
+their values."""
 
 from __future__ import annotations
 
@@ -16,19 +17,28 @@ from guard.jsontext import JsonText, dumps
 from guard.policy.fields import DROP_ALL, to_network
 
 
-def _ipaddress(text: str):
+def _network(text: str, fast: bool):
     try:
-        n = to_network(text, DROP_ALL)
+        return to_network(text, DROP_ALL, fast=fast)
     except ValueError as exc:
         return str(exc)
-    return n.version, int(n.network_address), n.prefixlen
+
+
+def _ipaddress(text: str):
+    n = _network(text, fast=False)
+    return n if isinstance(n, str) else (n.version, int(n.network_address), n.prefixlen)
 
 
 def _fast(text: str):
+    """Both fast readings: prefixes.parse's integers, and to_network's object as integers, which
+    must be the same object as ipaddress's."""
     try:
-        return prefixes.parse(text, DROP_ALL)
+        ints = prefixes.parse(text, DROP_ALL)
     except ValueError as exc:
-        return str(exc)
+        ints = str(exc)
+    net = _network(text, fast=True)
+    assert net == _network(text, fast=False) and type(net) is type(_network(text, fast=False)), text
+    return ints
 
 
 TRICKY = ["1.2.3.4", "01.2.3.4", "1.2.3.04", "1.2.3.0/024", "1.2.3.0/+24", "1.2.3.0/ 24", "1.2.3.0/2_4",

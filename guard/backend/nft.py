@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import jsontext
 from ..errors import BackendError, EnvironmentProblem
+from .nft_elements import address_elements
 
 _LIB = "libnftables.so.1"
 
@@ -148,9 +149,22 @@ def read_live(nft: Nft, family: str, table: str) -> NftLive:
         return NftLive()
     sets = {s["name"]: s for s in objects(listing, "set")}
     allow = {}
-    for name in sets:
+    for name, s in sets.items():
         if name.startswith(STATIC_SET_PREFIXES):
-            full = objects(nft.list(f"set {family} {table} {name}"), "set")
-            allow[name] = full[0].get("elem", []) if full else []
+            allow[name] = _static_elements(nft, family, table, name, s.get("type"))
     return NftLive(True, {c["name"]: c for c in objects(listing, "chain")}, sets,
                    {x["name"]: x for x in objects(listing, "limit")}, tuple(objects(listing, "rule")), allow)
+
+
+def _static_elements(nft: Nft, family: str, table: str, name: str, kind: Any) -> list:
+    """A static set's elements as its JSON listing gives them: an address set's from the text listing
+    when that holds plain elements only (nft_elements.py, half the cost for 10,000 prefixes)."""
+    if kind in ("ipv4_addr", "ipv6_addr"):
+        try:
+            found = address_elements(nft.text(f"set {family} {table} {name}"))
+        except BackendError:  # gone since the table was listed: the JSON listing says so
+            found = None
+        if found is not None:
+            return found
+    full = objects(nft.list(f"set {family} {table} {name}"), "set")
+    return full[0].get("elem", []) if full else []

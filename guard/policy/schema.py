@@ -42,6 +42,9 @@ class Allow(_Section):
     @classmethod
     def _not_half(cls, cidrs: tuple) -> tuple:
         for version in (4, 6):
+            bits = pfx.BITS[version]
+            if 2 * sum(1 << (bits - n.prefixlen) for n in cidrs if n.version == version) < 1 << bits:
+                continue  # under half even counting overlaps twice: no merge needed (10,000 CIDRs: ~15 ms)
             merged = [(int(n.network_address), n.prefixlen) for n in outermost(cidrs, version)]
             if pfx.too_broad(merged, version):
                 raise ValueError(f"these prefixes together cover half of IPv{version} or more: nodeguard would "

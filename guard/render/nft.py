@@ -8,8 +8,7 @@ Within a rule: matches and statements, then the counter, then the verdict, which
 
 from __future__ import annotations
 
-import re
-import struct
+import socket
 from dataclasses import dataclass
 from functools import singledispatch
 from typing import Any
@@ -99,31 +98,16 @@ def _elements(s: AddrSet) -> list:
     return [{"prefix": {"addr": address_text(n.network_address), "len": n.prefixlen}} for n in s.elements]
 
 
-_ZERO_RUNS = re.compile(r"(?<![0-9a-f])0(?::0)+(?![0-9a-f])")  # two or more "0" groups in a row
-
-
 def address_text(addr) -> str:
-    """``str(addr)``, in ~2.5 us instead of ~5.4 us for an IPv6 address (5,000 IPv6 allowlist
-    entries: 15 ms): the groups in hex, the first longest run of two or more zero groups as "::"
-    (RFC 5952, as ipaddress prints them; tests/test_render.py compares the two). Addresses whose
-    first 80 bits are zero (IPv4-mapped and -compatible ones, which Python versions print
-    differently) and IPv4 addresses are ipaddress's own."""
+    """``str(addr)``, faster: inet_ntop writes an IPv6 address as ipaddress does (RFC 5952: the first
+    longest run of two or more zero groups as "::"; tests/test_address_text.py compares the two) in
+    a fifth of the time (5,000 IPv6 allowlist entries: 25 ms less). Addresses whose first 80 bits are
+    zero (IPv4-mapped and -compatible ones, which inet_ntop and Python versions print differently)
+    and IPv4 addresses are ipaddress's own."""
     ip = int(addr)
     if addr.version == 4 or ip >> 48 == 0:
         return str(addr)
-    text = "%x:%x:%x:%x:%x:%x:%x:%x" % struct.unpack("!8H", ip.to_bytes(16, "big"))
-    best = None
-    for run in _ZERO_RUNS.finditer(text):
-        if best is None or run.end() - run.start() > best.end() - best.start():
-            best = run
-    if best is None:
-        return text
-    start, end = best.span()
-    if start == 0:
-        return ":" + text[end:]
-    if end == len(text):
-        return text[:start] + ":"
-    return text[:start] + text[end:]
+    return socket.inet_ntop(socket.AF_INET6, ip.to_bytes(16, "big"))
 
 
 def _set(table: str, s: AddrSet) -> dict:
