@@ -27,8 +27,13 @@ Kind = str  # a test of the value ``v``, as a Python expression
 
 
 def _number(high: int) -> Kind:
-    """An int or a float from 0 to ``high``: NaN fails the comparison, ints of any size compare exactly."""
-    return f"(type(v) is float or type(v) is int) and 0 <= v <= {high}"
+    """An int or a float from 0 to ``high``: NaN fails the comparison, ints of any size compare exactly.
+    ``high`` is written as the float equal to it: comparing a float with a float is direct, with an
+    int of more than one digit a conversion each time (a log compares millions)."""
+    bound = float(high)
+    if bound != high:
+        raise ValueError(f"bound {high} has no exact float")
+    return f"(type(v) is float or type(v) is int) and 0 <= v <= {bound!r}"
 
 
 def or_none(kind: Kind) -> Kind:
