@@ -52,11 +52,13 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
     timeline: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     windows: list[dict] = []
     bans: list[dict] = []  # ban/unban records (escalation), in log order
+    bounded = since is not None or until is not None
     for rec in records:
-        ts = rec.get("ts", rec.get("start", 0))
-        end = rec.get("end", ts)
-        if (since is not None and end < since) or (until is not None and ts > until):
-            continue
+        if bounded:
+            ts = rec.get("ts", rec.get("start", 0))
+            end = rec.get("end", ts)
+            if (since is not None and end < since) or (until is not None and ts > until):
+                continue
         group = rec.get("rule")
         if rec.get("mode") == "monitor":  # would-be drops are their own line: "<group>/monitor"
             group = f"{group}/monitor"
