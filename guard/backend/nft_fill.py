@@ -28,7 +28,8 @@ NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 
 NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_USERDATA, NFTA_DATA_VALUE = 1, 1, 3, 6, 1
 NLA_F_NESTED = 0x8000
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE = 0x1, 0x4, 0x400
-SO_SNDBUFFORCE, SOL_NETLINK, NETLINK_CAP_ACK = 32, 270, 10
+SO_SNDBUFFORCE, SO_RCVBUFFORCE, SOL_NETLINK, NETLINK_CAP_ACK = 32, 33, 270, 10
+ACK_ROOM = 1024  # receive buffer per acknowledged message, as nft sizes it (mnl_batch_talk)
 KEY_TYPE = {4: 7, 6: 8}  # nft's datatypes ipv4_addr and ipv6_addr
 KEY_BIG_ENDIAN = b"\x00\x04" + struct.pack("=I", 2)  # set udata: the key's byte order, as nft writes it
 INTERVAL_END = _nla(NFTA_SET_ELEM_FLAGS, struct.pack(">I", 1))
@@ -102,6 +103,9 @@ def send(msgs: list[bytes], what: str) -> None:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(data) + (1 << 16))  # needs CAP_NET_ADMIN, as all of this
+        # the kernel queues every acknowledgement at once after the batch: ~250 of them overflow the default
+        # 208 kB, and the batch commits while recv says ENOBUFS
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, len(msgs) * ACK_ROOM + (1 << 16))
         sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # an error carries the header of the message, not its 60 kB
         sock.bind((0, 0))
         sock.settimeout(30)
