@@ -208,3 +208,4 @@ def test_sighup_with_a_changed_rate_takes_effect(node, tmp_path):
     print(f"\n{backend}: SIGHUP 10/s -> 40/s: {before} -> {after} replies in 3 s")
     assert 0.7 * 40 <= before <= 1.3 * 40 + 5 and 0.7 * 130 <= after <= 1.3 * 130, (before, after)
     assert st["reloads_ok"] == 1 and st["errors"] == 0, st
+    assert st["repairs"] == 0, f"the reload was counted as a repair: {st}"

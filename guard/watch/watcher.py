@@ -63,6 +63,7 @@ class Watcher(WatchLoop):
                       "last_apply": None, "notes": [], "port_updates": 0}
         self._notes: dict[str, str] = {}  # topic -> text; state["notes"] lists the texts
         self._pending: Drift | None = None
+        self._reload_pending = False  # a reloaded policy not yet installed (handle: not a repair)
         self.last_plan: Plan | None = None  # the render of the last check (the daemon's metrics read it)
         self._backend: str | None = None  # what is installed (None: not yet)
         self._polled = False  # it raises no events: poll its fingerprint (iptables-legacy)
@@ -214,12 +215,13 @@ class Watcher(WatchLoop):
         now = self.clock()
         if drift is None:
             self._pending = None
+            self._reload_pending = False
             self._accepted()  # the kernel holds exactly this policy
             if self.damper.contested and now - self.damper.last_drift >= 60.0:
                 self.state["contested_by"] = None
             return
         switching = plan.backend.name != self._backend
-        if not switching:
+        if not switching and not self._reload_pending:  # a new policy installs at once, and is no repair
             self.damper.saw_drift(now)
             self._repair_at = self.damper.next_repair_at(now)
             if self._repair_at > now:
@@ -243,7 +245,14 @@ class Watcher(WatchLoop):
         self.state["backend"] = plan.backend.name
         self._accepted()
         if switching:
+            self._reload_pending = False
             log.info("switched to the %s backend; the other backends' rules are removed", plan.backend.name)
+            return
+        if self._reload_pending:
+            self._reload_pending = False
+            self._pending = None
+            self.state["last_apply"] = time.time()
+            log.info("reload installed in %.1f ms: %s", (done - detected_at) * 1000, drift)
             return
         self.damper.record_repair(done)
         self._pending = None
@@ -274,6 +283,7 @@ class Watcher(WatchLoop):
         self._live = None
         self.damper = Damper(policy.watcher.max_repairs_per_minute, policy.watcher.backoff_max_s)
         self.state["reloads_ok"] += 1
+        self._reload_pending = True  # what the next check finds differing is this policy, not a repair
         log.info("reload: %s accepted by the kernel; installing it", source)
         return True
 
