@@ -431,17 +431,24 @@ def test_a_configmap_symlink_swap_reloads_as_sighup(lab, tmp_path, runs):
     from test_configwatch import ConfigMapVolume
 
     victim, attacker = lab
-    volume = ConfigMapVolume(tmp_path / "etc-nodeguard", {"config.yaml": policy_text(tmp_path)})
+    deny = write(tmp_path / "deny.txt", "198.51.100.0/24\n")  # a blocklist beside the ConfigMap, as a cron job keeps it
+    listed = f"deny:\n  files: [{deny}]\n"
+    volume = ConfigMapVolume(tmp_path / "etc-nodeguard", {"config.yaml": policy_text(tmp_path, listed)})
     os.chmod(volume.root, 0o755)
     run = runs(victim, tmp_path, str(volume.root / "config.yaml"), "--config-poll", "0.2")
     run.wait_ready()
-    volume.update({"config.yaml": policy_text(tmp_path, per_source="25/second burst 10")})
+    volume.update({"config.yaml": policy_text(tmp_path, listed, per_source="25/second burst 10")})
     wait_until(lambda: state(tmp_path)["reloads_ok"] == 1, timeout=5, interval=0.05)
     wait_until(lambda: "25/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout, timeout=5)
     assert len(run.manager.times("RELOADING=1")) == 1 and "changed; reloading" in run.log
-    volume.update({"config.yaml": policy_text(tmp_path, per_source="25/second burst 10")})  # same content
+    volume.update({"config.yaml": policy_text(tmp_path, listed, per_source="25/second burst 10")})  # same content
     time.sleep(1.0)
     assert state(tmp_path)["reloads_ok"] == 1 and len(run.manager.times("RELOADING=1")) == 1
+    write(tmp_path / "deny.txt", "198.51.100.0/24\n203.0.113.0/24\n")  # the blocklist alone changes
+    wait_until(lambda: "203.0.113.0/24" in victim.run("nft list sets inet").stdout, timeout=5, interval=0.05)
+    wait_until(lambda: state(tmp_path)["reloads_ok"] == 2, timeout=5, interval=0.05)  # the state file follows
+    assert state(tmp_path)["repairs"] == 0, state(tmp_path)
+    assert f"{deny} changed; reloading" in run.log
 
 
 # --- restarts and adoption ----------------------------------------------------------------

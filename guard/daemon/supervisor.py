@@ -75,6 +75,7 @@ class Daemon:
         self._ready = False
         self._reloaded = False  # READY=1 owed after a reload
         self._seen_repairs = 0
+        self._deny_watches: dict[str, ConfigWatch] = {}  # the policy's deny files, polled as the policy is
         self._status = ""
         self._rate: tuple[float, int] | None = None  # (when, total condemned packets) for drops/s
         self._drops_per_s = 0.0
@@ -205,6 +206,9 @@ class Daemon:
         if self.configwatch is not None and self.configwatch.check():
             log.info("%s changed; reloading", self.configured)
             self.request_reload()
+        elif self.configwatch is not None and (changed := self._deny_files_changed(w.policy)):
+            log.info("%s changed; reloading", ", ".join(changed))
+            self.request_reload()
         if self._ready:
             self.sampler.tick(w.policy, w.last_plan, odds_only=w.last_plan is self._odds_plan)
             self.metrics.tick()
@@ -217,6 +221,15 @@ class Daemon:
             if text != self._status:
                 self._status = text
                 self.notifier.status(text)
+
+    def _deny_files_changed(self, policy) -> list[str]:
+        """The deny files of ``policy`` whose content changed since the last look (each polled as the
+        policy file is: a blocklist refreshed by a cron job reloads without a SIGHUP)."""
+        paths = tuple(policy.deny.files)
+        if tuple(self._deny_watches) != paths:
+            self._deny_watches = {p: self._deny_watches.get(p) or ConfigWatch(p, self.opts.config_poll_s, self.clock)
+                                  for p in paths}
+        return [p for p, watch in self._deny_watches.items() if watch.check()]
 
     def _refresh_rate(self, now: float) -> None:
         self._next_status = now + STATUS_EVERY_S

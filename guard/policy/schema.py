@@ -58,7 +58,8 @@ class Allow(_Section):
 class Deny(_Section):
     """Sources dropped at ingress, before anything else runs, unless allowlisted: ``cidrs`` inline and
     ``files`` of CIDRs (absolute paths, one CIDR a line, ``#`` comments; root's alone, as the policy
-    file), read on every apply and reload. ``manual_size``: how many ``nodeguard ban`` entries a
+    file), read on every apply and reload; the daemon polls them as it polls the policy file, and a
+    changed one reloads. ``manual_size``: how many ``nodeguard ban`` entries a
     family holds (a full set refuses the next ban)."""
 
     cidrs: tuple[DenyCidr, ...] = ()
