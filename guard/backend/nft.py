@@ -10,6 +10,7 @@ import ctypes
 import functools
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,8 @@ def _binding() -> type:
 
     class Locked(nftables.Nftables):
         def __del__(self) -> None:
+            if sys.is_finalizing():
+                return  # a daemon thread stopped inside a call holds the lock for good; exit frees all
             with _LIBRARY:
                 super().__del__()
     return Locked
