@@ -7,8 +7,11 @@ netlink batch: the kernel applies all of it or none of it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
+import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,24 +21,50 @@ from .nft_elements import address_elements
 
 _LIB = "libnftables.so.1"
 
+# libnftables keeps process-wide state that its contexts share unguarded: strtok(3) in the JSON
+# listing of a set's type (json.c set_dtype_json: two threads listing sets at once garble each
+# other's JSON or abort the process, "Assertion `__out' failed"), the interface list that every
+# command and nft_ctx_free release, and nft_ctx_new's first-call setup. The daemon's parts each have
+# a context in a thread of their own, so every call into the library, a context's creation and
+# freeing included, holds this one lock. Re-entrant: the garbage collector may free a context
+# inside a locked section of the same thread.
+_LIBRARY = threading.RLock()
+
+
+@functools.cache
+def _binding() -> type:
+    """The pip-nftables binding whose context is freed under ``_LIBRARY`` (by whichever thread drops
+    the last reference)."""
+    import nftables
+
+    class Locked(nftables.Nftables):
+        def __del__(self) -> None:
+            if sys.is_finalizing():
+                return  # a daemon thread stopped inside a call holds the lock for good; exit frees all
+            with _LIBRARY:
+                super().__del__()
+    return Locked
+
 
 class Nft:
-    """A libnftables context in the calling process's network namespace."""
+    """A libnftables context in the calling process's network namespace. Threads may each have one:
+    their calls into the library take turns (``_LIBRARY``)."""
 
     def __init__(self) -> None:
         # Load the library before the binding: a binding object whose __init__ failed half-way
         # raises again from its __del__ later, far from here.
         try:
-            import nftables  # the pip-nftables binding
+            binding = _binding()  # the pip-nftables binding
             self._lib = ctypes.CDLL(_LIB)
         except (ImportError, OSError) as exc:
             raise EnvironmentProblem(
                 f"libnftables is not usable ({exc}); install Debian's libnftables1 and the pip-nftables package"
             ) from None
-        self._nft = nftables.Nftables(sofile=_LIB)
         self._lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
-        self._nft.set_json_output(True)
-        self._nft.set_handle_output(True)
+        with _LIBRARY:
+            self._nft = binding(sofile=_LIB)
+            self._nft.set_json_output(True)
+            self._nft.set_handle_output(True)
 
     def _set_dry_run(self, on: bool) -> None:
         # The binding wraps no dry-run setter; the C API has one (nft -c).
@@ -43,18 +72,21 @@ class Nft:
 
     def run(self, transaction: dict, *, dry_run: bool = False, what: str = "transaction") -> None:
         """Send one transaction; with ``dry_run`` the kernel checks it and commits nothing."""
-        self._set_dry_run(dry_run)
-        try:
-            rc, _out, err = self._nft.cmd(jsontext.dumps(transaction))
-        finally:
-            self._set_dry_run(False)
+        text = jsontext.dumps(transaction)
+        with _LIBRARY:
+            self._set_dry_run(dry_run)
+            try:
+                rc, _out, err = self._nft.cmd(text)
+            finally:
+                self._set_dry_run(False)
         if rc != 0:
             raise BackendError(what, _first_error(err))
 
     def run_text(self, commands: str, *, what: str = "transaction") -> None:
         """Send commands in nft's own syntax as one transaction (for element lists: libnftables parses
         them faster than JSON). Only text we made: nothing of anyone else's may reach it unescaped."""
-        rc, _out, err = self._nft.cmd(commands)
+        with _LIBRARY:
+            rc, _out, err = self._nft.cmd(commands)
         if rc != 0:
             raise BackendError(what, _first_error(err))
 
@@ -65,11 +97,12 @@ class Nft:
         """
         if terse and what.startswith("table "):
             return self._terse_table(*what.split()[1:3])
-        self._nft.set_terse_output(terse)
-        try:
-            rc, out, err = self._nft.cmd(f"list {what}")
-        finally:
-            self._nft.set_terse_output(False)
+        with _LIBRARY:
+            self._nft.set_terse_output(terse)
+            try:
+                rc, out, err = self._nft.cmd(f"list {what}")
+            finally:
+                self._nft.set_terse_output(False)
         if rc != 0:
             if "No such file or directory" in err:
                 return []
@@ -95,13 +128,14 @@ class Nft:
 
     def text(self, what: str) -> str:
         """``nft list <what>`` as nft prints it (no handles), for people."""
-        self._nft.set_json_output(False)
-        self._nft.set_handle_output(False)
-        try:
-            rc, out, err = self._nft.cmd(f"list {what}")
-        finally:
-            self._nft.set_json_output(True)
-            self._nft.set_handle_output(True)
+        with _LIBRARY:
+            self._nft.set_json_output(False)
+            self._nft.set_handle_output(False)
+            try:
+                rc, out, err = self._nft.cmd(f"list {what}")
+            finally:
+                self._nft.set_json_output(True)
+                self._nft.set_handle_output(True)
         if rc != 0:
             raise BackendError(f"list {what}", _first_error(err))
         return out
