@@ -25,6 +25,8 @@ from collections import defaultdict
 from operator import itemgetter
 from typing import Iterable
 
+from .records import check
+
 # Sources that share one IPv4 /24 or IPv6 /48 are shown as that network when at least this many do:
 # a botnet in one hosting range or a scanner walking a subnet is one line, not a screenful.
 SHARED_NETWORK_MIN = 3
@@ -71,18 +73,7 @@ EST, SAMPLED, FIRST, LAST, PROTOS, DPORTS, PEAK, NET, WINDOW, IN_WINDOW = range(
 MEMBERS, NET_WINDOW, NET_IN_WINDOW = 2, 3, 4
 
 
-Flow = tuple  # (source, estimated, sampled, first, last, proto, dport): a flow record as the tallies read it
-
-
-def flow_of(rec: dict) -> Flow:
-    """The fields of a "flow" or "other" record that the tallies read, read once for all of them. An
-    "other" record (samples past the sampler's flow cap) is source "other", with no protocol nor port:
-    its shape has none (records.SHAPES), so any it holds are not read."""
-    if rec.get("type") == "flow":
-        return (rec.get("src", "other"), rec.get("estimated", 0), rec.get("sampled", 0), rec["first"], rec["last"],
-                rec.get("proto"), rec.get("dport"))
-    return ("other", rec.get("estimated", 0), rec.get("sampled", 0), rec.get("first", rec["start"]),
-            rec.get("last", rec["end"]), None, None)
+Flow = tuple  # (source, estimated, sampled, first, last, proto, dport): a flow record as records.check reads it
 
 
 def _row(flow: Flow, *rest) -> list:
@@ -145,7 +136,7 @@ class EpisodeSources:
         self.cut = -1.0  # the smallest network estimate kept by the last fold; -1: none yet
 
     def add_window(self, start: float, end: float, flows: Iterable[Flow]) -> None:
-        """The flows (``flow_of``) of one window (``start``, ``end``). Peaks are kept as the window's
+        """The flows (``Flow``) of one window (``start``, ``end``). Peaks are kept as the window's
         sums grow (a sum only grows): no per-window tables."""
         span = max(end - start, EPS)
         self.windows += 1
@@ -306,23 +297,43 @@ class EpisodeTallies:
         self.lasting: dict[str, list[Key]] = defaultdict(list)  # per rule: episodes without an end (yet)
         self.closed: dict[str, list[tuple[Key, float]]] = defaultdict(list)  # per rule: (episode, end), log order
         self.waiting: dict[tuple[float, float, str], list[Flow]] = defaultdict(list)  # flows per window and rule
-        self.held = 0
+        self.held = 0  # flows in ``waiting``, but for those appended to ``open`` (``pending``)
+        self.open: tuple[list[Flow], int] | None = None  # the list ``pending`` handed out last, and its length then
         # per rule: flows of no known episode, since its last one; an episode whose start the log has
         # lost (--since, rotation) claims them when its end comes
         self.unclaimed: dict[str, tuple[EpisodeSources, list[float]]] = {}
 
     def flow(self, rec: dict, group: str | None = None) -> Flow:
-        """A "flow" or "other" record of rule ``group`` (default its rule; "<rule>/monitor" in monitor mode);
-        returns it as read (``flow_of``)."""
-        flow = flow_of(rec)
-        self.waiting[(rec["start"], rec["end"], rec["rule"] if group is None else group)].append(flow)
-        self.held += 1
-        if self.held > PENDING_MAX:
+        """A valid "flow" or "other" record of rule ``group`` (default its rule; "<rule>/monitor" in monitor
+        mode), one at a time (``report.build`` appends runs of them through ``pending``); returns it as read
+        (``records.check``)."""
+        flow = check(rec)
+        flows, room = self.pending((rec["start"], rec["end"], rec["rule"] if group is None else group))
+        flows.append(flow)
+        if len(flows) > room:
             self.window_passed(float("inf"))
         return flow
 
+    def pending(self, key: tuple[float, float, str]) -> tuple[list[Flow], int]:
+        """The list of flows waiting in window and rule group ``key`` (start, end, group), for the reader
+        to append each flow of it to (one look-up a run of flows, not one a flow), and the length it may
+        grow to before more than PENDING_MAX flows are held: past it, the reader calls
+        ``window_passed(inf)``. A list handed out is stale once ``window_passed`` has run."""
+        self._settle()
+        flows = self.waiting[key]
+        self.open = (flows, len(flows))
+        return flows, PENDING_MAX - self.held + len(flows)
+
+    def _settle(self) -> None:
+        """Counts in ``held`` the flows appended to the list ``pending`` handed out last."""
+        if self.open is not None:
+            flows, n = self.open
+            self.held += len(flows) - n
+            self.open = None
+
     def window_passed(self, start: float) -> None:
         """A window record starting at ``start``: the windows before it are complete."""
+        self._settle()
         for key in [k for k in self.waiting if k[0] < start - EPS]:
             flows = self.waiting.pop(key)
             self.held -= len(flows)
