@@ -26,21 +26,23 @@ MAX_COUNT = 2**64  # the kernel's counters are u64; products with times stay fin
 Kind = str  # a test of the value ``v``, as a Python expression
 
 
-def _number(high: int) -> Kind:
+def _number(high: int, usual: str) -> Kind:
     """An int or a float from 0 to ``high``: NaN fails the comparison, ints of any size compare exactly.
     ``high`` is written as the float equal to it: comparing a float with a float is direct, with an
-    int of more than one digit a conversion each time (a log compares millions)."""
+    int of more than one digit a conversion each time (a log compares millions). ``usual``: the type
+    tested first, the one the sampler writes."""
     bound = float(high)
     if bound != high:
         raise ValueError(f"bound {high} has no exact float")
-    return f"(type(v) is float or type(v) is int) and 0 <= v <= {bound!r}"
+    other = {"float": "int", "int": "float"}[usual]
+    return f"(type(v) is {usual} or type(v) is {other}) and 0 <= v <= {bound!r}"
 
 
 def or_none(kind: Kind) -> Kind:
     return f"v is None or ({kind})"
 
 
-TIME, COUNT = _number(MAX_TS), _number(MAX_COUNT)
+TIME, COUNT = _number(MAX_TS, "float"), _number(MAX_COUNT, "int")
 TEXT = "type(v) is str"
 PORT = "type(v) is int and 0 <= v <= 65535"
 FLAG = "type(v) is bool"

@@ -76,11 +76,13 @@ MEMBERS, NET_WINDOW, NET_IN_WINDOW = 2, 3, 4
 Flow = tuple  # (source, estimated, sampled, first, last, proto, dport): a flow record as records.check reads it
 
 
-def _row(flow: Flow, *rest) -> list:
-    """A source's figures (EST, SAMPLED, ... above) from its first flow; ``rest``: the fields after DPORTS."""
+def _row(flow: Flow, peak: float = 0.0, net: str | None = None, window: int = 0, in_window: float = 0) -> list:
+    """A source's figures (EST, SAMPLED, ... above) from its first flow; the fields after DPORTS are
+    an episode's (a rule's top sources leave them be): one list of fixed length, the cheapest to make."""
     _src, n, sampled, first, last, proto, dport = flow
     # proto: a flow counted by the kernel but not sampled has none
-    return [n, sampled, first, last, (proto,) if proto else (), () if dport is None else (dport,), *rest]
+    return [n, sampled, first, last, (proto,) if proto else (), () if dport is None else (dport,), peak, net, window,
+            in_window]
 
 
 def _count(s: list, flow: Flow) -> None:
@@ -150,7 +152,7 @@ class EpisodeSources:
         """Counts ``flows`` into the rows; returns, per network, those of networks not tracked when the
         tally has folded (``cut`` >= 0), for ``add_window`` to weigh against the cut once the window is read."""
         sources, networks = self.sources, self.networks
-        fresh: dict[str, list[Flow]] = {}
+        fresh: dict[str, Flow | list[Flow]] = {}
         for flow in flows:
             src, n = flow[0], flow[1]
             s = sources.get(src)
@@ -159,11 +161,12 @@ class EpisodeSources:
                 network = networks.get(net)
                 if network is None:
                     if cut >= 0:
-                        held = fresh.get(net)
-                        if held is None:
-                            fresh[net] = [flow]
-                        else:
-                            held.append(flow)
+                        held = fresh.setdefault(net, flow)  # most have one flow: no list
+                        if held is not flow:
+                            if type(held) is list:
+                                held.append(flow)
+                            else:
+                                fresh[net] = [held, flow]
                         continue
                     sources[src] = _row(flow, n / span, net, window, n)
                     networks[net] = [n, n / span, [src], window, n]
@@ -178,7 +181,7 @@ class EpisodeSources:
             _window_sum(network, NET_WINDOW, window, n, span)
         return fresh
 
-    def _fold_fresh(self, fresh: dict[str, list[Flow]]) -> list[Flow]:
+    def _fold_fresh(self, fresh: dict[str, Flow | list[Flow]]) -> list[Flow]:
         """Folds at once the networks new in this window whose estimate there is at most the last fold's
         cut: each would be the first to go at the next fold unless it grew by then. Returns the flows of
         the others, to be counted."""
@@ -186,11 +189,18 @@ class EpisodeSources:
         kept: list[Flow] = []
         cut = self.cut
         for net, flows in fresh.items():
-            n = flows[0][1] if len(flows) == 1 else sum(map(itemgetter(1), flows))
+            if type(flows) is tuple:  # one flow
+                n = flows[1]
+                if n > cut:
+                    kept.append(flows)
+                    continue
+                rows, sources, estimated = rows + 1, sources + (net != "other"), estimated + n  # _folded(net, 1)
+                continue
+            n = sum(map(itemgetter(1), flows))
             if n > cut:
                 kept += flows
                 continue
-            r, m = _folded(net, 1 if len(flows) == 1 else len({f[0] for f in flows}))
+            r, m = _folded(net, len({f[0] for f in flows}))
             rows, sources, estimated = rows + r, sources + m, estimated + n
         self.folded["rows"] += rows
         self.folded["sources"] += sources
