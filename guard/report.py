@@ -76,19 +76,23 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
     if since is not None or until is not None or rule:
         pairs = _within(pairs, since, until, rule)
     at = None  # the window and group of the last flow, whose waiting list is ``pending``
+    run: list = []  # the "flow" records since the window or group last changed, for their group's RuleSources
     for rec, flow in pairs:
         if flow is not True:  # a "flow" or "other" record (records.FLOWS): most of a log, first
             group = _group(rec)
             key = (rec["start"], rec["end"], group)
             if key != at:
-                at = key
+                if run:
+                    sources[at_group].add(*run)
+                    run = []
+                at, at_group = key, group
                 pending, room = tallies.pending(key)
             pending.append(flow)
             if len(pending) > room:
                 tallies.window_passed(float("inf"))
                 at = None
             if rec["type"] == "flow":
-                sources[group].add(flow)
+                run.append(flow)
             continue
         kind = rec["type"]
         if kind in ("ban", "unban"):
@@ -113,6 +117,8 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
             windows.append({"start": rec["start"], "end": rec["end"], "condemned": condemned})
             for g, n in condemned.items():
                 timeline[int(rec["end"] // 60 * 60)][g] += n
+    if run:
+        sources[at_group].add(*run)
     tallies.finish()
     top_sources = {r: srcs.top(top) for r, srcs in sorted(sources.items())}
     eps = sorted(episodes.values(), key=lambda e: e["start"])

@@ -274,18 +274,21 @@ class RuleSources:
         self.sources: dict[str, list] = {}
         self.cut = -1.0  # the smallest estimate kept by the last fold; -1: none yet
 
-    def add(self, flow: Flow) -> None:
-        s = self.sources.get(flow[0])
-        if s is None:
-            if flow[1] <= self.cut:
-                return  # it would be the first to go at the next fold unless it grew by then
-            if len(self.sources) >= 2 * TRACKED_MAX:
-                kept, _dropped = _biggest(self.sources, TRACKED_MAX)
-                self.sources = dict(zip(kept, map(self.sources.__getitem__, kept)))
-                self.cut = min(s[EST] for s in self.sources.values())
-            self.sources[flow[0]] = _row(flow)
-        else:
-            _count(s, flow)
+    def add(self, *flows: Flow) -> None:
+        """``flows`` in log order: a reader passes a run of them at once (one call, not one a flow)."""
+        sources, cut = self.sources, self.cut
+        for flow in flows:
+            s = sources.get(flow[0])
+            if s is None:
+                if flow[1] <= cut:
+                    continue  # it would be the first to go at the next fold unless it grew by then
+                if len(sources) >= 2 * TRACKED_MAX:
+                    kept, _dropped = _biggest(sources, TRACKED_MAX)
+                    self.sources = sources = dict(zip(kept, map(sources.__getitem__, kept)))
+                    self.cut = cut = min(s[EST] for s in sources.values())
+                sources[flow[0]] = _row(flow)
+            else:
+                _count(s, flow)
 
     def top(self, n: int) -> list[dict]:
         return [{"src": src, "estimated": s[EST], "sampled": s[SAMPLED], "first": s[FIRST], "last": s[LAST],
