@@ -69,17 +69,25 @@ COMMON: dict[str, Kind] = {"rule": TEXT, "mode": TEXT, "ts": TIME, **_RANGE}  # 
 # The fields of a "flow" and an "other" record that the report tallies (report_sources.Flow), in order: a
 # field's name, or a constant where its shape has no such field ("other": samples past the sampler's flow
 # cap, source "other", no protocol nor port). An optional field that is absent reads as its default.
+# The check of such a record returns them with the record's window and rule group: (Flow, (start, end, group)).
 FLOWS: dict[str, tuple[str, ...]] = {
     "flow": ("src", "estimated", "sampled", "first", "last", "proto", "dport"),
     "other": ("'other'", "estimated", "sampled", "first", "last", "None", "None"),
 }
 DEFAULTS = {"estimated": "0", "sampled": "0", "first": "start", "last": "end", "proto": "None", "dport": "None"}
+MONITOR = "monitor"  # the mode of a rule that only counts what it would drop
+
+
+def group_of(rec: dict) -> str | None:
+    """The rule group of ``rec``: its rule, "<rule>/monitor" for a would-be drop (its own line)."""
+    group = rec.get("rule")
+    return f"{group}/monitor" if rec.get("mode") == MONITOR else group
 
 
 def _compile(kind: str, must: dict[str, Kind], may: dict[str, Kind]) -> Callable[[dict], Any]:
     """One function testing a record of type ``kind``: every field of ``must`` present, each field it has
     (``must``, ``may``, COMMON) of its kind. It returns False for a record that fails, else the record's
-    FLOWS tuple (read as it was tested: the report reads no field twice), else True. The text compiled is
+    FLOWS tuple and window (read as it was tested: the report reads no field twice), else True. The text compiled is
     this module's constants, never the log's."""
     lines = ["def check(rec):", "  try:"]  # a field of ``must`` missing: KeyError, no set of them tested first
     if "rule" not in must:  # a mode is a rule group's ("<rule>/monitor"): a record without a rule has none
@@ -92,10 +100,11 @@ def _compile(kind: str, must: dict[str, Kind], may: dict[str, Kind]) -> Callable
             lines += [f"    v = rec.get({key!r}, {DEFAULTS[key]})", f"    if not ({test}): return False"]
         else:
             lines += [f"    v = rec.get({key!r}, ABSENT)", f"    if v is not ABSENT and not ({test}): return False"]
-        if key in kept or key in DEFAULTS.values():
+        if key in kept or key in DEFAULTS.values() or key in ("rule", "mode"):
             lines.append(f"    {key} = v")
-    namespace = {"ABSENT": object(), "is_texts": is_texts, "is_count": _kind(COUNT)}
-    done = f"  return ({', '.join(kept)})" if kept else "  return True"
+    namespace = {"ABSENT": object(), "MONITOR": MONITOR, "is_texts": is_texts, "is_count": _kind(COUNT)}
+    window = "(start, end, rule + '/monitor' if mode == MONITOR else rule)"  # group_of
+    done = f"  return ({', '.join(kept)}), {window}" if kept else "  return True"
     exec("\n".join(lines + ["  except KeyError:", "    return False", done]), namespace)
     return namespace["check"]
 
@@ -110,7 +119,7 @@ CHECKS = {kind: _compile(kind, must, may) for kind, (must, may) in SHAPES.items(
 
 def check(rec: Any) -> Any:
     """False when ``rec`` is not a record of a known type whose fields are all of their kind; else its
-    FLOWS tuple for a "flow" or "other" record, True for any other."""
+    FLOWS tuple and window for a "flow" or "other" record, True for any other."""
     if not isinstance(rec, dict):
         return False
     kind = rec.get("type")

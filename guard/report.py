@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 from .aggregate import safe
-from .records import checked, skipped_note
+from .records import checked, group_of, skipped_note
 from .report_sources import EPS as _EPS
 from .report_sources import SPREAD_MAX_SHARE, EpisodeTallies, RuleSources, network_of
 
@@ -43,12 +43,6 @@ def parse_when(text: str | None, now: float) -> float | None:
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def _group(rec: dict) -> str | None:
-    """The rule group of ``rec``: its rule, "<rule>/monitor" for a would-be drop (its own line)."""
-    group = rec.get("rule")
-    return f"{group}/monitor" if rec.get("mode") == "monitor" else group
-
-
 def _within(pairs: Iterable[tuple[dict, Any]], since: float | None, until: float | None,
             rule: str | None) -> Iterator[tuple[dict, Any]]:
     """The records of ``pairs`` (``records.checked``) that overlap the bounds and are of group ``rule``
@@ -58,7 +52,7 @@ def _within(pairs: Iterable[tuple[dict, Any]], since: float | None, until: float
         end = rec.get("end", ts)
         if (since is not None and end < since) or (until is not None and ts > until):
             continue
-        if rule and _group(rec) not in (None, rule, f"{rule}/monitor"):
+        if rule and group_of(rec) not in (None, rule, f"{rule}/monitor"):
             continue
         yield rec, fields
 
@@ -77,15 +71,15 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
         pairs = _within(pairs, since, until, rule)
     at = None  # the window and group of the last flow, whose waiting list is ``pending``
     run: list = []  # the "flow" records since the window or group last changed, for their group's RuleSources
+    run_of = None
     for rec, flow in pairs:
         if flow is not True:  # a "flow" or "other" record (records.FLOWS): most of a log, first
-            group = _group(rec)
-            key = (rec["start"], rec["end"], group)
+            flow, key = flow
             if key != at:
                 if run:
-                    sources[at_group].add(*run)
+                    sources[run_of].add(*run)
                     run = []
-                at, at_group = key, group
+                at, run_of = key, key[2]
                 pending, room = tallies.pending(key)
             pending.append(flow)
             if len(pending) > room:
@@ -100,12 +94,12 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
                 bans.append({k: rec.get(k) for k in ("type", "ts", "src", "groups", "expires", "why", "dropped_as")
                              if k in rec})
         elif kind == "episode_start":
-            group = _group(rec)
+            group = group_of(rec)
             episodes.setdefault((group, rec["ts"]), {"rule": group, "start": rec["ts"], "end": None,
                                                      "condemned": None, "peak_pps": None})
             tallies.started((group, rec["ts"]))
         elif kind == "episode_end":
-            group = _group(rec)
+            group = group_of(rec)
             episodes[(group, rec["start"])] = {"rule": group, **{k: rec[k] for k in ("start", "end", "condemned",
                                                                                      "peak_pps")}}
             tallies.ended((group, rec["start"]), rec["end"])
@@ -118,7 +112,7 @@ def build(records: Iterable[dict], since: float | None, until: float | None, rul
             for g, n in condemned.items():
                 timeline[int(rec["end"] // 60 * 60)][g] += n
     if run:
-        sources[at_group].add(*run)
+        sources[run_of].add(*run)
     tallies.finish()
     top_sources = {r: srcs.top(top) for r, srcs in sorted(sources.items())}
     eps = sorted(episodes.values(), key=lambda e: e["start"])

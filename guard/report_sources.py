@@ -316,12 +316,11 @@ class EpisodeTallies:
         # lost (--since, rotation) claims them when its end comes
         self.unclaimed: dict[str, tuple[EpisodeSources, list[float]]] = {}
 
-    def flow(self, rec: dict, group: str | None = None) -> Flow:
-        """A valid "flow" or "other" record of rule ``group`` (default its rule; "<rule>/monitor" in monitor
-        mode), one at a time (``report.build`` appends runs of them through ``pending``); returns it as read
-        (``records.check``)."""
-        flow = check(rec)
-        flows, room = self.pending((rec["start"], rec["end"], rec["rule"] if group is None else group))
+    def flow(self, rec: dict) -> Flow:
+        """A valid "flow" or "other" record, one at a time (``report.build`` appends runs of them through
+        ``pending``); returns it as read (``records.check``)."""
+        flow, key = check(rec)
+        flows, room = self.pending(key)
         flows.append(flow)
         if len(flows) > room:
             self.window_passed(float("inf"))
