@@ -310,7 +310,7 @@ class EpisodeTallies:
         self.lasting: dict[str, list[Key]] = defaultdict(list)  # per rule: episodes without an end (yet)
         self.closed: dict[str, list[tuple[Key, float]]] = defaultdict(list)  # per rule: (episode, end), log order
         self.waiting: dict[tuple[float, float, str], list[Flow]] = defaultdict(list)  # flows per window and rule
-        self.held = 0  # flows in ``waiting``, but for those appended to ``open`` (``pending``)
+        self.held = 0  # flows in ``waiting``, less those appended to ``open`` (counted by the next ``pending``)
         self.open: tuple[list[Flow], int] | None = None  # the list ``pending`` handed out last, and its length then
         # per rule: flows of no known episode, since its last one; an episode whose start the log has
         # lost (--since, rotation) claims them when its end comes
@@ -331,21 +331,15 @@ class EpisodeTallies:
         to append each flow of it to (one look-up a run of flows, not one a flow), and the length it may
         grow to before more than PENDING_MAX flows are held: past it, the reader calls
         ``window_passed(inf)``. A list handed out is stale once ``window_passed`` has run."""
-        self._settle()
+        if self.open is not None:  # count in ``held`` what was appended to the list handed out last
+            flows, n = self.open  # (routed since: ``window_passed`` took its whole length off ``held``)
+            self.held += len(flows) - n
         flows = self.waiting[key]
         self.open = (flows, len(flows))
         return flows, PENDING_MAX - self.held + len(flows)
 
-    def _settle(self) -> None:
-        """Counts in ``held`` the flows appended to the list ``pending`` handed out last."""
-        if self.open is not None:
-            flows, n = self.open
-            self.held += len(flows) - n
-            self.open = None
-
     def window_passed(self, start: float) -> None:
         """A window record starting at ``start``: the windows before it are complete."""
-        self._settle()
         for key in [k for k in self.waiting if k[0] < start - EPS]:
             flows = self.waiting.pop(key)
             self.held -= len(flows)
