@@ -93,8 +93,8 @@ def _usual(key: str, default: str) -> list[str]:
 def _compile(kind: str, must: dict[str, Kind], may: dict[str, Kind]) -> Callable[[dict], Any]:
     """One function testing a record of type ``kind``: every field of ``must`` present, each field it has
     (``must``, ``may``, COMMON) of its kind. It returns False for a record that fails, else the record's
-    FLOWS tuple and window (read as it was tested: the report reads no field twice), else True. The text compiled is
-    this module's constants, never the log's."""
+    FLOWS tuple and window (read as they were tested: the report reads no field twice), else True. The
+    text compiled is this module's constants, never the log's."""
     lines = ["def check(rec):", "  try:"]  # a field of ``must`` missing: KeyError, no set of them tested first
     if "rule" not in must:  # a mode is a rule group's ("<rule>/monitor"): a record without a rule has none
         lines.append("    if 'mode' in rec: return False")

@@ -59,7 +59,7 @@ def _within(pairs: Iterable[tuple[dict, Any]], since: float | None, until: float
 
 def build(records: Iterable[dict], since: float | None, until: float | None, rule: str | None, top: int) -> dict:
     """The report of ``records`` in log order, read once: time linear in the log, memory bounded
-    (report_sources)."""
+    (report_sources). ``records``: a ``records.Records``, or records in memory, checked the same way."""
     episodes: dict[tuple, dict] = {}
     tallies = EpisodeTallies()
     sources: dict[str, RuleSources] = defaultdict(RuleSources)
