@@ -12,10 +12,10 @@ import re
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .aggregate import safe
-from .records import skipped_note
+from .records import checked, group_of, skipped_note
 from .report_sources import EPS as _EPS
 from .report_sources import SPREAD_MAX_SHARE, EpisodeTallies, RuleSources, network_of
 
@@ -43,51 +43,76 @@ def parse_when(text: str | None, now: float) -> float | None:
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
 
 
+def _within(pairs: Iterable[tuple[dict, Any]], since: float | None, until: float | None,
+            rule: str | None) -> Iterator[tuple[dict, Any]]:
+    """The records of ``pairs`` (``records.checked``) that overlap the bounds and are of group ``rule``
+    (or its monitor group) or of none."""
+    for rec, fields in pairs:
+        ts = rec.get("ts", rec.get("start", 0))
+        end = rec.get("end", ts)
+        if (since is not None and end < since) or (until is not None and ts > until):
+            continue
+        if rule and group_of(rec) not in (None, rule, f"{rule}/monitor"):
+            continue
+        yield rec, fields
+
+
 def build(records: Iterable[dict], since: float | None, until: float | None, rule: str | None, top: int) -> dict:
     """The report of ``records`` in log order, read once: time linear in the log, memory bounded
-    (report_sources)."""
+    (report_sources). ``records``: a ``records.Records``, or records in memory, checked the same way."""
     episodes: dict[tuple, dict] = {}
     tallies = EpisodeTallies()
     sources: dict[str, RuleSources] = defaultdict(RuleSources)
     timeline: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     windows: list[dict] = []
     bans: list[dict] = []  # ban/unban records (escalation), in log order
-    bounded = since is not None or until is not None
-    for rec in records:
-        if bounded:
-            ts = rec.get("ts", rec.get("start", 0))
-            end = rec.get("end", ts)
-            if (since is not None and end < since) or (until is not None and ts > until):
-                continue
-        group = rec.get("rule")
-        if rec.get("mode") == "monitor":  # would-be drops are their own line: "<group>/monitor"
-            group = f"{group}/monitor"
-        if rule and group not in (None, rule, f"{rule}/monitor"):
+    pairs = checked(records)
+    if since is not None or until is not None or rule:
+        pairs = _within(pairs, since, until, rule)
+    at = None  # the window and group of the last flow, whose waiting list is ``pending``
+    run: list = []  # the "flow" records since the window or group last changed, for their group's RuleSources
+    run_of = None
+    for rec, flow in pairs:
+        if flow is not True:  # a "flow" or "other" record (records.FLOWS): most of a log, first
+            flow, key = flow
+            if key != at:
+                if run:
+                    sources[run_of].add(*run)
+                    run = []
+                at, run_of = key, key[2]
+                pending, room = tallies.pending(key)
+            pending.append(flow)
+            if len(pending) > room:
+                tallies.window_passed(float("inf"))
+                at = None
+            if rec["type"] == "flow":
+                run.append(flow)
             continue
-        kind = rec.get("type")
-        if kind == "flow" or kind == "other":  # most of a log: first
-            flow = tallies.flow(rec, group)
-            if kind == "flow":
-                sources[group].add(flow)
-        elif kind in ("ban", "unban"):
+        kind = rec["type"]
+        if kind in ("ban", "unban"):
             if not rule or kind == "unban" or rule in (rec.get("groups") or []) or rule == rec.get("dropped_as"):
                 bans.append({k: rec.get(k) for k in ("type", "ts", "src", "groups", "expires", "why", "dropped_as")
                              if k in rec})
         elif kind == "episode_start":
+            group = group_of(rec)
             episodes.setdefault((group, rec["ts"]), {"rule": group, "start": rec["ts"], "end": None,
                                                      "condemned": None, "peak_pps": None})
             tallies.started((group, rec["ts"]))
         elif kind == "episode_end":
+            group = group_of(rec)
             episodes[(group, rec["start"])] = {"rule": group, **{k: rec[k] for k in ("start", "end", "condemned",
                                                                                      "peak_pps")}}
             tallies.ended((group, rec["start"]), rec["end"])
         elif kind == "window":
             tallies.window_passed(rec["start"])
+            at = None
             condemned = {g: n for g, n in rec.get("condemned", {}).items()
                          if not rule or g in (rule, f"{rule}/monitor")}
             windows.append({"start": rec["start"], "end": rec["end"], "condemned": condemned})
             for g, n in condemned.items():
                 timeline[int(rec["end"] // 60 * 60)][g] += n
+    if run:
+        sources[run_of].add(*run)
     tallies.finish()
     top_sources = {r: srcs.top(top) for r, srcs in sorted(sources.items())}
     eps = sorted(episodes.values(), key=lambda e: e["start"])

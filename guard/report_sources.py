@@ -25,6 +25,8 @@ from collections import defaultdict
 from operator import itemgetter
 from typing import Iterable
 
+from .records import check
+
 # Sources that share one IPv4 /24 or IPv6 /48 are shown as that network when at least this many do:
 # a botnet in one hosting range or a scanner walking a subnet is one line, not a screenful.
 SHARED_NETWORK_MIN = 3
@@ -71,25 +73,16 @@ EST, SAMPLED, FIRST, LAST, PROTOS, DPORTS, PEAK, NET, WINDOW, IN_WINDOW = range(
 MEMBERS, NET_WINDOW, NET_IN_WINDOW = 2, 3, 4
 
 
-Flow = tuple  # (source, estimated, sampled, first, last, proto, dport): a flow record as the tallies read it
+Flow = tuple  # (source, estimated, sampled, first, last, proto, dport): a flow record as records.check reads it
 
 
-def flow_of(rec: dict) -> Flow:
-    """The fields of a "flow" or "other" record that the tallies read, read once for all of them. An
-    "other" record (samples past the sampler's flow cap) is source "other", with no protocol nor port:
-    its shape has none (records.SHAPES), so any it holds are not read."""
-    if rec.get("type") == "flow":
-        return (rec.get("src", "other"), rec.get("estimated", 0), rec.get("sampled", 0), rec["first"], rec["last"],
-                rec.get("proto"), rec.get("dport"))
-    return ("other", rec.get("estimated", 0), rec.get("sampled", 0), rec.get("first", rec["start"]),
-            rec.get("last", rec["end"]), None, None)
-
-
-def _row(flow: Flow, *rest) -> list:
-    """A source's figures (EST, SAMPLED, ... above) from its first flow; ``rest``: the fields after DPORTS."""
+def _row(flow: Flow, peak: float = 0.0, net: str | None = None, window: int = 0, in_window: float = 0) -> list:
+    """A source's figures (EST, SAMPLED, ... above) from its first flow; the fields after DPORTS are
+    an episode's (a rule's top sources leave them be): one list of fixed length, the cheapest to make."""
     _src, n, sampled, first, last, proto, dport = flow
     # proto: a flow counted by the kernel but not sampled has none
-    return [n, sampled, first, last, (proto,) if proto else (), () if dport is None else (dport,), *rest]
+    return [n, sampled, first, last, (proto,) if proto else (), () if dport is None else (dport,), peak, net, window,
+            in_window]
 
 
 def _count(s: list, flow: Flow) -> None:
@@ -145,7 +138,7 @@ class EpisodeSources:
         self.cut = -1.0  # the smallest network estimate kept by the last fold; -1: none yet
 
     def add_window(self, start: float, end: float, flows: Iterable[Flow]) -> None:
-        """The flows (``flow_of``) of one window (``start``, ``end``). Peaks are kept as the window's
+        """The flows (``Flow``) of one window (``start``, ``end``). Peaks are kept as the window's
         sums grow (a sum only grows): no per-window tables."""
         span = max(end - start, EPS)
         self.windows += 1
@@ -159,7 +152,7 @@ class EpisodeSources:
         """Counts ``flows`` into the rows; returns, per network, those of networks not tracked when the
         tally has folded (``cut`` >= 0), for ``add_window`` to weigh against the cut once the window is read."""
         sources, networks = self.sources, self.networks
-        fresh: dict[str, list[Flow]] = {}
+        fresh: dict[str, Flow | list[Flow]] = {}
         for flow in flows:
             src, n = flow[0], flow[1]
             s = sources.get(src)
@@ -168,11 +161,12 @@ class EpisodeSources:
                 network = networks.get(net)
                 if network is None:
                     if cut >= 0:
-                        held = fresh.get(net)
-                        if held is None:
-                            fresh[net] = [flow]
-                        else:
-                            held.append(flow)
+                        held = fresh.setdefault(net, flow)  # most have one flow: no list
+                        if held is not flow:
+                            if type(held) is list:
+                                held.append(flow)
+                            else:
+                                fresh[net] = [held, flow]
                         continue
                     sources[src] = _row(flow, n / span, net, window, n)
                     networks[net] = [n, n / span, [src], window, n]
@@ -187,7 +181,7 @@ class EpisodeSources:
             _window_sum(network, NET_WINDOW, window, n, span)
         return fresh
 
-    def _fold_fresh(self, fresh: dict[str, list[Flow]]) -> list[Flow]:
+    def _fold_fresh(self, fresh: dict[str, Flow | list[Flow]]) -> list[Flow]:
         """Folds at once the networks new in this window whose estimate there is at most the last fold's
         cut: each would be the first to go at the next fold unless it grew by then. Returns the flows of
         the others, to be counted."""
@@ -195,11 +189,18 @@ class EpisodeSources:
         kept: list[Flow] = []
         cut = self.cut
         for net, flows in fresh.items():
-            n = flows[0][1] if len(flows) == 1 else sum(map(itemgetter(1), flows))
+            if type(flows) is tuple:  # one flow
+                n = flows[1]
+                if n > cut:
+                    kept.append(flows)
+                    continue
+                rows, sources, estimated = rows + 1, sources + (net != "other"), estimated + n  # _folded(net, 1)
+                continue
+            n = sum(map(itemgetter(1), flows))
             if n > cut:
                 kept += flows
                 continue
-            r, m = _folded(net, 1 if len(flows) == 1 else len({f[0] for f in flows}))
+            r, m = _folded(net, len({f[0] for f in flows}))
             rows, sources, estimated = rows + r, sources + m, estimated + n
         self.folded["rows"] += rows
         self.folded["sources"] += sources
@@ -273,18 +274,21 @@ class RuleSources:
         self.sources: dict[str, list] = {}
         self.cut = -1.0  # the smallest estimate kept by the last fold; -1: none yet
 
-    def add(self, flow: Flow) -> None:
-        s = self.sources.get(flow[0])
-        if s is None:
-            if flow[1] <= self.cut:
-                return  # it would be the first to go at the next fold unless it grew by then
-            if len(self.sources) >= 2 * TRACKED_MAX:
-                kept, _dropped = _biggest(self.sources, TRACKED_MAX)
-                self.sources = dict(zip(kept, map(self.sources.__getitem__, kept)))
-                self.cut = min(s[EST] for s in self.sources.values())
-            self.sources[flow[0]] = _row(flow)
-        else:
-            _count(s, flow)
+    def add(self, *flows: Flow) -> None:
+        """``flows`` in log order: a reader passes a run of them at once (one call, not one a flow)."""
+        sources, cut = self.sources, self.cut
+        for flow in flows:
+            s = sources.get(flow[0])
+            if s is None:
+                if flow[1] <= cut:
+                    continue  # it would be the first to go at the next fold unless it grew by then
+                if len(sources) >= 2 * TRACKED_MAX:
+                    kept, _dropped = _biggest(sources, TRACKED_MAX)
+                    self.sources = sources = dict(zip(kept, map(sources.__getitem__, kept)))
+                    self.cut = cut = min(s[EST] for s in sources.values())
+                sources[flow[0]] = _row(flow)
+            else:
+                _count(s, flow)
 
     def top(self, n: int) -> list[dict]:
         return [{"src": src, "estimated": s[EST], "sampled": s[SAMPLED], "first": s[FIRST], "last": s[LAST],
@@ -306,20 +310,33 @@ class EpisodeTallies:
         self.lasting: dict[str, list[Key]] = defaultdict(list)  # per rule: episodes without an end (yet)
         self.closed: dict[str, list[tuple[Key, float]]] = defaultdict(list)  # per rule: (episode, end), log order
         self.waiting: dict[tuple[float, float, str], list[Flow]] = defaultdict(list)  # flows per window and rule
-        self.held = 0
+        self.held = 0  # flows in ``waiting``, less those appended to ``open`` (counted by the next ``pending``)
+        self.open: tuple[list[Flow], int] | None = None  # the list ``pending`` handed out last, and its length then
         # per rule: flows of no known episode, since its last one; an episode whose start the log has
         # lost (--since, rotation) claims them when its end comes
         self.unclaimed: dict[str, tuple[EpisodeSources, list[float]]] = {}
 
-    def flow(self, rec: dict, group: str | None = None) -> Flow:
-        """A "flow" or "other" record of rule ``group`` (default its rule; "<rule>/monitor" in monitor mode);
-        returns it as read (``flow_of``)."""
-        flow = flow_of(rec)
-        self.waiting[(rec["start"], rec["end"], rec["rule"] if group is None else group)].append(flow)
-        self.held += 1
-        if self.held > PENDING_MAX:
+    def flow(self, rec: dict) -> Flow:
+        """A valid "flow" or "other" record, one at a time (``report.build`` appends runs of them through
+        ``pending``); returns it as read (``records.check``)."""
+        flow, key = check(rec)
+        flows, room = self.pending(key)
+        flows.append(flow)
+        if len(flows) > room:
             self.window_passed(float("inf"))
         return flow
+
+    def pending(self, key: tuple[float, float, str]) -> tuple[list[Flow], int]:
+        """The list of flows waiting in window and rule group ``key`` (start, end, group), for the reader
+        to append each flow of it to (one look-up a run of flows, not one a flow), and the length it may
+        grow to before more than PENDING_MAX flows are held: past it, the reader calls
+        ``window_passed(inf)``. A list handed out is stale once ``window_passed`` has run."""
+        if self.open is not None:  # count in ``held`` what was appended to the list handed out last
+            flows, n = self.open  # (routed since: ``window_passed`` took its whole length off ``held``)
+            self.held += len(flows) - n
+        flows = self.waiting[key]
+        self.open = (flows, len(flows))
+        return flows, PENDING_MAX - self.held + len(flows)
 
     def window_passed(self, start: float) -> None:
         """A window record starting at ``start``: the windows before it are complete."""
