@@ -84,6 +84,8 @@ def test_a_foreign_dormant_table_is_no_obstacle_and_ours_dormant_is_drift(watche
     apply, status and every repair; ours dormant filters nothing."""
     victim, _attacker, proc, _state, policy = watched
     victim.run(["nft", "add table inet foreign { flags dormant; }"])
+    tables = victim.run([sys.executable, "-c", "from guard.backend.nft import Nft; print(Nft().list('tables'))"])
+    assert "{'family': 'inet', 'name': 'foreign', 'flags': ['dormant']}" in tables.stdout, tables.stdout
     victim.nodeguard("apply", "-c", policy)
     assert _in_sync(victim, policy)
     victim.run("nft flush chain inet nodeguard icmp-flood")
