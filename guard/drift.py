@@ -24,7 +24,7 @@ class Reason(NamedTuple):
     text: str
 
 
-KINDS = ("table_missing", "priority", "jump", "rules_changed", "allowlist", "object_redefined",
+KINDS = ("table_missing", "table_flags", "priority", "jump", "rules_changed", "allowlist", "object_redefined",
          "unexpected_objects", "object_missing", "chain_missing", "rewritten", "other")
 
 

@@ -625,18 +625,23 @@ def test_each_drift_carries_its_kind_and_only_rule_changes_are_in_place(tmp_path
         "unexpected_objects": dataclasses.replace(live, chains={**live.chains, "evil": {"name": "evil"}}),
         "object_missing": dataclasses.replace(live, sets={n: x for n, x in live.sets.items() if n != allow}),
         "allowlist": dataclasses.replace(live, static_elements={**live.static_elements, allow: ["10.9.9.9"]}),
+        "table_flags": dataclasses.replace(live, flags=("dormant",)),
     }
     for kind, state in cases.items():
         drift = plan.backend.diff(plan, state)
         assert drift is not None and drift.kind == kind and kind in KINDS, (kind, str(drift))
         assert drift.in_place == (kind == "rules_changed"), (kind, str(drift))
+    # a dormant table is deleted and made anew in the one transaction, nothing of it kept
+    tx = plan.backend.transaction(cases["table_flags"]).commands
+    assert [next(iter(c)) for c in tx[:3]] == ["add", "delete", "add"] and "table" in tx[1]["delete"], tx[:3]
+    assert [c for c in tx if "chain" in c.get("flush", {})] == [] and len([c for c in tx if "set" in c.get("add", {})]) == len(o.sets)
 
 
 def test_netlink_dumps_of_garbage_never_raise():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from guard.backend.nfnetlink import count_elements, parse_rules, parse_set_counters
+    from guard.backend.nfnetlink import count_elements, parse_rules, parse_set_counters, parse_tables
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=400))
@@ -644,7 +649,27 @@ def test_netlink_dumps_of_garbage_never_raise():
         parse_rules(data)
         count_elements(data)
         parse_set_counters(data)
+        parse_tables(data)
     check()
+
+
+def test_a_table_dump_gives_each_table_with_its_flags_and_skips_malformed_ones():
+    import struct
+
+    from guard.backend import nfnetlink as nl
+
+    def table(family: int, *attrs: bytes) -> bytes:
+        body = struct.pack("=BBH", family, 0, 0) + b"".join(attrs)
+        return nl._NLMSG.pack(nl._NLMSG.size + len(body), (nl.NFNL_SUBSYS_NFTABLES << 8) | 0, 0, 1, 0) + body
+
+    flags = nl._nla(nl.NFTA_TABLE_FLAGS, struct.pack(">I", 1))
+    buf = (table(1, nl._nla(nl.NFTA_TABLE_NAME, b"foreign\0"), flags) + table(10, nl._nla(nl.NFTA_TABLE_NAME, b"t\0"))
+           + table(1, flags)  # no name: skipped
+           + table(1, nl._nla(nl.NFTA_TABLE_NAME, b"\x1b[31m\xff\0"), nl._nla(nl.NFTA_TABLE_FLAGS, b"\1"))  # short flags
+           + nl._NLMSG.pack(nl._NLMSG.size, nl.NLMSG_DONE, 0, 1, 0))
+    out, done, err = nl.parse_tables(buf)
+    assert out == [("inet", "foreign", 1), ("ip6", "t", 0), ("inet", "\x1b[31m\ufffd", 0)] and done and not err
+    assert nl.flag_names(1) == ["dormant"] and nl.flag_names(0) == [] and nl.flag_names(0x101) == ["dormant", "256"]
 
 
 def test_the_attack_log_and_pcap_are_private_files_that_never_follow_a_symlink(tmp_path):

@@ -59,6 +59,7 @@ DISRUPTIONS = {
     "delete our table": lambda ns: ns.run("nft delete table inet nodeguard"),
     "delete one rule": _delete_one_rule,
     "flush one chain": lambda ns: ns.run("nft flush chain inet nodeguard icmp-flood"),
+    "our table made dormant": lambda ns: ns.run(["nft", "add table inet nodeguard { flags dormant; }"]),
     "foreign chain at -360": lambda ns: ns.run(
         ["nft", "add table ip rival; add chain ip rival pre { type filter hook prerouting priority -360; }"]),
 }
@@ -76,6 +77,26 @@ def test_disruption_is_repaired_at_once_and_the_flood_is_limited_again(watched, 
     assert st["repairs"] >= 1 and st["last_repair_ms"] < 100, st
     if what == "foreign chain at -360":
         assert victim.our_priorities()["filter-prerouting"] == -361
+
+
+def test_a_foreign_dormant_table_is_no_obstacle_and_ours_dormant_is_drift(watched):
+    """nft 1.0.6 lists a table with flags as JSON from freed memory: a dormant table anywhere broke
+    apply, status and every repair; ours dormant filters nothing."""
+    victim, _attacker, proc, _state, policy = watched
+    victim.run(["nft", "add table inet foreign { flags dormant; }"])
+    tables = victim.run([sys.executable, "-c", "from guard.backend.nft import Nft; print(Nft().list('tables'))"])
+    assert "{'family': 'inet', 'name': 'foreign', 'flags': ['dormant']}" in tables.stdout, tables.stdout
+    victim.nodeguard("apply", "-c", policy)
+    assert _in_sync(victim, policy)
+    victim.run("nft flush chain inet nodeguard icmp-flood")
+    wait_until(lambda: _in_sync(victim, policy) and _protected(victim), timeout=3)
+    proc.kill()
+    proc.wait()
+    victim.run(["nft", "add table inet nodeguard { flags dormant; }"])
+    st = victim.status(policy)
+    assert not st["in_sync"] and st["drift"] == "table inet nodeguard has flags dormant", st
+    victim.nodeguard("apply", "-c", policy)
+    assert _in_sync(victim, policy) and "dormant" not in victim.run("nft list table inet nodeguard").stdout
 
 
 def test_kube_proxy_full_restore_without_noflush_leaves_protection_alone(watched):

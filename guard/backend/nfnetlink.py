@@ -1,6 +1,8 @@
-"""A raw nfnetlink client for the reads libnftables makes too costly: every rule's counters of
-table ``inet nodeguard`` (``rule_counters``), how many elements each set holds (``nft_set_sizes``), and
-each element's counter (``set_counters``, streamed: a full set as libnftables JSON took ~50 MB).
+"""A raw nfnetlink client for the reads libnftables makes too costly or unsafe: every rule's counters of
+table ``inet nodeguard`` (``rule_counters``), how many elements each set holds (``nft_set_sizes``),
+each element's counter (``set_counters``, streamed: a full set as libnftables JSON took ~50 MB), and
+every table with its flags (``tables``: nft 1.0.6's JSON printer frees a flagged table's flags before
+printing them, garbage or invalid JSON in our own process).
 
 libnftables is not used for these: nft 1.0.6 fetches every set element for any listing, terse or not,
 which costs ~0.5 s with one full 65536-entry meter (measured). The kernel's side of an element dump
@@ -18,12 +20,15 @@ from ..model.ruleset import TABLE
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_GETRULE, NFT_MSG_GETSETELEM = 7, 13
+NFT_MSG_GETTABLE, NFT_MSG_GETRULE, NFT_MSG_GETSETELEM = 1, 7, 13
+NFTA_TABLE_NAME, NFTA_TABLE_FLAGS = 1, 2
+TABLE_FLAGS = {1: "dormant", 2: "owner", 4: "persist"}  # NFT_TABLE_F_*
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 4, 7
 NFTA_LIST_ELEM, NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 1, 2
 NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
 NFTNL_UDATA_RULE_COMMENT = 0
-NFPROTO_INET = 1
+NFPROTO_UNSPEC, NFPROTO_INET = 0, 1
+FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 1, 3, 7, 10
 NFT_SET_ELEM_INTERVAL_END = 1
@@ -131,14 +136,43 @@ def _rule(buf: bytes, mtype: int, start: int, end: int, out: list) -> None:
     out.append((chain, comment, packets, nbytes))
 
 
-def _stream(msg_type: int, attrs: bytes, parse) -> Iterator:
+def parse_tables(buf: bytes) -> tuple[list[tuple[str, str, int]], bool, int]:
+    """(family, name, flags) of every table in one datagram of a GETTABLE dump, whether the dump is
+    done, and an error code. Malformed parts are skipped, never raised."""
+    return _walk(buf, _table)
+
+
+def _table(buf: bytes, mtype: int, start: int, end: int, out: list) -> None:
+    if mtype & 0xFF != NFT_MSG_GETTABLE - 1 or end - start < _NLMSG.size + 4:  # not NFT_MSG_NEWTABLE
+        return
+    a = _attrs(buf, start + _NLMSG.size + 4, end)
+    if NFTA_TABLE_NAME not in a:
+        return
+    family = buf[start + _NLMSG.size]
+    flags = a.get(NFTA_TABLE_FLAGS, (0, 0))
+    out.append((FAMILIES.get(family, str(family)), buf[slice(*a[NFTA_TABLE_NAME])].split(b"\0", 1)[0]
+                .decode("ascii", "replace"),
+                int.from_bytes(buf[flags[0]:flags[0] + 4], "big") if flags[1] - flags[0] >= 4 else 0))
+
+
+def tables() -> list[tuple[str, str, int]]:
+    """(family, name, flags) of every table of every family: one netlink dump, no libnftables."""
+    return _dump(NFT_MSG_GETTABLE, b"", parse_tables, NFPROTO_UNSPEC)
+
+
+def flag_names(flags: int) -> list[str]:
+    """A table's flags as nft names them (an unknown bit as its value)."""
+    return [TABLE_FLAGS.get(1 << i, str(1 << i)) for i in range(32) if flags >> i & 1]
+
+
+def _stream(msg_type: int, attrs: bytes, parse, family: int = NFPROTO_INET) -> Iterator:
     """The items of one dump, one datagram's worth at a time (nothing when the table or set is missing)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.bind((0, 0))
         sock.settimeout(5)
-        body = struct.pack("=BBH", NFPROTO_INET, 0, 0) + attrs
+        body = struct.pack("=BBH", family, 0, 0) + attrs
         sock.send(_NLMSG.pack(_NLMSG.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
                               NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
         done = False
@@ -153,8 +187,8 @@ def _stream(msg_type: int, attrs: bytes, parse) -> Iterator:
         sock.close()
 
 
-def _dump(msg_type: int, attrs: bytes, parse) -> list:
-    return list(_stream(msg_type, attrs, parse))
+def _dump(msg_type: int, attrs: bytes, parse, family: int = NFPROTO_INET) -> list:
+    return list(_stream(msg_type, attrs, parse, family))
 
 
 def rule_counters(table: str = TABLE) -> list[tuple[str, str | None, int, int]]:

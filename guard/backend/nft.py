@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import jsontext
 from ..errors import BackendError, EnvironmentProblem
+from . import nfnetlink
 from .nft_elements import address_elements
 
 _LIB = "libnftables.so.1"
@@ -94,9 +95,27 @@ class Nft:
         """``nft -j list <what>`` as a list of objects; missing objects give [].
 
         ``terse`` leaves out set elements (nft -t): meters can hold millions.
+
+        nft 1.0.6 prints a table with flags (e.g. dormant) from freed memory (table_flags_json): no
+        listing that holds one is ever asked of libnftables. ``tables`` comes from netlink; a flagged
+        table is listed as its table object alone, with its flags; a ``ruleset`` listing holding one
+        is refused.
         """
-        if terse and what.startswith("table "):
-            return self._terse_table(*what.split()[1:3])
+        words = what.split()
+        if words[0] == "tables":
+            return [{"table": _table(*t)} for t in nfnetlink.tables()]
+        if words[0] in ("table", "ruleset"):
+            flagged = {(f, n): flags for f, n, flags in nfnetlink.tables() if flags}
+            if words[0] == "table" and (key := (words[1], words[2])) in flagged:
+                return [{"table": _table(*key, flagged[key])}]
+            in_family = any(len(words) == 1 or f == words[1] for f, _n in flagged)
+            if words[0] == "ruleset" and in_family:
+                raise BackendError(f"list {what}", "it holds a table with flags, which nft 1.0.6 cannot list as JSON")
+            if terse and words[0] == "table":
+                return self._terse_table(*words[1:3], safe=not in_family)
+        return self._listing(what, terse=terse)
+
+    def _listing(self, what: str, *, terse: bool) -> list[dict]:
         with _LIBRARY:
             self._nft.set_terse_output(terse)
             try:
@@ -109,12 +128,15 @@ class Nft:
             raise BackendError(f"list {what}", _first_error(err))
         return json.loads(out)["nftables"] if out else []
 
-    def _terse_table(self, family: str, name: str) -> list[dict]:
+    def _terse_table(self, family: str, name: str, safe: bool) -> list[dict]:
         """``list table`` without set elements. nft 1.0.6 fetches every element of every set for
         ``list table`` even with -t (1.1 s for one 65,536-element meter; status, the watcher's reads and
         bans paid it on every call), while ``list ruleset <family>`` -t skips them (20 ms): the table's
-        objects are taken from that. [] when the table does not exist, as ``list table`` gives."""
-        listing = self.list(f"ruleset {family}", terse=True)
+        objects are taken from that unless another table of the family has flags (not ``safe``: see
+        ``list``). [] when the table does not exist, as ``list table`` gives."""
+        if not safe:
+            return self._listing(f"table {family} {name}", terse=True)
+        listing = self._listing(f"ruleset {family}", terse=True)
         mine = [o for o in listing if "metainfo" in o or any(
             v.get("family") == family and v.get("table" if k != "table" else "name") == name for k, v in o.items())]
         return mine if any("table" in o for o in mine) else []
@@ -139,6 +161,11 @@ class Nft:
         if rc != 0:
             raise BackendError(f"list {what}", _first_error(err))
         return out
+
+
+def _table(family: str, name: str, flags: int) -> dict:
+    """A table object as nft's JSON gives it (less its handle), from netlink."""
+    return {"family": family, "name": name, **({"flags": nfnetlink.flag_names(flags)} if flags else {})}
 
 
 def _first_error(err: str) -> str:
@@ -172,6 +199,7 @@ class NftLive:
     limits: dict[str, dict] = field(default_factory=dict)
     rules: tuple[dict, ...] = ()
     static_elements: dict[str, list] = field(default_factory=dict)
+    flags: tuple[str, ...] = ()  # the table's (dormant: it filters nothing); its objects are then not read
 
 
 STATIC_SET_PREFIXES = ("allow-", "failsafe-", "synproxy-ports-")  # sets whose elements are configuration
@@ -181,6 +209,9 @@ def read_live(nft: Nft, family: str, table: str) -> NftLive:
     listing = nft.list(f"table {family} {table}", terse=True)  # meters can hold millions of elements
     if not listing:
         return NftLive()
+    flags = next((t.get("flags") for t in objects(listing, "table")), None)
+    if flags:
+        return NftLive(True, flags=tuple(flags))
     sets = {s["name"]: s for s in objects(listing, "set")}
     allow = {}
     for name, s in sets.items():

@@ -76,6 +76,8 @@ class NftBackend:
 
         if not live.exists:
             return Drift((Reason("table_missing", "table inet nodeguard is missing"),))
+        if live.flags:
+            return Drift((Reason("table_flags", f"table inet nodeguard has flags {', '.join(live.flags)}"),))
         reasons: list[Reason] = []
         culprit = None
         for chain in plan.ruleset.base_chains:

@@ -80,6 +80,9 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
     and still the bodies we installed is left alone. Without them every chain is refilled: ids alone
     cannot tell a rule someone rewrote under our comment."""
     table = objs.table["name"]
+    recreate = bool(live.flags)  # a dormant table filters nothing: deleted and made anew, in this transaction
+    if recreate:
+        live = NftLive()
     want_chains = {c["name"]: c for c in objs.chains}
     want_sets = {s["name"]: s for s in objs.sets}
     want_limits = {x["name"]: x for x in objs.limits}
@@ -103,6 +106,8 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
         and have_ids.get(n) == (ids := [id_from_comment(r["comment"]) for r in want_rules[n]])
         and bodies.get(n, []) == [fingerprints.get(i) for i in ids]}
     cmds: list[dict] = [{"add": {"table": objs.table}}]
+    if recreate:  # its deny sets too, elements and all: a fill before would go with the table
+        cmds += [{"delete": {"table": {"family": FAMILY, "name": table}}}, {"add": {"table": objs.table}}]
     # 1. empty every other chain first: nothing then refers to what goes away below
     cmds += [{"flush": {"chain": _ref(table, name)}} for name in live.chains if name not in intact]
     # 2. chains no longer wanted, and base chains whose hook or priority changed (nft cannot move one)
@@ -114,7 +119,8 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
     # 4. everything the render has. Kept sets and limits are left alone, state and all (an "add" of
     # a dynamic set the kernel flagged "dynamic" itself would even fail with EEXIST). A new deny set is
     # filled before (NftTransaction.fills); one someone replaced under its name is added here, elements and all
-    fills = tuple(s for s in objs.sets if isinstance(s.get("elem"), PrefixElements) and s["name"] not in live.sets)
+    fills = () if recreate else tuple(s for s in objs.sets if isinstance(s.get("elem"), PrefixElements)
+                                      and s["name"] not in live.sets)
     filled = {s["name"] for s in fills}
     for s in objs.sets:
         name = s["name"]

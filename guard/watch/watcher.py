@@ -36,7 +36,7 @@ from .scope import Scope, _union
 log = logging.getLogger("nodeguard.watch")
 RETRY_MAX_S = 30.0
 INTERFACES_NOTE = "interfaces"  # note topic: the default route's interface is gone, the last known ones kept
-RECREATED = frozenset({"table_missing", "object_missing"})  # drift whose repair creates sets anew: empty
+RECREATED = frozenset({"table_missing", "table_flags", "object_missing"})  # drift whose repair creates sets anew: empty
 
 
 class Watcher(WatchLoop):
