@@ -115,7 +115,8 @@ class Nft:
                 return self._terse_table(*words[1:3], safe=not in_family)
         return self._listing(what, terse=terse)
 
-    def _listing(self, what: str, *, terse: bool) -> list[dict]:
+    def _listing(self, what: str, *, terse: bool, strict: bool = True) -> list[dict] | None:
+        """``strict=False``: None when nft printed no JSON (see ``list``: from freed memory)."""
         with _LIBRARY:
             self._nft.set_terse_output(terse)
             try:
@@ -126,7 +127,12 @@ class Nft:
             if "No such file or directory" in err:
                 return []
             raise BackendError(f"list {what}", _first_error(err))
-        return json.loads(out)["nftables"] if out else []
+        try:
+            return json.loads(out)["nftables"] if out else []
+        except ValueError:
+            if not strict:
+                return None
+            raise BackendError(f"list {what}", "nft printed no valid JSON") from None
 
     def _terse_table(self, family: str, name: str, safe: bool) -> list[dict]:
         """``list table`` without set elements. nft 1.0.6 fetches every element of every set for
@@ -134,9 +140,9 @@ class Nft:
         bans paid it on every call), while ``list ruleset <family>`` -t skips them (20 ms): the table's
         objects are taken from that unless another table of the family has flags (not ``safe``: see
         ``list``). [] when the table does not exist, as ``list table`` gives."""
-        if not safe:
+        listing = self._listing(f"ruleset {family}", terse=True, strict=False) if safe else None
+        if listing is None:  # a table of the family may have been given flags since ``list`` looked
             return self._listing(f"table {family} {name}", terse=True)
-        listing = self._listing(f"ruleset {family}", terse=True)
         mine = [o for o in listing if "metainfo" in o or any(
             v.get("family") == family and v.get("table" if k != "table" else "name") == name for k, v in o.items())]
         return mine if any("table" in o for o in mine) else []
