@@ -55,17 +55,29 @@ class Nft:
         # Load the library before the binding: a binding object whose __init__ failed half-way
         # raises again from its __del__ later, far from here.
         try:
-            binding = _binding()  # the pip-nftables binding
+            _binding()  # the pip-nftables binding
             self._lib = ctypes.CDLL(_LIB)
         except (ImportError, OSError) as exc:
             raise EnvironmentProblem(
                 f"libnftables is not usable ({exc}); install Debian's libnftables1 and the pip-nftables package"
             ) from None
         self._lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+        self._renew()
+
+    def _renew(self) -> None:
         with _LIBRARY:
-            self._nft = binding(sofile=_LIB)
+            self._nft = _binding()(sofile=_LIB)
             self._nft.set_json_output(True)
             self._nft.set_handle_output(True)
+
+    def _cmd(self, text: str) -> tuple[int, str, str]:
+        """One command, under ``_LIBRARY``. A context keeps its netlink socket: after the kernel's
+        replies overflowed it (ENOBUFS, e.g. a transaction every message of which was refused), the
+        unread ones answer the next request ("Protocol error") for good, so the context is renewed."""
+        rc, out, err = self._nft.cmd(text)
+        if rc != 0 and ("No buffer space available" in err or "Protocol error" in err):
+            self._renew()
+        return rc, out, err
 
     def _set_dry_run(self, on: bool) -> None:
         # The binding wraps no dry-run setter; the C API has one (nft -c).
@@ -77,7 +89,7 @@ class Nft:
         with _LIBRARY:
             self._set_dry_run(dry_run)
             try:
-                rc, _out, err = self._nft.cmd(text)
+                rc, _out, err = self._cmd(text)
             finally:
                 self._set_dry_run(False)
         if rc != 0:
@@ -87,7 +99,7 @@ class Nft:
         """Send commands in nft's own syntax as one transaction (for element lists: libnftables parses
         them faster than JSON). Only text we made: nothing of anyone else's may reach it unescaped."""
         with _LIBRARY:
-            rc, _out, err = self._nft.cmd(commands)
+            rc, _out, err = self._cmd(commands)
         if rc != 0:
             raise BackendError(what, _first_error(err))
 
@@ -120,7 +132,7 @@ class Nft:
         with _LIBRARY:
             self._nft.set_terse_output(terse)
             try:
-                rc, out, err = self._nft.cmd(f"list {what}")
+                rc, out, err = self._cmd(f"list {what}")
             finally:
                 self._nft.set_terse_output(False)
         if rc != 0:
@@ -160,7 +172,7 @@ class Nft:
             self._nft.set_json_output(False)
             self._nft.set_handle_output(False)
             try:
-                rc, out, err = self._nft.cmd(f"list {what}")
+                rc, out, err = self._cmd(f"list {what}")
             finally:
                 self._nft.set_json_output(True)
                 self._nft.set_handle_output(True)
