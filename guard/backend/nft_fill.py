@@ -16,26 +16,25 @@ import socket
 import struct
 
 from ..errors import BackendError
-from .nfnetlink import NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NLMSG_ERROR, _messages, _nla
+from .nfnetlink import (_NLMSG, NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_SET_ELEM_INTERVAL_END,
+                        NFTA_DATA_VALUE, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
+                        NFTA_TABLE_FLAGS, NFTA_TABLE_NAME, NLM_F_REQUEST, NLMSG_ERROR, _messages, _nla)
 
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFT_MSG_NEWTABLE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM = 0, 9, 12
-NFTA_TABLE_NAME, NFTA_TABLE_FLAGS = 1, 2
-NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN = 1, 2, 3, 4, 5
+NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN = 2, 3, 4, 5
 NFTA_SET_ID, NFTA_SET_USERDATA = 10, 13
 NFT_SET_INTERVAL = 0x4
-NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
-NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_USERDATA, NFTA_DATA_VALUE = 1, 1, 3, 6, 1
+NFTA_LIST_ELEM, NFTA_SET_ELEM_USERDATA = 1, 6
 NLA_F_NESTED = 0x8000
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE = 0x1, 0x4, 0x400
+NLM_F_ACK, NLM_F_CREATE = 0x4, 0x400
 SO_SNDBUFFORCE, SO_RCVBUFFORCE, SOL_NETLINK, NETLINK_CAP_ACK = 32, 33, 270, 10
 ACK_ROOM = 1024  # receive buffer per acknowledged message, as nft sizes it (mnl_batch_talk)
 KEY_TYPE = {4: 7, 6: 8}  # nft's datatypes ipv4_addr and ipv6_addr
 KEY_BIG_ENDIAN = b"\x00\x04" + struct.pack("=I", 2)  # set udata: the key's byte order, as nft writes it
-INTERVAL_END = _nla(NFTA_SET_ELEM_FLAGS, struct.pack(">I", 1))
+INTERVAL_END = _nla(NFTA_SET_ELEM_FLAGS, struct.pack(">I", NFT_SET_ELEM_INTERVAL_END))
 OPEN_END = _nla(NFTA_SET_ELEM_USERDATA, b"\x01\x04" + struct.pack("=I", 1))  # nft's mark of a last interval
 ELEMENTS_MAX = 60_000  # bytes of elements a message: an attribute's length is 16 bits
-_NLMSG = struct.Struct("=IHHII")
 
 
 def _nest(atype: int, payload: bytes) -> bytes:
