@@ -3,14 +3,16 @@
 The lab and floods of bench/flood.py (its SCENARIOS; hping3 at its top rate), nodeguard-nft installed with
 ``nodeguard apply`` (the shipped default policy, no daemon), then variants, alternating in rotated order:
 
-  none           no rules of ours
-  full           the whole table
-  -<chain>       the whole table less one base chain (-ingress: every ingress-<device> chain)
-  only-ingress   the table with its ingress chain alone
-  ingress-bare   a hand-written inet ingress chain holding only the two IPv4 ban lookups (manual, banned)
-  dropnew        the whole table plus one rule after conntrack: TCP without SYN or RST that conntrack
-                 picked up mid-stream (``ct state new``) is dropped (evaluated, not shipped:
-                 docs/design/hooks.md)
+  none             no rules of ours
+  full             the whole table
+  without-<chain>  the whole table less one base chain (without-ingress: every ingress-<device> chain)
+  only-ingress     the table with its ingress chain alone
+  ingress-bare     a hand-written inet ingress chain holding only the two IPv4 ban lookups (manual, banned)
+  ack-first        the whole table with TCP that opens nothing (no SYN or RST, ``ct state new`` or
+                   ``invalid``) returned from filter-conntrack before its allowlist lookups
+  dropnew          the whole table plus one rule after conntrack: TCP without SYN or RST that conntrack
+                   picked up mid-stream (``ct state new``) is dropped (evaluated, not shipped:
+                   docs/design/hooks.md)
 
 Softirq µs per attack packet (netdev ingress counter of the node's uplink); with ``--pin CPU`` hping3 runs
 on that CPU and only its softirq time is read (the veth path runs on the sender's CPU), which keeps other
@@ -43,7 +45,8 @@ from guard.lab.lock import machine_lock  # noqa: E402
 from guard.lab.netns import Netns, remove_stale  # noqa: E402
 
 PREFIX, METER, SCRATCH = "ngc", "ngc_meter", "ngc_scratch"
-FIXED = ("none", "full", "only-ingress", "ingress-bare", "dropnew")
+FIXED = ("none", "full", "only-ingress", "ingress-bare", "ack-first", "dropnew")
+WITHOUT = "without-"  # + a base chain
 BARE_INGRESS = (f"add set inet {SCRATCH} m {{ type ipv4_addr; size 65536; }}; "
                 f"add set inet {SCRATCH} b {{ type ipv4_addr; size 65536; flags timeout; }}; "
                 f"add set inet {SCRATCH} a {{ type ipv4_addr; flags interval; }}; "
@@ -73,13 +76,17 @@ class Variants:
         nodeguard(self.node, "apply", "-c", str(self.policy))
         if v == "dropnew":
             self.node.run(["nft", f"add table inet {SCRATCH}; {DROP_NEW}"])
+        if v == "ack-first":  # index 1: after the interface check
+            self.node.run(["nft", "insert rule inet nodeguard filter-conntrack index 1 "
+                                  "tcp flags & (syn|rst) == 0 ct state new,invalid return"])
         base = [o["chain"]["name"] for o in json.loads(self.node.run(
             ["nft", "-j", "list", "table", "inet", "nodeguard"]).stdout)["nftables"]
             if "chain" in o and "hook" in o["chain"]]
         if v == "only-ingress":
             gone = [c for c in base if not c.startswith("ingress-")]
-        elif v.startswith("-"):
-            gone = [c for c in base if c == v[1:] or (v == "-ingress" and c.startswith("ingress-"))]
+        elif v.startswith(WITHOUT):
+            chain = v.removeprefix(WITHOUT)
+            gone = [c for c in base if c == chain or (chain == "ingress" and c.startswith("ingress-"))]
             if not gone:
                 raise SystemExit(f"{v}: no such base chain (there are: {', '.join(base)})")
         else:
@@ -101,9 +108,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds of each flood")
     ap.add_argument("--pin", default=None, help="the CPU hping3 runs on and whose softirq time is read")
-    ap.add_argument("variants", nargs="+", help=f"{', '.join(FIXED)} or -<base chain>")
+    ap.add_argument("variants", nargs="+", help=f"{', '.join(FIXED)} or {WITHOUT}<base chain>")
     args = ap.parse_args()
-    bad = [v for v in args.variants if v not in FIXED and not v.startswith("-")]
+    bad = [v for v in args.variants if v not in FIXED and not v.startswith(WITHOUT)]
     if bad:
         print(f"unknown variant {bad[0]!r}", file=sys.stderr)
         return 2
