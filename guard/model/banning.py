@@ -24,7 +24,6 @@ def escalation_chain(group: str, version: int) -> str:
     return f"escalate-{group}-v{version}"
 
 
-
 def escalation(b: Builder, trusted: dict[int, str]) -> tuple[dict[int, str], list[Chain]]:
     """The ban sets (IP version -> name) and one escalation chain per group and family whose
     per-source drops escalate; nothing when none do (escalate off, monitor mode).

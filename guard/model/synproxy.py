@@ -14,7 +14,8 @@ from .verdicts import CONTINUE, DROP, Synproxy
 if TYPE_CHECKING:
     from .build import Builder
 
-# a SYN alone: what goes to ``syn-flood``, so all the notrack rule sees; the SYNPROXY rule takes the same
+# a SYN alone (no FIN, RST or ACK): what goes to ``syn-flood``, hence all its notrack rule sees; the
+# SYNPROXY rule takes the same mask
 SYN_ONLY = TcpFlags(("fin", "syn", "rst", "ack"), ("syn",))
 
 
