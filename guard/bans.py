@@ -1,4 +1,4 @@
-"""Banned sources (escalation, model.build._escalation): read them, remove them, and say why they were banned.
+"""Banned sources (escalation, model.banning.escalation): read them, remove them, and say why they were banned.
 
 The kernel decides and bans; this module only reads the ``banned-*`` sets and, for ``nodeguard
 unban``, deletes elements from them (and from ``over-*``/``episode-*``, so an unbanned source that
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import NodeguardError
-from .model.build import BANNED
+from .model.banning import BANNED
 from .model.ruleset import AddrSet
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .model.build import BANS_REFUSED
+from .model.banning import BANS_REFUSED
 
 if TYPE_CHECKING:
     from .apply import Live, Plan

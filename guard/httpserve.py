@@ -35,10 +35,9 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from http import HTTPStatus
-from typing import Callable
 
 from .aggregate import source_key
+from .httpmessages import Reply, Request, Route, encode, parse_head, text_reply
 from .logs import Throttle
 
 log = logging.getLogger("nodeguard.metrics")
@@ -58,26 +57,6 @@ class Limits:
     error_log_s: float = 60.0   # a route's unexpected failures: one log line per this, with a count
     send_buffer: int = 65536    # SO_SNDBUF of a connection: the kernel memory (charged to the unit's
                                 # MemoryMax=) a client that does not read can pin; the rest waits here
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str                   # without the query
-    headers: dict[str, str]     # lower-case name -> value (the last one of a repeated name)
-
-
-@dataclass(frozen=True)
-class Reply:
-    code: int
-    ctype: str
-    body: bytes
-
-
-@dataclass(frozen=True)
-class Route:
-    handler: Callable[[Request], Reply]
-    inline: bool                # cheap and never blocking: answered on the I/O thread
 
 
 def client_key(host: str) -> str:
@@ -103,32 +82,6 @@ class _Conn:
     def eviction_rank(self) -> int | None:
         """Which to evict first over a cap: 0 sent nothing, 1 sent part of a head, None never."""
         return None if self.complete else (1 if self.head else 0)
-
-
-def _encode(reply: Reply) -> bytes:
-    head = (f"HTTP/1.1 {reply.code} {HTTPStatus(reply.code).phrase}\r\nContent-Type: {reply.ctype}\r\n"
-            f"Content-Length: {len(reply.body)}\r\nConnection: close\r\n\r\n")
-    return head.encode("ascii") + reply.body
-
-
-def _text(code: int, text: str) -> Reply:
-    return Reply(code, "text/plain; charset=utf-8", text.encode())
-
-
-def parse_head(raw: bytes) -> Request | Reply:
-    """A request head (without its blank line) -> the Request, or the error Reply to send."""
-    lines = raw.decode("latin-1").replace("\r\n", "\n").split("\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        return _text(400, "bad request line\n")
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    if parts[0] != "GET":
-        return _text(405, "only GET\n")
-    return Request(parts[0], parts[1].split("?", 1)[0], headers)
 
 
 class BoundedHTTPServer:
@@ -310,10 +263,10 @@ class BoundedHTTPServer:
         end = min((i for i in (conn.head.find(b"\r\n\r\n"), conn.head.find(b"\n\n")) if i >= 0), default=-1)
         if end < 0:
             if len(conn.head) > self.limits.head_bytes:
-                self._answer(conn, _text(431, "request head too large\n"))
+                self._answer(conn, text_reply(431, "request head too large\n"))
             return
         if end > self.limits.head_bytes:
-            self._answer(conn, _text(431, "request head too large\n"))
+            self._answer(conn, text_reply(431, "request head too large\n"))
             return
         conn.complete = True
         conn.deadline = time.monotonic() + self.limits.reply_s
@@ -323,7 +276,7 @@ class BoundedHTTPServer:
             return
         route = self.routes.get(request.path)
         if route is None:
-            self._answer(conn, _text(404, f"not found: try {' or '.join(self.routes)}\n"))
+            self._answer(conn, text_reply(404, f"not found: try {' or '.join(self.routes)}\n"))
         elif route.inline:
             self._answer(conn, self._run(route, request))
         else:
@@ -331,7 +284,7 @@ class BoundedHTTPServer:
             self._jobs.put((conn, route, request))
 
     def _answer(self, conn: _Conn, reply: Reply) -> None:
-        conn.out = memoryview(_encode(reply))
+        conn.out = memoryview(encode(reply))
         try:
             self._sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
         except KeyError:
@@ -389,7 +342,7 @@ class BoundedHTTPServer:
                 log.error("metrics route %s failed: %s: %s (in %s:%d; %d more since the last such line, "
                           "at most one per %g s)", request.path, type(exc).__name__, exc, frame.filename,
                           frame.lineno, held, self.limits.error_log_s)
-            return _text(500, "internal error\n")
+            return text_reply(500, "internal error\n")
 
     def _wake(self) -> None:
         try:

@@ -24,7 +24,7 @@ from .statefile import is_pid, running
 log = logging.getLogger("nodeguard.run")
 
 NAME = "heartbeat.json"
-STATE_FILE = "/run/nodeguard/watch.json"  # the watcher's state file by default (policy/schema.py)
+STATE_FILE = "/run/nodeguard/watch.json"  # the watcher's state file by default (policy/runtime.py)
 EVERY_S = 5.0       # how often the main loop rewrites the file
 MAX_AGE_S = 60.0    # an older beat: the loop is stuck (as /healthz's, guard/metrics.py)
 

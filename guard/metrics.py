@@ -29,7 +29,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encode
 
 from . import __version__
 from .endpoint import parse_listen  # noqa: F401 (the daemon's and the tests' name for it)
-from .httpserve import BoundedHTTPServer, Limits, Reply, Request, Route
+from .httpmessages import Reply, Request, Route, text_reply
+from .httpserve import BoundedHTTPServer, Limits
 
 log = logging.getLogger("nodeguard.metrics")
 
@@ -364,7 +365,7 @@ class MetricsServer(BoundedHTTPServer):
     def _healthz(self, request: Request) -> Reply:
         age, ok = self.heartbeat.age(), self.heartbeat.alive()
         text = f"{'ok' if ok else 'stale'}: last loop {'never' if age is None else f'{age:.1f} s ago'}\n"
-        return Reply(200 if ok else 503, "text/plain; charset=utf-8", text.encode())
+        return text_reply(200 if ok else 503, text)
 
 
 def serve(listen: str, provider: Provider, heartbeat: Heartbeat, allow_remote: bool = False, **kw: Any) -> MetricsServer:

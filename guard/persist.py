@@ -26,7 +26,7 @@ from . import prefixes, statefile
 from .configfile import write_atomic
 from .manual import MAX_FOR_S, MAX_REASON, reason_ok
 from .model.ruleset import AddrSet
-from .policy.schema import outermost
+from .policy.sources import outermost
 
 if TYPE_CHECKING:
     from .backend.nft import Nft

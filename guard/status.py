@@ -9,7 +9,8 @@ from .apply import Plan, read_state
 from .backend.nft import Nft
 from .counters import bans_counted, drops_by_group, engaged_ports
 from .drift import diff_plan
-from .model.build import BANNED, FAILSAFE_SET, STATELESS_CHAIN, SYN_GROUP
+from .model.banning import BANNED
+from .model.build import FAILSAFE_SET, STATELESS_CHAIN, SYN_GROUP
 from .model.matches import DstPorts, OverLimit, SourceInSet
 from .model.ruleset import RuleSet
 

@@ -21,7 +21,7 @@ from guard.errors import PolicyError
 from guard.metrics import registry
 from guard.daemon.crowdsec_part import CrowdsecPart
 from guard.policy.load import load_policy, parse_policy
-from guard.policy.schema import Crowdsec
+from guard.policy.runtime import Crowdsec
 from crowdsec_lab import secret_file
 from test_metrics import samples
 

@@ -16,7 +16,8 @@ import netlab
 import pytest
 from guard.errors import PolicyError
 from guard.failsafe_check import warning
-from guard.model.build import INGRESS_CHAIN, build_ruleset
+from guard.model.banning import INGRESS_CHAIN
+from guard.model.build import build_ruleset
 from guard.model.matches import DstPorts, InterfaceNotIn, Proto, SourceInSet
 from guard.model.plans import Priorities
 from guard.model.verdicts import RETURN

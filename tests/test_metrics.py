@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from guard.httpserve import Limits
 from guard.metrics import Heartbeat, MetricsServer, nfqueue_dropped, parse_listen
 from netlab import wait_until
-from guard.policy.schema import Metrics
+from guard.policy.runtime import Metrics
 
 SNAPSHOT = {
     "backend": "nft",

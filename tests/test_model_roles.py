@@ -51,7 +51,7 @@ def test_each_family_renders_only_its_own_escalation_chains(tmp_path):
 def test_the_refused_ban_rules_are_found_by_their_tally_in_both_renderings(tmp_path):
     """bans_refused reads the counters of the rules the model tallies as BANS_REFUSED: one per escalation
     chain, right after its ban rule; the iptables render keeps its other tags (the valve's) apart."""
-    from guard.model.build import BANS_REFUSED
+    from guard.model.banning import BANS_REFUSED
     from guard.render.ids import id_and_label
     from guard.render.nft import render_nft
 

@@ -25,7 +25,8 @@ from guard.model.plans import Priorities, SynproxyPlan
 from guard.model.ruleset import RuleSet
 from guard.model.verdicts import Continue, Drop, Goto
 from guard.policy.load import parse_policy
-from guard.policy.schema import Policy, Synproxy
+from guard.policy.schema import Policy
+from guard.policy.threats import Synproxy
 from guard.render import ipt as render_ipt
 from guard.render import ipt_names
 from guard.render import nft as render_nft

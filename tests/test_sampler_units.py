@@ -173,7 +173,7 @@ def test_a_window_at_the_max_flows_cap_fits_the_units_memory():
     import tracemalloc
 
     from guard.packet import Packet
-    from guard.policy.schema import MAX_FLOWS
+    from guard.policy.runtime import MAX_FLOWS
 
     n = 2000
     pkts = [Packet(version=6, src=f"2001:db8:{i >> 16:x}:{i & 0xffff:x}::1", dst="2001:db8::2", proto="tcp",

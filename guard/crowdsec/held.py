@@ -12,7 +12,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from ..policy.schema import outermost
+from ..policy.sources import outermost
 from .decisions import Decision
 
 Want = dict[tuple[int, str], dict[str, tuple[float, str]]]  # (IP version, "address" | "range") -> ...

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .lab import NODE, NODEPORT, UDP_PORT
 
-BANNED = "banned"  # model.build.BANNED: the group of the ingress drops of banned sources
+BANNED = "banned"  # model.banning.BANNED: the group of the ingress drops of banned sources
 
 
 @dataclass

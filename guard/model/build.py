@@ -15,23 +15,25 @@ Layout (both backends render exactly this):
   limits (other TCP that opens no connection leaves first).
 * escalation (``escalate``, enforce mode only): a per-source drop goes through
   ``escalate-<group>-v<n>`` on its way to the sample chain, which bans a source that has been over
-  a per-source limit without a pause for ``after_s``.
+  a per-source limit without a pause for ``after_s`` (banning.py).
 * ``ingress-<device>``, one base chain per protected device on the ingress hook, drops before anything
   else runs the sources that are not allowlisted and are in a deny list (``deny-*``), banned by hand
-  (``manual-*``) or banned by escalation (``banned-*``).
+  (``manual-*``) or banned by escalation (``banned-*``) (banning.py).
+* the SYN defence's per-port rules (SYNPROXY, untracked SYNs): synproxy.py.
 """
 
 from __future__ import annotations
 
 from ..policy.rates import Rate
 from ..policy.schema import Policy
-from .matches import (Assured, BanSource, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort,
-                      Family, FibLocal, IcmpTypes, InterfaceNotIn, Log, Match, NoTrack, OneIn, OverLimit, Proto,
-                      RememberSource, SocketOpen, SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver,
-                      TcpFlags, UnderLimit, UpdateSource, ValveEngaged)
+from . import banning
+from .matches import (Assured, CountSource, CtState, CtStateNew, DstPorts, Family, IcmpTypes, InterfaceNotIn, Log,
+                      Match, OneIn, OverLimit, Proto, RememberSource, SocketOpen, SourceConnsOver, SourceInSet,
+                      SourceNotInSet, SourceRateOver, TcpFlags, UnderLimit, ValveEngaged)
 from .plans import Priorities, Sampling, SynproxyPlan
 from .ruleset import AddrSet, Chain, Mode, NamedLimit, Rule, RuleSet
-from .verdicts import CONTINUE, DROP, RETURN, Goto, Jump, Queue, Synproxy, Verdict
+from .synproxy import SYN_ONLY, synproxy_notrack, synproxy_rules
+from .verdicts import CONTINUE, DROP, RETURN, Goto, Jump, Queue, Verdict
 
 # ICMP that must never be limited (RFC 4890 for v6): errors, neighbour/router discovery, MLD.
 ICMP4_ESSENTIAL = (3, 11, 12)
@@ -43,11 +45,6 @@ STATELESS_CHAIN = "filter-prerouting"
 STATEFUL_CHAIN = "filter-conntrack"
 SYNPROXY_CHAIN = "synproxy-input"
 CLOSED_CHAIN = "closed-ports"
-INGRESS_CHAIN = "ingress-"  # + the device: one per protected device
-BANS_REFUSED = "bans-refused"  # the tally of the rule that counts bans a full ban set refused
-BANNED = "banned"  # the rule group of the ingress drops of banned sources (escalation and ``nodeguard ban``)
-DENIED = "denied"  # the rule group of the ingress drops of sources in the deny lists
-SYN_ONLY = TcpFlags(("fin", "syn", "rst", "ack"), ("syn",))
 SAMPLE_ALL = "sample-all"
 CLOSED_PORT = "closed-port"  # the rule group of closed_ports
 SYN_GROUP = "syn-flood"  # the rule group (and chain) of new TCP connections
@@ -62,7 +59,7 @@ def sample_groups(policy: Policy) -> tuple[str, ...]:
             INVALID_RST)
 
 
-class _Builder:
+class Builder:
     """Collects the objects while build_ruleset walks the policy."""
 
     def __init__(self, policy: Policy, sampling: Sampling | None):
@@ -108,7 +105,7 @@ class _Builder:
         self.condemned(group, mode)  # the sample chain (and its sets) come first, as without escalation
         version = next(x.version for x in matches if isinstance(x, SourceRateOver))
         self.escalated.append((group, version))
-        return Rule(matches, Goto(escalation_chain(group, version)), label, group=group, mode=mode)
+        return Rule(matches, Goto(banning.escalation_chain(group, version)), label, group=group, mode=mode)
 
     def _valve(self, name: str, mode: Mode, limit: str) -> list[Rule]:
         """The backstop that drops only while engaged: one timed ``valve`` set per IP version (the
@@ -176,7 +173,7 @@ class _Builder:
 
 def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Priorities,
                   sampling: Sampling | None = None, synproxy: SynproxyPlan | None = None) -> RuleSet:
-    b = _Builder(policy, sampling)
+    b = Builder(policy, sampling)
     for version in (4, 6):
         b.add_set(AddrSet(f"allow-v{version}", version, "allow", tuple(policy.allow.networks(version))))
     b.failsafe = _failsafe(b)
@@ -203,7 +200,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             remember.append(Rule((Family(version), Proto("tcp"), Assured(), SourceNotInSet(s.name, version),
                                   RememberSource(s.name, version)), CONTINUE, f"remember handshake v{version}"))
     proxied = synproxy if synproxy and policy.mode_of(syn) == "enforce" else None  # monitor never diverts
-    proxy = _synproxy_notrack(b, proxied) if proxied else []
+    proxy = synproxy_notrack(b, proxied) if proxied else []
     if proxied:
         trusted.append(Rule((CtState(("untracked",)),), RETURN, "synproxied syn skips backstop"))
     to_syn = b.flood_chain(SYN_GROUP, policy.mode_of(syn), "syn-src", syn.source_rate(), syn.global_rate(),
@@ -231,142 +228,15 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(b, interfaces), *conn_rules), "stateful",
                              priorities.stateful))
     if proxied and proxied.forwarded:
-        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(b, interfaces), *_synproxy_rules(b, proxied)),
+        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(b, interfaces), *synproxy_rules(b, proxied)),
                               "input", priorities.input))
     if policy.closed_ports.enabled:
         b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(b, interfaces, (_closed_ports_skip_tcp(),)),
                                              *_closed_ports(b)), "closed", priorities.closed))
-    banned, escalation = _escalation(b, {s.version: s.name for s in b.sets if s.kind == "trusted"})
-    ingress = _ingress(b, interfaces, priorities, banned)
+    banned, escalation = banning.escalation(b, {s.version: s.name for s in b.sets if s.kind == "trusted"})
+    ingress = banning.ingress(b, interfaces, priorities, banned)
     return RuleSet((*ingress, *b.chains, *escalation, *b.sample_chains.values()), tuple(b.sets),
                    tuple(b.limits.values()), tuple(interfaces), sample_groups=b.groups)
-
-
-def escalation_chain(group: str, version: int) -> str:
-    return f"escalate-{group}-v{version}"
-
-
-def _escalation(b: _Builder, trusted: dict[int, str]) -> tuple[dict[int, str], list[Chain]]:
-    """The ban sets (IP version -> name) and one escalation chain per group and family whose
-    per-source drops escalate; nothing when none do (escalate off, monitor mode).
-
-    Shared timed sets per family, keyed like the meters (IPv6: the /64): ``over`` (timeout gap_s: the
-    source had a per-source drop within gap_s), ``episode`` (timeout after_s: started when a source
-    goes over after a pause) and ``banned`` (timeout ban_s). A source still in ``over`` whose
-    ``episode`` has run out has been over for after_s without a pause of gap_s: it is banned. A short
-    burst never lasts after_s; a source hovering at its limit leaves ``over`` between its drops. A full
-    ``episode`` or ``over`` set bans nobody new (fails open)."""
-    if not b.escalated:
-        return {}, []
-    esc, meter = b.policy.escalate, b.policy.meter
-    sets: dict[tuple[str, int], str] = {}
-    for version in (4, 6):
-        for what, timeout, size in (("over", esc.gap_s, meter.size), ("episode", esc.after_s, meter.size),
-                                    ("banned", esc.ban_s, esc.size)):
-            sets[(what, version)] = b.add_set(AddrSet(f"{what}-v{version}", version, "escalation", size=size,
-                                                      timeout_s=timeout, role=what)).name
-    chains = []
-    for group, version in b.escalated:
-        over, episode, banned = (sets[(w, version)] for w in ("over", "episode", "banned"))
-        not_trusted = (SourceNotInSet(trusted[version], version),) if version in trusted else ()
-        due = (SourceInSet(over, version), SourceNotInSet(episode, version), *not_trusted)  # a ban
-        chains.append(Chain(escalation_chain(group, version), (
-            Rule((*due, BanSource(banned, version)), CONTINUE, f"ban v{version}: over its limit for after_s without a pause"),
-            # a full set fails the add (nft: the rule stops there; ipset: silently): still not banned
-            Rule((*due, SourceNotInSet(banned, version)), CONTINUE, f"ban refused v{version}: the ban set is full",
-                 tally=BANS_REFUSED),
-            Rule((SourceNotInSet(over, version), UpdateSource(episode, version)), CONTINUE,
-                 f"new episode v{version}", counter=False),
-            # only a source with an episode is marked over: with the episode set full, a source would be
-            # over without one, which the first rule reads as "its episode ran out" and bans at once
-            Rule((SourceInSet(episode, version), UpdateSource(over, version)), CONTINUE, f"over now v{version}",
-                 counter=False),
-            Rule((), b.condemned(group, "enforce"), f"condemned by {group}", counter=False),
-        ), role="escalate", group=group, version=version))
-    return {v: sets[("banned", v)] for v in (4, 6)}, chains
-
-
-def _ingress(b: _Builder, interfaces: tuple[str, ...], priorities: Priorities, banned: dict[int, str]) -> list[Chain]:
-    """The drop check, one ingress chain per protected device: a source in a deny list, banned by hand
-    or banned by escalation is dropped unless allowlisted or failsafe (both win over deny). Each rule looks its
-    drop set up first: a source in none of them (every packet of a flood that is not banned) costs one
-    lookup a set. The manual ban sets always exist, so that ``nodeguard ban`` works whatever escalates.
-    In monitor mode (the policy's) the deny and manual rules count what they would drop."""
-    rules, mode = list(b.failsafe), b.policy.mode  # failsafe first: a banned source still reaches its ports
-    for v in (4, 6):
-        denied = b.policy.deny.prefixes(v)
-        manual = b.add_set(AddrSet(f"manual-v{v}", v, "manual", size=b.policy.deny.manual_size)).name
-        drops = [(b.add_set(AddrSet(f"deny-v{v}", v, "deny", denied)).name, DENIED, f"denied v{v} source",
-                  mode)] if denied else []
-        drops.append((manual, BANNED, f"banned by hand v{v}", mode))
-        drops += [(name, BANNED, f"banned by crowdsec v{v}{what}", mode) for name, what in _crowdsec_sets(b, v)]
-        if v in banned:  # only enforce mode escalates
-            drops.append((banned[v], BANNED, "banned v4 source" if v == 4 else "banned v6 /64", "enforce"))
-        rules += [Rule((SourceInSet(name, v), SourceNotInSet(f"allow-v{v}", v)), DROP if how == "enforce" else CONTINUE,
-                       label, group=group, mode=how) for name, group, label, how in drops]
-    return [Chain(f"{INGRESS_CHAIN}{dev}", tuple(rules), "ingress", priorities.ingress, device=dev) for dev in interfaces]
-
-
-def _crowdsec_sets(b: _Builder, v: int) -> list[tuple[str, str]]:
-    """With ``crowdsec`` on, the sets its pulled decisions fill (guard/crowdsec/): (name, label
-    suffix). Addresses and ranges apart: ranges need an interval set, which loads too slowly for
-    the 100,000 addresses a Local API can hand out at once."""
-    if not b.policy.crowdsec.enabled:
-        return []
-    size = b.policy.crowdsec.size
-    return [(b.add_set(AddrSet(f"crowdsec-v{v}", v, "crowdsec", size=size, role="address")).name, ""),
-            (b.add_set(AddrSet(f"crowdsec-ranges-v{v}", v, "crowdsec", size=size, role="range")).name, " range")]
-
-
-def _synproxy_notrack(b: _Builder, sp: SynproxyPlan) -> list[Rule]:
-    """In ``syn-flood``, before conntrack and after the per-source meters: SYNPROXY engages on a
-    proxied port of the node's own when the SYNs to proxied ports that the meters let through exceed
-    ``engage_over`` (a spoofed or distributed flood; one source's flood is the meter's), and stays
-    engaged ``hold_s`` after the last SYN over it; while engaged, a SYN to that port gets no conntrack
-    entry. The listener answers it with the kernel's own syncookies once its queue overflows (host
-    ports); with ``forwarded``, SYNPROXY answers it on input (a pod's listener is behind DNAT, which
-    needs conntrack).
-
-    Why the kernel's syncookies for host ports, not SYNPROXY: with a port engaged, 1,000 connects with no
-    flood went 972/1000 through SYNPROXY (28 hung after connect: the handshake race of
-    docs/design/syn-defence.md; full research: git show e4ff56f:docs/syn-defence.md, 8b-8c) and 1000/1000 through the listener's own cookies; under a spoofed flood 1000/1000 too, conntrack
-    at the clients' own entries. SYNPROXY costs less per attack packet, but only it works through DNAT.
-
-    Not always on: SYNPROXY itself costs 1-2 % of connections (a client reusing a 4-tuple still in
-    TIME_WAIT meets the old entry, the untracked SYN never replaced it; a server may reject SYNPROXY's
-    ACK and resend its SYN/ACK a second later), which would serve clients worse than no protection."""
-    out = []
-    engage = b.add_limit("synproxy-engage", sp.engage_over, over=True)
-    for version, ports in ((4, sp.ports_v4), (6, sp.ports_v6)):
-        s = b.add_set(AddrSet(f"synproxy-ports-v{version}", version, "ports", tuple(ports)))
-        on = b.add_set(AddrSet(f"synproxy-engaged-v{version}", version, "engaged", size=65536, timeout_s=sp.hold_s))
-        syn_to_port = (Family(version), Proto("tcp"), FibLocal(), DstPortInSet(s.name, version))  # only SYNs come here
-        out.append(Rule((*syn_to_port, OverLimit(engage), EngagePort(on.name, version)), CONTINUE,
-                        f"synproxy: engage on a syn flood v{version}"))
-        out.append(Rule((*syn_to_port, DstPortInSet(on.name, version), NoTrack()), CONTINUE,
-                        f"synproxy: syn not tracked v{version}"))
-    return out
-
-
-def _synproxy_rules(b: _Builder, sp: SynproxyPlan) -> list[Rule]:
-    """After conntrack, on input, only on engaged ports: SYNPROXY answers the untracked SYN and checks
-    the third ACK; an invalid packet that SYNPROXY did not take (a bad cookie, a stray ACK) is dropped.
-    A port that is not engaged sees none of this: its SYNs were tracked, its handshakes are the server's."""
-    out = []
-    for version, mss in ((4, sp.mss_v4), (6, sp.mss_v6)):
-        port = DstPortInSet(next(s.name for s in b.sets if s.base == f"synproxy-engaged-v{version}"), version)
-        # Only the SYN and the bare third ACK: SYNPROXY takes any ACK it is shown as a handshake's end,
-        # so a client's first data segment, arriving while the server's answer is still on its way
-        # (its conntrack entry then says invalid), would be swallowed and a second SYN sent (data lost:
-        # measured as a few failed connects in a hundred). Such a segment is dropped below, and resent.
-        # the SYN rule's mask is the notrack rule's: a SYN|PSH it did not take would reach the listener
-        bare_ack = TcpFlags(("fin", "syn", "rst", "psh", "ack"), ("ack",))
-        for flags, what, states in ((SYN_ONLY, "syn", ("untracked",)), (bare_ack, "ack", sp.states)):
-            out.append(Rule((Family(version), Proto("tcp"), port, CtState(states), flags), Synproxy(mss, sp.wscale),
-                            f"synproxy {what} v{version}"))
-        out.append(Rule((Family(version), Proto("tcp"), port, CtState(("invalid",))), DROP,
-                        f"synproxy: stray ack or bad cookie v{version}"))
-    return out
 
 
 def _with_default_burst(rate: Rate) -> Rate:
@@ -374,7 +244,7 @@ def _with_default_burst(rate: Rate) -> Rate:
     return rate.with_burst(rate.burst_or(2))
 
 
-def _closed_ports(b: _Builder) -> list[Rule]:
+def _closed_ports(b: Builder) -> list[Rule]:
     """On input, after DNAT and IPVS, before conntrack confirms: new UDP flows to the node's own addresses that
     no socket would receive, over ``closed_ports.rate`` (all sources together), are condemned. A drop
     there leaves no conntrack entry; below the rate the kernel answers port unreachable as ever."""
@@ -385,7 +255,7 @@ def _closed_ports(b: _Builder) -> list[Rule]:
                       "udp to a closed port over the rate")]
 
 
-def _failsafe(b: _Builder) -> tuple[Rule, ...]:
+def _failsafe(b: Builder) -> tuple[Rule, ...]:
     """One static prefix set per failsafe entry and IP version, and the rule that returns its protocol and
     ports from it. Protocol and port are compared before the lookup: other traffic pays no lookup."""
     out = []
@@ -400,7 +270,7 @@ def _failsafe(b: _Builder) -> tuple[Rule, ...]:
     return tuple(out)
 
 
-def _never_limited(b: _Builder, interfaces: tuple[str, ...], leave: tuple[Rule, ...] = ()) -> list[Rule]:
+def _never_limited(b: Builder, interfaces: tuple[str, ...], leave: tuple[Rule, ...] = ()) -> list[Rule]:
     """The start of a base chain: other interfaces, the failsafe pairs, then ``leave`` (what nothing in
     the chain condemns: it need not be looked up in the allowlist), then the allowlist."""
     return [
@@ -426,7 +296,7 @@ def _closed_ports_skip_tcp() -> Rule:
     return Rule((Proto("tcp"),), RETURN, "tcp", counter=False)
 
 
-def _invalid_rst(b: _Builder) -> Rule:
+def _invalid_rst(b: Builder) -> Rule:
     """In ``filter-conntrack``: a RST that conntrack calls invalid: it has no entry (conntrack never picks
     a connection up from a RST: a spoofed RST flood) or is outside the window it tracks. Such a RST
     can end no connection of a Service (without an entry it is not DNAT'd, so it never reaches the pod)
@@ -453,7 +323,7 @@ def _essential_icmp() -> list[Rule]:
     ]
 
 
-def _bogus_flag_rules(b: _Builder, mode: Mode) -> tuple[Rule, ...]:
+def _bogus_flag_rules(b: Builder, mode: Mode) -> tuple[Rule, ...]:
     all6 = ("fin", "syn", "rst", "psh", "ack", "urg")
     combos = [
         ("null", all6, ()),

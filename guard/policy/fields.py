@@ -28,6 +28,12 @@ MULTIPORT_SLOTS = 15  # iptables multiport's limit (a range takes two), kept by 
 PortList = Annotated[tuple[Port, ...], Field(max_length=MULTIPORT_SLOTS)]
 
 
+class Section(pydantic.BaseModel):
+    """A section of the policy: unknown keys refused, frozen once validated."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
 NETWORK = {4: ipaddress.IPv4Network, 6: ipaddress.IPv6Network}
 LONGEST_CIDR = 49  # characters: "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255/128"
 OPENS_ALL = "would allow every source: nodeguard would protect nothing"

@@ -2,7 +2,7 @@
 
 Any local user can open and close listeners, so a change of the detected set is an update of our
 own desired state, never tampering: every check renders with the set held here (a check never
-re-reads the listeners or the nat rules, guard/dnat_ports.py), and the watcher installs a new set as an update (watcher.refresh_ports),
+re-reads the listeners or the nat rules, guard/dnat_ports.py), and the watcher installs a new set as an update (updates.refresh_ports),
 which is neither counted as a repair nor damped nor "contested". Re-detection is bounded: at the
 periodic full verification (``watcher.verify_interval_s``, 10 s by default), never more often than
 REDETECT_MIN_S, and never sooner than the last look's CPU time over BUSY_SHARE: a user flapping
