@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,18 +49,14 @@ class NftBackend:
         prev = previous if isinstance(previous, NftLive) and previous.chains else None
         if live.flags:
             return dataclasses.replace(prev, flags=live.flags, genid=None) if prev else live
-        names = [n for n in self._deny_sizes if n in live.sets]
+        names = [s["name"] for s in self.objects.sets
+                 if isinstance(s.get("elem"), PrefixElements) and s["name"] in live.sets]
         same = prev is not None and gen is not None and (sets_unchanged or prev.genid == gen)
         if same and all(prev.deny_counts.get(n) is not None for n in names):
             counts = {n: prev.deny_counts[n] for n in names}
         else:
             counts = nft_set_sizes(names) if names else {}
         return dataclasses.replace(live, genid=gen, deny_counts=counts)
-
-    @functools.cached_property
-    def _deny_sizes(self) -> dict[str, int]:
-        """Deny set -> the prefixes the render fills it with (the kernel counts each once)."""
-        return {o["name"]: len(o["elem"].prefixes) for o in self.objects.sets if isinstance(o.get("elem"), PrefixElements)}
 
     def transaction(self, live: NftLive, families: tuple[int, ...] = (4, 6),
                     fingerprints: dict[str, str] | None = None) -> sync_nft.NftTransaction:
@@ -142,9 +137,9 @@ class NftBackend:
         reasons += objects_diff("set", {s["name"]: s for s in self.objects.sets}, live.sets, sync_nft.same_set)
         reasons += objects_diff("limit", {x["name"]: x for x in self.objects.limits}, live.limits,
                                 sync_nft.same_limit)
-        reasons += [Reason("deny_elements", f"set {n} holds {live.deny_counts[n]} elements, not its {want} prefixes")
-                    for n, want in self._deny_sizes.items()
-                    if live.deny_counts.get(n) is not None and live.deny_counts[n] != want]
+        reasons += [Reason("deny_elements", f"set {s['name']} holds {live.deny_counts[s['name']]} elements, "
+                                            f"not its {len(s['elem'].prefixes)} prefixes")
+                    for s in sync_nft.miscounted(self.objects, live)]
         for s in plan.ruleset.sets:
             if s.static and s.name in live.sets and not sync_nft.same_elements(live.static_elements.get(s.name, []),
                                                                                self.objects.elements[s.name]):

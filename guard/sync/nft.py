@@ -138,8 +138,7 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
                                       and s["name"] not in live.sets)
     # a kept deny set whose count someone changed (a flush, deleted elements, or a set of its name made
     # before ours) is refilled by the same batch: flushed and filled in one kernel transaction
-    refills = tuple(s for s in objs.sets if s["name"] in kept_sets and isinstance(s.get("elem"), PrefixElements)
-                    and live.deny_counts.get(s["name"]) not in (None, len(s["elem"].prefixes)))
+    refills = tuple(s for s in miscounted(objs, live) if s["name"] in kept_sets)
     filled = {s["name"] for s in fills}
     for s in objs.sets:
         name = s["name"]
@@ -152,6 +151,13 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
     cmds += [{"add": {"chain": c}} for c in objs.chains if c["name"] not in intact]
     cmds += [{"add": {"rule": r}} for r in objs.rules if r["chain"] not in intact]
     return NftTransaction(tuple(cmds), fills, refills, recreate)
+
+
+def miscounted(objs: NftObjects, live: NftLive) -> list[dict]:
+    """The deny sets (render objects) of which the kernel holds another number of elements than the
+    render's prefixes (it counts a prefix once); a set not counted is not among them."""
+    return [s for s in objs.sets if isinstance(s.get("elem"), PrefixElements)
+            and live.deny_counts.get(s["name"]) not in (None, len(s["elem"].prefixes))]
 
 
 def _elements(ref: dict, live: list | None, want: list) -> list[dict]:

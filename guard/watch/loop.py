@@ -23,8 +23,8 @@ import time
 from typing import Callable
 
 from ..backend.legacy_fingerprint import legacy_fingerprint
-from ..backend.tools import OWN_PIDS
 from ..backend.nfnetlink import NFPROTO_INET
+from ..backend.tools import OWN_PIDS
 from ..configfile import write_atomic
 from ..drift import Drift, Reason
 from ..errors import NodeguardError
