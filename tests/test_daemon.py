@@ -651,7 +651,7 @@ def test_netlink_dumps_of_garbage_never_raise():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from guard.backend.nfnetlink import count_elements, parse_rules, parse_set_counters, parse_tables
+    from guard.backend.nfnetlink import count_elements, parse_gen, parse_rules, parse_set_counters, parse_tables
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=400))
@@ -660,6 +660,7 @@ def test_netlink_dumps_of_garbage_never_raise():
         count_elements(data)
         parse_set_counters(data)
         parse_tables(data)
+        parse_gen(data)
     check()
 
 
