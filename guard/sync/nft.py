@@ -34,6 +34,12 @@ class NftTransaction:
     fallback: NftTransaction | None = None  # sent when the kernel refuses this one (a dormant table woken in place)
     moves_jumps_only = False  # nft has no jumps of ours in foreign chains to put back (sync/ipt.py)
 
+    @property
+    def changes_sets(self) -> bool:
+        """It creates, deletes, flushes or fills a set (a chain refilled after a flush changes none)."""
+        return bool(self.fills or self.refills or self.recreates) or any(
+            "set" in body or "element" in body for c in self.commands for body in c.values())
+
     def json(self) -> dict:
         """Both transactions as the one libnftables transaction that does the same (check --json, apply
         --dry-run --json): the filled sets added with their elements, right after the table."""

@@ -100,9 +100,9 @@ class Watcher(WatchLoop):
         """apply_plan, then (``restore``: its sets are new, so empty; or the transaction the kernel took
         made the table anew) the snapshot added back."""
         self.epoch += 1
-        self._sets_touched = True  # by us: the next read counts the deny sets again
         try:
             tx = apply_plan(plan, self.nft, **kw)
+            self._sets_touched |= tx.changes_sets  # by us: the next read counts the deny sets again
             path = self.snapshot_path
             if (restore or tx.recreates) and path is not None:
                 persist.restore(plan, self.nft, path)
