@@ -205,10 +205,12 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     return plan
 
 
-def read_state(plan: Plan, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Live | None = None) -> Live:
+def read_state(plan: Plan, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Live | None = None,
+               sets_unchanged: bool = False) -> Live:
     """What the kernel holds of the plan's backend now (nft None: nothing, for a fresh render).
-    iptables: ``previous`` (a full read of the same backend) supplies what ``families`` leaves out."""
-    return plan.backend.read_live(nft, families, previous)
+    ``previous`` (a full read of the same backend) supplies what ``families`` leaves out (iptables), or
+    what need not be read again (nft: Backend.read_live)."""
+    return plan.backend.read_live(nft, families, previous, sets_unchanged)
 
 
 def transaction(plan: Plan, live: Live, families: tuple[int, ...] = (4, 6),
@@ -230,7 +232,7 @@ def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families: tuple[i
     if dry_run:
         plan.backend.check(tx, nft)
         return tx
-    plan.backend.send(tx, nft)
+    tx = plan.backend.send(tx, nft) or tx
     if plan.set_sysctls:
         sysctls.enforce(plan.synproxy)
     if not repair:

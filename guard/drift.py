@@ -3,8 +3,9 @@
 Rules are compared by the IDs in their comments (taken from the renderer), base chains by
 hook and priority (re-chosen by the probe against the live foreign chains), sets and limit
 objects by name and definition (a name ends in a digest of the definition, so a changed size,
-timeout or rate is a different name), allowlists by content. Meter contents are state, not
-configuration, and are ignored.
+timeout or rate is a different name), allowlists by content, deny sets by how many elements the
+kernel holds (their name is a digest of their prefixes, but a flush leaves the name). Meter contents
+are state, not configuration, and are ignored.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ class Reason(NamedTuple):
     text: str
 
 
-KINDS = ("table_missing", "table_flags", "priority", "jump", "rules_changed", "allowlist", "object_redefined",
-         "unexpected_objects", "object_missing", "chain_missing", "rewritten", "other")
+KINDS = ("table_missing", "table_flags", "priority", "jump", "rules_changed", "allowlist", "deny_elements",
+         "object_redefined", "unexpected_objects", "object_missing", "chain_missing", "rewritten", "other")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NFT_MSG_NEWGEN = (10 << 8) | 15  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN
 NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 2, 3
+# messages about a table or a set or its elements (NFT_MSG_NEW/DEL TABLE, SET, SETELEM): attribute 1 of each
+# names the table (NFTA_TABLE_NAME, NFTA_SET_TABLE, NFTA_SET_ELEM_LIST_TABLE)
+SET_MESSAGES = frozenset((10 << 8) | t for t in (0, 2, 9, 11, 12, 14))
 IP_VERSIONS = {socket.AF_INET: (4,), socket.AF_INET6: (6,), 1: (4, 6)}  # NFPROTO_INET: both
 
 
@@ -30,6 +33,7 @@ class Batch:
     writers: list[tuple[int, str]] = field(default_factory=list)
     versions: set[int] = field(default_factory=set)  # of messages about ip, ip6 and inet tables
     overrun: bool = False  # ENOBUFS: we fell behind, writers and versions may be missing
+    set_tables: set[tuple[int, str]] = field(default_factory=set)  # (nfproto, table) whose tables or sets changed
 
 
 def versions(buf: bytes) -> set[int]:
@@ -41,6 +45,28 @@ def versions(buf: bytes) -> set[int]:
         if length < 16:
             break
         out.update(IP_VERSIONS.get(buf[off + 16], ()))
+        off += (length + 3) & ~3
+    return out
+
+
+def set_tables(buf: bytes) -> set[tuple[int, str]]:
+    """(nfproto family, table name) of every table, set or set-element message in a datagram."""
+    out: set[tuple[int, str]] = set()
+    off = 0
+    while off + 20 <= len(buf):
+        length, mtype = struct.unpack_from("=IH", buf, off)
+        if length < 16:
+            break
+        end = min(off + length, len(buf))
+        a = off + 20  # nlmsghdr (16) + nfgenmsg (4)
+        while mtype in SET_MESSAGES and a + 4 <= end:
+            alen, atype = struct.unpack_from("=HH", buf, a)
+            if alen < 4 or a + alen > end:
+                break
+            if atype & 0x3FFF == 1:
+                out.add((buf[off + 16], buf[a + 4:a + alen].split(b"\0", 1)[0].decode("ascii", "replace")))
+                break
+            a += (alen + 3) & ~3
         off += (length + 3) & ~3
     return out
 
@@ -100,6 +126,7 @@ class NftEvents:
             batch.datagrams += 1
             batch.writers += writers(buf)
             batch.versions |= versions(buf)
+            batch.set_tables |= set_tables(buf)
 
     def close(self) -> None:
         self.sock.close()

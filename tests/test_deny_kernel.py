@@ -15,6 +15,8 @@ import netlab
 from netlab import ATTACKER4, ATTACKER6, LEGIT4, LEGIT6, TRUSTED4, VICTIM4, VICTIM6, VICTIM_IF
 
 INGRESS = f"ingress-{VICTIM_IF}"
+VERIFY_S = 1.0  # the watcher's periodic verification in these tests
+REFILLED_WITHIN_S = 2 * VERIFY_S  # a strike raises an event: refilled at once, well within two cycles
 
 
 def _replies(attacker, src: str, dst: str) -> int:
@@ -135,3 +137,54 @@ def test_a_fill_batch_of_many_messages_reads_every_acknowledgement(ns):
               "[(f's{i}', 4, [((10 << 24) + (i << 8), 24)]) for i in range(300)]), 'test')")
     ns.run([sys.executable, "-c", script])
     assert len([s for s in ns.nft_json("sets") if s.get("set", {}).get("table") == "ngfill"]) == 300
+
+
+def _deny_count(ns, name: str) -> int:
+    """Elements the kernel holds in deny set ``name``, counted as the watcher counts them."""
+    out = ns.run([sys.executable, "-c", "from guard.backend.nfnetlink import nft_set_sizes; "
+                  f"print(nft_set_sizes([{name!r}])[{name!r}])"]).stdout
+    return int(out)
+
+
+def test_a_deny_set_emptied_or_thinned_from_outside_is_refilled_and_drops_again(lab, tmp_path):
+    """A flush of a deny set (or a deleted element) leaves its definition: the watcher counts the
+    kernel's elements against the render's and refills the set in one batch. Also a set of that name
+    already there, and empty, when the daemon starts is refilled, not adopted."""
+    from test_daemon import Run, metrics, write
+
+    victim, attacker = lab
+    os.chmod(tmp_path, 0o755)
+    deny = tmp_path / "deny.txt"
+    deny.write_text(f"10.77.0.0/30\n192.0.2.0/24\n198.51.100.7\n{ATTACKER6}\n")  # ATTACKER4 is 10.77.0.2
+    os.chmod(deny, 0o644)
+    policy = write(tmp_path / "p.yaml", f"deny:\n  files: [{deny}]\nsampler:\n  enabled: false\n"
+                   f"  log: {tmp_path}/attacks.jsonl\nwatcher:\n  state_file: {tmp_path}/watch.json\n"
+                   f"  verify_interval_s: {VERIFY_S}\n  snapshot_file: {tmp_path}/sets.json\n")
+    victim.nodeguard("apply", "-c", policy)
+    name = next(s["set"]["name"] for s in victim.nft_json("sets")
+                if s.get("set", {}).get("name", "").startswith("deny-v4-"))
+    assert _deny_count(victim, name) == 3
+    victim.run(f"nft flush set inet nodeguard {name}")  # there before the daemon, empty: not adopted
+    assert _replies(attacker, ATTACKER4, VICTIM4) == 2
+    run = Run(victim, tmp_path, policy)
+    try:
+        run.wait_ready()
+        assert _deny_count(victim, name) == 3, run.log[-3000:]
+        assert _replies(attacker, ATTACKER4, VICTIM4) == 0
+        for strike in (f"flush set inet nodeguard {name}", f"delete element inet nodeguard {name} {{ 192.0.2.0/24 }}"):
+            repairs = json.loads((tmp_path / "watch.json").read_text())["repairs"]
+            victim.run(f"nft {strike}")
+            took = netlab.wait_until(lambda: _deny_count(victim, name) == 3, timeout=REFILLED_WITHIN_S, interval=0.02)
+            print(f"\n{strike.split(' inet')[0]}: refilled {took * 1000:.0f} ms after the strike")
+            netlab.wait_until(lambda: json.loads((tmp_path / "watch.json").read_text())["repairs"] > repairs,
+                              timeout=2, interval=0.02)  # published at the end of the loop's turn
+            dropped = victim.counters()[f"{INGRESS}: denied v4 source"]
+            assert _replies(attacker, ATTACKER4, VICTIM4) == 0
+            assert victim.counters()[f"{INGRESS}: denied v4 source"] >= dropped + 2
+            st = json.loads((tmp_path / "watch.json").read_text())
+            assert st["repairs"] == repairs + 1 and st["last_kind"] == "deny_elements", st
+            assert st["last_repair_ms"] < 1000, st  # measured ~40 ms: the batch of 3 prefixes and the check
+        netlab.wait_until(lambda: metrics(victim).get(("nodeguard_repairs_total", (("reason", "deny_elements"),)))
+                          == 2, timeout=5, interval=0.2)
+    finally:
+        assert run.stop() == 0, run.log[-4000:]

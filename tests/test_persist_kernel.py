@@ -16,6 +16,13 @@ INGRESS = f"ingress-{VICTIM_IF}"
 ESCALATED = FRESH4[0]  # banned by escalation (added to its set directly: no flood needed)
 
 
+def _policy(tmp_path, snapshot_interval_s: float) -> str:
+    """The daemon's policy: no sampler, a fast verification, the snapshot in ``tmp_path``/sets.json."""
+    return write(tmp_path / "p.yaml", f"sampler:\n  enabled: false\n  log: {tmp_path}/attacks.jsonl\n"
+                 f"watcher:\n  state_file: {tmp_path}/watch.json\n  verify_interval_s: 0.5\n"
+                 f"  snapshot_file: {tmp_path / 'sets.json'}\n  snapshot_interval_s: {snapshot_interval_s}\n")
+
+
 def _bans(victim, policy: str) -> dict[str, tuple[str, int | None]]:
     rows = json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"]
     return {r["source"]: (r["by"], r["expires_in_s"]) for r in rows}
@@ -29,9 +36,7 @@ def _replies(attacker, src: str) -> int:
 def test_bans_come_back_after_a_stop_and_a_flush_with_their_time_left_and_the_expired_do_not(lab, tmp_path):
     victim, attacker = lab
     snap = tmp_path / "sets.json"
-    policy = write(tmp_path / "p.yaml", f"sampler:\n  enabled: false\n  log: {tmp_path}/attacks.jsonl\n"
-                   f"watcher:\n  state_file: {tmp_path}/watch.json\n  verify_interval_s: 0.5\n"
-                   f"  snapshot_file: {snap}\n  snapshot_interval_s: 1\n")
+    policy = _policy(tmp_path, snapshot_interval_s=1)
     run = Run(victim, tmp_path, policy)
     run.wait_ready()
     banned_at = time.monotonic()
@@ -66,3 +71,40 @@ def test_bans_come_back_after_a_stop_and_a_flush_with_their_time_left_and_the_ex
     assert _replies(attacker, ATTACKER4) == 0 and _replies(attacker, TRUSTED4) == 2
     assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
     assert run.stop() == 0, run.log[-4000:]
+
+
+def test_our_table_made_dormant_is_woken_in_place_with_a_ban_and_a_meter_entry_newer_than_the_snapshot(
+        lab, tmp_path):
+    """A dormant table filters nothing; deleting and making it anew to wake it emptied every set, and the
+    snapshot gives back only what it held. The repair clears the flags in place instead: a ban made after
+    the last snapshot and a per-source meter's entry are still there, and the ban drops again."""
+    victim, attacker = lab
+    snap = tmp_path / "sets.json"
+    policy = _policy(tmp_path, snapshot_interval_s=3600)  # no snapshot after the first, at start
+    run = Run(victim, tmp_path, policy)
+    try:
+        run.wait_ready()
+        victim.nodeguard("ban", f"{ATTACKER4}/32", "--for", "600s", "--reason", "flooder", "-c", policy)
+        assert _replies(attacker, TRUSTED4) == 2  # a meter entry for TRUSTED4 (ICMP per source)
+        meter = next(m["kernel_name"] for m in victim.status(policy)["meters"]
+                     if m["kind"] == "meter" and m["set"].startswith("icmp") and m["set"].endswith("v4"))
+        manual = next(s["set"]["name"] for s in victim.nft_json("sets")
+                      if s.get("set", {}).get("name", "").startswith("manual-v4-"))
+        assert TRUSTED4 in victim.run(f"nft list set inet nodeguard {meter}").stdout
+        assert not snap.exists() or ATTACKER4 not in snap.read_text()  # newer than the last snapshot
+        repairs = json.loads((tmp_path / "watch.json").read_text())["repairs"]
+
+        victim.run(["nft", "add table inet nodeguard { flags dormant; }"])
+        wait_until(lambda: json.loads((tmp_path / "watch.json").read_text())["repairs"] > repairs, timeout=3,
+                   interval=0.02)
+        assert "flags dormant" not in victim.run("nft list table inet nodeguard").stdout
+        state = json.loads((tmp_path / "watch.json").read_text())
+        assert state["repairs"] == repairs + 1 and state["last_kind"] == "table_flags", state
+        banned = victim.run(f"nft list set inet nodeguard {manual}").stdout
+        assert f"{ATTACKER4} " in banned and 'comment "flooder"' in banned, banned
+        assert TRUSTED4 in victim.run(f"nft list set inet nodeguard {meter}").stdout
+        assert _replies(attacker, ATTACKER4) == 0 and _replies(attacker, TRUSTED4) == 2
+        assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
+        assert victim.in_sync(policy)
+    finally:
+        assert run.stop() == 0, run.log[-4000:]

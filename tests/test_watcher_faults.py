@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import netlab
 from guard.backend.tools import OwnPids
-from guard.events import NFT_MSG_NEWGEN, writers
+from guard.events import NFT_MSG_NEWGEN, set_tables, writers
 from netlab import VICTIM4, wait_until
 
 
@@ -131,6 +131,20 @@ def test_a_vanished_default_route_keeps_the_last_interfaces_protected(lab, tmp_p
 @given(st.binary(max_size=300))
 def test_garbage_netlink_datagrams_never_raise(data):
     writers(data)
+    set_tables(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 80), st.binary(max_size=30), st.sampled_from([0, 9, 12, 14, 6]))
+def test_truncated_set_messages_never_raise_and_a_whole_one_names_its_table(cut, table, msg_type):
+    attr = struct.pack("=HH", 4 + len(table) + 1, 1) + table + b"\0"
+    attr += b"\0" * (-len(attr) % 4)
+    msg = struct.pack("=IHHII", 20 + len(attr), 10 << 8 | msg_type, 0, 0, 0) + bytes([1, 0, 0, 0]) + attr
+    out = set_tables(msg[:cut])
+    if cut >= len(msg) and msg_type != 6:  # 6: a rule, which names its table too but changes no set
+        assert out == {(1, table.split(b"\0", 1)[0].decode("ascii", "replace"))}
+    elif msg_type == 6:
+        assert out == set()
 
 
 @settings(max_examples=300, deadline=None)

@@ -26,13 +26,17 @@ class Backend(Protocol):
     flavour: str | None  # iptables: "nft" or "legacy"
     polled: bool  # raises no nftables events (iptables-legacy): the watcher polls its tables' fingerprint
     forgets_sources: bool  # quiet sources must be removed from the ``counts`` sets (forget_sources)
+    reads_again_what_changed: bool  # read_live takes a full read's ``previous`` too (else: partial reads only)
 
     # --- the live state and the transaction (apply.py) ----------------------------------
     def live_key(self) -> tuple:
         """What a read of the live state depends on: a read with another key is not reused."""
 
-    def read_live(self, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Any = None) -> Any:
-        """What the kernel holds of this backend now (``nft`` None: nothing, for a fresh render)."""
+    def read_live(self, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Any = None,
+                  sets_unchanged: bool = False) -> Any:
+        """What the kernel holds of this backend now (``nft`` None: nothing, for a fresh render).
+        ``previous``: the caller's last read, reused where still valid; ``sets_unchanged``: the
+        caller's events saw no set of ours change since it."""
 
     def transaction(self, live: Any, families: tuple[int, ...] = (4, 6),
                     fingerprints: dict[str, str] | None = None) -> Any:
@@ -41,8 +45,8 @@ class Backend(Protocol):
     def check(self, tx: Any, nft: Nft) -> str:
         """Have the kernel check ``tx`` without committing it; returns how it was checked."""
 
-    def send(self, tx: Any, nft: Nft) -> None:
-        """Commit ``tx``."""
+    def send(self, tx: Any, nft: Nft) -> Any:
+        """Commit ``tx``; returns the transaction the kernel took, when not ``tx`` (else None or ``tx``)."""
 
     def installed_text(self, tx: Any, nft: Nft) -> str:
         """After ``tx`` was sent: what is installed, as people read it."""

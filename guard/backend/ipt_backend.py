@@ -29,6 +29,7 @@ class IptBackend:
     renders: dict[int, Render]  # per IP version
     ipsets: tuple[IpsetSpec, ...]
     forgets_sources = True  # ipsets cannot refresh a timeout without zeroing the count
+    reads_again_what_changed = False  # ``previous`` stands for the families and ipsets a partial read leaves out
 
     @property
     def name(self) -> str:
@@ -47,7 +48,8 @@ class IptBackend:
     def live_key(self) -> tuple:
         return (self.name, tuple(self.allow_ipsets))
 
-    def read_live(self, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Any = None) -> IptLive:
+    def read_live(self, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Any = None,
+                  sets_unchanged: bool = False) -> IptLive:
         """``previous`` (a full read of the same backend) supplies what ``families`` leaves out."""
         if nft is None:
             return IptLive({}, {}, {}, {})

@@ -218,6 +218,8 @@ class NftLive:
     rules: tuple[dict, ...] = ()
     static_elements: dict[str, list] = field(default_factory=dict)
     flags: tuple[str, ...] = ()  # the table's (dormant: it filters nothing); its objects are then not read
+    genid: int | None = None  # the ruleset's generation, read before everything else (nfnetlink.genid)
+    deny_counts: dict[str, int | None] = field(default_factory=dict)  # deny set -> elements the kernel holds
 
 
 STATIC_SET_PREFIXES = ("allow-", "failsafe-", "synproxy-ports-")  # sets whose elements are configuration

@@ -18,10 +18,10 @@ import struct
 from ..errors import BackendError
 from .nfnetlink import (_NLMSG, NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_SET_ELEM_INTERVAL_END,
                         NFTA_DATA_VALUE, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
-                        NFTA_TABLE_FLAGS, NFTA_TABLE_NAME, NLM_F_REQUEST, NLMSG_ERROR, _messages, _nla)
+                        NFTA_TABLE_NAME, NLM_F_REQUEST, NLMSG_ERROR, _messages, _nla)
 
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
-NFT_MSG_NEWTABLE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM = 0, 9, 12
+NFT_MSG_NEWTABLE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 0, 9, 12, 14
 NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN = 2, 3, 4, 5
 NFTA_SET_ID, NFTA_SET_USERDATA = 10, 13
 NFT_SET_INTERVAL = 0x4
@@ -67,14 +67,16 @@ def elements(version: int, prefixes: list[tuple[int, int]]) -> list[bytes]:
     return out
 
 
-def batch(table: str, sets: list[tuple[str, int, list[tuple[int, int]]]], commit: bool = True) -> list[bytes]:
-    """One batch: the table (created if missing, else left alone), then each ``(name, IP version,
-    prefixes)`` as a new interval set with its elements. Without ``commit`` the batch has no end: the
-    kernel checks every message and aborts (what ``nft -c`` does)."""
+def batch(table: str, sets: list[tuple[str, int, list[tuple[int, int]]]], commit: bool = True,
+          refills: list[tuple[str, int, list[tuple[int, int]]]] = ()) -> list[bytes]:
+    """One batch: the table (created if missing, else left alone: a dormant one stays so until the
+    transaction that follows wakes it), then each ``(name, IP version, prefixes)`` of ``sets`` as a new
+    interval set with its elements, and each of ``refills`` (existing sets) flushed and filled again.
+    Without ``commit`` the batch has no end: the kernel checks every message and aborts (what ``nft
+    -c`` does)."""
     tname = _nla(NFTA_TABLE_NAME, table.encode() + b"\0")
     msgs = [_message(NFNL_MSG_BATCH_BEGIN, 0, socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES),
-            _message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWTABLE, 1, NFPROTO_INET,
-                     tname + _nla(NFTA_TABLE_FLAGS, struct.pack(">I", 0)))]
+            _message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWTABLE, 1, NFPROTO_INET, tname)]
     for set_id, (name, version, prefixes) in enumerate(sets, 1):
         ref = tname + _nla(NFTA_SET_NAME, name.encode() + b"\0")
         msgs.append(_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSET, len(msgs), NFPROTO_INET, ref + b"".join((
@@ -82,17 +84,27 @@ def batch(table: str, sets: list[tuple[str, int, list[tuple[int, int]]]], commit
             _nla(NFTA_SET_KEY_TYPE, struct.pack(">I", KEY_TYPE[version])),
             _nla(NFTA_SET_KEY_LEN, struct.pack(">I", 4 if version == 4 else 16)),
             _nla(NFTA_SET_ID, struct.pack(">I", set_id)), _nla(NFTA_SET_USERDATA, KEY_BIG_ENDIAN)))))
-        elems, chunk, size = elements(version, prefixes), [], 0
-        for i, e in enumerate(elems):
-            chunk.append(e)
-            size += len(e)
-            if size > ELEMENTS_MAX - 64 or i == len(elems) - 1:
-                msgs.append(_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM, len(msgs), NFPROTO_INET,
-                                     ref + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(chunk))))
-                chunk, size = [], 0
+        _fill(msgs, ref, version, prefixes)
+    for name, version, prefixes in refills:
+        ref = tname + _nla(NFTA_SET_NAME, name.encode() + b"\0")
+        # a DELSETELEM without elements flushes the set; the kernel applies it and the fill at once
+        msgs.append(_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELSETELEM, len(msgs), NFPROTO_INET, ref))
+        _fill(msgs, ref, version, prefixes)
     if commit:
         msgs.append(_message(NFNL_MSG_BATCH_END, len(msgs), socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES))
     return msgs
+
+
+def _fill(msgs: list[bytes], ref: bytes, version: int, prefixes: list[tuple[int, int]]) -> None:
+    """The NEWSETELEM messages that add ``prefixes`` to the set ``ref`` names."""
+    elems, chunk, size = elements(version, prefixes), [], 0
+    for i, e in enumerate(elems):
+        chunk.append(e)
+        size += len(e)
+        if size > ELEMENTS_MAX - 64 or i == len(elems) - 1:
+            msgs.append(_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM, len(msgs), NFPROTO_INET,
+                                 ref + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(chunk))))
+            chunk, size = [], 0
 
 
 def send(msgs: list[bytes], what: str) -> None:

@@ -34,6 +34,8 @@ class IptTransaction:
     restore: dict[int, str]  # IP version -> *-restore --noflush input
     ipset_cleanup: str
     refilled: frozenset[str] = frozenset()  # "v4 raw NODEGUARD-PRE": chains it (re)writes or deletes
+    recreates = False  # its ipsets are only made anew when missing or redefined (drift says so)
+    changes_sets = True  # nothing is read back of what ipsets hold but allowlists, which every full read reads
 
     @property
     def moves_jumps_only(self) -> bool:

@@ -9,6 +9,7 @@ the kernel at once, no packet ever sees a half-built table or none.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -28,12 +29,21 @@ class NftTransaction:
 
     commands: tuple[dict, ...]
     fills: tuple[dict, ...] = ()
+    refills: tuple[dict, ...] = ()  # kept deny sets whose contents are not the render's: flushed and filled again
+    recreates: bool = False  # the table is deleted and made anew: every set's state goes (persist.py restores)
+    fallback: NftTransaction | None = None  # sent when the kernel refuses this one (a dormant table woken in place)
     moves_jumps_only = False  # nft has no jumps of ours in foreign chains to put back (sync/ipt.py)
+
+    @property
+    def changes_sets(self) -> bool:
+        """It creates, deletes, flushes or fills a set (a chain refilled after a flush changes none)."""
+        return bool(self.fills or self.refills or self.recreates) or any(
+            "set" in body or "element" in body for c in self.commands for body in c.values())
 
     def json(self) -> dict:
         """Both transactions as the one libnftables transaction that does the same (check --json, apply
         --dry-run --json): the filled sets added with their elements, right after the table."""
-        return self._with_sets(self.fills)
+        return self._with_sets(self.fills, self.refills)
 
     def sent(self) -> dict:
         """What libnftables is sent, after the fill."""
@@ -45,14 +55,17 @@ class NftTransaction:
         return self._with_sets([{k: v for k, v in s.items() if k != "elem"} for s in self.fills])
 
     def text(self) -> str:
-        fill = "" if not self.fills else (
+        n = len(self.fills) + 2 * len(self.refills)
+        fill = "" if not n else (
             "# first, a transaction of its own (one nfnetlink batch): the new deny sets and their elements\n"
-            + jsontext.dumps({"nftables": self._with_sets(self.fills)["nftables"][:1 + len(self.fills)]}, indent=2)
+            + jsontext.dumps({"nftables": self._with_sets(self.fills, self.refills)["nftables"][:1 + n]}, indent=2)
             + "\n# then, referring to them:\n")
         return fill + jsontext.dumps(self.sent(), indent=2) + "\n"
 
-    def _with_sets(self, sets) -> dict:
-        return {"nftables": [*self.commands[:1], *({"add": {"set": s}} for s in sets), *self.commands[1:]]}
+    def _with_sets(self, sets, refills=()) -> dict:
+        again = [c for s in refills for c in ({"flush": {"set": _ref(s["table"], s["name"])}},
+                                              {"add": {"element": {**_ref(s["table"], s["name"]), "elem": s["elem"]}}})]
+        return {"nftables": [*self.commands[:1], *({"add": {"set": s}} for s in sets), *again, *self.commands[1:]]}
 
 
 def _ref(table: str, name: str) -> dict:
@@ -80,7 +93,15 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
     and still the bodies we installed is left alone. Without them every chain is refilled: ids alone
     cannot tell a rule someone rewrote under our comment."""
     table = objs.table["name"]
-    recreate = bool(live.flags)  # a dormant table filters nothing: deleted and made anew, in this transaction
+    # A dormant table filters nothing. The "add table" that opens every transaction clears its flags and
+    # wakes it in place, every set's contents kept, when what it holds is known: the objects last read
+    # while it was awake (nft 1.0.6 cannot list it now). If the kernel refuses that transaction (the table
+    # holds other than was read), or nothing was read, or another flag (an owner) is set, the table is
+    # deleted and made anew in one transaction, empty sets and all.
+    if live.flags == ("dormant",) and live.chains:
+        woken = build(objs, dataclasses.replace(live, flags=()), fingerprints)
+        return dataclasses.replace(woken, fallback=build(objs, NftLive(True, flags=live.flags)))
+    recreate = bool(live.flags)
     if recreate:
         live = NftLive()
     want_chains = {c["name"]: c for c in objs.chains}
@@ -121,6 +142,9 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
     # filled before (NftTransaction.fills); one someone replaced under its name is added here, elements and all
     fills = () if recreate else tuple(s for s in objs.sets if isinstance(s.get("elem"), PrefixElements)
                                       and s["name"] not in live.sets)
+    # a kept deny set whose count someone changed (a flush, deleted elements, or a set of its name made
+    # before ours) is refilled by the same batch: flushed and filled in one kernel transaction
+    refills = tuple(s for s in miscounted(objs, live) if s["name"] in kept_sets)
     filled = {s["name"] for s in fills}
     for s in objs.sets:
         name = s["name"]
@@ -132,7 +156,14 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
     cmds += [{"add": {"limit": x}} for x in objs.limits if x["name"] not in kept_limits]
     cmds += [{"add": {"chain": c}} for c in objs.chains if c["name"] not in intact]
     cmds += [{"add": {"rule": r}} for r in objs.rules if r["chain"] not in intact]
-    return NftTransaction(tuple(cmds), fills)
+    return NftTransaction(tuple(cmds), fills, refills, recreate)
+
+
+def miscounted(objs: NftObjects, live: NftLive) -> list[dict]:
+    """The deny sets (render objects) of which the kernel holds another number of elements than the
+    render's prefixes (it counts a prefix once); a set not counted is not among them."""
+    return [s for s in objs.sets if isinstance(s.get("elem"), PrefixElements)
+            and live.deny_counts.get(s["name"]) not in (None, len(s["elem"].prefixes))]
 
 
 def _elements(ref: dict, live: list | None, want: list) -> list[dict]:

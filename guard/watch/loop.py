@@ -23,11 +23,13 @@ import time
 from typing import Callable
 
 from ..backend.legacy_fingerprint import legacy_fingerprint
+from ..backend.nfnetlink import NFPROTO_INET
 from ..backend.tools import OWN_PIDS
 from ..configfile import write_atomic
 from ..drift import Drift, Reason
 from ..errors import NodeguardError
 from ..events import Batch, NftEvents
+from ..model.ruleset import TABLE
 from .scope import _union
 
 log = logging.getLogger("nodeguard.watch")
@@ -137,6 +139,8 @@ class WatchLoop:
         # nothing was lost, there is nothing to check. Messages without a NEWGEN yet (a transaction
         # still arriving) are checked now; its NEWGEN follows.
         ours_only = bool(batch.writers) and not others and not batch.overrun
+        if batch.overrun or (not ours_only and (NFPROTO_INET, TABLE) in batch.set_tables):
+            self._sets_touched = True  # its deny sets are counted again (a flush of one leaves its definition)
         if batch.overrun or (batch.datagrams > 0 and not ours_only):
             # a foreign transaction whose messages came with an earlier batch names no version: read all
             unknown = batch.overrun or (others and not batch.versions)

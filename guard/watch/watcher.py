@@ -38,7 +38,7 @@ from .updates import DesiredUpdates
 log = logging.getLogger("nodeguard.watch")
 RETRY_MAX_S = 30.0
 INTERFACES_NOTE = "interfaces"  # note topic: the default route's interface is gone, the last known ones kept
-RECREATED = frozenset({"table_missing", "table_flags", "object_missing"})  # drift whose repair creates sets anew: empty
+RECREATED = frozenset({"table_missing", "object_missing"})  # drift whose repair creates sets anew: empty
 
 
 class Watcher(WatchLoop, DesiredUpdates):
@@ -83,6 +83,7 @@ class Watcher(WatchLoop, DesiredUpdates):
         self._dirty: Scope = frozenset()  # what changed since the last check (None: unknown, read all)
         self._recheck = False  # a check is due on the next turn, events or not
         self._unread: Scope = frozenset()  # IP versions our own repair changed since the last read
+        self._sets_touched = True  # a set of our table may have changed since the last read (events say)
         self._written: dict | None = None  # the state last published
         self._write_problem: str | None = None  # why the last publication failed (logged once)
         # the sampling odds every render uses (sampling_odds.py): the watcher is the only writer of
@@ -98,12 +99,14 @@ class Watcher(WatchLoop, DesiredUpdates):
         return persist.path_for(self.policy, self.last_good)
 
     def _install(self, plan: Plan, restore: bool, **kw):
-        """apply_plan, then (``restore``: its sets are new, so empty) the snapshot added back."""
+        """apply_plan, then (``restore``: its sets are new, so empty; or the transaction the kernel took
+        made the table anew) the snapshot added back."""
         self.epoch += 1
         try:
             tx = apply_plan(plan, self.nft, **kw)
+            self._sets_touched |= tx.changes_sets  # by us: the next read counts the deny sets again
             path = self.snapshot_path
-            if restore and path is not None:
+            if (restore or tx.recreates) and path is not None:
                 persist.restore(plan, self.nft, path)
         finally:
             self.epoch += 1
@@ -151,8 +154,9 @@ class Watcher(WatchLoop, DesiredUpdates):
         scope = _union(scope, self._unread)
         self._unread = frozenset()
         partial = scope is not None and self._live is not None and self._live_key == key
-        live = read_live_state(plan, self.nft, tuple(sorted(scope)) if partial else (4, 6),
-                               self._live if partial else None)
+        previous = self._live if self._live_key == key and (partial or plan.backend.reads_again_what_changed) else None
+        unchanged, self._sets_touched = not self._sets_touched, False
+        live = read_live_state(plan, self.nft, tuple(sorted(scope)) if partial else (4, 6), previous, unchanged)
         self._live, self._live_key = live, key
         return live
 
