@@ -39,11 +39,12 @@ def test_bans_come_back_after_a_stop_and_a_flush_with_their_time_left_and_the_ex
     policy = _policy(tmp_path, snapshot_interval_s=1)
     run = Run(victim, tmp_path, policy)
     run.wait_ready()
-    banned_at = time.monotonic()
     victim.nodeguard("ban", f"{ATTACKER4}/32", "--for", "60s", "--reason", "flooder", "-c", policy)
+    banned_at = time.monotonic()  # each ban's clock started before this: its left is at most timeout - since
     banned_set = next(s["set"]["name"] for s in victim.nft_json("sets")
                       if s.get("set", {}).get("name", "").startswith("banned-v4-"))
     victim.run(f"nft add element inet nodeguard {banned_set} {{ {ESCALATED} timeout 40s }}")
+    escalated_at = time.monotonic()
     short_at = time.monotonic()
     victim.nodeguard("ban", f"{TRUSTED4}/32", "--for", "4s", "-c", policy)  # expires while the daemon is down
     assert run.stop() == 0, run.log[-4000:]
@@ -54,11 +55,11 @@ def test_bans_come_back_after_a_stop_and_a_flush_with_their_time_left_and_the_ex
     time.sleep(max(0.0, short_at + 4.2 - time.monotonic()))  # the 4 s ban is over
     run = Run(victim, tmp_path, policy, name="run2")
     run.wait_ready()
+    read_at = time.monotonic()  # the time went on while nodeguard was down
     bans = _bans(victim, policy)
-    down = int(time.monotonic() - banned_at)  # the time went on while nodeguard was down
     assert set(bans) == {f"{ATTACKER4}/32", ESCALATED}, run.log
-    assert bans[f"{ATTACKER4}/32"][0] == "hand" and 0 < bans[f"{ATTACKER4}/32"][1] <= 60 - down
-    assert bans[ESCALATED][0] == "escalation" and 0 < bans[ESCALATED][1] <= 40 - down
+    assert bans[f"{ATTACKER4}/32"][0] == "hand" and 0 < bans[f"{ATTACKER4}/32"][1] <= 60 - int(read_at - banned_at)
+    assert bans[ESCALATED][0] == "escalation" and 0 < bans[ESCALATED][1] <= 40 - int(read_at - escalated_at)
     assert _replies(attacker, ATTACKER4) == 0
     assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
 
