@@ -11,7 +11,7 @@ from typing import Any
 
 import pydantic
 
-from ..configfile import read_config
+from ..configfile import read_config, read_regular
 from ..errors import PolicyError
 from ..yamlsource import load_document
 from .schema import Policy
@@ -46,7 +46,7 @@ def read_policy(path: str | Path | None = None, *, trusted: bool = False) -> tup
         text = resources.files("guard.rules").joinpath("default.yaml").read_text()
         return parse_policy(text, BUILT_IN), BUILT_IN, text
     try:
-        data = read_config(path)[0] if trusted else Path(path).read_bytes()
+        data = read_config(path)[0] if trusted else read_regular(path)
         text = data.decode()
     except OSError as exc:
         raise PolicyError(str(path), None, "", exc.strerror or str(exc)) from None

@@ -1,0 +1,83 @@
+"""Crafted policies that cost a verb time or memory, or slipped past validation (issue 19): each is
+refused through the real CLI (`check`) with one line, exit 2, and nothing written; the bound itself
+is accepted. No kernel needed: a refused policy never reaches one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guard.configfile import POLICY_MAX_BYTES, read_config
+from guard.deny import DENY_MAX_BYTES, read_deny_file
+from guard.errors import PolicyError
+from guard.policy.load import read_policy
+
+
+def check(path: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`nodeguard check -c path` as an operator runs it."""
+    return subprocess.run([sys.executable, "-m", "guard", "check", "-c", str(path)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def refused(tmp_path: Path, res: subprocess.CompletedProcess, line: str) -> None:
+    """Exit 2, exactly ``line`` on stderr, nothing on stdout, nothing written beside the policy."""
+    assert res.returncode == 2 and res.stdout == "", res
+    assert res.stderr == line + "\n", res.stderr
+    assert os.listdir(tmp_path) == ["policy.yaml"]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return path
+
+
+# --- what `check` opens ----------------------------------------------------------------------------
+def test_check_refuses_a_fifo_at_once(tmp_path):
+    path = tmp_path / "policy.yaml"
+    os.mkfifo(path)  # nobody writes to it: a blocking open would wait for ever
+    refused(tmp_path, check(path, timeout=30), f"{path}: refusing: not a regular file")
+
+
+def test_check_refuses_a_symlink_to_a_device_without_reading_it(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.symlink_to("/dev/zero")  # read to its end, it never ends
+    refused(tmp_path, check(path, timeout=30), f"{path}: refusing: not a regular file")
+
+
+def test_check_refuses_a_policy_over_the_size_bound(tmp_path):
+    path = write(tmp_path, "backend: nft\n" + "#" * POLICY_MAX_BYTES + "\n")
+    refused(tmp_path, check(path), f"{path}: larger than {POLICY_MAX_BYTES // 2**20} MiB: refusing to read it")
+
+
+def _padded(size: int, head: str) -> str:
+    """``head`` followed by a comment line that brings the text to exactly ``size`` bytes."""
+    return head + "#" * (size - len(head) - 1) + "\n"
+
+
+def test_a_policy_at_the_size_bound_is_read_by_every_reader(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(_padded(POLICY_MAX_BYTES, "icmp:\n  per_source: 7/second\n"))
+    for trusted in (False, True):  # check's reader, and the one that also checks ownership (apply, run)
+        assert read_policy(path, trusted=trusted)[0].icmp.per_source.count == 7
+    with path.open("a") as f:
+        f.write("#")
+    for trusted in (False, True):
+        with pytest.raises(PolicyError, match=rf"^{path}: larger than 4 MiB: refusing to read it$"):
+            read_policy(path, trusted=trusted)
+
+
+def test_a_deny_file_has_its_own_size_bound(tmp_path):
+    path = tmp_path / "deny.txt"
+    path.write_text(_padded(DENY_MAX_BYTES, "192.0.2.0/24\n"))
+    assert read_deny_file(path)[4] == [(0xC0000200, 24)]
+    with path.open("a") as f:
+        f.write("#")
+    with pytest.raises(PolicyError, match=rf"^{path}: larger than 16 MiB: refusing to read it$"):
+        read_deny_file(path)
+    with pytest.raises(PolicyError, match="larger than 4 MiB"):  # what the policy file is held to
+        read_config(path)
