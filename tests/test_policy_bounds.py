@@ -81,3 +81,24 @@ def test_a_deny_file_has_its_own_size_bound(tmp_path):
         read_deny_file(path)
     with pytest.raises(PolicyError, match="larger than 4 MiB"):  # what the policy file is held to
         read_config(path)
+
+
+# --- numbers -----------------------------------------------------------------------------------------
+HUGE = "9" * 400
+
+
+@pytest.mark.parametrize("text, line, field", [
+    (f"icmp:\n  per_source: {HUGE}/second\n", 2, "icmp.per_source"),
+    (f"icmp:\n  per_source: {'0' * 5000}{HUGE}/hour\n", 2, "icmp.per_source"),
+    (f"limits:\n  - name: a\n    protocol: udp\n    per_source: {HUGE}/minute\n", 4, "limits[0].per_source"),
+], ids=["second", "leading-zeros", "limits"])
+def test_a_rate_of_hundreds_of_digits_names_its_line_and_field(tmp_path, text, line, field):
+    path = write(tmp_path, text)
+    refused(tmp_path, check(path),
+            f"{path}:{line}: {field}: rate must be at most 1000000/second (the iptables backend's ceiling)")
+
+
+def test_a_burst_of_hundreds_of_digits_names_its_line_and_field(tmp_path):
+    path = write(tmp_path, f"syn:\n  rate: 10/second burst {HUGE}\n")
+    refused(tmp_path, check(path),
+            f"{path}:2: syn.rate: burst must be at most 1000000 (the iptables backend's ceiling)")
