@@ -14,7 +14,7 @@ import pytest
 from guard.configfile import POLICY_MAX_BYTES, read_config
 from guard.deny import DENY_MAX_BYTES, read_deny_file
 from guard.errors import PolicyError
-from guard.policy.load import read_policy
+from guard.policy.load import parse_policy, read_policy
 
 
 def check(path: Path, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -102,3 +102,29 @@ def test_a_burst_of_hundreds_of_digits_names_its_line_and_field(tmp_path):
     path = write(tmp_path, f"syn:\n  rate: 10/second burst {HUGE}\n")
     refused(tmp_path, check(path),
             f"{path}:2: syn.rate: burst must be at most 1000000 (the iptables backend's ceiling)")
+
+
+# --- URLs ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("url, why", [
+    ("http://[::1", "is not an http(s)://host[:port]/ URL: Invalid IPv6 URL"),
+    ("http://[v1.x]/", "the host must be an IP address (IPv6 in brackets) or a DNS name"),
+    ("http://lapi:99999/", "is not an http(s)://host[:port]/ URL: Port out of range 0-65535"),
+    ("http://lapi:0/", "the port must be 1-65535"),
+    ("http://lapi:/", "the port must be 1-65535"),
+    ("http://:8080/", "the host must be an IP address (IPv6 in brackets) or a DNS name"),
+    ("http://lapi_1/", "the host must be an IP address (IPv6 in brackets) or a DNS name"),
+    ("ftp://lapi/", "the scheme must be http or https"),
+    ("http://user@lapi/", "give only http(s)://host[:port]/ (no user, path, query or fragment)"),
+    ("http://lapi/v1", "give only http(s)://host[:port]/ (no user, path, query or fragment)"),
+    ("http://lapi/?", "give only http(s)://host[:port]/ (no user, path, query or fragment)"),
+    ("http://la pi/", "is not an http(s)://host[:port]/ URL (printable ASCII, no spaces)"),
+])
+def test_a_crowdsec_url_urllib_could_not_use_is_one_line_and_exit_2(tmp_path, url, why):
+    path = write(tmp_path, f'crowdsec:\n  url: "{url}"\n')
+    refused(tmp_path, check(path), f"{path}:2: crowdsec.url: {url!r}{'' if why.startswith('is ') else ':'} {why}")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/", "http://[::1]:8080/", "https://lapi.example:8443",
+                                 "http://crowdsec-lapi.crowdsec.svc.cluster.local./"])
+def test_a_crowdsec_url_urllib_can_use_is_a_policy(url):
+    assert parse_policy(f'crowdsec:\n  url: "{url}"\n', "p.yaml").crowdsec.url == url

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -89,6 +90,41 @@ def absolute_path(value: str) -> str:
     if not value.isprintable() or not value.startswith("/"):
         raise ValueError(f"{value!r} must be a printable absolute path")
     return value
+
+
+_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?", re.ASCII)
+
+
+def http_base_url(value: str) -> str:
+    """An HTTP(S) server's base URL, ``http(s)://host[:port][/]``: what urllib will connect to, parsed
+    as urllib parses it (scheme, host, port), so nothing that passes here fails at the first request.
+    The host is an IP address (IPv6 in brackets) or a DNS name; no user, path, query or fragment."""
+    if not value.isascii() or not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError(f"{shown(value)} is not an http(s)://host[:port]/ URL (printable ASCII, no spaces)")
+    try:
+        url = urllib.parse.urlsplit(value)
+        host, port = url.hostname, url.port  # .port parses (and range-checks) the port
+    except ValueError as exc:
+        raise ValueError(f"{shown(value)} is not an http(s)://host[:port]/ URL: {exc}") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"{shown(value)}: the scheme must be http or https")
+    if url.username is not None or url.path not in ("", "/") or url.query or url.fragment or value.endswith(("?", "#")):
+        raise ValueError(f"{shown(value)}: give only http(s)://host[:port]/ (no user, path, query or fragment)")
+    bracketed = url.netloc.rpartition("@")[2].startswith("[")
+    if not host or (bracketed and not _is_ipv6(host)) or (not bracketed and not _HOSTNAME_RE.fullmatch(host)):
+        raise ValueError(f"{shown(value)}: the host must be an IP address (IPv6 in brackets) or a DNS name")
+    if port == 0 or url.netloc.endswith(":"):
+        raise ValueError(f"{shown(value)}: the port must be 1-65535")
+    return value
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_name(name: str) -> str:

@@ -16,7 +16,8 @@ from .. import prefixes as pfx
 from ..attacklog import MAX_KEEP
 from ..liveness import STATE_FILE
 from .fields import (MULTIPORT_SLOTS, Burst, Cidr, DataPath, DenyCidr, IfName, Mode, Port, PortList, PortRanges,
-                     PositiveInt, RateField, absolute_path, check_interfaces, check_name, one_burst)
+                     PositiveInt, RateField, absolute_path, check_interfaces, check_name, http_base_url,
+                     one_burst)
 from .rates import Rate, parse_rate
 
 # A window holds ~1.9 KB a flow at its end, flows and their records together (tests/test_sampler_units.py
@@ -330,7 +331,7 @@ class Crowdsec(_Section):
     range (``::ffff:0:0/96``) is held to the IPv4 minimum. nft backend only."""
 
     enabled: bool = False
-    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+/?$")] = "http://127.0.0.1:8080/"
+    url: Annotated[str, Field(strict=True), pydantic.AfterValidator(http_base_url)] = "http://127.0.0.1:8080/"
     api_key_file: Annotated[str, Field(strict=True), pydantic.AfterValidator(absolute_path)] = \
         "/etc/nodeguard/crowdsec-api-key"
     machine_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "nodeguard"
