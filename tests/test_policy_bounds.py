@@ -14,6 +14,7 @@ import pytest
 from guard.configfile import POLICY_MAX_BYTES, read_config
 from guard.deny import DENY_MAX_BYTES, read_deny_file
 from guard.errors import PolicyError
+from guard.policy.fields import MAX_ENTRIES, MAX_SET_SIZE
 from guard.policy.load import parse_policy, read_policy
 
 
@@ -34,6 +35,72 @@ def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(text)
     return path
+
+
+# --- lists whose every entry adds rules, chains or ports to walk --------------------------------------
+def _limits(n: int) -> str:
+    return "limits:\n" + "".join(f"  - {{name: l{i}, protocol: udp, ports: [{1000 + i}], per_source: 10/second}}\n"
+                                 for i in range(n))
+
+
+def _connlimit(n: int) -> str:
+    return "connlimit:\n" + "".join(f"  - {{name: c{i}, ports: [{1000 + i}], per_source: 10}}\n" for i in range(n))
+
+
+def _failsafe(n: int) -> str:
+    return "failsafe:\n" + "".join(f"  - {{cidrs: [10.{i // 256}.{i % 256}.0/24], ports: [22]}}\n" for i in range(n))
+
+
+def _interfaces(n: int) -> str:
+    return "interfaces: [" + ", ".join(f"eth{i}" for i in range(n)) + "]\n"
+
+
+def _synproxy(key: str, item: str):
+    return lambda n: f"syn:\n  synproxy:\n    {key}: [" + ", ".join([item] * n) + "]\n"
+
+
+LISTS = {  # field -> (its bound, a policy with n entries, the line the field's key is on)
+    "limits": (MAX_ENTRIES["limits"], _limits, 1),
+    "connlimit": (MAX_ENTRIES["connlimit"], _connlimit, 1),
+    "failsafe": (MAX_ENTRIES["failsafe"], _failsafe, 1),
+    "interfaces": (MAX_ENTRIES["interfaces"], _interfaces, 1),
+    "syn.synproxy.ports": (MAX_ENTRIES["synproxy.ports"], _synproxy("ports", "443"), 3),
+    "syn.synproxy.exclude_ports": (MAX_ENTRIES["port ranges"], _synproxy("exclude_ports", '"1-65535"'), 3),
+    "syn.synproxy.forwarded_ports": (MAX_ENTRIES["port ranges"], _synproxy("forwarded_ports", '"30000-32767"'), 3),
+}
+
+
+@pytest.mark.parametrize("field", LISTS)
+def test_a_list_over_its_bound_is_one_line_and_exit_2(tmp_path, field):
+    most, policy, line = LISTS[field]
+    path = write(tmp_path, policy(most * 4))  # 5,000 limits once stalled `check` for a minute
+    refused(tmp_path, check(path), f"{path}:{line}: {field}: {most * 4} entries; at most {most}")
+
+
+@pytest.mark.parametrize("field", LISTS)
+def test_a_list_at_its_bound_is_a_policy(field):
+    most, policy, _line = LISTS[field]
+    parse_policy(policy(most), "p.yaml")
+    with pytest.raises(PolicyError, match=rf"^p.yaml:\d: {field}: {most + 1} entries; at most {most}$"):
+        parse_policy(policy(most + 1), "p.yaml")
+
+
+# --- dynamic set sizes ----------------------------------------------------------------------------
+SIZES = ["meter.size", "escalate.size", "deny.manual_size", "crowdsec.size"]
+
+
+@pytest.mark.parametrize("field", SIZES)
+def test_a_set_size_over_the_bound_is_one_line_and_exit_2(tmp_path, field):
+    section, key = field.split(".")
+    path = write(tmp_path, f"{section}:\n  {key}: 4194304\n")
+    refused(tmp_path, check(path), f"{path}:2: {field}: Input should be less than or equal to {MAX_SET_SIZE}")
+
+
+@pytest.mark.parametrize("field", SIZES)
+def test_a_set_size_at_the_bound_is_a_policy(field):
+    section, key = field.split(".")
+    policy = parse_policy(f"{section}:\n  {key}: {MAX_SET_SIZE}\n", "p.yaml")
+    assert getattr(getattr(policy, section), key) == MAX_SET_SIZE
 
 
 # --- what `check` opens ----------------------------------------------------------------------------
@@ -83,7 +150,7 @@ def test_a_deny_file_has_its_own_size_bound(tmp_path):
         read_config(path)
 
 
-# --- numbers -----------------------------------------------------------------------------------------
+# --- numbers and URLs -----------------------------------------------------------------------------
 HUGE = "9" * 400
 
 
@@ -104,7 +171,6 @@ def test_a_burst_of_hundreds_of_digits_names_its_line_and_field(tmp_path):
             f"{path}:2: syn.rate: burst must be at most 1000000 (the iptables backend's ceiling)")
 
 
-# --- URLs ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("url, why", [
     ("http://[::1", "is not an http(s)://host[:port]/ URL: Invalid IPv6 URL"),
     ("http://[v1.x]/", "the host must be an IP address (IPv6 in brackets) or a DNS name"),

@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .. import prefixes as pfx
 from ..attacklog import MAX_KEEP
 from ..liveness import STATE_FILE
-from .fields import (MULTIPORT_SLOTS, Burst, Cidr, DataPath, DenyCidr, IfName, Mode, Port, PortList, PortRanges,
-                     PositiveInt, RateField, absolute_path, check_interfaces, check_name, http_base_url,
-                     one_burst)
+from .fields import (MAX_ENTRIES, MULTIPORT_SLOTS, Burst, Cidr, DataPath, DenyCidr, IfName, Mode, Port, PortList,
+                     PortRanges, PositiveInt, RateField, SetSize, absolute_path, check_interfaces, check_name,
+                     http_base_url, one_burst)
 from .rates import Rate, parse_rate
 
 # A window holds ~1.9 KB a flow at its end, flows and their records together (tests/test_sampler_units.py
@@ -65,7 +65,7 @@ class Deny(_Section):
 
     cidrs: tuple[DenyCidr, ...] = ()
     files: tuple[Annotated[str, Field(strict=True), pydantic.AfterValidator(absolute_path)], ...] = ()
-    manual_size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 65536
+    manual_size: SetSize = 65536
     _merged: dict = pydantic.PrivateAttr(default_factory=dict)
 
     def model_post_init(self, _context) -> None:
@@ -132,7 +132,7 @@ class Synproxy(_Section):
     every connection takes the normal path (always-on SYNPROXY failed or delayed 1-2 % of connections).
     """
 
-    ports: Literal["auto"] | tuple[Port, ...] = "auto"
+    ports: Literal["auto"] | Annotated[tuple[Port, ...], Field(max_length=MAX_ENTRIES["synproxy.ports"])] = "auto"
     engage_over: RateField = parse_rate("1000/second burst 500")
     hold_s: Annotated[int, Field(ge=1, le=86400, strict=True)] = 60
     exclude_ports: PortRanges = ((30000, 32767),)  # the NodePort range: DNAT'd, not served by the node
@@ -254,7 +254,7 @@ class ConnLimit(_Section):
 class Meter(_Section):
     """Size and idle timeout of every per-source meter (nft dynamic set / hashlimit table)."""
 
-    size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 65536
+    size: SetSize = 65536
     timeout_s: Annotated[int, Field(ge=1, le=86400, strict=True)] = 60
 
 
@@ -341,7 +341,7 @@ class Crowdsec(_Section):
     push: bool = False
     scopes: tuple[Literal["Ip", "Range"], ...] = ("Ip", "Range")
     origins: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")], ...] = ()
-    size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 262_144
+    size: SetSize = 262_144
     min_prefix_v4: Annotated[int, Field(ge=1, le=32, strict=True)] = 8
     min_prefix_v6: Annotated[int, Field(ge=1, le=128, strict=True)] = 32
 
@@ -363,7 +363,7 @@ class Escalate(_Section):
     after_s: Annotated[int, Field(ge=1, le=3600, strict=True)] = 3
     gap_s: Annotated[int, Field(ge=1, le=3600, strict=True)] = 1
     ban_s: Annotated[int, Field(ge=1, le=604800, strict=True)] = 300
-    size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 65536
+    size: SetSize = 65536
 
     @field_validator("gap_s")
     @classmethod
@@ -406,13 +406,14 @@ class Policy(_Section):
     backend: Literal["nft", "iptables"] = "nft"
     interfaces: Annotated[Literal["auto"] | tuple[IfName, ...], pydantic.BeforeValidator(check_interfaces)] = "auto"
     allow: Allow = Allow()
-    failsafe: tuple[Failsafe, ...] = ()
+    failsafe: Annotated[tuple[Failsafe, ...], Field(max_length=MAX_ENTRIES["failsafe"])] = ()
     deny: Deny = Deny()
     icmp: Icmp = Icmp()
     syn: Syn = Syn()
-    limits: tuple[Limit, ...] = _DEFAULT_LIMITS
+    limits: Annotated[tuple[Limit, ...], Field(max_length=MAX_ENTRIES["limits"])] = _DEFAULT_LIMITS
     closed_ports: ClosedPorts = ClosedPorts()
-    connlimit: tuple[ConnLimit, ...] = Field(default=_DEFAULT_CONNLIMIT, validate_default=True)
+    connlimit: Annotated[tuple[ConnLimit, ...], Field(max_length=MAX_ENTRIES["connlimit"])] = Field(
+        default=_DEFAULT_CONNLIMIT, validate_default=True)
     meter: Meter = Meter()
     escalate: Escalate = Escalate()
     crowdsec: Crowdsec = Crowdsec()
