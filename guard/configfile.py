@@ -32,6 +32,7 @@ FILE_MODE = 0o640
 # operator adds others, which must pass the ownership checks, in NODEGUARD_DATA_DIRS (DIR:DIR...).
 DATA_DIRS = ("/var/log/nodeguard", "/run/nodeguard", "/var/lib/nodeguard")
 DATA_DIRS_ENV = "NODEGUARD_DATA_DIRS"
+_REFUSED = {errno.ELOOP: "refusing: it is a symlink", errno.ENXIO: "refusing: not a regular file"}
 # "w" truncates only after the checks (O_TRUNC would empty someone else's file before we look)
 _FLAGS = {"r": os.O_RDONLY, "w": os.O_WRONLY | os.O_CREAT, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND}
 
@@ -71,13 +72,47 @@ def check_data_path(value: str) -> str:
 
 
 # --- the policy -------------------------------------------------------------------------------
+MiB = 1024 * 1024
+# The most of a policy file any verb reads: a policy of 10,000 allowlist CIDRs is ~0.2 MiB, so 4 MiB
+# is 20 times that, and no file (a symlink to /dev/zero) can hold a verb's memory beyond it.
+POLICY_MAX_BYTES = 4 * MiB
+
+
+def _read_capped(fd: int, path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes from ``fd`` (its offset moves, the descriptor stays open); a file
+    with more is refused (PolicyError), after reading one byte more, never the rest."""
+    with os.fdopen(os.dup(fd), "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise PolicyError(str(path), None, "", f"larger than {limit / MiB:g} MiB: refusing to read it")
+    return data
+
+
+def read_regular(path: str | Path, limit: int = POLICY_MAX_BYTES) -> bytes:
+    """A file a verb reads without trusting it (``check``): anyone's, symlinks followed, but only a
+    regular file (a FIFO would block forever, a device never end: opened O_NONBLOCK and refused
+    after fstat) and at most ``limit`` bytes. Raises PolicyError (exit 2)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise PolicyError(str(path), None, "", _REFUSED[errno.ENXIO])
+            return _read_capped(fd, path, limit)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise PolicyError(str(path), None, "", exc.strerror or str(exc)) from None
+
+
 def _config_refused(path: Path, exc: Untrusted) -> PolicyError:
     return PolicyError(str(path), None, "", f"refusing: {exc.what} is {exc.problem}; this file controls the "
                                             "firewall, so only root may be able to change it")
 
 
-def read_config(path: str | Path) -> tuple[bytes, Path]:
-    """The policy file's bytes and its real path, refused unless it is root's alone (StrictModes, above).
+def read_config(path: str | Path, limit: int = POLICY_MAX_BYTES) -> tuple[bytes, Path]:
+    """The policy file's bytes (at most ``limit``) and its real path, refused unless it is root's
+    alone (StrictModes, above).
 
     Raises PolicyError (``FILE: refusing ...`` or ``FILE: No such file or directory``, exit 2)."""
     path = Path(path)
@@ -86,8 +121,7 @@ def read_config(path: str | Path) -> tuple[bytes, Path]:
             problem = file_problem(os.fstat(fd))
             if problem:
                 raise Untrusted(real, problem)
-            with os.fdopen(os.dup(fd), "rb") as f:
-                return f.read(), real
+            return _read_capped(fd, path, limit), real
     except Untrusted as exc:
         raise _config_refused(path, exc) from None
     except OSError as exc:
@@ -143,9 +177,6 @@ def open_private(path: str | Path, mode: str = "a", *, allowed_dirs: Iterable[st
         raise UnsafePathError(f"{path}: {exc.strerror or exc}") from None
     os.set_blocking(mine, True)
     return os.fdopen(mine, mode)
-
-
-_REFUSED = {errno.ELOOP: "refusing: it is a symlink", errno.ENXIO: "refusing: not a regular file"}
 
 
 def open_output(path: str | Path, mode: str = "w") -> IO:

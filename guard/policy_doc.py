@@ -39,12 +39,14 @@ DESCRIPTIONS = {
     "mode": "`monitor`: count and sample what would be dropped, drop nothing; `icmp.mode`, `syn.mode`, "
             "`limits[].mode` and `connlimit[].mode` override it per threat",
     "backend": "which kernel interface holds the rules",
-    "interfaces": "protected uplinks; `auto`: the interfaces of the IPv4 and IPv6 default routes. `lo` is never "
+    "interfaces": "protected uplinks (each its own ingress chain: the bound is many times a node's uplinks, bonds and "
+                  "VLANs included); `auto`: the interfaces of the IPv4 and IPv6 default routes. `lo` is never "
                   "allowed",
     "allow": "sources never limited",
     "allow.cidrs": "v4 and v6; nested CIDRs are merged. Put node, pod and service CIDRs and monitoring here",
     "failsafe[]": "source prefixes and destination ports never limited, banned or counted (SSH from the management "
-                  "network, kubelet and apiserver from the control plane); first in every chain, before the ban check",
+                  "network, kubelet and apiserver from the control plane); first in every chain, before the ban check (each entry is a rule in every base chain: "
+                  "the bound is an entry per management network and protocol, many times over)",
     "failsafe[].cidrs": "v4 and v6; at least one",
     "failsafe[].protocol": "the protocol of `ports`; one entry per protocol",
     "failsafe[].ports": "destination ports and `low-high` ranges; at most {multiport} slots (a range takes two)",
@@ -75,13 +77,15 @@ DESCRIPTIONS = {
                     "([design/syn-defence.md](design/syn-defence.md))",
     "syn.synproxy.ports": "`auto`: the node's listeners reachable from a protected interface (refreshed), minus "
                           "`exclude_ports`; another user's listener cannot take a port out "
-                          "([design/syn-defence.md](design/syn-defence.md)); `[]`: off",
+                          "([design/syn-defence.md](design/syn-defence.md)); `[]`: off. The bound: a port per "
+                          "listener you name, many times over (65,535 took the kernel 39 s to check)",
     "syn.synproxy.engage_over": "SYNs to these ports (all together, after the per-source limits) above which the "
                                 "port they go to is engaged",
     "syn.synproxy.hold_s": "how long a port stays engaged after the last SYN over `engage_over`",
     "syn.synproxy.exclude_ports": "never engaged by `auto` (the default: the NodePort range); nor are "
                                   "`forwarded_ports` and the ports iptables nat rules DNAT for the node's addresses "
-                                  "(add hostPorts and externalIPs DNAT'd by nft-native rules here)",
+                                  "(add hostPorts and externalIPs DNAT'd by nft-native rules here); each range is "
+                                  "expanded to its ports (1,000 of `1-65535` took `check` 4 s)",
     "syn.synproxy.forwarded": "also defend `forwarded_ports` with SYNPROXY (needs `nf_conntrack_tcp_loose=0`)",
     "syn.synproxy.forwarded_ports": "NodePorts, DNAT'd to pods, defended with `forwarded`",
     "syn.synproxy.set_sysctls": "let nodeguard set `tcp_syncookies`, `tcp_timestamps` (and loose for `forwarded`)",
@@ -92,7 +96,9 @@ DESCRIPTIONS = {
     "closed_ports.rate": "such flows from all sources together; the rest are dropped before conntrack keeps an "
                          "entry for them",
     "closed_ports.burst": "burst of `closed_ports.rate`, if not written in it",
-    "limits[]": "per-source packet limits; the default entry exempts VXLAN, Geneve, flannel and WireGuard",
+    "limits[]": "per-source packet limits; the default entry exempts VXLAN, Geneve, flannel and WireGuard (each "
+                "entry adds meters, a chain and rules to every render: the bound is one per exposed service and "
+                "protocol, with room to spare; 1,000 took `check` 8 s)",
     "limits[].name": "`{name_pattern}`; unique across `limits` and `connlimit`",
     "limits[].mode": "`null`: the policy's `mode`",
     "limits[].protocol": "`icmp`: v4 and v6, essential types excluded",
@@ -101,13 +107,16 @@ DESCRIPTIONS = {
     "limits[].per_source": "packets per source (IPv6: per /64)",
     "limits[].burst": "burst of `per_source`, if not written in it",
     "limits[].rate": "global backstop; `null`: {backstop} × `per_source` (at most {max_rate}/second)",
-    "connlimit[]": "concurrent TCP connections per source (IPv6: per /64)",
+    "connlimit[]": "concurrent TCP connections per source (IPv6: per /64); as many as `limits` (a set and a rule "
+                   "each)",
     "connlimit[].name": "as `limits[].name`; `null`: `{conn_prefix}<index>`",
     "connlimit[].mode": "`null`: the policy's `mode`",
     "connlimit[].ports": "destination ports; `[]`: all",
     "connlimit[].per_source": "connections above this are dropped",
     "meter": "every per-source meter (nft dynamic set, hashlimit table); a full meter fails open",
-    "meter.size": "entries per meter",
+    "meter.size": "entries per meter, also of the trusted and escalation sets (every dynamic set's bound is 4 × "
+                  "this default: the daemon snapshots bans and trusted sources, and a full set of 4,194,304 took "
+                  "3.67 GB)",
     "meter.timeout_s": "idle timeout of an entry",
     "escalate": "ban sources that stay over a per-source limit in enforce mode "
                 "([design/escalation.md](design/escalation.md))",
@@ -220,7 +229,9 @@ def type_text(tp: Any, metadata: list = ()) -> str:
     meta = [c for m in metadata for c in (m.metadata if isinstance(m, FieldInfo) else [m])]
     funcs = {getattr(m, "func", None) for m in meta}
     if fields._port_ranges in funcs:
-        return "list of ports and `low-high` ranges"
+        return f"list of ports and `low-high` ranges, at most {fields.MAX_ENTRIES['port ranges']}"
+    if fields.check_interfaces in funcs:
+        return f"`auto` or list of interface names, at most {fields.MAX_ENTRIES['interfaces']}"
     if origin in (Union, types.UnionType):
         parts: list[str] = []
         for arg in typing.get_args(tp):
@@ -233,10 +244,11 @@ def type_text(tp: Any, metadata: list = ()) -> str:
         return _one_of([f"`{a}`" for a in typing.get_args(tp)])
     if origin is tuple:
         item = typing.get_args(tp)[0]
-        if isinstance(item, type) and issubclass(item, BaseModel):
-            return "list of entries"
         most = next((m.max_length for m in meta if getattr(m, "max_length", None) is not None), None)
-        return f"list of {type_text(item)}s" + (f", at most {most}" if most is not None else "")
+        bound = f", at most {most}" if most is not None else ""
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return "list of entries" + bound
+        return f"list of {type_text(item)}s" + bound
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return "section"
     if tp is rates.Rate:

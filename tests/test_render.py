@@ -24,6 +24,7 @@ from guard.model.matches import SourceRateOver
 from guard.model.plans import Priorities, SynproxyPlan
 from guard.model.ruleset import RuleSet
 from guard.model.verdicts import Continue, Drop, Goto
+from guard.policy.fields import MAX_SET_SIZE
 from guard.policy.load import parse_policy
 from guard.policy.schema import Policy
 from guard.policy.threats import Synproxy
@@ -107,12 +108,12 @@ def policies(draw) -> Policy:
                 "trusted_after_handshake_s": draw(st.integers(0, 86400))},
         "limits": limits,
         "connlimit": [{"name": n, "ports": draw(ports), "per_source": draw(st.integers(1, 10**5))} for n in conn_names],
-        "meter": {"size": draw(st.integers(16, 4_194_304)), "timeout_s": draw(st.integers(1, 86400))},
+        "meter": {"size": draw(st.integers(16, MAX_SET_SIZE)), "timeout_s": draw(st.integers(1, 86400))},
         "mode": draw(st.sampled_from(["enforce", "enforce", "monitor"])),
     }
     gap = draw(st.integers(1, 3599))
     doc["escalate"] = {"enabled": draw(st.booleans()), "gap_s": gap, "after_s": draw(st.integers(gap + 1, 3600)),
-                       "ban_s": draw(st.integers(1, 604800)), "size": draw(st.integers(16, 4_194_304))}
+                       "ban_s": draw(st.integers(1, 604800)), "size": draw(st.integers(16, MAX_SET_SIZE))}
     return Policy.model_validate(doc)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -27,6 +28,23 @@ DataPath = Annotated[str, Field(strict=True), pydantic.AfterValidator(check_data
 MULTIPORT_SLOTS = 15  # iptables multiport's limit (a range takes two), kept by both backends for portability
 PortList = Annotated[tuple[Port, ...], Field(max_length=MULTIPORT_SLOTS)]
 
+# The most entries of the lists whose every entry adds rules, sets, chains or a range of ports to
+# walk: check, apply and every daemon reload cost grows with them (limits: 128 cost `check` 0.65 s
+# and 73 MB, 1,000 cost 8 s and 350 MB; a reload blocks the daemon's main loop as long). Each bound is
+# several times what one node needs: a limit or connlimit per exposed service and protocol, a
+# failsafe entry per management network and protocol, an interface per uplink (bonds and VLANs
+# included), a port range per NodePort range or service (each expands to up to 65,535 ports), an
+# explicit SYN-defence port per listener (65,535 in one set took the kernel 39 s to check).
+MAX_ENTRIES = {"limits": 128, "connlimit": 128, "failsafe": 64, "interfaces": 64, "port ranges": 64,
+               "synproxy.ports": 1024}
+# The most elements of any dynamic set (meters, trusted, bans, manual bans, CrowdSec decisions): 4 x
+# the meters' default, room to raise a default without the runaway: the daemon snapshots the ban,
+# trusted and manual sets, and a full ban set of 4,194,304 took 3.67 GB to read back. At this bound a
+# full one still takes 5.5 s and peaks at 504 MB (65,536: 0.8 s, 156 MB), over the unit's MemoryMax:
+# the snapshot's reader, not this bound, is what keeps a full set within the unit.
+MAX_SET_SIZE = 262_144
+SetSize = Annotated[int, Field(ge=16, le=MAX_SET_SIZE, strict=True)]
+
 
 class Section(pydantic.BaseModel):
     """A section of the policy: unknown keys refused, frozen once validated."""
@@ -37,6 +55,11 @@ class Section(pydantic.BaseModel):
 NETWORK = {4: ipaddress.IPv4Network, 6: ipaddress.IPv6Network}
 LONGEST_CIDR = 49  # characters: "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255/128"
 OPENS_ALL = "would allow every source: nodeguard would protect nothing"
+
+
+def too_many(count: int, most: int) -> str:
+    """The message for a list over its bound (pydantic's ``too_long`` says the same: policy/load.py)."""
+    return f"{count} entries; at most {most}"
 
 
 def shown(text: str, limit: int = 60) -> str:
@@ -97,6 +120,41 @@ def absolute_path(value: str) -> str:
     return value
 
 
+_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?", re.ASCII)
+
+
+def http_base_url(value: str) -> str:
+    """An HTTP(S) server's base URL, ``http(s)://host[:port][/]``: what urllib will connect to, parsed
+    as urllib parses it (scheme, host, port), so nothing that passes here fails at the first request.
+    The host is an IP address (IPv6 in brackets) or a DNS name; no user, path, query or fragment."""
+    if not value.isascii() or not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError(f"{shown(value)} is not an http(s)://host[:port]/ URL (printable ASCII, no spaces)")
+    try:
+        url = urllib.parse.urlsplit(value)
+        host, port = url.hostname, url.port  # .port parses (and range-checks) the port
+    except ValueError as exc:
+        raise ValueError(f"{shown(value)} is not an http(s)://host[:port]/ URL: {exc}") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"{shown(value)}: the scheme must be http or https")
+    if url.username is not None or url.path not in ("", "/") or url.query or url.fragment or value.endswith(("?", "#")):
+        raise ValueError(f"{shown(value)}: give only http(s)://host[:port]/ (no user, path, query or fragment)")
+    bracketed = url.netloc.rpartition("@")[2].startswith("[")
+    if not host or (bracketed and not _is_ipv6(host)) or (not bracketed and not _HOSTNAME_RE.fullmatch(host)):
+        raise ValueError(f"{shown(value)}: the host must be an IP address (IPv6 in brackets) or a DNS name")
+    if port == 0 or url.netloc.endswith(":"):
+        raise ValueError(f"{shown(value)}: the port must be 1-65535")
+    return value
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_name(name: str) -> str:
     """Names become chain, set and comment text in both backends: a small alphabet, nothing to escape."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
@@ -117,6 +175,8 @@ def check_interfaces(value: Any) -> Any:
     if value == "auto" or isinstance(value, (list, tuple)):
         if isinstance(value, (list, tuple)) and not value:
             raise ValueError("list at least one interface, or say 'auto'")
+        if isinstance(value, (list, tuple)) and len(value) > MAX_ENTRIES["interfaces"]:
+            raise ValueError(too_many(len(value), MAX_ENTRIES["interfaces"]))
         return value
     raise ValueError(f"must be 'auto' or a list of interface names, got {value!r}")
 
@@ -146,6 +206,8 @@ def _port_ranges(value: Any) -> tuple[tuple[int, int], ...]:
     """A list of ports and "low-high" ranges."""
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"must be a list of ports or 'low-high' ranges, got {value!r}")
+    if len(value) > MAX_ENTRIES["port ranges"]:
+        raise ValueError(too_many(len(value), MAX_ENTRIES["port ranges"]))
     out = []
     for item in value:
         if isinstance(item, int) and not isinstance(item, bool):

@@ -11,9 +11,10 @@ from typing import Any
 
 import pydantic
 
-from ..configfile import read_config
+from ..configfile import read_config, read_regular
 from ..errors import PolicyError
 from ..yamlsource import load_document
+from .fields import too_many
 from .schema import Policy
 
 DEFAULT_CONFIG = Path("/etc/nodeguard/config.yaml")
@@ -46,7 +47,7 @@ def read_policy(path: str | Path | None = None, *, trusted: bool = False) -> tup
         text = resources.files("guard.rules").joinpath("default.yaml").read_text()
         return parse_policy(text, BUILT_IN), BUILT_IN, text
     try:
-        data = read_config(path)[0] if trusted else Path(path).read_bytes()
+        data = read_config(path)[0] if trusted else read_regular(path)
         text = data.decode()
     except OSError as exc:
         raise PolicyError(str(path), None, "", exc.strerror or str(exc)) from None
@@ -74,7 +75,8 @@ def _parse(text: str, file: str) -> Policy:
         return Policy.model_validate(doc.data)
     except pydantic.ValidationError as exc:
         located = [(tuple(p for p in e["loc"] if not _is_union_tag(p)), e) for e in exc.errors()]
-        loc, err = max(located, key=lambda pair: len(pair[0]))  # a union's most specific complaint
+        # a union's most specific complaint: the deepest, and a wrong value before "not the literal"
+        loc, err = max(located, key=lambda pair: (len(pair[0]), pair[1]["type"] != "literal_error"))
         raise doc.error(loc, _message(err)) from None
 
 
@@ -92,4 +94,6 @@ def _message(err: dict) -> str:
         return "unknown key"
     if err["type"] == "missing":
         return "required key is missing"
+    if err["type"] == "too_long":
+        return too_many(err["ctx"]["actual_length"], err["ctx"]["max_length"])
     return msg

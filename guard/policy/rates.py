@@ -49,13 +49,22 @@ def parse_rate(value: Any) -> Rate:
     m = _RATE_RE.fullmatch(value) if isinstance(value, str) else None
     if not m:
         raise ValueError(f"rate must look like 'N/second', 'N/minute' or 'N/hour' (optionally 'burst M'), got {value!r}")
-    count, unit, burst = int(m[1]), m[2], m[3]
+    count, unit, burst = _number(m[1]), m[2], None if m[3] is None else _number(m[3])
     if count <= 0:
         raise ValueError("rate must be greater than zero")
-    if burst is not None and int(burst) <= 0:
+    if burst is not None and burst <= 0:
         raise ValueError("burst must be greater than zero")
-    if count / _UNITS[unit] > MAX_RATE_PER_S:
+    if count > MAX_RATE_PER_S * _UNITS[unit]:  # integers: 400 digits over a unit is no float
         raise ValueError(f"rate must be at most {MAX_RATE_PER_S}/second (the iptables backend's ceiling)")
-    if burst is not None and int(burst) > MAX_BURST:
+    if burst is not None and burst > MAX_BURST:
         raise ValueError(f"burst must be at most {MAX_BURST} (the iptables backend's ceiling)")
-    return Rate(count, unit, int(burst) if burst is not None else None)
+    return Rate(count, unit, burst)
+
+
+_OVER_ANY = 10 ** 18  # above every ceiling here
+
+
+def _number(digits: str) -> int:
+    """The digits' integer; more than 18 digits (5,000 would take a conversion of their own): _OVER_ANY."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else _OVER_ANY

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from ..attacklog import MAX_KEEP
 from ..liveness import STATE_FILE
-from .fields import DataPath, RateField, Section, absolute_path
+from .fields import DataPath, RateField, Section, SetSize, absolute_path, http_base_url
 from .rates import parse_rate
 
 # A window holds ~1.9 KB a flow at its end, flows and their records together (tests/test_sampler_units.py
@@ -91,7 +91,7 @@ class Crowdsec(Section):
     range (``::ffff:0:0/96``) is held to the IPv4 minimum. nft backend only."""
 
     enabled: bool = False
-    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+/?$")] = "http://127.0.0.1:8080/"
+    url: Annotated[str, Field(strict=True), pydantic.AfterValidator(http_base_url)] = "http://127.0.0.1:8080/"
     api_key_file: Annotated[str, Field(strict=True), pydantic.AfterValidator(absolute_path)] = \
         "/etc/nodeguard/crowdsec-api-key"
     machine_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "nodeguard"
@@ -101,7 +101,7 @@ class Crowdsec(Section):
     push: bool = False
     scopes: tuple[Literal["Ip", "Range"], ...] = ("Ip", "Range")
     origins: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")], ...] = ()
-    size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 262_144
+    size: SetSize = 262_144
     min_prefix_v4: Annotated[int, Field(ge=1, le=32, strict=True)] = 8
     min_prefix_v6: Annotated[int, Field(ge=1, le=128, strict=True)] = 32
 

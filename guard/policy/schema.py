@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import pydantic
 from pydantic import Field, field_validator
 
-from .fields import IfName, Mode, Section, check_interfaces
+from .fields import MAX_ENTRIES, IfName, Mode, Section, check_interfaces
 from .rates import parse_rate
 from .runtime import Crowdsec, Metrics, Sampler, Watcher
 from .sources import Allow, Deny, Failsafe
@@ -42,13 +42,14 @@ class Policy(Section):
     backend: Literal["nft", "iptables"] = "nft"
     interfaces: Annotated[Literal["auto"] | tuple[IfName, ...], pydantic.BeforeValidator(check_interfaces)] = "auto"
     allow: Allow = Allow()
-    failsafe: tuple[Failsafe, ...] = ()
+    failsafe: Annotated[tuple[Failsafe, ...], Field(max_length=MAX_ENTRIES["failsafe"])] = ()
     deny: Deny = Deny()
     icmp: Icmp = Icmp()
     syn: Syn = Syn()
-    limits: tuple[Limit, ...] = _DEFAULT_LIMITS
+    limits: Annotated[tuple[Limit, ...], Field(max_length=MAX_ENTRIES["limits"])] = _DEFAULT_LIMITS
     closed_ports: ClosedPorts = ClosedPorts()
-    connlimit: tuple[ConnLimit, ...] = Field(default=_DEFAULT_CONNLIMIT, validate_default=True)
+    connlimit: Annotated[tuple[ConnLimit, ...], Field(max_length=MAX_ENTRIES["connlimit"])] = Field(
+        default=_DEFAULT_CONNLIMIT, validate_default=True)
     meter: Meter = Meter()
     escalate: Escalate = Escalate()
     crowdsec: Crowdsec = Crowdsec()

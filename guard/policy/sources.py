@@ -11,7 +11,7 @@ import pydantic
 from pydantic import Field, field_validator, model_validator
 
 from .. import prefixes as pfx
-from .fields import MULTIPORT_SLOTS, Cidr, DenyCidr, PortRanges, Section, absolute_path
+from .fields import MULTIPORT_SLOTS, Cidr, DenyCidr, PortRanges, Section, SetSize, absolute_path
 
 
 def outermost(nets, version: int) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -50,7 +50,7 @@ class Deny(Section):
 
     cidrs: tuple[DenyCidr, ...] = ()
     files: tuple[Annotated[str, Field(strict=True), pydantic.AfterValidator(absolute_path)], ...] = ()
-    manual_size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 65536
+    manual_size: SetSize = 65536
     _merged: dict = pydantic.PrivateAttr(default_factory=dict)
 
     def model_post_init(self, _context) -> None:

@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 import pydantic
 from pydantic import Field, field_validator, model_validator
 
-from .fields import Burst, Mode, Port, PortList, PortRanges, PositiveInt, RateField, Section, check_name, one_burst
+from .fields import (MAX_ENTRIES, Burst, Mode, Port, PortList, PortRanges, PositiveInt, RateField, Section, SetSize,
+                     check_name, one_burst)
 from .rates import Rate, parse_rate
 
 
@@ -28,7 +29,7 @@ class Synproxy(Section):
     every connection takes the normal path (always-on SYNPROXY failed or delayed 1-2 % of connections).
     """
 
-    ports: Literal["auto"] | tuple[Port, ...] = "auto"
+    ports: Literal["auto"] | Annotated[tuple[Port, ...], Field(max_length=MAX_ENTRIES["synproxy.ports"])] = "auto"
     engage_over: RateField = parse_rate("1000/second burst 500")
     hold_s: Annotated[int, Field(ge=1, le=86400, strict=True)] = 60
     exclude_ports: PortRanges = ((30000, 32767),)  # the NodePort range: DNAT'd, not served by the node
@@ -150,7 +151,7 @@ class ConnLimit(Section):
 class Meter(Section):
     """Size and idle timeout of every per-source meter (nft dynamic set / hashlimit table)."""
 
-    size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 65536
+    size: SetSize = 65536
     timeout_s: Annotated[int, Field(ge=1, le=86400, strict=True)] = 60
 
 
@@ -166,7 +167,7 @@ class Escalate(Section):
     after_s: Annotated[int, Field(ge=1, le=3600, strict=True)] = 3
     gap_s: Annotated[int, Field(ge=1, le=3600, strict=True)] = 1
     ban_s: Annotated[int, Field(ge=1, le=604800, strict=True)] = 300
-    size: Annotated[int, Field(ge=16, le=4_194_304, strict=True)] = 65536
+    size: SetSize = 65536
 
     @field_validator("gap_s")
     @classmethod
