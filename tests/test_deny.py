@@ -64,6 +64,27 @@ def test_inline_and_file_prefixes_are_merged_per_family(deny_file):
     assert first.matches[1].set == "allow-v4" and first.group == "denied"
 
 
+def test_ipv4_mapped_prefixes_in_every_list_are_the_ipv4_prefixes(tmp_path):
+    """On the wire an IPv4 source is never ::ffff:a.b.c.d: deny files, inline deny, allow and failsafe
+    read a mapped prefix (length 96 or more) as the IPv4 prefix it maps; a shorter one stays IPv6."""
+    os.chmod(tmp_path, 0o755)
+    path = tmp_path / "deny.txt"
+    path.write_text("::ffff:203.0.113.0/120\n::ffff:198.51.100.7\n::fffe:0:0/95\n")
+    os.chmod(path, 0o644)
+    assert parse_deny_text(path.read_text(), "f") == {4: nets("203.0.113.0/24", "198.51.100.7/32"),
+                                                      6: nets("::fffe:0:0/95")}
+    policy = parse_policy(f"allow:\n  cidrs: ['::ffff:10.0.0.0/104']\n"
+                          f"deny:\n  cidrs: ['::ffff:192.0.2.1']\n  files: [{path}]\n"
+                          "failsafe:\n  - cidrs: ['::FFFF:10.9.0.0/112']\n    ports: [22]\n", "p.yaml")
+    assert list(policy.deny.prefixes(4)) == nets("192.0.2.1/32", "198.51.100.7/32", "203.0.113.0/24")
+    assert list(policy.deny.prefixes(6)) == nets("::fffe:0:0/95")
+    assert list(policy.allow.cidrs) == [ipaddress.ip_network("10.0.0.0/8")]
+    assert list(policy.failsafe[0].cidrs) == [ipaddress.ip_network("10.9.0.0/16")]
+    with pytest.raises(PolicyError) as exc:  # a mapped /100 is 10.0.0.0/4: broader than an allowlist may be
+        parse_policy("allow:\n  cidrs: ['::ffff:0.0.0.0/100']\n", "p.yaml")
+    assert "broader than /8" in str(exc.value)
+
+
 def test_a_deny_set_is_named_by_its_contents(deny_file):
     def name(cidrs: str) -> str:
         rs = build_ruleset(parse_policy(f"deny:\n  cidrs: [{cidrs}]\n", "p.yaml"), ("eth0",), Priorities())
@@ -92,12 +113,14 @@ def test_a_relative_deny_path_is_refused():
 
 
 @pytest.mark.parametrize("text, want", [("10.1.2.0/24", ("10.1.2.0/24", 4)), (" 10.1.2.3 ", ("10.1.2.3/32", 4)),
-                                        ("fd00:1::/48", ("fd00:1::/48", 6))])
+                                        ("fd00:1::/48", ("fd00:1::/48", 6)), ("::ffff:10.88.0.6", ("10.88.0.6/32", 4)),
+                                        ("::ffff:10.88.0.0/112", ("10.88.0.0/16", 4))])
 def test_ban_targets(text, want):
     assert manual.target(text) == want
 
 
-@pytest.mark.parametrize("bad", ["10.1.2.3/24", "0.0.0.0/0", "0.0.0.0", "::", "nope", "fd00::1%eth0", ""])
+@pytest.mark.parametrize("bad", ["10.1.2.3/24", "0.0.0.0/0", "0.0.0.0", "::", "nope", "fd00::1%eth0", "",
+                                 "::ffff:0.0.0.0", "::ffff:0:0/96", "::ffff:128.0.0.0/97"])
 def test_a_bad_ban_target_is_one_line_and_exit_2(bad):
     with pytest.raises(manual.BadBan) as exc:
         manual.target(bad)

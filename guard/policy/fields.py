@@ -40,8 +40,8 @@ def shown(text: str, limit: int = 60) -> str:
 
 def to_network(text: str, whole: str = OPENS_ALL, *,
                fast: bool = True) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """A plain prefix (or address: its /32 or /128); ``whole`` says what a /0 would do (refused).
-    The plain forms are read by inet_pton (inet.py), the rest by ipaddress; ``fast=False``: all by
+    """A plain prefix (or address: its /32 or /128; IPv4-mapped: the IPv4 one); ``whole`` says what a /0
+    would do (refused). The plain forms are read by inet_pton (inet.py), the rest by ipaddress; ``fast=False``: all by
     ipaddress, the reference tests/test_prefixes.py holds the fast reading to."""
     if len(text) > LONGEST_CIDR:
         raise ValueError(f"{shown(text)} is not a CIDR (longer than any)")
@@ -62,6 +62,9 @@ def to_network(text: str, whole: str = OPENS_ALL, *,
             net = ipaddress.ip_network(text, strict=True)
         except ValueError as exc:
             raise ValueError(f"{text!r} is not a CIDR ({exc})") from None
+    version, first, length = inet.unmapped(net.version, int(net.network_address), net.prefixlen)
+    if version != net.version:  # ::ffff:a.b.c.d/N: the IPv4 prefix (inet.py)
+        net = NETWORK[version]((first, length))
     if net.prefixlen == 0:
         raise ValueError(f"{text!r} {whole}")
     return net
