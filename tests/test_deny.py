@@ -190,7 +190,46 @@ def test_lines_end_at_lf_alone_and_a_bom_is_read():
 def test_a_huge_line_is_quoted_short():
     with pytest.raises(PolicyError) as exc:
         parse_deny_text("1" * 10**6 + "\n", "f")
-    assert str(exc.value) == "f:1: " + repr("1" * 60) + "\u2026 is not a CIDR (longer than any)"
+    assert str(exc.value) == "f:1: " + repr("1" * 24) + "\u2026 is not a CIDR (longer than any)"
+
+
+SHADOW = ["root:$6$Jx9.Qk2b$K3yq1m0sV7tQ0dWcZ4Yb8pLr5eN2uHfA1gT6iOjS9xMvC0nB3kD7wR:20228:0:99999:7:::",
+          "daemon:*:20228:0:99999:7:::", "nobody:x:20228:0:99999:7:::"]
+
+
+@pytest.mark.parametrize("line", SHADOW)
+def test_a_deny_file_that_is_not_a_blocklist_is_quoted_24_characters_at_most(tmp_path, line):
+    """deny.files naming a file of secrets by mistake (a symlink to /etc/shadow): the message names the
+    file and line and what is wrong, and quotes no more than the first 24 characters of the line."""
+    os.chmod(tmp_path, 0o755)
+    secret = tmp_path / "shadow"
+    secret.write_text(f"{line}\n")
+    os.chmod(secret, 0o600)
+    (tmp_path / "deny.txt").symlink_to(secret)
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(f"deny:\n  files: [{tmp_path / 'deny.txt'}]\n", "p.yaml")
+    msg = str(exc.value)
+    assert msg.startswith(f"{tmp_path / 'deny.txt'}:1: " + repr(line[:24]) + "\u2026 is not a CIDR (")
+    assert line[:25] not in msg and exc.value.exit_code == 2
+
+
+@pytest.mark.parametrize("line, why", [("2001:db8:1234:5678:9abc::1/64", "(host bits set)"),
+                                       ("\x1b[2J\x07" * 6, "(not an IPv4 or IPv6 prefix)"),
+                                       ("１０.１.２.０/２４" * 3, "(plain IPv4 or IPv6 prefixes only)"),
+                                       ("10.0.0.0/8,10.1.0.0/16,10.2.0.0/16", "(not an IPv4 or IPv6 prefix)")])
+def test_a_long_bad_entry_still_says_what_is_wrong(line, why):
+    with pytest.raises(PolicyError) as exc:
+        parse_deny_text(f"{line}\n", "f")
+    assert str(exc.value) == f"f:1: {line[:24]!r}\u2026 is not a CIDR {why}"
+    assert "\x1b" not in str(exc.value) and "\x07" not in str(exc.value)
+
+
+def test_a_bad_cidr_typed_in_the_policy_is_quoted_whole():
+    """The policy file is the operator's own text: its messages are as before, the whole CIDR quoted."""
+    text = "2001:db8:1234:5678:9abc::1/64"
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(f"deny:\n  cidrs: ['{text}']\n", "p.yaml")
+    assert str(exc.value) == f"p.yaml:2: deny.cidrs[0]: {text!r} is not a CIDR ({text} has host bits set)"
 
 
 def test_an_inline_deny_of_everything_is_refused():
