@@ -41,3 +41,10 @@ def read_deny_file(path: str | Path) -> dict[int, list[prefixes.Prefix]]:
     except UnicodeDecodeError as exc:
         raise PolicyError(str(path), None, "", f"not UTF-8 text (byte {exc.start})") from None
     return parse_deny_text(text, str(path))
+
+
+def emptied(before: dict[str, int], after: dict[str, int]) -> list[tuple[str, int]]:
+    """(file, prefixes it listed) for each deny file that listed some in ``before`` and none in
+    ``after`` (``Deny.listed`` of two policies). Emptying a list is allowed (an operator may mean it),
+    but a failed blocklist download leaves the same empty file: the daemon says so louder than a reload."""
+    return [(path, n) for path, n in before.items() if n and after.get(path) == 0]

@@ -85,6 +85,31 @@ def test_ipv4_mapped_prefixes_in_every_list_are_the_ipv4_prefixes(tmp_path):
     assert "broader than /8" in str(exc.value)
 
 
+def test_a_deny_file_emptied_between_two_reads_is_named_with_what_it_listed(tmp_path):
+    """A failed blocklist download that leaves an empty file lifts the whole list: what the daemon
+    warns about after a reload (lastgood.py). A file that still lists something, one that listed
+    nothing before and one no longer configured are not emptied."""
+    from guard.deny import emptied
+
+    os.chmod(tmp_path, 0o755)
+    paths = [tmp_path / n for n in ("drop.txt", "kept.txt", "none.txt", "gone.txt")]
+    for path, text in zip(paths, ("203.0.113.0/24\n2001:db8:bad::/48\n198.51.100.7\n", "192.0.2.0/24\n",
+                                  "# nothing yet\n", "192.0.2.9\n")):
+        path.write_text(text)
+        os.chmod(path, 0o644)
+
+    def listed(files) -> dict[str, int]:
+        return parse_policy(f"deny:\n  files: [{', '.join(map(str, files))}]\n", "p.yaml").deny.listed()
+    before = listed(paths)
+    assert before == {str(paths[0]): 3, str(paths[1]): 1, str(paths[2]): 0, str(paths[3]): 1}
+    paths[0].write_text("")  # truncated to 0 bytes
+    paths[1].write_text("192.0.2.0/24\n192.0.2.8\n")
+    assert emptied(before, listed(paths[:3])) == [(str(paths[0]), 3)]
+    paths[0].write_text("# the download failed\n")  # comments alone: no prefix either
+    assert emptied(before, listed(paths[:3])) == [(str(paths[0]), 3)]
+    assert emptied(before, before) == []
+
+
 def test_a_deny_set_is_named_by_its_contents(deny_file):
     def name(cidrs: str) -> str:
         rs = build_ruleset(parse_policy(f"deny:\n  cidrs: [{cidrs}]\n", "p.yaml"), ("eth0",), Priorities())
