@@ -12,7 +12,8 @@ from __future__ import annotations
 import socket
 
 _FAMILY = {4: (socket.AF_INET, 32), 6: (socket.AF_INET6, 128)}
-MAPPED = 0xFFFF  # ::ffff:0:0/96 shifted right by 32: the IPv4-mapped addresses
+MAPPED_HEAD = bytes(10) + b"\xff\xff"  # the first 12 bytes of every IPv4-mapped address, ::ffff:0:0/96
+MAPPED = int.from_bytes(MAPPED_HEAD, "big")  # the same, as the address shifted right by 32
 MAPPED_LENGTH = 96
 
 
