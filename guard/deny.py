@@ -12,18 +12,21 @@ from .configfile import MiB, read_config
 from .errors import PolicyError
 from .policy.fields import DROP_ALL
 
+ECHOED = 24  # characters of a bad entry a message quotes: deny.files may name any file (/etc/shadow by mistake)
+
 
 def parse_deny_text(text: str, file: str) -> dict[int, list[prefixes.Prefix]]:
     """IP version -> the prefixes ``text`` lists, in its order (integers: prefixes.py); a bare address
-    is its /32 or /128. Raises PolicyError naming the line. Lines end at LF alone (CRLF read too), as
-    grep and sed count them: str.splitlines also splits at VT, FF, U+0085, U+2028 and the rest."""
+    is its /32 or /128. Raises PolicyError naming the line, quoting ``ECHOED`` characters of it at most.
+    Lines end at LF alone (CRLF read too), as grep and sed count them: str.splitlines also splits at VT,
+    FF, U+0085, U+2028 and the rest."""
     out: dict[int, list[prefixes.Prefix]] = {4: [], 6: []}
     for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), 1):  # a BOM: Windows editors
         entry = line.split("#", 1)[0].split(";", 1)[0].strip()  # Spamhaus DROP: "1.2.3.0/24 ; SBL123"
         if not entry:
             continue
         try:
-            version, first, length = prefixes.parse(entry, DROP_ALL)
+            version, first, length = prefixes.parse(entry, DROP_ALL, ECHOED)
         except ValueError as exc:
             raise PolicyError(file, number, "", str(exc)) from None
         out[version].append((first, length))
@@ -43,3 +46,10 @@ def read_deny_file(path: str | Path) -> dict[int, list[prefixes.Prefix]]:
     except UnicodeDecodeError as exc:
         raise PolicyError(str(path), None, "", f"not UTF-8 text (byte {exc.start})") from None
     return parse_deny_text(text, str(path))
+
+
+def emptied(before: dict[str, int], after: dict[str, int]) -> list[tuple[str, int]]:
+    """(file, prefixes it listed) for each deny file that listed some in ``before`` and none in
+    ``after`` (``Deny.listed`` of two policies). Emptying a list is allowed (an operator may mean it),
+    but a failed blocklist download leaves the same empty file: the daemon says so louder than a reload."""
+    return [(path, n) for path, n in before.items() if n and after.get(path) == 0]

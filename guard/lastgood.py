@@ -100,6 +100,7 @@ class ConfiguredPolicy:
     def reload(self, watcher, check=None) -> bool:
         """Re-read the file and hand it to ``watcher`` (which has the kernel check it first). A bad
         edit keeps the rules in place; ``check(policy)`` may refuse it too (NodeguardError)."""
+        from .deny import emptied
         from .policy.load import read_policy
 
         try:
@@ -111,8 +112,11 @@ class ConfiguredPolicy:
             self.log.error("reload failed: %s; the rules in place stay", exc)
             return False
         self._texts[id(new)] = text
+        before = watcher.policy.deny.listed()
         if not watcher.reload(new, source):  # it logs and counts a refusal
             return False
+        for path, n in emptied(before, new.deny.listed()):
+            self.log.warning("deny file %s lists no prefix now: the %d it listed are no longer dropped", path, n)
         self.source, self.fallback_why = source, None
         watcher.clear_note(FALLBACK_NOTE)
         return True

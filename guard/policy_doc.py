@@ -138,8 +138,8 @@ DESCRIPTIONS = {
     "crowdsec.scopes": "decision scopes dropped: `Ip`, `Range`",
     "crowdsec.origins": "only decisions of these origins (`cscli`, `crowdsec`, `CAPI`, `lists`...); empty: all",
     "crowdsec.size": "decisions per family and scope at most (a full set takes no more)",
-    "crowdsec.min_prefix_v4": "a wider IPv4 `Range` decision is skipped (and an IPv4-mapped IPv6 one "
-                              "wider than `::ffff:0:0/96` plus this)",
+    "crowdsec.min_prefix_v4": "a wider IPv4 `Range` decision is skipped (an IPv4-mapped IPv6 one is its IPv4 "
+                              "range)",
     "crowdsec.min_prefix_v6": "a wider IPv6 `Range` decision is skipped",
     "iptables": "used with `backend: iptables`",
     "iptables.flavour": "`auto`: the flavour the node's Kubernetes components use",

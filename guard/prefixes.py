@@ -16,13 +16,13 @@ BITS = {4: 32, 6: 128}
 Prefix = tuple[int, int]  # (first address as an int, prefix length)
 
 
-def parse(entry: str, whole: str) -> tuple[int, int, int]:
+def parse(entry: str, whole: str, echo: int = 60) -> tuple[int, int, int]:
     """``(version, first, length)`` of a plain prefix or address (its /32 or /128); ``whole``: what a
-    /0 would do (refused). Raises ValueError with to_network's message."""
+    /0 would do (refused). Raises ValueError with to_network's message (quoting ``echo`` characters at most)."""
     found = inet.read(entry)
     if found is not None:
         return found
-    net = to_network(entry, whole)  # raises the one-line message, or reads what inet_pton does not
+    net = to_network(entry, whole, echo=echo)  # raises the one-line message, or reads what inet_pton does not
     return net.version, int(net.network_address), net.prefixlen
 
 

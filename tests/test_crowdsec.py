@@ -73,13 +73,21 @@ def test_ranges_wider_than_the_minimum_prefix_are_skipped_and_counted_the_mapped
     ok = ["10.0.0.0/8", "2001:db8::/32", "::ffff:10.0.0.0/104"]
     new, _deleted, skipped = parse_stream({"new": [_d(i, n, "Range") for i, n in enumerate(wide + ok)]}, SCOPES, (),
                                           MIN)
-    assert [d.net for d in new] == [str(ipaddress.ip_network(n)) for n in ok] and skipped == len(wide)
+    assert [d.net for d in new] == ["10.0.0.0/8", "2001:db8::/32", "10.0.0.0/8"] and skipped == len(wide)
     new, _deleted, skipped = parse_stream({"new": [_d(1, "10.0.0.0/8", "Range")]}, SCOPES, (), {4: 9, 6: 32})
     assert new == [] and skipped == 1
     assert parse_policy("crowdsec: {min_prefix_v4: 16, min_prefix_v6: 48}\n", "p.yaml").crowdsec.min_prefix == \
         {4: 16, 6: 48}
     with pytest.raises(PolicyError):
         parse_policy("crowdsec: {min_prefix_v4: 33}\n", "p.yaml")
+
+
+def test_an_ipv4_mapped_decision_is_the_ipv4_address_or_range():
+    """On the wire an IPv4 source is never ::ffff:a.b.c.d: held as that, the decision would drop nobody."""
+    new, _deleted, skipped = parse_stream({"new": [_d(1, "::ffff:10.1.1.9"), _d(2, "::ffff:10.2.0.0/112", "Range"),
+                                                   _d(3, "::ffff:0.0.0.0")]}, SCOPES, (), MIN)
+    assert [(d.net, d.version, d.scope) for d in new] == [("10.1.1.9", 4, "Ip"), ("10.2.0.0/16", 4, "Range")]
+    assert skipped == 1
 
 
 def test_scopes_filter_and_a_stream_that_is_not_an_object_raises_a_value_error():

@@ -449,6 +449,13 @@ def test_a_configmap_symlink_swap_reloads_as_sighup(lab, tmp_path, runs):
     wait_until(lambda: state(tmp_path)["reloads_ok"] == 2, timeout=5, interval=0.05)  # the state file follows
     assert state(tmp_path)["repairs"] == 0, state(tmp_path)
     assert f"{deny} changed; reloading" in run.log
+    assert "no longer dropped" not in run.log
+    # a failed download leaves the blocklist empty: the list is lifted, as asked, but with a warning
+    write(tmp_path / "deny.txt", "")
+    wait_until(lambda: state(tmp_path)["reloads_ok"] == 3, timeout=5, interval=0.05)
+    wait_until(lambda: "198.51.100.0/24" not in victim.run("nft list sets inet").stdout, timeout=5, interval=0.05)
+    wait_until(lambda: f"WARNING nodeguard.run: deny file {deny} lists no prefix now: the 2 it listed are no longer "
+               "dropped" in run.log, timeout=5, interval=0.05)
 
 
 # --- restarts and adoption ----------------------------------------------------------------

@@ -64,6 +64,52 @@ def test_inline_and_file_prefixes_are_merged_per_family(deny_file):
     assert first.matches[1].set == "allow-v4" and first.group == "denied"
 
 
+def test_ipv4_mapped_prefixes_in_every_list_are_the_ipv4_prefixes(tmp_path):
+    """On the wire an IPv4 source is never ::ffff:a.b.c.d: deny files, inline deny, allow and failsafe
+    read a mapped prefix (length 96 or more) as the IPv4 prefix it maps; a shorter one stays IPv6."""
+    os.chmod(tmp_path, 0o755)
+    path = tmp_path / "deny.txt"
+    path.write_text("::ffff:203.0.113.0/120\n::ffff:198.51.100.7\n::fffe:0:0/95\n")
+    os.chmod(path, 0o644)
+    assert parse_deny_text(path.read_text(), "f") == {4: nets("203.0.113.0/24", "198.51.100.7/32"),
+                                                      6: nets("::fffe:0:0/95")}
+    policy = parse_policy(f"allow:\n  cidrs: ['::ffff:10.0.0.0/104']\n"
+                          f"deny:\n  cidrs: ['::ffff:192.0.2.1']\n  files: [{path}]\n"
+                          "failsafe:\n  - cidrs: ['::FFFF:10.9.0.0/112']\n    ports: [22]\n", "p.yaml")
+    assert list(policy.deny.prefixes(4)) == nets("192.0.2.1/32", "198.51.100.7/32", "203.0.113.0/24")
+    assert list(policy.deny.prefixes(6)) == nets("::fffe:0:0/95")
+    assert list(policy.allow.cidrs) == [ipaddress.ip_network("10.0.0.0/8")]
+    assert list(policy.failsafe[0].cidrs) == [ipaddress.ip_network("10.9.0.0/16")]
+    with pytest.raises(PolicyError) as exc:  # a mapped /100 is 10.0.0.0/4: broader than an allowlist may be
+        parse_policy("allow:\n  cidrs: ['::ffff:0.0.0.0/100']\n", "p.yaml")
+    assert "broader than /8" in str(exc.value)
+
+
+def test_a_deny_file_emptied_between_two_reads_is_named_with_what_it_listed(tmp_path):
+    """A failed blocklist download that leaves an empty file lifts the whole list: what the daemon
+    warns about after a reload (lastgood.py). A file that still lists something, one that listed
+    nothing before and one no longer configured are not emptied."""
+    from guard.deny import emptied
+
+    os.chmod(tmp_path, 0o755)
+    paths = [tmp_path / n for n in ("drop.txt", "kept.txt", "none.txt", "gone.txt")]
+    for path, text in zip(paths, ("203.0.113.0/24\n2001:db8:bad::/48\n198.51.100.7\n", "192.0.2.0/24\n",
+                                  "# nothing yet\n", "192.0.2.9\n")):
+        path.write_text(text)
+        os.chmod(path, 0o644)
+
+    def listed(files) -> dict[str, int]:
+        return parse_policy(f"deny:\n  files: [{', '.join(map(str, files))}]\n", "p.yaml").deny.listed()
+    before = listed(paths)
+    assert before == {str(paths[0]): 3, str(paths[1]): 1, str(paths[2]): 0, str(paths[3]): 1}
+    paths[0].write_text("")  # truncated to 0 bytes
+    paths[1].write_text("192.0.2.0/24\n192.0.2.8\n")
+    assert emptied(before, listed(paths[:3])) == [(str(paths[0]), 3)]
+    paths[0].write_text("# the download failed\n")  # comments alone: no prefix either
+    assert emptied(before, listed(paths[:3])) == [(str(paths[0]), 3)]
+    assert emptied(before, before) == []
+
+
 def test_a_deny_set_is_named_by_its_contents(deny_file):
     def name(cidrs: str) -> str:
         rs = build_ruleset(parse_policy(f"deny:\n  cidrs: [{cidrs}]\n", "p.yaml"), ("eth0",), Priorities())
@@ -92,12 +138,14 @@ def test_a_relative_deny_path_is_refused():
 
 
 @pytest.mark.parametrize("text, want", [("10.1.2.0/24", ("10.1.2.0/24", 4)), (" 10.1.2.3 ", ("10.1.2.3/32", 4)),
-                                        ("fd00:1::/48", ("fd00:1::/48", 6))])
+                                        ("fd00:1::/48", ("fd00:1::/48", 6)), ("::ffff:10.88.0.6", ("10.88.0.6/32", 4)),
+                                        ("::ffff:10.88.0.0/112", ("10.88.0.0/16", 4))])
 def test_ban_targets(text, want):
     assert manual.target(text) == want
 
 
-@pytest.mark.parametrize("bad", ["10.1.2.3/24", "0.0.0.0/0", "0.0.0.0", "::", "nope", "fd00::1%eth0", ""])
+@pytest.mark.parametrize("bad", ["10.1.2.3/24", "0.0.0.0/0", "0.0.0.0", "::", "nope", "fd00::1%eth0", "",
+                                 "::ffff:0.0.0.0", "::ffff:0:0/96", "::ffff:128.0.0.0/97"])
 def test_a_bad_ban_target_is_one_line_and_exit_2(bad):
     with pytest.raises(manual.BadBan) as exc:
         manual.target(bad)
@@ -167,7 +215,46 @@ def test_lines_end_at_lf_alone_and_a_bom_is_read():
 def test_a_huge_line_is_quoted_short():
     with pytest.raises(PolicyError) as exc:
         parse_deny_text("1" * 10**6 + "\n", "f")
-    assert str(exc.value) == "f:1: " + repr("1" * 60) + "\u2026 is not a CIDR (longer than any)"
+    assert str(exc.value) == "f:1: " + repr("1" * 24) + "\u2026 is not a CIDR (longer than any)"
+
+
+SHADOW = ["root:$6$Jx9.Qk2b$K3yq1m0sV7tQ0dWcZ4Yb8pLr5eN2uHfA1gT6iOjS9xMvC0nB3kD7wR:20228:0:99999:7:::",
+          "daemon:*:20228:0:99999:7:::", "nobody:x:20228:0:99999:7:::"]
+
+
+@pytest.mark.parametrize("line", SHADOW)
+def test_a_deny_file_that_is_not_a_blocklist_is_quoted_24_characters_at_most(tmp_path, line):
+    """deny.files naming a file of secrets by mistake (a symlink to /etc/shadow): the message names the
+    file and line and what is wrong, and quotes no more than the first 24 characters of the line."""
+    os.chmod(tmp_path, 0o755)
+    secret = tmp_path / "shadow"
+    secret.write_text(f"{line}\n")
+    os.chmod(secret, 0o600)
+    (tmp_path / "deny.txt").symlink_to(secret)
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(f"deny:\n  files: [{tmp_path / 'deny.txt'}]\n", "p.yaml")
+    msg = str(exc.value)
+    assert msg.startswith(f"{tmp_path / 'deny.txt'}:1: " + repr(line[:24]) + "\u2026 is not a CIDR (")
+    assert line[:25] not in msg and exc.value.exit_code == 2
+
+
+@pytest.mark.parametrize("line, why", [("2001:db8:1234:5678:9abc::1/64", "(host bits set)"),
+                                       ("\x1b[2J\x07" * 6, "(not an IPv4 or IPv6 prefix)"),
+                                       ("１０.１.２.０/２４" * 3, "(plain IPv4 or IPv6 prefixes only)"),
+                                       ("10.0.0.0/8,10.1.0.0/16,10.2.0.0/16", "(not an IPv4 or IPv6 prefix)")])
+def test_a_long_bad_entry_still_says_what_is_wrong(line, why):
+    with pytest.raises(PolicyError) as exc:
+        parse_deny_text(f"{line}\n", "f")
+    assert str(exc.value) == f"f:1: {line[:24]!r}\u2026 is not a CIDR {why}"
+    assert "\x1b" not in str(exc.value) and "\x07" not in str(exc.value)
+
+
+def test_a_bad_cidr_typed_in_the_policy_is_quoted_whole():
+    """The policy file is the operator's own text: its messages are as before, the whole CIDR quoted."""
+    text = "2001:db8:1234:5678:9abc::1/64"
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(f"deny:\n  cidrs: ['{text}']\n", "p.yaml")
+    assert str(exc.value) == f"p.yaml:2: deny.cidrs[0]: {text!r} is not a CIDR ({text} has host bits set)"
 
 
 def test_an_inline_deny_of_everything_is_refused():

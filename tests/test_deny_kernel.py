@@ -71,6 +71,28 @@ def test_denied_sources_are_dropped_at_ingress_unless_allowlisted_and_bans_by_ha
     assert _replies(attacker, TRUSTED4, VICTIM4) == 2
 
 
+def test_ipv4_mapped_prefixes_deny_allow_and_ban_the_ipv4_sources_they_map(lab, write_policy, tmp_path):
+    """On the wire an IPv4 source is never ::ffff:a.b.c.d: a mapped prefix typed anywhere is the IPv4 one."""
+    victim, attacker = lab
+    os.chmod(tmp_path, 0o755)
+    deny = tmp_path / "deny.txt"
+    deny.write_text("::ffff:10.77.0.0/126\n")  # 10.77.0.0/30: ATTACKER4 (.2) and LEGIT4 (.3)
+    os.chmod(deny, 0o644)
+    policy = write_policy(f"allow:\n  cidrs: ['::ffff:{LEGIT4}']\ndeny:\n  files: [{deny}]\n")
+    victim.nodeguard("apply", "-c", policy)
+    assert _replies(attacker, ATTACKER4, VICTIM4) == 0
+    assert _replies(attacker, LEGIT4, VICTIM4) == 2
+    assert victim.counters()[f"{INGRESS}: denied v4 source"] >= 2
+
+    assert _replies(attacker, TRUSTED4, VICTIM4) == 2
+    out = victim.nodeguard("ban", f"::ffff:{TRUSTED4}", "--for", "1m", "-c", policy).stdout
+    assert out.strip() == f"banned {TRUSTED4}/32 for 60 s"
+    assert _replies(attacker, TRUSTED4, VICTIM4) == 0
+    assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
+    assert victim.nodeguard("unban", f"::ffff:{TRUSTED4}", "-c", policy).stdout.strip() == f"unbanned {TRUSTED4}/32"
+    assert _replies(attacker, TRUSTED4, VICTIM4) == 2
+
+
 @pytest.mark.calm
 def test_a_full_manual_set_is_one_line_its_fill_counts_prefixes_and_a_reason_never_forges_a_line(
         lab, write_policy, tmp_path):

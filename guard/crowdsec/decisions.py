@@ -9,13 +9,13 @@ import re
 import socket
 from dataclasses import dataclass
 
+from .. import inet
 from ..policy.fields import DROP_ALL, to_network
 
 MAX_TEXT = 512  # characters of a decision's type, scope, value, scenario and origin together
 MAX_DURATION_S = 365 * 86400  # a decision longer than this is held this long (the next startup pull renews it)
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _GO_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _GO_HMS = re.compile(r"(?:([0-9]{1,9})h)?(?:([0-9]{1,2})m)?(?:([0-9]{1,2}(?:\.[0-9]{1,9})?)s)?")  # what the LAPI says
 
 
@@ -102,25 +102,27 @@ def _decision(e: object, scopes: set[str], origins: tuple[str, ...], min_prefix:
 
 
 def _address(text: str) -> tuple[str, int] | None:
-    """(the address as inet_ntop writes it, IP version): inet_pton is strict (no zone ids, no
-    leading zeros, ASCII) and a hundred times faster than ipaddress, for 100,000 at a startup pull."""
+    """(the address as inet_ntop writes it, IP version; IPv4-mapped: the IPv4 address): inet_pton is
+    strict (no zone ids, no leading zeros, ASCII) and a hundred times faster than ipaddress, for
+    100,000 at a startup pull."""
     for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
         try:
             packed = socket.inet_pton(family, text)
         except (OSError, ValueError):
             continue
+        if packed[:12] == inet.MAPPED_HEAD:
+            family, version, packed = socket.AF_INET, 4, packed[12:]
         return (None if not any(packed) else (socket.inet_ntop(family, packed), version))
     return None
 
 
 def _prefix(text: str, min_prefix: dict[int, int]) -> tuple[str, int] | None:
-    """A range by the policy's own parser (no /0, no zone ids); 10.9.0.5/24 is 10.9.0.0/24. None if
-    it is wider than ``min_prefix`` allows (an IPv4-mapped one by the IPv4 minimum)."""
+    """A range by the policy's own parser (no /0, no zone ids; an IPv4-mapped one is the IPv4 range);
+    10.9.0.5/24 is 10.9.0.0/24. None if it is wider than ``min_prefix`` allows."""
     try:
         net = to_network(str(ipaddress.ip_network(text, strict=False)) if "/" in text else text, DROP_ALL)
     except ValueError:
         return None
-    shortest = 96 + min_prefix[4] if net.version == 6 and net.subnet_of(_MAPPED) else min_prefix[net.version]
-    if net.network_address.is_unspecified or net.prefixlen < shortest:
+    if net.network_address.is_unspecified or net.prefixlen < min_prefix[net.version]:
         return None
     return str(net), net.version

@@ -67,15 +67,16 @@ def shown(text: str, limit: int = 60) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "\u2026"
 
 
-def to_network(text: str, whole: str = OPENS_ALL, *,
-               fast: bool = True) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """A plain prefix (or address: its /32 or /128); ``whole`` says what a /0 would do (refused).
-    The plain forms are read by inet_pton (inet.py), the rest by ipaddress; ``fast=False``: all by
-    ipaddress, the reference tests/test_prefixes.py holds the fast reading to."""
+def to_network(text: str, whole: str = OPENS_ALL, *, fast: bool = True,
+               echo: int = 60) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A plain prefix (or address: its /32 or /128; IPv4-mapped: the IPv4 one); ``whole`` says what a /0
+    would do (refused). The plain forms are read by inet_pton (inet.py), the rest by ipaddress; ``fast=False``: all by
+    ipaddress, the reference tests/test_prefixes.py holds the fast reading to. A message quotes at most
+    ``echo`` characters of ``text`` (a deny file may be any file: what it holds need not reach a log)."""
     if len(text) > LONGEST_CIDR:
-        raise ValueError(f"{shown(text)} is not a CIDR (longer than any)")
+        raise ValueError(f"{shown(text, echo)} is not a CIDR (longer than any)")
     if not text.isascii() or "%" in text:  # no zone ids (fe80::%eth0/64), no non-ASCII digits
-        raise ValueError(f"{text!r} is not a CIDR (plain IPv4 or IPv6 prefixes only)")
+        raise ValueError(f"{shown(text, echo)} is not a CIDR (plain IPv4 or IPv6 prefixes only)")
     found = inet.read(text) if fast else None
     if found is not None:  # ~2.5x faster than ipaddress parsing the text: 10,000 allow CIDRs
         version, first, length = found
@@ -89,11 +90,24 @@ def to_network(text: str, whole: str = OPENS_ALL, *,
     if net is None:
         try:
             net = ipaddress.ip_network(text, strict=True)
-        except ValueError as exc:
-            raise ValueError(f"{text!r} is not a CIDR ({exc})") from None
+        except ValueError as exc:  # ipaddress's message quotes the whole text: only when it is short enough
+            why = str(exc) if len(text) <= echo else "host bits set" if _loose(text) else "not an IPv4 or IPv6 prefix"
+            raise ValueError(f"{shown(text, echo)} is not a CIDR ({why})") from None
+    version, first, length = inet.unmapped(net.version, int(net.network_address), net.prefixlen)
+    if version != net.version:  # ::ffff:a.b.c.d/N: the IPv4 prefix (inet.py)
+        net = NETWORK[version]((first, length))
     if net.prefixlen == 0:
-        raise ValueError(f"{text!r} {whole}")
+        raise ValueError(f"{shown(text, echo)} {whole}")
     return net
+
+
+def _loose(text: str) -> bool:
+    """Whether ``text`` is a prefix once its host bits are cleared."""
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 # allow and failsafe: the broadest prefix that may skip protection. A /8 is a large organisation's

@@ -52,6 +52,7 @@ class Deny(Section):
     files: tuple[Annotated[str, Field(strict=True), pydantic.AfterValidator(absolute_path)], ...] = ()
     manual_size: SetSize = 65536
     _merged: dict = pydantic.PrivateAttr(default_factory=dict)
+    _per_file: dict = pydantic.PrivateAttr(default_factory=dict)
 
     def model_post_init(self, _context) -> None:
         from ..deny import read_deny_file
@@ -60,8 +61,10 @@ class Deny(Section):
         for n in self.cidrs:
             listed[n.version].append((int(n.network_address), n.prefixlen))
         for path in self.files:
-            for version, found in read_deny_file(path).items():
-                listed[version] += found
+            found = read_deny_file(path)
+            self._per_file[path] = len(found[4]) + len(found[6])
+            for version in (4, 6):
+                listed[version] += found[version]
         self._merged = {v: tuple(pfx.outermost(listed[v], v)) for v in (4, 6)}
 
     @model_validator(mode="after")
@@ -75,6 +78,10 @@ class Deny(Section):
     def prefixes(self, version: int) -> tuple[pfx.Prefix, ...]:
         """The deny list of one IP version, merged: (first address, length) integers (prefixes.py)."""
         return self._merged[version]
+
+    def listed(self) -> dict[str, int]:
+        """Deny file -> how many prefixes it listed when read (before merging)."""
+        return dict(self._per_file)
 
 
 class Failsafe(Allow):
