@@ -102,7 +102,8 @@ def hold(ns, total: int, loopback_share: float) -> list[subprocess.Popen]:
 
 def look(ns, tree: Path, forwarded: bool) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
-    out = ns.run(["nice", "-n", "19", sys.executable, "-c", LOOK, "1" if forwarded else "0"], env=env, cwd=tree, timeout=600)
+    argv = ["nice", "-n", "19", sys.executable, "-c", LOOK, "1" if forwarded else "0"]
+    out = ns.run(argv, env=env, cwd=tree, timeout=600)  # cwd: ``-c`` puts it ahead of PYTHONPATH
     return json.loads(out.stdout)
 
 

@@ -327,11 +327,11 @@ def auto_ports(protected: tuple[str, ...], exclude: set[int], synproxy_answers: 
     listener's locked receive buffer matters."""
     addrs, index = local_addresses()
     rmem_default = _tcp_rmem_default() if synproxy_answers else None
-    protected_ifindexes = {index[n] for n in protected if n in index}
+    rule = (addrs, {index[n] for n in protected if n in index}, exclude, rmem_default)
     try:  # sock_diag, loopback dropped by the kernel; streamed, so a failure may come half-way
-        found = _receivers(_diag_rows(synproxy_answers, skip_loopback=True), addrs, protected_ifindexes, exclude, rmem_default)
+        found = _receivers(_diag_rows(synproxy_answers, skip_loopback=True), *rule)
     except OSError:
-        found = _receivers(_proc_rows(), addrs, protected_ifindexes, exclude, rmem_default)
+        found = _receivers(_proc_rows(), *rule)
     return found.ports()
 
 

@@ -241,10 +241,9 @@ def listen(s, addr, port):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.bind((addr, port)); s.listen(1); held.append(s)
 for i in range(loopback):
-    if i % 10 == 1:
-        s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); addr = "::1"
-    elif i % 10 == 2:
-        s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); addr = "::ffff:127.0.0.1"
+    if i % 10 in (1, 2):  # ::1 on an IPv6-only socket, ::ffff:127.0.0.1 on a dual-stack one
+        s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, i % 10 == 1)
+        addr = "::1" if i % 10 == 1 else "::ffff:127.0.0.1"
     else:
         s = socket.socket(); addr = f"127.2.{i // 40000}.{i // 20000 % 2 + 1}"
     listen(s, addr, 20000 + i % 20000)
