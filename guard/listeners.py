@@ -1,13 +1,15 @@
 """``syn.synproxy.ports: auto``: the TCP ports the node itself serves on its protected uplinks.
 
-Read from the kernel: NETLINK_SOCK_DIAG (one dump per family, filtered to listeners by the kernel,
-with v6only, the receive buffer and the owner), /proc/net/tcp{,6} as the fallback; addresses from an
-RTM_GETADDR dump. No process is spawned: the watcher refreshes this at its full verification, at
-most every watch/ports.py REDETECT_MIN_S.
+Read from the kernel: NETLINK_SOCK_DIAG (one dump per family, filtered by the kernel to listeners
+not bound to loopback, with v6only, the receive buffer and the owner), /proc/net/tcp{,6} as the
+fallback; addresses from an RTM_GETADDR dump. No process is spawned: the watcher refreshes this at
+its full verification, at most every watch/ports.py REDETECT_MIN_S.
 A port qualifies per family (SYNPROXY completes the handshake before the server is asked, so a
 port without a listener of that family would turn a clean RST into "connected, then reset").
-Measured: 80 ms of CPU for 15,000 listeners (sock_diag; 125 ms with ``forwarded``, which reads the
-receive buffers), a few ms for the tens a node has.
+Any local user can open a million listeners: they are streamed and folded into per-port facts as
+they arrive, never kept, so memory is bounded by ports, not sockets (bench/listeners.py: under 1 MB
+at 1M listeners; as objects it was 215 MB). Measured CPU: 0.3 s (kernel) for 1M loopback listeners,
+0.8 s for 500,000 reachable ones beside 500,000 loopback ones; a few ms for the tens a node has.
 
 Any local user can open listeners, so the rule is who would receive the SYNs, never who exists:
 - only a listener that would receive a SYN from a protected uplink counts, for adding a port and for
@@ -31,7 +33,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 NETLINK_ROUTE, NETLINK_SOCK_DIAG = 0, 4
 RTM_NEWADDR, RTM_GETADDR = 20, 22
@@ -55,24 +57,31 @@ class Listener:
     uid: int | None = None  # the socket's owner (sock_diag only)
 
 
-def _dump(protocol: int, msg_type: int, request: bytes) -> Iterator[bytes]:
-    """Send one netlink dump request; yield each answer's payload (after its nlmsghdr) until DONE."""
+def _dump_at(protocol: int, msg_type: int, request: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """Send one netlink dump request; yield (buffer, start, end) of each answer's payload (after its
+    nlmsghdr) until DONE: read in place, no copy per answer."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol) as s:
         s.bind((0, 0))
         s.send(struct.pack("=IHHII", 16 + len(request), msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + request)
         while True:
-            data = s.recv(1 << 20)
+            data = s.recv(1 << 16)  # a dump's answers come in batches of at most 32 KiB
             off = 0
             while off + 16 <= len(data):
-                ln, typ, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
+                ln, typ = _NLMSG.unpack_from(data, off)
                 if ln < 16 or typ == NLMSG_DONE:
                     return
                 if typ == NLMSG_ERROR:
                     err = -struct.unpack_from("=i", data, off + 16)[0]
                     raise OSError(err, os.strerror(err))
-                if typ != NLMSG_DONE:
-                    yield data[off + 16:off + ln]
+                yield data, off + 16, off + ln
                 off += (ln + 3) & ~3
+
+
+_NLMSG = struct.Struct("=IH10x")
+
+
+def _dump(protocol: int, msg_type: int, request: bytes) -> Iterator[bytes]:
+    return (data[start:end] for data, start, end in _dump_at(protocol, msg_type, request))
 
 
 def _attrs(msg: bytes, off: int) -> Iterator[tuple[int, bytes]]:
@@ -84,84 +93,197 @@ def _attrs(msg: bytes, off: int) -> Iterator[tuple[int, bytes]]:
         off += (alen + 3) & ~3
 
 
-def read_listeners_diag(rcvbuf: bool = True) -> list[Listener]:
-    """``rcvbuf``: ask for each listener's receive buffer too (only ``forwarded`` needs it)."""
-    out: list[Listener] = []
+# A listener as the readers yield it: (family 4 or 6, address bytes, port, ifindex, v6only, rcvbuf, uid),
+# fields as in Listener. Tuples streamed, never kept: any local user can open a million listeners.
+Row = tuple[int, bytes, int, int, bool | None, int | None, int | None]
+
+# inet_diag bytecode (INET_DIAG_REQ_BYTECODE): ops {code, yes, no} run by the kernel on each socket;
+# falling off the end accepts, a jump past it rejects. S_COND's hostcond: family, prefix length, port
+# (-1: any), address; an AF_INET condition also matches the v4-mapped addresses of IPv6 sockets.
+INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_BC_JMP, INET_DIAG_BC_S_COND = 1, 7
+_LOOPBACK = ((socket.AF_INET, 8, bytes([127, 0, 0, 0])), (socket.AF_INET6, 128, bytes(15) + b"\1"))
+
+
+def _no_loopback_bytecode() -> bytes:
+    """Reject sockets bound to 127.0.0.0/8, ::ffff:127.0.0.0/104 or ::1 in the kernel: a local user's
+    loopback listeners then cost no netlink message, and no Python at all."""
+    conds = [struct.pack("=BBxxi", fam, plen, -1) + addr for fam, plen, addr in _LOOPBACK]
+    total = sum(4 + len(c) + 4 for c in conds)
+    prog, at = b"", 0
+    for cond in conds:
+        size = 4 + len(cond)  # yes: on to the jump that rejects; no: past it, on to the next condition
+        prog += struct.pack("=BBH", INET_DIAG_BC_S_COND, size, size + 4) + cond
+        prog += struct.pack("=BBH", INET_DIAG_BC_JMP, 4, total - (at + size) + 4)
+        at += size + 4
+    return struct.pack("=HH", 4 + len(prog), INET_DIAG_REQ_BYTECODE) + prog
+
+
+def _diag_rows(rcvbuf: bool, skip_loopback: bool) -> Iterator[Row]:
+    """Every TCP listener by sock_diag (LISTEN only, filtered by the kernel), one dump per family."""
+    bytecode = _no_loopback_bytecode() if skip_loopback else b""
     for fam, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
         # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (sport, dport,
         # src[16], dst[16], if, cookie[2]) left zero for a dump. The kernel adds INET_DIAG_SKV6ONLY to
         # every AF_INET6 listener by itself; SKMEMINFO (the receive buffer) only when asked for.
         ext = 1 << (INET_DIAG_SKMEMINFO - 1) if rcvbuf else 0
-        req = struct.pack("=BBBxI", fam, socket.IPPROTO_TCP, ext, 1 << TCP_LISTEN) + b"\0" * 48
-        names: dict[bytes, str] = {}  # thousands of listeners share a few addresses
+        req = struct.pack("=BBBxI", fam, socket.IPPROTO_TCP, ext, 1 << TCP_LISTEN) + b"\0" * 48 + bytecode
+        head = _DIAG4 if version == 4 else _DIAG6
         attrs = rcvbuf or version == 6  # IPv4 listeners have nothing else to read there
-        out += [_parse_diag(msg, version, names, attrs) for msg in _dump(NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, req)]
-    return out
+        for msg, off, end in _dump_at(NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, req):
+            sport, src, ifindex, uid = head.unpack_from(msg, off)
+            v6only = size = None
+            at, end = off + 72, end if attrs else 0
+            while at + 4 <= end:
+                alen, atype = _ATTR.unpack_from(msg, at)
+                if alen < 4 or at + alen > end:
+                    break
+                if atype == INET_DIAG_SKV6ONLY and alen > 4:
+                    v6only = bool(msg[at + 4])
+                elif atype == INET_DIAG_SKMEMINFO and alen >= 12:
+                    size = _U32.unpack_from(msg, at + 8)[0]
+                at += (alen + 3) & ~3
+            yield version, src, socket.ntohs(sport), ifindex, v6only, size, uid
 
 
 # inet_diag_msg: family, state, timer, retrans (4 B), then inet_diag_sockid (sport, dport, src[16],
 # dst[16], if, cookie[8]: 48 B), expires, rqueue, wqueue, uid, inode (20 B) = 72 B, then attributes.
-# One precompiled unpack per listener: 15,000 of them (any local user can open that many) are parsed
-# in a fraction of the time field-by-field parsing took.
-_DIAG = struct.Struct("=4x2s2x16s16xI8x12xI4x")
+# One precompiled unpack per listener (the port read in host order, then swapped).
+_DIAG4 = struct.Struct("=4xH2x4s12x16xI8x12xI4x")
+_DIAG6 = struct.Struct("=4xH2x16s16xI8x12xI4x")
 _ATTR = struct.Struct("=HH")
+_U32 = struct.Struct("=I")
 
 
-def _parse_diag(msg: bytes, version: int, names: dict[bytes, str], attrs: bool = True) -> Listener:
-    sport, src, ifindex, uid = _DIAG.unpack_from(msg)
-    raw = src[:4] if version == 4 else src
+def _listener(row: Row, names: dict[bytes, str]) -> Listener:
+    raw = row[1]
     addr = names.get(raw)
     if addr is None:
-        addr = names[raw] = socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6, raw)
-    v6only = rcvbuf = None
-    off, end = 72, len(msg) if attrs else 0
-    while off + 4 <= end:
-        alen, atype = _ATTR.unpack_from(msg, off)
-        if alen < 4 or off + alen > end:
-            break
-        if atype == INET_DIAG_SKV6ONLY and alen > 4:
-            v6only = bool(msg[off + 4])
-        elif atype == INET_DIAG_SKMEMINFO and alen >= 12:
-            rcvbuf = struct.unpack_from("=I", msg, off + 8)[0]
-        off += (alen + 3) & ~3
-    return Listener(version, addr, int.from_bytes(sport, "big"), ifindex, v6only, rcvbuf, uid)
+        addr = names[raw] = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+    return Listener(row[0], addr, *row[2:])
+
+
+def read_listeners_diag(rcvbuf: bool = True) -> list[Listener]:
+    """``rcvbuf``: ask for each listener's receive buffer too (only ``forwarded`` needs it)."""
+    names: dict[bytes, str] = {}  # thousands of listeners share a few addresses
+    return [_listener(row, names) for row in _diag_rows(rcvbuf, skip_loopback=False)]
+
+
+def _proc_rows() -> Iterator[Row]:
+    """The listeners in /proc/net/tcp{,6}, read line by line: no v6only, ifindex, rcvbuf or owner."""
+    swap = socket.htonl(1) != 1  # the kernel prints each 32-bit word in host byte order
+    for version, path in ((4, "/proc/net/tcp"), (6, "/proc/net/tcp6")):
+        try:
+            with open(path, "rb") as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split(None, 4)
+                    if len(parts) < 4 or parts[3] != b"0A":
+                        continue
+                    hexaddr, _, hexport = parts[1].partition(b":")
+                    try:
+                        raw = bytes.fromhex(hexaddr.decode())
+                        port = int(hexport, 16)
+                    except ValueError:
+                        continue
+                    if swap:
+                        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                    if len(raw) == (4 if version == 4 else 16):
+                        yield version, raw, port, 0, None, None, None
+        except FileNotFoundError:
+            pass
 
 
 def read_listeners_proc() -> list[Listener]:
-    out = []
-    for version, path in ((4, "/proc/net/tcp"), (6, "/proc/net/tcp6")):
-        try:
-            with open(path) as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    if parts[3] != "0A":
-                        continue
-                    hexaddr, hexport = parts[1].split(":")
-                    raw = bytes.fromhex(hexaddr)
-                    # the kernel prints each 32-bit word in host byte order
-                    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)) if socket.htonl(1) != 1 else raw
-                    out.append(Listener(version, socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6, raw),
-                                        int(hexport, 16)))
-        except FileNotFoundError:
-            pass
-    return out
+    names: dict[bytes, str] = {}
+    return [_listener(row, names) for row in _proc_rows()]
 
 
 def listening_tcp_ports() -> set[int]:
     """The TCP ports with a listener that is not bound to loopback (any family, any owner)."""
     try:
-        listeners = read_listeners_diag(rcvbuf=False)
+        return {row[2] for row in _diag_rows(rcvbuf=False, skip_loopback=True)}
     except OSError:
-        listeners = read_listeners_proc()
-    return {li.port for li in listeners if not _is_loopback(li.addr)}
+        return {row[2] for row in _proc_rows() if not _is_loopback(row[1])}
 
 
-def _is_loopback(addr: str) -> bool:
-    return addr.startswith(("127.", "::ffff:127.")) or addr == "::1"
+def _is_loopback(raw: bytes) -> bool:
+    """127.0.0.0/8, ::ffff:127.0.0.0/104, ::1."""
+    return raw[0] == 127 if len(raw) == 4 else raw == _LOOPBACK[1][2] or raw[:13] == _MAPPED + b"\x7f"
 
 
-def synproxy_ports(listeners: list[Listener], local_addrs: set[str], protected_ifindexes: set[int],
+_MAPPED = bytes(10) + b"\xff\xff"
+_WILDCARD6 = bytes(16)
+_MANY = object()  # a port's receivers have more than one owner
+
+
+class _Receivers:
+    """Per family and port, only what the rule decides on, whatever the number of listeners: whether
+    an uplink reaches one, its owner if it has only one, whether a listener has a locked receive buffer,
+    whether root's has. Memory is bounded by ports (65,536 a family), not sockets."""
+
+    def __init__(self, local_addrs: set[str], protected_ifindexes: set[int], exclude: set[int],
+                 default_rcvbuf: int | None):
+        self.reach = _reach_table(local_addrs)
+        self.protected, self.exclude, self.default_rcvbuf = protected_ifindexes, exclude, default_rcvbuf
+        self.dual: bool | None = None  # /proc cannot tell v6only: then the namespace default decides
+        self.owner: dict[int, object] = {}  # version << 16 | port: the uid (or _MANY) of its receivers
+        self.locked: set[int] = set()  # ... that have a listener with a locked receive buffer
+        self.root_locked: set[int] = set()  # ... that have root's
+
+    def add(self, version: int, raw: bytes, port: int, ifindex: int, v6only: bool | None,
+            rcvbuf: int | None, uid: int | None) -> None:
+        if port in self.exclude or (ifindex and ifindex not in self.protected):
+            return
+        families = self.reach.get(raw, ())
+        if families is None:  # [::]: a dual-stack listener takes IPv4 too
+            if v6only is None:
+                if self.dual is None:
+                    self.dual = _bindv6only() == 0
+                v6only = not self.dual
+            families = (6,) if v6only else (4, 6)
+        locked = bool(self.default_rcvbuf) and rcvbuf is not None and rcvbuf != self.default_rcvbuf
+        for fam in families:
+            key = fam << 16 | port
+            owner = self.owner.setdefault(key, uid)
+            if owner is not _MANY and owner != uid:
+                self.owner[key] = _MANY
+            if locked:
+                self.locked.add(key)
+                if uid == 0:
+                    self.root_locked.add(key)
+
+    def ports(self) -> dict[int, list[int]]:
+        """A port is left out for a locked receive buffer only by a listener whose owner speaks for it
+        in that family: root, or the owner of every receiver."""
+        out: dict[int, list[int]] = {4: [], 6: []}
+        for key in sorted(self.owner):
+            if key in self.root_locked or (key in self.locked and self.owner[key] is not _MANY):
+                continue
+            out[key >> 16].append(key & 0xFFFF)
+        return out
+
+
+def _reach_table(local_addrs: set[str]) -> dict[bytes, tuple[int, ...] | None]:
+    """The families whose SYNs from a protected uplink a listener bound to each address would receive
+    (None: [::], by its v6only); an address missing here is reached by none: loopback, or one the node
+    does not have (IP_FREEBIND/transparent)."""
+    v4, v6 = {}, {}
+    for a in local_addrs:
+        fam = socket.AF_INET6 if ":" in a else socket.AF_INET
+        try:
+            raw = socket.inet_pton(fam, a)
+        except OSError:
+            continue
+        if socket.inet_ntop(fam, raw) == a and not _is_loopback(raw):
+            if fam == socket.AF_INET:
+                v4[raw] = v4[_MAPPED + raw] = (4,)  # a v4-mapped bind on a dual-stack socket takes IPv4
+            else:
+                v6[raw] = (6,)
+    return {**v4, **v6, bytes(4): (4,), _WILDCARD6: None}
+
+
+def synproxy_ports(listeners: Iterable[Listener], local_addrs: set[str], protected_ifindexes: set[int],
                    exclude: set[int] = frozenset(), default_rcvbuf: int | None = None) -> dict[int, list[int]]:
     """{4: ports, 6: ports} that SYNPROXY may answer for on the protected uplinks.
 
@@ -170,48 +292,13 @@ def synproxy_ports(listeners: list[Listener], local_addrs: set[str], protected_i
     listener whose receive buffer differs was locked by SO_RCVBUF and announces a smaller window scale
     than SYNPROXY would, so its port is left out in the families it receives, if its owner speaks for
     the port there (the module's rule). Blind spot: SO_RCVBUF of exactly tcp_rmem[1] / 2 gives the
-    default value (the kernel doubles it), and TCP_WINDOW_CLAMP is not visible. Strings, not ipaddress
-    objects: 10,000 listeners are classified in a few ms.
+    default value (the kernel doubles it), and TCP_WINDOW_CLAMP is not visible.
     """
-    receivers: dict[tuple[int, int], list[Listener]] = {}
-    # /proc cannot tell v6only: then the namespace default decides
-    dual = any(li.addr == "::" and li.v6only is None for li in listeners) and _bindv6only() == 0
+    found = _Receivers(local_addrs, protected_ifindexes, exclude, default_rcvbuf)
     for li in listeners:
-        if li.port not in exclude:
-            for version in _families_reached(li, local_addrs, protected_ifindexes, dual):
-                receivers.setdefault((version, li.port), []).append(li)
-    ports: dict[int, list[int]] = {4: [], 6: []}
-    for (version, port), found in sorted(receivers.items()):
-        if not (default_rcvbuf and _locked_out(found, default_rcvbuf)):
-            ports[version].append(port)
-    return ports
-
-
-def _families_reached(li: Listener, local_addrs: set[str], protected_ifindexes: set[int],
-                      dual: bool) -> tuple[int, ...]:
-    """The families whose SYNs from a protected uplink ``li`` would receive; () for none. ``dual``: a
-    [::] listener of unknown v6only takes IPv4 too."""
-    a = li.addr
-    if _is_loopback(a) or (li.ifindex and li.ifindex not in protected_ifindexes):
-        return ()
-    if a == "0.0.0.0":
-        return (4,)
-    if a == "::":
-        v6only = not dual if li.v6only is None else li.v6only
-        return (6,) if v6only else (4, 6)  # a dual-stack [::] listener takes IPv4 too
-    if a in local_addrs:
-        return (li.family,)
-    if a.startswith("::ffff:") and a[7:] in local_addrs:  # v4-mapped bind on a dual-stack socket
-        return (4,)
-    return ()  # bound to an address the node does not have (IP_FREEBIND/transparent)
-
-
-def _locked_out(receivers: list[Listener], default_rcvbuf: int) -> bool:
-    """Is a port of one family, received by ``receivers``, left out for a locked receive buffer? Only
-    by a listener whose owner speaks for the port: root, or the owner of every receiver."""
-    owners = {li.uid for li in receivers}
-    return any(li.rcvbuf is not None and li.rcvbuf != default_rcvbuf and (li.uid == 0 or owners == {li.uid})
-               for li in receivers)
+        raw = socket.inet_pton(socket.AF_INET6 if ":" in li.addr else socket.AF_INET, li.addr)
+        found.add(li.family, raw, li.port, li.ifindex, li.v6only, li.rcvbuf, li.uid)
+    return found.ports()
 
 
 def _bindv6only() -> int:
@@ -238,13 +325,22 @@ def auto_ports(protected: tuple[str, ...], exclude: set[int], synproxy_answers: 
     """``ports: auto``: {4: ports, 6: ports} the node listens on, reachable from ``protected``.
     ``synproxy_answers`` (``forwarded``): SYNPROXY, not the listener, answers engaged host ports, so a
     listener's locked receive buffer matters."""
-    try:
-        listeners = read_listeners_diag(rcvbuf=synproxy_answers)
-    except OSError:
-        listeners = read_listeners_proc()
     addrs, index = local_addresses()
     rmem_default = _tcp_rmem_default() if synproxy_answers else None
-    return synproxy_ports(listeners, addrs, {index[n] for n in protected if n in index}, exclude, rmem_default)
+    rule = (addrs, {index[n] for n in protected if n in index}, exclude, rmem_default)
+    try:  # sock_diag, loopback dropped by the kernel; streamed, so a failure may come half-way
+        found = _receivers(_diag_rows(synproxy_answers, skip_loopback=True), *rule)
+    except OSError:
+        found = _receivers(_proc_rows(), *rule)
+    return found.ports()
+
+
+def _receivers(rows: Iterable[Row], *args) -> _Receivers:
+    found = _Receivers(*args)
+    add = found.add
+    for row in rows:
+        add(*row)
+    return found
 
 
 def _tcp_rmem_default() -> int | None:

@@ -225,3 +225,87 @@ def test_a_costly_look_at_the_listeners_defers_the_next_by_its_share_of_a_core()
     assert not held.due(policy, 100.0 + REDETECT_MIN_S - 0.01) and held.due(policy, 100.0 + REDETECT_MIN_S)
     held.looked(100.0, 1.0)
     assert not held.due(policy, 100.0 + 1.0 / BUSY_SHARE - 0.01) and held.due(policy, 100.0 + 1.0 / BUSY_SHARE)
+
+
+# Opens LOOPBACK listeners on loopback (127.2.x.y, ::1, and v4-mapped ::ffff:127.0.0.1 on dual-stack
+# sockets) and REACHABLE ones on 0.0.0.0 (SO_REUSEPORT, ports 40000-40009), each with a locked receive
+# buffer; prints how many of each, and holds them until stdin closes.
+MANY = r"""
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+loopback, reachable = int(sys.argv[1]), int(sys.argv[2])
+loopback = min(loopback, hard - 64 - reachable)
+held = []
+def listen(s, addr, port):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.bind((addr, port)); s.listen(1); held.append(s)
+for i in range(loopback):
+    if i % 10 in (1, 2):  # ::1 on an IPv6-only socket, ::ffff:127.0.0.1 on a dual-stack one
+        s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, i % 10 == 1)
+        addr = "::1" if i % 10 == 1 else "::ffff:127.0.0.1"
+    else:
+        s = socket.socket(); addr = f"127.2.{i // 40000}.{i // 20000 % 2 + 1}"
+    listen(s, addr, 20000 + i % 20000)
+for i in range(reachable):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listen(s, "0.0.0.0", 40000 + i % 10)
+print(loopback, reachable, flush=True)
+sys.stdin.read()
+"""
+# ``ports: auto`` both ways, and what it cost: the listeners that reached Python (the aggregation's
+# calls), the Python memory at its peak; every listener there is; the same rule over /proc's lines.
+LOOK_MANY = r"""
+import json, tracemalloc
+from guard import listeners as L
+added, add = [0], L._Receivers.add
+def counted(self, *row):
+    added[0] += 1
+    add(self, *row)
+L._Receivers.add = counted
+tracemalloc.start()
+ports = {mode: L.auto_ports(("ngt0",), set(), fwd) for mode, fwd in (("syncookies", False), ("synproxy", True))}
+peak = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
+addrs, idx = L.local_addresses()
+print(json.dumps({**ports, "peak": peak, "added": added[0], "all": len(L.read_listeners_diag(rcvbuf=False)),
+                  "proc": L._receivers(L._proc_rows(), addrs, {idx["ngt0"]}, set(), None).ports()}))
+"""
+MAPPED = ["::ffff:10.99.0.2", 6450, {"IPV6_V6ONLY": 0}]  # root's v4-mapped bind: IPv4 6450
+
+
+@pytest.mark.calm
+def test_a_local_users_many_loopback_listeners_cost_no_memory_and_change_nothing(ns):
+    """Issue 19: a million loopback listeners of nobody's took the daemon past its MemoryMax, each one a
+    Python object before loopback was dropped. The kernel drops them now (sock_diag bytecode), and the
+    reachable rest is folded per port as it streams: same ports, memory that does not grow with them."""
+    for cmd in ("ip link add ngt0 type veth peer name ngt0p", "ip addr add 10.99.0.2/24 dev ngt0",
+                "ip addr add 10.99.0.3/24 dev ngt0", "ip link set ngt0 up"):
+        ns.run(cmd)
+    procs = []
+    try:
+        procs.append(ns.popen([sys.executable, "-c", OPEN, json.dumps([*ROOT, MAPPED])], stdin=subprocess.PIPE))
+        assert set(json.loads(procs[0].stdout.readline() or procs[0].stderr.read()).values()) == {"ok"}
+        alone = json.loads(ns.run([sys.executable, "-c", LOOK_MANY]).stdout)
+        procs.append(ns.popen([*AS_NOBODY, sys.executable, "-c", MANY, "16000", "4000"], stdin=subprocess.PIPE))
+        loopback, reachable = map(int, (procs[1].stdout.readline() or procs[1].stderr.read()).split())
+        crowded = json.loads(ns.run([sys.executable, "-c", LOOK_MANY]).stdout)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    print(f"\n{loopback} loopback, {reachable} reachable listeners: {alone['added']} -> {crowded['added']} rows "
+          f"aggregated, Python peak {alone['peak']} -> {crowded['peak']} B")
+    assert loopback >= 900 and reachable == 4000, "too few descriptors allowed to matter"
+    assert crowded["all"] == alone["all"] + loopback + reachable == len(ROOT) + 1 + loopback + reachable
+    services = [6443, 6444, 6445, 6446, 6448, 6450]
+    assert alone["syncookies"] == alone["proc"] == {"4": services, "6": []}
+    assert alone["synproxy"] == {"4": [6443, 6444, 6445, 6448, 6450], "6": []}, "root's own lock leaves 6446 out"
+    # nobody's loopback listeners change nothing; its reachable ones add its own ports, which its
+    # locked buffers take out again where SYNPROXY answers
+    assert crowded["syncookies"] == crowded["proc"] == {"4": services + list(range(40000, 40010)), "6": []}
+    assert crowded["synproxy"] == alone["synproxy"]
+    assert crowded["added"] == alone["added"] + 2 * reachable, "the kernel sent none of the loopback listeners"
+    # measured 73 KB alone, 106 KB beside them (mostly 64 KiB receive buffers); as objects, the 4,000 reachable
+    # listeners alone were ~0.9 MB (bench/listeners.py: 215 B each)
+    assert crowded["peak"] < 256 * 1024, crowded["peak"]
