@@ -306,6 +306,8 @@ class BoundedHTTPServer:
         beyond ``connections_max`` among all that are not being answered; if every one is, the newest."""
         now = time.monotonic()
         most = max(map(len, self._by_client.values()))
+        best = (-most, 0)
+        within = most <= self.limits.per_client  # then only age ripens one: the ripe are a prefix
         ripe: tuple[tuple[int, int], _Conn] | None = None
         young: tuple[tuple[int, int], _Conn] | None = None
         for conn in self._conns.values():  # oldest first: the first of a key wins
@@ -317,10 +319,14 @@ class BoundedHTTPServer:
             if held > self.limits.per_client or now - conn.born >= self.limits.grace_s:
                 if ripe is None or key < ripe[0]:
                     ripe = (key, conn)
-                    if key == (-most, 0):
+                    if key == best:
                         break  # no better one can follow
+            elif within and ripe is not None:
+                break  # the rest are younger still
             elif young is None or key < young[0]:
                 young = (key, conn)
+                if within and key == best:
+                    break
         if ripe is not None:
             return ripe[1]
         if young is None:
