@@ -11,12 +11,17 @@ kubelet's liveness probe is one more. So what any client can take is bounded:
   closed when it runs out, its unsent bytes dropped;
 * a request head is at most ``Limits.head_bytes``;
 * at most ``Limits.per_client`` connections per client (an IPv4 address, an IPv6 /64) and
-  ``Limits.connections`` in all. A connection over either cap **evicts** one of that client, or
-  of all, rather than being refused: the oldest that has sent nothing, else the oldest that sent
-  part of a head, never one whose request is complete (if every one is, the newcomer is closed).
-  What a connection sent with its connect is read at accept: a probe or a scraper, which sends its
-  request at once, is answered (or its request is complete) before a flood of silent connections
-  from its own address can evict it; such a flood only churns its own entries;
+  ``Limits.connections`` in all. A connection over either cap **evicts** another rather than being
+  refused, never one whose request is complete (if every one is, the newcomer is closed). Over a
+  client's cap: that client's oldest that has sent nothing, else its oldest that sent part of a
+  head. Over the total: from the client holding the most connections, its oldest silent one, else
+  its oldest partial one. Either way a connection has ``Limits.grace_s`` from its accept to send
+  its request before it can be evicted, unless its client is over its own cap; only beyond
+  ``Limits.connections_max`` does the total cap take connections in their grace, by the same order.
+  So a client that holds one connection (a probe) is answered if its request arrives within the
+  grace, unless ``connections_max`` newer connections arrive first from clients that hold one each.
+  What a connection sent with its connect is read at accept, and a silent victim once more before
+  it goes: a request that is in is never what the caps evict;
 * expensive routes (``/metrics``) run one at a time in one worker thread, so the process' thread
   count (the unit's ``TasksMax=``) does not depend on clients.
 
@@ -48,12 +53,14 @@ class Limits:
     head_s: float = 5.0         # from accept to the end of the request head
     reply_s: float = 10.0       # from the end of the head to the last byte of the answer
     head_bytes: int = 8192      # request line and headers
-    connections: int = 64       # open at once, in all (file descriptors, memory for answers)
+    connections: int = 64       # open at once, in all, once their grace is over (memory for answers)
+    connections_max: int = 512  # open at once, in all, in their grace or not (file descriptors: the
+                                # unit's soft limit is 1024)
     backlog: int = 256          # the kernel's accept queue: a burst of connects waits there, not
                                 # dropped SYNs retransmitted a second later (a probe among them)
     per_client: int = 4         # open at once per IPv4 address or IPv6 /64 (see grace_s)
-    grace_s: float = 0.2        # a new connection's time to send its request before the per-client
-                                # cap may evict it for silence (the total cap may, at once)
+    grace_s: float = 0.2        # a new connection's time to send its request before a cap may evict
+                                # it (at once if its client is over per_client, or beyond connections_max)
     error_log_s: float = 60.0   # a route's unexpected failures: one log line per this, with a count
     send_buffer: int = 65536    # SO_SNDBUF of a connection: the kernel memory (charged to the unit's
                                 # MemoryMax=) a client that does not read can pin; the rest waits here
@@ -110,7 +117,9 @@ class BoundedHTTPServer:
         self._conns: dict[socket.socket, _Conn] = {}  # in order of arrival: the first is the oldest
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._done: deque[tuple[_Conn, Reply]] = deque()
+        self._by_client: dict[str, dict[socket.socket, _Conn]] = {}  # each client's, in order of arrival
         self._crowded: set[str] = set()  # clients over their cap with silent ones still in grace
+        self._over = False               # over the total cap with every candidate still in grace
         self._stop = False
         self._stopped = threading.Event()
         self._stopped.set()
@@ -161,7 +170,7 @@ class BoundedHTTPServer:
     def _turn(self) -> None:
         now = time.monotonic()
         soonest = min((c.deadline for c in self._conns.values()), default=now + 1.0)
-        if self._crowded:
+        if self._crowded or self._over:
             soonest = min(soonest, now + self.limits.grace_s / 2)
         events = self._sel.select(min(1.0, max(0.0, soonest - now)))
         events.sort(key=lambda event: event[0].fileobj is self.socket)  # accepts last (see _accept)
@@ -182,6 +191,9 @@ class BoundedHTTPServer:
                 self._answer(conn, reply)
         for client in list(self._crowded):
             self._make_room(client)
+        if self._over:
+            self._over = False
+            self._make_room(None)
         now = time.monotonic()
         for conn in [c for c in self._conns.values() if c.deadline <= now]:
             log.debug("metrics client %s: out of time, closed", conn.client)
@@ -208,40 +220,74 @@ class BoundedHTTPServer:
             self._read(conn)
             if not conn.closed:  # answered at once (a probe) never counts against a cap
                 self._conns[sock] = conn
+                self._by_client.setdefault(conn.client, {})[sock] = conn
                 self._make_room(conn.client)
 
-    def _make_room(self, client: str) -> None:
-        """Over a cap, evict by ``_Conn.eviction_rank``, oldest first. Over ``client``'s, a silent
-        one only once silent for ``Limits.grace_s`` (till then the cap waits), one that sent part of
-        a head only when none is silent; over the total, at once. If every one is being answered,
-        the newest goes. A silent victim is read once more first: a request that arrived since its
-        accept saves it."""
+    def _make_room(self, client: str | None) -> None:
+        """Evict while over a cap (the order: the module's doc); ``client``: the one that just grew, if
+        any. A silent victim is read once more first: a request that arrived since its accept saves it."""
         while True:
-            now = time.monotonic()
-            mine = [c for c in self._conns.values() if c.client == client]
-            pool: list[_Conn] = []
-            self._crowded.discard(client)
-            if len(mine) > self.limits.per_client:
-                silent = [c for c in mine if c.eviction_rank() == 0]
-                pool = [c for c in silent if now - c.born >= self.limits.grace_s] if silent \
-                    else [c for c in mine if c.eviction_rank() == 1]
-                if silent and not pool:
-                    self._crowded.add(client)  # looked at again each turn, until within the cap
-                elif not pool:  # every one is being answered: the newest goes, its request unanswered
-                    self._close(mine[-1])
-                    continue
-            if not pool and len(self._conns) > self.limits.connections:
-                pool = [c for c in self._conns.values() if c.eviction_rank() is not None]
-                if not pool:
-                    self._close(next(reversed(self._conns.values())))
-                    continue
-            if not pool:
+            victim = None if client is None else self._client_victim(client)
+            if victim is None and len(self._conns) > self.limits.connections:
+                victim = self._total_victim()
+            if victim is None:
                 return
-            victim = min(pool, key=_Conn.eviction_rank)  # min keeps the first (oldest) of a rank
             if victim.eviction_rank() == 0 and self._read(victim):
                 continue  # it spoke (or hung up): look again
             log.debug("metrics client %s: evicted by a newer connection", victim.client)
             self._close(victim)
+
+    def _client_victim(self, client: str) -> _Conn | None:
+        """Over ``client``'s cap: its oldest silent one once past its grace (till then the cap waits),
+        else its oldest partial one, else (every one being answered) its newest."""
+        mine = self._by_client.get(client, {})
+        self._crowded.discard(client)
+        if len(mine) <= self.limits.per_client:
+            return None
+        now = time.monotonic()
+        silent = [c for c in mine.values() if c.eviction_rank() == 0]
+        if silent:
+            ripe = [c for c in silent if now - c.born >= self.limits.grace_s]
+            if not ripe:
+                self._crowded.add(client)  # looked at again each turn, until within the cap
+            return ripe[0] if ripe else None
+        return next((c for c in mine.values() if c.eviction_rank() == 1), next(reversed(mine.values())))
+
+    def _total_victim(self) -> _Conn | None:
+        """Over the total cap: from the client holding the most connections, its oldest silent one,
+        else its oldest partial one, among those past their grace or whose client is over its cap;
+        beyond ``connections_max`` among all that are not being answered; if every one is, the newest."""
+        now = time.monotonic()
+        most = max(map(len, self._by_client.values()))
+        best = (-most, 0)
+        within = most <= self.limits.per_client  # then only age ripens one: the ripe are a prefix
+        ripe: tuple[tuple[int, int], _Conn] | None = None
+        young: tuple[tuple[int, int], _Conn] | None = None
+        for conn in self._conns.values():  # oldest first: the first of a key wins
+            rank = conn.eviction_rank()
+            if rank is None:
+                continue
+            held = len(self._by_client[conn.client])
+            key = (-held, rank)
+            if held > self.limits.per_client or now - conn.born >= self.limits.grace_s:
+                if ripe is None or key < ripe[0]:
+                    ripe = (key, conn)
+                    if key == best:
+                        break  # no better one can follow
+            elif within and ripe is not None:
+                break  # the rest are younger still
+            elif young is None or key < young[0]:
+                young = (key, conn)
+                if within and key == best:
+                    break
+        if ripe is not None:
+            return ripe[1]
+        if young is None:
+            return next(reversed(self._conns.values()))
+        if len(self._conns) > self.limits.connections_max:
+            return young[1]
+        self._over = True  # looked at again each turn, until within the cap
+        return None
 
     def _read(self, conn: _Conn) -> bool:
         """Read what ``conn`` sent and act on it; False if there was nothing to read yet."""
@@ -310,6 +356,9 @@ class BoundedHTTPServer:
             return
         conn.closed = True
         self._conns.pop(conn.sock, None)
+        mine = self._by_client.get(conn.client, {})
+        if mine.pop(conn.sock, None) is not None and not mine:
+            del self._by_client[conn.client]
         try:
             self._sel.unregister(conn.sock)
         except (KeyError, ValueError):

@@ -354,17 +354,17 @@ def test_slow_clients_never_starve_healthz_and_are_cut_at_the_request_deadline(s
 @pytest.mark.parametrize("sources", [["127.0.0.2"] * 200, [f"127.0.1.{i}" for i in range(1, 201)]],
                          ids=["one address", "200 addresses"])
 def test_hundreds_of_idle_connections_are_capped_and_healthz_answers(server, sources):
-    """200 connections that say nothing, from one address or from 200: the server keeps at most
-    Limits.per_client of one address and Limits.connections in all (the oldest go first), and a
-    probe from the flooding address itself is answered."""
+    """200 connections that say nothing, from one address or from 200: once their grace is over the
+    server keeps at most Limits.per_client of one address and Limits.connections in all (the oldest
+    go first), and a probe from the flooding address itself is answered."""
     srv = server(lambda: SNAPSHOT, alive_beat(), limits=LIMITS)
     idle = [connect(srv.port, src) for src in sources]
     try:
         code, took = healthz(srv.port, src=sources[-1])
         assert code == 200 and took < PROBE_BOUND_S, (code, took)
         cap = LIMITS.per_client if len(set(sources)) == 1 else LIMITS.connections
-        assert srv.open_connections <= LIMITS.connections
-        deadline = time.monotonic() + 1  # the per-client cap waits Limits.grace_s for silent ones
+        assert srv.open_connections <= LIMITS.connections_max
+        deadline = time.monotonic() + 1  # the caps wait Limits.grace_s for silent ones
         while sum(map(closed_by_server, idle)) < len(idle) - cap and time.monotonic() < deadline:
             time.sleep(0.05)
         assert srv.open_connections <= cap
@@ -523,6 +523,42 @@ def test_over_the_cap_a_silent_connection_goes_before_one_that_sent_part_of_a_re
             for s in silent:
                 s.close()
 
+
+
+def test_over_the_total_cap_the_client_holding_the_most_loses_one_not_the_oldest(server):
+    """A lone silent connection (the oldest) and seven from two clients, all past their grace; then
+    an eighth that puts both clients at their cap of 4 and the server over its total of 8: the
+    oldest of a client holding the most goes, not the lone one."""
+    srv = server(lambda: SNAPSHOT, alive_beat(), limits=dataclasses.replace(LIMITS, connections=8))
+    socks = [connect(srv.port, src) for src in ["127.0.2.1"] + ["127.0.2.2"] * 4 + ["127.0.2.3"] * 3]
+    try:
+        time.sleep(LIMITS.grace_s + 0.1)
+        socks.append(connect(srv.port, "127.0.2.3"))
+        wait_until(lambda: srv.open_connections == 8, timeout=2)
+        time.sleep(0.2)  # a later turn must not take another
+        assert srv.open_connections == 8
+        assert [closed_by_server(s) for s in socks] == [False, True] + [False] * 7
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_connections_in_their_grace_are_evicted_only_beyond_connections_max(server):
+    """40 silent connections from 40 addresses at once: they stay in their grace up to
+    Limits.connections_max (16 here; the oldest go beyond it), then down to Limits.connections (8)."""
+    limits = dataclasses.replace(LIMITS, connections=8, connections_max=16, grace_s=1.0)
+    srv = server(lambda: SNAPSHOT, alive_beat(), limits=limits)
+    t0 = time.monotonic()
+    socks = [connect(srv.port, f"127.0.3.{i}") for i in range(1, 41)]
+    try:
+        wait_until(lambda: sum(map(closed_by_server, socks)) == 24, timeout=limits.grace_s / 2)
+        assert time.monotonic() - t0 < limits.grace_s and srv.open_connections == 16
+        assert [closed_by_server(s) for s in socks] == [True] * 24 + [False] * 16
+        wait_until(lambda: srv.open_connections == 8, timeout=limits.grace_s + 1)
+        assert [closed_by_server(s) for s in socks] == [True] * 32 + [False] * 8
+    finally:
+        for s in socks:
+            s.close()
 
 # --- requests that fail (review of issue 19) -----------------------------------------------
 @pytest.mark.parametrize("accept", ["application/openmetrics-text; version=x", "text/plain; version=x",
