@@ -30,7 +30,6 @@ One request per connection (``Connection: close``), GET only.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import queue
 import selectors
@@ -39,56 +38,12 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass
 
-from .aggregate import source_key
+from .httpcaps import Conn, Limits, client_key, client_victim, total_victim
 from .httpmessages import Reply, Request, Route, encode, parse_head, text_reply
 from .logs import Throttle
 
 log = logging.getLogger("nodeguard.metrics")
-
-
-@dataclass(frozen=True)
-class Limits:
-    head_s: float = 5.0         # from accept to the end of the request head
-    reply_s: float = 10.0       # from the end of the head to the last byte of the answer
-    head_bytes: int = 8192      # request line and headers
-    connections: int = 64       # open at once, in all, once their grace is over (memory for answers)
-    connections_max: int = 512  # open at once, in all, in their grace or not (file descriptors: the
-                                # unit's soft limit is 1024)
-    backlog: int = 256          # the kernel's accept queue: a burst of connects waits there, not
-                                # dropped SYNs retransmitted a second later (a probe among them)
-    per_client: int = 4         # open at once per IPv4 address or IPv6 /64 (see grace_s)
-    grace_s: float = 0.2        # a new connection's time to send its request before a cap may evict
-                                # it (at once if its client is over per_client, or beyond connections_max)
-    error_log_s: float = 60.0   # a route's unexpected failures: one log line per this, with a count
-    send_buffer: int = 65536    # SO_SNDBUF of a connection: the kernel memory (charged to the unit's
-                                # MemoryMax=) a client that does not read can pin; the rest waits here
-
-
-def client_key(host: str) -> str:
-    """Whose connection this is, for ``Limits.per_client``: as the kernel meters sources (an IPv4
-    address, an IPv6 /64); an IPv4 client of a dual-stack socket counts as its IPv4 address."""
-    try:
-        mapped = ipaddress.IPv6Address(host.split("%", 1)[0]).ipv4_mapped
-    except ValueError:
-        mapped = None
-    return str(mapped) if mapped else source_key(host)
-
-
-class _Conn:
-    __slots__ = ("sock", "client", "born", "deadline", "head", "complete", "out", "closed")
-
-    def __init__(self, sock: socket.socket, client: str, born: float, deadline: float):
-        self.sock, self.client, self.born, self.deadline = sock, client, born, deadline
-        self.head = bytearray()
-        self.complete = False                # its request head is in: being answered
-        self.out: memoryview | None = None   # the answer's unsent bytes, once there is one
-        self.closed = False
-
-    def eviction_rank(self) -> int | None:
-        """Which to evict first over a cap: 0 sent nothing, 1 sent part of a head, None never."""
-        return None if self.complete else (1 if self.head else 0)
 
 
 class BoundedHTTPServer:
@@ -114,10 +69,10 @@ class BoundedHTTPServer:
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ)
-        self._conns: dict[socket.socket, _Conn] = {}  # in order of arrival: the first is the oldest
+        self._conns: dict[socket.socket, Conn] = {}  # in order of arrival: the first is the oldest
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._done: deque[tuple[_Conn, Reply]] = deque()
-        self._by_client: dict[str, dict[socket.socket, _Conn]] = {}  # each client's, in order of arrival
+        self._done: deque[tuple[Conn, Reply]] = deque()
+        self._by_client: dict[str, dict[socket.socket, Conn]] = {}  # each client's, in order of arrival
         self._crowded: set[str] = set()  # clients over their cap with silent ones still in grace
         self._over = False               # over the total cap with every candidate still in grace
         self._stop = False
@@ -215,7 +170,7 @@ class BoundedHTTPServer:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.send_buffer)
             now = time.monotonic()
-            conn = _Conn(sock, client_key(addr[0]), now, now + self.limits.head_s)
+            conn = Conn(sock, client_key(addr[0]), now, now + self.limits.head_s)
             self._sel.register(sock, selectors.EVENT_READ, conn)
             self._read(conn)
             if not conn.closed:  # answered at once (a probe) never counts against a cap
@@ -227,9 +182,15 @@ class BoundedHTTPServer:
         """Evict while over a cap (the order: the module's doc); ``client``: the one that just grew, if
         any. A silent victim is read once more first: a request that arrived since its accept saves it."""
         while True:
-            victim = None if client is None else self._client_victim(client)
+            now, victim = time.monotonic(), None
+            if client is not None:
+                victim, waiting = client_victim(self._by_client.get(client, {}), self.limits, now)
+                self._crowded.discard(client)
+                if waiting:
+                    self._crowded.add(client)  # looked at again each turn, until within the cap
             if victim is None and len(self._conns) > self.limits.connections:
-                victim = self._total_victim()
+                victim, over = total_victim(self._conns, self._by_client, self.limits, now)
+                self._over = self._over or over  # looked at again each turn, until within the cap
             if victim is None:
                 return
             if victim.eviction_rank() == 0 and self._read(victim):
@@ -237,59 +198,7 @@ class BoundedHTTPServer:
             log.debug("metrics client %s: evicted by a newer connection", victim.client)
             self._close(victim)
 
-    def _client_victim(self, client: str) -> _Conn | None:
-        """Over ``client``'s cap: its oldest silent one once past its grace (till then the cap waits),
-        else its oldest partial one, else (every one being answered) its newest."""
-        mine = self._by_client.get(client, {})
-        self._crowded.discard(client)
-        if len(mine) <= self.limits.per_client:
-            return None
-        now = time.monotonic()
-        silent = [c for c in mine.values() if c.eviction_rank() == 0]
-        if silent:
-            ripe = [c for c in silent if now - c.born >= self.limits.grace_s]
-            if not ripe:
-                self._crowded.add(client)  # looked at again each turn, until within the cap
-            return ripe[0] if ripe else None
-        return next((c for c in mine.values() if c.eviction_rank() == 1), next(reversed(mine.values())))
-
-    def _total_victim(self) -> _Conn | None:
-        """Over the total cap: from the client holding the most connections, its oldest silent one,
-        else its oldest partial one, among those past their grace or whose client is over its cap;
-        beyond ``connections_max`` among all that are not being answered; if every one is, the newest."""
-        now = time.monotonic()
-        most = max(map(len, self._by_client.values()))
-        best = (-most, 0)
-        within = most <= self.limits.per_client  # then only age ripens one: the ripe are a prefix
-        ripe: tuple[tuple[int, int], _Conn] | None = None
-        young: tuple[tuple[int, int], _Conn] | None = None
-        for conn in self._conns.values():  # oldest first: the first of a key wins
-            rank = conn.eviction_rank()
-            if rank is None:
-                continue
-            held = len(self._by_client[conn.client])
-            key = (-held, rank)
-            if held > self.limits.per_client or now - conn.born >= self.limits.grace_s:
-                if ripe is None or key < ripe[0]:
-                    ripe = (key, conn)
-                    if key == best:
-                        break  # no better one can follow
-            elif within and ripe is not None:
-                break  # the rest are younger still
-            elif young is None or key < young[0]:
-                young = (key, conn)
-                if within and key == best:
-                    break
-        if ripe is not None:
-            return ripe[1]
-        if young is None:
-            return next(reversed(self._conns.values()))
-        if len(self._conns) > self.limits.connections_max:
-            return young[1]
-        self._over = True  # looked at again each turn, until within the cap
-        return None
-
-    def _read(self, conn: _Conn) -> bool:
+    def _read(self, conn: Conn) -> bool:
         """Read what ``conn`` sent and act on it; False if there was nothing to read yet."""
         try:
             data = conn.sock.recv(4096)
@@ -304,7 +213,7 @@ class BoundedHTTPServer:
         self._on_head(conn)
         return True
 
-    def _on_head(self, conn: _Conn) -> None:
+    def _on_head(self, conn: Conn) -> None:
         """Answer, queue or keep waiting for ``conn``'s request head, as much of it as is in."""
         end = min((i for i in (conn.head.find(b"\r\n\r\n"), conn.head.find(b"\n\n")) if i >= 0), default=-1)
         if end < 0:
@@ -329,7 +238,7 @@ class BoundedHTTPServer:
             self._sel.unregister(conn.sock)  # nothing to read until its answer is written
             self._jobs.put((conn, route, request))
 
-    def _answer(self, conn: _Conn, reply: Reply) -> None:
+    def _answer(self, conn: Conn, reply: Reply) -> None:
         conn.out = memoryview(encode(reply))
         try:
             self._sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
@@ -337,7 +246,7 @@ class BoundedHTTPServer:
             self._sel.register(conn.sock, selectors.EVENT_WRITE, conn)
         self._write(conn)
 
-    def _write(self, conn: _Conn) -> None:
+    def _write(self, conn: Conn) -> None:
         try:
             sent = conn.sock.send(conn.out)
         except (BlockingIOError, InterruptedError):
@@ -349,7 +258,7 @@ class BoundedHTTPServer:
         if not conn.out:
             self._close(conn, lingering=True)
 
-    def _close(self, conn: _Conn, lingering: bool = False) -> None:
+    def _close(self, conn: Conn, lingering: bool = False) -> None:
         """Close; ``lingering``: after a full answer, read what the client sent beyond its head
         first, so that the kernel ends with FIN rather than a reset that could discard the answer."""
         if conn.closed:
