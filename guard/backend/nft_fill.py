@@ -68,6 +68,18 @@ def elements(version: int, prefixes: list[tuple[int, int]]) -> list[bytes]:
     return out
 
 
+def _add_elements(msgs: list[bytes], ref: bytes, elems: list[bytes]) -> None:
+    """Append NEWSETELEM messages carrying ``elems`` to the set ``ref`` names, as few as fit."""
+    chunk, size = [], 0
+    for i, e in enumerate(elems):
+        chunk.append(e)
+        size += len(e)
+        if size > ELEMENTS_MAX - 64 or i == len(elems) - 1:
+            msgs.append(_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM, len(msgs), NFPROTO_INET,
+                                 ref + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(chunk))))
+            chunk, size = [], 0
+
+
 def batch(table: str, sets: list[tuple[str, int, list[tuple[int, int]]]], commit: bool = True) -> list[bytes]:
     """One batch: the table (created if missing, else left alone), then each ``(name, IP version,
     prefixes)`` as a new interval set with its elements. Without ``commit`` the batch has no end: the
@@ -83,14 +95,7 @@ def batch(table: str, sets: list[tuple[str, int, list[tuple[int, int]]]], commit
             _nla(NFTA_SET_KEY_TYPE, struct.pack(">I", KEY_TYPE[version])),
             _nla(NFTA_SET_KEY_LEN, struct.pack(">I", 4 if version == 4 else 16)),
             _nla(NFTA_SET_ID, struct.pack(">I", set_id)), _nla(NFTA_SET_USERDATA, KEY_BIG_ENDIAN)))))
-        elems, chunk, size = elements(version, prefixes), [], 0
-        for i, e in enumerate(elems):
-            chunk.append(e)
-            size += len(e)
-            if size > ELEMENTS_MAX - 64 or i == len(elems) - 1:
-                msgs.append(_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM, len(msgs), NFPROTO_INET,
-                                     ref + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(chunk))))
-                chunk, size = [], 0
+        _add_elements(msgs, ref, elements(version, prefixes))
     if commit:
         msgs.append(_message(NFNL_MSG_BATCH_END, len(msgs), socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES))
     return msgs
@@ -100,18 +105,10 @@ def timed_batch(table: str, name: str, rows: list[tuple[bytes, int]]) -> list[by
     """One batch adding ``(key, timeout in ms)`` elements to the existing set ``name``: what ``nft add
     element`` sends (no NLM_F_EXCL: an element already there is no error and keeps its own timeout),
     without libnftables' JSON of 65,536 elements (seconds of CPU and hundreds of MB)."""
-    ref = _set_ref(name, table)
     msgs = [_message(NFNL_MSG_BATCH_BEGIN, 0, socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES)]
-    chunk, size = [], 0
-    for i, (key, ms) in enumerate(rows):
-        e = _nest(NFTA_LIST_ELEM, _nest(NFTA_SET_ELEM_KEY, _nla(NFTA_DATA_VALUE, key))
-                  + _nla(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", ms)))
-        chunk.append(e)
-        size += len(e)
-        if size > ELEMENTS_MAX - 64 or i == len(rows) - 1:
-            msgs.append(_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM, len(msgs), NFPROTO_INET,
-                                 ref + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(chunk))))
-            chunk, size = [], 0
+    _add_elements(msgs, _set_ref(name, table), [
+        _nest(NFTA_LIST_ELEM, _nest(NFTA_SET_ELEM_KEY, _nla(NFTA_DATA_VALUE, key))
+              + _nla(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", ms))) for key, ms in rows])
     msgs.append(_message(NFNL_MSG_BATCH_END, len(msgs), socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES))
     return msgs
 
