@@ -34,12 +34,17 @@ def _replies(attacker, src: str) -> int:
                                           check=False).stdout)[1]
 
 
+def _policy(tmp_path, snap) -> str:
+    """No sampler; a look every 0.5 s; a snapshot to ``snap`` every second."""
+    return write(tmp_path / "p.yaml", f"sampler:\n  enabled: false\n  log: {tmp_path}/attacks.jsonl\n"
+                 f"watcher:\n  state_file: {tmp_path}/watch.json\n  verify_interval_s: 0.5\n"
+                 f"  snapshot_file: {snap}\n  snapshot_interval_s: 1\n")
+
+
 def test_bans_come_back_after_a_stop_and_a_flush_with_their_time_left_and_the_expired_do_not(lab, tmp_path):
     victim, attacker = lab
     snap = tmp_path / "sets.json"
-    policy = write(tmp_path / "p.yaml", f"sampler:\n  enabled: false\n  log: {tmp_path}/attacks.jsonl\n"
-                   f"watcher:\n  state_file: {tmp_path}/watch.json\n  verify_interval_s: 0.5\n"
-                   f"  snapshot_file: {snap}\n  snapshot_interval_s: 1\n")
+    policy = _policy(tmp_path, snap)
     run = Run(victim, tmp_path, policy)
     run.wait_ready()
     banned_at = time.monotonic()
@@ -124,9 +129,7 @@ def test_full_banned_and_trusted_sets_are_snapshotted_and_come_back_after_every_
     and does it again at the next flush."""
     victim, _attacker = lab
     snap = tmp_path / "sets.json"
-    policy = write(tmp_path / "p.yaml", f"sampler:\n  enabled: false\n  log: {tmp_path}/attacks.jsonl\n"
-                   f"watcher:\n  state_file: {tmp_path}/watch.json\n  verify_interval_s: 0.5\n"
-                   f"  snapshot_file: {snap}\n  snapshot_interval_s: 1\n")
+    policy = _policy(tmp_path, snap)
     run = Run(victim, tmp_path, policy)
     run.wait_ready()
     sets = _full_sets(victim)
@@ -167,9 +170,7 @@ def test_a_truncated_snapshot_is_one_warning_and_a_snapshot_path_that_cannot_be_
     snap = tmp_path / "sets.json"
     snap.write_bytes(b'{"format": 1, "taken": 1800000000.0, "entries": [\n{"set": "banned", "v": 4, "k')
     os.chmod(snap, 0o640)
-    policy = write(tmp_path / "p.yaml", f"sampler:\n  enabled: false\n  log: {tmp_path}/attacks.jsonl\n"
-                   f"watcher:\n  state_file: {tmp_path}/watch.json\n"
-                   f"  snapshot_file: {snap}\n  snapshot_interval_s: 1\n")
+    policy = _policy(tmp_path, snap)
     run = Run(victim, tmp_path, policy)
     run.wait_ready()
     wait_until(lambda: persist.load(snap) is not None, timeout=30)  # the next snapshot replaced it
