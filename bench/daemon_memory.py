@@ -74,13 +74,13 @@ def proc_kb(pid: int, field: str) -> int:
     return 0
 
 
-def write_policy(tmp: Path, tree: Path) -> Path:
-    """``tree``'s built-in policy in monitor mode, its paths in ``tmp`` (never the host's /run, /var/log)."""
+def write_policy(tmp: Path, tree: Path, mode: str = "monitor") -> Path:
+    """``tree``'s built-in policy in ``mode``, its paths in ``tmp`` (never the host's /run, /var/log)."""
     text = (tree / "rules" / "default.yaml").read_text() \
         .replace("/run/nodeguard/watch.json", str(tmp / "watch.json")) \
         .replace("/var/log/nodeguard/attacks.jsonl", str(tmp / "log" / "attacks.jsonl"))
     path = tmp / "config.yaml"
-    path.write_text("mode: monitor\n" + text)
+    path.write_text(f"mode: {mode}\n" + text)
     os.chmod(path, 0o644)
     return path
 

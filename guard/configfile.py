@@ -22,7 +22,7 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Callable, Iterable
 
 from .errors import EnvironmentProblem, PolicyError
 from .trustpath import Untrusted, file_problem, open_in, walk
@@ -209,14 +209,24 @@ def open_output(path: str | Path, mode: str = "w") -> IO:
         raise
 
 
-def write_atomic(path: str | Path, data: bytes, *, file_mode: int = FILE_MODE) -> None:
-    """Replace ``path`` (under data_dirs()) with ``data`` in one rename, through ``path``.tmp opened
-    by open_private: a symlink, FIFO or someone else's file planted there is refused, never used."""
+def write_atomic(path: str | Path, data: bytes | Iterable[bytes], *, file_mode: int = FILE_MODE,
+                 keep: Callable[[], bool] | None = None) -> bool:
+    """Replace ``path`` (under data_dirs()) with ``data`` (bytes, or chunks of them written as they
+    come) in one rename, through ``path``.tmp opened by open_private: a symlink, FIFO or someone
+    else's file planted there is refused, never used. ``keep``, asked once all is written: False
+    leaves ``path`` as it was. Returns whether ``path`` was replaced."""
     path = Path(os.path.abspath(path))
     tmp = path.with_name(path.name + ".tmp")
     with open_private(tmp, "wb", file_mode=file_mode) as f:
-        f.write(data)
+        if isinstance(data, bytes):
+            f.write(data)
+        else:
+            f.writelines(data)
+    if keep is not None and not keep():
+        os.unlink(tmp)
+        return False
     os.replace(tmp, path)
+    return True
 
 
 def read_private(path: str | Path) -> bytes:

@@ -4,7 +4,9 @@ The sets whose elements the kernel (escalation's ``banned-*``, ``trusted-*``) or
 (``manual-*``) made are snapshotted to a JSON file under the data dirs (``watcher.snapshot_file``),
 each element with its absolute wall-clock expiry: monotonic clocks restart with the machine. They are
 added back after an install and after a repair that recreated the sets, each with what is left of its
-time (capped at its set's timeout); what expired meanwhile is not. Deny files are policy, not state,
+time (capped at its set's timeout and at what it had left when taken); what expired meanwhile is not.
+The kernel's sets are read as raw netlink dumps and the file written as they come: full trusted and
+banned sets (65,536 each) are never held whole in memory. Deny files are policy, not state,
 and are never snapshotted.
 
 The file is untrusted input when read back (statefile.load): a corrupted one is ignored with one
@@ -13,14 +15,16 @@ warning, and an entry that is not an address of its set's family is skipped.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from . import prefixes, statefile
 from .configfile import write_atomic
@@ -37,7 +41,7 @@ FORMAT = 1
 KINDS = ("banned", "trusted", "manual")  # what an entry's "set" names
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     set: str  # one of KINDS
     v: int  # IP version
@@ -68,33 +72,48 @@ def path_for(policy, last_good: str | Path | None) -> Path | None:
 
 
 # --- taking and writing -------------------------------------------------------------------------
-def take(plan, nft: Nft, now: float, previous: list[Entry] = ()) -> list[Entry]:
-    """Every element of the persisted sets, from the kernel. A set not installed (flushed away, not
-    yet repaired) keeps its entries from ``previous``: a snapshot is never emptied by the damage it
-    is there to undo."""
+def take(plan, nft: Nft, now: float, previous: Callable[[], list[Entry]] = list) -> Iterator[Entry]:
+    """Every element of the persisted sets, from the kernel, as it comes (a full set is 65,536: they
+    are never all held at once). A set not installed (flushed away, not yet repaired) keeps its
+    entries from ``previous()`` (the last snapshot, read only then): a snapshot is never emptied by
+    the damage it is there to undo."""
     sets = persisted_sets(plan)
     names = plan.backend.installed_sets(nft, sets)
-    out = [e for e in previous if (e.set, e.v) in sets and (e.set, e.v) not in names]
+    if any(k not in names for k in sets):
+        yield from (e for e in previous() if (e.set, e.v) in sets and (e.set, e.v) not in names)
+    at = math.floor(now)  # whole seconds: the kernel's seconds left are whole too
     for (kind, version), name in sorted(names.items()):
         if kind == "manual":
-            rows = plan.backend.manual_bans(nft, name)
-        else:
-            rows = [(key, left, "") for key, left in plan.backend.timeouts(nft, name)]
-        for key, left, why in rows:
-            if left is None and kind != "manual":
-                continue  # a timed set's element without a timeout: nothing sane to restore it with
-            key = str(ipaddress.ip_network(key)) if kind == "manual" else key
-            out.append(Entry(kind, version, key, None if left is None else now + left, why))
-    return out
+            for key, left, why in plan.backend.manual_bans(nft, name):
+                yield Entry(kind, version, str(ipaddress.ip_network(key)), None if left is None else at + left, why)
+            continue
+        for key, left in plan.backend.timeouts(nft, name):
+            if left is not None:  # a timed set's element without a timeout: nothing sane to restore it with
+                yield Entry(kind, version, key, at + left)
 
 
-def encode(entries: list[Entry], now: float) -> bytes:
-    rows = [{"set": e.set, "v": e.v, "key": e.key, "expires": e.expires, "reason": e.reason} for e in entries]
-    return json.dumps({"format": FORMAT, "taken": now, "entries": rows}).encode()
+CHUNK = 4096  # entries a write: few system calls, a few hundred kB of text at a time
 
 
-def write(path: str | Path, entries: list[Entry], now: float) -> None:
-    write_atomic(path, encode(entries, now))
+def encode(entries: Iterable[Entry], now: float) -> Iterator[bytes]:
+    """The file, in chunks: format 1, an entry a line, written as they come (the kernel's keys are
+    addresses as inet_ntop writes them; a reason is JSON-escaped). load() reads it a line at a time."""
+    yield b'{"format": %d, "taken": %s, "entries": [\n' % (FORMAT, json.dumps(now).encode())
+    rows, sep = [], ""
+    for e in entries:
+        rows.append(f'{sep}{{"set": "{e.set}", "v": {e.v}, "key": "{e.key}", "expires": '
+                    f'{"null" if e.expires is None else repr(e.expires)}, '
+                    f'"reason": {json.dumps(e.reason) if e.reason else chr(34) * 2}}}\n')
+        sep = ","
+        if len(rows) == CHUNK:
+            yield "".join(rows).encode()
+            rows = []
+    yield ("".join(rows)).encode() + _TAIL[1:]
+
+
+def write(path: str | Path, entries: Iterable[Entry], now: float, keep: Callable[[], bool] | None = None) -> bool:
+    """Write the snapshot as ``entries`` come; ``keep`` (asked at the end) False: thrown away."""
+    return write_atomic(path, encode(entries, now), keep=keep)
 
 
 # --- reading back ----------------------------------------------------------------------------
@@ -107,20 +126,65 @@ def _check(data) -> None:
 
 
 def load(path: str | Path) -> tuple[float, list[Entry]] | None:
-    """(when it was taken, its valid entries); None when missing or unreadable (one warning)."""
-    data = statefile.load(path, _check)
-    if data is None:
+    """(when it was taken, its valid entries); None when missing or unreadable (one warning). A file
+    laid out as write() lays it out is parsed a line at a time: 262,144 entries parsed whole took
+    ~150 MB of Python objects at once."""
+    raw = statefile.read(path)
+    if raw is None:
         return None
-    read = [(raw, entry(raw)) for raw in data["entries"]]
-    entries = [e for _raw, e in read if e is not None]
-    if len(entries) < len(read):
+    lines = _by_line(raw)
+    if lines is None:  # any other layout of format 1: parsed whole
+        data = statefile.parse(path, raw, _check)
+        if data is None:
+            return None
+        taken, rows = data["taken"], iter(data["entries"])
+    else:
+        taken, rows = lines
+    entries, total, lost = [], 0, 0
+    try:
+        for one in rows:
+            total += 1
+            e = entry(one)
+            if e is not None:
+                entries.append(e)
+                lost += e.set == "manual" and e.reason != one.get("reason", "")
+    except (ValueError, RecursionError) as exc:  # a line that is not JSON: the whole file, as if parsed whole
+        statefile.invalid(path, exc)
+        return None
+    if len(entries) < total:
         log.warning("%s: %d of %d entries skipped (malformed, or not an address or prefix of their set's "
-                    "family)", path, len(read) - len(entries), len(read))
-    lost = sum(1 for raw, e in read if e is not None and e.set == "manual" and e.reason != raw.get("reason", ""))
+                    "family)", path, total - len(entries), total)
     if lost:
         log.warning("%s: %d manual bans restored without their reason (not printable text of at most %d "
                     "bytes)", path, lost, MAX_REASON)
-    return data["taken"], entries
+    return taken, entries
+
+
+_HEAD = re.compile(rb'\{"format": %d, "taken": ([0-9.e+-]{1,40}), "entries": \[\n' % FORMAT)
+_TAIL = b"\n]}\n"
+
+
+def _by_line(raw: bytes) -> tuple[float, Iterator] | None:
+    """(taken, an iterator of its entries, each parsed when reached) of a file as write() lays it out
+    (a line each, a leading comma from the second on); None for any other layout."""
+    head = _HEAD.match(raw)
+    if head is None or not raw.endswith(_TAIL):
+        return None
+    try:
+        taken = statefile.loads(head[1])
+    except ValueError:
+        return None
+    if not statefile.is_number(taken):
+        return None
+    body = io.BytesIO(raw)
+    body.seek(head.end())
+
+    def rows() -> Iterator:
+        for line in body:
+            if line == _TAIL[1:]:
+                return
+            yield statefile.loads(line[1:] if line.startswith(b",") else line)
+    return taken, rows()
 
 
 def entry(raw) -> Entry | None:
@@ -150,9 +214,12 @@ def entry(raw) -> Entry | None:
 
 # --- restoring ---------------------------------------------------------------------------------
 def due(entries: list[Entry], sets: dict[tuple[str, int], AddrSet], now: float,
-        held: dict[tuple[str, int], int] | None = None) -> dict[tuple[str, int], list[tuple[str, int | None, str]]]:
+        held: dict[tuple[str, int], int] | None = None,
+        taken: float | None = None) -> dict[tuple[str, int], list[tuple[str, int | None, str]]]:
     """(kind, version) -> [(key, seconds left or None, reason)] to add back: what expired is left
-    out, the rest capped at its set's timeout (manual: at the longest ban ``nodeguard ban`` makes);
+    out, the rest capped at what it had left when the snapshot was ``taken`` (its own timeout is no
+    less: a wall clock set back since then would otherwise stretch a 1 h ban by as much) and at its
+    set's timeout (manual: at the longest ban ``nodeguard ban`` makes);
     manual prefixes inside another are dropped (an interval set refuses overlaps), and no set gets
     more than the room its size leaves beside the ``held`` elements it has: the kernel refuses a
     transaction that overfills a set whole, and every entry of it would be lost."""
@@ -163,7 +230,8 @@ def due(entries: list[Entry], sets: dict[tuple[str, int], AddrSet], now: float,
             continue
         left = None
         if e.expires is not None:
-            left = min(math.floor(e.expires - now), s.timeout_s or MAX_FOR_S)
+            left = min(math.floor(e.expires - now), s.timeout_s or MAX_FOR_S,
+                       math.ceil(e.expires - taken) if taken is not None else MAX_FOR_S)
             if left <= 0:
                 continue
         out.setdefault((e.set, e.v), []).append((e.key, left, e.reason))
@@ -188,11 +256,14 @@ def restore(plan, nft: Nft, path: str | Path, now: float | None = None) -> int:
     fill = {row["kernel_name"]: row["elements"] for row in plan.backend.meter_fill([sets[k] for k in names])}
     held = {k: fill.get(name, 0) for k, name in names.items()}
     added = 0
-    for key, rows in sorted(due(loaded[1], sets, now, held).items()):
+    for key, rows in sorted(due(loaded[1], sets, now, held, loaded[0]).items()):
         if key not in names or not rows:
             continue
         try:
-            plan.backend.restore_elements(nft, names[key], rows)
+            if key[0] == "manual":
+                plan.backend.restore_elements(nft, names[key], rows)
+            else:
+                plan.backend.restore_timed(nft, names[key], key[1], [(k, left) for k, left, _why in rows])
         except Exception as exc:  # noqa: BLE001 - a bad snapshot must never stop an install or repair
             log.warning("%s: restoring %s-v%d: %s", path, key[0], key[1], str(exc)[:200])
             continue

@@ -16,7 +16,7 @@ from operator import itemgetter
 from typing import Callable
 
 from .aggregate import Episodes, Window, safe, source_key
-from . import bans, sampling_odds
+from . import bans, pace, sampling_odds
 from .apply import Plan, install_in_place, make_plan
 from .errors import NodeguardError
 from .attacklog import AttackLog, PcapLog
@@ -90,6 +90,7 @@ class Sampler:
             self._sources = LastCounts()
             self._read_sources()
             self._bans, self._bans_at = self._read_bans(), self.clock()  # bans from before we ran: not logged
+            self._bans_due = self._bans_at
             self.window = Window(self.clock(), cfg.max_flows, self._one_in())
         except BaseException:
             self._close()  # a half-built sampler must not keep the NFLOG group or queues bound
@@ -144,8 +145,13 @@ class Sampler:
         return {b.shown: b.expires_s for b in bans.banned(self.plan, self.nft)}
 
     def _ban_records(self, now: float, exact: dict) -> list[dict]:
-        """``ban``/``unban`` records: the ban sets against the last window's (escalation, bans.py)."""
+        """``ban``/``unban`` records: the ban sets against the last read's (escalation, bans.py). Paced
+        (pace.py): full ban sets are read every few windows, not every one."""
+        if now < self._bans_due:
+            return []
+        cpu = pace.cpu()
         current = self._read_bans()
+        self._bans_due = pace.next_due(now, 0.0, pace.cpu() - cpu, pace.BANS)
         out = bans.ban_records(self._bans, current, exact, now, now - self._bans_at, self.policy.escalate.after_s)
         self._bans, self._bans_at = current, now
         if self.on_bans is not None and any(r["type"] == "ban" for r in out):

@@ -41,19 +41,41 @@ def _constant(name: str) -> Any:
 
 
 def load(path: str | Path, check: Callable[[Any], None]) -> Any | None:
-    """The parsed file once ``check`` (raising Invalid) passed it; None when it is missing, refused by
-    read_private (someone else could have written it), or invalid (then one warning)."""
-    try:
-        raw = read_private(path)
-    except NodeguardError:
+    """The parsed file once ``check`` (raising Invalid) passed it; None when it is missing (silently),
+    refused by read_private (someone else could have written it) or invalid (then one warning)."""
+    raw = read(path)
+    return None if raw is None else parse(path, raw, check)
+
+
+def read(path: str | Path) -> bytes | None:
+    """The file's bytes; None when it is missing (silently) or refused by read_private (one warning)."""
+    if not os.path.lexists(path):
         return None
     try:
-        data = json.loads(raw, parse_float=_finite, parse_constant=_constant)
+        return read_private(path)
+    except NodeguardError as exc:  # names the file and why
+        log.warning("ignored as if absent: %s", str(exc)[:300])
+        return None
+
+
+def parse(path: str | Path, raw: bytes, check: Callable[[Any], None]) -> Any | None:
+    """``raw`` (the file at ``path``) parsed and passed by ``check``; None when invalid (one warning)."""
+    try:
+        data = loads(raw)
         check(data)
     except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, digits over the int limit, Invalid
-        log.warning("%s: ignored as if absent: %s", path, str(exc)[:120])
+        invalid(path, exc)
         return None
     return data
+
+
+def loads(raw: bytes) -> Any:
+    """JSON parsed strictly: no NaN, no Infinity, no number a float cannot hold (ValueError)."""
+    return json.loads(raw, parse_float=_finite, parse_constant=_constant)
+
+
+def invalid(path: str | Path, exc: Exception) -> None:
+    log.warning("%s: ignored as if absent: %s", path, str(exc)[:120])
 
 
 def pid_max() -> int:

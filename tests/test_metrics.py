@@ -672,3 +672,56 @@ def test_a_slow_recount_of_the_sets_never_holds_a_scrape():
     assert FIRST_COUNT_WAIT_S <= time.monotonic() - start < FIRST_COUNT_WAIT_S + 1.0
     release.set()
     wait_until(lambda: r.get("plan-b", slow("y"), now=71.0, empty=None) == "b")
+
+
+def test_a_costly_recount_of_the_sets_is_paced_to_a_share_of_a_core(monkeypatch):
+    """Full banned and trusted sets make a count cost a second or more of CPU: the next one is due no
+    sooner than pace.FILL times that after the last one started (a fake CPU clock here)."""
+    from guard import pace
+    from guard.daemon.provider import Recount
+
+    cpu = [0.0]
+    monkeypatch.setattr(pace, "cpu", lambda: cpu[0])
+
+    def costly(value, seconds):
+        def count():
+            cpu[0] += seconds
+            return value
+        return count
+
+    def settled(r: Recount) -> None:
+        running = r._running
+        if running is not None:
+            running.join()
+
+    r = Recount(every=30.0)
+    assert r.get("plan", costly("first", 2.0), now=0.0, empty=None) == "first"
+    settled(r)
+    paced = pace.FILL * 2.0
+    assert r.get("plan", costly("early", 0.0), now=paced - 1, empty=None) == "first"
+    assert r._running is None  # not due: no recount started
+    assert r.get("plan", costly("due", 0.001), now=paced, empty=None) == "first"
+    settled(r)
+    assert r.get("plan", costly("not yet", 0.0), now=paced + 29, empty=None) == "due"
+    assert r._running is None
+    # a cheap count: its own interval rules again
+    assert r.get("plan", costly("cheap again", 0.0), now=paced + 30.0, empty=None) == "due"
+    settled(r)
+    assert r.get("plan", costly("x", 0.0), now=paced + 30.5, empty=None) == "cheap again"
+
+
+def test_the_snapshot_age_is_exported_from_the_start_when_no_snapshot_ever_succeeded(tmp_path):
+    """Before, nodeguard_state_snapshot_age_seconds was absent until a first snapshot succeeded, so the
+    alert on it (> 120 s) never fired for a daemon whose snapshots always failed."""
+    from types import SimpleNamespace
+
+    from guard.daemon.snapshot_part import SnapshotPart
+
+    now = [1000.0]
+    watcher = SimpleNamespace(snapshot_path=tmp_path / "a-directory", last_plan=None, epoch=0)
+    part = SnapshotPart(lambda: watcher, clock=lambda: now[0])
+    now[0] += 130.0
+    assert part.age() == 130.0
+    assert part.once() is False  # no plan yet: nothing written, the age goes on
+    watcher.snapshot_path = None  # nowhere to write one (nodeguard watch): no age
+    assert part.age() is None

@@ -93,6 +93,49 @@ def test_entries_are_keyed_as_the_kernel_keys_them():
     assert persist.entry({"set": "manual", "v": 4, "key": "10.0.0.1", "expires": None}).key == "10.0.0.1/32"
 
 
+def test_a_ban_never_comes_back_with_more_time_than_it_had_left_when_taken():
+    """A boot whose wall clock is a year behind must not turn a 1 h ban into a year's: the time left
+    is capped at what each entry had left when the snapshot was taken, whatever the clock says."""
+    year = 365 * 86400
+    entries = [Entry("manual", 4, "10.8.0.1/32", NOW + 3600, "1 h"),  # a 1 h ban, taken at once
+               Entry("banned", 4, "10.0.0.1", NOW + 200),
+               Entry("trusted", 4, "10.0.0.4", NOW + 30)]
+    behind = persist.due(entries, SETS, NOW - year, taken=NOW)
+    assert behind == {("manual", 4): [("10.8.0.1/32", 3600, "1 h")], ("banned", 4): [("10.0.0.1", 200, "")],
+                      ("trusted", 4): [("10.0.0.4", 30, "")]}
+    # a clock that moved on as it should: what is left now, as before
+    assert persist.due(entries, SETS, NOW + 10, taken=NOW)[("manual", 4)] == [("10.8.0.1/32", 3590, "1 h")]
+
+
+def test_restore_caps_by_the_time_the_file_says_it_was_taken(tmp_path):
+    """restore() passes the file's own time to due(): the cap holds end to end through the file."""
+    path = tmp_path / "sets.json"
+    persist.write(path, [Entry("manual", 4, "10.8.0.1/32", NOW + 3600, "")], NOW)
+    taken, entries = persist.load(path)
+    assert persist.due(entries, SETS, NOW - 86400, taken=taken) == {("manual", 4): [("10.8.0.1/32", 3600, "")]}
+
+
+def test_a_snapshot_written_as_it_comes_is_one_json_document_with_its_reasons_escaped(tmp_path):
+    """persist.write takes an iterator (the kernel's dump, never all held) and writes format 1, which
+    the loader (and json) reads back whole, reasons with quotes and backslashes included."""
+    many = (Entry("trusted", 4, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", NOW + i) for i in range(10_000))
+    odd = Entry("manual", 4, "10.9.0.0/16", None, 'say "hi" \\ there')
+    path = tmp_path / "sets.json"
+    assert persist.write(path, iter([odd, *many]), NOW)
+    data = json.loads(path.read_bytes())
+    assert data["format"] == 1 and data["taken"] == NOW and len(data["entries"]) == 10_001
+    taken, entries = persist.load(path)
+    assert entries[0] == odd and entries[-1] == Entry("trusted", 4, "10.0.39.15", NOW + 9999)
+
+
+def test_a_snapshot_thrown_away_at_the_end_leaves_the_last_one_in_place(tmp_path):
+    path = tmp_path / "sets.json"
+    persist.write(path, [Entry("banned", 4, "10.0.0.1", NOW + 5)], NOW)
+    assert not persist.write(path, iter([Entry("banned", 4, "10.0.0.2", NOW + 5)]), NOW + 1, keep=lambda: False)
+    assert persist.load(path) == (NOW, [Entry("banned", 4, "10.0.0.1", NOW + 5)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sets.json"]
+
+
 @pytest.mark.parametrize("data", [b"\x00\xff garbage", b'{"format": 1, "taken": NaN, "entries": []}',
                                   {"format": 2, "taken": NOW, "entries": []}, {"format": 1, "entries": []},
                                   {"format": 1, "taken": NOW, "entries": {"a": 1}}, [1, 2], b"[" * 100_000])
@@ -146,3 +189,32 @@ def test_the_snapshot_lives_beside_the_last_good_policy_unless_the_policy_names_
 
 def test_no_snapshot_yet_is_no_age_not_a_false_one():
     assert "nodeguard_state_snapshot_age_seconds" not in generate_latest(registry(lambda: {})).decode()
+
+
+def _planted(tmp_path: Path, how: str) -> Path:
+    path = tmp_path / "sets.json"
+    good = json.dumps({"format": 1, "taken": NOW, "entries": []}).encode()
+    if how == "a symlink":
+        (tmp_path / "elsewhere.json").write_bytes(good)
+        path.symlink_to(tmp_path / "elsewhere.json")
+    elif how == "a FIFO":
+        os.mkfifo(path, 0o600)
+    else:
+        path.write_bytes(good)
+        os.chmod(path, 0o666 if how == "mode 0666" else 0o600)
+        if how == "another owner's":
+            os.chown(path, 65534, 65534)
+    return path
+
+
+@pytest.mark.parametrize("how", ["a symlink", "a FIFO", "mode 0666", "another owner's"])
+def test_a_snapshot_refused_for_safety_is_ignored_with_one_line_saying_why(tmp_path, caplog, how):
+    """Before, statefile.load dropped it silently: the bans it held were lost with no word."""
+    if how == "another owner's" and os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    path = _planted(tmp_path, how)
+    with caplog.at_level(logging.WARNING):
+        assert persist.load(path) is None
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and str(path) in said[0] and "ignored as if absent" in said[0], said
+    assert f"{path}: refusing: " in said[0]  # and why

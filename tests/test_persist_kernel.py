@@ -5,22 +5,23 @@ ban that expired while the daemon was down does not come back."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import sys
 import time
+from pathlib import Path
 
 import netlab
 from netlab import ATTACKER4, FRESH4, TRUSTED4, VICTIM4, VICTIM_IF, wait_until
-from test_daemon import Run, write
+from test_daemon import Run, metrics, state, write
+
+from guard import persist
+
+ROOT = Path(__file__).resolve().parent.parent
 
 INGRESS = f"ingress-{VICTIM_IF}"
 ESCALATED = FRESH4[0]  # banned by escalation (added to its set directly: no flood needed)
-
-
-def _policy(tmp_path, snapshot_interval_s: float) -> str:
-    """The daemon's policy: no sampler, a fast verification, the snapshot in ``tmp_path``/sets.json."""
-    return write(tmp_path / "p.yaml", f"sampler:\n  enabled: false\n  log: {tmp_path}/attacks.jsonl\n"
-                 f"watcher:\n  state_file: {tmp_path}/watch.json\n  verify_interval_s: 0.5\n"
-                 f"  snapshot_file: {tmp_path / 'sets.json'}\n  snapshot_interval_s: {snapshot_interval_s}\n")
 
 
 def _bans(victim, policy: str) -> dict[str, tuple[str, int | None]]:
@@ -33,10 +34,17 @@ def _replies(attacker, src: str) -> int:
                                           check=False).stdout)[1]
 
 
+def _policy(tmp_path, snap, snapshot_interval_s: float = 1) -> str:
+    """No sampler; a look every 0.5 s; a snapshot to ``snap`` every ``snapshot_interval_s``."""
+    return write(tmp_path / "p.yaml", f"sampler:\n  enabled: false\n  log: {tmp_path}/attacks.jsonl\n"
+                 f"watcher:\n  state_file: {tmp_path}/watch.json\n  verify_interval_s: 0.5\n"
+                 f"  snapshot_file: {snap}\n  snapshot_interval_s: {snapshot_interval_s}\n")
+
+
 def test_bans_come_back_after_a_stop_and_a_flush_with_their_time_left_and_the_expired_do_not(lab, tmp_path):
     victim, attacker = lab
     snap = tmp_path / "sets.json"
-    policy = _policy(tmp_path, snapshot_interval_s=1)
+    policy = _policy(tmp_path, snap)
     run = Run(victim, tmp_path, policy)
     run.wait_ready()
     victim.nodeguard("ban", f"{ATTACKER4}/32", "--for", "60s", "--reason", "flooder", "-c", policy)
@@ -81,7 +89,7 @@ def test_our_table_made_dormant_is_woken_in_place_with_a_ban_and_a_meter_entry_n
     the last snapshot and a per-source meter's entry are still there, and the ban drops again."""
     victim, attacker = lab
     snap = tmp_path / "sets.json"
-    policy = _policy(tmp_path, snapshot_interval_s=3600)  # no snapshot after the first, at start
+    policy = _policy(tmp_path, snap, snapshot_interval_s=3600)  # no snapshot after the first, at start
     run = Run(victim, tmp_path, policy)
     try:
         run.wait_ready()
@@ -109,3 +117,110 @@ def test_our_table_made_dormant_is_woken_in_place_with_a_ban_and_a_meter_entry_n
         assert victim.in_sync(policy)
     finally:
         assert run.stop() == 0, run.log[-4000:]
+
+
+FULL = {("banned", 4): "198.18.0.0", ("trusted", 4): "100.64.0.0", ("banned", 6): "fd10::", ("trusted", 6): "fd20::"}
+
+
+def _full_sets(victim) -> dict[tuple[str, int], tuple[str, int]]:
+    """(kind, version) -> (kernel name, size) of the banned and trusted sets."""
+    out = {}
+    for o in victim.nft_json("sets"):
+        s = o.get("set", {})
+        kind, _, rest = s.get("name", "").partition("-v")
+        if s.get("table") == "nodeguard" and kind in ("banned", "trusted") and rest[:1] in ("4", "6"):
+            out[(kind, int(rest[0]))] = (s["name"], s["size"])
+    return out
+
+
+def _fill(victim, tmp_path, sets) -> dict[tuple[str, int], list[str]]:
+    """Every set filled to its size from outside (as a busy node's handshakes fill the trusted sets)."""
+    keys, lines = {}, []
+    for (kind, version), (name, size) in sets.items():
+        first = int(ipaddress.ip_address(FULL[(kind, version)]))
+        step = 1 << 64 if (kind, version) == ("banned", 6) else 1  # a banned IPv6 source is its /64
+        keys[(kind, version)] = [str(ipaddress.ip_address(first + i * step)) for i in range(size)]
+        ks = keys[(kind, version)]
+        lines += [f"add element inet nodeguard {name} {{ {', '.join(f'{k} timeout 1h' for k in ks[i:i + 8192])} }}"
+                  for i in range(0, size, 8192)]
+    (tmp_path / "fill.nft").write_text("\n".join(lines) + "\n")
+    victim.run(["nft", "-f", str(tmp_path / "fill.nft")], timeout=300)
+    return keys
+
+
+def _sizes(victim, names: list[str]) -> dict[str, int]:
+    code = ("import json; from guard.backend.nfnetlink import nft_set_sizes; "
+            f"print(json.dumps(nft_set_sizes({names!r})))")
+    return json.loads(victim.run([sys.executable, "-c", code], cwd=ROOT).stdout)
+
+
+def _left(victim, name: str) -> dict[str, int]:
+    """address -> seconds left of every element of an IPv6 set, as the kernel dumps them."""
+    code = ("import json, socket; from guard.backend.nfnetlink import set_times; print(json.dumps("
+            f"{{socket.inet_ntop(socket.AF_INET6, k): ms // 1000 for k, ms in set_times({name!r})}}))")
+    return json.loads(victim.run([sys.executable, "-c", code], cwd=ROOT).stdout)
+
+
+def test_full_banned_and_trusted_sets_are_snapshotted_and_come_back_after_every_flush(lab, tmp_path):
+    """Issue 20: with all four sets full (262,144 elements) the daemon still writes a snapshot that
+    holds them all, repairs a flush with every element added back (with no more time than it had),
+    and does it again at the next flush."""
+    victim, _attacker = lab
+    snap = tmp_path / "sets.json"
+    policy = _policy(tmp_path, snap)
+    run = Run(victim, tmp_path, policy)
+    run.wait_ready()
+    sets = _full_sets(victim)
+    assert len(sets) == 4 and all(size == 65536 for _n, size in sets.values()), sets
+    keys = _fill(victim, tmp_path, sets)
+    filled_at = time.time()
+
+    def held() -> dict[tuple[str, int], set[str]]:
+        loaded = persist.load(snap)
+        out: dict[tuple[str, int], set[str]] = {}
+        for e in loaded[1] if loaded else []:
+            out.setdefault((e.set, e.v), set()).add(e.key)
+        return out
+    wait_until(lambda: held() == {k: set(v) for k, v in keys.items()}, timeout=120)
+    taken, entries = persist.load(snap)
+    assert taken >= filled_at - 1 and all(e.expires <= taken + 3600 for e in entries)
+
+    for _flush in (1, 2):
+        before = state(tmp_path)["repairs"]
+        victim.run("nft flush ruleset")
+        wait_until(lambda: (s := state(tmp_path))["repairs"] > before and s["last_kind"] == "table_missing"
+                   and s["in_sync"], timeout=60)
+        names = _full_sets(victim)
+        assert {k: n[1] for k, n in names.items()} == {k: 65536 for k in keys}
+        kernel = [n for n, _s in names.values()]
+        assert _sizes(victim, kernel) == dict.fromkeys(kernel, 65536), run.log[-2000:]
+        left = _left(victim, names[("trusted", 6)][0])  # restored with no more time than it had
+        assert set(left) == set(keys[("trusted", 6)]) and 0 < min(left.values()) <= max(left.values()) <= 3600
+    assert run.stop() == 0, run.log[-4000:]
+    assert "Traceback" not in run.log and "cannot snapshot" not in run.log, run.log[-4000:]
+
+
+def test_a_truncated_snapshot_is_one_warning_and_a_snapshot_path_that_cannot_be_written_shows_its_age(lab, tmp_path):
+    """A truncated snapshot is ignored with one warning (it was printed twice: by the restore at the
+    install and by the first snapshot). A snapshot path that is a directory never succeeds: the age
+    metric is there from the start, so the alert on it fires."""
+    victim, _attacker = lab
+    snap = tmp_path / "sets.json"
+    snap.write_bytes(b'{"format": 1, "taken": 1800000000.0, "entries": [\n{"set": "banned", "v": 4, "k')
+    os.chmod(snap, 0o640)
+    policy = _policy(tmp_path, snap)
+    run = Run(victim, tmp_path, policy)
+    run.wait_ready()
+    wait_until(lambda: persist.load(snap) is not None, timeout=30)  # the next snapshot replaced it
+    assert run.stop() == 0, run.log[-4000:]
+    assert len([ln for ln in run.log.splitlines() if "ignored as if absent" in ln]) == 1, run.log[-4000:]
+
+    snap.unlink()
+    snap.mkdir()
+    run = Run(victim, tmp_path, policy, name="run2")
+    run.wait_ready()
+    wait_until(lambda: "cannot snapshot the bans" in run.log, timeout=30)
+    first = metrics(victim)[("nodeguard_state_snapshot_age_seconds", ())]
+    wait_until(lambda: metrics(victim)[("nodeguard_state_snapshot_age_seconds", ())] >= first + 1, timeout=30)
+    assert run.stop() == 0, run.log[-4000:]
+    assert len([ln for ln in run.log.splitlines() if "cannot snapshot the bans" in ln]) == 1, run.log[-4000:]

@@ -103,8 +103,8 @@ class Backend(Protocol):
     def installed_sets(self, nft: Nft, sets: dict[Any, AddrSet]) -> dict[Any, str]:
         """key -> the kernel name of that set as installed (sets not installed are left out)."""
 
-    def timeouts(self, nft: Nft, name: str) -> list[tuple[str, int | None]]:
-        """(member, seconds left) of one installed set."""
+    def timeouts(self, nft: Nft, name: str) -> Iterable[tuple[str, int | None]]:
+        """(member, seconds left) of one installed set; a set can hold 65,536 (read it as it comes)."""
 
     def delete_elements(self, nft: Nft, names: dict[tuple[str, int], str],
                         targets: list[tuple[str, int]] | None) -> None:
@@ -120,6 +120,11 @@ class Backend(Protocol):
     def restore_elements(self, nft: Nft, name: str, rows: list[tuple[str, int | None, str]]) -> None:
         """Add (key, seconds left or None, reason) elements to the installed set ``name`` in one
         transaction (persist.py); an element already there keeps its own timeout."""
+
+    def restore_timed(self, nft: Nft, name: str, version: int, rows: list[tuple[str, int]]) -> None:
+        """Add (address, seconds left) elements of IP ``version`` to the installed timed set ``name`` in
+        one transaction (persist.py: a full trusted set is 65,536 of them); one already there keeps
+        its own timeout."""
 
     def add_elements(self, nft: Nft, s: AddrSet, elements: Iterable[str], timeout_s: int) -> None:
         """Add ``elements`` to set ``s`` with ``timeout_s``, restarting the timeout of any already there

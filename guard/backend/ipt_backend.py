@@ -257,6 +257,9 @@ class IptBackend:
         # -exist: one already there is no error (its timeout becomes the snapshot's, which is as old)
         Ipset.restore("".join(f"add {name} {key} timeout {left or 0} -exist\n" for key, left, _why in rows))
 
+    def restore_timed(self, nft: Nft, name: str, version: int, rows: list[tuple[str, int]]) -> None:
+        self.restore_elements(nft, name, [(key, left, "") for key, left in rows])
+
     def manual_bans(self, nft: Nft, name: str) -> list[tuple[str, int | None, str]]:
         return [(m, left or None, "") for m, left in Ipset.timeouts(name).items()]
 

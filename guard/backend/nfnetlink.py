@@ -32,6 +32,7 @@ NFPROTO_UNSPEC, NFPROTO_INET = 0, 1
 FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 1, 3, 7, 10
+NFTA_SET_ELEM_TIMEOUT, NFTA_SET_ELEM_EXPIRATION = 4, 5  # milliseconds, big-endian u64
 NFT_SET_ELEM_INTERVAL_END = 1
 NFTA_DATA_VALUE = 1
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
@@ -250,8 +251,52 @@ def _element_counters(buf: bytes, _mtype: int, start: int, end: int, out: list) 
 def set_counters(name: str, table: str = TABLE) -> Iterator[tuple[bytes, int]]:
     """(key, packets) of every element of set ``name`` of ``inet <table>`` that has a counter, read
     as the kernel sends them: memory stays one datagram's worth whatever the set holds."""
-    return _stream(NFT_MSG_GETSETELEM, _nla(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
-                   + _nla(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"), parse_set_counters)
+    return _stream(NFT_MSG_GETSETELEM, _set_ref(name, table), parse_set_counters)
+
+
+def parse_set_times(buf: bytes) -> tuple[list[tuple[bytes, int | None]], bool, int]:
+    """(key, milliseconds left or None) of every element in one datagram of a GETSETELEM dump,
+    whether the dump is done, and an error code. Malformed parts are skipped, never raised."""
+    return _walk(buf, _element_times)
+
+
+def _element_times(buf: bytes, _mtype: int, start: int, end: int, out: list) -> None:
+    # one pass over each element's attributes, nothing built but the result: this runs 65,536 times a
+    # full set (_attrs' dicts took twice the time)
+    unpack = _NLA.unpack_from
+    e, stop = _attrs(buf, start + _NLMSG.size + 4, end).get(NFTA_SET_ELEM_LIST_ELEMENTS, (0, 0))
+    while e + _NLA.size <= stop:
+        elen = unpack(buf, e)[0]
+        if elen < _NLA.size or e + elen > stop:
+            return
+        key = left = None
+        a, aend = e + _NLA.size, e + elen
+        while a + _NLA.size <= aend:
+            alen, atype = unpack(buf, a)
+            if alen < _NLA.size or a + alen > aend:
+                break
+            atype &= 0x3FFF
+            if atype == NFTA_SET_ELEM_KEY and alen >= 2 * _NLA.size:
+                klen, ktype = unpack(buf, a + _NLA.size)
+                if ktype & 0x3FFF == NFTA_DATA_VALUE and _NLA.size <= klen <= alen - _NLA.size:
+                    key = buf[a + 2 * _NLA.size:a + _NLA.size + klen]
+            elif atype == NFTA_SET_ELEM_EXPIRATION and alen >= _NLA.size + 8:
+                left = int.from_bytes(buf[a + _NLA.size:a + _NLA.size + 8], "big")
+            a += (alen + 3) & ~3
+        if key:
+            out.append((key, left))
+        e += (elen + 3) & ~3
+
+
+def set_times(name: str, table: str = TABLE) -> Iterator[tuple[bytes, int | None]]:
+    """(key, milliseconds left or None) of every element of set ``name`` of ``inet <table>``, read as
+    the kernel sends them: memory stays one datagram's worth whatever the set holds (libnftables'
+    JSON listing of a full 65,536-element set took ~1 s of CPU and ~100 MB of Python objects)."""
+    return _stream(NFT_MSG_GETSETELEM, _set_ref(name, table), parse_set_times)
+
+
+def _set_ref(name: str, table: str) -> bytes:
+    return _nla(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _nla(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
 
 
 def _interval_end(buf: bytes, e: int, eend: int) -> bool:
@@ -305,8 +350,7 @@ def nft_set_sizes(names: list[str], table: str = TABLE) -> dict[str, int | None]
         sock.bind((0, 0))
         sock.settimeout(5)
         for seq, name in enumerate(names, 1):
-            body = struct.pack("=BBH", NFPROTO_INET, 0, 0) + _nla(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") \
-                + _nla(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
+            body = struct.pack("=BBH", NFPROTO_INET, 0, 0) + _set_ref(name, table)
             sock.send(_NLMSG.pack(_NLMSG.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
                                   NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
             total, done, err = 0, False, 0

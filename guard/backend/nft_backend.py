@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -228,9 +229,11 @@ class NftBackend:
                 out[k] = s.name if s.name in live else same_base[0]
         return out
 
-    def timeouts(self, nft: Nft, name: str) -> list[tuple[str, int | None]]:
-        return [(e["val"], e.get("expires")) for e in nft.set_elements(FAMILY, TABLE, name)
-                if isinstance(e.get("val"), str)]
+    def timeouts(self, nft: Nft, name: str) -> Iterator[tuple[str, int | None]]:
+        # a raw netlink dump, not libnftables' JSON listing: trusted and banned sets fill on a busy node
+        from .nfnetlink import set_times
+
+        return ((_key_text(key), ms // 1000 if ms else None) for key, ms in set_times(name))
 
     def delete_elements(self, nft: Nft, names: dict[tuple[str, int], str],
                         targets: list[tuple[str, int]] | None) -> None:
@@ -285,6 +288,11 @@ class NftBackend:
         nft.run({"nftables": [{"add": {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": elems}}}]},
                 what="restore")
 
+    def restore_timed(self, nft: Nft, name: str, version: int, rows: list[tuple[str, int]]) -> None:
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        nft_fill.send(nft_fill.timed_batch(TABLE, name, [(socket.inet_pton(family, key), left * 1000)
+                                                          for key, left in rows]), "restore")
+
     def manual_bans(self, nft: Nft, name: str) -> list[tuple[str, int | None, str]]:
         out = []
         for e in nft.set_elements(FAMILY, TABLE, name):
@@ -303,6 +311,13 @@ class NftBackend:
 def _fill_sets(sets: tuple[dict, ...]) -> list[tuple[str, int, tuple]]:
     """(name, IP version, prefixes) of deny sets (render objects) a transaction fills first."""
     return [(s["name"], s["elem"].version, s["elem"].prefixes) for s in sets]
+
+
+def _key_text(key: bytes) -> str:
+    """A set element's key as nft lists it: an address as inet_ntop writes it (as nft does), any other
+    key (the valve's protocol) its bytes in hex."""
+    family = {4: socket.AF_INET, 16: socket.AF_INET6}.get(len(key))
+    return socket.inet_ntop(family, key) if family else key.hex()
 
 
 def _value(text: str) -> str | dict:

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from .. import datapath
+from .. import datapath, pace
 from ..backend.nft import Nft
 from ..counters import drops_and_refused, meter_fill
 from ..metrics import Snapshot
@@ -21,7 +21,7 @@ FIRST_COUNT_WAIT_S = 1.0  # a scrape waits this long for a plan's first count; l
 
 
 class Recount:
-    """A value counted again in its own thread at most every ``every`` s. A scrape never waits for a
+    """A value counted again in its own thread at most every ``every`` s (paced: pace.py). A scrape never waits for a
     recount, only (up to FIRST_COUNT_WAIT_S) for the first count of a new key: the whole daemon under
     a random-source flood (bench/daemon_memory.py) took more than the reply deadline (10 s) to count
     its 18 full sets, and scrapes that waited for it went unanswered during the attack."""
@@ -31,11 +31,12 @@ class Recount:
         self._lock = threading.Lock()
         self._done: tuple[float, Any, Any] | None = None  # (when counted, key, value)
         self._running: threading.Thread | None = None
+        self.cost = 0.0  # CPU seconds the last count took (pace.py: full sets are counted less often)
 
     def get(self, key: Any, count: Callable[[], Any], now: float, empty: Any) -> Any:
         with self._lock:
             done = self._done
-            due = done is None or done[1] != key or now - done[0] >= self.every
+            due = done is None or done[1] != key or now >= pace.next_due(done[0], self.every, self.cost, pace.FILL)
             if due and self._running is None:
                 self._running = threading.Thread(target=self._count, args=(key, count, now),
                                                  name="nodeguard-recount", daemon=True)
@@ -47,8 +48,10 @@ class Recount:
         return done[2] if done is not None and done[1] == key else empty
 
     def _count(self, key: Any, count: Callable[[], Any], started: float) -> None:
+        cpu = pace.cpu()
         try:
             value = count()
+            self.cost = pace.cpu() - cpu
             with self._lock:
                 self._done = (started, key, value)
         except Exception:  # noqa: BLE001 - a failed count leaves the last one; the next scrape retries

@@ -1,7 +1,8 @@
 """The daemon's snapshots of bans and trusted sources (persist.py): every ``watcher.snapshot_interval_s``
-in a thread of its own (listing a full trusted set takes a second or more: never in the watcher's loop),
-and once more on stop. A snapshot read while the watcher installs or repairs (its ``epoch`` odd or
-moved) may hold sets recreated but not yet restored: it is thrown away, never written."""
+in a thread of its own (listing full sets takes a while: never in the watcher's loop), and once more on
+stop; paced (pace.py): full sets make snapshots further apart, never a larger share of a core. A
+snapshot read while the watcher installs or repairs (its ``epoch`` odd or moved) may hold sets
+recreated but not yet restored: it is thrown away, never written."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import threading
 import time
 from typing import Callable
 
-from .. import persist
+from .. import pace, persist
 from ..backend.nft import Nft
 
 log = logging.getLogger("nodeguard.run")
@@ -22,8 +23,8 @@ class SnapshotPart:
         self.watcher, self.clock, self.wall = watcher, clock, wall
         self.thread: threading.Thread | None = None
         self.next_at = 0.0
-        self.taken_at: float | None = None  # wall-clock time of the last snapshot written
-        self._previous: list[persist.Entry] | None = None  # what the last one held
+        self.cost = 0.0  # CPU seconds the last one took
+        self._since = clock()  # the last snapshot written, else the start (age())
         self._problem: str | None = None
         self._nft: Nft | None = None
 
@@ -47,24 +48,24 @@ class SnapshotPart:
         epoch, plan, path = w.epoch, w.last_plan, w.snapshot_path
         if epoch % 2 or plan is None or path is None:
             return False
+        started, cpu = self.clock(), pace.cpu()
         try:
             if self._nft is None:
                 self._nft = Nft()
-            if self._previous is None:
-                loaded = persist.load(path)
-                self._previous = loaded[1] if loaded else []
             now = self.wall()
-            entries = persist.take(plan, self._nft, now, self._previous)
-            if w.epoch != epoch:
+            entries = persist.take(plan, self._nft, now, lambda: (persist.load(path) or (0, []))[1])
+            if not persist.write(path, entries, now, keep=lambda: w.epoch == epoch):
                 return False
-            persist.write(path, entries, now)
         except Exception as exc:  # noqa: BLE001 - the protection goes on without its snapshot
             if str(exc) != self._problem:
                 log.warning("cannot snapshot the bans to %s: %s", path, str(exc)[:200])
             self._problem = str(exc)
             return False
+        finally:
+            self.cost = pace.cpu() - cpu
+            self.next_at = max(self.next_at, pace.next_due(started, 0.0, self.cost, pace.SNAPSHOT))
         self._problem = None
-        self._previous, self.taken_at = entries, now
+        self._since = self.clock()
         return True
 
     def stop(self) -> None:
@@ -75,4 +76,7 @@ class SnapshotPart:
         self.once()
 
     def age(self) -> float | None:
-        return None if self.taken_at is None else max(0.0, self.wall() - self.taken_at)
+        """Seconds since the last snapshot was written, else since the start (an alert on it fires
+        when none ever was); None when there is nowhere to write one."""
+        w = self.watcher()
+        return None if w is None or w.snapshot_path is None else max(0.0, self.clock() - self._since)
