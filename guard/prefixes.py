@@ -28,14 +28,26 @@ def parse(entry: str, whole: str, echo: int = 60) -> tuple[int, int, int]:
 
 def outermost(prefixes, version: int) -> list[Prefix]:
     """The prefixes sorted, with every prefix inside another dropped (nft interval sets refuse
-    overlaps). Prefixes either nest or are disjoint, so one sweep over the sorted starts does it:
-    the wider of two with the same start comes first. Sorted as one int each (start, then length):
-    sorting 80,000 tuples took 0.25 s."""
+    overlaps)."""
+    return outermost_keys([key(first, length) for first, length in prefixes], version)
+
+
+def key(first: int, length: int) -> int:
+    """A prefix as one int, which sorts by start, then length: 80,000 tuples took 0.25 s to sort, and
+    a million of them hold 90 MB, their keys 40."""
+    return first << 8 | length
+
+
+def outermost_keys(keys: list[int], version: int) -> list[Prefix]:
+    """``outermost`` of prefixes given as keys, which are sorted in place. Prefixes either nest or are
+    disjoint, so one sweep over the sorted starts does it: the wider of two with the same start comes
+    first."""
     bits, out, end = BITS[version], [], -1
-    for key in sorted([first << 8 | length for first, length in prefixes]):
-        if key >> 8 > end:
-            out.append((key >> 8, key & 255))
-            end = (key >> 8) + (1 << (bits - (key & 255))) - 1
+    keys.sort()
+    for k in keys:
+        if k >> 8 > end:
+            out.append((k >> 8, k & 255))
+            end = (k >> 8) + (1 << (bits - (k & 255))) - 1
     return out
 
 
