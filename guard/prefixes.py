@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import socket
 import struct
+from typing import Iterator, Sequence
 
 from . import inet
 from .policy.fields import to_network
@@ -71,11 +72,17 @@ def text(version: int, prefix: Prefix) -> str:
     return f"{address_text(version, prefix[0])}/{prefix[1]}"
 
 
-def packed(version: int, prefixes) -> bytes:
+PACKED_AT_ONCE = 4096  # prefixes a struct packs at once: a format for a million held 64 MB, and struct caches it
+_LOW = (1 << 64) - 1
+
+
+def packed(version: int, prefixes: Sequence[Prefix]) -> Iterator[bytes]:
     """The prefixes as bytes, each its address then its length (big-endian): what a digest of a list
-    reads. One struct.pack: a bytes object per prefix took 0.2 s for 80,000."""
-    if version == 4:
-        return struct.pack(">" + "IB" * len(prefixes), *itertools.chain.from_iterable(prefixes))
-    low = (1 << 64) - 1
-    return struct.pack(">" + "QQB" * len(prefixes), *[x for first, length in prefixes
-                                                       for x in (first >> 64, first & low, length)])
+    reads, in pieces. One struct.pack per piece: a bytes object per prefix took 0.2 s for 80,000."""
+    for at in range(0, len(prefixes), PACKED_AT_ONCE):
+        part = prefixes[at:at + PACKED_AT_ONCE]
+        if version == 4:
+            yield struct.pack(">" + "IB" * len(part), *itertools.chain.from_iterable(part))
+        else:
+            yield struct.pack(">" + "QQB" * len(part), *[x for first, length in part
+                                                          for x in (first >> 64, first & _LOW, length)])
