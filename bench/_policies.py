@@ -30,3 +30,17 @@ def deny_lines(n: int = 100_000) -> str:
     lines += [str(ipaddress.IPv6Network((base6 + (i << 80), 48))) for i in rnd.sample(range(1 << 16), n - n4)]
     rnd.shuffle(lines)
     return "# generated blocklist ; one prefix a line\n" + "\n".join(lines) + "\n"
+
+
+def deny_hosts(n: int) -> str:
+    """A deny file of ``n`` distinct random IPv4 addresses, one a line: nothing to merge, every line a
+    prefix of its own (the list of the 1,000,000-line review, issue 20)."""
+    rnd = random.Random(20)
+    return "".join("%d.%d.%d.%d\n" % (a >> 24, a >> 16 & 255, a >> 8 & 255, a & 255)
+                   for a in rnd.sample(range(1 << 32), n))
+
+
+if __name__ == "__main__":  # a deny file written by a process of its own: the bench that asks stays small
+    import sys
+
+    sys.stdout.write({"lines": deny_lines, "hosts": deny_hosts}[sys.argv[1]](int(sys.argv[2])))

@@ -6,6 +6,7 @@ nothing changes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 from . import prefixes
 from .configfile import MiB, read_config
@@ -15,20 +16,39 @@ from .policy.fields import DROP_ALL
 ECHOED = 24  # characters of a bad entry a message quotes: deny.files may name any file (/etc/shadow by mistake)
 
 
-def parse_deny_text(text: str, file: str) -> dict[int, list[prefixes.Prefix]]:
-    """IP version -> the prefixes ``text`` lists, in its order (integers: prefixes.py); a bare address
-    is its /32 or /128. Raises PolicyError naming the line, quoting ``ECHOED`` characters of it at most.
-    Lines end at LF alone (CRLF read too), as grep and sed count them: str.splitlines also splits at VT,
-    FF, U+0085, U+2028 and the rest."""
-    out: dict[int, list[prefixes.Prefix]] = {4: [], 6: []}
-    for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), 1):  # a BOM: Windows editors
+LINES_AT_ONCE = 1 << 20  # characters split into lines at a time: 1,000,000 lines as strings held at once took 60 MB
+
+
+def deny_entries(text: str, file: str) -> Iterator[tuple[int, int, int]]:
+    """``(version, first, length)`` of each prefix ``text`` lists, in its order (integers: prefixes.py);
+    a bare address is its /32 or /128. Raises PolicyError naming the line, quoting ``ECHOED`` characters
+    of it at most. Lines end at LF alone (CRLF read too), as grep and sed count them: str.splitlines also
+    splits at VT, FF, U+0085, U+2028 and the rest."""
+    number = 0
+    for line in _lines(text.removeprefix("\ufeff")):  # a BOM: Windows editors
+        number += 1
         entry = line.split("#", 1)[0].split(";", 1)[0].strip()  # Spamhaus DROP: "1.2.3.0/24 ; SBL123"
         if not entry:
             continue
         try:
-            version, first, length = prefixes.parse(entry, DROP_ALL, ECHOED)
+            yield prefixes.parse(entry, DROP_ALL, ECHOED)
         except ValueError as exc:
             raise PolicyError(file, number, "", str(exc)) from None
+
+
+def _lines(text: str) -> Iterator[str]:
+    """``text.split("\n")``, a block at a time."""
+    start = 0
+    while (end := text.find("\n", start + LINES_AT_ONCE)) >= 0:
+        yield from text[start:end].split("\n")
+        start = end + 1
+    yield from text[start:].split("\n")
+
+
+def parse_deny_text(text: str, file: str) -> dict[int, list[prefixes.Prefix]]:
+    """IP version -> the prefixes ``text`` lists, in its order."""
+    out: dict[int, list[prefixes.Prefix]] = {4: [], 6: []}
+    for version, first, length in deny_entries(text, file):
         out[version].append((first, length))
     return out
 
@@ -38,14 +58,15 @@ def parse_deny_text(text: str, file: str) -> dict[int, list[prefixes.Prefix]]:
 DENY_MAX_BYTES = 16 * MiB
 
 
-def read_deny_file(path: str | Path) -> dict[int, list[prefixes.Prefix]]:
-    """The prefixes of one deny file, refused (PolicyError, exit 2) unless it is root's alone."""
+def read_deny_file(path: str | Path) -> Iterator[tuple[int, int, int]]:
+    """The prefixes of one deny file (deny_entries), refused (PolicyError, exit 2) unless it is root's
+    alone; the file is read and decoded before the first is asked for."""
     data, _real = read_config(path, DENY_MAX_BYTES)
     try:
         text = data.decode()
     except UnicodeDecodeError as exc:
         raise PolicyError(str(path), None, "", f"not UTF-8 text (byte {exc.start})") from None
-    return parse_deny_text(text, str(path))
+    return deny_entries(text, str(path))
 
 
 def emptied(before: dict[str, int], after: dict[str, int]) -> list[tuple[str, int]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import socket
 import struct
+from typing import Iterator, Sequence
 
 from . import inet
 from .policy.fields import to_network
@@ -28,14 +29,26 @@ def parse(entry: str, whole: str, echo: int = 60) -> tuple[int, int, int]:
 
 def outermost(prefixes, version: int) -> list[Prefix]:
     """The prefixes sorted, with every prefix inside another dropped (nft interval sets refuse
-    overlaps). Prefixes either nest or are disjoint, so one sweep over the sorted starts does it:
-    the wider of two with the same start comes first. Sorted as one int each (start, then length):
-    sorting 80,000 tuples took 0.25 s."""
+    overlaps)."""
+    return outermost_keys([key(first, length) for first, length in prefixes], version)
+
+
+def key(first: int, length: int) -> int:
+    """A prefix as one int, which sorts by start, then length: 80,000 tuples took 0.25 s to sort, and
+    a million of them hold 90 MB, their keys 40."""
+    return first << 8 | length
+
+
+def outermost_keys(keys: list[int], version: int) -> list[Prefix]:
+    """``outermost`` of prefixes given as keys, which are sorted in place. Prefixes either nest or are
+    disjoint, so one sweep over the sorted starts does it: the wider of two with the same start comes
+    first."""
     bits, out, end = BITS[version], [], -1
-    for key in sorted([first << 8 | length for first, length in prefixes]):
-        if key >> 8 > end:
-            out.append((key >> 8, key & 255))
-            end = (key >> 8) + (1 << (bits - (key & 255))) - 1
+    keys.sort()
+    for k in keys:
+        if k >> 8 > end:
+            out.append((k >> 8, k & 255))
+            end = (k >> 8) + (1 << (bits - (k & 255))) - 1
     return out
 
 
@@ -59,11 +72,17 @@ def text(version: int, prefix: Prefix) -> str:
     return f"{address_text(version, prefix[0])}/{prefix[1]}"
 
 
-def packed(version: int, prefixes) -> bytes:
+PACKED_AT_ONCE = 4096  # prefixes a struct packs at once: a format for a million held 64 MB, and struct caches it
+_LOW = (1 << 64) - 1
+
+
+def packed(version: int, prefixes: Sequence[Prefix]) -> Iterator[bytes]:
     """The prefixes as bytes, each its address then its length (big-endian): what a digest of a list
-    reads. One struct.pack: a bytes object per prefix took 0.2 s for 80,000."""
-    if version == 4:
-        return struct.pack(">" + "IB" * len(prefixes), *itertools.chain.from_iterable(prefixes))
-    low = (1 << 64) - 1
-    return struct.pack(">" + "QQB" * len(prefixes), *[x for first, length in prefixes
-                                                       for x in (first >> 64, first & low, length)])
+    reads, in pieces. One struct.pack per piece: a bytes object per prefix took 0.2 s for 80,000."""
+    for at in range(0, len(prefixes), PACKED_AT_ONCE):
+        part = prefixes[at:at + PACKED_AT_ONCE]
+        if version == 4:
+            yield struct.pack(">" + "IB" * len(part), *itertools.chain.from_iterable(part))
+        else:
+            yield struct.pack(">" + "QQB" * len(part), *[x for first, length in part
+                                                          for x in (first >> 64, first & _LOW, length)])

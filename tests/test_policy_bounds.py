@@ -141,7 +141,7 @@ def test_a_policy_at_the_size_bound_is_read_by_every_reader(tmp_path):
 def test_a_deny_file_has_its_own_size_bound(tmp_path):
     path = tmp_path / "deny.txt"
     path.write_text(_padded(DENY_MAX_BYTES, "192.0.2.0/24\n"))
-    assert read_deny_file(path)[4] == [(0xC0000200, 24)]
+    assert list(read_deny_file(path)) == [(4, 0xC0000200, 24)]
     with path.open("a") as f:
         f.write("#")
     with pytest.raises(PolicyError, match=rf"^{path}: larger than 16 MiB: refusing to read it$"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from typing import Iterable, Iterator, Sequence
 
 from ..errors import BackendError
 from .nfnetlink import (_NLMSG, NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_SET_ELEM_INTERVAL_END,
@@ -35,6 +36,7 @@ KEY_TYPE = {4: 7, 6: 8}  # nft's datatypes ipv4_addr and ipv6_addr
 KEY_BIG_ENDIAN = b"\x00\x04" + struct.pack("=I", 2)  # set udata: the key's byte order, as nft writes it
 INTERVAL_END = _nla(NFTA_SET_ELEM_FLAGS, struct.pack(">I", NFT_SET_ELEM_INTERVAL_END))
 OPEN_END = _nla(NFTA_SET_ELEM_USERDATA, b"\x01\x04" + struct.pack("=I", 1))  # nft's mark of a last interval
+IOV_MAX = os.sysconf("SC_IOV_MAX")
 ELEMENTS_MAX = 60_000  # bytes of elements a message: an attribute's length is 16 bits
 
 
@@ -47,29 +49,30 @@ def _message(mtype: int, seq: int, family: int, body: bytes, res_id: int = 0) ->
     return _NLMSG.pack(_NLMSG.size + len(payload), mtype, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE, seq, 0) + payload
 
 
-def elements(version: int, prefixes: list[tuple[int, int]]) -> list[bytes]:
+def elements(version: int, prefixes: Sequence[tuple[int, int]]) -> Iterator[bytes]:
     """The interval elements of sorted, disjoint prefixes, as nft sends them: an end element at the
     first address unless a prefix starts there, then each prefix's start and the address after it as
-    an end (none after a prefix that reaches the last address: nft marks that start "open")."""
+    an end (none after a prefix that reaches the last address: nft marks that start "open"). One at a
+    time: a million prefixes' elements held at once took 120 MB."""
     width = 4 if version == 4 else 16
     bits = width * 8
     head = _nest(NFTA_LIST_ELEM, _nest(NFTA_SET_ELEM_KEY, _nla(NFTA_DATA_VALUE, bytes(width))))[:-width]
     end_head = struct.pack("=H", len(head) + width + len(INTERVAL_END)) + head[2:]
     open_head = struct.pack("=H", len(head) + width + len(OPEN_END)) + head[2:]
-    out = [] if prefixes and prefixes[0][0] == 0 else [end_head + bytes(width) + INTERVAL_END]
+    if not prefixes or prefixes[0][0] != 0:
+        yield end_head + bytes(width) + INTERVAL_END
     top = 1 << bits
     for first, length in prefixes:
         after = first + (1 << (bits - length))
         if after < top:
-            out.append(head + first.to_bytes(width, "big"))
-            out.append(end_head + after.to_bytes(width, "big") + INTERVAL_END)
+            yield head + first.to_bytes(width, "big")
+            yield end_head + after.to_bytes(width, "big") + INTERVAL_END
         else:
-            out.append(open_head + first.to_bytes(width, "big") + OPEN_END)
-    return out
+            yield open_head + first.to_bytes(width, "big") + OPEN_END
 
 
-def batch(table: str, sets: list[tuple[str, int, list[tuple[int, int]]]], commit: bool = True,
-          refills: list[tuple[str, int, list[tuple[int, int]]]] = ()) -> list[bytes]:
+def batch(table: str, sets: list[tuple[str, int, Sequence[tuple[int, int]]]], commit: bool = True,
+          refills: list[tuple[str, int, Sequence[tuple[int, int]]]] = ()) -> list[bytes]:
     """One batch: the table (created if missing, else left alone: a dormant one stays so until the
     transaction that follows wakes it), then each ``(name, IP version, prefixes)`` of ``sets`` as a new
     interval set with its elements, and each of ``refills`` (existing sets) flushed and filled again.
@@ -96,16 +99,24 @@ def batch(table: str, sets: list[tuple[str, int, list[tuple[int, int]]]], commit
     return msgs
 
 
-def _add_elements(msgs: list[bytes], ref: bytes, elems: list[bytes]) -> None:
-    """Append NEWSETELEM messages carrying ``elems`` to the set ``ref`` names, as few as fit."""
-    chunk, size = [], 0
-    for i, e in enumerate(elems):
+def _add_elements(msgs: list[bytes], ref: bytes, elems: Iterable[bytes]) -> None:
+    """Append NEWSETELEM messages carrying ``elems`` to the set ``ref`` names, as few as fit, each
+    written as its elements come (a million prefixes are never all in memory as elements)."""
+    chunk: list[bytes] = []
+    size = 0
+    for e in elems:
+        if size + len(e) > ELEMENTS_MAX - 64:
+            msgs.append(_elements_message(ref, len(msgs), chunk))
+            chunk, size = [], 0
         chunk.append(e)
         size += len(e)
-        if size > ELEMENTS_MAX - 64 or i == len(elems) - 1:
-            msgs.append(_message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM, len(msgs), NFPROTO_INET,
-                                 ref + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(chunk))))
-            chunk, size = [], 0
+    if chunk:
+        msgs.append(_elements_message(ref, len(msgs), chunk))
+
+
+def _elements_message(ref: bytes, seq: int, chunk: list[bytes]) -> bytes:
+    return _message(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM, seq, NFPROTO_INET,
+                    ref + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(chunk)))
 
 
 def timed_batch(table: str, name: str, rows: list[tuple[bytes, int]]) -> list[bytes]:
@@ -123,17 +134,21 @@ def timed_batch(table: str, name: str, rows: list[tuple[bytes, int]]) -> list[by
 def send(msgs: list[bytes], what: str) -> None:
     """Send one batch and wait for the kernel's answer to each message; the first error raises
     BackendError (the kernel has then committed nothing)."""
-    data = b"".join(msgs)
+    # one sendmsg is one batch, of at most IOV_MAX buffers: messages are joined only past that many
+    # (a million prefixes' batch joined whole held 40 MB more); b"".join of one message is that message
+    group = -(-len(msgs) // IOV_MAX)
+    buffers = [b"".join(msgs[i:i + group]) for i in range(0, len(msgs), group)]
+    size = sum(map(len, buffers))
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(data) + (1 << 16))  # needs CAP_NET_ADMIN, as all of this
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size + (1 << 16))  # needs CAP_NET_ADMIN, as all of this
         # the kernel queues every acknowledgement at once after the batch: ~250 of them overflow the default
         # 208 kB, and the batch commits while recv says ENOBUFS
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, len(msgs) * ACK_ROOM + (1 << 16))
         sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # an error carries the header of the message, not its 60 kB
         sock.bind((0, 0))
         sock.settimeout(30)
-        sock.send(data)
+        sock.sendmsg(buffers)
         waiting = {seq for _len, mtype, _flags, seq, _pid in map(_NLMSG.unpack_from, msgs)
                    if mtype not in (NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END)}  # the two the kernel never answers
         while waiting:

@@ -125,7 +125,9 @@ class AddrSet:
     @cached_property  # a sealed set's digest reads every element
     def name(self) -> str:
         if self.sealed:
-            contents = hashlib.sha256(prefixes.packed(self.version, self.elements))
+            contents = hashlib.sha256()
+            for piece in prefixes.packed(self.version, self.elements):
+                contents.update(piece)
             return f"{self.base}-{digest(self.definition, contents.hexdigest())}"
         return self.base if self.static else f"{self.base}-{self.definition}"
 

@@ -57,15 +57,15 @@ class Deny(Section):
     def model_post_init(self, _context) -> None:
         from ..deny import read_deny_file
 
-        listed: dict[int, list[pfx.Prefix]] = {4: [], 6: []}
+        keys: dict[int, list[int]] = {4: [], 6: []}  # a million lines: kept as keys, not tuples (prefixes.key)
         for n in self.cidrs:
-            listed[n.version].append((int(n.network_address), n.prefixlen))
+            keys[n.version].append(pfx.key(int(n.network_address), n.prefixlen))
         for path in self.files:
-            found = read_deny_file(path)
-            self._per_file[path] = len(found[4]) + len(found[6])
-            for version in (4, 6):
-                listed[version] += found[version]
-        self._merged = {v: tuple(pfx.outermost(listed[v], v)) for v in (4, 6)}
+            before = len(keys[4]) + len(keys[6])
+            for version, first, length in read_deny_file(path):
+                keys[version].append(pfx.key(first, length))
+            self._per_file[path] = len(keys[4]) + len(keys[6]) - before
+        self._merged = {v: tuple(pfx.outermost_keys(keys.pop(v), v)) for v in (4, 6)}
 
     @model_validator(mode="after")
     def _not_half(self) -> "Deny":
