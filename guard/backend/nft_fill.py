@@ -20,7 +20,7 @@ from ..errors import BackendError
 from .nfnetlink import (_NLMSG, NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_SET_ELEM_INTERVAL_END,
                         NFTA_DATA_VALUE, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
                         NFTA_SET_ELEM_TIMEOUT, NFTA_TABLE_NAME, NLM_F_REQUEST, NLMSG_ERROR,
-                        _messages, _nla, _set_ref)
+                        _messages, _nest, _nla, _set_ref)
 
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFT_MSG_NEWTABLE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 0, 9, 12, 14
@@ -28,7 +28,6 @@ NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN = 2, 3, 4, 5
 NFTA_SET_ID, NFTA_SET_USERDATA = 10, 13
 NFT_SET_INTERVAL = 0x4
 NFTA_LIST_ELEM, NFTA_SET_ELEM_USERDATA = 1, 6
-NLA_F_NESTED = 0x8000
 NLM_F_ACK, NLM_F_CREATE = 0x4, 0x400
 SO_SNDBUFFORCE, SO_RCVBUFFORCE, SOL_NETLINK, NETLINK_CAP_ACK = 32, 33, 270, 10
 ACK_ROOM = 1024  # receive buffer per acknowledged message, as nft sizes it (mnl_batch_talk)
@@ -38,10 +37,7 @@ INTERVAL_END = _nla(NFTA_SET_ELEM_FLAGS, struct.pack(">I", NFT_SET_ELEM_INTERVAL
 OPEN_END = _nla(NFTA_SET_ELEM_USERDATA, b"\x01\x04" + struct.pack("=I", 1))  # nft's mark of a last interval
 IOV_MAX = os.sysconf("SC_IOV_MAX")
 ELEMENTS_MAX = 60_000  # bytes of elements a message: an attribute's length is 16 bits
-
-
-def _nest(atype: int, payload: bytes) -> bytes:
-    return _nla(atype | NLA_F_NESTED, payload)
+PROBE_KEYS = 64  # prefixes of a deny set looked up to check it is filled (nfnetlink.absent_key)
 
 
 def _message(mtype: int, seq: int, family: int, body: bytes, res_id: int = 0) -> bytes:
@@ -69,6 +65,15 @@ def elements(version: int, prefixes: Sequence[tuple[int, int]]) -> Iterator[byte
             yield end_head + after.to_bytes(width, "big") + INTERVAL_END
         else:
             yield open_head + first.to_bytes(width, "big") + OPEN_END
+
+
+def sample_keys(version: int, prefixes: Sequence[tuple[int, int]], k: int = PROBE_KEYS) -> list[bytes]:
+    """The interval start keys of up to ``k`` of sorted prefixes: the first, the last and evenly spaced
+    ones between (a flush or a cut-off fill misses the first or the last)."""
+    width = 4 if version == 4 else 16
+    n = len(prefixes)
+    picks = sorted({i * (n - 1) // (k - 1) for i in range(k)}) if n > k else range(n)
+    return [prefixes[i][0].to_bytes(width, "big") for i in picks]
 
 
 def batch(table: str, sets: list[tuple[str, int, Sequence[tuple[int, int]]]], commit: bool = True,
