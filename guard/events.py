@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 NETLINK_NETFILTER = 12
@@ -98,18 +99,20 @@ def _writer(buf: bytes, off: int, end: int) -> tuple[int, str]:
         c if c.isprintable() else "?" for c in name)
 
 
-def writers(buf: bytes) -> list[tuple[int, str]]:
-    """(pid, process name) of every committed transaction in a netlink datagram."""
-    out = []
+def _headers(buf: bytes, room: int) -> Iterator[tuple[int, int, int]]:
+    """(offset, length, type) of each message in a datagram with ``room`` bytes left, to a malformed one."""
     off = 0
-    while off + 16 <= len(buf):
+    while off + room <= len(buf):
         length, mtype = struct.unpack_from("=IH", buf, off)
         if length < 16:
-            break
-        if mtype == NFT_MSG_NEWGEN:
-            out.append(_writer(buf, off, off + length))
+            return
+        yield off, length, mtype
         off += (length + 3) & ~3
-    return out
+
+
+def writers(buf: bytes) -> list[tuple[int, str]]:
+    """(pid, process name) of every committed transaction in a netlink datagram."""
+    return [_writer(buf, off, off + length) for off, length, mtype in _headers(buf, 16) if mtype == NFT_MSG_NEWGEN]
 
 
 def element_writes(buf: bytes, pending: set[tuple[int, str, str]]) -> list[tuple[int, str, frozenset]]:
@@ -117,11 +120,7 @@ def element_writes(buf: bytes, pending: set[tuple[int, str, str]]) -> list[tuple
     added or deleted set elements. A transaction's messages come before its NEWGEN, maybe in earlier
     datagrams: ``pending`` carries the sets named since the last NEWGEN from one datagram to the next."""
     out = []
-    off = 0
-    while off + 17 <= len(buf):
-        length, mtype = struct.unpack_from("=IH", buf, off)
-        if length < 16:
-            break
+    for off, length, mtype in _headers(buf, 17):
         if mtype == NFT_MSG_NEWGEN:
             if pending:
                 out.append((*_writer(buf, off, off + length), frozenset(pending)))
@@ -131,7 +130,6 @@ def element_writes(buf: bytes, pending: set[tuple[int, str, str]]) -> list[tuple
             table, name = (attrs.get(k, b"").split(b"\0", 1)[0].decode("ascii", "replace")
                            for k in (1, NFTA_SET_ELEM_LIST_SET))
             pending.add((buf[off + 16], table, name))
-        off += (length + 3) & ~3
     return out
 
 
