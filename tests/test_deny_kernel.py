@@ -237,3 +237,25 @@ print(json.dumps([probe('s4', 4, {v4!r}), probe('s6', 6, {v6!r}),
     assert ns.run([sys.executable, "-c", after]).stdout.strip() == "c0000200"
     ns.run("nft flush set inet ngprobe s4")
     assert ns.run([sys.executable, "-c", after]).stdout.strip() == "0a000000"
+
+
+def test_apply_probes_a_thinned_deny_set_and_replaces_one_of_another_type(ns, write_policy, tmp_path):
+    """`apply` (no watcher, no events) finds a deny set that lacks a sampled prefix and refills it; a set
+    of that name and another key type is replaced, never probed (its keys would be refused: EINVAL)."""
+    netlab.add_uplink(ns)
+    os.chmod(tmp_path, 0o755)
+    deny = tmp_path / "deny.txt"
+    deny.write_text("10.0.0.0/8\n192.0.2.7\n198.51.100.0/24\n")
+    os.chmod(deny, 0o644)
+    policy = write_policy(f"deny:\n  files: [{deny}]\n")
+    ns.nodeguard("apply", "-c", policy)
+    name = next(s["set"]["name"] for s in ns.nft_json("sets") if s.get("set", {}).get("name", "").startswith("deny-v4"))
+    ns.run(f"nft delete element inet nodeguard {name} {{ 192.0.2.7 }}")
+    assert not ns.in_sync(policy)
+    ns.nodeguard("apply", "-c", policy)
+    assert _kernel_prefixes(ns, "deny-v4") == ["10.0.0.0/8", "192.0.2.7", "198.51.100.0/24"] and ns.in_sync(policy)
+    ns.run("nft delete table inet nodeguard")
+    ns.run("nft add table inet nodeguard")
+    ns.run(["nft", "add", "set", "inet", "nodeguard", name, "{ type ipv6_addr; flags interval; }"])
+    ns.nodeguard("apply", "-c", policy)
+    assert _kernel_prefixes(ns, "deny-v4") == ["10.0.0.0/8", "192.0.2.7", "198.51.100.0/24"] and ns.in_sync(policy)

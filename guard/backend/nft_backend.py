@@ -57,7 +57,10 @@ class NftBackend:
         prev = previous if isinstance(previous, NftLive) and previous.chains else None
         if live.flags:
             return dataclasses.replace(prev, flags=live.flags, genid=None) if prev else live
-        deny = [s for s in self.objects.sets if isinstance(s.get("elem"), PrefixElements) and s["name"] in live.sets]
+        # a set of that name and another definition is replaced (drift object_redefined): a key of another
+        # length would be a request the kernel refuses (EINVAL)
+        deny = [s for s in self.objects.sets if isinstance(s.get("elem"), PrefixElements) and s["name"] in live.sets
+                and sync_nft.same_set(live.sets[s["name"]], s)]
         same = prev is not None and gen is not None and (sets_unchanged or prev.genid == gen)
         if same and all(s["name"] in prev.deny_absent for s in deny):
             absent = {s["name"]: prev.deny_absent[s["name"]] for s in deny}
