@@ -101,6 +101,7 @@ def main() -> None:
         kind = ["lines", str(args.lines)] if args.hosts is None else ["hosts", str(args.hosts)]
         subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "_policies.py"), *kind], stdout=out, check=True)
     # the watcher's state (and the sampling odds beside it) and the attack log are this run's, not the host's
+    os.environ["NODEGUARD_DATA_DIRS"] = str(tmp)
     (tmp / "policy.yaml").write_text(f"interfaces: [ngb0]\ndeny:\n  files: [{tmp / 'deny.txt'}]\n"
                                      f"watcher:\n  state_file: {tmp}/watch.json\nsampler:\n  log: {tmp}/attacks.jsonl\n")
     trees = {"": Path(__file__).resolve().parent.parent, **({"main": args.baseline.resolve()} if args.baseline else {})}

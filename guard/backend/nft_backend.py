@@ -12,11 +12,11 @@ from ..errors import BackendError
 from ..fingerprints import of_nft
 from ..model.matches import BanSource, ValveEngaged
 from ..model.ruleset import TABLE, AddrSet, RuleSet
+from ..prefixes import address_text
 from ..render.ids import id_and_label, id_from_comment
 from ..render.nft import FAMILY, VALVE_ELEMENTS, NftObjects, PrefixElements, render_chain_rules
 from ..sync import nft as sync_nft
 from . import nft_fill
-from ..prefixes import address_text
 from .nfnetlink import absent_key, genid, nft_set_sizes
 from .nft import Nft, NftLive, objects, read_live
 
