@@ -215,7 +215,7 @@ def test_a_deny_set_emptied_or_thinned_from_outside_is_refilled_and_drops_again(
 
 
 def test_the_probe_finds_a_deleted_prefix_a_flush_and_a_key_inside_an_interval(ns):
-    """nfnetlink.absent_key looks sampled prefixes up in one request (no dump): every start present is
+    """nft_fill.absent_key looks sampled prefixes up in one request (no dump): every start present is
     None; a deleted prefix, a flushed set or a key inside an interval but at no start is absent (the
     kernel answers an inner key with its interval's start); an IPv6 prefix reaching the last address
     (no end element) is found."""
@@ -224,14 +224,14 @@ def test_the_probe_finds_a_deleted_prefix_a_flush_and_a_key_inside_an_interval(n
     script = f"""
 import json
 from guard.backend import nft_fill
-from guard.backend.nfnetlink import absent_key
+from guard.backend.nft_fill import absent_key
 nft_fill.send(nft_fill.batch('ngprobe', [('s4', 4, {v4!r}), ('s6', 6, {v6!r})]), 'test')
 probe = lambda name, version, prefixes: absent_key(name, nft_fill.sample_keys(version, prefixes), 'ngprobe')
 print(json.dumps([probe('s4', 4, {v4!r}), probe('s6', 6, {v6!r}),
                   absent_key('s4', [bytes([10, 1, 0, 0])], 'ngprobe')], default=bytes.hex))
 """
     assert json.loads(ns.run([sys.executable, "-c", script]).stdout) == [None, None, "0a010000"]
-    after = ("import sys; from guard.backend import nft_fill; from guard.backend.nfnetlink import absent_key; "
+    after = ("import sys; from guard.backend import nft_fill; from guard.backend.nft_fill import absent_key; "
              f"k = nft_fill.sample_keys(4, {v4!r}); r = absent_key('s4', k, 'ngprobe'); print(r.hex() if r else None)")
     ns.run("nft delete element inet ngprobe s4 { 192.0.2.0/24 }")
     assert ns.run([sys.executable, "-c", after]).stdout.strip() == "c0000200"

@@ -1,7 +1,6 @@
 """A raw nfnetlink client for the reads libnftables makes too costly or unsafe: every rule's counters of
-table ``inet nodeguard`` (``rule_counters``), how many elements each meter holds (``nft_set_sizes``), whether
-a deny set holds sampled prefixes (``absent_key``: a lookup, never a dump),
-each element's counter (``set_counters``, streamed: a full set as libnftables JSON took ~50 MB), and
+table ``inet nodeguard`` (``rule_counters``), how many elements each meter holds (``nft_set_sizes``; deny
+sets are looked up instead: nft_fill.absent_key), each element's counter (``set_counters``, streamed: a full set as libnftables JSON took ~50 MB), and
 every table with its flags (``tables``: nft 1.0.6's JSON printer frees a flagged table's flags before
 printing them, garbage or invalid JSON in our own process).
 
@@ -36,8 +35,7 @@ NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRES
 NFTA_SET_ELEM_TIMEOUT, NFTA_SET_ELEM_EXPIRATION = 4, 5  # milliseconds, big-endian u64
 NFT_SET_ELEM_INTERVAL_END = 1
 NFTA_DATA_VALUE = 1
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
-NLA_F_NESTED = 0x8000
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 _NLMSG = struct.Struct("=IHHII")
 _NLA = struct.Struct("=HH")
@@ -46,10 +44,6 @@ _NLA = struct.Struct("=HH")
 def _nla(atype: int, payload: bytes) -> bytes:
     n = _NLA.size + len(payload)
     return _NLA.pack(n, atype) + payload + b"\0" * (-n % 4)
-
-
-def _nest(atype: int, payload: bytes) -> bytes:
-    return _nla(atype | NLA_F_NESTED, payload)
 
 
 def _attrs(buf: bytes, off: int, end: int) -> dict[int, tuple[int, int]]:
@@ -345,38 +339,6 @@ def count_elements(buf: bytes) -> tuple[int, bool, int]:
                         e += (elen + 3) & ~3
                 a += (alen + 3) & ~3
     return count, done, 0
-
-
-def absent_key(name: str, keys: list[bytes], table: str = TABLE) -> bytes | None:
-    """The first of ``keys`` set ``name`` of ``inet <table>`` lacks (an interval set: no interval
-    starts there), else None: one GETSETELEM request, not a dump. The kernel looks each key up
-    (O(log n)), answers each with its element and stops at the first it lacks (ENOENT). A dump of an
-    interval set costs O(n^2 / chunk) on 6.x kernels (each chunk walks the rbtree from its start)."""
-    elems = b"".join(_nest(NFTA_LIST_ELEM, _nest(NFTA_SET_ELEM_KEY, _nla(NFTA_DATA_VALUE, k))) for k in keys)
-    body = struct.pack("=BBH", NFPROTO_INET, 0, 0) + _set_ref(name, table) + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, elems)
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-    found: list[bytes] = []
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((0, 0))
-        sock.settimeout(5)
-        sock.send(_NLMSG.pack(_NLMSG.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
-                              NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
-        err = None
-        while err is None:
-            buf = sock.recv(1 << 16)
-            for mtype, start, end in _messages(buf):
-                if mtype == NLMSG_ERROR:
-                    err = _error(buf, start, end)
-                    break
-                _element_times(buf, mtype, start, end, elements := [])
-                found += [key for key, _left in elements]
-    finally:
-        sock.close()
-    if err not in (0, 2):  # ENOENT: a key (or the set) is absent
-        raise OSError(err, os.strerror(err))
-    # an interval set answers a key inside an interval with the interval's start: only equal keys count
-    return next((k for k, f in zip(keys, found) if k != f), keys[len(found)] if len(found) < len(keys) else None)
 
 
 def nft_set_sizes(names: list[str], table: str = TABLE) -> dict[str, int | None]:

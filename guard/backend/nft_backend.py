@@ -17,7 +17,7 @@ from ..render.ids import id_and_label, id_from_comment
 from ..render.nft import FAMILY, VALVE_ELEMENTS, NftObjects, PrefixElements, render_chain_rules
 from ..sync import nft as sync_nft
 from . import nft_fill
-from .nfnetlink import absent_key, genid, nft_set_sizes
+from .nfnetlink import genid, nft_set_sizes
 from .nft import Nft, NftLive, objects, read_live
 
 if TYPE_CHECKING:
@@ -314,7 +314,7 @@ class NftBackend:
 
 def _absent(name: str, elem: PrefixElements) -> str | None:
     """The address of a sampled prefix of deny set ``name`` no interval in the kernel starts at."""
-    key = absent_key(name, nft_fill.sample_keys(elem.version, elem.prefixes))
+    key = nft_fill.absent_key(name, nft_fill.sample_keys(elem.version, elem.prefixes))
     return None if key is None else address_text(elem.version, int.from_bytes(key, "big"))
 
 
