@@ -9,10 +9,12 @@ of Python writing the batch).
 ``--hosts``: the deny file is that many random IPv4 addresses instead (nothing merges). ``--baseline
 TREE``: the two ``nodeguard apply`` runs also with the code of TREE (a worktree of main, say), interleaved
 with this tree's. Every ``nodeguard apply`` line gives its peak RSS (the unit's MemoryMax is 256M).
+``--status``: ``nodeguard status`` of the installed list too, after each re-apply (it reads the deny sets).
 
 Goal (issue 20): 100,000 prefixes in <= 1 s end to end; 1,000,000 under nft -f's time and 256 MB.
 
 usage: sudo .venv/bin/python bench/deny.py [--lines 100000 | --hosts 1000000] [--runs 3] [--baseline TREE]
+       [--status]
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def main() -> None:
     size.add_argument("--hosts", type=int, help="random IPv4 addresses instead of --lines' mix")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--baseline", type=Path, help="a tree whose nodeguard apply runs interleaved with this one's")
+    ap.add_argument("--status", action="store_true", help="time nodeguard status after each re-apply")
     args = ap.parse_args()
     add_uplink(reexec_in_netns("deny"), "ngb0")  # from here on in a throwaway namespace
     nft = Nft()
@@ -97,7 +100,10 @@ def main() -> None:
     with open(tmp / "deny.txt", "w") as out:  # by a process of its own (see timed)
         kind = ["lines", str(args.lines)] if args.hosts is None else ["hosts", str(args.hosts)]
         subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "_policies.py"), *kind], stdout=out, check=True)
-    (tmp / "policy.yaml").write_text(f"interfaces: [ngb0]\ndeny:\n  files: [{tmp / 'deny.txt'}]\n")
+    # the watcher's state (and the sampling odds beside it) and the attack log are this run's, not the host's
+    os.environ["NODEGUARD_DATA_DIRS"] = str(tmp)
+    (tmp / "policy.yaml").write_text(f"interfaces: [ngb0]\ndeny:\n  files: [{tmp / 'deny.txt'}]\n"
+                                     f"watcher:\n  state_file: {tmp}/watch.json\nsampler:\n  log: {tmp}/attacks.jsonl\n")
     trees = {"": Path(__file__).resolve().parent.parent, **({"main": args.baseline.resolve()} if args.baseline else {})}
     cli = [sys.executable, "-m", "guard", "apply", "-c", str(tmp / "policy.yaml")]
     runs: dict[tuple[str, str], list] = {}
@@ -105,6 +111,8 @@ def main() -> None:
         for name, tree in trees.items():  # interleaved: the machine's swings hit both alike
             runs.setdefault((name, "install"), []).append(timed(cli, lambda: uninstall(nft), tree))
             runs.setdefault((name, "re-apply"), []).append(timed(cli, tree=tree))
+            if args.status:
+                runs.setdefault((name, "status"), []).append(timed([*cli[:3], "status", *cli[4:]], tree=tree))
     uninstall(nft)
     policy = read_policy(tmp / "policy.yaml")[0]
     merged = {v: [prefixes.text(v, p) for p in policy.deny.prefixes(v)] for v in (4, 6)}
@@ -121,7 +129,8 @@ def main() -> None:
           f"medians of {args.runs} runs (wall range)")
     for (name, what), measured in runs.items():
         secs, cpu, sys_s, peak = median(measured)
-        print(f"  nodeguard apply, {what:<9}{' (' + name + ')' if name else '':<7} {secs:6.2f} s ({spread(measured)}), "
+        label = what if what == "status" else f"apply, {what}"
+        print(f"  nodeguard {label:<16}{' (' + name + ')' if name else '':<7} {secs:6.2f} s ({spread(measured)}), "
               f"CPU {cpu:5.2f} s (sys {sys_s:5.2f}), RSS {peak:4.0f} MB  "
               f"(goal {GOAL_S:.0f} s: {'ok' if secs <= GOAL_S else 'MISSED'})")
     for what, measured, note in (("nft -f, bare sets       ", base, "libnftables and the kernel alone"),

@@ -11,8 +11,8 @@ so switching ``backend:`` never leaves two sets of rules, and never a moment wit
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-
 from typing import TYPE_CHECKING
 
 from . import listeners, probe, sampling_odds, sysctls
@@ -206,11 +206,11 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
 
 
 def read_state(plan: Plan, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Live | None = None,
-               sets_unchanged: bool = False) -> Live:
+               sets_unchanged: bool = False, written: Mapping[str, str] | None = None) -> Live:
     """What the kernel holds of the plan's backend now (nft None: nothing, for a fresh render).
     ``previous`` (a full read of the same backend) supplies what ``families`` leaves out (iptables), or
-    what need not be read again (nft: Backend.read_live)."""
-    return plan.backend.read_live(nft, families, previous, sets_unchanged)
+    what need not be read again (nft: Backend.read_live); ``written``: Backend.read_live."""
+    return plan.backend.read_live(nft, families, previous, sets_unchanged, written)
 
 
 def transaction(plan: Plan, live: Live, families: tuple[int, ...] = (4, 6),

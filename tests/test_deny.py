@@ -356,9 +356,10 @@ def test_the_batch_splits_elements_under_the_attribute_limit_and_ends_only_when_
     assert batch("nodeguard", [("deny-v4-x", 4, prefixes)], commit=False) == msgs[:-1]
 
 
-def test_a_deny_set_holding_another_count_is_drift_and_refilled_by_the_batch(deny_file, tmp_path):
+def test_a_deny_set_lacking_a_prefix_or_written_by_others_is_drift_and_refilled_by_the_batch(deny_file, tmp_path):
     """A deny set keeps its definition when someone flushes it or deletes elements (or made it before us):
-    its count, as the kernel holds it, against the render's is drift of its own kind; the repair flushes
+    a sampled prefix the kernel lacks, or elements another process added or deleted (its events), is
+    drift of its own kind; the repair flushes
     and fills that set again in the one nfnetlink batch (DELSETELEM without elements: the kernel's flush),
     and no other set or chain is touched for it."""
     import dataclasses
@@ -372,22 +373,23 @@ def test_a_deny_set_holding_another_count_is_drift_and_refilled_by_the_batch(den
     policy = parse_policy(f"deny:\n  files: [{deny_file}]\nwatcher:\n  state_file: {tmp_path / 'w'}\n", "p.yaml")
     plan = make_plan(policy, None, interfaces=("eth0",))
     o = plan.backend.objects
-    deny = {s["name"]: len(s["elem"].prefixes) for s in o.sets if s["name"].startswith("deny-")}
+    deny = {s["name"]: None for s in o.sets if s["name"].startswith("deny-")}
     live = NftLive(True, {c["name"]: c for c in o.chains}, {s["name"]: s for s in o.sets},
-                   {x["name"]: x for x in o.limits}, tuple(o.rules), dict(o.elements), deny_counts=dict(deny))
+                   {x["name"]: x for x in o.limits}, tuple(o.rules), dict(o.elements), deny_absent=dict(deny))
     assert plan.backend.diff(plan, live) is None
     refilled_chains = plan.backend.transaction(live, fingerprints={})  # every chain: no set touched
     assert refilled_chains.refills == () and not refilled_chains.changes_sets
     v4 = next(n for n in deny if n.startswith("deny-v4"))
-    for held in (0, deny[v4] - 1, deny[v4] + 1):
-        tampered = dataclasses.replace(live, deny_counts={**deny, v4: held})
+    for tampered in (dataclasses.replace(live, deny_absent={**deny, v4: "192.0.2.0"}),
+                     dataclasses.replace(live, deny_written={v4: "nft (pid 7)"})):
         drift = plan.backend.diff(plan, tampered)
         assert drift is not None and drift.kind == "deny_elements" in KINDS and not drift.in_place, str(drift)
+        assert v4 in str(drift) and ("192.0.2.0" in str(drift) or "nft (pid 7)" in str(drift)), str(drift)
         tx = plan.backend.transaction(tampered)
         assert [s["name"] for s in tx.refills] == [v4] and tx.fills == () and not tx.recreates and tx.changes_sets
         assert not [c for c in tx.sent()["nftables"] if "set" in c.get("add", {}) or "set" in c.get("delete", {})]
-    # a count the kernel did not give (the set was gone by then) is no drift of this kind
-    assert plan.backend.diff(plan, dataclasses.replace(live, deny_counts={**deny, v4: None})) is None
+    # a set not probed (not there when read) or written to by others but not in the render is no such drift
+    assert plan.backend.diff(plan, dataclasses.replace(live, deny_absent={}, deny_written={"deny-v4-x": "nft"})) is None
     msgs = batch("nodeguard", [], refills=[(v4, 4, next(s["elem"].prefixes for s in o.sets if s["name"] == v4))])
     kinds = [struct.unpack_from("=IH", m)[1] & 0xFF for m in msgs[2:-1]]
     assert kinds[0] == NFT_MSG_DELSETELEM and set(kinds[1:]) == {NFT_MSG_NEWSETELEM}

@@ -212,3 +212,50 @@ def test_a_deny_set_emptied_or_thinned_from_outside_is_refilled_and_drops_again(
                           == 2, timeout=5, interval=0.2)
     finally:
         assert run.stop() == 0, run.log[-4000:]
+
+
+def test_the_probe_finds_a_deleted_prefix_a_flush_and_a_key_inside_an_interval(ns):
+    """nft_fill.absent_key looks sampled prefixes up in one request (no dump): every start present is
+    None; a deleted prefix, a flushed set or a key inside an interval but at no start is absent (the
+    kernel answers an inner key with its interval's start); an IPv6 prefix reaching the last address
+    (no end element) is found."""
+    v4 = [(10 << 24, 8), ((192 << 24) + (2 << 8), 24), ((198 << 24) + (51 << 16) + (100 << 8) + 7, 32)]
+    v6 = [(0x20010db8 << 96, 32), (0xff << 120, 8)]
+    script = f"""
+import json
+from guard.backend import nft_fill
+from guard.backend.nft_fill import absent_key
+nft_fill.send(nft_fill.batch('ngprobe', [('s4', 4, {v4!r}), ('s6', 6, {v6!r})]), 'test')
+probe = lambda name, version, prefixes: absent_key(name, nft_fill.sample_keys(version, prefixes), 'ngprobe')
+print(json.dumps([probe('s4', 4, {v4!r}), probe('s6', 6, {v6!r}),
+                  absent_key('s4', [bytes([10, 1, 0, 0])], 'ngprobe')], default=bytes.hex))
+"""
+    assert json.loads(ns.run([sys.executable, "-c", script]).stdout) == [None, None, "0a010000"]
+    after = ("import sys; from guard.backend import nft_fill; from guard.backend.nft_fill import absent_key; "
+             f"k = nft_fill.sample_keys(4, {v4!r}); r = absent_key('s4', k, 'ngprobe'); print(r.hex() if r else None)")
+    ns.run("nft delete element inet ngprobe s4 { 192.0.2.0/24 }")
+    assert ns.run([sys.executable, "-c", after]).stdout.strip() == "c0000200"
+    ns.run("nft flush set inet ngprobe s4")
+    assert ns.run([sys.executable, "-c", after]).stdout.strip() == "0a000000"
+
+
+def test_apply_probes_a_thinned_deny_set_and_replaces_one_of_another_type(ns, write_policy, tmp_path):
+    """`apply` (no watcher, no events) finds a deny set that lacks a sampled prefix and refills it; a set
+    of that name and another key type is replaced, never probed (its keys would be refused: EINVAL)."""
+    netlab.add_uplink(ns)
+    os.chmod(tmp_path, 0o755)
+    deny = tmp_path / "deny.txt"
+    deny.write_text("10.0.0.0/8\n192.0.2.7\n198.51.100.0/24\n")
+    os.chmod(deny, 0o644)
+    policy = write_policy(f"deny:\n  files: [{deny}]\n")
+    ns.nodeguard("apply", "-c", policy)
+    name = next(s["set"]["name"] for s in ns.nft_json("sets") if s.get("set", {}).get("name", "").startswith("deny-v4"))
+    ns.run(f"nft delete element inet nodeguard {name} {{ 192.0.2.7 }}")
+    assert not ns.in_sync(policy)
+    ns.nodeguard("apply", "-c", policy)
+    assert _kernel_prefixes(ns, "deny-v4") == ["10.0.0.0/8", "192.0.2.7", "198.51.100.0/24"] and ns.in_sync(policy)
+    ns.run("nft delete table inet nodeguard")
+    ns.run("nft add table inet nodeguard")
+    ns.run(["nft", "add", "set", "inet", "nodeguard", name, "{ type ipv6_addr; flags interval; }"])
+    ns.nodeguard("apply", "-c", policy)
+    assert _kernel_prefixes(ns, "deny-v4") == ["10.0.0.0/8", "192.0.2.7", "198.51.100.0/24"] and ns.in_sync(policy)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import netlab
 from guard.backend.tools import OwnPids
-from guard.events import NFT_MSG_NEWGEN, set_tables, writers
+from guard.events import NFT_MSG_NEWGEN, element_writes, set_tables, writers
 from netlab import VICTIM4, wait_until
 
 
@@ -132,6 +132,26 @@ def test_a_vanished_default_route_keeps_the_last_interfaces_protected(lab, tmp_p
 def test_garbage_netlink_datagrams_never_raise(data):
     writers(data)
     set_tables(data)
+    element_writes(data, set())
+
+
+def _nfmsg(mtype: int, family: int, *attrs: tuple[int, bytes]) -> bytes:
+    body = b"".join(struct.pack("=HH", 4 + len(p), t) + p + b"\0" * (-len(p) % 4) for t, p in attrs)
+    return struct.pack("=IHHII", 20 + len(body), mtype, 0, 0, 0) + bytes([family, 0, 0, 0]) + body
+
+
+def test_element_writes_are_the_writer_s_whose_newgen_follows_even_a_datagram_later():
+    """A flush is one DELSETELEM per element, maybe many datagrams before the transaction's NEWGEN:
+    the sets are the writer's that NEWGEN names; a transaction without element messages names none."""
+    dele = _nfmsg(10 << 8 | 14, 1, (1, b"nodeguard\0"), (2, b"deny-v4-ab\0"))
+    newe = _nfmsg(10 << 8 | 12, 2, (1, b"filter\0"), (2, b"s\0"))
+    gen = _nfmsg(NFT_MSG_NEWGEN, 0, (1, struct.pack(">I", 9)), (2, struct.pack(">I", 4242)), (3, b"nft\0"))
+    ours = _nfmsg(NFT_MSG_NEWGEN, 0, (2, struct.pack(">I", 77)), (3, b"nodeguard\0"))
+    pending: set = set()
+    assert element_writes(dele + dele, pending) == [] and pending == {(1, "nodeguard", "deny-v4-ab")}
+    assert element_writes(newe + gen + ours, pending) == [
+        (4242, "nft", frozenset({(1, "nodeguard", "deny-v4-ab"), (2, "filter", "s")}))]
+    assert pending == set() and element_writes(gen, pending) == []
 
 
 @settings(max_examples=300, deadline=None)

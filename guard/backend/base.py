@@ -11,7 +11,7 @@ watcher need (the raw netlink reads, drift) where it is used, so an ``apply`` pa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -33,10 +33,11 @@ class Backend(Protocol):
         """What a read of the live state depends on: a read with another key is not reused."""
 
     def read_live(self, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Any = None,
-                  sets_unchanged: bool = False) -> Any:
+                  sets_unchanged: bool = False, written: Mapping[str, str] | None = None) -> Any:
         """What the kernel holds of this backend now (``nft`` None: nothing, for a fresh render).
         ``previous``: the caller's last read, reused where still valid; ``sets_unchanged``: the
-        caller's events saw no set of ours change since it."""
+        caller's events saw no set of ours change since it; ``written``: sets of ours whose elements
+        its events saw another process add or delete (-> who)."""
 
     def transaction(self, live: Any, families: tuple[int, ...] = (4, 6),
                     fingerprints: dict[str, str] | None = None) -> Any:

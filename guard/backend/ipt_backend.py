@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +49,7 @@ class IptBackend:
         return (self.name, tuple(self.allow_ipsets))
 
     def read_live(self, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Any = None,
-                  sets_unchanged: bool = False) -> IptLive:
+                  sets_unchanged: bool = False, written: Mapping[str, str] | None = None) -> IptLive:
         """``previous`` (a full read of the same backend) supplies what ``families`` leaves out."""
         if nft is None:
             return IptLive({}, {}, {}, {})

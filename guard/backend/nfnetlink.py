@@ -1,8 +1,8 @@
 """A raw nfnetlink client for the reads libnftables makes too costly or unsafe: every rule's counters of
-table ``inet nodeguard`` (``rule_counters``), how many elements each set holds (``nft_set_sizes``),
-each element's counter (``set_counters``, streamed: a full set as libnftables JSON took ~50 MB), and
-every table with its flags (``tables``: nft 1.0.6's JSON printer frees a flagged table's flags before
-printing them, garbage or invalid JSON in our own process).
+table ``inet nodeguard`` (``rule_counters``), how many elements each meter holds (``nft_set_sizes``; deny
+sets are looked up instead: nft_fill.absent_key), each element's counter (``set_counters``, streamed: a
+full set as libnftables JSON took ~50 MB), and every table with its flags (``tables``: nft 1.0.6's JSON
+printer frees a flagged table's flags before printing them, garbage or invalid JSON in our own process).
 
 libnftables is not used for these: nft 1.0.6 fetches every set element for any listing, terse or not,
 which costs ~0.5 s with one full 65536-entry meter (measured). The kernel's side of an element dump
@@ -342,7 +342,8 @@ def count_elements(buf: bytes) -> tuple[int, bool, int]:
 
 
 def nft_set_sizes(names: list[str], table: str = TABLE) -> dict[str, int | None]:
-    """Elements in each named set of ``inet <table>`` (None: no such set), one dump per set."""
+    """Elements in each named set of ``inet <table>`` (None: no such set), one dump per set. For meters
+    only (hash sets of at most 65,536 elements, whose dump is linear): a deny set's is quadratic."""
     out: dict[str, int | None] = {}
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
     try:

@@ -219,7 +219,9 @@ class NftLive:
     static_elements: dict[str, list] = field(default_factory=dict)
     flags: tuple[str, ...] = ()  # the table's (dormant: it filters nothing); its objects are then not read
     genid: int | None = None  # the ruleset's generation, read before everything else (nfnetlink.genid)
-    deny_counts: dict[str, int | None] = field(default_factory=dict)  # deny set -> elements the kernel holds
+    # deny set -> the address of a sampled prefix no interval of the kernel's starts at (None: all there)
+    deny_absent: dict[str, str | None] = field(default_factory=dict)
+    deny_written: dict[str, str] = field(default_factory=dict)  # deny set -> who else added or deleted elements
 
 
 STATIC_SET_PREFIXES = ("allow-", "failsafe-", "synproxy-ports-")  # sets whose elements are configuration

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +12,7 @@ from ..errors import BackendError
 from ..fingerprints import of_nft
 from ..model.matches import BanSource, ValveEngaged
 from ..model.ruleset import TABLE, AddrSet, RuleSet
+from ..prefixes import address_text
 from ..render.ids import id_and_label, id_from_comment
 from ..render.nft import FAMILY, VALVE_ELEMENTS, NftObjects, PrefixElements, render_chain_rules
 from ..sync import nft as sync_nft
@@ -38,11 +39,17 @@ class NftBackend:
         return (self.name,)
 
     def read_live(self, nft: Nft | None, families: tuple[int, ...] = (4, 6), previous: Any = None,
-                  sets_unchanged: bool = False) -> NftLive:
+                  sets_unchanged: bool = False, written: Mapping[str, str] | None = None) -> NftLive:
         """``previous`` (the caller's last read) stands for what cannot be read or need not be again: the
-        objects of our table made dormant (nft 1.0.6 cannot list it), the deny sets' element counts while
-        the ruleset's generation is the same, or the caller saw no set of our table change
-        (``sets_unchanged``: its events). Counting a 100,000-prefix deny list costs ~0.25 s of CPU."""
+        objects of our table made dormant (nft 1.0.6 cannot list it), the deny sets' probes while the
+        ruleset's generation is the same, or the caller saw no set of our table change
+        (``sets_unchanged``: its events). ``written``: deny sets whose elements the caller's events saw
+        another process add or delete (-> who): refilled whatever the probe finds.
+
+        A deny set is probed, never counted: a few of its prefixes looked up (nft_fill.sample_keys). A
+        dump of a million-prefix interval set cost ~79 s of kernel time (each chunk walks the rbtree from
+        its start); a flush or a cut-off fill misses the first or the last prefix, a stray deletion is
+        the events' to see (or a probe's, by chance)."""
         if not nft:
             return NftLive()
         gen = genid()  # first: a change during the reads below shows as a new generation next time
@@ -50,14 +57,16 @@ class NftBackend:
         prev = previous if isinstance(previous, NftLive) and previous.chains else None
         if live.flags:
             return dataclasses.replace(prev, flags=live.flags, genid=None) if prev else live
-        names = [s["name"] for s in self.objects.sets
-                 if isinstance(s.get("elem"), PrefixElements) and s["name"] in live.sets]
+        # a set of that name and another definition is replaced (drift object_redefined): a key of another
+        # length would be a request the kernel refuses (EINVAL)
+        deny = [s for s in self.objects.sets if isinstance(s.get("elem"), PrefixElements) and s["name"] in live.sets
+                and sync_nft.same_set(live.sets[s["name"]], s)]
         same = prev is not None and gen is not None and (sets_unchanged or prev.genid == gen)
-        if same and all(prev.deny_counts.get(n) is not None for n in names):
-            counts = {n: prev.deny_counts[n] for n in names}
+        if same and all(s["name"] in prev.deny_absent for s in deny):
+            absent = {s["name"]: prev.deny_absent[s["name"]] for s in deny}
         else:
-            counts = nft_set_sizes(names) if names else {}
-        return dataclasses.replace(live, genid=gen, deny_counts=counts)
+            absent = {s["name"]: _absent(s["name"], s["elem"]) for s in deny}
+        return dataclasses.replace(live, genid=gen, deny_absent=absent, deny_written=dict(written or {}))
 
     def transaction(self, live: NftLive, families: tuple[int, ...] = (4, 6),
                     fingerprints: dict[str, str] | None = None) -> sync_nft.NftTransaction:
@@ -138,9 +147,7 @@ class NftBackend:
         reasons += objects_diff("set", {s["name"]: s for s in self.objects.sets}, live.sets, sync_nft.same_set)
         reasons += objects_diff("limit", {x["name"]: x for x in self.objects.limits}, live.limits,
                                 sync_nft.same_limit)
-        reasons += [Reason("deny_elements", f"set {s['name']} holds {live.deny_counts[s['name']]} elements, "
-                                            f"not its {len(s['elem'].prefixes)} prefixes")
-                    for s in sync_nft.miscounted(self.objects, live)]
+        reasons += [Reason("deny_elements", f"set {s['name']} {why}") for s, why in sync_nft.unfilled(self.objects, live)]
         for s in plan.ruleset.sets:
             if s.static and s.name in live.sets and not sync_nft.same_elements(live.static_elements.get(s.name, []),
                                                                                self.objects.elements[s.name]):
@@ -163,19 +170,12 @@ class NftBackend:
         # 3 s quiet and 11 s on a loaded node; their count comes from one netlink dump per set instead
         listing = nft.list(f"table {FAMILY} {TABLE}", terse=True)
         meters = [s for s in plan.ruleset.sets if s.kind != "allow"]
-        sizes = nft_set_sizes([s.name for s in meters if not s.sealed]) if listing else {}
-        # a sealed set holds what its name says: counting a 100,000-prefix deny list's elements in a dump
-        # cost ~1 s of kernel and Python time for every status
-        installed = {o["name"] for o in objects(listing, "set")}
-        sizes.update({s.name: len(s.elements) for s in meters if s.sealed and s.name in installed})
         return {
             "installed": bool(listing),
             "hooks": [{"chain": c["name"], "hook": c["hook"], "priority": c["prio"]}
                       for c in objects(listing, "chain") if c.get("hook")],
             "rules": [_status_rule(r) for r in objects(listing, "rule")],
-            "meters": [{"set": s.base, "kind": s.kind, "kernel_name": s.name,
-                        "elements": sizes.get(s.name) or 0, "size": s.size}
-                       for s in meters],
+            "meters": self.meter_fill(meters, {o["name"] for o in objects(listing, "set")}),
         }
 
     # --- counters and sets -------------------------------------------------------------------
@@ -200,8 +200,12 @@ class NftBackend:
         for _chain, comment, packets, nbytes in rule_counters():
             yield id_from_comment(comment), packets, nbytes
 
-    def meter_fill(self, sets: list[AddrSet]) -> list[dict]:
-        sizes = nft_set_sizes([s.name for s in sets])
+    def meter_fill(self, sets: list[AddrSet], installed: set[str] | None = None) -> list[dict]:
+        """A meter's elements are counted (one dump; a hash set's is linear). A sealed (deny) set holds
+        what its name says, when installed (``installed``: the names listed, else assumed): a dump of an
+        interval set costs O(n^2 / chunk) on 6.x kernels, ~79 s for a million prefixes."""
+        sizes: dict[str, int | None] = nft_set_sizes([s.name for s in sets if not s.sealed])
+        sizes.update({s.name: len(s.elements) for s in sets if s.sealed and (installed is None or s.name in installed)})
         return [{"set": s.base, "kind": s.kind, "kernel_name": s.name, "elements": sizes.get(s.name) or 0,
                  "size": s.size} for s in sets]
 
@@ -306,6 +310,12 @@ class NftBackend:
 
     def valve_ids(self, ruleset: RuleSet) -> set[str]:
         return {rid for rule, rid in _rule_ids(ruleset) if any(isinstance(x, ValveEngaged) for x in rule.matches)}
+
+
+def _absent(name: str, elem: PrefixElements) -> str | None:
+    """The address of a sampled prefix of deny set ``name`` no interval in the kernel starts at."""
+    key = nft_fill.absent_key(name, nft_fill.sample_keys(elem.version, elem.prefixes))
+    return None if key is None else address_text(elem.version, int.from_bytes(key, "big"))
 
 
 def _fill_sets(sets: tuple[dict, ...]) -> list[tuple[str, int, tuple]]:

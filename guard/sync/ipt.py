@@ -36,6 +36,7 @@ class IptTransaction:
     refilled: frozenset[str] = frozenset()  # "v4 raw NODEGUARD-PRE": chains it (re)writes or deletes
     recreates = False  # its ipsets are only made anew when missing or redefined (drift says so)
     changes_sets = True  # nothing is read back of what ipsets hold but allowlists, which every full read reads
+    filled: frozenset[str] = frozenset()  # no set of a deny list (an nft table's only)
 
     @property
     def moves_jumps_only(self) -> bool:

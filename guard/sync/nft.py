@@ -35,6 +35,11 @@ class NftTransaction:
     moves_jumps_only = False  # nft has no jumps of ours in foreign chains to put back (sync/ipt.py)
 
     @property
+    def filled(self) -> frozenset[str]:
+        """The deny sets whose elements it writes anew (all of them when it makes the table anew)."""
+        return frozenset(s["name"] for s in (*self.fills, *self.refills))
+
+    @property
     def changes_sets(self) -> bool:
         """It creates, deletes, flushes or fills a set (a chain refilled after a flush changes none)."""
         return bool(self.fills or self.refills or self.recreates) or any(
@@ -142,9 +147,9 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
     # filled before (NftTransaction.fills); one someone replaced under its name is added here, elements and all
     fills = () if recreate else tuple(s for s in objs.sets if isinstance(s.get("elem"), PrefixElements)
                                       and s["name"] not in live.sets)
-    # a kept deny set whose count someone changed (a flush, deleted elements, or a set of its name made
+    # a kept deny set someone emptied or thinned (a flush, deleted elements, or a set of its name made
     # before ours) is refilled by the same batch: flushed and filled in one kernel transaction
-    refills = tuple(s for s in miscounted(objs, live) if s["name"] in kept_sets)
+    refills = tuple(s for s, _why in unfilled(objs, live) if s["name"] in kept_sets)
     filled = {s["name"] for s in fills}
     for s in objs.sets:
         name = s["name"]
@@ -159,11 +164,19 @@ def build(objs: NftObjects, live: NftLive, fingerprints: dict[str, str] | None =
     return NftTransaction(tuple(cmds), fills, refills, recreate)
 
 
-def miscounted(objs: NftObjects, live: NftLive) -> list[dict]:
-    """The deny sets (render objects) of which the kernel holds another number of elements than the
-    render's prefixes (it counts a prefix once); a set not counted is not among them."""
-    return [s for s in objs.sets if isinstance(s.get("elem"), PrefixElements)
-            and live.deny_counts.get(s["name"]) not in (None, len(s["elem"].prefixes))]
+def unfilled(objs: NftObjects, live: NftLive) -> list[tuple[dict, str]]:
+    """The deny sets (render objects) whose elements in the kernel are not the render's, and why: a
+    sampled prefix is absent (NftLive.deny_absent), or another process added or deleted elements
+    (NftLive.deny_written, from its events), whatever they were."""
+    out = []
+    for s in objs.sets:
+        if not isinstance(s.get("elem"), PrefixElements):
+            continue
+        if (writer := live.deny_written.get(s["name"])) is not None:
+            out.append((s, f"had elements added or deleted by {writer}"))
+        elif (addr := live.deny_absent.get(s["name"])) is not None:
+            out.append((s, f"lacks the prefix at {addr} (one of {len(s['elem'].prefixes)})"))
+    return out
 
 
 def _elements(ref: dict, live: list | None, want: list) -> list[dict]:

@@ -140,7 +140,12 @@ class WatchLoop:
         # still arriving) are checked now; its NEWGEN follows.
         ours_only = bool(batch.writers) and not others and not batch.overrun
         if batch.overrun or (not ours_only and (NFPROTO_INET, TABLE) in batch.set_tables):
-            self._sets_touched = True  # its deny sets are counted again (a flush of one leaves its definition)
+            self._sets_touched = True  # its deny sets are probed again (a flush of one leaves its definition)
+        # another process added or deleted elements of a set of ours: a deny set so touched is refilled,
+        # whatever the change (a probe looks up a few prefixes only); a lost event leaves it to the probe
+        self._deny_written.update({name: f"{pname} (pid {pid})" for pid, pname, sets in batch.element_writes
+                                   if pid != os.getpid() and pid not in OWN_PIDS
+                                   for family, table, name in sets if (family, table) == (NFPROTO_INET, TABLE)})
         if batch.overrun or (batch.datagrams > 0 and not ours_only):
             # a foreign transaction whose messages came with an earlier batch names no version: read all
             unknown = batch.overrun or (others and not batch.versions)

@@ -84,6 +84,7 @@ class Watcher(WatchLoop, DesiredUpdates):
         self._recheck = False  # a check is due on the next turn, events or not
         self._unread: Scope = frozenset()  # IP versions our own repair changed since the last read
         self._sets_touched = True  # a set of our table may have changed since the last read (events say)
+        self._deny_written: dict[str, str] = {}  # set -> who else added or deleted its elements (events), till refilled
         self._written: dict | None = None  # the state last published
         self._write_problem: str | None = None  # why the last publication failed (logged once)
         # the sampling odds every render uses (sampling_odds.py): the watcher is the only writer of
@@ -104,7 +105,9 @@ class Watcher(WatchLoop, DesiredUpdates):
         self.epoch += 1
         try:
             tx = apply_plan(plan, self.nft, **kw)
-            self._sets_touched |= tx.changes_sets  # by us: the next read counts the deny sets again
+            self._sets_touched |= tx.changes_sets  # by us: the next read probes the deny sets again
+            self._deny_written = {} if tx.recreates else {
+                n: w for n, w in self._deny_written.items() if n not in tx.filled}
             path = self.snapshot_path
             if (restore or tx.recreates) and path is not None:
                 persist.restore(plan, self.nft, path)
@@ -156,7 +159,10 @@ class Watcher(WatchLoop, DesiredUpdates):
         partial = scope is not None and self._live is not None and self._live_key == key
         previous = self._live if self._live_key == key and (partial or plan.backend.reads_again_what_changed) else None
         unchanged, self._sets_touched = not self._sets_touched, False
-        live = read_live_state(plan, self.nft, tuple(sorted(scope)) if partial else (4, 6), previous, unchanged)
+        deny = {s.name for s in plan.ruleset.sets if s.sealed}
+        self._deny_written = {n: w for n, w in self._deny_written.items() if n in deny}
+        live = read_live_state(plan, self.nft, tuple(sorted(scope)) if partial else (4, 6), previous, unchanged,
+                               self._deny_written)
         self._live, self._live_key = live, key
         return live
 
