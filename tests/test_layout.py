@@ -26,3 +26,16 @@ def test_lines_are_counted_as_wc_does(tmp_path):
     for text, n in (("", 0), ("a\n", 1), ("a\nb", 2), ("a\n\n", 2)):
         (tmp_path / "m.py").write_text(text)
         assert lines_of(tmp_path / "m.py") == n
+
+
+def test_every_package_of_guard_is_in_the_wheel():
+    """An editable install (the suite's) imports any package under guard/; a real one (deploy/setup.sh,
+    the image) only those pyproject.toml lists. guard/crowdsec was left out, and `nodeguard run` of a
+    real install failed at import."""
+    import tomllib
+
+    listed = set(tomllib.loads((GUARD.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(GUARD.parent).parts) for p in GUARD.rglob("__init__.py")
+             if "__pycache__" not in p.parts}
+    assert "guard.crowdsec" in found and found <= listed, f"not in pyproject.toml's packages: {sorted(found - listed)}"
+    assert listed - found == {"guard.rules"}  # rules/, mapped by package-dir
