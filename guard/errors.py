@@ -35,3 +35,8 @@ class BackendError(NodeguardError):
     def __init__(self, kind: str, message: str):
         self.kind = kind
         super().__init__(f"{kind}: {message.strip()}")
+
+
+class SetFull(BackendError):
+    """The kernel refused an element: the set holds its size. Told by the backend that sent it (the
+    only place that knows how its tool says so), so that callers never read the tool's words."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import prefixes
-from .errors import BackendError, NodeguardError
+from .errors import NodeguardError, SetFull
 from .model.ruleset import AddrSet
 from .policy.fields import DROP_ALL, to_network
 
@@ -90,9 +90,7 @@ def ban(plan, nft: Nft, prefix: str, version: int, for_s: int | None, why: str) 
     fits(prefix, [m.prefix for m in banned(plan, nft) if m.version == version])
     try:
         plan.backend.ban(nft, names[("manual", version)], prefix, for_s, why)
-    except BackendError as exc:
-        if "Too many open files in system" not in str(exc):  # ENFILE: the set holds its size
-            raise
+    except SetFull:
         raise BadBan(f"the manual ban set is full (deny.manual_size {manual_sets(plan)[version].size}): "
                      "unban some or raise it") from None
 

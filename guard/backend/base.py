@@ -113,7 +113,7 @@ class Backend(Protocol):
 
     def ban(self, nft: Nft, name: str, prefix: str, for_s: int | None, reason: str) -> None:
         """Add ``prefix`` to the installed manual ban set ``name`` for ``for_s`` seconds (None: until
-        unbanned) with ``reason``; one already there takes the new expiry and reason."""
+        unbanned) with ``reason``; one already there takes the new expiry and reason. A full set: SetFull."""
 
     def manual_bans(self, nft: Nft, name: str) -> list[tuple[str, int | None, str]]:
         """(prefix, seconds left or None, reason) of every entry of the manual ban set ``name``."""

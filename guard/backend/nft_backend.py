@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendError
+from ..errors import BackendError, SetFull
 from ..fingerprints import of_nft
 from ..model.matches import BanSource, ValveEngaged
 from ..model.ruleset import TABLE, AddrSet, RuleSet
@@ -282,8 +282,13 @@ class NftBackend:
         add = {"add": {"set": {**rendered, "elem": [{"elem": elem}]}}} if rendered else \
             {"add": {"element": {**ref, "elem": [{"elem": elem}]}}}
         again = bool(sync_nft.networks([prefix]) & sync_nft.networks([p for p, _, _ in self.manual_bans(nft, name)]))
-        nft.run({"nftables": [add, {"delete": {"element": {**ref, "elem": [val]}}}, add] if again else [add]},
-                what="ban")
+        try:
+            nft.run({"nftables": [add, {"delete": {"element": {**ref, "elem": [val]}}}, add] if again else [add]},
+                    what="ban")
+        except BackendError as exc:
+            if "Too many open files in system" in str(exc):  # ENFILE, as libnftables words it: the set is full
+                raise SetFull(exc.kind, "the set holds its size") from None
+            raise
 
     def restore_elements(self, nft: Nft, name: str, rows: list[tuple[str, int | None, str]]) -> None:
         # "add" leaves an element already there alone: the kernel's timeout is the newer one
