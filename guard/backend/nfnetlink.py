@@ -11,6 +11,7 @@ still costs ~0.3 s for such a meter, so callers cache ``nft_set_sizes``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -180,16 +181,9 @@ def genid() -> int | None:
     """The ruleset's generation: the kernel adds one at every committed transaction, of any table of
     any family (ours, iptables-nft's, anyone's). One request, no dump: what is unchanged since a
     generation was read needs no second look."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-    try:
-        sock.bind((0, 0))
-        sock.settimeout(5)
-        body = struct.pack("=BBH", NFPROTO_UNSPEC, 0, 0)
-        sock.send(_NLMSG.pack(_NLMSG.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
-                              NLM_F_REQUEST, 1, 0) + body)
+    with _socket() as sock:
+        sock.send(_request(NFT_MSG_GETGEN, NLM_F_REQUEST, 1, NFPROTO_UNSPEC))
         found, _done, err = parse_gen(sock.recv(1 << 12))
-    finally:
-        sock.close()
     return None if err or not found else found[0]
 
 
@@ -198,16 +192,30 @@ def flag_names(flags: int) -> list[str]:
     return [TABLE_FLAGS.get(1 << i, str(1 << i)) for i in range(32) if flags >> i & 1]
 
 
-def _stream(msg_type: int, attrs: bytes, parse, family: int = NFPROTO_INET) -> Iterator:
-    """The items of one dump, one datagram's worth at a time (nothing when the table or set is missing)."""
+@contextlib.contextmanager
+def _socket(rcvbuf: int = 0) -> Iterator[socket.socket]:
+    """A netfilter netlink socket for one exchange, answered within 5 s; ``rcvbuf``: room for a dump."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.bind((0, 0))
         sock.settimeout(5)
-        body = struct.pack("=BBH", family, 0, 0) + attrs
-        sock.send(_NLMSG.pack(_NLMSG.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
-                              NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
+        yield sock
+    finally:
+        sock.close()
+
+
+def _request(msg_type: int, flags: int, seq: int, family: int, attrs: bytes = b"") -> bytes:
+    """One nf_tables request message: the nfgenmsg header of ``family``, then ``attrs``."""
+    body = struct.pack("=BBH", family, 0, 0) + attrs
+    return _NLMSG.pack(_NLMSG.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg_type, flags, seq, 0) + body
+
+
+def _stream(msg_type: int, attrs: bytes, parse, family: int = NFPROTO_INET) -> Iterator:
+    """The items of one dump, one datagram's worth at a time (nothing when the table or set is missing)."""
+    with _socket(1 << 20) as sock:
+        sock.send(_request(msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, family, attrs))
         done = False
         while not done:
             items, done, err = parse(sock.recv(1 << 17))
@@ -216,8 +224,6 @@ def _stream(msg_type: int, attrs: bytes, parse, family: int = NFPROTO_INET) -> I
                     return
                 raise OSError(err, os.strerror(err))
             yield from items
-    finally:
-        sock.close()
 
 
 def _dump(msg_type: int, attrs: bytes, parse, family: int = NFPROTO_INET) -> list:
@@ -345,20 +351,13 @@ def nft_set_sizes(names: list[str], table: str = TABLE) -> dict[str, int | None]
     """Elements in each named set of ``inet <table>`` (None: no such set), one dump per set. For meters
     only (hash sets of at most 65,536 elements, whose dump is linear): a deny set's is quadratic."""
     out: dict[str, int | None] = {}
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((0, 0))
-        sock.settimeout(5)
+    with _socket(1 << 20) as sock:
         for seq, name in enumerate(names, 1):
-            body = struct.pack("=BBH", NFPROTO_INET, 0, 0) + _set_ref(name, table)
-            sock.send(_NLMSG.pack(_NLMSG.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
-                                  NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+            sock.send(_request(NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, seq, NFPROTO_INET,
+                               _set_ref(name, table)))
             total, done, err = 0, False, 0
             while not done:
                 n, done, err = count_elements(sock.recv(1 << 17))
                 total += n
             out[name] = None if err else total
-    finally:
-        sock.close()
     return out

@@ -22,7 +22,7 @@ from ..model.ruleset import TABLE
 from .nfnetlink import (_NLMSG, NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_MSG_GETSETELEM,
                         NFT_SET_ELEM_INTERVAL_END, NFTA_DATA_VALUE, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY,
                         NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_TIMEOUT, NFTA_TABLE_NAME, NLM_F_REQUEST,
-                        NLMSG_ERROR, _element_times, _error, _messages, _nla, _set_ref)
+                        NLMSG_ERROR, _element_times, _error, _messages, _nla, _request, _set_ref, _socket)
 
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFT_MSG_NEWTABLE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 0, 9, 12, 14
@@ -40,7 +40,12 @@ INTERVAL_END = _nla(NFTA_SET_ELEM_FLAGS, struct.pack(">I", NFT_SET_ELEM_INTERVAL
 OPEN_END = _nla(NFTA_SET_ELEM_USERDATA, b"\x01\x04" + struct.pack("=I", 1))  # nft's mark of a last interval
 IOV_MAX = os.sysconf("SC_IOV_MAX")
 ELEMENTS_MAX = 60_000  # bytes of elements a message: an attribute's length is 16 bits
-PROBE_KEYS = 64  # prefixes of a deny set looked up to check it is filled (nfnetlink.absent_key)
+PROBE_KEYS = 64  # prefixes of a deny set looked up to check it is filled (absent_key)
+
+
+def _key_element(key: bytes, attrs: bytes = b"") -> bytes:
+    """A set element of ``key``, with more of its attributes (a timeout) after it."""
+    return _nest(NFTA_LIST_ELEM, _nest(NFTA_SET_ELEM_KEY, _nla(NFTA_DATA_VALUE, key)) + attrs)
 
 
 def _message(mtype: int, seq: int, family: int, body: bytes, res_id: int = 0) -> bytes:
@@ -88,16 +93,11 @@ def absent_key(name: str, keys: list[bytes], table: str = TABLE) -> bytes | None
     starts there), else None: one GETSETELEM request, not a dump. The kernel looks each key up
     (O(log n)), answers each with its element and stops at the first it lacks (ENOENT). A dump of an
     interval set costs O(n^2 / chunk) on 6.x kernels (each chunk walks the rbtree from its start)."""
-    elems = b"".join(_nest(NFTA_LIST_ELEM, _nest(NFTA_SET_ELEM_KEY, _nla(NFTA_DATA_VALUE, k))) for k in keys)
-    body = struct.pack("=BBH", NFPROTO_INET, 0, 0) + _set_ref(name, table) + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, elems)
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+    elems = b"".join(_key_element(k) for k in keys)
     found: list[bytes] = []
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((0, 0))
-        sock.settimeout(5)
-        sock.send(_NLMSG.pack(_NLMSG.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
-                              NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
+    with _socket(1 << 20) as sock:
+        sock.send(_request(NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_ACK, 1, NFPROTO_INET,
+                           _set_ref(name, table) + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, elems)))
         err = None
         while err is None:
             buf = sock.recv(1 << 16)
@@ -107,8 +107,6 @@ def absent_key(name: str, keys: list[bytes], table: str = TABLE) -> bytes | None
                     break
                 _element_times(buf, mtype, start, end, elements := [])
                 found += [key for key, _left in elements]
-    finally:
-        sock.close()
     if err not in (0, 2):  # ENOENT: a key (or the set) is absent
         raise OSError(err, os.strerror(err))
     # an interval set answers a key inside an interval with the interval's start: only equal keys count
@@ -169,8 +167,7 @@ def timed_batch(table: str, name: str, rows: list[tuple[bytes, int]]) -> list[by
     without libnftables' JSON of 65,536 elements (seconds of CPU and hundreds of MB)."""
     msgs = [_message(NFNL_MSG_BATCH_BEGIN, 0, socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES)]
     _add_elements(msgs, _set_ref(name, table), [
-        _nest(NFTA_LIST_ELEM, _nest(NFTA_SET_ELEM_KEY, _nla(NFTA_DATA_VALUE, key))
-              + _nla(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", ms))) for key, ms in rows])
+        _key_element(key, _nla(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", ms))) for key, ms in rows])
     msgs.append(_message(NFNL_MSG_BATCH_END, len(msgs), socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES))
     return msgs
 
