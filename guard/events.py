@@ -43,37 +43,13 @@ class Batch:
 
 def versions(buf: bytes) -> set[int]:
     """IP versions of the tables the messages in a datagram are about (NEWGEN names none)."""
-    out: set[int] = set()
-    off = 0
-    while off + 17 <= len(buf):
-        length = struct.unpack_from("=I", buf, off)[0]
-        if length < 16:
-            break
-        out.update(IP_VERSIONS.get(buf[off + 16], ()))
-        off += (length + 3) & ~3
-    return out
+    return {v for off, _length, _mtype in _headers(buf, 17) for v in IP_VERSIONS.get(buf[off + 16], ())}
 
 
 def set_tables(buf: bytes) -> set[tuple[int, str]]:
     """(nfproto family, table name) of every table, set or set-element message in a datagram."""
-    out: set[tuple[int, str]] = set()
-    off = 0
-    while off + 20 <= len(buf):
-        length, mtype = struct.unpack_from("=IH", buf, off)
-        if length < 16:
-            break
-        end = min(off + length, len(buf))
-        a = off + 20  # nlmsghdr (16) + nfgenmsg (4)
-        while mtype in SET_MESSAGES and a + 4 <= end:
-            alen, atype = struct.unpack_from("=HH", buf, a)
-            if alen < 4 or a + alen > end:
-                break
-            if atype & 0x3FFF == 1:
-                out.add((buf[off + 16], buf[a + 4:a + alen].split(b"\0", 1)[0].decode("ascii", "replace")))
-                break
-            a += (alen + 3) & ~3
-        off += (length + 3) & ~3
-    return out
+    return {(buf[off + 16], table) for off, length, mtype in _headers(buf, 20) if mtype in SET_MESSAGES
+            and (table := _name(_strings(buf, off, off + length), 1)) is not None}
 
 
 def _strings(buf: bytes, off: int, end: int) -> dict[int, bytes]:
@@ -90,11 +66,17 @@ def _strings(buf: bytes, off: int, end: int) -> dict[int, bytes]:
     return out
 
 
+def _name(attrs: dict[int, bytes], atype: int) -> str | None:
+    """A name attribute's text (to its NUL), or None when the message has none."""
+    payload = attrs.get(atype)
+    return None if payload is None else payload.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
 def _writer(buf: bytes, off: int, end: int) -> tuple[int, str]:
     """(pid, process name) of the NEWGEN message at ``off``."""
     attrs = _strings(buf, off, end)
     payload = attrs.get(NFTA_GEN_PROC_PID, b"")
-    name = attrs.get(NFTA_GEN_PROC_NAME, b"").split(b"\0", 1)[0].decode("ascii", "replace")
+    name = _name(attrs, NFTA_GEN_PROC_NAME) or ""
     return struct.unpack(">I", payload)[0] if len(payload) == 4 else 0, "".join(
         c if c.isprintable() else "?" for c in name)
 
@@ -127,9 +109,7 @@ def element_writes(buf: bytes, pending: set[tuple[int, str, str]]) -> list[tuple
                 pending.clear()
         elif mtype in ELEMENT_MESSAGES:
             attrs = _strings(buf, off, off + length)
-            table, name = (attrs.get(k, b"").split(b"\0", 1)[0].decode("ascii", "replace")
-                           for k in (1, NFTA_SET_ELEM_LIST_SET))
-            pending.add((buf[off + 16], table, name))
+            pending.add((buf[off + 16], _name(attrs, 1) or "", _name(attrs, NFTA_SET_ELEM_LIST_SET) or ""))
     return out
 
 
