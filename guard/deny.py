@@ -45,14 +45,6 @@ def _lines(text: str) -> Iterator[str]:
     yield from text[start:].split("\n")
 
 
-def parse_deny_text(text: str, file: str) -> dict[int, list[prefixes.Prefix]]:
-    """IP version -> the prefixes ``text`` lists, in its order."""
-    out: dict[int, list[prefixes.Prefix]] = {4: [], 6: []}
-    for version, first, length in deny_entries(text, file):
-        out[version].append((first, length))
-    return out
-
-
 # The most of one deny file read: ~900,000 lines of IPv4 CIDRs, hundreds of times Spamhaus DROP's
 # ~1,500; a file that never ends (a symlink to /dev/zero) is refused at this size, not read to the end.
 DENY_MAX_BYTES = 16 * MiB

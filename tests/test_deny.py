@@ -11,11 +11,19 @@ import os
 import pytest
 
 from guard import manual
-from guard.deny import parse_deny_text
+from guard.deny import deny_entries
 from guard.errors import PolicyError
 from guard.model.build import build_ruleset
 from guard.model.plans import Priorities
 from guard.policy.load import parse_policy
+
+
+def parse_deny_text(text: str, file: str) -> dict[int, list]:
+    """IP version -> the prefixes ``text`` lists, in its order (deny_entries grouped)."""
+    out: dict[int, list] = {4: [], 6: []}
+    for version, first, length in deny_entries(text, file):
+        out[version].append((first, length))
+    return out
 
 
 def nets(*texts: str) -> list:
