@@ -19,6 +19,9 @@ import time
 SNAPSHOT = 40  # persist.py's snapshot (daemon/snapshot_part.py)
 BANS = 150  # the sampler's read of the ban sets (ban and unban records)
 FILL = 150  # the metrics' count of every set's fill (daemon/provider.py)
+# A ban read this cheap (small sets) is not paced: ban records keep the window's cadence. Paced at 150x,
+# a 20 ms read under load waited 3 s, and a 2 s ban (the demo's) went unrecorded.
+CHEAP_S = 0.05
 
 def next_due(started: float, interval: float, cpu_s: float, factor: int) -> float:
     """When a job that started at ``started`` and took ``cpu_s`` of CPU may run again."""

@@ -151,7 +151,8 @@ class Sampler:
             return []
         cpu = pace.cpu()
         current = self._read_bans()
-        self._bans_due = pace.next_due(now, 0.0, pace.cpu() - cpu, pace.BANS)
+        cost = pace.cpu() - cpu
+        self._bans_due = now if cost < pace.CHEAP_S else pace.next_due(now, 0.0, cost, pace.BANS)
         out = bans.ban_records(self._bans, current, exact, now, now - self._bans_at, self.policy.escalate.after_s)
         self._bans, self._bans_at = current, now
         if self.on_bans is not None and any(r["type"] == "ban" for r in out):
