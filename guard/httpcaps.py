@@ -69,31 +69,26 @@ def client_victim(mine: dict[socket.socket, Conn], limits: Limits, now: float) -
 def total_victim(conns: dict[socket.socket, Conn], by_client: dict[str, dict[socket.socket, Conn]],
                  limits: Limits, now: float) -> tuple[Conn | None, bool]:
     """Over the total cap: from the client holding the most connections, its oldest silent one, else
-    its oldest partial one, among those past their grace or whose client is over its cap; beyond
-    ``connections_max`` among all that are not being answered; if every one is, the newest. The flag:
-    every candidate is still in its grace (look again next turn)."""
-    most = max(map(len, by_client.values()))
-    best = (-most, 0)
-    within = most <= limits.per_client  # then only age ripens one: the ripe are a prefix
+    its oldest partial one, among those past their grace; beyond ``connections_max`` among all that
+    are not being answered; if every one is, the newest. The flag: every candidate is still in its
+    grace (look again next turn)."""
+    best = (-max(map(len, by_client.values())), 0)
     ripe: tuple[tuple[int, int], Conn] | None = None
     young: tuple[tuple[int, int], Conn] | None = None
-    for conn in conns.values():  # oldest first: the first of a key wins
+    for conn in conns.values():  # oldest first: the first of a key wins, and the ripe are a prefix
         rank = conn.eviction_rank()
         if rank is None:
             continue
-        held = len(by_client[conn.client])
-        key = (-held, rank)
-        if held > limits.per_client or now - conn.born >= limits.grace_s:
+        key = (-len(by_client[conn.client]), rank)
+        if now - conn.born >= limits.grace_s:
             if ripe is None or key < ripe[0]:
                 ripe = (key, conn)
-                if key == best:
-                    break  # no better one can follow
-        elif within and ripe is not None:
+        elif ripe is not None:
             break  # the rest are younger still
         elif young is None or key < young[0]:
             young = (key, conn)
-            if within and key == best:
-                break
+        if (ripe or young)[0] == best:
+            break  # no better one can follow
     if ripe is not None:
         return ripe[1], False
     if young is None:

@@ -16,10 +16,10 @@ kubelet's liveness probe is one more. So what any client can take is bounded:
   client's cap: that client's oldest that has sent nothing, else its oldest that sent part of a
   head. Over the total: from the client holding the most connections, its oldest silent one, else
   its oldest partial one. Either way a connection has ``Limits.grace_s`` from its accept to send
-  its request before it can be evicted, unless its client is over its own cap; only beyond
-  ``Limits.connections_max`` does the total cap take connections in their grace, by the same order.
-  So a client that holds one connection (a probe) is answered if its request arrives within the
-  grace, unless ``connections_max`` newer connections arrive first from clients that hold one each.
+  its request before it can be evicted, whoever its client; only beyond ``Limits.connections_max``
+  does the total cap take connections in their grace, by the same order. So a probe is answered if
+  its request arrives within the grace, unless ``connections_max`` newer connections arrive first
+  (from its own address: 512 in 46 ms at the fastest a local flood connected, measured);
   What a connection sent with its connect is read at accept, and a silent victim once more before
   it goes: a request that is in is never what the caps evict;
 * expensive routes (``/metrics``) run one at a time in one worker thread, so the process' thread
@@ -34,6 +34,7 @@ import logging
 import queue
 import selectors
 import socket
+import struct
 import threading
 import time
 import traceback
@@ -43,6 +44,7 @@ from .httpcaps import Conn, Limits, client_key, client_victim, total_victim
 from .httpmessages import Reply, Request, Route, encode, parse_head, text_reply
 from .logs import Throttle
 
+ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 log = logging.getLogger("nodeguard.metrics")
 
 
@@ -260,7 +262,9 @@ class BoundedHTTPServer:
 
     def _close(self, conn: Conn, lingering: bool = False) -> None:
         """Close; ``lingering``: after a full answer, read what the client sent beyond its head
-        first, so that the kernel ends with FIN rather than a reset that could discard the answer."""
+        first, so that the kernel ends with FIN rather than a reset that could discard the answer.
+        Else (evicted, out of time, hung up) with a reset: nothing is owed, and a flood of connects
+        leaves no TIME_WAIT behind (at 2,500/s, 150,000 of them on the node)."""
         if conn.closed:
             return
         conn.closed = True
@@ -276,6 +280,8 @@ class BoundedHTTPServer:
             if lingering:
                 conn.sock.shutdown(socket.SHUT_WR)
                 conn.sock.recv(65536)
+            else:
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT)
         except OSError:
             pass
         conn.sock.close()
