@@ -16,10 +16,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from . import listeners, probe, sampling_odds, sysctls
+from .backend.kinds import IPT_FLAVOURS, IPTABLES, NFT, Installed, Removed, describe, kind_for
 from .backend.nft import Nft, NftLive, objects
-from .backend.nft_backend import NftBackend
 from .dnat_ports import dnat_ports
-from .errors import BackendError
 from .interfaces import resolve_interfaces
 from .model.build import build_ruleset
 from .model.plans import Priorities, Sampling, SynproxyPlan
@@ -38,8 +37,7 @@ if TYPE_CHECKING:
     Live = NftLive | IptLive
 
 # The iptables backend's own modules (backend.ipt_backend, backend.ipt, backend.ipset, sync.ipt, render.ipt) are
-# imported where they are used, so that an nft apply does not load them; Live and Transaction exist for type checkers.
-IPT_FLAVOURS = ("nft", "legacy")
+# imported where they are used (here and in backend/kinds.py), so that an nft apply does not load them; Live and Transaction exist for type checkers.
 log = logging.getLogger("nodeguard.apply")
 
 
@@ -60,37 +58,6 @@ class Plan:
         return self.backend.flavour
 
 
-def choose_flavour(policy: Policy, nft: Nft | None) -> tuple[str, str] | None:
-    """The iptables tools to use, and why; None for the nft backend."""
-    if policy.backend == "nft":
-        return None
-    if policy.iptables.flavour != "auto":
-        return policy.iptables.flavour, "iptables.flavour in the policy"
-    from .backend.ipt import detect_flavour
-
-    return detect_flavour() if nft else ("nft", "not probed (no privileges)")
-
-
-_QUEUE_PROBE: dict[str, bool] = {}
-
-
-def nft_queue_supported(nft: Nft) -> bool:
-    """Does this kernel have the nft ``queue`` expression (CONFIG_NFT_QUEUE)? One check-mode transaction."""
-    if "nft" not in _QUEUE_PROBE:
-        t = {"family": "inet", "name": "nodeguard-probe"}
-        probe_tx = {"nftables": [
-            {"add": {"table": t}},
-            {"add": {"chain": {**t, "table": t["name"], "name": "c"}}},
-            {"add": {"rule": {"family": "inet", "table": t["name"], "chain": "c", "expr": [{"queue": {"num": 0}}]}}},
-        ]}
-        try:
-            nft.run(probe_tx, dry_run=True, what="probe nft queue")
-            _QUEUE_PROBE["nft"] = True
-        except BackendError:
-            _QUEUE_PROBE["nft"] = False
-    return _QUEUE_PROBE["nft"]
-
-
 def choose_sampling(policy: Policy, nft: Nft | None, odds: dict[str, int] | None = None
                     ) -> tuple[Sampling | None, str]:
     """``odds``: the sampling odds to render (the watcher's); None: those in the odds file."""
@@ -99,14 +66,7 @@ def choose_sampling(policy: Policy, nft: Nft | None, odds: dict[str, int] | None
         return None, "sampler.enabled is false"
     transport, reason = cfg.transport, "sampler.transport in the policy"
     if transport == "auto":
-        if policy.backend == "iptables":
-            transport, reason = "nfqueue", "auto: the iptables backend uses xt NFQUEUE"
-        elif nft is not None and nft_queue_supported(nft):
-            transport, reason = "nfqueue", "auto: this kernel has the nft queue expression"
-        elif nft is not None:
-            transport, reason = "nflog", "auto: this kernel lacks the nft queue expression (CONFIG_NFT_QUEUE)"
-        else:
-            transport, reason = "nflog", "auto: not probed (no privileges)"
+        transport, reason = kind_for(policy).auto_transport(nft)
     if odds is None:
         odds = sampling_odds.load(sampling_odds.path_for(policy))
     return sampling_settings(policy, transport, odds), reason
@@ -170,35 +130,27 @@ def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | Non
     watcher holds (it re-detects them on its own schedule); None: the listeners, read now.
     """
     foreign = tuple(probe.foreign_base_chains(nft)) if nft and probe_foreign else ()
+    kind = kind_for(policy)
     if interfaces is None:
         interfaces = resolve_interfaces(policy.interfaces)
     if flavour is None:
-        flavour = choose_flavour(policy, nft)
+        flavour = kind.flavour(policy, nft)
     sampling, sampling_reason = choose_sampling(policy, nft, odds)
     synproxy = synproxy_plan(policy, interfaces, ports)
-    closed_off = policy.backend == "iptables" and policy.closed_ports.enabled and probe.ipvs_loaded()
+    closed_off = kind.closed_ports_off(policy)
     key = (interfaces, foreign, flavour, sampling, synproxy, closed_off)
     if cache is not None and key in cache:
         return cache[key]
     priorities = probe.choose_priorities(list(foreign))
-    if closed_off:  # IPVS takes Services' packets on input after every iptables table: the rule would see them
+    if closed_off:
         policy = policy.model_copy(update={"closed_ports": policy.closed_ports.model_copy(update={"enabled": False})})
         priorities = replace(priorities, notes=(*priorities.notes, "closed_ports is off: IPVS is loaded, and "
                                                 "iptables has no table after IPVS on input (nft has)"))
     ruleset = build_ruleset(policy, interfaces, priorities, sampling, synproxy)
-    common = (ruleset, priorities, foreign)
     proxied = synproxy if any(s.kind == "engaged" for s in ruleset.sets) else None  # not in monitor mode
-    extra = {"synproxy": proxied, "set_sysctls": policy.syn.synproxy.set_sysctls}
-    if policy.backend == "nft":
-        plan = Plan(*common, NftBackend(render_nft.render_nft(ruleset)), "the policy says backend: nft", sampling,
-                    sampling_reason, **extra)
-    else:
-        from .backend.ipt_backend import IptBackend
-        from .render import ipt as render_ipt
-
-        backend = IptBackend(flavour[0], {v: render_ipt.render_ipt(ruleset, v) for v in (4, 6)},
-                             tuple(render_ipt.ipsets(ruleset)))
-        plan = Plan(*common, backend, flavour[1], sampling, sampling_reason, **extra)
+    backend, backend_reason = kind.backend(ruleset, flavour)
+    plan = Plan(ruleset, priorities, foreign, backend, backend_reason, sampling, sampling_reason, proxied,
+                policy.syn.synproxy.set_sysctls)
     if cache is not None:
         cache.clear()  # only the latest inputs are worth keeping
         cache[key] = plan
@@ -236,9 +188,9 @@ def apply_plan(plan: Plan, nft: Nft, *, dry_run: bool = False, families: tuple[i
     if plan.set_sysctls:
         sysctls.enforce(plan.synproxy)
     if not repair:
-        plan_removed = remove_other_backends(plan.backend.name, nft)
+        plan_removed = remove_other_backends(plan.backend.installed, nft)
         if plan_removed:
-            log.info("removed nodeguard's rules from the other backends: %s", ", ".join(plan_removed))
+            log.info("removed nodeguard's rules from the other backends: %s", ", ".join(describe(plan_removed)))
     return tx
 
 
@@ -258,16 +210,17 @@ def load_into_this_netns(plan: Plan) -> str:
     return plan.backend.installed_text(apply_plan(plan, nft), nft)
 
 
-def remove_other_backends(keep: str, nft: Nft, dry_run: bool = False) -> list[str]:
-    """Remove nodeguard's objects from every backend but ``keep``; cheap when there are none.
-    Returns what was removed (``dry_run``: what would be, changing nothing)."""
+def remove_other_backends(keep: Installed | None, nft: Nft, dry_run: bool = False) -> list[Removed]:
+    """Remove nodeguard's objects from every backend but ``keep`` (None: from all); cheap when there
+    are none. Returns what was removed (``dry_run``: what would be, changing nothing)."""
     removed = []
-    if keep != "nft" and _nft_installed(nft):
+    if (keep is None or keep.kind is not NFT) and _nft_installed(nft):
         if not dry_run:
             nft.run(sync_nft.delete_table(render_nft.table_ref()).json(), what="remove nft backend")
-        removed.append("nft")
+        removed.append(Removed(NFT.installed()))
     for flavour in IPT_FLAVOURS:
-        if keep == f"iptables-{flavour}" or not _may_hold_ipt(flavour, nft):
+        other = IPTABLES.installed(flavour)
+        if keep == other or not _may_hold_ipt(flavour, nft):
             continue
         from .backend.ipt import Ipt
         from .sync import ipt as sync_ipt
@@ -276,17 +229,17 @@ def remove_other_backends(keep: str, nft: Nft, dry_run: bool = False) -> list[st
         tx = sync_ipt.uninstall(flavour, {v: ipt.live(v) for v in (4, 6)})
         if not dry_run:
             ipt.restore_families(tx.restore)
-        removed += [f"iptables-{flavour} v{v}" for v, text in tx.restore.items() if text]
+        removed += [Removed(other, v) for v, text in tx.restore.items() if text]
     # ipsets exist only for the iptables backend: look (one process) after removing it, or on uninstall
-    ipt_gone = any(r.startswith("iptables-") for r in removed) or keep == "none"
-    if not keep.startswith("iptables-") and ipt_gone:
+    ipt_gone = any(r.backend is not None and r.backend.kind is IPTABLES for r in removed) or keep is None
+    if (keep is None or keep.kind is not IPTABLES) and ipt_gone:
         from .backend.ipset import Ipset
 
         stale = Ipset.names()
         if stale:
             if not dry_run:
                 Ipset.destroy(stale)
-            removed.append("ipsets")
+            removed.append(Removed(None))
     return removed
 
 
@@ -303,6 +256,6 @@ def _nft_installed(nft: Nft) -> bool:
                for t in objects(nft.list("tables"), "table"))
 
 
-def uninstall(nft: Nft) -> list[str]:
+def uninstall(nft: Nft) -> list[Removed]:
     """Delete nodeguard's objects in every backend, and nothing else. Returns what was removed."""
-    return remove_other_backends("none", nft)
+    return remove_other_backends(None, nft)

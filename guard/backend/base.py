@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..model.ruleset import AddrSet, RuleSet
+    from .kinds import Installed
     from .nft import Nft
 
 Key = tuple[str, str]  # (rule group, mode)
 
 
 class Backend(Protocol):
-    name: str  # "nft", "iptables-nft" or "iptables-legacy"
+    name: str  # "nft", "iptables-nft" or "iptables-legacy" (kinds.label of ``installed``)
+    installed: Installed  # which kind, and flavour: what apply.remove_other_backends keeps
     flavour: str | None  # iptables: "nft" or "legacy"
     polled: bool  # raises no nftables events (iptables-legacy): the watcher polls its tables' fingerprint
     forgets_sources: bool  # quiet sources must be removed from the ``counts`` sets (forget_sources)

@@ -20,6 +20,7 @@ from ..sync import ipt as sync_ipt
 from .ipset import Ipset
 from .ipt import Ipt, IptLive
 from .ipt import read_live as read_ipt_live
+from .kinds import IPTABLES, Installed, label
 from .nft import Nft
 
 
@@ -32,8 +33,12 @@ class IptBackend:
     reads_again_what_changed = False  # ``previous`` stands for the families and ipsets a partial read leaves out
 
     @property
+    def installed(self) -> Installed:
+        return IPTABLES.installed(self.flavour)
+
+    @property
     def name(self) -> str:
-        return f"iptables-{self.flavour}"
+        return label(self.installed)
 
     @property
     def polled(self) -> bool:

@@ -17,6 +17,7 @@ from ..render.ids import id_and_label, id_from_comment
 from ..render.nft import FAMILY, VALVE_ELEMENTS, NftObjects, PrefixElements, render_chain_rules
 from ..sync import nft as sync_nft
 from . import nft_fill
+from .kinds import NFT
 from .nfnetlink import genid, nft_set_sizes
 from .nft import Nft, NftLive, objects, read_live
 
@@ -33,6 +34,7 @@ class NftBackend:
     polled = False  # every change raises an nftables event
     forgets_sources = False  # the counts sets' elements time out by themselves
     reads_again_what_changed = True  # a full read takes what did not change from the previous one (read_live)
+    installed = NFT.installed()
 
     # --- the live state and the transaction ----------------------------------------------
     def live_key(self) -> tuple:

@@ -52,11 +52,12 @@ def apply(config: str | None, as_json: bool, dry_run: bool) -> None:
     nft = kernel()  # first: without privileges nothing else matters, whatever the policy file says
     from .. import datapath
     from ..apply import apply_plan, make_plan, read_state, remove_other_backends, transaction
+    from ..backend.kinds import describe
     from ..policy.load import load_policy
 
     policy, source = load_policy(config, trusted=True)
     plan = make_plan(policy, nft)
-    others = remove_other_backends(plan.backend.name, nft, dry_run=True)  # a backend switch also removes these
+    others = describe(remove_other_backends(plan.backend.installed, nft, dry_run=True))  # a backend switch also removes these
     if dry_run:
         tx = transaction(plan, read_state(plan, nft))
         how = plan.backend.check(tx, nft)
@@ -115,7 +116,8 @@ def status(config: str | None, as_json: bool) -> None:
 def uninstall_cmd(as_json: bool) -> None:
     """Remove nodeguard's rules and sets from every backend, and nothing else."""
     from ..apply import uninstall
+    from ..backend.kinds import describe
 
-    removed = uninstall(kernel())
+    removed = describe(uninstall(kernel()))
     text = f"removed nodeguard from: {', '.join(removed)}\n" if removed else "nodeguard was not installed\n"
     emit({"removed": removed}, as_json, text)

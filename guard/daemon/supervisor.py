@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from .. import lastgood
 from ..apply import uninstall
+from ..backend.kinds import describe
 from ..backend.nft import Nft, require_net_admin
 from ..configfile import check_config_file
 from ..configwatch import POLL_S, ConfigWatch
@@ -140,7 +141,7 @@ class Daemon:
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(-1)
         if self.opts.remove_on_exit:
-            removed = uninstall(self.nft)
+            removed = describe(uninstall(self.nft))
             log.info("stopped; --remove-on-exit removed nodeguard from: %s", ", ".join(removed) or "nothing (not installed)")
         else:
             log.info("stopped; the rules stay in place")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ..backend.ipset import LiveIpset
 from ..backend.ipt import LiveTable
+from ..backend.kinds import IPTABLES, label
 from ..fingerprints import ipt_body, ipt_key
 from ..render.ipt import Ipset, Render, spec_id
 from ..render.ipt_names import MAX_IPSET
@@ -52,7 +53,7 @@ class IptTransaction:
 
     def json(self) -> dict:
         """For ``check --json``: the restore files as text, under the backend's name."""
-        return {"backend": f"iptables-{self.flavour}", "transaction": self.text()}
+        return {"backend": label(IPTABLES.installed(self.flavour)), "transaction": self.text()}
 
     @property
     def empty(self) -> bool:

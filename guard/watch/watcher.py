@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Callable
 
 from .. import persist, sampling_odds
-from ..apply import Plan, apply_plan, choose_flavour, make_plan, transaction
+from ..apply import Plan, apply_plan, make_plan, transaction
 from ..apply import read_state as read_live_state
+from ..backend.kinds import kind_for
 from ..backend.legacy_fingerprint import legacy_fingerprint
 from ..backend.nft import Nft
 from ..damper import Damper
@@ -132,12 +133,13 @@ class Watcher(WatchLoop, DesiredUpdates):
 
     def plan(self, policy: Policy | None = None) -> Plan:
         policy = policy or self.policy
+        kind = kind_for(policy)
         if self._flavour is None:
-            self._flavour = choose_flavour(policy, self.nft)  # decided once per policy (None: nft)
+            self._flavour = kind.flavour(policy, self.nft)  # decided once per policy (None: nft)
         interfaces = self.interfaces(policy)
         ours = policy is self.policy  # a reload's candidate reads the listeners itself
         return make_plan(policy, self.nft, flavour=self._flavour, cache=self._plans if ours else None,
-                         interfaces=interfaces, probe_foreign=policy.backend == "nft",
+                         interfaces=interfaces, probe_foreign=kind.reads_foreign,
                          odds=None if self.odds_from_file else self.odds,
                          ports=self.ports.held(policy, interfaces) if ours else None)
 
