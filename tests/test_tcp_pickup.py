@@ -34,7 +34,7 @@ def _failed_open(counters: dict) -> tuple[int, int]:
     what a full set let through. A set dump during a flood counts elements twice while the hash table
     resizes, so the rule counters say it, not the set's listing."""
     over = counters["filter-conntrack: tcp picked up mid-stream, over the rate"]
-    return over, over - counters["tcp-pickup: second chance v4"] - counters["tcp-pickup: first sight v4"]
+    return over, over - counters.get("tcp-pickup: second chance v4", 0) - counters["tcp-pickup: first sight v4"]
 
 
 @contextmanager
