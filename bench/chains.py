@@ -11,8 +11,9 @@ The lab and floods of bench/flood.py (its SCENARIOS; hping3 at its top rate), no
   ack-first        the whole table with TCP that opens nothing (no SYN or RST, ``ct state new`` or
                    ``invalid``) returned from filter-conntrack before its allowlist lookups
   dropnew          the whole table plus one rule after conntrack: TCP without SYN or RST that conntrack
-                   picked up mid-stream (``ct state new``) is dropped (evaluated, not shipped:
-                   docs/design/hooks.md)
+                   picked up mid-stream (``ct state new``) is dropped (the floor of what tcp_pickup can save)
+  no-pickup        the whole table with ``tcp_pickup.enabled: false``
+  pickup-size-<n>  the whole table with ``tcp_pickup.size: <n>`` (what the second-chance set holds)
 
 Softirq µs per attack packet (netdev ingress counter of the node's uplink); with ``--pin CPU`` hping3 runs
 on that CPU and only its softirq time is read (the veth path runs on the sender's CPU), which keeps other
@@ -45,8 +46,9 @@ from guard.lab.lock import machine_lock  # noqa: E402
 from guard.lab.netns import Netns, remove_stale  # noqa: E402
 
 PREFIX, METER, SCRATCH = "ngc", "ngc_meter", "ngc_scratch"
-FIXED = ("none", "full", "only-ingress", "ingress-bare", "ack-first", "dropnew")
+FIXED = ("none", "full", "only-ingress", "ingress-bare", "ack-first", "dropnew", "no-pickup")
 WITHOUT = "without-"  # + a base chain
+PICKUP_SIZE = "pickup-size-"  # + tcp_pickup.size
 BARE_INGRESS = (f"add set inet {SCRATCH} m {{ type ipv4_addr; size 65536; }}; "
                 f"add set inet {SCRATCH} b {{ type ipv4_addr; size 65536; flags timeout; }}; "
                 f"add set inet {SCRATCH} a {{ type ipv4_addr; flags interval; }}; "
@@ -64,8 +66,19 @@ def softirq_jiffies(cpu: str | None) -> int:
 
 
 class Variants:
-    def __init__(self, node: Netns, policy: Path):
-        self.node, self.policy = node, policy
+    def __init__(self, node: Netns, policy: dict, tmp: Path):
+        self.node, self.base, self.tmp = node, policy, tmp
+
+    def policy(self, v: str) -> Path:
+        """The default policy, with the variant's own ``tcp_pickup``."""
+        pol = {**self.base, "tcp_pickup": dict(self.base.get("tcp_pickup") or {})}
+        if v == "no-pickup":
+            pol["tcp_pickup"]["enabled"] = False
+        elif v.startswith(PICKUP_SIZE):
+            pol["tcp_pickup"]["size"] = int(v.removeprefix(PICKUP_SIZE))
+        path = self.tmp / "policy.yaml"
+        path.write_text(yaml.safe_dump(pol, sort_keys=False))
+        return path
 
     def install(self, v: str) -> None:
         if v == "none":
@@ -73,7 +86,7 @@ class Variants:
         if v == "ingress-bare":
             self.node.run(["nft", f"add table inet {SCRATCH}; {BARE_INGRESS}"])
             return
-        nodeguard(self.node, "apply", "-c", str(self.policy))
+        nodeguard(self.node, "apply", "-c", str(self.policy(v)))
         if v == "dropnew":
             self.node.run(["nft", f"add table inet {SCRATCH}; {DROP_NEW}"])
         if v == "ack-first":  # index 1: after the interface check
@@ -108,9 +121,11 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds of each flood")
     ap.add_argument("--pin", default=None, help="the CPU hping3 runs on and whose softirq time is read")
-    ap.add_argument("variants", nargs="+", help=f"{', '.join(FIXED)} or {WITHOUT}<base chain>")
+    ap.add_argument("variants", nargs="+",
+                    help=f"{', '.join(FIXED)}, {WITHOUT}<base chain> or {PICKUP_SIZE}<entries>")
     args = ap.parse_args()
-    bad = [v for v in args.variants if v not in FIXED and not v.startswith(WITHOUT)]
+    bad = [v for v in args.variants if v not in FIXED and not v.startswith(WITHOUT)
+           and not (v.startswith(PICKUP_SIZE) and v.removeprefix(PICKUP_SIZE).isdigit())]
     if bad:
         print(f"unknown variant {bad[0]!r}", file=sys.stderr)
         return 2
@@ -122,8 +137,6 @@ def main() -> int:
     add_data_dir(tmp)
     pol = yaml.safe_load((ROOT / "rules" / "default.yaml").read_text())
     pol["sampler"]["log"], pol["watcher"]["state_file"] = str(tmp / "attacks.jsonl"), str(tmp / "watch.json")
-    policy = tmp / "policy.yaml"
-    policy.write_text(yaml.safe_dump(pol, sort_keys=False))
     res: dict[str, list[float]] = {v: [] for v in args.variants}
     pin = ["taskset", "-c", args.pin] if args.pin is not None else []
     with machine_lock(print), labmod.signals_unwind():
@@ -131,7 +144,7 @@ def main() -> int:
         lab = Lab(PREFIX)
         try:
             topo = labmod.build_node_lab(lab, COUNTERS, METER)
-            variants = Variants(topo.node, policy)
+            variants = Variants(topo.node, pol, tmp)
 
             def arrived() -> int:
                 return labmod.parse_counters(topo.node.run(["nft", "-j", "list", "table", "netdev", METER]).stdout

@@ -96,6 +96,17 @@ DESCRIPTIONS = {
     "closed_ports.rate": "such flows from all sources together; the rest are dropped before conntrack keeps an "
                          "entry for them",
     "closed_ports.burst": "burst of `closed_ports.rate`, if not written in it",
+    "tcp_pickup": "TCP without SYN, FIN or RST that conntrack picked up mid-stream (a spoofed ACK flood, or a "
+                  "connection whose entry was flushed), to a destination no local socket would take (a NodePort); "
+                  "a host port's syncookie ACK and SYNPROXY's third ACK never match",
+    "tcp_pickup.enabled": "`false`: no such limit",
+    "tcp_pickup.mode": "`null`: the policy's `mode`",
+    "tcp_pickup.rate": "such segments from all sources together; over it, one is dropped unless its source "
+                       "address and port were dropped within `second_chance_s` (a retransmission)",
+    "tcp_pickup.burst": "burst of `tcp_pickup.rate`, if not written in it",
+    "tcp_pickup.second_chance_s": "how long a dropped segment's source address and port are remembered",
+    "tcp_pickup.size": "source address and port pairs remembered per IP family; a full set drops nothing more "
+                       "(fails open)",
     "limits[]": "per-source packet limits; the default entry exempts VXLAN, Geneve, flannel and WireGuard (each "
                 "entry adds meters, a chain and rules to every render: the bound is one per exposed service and "
                 "protocol, with room to spare; 1,000 took `check` 8 s)",

@@ -209,7 +209,7 @@ def load_fixture(ns: Netns, name: str, loader: str) -> None:
 
 _IPT_RULE = re.compile(r'^\[(?P<packets>\d+):\d+\] -A (?P<chain>\S+) .*--comment "nodeguard:[0-9a-f]+ (?P<label>[^"]*)"')
 IPT_CHAINS = {"NODEGUARD-PRE-UPLINK": "filter-prerouting", "NODEGUARD-CONN-UPLINK": "filter-conntrack",
-              "NODEGUARD-CLOSED-UPLINK": "closed-ports",
+              "NODEGUARD-CLOSED-UPLINK": "closed-ports", "NODEGUARD-TCP-PICKUP": "tcp-pickup",
               "NODEGUARD-BOGUS": "bogus-flags", "NODEGUARD-ICMP": "icmp-flood", "NODEGUARD-SYN": "syn-flood",
               "NODEGUARD-BAN-UPLINK": f"ingress-{VICTIM_IF}",
               **{_ipt_chain_name(c): c for c in ("limit-udp-per-source",)}}  # the default limit's chain
@@ -245,8 +245,8 @@ def _server(ns: Netns, script: str, *args: str):
         proc.wait()
 
 
-def tcp_server(ns: Netns, addr: str, port: int, hold: bool = False):
-    return _server(ns, "tcp_server.py", addr, str(port), *(["--hold"] if hold else []))
+def tcp_server(ns: Netns, addr: str, port: int, hold: bool = False, echo: bool = False):
+    return _server(ns, "tcp_server.py", addr, str(port), *(["--hold"] if hold else []), *(["--echo"] if echo else []))
 
 
 def udp_echo(ns: Netns, addr: str, port: int):

@@ -11,8 +11,9 @@ Layout (both backends render exactly this):
   (IPv6 keyed on the /64), then what exceeds the global backstop, which catches the
   spoofed floods that fill the meter (a full meter stops matching: it fails open). The SYN backstop
   (the valve) drops by default only while engaged (``syn.valve: auto``: ``_valve``).
-* ``filter-conntrack``, just after conntrack: drop RSTs conntrack calls invalid, then concurrent-connection
-  limits (other TCP that opens no connection leaves first).
+* ``filter-conntrack``, just after conntrack: drop RSTs conntrack calls invalid, limit TCP picked up
+  mid-stream to no socket (pickup.py), then concurrent-connection limits (other TCP that opens no
+  connection leaves first).
 * escalation (``escalate``, enforce mode only): a per-source drop goes through
   ``escalate-<group>-v<n>`` on its way to the sample chain, which bans a source that has been over
   a per-source limit without a pause for ``after_s`` (banning.py).
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from ..policy.rates import Rate
 from ..policy.schema import Policy
-from . import banning
+from . import banning, pickup
 from .matches import (Assured, CountSource, CtState, CtStateNew, DstPorts, Family, IcmpTypes, InterfaceNotIn, Log,
                       Match, OneIn, OverLimit, Proto, RememberSource, SocketOpen, SourceConnsOver, SourceInSet,
                       SourceNotInSet, SourceRateOver, TcpFlags, UnderLimit, ValveEngaged)
@@ -56,7 +57,7 @@ def sample_groups(policy: Policy) -> tuple[str, ...]:
     """Every rule group that condemns packets, in a fixed order (it numbers the NFQUEUE queues)."""
     return ("bogus-flags", "icmp-flood", SYN_GROUP, *(f"limit-{lim.name}" for lim in policy.limits),
             *(("conn-limit",) if policy.connlimit else ()), *((CLOSED_PORT,) if policy.closed_ports.enabled else ()),
-            INVALID_RST)
+            INVALID_RST, *((pickup.GROUP,) if policy.tcp_pickup.enabled else ()))
 
 
 class Builder:
@@ -215,7 +216,8 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
 
     b.chains.insert(0, Chain(STATELESS_CHAIN, tuple(pre), "stateless", priorities.stateless))
 
-    conn_rules: list[Rule] = [_invalid_rst(b), _tcp_not_opening(), *remember]
+    conn_rules: list[Rule] = [_invalid_rst(b), *(pickup.pickup_rules(b) if policy.tcp_pickup.enabled else ()),
+                              _tcp_not_opening(), *remember]
     for i, cl in enumerate(policy.connlimit):
         name = policy.connlimit_name(i)
         for version in (4, 6):

@@ -123,6 +123,15 @@ class SocketOpen(_Flag):
     lookup per packet, so a socket opened a moment ago counts at once."""
 
 
+class SourcePortInSet(_NamesSet):
+    """The source address and TCP source port are in ``set``, a ``pickup`` set."""
+
+
+class RememberSourcePort(_NamesSet):
+    """Add the source address and TCP source port to the timed ``pickup`` set. Matches only when the pair
+    is in the set afterwards: a full set adds nothing and the rule stops there (fails open)."""
+
+
 class DstPortInSet(_NamesSet):
     """The TCP destination port is in ``set``, a ``ports`` set."""
 
@@ -175,4 +184,4 @@ class Log:
 Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, SourceNotInSet,
               CtStateNew, Assured, RememberSource, UpdateSource, BanSource, SourceRateOver, SourceConnsOver, OverLimit,
               UnderLimit, CountSource, OneIn, Log, FibLocal, SocketOpen, DstPortInSet, CtState, NoTrack, EngagePort,
-              ValveEngaged]
+              ValveEngaged, SourcePortInSet, RememberSourcePort]

@@ -49,9 +49,9 @@ class Rule:
 
 
 SET_KINDS = ("allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation", "valve", "deny",
-             "manual", "crowdsec")
+             "manual", "crowdsec", "pickup")
 SetKind = Literal["allow", "meter", "trusted", "conns", "counts", "ports", "engaged", "escalation", "valve", "deny",
-                  "manual", "crowdsec"]
+                  "manual", "crowdsec", "pickup"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,8 @@ class AddrSet:
     static prefixes too, but up to millions, so integers (prefixes.py), and its name carries a digest of
     them (``sealed``: an unchanged list keeps its set, never listed back nor refilled); ``manual``:
     prefixes ``nodeguard ban`` adds, each with its own timeout or none (state: kept across applies, as a
-    meter is); ``crowdsec``: a CrowdSec Local API's ban decisions, each with its own timeout (state too)."""
+    meter is); ``crowdsec``: a CrowdSec Local API's ban decisions, each with its own timeout (state too);
+    ``pickup``: timed source address and TCP source port pairs, not addresses (tcp_pickup's second chance)."""
 
     base: str  # e.g. "syn-src-v4"; the kernel name adds the digest (allow sets keep their base name)
     version: int
@@ -90,7 +91,8 @@ class AddrSet:
             raise ValueError(f"set {self.base}: a meter, and only a meter, has a rate with a burst")
         if self.kind not in ("allow", "ports", "deny") and self.size <= 0:
             raise ValueError(f"set {self.base}: needs a size")
-        if self.kind in ("meter", "trusted", "counts", "engaged", "escalation", "valve") and self.timeout_s <= 0:
+        timed = ("meter", "trusted", "counts", "engaged", "escalation", "valve", "pickup")
+        if self.kind in timed and self.timeout_s <= 0:
             raise ValueError(f"set {self.base}: needs a timeout")
         if self.kind == "conns" and self.limit <= 0:
             raise ValueError(f"set {self.base}: needs a connection limit")

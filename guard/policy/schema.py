@@ -16,7 +16,7 @@ from .fields import MAX_ENTRIES, IfName, Mode, Section, check_interfaces
 from .rates import parse_rate
 from .runtime import Crowdsec, Metrics, Sampler, Watcher
 from .sources import Allow, Deny, Failsafe
-from .threats import ClosedPorts, ConnLimit, Escalate, Icmp, Limit, Meter, Syn
+from .threats import ClosedPorts, ConnLimit, Escalate, Icmp, Limit, Meter, Syn, TcpPickup
 
 
 class Iptables(Section):
@@ -48,6 +48,7 @@ class Policy(Section):
     syn: Syn = Syn()
     limits: Annotated[tuple[Limit, ...], Field(max_length=MAX_ENTRIES["limits"])] = _DEFAULT_LIMITS
     closed_ports: ClosedPorts = ClosedPorts()
+    tcp_pickup: TcpPickup = TcpPickup()
     connlimit: Annotated[tuple[ConnLimit, ...], Field(max_length=MAX_ENTRIES["connlimit"])] = Field(
         default=_DEFAULT_CONNLIMIT, validate_default=True)
     meter: Meter = Meter()
@@ -79,7 +80,7 @@ class Policy(Section):
             raise ValueError("needs backend: nft (the decision sets hold a timeout per element)")
         return crowdsec
 
-    def mode_of(self, section: "Icmp | Syn | Limit | ConnLimit | ClosedPorts | None") -> str:
+    def mode_of(self, section: "Icmp | Syn | Limit | ConnLimit | ClosedPorts | TcpPickup | None") -> str:
         """A threat's own ``mode``, else the policy's."""
         own = getattr(section, "mode", None)
         return own if own is not None else self.mode

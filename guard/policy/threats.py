@@ -1,6 +1,6 @@
 """The threats and how each is limited: ICMP echo, new TCP connections (with the SYN defence per port),
-closed UDP ports, per-source packet limits, concurrent connections; the meters they share, and the
-escalation that bans a source over its limit. Sections of the policy (schema.py)."""
+closed UDP ports, TCP picked up mid-stream, per-source packet limits, concurrent connections; the meters
+they share, and the escalation that bans a source over its limit. Sections of the policy (schema.py)."""
 
 from __future__ import annotations
 
@@ -101,6 +101,29 @@ class ClosedPorts(Section):
     mode: Mode | None = None
     rate: RateField = parse_rate("1000/second burst 2000")
     burst: Burst | None = None
+
+    _burst = field_validator("burst")(classmethod(one_burst("rate")))
+    global_rate = Icmp.global_rate
+
+
+class TcpPickup(Section):
+    """TCP that conntrack picked up mid-stream (no SYN, FIN or RST, ``ct state new``) to a destination no
+    local socket would take (a NodePort, a Service address: kube-proxy would DNAT it to a pod that answers
+    RST): a spoofed ACK flood, or a real connection whose conntrack entry was flushed or expired. Up to
+    ``rate`` of them pass (all sources together: a ``conntrack -F`` on a quiet node changes nothing);
+    over it, a segment passes only when its source address and port were dropped within
+    ``second_chance_s`` (a real peer retransmits, a spoofed source never repeats), else it is remembered
+    and dropped before conntrack keeps an entry. A full set (``size``) remembers nothing more and drops
+    nothing more (fails open). A socket on the destination (a host port, whose syncookie ACK is spared)
+    or SYNPROXY's third ACK (``ct state invalid`` with ``forwarded``) never come here. See
+    docs/design/hooks.md."""
+
+    enabled: bool = True
+    mode: Mode | None = None
+    rate: RateField = parse_rate("1000/second burst 2000")
+    burst: Burst | None = None
+    second_chance_s: Annotated[int, Field(ge=1, le=60, strict=True)] = 2
+    size: SetSize = 262144
 
     _burst = field_validator("burst")(classmethod(one_burst("rate")))
     global_rate = Icmp.global_rate

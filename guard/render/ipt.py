@@ -27,6 +27,9 @@ Where iptables cannot say what the model says:
   bans a ``hash:net timeout 0`` ipset (each entry its own timeout, or none);
 * the ingress chains (one per protected device in the model) become one ``NODEGUARD-BAN`` dispatcher
   (``-i <device> -g NODEGUARD-BAN-UPLINK``) with their rules once in ``NODEGUARD-BAN-UPLINK``;
+* tcp_pickup's second-chance sets are ``hash:ip,port timeout`` ipsets matched ``src,src``; the segment
+  seen the first time is added (``-j SET``, which a full set refuses) and dropped on the line after,
+  which matches only when the pair is in the set then, as a ban's count does;
 * escalation's timed sets are ``hash:ip timeout`` ipsets (IPv6: ``netmask 64``); "update" is
   ``-j SET --add-set X src --exist`` (a re-add restarts the timeout); a ban is an add without
   ``--exist``, and since ``SET`` never fails a rule, the ban's counter sits on a line of its own after
@@ -43,7 +46,8 @@ from dataclasses import dataclass, field
 
 from .. import prefixes
 from ..model.matches import (BanSource, CountSource, DstPorts, EngagePort, IcmpTypes, InterfaceNotIn, Log, NoTrack,
-                             Proto, RememberSource, SourceRateOver, TcpFlags, UpdateSource, ValveEngaged)
+                             Proto, RememberSource, RememberSourcePort, SourceRateOver, TcpFlags, UpdateSource,
+                             ValveEngaged)
 from ..model.ruleset import V6_SOURCE_PREFIX, AddrSet, NamedLimit, Rule, RuleSet
 from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Return, Synproxy
 from ..placement import PLACEMENTS
@@ -65,18 +69,21 @@ class Ipset:
     """One ipset as ``ipset create`` sees it (the definition) plus, for allowlists, its members."""
 
     name: str
-    type: str  # hash:net, hash:ip or bitmap:port
+    type: str  # hash:net, hash:ip, hash:ip,port or bitmap:port
     family: str  # inet or inet6 (bitmap:port has none: one set per family keeps v4 and v6 apart)
     maxelem: int
     timeout: int | None = None
     netmask: int | None = None
     members: tuple[str, ...] | None = None  # None: contents are state, not configuration
     counters: bool = False
+    hashsize: int | None = None  # initial buckets (ipset's default: 1024); not compared, the kernel grows it
 
     def create_args(self) -> str:
         if self.type == "bitmap:port":
             return f"{self.type} range 0-65535" + (f" timeout {self.timeout}" if self.timeout is not None else "")
         out = f"{self.type} family {self.family} maxelem {self.maxelem}"
+        if self.hashsize is not None:
+            out += f" hashsize {self.hashsize}"
         if self.netmask is not None:
             out += f" netmask {self.netmask}"
         out += f" timeout {self.timeout}" if self.timeout is not None else ""
@@ -143,6 +150,8 @@ def ipsets(rs: RuleSet) -> list[Ipset]:
             out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, s.timeout_s))
         elif s.kind == "valve":
             out.append(Ipset(ipset_name(s), "hash:net", fam, s.size, s.timeout_s))
+        elif s.kind == "pickup":  # a source address and TCP port: "src,src"
+            out.append(Ipset(ipset_name(s), "hash:ip,port", fam, s.size, s.timeout_s, hashsize=pickup_hashsize(s)))
         elif s.kind == "manual":  # timeout 0: an entry without one is permanent; `ban --for` gives its own
             out.append(Ipset(ipset_name(s), "hash:net", fam, s.size, 0))
         elif s.kind == "counts":  # no timeout: a re-add (the only refresh) would zero the counters; the
@@ -150,6 +159,13 @@ def ipsets(rs: RuleSet) -> list[Ipset]:
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, None,
                              V6_SOURCE_PREFIX if s.version == 6 else None, counters=True))
     return out
+
+
+def pickup_hashsize(s: AddrSet) -> int:
+    """A ``-j SET`` add never grows a hash ipset: a full bucket (12 entries) refuses it, so ipset's default 1024
+    buckets would take 12,288 pairs (measured: 12,288 under a spoofed flood). A quarter of ``size``,
+    as a power of two: a bucket holds 4 on average when the set is full."""
+    return max(1024, 1 << max(0, (s.size // 4).bit_length() - 1))
 
 
 def admission_timeout_s(s: AddrSet) -> int:
@@ -242,12 +258,16 @@ def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, 
     proto = _proto(rule, version)
     parts = [f"-p {proto}"] if proto else []
     out = []
-    ban = next((x for x in rule.matches if isinstance(x, BanSource)), None)
-    if ban is not None:  # SET cannot fail the rule: count on a line that sees whether the add took
-        before = [p for x in rule.matches if x is not ban for p in match(x, Ctx(version, sets, limits))]
-        name = ipset_name(sets[ban.set])
-        out.append((" ".join([*parts, *before, f"-j SET --add-set {name} src"]), f"{rule.label} (add)", None))
-        return [*out, (" ".join([*parts, *before, f"-m set --match-set {name} src"]), rule.label, BAN_TAG)]
+    add = next((x for x in rule.matches if isinstance(x, (BanSource, RememberSourcePort))), None)
+    if add is not None:  # SET cannot fail the rule: the line after it sees whether the add took
+        before = [p for x in rule.matches if x is not add for p in match(x, Ctx(version, sets, limits))]
+        name = ipset_name(sets[add.set])
+        dims = "src,src" if isinstance(add, RememberSourcePort) else "src"
+        out.append((" ".join([*parts, *before, f"-j SET --add-set {name} {dims}"]), f"{rule.label} (add)", None))
+        took = [*parts, *before, f"-m set --match-set {name} {dims}"]
+        if isinstance(add, BanSource):
+            return [*out, (" ".join(took), rule.label, BAN_TAG)]
+        return [*out, (" ".join([*took, _target(rule, sets, names)]), rule.label, (rule.group, rule.mode))]
     for x in rule.matches:
         if isinstance(x, (SourceRateOver, CountSource)):
             name = ipset_name(sets[x.set])

@@ -9,8 +9,8 @@ from typing import Any
 
 from ..model.matches import (Assured, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort, Family,
                              FibLocal, IcmpTypes, Log, NoTrack, OneIn, OverLimit, Proto, RememberSource, SocketOpen,
-                             SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver, TcpFlags, UnderLimit,
-                             UpdateSource, ValveEngaged)
+                             SourceConnsOver, SourceInSet, SourceNotInSet, SourcePortInSet, SourceRateOver, TcpFlags,
+                             UnderLimit, UpdateSource, ValveEngaged)
 from ..model.ruleset import V6_SOURCE_PREFIX, AddrSet, NamedLimit
 from ..policy.rates import Rate
 from .ipt_names import hashlimit_name, ipset_name
@@ -79,6 +79,11 @@ def _(x: DstPorts, ctx: Ctx) -> list[str]:
 @match.register(SourceInSet)
 def _(x: SourceInSet | ValveEngaged, ctx: Ctx) -> list[str]:  # a valve set holds every source while engaged
     return [f"-m set --match-set {ipset_name(ctx.sets[x.set])} src"]
+
+
+@match.register
+def _(x: SourcePortInSet, ctx: Ctx) -> list[str]:
+    return [f"-m set --match-set {ipset_name(ctx.sets[x.set])} src,src"]
 
 
 @match.register

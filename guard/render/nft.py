@@ -17,8 +17,8 @@ from .. import prefixes
 from ..jsontext import JsonText
 from ..model.matches import (Assured, BanSource, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort,
                              Family, FibLocal, IcmpTypes, InterfaceNotIn, Log, NoTrack, OneIn, OverLimit, Proto, SocketOpen,
-                             RememberSource, SourceConnsOver, SourceInSet, SourceNotInSet, SourceRateOver, TcpFlags,
-                             UnderLimit, UpdateSource, ValveEngaged)
+                             RememberSource, RememberSourcePort, SourceConnsOver, SourceInSet, SourceNotInSet,
+                             SourcePortInSet, SourceRateOver, TcpFlags, UnderLimit, UpdateSource, ValveEngaged)
 from ..model.ruleset import TABLE, AddrSet, Chain, NamedLimit, Rule, RuleSet
 from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Synproxy, Verdict
 from .ids import chained_ids, comment
@@ -117,6 +117,8 @@ def _set(table: str, s: AddrSet) -> dict:
         obj["type"] = "inet_service"
     elif s.kind == "valve":
         obj.update(type="inet_proto", size=s.size, flags=["timeout"], timeout=s.timeout_s)
+    elif s.kind == "pickup":
+        obj.update(type=[obj["type"], "inet_service"], size=s.size, flags=["timeout"], timeout=s.timeout_s)
     elif s.kind == "engaged":
         obj.update(type="inet_service", size=s.size, flags=["timeout"], timeout=s.timeout_s)
     elif s.kind == "allow":
@@ -239,6 +241,20 @@ def _(x: Assured, sets: dict) -> list[dict]:
 @_match.register
 def _(x: RememberSource, sets: dict) -> dict:
     return {"set": {"op": "add", "elem": _saddr(x.version), "set": f"@{x.set}"}}
+
+
+def _source_port(version: int) -> dict:
+    return {"concat": [_saddr(version), _payload("tcp", "sport")]}
+
+
+@_match.register
+def _(x: SourcePortInSet, sets: dict) -> dict:
+    return _eq(_source_port(x.version), f"@{x.set}")
+
+
+@_match.register
+def _(x: RememberSourcePort, sets: dict) -> dict:
+    return {"set": {"op": "add", "elem": _source_port(x.version), "set": f"@{x.set}"}}
 
 
 @_match.register
