@@ -274,14 +274,13 @@ def verdict(v: Any, names: dict[str, str]) -> str:
     raise TypeError(f"no iptables target for verdict type {type(v).__name__}: {v!r}")
 
 
-@verdict.register
-def _(v: Jump, names: dict[str, str]) -> str:
-    return f"-j {names[v.chain]}"
+_CHAIN_FLAGS = {Jump: "-j", Goto: "-g"}  # -g: continue there and never come back
 
 
-@verdict.register
-def _(v: Goto, names: dict[str, str]) -> str:
-    return f"-g {names[v.chain]}"
+@verdict.register(Jump)
+@verdict.register(Goto)
+def _(v: Jump | Goto, names: dict[str, str]) -> str:
+    return f"{_CHAIN_FLAGS[type(v)]} {names[v.chain]}"
 
 
 @verdict.register
@@ -294,19 +293,14 @@ def _(v: Synproxy, names: dict[str, str]) -> str:
     return f"-j SYNPROXY --sack-perm --timestamp --wscale {v.wscale} --mss {v.mss}"
 
 
-@verdict.register
-def _(v: Drop, names: dict[str, str]) -> str:
-    return "-j DROP"
+_FIXED_TARGETS = {Drop: "-j DROP", Return: "-j RETURN", Continue: ""}  # the verdicts without a parameter
 
 
-@verdict.register
-def _(v: Return, names: dict[str, str]) -> str:
-    return "-j RETURN"
-
-
-@verdict.register
-def _(v: Continue, names: dict[str, str]) -> str:
-    return ""
+@verdict.register(Drop)
+@verdict.register(Return)
+@verdict.register(Continue)
+def _(v: Drop | Return | Continue, names: dict[str, str]) -> str:
+    return _FIXED_TARGETS[type(v)]
 
 
 def expand_icmp(rs: RuleSet) -> RuleSet:
