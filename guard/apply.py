@@ -74,7 +74,7 @@ def choose_sampling(policy: Policy, nft: Nft | None, odds: dict[str, int] | None
 
 def sampling_settings(policy: Policy, transport: str, odds: dict[str, int] | None = None) -> Sampling:
     cfg = policy.sampler
-    return Sampling(transport, cfg.rate, cfg.global_rate, cfg.nflog_group, cfg.queue_base, cfg.snaplen,
+    return Sampling(transport, cfg.group_cap(), cfg.total_cap(), cfg.nflog_group, cfg.queue_base, cfg.snaplen,
                           tuple(sorted((odds or {}).items())), cfg.count_sources, 2 * cfg.window_s + 10, cfg.observe)
 
 
@@ -108,7 +108,7 @@ def synproxy_plan(policy: Policy, interfaces: tuple[str, ...],
         return None
     mss4, mss6 = listeners.uplink_mss(interfaces)
     return SynproxyPlan(tuple(sorted(v4)), tuple(sorted(v6)), mss4, mss6, listeners.server_wscale(),
-                              cfg.forwarded, cfg.engage_over, cfg.hold_s)
+                              cfg.forwarded, cfg.engage_rate(), cfg.hold_s)
 
 
 def make_plan(policy: Policy, nft: Nft | None, *, flavour: tuple[str, str] | None = None,

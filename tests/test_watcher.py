@@ -313,3 +313,23 @@ def test_the_watcher_holds_the_odds_of_the_file_it_started_with(tmp_path):
     w = Watcher(policy, None)
     sampling_odds.save(sampling_odds.path_for(policy), {"syn-flood": 2})
     assert w.odds == {"syn-flood": 5} and w.set_odds({"syn-flood": 5, "icmp-flood": 0}) is None
+
+
+def test_an_update_that_cannot_be_installed_keeps_what_was_held(tmp_path):
+    """Odds and ``ports: auto`` sets are held only once installed: before the watcher has installed
+    anything (a reload not yet in place) both updates are refused, the old value is held again and
+    the kernel is looked at again on the next turn, and no port update is counted."""
+    from guard.policy.schema import Policy
+    from guard.watch.watcher import Watcher
+
+    policy = Policy.model_validate({"interfaces": ["ng-test0"], "watcher": {"state_file": str(tmp_path / "watch.json")}})
+    w = Watcher(policy, None)
+    assert w.set_odds({"syn-flood": 3}) is None
+    assert w.odds == {} and w._recheck and w._live is None
+
+    w._recheck = False
+    w.plan()  # holds the listeners' set, as the first check does
+    held = {4: [0], 6: [0]}  # no listener is on port 0: the redetected set differs
+    w.ports.ports = held
+    assert w._update_ports() is None
+    assert w.ports.ports is held and w._recheck and w.state["port_updates"] == 0

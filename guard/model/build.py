@@ -78,7 +78,7 @@ class Builder:
         return s
 
     def add_limit(self, base: str, rate: Rate, over: bool) -> str:
-        lim = NamedLimit(base, _with_default_burst(rate), over)
+        lim = NamedLimit(base, rate, over)
         self.limits[lim.name] = lim
         return lim.name
 
@@ -159,7 +159,7 @@ class Builder:
                               f"observe {name} v{version}", counter=False))
         for version in (4, 6):
             s = self.add_set(AddrSet(f"{meter_base}-v{version}", version, "meter", size=meter.size,
-                                     timeout_s=meter.timeout_s, rate=_with_default_burst(per_source)))
+                                     timeout_s=meter.timeout_s, rate=per_source))
             rules.append(self.condemn_per_source((Family(version), SourceRateOver(s.name, version)), name, mode,
                                                  f"{name} per-source v{version}"))
         rules += exempt_from_backstop
@@ -239,11 +239,6 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     ingress = banning.ingress(b, interfaces, priorities, banned)
     return RuleSet((*ingress, *b.chains, *escalation, *b.sample_chains.values()), tuple(b.sets),
                    tuple(b.limits.values()), tuple(interfaces), sample_groups=b.groups)
-
-
-def _with_default_burst(rate: Rate) -> Rate:
-    """Without an explicit burst, allow two units' worth (a bucket that absorbs normal jitter)."""
-    return rate.with_burst(rate.burst_or(2))
 
 
 def _closed_ports(b: Builder) -> list[Rule]:

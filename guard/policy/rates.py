@@ -13,6 +13,7 @@ from typing import Any
 _UNITS = {"second": 1, "minute": 60, "hour": 3600}
 MAX_RATE_PER_S = 1_000_000  # xt_hashlimit's ceiling (XT_HASHLIMIT_SCALE_v2): every policy fits both backends
 MAX_BURST = 1_000_000  # xt_hashlimit's burst ceiling
+BURST_UNITS = 2  # a rate written without a burst may pass this many units' worth at once (absorbs normal jitter)
 _RATE_RE = re.compile(r"[ ]*([0-9]+)[ ]*/[ ]*(second|minute|hour)[ ]*(?:burst[ ]+([0-9]+)[ ]*)?", re.ASCII)
 
 
@@ -31,9 +32,9 @@ class Rate:
     def with_burst(self, burst: int | None) -> "Rate":
         return Rate(self.count, self.unit, burst if burst is not None else self.burst)
 
-    def burst_or(self, factor: int) -> int:
-        """The burst, or ``factor`` units' worth of packets (at most MAX_BURST) when none was given."""
-        return self.burst if self.burst is not None else max(1, min(MAX_BURST, self.count * factor))
+    def with_default_burst(self) -> "Rate":
+        """This rate as the kernel gets it: its burst, or BURST_UNITS units' worth (at most MAX_BURST)."""
+        return self if self.burst is not None else self.with_burst(max(1, min(MAX_BURST, self.count * BURST_UNITS)))
 
     def scaled(self, factor: int) -> "Rate":
         """``factor`` times the rate, no faster than MAX_RATE_PER_S."""

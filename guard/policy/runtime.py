@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from ..attacklog import MAX_KEEP
 from ..liveness import STATE_FILE
 from .fields import DataPath, RateField, Section, SetSize, absolute_path, http_base_url
-from .rates import parse_rate
+from .rates import Rate, parse_rate
 
 # A window holds ~1.9 KB a flow at its end, flows and their records together (tests/test_sampler_units.py
 # measures it): 30,000 flows peak near 55 MiB, well inside the unit's MemoryMax=256M beside the rest.
@@ -62,6 +62,14 @@ class Sampler(Section):
     log: DataPath = "/var/log/nodeguard/attacks.jsonl"
     rotate: Rotate = Rotate()
     pcap: DataPath | None = None
+
+    def group_cap(self) -> Rate:
+        """``rate`` with its burst: the samples of one rule group."""
+        return self.rate.with_default_burst()
+
+    def total_cap(self) -> Rate:
+        """``global_rate`` with its burst: the samples of all groups together."""
+        return self.global_rate.with_default_burst()
 
 
 class Metrics(Section):

@@ -37,6 +37,9 @@ class Synproxy(Section):
     forwarded_ports: PortRanges = ((30000, 32767),)
     set_sysctls: bool = False
 
+    def engage_rate(self) -> Rate:
+        return self.engage_over.with_default_burst()
+
 
 class Icmp(Section):
     """Echo-request only; all other ICMP types are never limited."""
@@ -51,10 +54,10 @@ class Icmp(Section):
     _per_source_burst = field_validator("per_source_burst")(classmethod(one_burst("per_source")))
 
     def global_rate(self) -> Rate:
-        return self.rate.with_burst(self.burst)
+        return self.rate.with_burst(self.burst).with_default_burst()
 
     def source_rate(self) -> Rate:
-        return self.per_source.with_burst(self.per_source_burst)
+        return self.per_source.with_burst(self.per_source_burst).with_default_burst()
 
 
 class Syn(Section):
@@ -153,11 +156,11 @@ class Limit(Section):
         return self
 
     def source_rate(self) -> Rate:
-        return self.per_source.with_burst(self.burst)
+        return self.per_source.with_burst(self.burst).with_default_burst()
 
     def global_rate(self) -> Rate:
         """The backstop: ``rate`` if given, else 100 sources' worth of ``per_source``."""
-        return self.rate if self.rate is not None else self.per_source.scaled(100)
+        return (self.rate if self.rate is not None else self.per_source.scaled(100)).with_default_burst()
 
 
 class ConnLimit(Section):

@@ -43,22 +43,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import singledispatch
+from typing import Any
 
 from .. import prefixes
-from ..model.matches import (BanSource, CountSource, DstPorts, EngagePort, IcmpTypes, InterfaceNotIn, Log, NoTrack,
-                             Proto, RememberSource, RememberSourcePort, SourceRateOver, TcpFlags, UpdateSource,
+from ..model.matches import (BanSource, CountSource, IcmpTypes, InterfaceNotIn, RememberSourcePort, SourceRateOver,
                              ValveEngaged)
 from ..model.ruleset import V6_SOURCE_PREFIX, AddrSet, NamedLimit, Rule, RuleSet
 from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Return, Synproxy
 from ..placement import PLACEMENTS
 from .ids import chained_ids, comment
-from .ipt_matches import Ctx, match
+from .ipt_matches import Ctx, carried_target, families, implied_proto, match
 from .ipt_names import ipset_name, ipt_chain_name
 
 HASHLIMIT_GC_S = 1  # xt_hashlimit's default --hashlimit-htable-gcinterval
 BAN_TAG = "ban"  # what _rule tags the line that counts bans with (condemning lines: their (group, mode))
 TALLY_TAG = "tally:"  # + the model rule's tally: the tag of its line
-_PROTO = {("icmp", 4): "icmp", ("icmpv6", 6): "ipv6-icmp"}
 VALVE_ELEMENTS = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}  # every source: engaged
 VALVE_TAG = "valve"  # the third part of a condemning line's tag when it is the valve's backstop
 
@@ -240,34 +240,28 @@ def _table_of_chains(rs: RuleSet) -> dict[str, str]:
     return owner
 
 
-def _versions(x: object) -> set[int]:
-    if isinstance(x, Proto) and x.name in ("icmp", "icmpv6"):
-        return {4} if x.name == "icmp" else {6}
-    v = getattr(x, "version", None)
-    return {v} if v in (4, 6) else {4, 6}
-
-
 def _applies(rule: Rule, version: int) -> bool:
-    return all(version in _versions(x) for x in rule.matches)
+    return all(version in families(x) for x in rule.matches)
 
 
 def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, NamedLimit],
           names: dict[str, str]) -> list[tuple[str, str, tuple | None]]:
     """One model rule as iptables lines (a per-source meter needs its admission line first), each
     with the (group, mode) whose drops its counter counts, if it condemns."""
+    ctx = Ctx(version, sets, limits)
     proto = _proto(rule, version)
     parts = [f"-p {proto}"] if proto else []
     out = []
     add = next((x for x in rule.matches if isinstance(x, (BanSource, RememberSourcePort))), None)
     if add is not None:  # SET cannot fail the rule: the line after it sees whether the add took
-        before = [p for x in rule.matches if x is not add for p in match(x, Ctx(version, sets, limits))]
+        before = [p for x in rule.matches if x is not add for p in match(x, ctx)]
         name = ipset_name(sets[add.set])
         dims = "src,src" if isinstance(add, RememberSourcePort) else "src"
         out.append((" ".join([*parts, *before, f"-j SET --add-set {name} {dims}"]), f"{rule.label} (add)", None))
         took = [*parts, *before, f"-m set --match-set {name} {dims}"]
         if isinstance(add, BanSource):
             return [*out, (" ".join(took), rule.label, BAN_TAG)]
-        return [*out, (" ".join([*took, _target(rule, sets, names)]), rule.label, (rule.group, rule.mode))]
+        return [*out, (" ".join([*took, _target(rule, ctx, names)]), rule.label, (rule.group, rule.mode))]
     for x in rule.matches:
         if isinstance(x, (SourceRateOver, CountSource)):
             name = ipset_name(sets[x.set])
@@ -276,8 +270,8 @@ def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, 
             admit = [*parts, f"-m set ! --match-set {name} src{quiet}", f"-j SET --add-set {name} src"]
             out.append((" ".join(admit), f"{rule.label} admission", None))
             parts.append(f"-m set --match-set {name} src")  # a CountSource rule ends here: the match counts
-        parts += match(x, Ctx(version, sets, limits))
-    parts.append(_target(rule, sets, names))
+        parts += match(x, ctx)
+    parts.append(_target(rule, ctx, names))
     group = (rule.group, rule.mode) if rule.group else f"{TALLY_TAG}{rule.tally}" if rule.tally else None
     if rule.group and any(isinstance(x, ValveEngaged) for x in rule.matches):
         group = (*group, VALVE_TAG)
@@ -285,40 +279,48 @@ def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, 
 
 
 def _proto(rule: Rule, version: int) -> str | None:
-    for x in rule.matches:
-        if isinstance(x, Proto):
-            return _PROTO.get((x.name, version), x.name)
-        if isinstance(x, IcmpTypes):
-            return "icmp" if x.version == 4 else "ipv6-icmp"
-        if isinstance(x, TcpFlags):
-            return "tcp"
-        if isinstance(x, DstPorts):
-            return x.proto
-    return None
+    """The first protocol a match implies: iptables wants ``-p`` before the protocol's own matches."""
+    return next((p for x in rule.matches if (p := implied_proto(x, version)) is not None), None)
 
 
+def _target(rule: Rule, ctx: Ctx, names: dict[str, str]) -> str:
+    """The first target a statement carries, else the verdict's."""
+    carried = next((t for x in rule.matches if (t := carried_target(x, ctx)) is not None), None)
+    return verdict(rule.verdict, names) if carried is None else carried
 
 
-def _target(rule: Rule, sets: dict[str, AddrSet], names: dict[str, str]) -> str:
-    for x in rule.matches:
-        if isinstance(x, (RememberSource, UpdateSource)):  # --exist: a re-add restarts the timeout
-            return f"-j SET --add-set {ipset_name(sets[x.set])} src --exist"
-        if isinstance(x, NoTrack):
-            return "-j CT --notrack"
-        if isinstance(x, EngagePort):  # --exist: adding a member again restarts its timeout
-            return f"-j SET --add-set {ipset_name(sets[x.set])} dst --exist"
-        if isinstance(x, Log):
-            return f'-j NFLOG --nflog-group {x.nflog_group} --nflog-prefix "{x.prefix}" --nflog-size {x.snaplen}'
-    v = rule.verdict
-    if isinstance(v, Jump):
-        return f"-j {names[v.chain]}"
-    if isinstance(v, Goto):
-        return f"-g {names[v.chain]}"
-    if isinstance(v, Queue):
-        return f"-j NFQUEUE --queue-num {v.number}"
-    if isinstance(v, Synproxy):
-        return f"-j SYNPROXY --sack-perm --timestamp --wscale {v.wscale} --mss {v.mss}"
-    return {Drop: "-j DROP", Return: "-j RETURN", Continue: ""}[type(v)]
+@singledispatch
+def verdict(v: Any, names: dict[str, str]) -> str:
+    raise TypeError(f"no iptables target for verdict type {type(v).__name__}: {v!r}")
+
+
+_CHAIN_FLAGS = {Jump: "-j", Goto: "-g"}  # -g: continue there and never come back
+
+
+@verdict.register(Jump)
+@verdict.register(Goto)
+def _(v: Jump | Goto, names: dict[str, str]) -> str:
+    return f"{_CHAIN_FLAGS[type(v)]} {names[v.chain]}"
+
+
+@verdict.register
+def _(v: Queue, names: dict[str, str]) -> str:
+    return f"-j NFQUEUE --queue-num {v.number}"
+
+
+@verdict.register
+def _(v: Synproxy, names: dict[str, str]) -> str:
+    return f"-j SYNPROXY --sack-perm --timestamp --wscale {v.wscale} --mss {v.mss}"
+
+
+_FIXED_TARGETS = {Drop: "-j DROP", Return: "-j RETURN", Continue: ""}  # the verdicts without a parameter
+
+
+@verdict.register(Drop)
+@verdict.register(Return)
+@verdict.register(Continue)
+def _(v: Drop | Return | Continue, names: dict[str, str]) -> str:
+    return _FIXED_TARGETS[type(v)]
 
 
 def expand_icmp(rs: RuleSet) -> RuleSet:

@@ -1,15 +1,17 @@
-"""One model match as iptables match arguments: one function per match type (as render/nft.py),
-given the rule's IP version and the ruleset's sets and limits."""
+"""One model match as iptables sees it: its match arguments, the protocol it implies, the target it
+carries and the families it applies to; one function per match type for each (as render/nft.py), given
+the rule's IP version and the ruleset's sets and limits. A match type none of them knows is a TypeError."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import singledispatch
-from typing import Any
+from typing import Any, get_args
 
 from ..model.matches import (Assured, CountSource, CtState, CtStateNew, DstPortInSet, DstPorts, EngagePort, Family,
-                             FibLocal, IcmpTypes, Log, NoTrack, OneIn, OverLimit, Proto, RememberSource, SocketOpen,
-                             SourceConnsOver, SourceInSet, SourceNotInSet, SourcePortInSet, SourceRateOver, TcpFlags,
+                             FibLocal, IcmpTypes, Log, Match, NoTrack, OneIn, OverLimit, Proto, RememberSource,
+                             SocketOpen, SourceConnsOver, SourceInSet, SourceNotInSet, SourcePortInSet,
+                             SourceRateOver, TcpFlags,
                              UnderLimit, UpdateSource, ValveEngaged)
 from ..model.ruleset import V6_SOURCE_PREFIX, AddrSet, NamedLimit
 from ..policy.rates import Rate
@@ -19,6 +21,7 @@ METER_TABLE_FACTOR = 3  # hashlimit entries per admission-set entry (at most 2 a
 METER_TABLE_SLACK = 4096  # ... plus what concurrent -j SET adds past maxelem (ipset counts per region,
 #                           racily: 39 members were seen in a set of 16 under a 90 kpps flood on 2 CPUs)
 _UNITS = {"second": "sec", "minute": "min", "hour": "hour"}
+_PROTO = {("icmp", 4): "icmp", ("icmpv6", 6): "ipv6-icmp"}
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,13 @@ def rate_text(r: Rate) -> str:
     return f"{r.count}/{_UNITS[r.unit]}"
 
 
+def _unknown(what: str, x: Any) -> TypeError:
+    return TypeError(f"no iptables {what} for match type {type(x).__name__}: {x!r}")
+
+
 @singledispatch
 def match(x: Any, ctx: Ctx) -> list[str]:
-    raise TypeError(f"no iptables rendering for {x!r}")
+    raise _unknown("rendering", x)
 
 
 @match.register(Family)
@@ -149,3 +156,83 @@ def _(x: Any, ctx: Ctx) -> list[str]:  # same name: one bucket (per family)
 def _(x: SourceConnsOver, ctx: Ctx) -> list[str]:
     mask = 32 if ctx.version == 4 else V6_SOURCE_PREFIX
     return [f"-m connlimit --connlimit-above {ctx.sets[x.set].limit} --connlimit-mask {mask} --connlimit-saddr"]
+
+
+# --- the protocol a match implies (``-p``, which goes before every match) ----------------------
+@singledispatch
+def implied_proto(x: Any, version: int) -> str | None:
+    raise _unknown("protocol", x)
+
+
+@implied_proto.register
+def _(x: Proto, version: int) -> str:
+    return _PROTO.get((x.name, version), x.name)
+
+
+@implied_proto.register
+def _(x: IcmpTypes, version: int) -> str:
+    return "icmp" if x.version == 4 else "ipv6-icmp"
+
+
+@implied_proto.register
+def _(x: TcpFlags, version: int) -> str:
+    return "tcp"
+
+
+@implied_proto.register
+def _(x: DstPorts, version: int) -> str:
+    return x.proto
+
+
+# --- the target a statement carries (else the rule's verdict is the target) -------------------
+@singledispatch
+def carried_target(x: Any, ctx: Ctx) -> str | None:
+    raise _unknown("target", x)
+
+
+@carried_target.register(RememberSource)
+@carried_target.register(UpdateSource)
+def _(x: RememberSource | UpdateSource, ctx: Ctx) -> str:  # --exist: a re-add restarts the timeout
+    return f"-j SET --add-set {ipset_name(ctx.sets[x.set])} src --exist"
+
+
+@carried_target.register
+def _(x: NoTrack, ctx: Ctx) -> str:
+    return "-j CT --notrack"
+
+
+@carried_target.register
+def _(x: EngagePort, ctx: Ctx) -> str:  # --exist: adding a member again restarts its timeout
+    return f"-j SET --add-set {ipset_name(ctx.sets[x.set])} dst --exist"
+
+
+@carried_target.register
+def _(x: Log, ctx: Ctx) -> str:
+    return f'-j NFLOG --nflog-group {x.nflog_group} --nflog-prefix "{x.prefix}" --nflog-size {x.snaplen}'
+
+
+# --- the IP families a match applies to (iptables renders each family on its own) --------------
+@singledispatch
+def families(x: Any) -> set[int]:
+    raise _unknown("family", x)
+
+
+@families.register
+def _(x: Proto) -> set[int]:
+    return {4} if x.name == "icmp" else {6} if x.name == "icmpv6" else {4, 6}
+
+
+def _by_version(x: Any) -> set[int]:
+    v = getattr(x, "version", None)
+    return {v} if v in (4, 6) else {4, 6}
+
+
+def _none(x: Any, _: Any) -> None:
+    return None
+
+
+# Every other model match: no protocol, no target of its own, the families of its ``version`` if it has one.
+for _t in get_args(Match):
+    for _fn, _rest in ((implied_proto, _none), (carried_target, _none), (families, _by_version)):
+        if _t not in _fn.registry:
+            _fn.register(_t, _rest)

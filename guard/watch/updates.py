@@ -30,19 +30,10 @@ class DesiredUpdates:
         wanted = {g: k for g, k in wanted.items() if k}
         if wanted == self.odds:
             return None
-        kept, self.odds = self.odds, wanted
-        try:
-            plan = self.plan()
-            if plan.sampling is None or plan.backend.name != self._backend:  # a reload not yet installed
-                raise NodeguardError("the policy in place samples nothing, or its backend is not installed yet")
-            install_in_place(plan, self.nft, recorded=self.fingerprints)
-        except NodeguardError as exc:
-            self.odds = kept
-            self._live = None  # a restore may have failed half-way (iptables: per family): look again
-            self._recheck = True
-            log.warning("could not change the sampling odds (%s); keeping them", exc)
+        plan = self._install_update(self, "odds", wanted, "change the sampling odds", samples=True,
+                                    refusal="the policy in place samples nothing, or its backend is not installed yet")
+        if plan is None:
             return None
-        self._installed(plan)
         try:
             sampling_odds.save(sampling_odds.path_for(self.policy), wanted)
         except (OSError, NodeguardError) as exc:  # the kernel has them: a restart renders the file's, in place (start)
@@ -67,21 +58,35 @@ class DesiredUpdates:
         found = self.ports.redetect(self.policy)
         if found is None:
             return None
-        kept, self.ports.ports = self.ports.ports, found
-        try:
-            plan = self.plan()
-            if plan.backend.name != self._backend:  # a reload not yet installed: its check installs all
-                raise NodeguardError("the policy in place is not installed yet")
-            install_in_place(plan, self.nft, recorded=self.fingerprints)
-        except NodeguardError as exc:
-            self.ports.ports = kept
-            self._live = None  # a restore may have failed half-way (iptables: per family): look again
-            self._recheck = True
-            log.warning("could not update the SYNPROXY ports (%s); keeping them", exc)
+        kept = self.ports.ports
+        plan = self._install_update(self.ports, "ports", found, "update the SYNPROXY ports", samples=False,
+                                    refusal="the policy in place is not installed yet")
+        if plan is None:
             return None
-        self._installed(plan)
         self.state["port_updates"] += 1
         log.info("SYNPROXY ports (auto) now %s", _ports_change(kept, found))
+        return plan
+
+    def _install_update(self, owner: object, attr: str, new: object, what: str, *, samples: bool,
+                        refusal: str) -> Plan | None:
+        """Hold ``new`` as ``owner.<attr>`` and install it in place: one state-keeping transaction, then our
+        rules' bodies recorded. When the policy in place is not installed yet (a reload's check will install
+        all), or does not sample though ``samples`` needs it, or anything fails: the old value is held again,
+        the kernel looked at again on the next turn, and None returned."""
+        old = getattr(owner, attr)
+        setattr(owner, attr, new)
+        try:
+            plan = self.plan()
+            if plan.backend.name != self._backend or samples and plan.sampling is None:
+                raise NodeguardError(refusal)
+            install_in_place(plan, self.nft, recorded=self.fingerprints)
+        except NodeguardError as exc:
+            setattr(owner, attr, old)
+            self._live = None  # a restore may have failed half-way (iptables: per family): look again
+            self._recheck = True
+            log.warning("could not %s (%s); keeping them", what, exc)
+            return None
+        self._installed(plan)
         return plan
 
     def _installed(self, plan: Plan) -> None:
