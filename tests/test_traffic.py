@@ -259,3 +259,17 @@ def test_returning_client_keeps_connecting_at_full_speed_during_a_spoofed_syn_fl
     assert elapsed < 30 * 0.05 + 3.0
     assert counters["syn-flood: syn-flood backstop"] > 50_000, "the flood did reach the backstop"
     assert counters["syn-flood: trusted v4 skips backstop"] >= 30
+
+
+@pytest.mark.backends("iptables-nft", "iptables-legacy")
+def test_a_spoofed_flood_fills_a_per_source_meter_ipset_beyond_ipsets_default_buckets(guarded):
+    """The packet path (``-j SET``) never grows a hash ipset, and ipset's default 1024 buckets of 12
+    hold 12,288 sources whatever ``maxelem`` says: the default SYN meter (65,536) would fail open at a
+    fifth of its size. Created with a quarter of its size in buckets, it takes the flood's sources."""
+    guard, attacker = guarded
+    guard.apply()
+    netlab.flood(attacker, 3, "-S", "-p", str(PORT), "--rand-source", VICTIM4).wait()
+    header = guard.victim.run("ipset list -t NODEGUARD-SYN-SRC-V4").stdout
+    entries = int(next(ln.split(":")[1] for ln in header.splitlines() if ln.startswith("Number of entries")))
+    # a spoofed SYN flood of 3 s sends 90,000 or more sources here (30 kpps at the slowest measured)
+    assert entries > 18432, header  # 1.5 x 12,288: a set that did not grow

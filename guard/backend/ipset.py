@@ -30,7 +30,8 @@ class LiveIpset:
         return (self.type == want.type and h.get("family") == want.family and h.get("maxelem") == str(want.maxelem)
                 and h.get("timeout") == (str(want.timeout) if want.timeout is not None else None)
                 and h.get("netmask") == (str(want.netmask) if want.netmask is not None else None)
-                and ("counters" in h) == want.counters)
+                and ("counters" in h) == want.counters
+                and int(h.get("hashsize", "0")) >= (want.hashsize or 0))  # smaller: the packet path cannot fill it
 
 
 _IPSET_FLAGS = {"counters", "comment", "skbinfo", "forceadd"}  # header words that take no value

@@ -76,7 +76,8 @@ class Ipset:
     netmask: int | None = None
     members: tuple[str, ...] | None = None  # None: contents are state, not configuration
     counters: bool = False
-    hashsize: int | None = None  # initial buckets (ipset's default: 1024); not compared, the kernel grows it
+    hashsize: int | None = None  # initial buckets (ipset's default: 1024); a live set may have more (the
+                                 # kernel grows it on adds from userspace), never fewer
 
     def create_args(self) -> str:
         if self.type == "bitmap:port":
@@ -137,35 +138,38 @@ def ipsets(rs: RuleSet) -> list[Ipset]:
                              members=tuple(prefixes.text(s.version, p) for p in s.elements) if s.kind == "deny"
                              else tuple(str(n) for n in s.elements)))
         elif s.kind == "trusted":
-            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s))
+            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)))
         elif s.kind == "escalation":
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s,
-                             V6_SOURCE_PREFIX if s.version == 6 else None))
+                             V6_SOURCE_PREFIX if s.version == 6 else None, hashsize=packet_hashsize(s)))
         elif s.kind == "meter":
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, admission_timeout_s(s),
-                             V6_SOURCE_PREFIX if s.version == 6 else None))
+                             V6_SOURCE_PREFIX if s.version == 6 else None, hashsize=packet_hashsize(s)))
         elif s.kind == "ports":
             out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, members=tuple(str(p) for p in s.elements)))
         elif s.kind == "engaged":
             out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, s.timeout_s))
         elif s.kind == "valve":
-            out.append(Ipset(ipset_name(s), "hash:net", fam, s.size, s.timeout_s))
+            out.append(Ipset(ipset_name(s), "hash:net", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)))
         elif s.kind == "pickup":  # a source address and TCP port: "src,src"
-            out.append(Ipset(ipset_name(s), "hash:ip,port", fam, s.size, s.timeout_s, hashsize=pickup_hashsize(s)))
+            out.append(Ipset(ipset_name(s), "hash:ip,port", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)))
         elif s.kind == "manual":  # timeout 0: an entry without one is permanent; `ban --for` gives its own
             out.append(Ipset(ipset_name(s), "hash:net", fam, s.size, 0))
         elif s.kind == "counts":  # no timeout: a re-add (the only refresh) would zero the counters; the
             # sampler removes sources that went quiet instead (a sampler that is down only stops counting)
             out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, None,
-                             V6_SOURCE_PREFIX if s.version == 6 else None, counters=True))
+                             V6_SOURCE_PREFIX if s.version == 6 else None, counters=True, hashsize=packet_hashsize(s)))
     return out
 
 
-def pickup_hashsize(s: AddrSet) -> int:
-    """A ``-j SET`` add never grows a hash ipset: a full bucket (12 entries) refuses it, so ipset's default 1024
-    buckets would take 12,288 pairs (measured: 12,288 under a spoofed flood). A quarter of ``size``,
-    as a power of two: a bucket holds 4 on average when the set is full."""
-    return max(1024, 1 << max(0, (s.size // 4).bit_length() - 1))
+def packet_hashsize(s: AddrSet) -> int | None:
+    """For a set the packet path fills (``-j SET``): such an add never grows a hash ipset, and a full
+    bucket (12 entries) refuses it, so ipset's default 1024 buckets take 12,288 entries whatever
+    ``maxelem`` says (measured under a spoofed flood: 12,288 of 65,536, a meter or ban set failing open
+    at a fifth of its size). A quarter of ``size``, as a power of two: a bucket holds 4 on average
+    when the set is full; None (ipset's default) while that is 1024 or fewer."""
+    buckets = 1 << max(0, (s.size // 4).bit_length() - 1)
+    return buckets if buckets > 1024 else None
 
 
 def admission_timeout_s(s: AddrSet) -> int:
