@@ -53,7 +53,7 @@ class NftBackend:
         if not nft:
             return NftLive()
         gen = genid()  # first: a change during the reads below shows as a new generation next time
-        live = read_live(nft, FAMILY, TABLE)
+        live = read_live(nft, FAMILY, TABLE, self.objects.elements)
         prev = previous if isinstance(previous, NftLive) and previous.chains else None
         if live.flags:
             return dataclasses.replace(prev, flags=live.flags, genid=None) if prev else live
