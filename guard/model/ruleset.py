@@ -19,15 +19,11 @@ from .. import prefixes
 from ..placement import PLACEMENTS, Stage
 from ..policy.rates import Rate
 from .matches import Match, OverLimit, UnderLimit
+from .names import digest, digested
 from .verdicts import Goto, Jump, Verdict
 
 TABLE = "nodeguard"
 V6_SOURCE_PREFIX = 64  # per-source limits group an IPv6 host's whole /64
-DIGEST_LEN = 6
-
-
-def digest(*parts: object) -> str:
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:DIGEST_LEN]
 
 
 Mode = Literal["enforce", "monitor"]
@@ -128,8 +124,8 @@ class AddrSet:
             contents = hashlib.sha256()
             for piece in prefixes.packed(self.version, self.elements):
                 contents.update(piece)
-            return f"{self.base}-{digest(self.definition, contents.hexdigest())}"
-        return self.base if self.static else f"{self.base}-{self.definition}"
+            return digested(self.base, digest(self.definition, contents.hexdigest()))
+        return self.base if self.static else digested(self.base, self.definition)
 
 
 @dataclass(frozen=True)
@@ -146,7 +142,7 @@ class NamedLimit:
 
     @property
     def name(self) -> str:
-        return f"{self.base}-{digest(self.rate, self.over)}"
+        return digested(self.base, digest(self.rate, self.over))
 
 
 @dataclass(frozen=True)
