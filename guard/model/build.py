@@ -200,7 +200,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             remember.append(Rule((Family(version), Proto("tcp"), Assured(), SourceNotInSet(s.name, version),
                                   RememberSource(s.name, version)), CONTINUE, f"remember handshake v{version}"))
     proxied = synproxy if synproxy and policy.mode_of(syn) == "enforce" else None  # monitor never diverts
-    proxy = synproxy_notrack(b, proxied) if proxied else []
+    proxy, engaged = synproxy_notrack(b, proxied) if proxied else ([], {})
     if proxied:
         trusted.append(Rule((CtState(("untracked",)),), RETURN, "synproxied syn skips backstop"))
     to_syn = b.flood_chain(SYN_GROUP, policy.mode_of(syn), "syn-src", syn.source_rate(), syn.global_rate(),
@@ -228,7 +228,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(b, interfaces), *conn_rules), "stateful",
                              priorities.stateful))
     if proxied and proxied.forwarded:
-        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(b, interfaces), *synproxy_rules(b, proxied)),
+        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(b, interfaces), *synproxy_rules(proxied, engaged)),
                               "input", priorities.input))
     if policy.closed_ports.enabled:
         b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(b, interfaces, (_closed_ports_skip_tcp(),)),
