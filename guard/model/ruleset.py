@@ -176,7 +176,7 @@ class RuleSet:
     limits: tuple[NamedLimit, ...]
     interfaces: tuple[str, ...]
     table: str = TABLE
-    sample_groups: tuple[str, ...] = ()  # index i: NFQUEUE queue_base + i; NFLOG prefix "ng:<group>"
+    sample_groups: tuple[str, ...] = ()  # index i: NFQUEUE queue_base + i (NFLOG: the prefix names the group)
 
     def __post_init__(self) -> None:
         """Refuse a ruleset no kernel could load: every name unique, every reference defined."""
