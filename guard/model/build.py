@@ -49,7 +49,6 @@ SAMPLE_ALL = "sample-all"
 CLOSED_PORT = "closed-port"  # the rule group of closed_ports
 SYN_GROUP = "syn-flood"  # the rule group (and chain) of new TCP connections
 INVALID_RST = "invalid-rst"  # the rule group of RSTs conntrack calls invalid
-FAILSAFE_SET = "failsafe-"  # + entry index and IP version: the prefixes of one failsafe entry
 
 
 def sample_groups(policy: Policy) -> tuple[str, ...]:
@@ -264,7 +263,7 @@ def _failsafe(b: Builder) -> tuple[Rule, ...]:
         for version in (4, 6):
             nets = tuple(entry.networks(version))
             if nets:
-                s = b.add_set(AddrSet(f"{FAILSAFE_SET}{i}-v{version}", version, "allow", nets))
+                s = b.add_set(AddrSet(f"failsafe-{i}-v{version}", version, "allow", nets, role="failsafe"))
                 out.append(Rule((Proto(entry.protocol), DstPorts(entry.protocol, ports), SourceInSet(s.name, version)),
                                 RETURN, f"failsafe {i} v{version}"))
     return tuple(out)

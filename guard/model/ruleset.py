@@ -75,7 +75,8 @@ class AddrSet:
     # what it is for, so that readers never parse the name (none of these is in the name's digest):
     group: str | None = None  # counts: the rule group whose sources it counts
     mode: str | None = None  # counts: "enforce" | "monitor" (condemned packets) | "observed" (every packet)
-    role: str | None = None  # escalation: "over" | "episode" | "banned"; crowdsec: "address" | "range"
+    role: str | None = None  # escalation: "over" | "episode" | "banned"; crowdsec: "address" | "range";
+    # allow: "failsafe" (one failsafe entry's prefixes; None: the allowlist)
 
     def __post_init__(self) -> None:
         if self.version not in (4, 6):
