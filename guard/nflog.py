@@ -13,6 +13,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+from . import logprefix
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET, NFULNL_MSG_CONFIG = 0, 1
@@ -50,13 +52,6 @@ def attrs(buf: bytes, off: int, end: int) -> dict[int, bytes]:
     return out
 
 
-def _group_of(prefix: str) -> tuple[str, str]:
-    """The NFLOG prefix names the rule group: "ng:<group>" (enforce) or "ngm:<group>" (monitor)."""
-    if prefix.startswith("ngm:"):
-        return prefix[4:], "monitor"
-    return (prefix[3:] if prefix.startswith("ng:") else ""), "enforce"
-
-
 def parse_messages(buf: bytes, now: float) -> list[Sample]:
     """Every NFULNL_MSG_PACKET in one datagram; malformed parts are skipped, never raised."""
     out, off = [], 0
@@ -68,7 +63,7 @@ def parse_messages(buf: bytes, now: float) -> list[Sample]:
             a = attrs(buf, off + _HDR.size + 4, off + length)
             prefix = a.get(NFULA_PREFIX, b"").split(b"\0", 1)[0].decode("ascii", "replace").strip()
             ifindex = struct.unpack(">I", a[NFULA_IFINDEX_INDEV])[0] if len(a.get(NFULA_IFINDEX_INDEV, b"")) == 4 else 0
-            group, mode = _group_of(prefix)
+            group, mode = logprefix.decode(prefix) or ("", "enforce")
             out.append(Sample(group, a.get(NFULA_PAYLOAD, b""), ifindex, now, mode))
         off += (length + 3) & ~3
     return out

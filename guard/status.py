@@ -10,7 +10,7 @@ from .backend.nft import Nft
 from .counters import bans_counted, drops_by_group, engaged_ports
 from .drift import diff_plan
 from .model.banning import BANNED
-from .model.build import FAILSAFE_SET, STATELESS_CHAIN, SYN_GROUP
+from .model.build import STATELESS_CHAIN, SYN_GROUP
 from .model.matches import DstPorts, OverLimit, SourceInSet
 from .model.ruleset import RuleSet
 
@@ -60,7 +60,7 @@ def failsafe_entries(rs: RuleSet) -> list[dict[str, Any]]:
     sets = {s.name: s for s in rs.sets}
     out = []
     for rule in rs.chain(STATELESS_CHAIN).rules:
-        fs = [sets[x.set] for x in rule.matches if isinstance(x, SourceInSet) and x.set.startswith(FAILSAFE_SET)]
+        fs = [sets[x.set] for x in rule.matches if isinstance(x, SourceInSet) and sets[x.set].role == "failsafe"]
         ports = [x for x in rule.matches if isinstance(x, DstPorts)]
         if fs and ports:
             out.append({"protocol": ports[0].proto, "cidrs": [str(n) for n in fs[0].elements],

@@ -47,3 +47,20 @@ def test_the_plan_holds_its_backend_and_nft_loads_no_iptables_module(tmp_path, b
     code = PROBE.format(backend=backend, flavour=flavour, state=tmp_path / "watch.json")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert res.stdout == want
+
+
+def test_an_ipset_transaction_names_the_sets_it_creates_not_those_it_swaps_in():
+    """IptBackend.check runs in a scratch namespace exactly when the transaction creates sets."""
+    from guard.backend.ipset import LiveIpset
+    from guard.render.ipt import Ipset
+    from guard.sync.ipt import ipset_scripts
+
+    new = Ipset("NODEGUARD-NEW-V4", "hash:net", "inet", 16, members=("10.0.0.0/8",))
+    changed = Ipset("NODEGUARD-ALLOW-V4", "hash:net", "inet", 16, members=("10.0.0.0/8",))
+    kept = Ipset("NODEGUARD-KEPT-V4", "hash:ip", "inet", 16, timeout=60)
+    live = {s.name: LiveIpset(s.name, s.type, {"family": "inet", "maxelem": "16", **extra}, 0)
+            for s, extra in ((changed, {}), (kept, {"timeout": "60"}))}
+    prepare, _cleanup, creates = ipset_scripts([new, changed, kept], live, {changed.name: ["192.0.2.0/24"]})
+    assert creates == ("NODEGUARD-NEW-V4",)
+    assert any(ln.startswith("swap ") and ln.endswith(" NODEGUARD-ALLOW-V4") for ln in prepare.splitlines())
+    assert ipset_scripts([changed, kept], live, {changed.name: ["10.0.0.0/8"]})[2] == ()

@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 
 from guard.crowdsec import lapi, state
 from guard.crowdsec.decisions import MAX_DURATION_S, Decision, go_duration, parse_stream
-from guard.crowdsec.held import Held
+from guard.crowdsec.held import Held, comment, scenario
 from guard.crowdsec.kernel import transaction
 from guard.errors import PolicyError
 from guard.metrics import registry
@@ -104,6 +104,17 @@ def _decision(i: int, net: str, left: int = 100, scenario: str = "s") -> Decisio
     one = n.prefixlen == n.max_prefixlen
     return Decision(i, str(n.network_address) if one else net, n.version, "Ip" if one else "Range", left, scenario,
                     "cscli")
+
+
+@pytest.mark.parametrize("name", ["crowdsecurity/ssh-bf", "s", "crowdsec x", "a:b@c.d'e-f_g"])
+def test_an_element_comment_gives_back_the_scenario_it_was_written_from(name):
+    assert scenario(comment(_decision(1, "10.0.0.1/32", scenario=name))) == name
+
+
+@pytest.mark.parametrize("text", ["", "someone's ban", "crowdsec", "CROWDSEC x", "\x1b[31m"])
+def test_a_comment_crowdsec_did_not_write_is_shown_as_it_is(text):
+    """Another writer's element (CAP_NET_ADMIN): its text is passed on, escaped where shown (cli/bans.py)."""
+    assert scenario(text) == text
 
 
 def test_held_decisions_one_prefix_lasts_as_long_as_its_longest_and_nested_ranges_keep_the_outermost():

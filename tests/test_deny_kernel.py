@@ -39,7 +39,8 @@ def test_denied_sources_are_dropped_at_ingress_unless_allowlisted_and_bans_by_ha
     listed = {n: victim.nft_json(f"set inet nodeguard {n}")[1]["set"]["elem"] for n in ("allow-v4", "allow-v6")}
     read = victim.run([sys.executable, "-c", "import json; from guard.backend.nft import Nft, read_live; "
                        "from guard.backend.nft_elements import address_elements; nft = Nft(); print(json.dumps(["
-                       "read_live(nft, 'inet', 'nodeguard').static_elements, {n: address_elements(nft.text("
+                       f"read_live(nft, 'inet', 'nodeguard', {sorted(listed)!r}).static_elements, "
+                       "{n: address_elements(nft.text("
                        f"'set inet nodeguard ' + n)) for n in {sorted(listed)!r}}}]))"]).stdout
     live, from_text = json.loads(read)  # what a re-apply reads, and the text listing's reading alone
     assert {n: e for n, e in live.items() if n in listed} == from_text == listed

@@ -71,7 +71,7 @@ class IptBackend:
         needs every set a rule names to exist; when the transaction creates sets, the check runs in a
         scratch network namespace instead (where our old jumps, which the transaction deletes, do not
         exist: those ``-D`` lines are left out there). Returns how it was checked."""
-        if not _creates(tx):
+        if not tx.creates:
             Ipt(tx.flavour).restore_families(tx.restore, test=True)
             return "checked by *-restore --test"
 
@@ -276,12 +276,6 @@ def _fill(sets: list[AddrSet], live: dict) -> list[dict]:
     return [{"set": s.base, "kind": s.kind, "kernel_name": ipset_name(s),
              "elements": live[ipset_name(s)].entries if ipset_name(s) in live else 0, "size": s.size}
             for s in sets if s.kind != "conns"]
-
-
-def _creates(tx: sync_ipt.IptTransaction) -> list[str]:
-    """Sets the transaction creates for the rules to use (not the temporary ones it swaps in)."""
-    return [ln.split()[1] for ln in tx.ipset_prepare.splitlines()
-            if ln.startswith("create ") and not ln.split()[1].endswith("-NEW")]
 
 
 def _target(save_line: str) -> str:

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,7 +210,7 @@ def objects(listing: list[dict], kind: str) -> list[dict[str, Any]]:
 @dataclass(frozen=True)
 class NftLive:
     """What the kernel holds of one table now: objects by name (set elements left out, but
-    the allowlists' elements, which are configuration, not state)."""
+    the static sets' elements, which are configuration, not state)."""
 
     exists: bool = False
     chains: dict[str, dict] = field(default_factory=dict)
@@ -224,10 +225,9 @@ class NftLive:
     deny_written: dict[str, str] = field(default_factory=dict)  # deny set -> who else added or deleted elements
 
 
-STATIC_SET_PREFIXES = ("allow-", "failsafe-", "synproxy-ports-")  # sets whose elements are configuration
-
-
-def read_live(nft: Nft, family: str, table: str) -> NftLive:
+def read_live(nft: Nft, family: str, table: str, static: Collection[str]) -> NftLive:
+    """``static``: the names of the sets whose elements are configuration (the render's: NftObjects.elements),
+    read when present; every other set's elements are state, left out."""
     listing = nft.list(f"table {family} {table}", terse=True)  # meters can hold millions of elements
     if not listing:
         return NftLive()
@@ -236,9 +236,9 @@ def read_live(nft: Nft, family: str, table: str) -> NftLive:
         return NftLive(True, flags=tuple(flags))
     sets = {s["name"]: s for s in objects(listing, "set")}
     allow = {}
-    for name, s in sets.items():
-        if name.startswith(STATIC_SET_PREFIXES):
-            allow[name] = _static_elements(nft, family, table, name, s.get("type"))
+    for name in static:
+        if name in sets:
+            allow[name] = _static_elements(nft, family, table, name, sets[name].get("type"))
     return NftLive(True, {c["name"]: c for c in objects(listing, "chain")}, sets,
                    {x["name"]: x for x in objects(listing, "limit")}, tuple(objects(listing, "rule")), allow)
 

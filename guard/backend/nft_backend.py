@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BackendError, SetFull
 from ..fingerprints import of_nft
 from ..model.matches import BanSource, ValveEngaged
+from ..model.names import base_of
 from ..model.ruleset import TABLE, AddrSet, RuleSet
 from ..prefixes import address_text
 from ..render.ids import id_and_label, id_from_comment
@@ -55,7 +56,7 @@ class NftBackend:
         if not nft:
             return NftLive()
         gen = genid()  # first: a change during the reads below shows as a new generation next time
-        live = read_live(nft, FAMILY, TABLE)
+        live = read_live(nft, FAMILY, TABLE, self.objects.elements)
         prev = previous if isinstance(previous, NftLive) and previous.chains else None
         if live.flags:
             return dataclasses.replace(prev, flags=live.flags, genid=None) if prev else live
@@ -230,7 +231,7 @@ class NftBackend:
         live = [o["name"] for o in objects(nft.list(f"table {FAMILY} {TABLE}", terse=True), "set")]
         out = {}
         for k, s in sets.items():
-            same_base = [n for n in live if n.rsplit("-", 1)[0] == s.base]
+            same_base = [n for n in live if base_of(n) == s.base]
             if s.name in live or same_base:
                 out[k] = s.name if s.name in live else same_base[0]
         return out

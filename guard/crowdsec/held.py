@@ -18,12 +18,19 @@ from .decisions import Decision
 Want = dict[tuple[int, str], dict[str, tuple[float, str]]]  # (IP version, "address" | "range") -> ...
 _UNSAFE = re.compile(r"[^A-Za-z0-9 _./:@'-]")
 MAX_COMMENT = 100  # an nft element comment holds at most 128 bytes
+_MARK = "crowdsec "
 
 
 def comment(d: Decision) -> str:
     """What ``bans`` shows: the scenario, in the few characters that need no escaping in nft's syntax
     (it is the Local API's text: anything else becomes ``_``)."""
-    return _UNSAFE.sub("_", f"crowdsec {d.scenario}")[:MAX_COMMENT]
+    return _UNSAFE.sub("_", f"{_MARK}{d.scenario}")[:MAX_COMMENT]
+
+
+def scenario(text: str) -> str:
+    """The scenario of an element's comment as the kernel holds it: what ``comment`` wrote, less its
+    mark; any other text (someone else's element) as it is, for the caller to escape."""
+    return text.removeprefix(_MARK)
 
 
 @dataclass

@@ -1,15 +1,15 @@
 """What ``nodeguard bans`` shows of the CrowdSec decisions: the ``crowdsec-*`` sets as installed, each
-entry with the time it has left and its scenario (the element's comment, held.comment)."""
+entry with the time it has left and its scenario (the element's comment: held.comment, held.scenario)."""
 
 from __future__ import annotations
 
 import ipaddress
 from typing import TYPE_CHECKING
 
+from .held import scenario
+
 if TYPE_CHECKING:
     from ..backend.nft import Nft
-
-PREFIX = "crowdsec "  # held.comment's
 
 
 def banned(plan, nft: Nft) -> list[tuple[str, int, int | None, str]]:
@@ -19,6 +19,6 @@ def banned(plan, nft: Nft) -> list[tuple[str, int, int | None, str]]:
     for (version, _role), name in sorted(plan.backend.installed_sets(nft, sets).items()):
         # the comment as the kernel holds it (anyone with CAP_NET_ADMIN may have written it): escaped
         # once where it is shown, as a manual ban's reason is (cli/bans.py, logs.one_line)
-        out += [(str(ipaddress.ip_network(p)), version, left, why.removeprefix(PREFIX))
+        out += [(str(ipaddress.ip_network(p)), version, left, scenario(why))
                 for p, left, why in plan.backend.manual_bans(nft, name)]
     return out

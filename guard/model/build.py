@@ -50,7 +50,6 @@ SAMPLE_ALL = "sample-all"
 CLOSED_PORT = "closed-port"  # the rule group of closed_ports
 SYN_GROUP = "syn-flood"  # the rule group (and chain) of new TCP connections
 INVALID_RST = "invalid-rst"  # the rule group of RSTs conntrack calls invalid
-FAILSAFE_SET = "failsafe-"  # + entry index and IP version: the prefixes of one failsafe entry
 
 
 def sample_groups(policy: Policy) -> tuple[str, ...]:
@@ -201,7 +200,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             remember.append(Rule((Family(version), Proto("tcp"), Assured(), SourceNotInSet(s.name, version),
                                   RememberSource(s.name, version)), CONTINUE, f"remember handshake v{version}"))
     proxied = synproxy if synproxy and policy.mode_of(syn) == "enforce" else None  # monitor never diverts
-    proxy = synproxy_notrack(b, proxied) if proxied else []
+    proxy, engaged = synproxy_notrack(b, proxied) if proxied else ([], {})
     if proxied:
         trusted.append(Rule((CtState(("untracked",)),), RETURN, "synproxied syn skips backstop"))
     to_syn = b.flood_chain(SYN_GROUP, policy.mode_of(syn), "syn-src", syn.source_rate(), syn.global_rate(),
@@ -230,7 +229,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(b, interfaces), *conn_rules), "stateful",
                              priorities.stateful))
     if proxied and proxied.forwarded:
-        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(b, interfaces), *synproxy_rules(b, proxied)),
+        b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(b, interfaces), *synproxy_rules(proxied, engaged)),
                               "input", priorities.input))
     if policy.closed_ports.enabled:
         b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(b, interfaces, (_closed_ports_skip_tcp(),)),
@@ -261,7 +260,7 @@ def _failsafe(b: Builder) -> tuple[Rule, ...]:
         for version in (4, 6):
             nets = tuple(entry.networks(version))
             if nets:
-                s = b.add_set(AddrSet(f"{FAILSAFE_SET}{i}-v{version}", version, "allow", nets))
+                s = b.add_set(AddrSet(f"failsafe-{i}-v{version}", version, "allow", nets, role="failsafe"))
                 out.append(Rule((Proto(entry.protocol), DstPorts(entry.protocol, ports), SourceInSet(s.name, version)),
                                 RETURN, f"failsafe {i} v{version}"))
     return tuple(out)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Union
 
+from .. import logprefix
+
 
 @dataclass(frozen=True)
 class _NamesSet:
@@ -171,14 +173,14 @@ class OneIn:
 class Log:
     """Copy the packet's head to userspace over NFLOG (a statement; evaluation goes on)."""
 
-    group: str  # the rule group, e.g. "syn-flood": the NFLOG prefix "ng:<group>" ("ngm:" in monitor mode)
+    group: str  # the rule group, e.g. "syn-flood": named by the NFLOG prefix (logprefix.py)
     nflog_group: int
     snaplen: int
     monitor: bool = False
 
     @property
     def prefix(self) -> str:
-        return f"{'ngm' if self.monitor else 'ng'}:{self.group}"
+        return logprefix.encode(self.group, "monitor" if self.monitor else "enforce")
 
 
 Match = Union[InterfaceNotIn, Family, Proto, IcmpTypes, TcpFlags, DstPorts, SourceInSet, SourceNotInSet,

@@ -19,15 +19,11 @@ from .. import prefixes
 from ..placement import PLACEMENTS, Stage
 from ..policy.rates import Rate
 from .matches import Match, OverLimit, UnderLimit
+from .names import digest, digested
 from .verdicts import Goto, Jump, Verdict
 
 TABLE = "nodeguard"
 V6_SOURCE_PREFIX = 64  # per-source limits group an IPv6 host's whole /64
-DIGEST_LEN = 6
-
-
-def digest(*parts: object) -> str:
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:DIGEST_LEN]
 
 
 Mode = Literal["enforce", "monitor"]
@@ -80,7 +76,8 @@ class AddrSet:
     # what it is for, so that readers never parse the name (none of these is in the name's digest):
     group: str | None = None  # counts: the rule group whose sources it counts
     mode: str | None = None  # counts: "enforce" | "monitor" (condemned packets) | "observed" (every packet)
-    role: str | None = None  # escalation: "over" | "episode" | "banned"; crowdsec: "address" | "range"
+    role: str | None = None  # escalation: "over" | "episode" | "banned"; crowdsec: "address" | "range";
+    # allow: "failsafe" (one failsafe entry's prefixes; None: the allowlist)
 
     def __post_init__(self) -> None:
         if self.version not in (4, 6):
@@ -130,8 +127,8 @@ class AddrSet:
             contents = hashlib.sha256()
             for piece in prefixes.packed(self.version, self.elements):
                 contents.update(piece)
-            return f"{self.base}-{digest(self.definition, contents.hexdigest())}"
-        return self.base if self.static else f"{self.base}-{self.definition}"
+            return digested(self.base, digest(self.definition, contents.hexdigest()))
+        return self.base if self.static else digested(self.base, self.definition)
 
 
 @dataclass(frozen=True)
@@ -148,7 +145,7 @@ class NamedLimit:
 
     @property
     def name(self) -> str:
-        return f"{self.base}-{digest(self.rate, self.over)}"
+        return digested(self.base, digest(self.rate, self.over))
 
 
 @dataclass(frozen=True)
@@ -182,7 +179,7 @@ class RuleSet:
     limits: tuple[NamedLimit, ...]
     interfaces: tuple[str, ...]
     table: str = TABLE
-    sample_groups: tuple[str, ...] = ()  # index i: NFQUEUE queue_base + i; NFLOG prefix "ng:<group>"
+    sample_groups: tuple[str, ...] = ()  # index i: NFQUEUE queue_base + i (NFLOG: the prefix names the group)
 
     def __post_init__(self) -> None:
         """Refuse a ruleset no kernel could load: every name unique, every reference defined."""

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 SYN_ONLY = TcpFlags(("fin", "syn", "rst", "ack"), ("syn",))
 
 
-def synproxy_notrack(b: Builder, sp: SynproxyPlan) -> list[Rule]:
+def synproxy_notrack(b: Builder, sp: SynproxyPlan) -> tuple[list[Rule], dict[int, AddrSet]]:
     """In ``syn-flood``, before conntrack and after the per-source meters: SYNPROXY engages on a
     proxied port of the node's own when the SYNs to proxied ports that the meters let through exceed
     ``engage_over`` (a spoofed or distributed flood; one source's flood is the meter's), and stays
@@ -35,27 +35,30 @@ def synproxy_notrack(b: Builder, sp: SynproxyPlan) -> list[Rule]:
 
     Not always on: SYNPROXY itself costs 1-2 % of connections (a client reusing a 4-tuple still in
     TIME_WAIT meets the old entry, the untracked SYN never replaced it; a server may reject SYNPROXY's
-    ACK and resend its SYN/ACK a second later), which would serve clients worse than no protection."""
-    out = []
+    ACK and resend its SYN/ACK a second later), which would serve clients worse than no protection.
+
+    Returns the rules and, by IP version, the set of engaged ports (for ``synproxy_rules``)."""
+    out, engaged = [], {}
     engage = b.add_limit("synproxy-engage", sp.engage_over, over=True)
     for version, ports in ((4, sp.ports_v4), (6, sp.ports_v6)):
         s = b.add_set(AddrSet(f"synproxy-ports-v{version}", version, "ports", tuple(ports)))
         on = b.add_set(AddrSet(f"synproxy-engaged-v{version}", version, "engaged", size=65536, timeout_s=sp.hold_s))
+        engaged[version] = on
         syn_to_port = (Family(version), Proto("tcp"), FibLocal(), DstPortInSet(s.name, version))  # only SYNs come here
         out.append(Rule((*syn_to_port, OverLimit(engage), EngagePort(on.name, version)), CONTINUE,
                         f"synproxy: engage on a syn flood v{version}"))
         out.append(Rule((*syn_to_port, DstPortInSet(on.name, version), NoTrack()), CONTINUE,
                         f"synproxy: syn not tracked v{version}"))
-    return out
+    return out, engaged
 
 
-def synproxy_rules(b: Builder, sp: SynproxyPlan) -> list[Rule]:
-    """After conntrack, on input, only on engaged ports: SYNPROXY answers the untracked SYN and checks
+def synproxy_rules(sp: SynproxyPlan, engaged: dict[int, AddrSet]) -> list[Rule]:
+    """After conntrack, on input, only on ``engaged`` ports (synproxy_notrack's sets): SYNPROXY answers the untracked SYN and checks
     the third ACK; an invalid packet that SYNPROXY did not take (a bad cookie, a stray ACK) is dropped.
     A port that is not engaged sees none of this: its SYNs were tracked, its handshakes are the server's."""
     out = []
     for version, mss in ((4, sp.mss_v4), (6, sp.mss_v6)):
-        port = DstPortInSet(next(s.name for s in b.sets if s.base == f"synproxy-engaged-v{version}"), version)
+        port = DstPortInSet(engaged[version].name, version)
         # Only the SYN and the bare third ACK: SYNPROXY takes any ACK it is shown as a handshake's end,
         # so a client's first data segment, arriving while the server's answer is still on its way
         # (its conntrack entry then says invalid), would be swallowed and a second SYN sent (data lost:

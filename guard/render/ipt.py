@@ -57,11 +57,19 @@ from .ipt_matches import Ctx, carried_target, families, implied_proto, match
 from .ipt_names import ipset_name, ipt_chain_name
 
 HASHLIMIT_GC_S = 1  # xt_hashlimit's default --hashlimit-htable-gcinterval
-BAN_TAG = "ban"  # what _rule tags the line that counts bans with (condemning lines: their (group, mode))
-TALLY_TAG = "tally:"  # + the model rule's tally: the tag of its line
 VALVE_ELEMENTS = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}  # every source: engaged
-VALVE_TAG = "valve"  # the third part of a condemning line's tag when it is the valve's backstop
 
+
+
+@dataclass(frozen=True)
+class Tag:
+    """What a line's counter counts, when it counts something: a condemning line's (group, mode) drops
+    (``valve``: it is the SYN valve's backstop), bans, or the model rule's ``tally``."""
+
+    group: tuple[str, str] | None = None
+    valve: bool = False
+    ban: bool = False
+    tally: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,7 @@ def render_ipt(rs: RuleSet, version: int) -> Render:
     sets = {s.name: s for s in rs.sets}
     limits = {x.name: x for x in rs.limits}
     tables: dict[str, Table] = {}
-    condemning: dict[str, tuple[str, str] | str] = {}
+    tags: dict[str, Tag] = {}
     owner = _table_of_chains(rs)
     names = {c.name: ipt_chain_name(c) for c in rs.chains}
     lines = lambda rs_: [line for r in rs_ for line in _rule(r, version, sets, limits, names)]  # noqa: E731
@@ -200,36 +208,33 @@ def render_ipt(rs: RuleSet, version: int) -> Render:
             assert all(c.rules == chain.rules for c in ingress), "ingress chains differ"
             uplink = f"{name}-UPLINK"
             _add_chain(table, name, [(f"-i {c.device} -g {uplink}", f"uplink {c.device}", None) for c in ingress],
-                       condemning)
-            _add_chain(table, uplink, lines(rules), condemning)
+                       tags)
+            _add_chain(table, uplink, lines(rules), tags)
         elif chain.stage and rules and isinstance(rules[0].matches[0], InterfaceNotIn):
             uplink = f"{name}-UPLINK"
             dispatch = [(f"-i {ifname} -g {uplink}", f"uplink {ifname}", None) for ifname in rules[0].matches[0].names]
-            _add_chain(table, name, dispatch, condemning)
-            _add_chain(table, uplink, lines(rules[1:]), condemning)
+            _add_chain(table, name, dispatch, tags)
+            _add_chain(table, uplink, lines(rules[1:]), tags)
         else:
-            _add_chain(table, name, lines(rules), condemning)
+            _add_chain(table, name, lines(rules), tags)
         if chain.stage:
             for builtin in PLACEMENTS[chain.stage].ipt_builtins:
                 body = f"-j {name}"
                 (jid,) = chained_ids(f"{table.name}/{builtin}", [body])
                 table.jumps.append((builtin, f'-m comment --comment "{comment(jid, "jump to " + name)}" {body}'))
-    groups = {k: v for k, v in condemning.items() if isinstance(v, tuple)}
-    return Render(version, tables, {k: v[:2] for k, v in groups.items()},
-                  {k for k, v in condemning.items() if v == BAN_TAG},
-                  {k for k, v in groups.items() if v[2:] == (VALVE_TAG,)},
-                  {k: v.removeprefix(TALLY_TAG) for k, v in condemning.items()
-                   if isinstance(v, str) and v.startswith(TALLY_TAG)})
+    return Render(version, tables, {k: v.group for k, v in tags.items() if v.group},
+                  {k for k, v in tags.items() if v.ban}, {k for k, v in tags.items() if v.valve},
+                  {k: v.tally for k, v in tags.items() if v.tally})
 
 
-def _add_chain(table: Table, name: str, rules: list[tuple[str, str, tuple | None]],
-               condemning: dict[str, tuple[str, str]]) -> None:
+def _add_chain(table: Table, name: str, rules: list[tuple[str, str, Tag | None]],
+               tags: dict[str, Tag]) -> None:
     table.chains.append(name)
-    bodies = [body for body, _label, _group in rules]
-    for (body, label, group), rid in zip(rules, chained_ids(name, bodies), strict=True):
+    bodies = [body for body, _label, _tag in rules]
+    for (body, label, tag), rid in zip(rules, chained_ids(name, bodies), strict=True):
         table.rules.append((name, f'-m comment --comment "{comment(rid, label)}" {body}'.rstrip()))
-        if group:
-            condemning[rid] = group
+        if tag:
+            tags[rid] = tag
 
 
 def _table_of_chains(rs: RuleSet) -> dict[str, str]:
@@ -249,9 +254,9 @@ def _applies(rule: Rule, version: int) -> bool:
 
 
 def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, NamedLimit],
-          names: dict[str, str]) -> list[tuple[str, str, tuple | None]]:
+          names: dict[str, str]) -> list[tuple[str, str, Tag | None]]:
     """One model rule as iptables lines (a per-source meter needs its admission line first), each
-    with the (group, mode) whose drops its counter counts, if it condemns."""
+    with what its counter counts, if anything."""
     ctx = Ctx(version, sets, limits)
     proto = _proto(rule, version)
     parts = [f"-p {proto}"] if proto else []
@@ -264,8 +269,8 @@ def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, 
         out.append((" ".join([*parts, *before, f"-j SET --add-set {name} {dims}"]), f"{rule.label} (add)", None))
         took = [*parts, *before, f"-m set --match-set {name} {dims}"]
         if isinstance(add, BanSource):
-            return [*out, (" ".join(took), rule.label, BAN_TAG)]
-        return [*out, (" ".join([*took, _target(rule, ctx, names)]), rule.label, (rule.group, rule.mode))]
+            return [*out, (" ".join(took), rule.label, Tag(ban=True))]
+        return [*out, (" ".join([*took, _target(rule, ctx, names)]), rule.label, Tag((rule.group, rule.mode)))]
     for x in rule.matches:
         if isinstance(x, (SourceRateOver, CountSource)):
             name = ipset_name(sets[x.set])
@@ -276,10 +281,9 @@ def _rule(rule: Rule, version: int, sets: dict[str, AddrSet], limits: dict[str, 
             parts.append(f"-m set --match-set {name} src")  # a CountSource rule ends here: the match counts
         parts += match(x, ctx)
     parts.append(_target(rule, ctx, names))
-    group = (rule.group, rule.mode) if rule.group else f"{TALLY_TAG}{rule.tally}" if rule.tally else None
-    if rule.group and any(isinstance(x, ValveEngaged) for x in rule.matches):
-        group = (*group, VALVE_TAG)
-    return [*out, (" ".join(p for p in parts if p), rule.label, group)]
+    tag = Tag((rule.group, rule.mode), any(isinstance(x, ValveEngaged) for x in rule.matches)) if rule.group \
+        else Tag(tally=rule.tally) if rule.tally else None
+    return [*out, (" ".join(p for p in parts if p), rule.label, tag)]
 
 
 def _proto(rule: Rule, version: int) -> str | None:

@@ -38,6 +38,7 @@ class IptTransaction:
     recreates = False  # its ipsets are only made anew when missing or redefined (drift says so)
     changes_sets = True  # nothing is read back of what ipsets hold but allowlists, which every full read reads
     filled: frozenset[str] = frozenset()  # no set of a deny list (an nft table's only)
+    creates: tuple[str, ...] = ()  # the ipsets ipset_prepare creates for the rules (not the ones it swaps in)
 
     @property
     def moves_jumps_only(self) -> bool:
@@ -150,15 +151,17 @@ def same_members(live: list[str], want: tuple[str, ...]) -> bool:
 
 
 def ipset_scripts(want: list[Ipset], live: dict[str, LiveIpset], live_members: dict[str, list[str]]
-                  ) -> tuple[str, str]:
-    """(prepare, cleanup) ``ipset restore`` scripts."""
+                  ) -> tuple[str, str, tuple[str, ...]]:
+    """(prepare, cleanup) ``ipset restore`` scripts, and the sets prepare creates (for the rules to use)."""
     prepare: list[str] = []
+    creates: list[str] = []
     for s in want:
         have = live.get(s.name)
         members_differ = s.members is not None and (have is None or not same_members(live_members.get(s.name, []),
                                                                                       s.members))
         if have is None:
             prepare.append(f"create {s.name} {s.create_args()}")
+            creates.append(s.name)
             prepare += [f"add {s.name} {n}" for n in s.members or ()]
         elif not have.matches(s) or members_differ:
             tmp = f"{s.name[:MAX_IPSET - 4]}-NEW"
@@ -167,17 +170,17 @@ def ipset_scripts(want: list[Ipset], live: dict[str, LiveIpset], live_members: d
             prepare += [f"swap {tmp} {s.name}", f"destroy {tmp}"]
     wanted = {s.name for s in want}
     cleanup = [f"destroy {name}" for name in sorted(live) if name not in wanted]
-    return _checked(prepare), _checked(cleanup)
+    return _checked(prepare), _checked(cleanup), tuple(creates)
 
 
 def build(flavour: str, renders: dict[int, Render], want_sets: list[Ipset], live_tables: dict[int, dict],
           live_sets: dict[str, LiveIpset], live_members: dict[str, list[str]],
           families: tuple[int, ...] = (4, 6), saved: dict[int, dict] | None = None,
           fingerprints: dict[str, str] | None = None) -> IptTransaction:
-    prepare, cleanup = ipset_scripts(want_sets, live_sets, live_members)
+    prepare, cleanup, creates = ipset_scripts(want_sets, live_sets, live_members)
     done = {v: _restore(renders[v], live_tables.get(v, {}), (saved or {}).get(v), fingerprints, v) for v in families}
     return IptTransaction(flavour, prepare, {v: text for v, (text, _) in done.items()}, cleanup,
-                          frozenset(c for _, chains in done.values() for c in chains))
+                          frozenset(c for _, chains in done.values() for c in chains), creates=creates)
 
 
 def uninstall(flavour: str, live_tables: dict[int, dict]) -> IptTransaction:
