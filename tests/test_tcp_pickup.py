@@ -25,7 +25,7 @@ FLOOD_S = 8.0
 # The flood runs at hping3's top rate (40,000-90,000/s here). Over a rate of 10/s the flushed connection's
 # next segment is dropped unless it was seen (at the default 1000/s it would pass under the rate now and
 # then); its second chance is counted (a full set, which fails open, would let it through uncounted)
-POLICY = "tcp_pickup:\n  rate: 10/second burst 10\n"
+POLICY = "tcp_pickup:\n  enabled: true\n  rate: 10/second burst 10\n"
 RESUME_TIMEOUT_S = 4.0  # a flushed connection's data must arrive within this (Linux retransmits after 0.2 s)
 
 

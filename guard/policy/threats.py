@@ -118,10 +118,12 @@ class TcpPickup(Section):
     ``second_chance_s`` (a real peer retransmits, a spoofed source never repeats), else it is remembered
     and dropped before conntrack keeps an entry. A full set (``size``) remembers nothing more and drops
     nothing more (fails open). A socket on the destination (a host port, whose syncookie ACK is spared)
-    or SYNPROXY's third ACK (``ct state invalid`` with ``forwarded``) never come here. See
-    docs/design/hooks.md."""
+    or SYNPROXY's third ACK (``ct state invalid`` with ``forwarded``) never come here. Off by default:
+    a pure ACK is never retransmitted, so one dropped after a ``conntrack -F`` on a busy node can leave
+    the pod's next segment to be picked up from the pod's side, without the Service's reverse NAT, and
+    the connection never resumes where no protection resumes it. See docs/design/hooks.md."""
 
-    enabled: bool = True
+    enabled: bool = False
     mode: Mode | None = None
     rate: RateField = parse_rate("1000/second burst 2000")
     burst: Burst | None = None
