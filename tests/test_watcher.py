@@ -333,3 +333,24 @@ def test_an_update_that_cannot_be_installed_keeps_what_was_held(tmp_path):
     w.ports.ports = held
     assert w._update_ports() is None
     assert w.ports.ports is held and w._recheck and w.state["port_updates"] == 0
+
+
+def test_a_reload_candidate_decides_its_own_flavour_and_the_policy_in_place_keeps_its(tmp_path):
+    """The iptables flavour is decided once per policy: a reload's candidate decides its own without
+    touching the one in place; falling back to the last good policy decides it again."""
+    from guard.policy.load import parse_policy
+    from guard.watch.watcher import Watcher
+
+    def policy(head: str):
+        return parse_policy(f"{head}interfaces: [ng-test0]\nsampler:\n  enabled: false\nsyn:\n  synproxy:\n"
+                            f"    ports: []\nwatcher:\n  state_file: {tmp_path / 'watch.json'}\n", "p.yaml")
+
+    legacy = policy("backend: iptables\niptables:\n  flavour: legacy\n")
+    w = Watcher(legacy, None)
+    assert (w.plan().backend.name, w.plan().backend_reason) == ("iptables-legacy", "iptables.flavour in the policy")
+    candidate = policy("backend: iptables\niptables:\n  flavour: nft\n")
+    assert w.plan(candidate, {}).backend.name == "iptables-nft"
+    assert w.plan().backend.name == "iptables-legacy"
+    w.good_policy = candidate
+    w._failed("check", RuntimeError("x"))
+    assert (w.plan().backend.name, w.plan().flavour) == ("iptables-nft", "nft")

@@ -70,7 +70,7 @@ class Watcher(WatchLoop, DesiredUpdates):
         self.last_plan: Plan | None = None  # the render of the last check (the daemon's metrics read it)
         self._backend: str | None = None  # what is installed (None: not yet)
         self._polled = False  # it raises no events: poll its fingerprint (iptables-legacy)
-        self._flavour: tuple[str, str] | None = None
+        self._flavours: dict = {}  # kind -> the flavour decided for the policy in place, once (kinds.py; nft: None)
         self._plans: dict = {}
         self.ports = HeldPorts()  # ``ports: auto``: the set every check renders with (ports.py)
         self._interfaces: tuple[str, ...] | None = None
@@ -131,14 +131,17 @@ class Watcher(WatchLoop, DesiredUpdates):
         self.clear_note(INTERFACES_NOTE)
         return found
 
-    def plan(self, policy: Policy | None = None) -> Plan:
+    def plan(self, policy: Policy | None = None, flavours: dict | None = None) -> Plan:
+        """The render of ``policy`` (the one in place); ``flavours``: where its flavour is decided and
+        kept (a reload's candidate decides its own; the policy in place: ``_flavours``)."""
         policy = policy or self.policy
         kind = kind_for(policy)
-        if self._flavour is None:
-            self._flavour = kind.flavour(policy, self.nft)  # decided once per policy (None: nft)
+        flavours = self._flavours if flavours is None else flavours
+        if kind not in flavours:
+            flavours[kind] = kind.flavour(policy, self.nft)
         interfaces = self.interfaces(policy)
         ours = policy is self.policy  # a reload's candidate reads the listeners itself
-        return make_plan(policy, self.nft, flavour=self._flavour, cache=self._plans if ours else None,
+        return make_plan(policy, self.nft, flavour=flavours[kind], cache=self._plans if ours else None,
                          interfaces=interfaces, probe_foreign=kind.reads_foreign,
                          odds=None if self.odds_from_file else self.odds,
                          ports=self.ports.held(policy, interfaces) if ours else None)
@@ -281,17 +284,15 @@ class Watcher(WatchLoop, DesiredUpdates):
     def reload(self, policy: Policy, source: str) -> bool:
         """A new policy (SIGHUP): kernel-checked before it replaces the one in place. Returns
         whether it was taken; the next check installs it, in one state-keeping transaction."""
+        flavours: dict = {}  # decided afresh for the candidate; the policy in place keeps its own till it is taken
         try:
-            saved_flavour = self._flavour
-            self._flavour = None
-            plan = self.plan(policy)
+            plan = self.plan(policy, flavours)
             plan.backend.check(transaction(plan, read_live_state(plan, self.nft)), self.nft)
         except NodeguardError as exc:
-            self._flavour = saved_flavour
             self.state["reloads_failed"] += 1
             log.error("reload: keeping the current policy: %s: %s", source, exc)
             return False
-        self.policy = policy
+        self.policy, self._flavours = policy, flavours
         self._plans.clear()
         self.ports.forget()
         self._live = None
@@ -331,5 +332,5 @@ class Watcher(WatchLoop, DesiredUpdates):
             self.policy = self.good_policy
             self._plans.clear()
             self.ports.forget()
-            self._flavour = None
+            self._flavours = {}
         self._live = None  # what failed may have left the kernel other than we last read it
