@@ -23,7 +23,7 @@ from typing import Callable
 from .. import persist, sampling_odds
 from ..apply import Plan, apply_plan, make_plan, transaction
 from ..apply import read_state as read_live_state
-from ..backend.kinds import kind_for
+from ..backend.kinds import Installed, kind_for
 from ..backend.legacy_fingerprint import legacy_fingerprint
 from ..backend.nft import Nft
 from ..damper import Damper
@@ -68,7 +68,7 @@ class Watcher(WatchLoop, DesiredUpdates):
         self._pending: Drift | None = None
         self._reload_pending = False  # a reloaded policy not yet installed (handle: not a repair)
         self.last_plan: Plan | None = None  # the render of the last check (the daemon's metrics read it)
-        self._backend: str | None = None  # what is installed (None: not yet)
+        self._backend: Installed | None = None  # what is installed (None: not yet)
         self._polled = False  # it raises no events: poll its fingerprint (iptables-legacy)
         self._flavours: dict = {}  # kind -> the flavour decided for the policy in place, once (kinds.py; nft: None)
         self._plans: dict = {}
@@ -217,7 +217,7 @@ class Watcher(WatchLoop, DesiredUpdates):
             self._recheck = self._record(plan) is not None
             if not drift.in_place:
                 self.state.update(last_apply=time.time(), in_sync=True)
-        self._backend, self._polled = plan.backend.name, plan.backend.polled
+        self._backend, self._polled = plan.backend.installed, plan.backend.polled
         self._accepted()
 
     def _accepted(self) -> None:
@@ -237,7 +237,7 @@ class Watcher(WatchLoop, DesiredUpdates):
             if self.damper.contested and now - self.damper.last_drift >= 60.0:
                 self.state["contested_by"] = None
             return
-        switching = plan.backend.name != self._backend
+        switching = plan.backend.installed != self._backend
         if not switching and not self._reload_pending:  # a new policy installs at once, and is no repair
             self.damper.saw_drift(now)
             self._repair_at = self.damper.next_repair_at(now)
@@ -258,7 +258,7 @@ class Watcher(WatchLoop, DesiredUpdates):
         self._after_repair(plan, tx, None if switching else frozenset(families))
         done = self.clock()
         self.state["in_sync"] = True
-        self._backend, self._polled = plan.backend.name, plan.backend.polled
+        self._backend, self._polled = plan.backend.installed, plan.backend.polled
         self.state["backend"] = plan.backend.name
         self._accepted()
         if switching:
