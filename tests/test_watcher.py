@@ -285,6 +285,22 @@ def test_sighup_reloads_the_policy_and_a_bad_edit_keeps_the_current_rules(watche
     assert "7/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout
 
 
+def test_a_sighup_reload_switches_backend_and_flavour_and_removes_the_old_rules(watched):
+    """nft -> iptables-legacy -> iptables-nft by reloads: each new kind or flavour is decided for its
+    policy and installed as a switch, which removes what the one before left."""
+    victim, _attacker, proc, state, policy = watched
+    text = Path(policy).read_text()
+    for head, want in (("backend: iptables\niptables:\n  flavour: legacy\n", "iptables-legacy"),
+                       ("backend: iptables\niptables:\n  flavour: nft\n", "iptables-nft")):
+        Path(policy).write_text(head + text)
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: json.loads(state.read_text()).get("backend") == want and _in_sync(victim, policy),
+                   timeout=5, interval=0.1)
+    assert "NODEGUARD" not in victim.run("iptables-legacy-save").stdout
+    assert "NODEGUARD-PRE" in victim.run("iptables-nft-save").stdout
+    assert "nodeguard" not in victim.run("nft list tables inet").stdout
+
+
 def test_notes_are_kept_by_topic_and_cleared_by_topic(tmp_path):
     """Status shows one note per condition; clearing one never has to match its text."""
     from guard.lastgood import FALLBACK_NOTE
