@@ -16,28 +16,26 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from . import listeners, probe, sampling_odds, sysctls
-from .backend.kinds import IPT_FLAVOURS, IPTABLES, NFT, Installed, Removed, describe, kind_for
-from .backend.nft import Nft, NftLive, objects
+from .backend.kinds import KINDS, Installed, Removed, describe, kind_for
+from .backend.nft import Nft, NftLive
 from .dnat_ports import dnat_ports
 from .interfaces import resolve_interfaces
 from .model.build import build_ruleset
 from .model.plans import Priorities, Sampling, SynproxyPlan
-from .model.ruleset import TABLE, RuleSet
+from .model.ruleset import RuleSet
 from .policy.schema import Policy
-from .render import ipt_names
-from .render import nft as render_nft
-from .sync import nft as sync_nft
 
 if TYPE_CHECKING:
     from .backend.base import Backend
     from .backend.ipt import IptLive
+    from .sync import nft as sync_nft
     from .sync.ipt import IptTransaction
 
     Transaction = sync_nft.NftTransaction | IptTransaction
     Live = NftLive | IptLive
 
 # The iptables backend's own modules (backend.ipt_backend, backend.ipt, backend.ipset, sync.ipt, render.ipt) are
-# imported where they are used (here and in backend/kinds.py), so that an nft apply does not load them; Live and Transaction exist for type checkers.
+# imported where they are used (backend/kinds.py), so that an nft apply does not load them; Live and Transaction exist for type checkers.
 log = logging.getLogger("nodeguard.apply")
 
 
@@ -214,46 +212,9 @@ def remove_other_backends(keep: Installed | None, nft: Nft, dry_run: bool = Fals
     """Remove nodeguard's objects from every backend but ``keep`` (None: from all); cheap when there
     are none. Returns what was removed (``dry_run``: what would be, changing nothing)."""
     removed = []
-    if (keep is None or keep.kind is not NFT) and _nft_installed(nft):
-        if not dry_run:
-            nft.run(sync_nft.delete_table(render_nft.table_ref()).json(), what="remove nft backend")
-        removed.append(Removed(NFT.installed()))
-    for flavour in IPT_FLAVOURS:
-        other = IPTABLES.installed(flavour)
-        if keep == other or not _may_hold_ipt(flavour, nft):
-            continue
-        from .backend.ipt import Ipt
-        from .sync import ipt as sync_ipt
-
-        ipt = Ipt(flavour)
-        tx = sync_ipt.uninstall(flavour, {v: ipt.live(v) for v in (4, 6)})
-        if not dry_run:
-            ipt.restore_families(tx.restore)
-        removed += [Removed(other, v) for v, text in tx.restore.items() if text]
-    # ipsets exist only for the iptables backend: look (one process) after removing it, or on uninstall
-    ipt_gone = any(r.backend is not None and r.backend.kind is IPTABLES for r in removed) or keep is None
-    if (keep is None or keep.kind is not IPTABLES) and ipt_gone:
-        from .backend.ipset import Ipset
-
-        stale = Ipset.names()
-        if stale:
-            if not dry_run:
-                Ipset.destroy(stale)
-            removed.append(Removed(None))
+    for kind in KINDS.values():
+        removed += kind.remove(kind.present(nft, but=keep), keep, nft, dry_run)
     return removed
-
-
-def _may_hold_ipt(flavour: str, nft: Nft) -> bool:
-    """iptables-nft chains are nft chains (one in-process listing); legacy needs legacy tables."""
-    if flavour == "legacy":
-        return any(probe.legacy_tables(v) for v in (4, 6))
-    return any(c["name"].startswith(ipt_names.PREFIX + "-") for c in objects(nft.list("chains"), "chain")
-               if c["family"] in ("ip", "ip6"))
-
-
-def _nft_installed(nft: Nft) -> bool:
-    return any(t["family"] == render_nft.FAMILY and t["name"] == TABLE
-               for t in objects(nft.list("tables"), "table"))
 
 
 def uninstall(nft: Nft) -> list[Removed]:

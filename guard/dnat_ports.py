@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from .backend.kinds import IPT_FLAVOURS
 from .errors import BackendError, EnvironmentProblem
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -35,7 +36,7 @@ def dnat_ports(local_addrs: set[str]) -> set[int]:
     from .backend.ipt import Ipt  # the iptables tools' module, only when a look runs (test_backend)
 
     out: set[int] = set()
-    for flavour in ("nft", "legacy"):
+    for flavour in IPT_FLAVOURS:
         for version in (4, 6):
             try:
                 text = Ipt(flavour).save(version, "nat")

@@ -85,3 +85,16 @@ def test_removals_read_as_they_always_did():
     removed = [Removed(Installed(NFT)), Removed(Installed(IPTABLES, "nft"), 4), Removed(Installed(IPTABLES, "legacy"), 6),
                Removed(None)]
     assert describe(removed) == ["nft", "iptables-nft v4", "iptables-legacy v6", "ipsets"]
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_the_daemon_names_the_policys_kind_before_anything_is_installed(tmp_path, backend):
+    """Status and metrics, before the watcher's first check: the kind the policy asks for."""
+    from guard.backend.nft import Nft
+    from guard.daemon.supervisor import Daemon, RunOptions
+    from guard.watch.watcher import Watcher
+
+    daemon = Daemon(RunOptions(config=str(tmp_path / "p.yaml"), last_good=str(tmp_path / "last-good.yaml")), env={})
+    daemon.watcher = Watcher(policy_for(tmp_path, backend, sampler="false"), Nft())
+    assert daemon.status_text().split("; ")[0] == backend
+    assert daemon.snapshot()["backend"] == backend

@@ -285,6 +285,22 @@ def test_sighup_reloads_the_policy_and_a_bad_edit_keeps_the_current_rules(watche
     assert "7/second" in victim.run("nft list chain inet nodeguard icmp-flood").stdout
 
 
+def test_a_sighup_reload_switches_backend_and_flavour_and_removes_the_old_rules(watched):
+    """nft -> iptables-legacy -> iptables-nft by reloads: each new kind or flavour is decided for its
+    policy and installed as a switch, which removes what the one before left."""
+    victim, _attacker, proc, state, policy = watched
+    text = Path(policy).read_text()
+    for head, want in (("backend: iptables\niptables:\n  flavour: legacy\n", "iptables-legacy"),
+                       ("backend: iptables\niptables:\n  flavour: nft\n", "iptables-nft")):
+        Path(policy).write_text(head + text)
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: json.loads(state.read_text()).get("backend") == want and _in_sync(victim, policy),
+                   timeout=5, interval=0.1)
+    assert "NODEGUARD" not in victim.run("iptables-legacy-save").stdout
+    assert "NODEGUARD-PRE" in victim.run("iptables-nft-save").stdout
+    assert "nodeguard" not in victim.run("nft list tables inet").stdout
+
+
 def test_notes_are_kept_by_topic_and_cleared_by_topic(tmp_path):
     """Status shows one note per condition; clearing one never has to match its text."""
     from guard.lastgood import FALLBACK_NOTE
@@ -333,3 +349,24 @@ def test_an_update_that_cannot_be_installed_keeps_what_was_held(tmp_path):
     w.ports.ports = held
     assert w._update_ports() is None
     assert w.ports.ports is held and w._recheck and w.state["port_updates"] == 0
+
+
+def test_a_reload_candidate_decides_its_own_flavour_and_the_policy_in_place_keeps_its(tmp_path):
+    """The iptables flavour is decided once per policy: a reload's candidate decides its own without
+    touching the one in place; falling back to the last good policy decides it again."""
+    from guard.policy.load import parse_policy
+    from guard.watch.watcher import Watcher
+
+    def policy(head: str):
+        return parse_policy(f"{head}interfaces: [ng-test0]\nsampler:\n  enabled: false\nsyn:\n  synproxy:\n"
+                            f"    ports: []\nwatcher:\n  state_file: {tmp_path / 'watch.json'}\n", "p.yaml")
+
+    legacy = policy("backend: iptables\niptables:\n  flavour: legacy\n")
+    w = Watcher(legacy, None)
+    assert (w.plan().backend.name, w.plan().backend_reason) == ("iptables-legacy", "iptables.flavour in the policy")
+    candidate = policy("backend: iptables\niptables:\n  flavour: nft\n")
+    assert w.plan(candidate, {}).backend.name == "iptables-nft"
+    assert w.plan().backend.name == "iptables-legacy"
+    w.good_policy = candidate
+    w._failed("check", RuntimeError("x"))
+    assert (w.plan().backend.name, w.plan().flavour) == ("iptables-nft", "nft")

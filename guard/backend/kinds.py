@@ -1,7 +1,8 @@
 """The two kinds of backend a policy can ask for (``backend: nft`` or ``iptables``), and what each
 answers for a plan: which iptables tools (flavour), which sampler transport under ``auto``, whether
 IPVS switches ``closed_ports`` off, whether the render depends on foreign base chains, and how the
-Backend is made from the ruleset. ``kind_for`` is the one place that reads ``policy.backend``.
+Backend is made from the ruleset, and what of it is installed and how that is removed (apply.py's
+cleanup after a switch, and uninstall). ``kind_for`` is the one place that reads ``policy.backend``.
 
 ``Installed`` names one installed backend (a kind and its flavour), ``Removed`` what was removed of
 it; their text for people is made by ``describe``, where it is printed, and never read back.
@@ -21,7 +22,25 @@ if TYPE_CHECKING:
     from .base import Backend
     from .nft import Nft
 
-IPT_FLAVOURS = ("nft", "legacy")
+
+def _may_hold_ipt_nft(nft: Nft) -> bool:
+    """iptables-nft chains are nft chains: one in-process listing."""
+    from ..render.ipt_names import PREFIX
+    from .nft import objects
+
+    return any(c["name"].startswith(PREFIX + "-") for c in objects(nft.list("chains"), "chain")
+               if c["family"] in ("ip", "ip6"))
+
+
+def _may_hold_ipt_legacy(nft: Nft) -> bool:
+    """Legacy chains need legacy tables (never made to exist by looking)."""
+    from ..probe import legacy_tables
+
+    return any(legacy_tables(v) for v in (4, 6))
+
+
+_MAY_HOLD = {"nft": _may_hold_ipt_nft, "legacy": _may_hold_ipt_legacy}  # flavour -> a cheap look
+IPT_FLAVOURS = tuple(_MAY_HOLD)
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,26 @@ class NftKind:
     def installed(self, flavour: str | None = None) -> Installed:
         return Installed(self)
 
+    def present(self, nft: Nft, but: Installed | None = None) -> list[Installed]:
+        """Our table, if the kernel holds it; not looked for when it is ``but``."""
+        from ..model.ruleset import TABLE
+        from ..render.nft import FAMILY
+        from .nft import objects
+
+        if but == self.installed():
+            return []
+        held = any(t["family"] == FAMILY and t["name"] == TABLE for t in objects(nft.list("tables"), "table"))
+        return [self.installed()] if held else []
+
+    def remove(self, installed: list[Installed], keep: Installed | None, nft: Nft, dry_run: bool) -> list[Removed]:
+        """Delete our table (``dry_run``: say so, changing nothing); one transaction."""
+        from ..render.nft import table_ref
+        from ..sync.nft import delete_table
+
+        if installed and not dry_run:
+            nft.run(delete_table(table_ref()).json(), what="remove nft backend")
+        return [Removed(i) for i in installed]
+
 
 @dataclass(frozen=True)
 class IptKind:
@@ -134,6 +173,34 @@ class IptKind:
 
     def installed(self, flavour: str | None = None) -> Installed:
         return Installed(self, flavour)
+
+    def present(self, nft: Nft, but: Installed | None = None) -> list[Installed]:
+        """The flavours but ``but`` that may hold our chains or jumps (a cheap look each, no iptables tool run)."""
+        return [i for f, may_hold in _MAY_HOLD.items() if (i := self.installed(f)) != but and may_hold(nft)]
+
+    def remove(self, installed: list[Installed], keep: Installed | None, nft: Nft, dry_run: bool) -> list[Removed]:
+        """Remove our chains and jumps of each flavour in ``installed`` (one restore per IP version), then,
+        unless ``keep`` is a flavour of this kind (which uses them), our ipsets: after a removal, or on
+        uninstall (``keep`` None). ``dry_run``: what would be removed, changing nothing."""
+        removed = []
+        for one in installed:
+            from ..sync import ipt as sync_ipt
+            from .ipt import Ipt
+
+            ipt = Ipt(one.flavour)
+            tx = sync_ipt.uninstall(one.flavour, {v: ipt.live(v) for v in (4, 6)})
+            if not dry_run:
+                ipt.restore_families(tx.restore)
+            removed += [Removed(one, v) for v, text in tx.restore.items() if text]
+        if (keep is None or keep.kind is not self) and (removed or keep is None):
+            from .ipset import Ipset
+
+            stale = Ipset.names()  # one process
+            if stale:
+                if not dry_run:
+                    Ipset.destroy(stale)
+                removed.append(Removed(None))
+        return removed
 
 
 NFT, IPTABLES = NftKind(), IptKind()

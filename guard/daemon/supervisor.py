@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .. import lastgood
 from ..apply import uninstall
-from ..backend.kinds import describe
+from ..backend.kinds import describe, kind_for
 from ..backend.nft import Nft, require_net_admin
 from ..configfile import check_config_file
 from ..configwatch import POLL_S, ConfigWatch
@@ -273,7 +273,7 @@ class Daemon:
     # --- what is reported -------------------------------------------------------------------
     def status_text(self) -> str:
         st = self.watcher.state
-        parts = [st.get("backend") or self.watcher.policy.backend]
+        parts = [st.get("backend") or kind_for(self.watcher.policy).name]
         if st.get("contested_by") and self.watcher.damper.contested:
             parts.append(f"CONTESTED by {st['contested_by']}")
         parts.append("in sync" if st.get("in_sync") else "DRIFT")
@@ -300,7 +300,7 @@ class Daemon:
         if sampling is not None and sampling.transport == "nfqueue":
             queues = [sampling.queue_base + i for i in range(len(plan.ruleset.sample_groups))]
         return {
-            "backend": st.get("backend") or (plan.backend.name if plan else w.policy.backend),
+            "backend": st.get("backend") or (plan.backend.name if plan else kind_for(w.policy).name),
             "in_sync": bool(st.get("in_sync")),
             "contested": bool(w.damper.contested),
             "repairs": dict(self.repair_kinds),

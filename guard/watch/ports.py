@@ -50,6 +50,10 @@ class HeldPorts:
         found = detect_ports(policy, self.interfaces)
         return found if found != self.ports else None
 
+    def hold(self, ports: Ports | None) -> None:
+        """Render with ``ports`` from now on (an update installed, or undone)."""
+        self.ports = ports
+
     def forget(self) -> None:
         """A new policy: detect afresh at its first render."""
         self.ports = self.interfaces = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Callable, TypeVar
 
 from .. import sampling_odds
 from ..apply import Plan, install_in_place
@@ -17,6 +18,7 @@ from .ports import Ports
 from .scope import _union
 
 log = logging.getLogger("nodeguard.watch")
+T = TypeVar("T")
 
 
 class DesiredUpdates:
@@ -30,7 +32,7 @@ class DesiredUpdates:
         wanted = {g: k for g, k in wanted.items() if k}
         if wanted == self.odds:
             return None
-        plan = self._install_update(self, "odds", wanted, "change the sampling odds", samples=True,
+        plan = self._install_update(self._hold_odds, self.odds, wanted, "change the sampling odds", samples=True,
                                     refusal="the policy in place samples nothing, or its backend is not installed yet")
         if plan is None:
             return None
@@ -59,7 +61,7 @@ class DesiredUpdates:
         if found is None:
             return None
         kept = self.ports.ports
-        plan = self._install_update(self.ports, "ports", found, "update the SYNPROXY ports", samples=False,
+        plan = self._install_update(self.ports.hold, kept, found, "update the SYNPROXY ports", samples=False,
                                     refusal="the policy in place is not installed yet")
         if plan is None:
             return None
@@ -67,21 +69,23 @@ class DesiredUpdates:
         log.info("SYNPROXY ports (auto) now %s", _ports_change(kept, found))
         return plan
 
-    def _install_update(self, owner: object, attr: str, new: object, what: str, *, samples: bool,
+    def _hold_odds(self, odds: dict[str, int]) -> None:
+        self.odds = odds
+
+    def _install_update(self, hold: Callable[[T], None], old: T, new: T, what: str, *, samples: bool,
                         refusal: str) -> Plan | None:
-        """Hold ``new`` as ``owner.<attr>`` and install it in place: one state-keeping transaction, then our
-        rules' bodies recorded. When the policy in place is not installed yet (a reload's check will install
-        all), or does not sample though ``samples`` needs it, or anything fails: the old value is held again,
-        the kernel looked at again on the next turn, and None returned."""
-        old = getattr(owner, attr)
-        setattr(owner, attr, new)
+        """``hold`` ``new`` (every render uses what is held) and install it in place: one state-keeping
+        transaction, then our rules' bodies recorded. When the policy in place is not installed yet (a
+        reload's check will install all), or does not sample though ``samples`` needs it, or anything
+        fails: ``old`` is held again, the kernel looked at again on the next turn, and None returned."""
+        hold(new)
         try:
             plan = self.plan()
-            if plan.backend.name != self._backend or samples and plan.sampling is None:
+            if plan.backend.installed != self._backend or samples and plan.sampling is None:
                 raise NodeguardError(refusal)
             install_in_place(plan, self.nft, recorded=self.fingerprints)
         except NodeguardError as exc:
-            setattr(owner, attr, old)
+            hold(old)
             self._live = None  # a restore may have failed half-way (iptables: per family): look again
             self._recheck = True
             log.warning("could not %s (%s); keeping them", what, exc)

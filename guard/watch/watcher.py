@@ -23,7 +23,7 @@ from typing import Callable
 from .. import persist, sampling_odds
 from ..apply import Plan, apply_plan, make_plan, transaction
 from ..apply import read_state as read_live_state
-from ..backend.kinds import kind_for
+from ..backend.kinds import Installed, kind_for
 from ..backend.legacy_fingerprint import legacy_fingerprint
 from ..backend.nft import Nft
 from ..damper import Damper
@@ -68,9 +68,9 @@ class Watcher(WatchLoop, DesiredUpdates):
         self._pending: Drift | None = None
         self._reload_pending = False  # a reloaded policy not yet installed (handle: not a repair)
         self.last_plan: Plan | None = None  # the render of the last check (the daemon's metrics read it)
-        self._backend: str | None = None  # what is installed (None: not yet)
+        self._backend: Installed | None = None  # what is installed (None: not yet)
         self._polled = False  # it raises no events: poll its fingerprint (iptables-legacy)
-        self._flavour: tuple[str, str] | None = None
+        self._flavours: dict = {}  # kind -> the flavour decided for the policy in place, once (kinds.py; nft: None)
         self._plans: dict = {}
         self.ports = HeldPorts()  # ``ports: auto``: the set every check renders with (ports.py)
         self._interfaces: tuple[str, ...] | None = None
@@ -131,14 +131,17 @@ class Watcher(WatchLoop, DesiredUpdates):
         self.clear_note(INTERFACES_NOTE)
         return found
 
-    def plan(self, policy: Policy | None = None) -> Plan:
+    def plan(self, policy: Policy | None = None, flavours: dict | None = None) -> Plan:
+        """The render of ``policy`` (the one in place); ``flavours``: where its flavour is decided and
+        kept (a reload's candidate decides its own; the policy in place: ``_flavours``)."""
         policy = policy or self.policy
         kind = kind_for(policy)
-        if self._flavour is None:
-            self._flavour = kind.flavour(policy, self.nft)  # decided once per policy (None: nft)
+        flavours = self._flavours if flavours is None else flavours
+        if kind not in flavours:
+            flavours[kind] = kind.flavour(policy, self.nft)
         interfaces = self.interfaces(policy)
         ours = policy is self.policy  # a reload's candidate reads the listeners itself
-        return make_plan(policy, self.nft, flavour=self._flavour, cache=self._plans if ours else None,
+        return make_plan(policy, self.nft, flavour=flavours[kind], cache=self._plans if ours else None,
                          interfaces=interfaces, probe_foreign=kind.reads_foreign,
                          odds=None if self.odds_from_file else self.odds,
                          ports=self.ports.held(policy, interfaces) if ours else None)
@@ -214,7 +217,7 @@ class Watcher(WatchLoop, DesiredUpdates):
             self._recheck = self._record(plan) is not None
             if not drift.in_place:
                 self.state.update(last_apply=time.time(), in_sync=True)
-        self._backend, self._polled = plan.backend.name, plan.backend.polled
+        self._backend, self._polled = plan.backend.installed, plan.backend.polled
         self._accepted()
 
     def _accepted(self) -> None:
@@ -234,7 +237,7 @@ class Watcher(WatchLoop, DesiredUpdates):
             if self.damper.contested and now - self.damper.last_drift >= 60.0:
                 self.state["contested_by"] = None
             return
-        switching = plan.backend.name != self._backend
+        switching = plan.backend.installed != self._backend
         if not switching and not self._reload_pending:  # a new policy installs at once, and is no repair
             self.damper.saw_drift(now)
             self._repair_at = self.damper.next_repair_at(now)
@@ -255,7 +258,7 @@ class Watcher(WatchLoop, DesiredUpdates):
         self._after_repair(plan, tx, None if switching else frozenset(families))
         done = self.clock()
         self.state["in_sync"] = True
-        self._backend, self._polled = plan.backend.name, plan.backend.polled
+        self._backend, self._polled = plan.backend.installed, plan.backend.polled
         self.state["backend"] = plan.backend.name
         self._accepted()
         if switching:
@@ -281,17 +284,15 @@ class Watcher(WatchLoop, DesiredUpdates):
     def reload(self, policy: Policy, source: str) -> bool:
         """A new policy (SIGHUP): kernel-checked before it replaces the one in place. Returns
         whether it was taken; the next check installs it, in one state-keeping transaction."""
+        flavours: dict = {}  # decided afresh for the candidate; the policy in place keeps its own till it is taken
         try:
-            saved_flavour = self._flavour
-            self._flavour = None
-            plan = self.plan(policy)
+            plan = self.plan(policy, flavours)
             plan.backend.check(transaction(plan, read_live_state(plan, self.nft)), self.nft)
         except NodeguardError as exc:
-            self._flavour = saved_flavour
             self.state["reloads_failed"] += 1
             log.error("reload: keeping the current policy: %s: %s", source, exc)
             return False
-        self.policy = policy
+        self.policy, self._flavours = policy, flavours
         self._plans.clear()
         self.ports.forget()
         self._live = None
@@ -331,5 +332,5 @@ class Watcher(WatchLoop, DesiredUpdates):
             self.policy = self.good_policy
             self._plans.clear()
             self.ports.forget()
-            self._flavour = None
+            self._flavours = {}
         self._live = None  # what failed may have left the kernel other than we last read it
