@@ -20,7 +20,7 @@ from ..model.matches import (Assured, BanSource, CountSource, CtState, CtStateNe
                              RememberSource, RememberSourcePort, SourceConnsOver, SourceInSet, SourceNotInSet,
                              SourcePortInSet, SourceRateOver, TcpFlags, UnderLimit, UpdateSource, ValveEngaged)
 from ..model.ruleset import TABLE, AddrSet, Chain, NamedLimit, Rule, RuleSet
-from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Synproxy, Verdict
+from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Return, Synproxy
 from .ids import chained_ids, comment
 
 FAMILY = "inet"
@@ -73,7 +73,7 @@ def render_rule_expr(rule: Rule, sets: dict[str, AddrSet]) -> list[dict]:
     if rule.counter:
         exprs.append({"counter": {"packets": 0, "bytes": 0}})
     if not isinstance(rule.verdict, Continue):
-        exprs.append(_verdict(rule.verdict))
+        exprs.append(verdict(rule.verdict))
     return exprs
 
 
@@ -343,13 +343,35 @@ def _(x: Log, sets: dict) -> dict:
     return {"log": {"prefix": f"{x.prefix} ", "group": x.nflog_group, "snaplen": x.snaplen}}
 
 
-def _verdict(v: Verdict) -> dict:
-    if isinstance(v, Jump):
-        return {"jump": {"target": v.chain}}
-    if isinstance(v, Goto):
-        return {"goto": {"target": v.chain}}
-    if isinstance(v, Queue):  # no bypass: these packets are condemned either way
-        return {"queue": {"num": v.number}}
-    if isinstance(v, Synproxy):
-        return {"synproxy": {"mss": v.mss, "wscale": v.wscale, "flags": ["timestamp", "sack-perm"]}}
-    return {"drop": None} if isinstance(v, Drop) else {"return": None}
+@singledispatch
+def verdict(v: Any) -> dict:
+    """A Continue is no statement at all: render_rule_expr leaves it out."""
+    raise TypeError(f"no nft statement for verdict type {type(v).__name__}: {v!r}")
+
+
+_CHAIN_KEYS = {Jump: "jump", Goto: "goto"}  # goto: continue there and never come back
+
+
+@verdict.register(Jump)
+@verdict.register(Goto)
+def _(v: Jump | Goto) -> dict:
+    return {_CHAIN_KEYS[type(v)]: {"target": v.chain}}
+
+
+@verdict.register
+def _(v: Queue) -> dict:  # no bypass: these packets are condemned either way
+    return {"queue": {"num": v.number}}
+
+
+@verdict.register
+def _(v: Synproxy) -> dict:
+    return {"synproxy": {"mss": v.mss, "wscale": v.wscale, "flags": ["timestamp", "sack-perm"]}}
+
+
+_FIXED_KEYS = {Drop: "drop", Return: "return"}  # the verdicts without a parameter
+
+
+@verdict.register(Drop)
+@verdict.register(Return)
+def _(v: Drop | Return) -> dict:
+    return {_FIXED_KEYS[type(v)]: None}
