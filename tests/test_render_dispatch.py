@@ -6,6 +6,7 @@ from typing import get_args
 import pytest
 
 from guard.model.matches import BanSource, InterfaceNotIn, Match, RememberSourcePort
+from guard.model.ruleset import SET_KINDS
 from guard.model.verdicts import Continue, Verdict
 from guard.render import ipt, ipt_matches, nft
 
@@ -36,3 +37,8 @@ def test_every_verdict_but_continue_is_registered_with_the_nft_dispatcher():
 def test_an_unknown_type_is_a_type_error_naming_it(call):
     with pytest.raises(TypeError, match="Unheard"):
         call(Unheard())
+
+
+def test_each_renderer_has_a_set_spec_for_exactly_the_model_set_kinds():
+    assert set(ipt.IPSETS) == set(SET_KINDS)
+    assert set(nft.SET_SPECS) == set(SET_KINDS)

@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import singledispatch
-from typing import Any
+from typing import Any, Callable
 
 from .. import prefixes
 from ..model.matches import (BanSource, CountSource, IcmpTypes, InterfaceNotIn, RememberSourcePort, SourceRateOver,
@@ -138,36 +138,41 @@ def spec_id(spec: str) -> str:
 
 def ipsets(rs: RuleSet) -> list[Ipset]:
     """Every ipset the render uses (conns sets are connlimit matches, not ipsets)."""
-    out = []
-    for s in rs.sets:
-        fam = "inet" if s.version == 4 else "inet6"
-        if s.kind in ("allow", "deny"):
-            out.append(Ipset(ipset_name(s), "hash:net", fam, max(65536, 2 * len(s.elements)),
-                             members=tuple(prefixes.text(s.version, p) for p in s.elements) if s.kind == "deny"
-                             else tuple(str(n) for n in s.elements)))
-        elif s.kind == "trusted":
-            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)))
-        elif s.kind == "escalation":
-            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s,
-                             V6_SOURCE_PREFIX if s.version == 6 else None, hashsize=packet_hashsize(s)))
-        elif s.kind == "meter":
-            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, admission_timeout_s(s),
-                             V6_SOURCE_PREFIX if s.version == 6 else None, hashsize=packet_hashsize(s)))
-        elif s.kind == "ports":
-            out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, members=tuple(str(p) for p in s.elements)))
-        elif s.kind == "engaged":
-            out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, s.timeout_s))
-        elif s.kind == "valve":
-            out.append(Ipset(ipset_name(s), "hash:net", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)))
-        elif s.kind == "pickup":  # a source address and TCP port: "src,src"
-            out.append(Ipset(ipset_name(s), "hash:ip,port", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)))
-        elif s.kind == "manual":  # timeout 0: an entry without one is permanent; `ban --for` gives its own
-            out.append(Ipset(ipset_name(s), "hash:net", fam, s.size, 0))
-        elif s.kind == "counts":  # no timeout: a re-add (the only refresh) would zero the counters; the
-            # sampler removes sources that went quiet instead (a sampler that is down only stops counting)
-            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, None,
-                             V6_SOURCE_PREFIX if s.version == 6 else None, counters=True, hashsize=packet_hashsize(s)))
-    return out
+    made = (IPSETS[s.kind](s, ipset_name(s), "inet" if s.version == 4 else "inet6") for s in rs.sets)
+    return [i for i in made if i is not None]
+
+
+def _by_prefix(s: AddrSet) -> int | None:
+    return V6_SOURCE_PREFIX if s.version == 6 else None
+
+
+def _static_net(s: AddrSet, name: str, fam: str, members: tuple[str, ...]) -> Ipset:
+    return Ipset(name, "hash:net", fam, max(65536, 2 * len(s.elements)), members=members)
+
+
+# kind -> (set, ipset name, ipset family) -> its ipset, or None for a kind that needs none
+IPSETS: dict[str, Callable[[AddrSet, str, str], Ipset | None]] = {
+    "allow": lambda s, name, fam: _static_net(s, name, fam, tuple(str(n) for n in s.elements)),
+    "deny": lambda s, name, fam: _static_net(s, name, fam, tuple(prefixes.text(s.version, p) for p in s.elements)),
+    "trusted": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)),
+    "escalation": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, s.timeout_s, _by_prefix(s),
+                                             hashsize=packet_hashsize(s)),
+    "meter": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, admission_timeout_s(s), _by_prefix(s),
+                                        hashsize=packet_hashsize(s)),
+    "ports": lambda s, name, fam: Ipset(name, "bitmap:port", fam, 65536, members=tuple(str(p) for p in s.elements)),
+    "engaged": lambda s, name, fam: Ipset(name, "bitmap:port", fam, 65536, s.timeout_s),
+    "valve": lambda s, name, fam: Ipset(name, "hash:net", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)),
+    # a source address and TCP port: "src,src"
+    "pickup": lambda s, name, fam: Ipset(name, "hash:ip,port", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)),
+    # timeout 0: an entry without one is permanent; `ban --for` gives its own
+    "manual": lambda s, name, fam: Ipset(name, "hash:net", fam, s.size, 0),
+    # no timeout: a re-add (the only refresh) would zero the counters; the sampler removes sources that
+    # went quiet instead (a sampler that is down only stops counting)
+    "counts": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, None, _by_prefix(s), counters=True,
+                                         hashsize=packet_hashsize(s)),
+    "conns": lambda s, name, fam: None,  # a connlimit match
+    "crowdsec": lambda s, name, fam: None,  # nft backend only (policy/schema.py refuses it with iptables)
+}
 
 
 def packet_hashsize(s: AddrSet) -> int | None:
