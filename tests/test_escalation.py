@@ -369,7 +369,8 @@ def test_escalation_off_renders_none_of_it():
         kinds = {s.name: s.kind for s in rs.sets}  # the ingress chain checks only the bans by hand
         assert [kinds[r.matches[0].set] for c in rs.chains if c.stage == "ingress" for r in c.rules] == ["manual"] * 2
         raw = render_ipt.render_ipt(rs, 4).tables["raw"]
-        assert [spec.rsplit(" ", 1)[1] for _b, spec in raw.jumps] == ["NODEGUARD-BAN", "NODEGUARD-PRE"]
+        assert [j.target for j in raw.jumps] == ["NODEGUARD-BAN", "NODEGUARD-PRE"]
+        assert all(j.spec.endswith(f" -j {j.target}") for j in raw.jumps), raw.jumps
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -99,14 +99,24 @@ class Ipset:
         return out + (" counters" if self.counters else "")
 
 
+@dataclass(frozen=True)
+class Line:
+    """One rule the render wrote: what readers need is kept beside the text, never parsed back out of it."""
+
+    chain: str  # ours, or for a jump its built-in chain
+    spec: str  # with the ``nodeguard:<id> <label>`` comment
+    id: str
+    target: str | None = None  # a jump's: our chain it jumps to
+
+
 @dataclass
 class Table:
     """What nodeguard owns in one iptables table of one family."""
 
     name: str
     chains: list[str] = field(default_factory=list)
-    rules: list[tuple[str, str]] = field(default_factory=list)  # (chain, spec with comment)
-    jumps: list[tuple[str, str]] = field(default_factory=list)  # (built-in chain, spec): rules 1..k, in order
+    rules: list[Line] = field(default_factory=list)
+    jumps: list[Line] = field(default_factory=list)  # rules 1..k of their built-in chains, in order
 
 
 @dataclass
@@ -124,16 +134,11 @@ class Render:
         for t in self.tables.values():
             for chain in t.chains:
                 out[chain] = []
-            for chain, spec in t.rules:
-                out[chain].append(spec_id(spec))
-            for builtin, spec in t.jumps:
-                out.setdefault(f"{t.name}/{builtin}", []).append(spec_id(spec))
+            for line in t.rules:
+                out[line.chain].append(line.id)
+            for jump in t.jumps:
+                out.setdefault(f"{t.name}/{jump.chain}", []).append(jump.id)
         return out
-
-
-def spec_id(spec: str) -> str:
-    """The nodeguard id in a rendered rule spec."""
-    return spec.split('--comment "nodeguard:', 1)[1].split(" ", 1)[0]
 
 
 def ipsets(rs: RuleSet) -> list[Ipset]:
@@ -226,7 +231,8 @@ def render_ipt(rs: RuleSet, version: int) -> Render:
             for builtin in PLACEMENTS[chain.stage].ipt_builtins:
                 body = f"-j {name}"
                 (jid,) = chained_ids(f"{table.name}/{builtin}", [body])
-                table.jumps.append((builtin, f'-m comment --comment "{comment(jid, "jump to " + name)}" {body}'))
+                table.jumps.append(Line(builtin, f'-m comment --comment "{comment(jid, "jump to " + name)}" {body}',
+                                        jid, name))
     return Render(version, tables, {k: v.group for k, v in tags.items() if v.group},
                   {k for k, v in tags.items() if v.ban}, {k for k, v in tags.items() if v.valve},
                   {k: v.tally for k, v in tags.items() if v.tally})
@@ -237,7 +243,7 @@ def _add_chain(table: Table, name: str, rules: list[tuple[str, str, Tag | None]]
     table.chains.append(name)
     bodies = [body for body, _label, _tag in rules]
     for (body, label, tag), rid in zip(rules, chained_ids(name, bodies), strict=True):
-        table.rules.append((name, f'-m comment --comment "{comment(rid, label)}" {body}'.rstrip()))
+        table.rules.append(Line(name, f'-m comment --comment "{comment(rid, label)}" {body}'.rstrip(), rid))
         if tag:
             tags[rid] = tag
 
