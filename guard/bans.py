@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .errors import NodeguardError
 from .model.banning import BANNED
-from .model.ruleset import AddrSet
+from .model.ruleset import V6_SOURCE_PREFIX, AddrSet
 
 if TYPE_CHECKING:
     from .backend.nft import Nft
@@ -36,7 +36,7 @@ class Ban:
 
     @property
     def shown(self) -> str:
-        return self.source if self.version == 4 else f"{self.source}/64"
+        return self.source if self.version == 4 else f"{self.source}/{V6_SOURCE_PREFIX}"
 
 
 def escalation_sets(plan) -> dict[tuple[str, int], AddrSet]:
@@ -53,11 +53,11 @@ def key_of(text: str) -> tuple[str, int]:
         net = None
     if net is not None and net.version == 6 and net.prefixlen == 128 and net.network_address.ipv4_mapped:
         net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/32")  # ::ffff:a.b.c.d is a.b.c.d
-    if (net is None or net.prefixlen not in ((32,) if net.version == 4 else (64, 128))
+    if (net is None or net.prefixlen not in ((32,) if net.version == 4 else (V6_SOURCE_PREFIX, 128))
             or net.network_address.is_unspecified):
         raise BadAddress(f"{text!r} is not an address (IPv4, or IPv6 whose /64 is what gets banned)")
     if net.version == 6:
-        net = ipaddress.ip_network(f"{net.network_address}/64", strict=False)
+        net = ipaddress.ip_network(f"{net.network_address}/{V6_SOURCE_PREFIX}", strict=False)
     return str(net.network_address), net.version
 
 
@@ -118,24 +118,24 @@ def _t(ts) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if isinstance(ts, (int, float)) else "?"
 
 
-def ban_records(before: dict[str, int | None], now: dict[str, int | None], exact: dict, ts: float,
+def ban_records(before: Iterable[Ban], now: Iterable[Ban], exact: dict, ts: float,
                 elapsed: float, after_s: int) -> list[dict]:
     """The sampler's ``ban``/``unban`` records for one window: sources (as shown) that entered or left
-    the ban sets since the last look ``elapsed`` seconds ago (values: seconds their ban had left), each
-    ban with the groups whose per-source counts (``exact``: (group, mode) -> {source key: packets})
-    held that source. A source that left with no more time left than had elapsed expired; else it was
-    removed (``nodeguard unban``, or a changed ban set definition). ``dropped_as``: the rule group whose
+    the ban sets since the last look ``elapsed`` seconds ago (``banned``'s Bans, with the seconds each
+    had left), each ban with the groups whose per-source counts (``exact``: (group, mode) -> {source
+    key: packets}) held that source. A source that left with no more time left than had elapsed expired;
+    else it was removed (``nodeguard unban``, or a changed ban set definition). ``dropped_as``: the rule group whose
     counters hold the drops of banned sources (no per-source counts, no samples), so that the report
     can name the banned source behind that group's episodes."""
     out = []
-    for src in sorted(set(now) - set(before)):
-        key = src.removesuffix("/64")
+    before_by, now_by = {b.shown: b for b in before}, {b.shown: b for b in now}
+    for src in sorted(set(now_by) - set(before_by)):
+        key, left = now_by[src].source, now_by[src].expires_s
         groups = sorted(g for (g, mode), counts in exact.items() if mode == "enforce" and key in counts)
-        left = now[src]
         out.append({"type": "ban", "ts": ts, "src": src, "groups": groups, "after_s": after_s,
                     "expires": ts + left if isinstance(left, (int, float)) else None, "dropped_as": BANNED})
-    for src in sorted(set(before) - set(now)):
-        left = before[src]
+    for src in sorted(set(before_by) - set(now_by)):
+        left = before_by[src].expires_s
         expired = isinstance(left, (int, float)) and left <= elapsed + 1
         out.append({"type": "unban", "ts": ts, "src": src, "why": "expired" if expired else "removed"})
     return out

@@ -40,3 +40,7 @@ class BackendError(NodeguardError):
 class SetFull(BackendError):
     """The kernel refused an element: the set holds its size. Told by the backend that sent it (the
     only place that knows how its tool says so), so that callers never read the tool's words."""
+
+
+class NotFound(BackendError):
+    """The kernel has no such table, set or element. Told as SetFull is."""

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from . import prefixes, statefile
 from .configfile import write_atomic
 from .manual import MAX_FOR_S, MAX_REASON, reason_ok
-from .model.ruleset import AddrSet
+from .model.ruleset import V6_SOURCE_PREFIX, AddrSet
 from .policy.sources import outermost
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ def entry(raw) -> Entry | None:
     if kind == "manual" and prefixes.too_broad([(int(addr), net.prefixlen)], version):
         return None  # ``nodeguard ban`` refuses it: a snapshot never restores it either
     if kind == "banned" and version == 6:  # keyed by its /64, as the kernel keys it
-        addr = ipaddress.ip_network(f"{addr}/64", strict=False).network_address
+        addr = ipaddress.ip_network(f"{addr}/{V6_SOURCE_PREFIX}", strict=False).network_address
     key = str(net) if kind == "manual" else str(addr)
     return Entry(kind, version, key, expires, why if kind == "manual" else "")
 

@@ -141,8 +141,8 @@ class Sampler:
             return {g: 2 ** asked.get(g, 0) for g in self.plan.ruleset.sample_groups}
         return {g: self.plan.sampling.one_in(g) for g in self.plan.ruleset.sample_groups}
 
-    def _read_bans(self) -> dict[str, int | None]:
-        return {b.shown: b.expires_s for b in bans.banned(self.plan, self.nft)}
+    def _read_bans(self) -> list[bans.Ban]:
+        return bans.banned(self.plan, self.nft)
 
     def _ban_records(self, now: float, exact: dict) -> list[dict]:
         """``ban``/``unban`` records: the ban sets against the last read's (escalation, bans.py). Paced

@@ -21,6 +21,7 @@ class Sysctl:
     ok: tuple[str, ...]  # acceptable values
     set_to: str  # what set_sysctls writes
     why: str
+    required: bool = False  # off, it refuses the policy unless set_sysctls is to set it (refuse_unsafe)
 
     @property
     def path(self) -> Path:
@@ -43,7 +44,8 @@ def wanted(synproxy: SynproxyPlan | None) -> list[Sysctl]:
                   "window scale (measured through SYNPROXY: 0.11 x the throughput over 50 ms)")]
     if synproxy.forwarded:
         out.append(Sysctl("net.netfilter.nf_conntrack_tcp_loose", ("0",), "0",
-                          "the third ACK of a NodePort connection must reach SYNPROXY before kube-proxy's DNAT"))
+                          "the third ACK of a NodePort connection must reach SYNPROXY before kube-proxy's DNAT",
+                          required=True))
     return out
 
 
@@ -70,7 +72,7 @@ def refuse_unsafe(synproxy: SynproxyPlan | None, will_set: bool) -> None:
     if synproxy is None or not synproxy.forwarded or will_set:
         return
     for s in wanted(synproxy):
-        if s.name.endswith("tcp_loose") and s.read() not in s.ok:
+        if s.required and s.read() not in s.ok:
             raise EnvironmentProblem(
-                f"syn.synproxy.forwarded needs {s.name}=0 (it is {s.read()}): set it on the node, or set "
-                "syn.synproxy.set_sysctls: true; nothing was changed")
+                f"syn.synproxy.forwarded needs {s.name}={'/'.join(s.ok)} (it is {s.read()}): set it on the node, "
+                "or set syn.synproxy.set_sysctls: true; nothing was changed")

@@ -369,7 +369,8 @@ def test_escalation_off_renders_none_of_it():
         kinds = {s.name: s.kind for s in rs.sets}  # the ingress chain checks only the bans by hand
         assert [kinds[r.matches[0].set] for c in rs.chains if c.stage == "ingress" for r in c.rules] == ["manual"] * 2
         raw = render_ipt.render_ipt(rs, 4).tables["raw"]
-        assert [spec.rsplit(" ", 1)[1] for _b, spec in raw.jumps] == ["NODEGUARD-BAN", "NODEGUARD-PRE"]
+        assert [j.target for j in raw.jumps] == ["NODEGUARD-BAN", "NODEGUARD-PRE"]
+        assert all(j.spec.endswith(f" -j {j.target}") for j in raw.jumps), raw.jumps
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -433,11 +434,12 @@ def test_a_full_episode_set_bans_nobody(lab, write_policy):
 
 
 def test_the_sampler_logs_bans_with_the_groups_that_counted_the_source_and_why_they_ended():
-    from guard.bans import ban_records, describe, key_of, reasons
+    from guard.bans import Ban, ban_records, describe, key_of, reasons
 
     exact = {("icmp-flood", "enforce"): {"10.0.0.2": 900, "fd00::": 5}, ("syn-flood", "enforce"): {"10.0.0.2": 0},
              ("icmp-flood", "monitor"): {"10.0.0.9": 3}}
-    recs = ban_records({"10.0.0.8": 2, "10.0.0.9": 200}, {"10.0.0.2": 297, "fd00::/64": 299, "10.0.0.9": 190},
+    recs = ban_records([Ban("10.0.0.8", 4, 2), Ban("10.0.0.9", 4, 200)],
+                       [Ban("10.0.0.2", 4, 297), Ban("fd00::", 6, 299), Ban("10.0.0.9", 4, 190)],
                        exact, 1000.0, 10.0, 3)
     assert recs == [
         {"type": "ban", "ts": 1000.0, "src": "10.0.0.2", "groups": ["icmp-flood", "syn-flood"], "after_s": 3,
@@ -445,7 +447,7 @@ def test_the_sampler_logs_bans_with_the_groups_that_counted_the_source_and_why_t
         {"type": "ban", "ts": 1000.0, "src": "fd00::/64", "groups": ["icmp-flood"], "after_s": 3, "expires": 1299.0,
          "dropped_as": "banned"},
         {"type": "unban", "ts": 1000.0, "src": "10.0.0.8", "why": "expired"}]
-    assert ban_records({"10.0.0.9": 200}, {}, {}, 1010.0, 10.0, 3)[0]["why"] == "removed"
+    assert ban_records([Ban("10.0.0.9", 4, 200)], [], {}, 1010.0, 10.0, 3)[0]["why"] == "removed"
     why = reasons([*recs, {"type": "ban", "ts": 900.0, "src": "10.0.0.2", "groups": ["udp"]}])
     assert why["10.0.0.2"]["ts"] == 1000.0 and "icmp-flood, syn-flood without a pause for 3 s" in describe(why["10.0.0.2"])
     assert key_of("fd00::5") == key_of("fd00::/64") == key_of("fd00::5/64") == ("fd00::", 6)

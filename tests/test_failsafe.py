@@ -107,8 +107,8 @@ def test_both_backends_render_the_ports_and_ranges_before_the_lookup():
                    "right": {"set": [22, {"range": [6000, 6010]}]}}},
         {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@failsafe-0-v4"}},
         {"counter": {"packets": 0, "bytes": 0}}, {"return": None}]]
-    v6 = [spec for chain, spec in render_ipt.render_ipt(rs, 6).tables["raw"].rules
-          if chain == "NODEGUARD-BAN-UPLINK" and "failsafe 0 v6" in spec]
+    v6 = [r.spec for r in render_ipt.render_ipt(rs, 6).tables["raw"].rules
+          if r.chain == "NODEGUARD-BAN-UPLINK" and "failsafe 0 v6" in r.spec]
     assert len(v6) == 1 and v6[0].endswith(
         "-p tcp -m multiport --dports 22,6000:6010 -m set --match-set NODEGUARD-FAILSAFE-0-V6 src -j RETURN"), v6
     sets = {s.name: s for s in render_ipt.ipsets(rs)}

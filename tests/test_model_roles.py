@@ -68,8 +68,7 @@ def test_the_refused_ban_rules_are_found_by_their_tally_in_both_renderings(tmp_p
         {"ban refused v4", "ban refused v6"}
     for version in (4, 6):
         render = render_ipt(rs, version)
-        lines = {line.split('"')[1].split(" ", 1)[0].removeprefix("nodeguard:"): line.split('"')[1]
-                 for t in render.tables.values() for _chain, line in t.rules}
+        lines = {line.id: line.spec for t in render.tables.values() for line in t.rules}
         assert render.tallies and set(render.tallies.values()) == {BANS_REFUSED}
         assert all(f"ban refused v{version}: the ban set is full" in lines[i] for i in render.tallies)
         assert render.valve and all("backstop" in lines[i] for i in render.valve)

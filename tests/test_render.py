@@ -141,6 +141,10 @@ def _ipt_invariants(rs: RuleSet, text: str) -> None:
         r = render_ipt.render_ipt(rs, version)
         declared = [c for t in r.tables.values() for c in t.chains]
         assert len(declared) == len(set(declared)), "a chain name used twice"
+        for t in r.tables.values():  # a Line's fields say what its text says
+            assert all(f'--comment "{PREFIX}{x.id} ' in x.spec and x.target is None for x in t.rules), t.rules
+            assert all(x.spec.startswith(f'-m comment --comment "{PREFIX}{x.id} ')
+                       and x.spec.endswith(f" -j {x.target}") and x.target in t.chains for x in t.jumps), t.jumps
     sets = render_ipt.ipsets(rs)
     assert len({s.name for s in sets}) == len(sets) and all(len(s.name) <= ipt_names.MAX_IPSET for s in sets)
     hashlimits = re.findall(r"--hashlimit-name (\S+)", text)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from guard import report
-from guard.bans import ban_records
+from guard.bans import Ban, ban_records
 from guard.report_plot import episode_label
 
 LOG = Path(__file__).parent / "fixtures" / "demo-attacks.jsonl"
@@ -56,8 +56,8 @@ def test_several_banned_sources_share_the_drops_and_untrusted_addresses_stay_esc
     seen = next(r["ts"] for r in recs if r["type"] == "ban")
     # a second source banned in the same window, written by the sampler's own writer, with a hostile name
     hostile = "10.9.9.9\x1b[31m<b>"
-    extra = ban_records({ATTACKER: 299}, {ATTACKER: 299, hostile: 300}, {("icmp-flood", "enforce"): {hostile: 5}},
-                        seen, 1.0, 3)
+    extra = ban_records([Ban(ATTACKER, 4, 299)], [Ban(ATTACKER, 4, 299), Ban(hostile, 4, 300)],
+                        {("icmp-flood", "enforce"): {hostile: 5}}, seen, 1.0, 3)
     rep = report.build(recs + extra, None, None, None, 5)
     e = _banned(rep)[0]
     assert e["distinct_sources"] == 2 and {r["source"] for r in e["sources"]} == {ATTACKER, hostile}

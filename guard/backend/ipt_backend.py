@@ -12,7 +12,7 @@ from ..fingerprints import of_ipt
 from ..model.ruleset import AddrSet, RuleSet
 from ..persource import key_of
 from ..render.ipt import Ipset as IpsetSpec
-from ..render.ipt import VALVE_ELEMENTS, Render, spec_id
+from ..render.ipt import VALVE_ELEMENTS, Render
 from ..render.ipt_names import ipset_name
 from ..render.ids import id_and_label
 from ..scratch import in_scratch_netns
@@ -100,8 +100,8 @@ class IptBackend:
     def where(self, plan) -> tuple[dict[str, int], str]:
         hooks: dict[str, int] = {}  # built-in chain -> how many of its first rules are our jumps
         for t in next(iter(self.renders.values())).tables.values():
-            for b, _spec in t.jumps:
-                hooks[f"{t.name} {b}"] = hooks.get(f"{t.name} {b}", 0) + 1
+            for jump in t.jumps:
+                hooks[f"{t.name} {jump.chain}"] = hooks.get(f"{t.name} {jump.chain}", 0) + 1
         return hooks, "jumps first in " + ", ".join(f"{k}" + (f" (rules 1-{n})" if n > 1 else "")
                                                     for k, n in hooks.items()) + f" ({plan.backend_reason})"
 
@@ -130,17 +130,17 @@ class IptBackend:
                         kept = sum(1 for i in have.get(chain, []) if i in want[chain])
                         rewrites.append(Reason("rules_changed", f"{where}: {kept} of {len(want[chain])} rules intact"))
                 order: dict[str, int] = {}
-                for builtin, spec in table.jumps:
+                for jump in table.jumps:
+                    builtin = jump.chain
                     must = order[builtin] = order.get(builtin, 0) + 1  # our jumps are rules 1..k, in order
-                    jid = spec_id(spec)
                     in_builtin = [r for r in rules if r.chain == builtin]
-                    positions = [r.position for r in in_builtin if r.rule_id == jid]
+                    positions = [r.position for r in in_builtin if r.rule_id == jump.id]
                     where = f"v{version} {tname} {builtin}"
                     if not positions:
-                        reasons.append(Reason("jump", f"jump in {where} to {_target(spec)} is missing"))
+                        reasons.append(Reason("jump", f"jump in {where} to {jump.target} is missing"))
                     elif positions != [must]:
                         copies = f" ({len(positions)} copies)" if len(positions) > 1 else ""
-                        reasons.append(Reason("jump", f"jump in {where} to {_target(spec)} is at position "
+                        reasons.append(Reason("jump", f"jump in {where} to {jump.target} is at position "
                                                       f"{positions[0]}, must be {must}{copies}"))
                         ahead = next((r for r in in_builtin[:positions[0] - 1] if r.rule_id is None), None)
                         if ahead is not None:
@@ -182,12 +182,13 @@ class IptBackend:
                 chains, saved = live.get(tname, ([], []))
                 installed = installed or any(c in chains for c in table.chains)
                 must: dict[str, int] = {}
-                for builtin, spec in table.jumps:
+                for jump in table.jumps:
+                    builtin = jump.chain
                     must[builtin] = must.get(builtin, 0) + 1  # our jumps are rules 1..k, in render order
                     in_builtin = [r for r in saved if r.chain == builtin]
-                    pos = next((r.position for r in in_builtin if r.rule_id == spec_id(spec)), None)
+                    pos = next((r.position for r in in_builtin if r.rule_id == jump.id), None)
                     jumps.append({"family": f"v{version}", "table": tname, "chain": builtin, "position": pos,
-                                  "must": must[builtin], "target": spec.rsplit(" ", 1)[1],
+                                  "must": must[builtin], "target": jump.target,
                                   "above": [r.line for r in in_builtin[: (pos or 1) - 1] if r.rule_id is None]})
                 for r in saved:
                     if r.chain in table.chains:

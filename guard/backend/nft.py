@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import jsontext
-from ..errors import BackendError, EnvironmentProblem
+from ..errors import BackendError, EnvironmentProblem, NotFound, SetFull
 from . import nfnetlink
 from .nft_elements import address_elements
 
@@ -94,7 +94,7 @@ class Nft:
             finally:
                 self._set_dry_run(False)
         if rc != 0:
-            raise BackendError(what, _first_error(err))
+            raise refusal(what, err)
 
     def run_text(self, commands: str, *, what: str = "transaction") -> None:
         """Send commands in nft's own syntax as one transaction (for element lists: libnftables parses
@@ -102,7 +102,7 @@ class Nft:
         with _LIBRARY:
             rc, _out, err = self._cmd(commands)
         if rc != 0:
-            raise BackendError(what, _first_error(err))
+            raise refusal(what, err)
 
     def list(self, what: str, *, terse: bool = False) -> list[dict]:
         """``nft -j list <what>`` as a list of objects; missing objects give [].
@@ -137,9 +137,9 @@ class Nft:
             finally:
                 self._nft.set_terse_output(False)
         if rc != 0:
-            if "No such file or directory" in err:
+            if isinstance(refused := refusal(f"list {what}", err), NotFound):
                 return []
-            raise BackendError(f"list {what}", _first_error(err))
+            raise refused
         try:
             return json.loads(out)["nftables"] if out else []
         except ValueError:
@@ -178,13 +178,24 @@ class Nft:
                 self._nft.set_json_output(True)
                 self._nft.set_handle_output(True)
         if rc != 0:
-            raise BackendError(f"list {what}", _first_error(err))
+            raise refusal(f"list {what}", err)
         return out
 
 
 def _table(family: str, name: str, flags: int) -> dict:
     """A table object as nft's JSON gives it (less its handle), from netlink."""
     return {"family": family, "name": name, **({"flags": nfnetlink.flag_names(flags)} if flags else {})}
+
+
+# libnftables' words (strerror's) for the refusals callers act on: read here, and nowhere else
+_REFUSALS = (("No such file or directory", NotFound),  # ENOENT: no such table, set or element
+             ("Too many open files in system", SetFull))  # ENFILE, on an element: the set holds its size
+
+
+def refusal(what: str, err: str) -> BackendError:
+    """What libnftables printed on a failed command, as the error type callers catch."""
+    kind = next((k for words, k in _REFUSALS if words in err), BackendError)
+    return kind(what, _first_error(err))
 
 
 def _first_error(err: str) -> str:

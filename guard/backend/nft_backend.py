@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendError, SetFull
+from ..errors import BackendError, NotFound
 from ..fingerprints import of_nft
 from ..model.matches import BanSource, ValveEngaged
 from ..model.names import base_of
@@ -258,9 +258,8 @@ class NftBackend:
                 try:
                     nft.run({"nftables": [{"delete": {"element": {**ref, "name": name, "elem": [_value(src)]}}}]},
                             what="unban")
-                except BackendError as exc:
-                    if "No such file or directory" not in str(exc):
-                        raise
+                except NotFound:
+                    pass
 
     def add_elements(self, nft: Nft, s: AddrSet, elements: Iterable[str], timeout_s: int) -> None:
         # nft's "add" leaves an existing element's timeout alone: add (a no-op if it is there), delete,
@@ -285,13 +284,8 @@ class NftBackend:
         add = {"add": {"set": {**rendered, "elem": [{"elem": elem}]}}} if rendered else \
             {"add": {"element": {**ref, "elem": [{"elem": elem}]}}}
         again = bool(sync_nft.networks([prefix]) & sync_nft.networks([p for p, _, _ in self.manual_bans(nft, name)]))
-        try:
-            nft.run({"nftables": [add, {"delete": {"element": {**ref, "elem": [val]}}}, add] if again else [add]},
-                    what="ban")
-        except BackendError as exc:
-            if "Too many open files in system" in str(exc):  # ENFILE, as libnftables words it: the set is full
-                raise SetFull(exc.kind, "the set holds its size") from None
-            raise
+        nft.run({"nftables": [add, {"delete": {"element": {**ref, "elem": [val]}}}, add] if again else [add]},
+                what="ban")  # a full set: SetFull
 
     def restore_elements(self, nft: Nft, name: str, rows: list[tuple[str, int | None, str]]) -> None:
         # "add" leaves an element already there alone: the kernel's timeout is the newer one

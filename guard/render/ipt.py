@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import singledispatch
-from typing import Any
+from typing import Any, Callable
 
 from .. import prefixes
 from ..model.matches import (BanSource, CountSource, IcmpTypes, InterfaceNotIn, RememberSourcePort, SourceRateOver,
@@ -99,14 +99,24 @@ class Ipset:
         return out + (" counters" if self.counters else "")
 
 
+@dataclass(frozen=True)
+class Line:
+    """One rule the render wrote: what readers need is kept beside the text, never parsed back out of it."""
+
+    chain: str  # ours, or for a jump its built-in chain
+    spec: str  # with the ``nodeguard:<id> <label>`` comment
+    id: str
+    target: str | None = None  # a jump's: our chain it jumps to
+
+
 @dataclass
 class Table:
     """What nodeguard owns in one iptables table of one family."""
 
     name: str
     chains: list[str] = field(default_factory=list)
-    rules: list[tuple[str, str]] = field(default_factory=list)  # (chain, spec with comment)
-    jumps: list[tuple[str, str]] = field(default_factory=list)  # (built-in chain, spec): rules 1..k, in order
+    rules: list[Line] = field(default_factory=list)
+    jumps: list[Line] = field(default_factory=list)  # rules 1..k of their built-in chains, in order
 
 
 @dataclass
@@ -124,50 +134,50 @@ class Render:
         for t in self.tables.values():
             for chain in t.chains:
                 out[chain] = []
-            for chain, spec in t.rules:
-                out[chain].append(spec_id(spec))
-            for builtin, spec in t.jumps:
-                out.setdefault(f"{t.name}/{builtin}", []).append(spec_id(spec))
+            for line in t.rules:
+                out[line.chain].append(line.id)
+            for jump in t.jumps:
+                out.setdefault(f"{t.name}/{jump.chain}", []).append(jump.id)
         return out
-
-
-def spec_id(spec: str) -> str:
-    """The nodeguard id in a rendered rule spec."""
-    return spec.split('--comment "nodeguard:', 1)[1].split(" ", 1)[0]
 
 
 def ipsets(rs: RuleSet) -> list[Ipset]:
     """Every ipset the render uses (conns sets are connlimit matches, not ipsets)."""
-    out = []
-    for s in rs.sets:
-        fam = "inet" if s.version == 4 else "inet6"
-        if s.kind in ("allow", "deny"):
-            out.append(Ipset(ipset_name(s), "hash:net", fam, max(65536, 2 * len(s.elements)),
-                             members=tuple(prefixes.text(s.version, p) for p in s.elements) if s.kind == "deny"
-                             else tuple(str(n) for n in s.elements)))
-        elif s.kind == "trusted":
-            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)))
-        elif s.kind == "escalation":
-            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, s.timeout_s,
-                             V6_SOURCE_PREFIX if s.version == 6 else None, hashsize=packet_hashsize(s)))
-        elif s.kind == "meter":
-            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, admission_timeout_s(s),
-                             V6_SOURCE_PREFIX if s.version == 6 else None, hashsize=packet_hashsize(s)))
-        elif s.kind == "ports":
-            out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, members=tuple(str(p) for p in s.elements)))
-        elif s.kind == "engaged":
-            out.append(Ipset(ipset_name(s), "bitmap:port", fam, 65536, s.timeout_s))
-        elif s.kind == "valve":
-            out.append(Ipset(ipset_name(s), "hash:net", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)))
-        elif s.kind == "pickup":  # a source address and TCP port: "src,src"
-            out.append(Ipset(ipset_name(s), "hash:ip,port", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)))
-        elif s.kind == "manual":  # timeout 0: an entry without one is permanent; `ban --for` gives its own
-            out.append(Ipset(ipset_name(s), "hash:net", fam, s.size, 0))
-        elif s.kind == "counts":  # no timeout: a re-add (the only refresh) would zero the counters; the
-            # sampler removes sources that went quiet instead (a sampler that is down only stops counting)
-            out.append(Ipset(ipset_name(s), "hash:ip", fam, s.size, None,
-                             V6_SOURCE_PREFIX if s.version == 6 else None, counters=True, hashsize=packet_hashsize(s)))
-    return out
+    made = (IPSETS[s.kind](s, ipset_name(s), "inet" if s.version == 4 else "inet6") for s in rs.sets)
+    return [i for i in made if i is not None]
+
+
+def _by_prefix(s: AddrSet) -> int | None:
+    return V6_SOURCE_PREFIX if s.version == 6 else None
+
+
+def _static_net(s: AddrSet, name: str, fam: str, members: tuple[str, ...]) -> Ipset:
+    return Ipset(name, "hash:net", fam, max(65536, 2 * len(s.elements)), members=members)
+
+
+# kind -> (set, ipset name, ipset family) -> its ipset, or None for a kind that needs none
+IPSETS: dict[str, Callable[[AddrSet, str, str], Ipset | None]] = {
+    "allow": lambda s, name, fam: _static_net(s, name, fam, tuple(str(n) for n in s.elements)),
+    "deny": lambda s, name, fam: _static_net(s, name, fam, tuple(prefixes.text(s.version, p) for p in s.elements)),
+    "trusted": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)),
+    "escalation": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, s.timeout_s, _by_prefix(s),
+                                             hashsize=packet_hashsize(s)),
+    "meter": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, admission_timeout_s(s), _by_prefix(s),
+                                        hashsize=packet_hashsize(s)),
+    "ports": lambda s, name, fam: Ipset(name, "bitmap:port", fam, 65536, members=tuple(str(p) for p in s.elements)),
+    "engaged": lambda s, name, fam: Ipset(name, "bitmap:port", fam, 65536, s.timeout_s),
+    "valve": lambda s, name, fam: Ipset(name, "hash:net", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)),
+    # a source address and TCP port: "src,src"
+    "pickup": lambda s, name, fam: Ipset(name, "hash:ip,port", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)),
+    # timeout 0: an entry without one is permanent; `ban --for` gives its own
+    "manual": lambda s, name, fam: Ipset(name, "hash:net", fam, s.size, 0),
+    # no timeout: a re-add (the only refresh) would zero the counters; the sampler removes sources that
+    # went quiet instead (a sampler that is down only stops counting)
+    "counts": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, None, _by_prefix(s), counters=True,
+                                         hashsize=packet_hashsize(s)),
+    "conns": lambda s, name, fam: None,  # a connlimit match
+    "crowdsec": lambda s, name, fam: None,  # nft backend only (policy/schema.py refuses it with iptables)
+}
 
 
 def packet_hashsize(s: AddrSet) -> int | None:
@@ -221,7 +231,8 @@ def render_ipt(rs: RuleSet, version: int) -> Render:
             for builtin in PLACEMENTS[chain.stage].ipt_builtins:
                 body = f"-j {name}"
                 (jid,) = chained_ids(f"{table.name}/{builtin}", [body])
-                table.jumps.append((builtin, f'-m comment --comment "{comment(jid, "jump to " + name)}" {body}'))
+                table.jumps.append(Line(builtin, f'-m comment --comment "{comment(jid, "jump to " + name)}" {body}',
+                                        jid, name))
     return Render(version, tables, {k: v.group for k, v in tags.items() if v.group},
                   {k for k, v in tags.items() if v.ban}, {k for k, v in tags.items() if v.valve},
                   {k: v.tally for k, v in tags.items() if v.tally})
@@ -232,7 +243,7 @@ def _add_chain(table: Table, name: str, rules: list[tuple[str, str, Tag | None]]
     table.chains.append(name)
     bodies = [body for body, _label, _tag in rules]
     for (body, label, tag), rid in zip(rules, chained_ids(name, bodies), strict=True):
-        table.rules.append((name, f'-m comment --comment "{comment(rid, label)}" {body}'.rstrip()))
+        table.rules.append(Line(name, f'-m comment --comment "{comment(rid, label)}" {body}'.rstrip(), rid))
         if tag:
             tags[rid] = tag
 

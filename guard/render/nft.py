@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from functools import singledispatch
-from typing import Any
+from typing import Any, Callable
 
 from .. import prefixes
 from ..jsontext import JsonText
@@ -20,7 +20,7 @@ from ..model.matches import (Assured, BanSource, CountSource, CtState, CtStateNe
                              RememberSource, RememberSourcePort, SourceConnsOver, SourceInSet, SourceNotInSet,
                              SourcePortInSet, SourceRateOver, TcpFlags, UnderLimit, UpdateSource, ValveEngaged)
 from ..model.ruleset import TABLE, AddrSet, Chain, NamedLimit, Rule, RuleSet
-from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Synproxy, Verdict
+from ..model.verdicts import Continue, Drop, Goto, Jump, Queue, Return, Synproxy
 from .ids import chained_ids, comment
 
 FAMILY = "inet"
@@ -73,7 +73,7 @@ def render_rule_expr(rule: Rule, sets: dict[str, AddrSet]) -> list[dict]:
     if rule.counter:
         exprs.append({"counter": {"packets": 0, "bytes": 0}})
     if not isinstance(rule.verdict, Continue):
-        exprs.append(_verdict(rule.verdict))
+        exprs.append(verdict(rule.verdict))
     return exprs
 
 
@@ -110,31 +110,36 @@ def address_text(addr) -> str:
     return socket.inet_ntop(socket.AF_INET6, ip.to_bytes(16, "big"))
 
 
+def _timed(s: AddrSet) -> dict:
+    return {"size": s.size, "flags": ["timeout"], "timeout": s.timeout_s}
+
+
+def _crowdsec(s: AddrSet) -> dict:  # ranges: each element its own timeout; addresses alone: a hash set
+    # loads 100,000 in a second, an interval set not
+    return {"size": s.size, "flags": ["interval", "timeout"] if s.role == "range" else ["timeout"]}
+
+
+# kind -> (set, its address type) -> what that kind adds to or changes in the set object
+SET_SPECS: dict[str, Callable[[AddrSet, str], dict]] = {
+    "ports": lambda s, addr: {"type": "inet_service"},
+    "valve": lambda s, addr: {"type": "inet_proto", **_timed(s)},
+    "pickup": lambda s, addr: {"type": [addr, "inet_service"], **_timed(s)},
+    "engaged": lambda s, addr: {"type": "inet_service", **_timed(s)},
+    "allow": lambda s, addr: {"flags": ["interval"]},
+    # sealed: filled with the set itself (sync/nft.py). An "add element" anywhere in a transaction makes
+    # nft 1.0.6 list every element of every set in the table first (~1 s with 100,000 prefixes)
+    "deny": lambda s, addr: {"flags": ["interval"], "elem": PrefixElements(s.version, s.elements)},
+    "manual": lambda s, addr: {"size": s.size, "flags": ["interval", "timeout"]},  # each its own timeout, or none
+    "crowdsec": lambda s, addr: _crowdsec(s),
+    **dict.fromkeys(("meter", "trusted", "counts", "escalation"), lambda s, addr: _timed(s)),
+    # ct count needs a dynamic set without timeout (nft adds "dynamic" itself)
+    "conns": lambda s, addr: {"size": s.size},
+}
+
+
 def _set(table: str, s: AddrSet) -> dict:
-    obj: dict[str, Any] = {"family": FAMILY, "table": table, "name": s.name,
-                           "type": "ipv4_addr" if s.version == 4 else "ipv6_addr"}
-    if s.kind == "ports":
-        obj["type"] = "inet_service"
-    elif s.kind == "valve":
-        obj.update(type="inet_proto", size=s.size, flags=["timeout"], timeout=s.timeout_s)
-    elif s.kind == "pickup":
-        obj.update(type=[obj["type"], "inet_service"], size=s.size, flags=["timeout"], timeout=s.timeout_s)
-    elif s.kind == "engaged":
-        obj.update(type="inet_service", size=s.size, flags=["timeout"], timeout=s.timeout_s)
-    elif s.kind == "allow":
-        obj["flags"] = ["interval"]
-    elif s.kind == "deny":  # sealed: filled with the set itself (sync/nft.py). An "add element" anywhere in a
-        # transaction makes nft 1.0.6 list every element of every set in the table first (~1 s with 100,000 prefixes)
-        obj.update(flags=["interval"], elem=PrefixElements(s.version, s.elements))
-    elif s.kind == "manual" or s.kind == "crowdsec" and s.role == "range":  # each element its own timeout, or none
-        obj.update(size=s.size, flags=["interval", "timeout"])
-    elif s.kind == "crowdsec":  # addresses alone: a hash set loads 100,000 in a second, an interval set not
-        obj.update(size=s.size, flags=["timeout"])
-    elif s.kind in ("meter", "trusted", "counts", "escalation"):
-        obj.update(size=s.size, flags=["timeout"], timeout=s.timeout_s)
-    else:  # conns: ct count needs a dynamic set without timeout (nft adds "dynamic" itself)
-        obj.update(size=s.size)
-    return obj
+    addr = "ipv4_addr" if s.version == 4 else "ipv6_addr"
+    return {"family": FAMILY, "table": table, "name": s.name, "type": addr, **SET_SPECS[s.kind](s, addr)}
 
 
 def _limit_object(table: str, lim: NamedLimit) -> dict:
@@ -343,13 +348,35 @@ def _(x: Log, sets: dict) -> dict:
     return {"log": {"prefix": f"{x.prefix} ", "group": x.nflog_group, "snaplen": x.snaplen}}
 
 
-def _verdict(v: Verdict) -> dict:
-    if isinstance(v, Jump):
-        return {"jump": {"target": v.chain}}
-    if isinstance(v, Goto):
-        return {"goto": {"target": v.chain}}
-    if isinstance(v, Queue):  # no bypass: these packets are condemned either way
-        return {"queue": {"num": v.number}}
-    if isinstance(v, Synproxy):
-        return {"synproxy": {"mss": v.mss, "wscale": v.wscale, "flags": ["timestamp", "sack-perm"]}}
-    return {"drop": None} if isinstance(v, Drop) else {"return": None}
+@singledispatch
+def verdict(v: Any) -> dict:
+    """A Continue is no statement at all: render_rule_expr leaves it out."""
+    raise TypeError(f"no nft statement for verdict type {type(v).__name__}: {v!r}")
+
+
+_CHAIN_KEYS = {Jump: "jump", Goto: "goto"}  # goto: continue there and never come back
+
+
+@verdict.register(Jump)
+@verdict.register(Goto)
+def _(v: Jump | Goto) -> dict:
+    return {_CHAIN_KEYS[type(v)]: {"target": v.chain}}
+
+
+@verdict.register
+def _(v: Queue) -> dict:  # no bypass: these packets are condemned either way
+    return {"queue": {"num": v.number}}
+
+
+@verdict.register
+def _(v: Synproxy) -> dict:
+    return {"synproxy": {"mss": v.mss, "wscale": v.wscale, "flags": ["timestamp", "sack-perm"]}}
+
+
+_FIXED_KEYS = {Drop: "drop", Return: "return"}  # the verdicts without a parameter
+
+
+@verdict.register(Drop)
+@verdict.register(Return)
+def _(v: Drop | Return) -> dict:
+    return {_FIXED_KEYS[type(v)]: None}

@@ -21,7 +21,7 @@ from ..backend.ipset import LiveIpset
 from ..backend.ipt import LiveTable
 from ..backend.kinds import IPTABLES, label
 from ..fingerprints import ipt_body, ipt_key
-from ..render.ipt import Ipset, Render, spec_id
+from ..render.ipt import Ipset, Line, Render
 from ..render.ipt_names import MAX_IPSET
 
 # Every line we hand to a restore tool is built from validated names; this is the second lock.
@@ -107,20 +107,20 @@ def _restore(render: Render | None, live: dict[str, LiveTable], saved: dict | No
         stale = [c for c in have.chains if c not in new_chains]
         changed = [c for c in new_chains if c not in have.chains or have_ids.get(c, []) != want_ids[c]
                    or stale or not same(by_chain.get(c, []))]
-        by_builtin: dict[str, list[str]] = {}  # our jumps: rules 1..k of their built-in chain, in render order
-        for b, spec in want.jumps if want else []:
-            by_builtin.setdefault(b, []).append(spec)
-        redo = {b for b, specs in by_builtin.items()
-                if have_ids.get(b, [])[:len(specs)] != [spec_id(x) for x in specs]
-                or sum(1 for ln in have.jump_lines if _builtin(ln) == b) != len(specs)
-                or not same([r for r in by_chain.get(b, []) if r.rule_id in {spec_id(x) for x in specs}])}
+        by_builtin: dict[str, list[Line]] = {}  # our jumps: rules 1..k of their built-in chain, in render order
+        for jump in want.jumps if want else []:
+            by_builtin.setdefault(jump.chain, []).append(jump)
+        redo = {b for b, jumps in by_builtin.items()
+                if have_ids.get(b, [])[:len(jumps)] != [j.id for j in jumps]
+                or sum(1 for ln in have.jump_lines if _builtin(ln) == b) != len(jumps)
+                or not same([r for r in by_chain.get(b, []) if r.rule_id in {j.id for j in jumps}])}
         redo |= {_builtin(ln) for ln in have.jump_lines if _builtin(ln) not in by_builtin}
         lines = [f":{c} - [0:0]" for c in changed + stale]  # declaring a chain flushes it
         lines += ["-D" + line[2:] for line in have.jump_lines if _builtin(line) in redo]
-        lines += [f"-I {b} {i} {spec}" for b, specs in by_builtin.items() if b in redo
-                  for i, spec in enumerate(specs, 1)]
+        lines += [f"-I {b} {i} {j.spec}" for b, jumps in by_builtin.items() if b in redo
+                  for i, j in enumerate(jumps, 1)]
         if want:
-            lines += [f"-A {chain} {spec}" for chain, spec in want.rules if chain in changed]
+            lines += [f"-A {r.chain} {r.spec}" for r in want.rules if r.chain in changed]
         lines += [f"-X {c}" for c in stale]
         refilled += [f"v{version} {tname} {c}" for c in changed + stale]
         if lines:
