@@ -271,9 +271,14 @@ class Daemon:
         return True  # the watcher now installs it: one state-keeping transaction
 
     # --- what is reported -------------------------------------------------------------------
+    def _backend_name(self) -> str:
+        """The backend as the watcher last named it; before its first check, the plan's, else the policy's kind."""
+        plan = self.watcher.last_plan
+        return self.watcher.state.get("backend") or (plan.backend.name if plan else kind_for(self.watcher.policy).name)
+
     def status_text(self) -> str:
         st = self.watcher.state
-        parts = [st.get("backend") or kind_for(self.watcher.policy).name]
+        parts = [self._backend_name()]
         if st.get("contested_by") and self.watcher.damper.contested:
             parts.append(f"CONTESTED by {st['contested_by']}")
         parts.append("in sync" if st.get("in_sync") else "DRIFT")
@@ -300,7 +305,7 @@ class Daemon:
         if sampling is not None and sampling.transport == "nfqueue":
             queues = [sampling.queue_base + i for i in range(len(plan.ruleset.sample_groups))]
         return {
-            "backend": st.get("backend") or (plan.backend.name if plan else kind_for(w.policy).name),
+            "backend": self._backend_name(),
             "in_sync": bool(st.get("in_sync")),
             "contested": bool(w.damper.contested),
             "repairs": dict(self.repair_kinds),
