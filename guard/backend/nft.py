@@ -76,7 +76,7 @@ class Nft:
         replies overflowed it (ENOBUFS, e.g. a transaction every message of which was refused), the
         unread ones answer the next request ("Protocol error") for good, so the context is renewed."""
         rc, out, err = self._nft.cmd(text)
-        if rc != 0 and ("No buffer space available" in err or "Protocol error" in err):
+        if rc != 0 and any(words in err for words in _JAMMED):
             self._renew()
         return rc, out, err
 
@@ -187,7 +187,9 @@ def _table(family: str, name: str, flags: int) -> dict:
     return {"family": family, "name": name, **({"flags": nfnetlink.flag_names(flags)} if flags else {})}
 
 
-# libnftables' words (strerror's) for the refusals callers act on: read here, and nowhere else
+# libnftables' words (strerror's), read here and nowhere else: the refusals callers act on, and those
+# that say a context's netlink socket is jammed (ENOBUFS, then EPROTO for good: _cmd renews it)
+_JAMMED = ("No buffer space available", "Protocol error")
 _REFUSALS = (("No such file or directory", NotFound),  # ENOENT: no such table, set or element
              ("Too many open files in system", SetFull))  # ENFILE, on an element: the set holds its size
 
