@@ -7,13 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Stage = Literal["ingress", "stateless", "stateful", "input", "closed"]
+Stage = Literal["stateless", "stateful", "input", "closed"]
 
 DEFRAG = -400  # NF_IP_PRI_CONNTRACK_DEFRAG: nothing may run before reassembly
 CONNTRACK = -200  # NF_IP_PRI_CONNTRACK
 AFTER_IPVS = 200  # NF_IP_PRI_NAT_SRC (100) and IPVS's input hook (99) lie below; confirmation at INT_MAX above
 NO_RIVALS = 2**31  # a stage that sits after the chains it could meet on purpose
-TAPS = -1000  # ingress: chains at or below this are taps (capture, truth counters) that see every packet first
 
 
 @dataclass(frozen=True)
@@ -29,18 +28,12 @@ class Placement:
 
 
 PLACEMENTS: dict[str, Placement] = {
-    "ingress": Placement(
-        "ingress", "ingress", -500, TAPS + 1, TAPS, "raw", ("PREROUTING",),
-        "the ban check: one base chain per protected device on the inet ingress hook, before ip_rcv and "
-        "defrag, so a banned source costs one lookup. nft's listing does not say which device a foreign "
-        "ingress chain (netdev or inet) hooks, so every foreign ingress chain above -1000 counts as a rival "
-        "of every protected device; chains at -1000 and below are left in front (taps: capture, truth "
-        "counters). iptables has no ingress hook: the ban chain is jumped to from rule 1 of raw PREROUTING, "
-        "before the stateless chain's jump (rule 2)"),
     "stateless": Placement(
         "stateless", "prerouting", -350, DEFRAG + 1, None, "raw", ("PREROUTING",),
-        "after defrag (-400), before raw (-300) and conntrack (-200): floods are dropped before they "
-        "create conntrack entries, and before every Kubernetes chain"),
+        "after defrag (-400), before raw (-300) and conntrack (-200): banned sources and floods are "
+        "dropped before they create conntrack entries, and before every Kubernetes chain. Bans are not "
+        "checked at ingress: that hook cost every packet of a protected device more than the check "
+        "saves (docs/design/hooks.md)"),
     "stateful": Placement(
         "stateful", "prerouting", -190, CONNTRACK + 1, CONNTRACK, "mangle", ("PREROUTING",),
         "after conntrack (-200: ct count and the handshake check need it), before mangle (-150), "

@@ -17,11 +17,11 @@ from .model.plans import Priorities
 from .model.ruleset import TABLE
 from .placement import PLACEMENTS
 
-HOOKS = ("ingress", "prerouting", "input")  # where nodeguard's base chains hook (placement.py)
+HOOKS = ("prerouting", "input")  # where nodeguard's base chains hook (placement.py)
 # iptables-legacy tables per hook, with their fixed priorities
 _LEGACY = {"prerouting": {"raw": -300, "mangle": -150, "nat": -100},
            "input": {"mangle": -150, "filter": 0, "security": 50, "nat": 100}}
-_PRIORITY_FAMILIES = ("ip", "ip6", "inet", "netdev")  # netdev: ingress only
+_PRIORITY_FAMILIES = ("ip", "ip6", "inet")
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,7 @@ def choose_priorities(foreign: list[ForeignChain]) -> Priorities:
     chosen = {}
     for stage, p in PLACEMENTS.items():  # rivals: chains on the same hook
         rivals = [c for c in foreign if c.hook == p.nft_hook and (p.rivals_after is None or c.priority > p.rivals_after)]
-        limit = {"stateless": "without running before defrag", "ingress": "without going under the taps at -1000"
-                 }.get(stage, "and still run after conntrack")
+        limit = "without running before defrag" if stage == "stateless" else "and still run after conntrack"
         chosen[stage] = _below(rivals, p.default_priority, p.floor, stage, limit, notes)
     return Priorities(notes=tuple(notes), **chosen)
 

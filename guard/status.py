@@ -30,7 +30,7 @@ def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str
         "interfaces": list(plan.ruleset.interfaces),
         "failsafe": failsafe_entries(plan.ruleset),
         "planned_priorities": {"stateless": plan.priorities.stateless, "stateful": plan.priorities.stateful,
-                               "ingress": plan.priorities.ingress, "notes": list(plan.priorities.notes)},
+                               "notes": list(plan.priorities.notes)},
         "synproxy": ({"ports_v4": list(plan.synproxy.ports_v4), "ports_v6": list(plan.synproxy.ports_v6),
                       "wscale": plan.synproxy.wscale, "mss": [plan.synproxy.mss_v4, plan.synproxy.mss_v6],
                       "forwarded": plan.synproxy.forwarded, "engaged": engaged_ports(plan, nft),
@@ -162,12 +162,12 @@ def format_text(st: dict[str, Any]) -> str:
                      f"packets of banned sources dropped since the rules were installed; a source over a per-source "
                      f"limit for {esc['after_s']} s (no pause of {esc['gap_s']} s) is banned for {esc['ban_s']} s")
     if "hooks" in st:
-        for hook in ("ingress", "prerouting", "input"):
+        for hook in ("prerouting", "input"):
             hooks = [(h["priority"], f"inet nodeguard {h['chain']}", "nodeguard") for h in st["hooks"]
                      if h["hook"] == hook]
             if not hooks:
                 continue
-            lines.append(f"{hook} hook, in order" + (" (foreign chains: any device)" if hook == "ingress" else "") + ":")
+            lines.append(f"{hook} hook, in order:")
             hooks += [(f["priority"], f"{f['family']} {f['table']} {f['chain']}", "foreign")
                       for f in st["foreign_chains"] if f["hook"] == hook]
             lines += [f"  {prio:>6}  {name:<50} {owner}" for prio, name, owner in sorted(hooks)]

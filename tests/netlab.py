@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from guard.lab import netns as core
-from guard.placement import TAPS
 from guard.render.ipt_names import chain_name as _ipt_chain_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +210,6 @@ _IPT_RULE = re.compile(r'^\[(?P<packets>\d+):\d+\] -A (?P<chain>\S+) .*--comment
 IPT_CHAINS = {"NODEGUARD-PRE-UPLINK": "filter-prerouting", "NODEGUARD-CONN-UPLINK": "filter-conntrack",
               "NODEGUARD-CLOSED-UPLINK": "closed-ports", "NODEGUARD-TCP-PICKUP": "tcp-pickup",
               "NODEGUARD-BOGUS": "bogus-flags", "NODEGUARD-ICMP": "icmp-flood", "NODEGUARD-SYN": "syn-flood",
-              "NODEGUARD-BAN-UPLINK": f"ingress-{VICTIM_IF}",
               **{_ipt_chain_name(c): c for c in ("limit-udp-per-source",)}}  # the default limit's chain
 BACKENDS = ("nft", "iptables-nft", "iptables-legacy")
 # A source over a per-source limit for escalate.after_s (3 s) is banned (tests/test_escalation.py).
@@ -278,7 +276,7 @@ def ping_stats(output: str) -> tuple[int, int]:
 
 
 # --- the truth: what arrived, counted before anything of ours ---------------------------------
-TRUTH_PRIORITY = TAPS
+TRUTH_PRIORITY = -1000  # netdev ingress: before ip_rcv, so before every netfilter hook
 
 
 class Truth:
@@ -286,12 +284,9 @@ class Truth:
     what arrived at (left) the victim, which nodeguard's own counters are judged against.
 
     One table (``netdev truth``, chains ``in`` and ``out``), one counting rule per name, its match an nft
-    expression ("ip saddr 10.77.0.2 icmp type echo-request"). Ingress priority TRUTH_PRIORITY (-1000,
-    placement.TAPS): netdev ingress runs before ip_rcv, so before every netfilter hook of both iptables
-    flavours, and at -1000 it also runs before nodeguard's own ingress ban chains (placed at -500, or just
-    above -1000 below a rival). Nodeguard leaves chains at -1000 and below in front as taps; a counter at
-    priority 0 would instead be a rival that moves our ban chains below it, and would count after the
-    ban had dropped (and so miss) what arrived. tests/helpers/ban_poll.py reads chain ``in`` too.
+    expression ("ip saddr 10.77.0.2 icmp type echo-request"). Netdev ingress runs before ip_rcv, so
+    before every netfilter hook of both iptables flavours and of nodeguard (whose earliest chain is
+    filter-prerouting, after defrag). tests/helpers/ban_poll.py reads chain ``in`` too.
     A new Truth replaces the namespace's earlier one: its counters start from zero.
     """
 

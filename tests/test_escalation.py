@@ -366,10 +366,10 @@ def test_escalation_off_renders_none_of_it():
         rs = build_ruleset(pol, ("eth0",), Priorities(), sampling_settings(pol, "nflog"))
         assert not [c for c in rs.chains if c.name.startswith("escalate-")]
         assert not [s for s in rs.sets if s.kind == "escalation"]
-        kinds = {s.name: s.kind for s in rs.sets}  # the ingress chain checks only the bans by hand
-        assert [kinds[r.matches[0].set] for c in rs.chains if c.stage == "ingress" for r in c.rules] == ["manual"] * 2
+        kinds = {s.name: s.kind for s in rs.sets}  # the ban check holds only the bans by hand
+        assert [kinds[r.matches[0].set] for c in rs.chains for r in c.rules if r.group == "banned"] == ["manual"] * 2
         raw = render_ipt.render_ipt(rs, 4).tables["raw"]
-        assert [j.target for j in raw.jumps] == ["NODEGUARD-BAN", "NODEGUARD-PRE"]
+        assert [j.target for j in raw.jumps] == ["NODEGUARD-PRE"]
         assert all(j.spec.endswith(f" -j {j.target}") for j in raw.jumps), raw.jumps
 
 

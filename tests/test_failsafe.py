@@ -16,8 +16,7 @@ import netlab
 import pytest
 from guard.errors import PolicyError
 from guard.failsafe_check import warning
-from guard.model.banning import INGRESS_CHAIN
-from guard.model.build import build_ruleset
+from guard.model.build import STATELESS_CHAIN, build_ruleset
 from guard.model.matches import DstPorts, InterfaceNotIn, Proto, SourceInSet
 from guard.model.plans import Priorities
 from guard.model.verdicts import RETURN
@@ -78,12 +77,10 @@ def test_each_entry_is_the_first_rule_of_every_base_chain_after_the_interface_ch
         (Proto("udp"), DstPorts("udp", (53,)), SourceInSet("failsafe-1-v4", 4)),  # no v6 prefix: no v6 rule
     ]
     bases = [c for c in rs.chains if c.stage]
-    assert {c.stage for c in bases} >= {"ingress", "stateless", "stateful", "closed"}
+    assert {c.stage for c in bases} >= {"stateless", "stateful", "closed"}
     for chain in bases:
-        first = 0 if chain.name.startswith(INGRESS_CHAIN) else 1
-        if first:
-            assert isinstance(chain.rules[0].matches[0], InterfaceNotIn), chain.name
-        got = chain.rules[first:first + 3]
+        assert isinstance(chain.rules[0].matches[0], InterfaceNotIn), chain.name
+        got = chain.rules[1:4]
         assert [r.matches for r in got] == expected and {r.verdict for r in got} == {RETURN}, chain.name
     # nested prefixes merged, as the allowlist's are (nft interval sets refuse overlaps)
     assert [str(n) for n in sets["failsafe-0-v4"].elements] == ["192.0.2.0/24"]
@@ -100,7 +97,7 @@ def test_no_failsafe_renders_no_failsafe_object():
 def test_both_backends_render_the_ports_and_ranges_before_the_lookup():
     rs = _ruleset()
     nft = [r["expr"] for r in render_nft.render_nft(rs).rules
-           if r["chain"] == f"{INGRESS_CHAIN}eth0" and "failsafe 0 v4" in r["comment"]]
+           if r["chain"] == STATELESS_CHAIN and "failsafe 0 v4" in r["comment"]]
     assert nft == [[
         {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
         {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
@@ -108,7 +105,7 @@ def test_both_backends_render_the_ports_and_ranges_before_the_lookup():
         {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@failsafe-0-v4"}},
         {"counter": {"packets": 0, "bytes": 0}}, {"return": None}]]
     v6 = [r.spec for r in render_ipt.render_ipt(rs, 6).tables["raw"].rules
-          if r.chain == "NODEGUARD-BAN-UPLINK" and "failsafe 0 v6" in r.spec]
+          if r.chain == "NODEGUARD-PRE-UPLINK" and "failsafe 0 v6" in r.spec]
     assert len(v6) == 1 and v6[0].endswith(
         "-p tcp -m multiport --dports 22,6000:6010 -m set --match-set NODEGUARD-FAILSAFE-0-V6 src -j RETURN"), v6
     sets = {s.name: s for s in render_ipt.ipsets(rs)}
@@ -177,10 +174,10 @@ def test_a_failsafe_client_keeps_every_connection_through_a_flood_that_bans_its_
         after = netlab.tcp_clients(attacker, ATTACKER4, VICTIM4, FAILSAFE_PORT, 3)
         legit = netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 2)
     c = victim.counters()
-    passed_ban = c.get(f"{INGRESS_CHAIN}{netlab.VICTIM_IF}: failsafe 0 v4", 0)
+    passed_ban = c.get(f"{STATELESS_CHAIN}: failsafe 0 v4", 0)
     print(f"\nfailsafe client during the flood {failsafe}, after {after}; banned {banned}; other port {other_port}; "
           f"failsafe packets past the ban check {passed_ban}, dropped as banned "
-          f"{c[f'{INGRESS_CHAIN}{netlab.VICTIM_IF}: banned v4 source']}")
+          f"{c[f'{STATELESS_CHAIN}: banned v4 source']}")
     assert banned == [ATTACKER4], "the flood from the failsafe address was banned"
     assert failsafe == {"ok": 30, "failed": 0} and after == {"ok": 3, "failed": 0}
     assert other_port == {"ok": 0, "failed": 1}, "the same address's other port is banned"

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from guard.apply import sampling_settings
 from guard.backend.nft import NftLive
+from guard.model.banning import BANNED, DENIED
 from guard.model.build import build_ruleset
 from guard.model.matches import SourceRateOver
 from guard.model.plans import Priorities, SynproxyPlan
@@ -165,7 +166,7 @@ synproxies = st.one_of(st.none(), st.builds(
 def _escalation_invariants(policy: Policy, rs: RuleSet) -> None:
     """Only enforce-mode per-source rules escalate (never a backstop, monitor mode, bogus flags or
     connlimit); an escalation chain's last rule is its group's condemned path and carries no group;
-    one ingress chain per interface, first in line, always (manual bans); its escalation ban rules only when
+    the ban check at the head of filter-prerouting, always (manual bans); its escalation ban rules only when
     something escalates."""
     escalating = []
     for c in rs.chains:
@@ -175,13 +176,17 @@ def _escalation_invariants(policy: Policy, rs: RuleSet) -> None:
                 assert r.group and r.verdict.chain.startswith(f"escalate-{r.group}-v"), r
                 escalating.append(r)
     esc_chains = [c for c in rs.chains if c.name.startswith("escalate-")]
-    ingress = [c for c in rs.chains if c.stage == "ingress"]
-    assert [c.device for c in ingress] == list(rs.interfaces) and rs.chains[:len(ingress)] == tuple(ingress)
+    pre = next(c for c in rs.chains if c.stage == "stateless")
+    bans = [r for r in pre.rules if r.group in (BANNED, DENIED)]
+    first = pre.rules.index(bans[0])  # after the interface check and the failsafe pairs, before anything else
+    assert pre.rules[0].label == "not a protected interface"
+    assert all(r.label.startswith("failsafe ") for r in pre.rules[1:first]), [r.label for r in pre.rules[:first]]
+    assert pre.rules[first:first + len(bans)] == tuple(bans)
     kinds = {s.name: s.kind for s in rs.sets}
-    dropped_from = [kinds[r.matches[0].set] for c in ingress for r in c.rules]
+    dropped_from = [kinds[r.matches[0].set] for r in bans]
     manual_drop = Drop if policy.mode == "enforce" else Continue
-    assert [(r.group, type(r.verdict)) for c in ingress for r in c.rules if kinds[r.matches[0].set] == "manual"] == \
-        [("banned", manual_drop)] * 2 * len(ingress)
+    assert [(r.group, type(r.verdict)) for r in bans if kinds[r.matches[0].set] == "manual"] == \
+        [("banned", manual_drop)] * 2
     if not policy.escalate.enabled or not escalating:
         assert not esc_chains and "escalation" not in dropped_from and "escalation" not in kinds.values()
         return
@@ -190,8 +195,8 @@ def _escalation_invariants(policy: Policy, rs: RuleSet) -> None:
         *acts, last = c.rules
         assert all(isinstance(r.verdict, Continue) and r.group is None for r in acts)
         assert last.group is None and not last.matches and isinstance(last.verdict, (Goto, Drop))
-    assert [(r.group, type(r.verdict)) for c in ingress for r in c.rules if kinds[r.matches[0].set] == "escalation"] == \
-        [("banned", Drop)] * 2 * len(ingress)
+    assert [(r.group, type(r.verdict)) for r in bans if kinds[r.matches[0].set] == "escalation"] == \
+        [("banned", Drop)] * 2
     banned = [s for s in rs.sets if s.base.startswith("banned-")]
     assert {(s.size, s.timeout_s) for s in banned} == {(policy.escalate.size, policy.escalate.ban_s)}
 

@@ -1,5 +1,5 @@
 """The ban layer of the layout: the escalation chains that ban a source over its limit, and the
-ingress chains that drop, before anything else runs, what is banned (by escalation, by hand, by
+rules at the head of ``filter-prerouting`` that drop what is banned (by escalation, by hand, by
 CrowdSec) or denied. Called by build_ruleset (build.py), which owns the rest of the walk."""
 
 from __future__ import annotations
@@ -7,14 +7,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .matches import BanSource, SourceInSet, SourceNotInSet, UpdateSource
-from .plans import Priorities
 from .ruleset import AddrSet, Chain, Rule
 from .verdicts import CONTINUE, DROP
 
 if TYPE_CHECKING:
     from .build import Builder
 
-INGRESS_CHAIN = "ingress-"  # + the device: one per protected device
 BANS_REFUSED = "bans-refused"  # the tally of the rule that counts bans a full ban set refused
 BANNED = "banned"  # the rule group of the ingress drops of banned sources (escalation and ``nodeguard ban``)
 DENIED = "denied"  # the rule group of the ingress drops of sources in the deny lists
@@ -64,25 +62,27 @@ def escalation(b: Builder, trusted: dict[int, str]) -> tuple[dict[int, str], lis
     return {v: sets[("banned", v)] for v in (4, 6)}, chains
 
 
-def ingress(b: Builder, interfaces: tuple[str, ...], priorities: Priorities, banned: dict[int, str]) -> list[Chain]:
-    """The drop check, one ingress chain per protected device: a source in a deny list, banned by hand
-    or banned by escalation is dropped unless allowlisted or failsafe (both win over deny). Each rule looks its
-    drop set up first: a source in none of them (every packet of a flood that is not banned) costs one
-    lookup a set. The manual ban sets always exist, so that ``nodeguard ban`` works whatever escalates.
-    In monitor mode (the policy's) the deny and manual rules count what they would drop."""
-    rules, mode = list(b.failsafe), b.policy.mode  # failsafe first: a banned source still reaches its ports
+def drops(b: Builder, banned: dict[int, str]) -> list[Rule]:
+    """The drop check, after the failsafe pairs of ``filter-prerouting``: a source in a deny list, banned
+    by hand or banned by escalation is dropped unless allowlisted or failsafe (both win over deny). Each
+    rule looks its drop set up first: a source in none of them (every packet of a flood that is not
+    banned) costs one lookup a set. The manual ban sets always exist, so that ``nodeguard ban`` works
+    whatever escalates. In monitor mode (the policy's) the deny and manual rules count what they would
+    drop. Not at ingress: that hook cost every packet of a protected device 0.5-0.9 us more (a spoofed
+    ACK flood, paired runs, docs/design/hooks.md), and after defrag nothing of ours runs for a fragment."""
+    rules, mode = [], b.policy.mode
     for v in (4, 6):
         denied = b.policy.deny.prefixes(v)
         manual = b.add_set(AddrSet(f"manual-v{v}", v, "manual", size=b.policy.deny.manual_size)).name
-        drops = [(b.add_set(AddrSet(f"deny-v{v}", v, "deny", denied)).name, DENIED, f"denied v{v} source",
-                  mode)] if denied else []
-        drops.append((manual, BANNED, f"banned by hand v{v}", mode))
-        drops += [(name, BANNED, f"banned by crowdsec v{v}{what}", mode) for name, what in _crowdsec_sets(b, v)]
+        sets = [(b.add_set(AddrSet(f"deny-v{v}", v, "deny", denied)).name, DENIED, f"denied v{v} source",
+                 mode)] if denied else []
+        sets.append((manual, BANNED, f"banned by hand v{v}", mode))
+        sets += [(name, BANNED, f"banned by crowdsec v{v}{what}", mode) for name, what in _crowdsec_sets(b, v)]
         if v in banned:  # only enforce mode escalates
-            drops.append((banned[v], BANNED, "banned v4 source" if v == 4 else "banned v6 /64", "enforce"))
+            sets.append((banned[v], BANNED, "banned v4 source" if v == 4 else "banned v6 /64", "enforce"))
         rules += [Rule((SourceInSet(name, v), SourceNotInSet(f"allow-v{v}", v)), DROP if how == "enforce" else CONTINUE,
-                       label, group=group, mode=how) for name, group, label, how in drops]
-    return [Chain(f"{INGRESS_CHAIN}{dev}", tuple(rules), "ingress", priorities.ingress, device=dev) for dev in interfaces]
+                       label, group=group, mode=how) for name, group, label, how in sets]
+    return rules
 
 
 def _crowdsec_sets(b: Builder, v: int) -> list[tuple[str, str]]:

@@ -17,9 +17,9 @@ Layout (both backends render exactly this):
 * escalation (``escalate``, enforce mode only): a per-source drop goes through
   ``escalate-<group>-v<n>`` on its way to the sample chain, which bans a source that has been over
   a per-source limit without a pause for ``after_s`` (banning.py).
-* ``ingress-<device>``, one base chain per protected device on the ingress hook, drops before anything
-  else runs the sources that are not allowlisted and are in a deny list (``deny-*``), banned by hand
-  (``manual-*``) or banned by escalation (``banned-*``) (banning.py).
+* the ban check, at the head of ``filter-prerouting`` after the failsafe pairs, drops the sources that
+  are not allowlisted and are in a deny list (``deny-*``), banned by hand (``manual-*``) or banned by
+  escalation (``banned-*``) (banning.py).
 * the SYN defence's per-port rules (SYNPROXY, untracked SYNs): synproxy.py.
 """
 
@@ -213,7 +213,6 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
         for matches in _limit_selectors(lim.protocol, lim.ports, lim.except_ports):
             pre.append(Rule(matches, to_limit, f"{lim.protocol} to limit-{lim.name}"))
 
-    b.chains.insert(0, Chain(STATELESS_CHAIN, tuple(pre), "stateless", priorities.stateless))
 
     conn_rules: list[Rule] = [_invalid_rst(b), *(pickup.pickup_rules(b) if policy.tcp_pickup.enabled else ()),
                               _tcp_not_opening(), *remember]
@@ -226,7 +225,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             conn_rules.append(b.condemn(
                 (Family(version), Proto("tcp"), *ports, CtStateNew(), SourceConnsOver(s.name, version)),
                 "conn-limit", policy.mode_of(cl), f"{name} over {cl.per_source} connections v{version}"))
-    b.chains.insert(1, Chain(STATEFUL_CHAIN, (*_never_limited(b, interfaces), *conn_rules), "stateful",
+    b.chains.insert(0, Chain(STATEFUL_CHAIN, (*_never_limited(b, interfaces), *conn_rules), "stateful",
                              priorities.stateful))
     if proxied and proxied.forwarded:
         b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(b, interfaces), *synproxy_rules(proxied, engaged)),
@@ -235,8 +234,10 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
         b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(b, interfaces, (_closed_ports_skip_tcp(),)),
                                              *_closed_ports(b)), "closed", priorities.closed))
     banned, escalation = banning.escalation(b, {s.version: s.name for s in b.sets if s.kind == "trusted"})
-    ingress = banning.ingress(b, interfaces, priorities, banned)
-    return RuleSet((*ingress, *b.chains, *escalation, *b.sample_chains.values()), tuple(b.sets),
+    head = 1 + len(b.failsafe)  # the interface check and the failsafe pairs come before the ban check
+    pre[head:head] = banning.drops(b, banned)
+    b.chains.insert(0, Chain(STATELESS_CHAIN, tuple(pre), "stateless", priorities.stateless))
+    return RuleSet((*b.chains, *escalation, *b.sample_chains.values()), tuple(b.sets),
                    tuple(b.limits.values()), tuple(interfaces), sample_groups=b.groups)
 
 

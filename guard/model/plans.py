@@ -61,8 +61,7 @@ class Priorities:
     notes: tuple[str, ...] = field(default=())
     input: int = PLACEMENTS["input"].default_priority
     closed: int = PLACEMENTS["closed"].default_priority
-    ingress: int = PLACEMENTS["ingress"].default_priority
 
     def of(self, stage: Stage) -> int:
-        return {"stateless": self.stateless, "stateful": self.stateful, "input": self.input, "closed": self.closed,
-                "ingress": self.ingress}[stage]
+        return {"stateless": self.stateless, "stateful": self.stateful, "input": self.input,
+                "closed": self.closed}[stage]

@@ -154,7 +154,6 @@ class Chain:
     rules: tuple[Rule, ...]
     stage: Stage | None = None  # base chains only: where it hooks (placement.PLACEMENTS)
     priority: int | None = None
-    device: str | None = None  # ingress chains only: the device whose ingress hook it is on
     role: str | None = None  # "sample" | "monitor" (a group's condemned packets) | "escalate"
     group: str | None = None  # the rule group of a sample, monitor or escalation chain
     version: int | None = None  # an escalation chain: the IP version it serves
@@ -164,8 +163,6 @@ class Chain:
             raise ValueError(f"chain {self.name}: a base chain has a stage and a priority, a regular chain neither")
         if self.stage is not None and self.stage not in PLACEMENTS:
             raise ValueError(f"chain {self.name}: unknown stage {self.stage!r}")
-        if (self.stage == "ingress") != (self.device is not None):
-            raise ValueError(f"chain {self.name}: an ingress chain, and only an ingress chain, has a device")
 
     @property
     def hook(self) -> str | None:

@@ -4,9 +4,8 @@ plus the ipsets they use. Pure; ``sync/ipt.py`` turns it into restore text again
 Placement (placement.py): the stateless chain goes to **raw** PREROUTING (before conntrack), the
 stateful one to **mangle** PREROUTING (after conntrack, before nat's DNAT, as nft's -190). Only
 nodeguard's own chains and its jump rules are ever written; every line carries ``nodeguard:<id> <label>``.
-Our jumps are the first rules of each built-in chain, in render order: in raw PREROUTING the ban
-check (``NODEGUARD-BAN``: iptables has no ingress hook, so this is as early as it gets) is rule 1 and
-the stateless chain's jump rule 2.
+Our jumps are the first rules of each built-in chain, in render order (raw PREROUTING: the stateless
+chain, whose head is the ban check).
 
 Where iptables cannot say what the model says:
 * ``iifname != {a, b} return`` becomes a dispatcher: the base chain holds ``-i a -g <base>-UPLINK``
@@ -25,8 +24,6 @@ Where iptables cannot say what the model says:
   ``--hashlimit-htable-max`` is set to 3 × ``meter.size`` + 4096;
 * allowlists, deny lists and trusted sources are ipsets (``hash:net``, ``hash:ip timeout``); manual
   bans a ``hash:net timeout 0`` ipset (each entry its own timeout, or none);
-* the ingress chains (one per protected device in the model) become one ``NODEGUARD-BAN`` dispatcher
-  (``-i <device> -g NODEGUARD-BAN-UPLINK``) with their rules once in ``NODEGUARD-BAN-UPLINK``;
 * tcp_pickup's second-chance sets are ``hash:ip,port timeout`` ipsets matched ``src,src``; the segment
   seen the first time is added (``-j SET``, which a full set refuses) and dropped on the line after,
   which matches only when the pair is in the set then, as a ban's count does;
@@ -205,22 +202,13 @@ def render_ipt(rs: RuleSet, version: int) -> Render:
     owner = _table_of_chains(rs)
     names = {c.name: ipt_chain_name(c) for c in rs.chains}
     lines = lambda rs_: [line for r in rs_ for line in _rule(r, version, sets, limits, names)]  # noqa: E731
-    ingress = [c for c in rs.chains if c.stage == "ingress"]
     for chain in rs.chains:
         table = tables.setdefault(owner[chain.name], Table(owner[chain.name]))
         rules = [r for r in chain.rules if _applies(r, version)]
         name = names[chain.name]
         if chain.version is not None and chain.version != version:
             continue  # the other family's escalation chain: nothing in this family goes there
-        if chain.stage == "ingress":  # one dispatcher for every device, their (identical) rules once
-            if chain is not ingress[0]:
-                continue
-            assert all(c.rules == chain.rules for c in ingress), "ingress chains differ"
-            uplink = f"{name}-UPLINK"
-            _add_chain(table, name, [(f"-i {c.device} -g {uplink}", f"uplink {c.device}", None) for c in ingress],
-                       tags)
-            _add_chain(table, uplink, lines(rules), tags)
-        elif chain.stage and rules and isinstance(rules[0].matches[0], InterfaceNotIn):
+        if chain.stage and rules and isinstance(rules[0].matches[0], InterfaceNotIn):
             uplink = f"{name}-UPLINK"
             dispatch = [(f"-i {ifname} -g {uplink}", f"uplink {ifname}", None) for ifname in rules[0].matches[0].names]
             _add_chain(table, name, dispatch, tags)

@@ -13,7 +13,6 @@ MAX_CHAIN = 28  # Felix's MaxChainNameLength: safe for both flavours
 MAX_IPSET = 31  # IPSET_MAXNAMELEN - 1
 _BASE_NAMES = {STATELESS_CHAIN: "NODEGUARD-PRE", STATEFUL_CHAIN: "NODEGUARD-CONN",
                SYNPROXY_CHAIN: "NODEGUARD-SYNPROXY", CLOSED_CHAIN: "NODEGUARD-CLOSED"}
-BAN_CHAIN = "NODEGUARD-BAN"  # every ingress chain of the model
 
 
 def _short(name: str, limit: int) -> str:
@@ -29,15 +28,13 @@ _SHORT = {"bogus-flags": "BOGUS", "icmp-flood": "ICMP", "syn-flood": "SYN"}
 
 def ipt_chain_name(c: Chain) -> str:
     """A model chain's iptables name, from what the chain is for."""
-    if c.stage == "ingress":
-        return BAN_CHAIN
     if c.role == "escalate":
         return _short(f"{PREFIX}-ESC-{_SHORT.get(c.group, c.group.upper())}-V{c.version}", MAX_CHAIN)
     return chain_name(c.name)
 
 
 def chain_name(name: str) -> str:
-    """The iptables name of a base or regular chain (not an ingress or escalation chain: ipt_chain_name)."""
+    """The iptables name of a base or regular chain (not an escalation chain: ipt_chain_name)."""
     if name in _BASE_NAMES:
         return _BASE_NAMES[name]
     return _short(f"{PREFIX}-{_SHORT.get(name, name.upper())}", MAX_CHAIN)

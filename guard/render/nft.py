@@ -151,8 +151,6 @@ def _chain(table: str, c: Chain) -> dict:
     obj: dict[str, Any] = {"family": FAMILY, "table": table, "name": c.name}
     if c.stage:
         obj.update(type="filter", hook=c.hook, prio=c.priority, policy="accept")
-    if c.device:  # nft 1.0.6's JSON takes one device as a string (a list fails) and never lists it back
-        obj["dev"] = c.device
     return obj
 
 
