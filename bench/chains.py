@@ -5,14 +5,17 @@ The lab and floods of bench/flood.py (its SCENARIOS; hping3 at its top rate), no
 
   none             no rules of ours
   full             the whole table
-  without-<chain>  the whole table less one base chain (without-ingress: every ingress-<device> chain)
-  only-ingress     the table with its ingress chain alone
+  without-<chain>  the whole table less one base chain
   ingress-bare     a hand-written inet ingress chain holding only the two IPv4 ban lookups (manual, banned)
   ack-first        the whole table with TCP that opens nothing (no SYN or RST, ``ct state new`` or
                    ``invalid``) returned from filter-conntrack before its allowlist lookups
   dropnew          the whole table plus one rule after conntrack: TCP without SYN or RST that conntrack
                    picked up mid-stream (``ct state new``) is dropped (the floor of what tcp_pickup can save)
   no-pickup        the whole table with ``tcp_pickup.enabled: false``
+  banned           the whole table with the attacker's own address banned (``nodeguard ban``): the cost of a
+                   banned source's flood, dropped by the ban check at the head of filter-prerouting
+  banned-ingress   the whole table plus a hand-written inet ingress chain that drops the attacker's address
+                   (the ban check where it was before: one lookup at ingress, before defrag)
   pickup-size-<n>  the whole table with ``tcp_pickup.size: <n>`` (what the second-chance set holds)
 
 Softirq µs per attack packet (netdev ingress counter of the node's uplink); with ``--pin CPU`` hping3 runs
@@ -41,12 +44,13 @@ import yaml  # noqa: E402
 from flood import COUNTERS, ROOT, SCENARIOS  # noqa: E402
 from guard.configfile import add_data_dir  # noqa: E402
 from guard.demo import lab as labmod  # noqa: E402
-from guard.demo.lab import UPLINK, Lab, nodeguard  # noqa: E402
+from guard.demo.lab import ATTACKER, UPLINK, Lab, nodeguard  # noqa: E402
 from guard.lab.lock import machine_lock  # noqa: E402
 from guard.lab.netns import Netns, remove_stale  # noqa: E402
 
 PREFIX, METER, SCRATCH = "ngc", "ngc_meter", "ngc_scratch"
-FIXED = ("none", "full", "only-ingress", "ingress-bare", "ack-first", "dropnew", "no-pickup")
+FIXED = ("none", "full", "ingress-bare", "ack-first", "dropnew", "no-pickup", "banned",
+         "banned-ingress")
 WITHOUT = "without-"  # + a base chain
 PICKUP_SIZE = "pickup-size-"  # + tcp_pickup.size
 BARE_INGRESS = (f"add set inet {SCRATCH} m {{ type ipv4_addr; size 65536; }}; "
@@ -55,6 +59,9 @@ BARE_INGRESS = (f"add set inet {SCRATCH} m {{ type ipv4_addr; size 65536; }}; "
                 f"add chain inet {SCRATCH} i {{ type filter hook ingress device {UPLINK} priority -500; }}; "
                 f"add rule inet {SCRATCH} i ip saddr @m ip saddr != @a counter drop; "
                 f"add rule inet {SCRATCH} i ip saddr @b ip saddr != @a counter drop")
+BANNED_INGRESS = (f"add set inet {SCRATCH} b {{ type ipv4_addr; size 65536; flags timeout; elements = {{ {ATTACKER} }}; }}; "
+                  f"add chain inet {SCRATCH} i {{ type filter hook ingress device {UPLINK} priority -500; }}; "
+                  f"add rule inet {SCRATCH} i ip saddr @b counter drop")
 DROP_NEW = (f"add chain inet {SCRATCH} p {{ type filter hook prerouting priority -185; }}; "
             f"add rule inet {SCRATCH} p iifname {UPLINK} tcp flags & (syn|rst) == 0 ct state new drop")
 
@@ -89,17 +96,19 @@ class Variants:
         nodeguard(self.node, "apply", "-c", str(self.policy(v)))
         if v == "dropnew":
             self.node.run(["nft", f"add table inet {SCRATCH}; {DROP_NEW}"])
+        if v == "banned-ingress":
+            self.node.run(["nft", f"add table inet {SCRATCH}; {BANNED_INGRESS}"])
+        if v == "banned":
+            nodeguard(self.node, "ban", ATTACKER)
         if v == "ack-first":  # index 1: after the interface check
             self.node.run(["nft", "insert rule inet nodeguard filter-conntrack index 1 "
                                   "tcp flags & (syn|rst) == 0 ct state new,invalid return"])
         base = [o["chain"]["name"] for o in json.loads(self.node.run(
             ["nft", "-j", "list", "table", "inet", "nodeguard"]).stdout)["nftables"]
             if "chain" in o and "hook" in o["chain"]]
-        if v == "only-ingress":
-            gone = [c for c in base if not c.startswith("ingress-")]
-        elif v.startswith(WITHOUT):
+        if v.startswith(WITHOUT):
             chain = v.removeprefix(WITHOUT)
-            gone = [c for c in base if c == chain or (chain == "ingress" and c.startswith("ingress-"))]
+            gone = [c for c in base if c == chain]
             if not gone:
                 raise SystemExit(f"{v}: no such base chain (there are: {', '.join(base)})")
         else:
@@ -108,8 +117,10 @@ class Variants:
             self.node.run(["nft", "delete", "chain", "inet", "nodeguard", c])
 
     def remove(self, v: str) -> None:
-        if v in ("ingress-bare", "dropnew"):
+        if v in ("ingress-bare", "dropnew", "banned-ingress"):
             self.node.run(["nft", "delete", "table", "inet", SCRATCH])
+        if v == "banned":
+            nodeguard(self.node, "unban", ATTACKER)
         if v not in ("none", "ingress-bare"):
             nodeguard(self.node, "uninstall")
         self.node.run(["conntrack", "-F"], check=False)
