@@ -1,10 +1,10 @@
 """What acts on a protected interface's packets before nodeguard sees them: XDP and tc ingress.
 
-nodeguard's earliest chain hooks netdev ingress. XDP runs first (native XDP in the driver, before an
-skb exists), then tc ingress (tcx, then clsact or ingress qdisc filters), then netdev ingress. Cilium's eBPF
-datapath and Calico's eBPF dataplane sit there: what their programs drop, redirect to a pod or send
-back out never reaches nodeguard's rules. This module says which of them sit on which interface, as
-data (``Bypass``); wording for people is in ``describe``.
+nodeguard's earliest chain hooks prerouting (after defrag). XDP runs first (native XDP in the driver,
+before an skb exists), then tc ingress (tcx, then clsact or ingress qdisc filters), then netfilter.
+Cilium's eBPF datapath and Calico's eBPF dataplane sit at the first two: what their programs drop,
+redirect to a pod or send back out never reaches nodeguard's rules. This module says which of them
+sit on which interface, as data (``Bypass``); wording for people is in ``describe``.
 
 Read from ``ip -j -d link show`` and ``tc -j filter show dev X ingress`` (iproute2; rtnetlink carries
 both) and, for tcx, from bpf(2) (``tcx.py``). Their output is untrusted: unexpected JSON is skipped,

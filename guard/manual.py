@@ -1,5 +1,5 @@
-"""Manual bans (``nodeguard ban``): prefixes an operator drops at ingress, each with its own expiry or
-none, and a reason. They live in the kernel's ``manual-v4``/``manual-v6`` sets (state, like a meter:
+"""Manual bans (``nodeguard ban``): prefixes an operator drops before conntrack, each with its own
+expiry or none, and a reason. They live in the kernel's ``manual-v4``/``manual-v6`` sets (state, like a meter:
 an apply keeps them), whose elements carry the expiry and the reason: ``banned`` lists them as plain
 ``ManualBan`` values, ready to be snapshotted and added back. A repair that recreates the table (a
 foreign ``nft flush ruleset``) loses them until the snapshot of the persistence work restores them."""

@@ -275,7 +275,7 @@ def _crowdsec(cs: dict[str, Any] | None) -> Iterator[Metric]:
     if cs is None:
         return
     held = GaugeMetricFamily("nodeguard_crowdsec_decisions", "Ban decisions of the CrowdSec Local API the "
-                             "node holds (dropped at ingress)", labels=["family"])
+                             "node holds (dropped by the ban check)", labels=["family"])
     for version in (4, 6):
         held.add_metric([f"ipv{version}"], int((cs.get("decisions") or {}).get(f"ipv{version}", 0)))
     yield held

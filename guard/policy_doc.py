@@ -38,9 +38,9 @@ DESCRIPTIONS = {
     "mode": "`monitor`: count and sample what would be dropped, drop nothing; `icmp.mode`, `syn.mode`, "
             "`limits[].mode` and `connlimit[].mode` override it per threat",
     "backend": "which kernel interface holds the rules",
-    "interfaces": "protected uplinks (each its own ingress chain: the bound is many times a node's uplinks, bonds and "
-                  "VLANs included); `auto`: the interfaces of the IPv4 and IPv6 default routes. `lo` is never "
-                  "allowed",
+    "interfaces": "protected uplinks (each a rule in every iptables base chain: the bound is many times a node's "
+                  "uplinks, bonds and VLANs included); `auto`: the interfaces of the IPv4 and IPv6 default "
+                  "routes. `lo` is never allowed",
     "allow": "sources never limited",
     "allow.cidrs": "v4 and v6; nested CIDRs are merged. Put node, pod and service CIDRs and monitoring here",
     "failsafe[]": "source prefixes and destination ports never limited, banned or counted (SSH from the management "
@@ -49,7 +49,7 @@ DESCRIPTIONS = {
     "failsafe[].cidrs": "v4 and v6; at least one",
     "failsafe[].protocol": "the protocol of `ports`; one entry per protocol",
     "failsafe[].ports": "destination ports and `low-high` ranges; at most {multiport} slots (a range takes two)",
-    "deny": "sources dropped at ingress before anything else, unless allowlisted",
+    "deny": "sources dropped by the ban check, before conntrack and every limit, unless allowlisted or failsafe",
     "deny.cidrs": "v4 and v6; nested CIDRs, here and in the files, are merged",
     "deny.files": "absolute paths of blocklists: one CIDR or address a line, # comments (root's alone, as this file)",
     "deny.manual_size": "`nodeguard ban` entries per family at most (a full set refuses the next ban)",
@@ -135,7 +135,7 @@ DESCRIPTIONS = {
     "escalate.gap_s": "a pause in its drops this long ends the episode; shorter than `after_s`",
     "escalate.ban_s": "ban length (IPv6: the /64 is banned)",
     "escalate.size": "banned sources per family at most (a full set bans nobody more: fails open)",
-    "crowdsec": "a CrowdSec Local API's ban decisions dropped at ingress unless allowlisted or failsafe; "
+    "crowdsec": "a CrowdSec Local API's ban decisions dropped by the ban check unless allowlisted or failsafe; "
                 "with `push`, escalation bans reported to it (nft backend only; docs/operations.md)",
     "crowdsec.enabled": "`true`: pull the decision stream (the daemon, `nodeguard run`)",
     "crowdsec.url": "the Local API, `http(s)://host:port/`",

@@ -237,7 +237,7 @@ def test_insert_war_with_a_kube_router_style_competitor_is_damped_and_protection
         rules = _ipt_rules(victim, flavour, "raw", "PREROUTING")
         samples += 1
         present += any("NODEGUARD-PRE" in r for r in rules)
-        first += bool(rules) and "-j NODEGUARD-" in rules[0]  # our jumps come first (the ban check's, then PRE)
+        first += bool(rules) and "-j NODEGUARD-" in rules[0]  # our jump comes first (PRE, whose head is the ban check)
         time.sleep(0.1)
     cpu = (netlab.cpu_seconds(proc.pid) - cpu_before) / (time.monotonic() - started)
     reinserts = int(rival.stdout.read().strip())

@@ -14,8 +14,8 @@ from ._shared import common, emit, kernel, reading_plan
               help="Lift the ban after this long: seconds, or with s, m, h or d (10m, 2h, 7d). Default: never.")
 @click.option("--reason", default=None, help="Why (shown by bans; at most 100 bytes of printable UTF-8).")
 def ban(config: str | None, as_json: bool, target: str, for_: str | None, reason: str | None) -> None:
-    """Drop TARGET (an address or CIDR, v4 or v6) at ingress unless allowlisted, until --for runs out
-    or unban lifts it. Banning it again sets the new expiry and reason."""
+    """Drop TARGET (an address or CIDR, v4 or v6) before conntrack unless allowlisted or failsafe, until
+    --for runs out or unban lifts it. Banning it again sets the new expiry and reason."""
     from .. import manual
     from ..policy.load import load_policy
 

@@ -91,7 +91,7 @@ class Metrics(Section):
 class Crowdsec(Section):
     """The node as a CrowdSec bouncer (and, with ``push``, a machine) of the Local API at ``url``:
     ban decisions of ``scopes`` (and of ``origins``; empty: every origin) are pulled every
-    ``pull_interval_s`` and dropped at ingress unless allowlisted or failsafe, each until its
+    ``pull_interval_s`` and dropped by the ban check unless allowlisted or failsafe, each until its
     decision ends. The secrets are read from files that are root's alone (``api_key_file``; with
     ``push``, ``password_file`` for ``machine_id``), never from the policy. ``size``: the decisions a
     family holds (a full set takes no more). ``min_prefix_v4``/``_v6``: a Range decision wider than

@@ -1,6 +1,6 @@
 """The sources the rules treat apart: the allowlist (never limited), the failsafe pairs (never limited,
-banned or counted, first in every chain) and the deny lists (dropped at ingress before anything else).
-Sections of the policy (schema.py)."""
+banned or counted, first in every chain) and the deny lists (dropped by the ban check, which only the
+failsafe pairs precede). Sections of the policy (schema.py)."""
 
 from __future__ import annotations
 
@@ -42,11 +42,11 @@ class Allow(Section):
 
 
 class Deny(Section):
-    """Sources dropped at ingress, before anything else runs, unless allowlisted: ``cidrs`` inline and
-    ``files`` of CIDRs (absolute paths, one CIDR a line, ``#`` comments; root's alone, as the policy
-    file), read on every apply and reload; the daemon polls them as it polls the policy file, and a
-    changed one reloads. ``manual_size``: how many ``nodeguard ban`` entries a
-    family holds (a full set refuses the next ban)."""
+    """Sources dropped by the ban check (after the failsafe pairs, before conntrack) unless
+    allowlisted: ``cidrs`` inline and ``files`` of CIDRs (absolute paths, one CIDR a line, ``#``
+    comments; root's alone, as the policy file), read on every apply and reload; the daemon polls them
+    as it polls the policy file, and a changed one reloads. ``manual_size``: how many ``nodeguard ban``
+    entries a family holds (a full set refuses the next ban)."""
 
     cidrs: tuple[DenyCidr, ...] = ()
     files: tuple[Annotated[str, Field(strict=True), pydantic.AfterValidator(absolute_path)], ...] = ()

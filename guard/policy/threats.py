@@ -186,10 +186,10 @@ class Meter(Section):
 class Escalate(Section):
     """In-kernel escalation: a source that stays over a per-source limit (enforce mode) for ``after_s``
     seconds, with no pause in its per-source drops longer than ``gap_s``, is banned for ``ban_s``: its
-    packets are dropped at the very start of the receive path (nft ingress hook; iptables raw PREROUTING
-    rule 1). Never for allowlisted sources or sources that completed a TCP handshake (trusted); never
-    from the global backstops, which spoofed floods reach. IPv6: the /64 is banned. A full ban set
-    (``size``) bans nobody more (fails open)."""
+    packets are dropped by the ban check at the head of the stateless chain, after defrag and before
+    conntrack (nft ``filter-prerouting``; iptables raw PREROUTING). Never for allowlisted sources or
+    sources that completed a TCP handshake (trusted); never from the global backstops, which spoofed
+    floods reach. IPv6: the /64 is banned. A full ban set (``size``) bans nobody more (fails open)."""
 
     enabled: bool = True
     after_s: Annotated[int, Field(ge=1, le=3600, strict=True)] = 3
