@@ -15,7 +15,8 @@ NODEGUARD-PRE-UPLINK, jumped to from raw PREROUTING). What must hold:
 * IPv6: the /64 is banned (another address of it is dropped by the ban check too);
 * a full ban set bans nobody more and drops nothing extra (fails open);
 * bans survive an unrelated re-apply and a watcher repair; ``bans`` and ``unban`` work;
-* the ban check follows the protected interfaces when the default route moves.
+* the ban check follows the protected interfaces when the default route moves;
+* an apply onto the previous layout (per-device ingress chains, iptables' NODEGUARD-BAN) removes it.
 """
 
 from __future__ import annotations
@@ -363,6 +364,53 @@ def test_the_ban_check_follows_the_default_route(node2):
         netlab.add_uplink(victim)  # ngu0 with the IPv4 default route
         wait_until(lambda: protected() == ["ngu0"], timeout=5, interval=0.1)
         victim.wait_in_sync(p)
+
+
+# The previous layout's ban check, as it installed it: nft, a base chain at the ingress hook of each
+# protected device; iptables, a jump at rule 1 of raw PREROUTING to NODEGUARD-BAN, which went to
+# NODEGUARD-BAN-UPLINK per device. Here its one rule drops the attacker, so that it shows in traffic too.
+OLD_NFT = (f'add chain inet nodeguard ingress-{VICTIM_IF} {{ type filter hook ingress device "{VICTIM_IF}" '
+           f'priority -500; policy accept; }}; add rule inet nodeguard ingress-{VICTIM_IF} ip saddr {ATTACKER4} '
+           f'counter drop comment "nodeguard:c678b6d693dab59e banned v4 source"')
+
+
+def _old_ipt(version: int) -> str:
+    drop = (f'-A NODEGUARD-BAN-UPLINK -m comment --comment "nodeguard:fb51da28d284c44e banned v4 source" '
+            f"-s {ATTACKER4}/32 -j DROP\n") if version == 4 else ""
+    return ("*raw\n:NODEGUARD-BAN - [0:0]\n:NODEGUARD-BAN-UPLINK - [0:0]\n"
+            '-I PREROUTING 1 -m comment --comment "nodeguard:fbba0bf3f3b70999 jump to NODEGUARD-BAN" -j NODEGUARD-BAN\n'
+            f'-A NODEGUARD-BAN -m comment --comment "nodeguard:a5c06b253e253bd7 uplink {VICTIM_IF}" -i {VICTIM_IF} '
+            f"-g NODEGUARD-BAN-UPLINK\n{drop}COMMIT\n")
+
+
+def test_an_apply_removes_the_previous_layouts_ban_check(node):
+    """Upgrading: the ingress chains and NODEGUARD-BAN of the previous layout must go with the first
+    apply (they would drop what the policy no longer bans, and cost every packet the ingress hook)."""
+    victim, attacker, backend, policy = node
+    p = policy()
+    victim.nodeguard("apply", "-c", p)
+    if backend == "nft":
+        victim.run(["nft", OLD_NFT])
+    else:
+        for tool in ("iptables", "ip6tables"):
+            victim.run([f"{tool}-{backend.split('-')[1]}-restore", "--noflush"], input=_old_ipt(4 if tool == "iptables" else 6))
+    assert _replies(attacker, ATTACKER4) == 0, "the old ban check drops the attacker"
+    assert not victim.in_sync(p), "status sees the previous layout's objects"
+
+    def old_objects() -> list[str]:
+        if backend == "nft":
+            return [c["chain"]["name"] for c in victim.nft_json("chains")
+                    if c.get("chain", {}).get("table") == "nodeguard"
+                    and (c["chain"].get("hook") == "ingress" or c["chain"]["name"].startswith("ingress-"))]
+        flavour = backend.split("-")[1]
+        return [ln for tool in ("iptables", "ip6tables") for ln in victim.run(f"{tool}-{flavour}-save").stdout.splitlines()
+                if "NODEGUARD-BAN" in ln and "NODEGUARD-BANNED" not in ln]
+
+    assert old_objects()
+    victim.nodeguard("apply", "-c", p)
+    assert old_objects() == []
+    assert victim.in_sync(p), victim.status(p)["drift"]
+    assert _replies(attacker, ATTACKER4) == 2, "the attacker is not banned by this policy"
 
 
 # --- no kernel -----------------------------------------------------------------------------------
