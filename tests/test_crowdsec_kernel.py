@@ -1,5 +1,5 @@
 """CrowdSec with a real Local API (crowdsec -no-cs, in the attacker's namespace at 10.77.0.2) and a real
-``nodeguard run`` on the victim: ban decisions made with cscli reach the victim's ingress sets within
+``nodeguard run`` on the victim: ban decisions made with cscli reach the victim's ban sets within
 pull_interval_s + 1 s and drop that source's packets; an allowlisted address inside a banned range still
 gets through; a deleted decision lifts its ban; a LAPI that is gone changes nothing in the kernel, and
 the bans in place run out on time. Two nodes: a ban by escalation on one is dropped on the other."""
@@ -14,9 +14,10 @@ import time
 import crowdsec_lab
 import netlab
 from guard.crowdsec.decisions import go_duration
-from netlab import ATTACKER4, FRESH4, TRUSTED4, VICTIM4, VICTIM_IF, wait_until
+from guard.model.build import STATELESS_CHAIN
+from netlab import ATTACKER4, FRESH4, TRUSTED4, VICTIM4, wait_until
 
-INGRESS = f"ingress-{VICTIM_IF}"
+BAN_CHECK = STATELESS_CHAIN  # the ban rules head filter-prerouting
 PULL_S = 1
 SAMPLER_WINDOW_S = 1
 
@@ -39,7 +40,7 @@ def _metric(victim, name: str) -> float:
     return float(line.split()[-1])
 
 
-def test_lapi_bans_reach_the_ingress_sets_drop_and_lift_and_survive_the_lapi_going_away(lab, write_policy, tmp_path):
+def test_lapi_bans_reach_the_ban_sets_drop_and_lift_and_survive_the_lapi_going_away(lab, write_policy, tmp_path):
     victim, attacker = lab
     banned_ip, (range_a, range_b) = FRESH4[0], FRESH4[1:]  # .5; .6 and .7 = 10.77.0.6/31, .7 allowlisted
     with crowdsec_lab.lapi(attacker, tmp_path / "cs", f"{ATTACKER4}:8080") as server:
@@ -58,11 +59,11 @@ def test_lapi_bans_reach_the_ingress_sets_drop_and_lift_and_survive_the_lapi_goi
 
             server.cscli("decisions", "add", "--range", f"{range_a}/31", "--duration", "1h")
             took = wait_until(lambda: victim.has_element("nft", ranges, range_a), timeout=PULL_S + 1, interval=0.05)
-            print(f"a range decision reached the ingress set in {took:.2f} s")
+            print(f"a range decision reached the ban set in {took:.2f} s")
             assert _replies(attacker, range_a) == 0
             assert _replies(attacker, range_b) == 1, "allowlisted: never dropped, even inside a banned range"
-            assert victim.counters()[f"{INGRESS}: banned by crowdsec v4 range"] >= 1
-            assert victim.counters()[f"{INGRESS}: banned by crowdsec v4"] >= 1
+            assert victim.counters()[f"{BAN_CHECK}: banned by crowdsec v4 range"] >= 1
+            assert victim.counters()[f"{BAN_CHECK}: banned by crowdsec v4"] >= 1
             assert _metric(victim, 'nodeguard_crowdsec_decisions{family="ipv4"}') == 2
             bans = json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"]
             assert sorted((b["source"], b["by"], b["reason"]) for b in bans) == [
@@ -181,7 +182,7 @@ def test_a_flooder_banned_on_node_a_is_dropped_on_node_b_and_a_lapi_delete_lifts
             # at load 6 (other kernel tests beside): the bound is twice the design's
             wait_until(lambda: node_b.has_element("nft", b_set, src), timeout=15, interval=0.02)
             took = time.monotonic() - banned_at
-            print(f"banned on A, in B's ingress set {took:.2f} s later")
+            print(f"banned on A, in B's ban set {took:.2f} s later")
             assert took <= 2 * (SAMPLER_WINDOW_S + PULL_S + 1), took
             flood.send_signal(signal.SIGINT)  # timeout(1) hands it to hping3
             flood.wait()

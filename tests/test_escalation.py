@@ -1,8 +1,9 @@
-"""Escalation to an ingress ban, with real packets on every backend (docs/design/escalation.md).
+"""Escalation to a ban, with real packets on every backend (docs/design/escalation.md).
 
 A source that stays over a per-source limit for ``escalate.after_s`` (no pause in its drops longer
-than ``gap_s``) is banned: its packets are dropped by the first rule of the receive path (nft: an
-ingress chain per protected device; iptables: rule 1 of raw PREROUTING). What must hold:
+than ``gap_s``) is banned: its packets are dropped at the head of filter-prerouting, after the
+interface check and the failsafe pairs, before conntrack (nft: chain filter-prerouting; iptables:
+NODEGUARD-PRE-UPLINK, jumped to from raw PREROUTING). What must hold:
 
 * bursts never ban, though really over their limit (a SYN burst of 2 s at 4x: 1600 SYNs against 800
   tokens, its drops counted against a netdev ingress truth counter; ICMP 2 s at 10x, and 10x with a
@@ -11,10 +12,11 @@ ingress chain per protected device; iptables: rule 1 of raw PREROUTING). What mu
   from it; a SYN flood is banned on every backend (ICMP on nft, UDP on iptables-legacy too);
 * a legitimate client keeps connecting; allowlisted and trusted (handshake-proven) sources are never
   banned, however hard they flood; an allowlist edit frees a banned source at once;
-* IPv6: the /64 is banned (another address of it is dropped at ingress too);
+* IPv6: the /64 is banned (another address of it is dropped by the ban check too);
 * a full ban set bans nobody more and drops nothing extra (fails open);
 * bans survive an unrelated re-apply and a watcher repair; ``bans`` and ``unban`` work;
-* ingress chains follow the protected interfaces when the default route moves.
+* the ban check follows the protected interfaces when the default route moves;
+* an apply onto the previous layout (per-device ingress chains, iptables' NODEGUARD-BAN) removes it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 import netlab
 import pytest
 from guard.attacklog import read_records
+from guard.model.build import STATELESS_CHAIN
 from test_daemon import Run, metrics
 from netlab import (
     ATTACKER4,
@@ -51,7 +54,7 @@ SYN_BURST_RATE = 4 * SYN_RATE  # a SYN burst really over its limit, for 2 s (< a
 SYN_TOKENS_2S = SYN_BURST + SYN_RATE * 2  # what its bucket lets through in those 2 s
 SYN_DROP_MARGIN = 20  # measured |(arrived - tokens) - dropped|: 0 in 4 of 4 runs (nft, iptables-nft; 1601 arrived)
 ALLOWED4 = FRESH4[2]
-INGRESS = f"ingress-{VICTIM_IF}"  # netlab.counters keys (iptables' NODEGUARD-BAN-UPLINK maps to it)
+BAN_CHECK = STATELESS_CHAIN  # netlab.counters keys (iptables' NODEGUARD-PRE-UPLINK maps to it)
 
 
 def _node(request, lab, write_policy, tmp_path):
@@ -129,10 +132,10 @@ def test_bursts_are_never_banned_and_an_ipv6_flood_bans_its_64(node2):
     assert syn_arrived >= 0.95 * SYN_BURST_RATE * 2, syn_arrived
     assert abs((syn_arrived - SYN_TOKENS_2S) - syn_dropped) <= SYN_DROP_MARGIN, (syn_arrived, syn_dropped)
 
-    # another address of the banned /64 is dropped at ingress too
-    before = victim.counters(backend)[f"{INGRESS}: banned v6 /64"]
+    # another address of the banned /64 is dropped by the ban check too
+    before = victim.counters(backend)[f"{BAN_CHECK}: banned v6 /64"]
     assert _replies(attacker, LEGIT6, VICTIM6, 3) == 0
-    assert victim.counters(backend)[f"{INGRESS}: banned v6 /64"] - before >= 3
+    assert victim.counters(backend)[f"{BAN_CHECK}: banned v6 /64"] - before >= 3
     assert _replies(attacker, LEGIT4) == 2, "IPv4 from the same host is another source"
 
 
@@ -165,7 +168,7 @@ def _assert_ban_delay(delay: tuple[float, float]) -> None:
     assert delay[0] <= BAN_DELAY[1] and delay[1] >= BAN_DELAY[0], delay
 
 
-# Ban delay: first ingress drop after the flood's first packet, polled every 20 ms. Measured (s), 11 floods
+# Ban delay: first ban drop after the flood's first packet, polled every 20 ms. Measured (s), 11 floods
 # on a 2-core machine shared with other test runs: SYN 3.03-3.04 (6: nft, iptables-nft, -legacy), ICMP
 # (nft) 3.01, 3.02, UDP (iptables-legacy) 3.08, 3.17; median 3.03. The ban itself comes after_s after the
 # first per-source drop (the kernel's set timeouts); what is added is the burst (UDP's 4000 at ~100 kpps:
@@ -173,8 +176,8 @@ def _assert_ban_delay(delay: tuple[float, float]) -> None:
 BAN_DELAY = (AFTER_S - 0.05, AFTER_S + 0.35)
 
 
-@pytest.mark.backends("nft", "iptables-nft")  # legacy: test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is
-def test_a_syn_flood_is_banned_at_ingress_within_after_s(node, request):
+@pytest.mark.backends("nft", "iptables-nft")  # legacy: test_a_flood_is_banned_within_after_s_and_nobody_else_is
+def test_a_syn_flood_is_banned_within_after_s(node, request):
     victim, attacker, backend, policy = node
     p = policy()
     # SYNs only: the attacker's kernel answers every SYN-ACK of the victim with a RST
@@ -188,22 +191,27 @@ def test_a_syn_flood_is_banned_at_ingress_within_after_s(node, request):
         assert netlab.tcp_clients(attacker, LEGIT4, VICTIM4, PORT, 3) == {"ok": 3, "failed": 0}
     arrived = truth.counts()["attacker"]
     c = victim.counters(backend)
-    banned, per_source = c[f"{INGRESS}: banned v4 source"], c["syn-flood: syn-flood per-source v4"]
+    banned, per_source = c[f"{BAN_CHECK}: banned v4 source"], c["syn-flood: syn-flood per-source v4"]
     assert _bans(victim, p) == [ATTACKER4], f"the SYN flood was not banned ({per_source} per-source drops)"
     delay = _ban_delay(samples)
     print(f"\n{backend}, SYN flood: banned {delay[0]:.2f}-{delay[1]:.2f} s after its first packet; "
-          f"arrived {arrived}, dropped at "
-          f"ingress {banned}, per-source drops before the ban {per_source}")
+          f"arrived {arrived}, dropped as "
+          f"banned {banned}, per-source drops before the ban {per_source}")
     _assert_ban_delay(delay)
     # every SYN that arrived was dropped by the ban, or before it by the per-source limit, or passed under
     # that limit: its burst plus its rate until the ban (measured: exactly that, to the packet; 20 for the
     # 20 ms poll and the pacing)
     assert 0 <= arrived - banned - per_source <= SYN_BURST + SYN_RATE * delay[1] + 20, (arrived, banned, per_source)
     assert banned > 0.2 * arrived, (banned, arrived)
+    # a bare ACK, which filter-prerouting leaves to conntrack, meets the ban check first
+    acks = attacker.run(["timeout", "-s", "INT", "3", "hping3", "-q", "-A", "-c", "50", "-i", "u1000", "-p", str(PORT),
+                         "-a", ATTACKER4, VICTIM4], check=False)
+    assert "50 packets transmitted" in acks.stderr, acks.stderr
+    assert victim.counters(backend)[f"{BAN_CHECK}: banned v4 source"] - banned >= 50
 
 
 @pytest.mark.backends("nft", "iptables-legacy")
-def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tmp_path, request):
+def test_a_flood_is_banned_within_after_s_and_nobody_else_is(node, tmp_path, request):
     victim, attacker, backend, policy = node
     hping_args, group, passes = FLOODS[backend]
     trusted_flood, trusted_group = ((["--icmp"], "icmp-flood") if group == "syn-flood"
@@ -231,12 +239,12 @@ def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tm
     time.sleep(0.5)
     arrived = truth.counts()["attacker"]
     c = victim.counters(backend)
-    banned_drops, per_source = c[f"{INGRESS}: banned v4 source"], c[f"{group}: {group} per-source v4"]
+    banned_drops, per_source = c[f"{BAN_CHECK}: banned v4 source"], c[f"{group}: {group} per-source v4"]
 
     delay = _ban_delay(samples)
-    print(f"\n{backend}, {group}: first ingress drop {delay[0]:.2f}-{delay[1]:.2f} s after the flood's "
+    print(f"\n{backend}, {group}: first ban drop {delay[0]:.2f}-{delay[1]:.2f} s after the flood's "
           "first packet (polled every "
-          f"20 ms); arrived {arrived}, dropped at ingress {banned_drops}, per-source drops before the ban "
+          f"20 ms); arrived {arrived}, dropped as banned {banned_drops}, per-source drops before the ban "
           f"{per_source}; client during the flood {during}")
     _assert_ban_delay(delay)
     # every packet that arrived was dropped by the ban, or before it by the per-source limit, or passed
@@ -264,16 +272,16 @@ def test_a_flood_is_banned_at_ingress_within_after_s_and_nobody_else_is(node, tm
     # a watcher repair keeps it too: the ban check itself is disturbed and restored
     with netlab.watcher(victim, p2, str(tmp_path / "watch.json")):
         if backend == "nft":
-            victim.run(f"nft flush chain inet nodeguard {INGRESS}")
+            victim.run(f"nft flush chain inet nodeguard {BAN_CHECK}")
         else:
-            victim.run(f"iptables-{backend.split('-')[1]} -t raw -D PREROUTING 1")  # the ban check's jump
+            victim.run(f"iptables-{backend.split('-')[1]} -t raw -D PREROUTING 1")  # the jump to the ban check
         wait_until(lambda: json.loads((tmp_path / "watch.json").read_text())["repairs"] >= 1, timeout=5,
                    interval=0.05)
         st = victim.status(p2)
     assert st["in_sync"] and st["escalation"]["banned"] == 1, st["escalation"]
     if backend != "nft":
         assert [(j["target"], j["position"]) for j in st["jumps"] if (j["family"], j["table"]) == ("v4", "raw")] \
-            == [("NODEGUARD-BAN", 1), ("NODEGUARD-PRE", 2)]
+            == [("NODEGUARD-PRE", 1)]
     assert _bans(victim, p2) == [ATTACKER4]
     assert _replies(attacker, ATTACKER4) == 0
 
@@ -323,34 +331,86 @@ def _fill_the_ban_set(victim, attacker, backend: str, p: str) -> None:
     assert len(banned) == 16 and set(banned) < set(sources)
     assert st["bans"] == 16 and st["banned"] == 16
     time.sleep(1.0)  # the unbanned sources' per-source buckets refill
-    drops = victim.counters(backend)[f"{INGRESS}: banned v4 source"]
+    drops = victim.counters(backend)[f"{BAN_CHECK}: banned v4 source"]
     for s in sorted(set(sources) - set(banned)):
         assert _replies(attacker, s) == 2, f"{s} is not banned and under its limit now"
     assert _replies(attacker, LEGIT4) == 2
-    assert victim.counters(backend)[f"{INGRESS}: banned v4 source"] == drops, "no extra ingress drops"
+    assert victim.counters(backend)[f"{BAN_CHECK}: banned v4 source"] == drops, "no extra ban drops"
     assert _replies(attacker, banned[0]) == 0
 
 
-def test_ingress_chains_follow_the_default_route(node2):
+def test_the_ban_check_follows_the_default_route(node2):
+    """interfaces: auto: when the default route moves, the interface check in front of the ban rules
+    (nft: the first rule of filter-prerouting; iptables: NODEGUARD-PRE's jumps to NODEGUARD-PRE-UPLINK)
+    names the new device and nothing else."""
     victim, _attacker, backend, policy = node2
     p = policy()
     state = str(Path(p).parent / "watch.json")
 
-    def ban_devices() -> list[str]:
+    def protected() -> list[str]:
         if backend == "nft":
-            return sorted(c["chain"]["name"] for c in victim.nft_json("chains")
-                          if c.get("chain", {}).get("hook") == "ingress" and c["chain"]["table"] == "nodeguard")
+            (check,) = [r["rule"]["expr"][0]["match"] for r in victim.nft_json(f"chain inet nodeguard {BAN_CHECK}")
+                        if "rule" in r and r["rule"]["comment"].endswith(" not a protected interface")]
+            assert (check["op"], check["left"]) == ("!=", {"meta": {"key": "iifname"}}), check
+            return sorted(check["right"]["set"] if isinstance(check["right"], dict) else [check["right"]])
         save = victim.run(f"iptables-{backend.split('-')[1]}-save -t raw").stdout
-        return sorted(f"ingress-{ln.split(' -i ')[1].split()[0]}" for ln in save.splitlines()
-                      if ln.startswith("-A NODEGUARD-BAN ") and " -i " in ln)
+        return sorted(ln.split(" -i ")[1].split()[0] for ln in save.splitlines()
+                      if ln.startswith("-A NODEGUARD-PRE ") and ln.endswith(" -g NODEGUARD-PRE-UPLINK"))
 
     with netlab.watcher(victim, p, state):
-        wait_until(lambda: ban_devices() == [INGRESS], timeout=5, interval=0.1)
+        wait_until(lambda: protected() == [VICTIM_IF], timeout=5, interval=0.1)
         victim.run("ip route del default")
         victim.run("ip -6 route del default")
         netlab.add_uplink(victim)  # ngu0 with the IPv4 default route
-        wait_until(lambda: ban_devices() == ["ingress-ngu0"], timeout=5, interval=0.1)
+        wait_until(lambda: protected() == ["ngu0"], timeout=5, interval=0.1)
         victim.wait_in_sync(p)
+
+
+# The previous layout's ban check, as it installed it: nft, a base chain at the ingress hook of each
+# protected device; iptables, a jump at rule 1 of raw PREROUTING to NODEGUARD-BAN, which went to
+# NODEGUARD-BAN-UPLINK per device. Here its one rule drops the attacker, so that it shows in traffic too.
+OLD_NFT = (f'add chain inet nodeguard ingress-{VICTIM_IF} {{ type filter hook ingress device "{VICTIM_IF}" '
+           f'priority -500; policy accept; }}; add rule inet nodeguard ingress-{VICTIM_IF} ip saddr {ATTACKER4} '
+           f'counter drop comment "nodeguard:c678b6d693dab59e banned v4 source"')
+
+
+def _old_ipt(version: int) -> str:
+    drop = (f'-A NODEGUARD-BAN-UPLINK -m comment --comment "nodeguard:fb51da28d284c44e banned v4 source" '
+            f"-s {ATTACKER4}/32 -j DROP\n") if version == 4 else ""
+    return ("*raw\n:NODEGUARD-BAN - [0:0]\n:NODEGUARD-BAN-UPLINK - [0:0]\n"
+            '-I PREROUTING 1 -m comment --comment "nodeguard:fbba0bf3f3b70999 jump to NODEGUARD-BAN" -j NODEGUARD-BAN\n'
+            f'-A NODEGUARD-BAN -m comment --comment "nodeguard:a5c06b253e253bd7 uplink {VICTIM_IF}" -i {VICTIM_IF} '
+            f"-g NODEGUARD-BAN-UPLINK\n{drop}COMMIT\n")
+
+
+def test_an_apply_removes_the_previous_layouts_ban_check(node):
+    """Upgrading: the ingress chains and NODEGUARD-BAN of the previous layout must go with the first
+    apply (they would drop what the policy no longer bans, and cost every packet the ingress hook)."""
+    victim, attacker, backend, policy = node
+    p = policy()
+    victim.nodeguard("apply", "-c", p)
+    if backend == "nft":
+        victim.run(["nft", OLD_NFT])
+    else:
+        for tool in ("iptables", "ip6tables"):
+            victim.run([f"{tool}-{backend.split('-')[1]}-restore", "--noflush"], input=_old_ipt(4 if tool == "iptables" else 6))
+    assert _replies(attacker, ATTACKER4) == 0, "the old ban check drops the attacker"
+    assert not victim.in_sync(p), "status sees the previous layout's objects"
+
+    def old_objects() -> list[str]:
+        if backend == "nft":
+            return [c["chain"]["name"] for c in victim.nft_json("chains")
+                    if c.get("chain", {}).get("table") == "nodeguard"
+                    and (c["chain"].get("hook") == "ingress" or c["chain"]["name"].startswith("ingress-"))]
+        flavour = backend.split("-")[1]
+        return [ln for tool in ("iptables", "ip6tables") for ln in victim.run(f"{tool}-{flavour}-save").stdout.splitlines()
+                if "NODEGUARD-BAN" in ln and "NODEGUARD-BANNED" not in ln]
+
+    assert old_objects()
+    victim.nodeguard("apply", "-c", p)
+    assert old_objects() == []
+    assert victim.in_sync(p), victim.status(p)["drift"]
+    assert _replies(attacker, ATTACKER4) == 2, "the attacker is not banned by this policy"
 
 
 # --- no kernel -----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``failsafe:``: source-and-port pairs never limited, banned or counted (issue 20).
 
 What must hold: bad entries are one line naming file, line and field; each entry's rule comes right
-after the interface check of every base chain, before the ban check, in both backends;
+after the interface check of every base chain (in filter-prerouting: before the ban check), in both backends;
 ``check`` warns when the node serves SSH or the kubelet without one; and, with real packets, a client
 on a failsafe port keeps every connection through a flood from its own address that gets that address
 banned, while the same address's other ports are banned.

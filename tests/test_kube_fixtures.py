@@ -79,14 +79,13 @@ def test_priorities_move_below_a_foreign_chain_that_sits_lower(ns, default_polic
     netlab.add_uplink(ns)
     ns.run(["nft", "add table ip early; add chain ip early pre { type filter hook prerouting priority -360; }; "
                    "add chain ip early post { type filter hook prerouting priority -195; }"])
-    # ingress: a foreign chain above -1000 is a rival (on any device: the listing does not say which);
-    # at -1000 and below it is a tap that sees every packet first, and stays in front
+    # foreign chains at the ingress hook, at any priority, are no rivals: nothing of ours hooks ingress
     ns.run(["nft", "add table netdev early; add chain netdev early rival { type filter hook ingress device ngu0 "
                    "priority -600; }; add chain netdev early tap { type filter hook ingress device ngu0 priority -1000; }"])
     out = ns.nodeguard("apply", "-c", default_policy).stdout
-    assert ns.our_priorities() == {"ingress-ngu0": -601, "filter-prerouting": -361, "filter-conntrack": -196,
+    assert ns.our_priorities() == {"filter-prerouting": -361, "filter-conntrack": -196,
                                    "closed-ports": 200}  # after every chain on input, on purpose (placement.py)
-    assert "below ip early pre" in out and "below netdev early rival" in out
+    assert "below ip early pre" in out and "netdev early" not in out, out
 
 
 IPT_CASES = [(name, loader, "nft" if loader == "nft" else loader.split("-")[1])
@@ -94,10 +93,10 @@ IPT_CASES = [(name, loader, "nft" if loader == "nft" else loader.split("-")[1])
 
 
 def _assert_jumps_first(ns, flavour: str) -> None:
-    """Our jumps are the first rules of raw PREROUTING (the ban check, then the stateless chain) and of
-    mangle PREROUTING, in both families."""
+    """Our jumps are the first rules of raw PREROUTING (the stateless chain, which begins with the ban
+    check) and of mangle PREROUTING, in both families."""
     for tool in (f"iptables-{flavour}-save", f"ip6tables-{flavour}-save"):
-        for table, builtin, ours in (("raw", "PREROUTING", ["NODEGUARD-BAN", "NODEGUARD-PRE"]),
+        for table, builtin, ours in (("raw", "PREROUTING", ["NODEGUARD-PRE"]),
                                      ("mangle", "PREROUTING", ["NODEGUARD-CONN"])):
             rules = [ln for ln in ns.run([tool, "-t", table]).stdout.splitlines() if ln.startswith(f"-A {builtin} ")]
             assert [ln.rsplit(" ", 1)[1] for ln in rules[:len(ours)]] == ours, (tool, table, builtin, rules[:3])

@@ -1,7 +1,7 @@
 """Samples, every INTERVAL seconds for SECONDS, in the namespace it runs in: the packets of the truth
 counter (``table netdev truth``, chain ``in``: netlab.Truth, at ingress priority -1000, one counting
-rule for the source it watches) and the drops of nodeguard's ban check for IPv4 (nft: the ingress
-chains' "banned v4 source" rules; iptables: that rule in raw NODEGUARD-BAN-UPLINK).
+rule for the source it watches) and the drops of nodeguard's ban check for IPv4 (its "banned v4
+source" rule; nft: in chain filter-prerouting; iptables: in raw NODEGUARD-PRE-UPLINK).
 
 usage: ban_poll.py BACKEND SECONDS INTERVAL
 Prints "ready", then one JSON list of samples [CLOCK_MONOTONIC seconds, truth, ban drops].
@@ -16,7 +16,7 @@ from guard.backend.nft import Nft
 
 backend, seconds, interval = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 nft = Nft()
-_IPT = re.compile(r'^\[(\d+):\d+\] -A NODEGUARD-BAN-UPLINK .*nodeguard:[0-9a-f]+ banned v4 source"')
+_IPT = re.compile(r'^\[(\d+):\d+\] -A NODEGUARD-PRE-UPLINK .*nodeguard:[0-9a-f]+ banned v4 source"')
 
 
 def counter(rule: dict) -> int:
@@ -36,7 +36,7 @@ while time.monotonic() < end:
             continue
         if rule["table"] == "truth" and rule["chain"] == "in":
             truth += counter(rule)
-        elif rule["table"] == "nodeguard" and rule["chain"].startswith("ingress-") \
+        elif rule["table"] == "nodeguard" and rule["chain"] == "filter-prerouting" \
                 and rule.get("comment", "").endswith(" banned v4 source"):
             drops += counter(rule)
     if backend != "nft":
