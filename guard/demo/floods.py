@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .lab import NODE, NODEPORT, UDP_PORT
 
-BANNED = "banned"  # model.banning.BANNED: the group of the ingress drops of banned sources
+BANNED = "banned"  # model.banning.BANNED: the group of the ban check's drops of banned sources
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Threat:
 
 def threats() -> list[Threat]:
     return [
-        # one source: banned by escalation once over its limit for escalate.after_s, then dropped at ingress
+        # one source: banned by escalation once over its limit for escalate.after_s, then dropped by the ban check
         Threat("icmp", "ICMP echo flood (one source)", ["--icmp", NODE], "icmp type echo-request",
                ("icmp-flood", BANNED)),
         Threat("udp", f"UDP flood to port {UDP_PORT} (one source)", ["--udp", "-p", str(UDP_PORT), NODE],
@@ -51,7 +51,7 @@ QUICK, FULL = Timing(2.0, 5.0, 2.5, 2.5), Timing(3.0, 15.0, 4.0, 4.0)
 def drops_by_threat(drops: dict[tuple[str, str], int], ths: list[Threat]) -> dict[str, int]:
     """Dropped packets per threat from {(group, mode): packets} of the rules that condemn
     (``guard.demo.drops``; every condemned packet passes exactly one; monitor mode drops nothing).
-    Threats with the group ``banned`` also count the ingress drops of banned sources (the floods run
+    Threats with the group ``banned`` also count the ban check's drops of banned sources (the floods run
     one after another, so a flood's share of them is what they grew by while it ran)."""
     return {th.key: sum(n for (group, mode), n in drops.items()
                         if mode == "enforce" and any(_in(group, g) for g in th.groups))
