@@ -73,8 +73,8 @@ def test_status_reports_hooks_foreign_chains_counters_and_meters(ns, default_pol
     ns.nodeguard("apply", "-c", default_policy)
     st = json.loads(ns.nodeguard("status", "--json", "-c", default_policy).stdout)
     assert st["installed"] and st["in_sync"]
-    assert {h["chain"]: h["priority"] for h in st["hooks"]} == {"ingress-ngu0": -500, "filter-prerouting": -350,
-                                                                "filter-conntrack": -190, "closed-ports": 200}
+    assert {h["chain"]: h["priority"] for h in st["hooks"]} == {"filter-prerouting": -350, "filter-conntrack": -190,
+                                                                "closed-ports": 200}
     assert {"family": "ip", "table": "kube", "chain": "nat-pre", "hook": "prerouting", "priority": -100} \
         in st["foreign_chains"]
     assert any(r["label"] == "syn-flood backstop v4 (valve engaged)" for r in st["rules"])

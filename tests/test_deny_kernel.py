@@ -1,7 +1,7 @@
-"""Deny lists and manual bans with real packets (nft): a source in a denied prefix is dropped at
-ingress, an allowlisted address inside it is not; ``ban CIDR --for`` drops a prefix, ``bans`` shows
-it with its expiry, ``unban`` lifts it. Pings, judged by what the client sees and by the ingress
-rules' counters."""
+"""Deny lists and manual bans with real packets (nft): a source in a denied prefix is dropped by the
+ban check at the head of ``filter-prerouting``, an allowlisted address inside it is not; ``ban CIDR
+--for`` drops a prefix, ``bans`` shows it with its expiry, ``unban`` lifts it. Pings, judged by what
+the client sees and by the ban rules' counters."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import sys
 import pytest
 
 import netlab
-from netlab import ATTACKER4, ATTACKER6, LEGIT4, LEGIT6, TRUSTED4, VICTIM4, VICTIM6, VICTIM_IF
+from netlab import ATTACKER4, ATTACKER6, LEGIT4, LEGIT6, TRUSTED4, VICTIM4, VICTIM6
 
-INGRESS = f"ingress-{VICTIM_IF}"
+from guard.model.build import STATELESS_CHAIN as BANS  # the ban check heads the stateless chain
+
 VERIFY_S = 1.0  # the watcher's periodic verification in these tests
 REFILLED_WITHIN_S = 2 * VERIFY_S  # a strike raises an event: refilled at once, well within two cycles
 
@@ -24,7 +25,7 @@ def _replies(attacker, src: str, dst: str) -> int:
                                            "-I", src, dst], check=False).stdout)[1]
 
 
-def test_denied_sources_are_dropped_at_ingress_unless_allowlisted_and_bans_by_hand_come_and_go(
+def test_denied_sources_are_dropped_unless_allowlisted_and_bans_by_hand_come_and_go(
         lab, write_policy, tmp_path):
     victim, attacker = lab
     os.chmod(tmp_path, 0o755)
@@ -50,7 +51,7 @@ def test_denied_sources_are_dropped_at_ingress_unless_allowlisted_and_bans_by_ha
     assert _replies(attacker, ATTACKER6, VICTIM6) == 0
     assert _replies(attacker, LEGIT6, VICTIM6) == 2
     counters = victim.counters()
-    assert counters[f"{INGRESS}: denied v4 source"] >= 2 and counters[f"{INGRESS}: denied v6 source"] >= 2
+    assert counters[f"{BANS}: denied v4 source"] >= 2 and counters[f"{BANS}: denied v6 source"] >= 2
     meters = json.loads(victim.nodeguard("status", "--json", "-c", policy).stdout)["meters"]
     assert sorted((m["set"], m["elements"]) for m in meters if m["kind"] == "deny") == [("deny-v4", 1), ("deny-v6", 1)]
 
@@ -62,7 +63,7 @@ def test_denied_sources_are_dropped_at_ingress_unless_allowlisted_and_bans_by_ha
     assert [(b["source"], b["by"], b["reason"]) for b in bans] == [("10.77.0.4/30", "hand", "scanner")]
     assert 0 < bans[0]["expires_in_s"] <= 5
     assert _replies(attacker, TRUSTED4, VICTIM4) == 0
-    assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
+    assert victim.counters()[f"{BANS}: banned by hand v4"] >= 2
     # banned again: the new expiry and reason replace the old ones
     victim.nodeguard("ban", "10.77.0.4/30", "--for", "1h", "--reason", "again", "-c", policy)
     bans = json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"]
@@ -83,13 +84,13 @@ def test_ipv4_mapped_prefixes_deny_allow_and_ban_the_ipv4_sources_they_map(lab, 
     victim.nodeguard("apply", "-c", policy)
     assert _replies(attacker, ATTACKER4, VICTIM4) == 0
     assert _replies(attacker, LEGIT4, VICTIM4) == 2
-    assert victim.counters()[f"{INGRESS}: denied v4 source"] >= 2
+    assert victim.counters()[f"{BANS}: denied v4 source"] >= 2
 
     assert _replies(attacker, TRUSTED4, VICTIM4) == 2
     out = victim.nodeguard("ban", f"::ffff:{TRUSTED4}", "--for", "1m", "-c", policy).stdout
     assert out.strip() == f"banned {TRUSTED4}/32 for 60 s"
     assert _replies(attacker, TRUSTED4, VICTIM4) == 0
-    assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
+    assert victim.counters()[f"{BANS}: banned by hand v4"] >= 2
     assert victim.nodeguard("unban", f"::ffff:{TRUSTED4}", "-c", policy).stdout.strip() == f"unbanned {TRUSTED4}/32"
     assert _replies(attacker, TRUSTED4, VICTIM4) == 2
 
@@ -203,9 +204,9 @@ def test_a_deny_set_emptied_or_thinned_from_outside_is_refilled_and_drops_again(
             print(f"\n{strike.split(' inet')[0]}: refilled {took * 1000:.0f} ms after the strike")
             netlab.wait_until(lambda: json.loads((tmp_path / "watch.json").read_text())["repairs"] > repairs,
                               timeout=2, interval=0.02)  # published at the end of the loop's turn
-            dropped = victim.counters()[f"{INGRESS}: denied v4 source"]
+            dropped = victim.counters()[f"{BANS}: denied v4 source"]
             assert _replies(attacker, ATTACKER4, VICTIM4) == 0
-            assert victim.counters()[f"{INGRESS}: denied v4 source"] >= dropped + 2
+            assert victim.counters()[f"{BANS}: denied v4 source"] >= dropped + 2
             st = json.loads((tmp_path / "watch.json").read_text())
             assert st["repairs"] == repairs + 1 and st["last_kind"] == "deny_elements", st
             assert st["last_repair_ms"] < 1000, st  # measured ~40 ms: the batch of 3 prefixes and the check

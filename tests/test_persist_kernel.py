@@ -1,7 +1,7 @@
 """Bans outlive a stopped daemon and a flushed ruleset (guard/persist.py), with real packets: a ban by
 hand and an escalation ban are snapshotted on stop, come back with what is left of their time when
-``nodeguard run`` starts on an empty ruleset and when it repairs a flush, and drop at ingress again; a
-ban that expired while the daemon was down does not come back."""
+``nodeguard run`` starts on an empty ruleset and when it repairs a flush, and drop again at the head of
+``filter-prerouting``; a ban that expired while the daemon was down does not come back."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import netlab
-from netlab import ATTACKER4, FRESH4, TRUSTED4, VICTIM4, VICTIM_IF, wait_until
+from netlab import ATTACKER4, FRESH4, TRUSTED4, VICTIM4, wait_until
 from test_daemon import Run, metrics, state, write
 
 from guard import persist
+from guard.model.build import STATELESS_CHAIN as BANS  # the ban check heads the stateless chain
 
 ROOT = Path(__file__).resolve().parent.parent
 
-INGRESS = f"ingress-{VICTIM_IF}"
 FULL_SIZE = 16384  # the banned and trusted sets of the full-sets test
 ESCALATED = FRESH4[0]  # banned by escalation (added to its set directly: no flood needed)
 
@@ -70,7 +70,7 @@ def test_bans_come_back_after_a_stop_and_a_flush_with_their_time_left_and_the_ex
     assert bans[f"{ATTACKER4}/32"][0] == "hand" and 0 < bans[f"{ATTACKER4}/32"][1] <= 60 - int(read_at - banned_at)
     assert bans[ESCALATED][0] == "escalation" and 0 < bans[ESCALATED][1] <= 40 - int(read_at - escalated_at)
     assert _replies(attacker, ATTACKER4) == 0
-    assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
+    assert victim.counters()[f"{BANS}: banned by hand v4"] >= 2
 
     # a flush while it runs: the repair (event-driven) brings the bans back with the rules; each look
     # here is a `nodeguard bans` process, slow on a loaded machine
@@ -79,7 +79,7 @@ def test_bans_come_back_after_a_stop_and_a_flush_with_their_time_left_and_the_ex
     state = json.loads((tmp_path / "watch.json").read_text())
     assert state["last_kind"] == "table_missing" and state["last_repair_ms"] < 1000  # bans restored within it
     assert _replies(attacker, ATTACKER4) == 0 and _replies(attacker, TRUSTED4) == 2
-    assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
+    assert victim.counters()[f"{BANS}: banned by hand v4"] >= 2
     assert run.stop() == 0, run.log[-4000:]
 
 
@@ -114,7 +114,7 @@ def test_our_table_made_dormant_is_woken_in_place_with_a_ban_and_a_meter_entry_n
         assert f"{ATTACKER4} " in banned and 'comment "flooder"' in banned, banned
         assert TRUSTED4 in victim.run(f"nft list set inet nodeguard {meter}").stdout
         assert _replies(attacker, ATTACKER4) == 0 and _replies(attacker, TRUSTED4) == 2
-        assert victim.counters()[f"{INGRESS}: banned by hand v4"] >= 2
+        assert victim.counters()[f"{BANS}: banned by hand v4"] >= 2
         assert victim.in_sync(policy)
     finally:
         assert run.stop() == 0, run.log[-4000:]
