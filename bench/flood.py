@@ -209,7 +209,7 @@ class Bench:
         st = json.loads(nodeguard(self.node, "status", "--json", "-c", str(self.policies[d]), timeout=120).stdout)
         self.status_seconds.append(time.monotonic() - started)
         # status's drops per rule group, from the condemning rules' counters: the per-source and global
-        # limits, bogus flags, connection limits, and "banned" (escalation's ingress drops); "/monitor"
+        # limits, bogus flags, connection limits, and "banned" (the ban check's drops of banned sources); "/monitor"
         # groups only would have dropped
         return sum(n["packets"] for group, n in (st.get("drops") or {}).items() if not group.endswith("/monitor"))
 
