@@ -40,7 +40,8 @@ DESCRIPTIONS = {
     "backend": "which kernel interface holds the rules",
     "interfaces": "protected uplinks (each a rule in every iptables base chain: the bound is many times a node's "
                   "uplinks, bonds and VLANs included); `auto`: the interfaces of the IPv4 and IPv6 default "
-                  "routes. `lo` is never allowed",
+                  "routes. A packet counts under the device that receives it: a VLAN, a bond or a macvlan device "
+                  "stacked on a listed one is not covered unless listed. `lo` is never allowed",
     "allow": "sources never limited",
     "allow.cidrs": "v4 and v6; nested CIDRs are merged. Put node, pod and service CIDRs and monitoring here",
     "failsafe[]": "source prefixes and destination ports never limited, banned or counted (SSH from the management "
