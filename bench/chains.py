@@ -12,6 +12,9 @@ The lab and floods of bench/flood.py (its SCENARIOS; hping3 at its top rate), no
   dropnew          the whole table plus one rule after conntrack: TCP without SYN or RST that conntrack
                    picked up mid-stream (``ct state new``) is dropped (the floor of what tcp_pickup can save)
   no-pickup        the whole table with ``tcp_pickup.enabled: false``
+  ipt-nft          the default policy on the iptables backend, nft flavour
+  ipt-nft-nocount  the same without the sampler's per-source count sets (``sampler.count_sources: 0``)
+  nocount          the whole table without them
   banned           the whole table with the attacker's own address banned (``nodeguard ban``): the cost of a
                    banned source's flood, dropped by the ban check at the head of filter-prerouting
   banned-ingress   the whole table plus a hand-written inet ingress chain that drops the attacker's address
@@ -50,7 +53,7 @@ from guard.lab.netns import Netns, remove_stale  # noqa: E402
 
 PREFIX, METER, SCRATCH = "ngc", "ngc_meter", "ngc_scratch"
 FIXED = ("none", "full", "ingress-bare", "ack-first", "dropnew", "no-pickup", "banned",
-         "banned-ingress")
+         "banned-ingress", "ipt-nft", "ipt-nft-nocount", "nocount")
 WITHOUT = "without-"  # + a base chain
 PICKUP_SIZE = "pickup-size-"  # + tcp_pickup.size
 BARE_INGRESS = (f"add set inet {SCRATCH} m {{ type ipv4_addr; size 65536; }}; "
@@ -83,6 +86,10 @@ class Variants:
             pol["tcp_pickup"]["enabled"] = False
         elif v.startswith(PICKUP_SIZE):
             pol["tcp_pickup"]["size"] = int(v.removeprefix(PICKUP_SIZE))
+        if v.startswith("ipt-nft"):
+            pol.update(backend="iptables", iptables={"flavour": "nft"})
+        if v.endswith("nocount"):
+            pol["sampler"] = {**pol["sampler"], "count_sources": 0}
         path = self.tmp / "policy.yaml"
         path.write_text(yaml.safe_dump(pol, sort_keys=False))
         return path
@@ -103,10 +110,10 @@ class Variants:
         if v == "ack-first":  # index 1: after the interface check
             self.node.run(["nft", "insert rule inet nodeguard filter-conntrack index 1 "
                                   "tcp flags & (syn|rst) == 0 ct state new,invalid return"])
-        base = [o["chain"]["name"] for o in json.loads(self.node.run(
-            ["nft", "-j", "list", "table", "inet", "nodeguard"]).stdout)["nftables"]
-            if "chain" in o and "hook" in o["chain"]]
         if v.startswith(WITHOUT):
+            base = [o["chain"]["name"] for o in json.loads(self.node.run(
+                ["nft", "-j", "list", "table", "inet", "nodeguard"]).stdout)["nftables"]
+                if "chain" in o and "hook" in o["chain"]]
             chain = v.removeprefix(WITHOUT)
             gone = [c for c in base if c == chain]
             if not gone:
