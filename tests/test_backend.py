@@ -64,3 +64,23 @@ def test_an_ipset_transaction_names_the_sets_it_creates_not_those_it_swaps_in():
     assert creates == ("NODEGUARD-NEW-V4",)
     assert any(ln.startswith("swap ") and ln.endswith(" NODEGUARD-ALLOW-V4") for ln in prepare.splitlines())
     assert ipset_scripts([changed, kept], live, {changed.name: ["10.0.0.0/8"]})[2] == ()
+
+
+def test_a_live_ipset_is_kept_only_within_the_buckets_the_packet_path_needs():
+    """Fewer buckets than rendered: the packet path cannot fill the set; four times as many or more (the
+    earlier quarter-of-size rule): a full timed set collects garbage on every refused add. Both are
+    swapped for a new set; a set that a restore grew (twice the buckets) is kept."""
+    from guard.backend.ipset import LiveIpset
+    from guard.model.ruleset import AddrSet
+    from guard.render.ipt import Ipset, packet_hashsize
+
+    meter = AddrSet("trusted-v4", 4, "trusted", size=65536, timeout_s=60)
+    want = Ipset("NODEGUARD-SYN-SRC-V4", "hash:ip", "inet", 65536, 63, hashsize=packet_hashsize(meter))
+    assert want.hashsize == 4096
+
+    def live(hashsize: int) -> LiveIpset:
+        return LiveIpset(want.name, "hash:ip", {"family": "inet", "maxelem": "65536", "timeout": "63",
+                                                "hashsize": str(hashsize)}, 0)
+
+    assert [live(n).matches(want) for n in (1024, 2048, 4096, 8192, 16384, 65536)] == \
+        [False, False, True, True, False, False]

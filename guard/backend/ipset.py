@@ -31,7 +31,14 @@ class LiveIpset:
                 and h.get("timeout") == (str(want.timeout) if want.timeout is not None else None)
                 and h.get("netmask") == (str(want.netmask) if want.netmask is not None else None)
                 and ("counters" in h) == want.counters
-                and int(h.get("hashsize", "0")) >= (want.hashsize or 0))  # smaller: the packet path cannot fill it
+                and _buckets_fit(int(h.get("hashsize", "0")), want.hashsize))
+
+
+def _buckets_fit(live: int, want: int | None) -> bool:
+    """Fewer buckets than wanted: the packet path cannot fill the set. Four times as many or more (the
+    earlier quarter-of-size rule): a full timed set would collect garbage on every add it refuses
+    (render.ipt.packet_hashsize). In between: a set that userspace adds (a restore) grew."""
+    return want is None or want <= live < 4 * want
 
 
 _IPSET_FLAGS = {"counters", "comment", "skbinfo", "forceadd"}  # header words that take no value

@@ -171,18 +171,24 @@ IPSETS: dict[str, Callable[[AddrSet, str, str], Ipset | None]] = {
     # no timeout: a re-add (the only refresh) would zero the counters; the sampler removes sources that
     # went quiet instead (a sampler that is down only stops counting)
     "counts": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, None, _by_prefix(s), counters=True,
-                                         hashsize=packet_hashsize(s)),
+                                         hashsize=packet_hashsize(s, timed=False)),
     "conns": lambda s, name, fam: None,  # a connlimit match
     "crowdsec": lambda s, name, fam: None,  # nft backend only (policy/schema.py refuses it with iptables)
 }
 
 
-def packet_hashsize(s: AddrSet) -> int | None:
-    """For a set the packet path fills (``-j SET``): such an add never grows a hash ipset, and a full
-    bucket (12 entries) refuses it, so ipset's default 1024 buckets take 12,288 entries whatever
-    ``maxelem`` says (measured under a spoofed flood: 12,288 of 65,536, a meter or ban set failing open
-    at a fifth of its size). A quarter of ``size``, as a power of two: a bucket holds 4 on average
-    when the set is full; None (ipset's default) while that is 1024 or fewer."""
+def packet_hashsize(s: AddrSet, timed: bool = True) -> int | None:
+    """Buckets for a set the packet path fills (``-j SET``). Such an add never grows a hash ipset and a
+    full bucket (12 entries) refuses it, so the buckets bound what the set takes (ipset's default 1024:
+    12,288 of a 65,536-source meter, which failed open at a fifth of its size). But a set with a timeout
+    that reaches ``maxelem`` garbage-collects a region (1,024 buckets) on every add it then refuses, and
+    a spoofed flood makes that every packet's cost (bench/chains.py --scenario syn-spoofed-host, iptables-nft,
+    µs per SYN: a quarter of ``size`` in buckets 24.8, a sixteenth 12.8, no protection 11.1). So a timed
+    set gets a sixteenth of ``size`` (a power of two, at least 64): its buckets fill at three quarters of
+    ``size`` on average, before ``maxelem``. An untimed one (the sampler's counts: no collection) a quarter,
+    None (ipset's default) while that is 1024 or fewer."""
+    if timed:
+        return max(64, 1 << max(0, (s.size // 16).bit_length() - 1))
     buckets = 1 << max(0, (s.size // 4).bit_length() - 1)
     return buckets if buckets > 1024 else None
 
