@@ -127,7 +127,8 @@ DESCRIPTIONS = {
     "meter": "every per-source meter (nft dynamic set, hashlimit table); a full meter fails open",
     "meter.size": "entries per meter, also of the trusted and escalation sets (every dynamic set's bound is 4 × "
                   "this default: the daemon snapshots bans and trusted sources, and a full set of 4,194,304 took "
-                  "3.67 GB)",
+                  "3.67 GB). On iptables a set the packets fill holds three quarters of it: its buckets fill "
+                  "first, which keeps a full set from collecting garbage on every packet of a spoofed flood",
     "meter.timeout_s": "idle timeout of an entry",
     "escalate": "ban sources that stay over a per-source limit in enforce mode "
                 "([design/escalation.md](design/escalation.md))",

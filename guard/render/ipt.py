@@ -177,9 +177,12 @@ IPSETS: dict[str, Callable[[AddrSet, str, str], Ipset | None]] = {
 }
 
 
+IPSET_BUCKET = 12  # entries a hash ipset's bucket takes from the packet path, which never grows a set
+
+
 def packet_hashsize(s: AddrSet, timed: bool = True) -> int | None:
     """Buckets for a set the packet path fills (``-j SET``). Such an add never grows a hash ipset and a
-    full bucket (12 entries) refuses it, so the buckets bound what the set takes (ipset's default 1024:
+    full bucket (``IPSET_BUCKET`` entries) refuses it, so the buckets bound what the set takes (ipset's default 1024:
     12,288 of a 65,536-source meter, which failed open at a fifth of its size). But a set with a timeout
     that reaches ``maxelem`` garbage-collects a region (1,024 buckets) on every add it then refuses, and
     a spoofed flood makes that every packet's cost (bench/chains.py --scenario syn-spoofed-host, iptables-nft,
