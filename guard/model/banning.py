@@ -68,9 +68,7 @@ def drops(b: Builder, banned: dict[int, str]) -> list[Rule]:
     rule looks its drop set up first: a source in none of them (every packet of a flood that is not
     banned) costs one lookup a set. The manual ban sets always exist, so that ``nodeguard ban`` works
     whatever escalates. In monitor mode (the policy's) the deny and manual rules count what they would
-    drop. Not at ingress: a chain there costs every packet of a protected device (a spoofed ACK flood,
-    paired against no protection: +1.38 µs with the ingress chains, +0.63 without, docs/design/hooks.md).
-    The price: a banned source's fragments are reassembled (or held, as without protection) first."""
+    drop. Why here and not at ingress: placement.py ("stateless")."""
     rules, mode = [], b.policy.mode
     for v in (4, 6):
         denied = b.policy.deny.prefixes(v)

@@ -213,7 +213,6 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
         for matches in _limit_selectors(lim.protocol, lim.ports, lim.except_ports):
             pre.append(Rule(matches, to_limit, f"{lim.protocol} to limit-{lim.name}"))
 
-
     conn_rules: list[Rule] = [_invalid_rst(b), *(pickup.pickup_rules(b) if policy.tcp_pickup.enabled else ()),
                               _tcp_not_opening(), *remember]
     for i, cl in enumerate(policy.connlimit):
@@ -235,7 +234,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
                                              *_closed_ports(b)), "closed", priorities.closed))
     banned, escalation = banning.escalation(b, {s.version: s.name for s in b.sets if s.kind == "trusted"})
     head = 1 + len(b.failsafe)  # the interface check and the failsafe pairs come before the ban check
-    pre[head:head] = banning.drops(b, banned)
+    pre[head:head] = banning.drops(b, banned)  # last: escalation's ban sets exist only after the walk
     b.chains.insert(0, Chain(STATELESS_CHAIN, tuple(pre), "stateless", priorities.stateless))
     return RuleSet((*b.chains, *escalation, *b.sample_chains.values()), tuple(b.sets),
                    tuple(b.limits.values()), tuple(interfaces), sample_groups=b.groups)
