@@ -13,6 +13,7 @@ from .model.banning import BANNED
 from .model.build import STATELESS_CHAIN, SYN_GROUP
 from .model.matches import DstPorts, OverLimit, SourceInSet
 from .model.ruleset import RuleSet
+from .probe import HOOKS
 
 
 def collect(nft: Nft, plan: Plan, watcher_state: dict | None = None) -> dict[str, Any]:
@@ -162,7 +163,7 @@ def format_text(st: dict[str, Any]) -> str:
                      f"packets of banned sources dropped since the rules were installed; a source over a per-source "
                      f"limit for {esc['after_s']} s (no pause of {esc['gap_s']} s) is banned for {esc['ban_s']} s")
     if "hooks" in st:
-        for hook in ("prerouting", "input"):
+        for hook in HOOKS:
             hooks = [(h["priority"], f"inet nodeguard {h['chain']}", "nodeguard") for h in st["hooks"]
                      if h["hook"] == hook]
             if not hooks:
