@@ -62,7 +62,8 @@ BARE_INGRESS = (f"add set inet {SCRATCH} m {{ type ipv4_addr; size 65536; }}; "
                 f"add chain inet {SCRATCH} i {{ type filter hook ingress device {UPLINK} priority -500; }}; "
                 f"add rule inet {SCRATCH} i ip saddr @m ip saddr != @a counter drop; "
                 f"add rule inet {SCRATCH} i ip saddr @b ip saddr != @a counter drop")
-BANNED_INGRESS = (f"add set inet {SCRATCH} b {{ type ipv4_addr; size 65536; flags timeout; elements = {{ {ATTACKER} }}; }}; "
+BANNED_INGRESS = (f"add set inet {SCRATCH} b {{ type ipv4_addr; size 65536; flags timeout; "
+                  f"elements = {{ {ATTACKER} }}; }}; "
                   f"add chain inet {SCRATCH} i {{ type filter hook ingress device {UPLINK} priority -500; }}; "
                   f"add rule inet {SCRATCH} i ip saddr @b counter drop")
 DROP_NEW = (f"add chain inet {SCRATCH} p {{ type filter hook prerouting priority -185; }}; "
