@@ -102,7 +102,8 @@ DESCRIPTIONS = {
     "tcp_pickup.enabled": "`false`: no such limit",
     "tcp_pickup.mode": "`null`: the policy's `mode`",
     "tcp_pickup.rate": "such segments from all sources together; over it, one is dropped unless its source "
-                       "address and port were dropped within `second_chance_s` (a retransmission)",
+                       "completed a handshake within `syn.trusted_after_handshake_s` (a flushed connection's "
+                       "client) or its address and port were dropped within `second_chance_s` (a retransmission)",
     "tcp_pickup.burst": "burst of `tcp_pickup.rate`, if not written in it",
     "tcp_pickup.second_chance_s": "how long a dropped segment's source address and port are remembered",
     "tcp_pickup.size": "source address and port pairs remembered per IP family; a full set drops nothing more "

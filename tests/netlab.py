@@ -102,6 +102,11 @@ class Netns(core.Netns):
         """Has ``addr`` a place in the trusted set (a completed handshake), as the kernel holds it?"""
         return self.has_element(backend, self.meters(policy)["trusted-v4"]["kernel_name"], addr)
 
+    def forget_trusted(self, backend: str, policy: str, version: int = 4) -> None:
+        """Empty the trusted set of ``version``: every source is as one that never completed a handshake."""
+        name = self.meters(policy)[f"trusted-v{version}"]["kernel_name"]
+        self.run(["nft", "flush", "set", "inet", "nodeguard", name] if backend == "nft" else ["ipset", "flush", name])
+
     # --- nodeguard's rules, found by their comment --------------------------------------
     def counters(self, backend: str = "nft") -> dict[str, int]:
         """"<model chain>: <label>" → packets, for every nodeguard rule of ``backend``.

@@ -213,8 +213,11 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
         for matches in _limit_selectors(lim.protocol, lim.ports, lim.except_ports):
             pre.append(Rule(matches, to_limit, f"{lim.protocol} to limit-{lim.name}"))
 
-    conn_rules: list[Rule] = [_invalid_rst(b), *(pickup.pickup_rules(b) if policy.tcp_pickup.enabled else ()),
-                              _tcp_not_opening(), *remember]
+    trusted_sets = {s.version: s.name for s in b.sets if s.kind == "trusted"}
+    conn_rules: list[Rule] = [_invalid_rst(b)]
+    if policy.tcp_pickup.enabled:
+        conn_rules += pickup.pickup_rules(b, trusted_sets)
+    conn_rules += [_tcp_not_opening(), *remember]
     for i, cl in enumerate(policy.connlimit):
         name = policy.connlimit_name(i)
         for version in (4, 6):
@@ -232,7 +235,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     if policy.closed_ports.enabled:
         b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(b, interfaces, (_closed_ports_skip_tcp(),)),
                                              *_closed_ports(b)), "closed", priorities.closed))
-    banned, escalation = banning.escalation(b, {s.version: s.name for s in b.sets if s.kind == "trusted"})
+    banned, escalation = banning.escalation(b, trusted_sets)
     head = 1 + len(b.failsafe)  # the interface check and the failsafe pairs come before the ban check
     pre[head:head] = banning.drops(b, banned)  # last: escalation's ban sets exist only after the walk
     b.chains.insert(0, Chain(STATELESS_CHAIN, tuple(pre), "stateless", priorities.stateless))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .matches import CtStateNew, Family, OverLimit, RememberSourcePort, SocketOpen, SourcePortInSet, TcpFlags
+from .matches import (CtStateNew, Family, OverLimit, RememberSourcePort, SocketOpen, SourceInSet, SourcePortInSet,
+                      TcpFlags)
 from .ruleset import AddrSet, Chain, Rule
 from .verdicts import RETURN, Goto
 
@@ -19,7 +20,7 @@ GROUP = "tcp-pickup"  # the rule group and its chain
 MID_STREAM = TcpFlags(("fin", "syn", "rst"), ())
 
 
-def pickup_rules(b: Builder) -> list[Rule]:
+def pickup_rules(b: Builder, trusted: dict[int, str]) -> list[Rule]:
     """The rules of ``filter-conntrack``: a segment picked up mid-stream that a local socket would take
     leaves (a host port's syncookie ACK: its SYN was not tracked); below ``tcp_pickup.rate`` (all sources
     together) the rest goes on as without protection; over it, to the second chance.
@@ -28,10 +29,18 @@ def pickup_rules(b: Builder) -> list[Rule]:
     ``nf_conntrack_tcp_loose=0``, under which conntrack picks nothing up mid-stream (``invalid``)."""
     pickup = b.policy.tcp_pickup
     over = b.add_limit(GROUP, pickup.global_rate(), over=True)
-    b.chains.append(Chain(GROUP, tuple(_second_chance(b))))
+    b.chains.append(Chain(GROUP, (*_trusted(trusted), *_second_chance(b))))
     return [Rule((MID_STREAM, CtStateNew(), SocketOpen()), RETURN, "tcp picked up mid-stream, to a socket",
                  counter=False),
             Rule((MID_STREAM, CtStateNew(), OverLimit(over)), Goto(GROUP), "tcp picked up mid-stream, over the rate")]
+
+
+def _trusted(trusted: dict[int, str]) -> list[Rule]:
+    """A source that completed a handshake within ``syn.trusted_after_handshake_s`` passes: a connection
+    whose conntrack entry was flushed is such a source's (its packets keep it in the set while the
+    connection speaks), and its first segment after the flush may be a pure ACK, which is never
+    retransmitted. A spoofed flood's sources complete no handshake."""
+    return [Rule((SourceInSet(name, v),), RETURN, f"trusted v{v}") for v, name in trusted.items()]
 
 
 def _second_chance(b: Builder) -> list[Rule]:

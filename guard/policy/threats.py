@@ -114,16 +114,15 @@ class TcpPickup(Section):
     local socket would take (a NodePort, a Service address: kube-proxy would DNAT it to a pod that answers
     RST): a spoofed ACK flood, or a real connection whose conntrack entry was flushed or expired. Up to
     ``rate`` of them pass (all sources together: a ``conntrack -F`` on a quiet node changes nothing);
-    over it, a segment passes only when its source address and port were dropped within
-    ``second_chance_s`` (a real peer retransmits, a spoofed source never repeats), else it is remembered
-    and dropped before conntrack keeps an entry. A full set (``size``) remembers nothing more and drops
-    nothing more (fails open). A socket on the destination (a host port, whose syncookie ACK is spared)
-    or SYNPROXY's third ACK (``ct state invalid`` with ``forwarded``) never come here. Off by default:
-    a pure ACK is never retransmitted, so one dropped after a ``conntrack -F`` on a busy node can leave
-    the pod's next segment to be picked up from the pod's side, without the Service's reverse NAT, and
-    the connection never resumes where no protection resumes it. See docs/design/hooks.md."""
+    over it, a segment passes when its source completed a handshake within
+    ``syn.trusted_after_handshake_s`` (a flushed connection's client; a spoofed source completes none)
+    or when its source address and port were dropped within ``second_chance_s`` (a real peer
+    retransmits, a spoofed source never repeats); else it is remembered and dropped before conntrack
+    keeps an entry. A full set (``size``) remembers nothing more and drops nothing more (fails open). A
+    socket on the destination (a host port, whose syncookie ACK is spared) or SYNPROXY's third ACK
+    (``ct state invalid`` with ``forwarded``) never come here. See docs/design/hooks.md."""
 
-    enabled: bool = False
+    enabled: bool = True
     mode: Mode | None = None
     rate: RateField = parse_rate("1000/second burst 2000")
     burst: Burst | None = None

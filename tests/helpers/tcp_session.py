@@ -18,10 +18,12 @@ s.sendall(b"hello 0")
 assert s.recv(1024) == b"hello 0"
 print("connected", flush=True)
 for i, _ in enumerate(sys.stdin, 1):
-    msg, start = f"hello {i}".encode(), time.monotonic()
+    msg, start, error = f"hello {i}".encode(), time.monotonic(), None
     try:
         s.sendall(msg)
-        ok = s.recv(1024) == msg
-    except OSError:
-        ok = False
-    print(json.dumps({"ok": ok, "seconds": round(time.monotonic() - start, 3)}), flush=True)
+        got = s.recv(1024)
+        ok, error = got == msg, None if got == msg else repr(got)
+    except OSError as e:
+        ok, error = False, repr(e)
+    print(json.dumps({"ok": ok, "seconds": round(time.monotonic() - start, 3), **({"error": error} if error else {})}),
+          flush=True)
