@@ -146,3 +146,51 @@ def test_cookie_acks_to_a_host_port_are_spared_during_a_spoofed_ack_flood(lab, w
     # met it would have been dropped, not let through by a full set
     assert probe["picked up"] >= 40, probe  # the handshakes ended in cookie ACKs conntrack picked up
     assert probe["passed"] == arrived, (probe, arrived)  # not one of the client's segments was dropped
+
+
+TRUST_S = 6  # syn.trusted_after_handshake_s of the refresh test
+REFRESH_POLICY = f"syn:\n  trusted_after_handshake_s: {TRUST_S}\n"
+
+
+def _trust_left(victim, backend: str, policy: str, addr: str) -> int:
+    """Whole seconds left before ``addr``'s trusted entry lapses, as the kernel reports them (0: none)."""
+    name = victim.meters(policy)["trusted-v4"]["kernel_name"]
+    if backend == "nft":
+        set_ = next(o["set"] for o in victim.nft_json(f"set inet nodeguard {name}") if "set" in o)
+        return next((e["elem"].get("expires", 0) for e in set_.get("elem", [])
+                     if isinstance(e, dict) and e["elem"]["val"] == addr), 0)
+    for line in victim.run(["ipset", "list", name]).stdout.splitlines():
+        if line.split()[:1] == [addr]:
+            return int(line.split()[2])
+    return 0
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables-legacy"])
+def test_a_source_stays_trusted_for_the_timeout_after_its_last_packets(lab, write_policy, backend):
+    """A connection that speaks for 1.5 times the trusted timeout, then goes quiet: its source's entry must
+    have about the whole timeout left (one in 16 of its packets restarts it). Were the entry only added
+    when missing, it would lapse one timeout after the first add, be added again by the next packet, and
+    have half the timeout left: a flushed connection of a source that went quiet would lose its trust
+    (and tcp_pickup's pass at first sight) that much earlier."""
+    victim, attacker = lab
+    policy = write_policy(netlab.backend_policy(backend, REFRESH_POLICY))
+    with netlab.tcp_server(victim, "0.0.0.0", HOST_PORT, echo=True):
+        victim.nodeguard("apply", "-c", policy)
+        proc = attacker.popen([sys.executable, str(netlab.HELPERS / "tcp_session.py"), LEGIT4, VICTIM4,
+                               str(HOST_PORT), "2"], stdin=subprocess.PIPE)
+        try:
+            assert proc.stdout.readline().strip() == "connected", proc.stderr.read()
+            end, sent = time.monotonic() + 1.5 * TRUST_S, 0
+            while time.monotonic() < end:
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                assert json.loads(proc.stdout.readline())["ok"]
+                sent += 1
+                time.sleep(0.01)
+            left = _trust_left(victim, backend, policy, LEGIT4)
+        finally:
+            proc.kill()
+            proc.wait()
+    print(f"\n{backend}: {sent} messages over {1.5 * TRUST_S} s, then {left} s of trust left of {TRUST_S}")
+    assert sent > 100, sent
+    assert left >= TRUST_S - 2, left  # the add-when-missing rule alone leaves about TRUST_S / 2

@@ -30,7 +30,7 @@ from ..policy.schema import Policy
 from . import banning, pickup
 from .matches import (Assured, CountSource, CtState, CtStateNew, DstPorts, Family, IcmpTypes, InterfaceNotIn, Log,
                       Match, OneIn, OverLimit, Proto, RememberSource, SocketOpen, SourceConnsOver, SourceInSet,
-                      SourceNotInSet, SourceRateOver, TcpFlags, UnderLimit, ValveEngaged)
+                      SourceNotInSet, SourceRateOver, TcpFlags, UnderLimit, UpdateSource, ValveEngaged)
 from .plans import Priorities, Sampling, SynproxyPlan
 from .ruleset import AddrSet, Chain, Mode, NamedLimit, Rule, RuleSet
 from .synproxy import SYN_ONLY, synproxy_notrack, synproxy_rules
@@ -50,6 +50,10 @@ SAMPLE_ALL = "sample-all"
 CLOSED_PORT = "closed-port"  # the rule group of closed_ports
 SYN_GROUP = "syn-flood"  # the rule group (and chain) of new TCP connections
 INVALID_RST = "invalid-rst"  # the rule group of RSTs conntrack calls invalid
+# one in this many packets of a source's assured connections restarts its trusted entry's timeout, so a
+# source whose connections went quiet stays trusted that long after its last packets, not after its
+# first (tcp_pickup lets a flushed connection of a trusted source resume at first sight)
+TRUSTED_REFRESH_ONE_IN = 16
 
 
 def sample_groups(policy: Policy) -> tuple[str, ...]:
@@ -199,6 +203,9 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             trusted.append(Rule((SourceInSet(s.name, version),), RETURN, f"trusted v{version} skips backstop"))
             remember.append(Rule((Family(version), Proto("tcp"), Assured(), SourceNotInSet(s.name, version),
                                   RememberSource(s.name, version)), CONTINUE, f"remember handshake v{version}"))
+            remember.append(Rule((Family(version), Proto("tcp"), Assured(), OneIn(TRUSTED_REFRESH_ONE_IN),
+                                  UpdateSource(s.name, version)), CONTINUE, f"refresh handshake v{version}",
+                                 counter=False))
     proxied = synproxy if synproxy and policy.mode_of(syn) == "enforce" else None  # monitor never diverts
     proxy, engaged = synproxy_notrack(b, proxied) if proxied else ([], {})
     if proxied:

@@ -71,8 +71,9 @@ class Syn(Section):
     often than without protection (docs/design/syn-valve.md). ``always``: at all times; ``off``: never.
 
     ``trusted_after_handshake_s``: a source that completed a TCP handshake (conntrack
-    "assured", which a blind spoofer cannot reach) is exempt from the global ``rate``
-    for this long, so returning clients keep connecting during a spoofed flood. 0 = off.
+    "assured", which a blind spoofer cannot reach) is exempt from the global ``rate``, and
+    from ``tcp_pickup``, for this long after its connections' last packets, so returning
+    clients keep connecting during a spoofed flood. 0 = off.
     """
 
     mode: Mode | None = None
