@@ -206,7 +206,7 @@ def entry(raw) -> Entry | None:
         return None  # a prefix may start at 0.0.0.0 (the bogon 0.0.0.0/8); a source is never that address
     if kind == "manual" and prefixes.too_broad([(int(addr), net.prefixlen)], version):
         return None  # ``nodeguard ban`` refuses it: a snapshot never restores it either
-    if kind == "banned" and version == 6:  # keyed by its /64, as the kernel keys it
+    if kind in ("banned", "trusted") and version == 6:  # keyed by its /64, as the kernel keys it
         addr = ipaddress.ip_network(f"{addr}/{V6_SOURCE_PREFIX}", strict=False).network_address
     key = str(net) if kind == "manual" else str(addr)
     return Entry(kind, version, key, expires, why if kind == "manual" else "")

@@ -89,7 +89,7 @@ def test_an_entry_that_is_not_an_address_of_its_sets_family_is_skipped(raw):
 
 def test_entries_are_keyed_as_the_kernel_keys_them():
     assert persist.entry({"set": "banned", "v": 6, "key": "fd00:1::5", "expires": NOW}).key == "fd00:1::"
-    assert persist.entry({"set": "trusted", "v": 6, "key": "fd00:1::5", "expires": NOW}).key == "fd00:1::5"
+    assert persist.entry({"set": "trusted", "v": 6, "key": "fd00:1::5", "expires": NOW}).key == "fd00:1::"
     assert persist.entry({"set": "manual", "v": 4, "key": "10.0.0.1", "expires": None}).key == "10.0.0.1/32"
 
 

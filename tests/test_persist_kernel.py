@@ -139,7 +139,7 @@ def _fill(victim, tmp_path, sets) -> dict[tuple[str, int], list[str]]:
     keys, lines = {}, []
     for (kind, version), (name, size) in sets.items():
         first = int(ipaddress.ip_address(FULL[(kind, version)]))
-        step = 1 << 64 if (kind, version) == ("banned", 6) else 1  # a banned IPv6 source is its /64
+        step = 1 << 64 if version == 6 else 1  # an IPv6 source is its /64 in both
         keys[(kind, version)] = [str(ipaddress.ip_address(first + i * step)) for i in range(size)]
         ks = keys[(kind, version)]
         lines += [f"add element inet nodeguard {name} {{ {', '.join(f'{k} timeout 1h' for k in ks[i:i + 8192])} }}"

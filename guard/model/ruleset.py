@@ -108,8 +108,10 @@ class AddrSet:
 
     @property
     def keyed_by_prefix(self) -> bool:
-        """An IPv6 source is its /64 in this set (allowlists hold prefixes; trusted sets addresses)."""
-        return self.kind in ("meter", "conns", "counts", "escalation")
+        """An IPv6 source is its /64 in this set (allowlists hold prefixes; pickup sets pair an address with
+        a port). Trusted sets too: keyed by address, one /64 could fill them with handshakes from its own
+        addresses and leave every other IPv6 client untrusted."""
+        return self.kind in ("meter", "conns", "counts", "escalation", "trusted")
 
     @property
     def prefix_len(self) -> int:

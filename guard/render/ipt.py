@@ -156,7 +156,8 @@ def _static_net(s: AddrSet, name: str, fam: str, members: tuple[str, ...]) -> Ip
 IPSETS: dict[str, Callable[[AddrSet, str, str], Ipset | None]] = {
     "allow": lambda s, name, fam: _static_net(s, name, fam, tuple(str(n) for n in s.elements)),
     "deny": lambda s, name, fam: _static_net(s, name, fam, tuple(prefixes.text(s.version, p) for p in s.elements)),
-    "trusted": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, s.timeout_s, hashsize=packet_hashsize(s)),
+    "trusted": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, s.timeout_s, _by_prefix(s),
+                                          hashsize=packet_hashsize(s)),
     "escalation": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, s.timeout_s, _by_prefix(s),
                                              hashsize=packet_hashsize(s)),
     "meter": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, admission_timeout_s(s), _by_prefix(s),

@@ -243,7 +243,7 @@ def _(x: Assured, sets: dict) -> list[dict]:
 
 @_match.register
 def _(x: RememberSource, sets: dict) -> dict:
-    return {"set": {"op": "add", "elem": _saddr(x.version), "set": f"@{x.set}"}}
+    return {"set": {"op": "add", "elem": _key_for(sets[x.set], x.version), "set": f"@{x.set}"}}
 
 
 def _source_port(version: int) -> dict:
