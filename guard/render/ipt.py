@@ -145,7 +145,8 @@ def ipsets(rs: RuleSet) -> list[Ipset]:
 
 
 def _by_prefix(s: AddrSet) -> int | None:
-    return V6_SOURCE_PREFIX if s.version == 6 else None
+    """The ipset's netmask: the model's keying, as nft masks the key."""
+    return V6_SOURCE_PREFIX if s.version == 6 and s.keyed_by_prefix else None
 
 
 def _static_net(s: AddrSet, name: str, fam: str, members: tuple[str, ...]) -> Ipset:
