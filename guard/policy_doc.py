@@ -67,7 +67,7 @@ DESCRIPTIONS = {
     "syn.per_source": "SYNs per source (IPv6: per /64): the main defence",
     "syn.per_source_burst": "burst of `syn.per_source`, if not written in it",
     "syn.trusted_after_handshake_s": "a source whose TCP handshake completed skips `syn.rate` and `tcp_pickup` this long after its "
-                                   "connections' last packets (one in 16 restarts it); `0`: off",
+                                   "connections' last packets (one in 16 restarts it; IPv6: its /64); `0`: off",
     "syn.valve": "when `syn.rate` drops SYNs: `auto`, only while conntrack fails new connections (engaged by the "
                  "daemon; never without it); `always`; `off` ([design/syn-valve.md](design/syn-valve.md))",
     "syn.valve_hold_s": "how long the `auto` valve stays engaged after the last conntrack failure or SYN over "
