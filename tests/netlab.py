@@ -102,6 +102,16 @@ class Netns(core.Netns):
         """Has ``addr`` a place in the trusted set (a completed handshake), as the kernel holds it?"""
         return self.has_element(backend, self.meters(policy)["trusted-v4"]["kernel_name"], addr)
 
+    def seconds_left(self, backend: str, kernel_name: str, version: int) -> dict[str, int | None]:
+        """member -> whole seconds its timeout has left, read with the readers the snapshot uses (nft: the
+        raw netlink dump of set_times; iptables: Ipset.timeouts)."""
+        code = ("from guard.backend.ipset import Ipset; print(json.dumps({m.split('/')[0]: s for m, s in "
+                f"Ipset.timeouts({kernel_name!r}).items()}}))") if backend != "nft" else (
+                "from guard.backend.nfnetlink import set_times; print(json.dumps({socket.inet_ntop("
+                f"socket.AF_INET{'6' if version == 6 else ''}, k): None if ms is None else ms // 1000 "
+                f"for k, ms in set_times({kernel_name!r})}}))")
+        return json.loads(self.run([sys.executable, "-c", f"import json, socket; {code}"], cwd=ROOT).stdout)
+
     def forget_trusted(self, backend: str, policy: str, version: int = 4) -> None:
         """Empty the trusted set of ``version``: every source is as one that never completed a handshake."""
         name = self.meters(policy)[f"trusted-v{version}"]["kernel_name"]

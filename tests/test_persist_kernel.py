@@ -155,13 +155,6 @@ def _sizes(victim, names: list[str]) -> dict[str, int]:
     return json.loads(victim.run([sys.executable, "-c", code], cwd=ROOT).stdout)
 
 
-def _left(victim, name: str) -> dict[str, int]:
-    """address -> seconds left of every element of an IPv6 set, as the kernel dumps them."""
-    code = ("import json, socket; from guard.backend.nfnetlink import set_times; print(json.dumps("
-            f"{{socket.inet_ntop(socket.AF_INET6, k): ms // 1000 for k, ms in set_times({name!r})}}))")
-    return json.loads(victim.run([sys.executable, "-c", code], cwd=ROOT).stdout)
-
-
 def test_full_banned_and_trusted_sets_are_snapshotted_and_come_back_after_every_flush(lab, tmp_path):
     """Issue 20: with all four sets full the daemon still writes a snapshot that holds them all, repairs
     a flush with every element added back (with no more time than it had), and does it again at the
@@ -196,7 +189,7 @@ def test_full_banned_and_trusted_sets_are_snapshotted_and_come_back_after_every_
         assert {k: n[1] for k, n in names.items()} == {k: FULL_SIZE for k in keys}
         kernel = [n for n, _s in names.values()]
         assert _sizes(victim, kernel) == dict.fromkeys(kernel, FULL_SIZE), run.log[-2000:]
-        left = _left(victim, names[("trusted", 6)][0])  # restored with no more time than it had
+        left = victim.seconds_left("nft", names[("trusted", 6)][0], 6)  # restored with no more time than it had
         assert set(left) == set(keys[("trusted", 6)]) and 0 < min(left.values()) <= max(left.values()) <= 3600
     assert run.stop() == 0, run.log[-4000:]
     assert "Traceback" not in run.log and "cannot snapshot" not in run.log, run.log[-4000:]

@@ -152,19 +152,6 @@ TRUST_S = 6  # syn.trusted_after_handshake_s of the refresh test
 REFRESH_POLICY = f"syn:\n  trusted_after_handshake_s: {TRUST_S}\n"
 
 
-def _trust_left(victim, backend: str, policy: str, addr: str) -> int:
-    """Whole seconds left before ``addr``'s trusted entry lapses, as the kernel reports them (0: none)."""
-    name = victim.meters(policy)["trusted-v4"]["kernel_name"]
-    if backend == "nft":
-        set_ = next(o["set"] for o in victim.nft_json(f"set inet nodeguard {name}") if "set" in o)
-        return next((e["elem"].get("expires", 0) for e in set_.get("elem", [])
-                     if isinstance(e, dict) and e["elem"]["val"] == addr), 0)
-    for line in victim.run(["ipset", "list", name]).stdout.splitlines():
-        if line.split()[:1] == [addr]:
-            return int(line.split()[2])
-    return 0
-
-
 @pytest.mark.parametrize("backend", ["nft", "iptables-legacy"])
 def test_a_source_stays_trusted_for_the_timeout_after_its_last_packets(lab, write_policy, backend):
     """A connection that speaks for 1.5 times the trusted timeout, then goes quiet: its source's entry must
@@ -187,7 +174,8 @@ def test_a_source_stays_trusted_for_the_timeout_after_its_last_packets(lab, writ
                 assert json.loads(proc.stdout.readline())["ok"]
                 sent += 1
                 time.sleep(0.01)
-            left = _trust_left(victim, backend, policy, LEGIT4)
+            trusted = victim.meters(policy)["trusted-v4"]["kernel_name"]
+            left = victim.seconds_left(backend, trusted, 4).get(LEGIT4) or 0
         finally:
             proc.kill()
             proc.wait()
