@@ -45,7 +45,7 @@ KINDS = ("banned", "trusted", "manual")  # what an entry's "set" names
 class Entry:
     set: str  # one of KINDS
     v: int  # IP version
-    key: str  # an address (banned IPv6: its /64's network address); manual: a prefix
+    key: str  # an address (IPv6: its /64's network address); manual: a prefix
     expires: float | None  # wall-clock time (time.time()); None: until unbanned (manual only)
     reason: str = ""
 
@@ -206,7 +206,7 @@ def entry(raw) -> Entry | None:
         return None  # a prefix may start at 0.0.0.0 (the bogon 0.0.0.0/8); a source is never that address
     if kind == "manual" and prefixes.too_broad([(int(addr), net.prefixlen)], version):
         return None  # ``nodeguard ban`` refuses it: a snapshot never restores it either
-    if kind in ("banned", "trusted") and version == 6:  # keyed by its /64, as the kernel keys it
+    if kind != "manual" and version == 6:  # a source set keys its /64, as the kernel does (keyed_by_prefix)
         addr = ipaddress.ip_network(f"{addr}/{V6_SOURCE_PREFIX}", strict=False).network_address
     key = str(net) if kind == "manual" else str(addr)
     return Entry(kind, version, key, expires, why if kind == "manual" else "")
