@@ -196,10 +196,12 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     syn = policy.syn
     trusted: list[Rule] = []
     remember: list[Rule] = []
+    trusted_sets: dict[int, str] = {}  # version -> name: tcp_pickup and escalation spare these sources
     if syn.trusted_after_handshake_s:
         for version in (4, 6):
             s = b.add_set(AddrSet(f"trusted-v{version}", version, "trusted", size=policy.meter.size,
                                   timeout_s=syn.trusted_after_handshake_s))
+            trusted_sets[version] = s.name
             trusted.append(Rule((SourceInSet(s.name, version),), RETURN, f"trusted v{version} skips backstop"))
             remember.append(Rule((Family(version), Proto("tcp"), Assured(), SourceNotInSet(s.name, version),
                                   RememberSource(s.name, version)), CONTINUE, f"remember handshake v{version}"))
@@ -220,7 +222,6 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
         for matches in _limit_selectors(lim.protocol, lim.ports, lim.except_ports):
             pre.append(Rule(matches, to_limit, f"{lim.protocol} to limit-{lim.name}"))
 
-    trusted_sets = {s.version: s.name for s in b.sets if s.kind == "trusted"}
     conn_rules: list[Rule] = [_invalid_rst(b)]
     if policy.tcp_pickup.enabled:
         conn_rules += pickup.pickup_rules(b, trusted_sets)
