@@ -149,6 +149,11 @@ def _by_prefix(s: AddrSet) -> int | None:
     return V6_SOURCE_PREFIX if s.version == 6 and s.keyed_by_prefix else None
 
 
+def _timed_sources(s: AddrSet, name: str, fam: str) -> Ipset:
+    """Sources the packet path adds, each for the set's timeout (trusted, and escalation's sets)."""
+    return Ipset(name, "hash:ip", fam, s.size, s.timeout_s, _by_prefix(s), hashsize=packet_hashsize(s))
+
+
 def _static_net(s: AddrSet, name: str, fam: str, members: tuple[str, ...]) -> Ipset:
     return Ipset(name, "hash:net", fam, max(65536, 2 * len(s.elements)), members=members)
 
@@ -157,10 +162,8 @@ def _static_net(s: AddrSet, name: str, fam: str, members: tuple[str, ...]) -> Ip
 IPSETS: dict[str, Callable[[AddrSet, str, str], Ipset | None]] = {
     "allow": lambda s, name, fam: _static_net(s, name, fam, tuple(str(n) for n in s.elements)),
     "deny": lambda s, name, fam: _static_net(s, name, fam, tuple(prefixes.text(s.version, p) for p in s.elements)),
-    "trusted": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, s.timeout_s, _by_prefix(s),
-                                          hashsize=packet_hashsize(s)),
-    "escalation": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, s.timeout_s, _by_prefix(s),
-                                             hashsize=packet_hashsize(s)),
+    "trusted": _timed_sources,
+    "escalation": _timed_sources,
     "meter": lambda s, name, fam: Ipset(name, "hash:ip", fam, s.size, admission_timeout_s(s), _by_prefix(s),
                                         hashsize=packet_hashsize(s)),
     "ports": lambda s, name, fam: Ipset(name, "bitmap:port", fam, 65536, members=tuple(str(p) for p in s.elements)),
