@@ -13,6 +13,7 @@ The lab and floods of bench/flood.py (its SCENARIOS; hping3 at its top rate), no
                    picked up mid-stream (``ct state new``) is dropped (the floor of what tcp_pickup can save)
   no-pickup        the whole table with ``tcp_pickup.enabled: false``
   ipt-nft          the default policy on the iptables backend, nft flavour
+  ipt-legacy       the same, legacy flavour
   ipt-nft-nocount  the same without the sampler's per-source count sets (``sampler.count_sources: 0``)
   nocount          the whole table without them
   banned           the whole table with the attacker's own address banned (``nodeguard ban``): the cost of a
@@ -23,7 +24,8 @@ The lab and floods of bench/flood.py (its SCENARIOS; hping3 at its top rate), no
 
 Softirq µs per attack packet (netdev ingress counter of the node's uplink); with ``--pin CPU`` hping3 runs
 on that CPU and only its softirq time is read (the veth path runs on the sender's CPU), which keeps other
-jobs' softirq on the other core out of the figure. Median [range] and the change against the first variant.
+jobs' softirq on the other core out of the figure. Median [range], the change against the first variant, and
+against the same repetition of it: the median difference and how many repetitions cost more.
 
 usage: sudo .venv/bin/python bench/chains.py [--scenario S] [--reps N] [--seconds S] [--pin CPU] VARIANT...
 """
@@ -53,7 +55,7 @@ from guard.lab.netns import Netns, remove_stale  # noqa: E402
 
 PREFIX, METER, SCRATCH = "ngc", "ngc_meter", "ngc_scratch"
 FIXED = ("none", "full", "ingress-bare", "ack-first", "dropnew", "no-pickup", "banned",
-         "banned-ingress", "ipt-nft", "ipt-nft-nocount", "nocount")
+         "banned-ingress", "ipt-nft", "ipt-nft-nocount", "ipt-legacy", "nocount")
 WITHOUT = "without-"  # + a base chain
 PICKUP_SIZE = "pickup-size-"  # + tcp_pickup.size
 BARE_INGRESS = (f"add set inet {SCRATCH} m {{ type ipv4_addr; size 65536; }}; "
@@ -87,8 +89,8 @@ class Variants:
             pol["tcp_pickup"]["enabled"] = False
         elif v.startswith(PICKUP_SIZE):
             pol["tcp_pickup"]["size"] = int(v.removeprefix(PICKUP_SIZE))
-        if v.startswith("ipt-nft"):
-            pol.update(backend="iptables", iptables={"flavour": "nft"})
+        if v.startswith("ipt-"):
+            pol.update(backend="iptables", iptables={"flavour": v.split("-")[1]})
         if v.endswith("nocount"):
             pol["sampler"] = {**pol["sampler"], "count_sources": 0}
         path = self.tmp / "policy.yaml"
@@ -188,11 +190,14 @@ def main() -> int:
                     print(f"rep {rep} {v:<20} {(c1 - c0) / (t1 - t0):>9,.0f} pps  softirq {us:6.2f} us/pkt", flush=True)
         finally:
             lab.close()
-    base = statistics.median(res[args.variants[0]])
+    first = res[args.variants[0]]
+    base = statistics.median(first)
     for v, xs in res.items():
         m = statistics.median(xs)
+        paired = [x - b for x, b in zip(xs, first)]  # the same repetition: the same minute of a noisy machine
         print(f"{v:<20} {m:6.2f} us/pkt [{min(xs):.2f}-{max(xs):.2f}]  {100 * (m / base - 1):+6.1f} % against "
-              f"{args.variants[0]}  ({len(xs)} reps)")
+              f"{args.variants[0]}, paired {statistics.median(paired):+.2f}, costlier {sum(d > 0 for d in paired)}"
+              f"/{len(xs)}  ({len(xs)} reps)")
     return 0
 
 

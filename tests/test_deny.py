@@ -66,9 +66,9 @@ def test_inline_and_file_prefixes_are_merged_per_family(deny_file):
     rs = build_ruleset(policy, ("eth0",), Priorities())
     deny = {s.version: s for s in rs.sets if s.kind == "deny"}
     assert deny[4].elements == policy.deny.prefixes(4) and deny[6].elements == policy.deny.prefixes(6)
-    # filter-prerouting drops deny sources unless allowlisted, after the interface check, before the
-    # manual and escalation bans
-    first = rs.chains[0].rules[1]
+    # filter-prerouting drops deny sources unless allowlisted, after the interface check and a bare RST's
+    # return, before the manual and escalation bans
+    first = rs.chains[0].rules[2]
     assert rs.chains[0].stage == "stateless" and first.matches[0].set == deny[4].name
     assert first.matches[1].set == "allow-v4" and first.group == "denied"
 

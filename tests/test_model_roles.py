@@ -7,6 +7,7 @@ from pathlib import Path
 from guard.apply import make_plan
 from guard.bans import escalation_sets
 from guard.counters import count_sets
+from guard.model.build import UNCOUNTED
 from guard.policy.load import parse_policy
 from guard.render.ipt import render_ipt
 from guard.render.ipt_names import ipt_chain_name
@@ -27,7 +28,8 @@ def test_count_and_escalation_sets_are_keyed_by_their_roles(tmp_path):
     counts = count_sets(plan)
     groups = set(plan.ruleset.sample_groups)
     condemned = {(g, m) for g, m, _v in counts if m != "observed"}
-    assert condemned == {(g, "monitor" if g == "icmp-flood" else "enforce") for g in groups}
+    assert condemned == {(g, "monitor" if g == "icmp-flood" else "enforce") for g in groups if g not in UNCOUNTED}
+    assert UNCOUNTED and set(UNCOUNTED) <= groups
     assert {(g, v) for g, m, v in counts if m == "observed"} == {("icmp-flood", 4), ("icmp-flood", 6)}  # monitor's
     for (group, mode, version), s in counts.items():
         want = f"seen-{group}-v{version}" if mode == "observed" else f"count-{mode}-{group}-v{version}"

@@ -178,9 +178,11 @@ def _escalation_invariants(policy: Policy, rs: RuleSet) -> None:
     esc_chains = [c for c in rs.chains if c.name.startswith("escalate-")]
     pre = next(c for c in rs.chains if c.stage == "stateless")
     bans = [r for r in pre.rules if r.group in (BANNED, DENIED)]
-    first = pre.rules.index(bans[0])  # after the interface check and the failsafe pairs, before anything else
+    first = pre.rules.index(bans[0])  # after the interface check, the failsafe pairs and a bare RST's return
     assert pre.rules[0].label == "not a protected interface"
-    assert all(r.label.startswith("failsafe ") for r in pre.rules[1:first]), [r.label for r in pre.rules[:first]]
+    ahead = [r.label for r in pre.rules[1:first]]  # the failsafe pairs, then the bare RST's return if any
+    rst = ["tcp bare rst"] if any(r.label == "tcp bare rst" for r in pre.rules) else []
+    assert ahead == [lbl for lbl in ahead if lbl.startswith("failsafe ")] + rst, ahead
     assert pre.rules[first:first + len(bans)] == tuple(bans)
     kinds = {s.name: s.kind for s in rs.sets}
     dropped_from = [kinds[r.matches[0].set] for r in bans]

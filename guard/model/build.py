@@ -50,6 +50,11 @@ SAMPLE_ALL = "sample-all"
 CLOSED_PORT = "closed-port"  # the rule group of closed_ports
 SYN_GROUP = "syn-flood"  # the rule group (and chain) of new TCP connections
 INVALID_RST = "invalid-rst"  # the rule group of RSTs conntrack calls invalid
+# groups whose sources the kernel does not count (the samples estimate them): no protection spends ~4 µs
+# on a RST conntrack calls invalid, and on iptables the two set lookups of a count (nft_compat) made the
+# drop cost a spoofed RST flood more than that; such a RST has no connection behind it, its source is
+# spoofed as a rule
+UNCOUNTED = (INVALID_RST,)
 # one in this many packets of a source's assured connections restarts its trusted entry's timeout, so a
 # source whose connections went quiet stays trusted that long after its last packets, not after its
 # first (tcp_pickup lets a flushed connection of a trusted source resume at first sight)
@@ -130,7 +135,7 @@ class Builder:
         if not s:
             return (last,)
         counts = []
-        for version in (4, 6) if s.count_sources else ():
+        for version in (4, 6) if s.count_sources and group not in UNCOUNTED else ():
             cs = self.add_set(AddrSet(f"count-{mode}-{group}-v{version}", version, "counts", size=s.count_sources,
                                       timeout_s=s.count_timeout_s, group=group, mode=mode))
             counts.append(Rule((Family(version), CountSource(cs.name, version)), CONTINUE,
@@ -183,8 +188,8 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
     b.failsafe = _failsafe(b)
 
     tcp_limited = any(lim.protocol in ("tcp", "all") for lim in policy.limits)
-    pre: list[Rule] = [*_never_limited(b, interfaces, () if tcp_limited else _tcp_nothing_condemns()),
-                       *_essential_icmp()]
+    leave = () if tcp_limited else (_bare_rst_leaves(), _ack_leaves())
+    pre: list[Rule] = [*_never_limited(b, interfaces, leave), *_essential_icmp()]
     pre.append(Rule((Proto("tcp"),), Jump("bogus-flags"), "to bogus-flags"))
     b.chains.append(Chain("bogus-flags", _bogus_flag_rules(b, policy.mode)))
 
@@ -222,7 +227,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
         for matches in _limit_selectors(lim.protocol, lim.ports, lim.except_ports):
             pre.append(Rule(matches, to_limit, f"{lim.protocol} to limit-{lim.name}"))
 
-    conn_rules: list[Rule] = [_invalid_rst(b)]
+    invalid_rst, conn_rules = _invalid_rst(b), []
     if policy.tcp_pickup.enabled:
         conn_rules += pickup.pickup_rules(b, trusted_sets)
     conn_rules += [_tcp_not_opening(), *remember]
@@ -235,7 +240,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             conn_rules.append(b.condemn(
                 (Family(version), Proto("tcp"), *ports, CtStateNew(), SourceConnsOver(s.name, version)),
                 "conn-limit", policy.mode_of(cl), f"{name} over {cl.per_source} connections v{version}"))
-    b.chains.insert(0, Chain(STATEFUL_CHAIN, (*_never_limited(b, interfaces), *conn_rules), "stateful",
+    b.chains.insert(0, Chain(STATEFUL_CHAIN, (*_never_limited(b, interfaces, (invalid_rst,)), *conn_rules), "stateful",
                              priorities.stateful))
     if proxied and proxied.forwarded:
         b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(b, interfaces), *synproxy_rules(proxied, engaged)),
@@ -244,7 +249,7 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
         b.chains.append(Chain(CLOSED_CHAIN, (*_never_limited(b, interfaces, (_closed_ports_skip_tcp(),)),
                                              *_closed_ports(b)), "closed", priorities.closed))
     banned, escalation = banning.escalation(b, trusted_sets)
-    head = 1 + len(b.failsafe)  # the interface check and the failsafe pairs come before the ban check
+    head = 1 + len(b.failsafe) + len(leave[:1])  # after the interface check, the failsafe pairs, a bare RST
     pre[head:head] = banning.drops(b, banned)  # last: escalation's ban sets exist only after the walk
     b.chains.insert(0, Chain(STATELESS_CHAIN, tuple(pre), "stateless", priorities.stateless))
     return RuleSet((*b.chains, *escalation, *b.sample_chains.values()), tuple(b.sets),
@@ -278,8 +283,9 @@ def _failsafe(b: Builder) -> tuple[Rule, ...]:
 
 
 def _never_limited(b: Builder, interfaces: tuple[str, ...], leave: tuple[Rule, ...] = ()) -> list[Rule]:
-    """The start of a base chain: other interfaces, the failsafe pairs, then ``leave`` (what nothing in
-    the chain condemns: it need not be looked up in the allowlist), then the allowlist."""
+    """The start of a base chain: other interfaces, the failsafe pairs, then ``leave`` (what is settled
+    without the allowlist: what nothing in the chain condemns, or a RST conntrack calls invalid, which no
+    source needs), then the allowlist."""
     return [
         Rule((InterfaceNotIn(interfaces),), RETURN, "not a protected interface"),
         *b.failsafe,
@@ -289,13 +295,20 @@ def _never_limited(b: Builder, interfaces: tuple[str, ...], leave: tuple[Rule, .
     ]
 
 
-def _tcp_nothing_condemns() -> tuple[Rule, ...]:
-    """The TCP that no rule of ``filter-prerouting`` condemns unless a limit covers TCP: with ACK and
-    without SYN or FIN (established traffic; a spoofed ACK flood), or a bare RST (a spoofed RST flood).
-    They leave at once: walking the bogus-flag, ICMP and SYN rules only added softirq time per packet
-    of such a flood. Uncounted (nothing reads how many went by)."""
-    return (Rule((TcpFlags(("fin", "syn", "ack"), ("ack",)),), RETURN, "tcp ack without syn or fin", counter=False),
-            Rule((TcpFlags(("fin", "syn", "rst", "ack"), ("rst",)),), RETURN, "tcp bare rst", counter=False))
+def _bare_rst_leaves() -> Rule:
+    """In ``filter-prerouting``, unless a limit covers TCP, ahead of the ban check: a bare RST (a spoofed
+    RST flood) leaves at once. No protection spends little on one (conntrack calls it invalid, the node's
+    TCP ignores it); every lookup before it here was a cost no protection has. A banned source's RST goes
+    on to conntrack too: invalid, ``filter-conntrack`` drops it; valid, it can end only its own connection.
+    Uncounted (nothing reads how many went by)."""
+    return Rule((TcpFlags(("fin", "syn", "rst", "ack"), ("rst",)),), RETURN, "tcp bare rst", counter=False)
+
+
+def _ack_leaves() -> Rule:
+    """In ``filter-prerouting``, unless a limit covers TCP: with ACK and without SYN or FIN (established
+    traffic; a spoofed ACK flood) leaves after the ban check: walking the bogus-flag, ICMP and SYN rules
+    only added softirq time per packet of such a flood. Uncounted."""
+    return Rule((TcpFlags(("fin", "syn", "ack"), ("ack",)),), RETURN, "tcp ack without syn or fin", counter=False)
 
 
 def _closed_ports_skip_tcp() -> Rule:
