@@ -22,10 +22,13 @@ class Guarded:
     def __init__(self, victim, backend, write_policy):
         self.victim, self.backend, self._write = victim, backend, write_policy
 
-    def apply(self, policy_yaml: str = "") -> None:
-        """These tests measure the per-source limits themselves: no escalation to bans."""
+    def apply(self, policy_yaml: str = "") -> str:
+        """These tests measure the per-source limits themselves: no escalation to bans. Returns the
+        policy's path."""
         text = netlab.backend_policy(self.backend, policy_yaml) + "\n" + netlab.NO_ESCALATION
-        self.victim.nodeguard("apply", "-c", self._write(text))
+        path = self._write(text)
+        self.victim.nodeguard("apply", "-c", path)
+        return path
 
     def counters(self) -> dict[str, int]:
         return self.victim.counters(self.backend)
@@ -206,15 +209,26 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
 
 
 @pytest.mark.backends("nft", "iptables-nft")
-def test_a_rst_without_a_connection_is_dropped_and_a_connection_s_own_rst_is_not(guarded):
+def test_a_rst_without_a_connection_is_dropped_whoever_sends_it_and_a_connection_s_own_rst_is_not(guarded):
     guard, attacker = guarded
-    guard.apply()
+    policy = guard.apply(f"allow:\n  cidrs: [{LEGIT4}/32]\n")
     server = guard.victim.popen(["python3", "-c", _RESET_SERVER, VICTIM4, str(PORT)])
     assert server.stdout.readline().strip() == "listening"
     attacker.run(["python3", "-c", _ABORT_CLIENT, ATTACKER4, VICTIM4, str(PORT)])
     assert server.communicate(timeout=15)[0].strip() == "reset"
     attacker.run(["hping3", "-q", "-c", "5", "-i", "u2000", "-R", "-p", str(PORT), VICTIM4], check=False)
     assert guard.counters()["filter-conntrack: rst that conntrack calls invalid"] == 5
+    # an allowlisted source's invalid RST is dropped too (the drop comes before the allowlist), and a
+    # banned source's bare RST passes the ban check (it returns ahead of it) to meet the same drop
+    attacker.run(["hping3", "-q", "-c", "5", "-i", "u2000", "-R", "-a", LEGIT4, "-p", str(PORT), VICTIM4], check=False)
+    guard.victim.nodeguard("ban", "-c", policy, ATTACKER4)
+    attacker.run(["hping3", "-q", "-c", "5", "-i", "u2000", "-R", "-p", str(PORT), VICTIM4], check=False)
+    c = guard.counters()
+    assert c["filter-conntrack: rst that conntrack calls invalid"] == 15
+    assert c["filter-prerouting: banned by hand v4"] == 0
+    # the ban still holds for the rest: an ACK meets it
+    attacker.run(["hping3", "-q", "-c", "5", "-i", "u2000", "-A", "-p", str(PORT), VICTIM4], check=False)
+    assert guard.counters()["filter-prerouting: banned by hand v4"] == 5
 
 
 @pytest.mark.backends("nft", "iptables-nft")

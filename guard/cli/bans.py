@@ -15,7 +15,9 @@ from ._shared import common, emit, kernel, reading_plan
 @click.option("--reason", default=None, help="Why (shown by bans; at most 100 bytes of printable UTF-8).")
 def ban(config: str | None, as_json: bool, target: str, for_: str | None, reason: str | None) -> None:
     """Drop TARGET (an address or CIDR, v4 or v6) before conntrack unless allowlisted or failsafe, until
-    --for runs out or unban lifts it. Banning it again sets the new expiry and reason."""
+    --for runs out or unban lifts it (a bare RST goes on to conntrack, which ends nothing else with it:
+    one that belongs to no connection is dropped just after). Banning it again sets the new expiry and
+    reason."""
     from .. import manual
     from ..policy.load import load_policy
 
