@@ -119,7 +119,8 @@ class TcpPickup(Section):
     ``syn.trusted_after_handshake_s`` (a flushed connection's client; a spoofed source completes none)
     or when its source address and port were dropped within ``second_chance_s`` (a real peer
     retransmits, a spoofed source never repeats); else it is remembered and dropped before conntrack
-    keeps an entry. A full set (``size``) remembers nothing more and drops nothing more (fails open). A
+    keeps an entry. First, whatever its source, over ``per_source`` (IPv6: per /64) it is dropped and
+    escalates: one address's flood (its source ports repeat within ``second_chance_s``). A full set (``size``) remembers nothing more and drops nothing more (fails open). A
     socket on the destination (a host port, whose syncookie ACK is spared) or SYNPROXY's third ACK
     (``ct state invalid`` with ``forwarded``) never come here. See docs/design/hooks.md."""
 
@@ -127,11 +128,15 @@ class TcpPickup(Section):
     mode: Mode | None = None
     rate: RateField = parse_rate("1000/second burst 2000")
     burst: Burst | None = None
+    per_source: RateField = parse_rate("2000/second")
+    per_source_burst: Burst | None = None
     second_chance_s: Annotated[int, Field(ge=1, le=60, strict=True)] = 2
     size: SetSize = 262144
 
     _burst = field_validator("burst")(classmethod(one_burst("rate")))
+    _per_source_burst = field_validator("per_source_burst")(classmethod(one_burst("per_source")))
     global_rate = Icmp.global_rate
+    source_rate = Icmp.source_rate
 
 
 class Limit(Section):
