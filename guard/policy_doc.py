@@ -181,7 +181,7 @@ DESCRIPTIONS = {
     "sampler.window_s": "aggregation window",
     "sampler.max_flows": "flows kept per window; the rest go to an \"other\" bucket. ~1.9 KB each at a window's "
                          "end: the cap is ~55 MiB, inside the unit's `MemoryMax=256M`",
-    "sampler.count_sources": "sources per group and family the kernel counts exactly (every group but `invalid-rst`); `0`: none",
+    "sampler.count_sources": "sources per group and family the kernel counts exactly (on iptables every group but `invalid-rst`); `0`: none",
     "sampler.observe": "when to count every packet of a threat per source (for `nodeguard tune`); `monitor`: "
                        "in monitor mode only",
     "sampler.log": "the attack log (JSON lines); " + DATA_DIRS_NOTE,

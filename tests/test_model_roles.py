@@ -7,7 +7,7 @@ from pathlib import Path
 from guard.apply import make_plan
 from guard.bans import escalation_sets
 from guard.counters import count_sets
-from guard.model.build import UNCOUNTED
+from guard.model.build import INVALID_RST
 from guard.policy.load import parse_policy
 from guard.render.ipt import render_ipt
 from guard.render.ipt_names import ipt_chain_name
@@ -15,10 +15,10 @@ from guard.render.ipt_names import ipt_chain_name
 ROOT = Path(__file__).parents[1]
 
 
-def _plan(tmp_path: Path, icmp_mode: str | None = None):
+def _plan(tmp_path: Path, icmp_mode: str | None = None, backend: str = "nft"):
     """The default policy, with its own state directory (the render reads the sampling odds there)."""
     policy = parse_policy((ROOT / "rules" / "default.yaml").read_text(), "default.yaml")
-    policy = policy.model_copy(update={"icmp": policy.icmp.model_copy(update={"mode": icmp_mode}),
+    policy = policy.model_copy(update={"icmp": policy.icmp.model_copy(update={"mode": icmp_mode}), "backend": backend,
                                        "watcher": policy.watcher.model_copy(update={"state_file": str(tmp_path / "w")})})
     return make_plan(policy, None, interfaces=("eth0",))
 
@@ -28,8 +28,7 @@ def test_count_and_escalation_sets_are_keyed_by_their_roles(tmp_path):
     counts = count_sets(plan)
     groups = set(plan.ruleset.sample_groups)
     condemned = {(g, m) for g, m, _v in counts if m != "observed"}
-    assert condemned == {(g, "monitor" if g == "icmp-flood" else "enforce") for g in groups if g not in UNCOUNTED}
-    assert UNCOUNTED and set(UNCOUNTED) <= groups
+    assert condemned == {(g, "monitor" if g == "icmp-flood" else "enforce") for g in groups}  # nft: every group
     assert {(g, v) for g, m, v in counts if m == "observed"} == {("icmp-flood", 4), ("icmp-flood", 6)}  # monitor's
     for (group, mode, version), s in counts.items():
         want = f"seen-{group}-v{version}" if mode == "observed" else f"count-{mode}-{group}-v{version}"
@@ -37,6 +36,14 @@ def test_count_and_escalation_sets_are_keyed_by_their_roles(tmp_path):
     esc = escalation_sets(plan)
     assert sorted(esc) == [(w, v) for w in ("banned", "episode", "over") for v in (4, 6)]
     assert all(s.base == f"{w}-v{v}" for (w, v), s in esc.items())
+
+
+def test_iptables_counts_no_source_of_a_rst_conntrack_calls_invalid(tmp_path):
+    """On iptables each count is three xt set operations per dropped RST, which made the drop cost more
+    than no protection; nft counts it (native set counters)."""
+    plan, ipt = _plan(tmp_path), _plan(tmp_path, backend="iptables")
+    assert {g for g, _m, _v in count_sets(plan)} == set(plan.ruleset.sample_groups)
+    assert {g for g, _m, _v in count_sets(ipt)} == set(ipt.ruleset.sample_groups) - {INVALID_RST}
 
 
 def test_each_family_renders_only_its_own_escalation_chains(tmp_path):

@@ -50,11 +50,6 @@ SAMPLE_ALL = "sample-all"
 CLOSED_PORT = "closed-port"  # the rule group of closed_ports
 SYN_GROUP = "syn-flood"  # the rule group (and chain) of new TCP connections
 INVALID_RST = "invalid-rst"  # the rule group of RSTs conntrack calls invalid
-# groups whose sources the kernel does not count (the samples estimate them): no protection spends ~4 µs
-# on a RST conntrack calls invalid, and on iptables the two set lookups of a count (nft_compat) made the
-# drop cost a spoofed RST flood more than that; such a RST has no connection behind it, its source is
-# spoofed as a rule
-UNCOUNTED = (INVALID_RST,)
 # one in this many packets of a source's assured connections restarts its trusted entry's timeout, so a
 # source whose connections went quiet stays trusted that long after its last packets, not after its
 # first (tcp_pickup lets a flushed connection of a trusted source resume at first sight)
@@ -135,7 +130,7 @@ class Builder:
         if not s:
             return (last,)
         counts = []
-        for version in (4, 6) if s.count_sources and group not in UNCOUNTED else ():
+        for version in (4, 6) if s.count_sources and group not in s.uncounted else ():
             cs = self.add_set(AddrSet(f"count-{mode}-{group}-v{version}", version, "counts", size=s.count_sources,
                                       timeout_s=s.count_timeout_s, group=group, mode=mode))
             counts.append(Rule((Family(version), CountSource(cs.name, version)), CONTINUE,

@@ -26,6 +26,7 @@ class Sampling:
     count_sources: int  # per group and family: sources counted exactly by the kernel
     count_timeout_s: int  # > 2 windows: the sampler reads each count before it can expire
     observe: Literal["monitor", "always", "never"]  # count every packet per source, for tune
+    uncounted: tuple[str, ...] = ()  # groups whose sources the backend does not count (the samples estimate them)
 
     def one_in(self, group: str) -> int:
         return 2 ** dict(self.exponents).get(group, 0)
