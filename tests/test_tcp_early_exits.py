@@ -19,9 +19,10 @@ FLAGS = ("fin", "syn", "rst", "psh", "ack", "urg")
 ALL_VALUES = [frozenset(f for f, on in zip(FLAGS, bits) if on) for bits in product((0, 1), repeat=len(FLAGS))]
 
 
-def _ruleset(tmp_path: Path, *limits: dict):
+def _ruleset(tmp_path: Path, *limits: dict, failsafe: tuple[dict, ...] = ()):
     doc = yaml.safe_load((ROOT / "rules" / "default.yaml").read_text())
     doc["limits"] += limits
+    doc["failsafe"] += failsafe
     policy = parse_policy(yaml.safe_dump(doc), "default.yaml")
     policy = policy.model_copy(update={"watcher": policy.watcher.model_copy(update={"state_file": str(tmp_path / "w")})})
     return make_plan(policy, None, interfaces=("eth0",)).ruleset
@@ -61,3 +62,18 @@ def test_the_exits_skip_no_packet_a_later_rule_condemns_or_sends_to_syn_flood(tm
 def test_a_limit_on_all_tcp_keeps_every_packet_on_its_way_to_it(tmp_path):
     exits, _pre = _exits(_ruleset(tmp_path, {"name": "tcp-all", "protocol": "tcp", "per_source": "1000/second"}))
     assert exits == []
+
+
+def test_with_a_limit_on_all_tcp_the_ban_check_comes_right_after_the_interface_check_and_failsafe_pairs(tmp_path):
+    """No bare-RST exit then: nothing may sit between the failsafe pairs and the ban check (a RST of a
+    banned source is dropped before conntrack, as everything else of it)."""
+    ruleset = _ruleset(tmp_path, {"name": "tcp-all", "protocol": "tcp", "per_source": "1000/second"},
+                       failsafe=({"cidrs": ["192.0.2.0/24", "2001:db8::/48"], "protocol": "tcp", "ports": [22]},))
+    pre = next(c for c in ruleset.chains if c.name == STATELESS_CHAIN)
+    groups = [r.group for r in pre.rules]
+    first_ban = groups.index("banned")
+    bans = first_ban + groups[first_ban:].index(next(g for g in groups[first_ban:] if g != "banned"))
+    assert pre.rules[0].label == "not a protected interface"
+    assert first_ban == 3 and all(r.label.startswith("failsafe ") for r in pre.rules[1:first_ban]), \
+        [r.label for r in pre.rules[:first_ban]]
+    assert bans - first_ban >= 4 and pre.rules[bans].label.startswith("allowlisted"), [r.label for r in pre.rules[:bans + 1]]
