@@ -106,9 +106,9 @@ DESCRIPTIONS = {
                        "completed a handshake within `syn.trusted_after_handshake_s` (a flushed connection's "
                        "client) or its address and port were dropped within `second_chance_s` (a retransmission)",
     "tcp_pickup.burst": "burst of `tcp_pickup.rate`, if not written in it",
-    "tcp_pickup.per_source": "over the rate, such segments per source (IPv6: per /64), trusted or not; over it they "
-                             "are dropped and escalate (one address's flood, whose source ports repeat within "
-                             "`second_chance_s`)",
+    "tcp_pickup.per_source": "over the rate, such segments per source (IPv6: per /64) whose source is not trusted; "
+                             "over it they are dropped and escalate (one address's flood, whose source ports "
+                             "repeat within `second_chance_s`)",
     "tcp_pickup.per_source_burst": "burst of `tcp_pickup.per_source`, if not written in it",
     "tcp_pickup.second_chance_s": "how long a dropped segment's source address and port are remembered",
     "tcp_pickup.size": "source address and port pairs remembered per IP family; a full set drops nothing more "

@@ -184,24 +184,24 @@ def test_a_source_stays_trusted_for_the_timeout_after_its_last_packets(lab, writ
     assert left >= TRUST_S - 2, left  # the add-when-missing rule alone leaves about TRUST_S / 2
 
 
-ONE_ADDRESS_FLOOD_S = 3.0
+
+ONE_ADDRESS_FLOOD_S = 5.0
 PICKUP_PER_SOURCE, PICKUP_PER_SOURCE_BURST = 2000, 4000  # rules/default.yaml: tcp_pickup.per_source
 
 
 @pytest.mark.parametrize("backend", ["nft", "iptables-legacy"])
-def test_one_address_s_ack_flood_is_cut_to_its_per_source_rate_trusted_or_not(lab, write_policy, backend):
-    """An ACK flood from one real address (hping3's source ports cycle within ``second_chance_s``, so the
-    second chance alone would let most of it through) is dropped over ``tcp_pickup.per_source`` even
-    when the address completed a handshake (trust would let it through whole); another trusted client's
-    flushed connection still resumes at once. The same flood from an address with no handshake is also
-    banned by escalation; the trusted one is not (bans spare trusted sources)."""
+def test_one_untrusted_address_s_ack_flood_is_cut_to_its_per_source_rate_and_banned(lab, write_policy, backend):
+    """An ACK flood from one address that completed no handshake (hping3's source ports cycle within
+    ``second_chance_s``, so the second chance alone would let most of it through) is dropped over
+    ``tcp_pickup.per_source`` and banned by escalation (after 3 s); a trusted client's flushed connection
+    still resumes at once meanwhile. The meter sits after the trusted return: a flood spoofing a trusted
+    client's address passes as without protection, and never spends that client's budget."""
     victim, attacker = lab
     attack = {"attacker": f"ip saddr {netlab.ATTACKER4} tcp flags & (syn|rst|fin) == 0"}
     with netlab.pod(victim) as pod, netlab.tcp_server(pod, netlab.POD4, 80, echo=True):
         netlab.load_fixture(victim, "kube-proxy-iptables-tracepacket.rules", netlab.kube_loader(backend))
         policy = write_policy(netlab.backend_policy(backend))  # the shipped default
         victim.nodeguard("apply", "-c", policy)
-        assert netlab.tcp_clients(attacker, netlab.ATTACKER4, VICTIM4, NODEPORT, 1) == {"ok": 1, "failed": 0}
         with _session(attacker) as flush_and_send:  # LEGIT4: trusted from its handshake
             truth = netlab.Truth(victim, attack)
             flood = netlab.flood(attacker, ONE_ADDRESS_FLOOD_S, "-A", "-p", str(NODEPORT), VICTIM4)
@@ -209,18 +209,25 @@ def test_one_address_s_ack_flood_is_cut_to_its_per_source_rate_trusted_or_not(la
             during = flush_and_send(victim)
             flood.wait(ONE_ADDRESS_FLOOD_S + 10)
         arrived = truth.counts()["attacker"]
-        trusted_flood = victim.counters(backend)
-        untrusted = netlab.flood(attacker, 5.0, "-A", "-a", TRUSTED4, "-p", str(NODEPORT), VICTIM4)
-        untrusted.wait(15)
+        counters = victim.counters(backend)
         bans = sorted(b["source"] for b in json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"])
-    dropped = trusted_flood["tcp-pickup: tcp-pickup per-source v4"]
-    passed = trusted_flood["tcp-pickup: trusted v4"]
-    print(f"\n{backend}: one trusted address's ACK flood: arrived {arrived}, dropped over its per-source rate "
-          f"{dropped}, passed as trusted {passed}; another client's flushed connection {during}; bans {bans}")
+        with _session(attacker) as flush_and_send:  # the same flood spoofing the trusted client's address
+            flood = netlab.flood(attacker, ONE_ADDRESS_FLOOD_S, "-A", "-a", LEGIT4, "-p", str(NODEPORT), VICTIM4)
+            time.sleep(1.0)
+            spoofed = flush_and_send(victim)
+            flood.wait(ONE_ADDRESS_FLOOD_S + 10)
+    over = counters["tcp-pickup: tcp-pickup per-source v4"]
+    banned = counters["filter-prerouting: banned v4 source"]
+    print(f"\n{backend}: one untrusted address's ACK flood: arrived {arrived}, dropped over its per-source rate "
+          f"{over}, dropped as banned {banned}; a trusted client's flushed connection {during}, with its address "
+          f"spoofed by the flood {spoofed}; bans {bans}")
     assert arrived > 20_000, arrived  # hping3's top rate here: 40,000-90,000/s
-    # what passed as trusted is at most the per-source budget of the flood's seconds (the session's own
-    # segments are a handful), where without the meter it is nearly all that arrived
-    assert passed <= PICKUP_PER_SOURCE * (ONE_ADDRESS_FLOOD_S + 1) + PICKUP_PER_SOURCE_BURST, (passed, arrived)
-    assert dropped >= 0.7 * arrived, (dropped, arrived)
+    assert bans == [netlab.ATTACKER4], bans
+    # until the ban (3 s of excess without a pause) the meter drops what exceeds its budget; then the ban
+    # check drops all: what either let by is at most the budget of the flood's seconds and the global rate's
+    assert arrived - over - banned <= (PICKUP_PER_SOURCE + 1000) * (ONE_ADDRESS_FLOOD_S + 1) + PICKUP_PER_SOURCE_BURST \
+        + 2000, (arrived, over, banned)
+    assert over > 0 and banned > 0, (over, banned)
     assert during["ok"] and during["seconds"] < 0.15, during
-    assert bans == [TRUSTED4], bans
+    # a meter ahead of the trusted return stalled it 0.8-6.8 s here (review rv19pm)
+    assert spoofed["ok"] and spoofed["seconds"] < 0.15, spoofed
