@@ -185,7 +185,8 @@ def test_a_source_stays_trusted_for_the_timeout_after_its_last_packets(lab, writ
 
 
 
-ONE_ADDRESS_FLOOD_S = 5.0
+ONE_ADDRESS_FLOOD_S = 4.5  # escalation bans after 3 s
+SPOOFING_FLOOD_S = 2.5
 PICKUP_PER_SOURCE, PICKUP_PER_SOURCE_BURST = 2000, 4000  # rules/default.yaml: tcp_pickup.per_source
 
 
@@ -212,10 +213,10 @@ def test_one_untrusted_address_s_ack_flood_is_cut_to_its_per_source_rate_and_ban
         counters = victim.counters(backend)
         bans = sorted(b["source"] for b in json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"])
         with _session(attacker) as flush_and_send:  # the same flood spoofing the trusted client's address
-            flood = netlab.flood(attacker, ONE_ADDRESS_FLOOD_S, "-A", "-a", LEGIT4, "-p", str(NODEPORT), VICTIM4)
+            flood = netlab.flood(attacker, SPOOFING_FLOOD_S, "-A", "-a", LEGIT4, "-p", str(NODEPORT), VICTIM4)
             time.sleep(1.0)
             spoofed = flush_and_send(victim)
-            flood.wait(ONE_ADDRESS_FLOOD_S + 10)
+            flood.wait(SPOOFING_FLOOD_S + 10)
     over = counters["tcp-pickup: tcp-pickup per-source v4"]
     banned = counters["filter-prerouting: banned v4 source"]
     print(f"\n{backend}: one untrusted address's ACK flood: arrived {arrived}, dropped over its per-source rate "
