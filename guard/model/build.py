@@ -235,8 +235,8 @@ def build_ruleset(policy: Policy, interfaces: tuple[str, ...], priorities: Prior
             conn_rules.append(b.condemn(
                 (Family(version), Proto("tcp"), *ports, CtStateNew(), SourceConnsOver(s.name, version)),
                 "conn-limit", policy.mode_of(cl), f"{name} over {cl.per_source} connections v{version}"))
-    b.chains.insert(0, Chain(STATEFUL_CHAIN, (*_never_limited(b, interfaces, (invalid_rst,)), *conn_rules), "stateful",
-                             priorities.stateful))
+    b.chains.insert(0, Chain(STATEFUL_CHAIN, (*_never_limited(b, interfaces, (invalid_rst,)), *conn_rules),
+                             "stateful", priorities.stateful))
     if proxied and proxied.forwarded:
         b.chains.append(Chain(SYNPROXY_CHAIN, (*_never_limited(b, interfaces), *synproxy_rules(proxied, engaged)),
                               "input", priorities.input))

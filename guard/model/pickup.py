@@ -39,9 +39,9 @@ def _per_source(b: Builder) -> list[Rule]:
     """After the trusted return: over ``tcp_pickup.per_source`` a source's segments are dropped and
     escalate. One address's flood cycles through its source ports within ``second_chance_s`` at a
     flood's rate, so the second chance alone would let most of it through. Not ahead of the trusted
-    return: a spoofer using a trusted client's address would spend that client's budget and stall its
-    flushed connections (outside review rv19pm: 0.8-6.8 s against 0.004 s without protection). A full
-    meter stops matching (fails open): spoofed sources meet the rules below."""
+    return: a flood spoofing a trusted client's address would spend that client's budget and stall its
+    flushed connections for as long as it lasts (trusted sources are never banned). A full meter stops
+    matching (fails open): spoofed sources meet the rules below."""
     pickup, meter = b.policy.tcp_pickup, b.policy.meter
     out = []
     for v in (4, 6):

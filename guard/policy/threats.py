@@ -120,8 +120,9 @@ class TcpPickup(Section):
     or when its source address and port were dropped within ``second_chance_s`` (a real peer
     retransmits, a spoofed source never repeats); else it is remembered and dropped before conntrack
     keeps an entry. Before the second chance, a source that is not trusted is dropped over ``per_source``
-    (IPv6: per /64) and escalates: one address's flood (its source ports repeat within ``second_chance_s``). A full set (``size``) remembers nothing more and drops nothing more (fails open). A
-    socket on the destination (a host port, whose syncookie ACK is spared) or SYNPROXY's third ACK
+    (IPv6: per /64) and escalates: one address's flood (its source ports repeat within
+    ``second_chance_s``). A full set (``size``) remembers nothing more and drops nothing more (fails
+    open). A socket on the destination (a host port, whose syncookie ACK is spared) or SYNPROXY's third ACK
     (``ct state invalid`` with ``forwarded``) never come here. See docs/design/hooks.md."""
 
     enabled: bool = True
