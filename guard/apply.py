@@ -74,7 +74,7 @@ def sampling_settings(policy: Policy, transport: str, odds: dict[str, int] | Non
     cfg = policy.sampler
     return Sampling(transport, cfg.group_cap(), cfg.total_cap(), cfg.nflog_group, cfg.queue_base, cfg.snaplen,
                     tuple(sorted((odds or {}).items())), cfg.count_sources, 2 * cfg.window_s + 10, cfg.observe,
-                    kind_for(policy).uncounted_groups)
+                    kind_for(policy).uncounted_groups())
 
 
 def detect_ports(policy: Policy, interfaces: tuple[str, ...]) -> dict[int, list[int]] | None:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import BackendError
-from ..model.build import INVALID_RST
 
 if TYPE_CHECKING:
     from ..model.ruleset import RuleSet
@@ -93,7 +92,10 @@ class NftKind:
     """Table ``inet nodeguard``: base chains of our own, at priorities chosen around foreign ones."""
     name: str = "nft"
     reads_foreign: bool = True  # the render's priorities depend on the foreign base chains on our hooks
-    uncounted_groups: tuple[str, ...] = ()  # every group's sources are counted (native set counters)
+
+    def uncounted_groups(self) -> tuple[str, ...]:
+        """Every group's sources are counted (native set counters)."""
+        return ()
 
     def flavour(self, policy: Policy, nft: Nft | None) -> tuple[str, str] | None:
         return None
@@ -146,10 +148,15 @@ class IptKind:
     """Own chains plus jumps in the iptables tables, ipsets; the flavour's tools (nft or legacy)."""
     name: str = "iptables"
     reads_foreign: bool = False  # its competitors are rules ahead of our jumps, not base chains
-    # a count is three xt set operations per packet (nft_compat on iptables-nft): for RSTs conntrack calls
-    # invalid, which no protection discards for ~4 µs, they made the drop cost more than no protection.
-    # Such a RST has no connection behind it (its source is spoofed as a rule); the samples estimate them
-    uncounted_groups: tuple[str, ...] = (INVALID_RST,)
+
+    def uncounted_groups(self) -> tuple[str, ...]:
+        """A count is three xt set operations per packet (nft_compat on iptables-nft): for RSTs conntrack
+        calls invalid, which no protection discards for ~4 µs, they made the drop cost more than no
+        protection. Such a RST has no connection behind it (its source is spoofed as a rule); the samples
+        estimate them."""
+        from ..model.build import INVALID_RST
+
+        return (INVALID_RST,)
 
     def flavour(self, policy: Policy, nft: Nft | None) -> tuple[str, str]:
         """The iptables tools to use, and why."""
