@@ -79,6 +79,10 @@ class Netns(core.Netns):
         """status's sets by their model name ("icmp-src-v4", "trusted-v4", ...): kind, kernel_name, elements."""
         return {m["set"]: m for m in self.status(policy)["meters"]}
 
+    def bans(self, policy: str) -> list[str]:
+        """The banned sources ``nodeguard bans --json`` lists, sorted."""
+        return sorted(b["source"] for b in json.loads(self.nodeguard("bans", "--json", "-c", policy).stdout)["bans"])
+
     def has_element(self, backend: str, kernel_name: str, addr: str) -> bool:
         """Is ``addr`` in the kernel set ``kernel_name`` (nft set of table inet nodeguard, or ipset)?"""
         cmd = (["nft", "get", "element", "inet", "nodeguard", kernel_name, f"{{ {addr} }}"] if backend == "nft"

@@ -81,7 +81,7 @@ def node2(request, lab, write_policy, tmp_path):
 
 
 def _bans(victim, policy: str) -> list[str]:
-    return sorted(b["source"] for b in json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"])
+    return victim.bans(policy)
 
 
 def _replies(attacker, src: str, dst: str = VICTIM4, count: int = 2) -> int:

@@ -211,7 +211,7 @@ def test_one_untrusted_address_s_ack_flood_is_cut_to_its_per_source_rate_and_ban
             flood.wait(ONE_ADDRESS_FLOOD_S + 10)
         arrived = truth.counts()["attacker"]
         counters = victim.counters(backend)
-        bans = sorted(b["source"] for b in json.loads(victim.nodeguard("bans", "--json", "-c", policy).stdout)["bans"])
+        bans = victim.bans(policy)
         with _session(attacker) as flush_and_send:  # the same flood spoofing the trusted client's address
             flood = netlab.flood(attacker, SPOOFING_FLOOD_S, "-A", "-a", LEGIT4, "-p", str(NODEPORT), VICTIM4)
             time.sleep(1.0)
