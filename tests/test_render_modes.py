@@ -177,7 +177,7 @@ def test_no_rule_of_a_monitor_mode_policy_can_drop(transport):
 
 
 # --- the sampler's odds ----------------------------------------------------------------------
-def _sampling(text: str) -> list[str]:
+def sampling_lines(text: str) -> list[str]:
     """The lines of a rendering but the trusted set's refresh, which also picks packets at random."""
     return [ln for ln in text.splitlines() if "refresh handshake" not in ln]
 
@@ -197,8 +197,8 @@ def test_sampling_odds_are_pinned_with_their_exact_numbers(transport, golden):
         probability = f"-m statistic --mode random --probability {1 / 2 ** k:.10f} "
         ipt = [ln for ln in ipt_text.splitlines() if ln.startswith("-A ") and f' sample {group} via {transport}"' in ln]
         assert len(ipt) == 2 and all((probability in ln) == (k > 0) for ln in ipt), ipt  # v4 and v6
-    assert sum("numgen mode random" in ln for ln in _sampling(nft_text)) == 2
-    assert sum("--mode random" in ln for ln in _sampling(ipt_text)) == 2 * 2  # v4 and v6 rules
+    assert sum("numgen mode random" in ln for ln in sampling_lines(nft_text)) == 2
+    assert sum("--mode random" in ln for ln in sampling_lines(ipt_text)) == 2 * 2  # v4 and v6 rules
 
 
 def _assert_syn_flood_sampled_1_in_32(policy: Policy, odds: dict[str, int] | None) -> None:
@@ -212,7 +212,7 @@ def _assert_syn_flood_sampled_1_in_32(policy: Policy, odds: dict[str, int] | Non
         lines = [ln for ln in text.splitlines() if odds_text in ln]
         assert len(lines) == (1 if backend == "nft" else 2) and all("sample syn-flood via" in ln for ln in lines), \
             f"{backend}: the sample rules with {odds_text!r}: {lines}"
-        assert sum(ln.count("random") for ln in _sampling(text)) == len(lines), \
+        assert sum(ln.count("random") for ln in sampling_lines(text)) == len(lines), \
             "only the group with odds samples at random"
 
 
