@@ -116,10 +116,10 @@ class Netns(core.Netns):
                 f"for k, ms in set_times({kernel_name!r})}}))")
         return json.loads(self.run([sys.executable, "-c", f"import json, socket; {code}"], cwd=ROOT).stdout)
 
-    def forget_trusted(self, backend: str, policy: str, version: int = 4) -> None:
-        """Empty the trusted set of ``version``: every source is as one that never completed a handshake."""
-        name = self.meters(policy)[f"trusted-v{version}"]["kernel_name"]
-        self.run(["nft", "flush", "set", "inet", "nodeguard", name] if backend == "nft" else ["ipset", "flush", name])
+    def forget_trusted(self, backend: str, kernel_name: str) -> None:
+        """Empty the trusted set ``kernel_name``: every source is as one that never completed a handshake."""
+        self.run(["nft", "flush", "set", "inet", "nodeguard", kernel_name] if backend == "nft"
+                 else ["ipset", "flush", kernel_name])
 
     # --- nodeguard's rules, found by their comment --------------------------------------
     def counters(self, backend: str = "nft") -> dict[str, int]:

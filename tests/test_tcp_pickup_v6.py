@@ -73,7 +73,7 @@ def test_a_flushed_ipv6_connection_resumes_at_once_and_by_its_second_chance_untr
                     time.sleep(0.3)
                 victim.run("conntrack -F")  # else that pure ACK, never retransmitted, may be the first segment
                 if forget:
-                    victim.forget_trusted(backend, policy, 6)
+                    victim.forget_trusted(backend, trusted)
                 runs.append(_send(proc))
         finally:
             proc.kill()
